@@ -1,0 +1,3 @@
+//! mesh-core
+#![forbid(unsafe_code)]
+pub mod identity;
