@@ -1,0 +1,267 @@
+//! `security.istio.io` PeerAuthentication and AuthorizationPolicy (v1beta1 and
+//! v1), and the legacy `authentication.istio.io/v1alpha1` MeshPolicy and
+//! Policy, which are read here and mapped onto PeerAuthentication semantics.
+//!
+//! Security resources fail closed: a field or value this mesh cannot honour is
+//! an error that rejects the whole configuration, so no rule is ever weakened
+//! by being half understood.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::common::WorkloadSelector;
+
+/// Inbound mTLS modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Inherit from the parent scope.
+    Unset,
+    /// Plaintext only.
+    Disable,
+    /// mTLS and plaintext on one port.
+    Permissive,
+    /// mTLS only.
+    Strict,
+}
+
+/// `{mode: STRICT}`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MtlsSetting {
+    /// The mode; UNSET when absent.
+    #[serde(default)]
+    pub mode: Option<MtlsMode>,
+}
+
+/// `PeerAuthentication.spec`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthentication {
+    /// Workloads it applies to; the whole namespace when absent (the whole
+    /// mesh in the root namespace).
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    /// The mode for all ports.
+    #[serde(default)]
+    pub mtls: Option<MtlsSetting>,
+    /// Per workload port; needs a selector.
+    #[serde(default)]
+    pub port_level_mtls: BTreeMap<u16, MtlsSetting>,
+}
+
+/// AuthorizationPolicy actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthzAction {
+    /// Allow matching requests; with any ALLOW policy, others are denied.
+    Allow,
+    /// Deny matching requests; evaluated first.
+    Deny,
+    /// Log matching requests only.
+    Audit,
+    /// Delegate to an external authorizer: not supported, rejected.
+    Custom,
+}
+
+/// `AuthorizationPolicy.spec`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationPolicy {
+    /// Workloads it applies to; the whole namespace when absent (the whole
+    /// mesh in the root namespace).
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    /// ALLOW when absent.
+    #[serde(default)]
+    pub action: Option<AuthzAction>,
+    /// Rules (OR). No rules: an ALLOW policy matches nothing, a DENY policy
+    /// matches nothing.
+    #[serde(default)]
+    pub rules: Option<Vec<Rule>>,
+}
+
+/// One rule: `from` (OR of sources), `to` (OR of operations), `when` (AND).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    /// Sources; any may match. Absent: any source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<RuleFrom>,
+    /// Operations; any may match. Absent: any operation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<RuleTo>,
+    /// Conditions; all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<Condition>,
+}
+
+/// `{source: {...}}`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleFrom {
+    /// The source.
+    pub source: Source,
+}
+
+/// `{operation: {...}}`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleTo {
+    /// The operation.
+    pub operation: Operation,
+}
+
+/// Who is calling. Fields are ANDed; values within a field are ORed.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    /// Peer identities, `<trust-domain>/ns/<ns>/sa/<sa>`, with `*` prefix or
+    /// suffix wildcards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<String>,
+    /// Peer identities that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_principals: Vec<String>,
+    /// Peer namespaces (from the verified identity).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Peer namespaces that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_namespaces: Vec<String>,
+    /// Peer IP addresses or CIDR blocks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_blocks: Vec<String>,
+    /// Peer IP addresses or CIDR blocks that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ip_blocks: Vec<String>,
+}
+
+/// What is called. Fields are ANDed; values within a field are ORed.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Operation {
+    /// Host header values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Host header values that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_hosts: Vec<String>,
+    /// Workload ports, as strings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// Workload ports that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ports: Vec<String>,
+    /// HTTP methods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// HTTP methods that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_methods: Vec<String>,
+    /// Normalised request paths, with `*` prefix or suffix wildcards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Paths that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_paths: Vec<String>,
+}
+
+/// A `when` condition.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Condition {
+    /// `request.headers[Name]`, `source.ip`, `source.namespace`,
+    /// `source.principal`, `destination.ip`, `destination.port`.
+    pub key: String,
+    /// Values; any may match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// Values that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_values: Vec<String>,
+}
+
+// ----------------------------------------------------------------- legacy v1alpha1
+
+/// `MeshPolicy.spec` / `Policy.spec` of `authentication.istio.io/v1alpha1`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LegacyPolicy {
+    /// Services the policy applies to (Policy only); the namespace when
+    /// absent.
+    #[serde(default)]
+    pub targets: Vec<LegacyTarget>,
+    /// Peer authentication methods; `mtls` is the only one.
+    #[serde(default)]
+    pub peers: Vec<LegacyPeer>,
+    /// Accept peers that present no identity: PERMISSIVE.
+    #[serde(default)]
+    pub peer_is_optional: bool,
+}
+
+/// A legacy policy target: a service by short name, optionally some ports.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LegacyTarget {
+    /// Service short name in the policy's namespace.
+    pub name: String,
+    /// Service ports; all when absent.
+    #[serde(default)]
+    pub ports: Vec<LegacyPort>,
+}
+
+/// A legacy port selector: a number (names are not supported).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LegacyPort {
+    /// The service port number.
+    pub number: u16,
+}
+
+/// A legacy peer method: `{mtls: {}}` or `{mtls: {mode: PERMISSIVE}}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LegacyPeer {
+    /// Mutual TLS; `{}` or null means STRICT.
+    #[serde(default)]
+    pub mtls: Option<LegacyMtls>,
+}
+
+/// Legacy mTLS settings.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LegacyMtls {
+    /// STRICT (default) or PERMISSIVE.
+    #[serde(default)]
+    pub mode: Option<LegacyMtlsMode>,
+}
+
+/// Legacy mTLS modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LegacyMtlsMode {
+    /// mTLS only.
+    Strict,
+    /// mTLS and plaintext.
+    Permissive,
+}
+
+impl LegacyPolicy {
+    /// The PeerAuthentication mode the legacy policy means: no peers is
+    /// plaintext, `mtls` is STRICT unless it says PERMISSIVE or the peer is
+    /// optional.
+    pub fn mode(&self) -> MtlsMode {
+        // `mtls` is the only peer method there is, so any peer means mTLS.
+        let Some(peer) = self.peers.first() else {
+            return MtlsMode::Disable;
+        };
+        let mode = peer.mtls.and_then(|m| m.mode);
+        if self.peer_is_optional || mode == Some(LegacyMtlsMode::Permissive) {
+            MtlsMode::Permissive
+        } else {
+            MtlsMode::Strict
+        }
+    }
+}

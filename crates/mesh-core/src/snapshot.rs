@@ -1,0 +1,876 @@
+//! The compiled, immutable view of a configuration: services with their
+//! ports, workloads, routes, subsets and client TLS per host and port, and
+//! per workload and port the inbound mTLS mode and the authorization
+//! policies. Every request reads one snapshot from start to end.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::authz::AuthzPolicy;
+use crate::error::{ConfigError, ConfigErrors};
+use crate::identity::SpiffeId;
+use crate::meshconfig::MeshConfig;
+use crate::resources::common::{Labels, labels_match};
+use crate::resources::networking::{
+    ClientTlsMode, ClientTlsSettings, Destination, Location, Protocol, Server, ServicePort,
+    TrafficPolicy, WorkloadEntry,
+};
+use crate::resources::security::{AuthzAction, MtlsMode};
+use crate::resources::{Item, Kind, ResourceRef, Resources, Skipped};
+use crate::route::{HttpRouteRule, Matcher, RouteAction, RouteMatch, WeightedDestination};
+
+/// A workload: a WorkloadEntry or a ServiceEntry's inline endpoint.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    /// `namespace/name` (inline endpoints: `namespace/serviceentry[i]`).
+    pub key: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Address.
+    pub address: String,
+    /// Labels.
+    pub labels: Labels,
+    /// Service account (`default` when unset).
+    pub service_account: String,
+    /// The SPIFFE ID it proves.
+    pub identity: SpiffeId,
+    /// Service port name → workload port.
+    pub ports: BTreeMap<String, u16>,
+    /// Where it was defined.
+    pub source: ResourceRef,
+    /// Inbound mTLS mode per workload port it serves.
+    pub inbound: BTreeMap<u16, InboundMode>,
+    /// Indexes into [`Snapshot::authz_policies`] of the policies that apply.
+    pub authz_policies: Vec<usize>,
+}
+
+/// The inbound mTLS mode of one workload port and the resource that set it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundMode {
+    /// The mode in force.
+    pub mode: MtlsMode,
+    /// The deciding resource; `None` means the MeshConfig default.
+    pub decided_by: Option<ResourceRef>,
+}
+
+/// A service port.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePortEntry {
+    /// Number clients use.
+    pub number: u16,
+    /// Name (WorkloadEntry ports are keyed by it).
+    pub name: Option<String>,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Fallback workload port.
+    pub target_port: Option<u16>,
+    /// HTTP rules (mesh-bound VirtualServices) that apply on this port.
+    pub http_routes: Vec<Arc<HttpRouteRule>>,
+    /// TCP destinations (mesh-bound VirtualServices), first rule that applies.
+    pub tcp_route: Option<Vec<WeightedDestination>>,
+}
+
+/// A service: a ServiceEntry host.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    /// Fully qualified host.
+    pub host: String,
+    /// Namespace of the ServiceEntry.
+    pub namespace: String,
+    /// Inside the mesh (mTLS applies) or outside.
+    pub location: Location,
+    /// Ports.
+    pub ports: Vec<ServicePortEntry>,
+    /// Indexes into [`Snapshot::workloads`].
+    pub workloads: Vec<usize>,
+    /// Identities allowed to serve it (secure naming): the workloads'
+    /// identities plus the ServiceEntry's subjectAltNames.
+    pub identities: Vec<String>,
+    /// The ServiceEntry.
+    pub source: ResourceRef,
+}
+
+impl Service {
+    /// The port with this number.
+    pub fn port(&self, number: u16) -> Option<&ServicePortEntry> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+
+    /// The workload port serving `port` on workload `w`.
+    pub fn target_port(&self, port: &ServicePortEntry, w: &Workload) -> u16 {
+        port.name
+            .as_ref()
+            .and_then(|n| w.ports.get(n).copied())
+            .or(port.target_port)
+            .unwrap_or(port.number)
+    }
+}
+
+/// A DestinationRule subset with the workloads it selects.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubsetEntry {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: Labels,
+    /// Indexes into [`Snapshot::workloads`] (those of the host's service).
+    pub workloads: Vec<usize>,
+    /// The subset's policy override.
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// The DestinationRule in force for a host.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationPolicy {
+    /// The DestinationRule.
+    pub source: ResourceRef,
+    /// Host-wide policy.
+    pub traffic_policy: Option<TrafficPolicy>,
+    /// Subsets.
+    pub subsets: Vec<SubsetEntry>,
+}
+
+impl DestinationPolicy {
+    /// The subset with this name.
+    pub fn subset(&self, name: &str) -> Option<&SubsetEntry> {
+        self.subsets.iter().find(|s| s.name == name)
+    }
+}
+
+/// The client TLS the DestinationRule gives a host, port and subset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTls {
+    /// The mode; `None` is automatic: mesh mTLS to workloads that accept it.
+    pub mode: Option<ClientTlsMode>,
+    /// The full settings.
+    pub settings: Option<ClientTlsSettings>,
+    /// The deciding DestinationRule.
+    pub decided_by: Option<ResourceRef>,
+}
+
+/// A Gateway and the routes bound to it, by host.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayEntry {
+    /// The Gateway.
+    pub source: ResourceRef,
+    /// Labels of the gateway workloads.
+    pub selector: Labels,
+    /// Listeners.
+    pub servers: Vec<Server>,
+    /// Host (as the VirtualService wrote it, lowercase) → HTTP rules.
+    pub routes: BTreeMap<String, Vec<Arc<HttpRouteRule>>>,
+}
+
+/// A normalised peer-authentication policy: PeerAuthentication, or a legacy
+/// MeshPolicy/Policy mapped onto its semantics.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerPolicy {
+    /// The resource.
+    pub source: ResourceRef,
+    /// What it applies to.
+    pub scope: PeerScope,
+    /// The mode for all ports (UNSET inherits).
+    pub mode: MtlsMode,
+    /// Per workload port.
+    pub port_modes: BTreeMap<u16, MtlsMode>,
+}
+
+/// The scope of a peer policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PeerScope {
+    /// Every workload.
+    Mesh,
+    /// Every workload of the namespace.
+    Namespace(String),
+    /// Workloads of the namespace with these labels.
+    Workloads {
+        /// Namespace.
+        namespace: String,
+        /// Labels.
+        labels: Labels,
+    },
+    /// Workloads behind these services (legacy Policy targets), with the
+    /// workload ports to apply to (empty: all).
+    Services(Vec<(String, Vec<u16>)>),
+}
+
+/// The compiled configuration.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// Mesh settings.
+    pub mesh: MeshConfig,
+    /// Services by fully qualified host.
+    pub services: BTreeMap<String, Service>,
+    /// Workloads.
+    pub workloads: Vec<Workload>,
+    /// Host → HTTP rules of mesh-bound VirtualServices (hosts with no
+    /// service included).
+    pub mesh_routes: BTreeMap<String, Vec<Arc<HttpRouteRule>>>,
+    /// Host → DestinationRule in force.
+    pub destination_policies: BTreeMap<String, DestinationPolicy>,
+    /// Gateways by `namespace/name`.
+    pub gateways: BTreeMap<String, GatewayEntry>,
+    /// Peer-authentication policies, in load order.
+    pub peer_policies: Vec<PeerPolicy>,
+    /// Authorization policies, in load order.
+    pub authz_policies: Vec<AuthzPolicy>,
+    /// Documents that were not used.
+    pub skipped: Vec<Skipped>,
+}
+
+impl Snapshot {
+    /// An empty snapshot: no services, nothing routable.
+    pub fn empty() -> Self {
+        Self {
+            mesh: MeshConfig::default(),
+            services: BTreeMap::new(),
+            workloads: Vec::new(),
+            mesh_routes: BTreeMap::new(),
+            destination_policies: BTreeMap::new(),
+            gateways: BTreeMap::new(),
+            peer_policies: Vec::new(),
+            authz_policies: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+
+    /// The service a client in `namespace` means by `host`.
+    pub fn service(&self, host: &str, namespace: &str) -> Option<&Service> {
+        self.services.get(&self.mesh.resolve_host(host, namespace))
+    }
+
+    /// Finds a workload by `name` (in `default`) or `namespace/name`.
+    pub fn workload(&self, name: &str) -> Option<(usize, &Workload)> {
+        let key = if name.contains('/') {
+            name.to_owned()
+        } else {
+            format!("default/{name}")
+        };
+        self.workloads
+            .iter()
+            .enumerate()
+            .find(|(_, w)| w.key == key)
+    }
+
+    /// The inbound mTLS mode of a workload port, by Istio's precedence:
+    /// workload-level policy (port-level first), then namespace, then mesh,
+    /// then the MeshConfig default; UNSET inherits from the next level.
+    pub fn inbound_mode(&self, w: &Workload, port: u16) -> InboundMode {
+        let mut levels: [Option<&PeerPolicy>; 3] = [None; 3];
+        for p in &self.peer_policies {
+            let level = match &p.scope {
+                PeerScope::Workloads { namespace, labels } => {
+                    (namespace == &w.namespace && labels_match(labels, &w.labels)).then_some(0)
+                }
+                PeerScope::Services(targets) => targets
+                    .iter()
+                    .any(|(host, ports)| {
+                        self.services.get(host).is_some_and(|s| {
+                            s.workloads.iter().any(|i| self.workloads[*i].key == w.key)
+                        }) && (ports.is_empty() || ports.contains(&port))
+                    })
+                    .then_some(0),
+                PeerScope::Namespace(ns) => (ns == &w.namespace).then_some(1),
+                PeerScope::Mesh => Some(2),
+            };
+            if let Some(l) = level {
+                // The first policy read at a level wins; `check` reports
+                // the others as overlapping or contradicting.
+                levels[l].get_or_insert(p);
+            }
+        }
+        for (i, p) in levels.iter().enumerate() {
+            let Some(p) = p else { continue };
+            if i == 0 {
+                if let Some(m) = p.port_modes.get(&port).filter(|m| **m != MtlsMode::Unset) {
+                    return InboundMode {
+                        mode: *m,
+                        decided_by: Some(p.source.clone()),
+                    };
+                }
+            }
+            if p.mode != MtlsMode::Unset {
+                return InboundMode {
+                    mode: p.mode,
+                    decided_by: Some(p.source.clone()),
+                };
+            }
+        }
+        InboundMode {
+            mode: self.mesh.default_mtls_mode,
+            decided_by: None,
+        }
+    }
+
+    /// The client TLS for a host (fully qualified), service port and subset:
+    /// subset port-level, subset, rule port-level, rule; automatic when none
+    /// says.
+    pub fn client_tls(&self, host: &str, port: u16, subset: Option<&str>) -> ClientTls {
+        let Some(dp) = self.destination_policies.get(host) else {
+            return ClientTls {
+                mode: None,
+                settings: None,
+                decided_by: None,
+            };
+        };
+        let from_policy = |p: &TrafficPolicy| {
+            p.port_level_settings
+                .iter()
+                .find(|pl| pl.port.number == port)
+                .and_then(|pl| pl.tls.clone())
+                .or_else(|| p.tls.clone())
+        };
+        let settings = subset
+            .and_then(|s| dp.subset(s))
+            .and_then(|s| s.traffic_policy.as_ref())
+            .and_then(from_policy)
+            .or_else(|| dp.traffic_policy.as_ref().and_then(from_policy));
+        ClientTls {
+            mode: settings.as_ref().map(|s| s.mode),
+            decided_by: settings.as_ref().map(|_| dp.source.clone()),
+            settings,
+        }
+    }
+
+    /// The authorization policies of a workload.
+    pub fn workload_policies<'a>(
+        &'a self,
+        w: &'a Workload,
+    ) -> impl Iterator<Item = &'a AuthzPolicy> + Clone {
+        w.authz_policies.iter().map(|i| &self.authz_policies[*i])
+    }
+}
+
+/// Compiles validated resources into a snapshot.
+pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mesh = r.mesh.clone();
+    let mut snap = Snapshot::empty();
+    snap.mesh = mesh.clone();
+    snap.skipped = r.skipped.clone();
+
+    // Workloads: WorkloadEntries, then inline endpoints.
+    let mut add_workload = |snap: &mut Snapshot,
+                            key: String,
+                            ns: &str,
+                            we: &WorkloadEntry,
+                            source: &ResourceRef|
+     -> Option<usize> {
+        let sa = we
+            .service_account
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        match SpiffeId::for_workload(&mesh.trust_domain, ns, &sa) {
+            Ok(identity) => {
+                snap.workloads.push(Workload {
+                    key,
+                    namespace: ns.to_owned(),
+                    address: we.address.clone(),
+                    labels: we.labels.clone(),
+                    service_account: sa,
+                    identity,
+                    ports: we.ports.clone(),
+                    source: source.clone(),
+                    inbound: BTreeMap::new(),
+                    authz_policies: Vec::new(),
+                });
+                Some(snap.workloads.len() - 1)
+            }
+            Err(e) => {
+                errors.push(ConfigError::at(
+                    &source.origin,
+                    Some(source.to_string()),
+                    "spec.serviceAccount",
+                    format!("gives no valid SPIFFE ID: {e}"),
+                ));
+                None
+            }
+        }
+    };
+    for we in &r.workload_entries {
+        add_workload(
+            &mut snap,
+            we.source.key(),
+            we.namespace(),
+            &we.spec,
+            &we.source,
+        );
+    }
+
+    // Services.
+    for se in &r.service_entries {
+        let ns = se.namespace();
+        let mut members = Vec::new();
+        if let Some(sel) = &se.spec.workload_selector {
+            members.extend(snap.workloads.iter().enumerate().filter_map(|(i, w)| {
+                (w.source.kind == Kind::WorkloadEntry
+                    && w.namespace == ns
+                    && labels_match(&sel.labels, &w.labels))
+                .then_some(i)
+            }));
+        }
+        for (i, ep) in se.spec.endpoints.iter().enumerate() {
+            if let Some(idx) = add_workload(
+                &mut snap,
+                format!("{}[{i}]", se.source.key()),
+                ns,
+                ep,
+                &se.source,
+            ) {
+                members.push(idx);
+            }
+        }
+        let mut identities: Vec<String> = members
+            .iter()
+            .map(|i| snap.workloads[*i].identity.to_string())
+            .chain(se.spec.subject_alt_names.iter().cloned())
+            .collect();
+        identities.sort();
+        identities.dedup();
+        for host in &se.spec.hosts {
+            let host = mesh.resolve_host(host, ns);
+            if snap.services.contains_key(&host) {
+                // Istio merges duplicates unpredictably; first one wins here
+                // and `check` reports the overlap.
+                continue;
+            }
+            snap.services.insert(
+                host.clone(),
+                Service {
+                    host,
+                    namespace: ns.to_owned(),
+                    location: se.spec.location.unwrap_or(Location::MeshInternal),
+                    ports: se.spec.ports.iter().map(service_port).collect(),
+                    workloads: members.clone(),
+                    identities: identities.clone(),
+                    source: se.source.clone(),
+                },
+            );
+        }
+    }
+
+    // DestinationRules: the first for a host is in force.
+    for dr in &r.destination_rules {
+        let host = mesh.resolve_host(&dr.spec.host, dr.namespace());
+        if snap.destination_policies.contains_key(&host) {
+            continue;
+        }
+        let members = snap
+            .services
+            .get(&host)
+            .map(|s| s.workloads.clone())
+            .unwrap_or_default();
+        let subsets = dr
+            .spec
+            .subsets
+            .iter()
+            .map(|s| SubsetEntry {
+                name: s.name.clone(),
+                labels: s.labels.clone(),
+                workloads: members
+                    .iter()
+                    .copied()
+                    .filter(|i| labels_match(&s.labels, &snap.workloads[*i].labels))
+                    .collect(),
+                traffic_policy: s.traffic_policy.clone(),
+            })
+            .collect();
+        snap.destination_policies.insert(
+            host,
+            DestinationPolicy {
+                source: dr.source.clone(),
+                traffic_policy: dr.spec.traffic_policy.clone(),
+                subsets,
+            },
+        );
+    }
+
+    // Gateways.
+    for g in &r.gateways {
+        snap.gateways.insert(
+            g.source.key(),
+            GatewayEntry {
+                source: g.source.clone(),
+                selector: g.spec.selector.clone(),
+                servers: g.spec.servers.clone(),
+                routes: BTreeMap::new(),
+            },
+        );
+    }
+
+    // VirtualServices.
+    for vs in &r.virtual_services {
+        let ns = vs.namespace();
+        let mut rules = Vec::new();
+        for (i, h) in vs.spec.http.iter().enumerate() {
+            match compile_http_rule(&mesh, vs, i, h) {
+                Ok(rule) => rules.push(Arc::new(rule)),
+                Err(e) => errors.push(e),
+            }
+        }
+        let gateways: Vec<String> = if vs.spec.gateways.is_empty() {
+            vec!["mesh".to_owned()]
+        } else {
+            vs.spec
+                .gateways
+                .iter()
+                .map(|g| gateway_key(g, ns))
+                .collect()
+        };
+        for gw in &gateways {
+            for host in &vs.spec.hosts {
+                if gw == "mesh" {
+                    let host = mesh.resolve_host(host, ns);
+                    snap.mesh_routes
+                        .entry(host)
+                        .or_default()
+                        .extend(rules.iter().cloned());
+                } else if let Some(entry) = snap.gateways.get_mut(gw) {
+                    entry
+                        .routes
+                        .entry(host.to_ascii_lowercase())
+                        .or_default()
+                        .extend(rules.iter().cloned());
+                }
+            }
+        }
+        if gateways.iter().any(|g| g == "mesh") {
+            for (i, tcp) in vs.spec.tcp.iter().enumerate() {
+                let dests: Vec<WeightedDestination> = tcp
+                    .route
+                    .iter()
+                    .map(|d| weighted(&mesh, ns, &d.destination, d.weight, tcp.route.len(), None))
+                    .collect();
+                for host in &vs.spec.hosts {
+                    let host = mesh.resolve_host(host, ns);
+                    let Some(svc) = snap.services.get_mut(&host) else {
+                        continue;
+                    };
+                    for p in &mut svc.ports {
+                        let applies = tcp.matches.is_empty()
+                            || tcp
+                                .matches
+                                .iter()
+                                .any(|m| m.port.is_none_or(|n| n == p.number));
+                        if applies && p.tcp_route.is_none() && !p.protocol.is_http() {
+                            p.tcp_route = Some(dests.clone());
+                        }
+                    }
+                }
+                let _ = i;
+            }
+        }
+    }
+    // Attach mesh HTTP rules to the service ports they can apply to.
+    for (host, rules) in &snap.mesh_routes {
+        if let Some(svc) = snap.services.get_mut(host) {
+            for p in &mut svc.ports {
+                p.http_routes = rules
+                    .iter()
+                    .filter(|r| {
+                        r.matches.is_empty()
+                            || r.matches
+                                .iter()
+                                .any(|m| m.port.is_none_or(|n| n == p.number))
+                    })
+                    .cloned()
+                    .collect();
+            }
+        }
+    }
+
+    // Peer policies.
+    for pa in &r.peer_authentications {
+        let ns = pa.namespace().to_owned();
+        let labels = pa
+            .spec
+            .selector
+            .as_ref()
+            .map(|s| s.match_labels.clone())
+            .unwrap_or_default();
+        let scope = if !labels.is_empty() {
+            PeerScope::Workloads {
+                namespace: ns,
+                labels,
+            }
+        } else if ns == mesh.root_namespace {
+            PeerScope::Mesh
+        } else {
+            PeerScope::Namespace(ns)
+        };
+        snap.peer_policies.push(PeerPolicy {
+            source: pa.source.clone(),
+            scope,
+            mode: pa.spec.mtls.and_then(|m| m.mode).unwrap_or(MtlsMode::Unset),
+            port_modes: pa
+                .spec
+                .port_level_mtls
+                .iter()
+                .map(|(p, m)| (*p, m.mode.unwrap_or(MtlsMode::Unset)))
+                .collect(),
+        });
+    }
+    for lp in &r.legacy_policies {
+        let ns = lp.namespace().to_owned();
+        let scope = if lp.source.kind == Kind::MeshPolicy {
+            PeerScope::Mesh
+        } else if lp.spec.targets.is_empty() {
+            if ns == mesh.root_namespace {
+                PeerScope::Mesh
+            } else {
+                PeerScope::Namespace(ns.clone())
+            }
+        } else {
+            PeerScope::Services(
+                lp.spec
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        let host = mesh.resolve_host(&t.name, &ns);
+                        let ports =
+                            legacy_target_ports(&snap, &host, t.ports.iter().map(|p| p.number));
+                        (host, ports)
+                    })
+                    .collect(),
+            )
+        };
+        snap.peer_policies.push(PeerPolicy {
+            source: lp.source.clone(),
+            scope,
+            mode: lp.spec.mode(),
+            port_modes: BTreeMap::new(),
+        });
+    }
+
+    // Authorization policies.
+    for ap in &r.authorization_policies {
+        let selector = ap
+            .spec
+            .selector
+            .as_ref()
+            .map(|s| s.match_labels.clone())
+            .filter(|l| !l.is_empty());
+        snap.authz_policies.push(AuthzPolicy {
+            source: ap.source.clone(),
+            mesh_wide: ap.namespace() == mesh.root_namespace && selector.is_none(),
+            selector,
+            action: ap.spec.action.unwrap_or(AuthzAction::Allow),
+            rules: ap.spec.rules.clone().unwrap_or_default(),
+        });
+    }
+
+    // Per workload: inbound modes of the ports it serves, and its policies.
+    let mut inbound = Vec::with_capacity(snap.workloads.len());
+    for w in &snap.workloads {
+        let ports: std::collections::BTreeSet<u16> = snap
+            .services
+            .values()
+            .filter(|s| s.workloads.iter().any(|i| snap.workloads[*i].key == w.key))
+            .flat_map(|s| {
+                s.ports
+                    .iter()
+                    .map(|p| s.target_port(p, w))
+                    .collect::<Vec<_>>()
+            })
+            .chain(w.ports.values().copied())
+            .collect();
+        let modes: BTreeMap<u16, InboundMode> = ports
+            .into_iter()
+            .map(|p| (p, snap.inbound_mode(w, p)))
+            .collect();
+        let policies: Vec<usize> = snap
+            .authz_policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.applies_to(&w.namespace, &w.labels))
+            .map(|(i, _)| i)
+            .collect();
+        inbound.push((modes, policies));
+    }
+    for (w, (modes, policies)) in snap.workloads.iter_mut().zip(inbound) {
+        w.inbound = modes;
+        w.authz_policies = policies;
+    }
+
+    if errors.is_empty() {
+        Ok(snap)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn service_port(p: &ServicePort) -> ServicePortEntry {
+    ServicePortEntry {
+        number: p.number,
+        name: p.name.clone(),
+        protocol: p.protocol.unwrap_or_else(|| {
+            p.name
+                .as_deref()
+                .map_or(Protocol::Tcp, Protocol::from_port_name)
+        }),
+        target_port: p.target_port,
+        http_routes: Vec::new(),
+        tcp_route: None,
+    }
+}
+
+/// Maps legacy service-port targets to the workload ports behind them.
+fn legacy_target_ports(snap: &Snapshot, host: &str, ports: impl Iterator<Item = u16>) -> Vec<u16> {
+    let Some(svc) = snap.services.get(host) else {
+        return ports.collect();
+    };
+    let mut out = Vec::new();
+    for number in ports {
+        match svc.port(number) {
+            Some(p) if !svc.workloads.is_empty() => {
+                out.extend(
+                    svc.workloads
+                        .iter()
+                        .map(|i| svc.target_port(p, &snap.workloads[*i])),
+                );
+            }
+            Some(p) => out.push(p.target_port.unwrap_or(number)),
+            None => out.push(number),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// `name` → `namespace/name`; `mesh` stays `mesh`.
+pub fn gateway_key(name: &str, namespace: &str) -> String {
+    if name == "mesh" || name.contains('/') {
+        name.to_owned()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
+fn weighted(
+    mesh: &MeshConfig,
+    ns: &str,
+    d: &Destination,
+    weight: Option<u32>,
+    siblings: usize,
+    headers: Option<crate::resources::networking::Headers>,
+) -> WeightedDestination {
+    WeightedDestination {
+        host: mesh.resolve_host(&d.host, ns),
+        subset: d.subset.clone(),
+        port: d.port.map(|p| p.number),
+        weight: weight.unwrap_or(if siblings == 1 { 100 } else { 0 }),
+        headers,
+    }
+}
+
+fn compile_http_rule(
+    mesh: &MeshConfig,
+    vs: &Item<crate::resources::networking::VirtualService>,
+    index: usize,
+    h: &crate::resources::networking::HttpRoute,
+) -> Result<HttpRouteRule, ConfigError> {
+    let ns = vs.namespace();
+    let field = format!("spec.http[{index}]");
+    let err = |f: String, e: regex::Error| {
+        ConfigError::at(
+            &vs.source.origin,
+            Some(vs.source.to_string()),
+            f,
+            format!("invalid regular expression: {e}"),
+        )
+    };
+    let compile = |f: String,
+                   m: &Option<crate::resources::StringMatch>|
+     -> Result<Option<Matcher>, ConfigError> {
+        m.as_ref()
+            .map(Matcher::new)
+            .transpose()
+            .map_err(|e| err(f, e))
+    };
+    let compile_map = |f: String,
+                       m: &BTreeMap<String, crate::resources::StringMatch>|
+     -> Result<Vec<(String, Matcher)>, ConfigError> {
+        m.iter()
+            .map(|(k, v)| {
+                Ok((
+                    k.to_ascii_lowercase(),
+                    Matcher::new(v).map_err(|e| err(format!("{f}.{k}"), e))?,
+                ))
+            })
+            .collect()
+    };
+    let mut matches = Vec::new();
+    for (j, m) in h.matches.iter().enumerate() {
+        let f = format!("{field}.match[{j}]");
+        matches.push(RouteMatch {
+            name: m.name.clone(),
+            uri: compile(format!("{f}.uri"), &m.uri)?,
+            ignore_uri_case: m.ignore_uri_case,
+            scheme: compile(format!("{f}.scheme"), &m.scheme)?,
+            method: compile(format!("{f}.method"), &m.method)?,
+            authority: compile(format!("{f}.authority"), &m.authority)?,
+            headers: compile_map(format!("{f}.headers"), &m.headers)?,
+            without_headers: compile_map(format!("{f}.withoutHeaders"), &m.without_headers)?,
+            query_params: compile_map(format!("{f}.queryParams"), &m.query_params)?,
+            port: m.port,
+            source_labels: m.source_labels.clone(),
+            source_namespace: m.source_namespace.clone(),
+            gateways: m.gateways.iter().map(|g| gateway_key(g, ns)).collect(),
+        });
+    }
+    let action = if let Some(r) = &h.redirect {
+        RouteAction::Redirect(r.clone())
+    } else if let Some(d) = &h.direct_response {
+        RouteAction::DirectResponse(d.clone())
+    } else {
+        RouteAction::Forward(
+            h.route
+                .iter()
+                .map(|d| {
+                    weighted(
+                        mesh,
+                        ns,
+                        &d.destination,
+                        d.weight,
+                        h.route.len(),
+                        d.headers.clone(),
+                    )
+                })
+                .collect(),
+        )
+    };
+    Ok(HttpRouteRule {
+        source: vs.source.clone(),
+        index,
+        name: h.name.clone(),
+        matches,
+        action,
+        timeout: h.timeout,
+        retries: h.retries.clone(),
+        fault: h.fault.clone(),
+        mirror: h
+            .mirror
+            .as_ref()
+            .map(|m| weighted(mesh, ns, m, Some(100), 1, None)),
+        mirror_percent: h
+            .mirror
+            .as_ref()
+            .map(|_| h.mirror_percentage.map_or(100.0, |p| p.value)),
+        headers: h.headers.clone(),
+        rewrite: h.rewrite.clone(),
+    })
+}

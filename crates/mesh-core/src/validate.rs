@@ -1,0 +1,629 @@
+//! Checks that reject a configuration: values that are malformed, settings
+//! that contradict each other inside one resource, and anything a security
+//! resource asks for that this mesh cannot honour (fail closed). Problems
+//! that span resources and still leave a usable configuration (a route to a
+//! missing subset, say) are the analyzers' business, in [`crate::analyze`].
+
+use crate::error::ConfigError;
+use crate::resources::common::StringMatch;
+use crate::resources::networking::{
+    ClientTlsMode, ClientTlsSettings, DestinationRule, Gateway, HttpRoute, LoadBalancerSettings,
+    Protocol, ServerTlsMode, ServiceEntry, TrafficPolicy, VirtualService, WorkloadEntry,
+};
+use crate::resources::security::{
+    AuthorizationPolicy, AuthzAction, LegacyPolicy, PeerAuthentication,
+};
+use crate::resources::{Item, Kind, Percent, Resources};
+
+/// Conditions `retryOn` may name (Envoy's vocabulary, as Istio passes it on).
+pub const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+/// The `when` keys an AuthorizationPolicy may use here.
+pub const WHEN_KEYS: &[&str] = &[
+    "source.ip",
+    "source.namespace",
+    "source.principal",
+    "destination.ip",
+    "destination.port",
+];
+
+struct Checker<'a> {
+    errors: &'a mut Vec<ConfigError>,
+    item: (&'a crate::resources::Origin, String),
+}
+
+impl Checker<'_> {
+    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError::at(
+            self.item.0,
+            Some(self.item.1.clone()),
+            field,
+            message,
+        ));
+    }
+
+    fn percent(&mut self, field: &str, p: Option<Percent>) {
+        if let Some(p) = p {
+            if !(0.0..=100.0).contains(&p.value) {
+                self.err(
+                    format!("{field}.value"),
+                    format!("{} is not between 0 and 100", p.value),
+                );
+            }
+        }
+    }
+
+    fn string_match(&mut self, field: &str, m: &StringMatch) {
+        if let StringMatch::Regex(re) = m {
+            if let Err(e) = crate::route::compile_regex(re) {
+                self.err(
+                    format!("{field}.regex"),
+                    format!("invalid regular expression: {e}"),
+                );
+            }
+        }
+    }
+}
+
+fn checker<'a, T>(errors: &'a mut Vec<ConfigError>, item: &'a Item<T>) -> Checker<'a> {
+    Checker {
+        errors,
+        item: (&item.source.origin, item.source.to_string()),
+    }
+}
+
+/// Validates every resource; returns all problems found.
+pub fn validate(r: &Resources) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for i in &r.virtual_services {
+        virtual_service(&mut checker(&mut errors, i), &i.spec);
+    }
+    for i in &r.destination_rules {
+        destination_rule(&mut checker(&mut errors, i), &i.spec);
+    }
+    for i in &r.gateways {
+        gateway(&mut checker(&mut errors, i), &i.spec);
+    }
+    for i in &r.service_entries {
+        service_entry(&mut checker(&mut errors, i), &i.spec);
+    }
+    for i in &r.workload_entries {
+        workload_entry(&mut checker(&mut errors, i), "spec", &i.spec);
+    }
+    for i in &r.peer_authentications {
+        peer_authentication(&mut checker(&mut errors, i), &i.spec);
+    }
+    for i in &r.legacy_policies {
+        legacy_policy(&mut checker(&mut errors, i), i.source.kind, &i.spec);
+    }
+    for i in &r.authorization_policies {
+        authorization_policy(&mut checker(&mut errors, i), &i.spec);
+    }
+    errors
+}
+
+fn virtual_service(c: &mut Checker<'_>, vs: &VirtualService) {
+    if vs.hosts.is_empty() {
+        c.err("spec.hosts", "at least one host is required");
+    }
+    for (i, h) in vs.hosts.iter().enumerate() {
+        if h.is_empty() {
+            c.err(format!("spec.hosts[{i}]"), "is empty");
+        }
+    }
+    for (i, g) in vs.gateways.iter().enumerate() {
+        if g.is_empty() || g.matches('/').count() > 1 {
+            c.err(
+                format!("spec.gateways[{i}]"),
+                format!("`{g}` is not `name`, `namespace/name` or `mesh`"),
+            );
+        }
+    }
+    for (i, route) in vs.http.iter().enumerate() {
+        http_route(c, &format!("spec.http[{i}]"), route);
+    }
+    for (i, route) in vs.tcp.iter().enumerate() {
+        let f = format!("spec.tcp[{i}]");
+        if route.route.is_empty() {
+            c.err(format!("{f}.route"), "at least one destination is required");
+        }
+        let weights: Vec<Option<u32>> = route.route.iter().map(|d| d.weight).collect();
+        weights_present(c, &f, &weights);
+    }
+}
+
+fn weights_present(c: &mut Checker<'_>, f: &str, weights: &[Option<u32>]) {
+    for (j, w) in weights.iter().enumerate() {
+        match w {
+            None if weights.len() > 1 => c.err(
+                format!("{f}.route[{j}].weight"),
+                "is required when a rule has more than one destination",
+            ),
+            Some(w) if *w > 100 => c.err(
+                format!("{f}.route[{j}].weight"),
+                format!("{w} is more than 100"),
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn http_route(c: &mut Checker<'_>, f: &str, r: &HttpRoute) {
+    let actions = [
+        !r.route.is_empty(),
+        r.redirect.is_some(),
+        r.direct_response.is_some(),
+    ];
+    match actions.iter().filter(|a| **a).count() {
+        0 => c.err(
+            f.to_owned(),
+            "needs one of route, redirect or directResponse",
+        ),
+        1 => {}
+        _ => c.err(
+            f.to_owned(),
+            "route, redirect and directResponse exclude each other",
+        ),
+    }
+    for (j, m) in r.matches.iter().enumerate() {
+        let mf = format!("{f}.match[{j}]");
+        for (name, sm) in [
+            ("uri", &m.uri),
+            ("scheme", &m.scheme),
+            ("method", &m.method),
+            ("authority", &m.authority),
+        ] {
+            if let Some(sm) = sm {
+                c.string_match(&format!("{mf}.{name}"), sm);
+            }
+        }
+        for (map_name, map) in [
+            ("headers", &m.headers),
+            ("withoutHeaders", &m.without_headers),
+            ("queryParams", &m.query_params),
+        ] {
+            for (k, sm) in map {
+                c.string_match(&format!("{mf}.{map_name}.{k}"), sm);
+            }
+        }
+    }
+    let weights: Vec<Option<u32>> = r.route.iter().map(|d| d.weight).collect();
+    weights_present(c, f, &weights);
+    if let Some(redirect) = &r.redirect {
+        if let Some(code) = redirect.redirect_code {
+            if !(300..=399).contains(&code) {
+                c.err(
+                    format!("{f}.redirect.redirectCode"),
+                    format!("{code} is not a 3xx status"),
+                );
+            }
+        }
+    }
+    if let Some(d) = &r.direct_response {
+        if !(200..=599).contains(&d.status) {
+            c.err(
+                format!("{f}.directResponse.status"),
+                format!("{} is not an HTTP status", d.status),
+            );
+        }
+    }
+    if let Some(retries) = &r.retries {
+        if let Some(on) = &retries.retry_on {
+            for cond in on.split(',').map(str::trim) {
+                if !(RETRY_ON.contains(&cond)
+                    || cond.parse::<u16>().is_ok_and(|s| (100..=599).contains(&s)))
+                {
+                    c.err(
+                        format!("{f}.retries.retryOn"),
+                        format!(
+                            "`{cond}` is not a retry condition; use {}",
+                            RETRY_ON.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(fault) = &r.fault {
+        if fault.delay.is_none() && fault.abort.is_none() {
+            c.err(format!("{f}.fault"), "needs delay or abort");
+        }
+        if let Some(d) = &fault.delay {
+            c.percent(&format!("{f}.fault.delay.percentage"), d.percentage);
+        }
+        if let Some(a) = &fault.abort {
+            c.percent(&format!("{f}.fault.abort.percentage"), a.percentage);
+            if !(200..=599).contains(&a.http_status) {
+                c.err(
+                    format!("{f}.fault.abort.httpStatus"),
+                    format!("{} is not an HTTP status", a.http_status),
+                );
+            }
+        }
+    }
+    c.percent(&format!("{f}.mirrorPercentage"), r.mirror_percentage);
+}
+
+fn destination_rule(c: &mut Checker<'_>, dr: &DestinationRule) {
+    if dr.host.is_empty() {
+        c.err("spec.host", "is required");
+    }
+    if let Some(p) = &dr.traffic_policy {
+        traffic_policy(c, "spec.trafficPolicy", p);
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, s) in dr.subsets.iter().enumerate() {
+        if s.name.is_empty() {
+            c.err(format!("spec.subsets[{i}].name"), "is required");
+        } else if !names.insert(s.name.as_str()) {
+            c.err(
+                format!("spec.subsets[{i}].name"),
+                format!("subset `{}` is defined twice", s.name),
+            );
+        }
+        if let Some(p) = &s.traffic_policy {
+            traffic_policy(c, &format!("spec.subsets[{i}].trafficPolicy"), p);
+        }
+    }
+}
+
+fn traffic_policy(c: &mut Checker<'_>, f: &str, p: &TrafficPolicy) {
+    if let Some(lb) = &p.load_balancer {
+        load_balancer(c, &format!("{f}.loadBalancer"), lb);
+    }
+    if let Some(tls) = &p.tls {
+        client_tls(c, &format!("{f}.tls"), tls);
+    }
+    if let Some(od) = &p.outlier_detection {
+        if od.max_ejection_percent.is_some_and(|m| m > 100) {
+            c.err(
+                format!("{f}.outlierDetection.maxEjectionPercent"),
+                "is more than 100",
+            );
+        }
+    }
+    for (i, pl) in p.port_level_settings.iter().enumerate() {
+        let pf = format!("{f}.portLevelSettings[{i}]");
+        if let Some(lb) = &pl.load_balancer {
+            load_balancer(c, &format!("{pf}.loadBalancer"), lb);
+        }
+        if let Some(tls) = &pl.tls {
+            client_tls(c, &format!("{pf}.tls"), tls);
+        }
+    }
+}
+
+fn load_balancer(c: &mut Checker<'_>, f: &str, lb: &LoadBalancerSettings) {
+    match (&lb.simple, &lb.consistent_hash) {
+        (Some(_), Some(_)) => c.err(f.to_owned(), "simple and consistentHash exclude each other"),
+        (None, None) => c.err(f.to_owned(), "needs simple or consistentHash"),
+        (None, Some(h)) => {
+            let keys = [
+                h.http_header_name.is_some(),
+                h.http_cookie.is_some(),
+                h.use_source_ip == Some(true),
+                h.http_query_parameter_name.is_some(),
+            ];
+            if keys.iter().filter(|k| **k).count() != 1 {
+                c.err(
+                    format!("{f}.consistentHash"),
+                    "needs exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+                );
+            }
+        }
+        (Some(_), None) => {}
+    }
+}
+
+fn client_tls(c: &mut Checker<'_>, f: &str, tls: &ClientTlsSettings) {
+    if tls.mode == ClientTlsMode::Mutual
+        && (tls.client_certificate.is_none() || tls.private_key.is_none())
+    {
+        c.err(
+            f.to_owned(),
+            "mode MUTUAL needs clientCertificate and privateKey",
+        );
+    }
+    if tls.mode == ClientTlsMode::IstioMutual
+        && (tls.client_certificate.is_some()
+            || tls.private_key.is_some()
+            || tls.ca_certificates.is_some())
+    {
+        c.err(
+            f.to_owned(),
+            "mode ISTIO_MUTUAL uses the mesh's certificates; remove the certificate files",
+        );
+    }
+}
+
+fn gateway(c: &mut Checker<'_>, g: &Gateway) {
+    if g.servers.is_empty() {
+        c.err("spec.servers", "at least one server is required");
+    }
+    let mut ports = std::collections::BTreeMap::new();
+    for (i, s) in g.servers.iter().enumerate() {
+        let f = format!("spec.servers[{i}]");
+        if s.hosts.is_empty() {
+            c.err(format!("{f}.hosts"), "at least one host is required");
+        }
+        if let Some(other) = ports.insert(s.port.number, s.port.protocol) {
+            if other != s.port.protocol {
+                c.err(
+                    format!("{f}.port"),
+                    format!(
+                        "port {} is already served with protocol {other:?}",
+                        s.port.number
+                    ),
+                );
+            }
+        }
+        let terminates = matches!(s.port.protocol, Protocol::Https | Protocol::Tls);
+        match (&s.tls, terminates) {
+            (None, true) => c.err(
+                format!("{f}.tls"),
+                format!("is required for protocol {:?}", s.port.protocol),
+            ),
+            (Some(tls), _) => {
+                let mode = tls.mode;
+                if terminates && mode.is_none() {
+                    c.err(format!("{f}.tls.mode"), "is required");
+                }
+                if matches!(mode, Some(ServerTlsMode::Simple | ServerTlsMode::Mutual))
+                    && (tls.server_certificate.is_none() || tls.private_key.is_none())
+                {
+                    c.err(
+                        format!("{f}.tls"),
+                        "modes SIMPLE and MUTUAL need serverCertificate and privateKey",
+                    );
+                }
+                if mode == Some(ServerTlsMode::Mutual) && tls.ca_certificates.is_none() {
+                    c.err(
+                        format!("{f}.tls.caCertificates"),
+                        "is required with mode MUTUAL",
+                    );
+                }
+                if tls.https_redirect && terminates {
+                    c.err(
+                        format!("{f}.tls.httpsRedirect"),
+                        "only applies to plain HTTP servers",
+                    );
+                }
+            }
+            (None, false) => {}
+        }
+    }
+}
+
+fn service_entry(c: &mut Checker<'_>, se: &ServiceEntry) {
+    if se.hosts.is_empty() {
+        c.err("spec.hosts", "at least one host is required");
+    }
+    let mut numbers = std::collections::BTreeSet::new();
+    for (i, p) in se.ports.iter().enumerate() {
+        if p.number == 0 {
+            c.err(format!("spec.ports[{i}].number"), "must be 1-65535");
+        }
+        if !numbers.insert(p.number) {
+            c.err(
+                format!("spec.ports[{i}].number"),
+                format!("port {} is listed twice", p.number),
+            );
+        }
+    }
+    if !se.endpoints.is_empty() && se.workload_selector.is_some() {
+        c.err(
+            "spec.workloadSelector",
+            "endpoints and workloadSelector exclude each other",
+        );
+    }
+    for (i, e) in se.endpoints.iter().enumerate() {
+        workload_entry(c, &format!("spec.endpoints[{i}]"), e);
+    }
+}
+
+fn workload_entry(c: &mut Checker<'_>, f: &str, we: &WorkloadEntry) {
+    if we.address.is_empty() {
+        c.err(format!("{f}.address"), "is required");
+    }
+    if let Some(sa) = &we.service_account {
+        if sa.is_empty()
+            || !sa
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            c.err(
+                format!("{f}.serviceAccount"),
+                format!("`{sa}` is not a valid service account name"),
+            );
+        }
+    }
+    for (name, port) in &we.ports {
+        if *port == 0 {
+            c.err(format!("{f}.ports.{name}"), "must be 1-65535");
+        }
+    }
+}
+
+fn peer_authentication(c: &mut Checker<'_>, pa: &PeerAuthentication) {
+    let has_selector = pa
+        .selector
+        .as_ref()
+        .is_some_and(|s| !s.match_labels.is_empty());
+    if !pa.port_level_mtls.is_empty() && !has_selector {
+        // Istio ignores port-level settings without a selector; a rule that
+        // would be ignored is refused instead.
+        c.err(
+            "spec.portLevelMtls",
+            "needs a selector: port-level modes apply to selected workloads only",
+        );
+    }
+    for port in pa.port_level_mtls.keys() {
+        if *port == 0 {
+            c.err(format!("spec.portLevelMtls.{port}"), "must be 1-65535");
+        }
+    }
+}
+
+fn legacy_policy(c: &mut Checker<'_>, kind: Kind, p: &LegacyPolicy) {
+    if kind == Kind::MeshPolicy && !p.targets.is_empty() {
+        c.err(
+            "spec.targets",
+            "a MeshPolicy applies to the whole mesh and takes no targets",
+        );
+    }
+    if p.peers.len() > 1 {
+        c.err("spec.peers", "list one peer method (mtls)");
+    }
+}
+
+fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
+    if ap.action == Some(AuthzAction::Custom) {
+        c.err(
+            "spec.action",
+            "CUSTOM (external authorization) is not supported by this mesh",
+        );
+    }
+    for (i, rule) in ap.rules.iter().flatten().enumerate() {
+        let rf = format!("spec.rules[{i}]");
+        for (j, from) in rule.from.iter().enumerate() {
+            let f = format!("{rf}.from[{j}].source");
+            let s = &from.source;
+            for (name, values) in [
+                ("principals", &s.principals),
+                ("notPrincipals", &s.not_principals),
+                ("namespaces", &s.namespaces),
+                ("notNamespaces", &s.not_namespaces),
+            ] {
+                wildcard_values(c, &format!("{f}.{name}"), values);
+            }
+            for (name, values) in [
+                ("ipBlocks", &s.ip_blocks),
+                ("notIpBlocks", &s.not_ip_blocks),
+            ] {
+                for (k, v) in values.iter().enumerate() {
+                    if crate::authz::IpBlock::parse(v).is_none() {
+                        c.err(
+                            format!("{f}.{name}[{k}]"),
+                            format!("`{v}` is not an IP address or CIDR block"),
+                        );
+                    }
+                }
+            }
+            if [
+                &s.principals,
+                &s.not_principals,
+                &s.namespaces,
+                &s.not_namespaces,
+                &s.ip_blocks,
+                &s.not_ip_blocks,
+            ]
+            .iter()
+            .all(|v| v.is_empty())
+            {
+                c.err(f, "a source needs at least one field");
+            }
+        }
+        for (j, to) in rule.to.iter().enumerate() {
+            let f = format!("{rf}.to[{j}].operation");
+            let o = &to.operation;
+            for (name, values) in [
+                ("hosts", &o.hosts),
+                ("notHosts", &o.not_hosts),
+                ("methods", &o.methods),
+                ("notMethods", &o.not_methods),
+                ("paths", &o.paths),
+                ("notPaths", &o.not_paths),
+            ] {
+                wildcard_values(c, &format!("{f}.{name}"), values);
+            }
+            for (name, values) in [("ports", &o.ports), ("notPorts", &o.not_ports)] {
+                for (k, v) in values.iter().enumerate() {
+                    if !v.parse::<u16>().is_ok_and(|p| p > 0) {
+                        c.err(
+                            format!("{f}.{name}[{k}]"),
+                            format!("`{v}` is not a port number"),
+                        );
+                    }
+                }
+            }
+            for (name, values) in [("paths", &o.paths), ("notPaths", &o.not_paths)] {
+                for (k, v) in values.iter().enumerate() {
+                    if !(v.starts_with('/') || v.starts_with('*')) {
+                        c.err(
+                            format!("{f}.{name}[{k}]"),
+                            format!("`{v}` must start with '/' or '*'"),
+                        );
+                    }
+                }
+            }
+        }
+        for (j, cond) in rule.when.iter().enumerate() {
+            let f = format!("{rf}.when[{j}]");
+            let header = cond
+                .key
+                .strip_prefix("request.headers[")
+                .and_then(|k| k.strip_suffix(']'))
+                .is_some_and(|k| !k.is_empty());
+            if !header && !WHEN_KEYS.contains(&cond.key.as_str()) {
+                c.err(
+                    format!("{f}.key"),
+                    format!(
+                        "`{}` is not supported; use request.headers[NAME] or one of {}",
+                        cond.key,
+                        WHEN_KEYS.join(", ")
+                    ),
+                );
+            }
+            if cond.values.is_empty() && cond.not_values.is_empty() {
+                c.err(f.clone(), "needs values or notValues");
+            }
+            if matches!(cond.key.as_str(), "source.ip" | "destination.ip") {
+                for v in cond.values.iter().chain(&cond.not_values) {
+                    if crate::authz::IpBlock::parse(v).is_none() {
+                        c.err(
+                            format!("{f}.values"),
+                            format!("`{v}` is not an IP address or CIDR block"),
+                        );
+                    }
+                }
+            }
+            if cond.key == "destination.port" {
+                for v in cond.values.iter().chain(&cond.not_values) {
+                    if v.parse::<u16>().is_err() {
+                        c.err(format!("{f}.values"), format!("`{v}` is not a port number"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Istio allows `*` only as a whole value, a prefix or a suffix.
+fn wildcard_values(c: &mut Checker<'_>, f: &str, values: &[String]) {
+    for (k, v) in values.iter().enumerate() {
+        if v.is_empty() {
+            c.err(format!("{f}[{k}]"), "is empty");
+        } else if {
+            let inner = v.strip_prefix('*').unwrap_or(v);
+            inner.strip_suffix('*').unwrap_or(inner).contains('*')
+        } {
+            c.err(
+                format!("{f}[{k}]"),
+                format!("`{v}`: `*` is allowed only at the start or the end"),
+            );
+        }
+    }
+}
