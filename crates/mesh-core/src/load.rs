@@ -188,8 +188,8 @@ impl Loader {
         };
         let field = |name: &str| match map.get(name) {
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err(format!("must be a string")),
-            None => Err(format!("is required")),
+            Some(_) => Err("must be a string".to_owned()),
+            None => Err("is required".to_owned()),
         };
         let (api_version, kind) = match (field("apiVersion"), field("kind")) {
             (Ok(a), Ok(k)) => (a, k),

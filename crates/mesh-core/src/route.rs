@@ -87,7 +87,7 @@ pub trait HeaderLookup {
     fn header(&self, name: &str) -> Option<&str>;
 }
 
-impl HeaderLookup for [(String, String)] {
+impl HeaderLookup for Vec<(String, String)> {
     fn header(&self, name: &str) -> Option<&str> {
         self.iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))

@@ -210,6 +210,9 @@ pub enum PeerScope {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
+    /// Set by the [`crate::store::Store`]: 1 for the first configuration
+    /// applied, one more for each reload; 0 for a snapshot never stored.
+    pub version: u64,
     /// Mesh settings.
     pub mesh: MeshConfig,
     /// Services by fully qualified host.
@@ -235,6 +238,7 @@ impl Snapshot {
     /// An empty snapshot: no services, nothing routable.
     pub fn empty() -> Self {
         Self {
+            version: 0,
             mesh: MeshConfig::default(),
             services: BTreeMap::new(),
             workloads: Vec::new(),

@@ -614,12 +614,11 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
 /// Istio allows `*` only as a whole value, a prefix or a suffix.
 fn wildcard_values(c: &mut Checker<'_>, f: &str, values: &[String]) {
     for (k, v) in values.iter().enumerate() {
+        let inner = v.strip_prefix('*').unwrap_or(v);
+        let inner = inner.strip_suffix('*').unwrap_or(inner);
         if v.is_empty() {
             c.err(format!("{f}[{k}]"), "is empty");
-        } else if {
-            let inner = v.strip_prefix('*').unwrap_or(v);
-            inner.strip_suffix('*').unwrap_or(inner).contains('*')
-        } {
+        } else if inner.contains('*') {
             c.err(
                 format!("{f}[{k}]"),
                 format!("`{v}`: `*` is allowed only at the start or the end"),

@@ -547,6 +547,24 @@ pub enum ClientTlsMode {
     IstioMutual,
 }
 
+impl ClientTlsMode {
+    /// The mode as Istio writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "DISABLE",
+            Self::Simple => "SIMPLE",
+            Self::Mutual => "MUTUAL",
+            Self::IstioMutual => "ISTIO_MUTUAL",
+        }
+    }
+}
+
+impl std::fmt::Display for ClientTlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Client-side TLS settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -708,6 +726,22 @@ pub enum Protocol {
     /// MongoDB: opaque TCP.
     #[serde(rename = "MONGO", alias = "mongo")]
     Mongo,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Http => "HTTP",
+            Self::Http2 => "HTTP2",
+            Self::Grpc => "GRPC",
+            Self::Https => "HTTPS",
+            Self::Tcp => "TCP",
+            Self::Tls => "TLS",
+            Self::Mysql => "MYSQL",
+            Self::Redis => "REDIS",
+            Self::Mongo => "MONGO",
+        })
+    }
 }
 
 impl Protocol {

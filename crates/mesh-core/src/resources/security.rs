@@ -26,6 +26,24 @@ pub enum MtlsMode {
     Strict,
 }
 
+impl MtlsMode {
+    /// The mode as Istio writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unset => "UNSET",
+            Self::Disable => "DISABLE",
+            Self::Permissive => "PERMISSIVE",
+            Self::Strict => "STRICT",
+        }
+    }
+}
+
+impl std::fmt::Display for MtlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `{mode: STRICT}`.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

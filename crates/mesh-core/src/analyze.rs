@@ -1,0 +1,587 @@
+//! `check`: the TLS table (server mTLS mode against the client TLS the
+//! DestinationRules give, per service port) and the analyzers Istio users
+//! rely on. Each finding is an error (traffic will fail: 503s, refused
+//! handshakes) or a warning (something is probably not what was meant).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::resources::ResourceRef;
+use crate::resources::common::labels_match;
+use crate::resources::networking::{ClientTlsMode, Location};
+use crate::resources::security::{AuthzAction, MtlsMode};
+use crate::route::{HttpRouteRule, RouteAction, WeightedDestination};
+use crate::snapshot::{PeerScope, Snapshot};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Traffic will fail.
+    Error,
+    /// Probably not what was meant.
+    Warning,
+}
+
+/// One analyzer finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Error or warning.
+    pub severity: Severity,
+    /// A stable code, `MESH0101`.
+    pub code: &'static str,
+    /// What is wrong.
+    pub message: String,
+    /// The resources involved; the first is where to look.
+    pub resources: Vec<ResourceRef>,
+}
+
+/// TLS status of a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TlsStatus {
+    /// Client and server agree.
+    Ok,
+    /// Handshakes will fail.
+    Conflict,
+}
+
+/// One row of the TLS table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsRow {
+    /// `host:port`.
+    pub host_port: String,
+    /// Server mode(s) in force on the workloads behind the port; `-` for a
+    /// service outside the mesh.
+    pub server: String,
+    /// Client mode(s) the DestinationRule gives; `AUTO` when none.
+    pub client: String,
+    /// OK or CONFLICT.
+    pub status: TlsStatus,
+    /// Why, for a conflict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Peer-authentication resources deciding the server mode.
+    pub authn_policies: Vec<ResourceRef>,
+    /// The DestinationRule deciding the client mode.
+    pub destination_rule: Option<ResourceRef>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The TLS table.
+    pub tls: Vec<TlsRow>,
+    /// Analyzer findings, errors first.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// True when a conflict or an error was found.
+    pub fn has_errors(&self) -> bool {
+        self.tls.iter().any(|r| r.status == TlsStatus::Conflict)
+            || self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+}
+
+/// Analyzer codes.
+pub mod codes {
+    /// A server requires mTLS that a client will not send, or the reverse.
+    pub const TLS_CONFLICT: &str = "MESH0100";
+    /// A route names a subset no DestinationRule defines.
+    pub const SUBSET_NOT_FOUND: &str = "MESH0101";
+    /// A subset selects no workload.
+    pub const SUBSET_EMPTY: &str = "MESH0102";
+    /// Weights of a rule do not sum to 100.
+    pub const WEIGHTS: &str = "MESH0103";
+    /// A host names no known service.
+    pub const HOST_NOT_FOUND: &str = "MESH0104";
+    /// A VirtualService names a Gateway that does not exist.
+    pub const GATEWAY_NOT_FOUND: &str = "MESH0105";
+    /// Peer-authentication policies overlap or contradict each other.
+    pub const PEER_POLICY_CONFLICT: &str = "MESH0106";
+    /// Two DestinationRules or ServiceEntries for one host.
+    pub const DUPLICATE_HOST: &str = "MESH0107";
+    /// An AuthorizationPolicy can never match.
+    pub const AUTHZ_NEVER_MATCHES: &str = "MESH0108";
+    /// A route names a port its service does not have.
+    pub const PORT_NOT_FOUND: &str = "MESH0109";
+    /// A service has no workload.
+    pub const NO_WORKLOADS: &str = "MESH0110";
+}
+
+/// Runs the TLS check and every analyzer.
+pub fn check(snap: &Snapshot, resources: &crate::resources::Resources) -> Report {
+    let mut findings = Vec::new();
+    let tls = tls_table(snap);
+    for row in tls.iter().filter(|r| r.status == TlsStatus::Conflict) {
+        findings.push(Finding {
+            severity: Severity::Error,
+            code: codes::TLS_CONFLICT,
+            message: format!(
+                "{}: {}",
+                row.host_port,
+                row.reason.clone().unwrap_or_default()
+            ),
+            resources: row
+                .destination_rule
+                .iter()
+                .chain(&row.authn_policies)
+                .cloned()
+                .collect(),
+        });
+    }
+    routes(snap, resources, &mut findings);
+    services(snap, resources, &mut findings);
+    peer_policies(snap, &mut findings);
+    authz(snap, &mut findings);
+    findings.sort_by(|a, b| a.severity.cmp(&b.severity).then(a.code.cmp(b.code)));
+    Report { tls, findings }
+}
+
+fn client_name(m: Option<ClientTlsMode>) -> &'static str {
+    m.map_or("AUTO", ClientTlsMode::as_str)
+}
+
+/// Why a server mode and a client mode cannot talk, if they cannot.
+pub fn tls_conflict(server: MtlsMode, client: Option<ClientTlsMode>) -> Option<String> {
+    match (server, client) {
+        (MtlsMode::Strict, Some(c @ (ClientTlsMode::Disable | ClientTlsMode::Simple | ClientTlsMode::Mutual))) => Some(format!(
+            "the server requires mesh mTLS (STRICT) but the client sends {}",
+            if c == ClientTlsMode::Disable { "plaintext (DISABLE)".to_owned() } else { format!("{} TLS without a mesh certificate", client_name(Some(c))) }
+        )),
+        (MtlsMode::Disable, Some(ClientTlsMode::IstioMutual)) => {
+            Some("the client sends mesh mTLS (ISTIO_MUTUAL) but the server accepts plaintext only (DISABLE)".to_owned())
+        }
+        _ => None,
+    }
+}
+
+fn tls_table(snap: &Snapshot) -> Vec<TlsRow> {
+    let mut rows = Vec::new();
+    for svc in snap.services.values() {
+        for port in &svc.ports {
+            let host_port = format!("{}:{}", svc.host, port.number);
+            let mut servers = BTreeSet::new();
+            let mut clients = BTreeSet::new();
+            let mut authn = BTreeSet::new();
+            let mut dr = None;
+            // Reason → the workloads it hits, so each reason is told once.
+            let mut reasons: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            let subsets: Vec<(Option<&str>, Vec<usize>)> =
+                match snap.destination_policies.get(&svc.host) {
+                    Some(dp) if !dp.subsets.is_empty() => {
+                        let mut v: Vec<(Option<&str>, Vec<usize>)> = dp
+                            .subsets
+                            .iter()
+                            .map(|s| (Some(s.name.as_str()), s.workloads.clone()))
+                            .collect();
+                        // Requests without a subset reach every workload.
+                        v.push((None, svc.workloads.clone()));
+                        v
+                    }
+                    _ => vec![(None, svc.workloads.clone())],
+                };
+            for (subset, members) in subsets {
+                let client = snap.client_tls(&svc.host, port.number, subset);
+                clients.insert(client_name(client.mode));
+                if client.decided_by.is_some() {
+                    dr = client.decided_by.clone();
+                }
+                if svc.location == Location::MeshExternal {
+                    if client.mode == Some(ClientTlsMode::IstioMutual) {
+                        reasons.entry("the service is outside the mesh (MESH_EXTERNAL) and cannot answer mesh mTLS (ISTIO_MUTUAL)".to_owned()).or_default();
+                    }
+                    continue;
+                }
+                for i in members {
+                    let w = &snap.workloads[i];
+                    let inbound = snap.inbound_mode(w, svc.target_port(port, w));
+                    servers.insert(inbound.mode.as_str());
+                    if let Some(src) = inbound.decided_by {
+                        authn.insert(src);
+                    }
+                    if let Some(r) = tls_conflict(inbound.mode, client.mode) {
+                        reasons.entry(r).or_default().insert(w.key.clone());
+                    }
+                }
+            }
+            let server = if svc.location == Location::MeshExternal {
+                "-".to_owned()
+            } else if servers.is_empty() {
+                // No workloads: show what a workload would get.
+                let probe = snap
+                    .peer_policies
+                    .iter()
+                    .find(|p| matches!(&p.scope, PeerScope::Namespace(ns) if *ns == svc.namespace))
+                    .map(|p| p.mode);
+                probe
+                    .unwrap_or(snap.mesh.default_mtls_mode)
+                    .as_str()
+                    .to_owned()
+            } else {
+                servers.into_iter().collect::<Vec<_>>().join(",")
+            };
+            let reasons: Vec<String> = reasons
+                .into_iter()
+                .map(|(r, ws)| {
+                    if ws.is_empty() {
+                        r
+                    } else {
+                        format!(
+                            "{r} (workloads {})",
+                            ws.into_iter().collect::<Vec<_>>().join(", ")
+                        )
+                    }
+                })
+                .collect();
+            rows.push(TlsRow {
+                host_port,
+                server,
+                client: clients.into_iter().collect::<Vec<_>>().join(","),
+                status: if reasons.is_empty() {
+                    TlsStatus::Ok
+                } else {
+                    TlsStatus::Conflict
+                },
+                reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+                authn_policies: authn.into_iter().collect(),
+                destination_rule: dr,
+            });
+        }
+    }
+    rows
+}
+
+fn finding(
+    severity: Severity,
+    code: &'static str,
+    message: String,
+    resources: Vec<ResourceRef>,
+) -> Finding {
+    Finding {
+        severity,
+        code,
+        message,
+        resources,
+    }
+}
+
+fn all_rules(snap: &Snapshot) -> Vec<&HttpRouteRule> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    let gw_rules = snap.gateways.values().flat_map(|g| g.routes.values());
+    for rules in snap.mesh_routes.values().chain(gw_rules) {
+        for r in rules {
+            if seen.insert((r.source.clone(), r.index)) {
+                out.push(r.as_ref());
+            }
+        }
+    }
+    out
+}
+
+fn routes(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Finding>) {
+    for rule in all_rules(snap) {
+        let at = format!("{} http[{}]", rule.source, rule.index);
+        let mut dests: Vec<&WeightedDestination> = Vec::new();
+        if let RouteAction::Forward(ds) = &rule.action {
+            dests.extend(ds);
+            if ds.len() > 1 {
+                let sum: u32 = ds.iter().map(|d| d.weight).sum();
+                if sum != 100 {
+                    out.push(finding(
+                        Severity::Error,
+                        codes::WEIGHTS,
+                        format!("{at}: route weights sum to {sum}, not 100"),
+                        vec![rule.source.clone()],
+                    ));
+                }
+            }
+        }
+        dests.extend(rule.mirror.as_ref());
+        for d in dests {
+            let Some(svc) = snap.services.get(&d.host) else {
+                out.push(finding(
+                    Severity::Error,
+                    codes::HOST_NOT_FOUND,
+                    format!("{at}: destination host {} is not a known service (no ServiceEntry); requests get 503", d.host),
+                    vec![rule.source.clone()],
+                ));
+                continue;
+            };
+            if let Some(port) = d.port {
+                if svc.port(port).is_none() {
+                    out.push(finding(
+                        Severity::Error,
+                        codes::PORT_NOT_FOUND,
+                        format!("{at}: service {} has no port {port}", d.host),
+                        vec![rule.source.clone(), svc.source.clone()],
+                    ));
+                }
+            }
+            if let Some(subset) = &d.subset {
+                match snap.destination_policies.get(&d.host) {
+                    None => out.push(finding(
+                        Severity::Error,
+                        codes::SUBSET_NOT_FOUND,
+                        format!("{at}: subset {subset} of {} is used but no DestinationRule defines subsets for that host; requests get 503", d.host),
+                        vec![rule.source.clone()],
+                    )),
+                    Some(dp) if dp.subset(subset).is_none() => out.push(finding(
+                        Severity::Error,
+                        codes::SUBSET_NOT_FOUND,
+                        format!("{at}: subset {subset} of {} is not defined in {}; requests get 503", d.host, dp.source),
+                        vec![rule.source.clone(), dp.source.clone()],
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    for vs in &res.virtual_services {
+        let gateways: Vec<String> = vs
+            .spec
+            .gateways
+            .iter()
+            .map(|g| crate::snapshot::gateway_key(g, vs.namespace()))
+            .collect();
+        for g in &gateways {
+            if g != "mesh" && !snap.gateways.contains_key(g) {
+                out.push(finding(
+                    Severity::Error,
+                    codes::GATEWAY_NOT_FOUND,
+                    format!(
+                        "{}: gateway {g} does not exist; its routes are served nowhere",
+                        vs.source
+                    ),
+                    vec![vs.source.clone()],
+                ));
+            }
+        }
+        if gateways.is_empty() || gateways.iter().any(|g| g == "mesh") {
+            for h in &vs.spec.hosts {
+                let host = snap.mesh.resolve_host(h, vs.namespace());
+                if !host.contains('*') && !snap.services.contains_key(&host) {
+                    out.push(finding(
+                        Severity::Warning,
+                        codes::HOST_NOT_FOUND,
+                        format!("{}: host {host} is not a known service; mesh clients cannot address it", vs.source),
+                        vec![vs.source.clone()],
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn services(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Finding>) {
+    for (host, dp) in &snap.destination_policies {
+        let Some(svc) = snap.services.get(host) else {
+            out.push(finding(
+                Severity::Warning,
+                codes::HOST_NOT_FOUND,
+                format!(
+                    "{}: host {host} is not a known service; the rule applies to nothing",
+                    dp.source
+                ),
+                vec![dp.source.clone()],
+            ));
+            continue;
+        };
+        for s in &dp.subsets {
+            if s.workloads.is_empty() {
+                out.push(finding(
+                    Severity::Warning,
+                    codes::SUBSET_EMPTY,
+                    format!(
+                        "{}: subset {} selects no workload of {host}; traffic sent to it gets 503",
+                        dp.source, s.name
+                    ),
+                    vec![dp.source.clone(), svc.source.clone()],
+                ));
+            }
+        }
+    }
+    for svc in snap.services.values() {
+        if svc.workloads.is_empty() && svc.location == Location::MeshInternal {
+            out.push(finding(
+                Severity::Warning,
+                codes::NO_WORKLOADS,
+                format!(
+                    "{}: service {} has no workload; requests to it get 503",
+                    svc.source, svc.host
+                ),
+                vec![svc.source.clone()],
+            ));
+        }
+    }
+    let mut by_host: BTreeMap<String, Vec<ResourceRef>> = BTreeMap::new();
+    for dr in &res.destination_rules {
+        by_host
+            .entry(snap.mesh.resolve_host(&dr.spec.host, dr.namespace()))
+            .or_default()
+            .push(dr.source.clone());
+    }
+    for se in &res.service_entries {
+        for h in &se.spec.hosts {
+            by_host
+                .entry(format!(
+                    "service {}",
+                    snap.mesh.resolve_host(h, se.namespace())
+                ))
+                .or_default()
+                .push(se.source.clone());
+        }
+    }
+    for (host, refs) in by_host.into_iter().filter(|(_, r)| r.len() > 1) {
+        let names: Vec<String> = refs.iter().map(ToString::to_string).collect();
+        out.push(finding(
+            Severity::Warning,
+            codes::DUPLICATE_HOST,
+            format!(
+                "{host} is defined by {}; only the first ({}) is in force",
+                names.join(" and "),
+                names[0]
+            ),
+            refs,
+        ));
+    }
+}
+
+fn peer_policies(snap: &Snapshot, out: &mut Vec<Finding>) {
+    let ps = &snap.peer_policies;
+    for (i, a) in ps.iter().enumerate() {
+        for b in &ps[i + 1..] {
+            let overlap = match (&a.scope, &b.scope) {
+                (PeerScope::Mesh, PeerScope::Mesh) => true,
+                (PeerScope::Namespace(x), PeerScope::Namespace(y)) => x == y,
+                (
+                    PeerScope::Workloads {
+                        namespace: n1,
+                        labels: l1,
+                    },
+                    PeerScope::Workloads {
+                        namespace: n2,
+                        labels: l2,
+                    },
+                ) => {
+                    n1 == n2
+                        && snap.workloads.iter().any(|w| {
+                            &w.namespace == n1
+                                && labels_match(l1, &w.labels)
+                                && labels_match(l2, &w.labels)
+                        })
+                }
+                (PeerScope::Services(t1), PeerScope::Services(t2)) => {
+                    t1.iter().any(|(h, _)| t2.iter().any(|(h2, _)| h == h2))
+                }
+                _ => false,
+            };
+            if !overlap {
+                continue;
+            }
+            let (severity, what) = if a.mode != b.mode || a.port_modes != b.port_modes {
+                (Severity::Error, "contradict each other")
+            } else {
+                (Severity::Warning, "overlap")
+            };
+            out.push(finding(
+                severity,
+                codes::PEER_POLICY_CONFLICT,
+                format!(
+                    "{} ({}) and {} ({}) {what} on the same workloads; {} is in force",
+                    a.source, a.mode, b.source, b.mode, a.source
+                ),
+                vec![a.source.clone(), b.source.clone()],
+            ));
+        }
+    }
+}
+
+fn authz(snap: &Snapshot, out: &mut Vec<Finding>) {
+    for p in &snap.authz_policies {
+        let selects = snap
+            .workloads
+            .iter()
+            .any(|w| p.applies_to(&w.namespace, &w.labels));
+        if !selects {
+            out.push(finding(
+                Severity::Warning,
+                codes::AUTHZ_NEVER_MATCHES,
+                format!("{}: selects no workload; it never applies", p.source),
+                vec![p.source.clone()],
+            ));
+        }
+        if p.rules.is_empty() {
+            let msg = match p.action {
+                AuthzAction::Allow => {
+                    "has no rules, so it allows nothing: every request to its workloads is denied"
+                }
+                _ => "has no rules and never matches",
+            };
+            out.push(finding(
+                Severity::Warning,
+                codes::AUTHZ_NEVER_MATCHES,
+                format!("{}: {msg}", p.source),
+                vec![p.source.clone()],
+            ));
+        }
+        for (i, rule) in p.rules.iter().enumerate() {
+            let mut why = Vec::new();
+            for f in &rule.from {
+                let s = &f.source;
+                contradiction(&mut why, "principals", &s.principals, &s.not_principals);
+                contradiction(&mut why, "namespaces", &s.namespaces, &s.not_namespaces);
+                contradiction(&mut why, "ipBlocks", &s.ip_blocks, &s.not_ip_blocks);
+                for pr in &s.principals {
+                    let td = pr.split('/').next().unwrap_or_default();
+                    if !pr.contains('*') && td != snap.mesh.trust_domain.as_str() {
+                        why.push(format!(
+                            "principal {pr} is outside the trust domain {}",
+                            snap.mesh.trust_domain
+                        ));
+                    }
+                }
+            }
+            for t in &rule.to {
+                let o = &t.operation;
+                contradiction(&mut why, "hosts", &o.hosts, &o.not_hosts);
+                contradiction(&mut why, "ports", &o.ports, &o.not_ports);
+                contradiction(&mut why, "methods", &o.methods, &o.not_methods);
+                contradiction(&mut why, "paths", &o.paths, &o.not_paths);
+                for m in &o.methods {
+                    if m.chars().any(|c| c.is_ascii_lowercase()) {
+                        why.push(format!(
+                            "method {m} is not uppercase; HTTP methods are matched exactly"
+                        ));
+                    }
+                }
+            }
+            for c in &rule.when {
+                contradiction(&mut why, &c.key, &c.values, &c.not_values);
+            }
+            for w in why {
+                out.push(finding(
+                    Severity::Warning,
+                    codes::AUTHZ_NEVER_MATCHES,
+                    format!("{} rules[{i}]: can never match: {w}", p.source),
+                    vec![p.source.clone()],
+                ));
+            }
+        }
+    }
+}
+
+fn contradiction(why: &mut Vec<String>, field: &str, values: &[String], not_values: &[String]) {
+    if !values.is_empty()
+        && values
+            .iter()
+            .all(|v| not_values.iter().any(|n| n == "*" || n == v))
+    {
+        why.push(format!(
+            "every value of {field} is excluded again by its not-variant"
+        ));
+    }
+}
