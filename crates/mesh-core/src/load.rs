@@ -397,6 +397,8 @@ impl Loader {
         }
         self.errors
             .extend(crate::validate::validate(&self.resources));
+        self.errors
+            .sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
         if self.errors.is_empty() {
             Ok(self.resources)
         } else {
@@ -425,10 +427,14 @@ fn describe_serde_error(e: &serde_path_to_error::Error<serde_json::Error>) -> (S
     let msg = e.inner().to_string();
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         if let Some((name, tail)) = rest.split_once('`') {
-            if !path.is_empty() {
-                path.push('.');
+            // serde_path_to_error already ends the path with the field on
+            // most versions; add it only where it does not.
+            if path.rsplit('.').next() != Some(name) {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(name);
             }
-            path.push_str(name);
             let expected = tail
                 .strip_prefix(", expected one of ")
                 .or_else(|| tail.strip_prefix(", expected "))

@@ -1,0 +1,388 @@
+//! Loading: the reference article's listings load unchanged, and every kind
+//! of bad input gets a message naming the file, the document and the field.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use mesh_core::error::ConfigErrors;
+use mesh_core::load::{load_path, load_str};
+use mesh_core::resources::Kind;
+use mesh_core::resources::security::MtlsMode;
+use mesh_core::snapshot::compile;
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/wordpress-canary/mesh")
+}
+
+fn errors(yaml: &str) -> ConfigErrors {
+    load_str(Path::new("test.yaml"), yaml).expect_err("the configuration should be rejected")
+}
+
+/// One error is expected; returns it rendered, after checking it names the
+/// file and the field.
+fn one_error(yaml: &str, field: &str) -> String {
+    let e = errors(yaml);
+    assert_eq!(e.0.len(), 1, "expected one error, got: {e}");
+    let e = &e.0[0];
+    assert_eq!(e.file, Path::new("test.yaml"));
+    assert_eq!(e.field.as_deref(), Some(field), "wrong field in: {e}");
+    let text = e.to_string();
+    assert!(text.starts_with("test.yaml: document "), "{text}");
+    assert!(text.contains(field), "{text}");
+    text
+}
+
+#[test]
+fn article_listings_load_unchanged() {
+    let file = example_dir().join("article-listings.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    // The file is the article's listings as printed: keep it that way.
+    assert!(
+        text.starts_with("apiVersion: \"authentication.istio.io/v1alpha1\"\nkind: \"MeshPolicy\"")
+    );
+    let r = load_path(&file).unwrap();
+    assert_eq!(r.legacy_policies.len(), 1);
+    assert_eq!(r.legacy_policies[0].source.kind, Kind::MeshPolicy);
+    assert_eq!(r.legacy_policies[0].spec.mode(), MtlsMode::Strict);
+    assert_eq!(r.destination_rules.len(), 2);
+    assert_eq!(r.gateways.len(), 1);
+    assert_eq!(r.virtual_services.len(), 1);
+    assert!(r.skipped.is_empty());
+    let names: Vec<_> = r
+        .destination_rules
+        .iter()
+        .map(|d| d.source.to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "DestinationRule default/mtls-rule",
+            "DestinationRule default/wordpress"
+        ]
+    );
+}
+
+#[test]
+fn example_folder_compiles_to_the_90_10_canary() {
+    let r = load_path(&example_dir()).unwrap();
+    let snap = compile(&r).unwrap();
+    let gw = &snap.gateways["default/wordpress-gateway"];
+    let rules = &gw.routes["blog.datadoc.info"];
+    let mesh_core::route::RouteAction::Forward(dests) = &rules[0].action else {
+        panic!("expected a forward");
+    };
+    let split: Vec<_> = dests
+        .iter()
+        .map(|d| (d.host.as_str(), d.subset.as_deref(), d.weight))
+        .collect();
+    assert_eq!(
+        split,
+        [
+            ("wordpress.default.svc.cluster.local", Some("v1"), 90),
+            ("wordpress.default.svc.cluster.local", Some("v2"), 10),
+        ]
+    );
+    let dp = &snap.destination_policies["wordpress.default.svc.cluster.local"];
+    let v1: Vec<_> = dp
+        .subset("v1")
+        .unwrap()
+        .workloads
+        .iter()
+        .map(|i| snap.workloads[*i].key.as_str())
+        .collect();
+    assert_eq!(v1, ["default/wordpress-v1"]);
+    // Listing 1's MeshPolicy makes every workload STRICT.
+    for w in &snap.workloads {
+        for m in w.inbound.values() {
+            assert_eq!(m.mode, MtlsMode::Strict, "{}", w.key);
+            assert_eq!(m.decided_by.as_ref().unwrap().kind, Kind::MeshPolicy);
+        }
+    }
+    assert_eq!(
+        snap.workloads[0].identity.to_string(),
+        "spiffe://cluster.local/ns/default/sa/wordpress"
+    );
+}
+
+#[test]
+fn every_api_version_users_have_loads() {
+    for v in ["v1alpha3", "v1beta1", "v1"] {
+        let yaml = format!(
+            "apiVersion: networking.istio.io/{v}\nkind: DestinationRule\nmetadata: {{name: r}}\nspec: {{host: a}}\n"
+        );
+        load_str(Path::new("x.yaml"), &yaml).unwrap();
+    }
+    for v in ["v1beta1", "v1"] {
+        let yaml = format!(
+            "apiVersion: security.istio.io/{v}\nkind: PeerAuthentication\nmetadata: {{name: p}}\nspec: {{mtls: {{mode: PERMISSIVE}}}}\n"
+        );
+        load_str(Path::new("x.yaml"), &yaml).unwrap();
+    }
+    let text = one_error(
+        "apiVersion: networking.istio.io/v2\nkind: Gateway\nmetadata: {name: g}\n",
+        "apiVersion",
+    );
+    assert!(
+        text.contains("v1alpha3, networking.istio.io/v1beta1, networking.istio.io/v1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn namespaces_default_and_short_hosts_resolve() {
+    let r = load_str(
+        Path::new("x.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s, namespace: shop}\n\
+         spec: {hosts: [cart], ports: [{number: 80, name: http-web}]}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: cart.shop.svc.cluster.local}\n",
+    )
+    .unwrap();
+    assert_eq!(r.destination_rules[0].namespace(), "default");
+    let snap = compile(&r).unwrap();
+    let svc = &snap.services["cart.shop.svc.cluster.local"];
+    assert_eq!(
+        svc.ports[0].protocol.to_string(),
+        "HTTP",
+        "protocol from the port name"
+    );
+    assert!(
+        snap.destination_policies
+            .contains_key("cart.shop.svc.cluster.local")
+    );
+}
+
+#[test]
+fn other_kinds_are_skipped_but_unknown_istio_kinds_are_errors() {
+    let r = load_str(
+        Path::new("x.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 2}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: web}\n",
+    )
+    .unwrap();
+    let skipped: Vec<_> = r
+        .skipped
+        .iter()
+        .map(|s| (s.kind.as_str(), s.name.as_deref(), s.origin.document))
+        .collect();
+    assert_eq!(
+        skipped,
+        [("Deployment", Some("web"), 1), ("Service", Some("web"), 2)]
+    );
+
+    let text = one_error(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: f}\nspec: {}\n",
+        "kind",
+    );
+    assert!(text.contains("not supported"), "{text}");
+    one_error(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\n",
+        "kind",
+    );
+}
+
+#[test]
+fn broken_yaml_names_the_file() {
+    let e = errors("apiVersion: v1\nkind: [unclosed\n");
+    assert_eq!(e.0.len(), 1);
+    assert_eq!(e.0[0].file, Path::new("test.yaml"));
+    assert!(e.0[0].to_string().contains("is not valid YAML"), "{e}");
+    let e = errors("- just\n- a list\n");
+    assert!(e.0[0].to_string().contains("must be a mapping"), "{e}");
+    one_error("kind: VirtualService\nmetadata: {name: x}\n", "apiVersion");
+}
+
+#[test]
+fn wrong_types_name_the_field_path() {
+    let text = one_error(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 90
+    - destination: {host: reviews, subset: v2}
+      weight: ten
+"#,
+        "spec.http[0].route[1].weight",
+    );
+    assert!(
+        text.contains("document 1 (VirtualService reviews)"),
+        "{text}"
+    );
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: a, trafficPolicy: {tls: {mode: SOMETIMES}}}\n",
+        "spec.trafficPolicy.tls.mode",
+    );
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec: {hosts: [a], http: [{route: [{destination: {host: a}}], timeout: soon}]}\n",
+        "spec.http[0].timeout",
+    );
+}
+
+#[test]
+fn unimplemented_fields_are_named_never_dropped() {
+    let text = one_error(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\n\
+         spec: {hosts: [a], http: [{route: [{destination: {host: a}}], corsPolicy: {allowOrigins: []}}]}\n",
+        "spec.http[0].corsPolicy",
+    );
+    assert!(text.contains("unsupported field `corsPolicy`"), "{text}");
+    // A misspelt field is caught the same way.
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: a, trafficPolicy: {tsl: {mode: DISABLE}}}\n",
+        "spec.trafficPolicy.tsl",
+    );
+}
+
+#[test]
+fn security_resources_fail_closed() {
+    // JWT principals are not implemented: the policy must not load half.
+    one_error(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n\
+         spec: {rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}\n",
+        "spec.rules[0].from[0].source.requestPrincipals",
+    );
+    one_error(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: CUSTOM, rules: [{}]}\n",
+        "spec.action",
+    );
+    one_error(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n\
+         spec: {rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}\n",
+        "spec.rules[0].when[0].key",
+    );
+    one_error(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n\
+         spec: {rules: [{to: [{operation: {paths: ['/a*b']}}]}]}\n",
+        "spec.rules[0].to[0].operation.paths[0]",
+    );
+    one_error(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n\
+         spec: {rules: [{from: [{source: {ipBlocks: ['10.0.0.0/40']}}]}]}\n",
+        "spec.rules[0].from[0].source.ipBlocks[0]",
+    );
+    one_error(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {portLevelMtls: {8080: {mode: DISABLE}}}\n",
+        "spec.portLevelMtls",
+    );
+    one_error(
+        "apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: p}\nspec: {origins: [{jwt: {issuer: x}}]}\n",
+        "spec.origins",
+    );
+}
+
+#[test]
+fn legacy_policies_map_onto_peer_authentication() {
+    let cases = [
+        ("peers: [{mtls: {}}]", MtlsMode::Strict),
+        ("peers: [{mtls: }]", MtlsMode::Strict),
+        ("peers: [{mtls: {mode: PERMISSIVE}}]", MtlsMode::Permissive),
+        (
+            "peers: [{mtls: {}}]\n  peerIsOptional: true",
+            MtlsMode::Permissive,
+        ),
+        ("{}", MtlsMode::Disable),
+    ];
+    for (spec, want) in cases {
+        let yaml = format!(
+            "apiVersion: authentication.istio.io/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: default}}\nspec:\n  {spec}\n"
+        );
+        let r = load_str(Path::new("x.yaml"), &yaml).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        assert_eq!(r.legacy_policies[0].spec.mode(), want, "{spec}");
+        assert_eq!(r.legacy_policies[0].namespace(), "istio-system");
+    }
+}
+
+#[test]
+fn duplicates_and_bad_names_are_rejected() {
+    let doc = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {servers: [{port: {number: 80, protocol: HTTP}, hosts: ['*']}]}\n";
+    let e = errors(&format!("{doc}---\n{doc}"));
+    assert!(e.0[0].to_string().contains("defined twice"), "{e}");
+    assert_eq!(e.0[0].document, Some(2));
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: Bad_Name}\nspec: {servers: [{port: {number: 80, protocol: HTTP}, hosts: ['*']}]}\n",
+        "metadata.name",
+    );
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {namespace: x}\nspec: {}\n",
+        "metadata.name",
+    );
+}
+
+#[test]
+fn semantic_errors_inside_one_resource() {
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec: {hosts: [a], http: [{route: [{destination: {host: a}}, {destination: {host: b}, weight: 10}]}]}\n",
+        "spec.http[0].route[0].weight",
+    );
+    let text = one_error(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec: {hosts: [a], http: [{match: [{uri: {regex: '(unclosed'}}], route: [{destination: {host: a}}]}]}\n",
+        "spec.http[0].match[0].uri.regex",
+    );
+    assert!(text.contains("invalid regular expression"), "{text}");
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {servers: [{port: {number: 443, protocol: HTTPS}, hosts: [a]}]}\n",
+        "spec.servers[0].tls",
+    );
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: a, trafficPolicy: {loadBalancer: {consistentHash: {}}}}\n",
+        "spec.trafficPolicy.loadBalancer.consistentHash",
+    );
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let e = errors(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: []}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b}\nspec: {}\n",
+    );
+    let docs: Vec<_> = e.0.iter().map(|e| e.document).collect();
+    assert_eq!(docs, [Some(1), Some(2)], "{e}");
+}
+
+#[test]
+fn a_folder_is_read_recursively_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(
+        dir.path().join("sub/b.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b}\nspec: {host: b}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("a.yml"),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a}\nspec: {host: a}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join(".a.yaml.swp"), "garbage: [").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not yaml").unwrap();
+    let r = load_path(dir.path()).unwrap();
+    let names: Vec<_> = r
+        .destination_rules
+        .iter()
+        .map(|d| d.name().to_owned())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let e = load_path(&dir.path().join("missing")).unwrap_err();
+    assert!(e.to_string().contains("cannot read"), "{e}");
+}
+
+#[test]
+fn mesh_config_overrides_defaults() {
+    let r = load_str(
+        Path::new("x.yaml"),
+        "apiVersion: mesh.config/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {trustDomain: example.org, defaultMtlsMode: PERMISSIVE}\n",
+    )
+    .unwrap();
+    assert_eq!(r.mesh.trust_domain.as_str(), "example.org");
+    assert_eq!(r.mesh.default_mtls_mode, MtlsMode::Permissive);
+    assert_eq!(r.mesh.ports.inbound, 15006);
+    one_error(
+        "apiVersion: mesh.config/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {trustDomain: 'Not Valid'}\n",
+        "spec.trustDomain",
+    );
+}
