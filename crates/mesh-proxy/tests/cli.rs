@@ -1,0 +1,263 @@
+//! `mesh-proxy check` and `explain` as a user runs them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/wordpress-canary/mesh")
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        status.code().expect("exited normally"),
+        String::from_utf8(stdout).unwrap(),
+        String::from_utf8(stderr).unwrap(),
+    )
+}
+
+/// A copy of the example folder with `edit` applied to the listings file.
+fn variant(edit: impl FnOnce(String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(example()).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let listings = dir.path().join("article-listings.yaml");
+    let text = std::fs::read_to_string(&listings).unwrap();
+    std::fs::write(&listings, edit(text)).unwrap();
+    dir
+}
+
+/// The article's Listing 3 DestinationRule with its TLS mode changed.
+fn wordpress_dr_tls(text: String, mode: &str) -> String {
+    let at = text
+        .find("  name: wordpress\nspec:\n  trafficPolicy")
+        .unwrap();
+    let (head, tail) = text.split_at(at);
+    format!(
+        "{head}{}",
+        tail.replacen("mode: ISTIO_MUTUAL", &format!("mode: {mode}"), 1)
+    )
+}
+
+#[test]
+fn example_is_clean() {
+    let dir = example();
+    let (code, out, err) = run(&["check", "--config", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("wordpress.default.svc.cluster.local:80"))
+        .unwrap();
+    let cells: Vec<_> = row.split_whitespace().collect();
+    assert_eq!(&cells[1..4], ["OK", "STRICT", "ISTIO_MUTUAL"], "{row}");
+    assert!(row.contains("MeshPolicy istio-system/default"), "{row}");
+    assert!(row.contains("DestinationRule default/wordpress"), "{row}");
+    let mysql = out
+        .lines()
+        .find(|l| l.starts_with("mysql.default.svc.cluster.local:3306"))
+        .unwrap();
+    assert!(mysql.contains(" OK "), "{mysql}");
+    assert!(out.contains("0 conflict(s), 0 error(s)"), "{out}");
+}
+
+#[test]
+fn disable_against_strict_is_a_conflict() {
+    let dir = variant(|t| wordpress_dr_tls(t, "DISABLE"));
+    let (code, out, _) = run(&["check", "--config", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("wordpress.default.svc.cluster.local:80"))
+        .unwrap();
+    let cells: Vec<_> = row.split_whitespace().collect();
+    assert_eq!(&cells[1..4], ["CONFLICT", "STRICT", "DISABLE"], "{row}");
+    assert!(out.contains("ERROR   MESH0100"), "{out}");
+    assert!(
+        out.contains("article-listings.yaml (document 5)"),
+        "names the file and document: {out}"
+    );
+
+    let (code, json, _) = run(&[
+        "check",
+        "--config",
+        dir.path().to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rows = v["tls"].as_array().unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["host_port"] == "wordpress.default.svc.cluster.local:80")
+        .unwrap();
+    assert_eq!(row["status"], "CONFLICT");
+    assert_eq!(row["destination_rule"]["name"], "wordpress");
+    assert!(row["reason"].as_str().unwrap().contains("plaintext"));
+}
+
+#[test]
+fn istio_mutual_against_disable_is_a_conflict() {
+    // Listing 1's MeshPolicy turned into "no peers": plaintext servers, while
+    // Listing 3's rule still sends ISTIO_MUTUAL.
+    let dir = variant(|t| t.replacen("  peers:\n  - mtls: {}\n", "  peers: []\n", 1));
+    let (code, out, _) = run(&["check", "--config", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("wordpress.default.svc.cluster.local:80"))
+        .unwrap();
+    assert!(row.contains("CONFLICT  DISABLE  ISTIO_MUTUAL"), "{row}");
+}
+
+#[test]
+fn unreadable_configuration_exits_2_with_file_and_field() {
+    let dir = variant(|t| t.replacen("weight: 10", "weight: ten", 1));
+    let (code, out, err) = run(&["check", "--config", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("article-listings.yaml: document 4 (VirtualService wordpress): spec.http[0].route[1].weight"), "{err}");
+
+    let (code, json, _) = run(&[
+        "check",
+        "--config",
+        dir.path().to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 2);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["readable"], false);
+    assert_eq!(v["errors"][0]["field"], "spec.http[0].route[1].weight");
+
+    let (code, _, err) = run(&["check", "--config", "/nonexistent/mesh"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/mesh: cannot read"), "{err}");
+}
+
+#[test]
+fn explain_names_each_deciding_resource() {
+    let dir = example();
+    let (code, out, err) = run(&[
+        "explain",
+        "--config",
+        dir.to_str().unwrap(),
+        "--from",
+        "wordpress-v1",
+        "--to",
+        "mysql:3306",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    for want in [
+        "source         workload default/wordpress-v1 at 127.0.0.1 as spiffe://cluster.local/ns/default/sa/wordpress",
+        "service        mysql.default.svc.cluster.local:3306 (MYSQL)",
+        "server-mtls    default/mysql port 15306: STRICT",
+        "decided by MeshPolicy istio-system/default",
+        "allowed by AuthorizationPolicy default/mysql-from-wordpress rule 0",
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
+
+    // MySQL may not call itself: the ALLOW policy names only WordPress.
+    let (code, out, _) = run(&[
+        "explain",
+        "--config",
+        dir.to_str().unwrap(),
+        "--from",
+        "mysql",
+        "--to",
+        "mysql:3306",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("[FAIL] authorization  default/mysql: no ALLOW policy matched"),
+        "{out}"
+    );
+    assert!(out.contains("=> 100% 403"), "{out}");
+
+    let (code, _, err) = run(&[
+        "explain",
+        "--config",
+        dir.to_str().unwrap(),
+        "--from",
+        "nobody",
+        "--to",
+        "mysql",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no workload named `nobody`"), "{err}");
+}
+
+#[test]
+fn explain_shows_the_canary_split_and_a_conflict() {
+    // A mesh VirtualService for wordpress, so mesh clients see the split too.
+    let dir = variant(|t| {
+        wordpress_dr_tls(t, "DISABLE")
+            .replacen(
+                "  gateways:\n  - wordpress-gateway\n",
+                "  gateways:\n  - wordpress-gateway\n  - mesh\n",
+                1,
+            )
+            .replacen(
+                "  - \"blog.datadoc.info\"\n  gateways",
+                "  - \"blog.datadoc.info\"\n  - wordpress\n  gateways",
+                1,
+            )
+    });
+    let (code, out, _) = run(&[
+        "explain",
+        "--config",
+        dir.path().to_str().unwrap(),
+        "--from",
+        "mysql",
+        "--to",
+        "wordpress",
+        "--path",
+        "/wp-login.php",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let steps = v["steps"].as_array().unwrap();
+    let route = steps.iter().find(|s| s["step"] == "route").unwrap();
+    assert_eq!(route["decided_by"]["name"], "wordpress");
+    let dests: Vec<_> = steps
+        .iter()
+        .filter(|s| s["step"] == "destination")
+        .map(|s| s["decision"].as_str().unwrap())
+        .collect();
+    assert!(
+        dests[0].contains("subset v1: weight 90 of 100 (90%)"),
+        "{dests:?}"
+    );
+    assert!(
+        dests[1].contains("subset v2: weight 10 of 100 (10%)"),
+        "{dests:?}"
+    );
+    let conflict = steps
+        .iter()
+        .find(|s| s["step"] == "server-mtls" && s["ok"] == false)
+        .unwrap();
+    assert!(
+        conflict["decision"].as_str().unwrap().contains("CONFLICT"),
+        "{conflict}"
+    );
+    assert!(
+        v["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("90% 503 (TLS conflict"),
+        "{}",
+        v["outcome"]
+    );
+}
