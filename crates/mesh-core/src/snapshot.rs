@@ -73,6 +73,10 @@ pub struct ServicePortEntry {
     pub http_routes: Vec<Arc<HttpRouteRule>>,
     /// TCP destinations (mesh-bound VirtualServices), first rule that applies.
     pub tcp_route: Option<Vec<WeightedDestination>>,
+    /// Client TLS towards this port without a subset, then per subset.
+    pub client_tls: ClientTls,
+    /// Client TLS per subset of the host's DestinationRule.
+    pub subset_tls: BTreeMap<String, ClientTls>,
 }
 
 /// A service: a ServiceEntry host.
@@ -146,7 +150,7 @@ impl DestinationPolicy {
 }
 
 /// The client TLS the DestinationRule gives a host, port and subset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientTls {
     /// The mode; `None` is automatic: mesh mTLS to workloads that accept it.
@@ -676,6 +680,33 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
         });
     }
 
+    // Per service port: the client TLS, host-wide and per subset.
+    let tls: Vec<(String, u16, ClientTls, BTreeMap<String, ClientTls>)> = snap
+        .services
+        .values()
+        .flat_map(|svc| {
+            let subsets: Vec<String> = snap
+                .destination_policies
+                .get(&svc.host)
+                .map(|dp| dp.subsets.iter().map(|s| s.name.clone()).collect())
+                .unwrap_or_default();
+            let snap = &snap;
+            svc.ports.iter().map(move |p| {
+                let per_subset = subsets
+                    .iter()
+                    .map(|s| (s.clone(), snap.client_tls(&svc.host, p.number, Some(s))))
+                    .collect();
+                (svc.host.clone(), p.number, snap.client_tls(&svc.host, p.number, None), per_subset)
+            })
+        })
+        .collect();
+    for (host, number, host_tls, per_subset) in tls {
+        if let Some(p) = snap.services.get_mut(&host).and_then(|s| s.ports.iter_mut().find(|p| p.number == number)) {
+            p.client_tls = host_tls;
+            p.subset_tls = per_subset;
+        }
+    }
+
     // Per workload: inbound modes of the ports it serves, and its policies.
     let mut inbound = Vec::with_capacity(snap.workloads.len());
     for w in &snap.workloads {
@@ -728,6 +759,8 @@ fn service_port(p: &ServicePort) -> ServicePortEntry {
         target_port: p.target_port,
         http_routes: Vec::new(),
         tcp_route: None,
+        client_tls: ClientTls::default(),
+        subset_tls: BTreeMap::new(),
     }
 }
 

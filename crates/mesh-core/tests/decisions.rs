@@ -175,6 +175,11 @@ spec:
         s.client_tls(host, 80, None).decided_by.unwrap().to_string(),
         "DestinationRule shop/api"
     );
+    // The same decisions are compiled into the snapshot per service port.
+    let svc = &s.services[host];
+    assert_eq!(svc.port(9000).unwrap().client_tls.mode, Some(ClientTlsMode::Disable));
+    assert_eq!(svc.port(80).unwrap().subset_tls["v2"].mode, Some(ClientTlsMode::Simple));
+    assert_eq!(svc.port(80).unwrap().subset_tls["v1"].mode, Some(ClientTlsMode::IstioMutual));
 }
 
 const ROUTES: &str = r#"
