@@ -12,7 +12,7 @@ use crate::resources::common::labels_match;
 use crate::resources::networking::{ClientTlsMode, Location};
 use crate::resources::security::{AuthzAction, MtlsMode};
 use crate::route::{HttpRouteRule, RouteAction, WeightedDestination};
-use crate::snapshot::{PeerScope, Snapshot};
+use crate::snapshot::{PeerPolicy, PeerScope, Snapshot};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -285,59 +285,31 @@ fn all_rules(snap: &Snapshot) -> Vec<&HttpRouteRule> {
 fn routes(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Finding>) {
     for rule in all_rules(snap) {
         let at = format!("{} http[{}]", rule.source, rule.index);
-        let mut dests: Vec<&WeightedDestination> = Vec::new();
+        let mut dests: Vec<WeightedDestination> = Vec::new();
         if let RouteAction::Forward(ds) = &rule.action {
-            dests.extend(ds);
-            if ds.len() > 1 {
-                let sum: u32 = ds.iter().map(|d| d.weight).sum();
-                if sum != 100 {
-                    out.push(finding(
-                        Severity::Error,
-                        codes::WEIGHTS,
-                        format!("{at}: route weights sum to {sum}, not 100"),
-                        vec![rule.source.clone()],
-                    ));
-                }
-            }
+            dests.extend(ds.iter().cloned());
         }
-        dests.extend(rule.mirror.as_ref());
-        for d in dests {
-            let Some(svc) = snap.services.get(&d.host) else {
-                out.push(finding(
-                    Severity::Error,
-                    codes::HOST_NOT_FOUND,
-                    format!("{at}: destination host {} is not a known service (no ServiceEntry); requests get 503", d.host),
-                    vec![rule.source.clone()],
-                ));
-                continue;
-            };
-            if let Some(port) = d.port {
-                if svc.port(port).is_none() {
-                    out.push(finding(
-                        Severity::Error,
-                        codes::PORT_NOT_FOUND,
-                        format!("{at}: service {} has no port {port}", d.host),
-                        vec![rule.source.clone(), svc.source.clone()],
-                    ));
-                }
-            }
-            if let Some(subset) = &d.subset {
-                match snap.destination_policies.get(&d.host) {
-                    None => out.push(finding(
-                        Severity::Error,
-                        codes::SUBSET_NOT_FOUND,
-                        format!("{at}: subset {subset} of {} is used but no DestinationRule defines subsets for that host; requests get 503", d.host),
-                        vec![rule.source.clone()],
-                    )),
-                    Some(dp) if dp.subset(subset).is_none() => out.push(finding(
-                        Severity::Error,
-                        codes::SUBSET_NOT_FOUND,
-                        format!("{at}: subset {subset} of {} is not defined in {}; requests get 503", d.host, dp.source),
-                        vec![rule.source.clone(), dp.source.clone()],
-                    )),
-                    Some(_) => {}
-                }
-            }
+        let n = dests.len();
+        dests.extend(rule.mirror.iter().cloned());
+        destinations(snap, &at, &rule.source, &dests, n, out);
+    }
+    for vs in &res.virtual_services {
+        for (i, tcp) in vs.spec.tcp.iter().enumerate() {
+            let at = format!("{} tcp[{i}]", vs.source);
+            let dests: Vec<WeightedDestination> = tcp
+                .route
+                .iter()
+                .map(|d| WeightedDestination {
+                    host: snap.mesh.resolve_host(&d.destination.host, vs.namespace()),
+                    subset: d.destination.subset.clone(),
+                    port: d.destination.port.map(|p| p.number),
+                    weight: d
+                        .weight
+                        .unwrap_or(if tcp.route.len() == 1 { 100 } else { 0 }),
+                    headers: None,
+                })
+                .collect();
+            destinations(snap, &at, &vs.source, &dests, dests.len(), out);
         }
     }
     for vs in &res.virtual_services {
@@ -371,6 +343,67 @@ fn routes(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Find
                         vec![vs.source.clone()],
                     ));
                 }
+            }
+        }
+    }
+}
+
+/// Checks the destinations of one rule; the first `weighted` are its
+/// weighted destinations, the rest mirrors.
+fn destinations(
+    snap: &Snapshot,
+    at: &str,
+    source: &ResourceRef,
+    dests: &[WeightedDestination],
+    weighted: usize,
+    out: &mut Vec<Finding>,
+) {
+    if weighted > 1 {
+        let sum: u32 = dests[..weighted].iter().map(|d| d.weight).sum();
+        if sum != 100 {
+            out.push(finding(
+                Severity::Error,
+                codes::WEIGHTS,
+                format!("{at}: route weights sum to {sum}, not 100"),
+                vec![source.clone()],
+            ));
+        }
+    }
+    for d in dests {
+        let Some(svc) = snap.services.get(&d.host) else {
+            out.push(finding(
+                Severity::Error,
+                codes::HOST_NOT_FOUND,
+                format!("{at}: destination host {} is not a known service (no ServiceEntry); requests get 503", d.host),
+                vec![source.clone()],
+            ));
+            continue;
+        };
+        if let Some(port) = d.port {
+            if svc.port(port).is_none() {
+                out.push(finding(
+                    Severity::Error,
+                    codes::PORT_NOT_FOUND,
+                    format!("{at}: service {} has no port {port}", d.host),
+                    vec![source.clone(), svc.source.clone()],
+                ));
+            }
+        }
+        if let Some(subset) = &d.subset {
+            match snap.destination_policies.get(&d.host) {
+                None => out.push(finding(
+                    Severity::Error,
+                    codes::SUBSET_NOT_FOUND,
+                    format!("{at}: subset {subset} of {} is used but no DestinationRule defines subsets for that host; requests get 503", d.host),
+                    vec![source.clone()],
+                )),
+                Some(dp) if dp.subset(subset).is_none() => out.push(finding(
+                    Severity::Error,
+                    codes::SUBSET_NOT_FOUND,
+                    format!("{at}: subset {subset} of {} is not defined in {}; requests get 503", d.host, dp.source),
+                    vec![source.clone(), dp.source.clone()],
+                )),
+                Some(_) => {}
             }
         }
     }
@@ -450,6 +483,29 @@ fn services(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Fi
     }
 }
 
+/// The workloads a workload-level peer policy selects; `None` for mesh- and
+/// namespace-wide ones.
+fn peer_selection(snap: &Snapshot, p: &PeerPolicy) -> Option<BTreeSet<usize>> {
+    match &p.scope {
+        PeerScope::Workloads { namespace, labels } => Some(
+            snap.workloads
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| &w.namespace == namespace && labels_match(labels, &w.labels))
+                .map(|(i, _)| i)
+                .collect(),
+        ),
+        PeerScope::Services(targets) => Some(
+            targets
+                .iter()
+                .filter_map(|(host, _)| snap.services.get(host))
+                .flat_map(|s| s.workloads.iter().copied())
+                .collect(),
+        ),
+        PeerScope::Mesh | PeerScope::Namespace(_) => None,
+    }
+}
+
 fn peer_policies(snap: &Snapshot, out: &mut Vec<Finding>) {
     let ps = &snap.peer_policies;
     for (i, a) in ps.iter().enumerate() {
@@ -457,27 +513,10 @@ fn peer_policies(snap: &Snapshot, out: &mut Vec<Finding>) {
             let overlap = match (&a.scope, &b.scope) {
                 (PeerScope::Mesh, PeerScope::Mesh) => true,
                 (PeerScope::Namespace(x), PeerScope::Namespace(y)) => x == y,
-                (
-                    PeerScope::Workloads {
-                        namespace: n1,
-                        labels: l1,
-                    },
-                    PeerScope::Workloads {
-                        namespace: n2,
-                        labels: l2,
-                    },
-                ) => {
-                    n1 == n2
-                        && snap.workloads.iter().any(|w| {
-                            &w.namespace == n1
-                                && labels_match(l1, &w.labels)
-                                && labels_match(l2, &w.labels)
-                        })
-                }
-                (PeerScope::Services(t1), PeerScope::Services(t2)) => {
-                    t1.iter().any(|(h, _)| t2.iter().any(|(h2, _)| h == h2))
-                }
-                _ => false,
+                _ => match (peer_selection(snap, a), peer_selection(snap, b)) {
+                    (Some(x), Some(y)) => !x.is_disjoint(&y),
+                    _ => false,
+                },
             };
             if !overlap {
                 continue;
@@ -528,45 +567,82 @@ fn authz(snap: &Snapshot, out: &mut Vec<Finding>) {
                 vec![p.source.clone()],
             ));
         }
+        let td = snap.mesh.trust_domain.as_str();
         for (i, rule) in p.rules.iter().enumerate() {
+            // Sources are ORed, and so are operations: a rule is dead when
+            // every source is dead, or every operation, or any condition
+            // (conditions are ANDed). Within one source or operation the
+            // fields are ANDed, so one dead field kills it.
             let mut why = Vec::new();
-            for f in &rule.from {
-                let s = &f.source;
-                contradiction(&mut why, "principals", &s.principals, &s.not_principals);
-                contradiction(&mut why, "namespaces", &s.namespaces, &s.not_namespaces);
-                contradiction(&mut why, "ipBlocks", &s.ip_blocks, &s.not_ip_blocks);
-                for pr in &s.principals {
-                    let td = pr.split('/').next().unwrap_or_default();
-                    if !pr.contains('*') && td != snap.mesh.trust_domain.as_str() {
-                        why.push(format!(
-                            "principal {pr} is outside the trust domain {}",
-                            snap.mesh.trust_domain
-                        ));
-                    }
-                }
+            let sources: Vec<Vec<String>> = rule
+                .from
+                .iter()
+                .map(|f| {
+                    let s = &f.source;
+                    let foreign = |v: &str| !v.contains('*') && v.split('/').next() != Some(td);
+                    let mut dead = Vec::new();
+                    dead_field(
+                        &mut dead,
+                        "principals",
+                        &s.principals,
+                        &s.not_principals,
+                        |v| {
+                            foreign(v)
+                                .then(|| format!("principal {v} is outside the trust domain {td}"))
+                        },
+                    );
+                    dead_field(
+                        &mut dead,
+                        "namespaces",
+                        &s.namespaces,
+                        &s.not_namespaces,
+                        |_| None,
+                    );
+                    dead_field(
+                        &mut dead,
+                        "ipBlocks",
+                        &s.ip_blocks,
+                        &s.not_ip_blocks,
+                        |_| None,
+                    );
+                    dead
+                })
+                .collect();
+            if !sources.is_empty() && sources.iter().all(|d| !d.is_empty()) {
+                why.extend(sources.into_iter().flatten());
             }
-            for t in &rule.to {
-                let o = &t.operation;
-                contradiction(&mut why, "hosts", &o.hosts, &o.not_hosts);
-                contradiction(&mut why, "ports", &o.ports, &o.not_ports);
-                contradiction(&mut why, "methods", &o.methods, &o.not_methods);
-                contradiction(&mut why, "paths", &o.paths, &o.not_paths);
-                for m in &o.methods {
-                    if m.chars().any(|c| c.is_ascii_lowercase()) {
-                        why.push(format!(
-                            "method {m} is not uppercase; HTTP methods are matched exactly"
-                        ));
-                    }
-                }
+            let operations: Vec<Vec<String>> = rule
+                .to
+                .iter()
+                .map(|t| {
+                    let o = &t.operation;
+                    let mut dead = Vec::new();
+                    dead_field(&mut dead, "hosts", &o.hosts, &o.not_hosts, |_| None);
+                    dead_field(&mut dead, "ports", &o.ports, &o.not_ports, |_| None);
+                    dead_field(&mut dead, "methods", &o.methods, &o.not_methods, |m| {
+                        m.chars().any(|c| c.is_ascii_lowercase()).then(|| {
+                            format!("method {m} is not uppercase; HTTP methods are matched exactly")
+                        })
+                    });
+                    dead_field(&mut dead, "paths", &o.paths, &o.not_paths, |_| None);
+                    dead
+                })
+                .collect();
+            if !operations.is_empty() && operations.iter().all(|d| !d.is_empty()) {
+                why.extend(operations.into_iter().flatten());
             }
             for c in &rule.when {
-                contradiction(&mut why, &c.key, &c.values, &c.not_values);
+                dead_field(&mut why, &c.key, &c.values, &c.not_values, |_| None);
             }
-            for w in why {
+            if !why.is_empty() {
                 out.push(finding(
                     Severity::Warning,
                     codes::AUTHZ_NEVER_MATCHES,
-                    format!("{} rules[{i}]: can never match: {w}", p.source),
+                    format!(
+                        "{} rules[{i}]: can never match: {}",
+                        p.source,
+                        why.join("; ")
+                    ),
                     vec![p.source.clone()],
                 ));
             }
@@ -574,14 +650,32 @@ fn authz(snap: &Snapshot, out: &mut Vec<Finding>) {
     }
 }
 
-fn contradiction(why: &mut Vec<String>, field: &str, values: &[String], not_values: &[String]) {
-    if !values.is_empty()
-        && values
-            .iter()
-            .all(|v| not_values.iter().any(|n| n == "*" || n == v))
-    {
-        why.push(format!(
-            "every value of {field} is excluded again by its not-variant"
-        ));
+/// A positive field is dead when every one of its values is: excluded again
+/// by the not-variant, or dead for a reason `dead_value` gives.
+fn dead_field(
+    why: &mut Vec<String>,
+    field: &str,
+    values: &[String],
+    not_values: &[String],
+    dead_value: impl Fn(&str) -> Option<String>,
+) {
+    if values.is_empty() {
+        return;
+    }
+    let reasons: Vec<String> = values
+        .iter()
+        .map(|v| {
+            if not_values.iter().any(|n| n == "*" || n == v) {
+                Some(format!(
+                    "{field} value {v} is excluded again by its not-variant"
+                ))
+            } else {
+                dead_value(v)
+            }
+        })
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
+    if !reasons.is_empty() {
+        why.push(reasons.join(", "));
     }
 }

@@ -70,8 +70,9 @@ impl IpBlock {
 pub struct AuthzPolicy {
     /// Where it came from.
     pub source: ResourceRef,
-    /// Applies to every workload of the mesh (root namespace, no selector).
-    pub mesh_wide: bool,
+    /// Lives in the root namespace, so it applies in every namespace (to
+    /// the workloads its selector picks, or to all).
+    pub root_namespace: bool,
     /// Labels selecting workloads in the policy's namespace; `None`: all.
     pub selector: Option<Labels>,
     /// ALLOW, DENY or AUDIT.
@@ -83,7 +84,7 @@ pub struct AuthzPolicy {
 impl AuthzPolicy {
     /// Does the policy apply to a workload of `namespace` with `labels`?
     pub fn applies_to(&self, namespace: &str, labels: &Labels) -> bool {
-        (self.mesh_wide || self.source.namespace == namespace)
+        (self.root_namespace || self.source.namespace == namespace)
             && self
                 .selector
                 .as_ref()

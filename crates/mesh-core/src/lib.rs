@@ -50,12 +50,15 @@
 
 pub mod analyze;
 pub mod authz;
+pub mod balance;
 pub mod error;
 pub mod explain;
 pub mod identity;
 pub mod load;
 pub mod meshconfig;
+pub mod outlier;
 pub mod resources;
+pub mod retry;
 pub mod route;
 pub mod snapshot;
 pub mod store;

@@ -673,7 +673,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
             .filter(|l| !l.is_empty());
         snap.authz_policies.push(AuthzPolicy {
             source: ap.source.clone(),
-            mesh_wide: ap.namespace() == mesh.root_namespace && selector.is_none(),
+            root_namespace: ap.namespace() == mesh.root_namespace,
             selector,
             action: ap.spec.action.unwrap_or(AuthzAction::Allow),
             rules: ap.spec.rules.clone().unwrap_or_default(),
@@ -696,12 +696,21 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     .iter()
                     .map(|s| (s.clone(), snap.client_tls(&svc.host, p.number, Some(s))))
                     .collect();
-                (svc.host.clone(), p.number, snap.client_tls(&svc.host, p.number, None), per_subset)
+                (
+                    svc.host.clone(),
+                    p.number,
+                    snap.client_tls(&svc.host, p.number, None),
+                    per_subset,
+                )
             })
         })
         .collect();
     for (host, number, host_tls, per_subset) in tls {
-        if let Some(p) = snap.services.get_mut(&host).and_then(|s| s.ports.iter_mut().find(|p| p.number == number)) {
+        if let Some(p) = snap
+            .services
+            .get_mut(&host)
+            .and_then(|s| s.ports.iter_mut().find(|p| p.number == number))
+        {
             p.client_tls = host_tls;
             p.subset_tls = per_subset;
         }

@@ -177,9 +177,18 @@ spec:
     );
     // The same decisions are compiled into the snapshot per service port.
     let svc = &s.services[host];
-    assert_eq!(svc.port(9000).unwrap().client_tls.mode, Some(ClientTlsMode::Disable));
-    assert_eq!(svc.port(80).unwrap().subset_tls["v2"].mode, Some(ClientTlsMode::Simple));
-    assert_eq!(svc.port(80).unwrap().subset_tls["v1"].mode, Some(ClientTlsMode::IstioMutual));
+    assert_eq!(
+        svc.port(9000).unwrap().client_tls.mode,
+        Some(ClientTlsMode::Disable)
+    );
+    assert_eq!(
+        svc.port(80).unwrap().subset_tls["v2"].mode,
+        Some(ClientTlsMode::Simple)
+    );
+    assert_eq!(
+        svc.port(80).unwrap().subset_tls["v1"].mode,
+        Some(ClientTlsMode::IstioMutual)
+    );
 }
 
 const ROUTES: &str = r#"
