@@ -27,7 +27,9 @@ pub enum IdError {
     #[error("the trust domain is empty")]
     EmptyTrustDomain,
     /// The trust domain holds a character outside `[a-z0-9.-_]`.
-    #[error("the trust domain holds {0:?}; only lowercase letters, digits, '.', '-' and '_' are allowed")]
+    #[error(
+        "the trust domain holds {0:?}; only lowercase letters, digits, '.', '-' and '_' are allowed"
+    )]
     TrustDomainChar(char),
     /// The trust domain is longer than 255 bytes.
     #[error("the trust domain is longer than {MAX_TRUST_DOMAIN_LEN} bytes")]
@@ -178,7 +180,13 @@ impl SpiffeId {
 
     fn workload_parts(&self) -> Option<(&str, &str)> {
         let mut segs = self.path.strip_prefix('/')?.split('/');
-        match (segs.next(), segs.next(), segs.next(), segs.next(), segs.next()) {
+        match (
+            segs.next(),
+            segs.next(),
+            segs.next(),
+            segs.next(),
+            segs.next(),
+        ) {
             (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Some((ns, sa)),
             _ => None,
         }
@@ -255,7 +263,10 @@ mod tests {
             ("SPIFFE://cluster.local/x", IdError::Scheme),
             ("spiffe:///ns/a", IdError::EmptyTrustDomain),
             ("spiffe://Cluster.local/x", IdError::TrustDomainChar('C')),
-            ("spiffe://cluster.local:8080/x", IdError::TrustDomainChar(':')),
+            (
+                "spiffe://cluster.local:8080/x",
+                IdError::TrustDomainChar(':'),
+            ),
             ("spiffe://user@td/x", IdError::TrustDomainChar('@')),
             ("spiffe://td/ns//sa", IdError::EmptySegment),
             ("spiffe://td/ns/a/", IdError::EmptySegment),
