@@ -16,14 +16,19 @@
 #![forbid(unsafe_code)]
 
 mod authority;
+mod credentials;
 mod csr;
 mod error;
 mod store;
+mod svid;
+pub mod tls;
 
 pub use authority::{CertificateAuthority, DEFAULT_LEAF_TTL, IssuedSvid, LeafPolicy};
+pub use credentials::{CredentialStore, Credentials, CredentialsError};
 pub use csr::CsrError;
 pub use error::CaError;
 pub use store::{
     CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, ROOT_CERT_FILE, TRUST_BUNDLE_FILE,
     TRUST_DOMAIN_FILE,
 };
+pub use svid::{PeerRole, SvidError, TrustBundle, TrustBundleSet, svid_id};
