@@ -294,6 +294,22 @@ impl CertificateAuthority {
         })
     }
 
+    /// A copy of this CA (same key and chain), e.g. to give it other extra
+    /// roots with [`with_extra_roots`](Self::with_extra_roots).
+    pub fn try_clone(&self) -> Result<Self, CaError> {
+        let key = KeyPair::from_pem(&self.ca_key_pem())?;
+        Ok(Self {
+            trust_domain: self.trust_domain.clone(),
+            issuer: Issuer::from_ca_cert_der(&self.ca_cert, key)?,
+            ca_cert: self.ca_cert.clone(),
+            ca_not_after: self.ca_not_after,
+            intermediates: self.intermediates.clone(),
+            root: self.root.clone(),
+            extra_roots: self.extra_roots.clone(),
+            policy: self.policy,
+        })
+    }
+
     /// Sets the leaf lifetime policy.
     pub fn with_policy(mut self, policy: LeafPolicy) -> Self {
         self.policy = policy;

@@ -19,6 +19,9 @@ mod authority;
 mod credentials;
 mod csr;
 mod error;
+mod files;
+mod manager;
+pub mod metrics;
 mod store;
 mod svid;
 pub mod tls;
@@ -27,6 +30,11 @@ pub use authority::{CertificateAuthority, DEFAULT_LEAF_TTL, IssuedSvid, LeafPoli
 pub use credentials::{CredentialStore, Credentials, CredentialsError};
 pub use csr::CsrError;
 pub use error::CaError;
+pub use files::{FileSource, FileSourceError, FileWatcher};
+pub use manager::{
+    BoxFuture, CertManager, LocalSigner, ManagerConfig, ManagerError, ManagerStatus, SignError,
+    SvidSigner,
+};
 pub use store::{
     CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, ROOT_CERT_FILE, TRUST_BUNDLE_FILE,
     TRUST_DOMAIN_FILE,
