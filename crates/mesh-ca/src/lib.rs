@@ -1,5 +1,42 @@
 //! The mesh's certificate authority: root and intermediate keys, X.509-SVID
-//! issuance from CSRs, the signing service and the workload certificate manager.
+//! issuance from CSRs, SVID verification against per-trust-domain bundles,
+//! the signing service and the workload certificate manager.
 //!
-//! This crate is being built; see the project's issue tracker.
+//! ```
+//! use mesh_ca::CertificateAuthority;
+//! use mesh_core::identity::{SpiffeId, TrustDomain};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let ca = CertificateAuthority::init_dir(dir.path(), TrustDomain::new("cluster.local")?)?;
+//! let id = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/wordpress")?;
+//! let (svid, _key_pem) = ca.issue_with_new_key(&id, None, time::OffsetDateTime::now_utc())?;
+//! assert_eq!(svid.bundle, vec![ca.root().clone()]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
+
+mod authority;
+mod credentials;
+mod csr;
+mod error;
+mod files;
+mod manager;
+pub mod metrics;
+mod store;
+mod svid;
+pub mod tls;
+
+pub use authority::{CertificateAuthority, DEFAULT_LEAF_TTL, IssuedSvid, LeafPolicy};
+pub use credentials::{CredentialStore, Credentials, CredentialsError};
+pub use csr::CsrError;
+pub use error::CaError;
+pub use files::{FileSource, FileSourceError, FileWatcher};
+pub use manager::{
+    BoxFuture, CertManager, LocalSigner, ManagerConfig, ManagerError, ManagerStatus, SignError,
+    SvidSigner,
+};
+pub use store::{
+    CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, ROOT_CERT_FILE, TRUST_BUNDLE_FILE,
+    TRUST_DOMAIN_FILE,
+};
+pub use svid::{PeerRole, SvidError, TrustBundle, TrustBundleSet, svid_id};

@@ -1,5 +1,7 @@
 //! The mesh as Tower layers: mTLS connector and acceptor with secure naming,
 //! authorization, routing and load balancing, retries and timeouts, telemetry.
 //!
-//! This crate is being built; see the project's issue tracker.
+//! Built so far: [`tls`], mesh mTLS with SPIFFE identities.
 #![forbid(unsafe_code)]
+
+pub mod tls;

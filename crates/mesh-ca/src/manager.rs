@@ -1,0 +1,355 @@
+//! The workload certificate manager: gets the first SVID, renews it at about
+//! half its lifetime, retries with jittered backoff while keeping the valid
+//! certificate in service, and publishes each new SVID and trust bundle
+//! together in a [`CredentialStore`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use mesh_core::identity::SpiffeId;
+use rand::Rng;
+use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::task::JoinHandle;
+
+use crate::authority::{CertificateAuthority, IssuedSvid};
+use crate::credentials::{CredentialStore, Credentials, CredentialsError};
+use crate::metrics;
+use crate::svid::TrustBundleSet;
+
+/// A boxed future, for the object-safe [`SvidSigner`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a signing request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignError {
+    /// The CA could not be reached or did not answer in time: try again later.
+    #[error("the CA is unavailable: {0}")]
+    Unavailable(String),
+    /// The CA answered with a refusal.
+    #[error("the CA refused: {0}")]
+    Refused(String),
+    /// The CA's answer is unusable.
+    #[error("the CA's answer is unusable: {0}")]
+    BadResponse(String),
+}
+
+/// Where a workload's SVIDs come from: the CA over gRPC, or a CA in process.
+pub trait SvidSigner: Send + Sync + fmt::Debug + 'static {
+    /// Asks for a certificate over the key of `csr_pem`, living `ttl`.
+    fn sign(&self, csr_pem: String, ttl: Duration) -> BoxFuture<'_, Result<IssuedSvid, SignError>>;
+}
+
+/// A signer backed by a CA in this process (for the CA's own serving
+/// certificate, and for tests). The CA can be swapped, e.g. to rotate roots.
+#[derive(Debug, Clone)]
+pub struct LocalSigner {
+    ca: Arc<ArcSwap<CertificateAuthority>>,
+    id: SpiffeId,
+}
+
+impl LocalSigner {
+    /// Signs for `id` with `ca`.
+    pub fn new(ca: Arc<CertificateAuthority>, id: SpiffeId) -> Self {
+        Self {
+            ca: Arc::new(ArcSwap::new(ca)),
+            id,
+        }
+    }
+
+    /// Signs with `ca` from now on (clones share the slot).
+    pub fn set_ca(&self, ca: Arc<CertificateAuthority>) {
+        self.ca.store(ca);
+    }
+}
+
+impl SvidSigner for LocalSigner {
+    fn sign(&self, csr_pem: String, ttl: Duration) -> BoxFuture<'_, Result<IssuedSvid, SignError>> {
+        let result = self
+            .ca
+            .load()
+            .issue(csr_pem.as_bytes(), &self.id, Some(ttl))
+            .map_err(|e| SignError::Refused(e.to_string()));
+        Box::pin(async move { result })
+    }
+}
+
+/// How the manager renews.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Lifetime asked of the CA (the CA may grant less). Default 24 h.
+    pub ttl: Duration,
+    /// Fraction of the lifetime after which to renew. Default 0.5.
+    pub renew_at: f64,
+    /// Renewal time is spread by up to this fraction of the lifetime, so a
+    /// fleet does not renew in lockstep. Default 0.05.
+    pub jitter: f64,
+    /// First retry delay after a failure; doubles each time. Default 1 s.
+    pub initial_backoff: Duration,
+    /// Longest retry delay. Default 60 s.
+    pub max_backoff: Duration,
+    /// How long [`CertManager::start`] keeps trying for the first SVID.
+    /// Default 30 s.
+    pub first_fetch_timeout: Duration,
+    /// Bundles of other trust domains (federation), kept beside the one the
+    /// CA hands out for the workload's own trust domain.
+    pub extra_bundles: TrustBundleSet,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            ttl: crate::DEFAULT_LEAF_TTL,
+            renew_at: 0.5,
+            jitter: 0.05,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            first_fetch_timeout: Duration::from_secs(30),
+            extra_bundles: TrustBundleSet::new(),
+        }
+    }
+}
+
+/// Why the manager could not get its first SVID.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError {
+    /// The CA kept failing for the whole first-fetch timeout.
+    #[error("no SVID within {timeout:?}; last error: {last}")]
+    FirstFetch {
+        /// How long it tried.
+        timeout: Duration,
+        /// The last failure.
+        last: String,
+    },
+}
+
+/// Counters of a running manager, also exported as metrics.
+#[derive(Debug, Default)]
+pub struct ManagerStatus {
+    renewals: AtomicU64,
+    failures: AtomicU64,
+    consecutive_failures: AtomicU64,
+    not_after: AtomicU64,
+}
+
+impl ManagerStatus {
+    /// SVIDs obtained, the first one included.
+    pub fn renewals(&self) -> u64 {
+        self.renewals.load(Ordering::Relaxed)
+    }
+
+    /// Failed signing attempts, in total.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Failed attempts since the last success.
+    pub fn consecutive_failures(&self) -> u64 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// When the current SVID expires, unix seconds.
+    pub fn not_after_unix(&self) -> u64 {
+        self.not_after.load(Ordering::Relaxed)
+    }
+}
+
+/// A running certificate manager. Dropping it stops renewals (the store
+/// keeps its last credentials).
+#[derive(Debug)]
+pub struct CertManager {
+    store: CredentialStore,
+    status: Arc<ManagerStatus>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for CertManager {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Worker {
+    id: SpiffeId,
+    signer: Arc<dyn SvidSigner>,
+    config: ManagerConfig,
+    status: Arc<ManagerStatus>,
+}
+
+impl CertManager {
+    /// Gets the first SVID for `id` from `signer` (retrying until
+    /// `first_fetch_timeout`), then renews in the background.
+    pub async fn start(
+        id: SpiffeId,
+        signer: Arc<dyn SvidSigner>,
+        config: ManagerConfig,
+    ) -> Result<Self, ManagerError> {
+        metrics::describe();
+        let worker = Worker {
+            id,
+            signer,
+            config,
+            status: Arc::new(ManagerStatus::default()),
+        };
+        let deadline = tokio::time::Instant::now() + worker.config.first_fetch_timeout;
+        let mut backoff = worker.config.initial_backoff;
+        let first = loop {
+            match worker.fetch().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    worker.failed(&e);
+                    let now = tokio::time::Instant::now();
+                    if now + backoff > deadline {
+                        return Err(ManagerError::FirstFetch {
+                            timeout: worker.config.first_fetch_timeout,
+                            last: e,
+                        });
+                    }
+                    tokio::time::sleep(worker.jittered(backoff)).await;
+                    backoff = (backoff * 2).min(worker.config.max_backoff);
+                }
+            }
+        };
+        let store = CredentialStore::new(first);
+        let status = worker.status.clone();
+        let task = tokio::spawn(worker.run(store.clone()));
+        Ok(Self {
+            store,
+            status,
+            task,
+        })
+    }
+
+    /// The store rustls reads; always holds a valid SVID once started.
+    pub fn store(&self) -> &CredentialStore {
+        &self.store
+    }
+
+    /// Renewal counters.
+    pub fn status(&self) -> &Arc<ManagerStatus> {
+        &self.status
+    }
+}
+
+fn new_key_and_csr(id: &SpiffeId) -> Result<(String, PrivateKeyDer<'static>), String> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    // Istio's agents put the identity in the CSR too; the CA ignores it.
+    let uri = id
+        .to_string()
+        .try_into()
+        .map_err(|e: rcgen::Error| e.to_string())?;
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| e.to_string())?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    Ok((csr, der))
+}
+
+impl Worker {
+    async fn fetch(&self) -> Result<Credentials, String> {
+        let (csr, key) = new_key_and_csr(&self.id)?;
+        let svid = self
+            .signer
+            .sign(csr, self.config.ttl)
+            .await
+            .map_err(|e| e.to_string())?;
+        let creds = Credentials::from_issued(&svid, key, self.config.extra_bundles.clone())
+            .map_err(|e: CredentialsError| e.to_string())?;
+        if creds.id() != &self.id {
+            return Err(format!(
+                "the CA issued {} instead of {}",
+                creds.id(),
+                self.id
+            ));
+        }
+        self.succeeded(&creds);
+        Ok(creds)
+    }
+
+    fn succeeded(&self, creds: &Credentials) {
+        let not_after = unix_secs(creds.not_after());
+        self.status.renewals.fetch_add(1, Ordering::Relaxed);
+        self.status.consecutive_failures.store(0, Ordering::Relaxed);
+        self.status.not_after.store(not_after, Ordering::Relaxed);
+        metrics::renewed(not_after);
+        tracing::debug!(id = %self.id, not_after, "SVID renewed");
+    }
+
+    fn failed(&self, error: &str) {
+        self.status.failures.fetch_add(1, Ordering::Relaxed);
+        let n = self
+            .status
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        metrics::renewal_failed();
+        tracing::warn!(id = %self.id, attempt = n, %error, "SVID renewal failed; the current certificate stays in service");
+    }
+
+    /// `d` spread by ±`jitter` of itself.
+    fn jittered(&self, d: Duration) -> Duration {
+        let j = self.config.jitter.clamp(0.0, 1.0);
+        let f = rand::rng().random_range((1.0 - j)..=(1.0 + j));
+        d.mul_f64(f)
+    }
+
+    /// When to renew credentials obtained at `obtained`.
+    fn renew_delay(&self, creds: &Credentials, obtained: SystemTime) -> Duration {
+        let lifetime = creds
+            .not_after()
+            .duration_since(obtained)
+            .unwrap_or(Duration::ZERO);
+        let base = lifetime.mul_f64(self.config.renew_at.clamp(0.05, 0.95));
+        let j = self.config.jitter.clamp(0.0, 0.4);
+        let spread = rand::rng().random_range(-j..=j);
+        let target = base.as_secs_f64() + lifetime.as_secs_f64() * spread;
+        Duration::from_secs_f64(target.max(0.0))
+    }
+
+    async fn run(self, store: CredentialStore) {
+        let mut obtained = SystemTime::now();
+        loop {
+            let current = store.load();
+            tokio::time::sleep(self.renew_delay(&current, obtained)).await;
+            // Retry until a new SVID arrives; the current one stays in
+            // service meanwhile, even past its expiry (peers will refuse it
+            // then, which is the truth: nothing better can be done).
+            let lifetime = current
+                .not_after()
+                .duration_since(obtained)
+                .unwrap_or(Duration::from_secs(1));
+            let mut backoff = self.config.initial_backoff.min(lifetime / 10);
+            loop {
+                match self.fetch().await {
+                    Ok(creds) => {
+                        store.publish(creds);
+                        obtained = SystemTime::now();
+                        break;
+                    }
+                    Err(e) => {
+                        self.failed(&e);
+                        tokio::time::sleep(self.jittered(backoff)).await;
+                        backoff = (backoff * 2).min(self.config.max_backoff);
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,213 @@
+//! rustls glue: SPIFFE peer verifiers and config builders, on the `ring`
+//! provider only.
+//!
+//! The verifiers read the trust bundles from a [`CredentialStore`] at each
+//! handshake, so a bundle change (root rotation) needs no new config.
+
+use std::sync::{Arc, OnceLock};
+
+use mesh_core::identity::SpiffeId;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::credentials::CredentialStore;
+use crate::svid::{PeerRole, SvidError};
+
+/// The one crypto provider used: `ring`. Configs are always built with it
+/// explicitly, never from a process default.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+fn algorithms() -> WebPkiSupportedAlgorithms {
+    crypto_provider().signature_verification_algorithms
+}
+
+/// Whether a server asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every client must present a valid X.509-SVID (mesh mTLS).
+    Required,
+    /// A client may present one; if it does, it must be valid. For the CA's
+    /// signing service, where a first request authenticates with a token.
+    Optional,
+}
+
+/// Verifies client certificates as X.509-SVIDs against the bundle of their
+/// trust domain.
+#[derive(Debug, Clone)]
+pub struct SpiffeClientVerifier {
+    store: CredentialStore,
+    auth: ClientAuth,
+}
+
+impl SpiffeClientVerifier {
+    /// A verifier reading bundles from `store`.
+    pub fn new(store: CredentialStore, auth: ClientAuth) -> Self {
+        Self { store, auth }
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.auth == ClientAuth::Required
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints would name one root; during a rotation peers hold several,
+        // and SPIFFE clients send their one SVID anyway.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.store
+            .load()
+            .bundles()
+            .verify(end_entity, intermediates, PeerRole::Client, now)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        algorithms().supported_schemes()
+    }
+}
+
+/// Verifies a server's certificate as an X.509-SVID and enforces secure
+/// naming: its SPIFFE ID must be one of those allowed for the destination.
+/// The TLS server name is not used: identities are SPIFFE IDs, not DNS names.
+#[derive(Debug, Clone)]
+pub struct SpiffeServerVerifier {
+    store: CredentialStore,
+    /// `None` only when built by `dangerous_any_identity`.
+    allowed: Option<Arc<[SpiffeId]>>,
+}
+
+impl SpiffeServerVerifier {
+    /// A verifier accepting only servers whose SPIFFE ID is in `allowed`.
+    pub fn new(store: CredentialStore, allowed: impl Into<Arc<[SpiffeId]>>) -> Self {
+        Self {
+            store,
+            allowed: Some(allowed.into()),
+        }
+    }
+
+    /// A verifier accepting any server with a valid SVID of a trusted trust
+    /// domain. This skips secure naming: any workload of the mesh could
+    /// impersonate the destination. Only for bootstrapping and tools.
+    pub fn dangerous_any_identity(store: CredentialStore) -> Self {
+        Self {
+            store,
+            allowed: None,
+        }
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let id =
+            self.store
+                .load()
+                .bundles()
+                .verify(end_entity, intermediates, PeerRole::Server, now)?;
+        if let Some(allowed) = &self.allowed {
+            if !allowed.contains(&id) {
+                return Err(SvidError::NotAllowed {
+                    peer: id,
+                    allowed: allowed.to_vec(),
+                }
+                .into());
+            }
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        algorithms().supported_schemes()
+    }
+}
+
+/// A server config presenting the store's current SVID and verifying clients
+/// against its current bundles. Build it once: rotation needs no rebuild.
+pub fn server_config(
+    store: &CredentialStore,
+    auth: ClientAuth,
+) -> Result<ServerConfig, rustls::Error> {
+    Ok(ServerConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(store.clone(), auth)))
+        .with_cert_resolver(Arc::new(store.clone())))
+}
+
+/// A client config presenting the store's current SVID and verifying the
+/// server with `verifier` (which carries the secure-naming allow list).
+pub fn client_config(
+    store: &CredentialStore,
+    verifier: SpiffeServerVerifier,
+) -> Result<ClientConfig, rustls::Error> {
+    Ok(ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()?
+        // Not a weakening: the custom verifier is the SPIFFE one above.
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(store.clone())))
+}
