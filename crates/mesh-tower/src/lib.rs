@@ -1,7 +1,13 @@
 //! The mesh as Tower layers: mTLS connector and acceptor with secure naming,
 //! authorization, routing and load balancing, retries and timeouts, telemetry.
 //!
-//! Built so far: [`tls`], mesh mTLS with SPIFFE identities.
+//! Built so far: [`tls`], mesh mTLS with SPIFFE identities; [`traffic`],
+//! routing, load balancing and resilience; [`error`], the one place failures
+//! become HTTP answers.
 #![forbid(unsafe_code)]
 
+pub mod body;
+pub mod error;
 pub mod tls;
+pub mod traffic;
+pub mod upstream;

@@ -1,0 +1,717 @@
+//! Routing, load balancing and resilience: the outbound half of the mesh.
+//!
+//! [`Router`] is a tower `Service` that takes a request addressed to a
+//! service host (`http://reviews/...` or a `Host` header), reads one
+//! [`Snapshot`](mesh_core::snapshot::Snapshot) for the whole request, and
+//! applies what the VirtualService and DestinationRule say: the first
+//! matching rule, redirects and direct answers, fault injection, header
+//! changes and rewrites, the weighted (or sticky) choice of subset, the
+//! endpoint by the load-balancing algorithm, connection pool limits, retries
+//! with per-try timeouts, the route timeout, mirroring, and outlier
+//! detection. Every failure is a [`MeshError`] answered in one place.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use mesh_core::store::{FileSource, Store};
+//! use mesh_tower::traffic::{Router, RouterConfig};
+//! use tower::ServiceExt;
+//!
+//! let store = Arc::new(Store::from_source(&FileSource::new("mesh/"))?);
+//! let router = Router::new(store, RouterConfig::for_workload("default", "web"), None);
+//! let req = http::Request::get("http://reviews/ratings").body(mesh_tower::body::empty())?;
+//! let resp = router.oneshot(req).await?;
+//! println!("{}", resp.status());
+//! # Ok(()) }
+//! ```
+
+mod pick;
+mod rewrite;
+pub mod state;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::Body;
+use http_body_util::BodyExt;
+use mesh_core::outlier::{Outcome, OutlierPolicy};
+use mesh_core::resources::common::Labels;
+use mesh_core::resources::networking::{ClientTlsMode, Location, Protocol};
+use mesh_core::resources::security::MtlsMode;
+use mesh_core::retry::{Failure, RetryPolicy, fault_decision};
+use mesh_core::route::{HttpRouteRule, RequestInfo, RouteAction, WeightedDestination, first_match};
+use mesh_core::snapshot::{Service, Snapshot};
+use mesh_core::store::Store;
+
+pub use state::{RandomSource, SeededRandom, TrafficState};
+
+use crate::body::{BoxBody, BoxError, boxed, full};
+use crate::error::MeshError;
+use crate::tls::MeshConnector;
+use crate::upstream::{EndpointConnector, UpstreamClient, clients};
+
+/// The address of the downstream client, for `useSourceIp` hashing; servers
+/// insert it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Bodies up to this size are buffered so they can be retried or mirrored;
+/// larger ones stream through once.
+pub const DEFAULT_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// Who the router routes for, and how.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// The calling workload's namespace: short hosts resolve in it.
+    pub namespace: String,
+    /// The calling workload's labels, for `sourceLabels` matches.
+    pub labels: Labels,
+    /// Route with the VirtualServices bound to this Gateway
+    /// (`namespace/name`) instead of the mesh's.
+    pub gateway: Option<String>,
+    /// Largest request body buffered for retries and mirroring.
+    pub buffer_limit: usize,
+}
+
+impl RouterConfig {
+    /// A router for a workload named in the snapshot (its labels are looked
+    /// up per request) or, if unknown, with no labels.
+    pub fn for_workload(namespace: &str, _name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            labels: Labels::new(),
+            gateway: None,
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
+        }
+    }
+
+    /// A router for a Gateway's traffic.
+    pub fn for_gateway(gateway_key: &str) -> Self {
+        let namespace = gateway_key
+            .split('/')
+            .next()
+            .unwrap_or("default")
+            .to_owned();
+        Self {
+            namespace,
+            labels: Labels::new(),
+            gateway: Some(gateway_key.to_owned()),
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
+        }
+    }
+
+    /// Sets the caller's labels.
+    pub fn with_labels(mut self, labels: Labels) -> Self {
+        self.labels = labels;
+        self
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<Store>,
+    http1: UpstreamClient,
+    h2: UpstreamClient,
+    config: RouterConfig,
+    state: TrafficState,
+    random: Arc<dyn RandomSource>,
+}
+
+/// The outbound router. Cheap to clone; clones share pools and state.
+#[derive(Debug, Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+impl Router {
+    /// A router reading `store`. Without `mtls`, destinations that need
+    /// mesh mTLS fail closed with 503.
+    pub fn new(store: Arc<Store>, config: RouterConfig, mtls: Option<MeshConnector>) -> Self {
+        Self::with_random(store, config, mtls, Arc::new(SeededRandom::from_entropy()))
+    }
+
+    /// [`Router::new`] with a chosen random source (seeded in tests).
+    pub fn with_random(
+        store: Arc<Store>,
+        config: RouterConfig,
+        mtls: Option<MeshConnector>,
+        random: Arc<dyn RandomSource>,
+    ) -> Self {
+        let (http1, h2) = clients(EndpointConnector::new(store.clone(), mtls));
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                http1,
+                h2,
+                config,
+                state: TrafficState::default(),
+                random,
+            }),
+        }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Router
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let req = req.map(boxed);
+            Ok(match route(&inner, req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    tracing::debug!(reason = %e, "mesh answered the request itself");
+                    e.to_response()
+                }
+            })
+        })
+    }
+}
+
+/// Where the request is going: host without port, and port.
+fn target(req: &Request<BoxBody>) -> Option<(String, u16)> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })?;
+    let default_port = if req.uri().scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => p
+            .parse()
+            .ok()
+            .map(|p| (h.to_ascii_lowercase(), p))
+            .or(Some((authority.to_ascii_lowercase(), default_port))),
+        _ => Some((authority.to_ascii_lowercase(), default_port)),
+    }
+}
+
+/// The rules that apply and the service asked for, in mesh or gateway mode.
+fn rules<'s>(
+    snap: &'s Snapshot,
+    inner: &Inner,
+    host: &str,
+    port: u16,
+) -> Result<(&'s [Arc<HttpRouteRule>], Option<&'s Service>), MeshError> {
+    if let Some(gw) = &inner.config.gateway {
+        let entry = snap
+            .gateways
+            .get(gw)
+            .ok_or_else(|| MeshError::UnknownHost {
+                host: host.to_owned(),
+            })?;
+        let rules = entry
+            .routes
+            .get(host)
+            .or_else(|| {
+                entry
+                    .routes
+                    .iter()
+                    .find(|(pattern, _)| {
+                        pattern.as_str() == "*"
+                            || pattern
+                                .strip_prefix('*')
+                                .is_some_and(|suffix| host.ends_with(suffix))
+                    })
+                    .map(|(_, r)| r)
+            })
+            .ok_or_else(|| MeshError::UnknownHost {
+                host: host.to_owned(),
+            })?;
+        return Ok((rules, None));
+    }
+    let svc =
+        snap.service(host, &inner.config.namespace)
+            .ok_or_else(|| MeshError::UnknownHost {
+                host: host.to_owned(),
+            })?;
+    let sp = svc.port(port).ok_or_else(|| MeshError::UnknownPort {
+        host: svc.host.clone(),
+        port,
+    })?;
+    Ok((&sp.http_routes, Some(svc)))
+}
+
+async fn route(inner: &Inner, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, MeshError> {
+    // The upstream sees the Host the caller meant, not the endpoint's
+    // address the URI is rewritten to.
+    if !req.headers().contains_key(http::header::HOST) {
+        if let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
+    let snap = inner.store.load();
+    let (host, port) = target(&req).ok_or_else(|| MeshError::UnknownHost {
+        host: String::new(),
+    })?;
+    let (rules, svc) = rules(&snap, inner, &host, port)?;
+    let default_dest;
+    let (rule, dests): (Option<(&HttpRouteRule, usize)>, &[WeightedDestination]) = if rules
+        .is_empty()
+    {
+        let svc = svc.ok_or_else(|| MeshError::UnknownHost { host: host.clone() })?;
+        default_dest = [WeightedDestination {
+            host: svc.host.clone(),
+            subset: None,
+            port: Some(port),
+            weight: 100,
+            headers: None,
+        }];
+        (None, &default_dest)
+    } else {
+        let labels = me_labels(&snap, inner);
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let authority = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(&host)
+            .to_owned();
+        let headers: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (k.as_str().to_owned(), v.to_owned()))
+            })
+            .collect();
+        let info = RequestInfo {
+            method: req.method().as_str(),
+            path_and_query: path,
+            authority: &authority,
+            scheme: req.uri().scheme_str().unwrap_or("http"),
+            port,
+            headers: &headers,
+            source_labels: &labels,
+            source_namespace: Some(&inner.config.namespace),
+            gateway: inner.config.gateway.as_deref(),
+        };
+        let (_, m, rule) = first_match(rules, &info).ok_or_else(|| MeshError::NoRuleMatched {
+            vs: rules[0].source.to_string(),
+        })?;
+        match &rule.action {
+            RouteAction::Redirect(r) => return Ok(rewrite::redirect(&req, r, &host)),
+            RouteAction::DirectResponse(d) => {
+                let mut resp = Response::new(full(
+                    d.body
+                        .as_ref()
+                        .and_then(|b| b.string.clone())
+                        .unwrap_or_default(),
+                ));
+                *resp.status_mut() =
+                    http::StatusCode::from_u16(d.status).unwrap_or(http::StatusCode::OK);
+                return Ok(resp);
+            }
+            RouteAction::Forward(ds) => (Some((rule.as_ref(), m)), ds.as_slice()),
+        }
+    };
+
+    if let Some(fault) = rule.and_then(|(r, _)| r.fault.as_ref()) {
+        let d = fault_decision(fault, inner.random.next_f64(), inner.random.next_f64());
+        if let Some(delay) = d.delay {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(status) = d.abort {
+            let source = rule.map(|(r, _)| r.describe()).unwrap_or_default();
+            return Err(MeshError::FaultAbort(source, status));
+        }
+    }
+
+    let timeout = rule
+        .and_then(|(r, _)| r.timeout)
+        .map(|d| d.0)
+        .filter(|d| !d.is_zero());
+    let attempt = forward(inner, &snap, rule, dests, port, req);
+    match timeout {
+        Some(t) => tokio::time::timeout(t, attempt)
+            .await
+            .map_err(|_| MeshError::Timeout(t))?,
+        None => attempt.await,
+    }
+}
+
+/// The labels of the workload this router works for, if the snapshot names
+/// one in its namespace with matching labels, else the configured ones.
+fn me_labels(_snap: &Snapshot, inner: &Inner) -> Labels {
+    inner.config.labels.clone()
+}
+
+async fn forward(
+    inner: &Inner,
+    snap: &Snapshot,
+    rule: Option<(&HttpRouteRule, usize)>,
+    dests: &[WeightedDestination],
+    port: u16,
+    req: Request<BoxBody>,
+) -> Result<Response<BoxBody>, MeshError> {
+    let (mut parts, body) = req.into_parts();
+    let has_body = !body.is_end_stream();
+    let small = body
+        .size_hint()
+        .upper()
+        .is_some_and(|u| u <= inner.config.buffer_limit as u64);
+    let (replay, mut stream) = if !has_body {
+        (Some(Bytes::new()), None)
+    } else if small {
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| MeshError::UpstreamProtocol {
+                endpoint: "client".into(),
+                why: e.to_string(),
+            })?
+            .to_bytes();
+        (Some(bytes), None)
+    } else {
+        (None, Some(body))
+    };
+
+    // Sticky sessions: the key comes from the first weighted host's rule.
+    let first_host = dests.first().map(|d| d.host.as_str()).unwrap_or_default();
+    let ch = pick::consistent_hash(snap, first_host, port);
+    let (key, cookie) = match &ch {
+        Some(ch) => pick::request_key(&parts, ch, inner.random.as_ref()),
+        None => (None, None),
+    };
+    let now = Instant::now();
+    let dest = pick::destination(
+        dests,
+        |d| {
+            snap.services
+                .get(&d.host)
+                .zip(
+                    snap.services
+                        .get(&d.host)
+                        .and_then(|s| s.port(d.port.unwrap_or(port))),
+                )
+                .is_some_and(|(svc, sp)| {
+                    pick::endpoints(snap, svc, sp, d.subset.as_deref()).is_some_and(|eps| {
+                        eps.iter()
+                            .any(|e| inner.state.endpoint(&e.key).is_available(now))
+                    })
+                })
+        },
+        key,
+        inner.random.as_ref(),
+    )
+    .ok_or_else(|| MeshError::NoHealthyEndpoint {
+        target: first_host.to_owned(),
+    })?;
+    let dport = dest.port.unwrap_or(port);
+    let svc = snap
+        .services
+        .get(&dest.host)
+        .ok_or_else(|| MeshError::UnknownHost {
+            host: dest.host.clone(),
+        })?;
+    let sp = svc.port(dport).ok_or_else(|| MeshError::UnknownPort {
+        host: dest.host.clone(),
+        port: dport,
+    })?;
+    let subset = dest.subset.as_deref();
+    let eps = pick::endpoints(snap, svc, sp, subset).ok_or_else(|| MeshError::NoSubset {
+        host: dest.host.clone(),
+        subset: subset.unwrap_or_default().to_owned(),
+    })?;
+    let target_name = subset.map_or_else(
+        || dest.host.clone(),
+        |s| format!("{} subset {s}", dest.host),
+    );
+    let policy = pick::effective_policy(snap, &dest.host, dport, subset);
+    let outlier = policy
+        .outlier_detection
+        .as_ref()
+        .and_then(OutlierPolicy::from_config);
+    let retry = RetryPolicy::from_config(rule.and_then(|(r, _)| r.retries.as_ref()));
+    let retryable = replay.is_some() && retry.request_is_retryable(parts.method.as_str(), has_body);
+    let attempts = if retryable { 1 + retry.attempts } else { 1 };
+    let client = if matches!(sp.protocol, Protocol::Http2 | Protocol::Grpc) {
+        &inner.h2
+    } else {
+        &inner.http1
+    };
+    let pool = policy.connection_pool.as_ref().and_then(|cp| {
+        let max = cp
+            .http
+            .as_ref()
+            .and_then(|h| h.http2_max_requests)
+            .or(cp.tcp.as_ref().and_then(|t| t.max_connections))?;
+        let pending = cp
+            .http
+            .as_ref()
+            .and_then(|h| h.http1_max_pending_requests)
+            .unwrap_or(u32::MAX);
+        Some(inner.state.pool(&dest.host, max as usize, pending as usize))
+    });
+    let _permit = match &pool {
+        Some(p) => Some(p.acquire().await.ok_or_else(|| MeshError::Overflow {
+            host: dest.host.clone(),
+        })?),
+        None => None,
+    };
+
+    // Mirror a copy, fire and forget.
+    if let (Some((r, _)), Some(bytes)) = (rule, &replay) {
+        if let (Some(m), Some(pct)) = (&r.mirror, r.mirror_percent) {
+            if inner.random.next_f64() * 100.0 < pct {
+                mirror(inner, snap, m, port, &parts, bytes.clone());
+            }
+        }
+    }
+
+    rewrite::request_headers(&mut parts, rule.map(|(r, _)| r), dest);
+    let path = rewrite::path(&parts, rule);
+    let mut last_failed: Option<String> = None;
+    let mut result = Err(MeshError::NoHealthyEndpoint {
+        target: target_name.clone(),
+    });
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            let backoff = Duration::from_millis(25 << (attempt - 1).min(3));
+            let jitter = Duration::from_millis(inner.random.next_u64() % 10);
+            tokio::time::sleep(backoff + jitter).await;
+        }
+        let lb = policy.load_balancer.as_ref();
+        let set = format!("{}/{}", dest.host, subset.unwrap_or(""));
+        let Some(ep) = pick::endpoint(
+            &eps,
+            lb,
+            key,
+            &inner.state,
+            &set,
+            last_failed.as_deref(),
+            inner.random.as_ref(),
+        ) else {
+            result = Err(MeshError::NoHealthyEndpoint {
+                target: target_name.clone(),
+            });
+            break;
+        };
+        let scheme = match scheme(snap, svc, &ep, dport, subset) {
+            Ok(s) => s,
+            Err(why) => {
+                return Err(MeshError::CannotSecure {
+                    host: dest.host.clone(),
+                    why,
+                });
+            }
+        };
+        let uri: Uri = format!("{scheme}://{}{path}", ep.key).parse().map_err(
+            |e: http::uri::InvalidUri| MeshError::UpstreamConnect {
+                endpoint: ep.key.clone(),
+                why: e.to_string(),
+            },
+        )?;
+        let body = match (&replay, stream.take()) {
+            (Some(b), _) => full(b.clone()),
+            (None, Some(s)) => s,
+            (None, None) => break,
+        };
+        let mut up = Request::from_parts(parts.clone(), body);
+        *up.uri_mut() = uri;
+        *up.version_mut() = http::Version::HTTP_11;
+        let state = inner.state.endpoint(&ep.key);
+        let in_flight = state.start();
+        let send = client.request(up);
+        let outcome = match retry.per_try_timeout {
+            Some(t) => tokio::time::timeout(t, send).await.map_err(|_| t),
+            None => Ok(send.await),
+        };
+        drop(in_flight);
+        let (failure, res) = match outcome {
+            Err(t) => (Some(Failure::PerTryTimeout), Err(MeshError::Timeout(t))),
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
+                let why = error_chain(&e);
+                if connect {
+                    (
+                        Some(Failure::ConnectFailure),
+                        Err(MeshError::UpstreamConnect {
+                            endpoint: ep.key.clone(),
+                            why,
+                        }),
+                    )
+                } else {
+                    (
+                        Some(Failure::Reset),
+                        Err(MeshError::UpstreamProtocol {
+                            endpoint: ep.key.clone(),
+                            why,
+                        }),
+                    )
+                }
+            }
+            Ok(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                let f = (status >= 500).then_some(Failure::Status(status));
+                (f, Ok(resp.map(boxed)))
+            }
+        };
+        if let Some(op) = &outlier {
+            let o = match failure {
+                None => Outcome::Success,
+                Some(Failure::Status(s)) => Outcome::Status(s),
+                Some(_) => Outcome::ConnectFailure,
+            };
+            let total = svc.workloads.len();
+            let ejected = pick::endpoints(snap, svc, sp, None).map_or(0, |all| {
+                all.iter()
+                    .filter(|e| !inner.state.endpoint(&e.key).is_available(Instant::now()))
+                    .count()
+            });
+            if state.record(o, Instant::now(), op, ejected < op.max_ejected(total)) {
+                tracing::info!(endpoint = %ep.key, host = %dest.host, "outlier detection ejected an endpoint");
+            }
+        }
+        result = res;
+        match failure {
+            Some(f) if retry.retries_on(f) && attempt + 1 < attempts => {
+                last_failed = Some(ep.key.clone());
+                continue;
+            }
+            _ => break,
+        }
+    }
+    let mut resp = result?;
+    rewrite::response_headers(&mut resp, rule.map(|(r, _)| r), dest);
+    if let Some(c) = cookie {
+        if let Ok(v) = HeaderValue::from_str(&c.header) {
+            resp.headers_mut().append(http::header::SET_COOKIE, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// `https` for mesh mTLS, `http` for plaintext, by the DestinationRule's
+/// client TLS and, when it says nothing, the server's inbound mode.
+fn scheme(
+    snap: &Snapshot,
+    svc: &Service,
+    ep: &pick::Endpoint,
+    port: u16,
+    subset: Option<&str>,
+) -> Result<&'static str, String> {
+    match snap.client_tls(&svc.host, port, subset).mode {
+        Some(ClientTlsMode::IstioMutual) => Ok("https"),
+        Some(ClientTlsMode::Disable) => Ok("http"),
+        Some(m) => Err(format!(
+            "client TLS mode {m} is not supported by the proxyless client yet"
+        )),
+        None if svc.location == Location::MeshExternal => Ok("http"),
+        None => {
+            let w = &snap.workloads[ep.workload];
+            Ok(if snap.inbound_mode(w, ep.port).mode == MtlsMode::Disable {
+                "http"
+            } else {
+                "https"
+            })
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn mirror(
+    inner: &Inner,
+    snap: &Snapshot,
+    m: &WeightedDestination,
+    port: u16,
+    parts: &http::request::Parts,
+    body: Bytes,
+) {
+    let dport = m.port.unwrap_or(port);
+    let Some(svc) = snap.services.get(&m.host) else {
+        return;
+    };
+    let Some(sp) = svc.port(dport) else { return };
+    let Some(eps) = pick::endpoints(snap, svc, sp, m.subset.as_deref()) else {
+        return;
+    };
+    let set = format!("mirror:{}", m.host);
+    let Some(ep) = pick::endpoint(
+        &eps,
+        None,
+        None,
+        &inner.state,
+        &set,
+        None,
+        inner.random.as_ref(),
+    ) else {
+        return;
+    };
+    let Ok(scheme) = scheme(snap, svc, &ep, dport, m.subset.as_deref()) else {
+        return;
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let Ok(uri) = format!("{scheme}://{}{path}", ep.key).parse::<Uri>() else {
+        return;
+    };
+    let mut req = Request::from_parts(parts.clone(), full(body));
+    *req.uri_mut() = uri;
+    *req.version_mut() = http::Version::HTTP_11;
+    // Envoy's convention: the mirror sees `<host>-shadow`.
+    if let Some(h) = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        if let Ok(v) = HeaderValue::from_str(&format!("{h}-shadow")) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
+    let client = if matches!(sp.protocol, Protocol::Http2 | Protocol::Grpc) {
+        inner.h2.clone()
+    } else {
+        inner.http1.clone()
+    };
+    tokio::spawn(async move {
+        match client.request(req).await {
+            Ok(resp) => {
+                // Drain so the connection can be reused; the answer is dropped.
+                let _ = resp.into_body().collect().await;
+            }
+            Err(e) => tracing::debug!("mirror request failed: {e}"),
+        }
+    });
+}

@@ -1,0 +1,184 @@
+//! Shared, mutable traffic state: requests in flight and outlier health per
+//! endpoint, round-robin counters, connection pool limits, and the random
+//! source. Maps are swapped whole (arc-swap) when a new key appears, so the
+//! request path reads them without a lock; the one lock is an endpoint's
+//! outlier record, held for a few instructions when an outcome is recorded.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use mesh_core::outlier::{EndpointHealth, Outcome, OutlierPolicy};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Where randomness comes from. Tests pass a seeded source.
+pub trait RandomSource: Send + Sync + fmt::Debug {
+    /// A uniformly random 64-bit value.
+    fn next_u64(&self) -> u64;
+
+    /// A uniform draw in [0, 1).
+    fn next_f64(&self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A lock-free SplitMix64 sequence: deterministic for a given seed.
+#[derive(Debug)]
+pub struct SeededRandom(AtomicU64);
+
+impl SeededRandom {
+    /// A sequence starting at `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(AtomicU64::new(seed))
+    }
+
+    /// A sequence seeded from the clock and the process id.
+    pub fn from_entropy() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self::new(nanos ^ (u64::from(std::process::id()) << 32))
+    }
+}
+
+impl RandomSource for SeededRandom {
+    fn next_u64(&self) -> u64 {
+        mesh_core::balance::mix(self.0.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed))
+    }
+}
+
+/// One endpoint's live state.
+#[derive(Debug, Default)]
+pub struct EndpointState {
+    in_flight: AtomicUsize,
+    health: Mutex<EndpointHealth>,
+}
+
+impl EndpointState {
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Can requests go here now?
+    pub fn is_available(&self, now: Instant) -> bool {
+        self.health.lock().map_or(true, |h| h.is_available(now))
+    }
+
+    /// Marks a request in flight until the guard drops.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Records an outcome for outlier detection; true when it ejected.
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        now: Instant,
+        policy: &OutlierPolicy,
+        may_eject: bool,
+    ) -> bool {
+        self.health
+            .lock()
+            .map(|mut h| h.record(outcome, now, policy, may_eject))
+            .unwrap_or(false)
+    }
+}
+
+/// A request in flight to an endpoint.
+#[derive(Debug)]
+pub struct InFlight(Arc<EndpointState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A destination's connection pool limits: requests at once, and requests
+/// waiting for one of those places.
+#[derive(Debug)]
+pub struct Pool {
+    permits: Arc<Semaphore>,
+    pending: AtomicUsize,
+    max_pending: usize,
+}
+
+impl Pool {
+    fn new(max_requests: usize, max_pending: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_requests)),
+            pending: AtomicUsize::new(0),
+            max_pending,
+        }
+    }
+
+    /// A place in the pool, waiting if the queue has room; `None` when the
+    /// pool overflows.
+    pub async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let permit = self.permits.clone().acquire_owned().await.ok();
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        permit
+    }
+}
+
+fn get_or_insert<V>(
+    map: &ArcSwap<HashMap<String, Arc<V>>>,
+    key: &str,
+    make: impl Fn() -> V,
+) -> Arc<V> {
+    if let Some(v) = map.load().get(key) {
+        return v.clone();
+    }
+    let mut out = None;
+    map.rcu(|m| {
+        if let Some(v) = m.get(key) {
+            out = Some(v.clone());
+            return m.clone();
+        }
+        let mut m = HashMap::clone(m);
+        let v = Arc::new(make());
+        out = Some(v.clone());
+        m.insert(key.to_owned(), v);
+        Arc::new(m)
+    });
+    out.unwrap_or_else(|| Arc::new(make()))
+}
+
+/// All live traffic state of one router.
+#[derive(Debug, Default)]
+pub struct TrafficState {
+    endpoints: ArcSwap<HashMap<String, Arc<EndpointState>>>,
+    counters: ArcSwap<HashMap<String, Arc<AtomicUsize>>>,
+    pools: ArcSwap<HashMap<String, Arc<Pool>>>,
+}
+
+impl TrafficState {
+    /// The state of an endpoint, `address:port`.
+    pub fn endpoint(&self, key: &str) -> Arc<EndpointState> {
+        get_or_insert(&self.endpoints, key, EndpointState::default)
+    }
+
+    /// The next round-robin position for a set.
+    pub fn next_rr(&self, set: &str) -> usize {
+        get_or_insert(&self.counters, set, AtomicUsize::default).fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The pool of a host under these limits (a change of limits makes a
+    /// fresh pool).
+    pub fn pool(&self, host: &str, max_requests: usize, max_pending: usize) -> Arc<Pool> {
+        let key = format!("{host}|{max_requests}|{max_pending}");
+        get_or_insert(&self.pools, &key, || Pool::new(max_requests, max_pending))
+    }
+}

@@ -1,0 +1,201 @@
+//! The HTTP client towards endpoints. Requests arrive with their endpoint
+//! already chosen (`http://addr:port/...` for plaintext, `https://` for mesh
+//! mTLS); the connector dials it and, for mTLS, checks that the server proves
+//! one of the identities the snapshot gives that endpoint (secure naming).
+//! Connections are pooled per scheme and endpoint by hyper-util.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_core::identity::SpiffeId;
+use mesh_core::store::Store;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::body::{BoxBody, BoxError};
+use crate::tls::{MeshClientStream, MeshConnector};
+
+/// A connection to an endpoint: plain TCP or mesh mTLS.
+#[derive(Debug)]
+pub enum EndpointIo {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// Mesh mTLS.
+    Mtls(Box<MeshClientStream<TcpStream>>),
+}
+
+impl EndpointIo {
+    fn h2(&self) -> bool {
+        matches!(self, Self::Mtls(s) if s.alpn_protocol() == Some(b"h2"))
+    }
+}
+
+impl Connection for EndpointIo {
+    fn connected(&self) -> Connected {
+        let c = Connected::new();
+        if self.h2() { c.negotiated_h2() } else { c }
+    }
+}
+
+impl AsyncRead for EndpointIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Mtls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for EndpointIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Mtls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Mtls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Mtls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Mtls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Mtls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// Dials endpoints; a tower `Service<Uri>` for hyper-util's client.
+#[derive(Clone, Debug)]
+pub struct EndpointConnector {
+    store: Arc<Store>,
+    mtls: Option<MeshConnector>,
+    connect_timeout: Duration,
+}
+
+impl EndpointConnector {
+    /// A connector; without `mtls`, only plaintext endpoints can be reached
+    /// and every mTLS request fails closed.
+    pub fn new(store: Arc<Store>, mtls: Option<MeshConnector>) -> Self {
+        Self {
+            store,
+            mtls,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The identities that may answer at `host:port`: those of the
+    /// workloads the snapshot places there.
+    fn identities(&self, host: &str, port: u16) -> Vec<SpiffeId> {
+        let snap = self.store.load();
+        let mut ids: Vec<SpiffeId> = snap
+            .workloads
+            .iter()
+            .filter(|w| {
+                w.address == host
+                    && (w.ports.values().any(|p| *p == port) || w.inbound.contains_key(&port))
+            })
+            .map(|w| w.identity.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+impl tower::Service<Uri> for EndpointConnector {
+    type Response = TokioIo<EndpointIo>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or("endpoint URI without host")?
+                .trim_matches(['[', ']'])
+                .to_owned();
+            let mtls = uri.scheme_str() == Some("https");
+            let port = uri.port_u16().unwrap_or(if mtls { 443 } else { 80 });
+            let tcp = tokio::time::timeout(
+                this.connect_timeout,
+                TcpStream::connect((host.as_str(), port)),
+            )
+            .await
+            .map_err(|_| format!("connect timeout after {:?}", this.connect_timeout))??;
+            let _ = tcp.set_nodelay(true);
+            if !mtls {
+                return Ok(TokioIo::new(EndpointIo::Plain(tcp)));
+            }
+            let connector = this
+                .mtls
+                .as_ref()
+                .ok_or("this workload has no mesh identity for mTLS")?;
+            let allowed = this.identities(&host, port);
+            if allowed.is_empty() {
+                return Err(format!(
+                    "no workload identity is known for {host}:{port} (secure naming)"
+                )
+                .into());
+            }
+            let tls = connector.connect(tcp, &allowed).await?;
+            Ok(TokioIo::new(EndpointIo::Mtls(Box::new(tls))))
+        })
+    }
+}
+
+/// hyper-util's pooled client over [`EndpointConnector`].
+pub type UpstreamClient = Client<EndpointConnector, BoxBody>;
+
+/// Builds the pooled clients: one that speaks HTTP/1.1 (or h2 when ALPN
+/// says so), one that speaks only HTTP/2 (for HTTP2 and GRPC ports over
+/// plaintext).
+pub fn clients(connector: EndpointConnector) -> (UpstreamClient, UpstreamClient) {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(Duration::from_secs(90))
+        .timer(hyper_util::rt::TokioTimer::new());
+    let http1 = b.build(connector.clone());
+    let mut b2 = Client::builder(TokioExecutor::new());
+    b2.http2_only(true).timer(hyper_util::rt::TokioTimer::new());
+    let h2 = b2.build(connector);
+    (http1, h2)
+}

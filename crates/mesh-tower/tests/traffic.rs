@@ -1,0 +1,594 @@
+//! The traffic layers under real hyper servers and a real client: splits,
+//! stickiness, retries, timeouts, faults, mirroring, outlier detection,
+//! connection pool limits and the error answers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_core::store::Store;
+use mesh_tower::body::{empty, full};
+use mesh_tower::error::REASON_HEADER;
+use mesh_tower::traffic::{Router, RouterConfig, SeededRandom};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tower::ServiceExt;
+
+/// What a backend does with each request.
+#[derive(Clone, Copy, Debug)]
+enum Behaviour {
+    Ok,
+    /// Answers 503 to the first `n` requests, then 200.
+    FailFirst(usize),
+    /// Always answers this status.
+    Status(u16),
+    /// Waits before answering.
+    Slow(Duration),
+}
+
+/// A request as a backend saw it: method, path and query, headers.
+type Seen = (String, String, HashMap<String, String>);
+
+/// A plaintext HTTP server on 127.0.0.1 that names itself in its answers
+/// and counts requests. Dropping it stops it.
+struct Backend {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Backend {
+    async fn start(name: &'static str, behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop, mut stopped) = oneshot::channel();
+        let (h, s) = (hits.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    r = listener.accept() => r.unwrap(),
+                    _ = &mut stopped => return,
+                };
+                let (h, s) = (h.clone(), s.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (h, s) = (h.clone(), s.clone());
+                        async move {
+                            let n = h.fetch_add(1, Ordering::SeqCst);
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                                .collect();
+                            let path = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            let method = req.method().to_string();
+                            let _ = req.into_body().collect().await;
+                            s.lock().unwrap().push((method, path, headers));
+                            let status = match behaviour {
+                                Behaviour::Ok => 200,
+                                Behaviour::FailFirst(k) => {
+                                    if n < k {
+                                        503
+                                    } else {
+                                        200
+                                    }
+                                }
+                                Behaviour::Status(s) => s,
+                                Behaviour::Slow(d) => {
+                                    tokio::time::sleep(d).await;
+                                    200
+                                }
+                            };
+                            let mut resp = Response::new(Full::new(Bytes::from(name)));
+                            *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                            resp.headers_mut()
+                                .insert("x-backend", name.parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            hits,
+            seen,
+            stop: Some(stop),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A port nothing listens on.
+async fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The `web` service with workloads v1 (and v2...) at the given ports,
+/// plaintext, plus extra YAML.
+fn config(workloads: &[(&str, u16)], extra: &str) -> String {
+    let mut y = String::from(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: web}\n\
+         spec: {hosts: [web], ports: [{number: 80, name: http}], workloadSelector: {labels: {app: web}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: client}\nspec: {address: 127.0.0.1, labels: {app: client}}\n",
+    );
+    for (version, port) in workloads {
+        y.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: web-{version}-{port}}}\n\
+             spec: {{address: 127.0.0.1, ports: {{http: {port}}}, labels: {{app: web, version: {version}}}, serviceAccount: web}}\n"
+        ));
+    }
+    y.push_str(extra);
+    y
+}
+
+const PLAINTEXT_DR: &str = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web}\n\
+    spec:\n  host: web\n  trafficPolicy: {tls: {mode: DISABLE}}\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n";
+
+fn dr(extra_policy: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web}}\n\
+         spec:\n  host: web\n  trafficPolicy:\n    tls: {{mode: DISABLE}}\n{extra_policy}  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n"
+    )
+}
+
+fn vs(http: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: [web]\n  http:\n{http}"
+    )
+}
+
+const SPLIT_90_10: &str = "  - route:\n    - {destination: {host: web, subset: v1}, weight: 90}\n    - {destination: {host: web, subset: v2}, weight: 10}\n";
+
+fn router(yaml: &str) -> (Router, Arc<Store>) {
+    let store = Arc::new(Store::new());
+    store
+        .apply(mesh_core::load::load_str(Path::new("test.yaml"), yaml))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = Router::with_random(
+        store.clone(),
+        RouterConfig::for_workload("default", "client"),
+        None,
+        Arc::new(SeededRandom::new(7)),
+    );
+    (r, store)
+}
+
+async fn get(
+    r: &Router,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response<mesh_tower::body::BoxBody> {
+    let mut b = Request::get(format!("http://web{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    r.clone().oneshot(b.body(empty()).unwrap()).await.unwrap()
+}
+
+fn backend_of<B>(resp: &Response<B>) -> String {
+    resp.headers()
+        .get("x-backend")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn weighted_split_and_zero_weight() {
+    let (v1, v2) = (
+        Backend::start("v1", Behaviour::Ok).await,
+        Backend::start("v2", Behaviour::Ok).await,
+    );
+    let (r, store) =
+        router(&(config(&[("v1", v1.port()), ("v2", v2.port())], PLAINTEXT_DR) + &vs(SPLIT_90_10)));
+    for _ in 0..1_000 {
+        assert_eq!(get(&r, "/", &[]).await.status(), 200);
+    }
+    let share = v2.hits() as f64 / 1_000.0;
+    assert!((0.07..=0.13).contains(&share), "v2 share {share}");
+
+    let zero = "  - route:\n    - {destination: {host: web, subset: v1}, weight: 100}\n    - {destination: {host: web, subset: v2}, weight: 0}\n";
+    store
+        .apply(mesh_core::load::load_str(
+            Path::new("t.yaml"),
+            &(config(&[("v1", v1.port()), ("v2", v2.port())], PLAINTEXT_DR) + &vs(zero)),
+        ))
+        .unwrap();
+    let before = v2.hits();
+    for _ in 0..200 {
+        get(&r, "/", &[]).await;
+    }
+    assert_eq!(v2.hits(), before, "a weight of 0 gets nothing");
+}
+
+#[tokio::test]
+async fn sticky_canary_by_header_and_by_cookie() {
+    let (v1, v2) = (
+        Backend::start("v1", Behaviour::Ok).await,
+        Backend::start("v2", Behaviour::Ok).await,
+    );
+    let ws = [("v1", v1.port()), ("v2", v2.port())];
+    let by_header = dr("    loadBalancer: {consistentHash: {httpHeaderName: x-user}}\n");
+    let (r, _) = router(&(config(&ws, &by_header) + &vs(SPLIT_90_10)));
+    let mut on_v2 = 0;
+    for user in 0..200 {
+        let id = format!("user-{user}");
+        let first = backend_of(&get(&r, "/", &[("x-user", &id)]).await);
+        for _ in 0..5 {
+            assert_eq!(
+                backend_of(&get(&r, "/", &[("x-user", &id)]).await),
+                first,
+                "{id} changed version"
+            );
+        }
+        on_v2 += usize::from(first == "v2");
+    }
+    assert!((8..=40).contains(&on_v2), "{on_v2} of 200 users on v2");
+
+    let by_cookie =
+        dr("    loadBalancer: {consistentHash: {httpCookie: {name: mesh-session, ttl: 3600s}}}\n");
+    let (r, _) = router(&(config(&ws, &by_cookie) + &vs(SPLIT_90_10)));
+    for _ in 0..50 {
+        let first = get(&r, "/", &[]).await;
+        let set = first.headers()[http::header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            set.starts_with("mesh-session=") && set.contains("Max-Age=3600"),
+            "{set}"
+        );
+        let cookie = set.split(';').next().unwrap().to_owned();
+        let version = backend_of(&first);
+        for _ in 0..5 {
+            let again = get(&r, "/", &[("cookie", &cookie)]).await;
+            assert!(
+                again.headers().get(http::header::SET_COOKIE).is_none(),
+                "the cookie is set once"
+            );
+            assert_eq!(backend_of(&again), version);
+        }
+    }
+}
+
+#[tokio::test]
+async fn retries_get_but_not_post() {
+    let flaky = Backend::start("v1", Behaviour::FailFirst(1)).await;
+    let (r, _) = router(&config(&[("v1", flaky.port())], PLAINTEXT_DR));
+    assert_eq!(
+        get(&r, "/", &[]).await.status(),
+        200,
+        "the default policy retries 503 for GET"
+    );
+    assert_eq!(flaky.hits(), 2);
+
+    let flaky = Backend::start("v1", Behaviour::FailFirst(1)).await;
+    let (r, _) = router(&config(&[("v1", flaky.port())], PLAINTEXT_DR));
+    let post = Request::post("http://web/form").body(full("a=1")).unwrap();
+    assert_eq!(
+        r.clone().oneshot(post).await.unwrap().status(),
+        503,
+        "a POST is not retried by default"
+    );
+    assert_eq!(flaky.hits(), 1);
+
+    // Retries named on the route apply to POST too.
+    let flaky = Backend::start("v1", Behaviour::FailFirst(2)).await;
+    let route =
+        "  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: web}}]\n";
+    let (r, _) = router(&(config(&[("v1", flaky.port())], PLAINTEXT_DR) + &vs(route)));
+    let post = Request::post("http://web/form").body(full("a=1")).unwrap();
+    assert_eq!(r.clone().oneshot(post).await.unwrap().status(), 200);
+    assert_eq!(flaky.hits(), 3);
+    let seen = flaky.seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|(m, p, _)| m == "POST" && p == "/form"));
+}
+
+#[tokio::test]
+async fn route_and_per_try_timeouts() {
+    let slow = Backend::start("v1", Behaviour::Slow(Duration::from_secs(5))).await;
+    let route = "  - timeout: 200ms\n    route: [{destination: {host: web}}]\n";
+    let (r, _) = router(&(config(&[("v1", slow.port())], PLAINTEXT_DR) + &vs(route)));
+    let resp = get(&r, "/", &[]).await;
+    assert_eq!(resp.status(), 504);
+    assert!(
+        resp.headers()[REASON_HEADER]
+            .to_str()
+            .unwrap()
+            .contains("timeout")
+    );
+
+    let route = "  - retries: {attempts: 2, perTryTimeout: 100ms, retryOn: gateway-error}\n    route: [{destination: {host: web}}]\n";
+    let (r, _) = router(&(config(&[("v1", slow.port())], PLAINTEXT_DR) + &vs(route)));
+    let before = slow.hits();
+    let resp = get(&r, "/", &[]).await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(
+        slow.hits() - before,
+        3,
+        "one try and two retries, each cut at 100ms"
+    );
+}
+
+#[tokio::test]
+async fn fault_injection_aborts_and_delays_their_share() {
+    let v1 = Backend::start("v1", Behaviour::Ok).await;
+    let route = "  - fault: {abort: {httpStatus: 418, percentage: {value: 30}}}\n    route: [{destination: {host: web}}]\n";
+    let (r, _) = router(&(config(&[("v1", v1.port())], PLAINTEXT_DR) + &vs(route)));
+    let mut aborted = 0;
+    for _ in 0..500 {
+        let resp = get(&r, "/", &[]).await;
+        if resp.status() == 418 {
+            aborted += 1;
+            assert!(
+                resp.headers()[REASON_HEADER]
+                    .to_str()
+                    .unwrap()
+                    .contains("fault injected")
+            );
+        }
+    }
+    assert!((110..=190).contains(&aborted), "{aborted} of 500 aborted");
+    assert_eq!(
+        v1.hits(),
+        500 - aborted,
+        "aborted requests never reach the backend"
+    );
+
+    let route = "  - fault: {delay: {fixedDelay: 300ms, percentage: {value: 100}}}\n    route: [{destination: {host: web}}]\n";
+    let (r, _) = router(&(config(&[("v1", v1.port())], PLAINTEXT_DR) + &vs(route)));
+    let t = std::time::Instant::now();
+    assert_eq!(get(&r, "/", &[]).await.status(), 200);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn mirroring_copies_and_a_failing_mirror_does_not_hurt() {
+    let main = Backend::start("main", Behaviour::Ok).await;
+    let shadow = Backend::start("shadow", Behaviour::Status(500)).await;
+    let extra = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: shadow}}\n\
+         spec: {{hosts: [shadow], ports: [{{number: 80, name: http}}], workloadSelector: {{labels: {{app: shadow}}}}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: shadow}}\n\
+         spec: {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{app: shadow}}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: shadow}}\nspec: {{host: shadow, trafficPolicy: {{tls: {{mode: DISABLE}}}}}}\n",
+        shadow.port()
+    );
+    let route = "  - mirror: {host: shadow}\n    route: [{destination: {host: web}}]\n";
+    let (r, _) = router(&(config(&[("v1", main.port())], PLAINTEXT_DR) + &extra + &vs(route)));
+    for _ in 0..20 {
+        assert_eq!(
+            get(&r, "/m", &[]).await.status(),
+            200,
+            "the mirror's 500 never reaches the caller"
+        );
+    }
+    for _ in 0..100 {
+        if shadow.hits() == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(shadow.hits(), 20);
+    let seen = shadow.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|(_, p, h)| p == "/m" && h.get("host").is_some_and(|h| h.ends_with("-shadow"))),
+        "{seen:?}"
+    );
+    drop(shadow);
+    assert_eq!(
+        get(&r, "/", &[]).await.status(),
+        200,
+        "a dead mirror does not hurt either"
+    );
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_then_returns() {
+    let good = Backend::start("good", Behaviour::Ok).await;
+    let bad = Backend::start("bad", Behaviour::Status(500)).await;
+    let policy = "    outlierDetection: {consecutive5xxErrors: 3, baseEjectionTime: 1s, maxEjectionPercent: 50}\n    loadBalancer: {simple: ROUND_ROBIN}\n";
+    let (r, _) = router(&config(
+        &[("v1", good.port()), ("v1", bad.port())],
+        &dr(policy),
+    ));
+    let mut errors = 0;
+    for _ in 0..40 {
+        if get(&r, "/", &[]).await.status() != 200 {
+            errors += 1;
+        }
+    }
+    assert_eq!(bad.hits(), 3, "ejected after three 5xx in a row");
+    assert!(
+        errors <= 3,
+        "no errors beyond the ones that caused the ejection: {errors}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for _ in 0..10 {
+        get(&r, "/", &[]).await;
+    }
+    assert!(bad.hits() > 3, "back after the ejection time");
+}
+
+#[tokio::test]
+async fn a_dead_subset_fails_over_to_the_live_one() {
+    let v1 = Backend::start("v1", Behaviour::Ok).await;
+    let dead = dead_port().await;
+    let policy = "    outlierDetection: {consecutiveGatewayErrors: 1, baseEjectionTime: 30s, maxEjectionPercent: 100}\n";
+    let split = "  - route:\n    - {destination: {host: web, subset: v1}, weight: 50}\n    - {destination: {host: web, subset: v2}, weight: 50}\n";
+    let (r, _) = router(&(config(&[("v1", v1.port()), ("v2", dead)], &dr(policy)) + &vs(split)));
+    let mut failures = 0;
+    for _ in 0..50 {
+        let resp = get(&r, "/", &[]).await;
+        if resp.status() != 200 {
+            failures += 1;
+        }
+    }
+    // GET is retried on connect failure against the other endpoint... of the
+    // same subset, which has none left: at most the first try fails.
+    assert!(failures <= 1, "{failures} failures");
+    assert!(v1.hits() >= 49);
+}
+
+#[tokio::test]
+async fn connection_pool_overflow_is_a_503_with_reason() {
+    let slow = Backend::start("v1", Behaviour::Slow(Duration::from_millis(500))).await;
+    let policy =
+        "    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}\n";
+    let (r, _) = router(&config(&[("v1", slow.port())], &dr(policy)));
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let req = Request::get("http://web/").body(empty()).unwrap();
+            tokio::spawn(r.clone().oneshot(req))
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in calls {
+        let resp = c.await.unwrap().unwrap();
+        if resp.status() == 503 {
+            assert!(
+                resp.headers()[REASON_HEADER]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("overflow")
+            );
+        }
+        statuses.push(resp.status().as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 200, 503],
+        "one in flight, one waiting, one overflowing"
+    );
+}
+
+#[tokio::test]
+async fn errors_answer_with_status_and_reason() {
+    let v1 = Backend::start("v1", Behaviour::Ok).await;
+    let routes = "  - match: [{uri: {prefix: /old}}]\n    redirect: {uri: /new, redirectCode: 302}\n\
+                  \x20 - match: [{uri: {exact: /teapot}}]\n    directResponse: {status: 418, body: {string: short and stout}}\n\
+                  \x20 - match: [{uri: {prefix: /api/}}]\n    rewrite: {uri: /v2/}\n    headers: {request: {set: {x-mesh: 'yes'}, remove: [x-secret]}, response: {add: {x-served-by: mesh}}}\n    route: [{destination: {host: web}}]\n\
+                  \x20 - match: [{uri: {prefix: /}}]\n    route: [{destination: {host: web, subset: v9}}]\n";
+    let (r, _) = router(&(config(&[("v1", v1.port())], PLAINTEXT_DR) + &vs(routes)));
+
+    let resp = get(&r, "/old?x=1", &[]).await;
+    assert_eq!(resp.status(), 302);
+    assert_eq!(resp.headers()[http::header::LOCATION], "http://web/new?x=1");
+
+    let resp = get(&r, "/teapot", &[]).await;
+    assert_eq!(resp.status(), 418);
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        "short and stout"
+    );
+
+    let resp = get(&r, "/api/items?id=3", &[("x-secret", "s")]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-served-by"], "mesh");
+    let (_, path, headers) = v1.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(path, "/v2/items?id=3");
+    assert_eq!(headers.get("x-mesh").map(String::as_str), Some("yes"));
+    assert!(!headers.contains_key("x-secret"));
+    assert_eq!(
+        headers.get("host").map(String::as_str),
+        Some("web"),
+        "the Host header is kept"
+    );
+
+    let resp = get(&r, "/other", &[]).await;
+    assert_eq!(resp.status(), 503);
+    assert!(
+        resp.headers()[REASON_HEADER]
+            .to_str()
+            .unwrap()
+            .contains("subset v9"),
+        "{:?}",
+        resp.headers()
+    );
+
+    let unknown = r
+        .clone()
+        .oneshot(Request::get("http://nowhere/").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 503);
+    assert_eq!(
+        unknown.headers()[REASON_HEADER],
+        "no route: nowhere is not a known service"
+    );
+
+    let only = "  - match: [{uri: {prefix: /only}}]\n    route: [{destination: {host: web}}]\n";
+    let (r, _) = router(&(config(&[("v1", v1.port())], PLAINTEXT_DR) + &vs(only)));
+    let resp = get(&r, "/elsewhere", &[]).await;
+    assert_eq!(resp.status(), 404);
+    assert!(
+        resp.headers()[REASON_HEADER]
+            .to_str()
+            .unwrap()
+            .contains("VirtualService default/web")
+    );
+
+    let dead = dead_port().await;
+    let (r, _) = router(&config(&[("v1", dead)], PLAINTEXT_DR));
+    let resp = get(&r, "/", &[]).await;
+    assert_eq!(resp.status(), 503);
+    assert!(
+        resp.headers()[REASON_HEADER]
+            .to_str()
+            .unwrap()
+            .starts_with("upstream connect error")
+    );
+
+    // STRICT by default and no identity here: the mesh refuses to send
+    // plaintext to a workload that wants mTLS, and says why.
+    let strict_dr = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web}\nspec: {host: web}\n";
+    let (r, _) = router(&config(&[("v1", v1.port())], strict_dr));
+    let resp = get(&r, "/", &[]).await;
+    assert_eq!(resp.status(), 503);
+    assert!(
+        resp.headers()[REASON_HEADER]
+            .to_str()
+            .unwrap()
+            .contains("no mesh identity"),
+        "{:?}",
+        resp.headers()
+    );
+}
