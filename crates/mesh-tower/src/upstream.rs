@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
+use http::{Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -186,16 +186,73 @@ impl tower::Service<Uri> for EndpointConnector {
 /// hyper-util's pooled client over [`EndpointConnector`].
 pub type UpstreamClient = Client<EndpointConnector, BoxBody>;
 
-/// Builds the pooled clients: one that speaks HTTP/1.1 (or h2 when ALPN
-/// says so), one that speaks only HTTP/2 (for HTTP2 and GRPC ports over
-/// plaintext).
-pub fn clients(connector: EndpointConnector) -> (UpstreamClient, UpstreamClient) {
+/// Why sending to an endpoint failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// No connection could be made (refused, timed out, TLS refused).
+    #[error("{0}")]
+    Connect(String),
+    /// The connection broke or the answer was not HTTP.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// Asks the upstream to speak HTTP/2 without negotiation (HTTP2 and GRPC
+/// ports over plaintext); a request extension the router sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriorKnowledgeH2;
+
+/// What sends a request to its chosen endpoint (the URI names it). The
+/// router only needs this; tests put a `service_fn` here to drive time and
+/// failures without a network.
+pub type Upstream =
+    tower::util::BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, UpstreamError>;
+
+/// The real upstream: pooled hyper-util clients, one that speaks HTTP/1.1
+/// (or h2 when ALPN says so) and one that speaks only HTTP/2.
+pub fn hyper_upstream(connector: EndpointConnector) -> Upstream {
     let mut b = Client::builder(TokioExecutor::new());
     b.pool_idle_timeout(Duration::from_secs(90))
         .timer(hyper_util::rt::TokioTimer::new());
-    let http1 = b.build(connector.clone());
+    let http1: UpstreamClient = b.build(connector.clone());
     let mut b2 = Client::builder(TokioExecutor::new());
     b2.http2_only(true).timer(hyper_util::rt::TokioTimer::new());
-    let h2 = b2.build(connector);
-    (http1, h2)
+    let h2: UpstreamClient = b2.build(connector);
+    tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: Request<BoxBody>| {
+        let client = if req.extensions().get::<PriorKnowledgeH2>().is_some() {
+            h2.clone()
+        } else {
+            http1.clone()
+        };
+        async move {
+            match client.request(req).await {
+                Ok(resp) => Ok(resp.map(crate::body::boxed)),
+                Err(e) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
+                Err(e) => Err(UpstreamError::Protocol(error_chain(&e))),
+            }
+        }
+    }))
+}
+
+/// An error and its sources, joined: hyper's top-level messages say little.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The future of one upstream call.
+pub type UpstreamFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<BoxBody>, UpstreamError>> + Send>>;
+
+/// Sends one request through `upstream`. Boxing here, at a concrete type,
+/// keeps the compiler's `Send` check of the callers' futures simple.
+pub fn send(upstream: &Upstream, req: Request<BoxBody>) -> UpstreamFuture {
+    Box::pin(tower::ServiceExt::oneshot(upstream.clone(), req))
 }

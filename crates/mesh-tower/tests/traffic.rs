@@ -592,3 +592,162 @@ async fn errors_answer_with_status_and_reason() {
         resp.headers()
     );
 }
+
+#[tokio::test]
+async fn sticky_keys_move_minimally_when_weights_change() {
+    let (v1, v2) = (
+        Backend::start("v1", Behaviour::Ok).await,
+        Backend::start("v2", Behaviour::Ok).await,
+    );
+    let ws = [("v1", v1.port()), ("v2", v2.port())];
+    let policy = dr("    loadBalancer: {consistentHash: {httpHeaderName: x-user}}\n");
+    let (r, store) = router(&(config(&ws, &policy) + &vs(SPLIT_90_10)));
+    let users: Vec<String> = (0..1_000).map(|i| format!("session-{i}")).collect();
+    let mut before = Vec::new();
+    for u in &users {
+        before.push(backend_of(&get(&r, "/", &[("x-user", u)]).await));
+    }
+    let split_80_20 = SPLIT_90_10
+        .replace("weight: 90", "weight: 80")
+        .replace("weight: 10", "weight: 20");
+    store
+        .apply(mesh_core::load::load_str(
+            Path::new("t.yaml"),
+            &(config(&ws, &policy) + &vs(&split_80_20)),
+        ))
+        .unwrap();
+    let mut moved = 0;
+    for (u, was) in users.iter().zip(&before) {
+        let now = backend_of(&get(&r, "/", &[("x-user", u)]).await);
+        if &now != was {
+            assert_eq!(
+                (was.as_str(), now.as_str()),
+                ("v1", "v2"),
+                "{u} moved the wrong way"
+            );
+            moved += 1;
+        }
+    }
+    assert!((90..=110).contains(&moved), "{moved} of 1000 keys moved");
+}
+
+#[tokio::test]
+async fn hashing_by_query_parameter_and_source_ip() {
+    let (a, b) = (
+        Backend::start("a", Behaviour::Ok).await,
+        Backend::start("b", Behaviour::Ok).await,
+    );
+    let ws = [("v1", a.port()), ("v1", b.port())];
+    let (r, _) = router(&config(
+        &ws,
+        &dr("    loadBalancer: {consistentHash: {httpQueryParameterName: cart}}\n"),
+    ));
+    let mut seen = std::collections::BTreeSet::new();
+    for cart in 0..40 {
+        let first = backend_of(&get(&r, &format!("/?cart={cart}"), &[]).await);
+        for _ in 0..3 {
+            assert_eq!(
+                backend_of(&get(&r, &format!("/x?cart={cart}&y=1"), &[]).await),
+                first
+            );
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "keys spread over both endpoints");
+
+    let (r, _) = router(&config(
+        &ws,
+        &dr("    loadBalancer: {consistentHash: {useSourceIp: true}}\n"),
+    ));
+    for ip in 1..20u8 {
+        let addr: SocketAddr = format!("10.1.0.{ip}:5000").parse().unwrap();
+        let mut backends = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let mut req = Request::get("http://web/").body(empty()).unwrap();
+            req.extensions_mut()
+                .insert(mesh_tower::traffic::ClientAddr(addr));
+            backends.insert(backend_of(&r.clone().oneshot(req).await.unwrap()));
+        }
+        assert_eq!(backends.len(), 1, "{addr} moved");
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_speaking_garbage_gets_a_502() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 1024];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+        }
+    });
+    let (r, _) = router(&config(&[("v1", port)], PLAINTEXT_DR));
+    let resp = r
+        .clone()
+        .oneshot(Request::post("http://web/").body(full("x")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(
+        resp.headers()[REASON_HEADER]
+            .to_str()
+            .unwrap()
+            .starts_with("upstream protocol error")
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn the_router_behind_a_real_hyper_server() {
+    let (v1, v2) = (
+        Backend::start("v1", Behaviour::Ok).await,
+        Backend::start("v2", Behaviour::Ok).await,
+    );
+    let (router, _) =
+        router(&(config(&[("v1", v1.port()), ("v2", v2.port())], PLAINTEXT_DR) + &vs(SPLIT_90_10)));
+    // A front server handing every request to the router, as the sidecar's
+    // outbound listener does.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let mut v2_hits = 0;
+    for _ in 0..200 {
+        let req = Request::get(format!("http://{front}/page"))
+            .header("host", "web")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let who = backend_of(&resp);
+        v2_hits += usize::from(who == "v2");
+        assert_eq!(
+            resp.into_body().collect().await.unwrap().to_bytes(),
+            who.as_bytes()
+        );
+    }
+    assert!((8..=40).contains(&v2_hits), "{v2_hits} of 200 on v2");
+    let req = Request::get(format!("http://{front}/"))
+        .header("host", "unknown.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key(REASON_HEADER));
+    server.abort();
+}

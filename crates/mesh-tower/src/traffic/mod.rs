@@ -55,7 +55,9 @@ pub use state::{RandomSource, SeededRandom, TrafficState};
 use crate::body::{BoxBody, BoxError, boxed, full};
 use crate::error::MeshError;
 use crate::tls::MeshConnector;
-use crate::upstream::{EndpointConnector, UpstreamClient, clients};
+use crate::upstream::{
+    EndpointConnector, PriorKnowledgeH2, Upstream, UpstreamError, hyper_upstream,
+};
 
 /// The address of the downstream client, for `useSourceIp` hashing; servers
 /// insert it.
@@ -117,8 +119,7 @@ impl RouterConfig {
 #[derive(Debug)]
 struct Inner {
     store: Arc<Store>,
-    http1: UpstreamClient,
-    h2: UpstreamClient,
+    upstream: Upstream,
     config: RouterConfig,
     state: TrafficState,
     random: Arc<dyn RandomSource>,
@@ -144,12 +145,22 @@ impl Router {
         mtls: Option<MeshConnector>,
         random: Arc<dyn RandomSource>,
     ) -> Self {
-        let (http1, h2) = clients(EndpointConnector::new(store.clone(), mtls));
+        let upstream = hyper_upstream(EndpointConnector::new(store.clone(), mtls));
+        Self::with_upstream(store, config, upstream, random)
+    }
+
+    /// A router sending through `upstream` instead of the network: for
+    /// tests, and for embedding a custom transport.
+    pub fn with_upstream(
+        store: Arc<Store>,
+        config: RouterConfig,
+        upstream: Upstream,
+        random: Arc<dyn RandomSource>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
-                http1,
-                h2,
+                upstream,
                 config,
                 state: TrafficState::default(),
                 random,
@@ -178,7 +189,7 @@ where
             Ok(match route(&inner, req).await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    tracing::debug!(reason = %e, "mesh answered the request itself");
+                    tracing::info!(status = e.status().as_u16(), flag = e.response_flag(), reason = %e, "mesh answered the request itself");
                     e.to_response()
                 }
             })
@@ -457,11 +468,7 @@ async fn forward(
     let retry = RetryPolicy::from_config(rule.and_then(|(r, _)| r.retries.as_ref()));
     let retryable = replay.is_some() && retry.request_is_retryable(parts.method.as_str(), has_body);
     let attempts = if retryable { 1 + retry.attempts } else { 1 };
-    let client = if matches!(sp.protocol, Protocol::Http2 | Protocol::Grpc) {
-        &inner.h2
-    } else {
-        &inner.http1
-    };
+    let h2 = matches!(sp.protocol, Protocol::Http2 | Protocol::Grpc);
     let pool = policy.connection_pool.as_ref().and_then(|cp| {
         let max = cp
             .http
@@ -542,9 +549,12 @@ async fn forward(
         let mut up = Request::from_parts(parts.clone(), body);
         *up.uri_mut() = uri;
         *up.version_mut() = http::Version::HTTP_11;
+        if h2 {
+            up.extensions_mut().insert(PriorKnowledgeH2);
+        }
         let state = inner.state.endpoint(&ep.key);
         let in_flight = state.start();
-        let send = client.request(up);
+        let send = crate::upstream::send(&inner.upstream, up);
         let outcome = match retry.per_try_timeout {
             Some(t) => tokio::time::timeout(t, send).await.map_err(|_| t),
             None => Ok(send.await),
@@ -552,31 +562,23 @@ async fn forward(
         drop(in_flight);
         let (failure, res) = match outcome {
             Err(t) => (Some(Failure::PerTryTimeout), Err(MeshError::Timeout(t))),
-            Ok(Err(e)) => {
-                let connect = e.is_connect();
-                let why = error_chain(&e);
-                if connect {
-                    (
-                        Some(Failure::ConnectFailure),
-                        Err(MeshError::UpstreamConnect {
-                            endpoint: ep.key.clone(),
-                            why,
-                        }),
-                    )
-                } else {
-                    (
-                        Some(Failure::Reset),
-                        Err(MeshError::UpstreamProtocol {
-                            endpoint: ep.key.clone(),
-                            why,
-                        }),
-                    )
-                }
-            }
+            Ok(Err(UpstreamError::Connect(why))) => (
+                Some(Failure::ConnectFailure),
+                Err(MeshError::UpstreamConnect {
+                    endpoint: ep.key.clone(),
+                    why,
+                }),
+            ),
+            Ok(Err(UpstreamError::Protocol(why))) => (
+                Some(Failure::Reset),
+                Err(MeshError::UpstreamProtocol {
+                    endpoint: ep.key.clone(),
+                    why,
+                }),
+            ),
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
-                let f = (status >= 500).then_some(Failure::Status(status));
-                (f, Ok(resp.map(boxed)))
+                ((status >= 500).then_some(Failure::Status(status)), Ok(resp))
             }
         };
         if let Some(op) = &outlier {
@@ -641,17 +643,6 @@ fn scheme(
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 fn mirror(
     inner: &Inner,
     snap: &Snapshot,
@@ -700,13 +691,12 @@ fn mirror(
             req.headers_mut().insert(http::header::HOST, v);
         }
     }
-    let client = if matches!(sp.protocol, Protocol::Http2 | Protocol::Grpc) {
-        inner.h2.clone()
-    } else {
-        inner.http1.clone()
-    };
+    if matches!(sp.protocol, Protocol::Http2 | Protocol::Grpc) {
+        req.extensions_mut().insert(PriorKnowledgeH2);
+    }
+    let upstream = inner.upstream.clone();
     tokio::spawn(async move {
-        match client.request(req).await {
+        match crate::upstream::send(&upstream, req).await {
             Ok(resp) => {
                 // Drain so the connection can be reused; the answer is dropped.
                 let _ = resp.into_body().collect().await;
