@@ -16,17 +16,21 @@
 #![forbid(unsafe_code)]
 
 mod authority;
+mod client;
 mod credentials;
 mod csr;
 mod error;
 mod files;
 mod manager;
 pub mod metrics;
+pub mod service;
 mod store;
 mod svid;
 pub mod tls;
+mod tokens;
 
 pub use authority::{CertificateAuthority, DEFAULT_LEAF_TTL, IssuedSvid, LeafPolicy};
+pub use client::CaClient;
 pub use credentials::{CredentialStore, Credentials, CredentialsError};
 pub use csr::CsrError;
 pub use error::CaError;
@@ -40,3 +44,4 @@ pub use store::{
     TRUST_DOMAIN_FILE,
 };
 pub use svid::{PeerRole, SvidError, TrustBundle, TrustBundleSet, svid_id};
+pub use tokens::{TokenError, TokenStore};
