@@ -4,7 +4,7 @@
 //! mesh-ca init  --dir D [--trust-domain cluster.local] [--import-istio SRC]
 //! mesh-ca serve --dir D --listen 127.0.0.1:15012
 //! mesh-ca token --dir D --id spiffe://cluster.local/ns/default/sa/web [--ttl 1h]
-//! mesh-ca issue --dir D --id spiffe://cluster.local/ns/default/sa/web --out DIR [--ttl 24h]
+//! mesh-ca issue --dir D --id spiffe://cluster.local/ns/default/sa/web --out DIR [--ttl 24h] [--dns web.example]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -68,6 +68,10 @@ enum Command {
         out: PathBuf,
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
+        /// Also name this host in a DNS SAN (repeatable), for servers that
+        /// non-mesh clients such as curl verify by host name.
+        #[arg(long = "dns", value_name = "NAME")]
+        dns_names: Vec<String>,
     },
 }
 
@@ -157,10 +161,17 @@ async fn run(cli: Cli) -> Result<()> {
             let token = TokenStore::new(&dir).create(&id, ttl)?;
             println!("{token}");
         }
-        Command::Issue { dir, id, out, ttl } => {
+        Command::Issue {
+            dir,
+            id,
+            out,
+            ttl,
+            dns_names,
+        } => {
             let ca = CertificateAuthority::open_dir(&dir)?;
             let id = spiffe_id(&ca, &id)?;
-            let (svid, key) = ca.issue_with_new_key(&id, ttl, time::OffsetDateTime::now_utc())?;
+            let now = time::OffsetDateTime::now_utc();
+            let (svid, key) = ca.issue_with_new_key_and_dns_names(&id, &dns_names, ttl, now)?;
             std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
             let pems = svid.istio_chain_pem();
             let (chain, bundle) = pems.split_at(1 + svid.intermediates.len());
