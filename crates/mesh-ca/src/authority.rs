@@ -395,7 +395,7 @@ impl CertificateAuthority {
         now: OffsetDateTime,
     ) -> Result<IssuedSvid, CaError> {
         let key = parse_csr(csr)?;
-        self.sign_leaf(&key, id, ttl, now)
+        self.sign_leaf(&key, id, &[], ttl, now)
     }
 
     /// Generates a key and signs an SVID for it; returns the SVID and the key
@@ -406,8 +406,22 @@ impl CertificateAuthority {
         ttl: Option<Duration>,
         now: OffsetDateTime,
     ) -> Result<(IssuedSvid, String), CaError> {
+        self.issue_with_new_key_and_dns_names(id, &[], ttl, now)
+    }
+
+    /// [`issue_with_new_key`](Self::issue_with_new_key) with DNS SANs beside
+    /// the URI SAN, for gateways and servers that non-mesh clients (browsers,
+    /// curl) verify by host name. Peers of the mesh still read only the URI
+    /// SAN. Only offline issuance offers this: names in a CSR are ignored.
+    pub fn issue_with_new_key_and_dns_names(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Option<Duration>,
+        now: OffsetDateTime,
+    ) -> Result<(IssuedSvid, String), CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let svid = self.sign_leaf(&key, id, ttl, now)?;
+        let svid = self.sign_leaf(&key, id, dns_names, ttl, now)?;
         Ok((svid, key.serialize_pem()))
     }
 
@@ -415,6 +429,7 @@ impl CertificateAuthority {
         &self,
         key: &impl rcgen::PublicKeyData,
         id: &SpiffeId,
+        dns_names: &[String],
         ttl: Option<Duration>,
         now: OffsetDateTime,
     ) -> Result<IssuedSvid, CaError> {
@@ -442,6 +457,11 @@ impl CertificateAuthority {
         // subject makes rcgen mark the SAN extension critical (RFC 5280).
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+        for name in dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(name.as_str().try_into()?));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

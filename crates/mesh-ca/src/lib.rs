@@ -1,6 +1,21 @@
-//! The mesh's certificate authority: root and intermediate keys, X.509-SVID
-//! issuance from CSRs, SVID verification against per-trust-domain bundles,
-//! the signing service and the workload certificate manager.
+//! The mesh's certificate authority and the workload side of identity.
+//!
+//! | what | where |
+//! | --- | --- |
+//! | root / intermediate CA, Istio plug-in layout, X.509-SVID leaf profile | [`CertificateAuthority`] |
+//! | single-use join tokens | [`TokenStore`] |
+//! | Istio's `CreateCertificate` over gRPC + TLS | [`service::CaServer`], [`CaClient`] |
+//! | X.509-SVID verification against per-trust-domain bundles | [`TrustBundleSet::verify`], [`svid_id`] |
+//! | rustls verifiers and config builders (ring provider) | [`tls`] |
+//! | SVID + key + bundles swapped whole, read at each handshake | [`Credentials`], [`CredentialStore`] |
+//! | renewal at half-life, backoff, CA outages | [`CertManager`] with a [`SvidSigner`] |
+//! | cert/key/bundle files reloaded on change (SPIRE, cert-manager) | [`FileSource`] |
+//! | metric names | [`metrics`] |
+//!
+//! The SPIFFE verifiers and the certificate manager live here rather than in
+//! `mesh-tower` because the CA's own signing service needs them (renewals are
+//! authenticated by mTLS) and `mesh-tower` depends on this crate. `mesh-tower`
+//! builds its acceptor and connector on them.
 //!
 //! ```
 //! use mesh_ca::CertificateAuthority;
@@ -16,17 +31,21 @@
 #![forbid(unsafe_code)]
 
 mod authority;
+mod client;
 mod credentials;
 mod csr;
 mod error;
 mod files;
 mod manager;
 pub mod metrics;
+pub mod service;
 mod store;
 mod svid;
 pub mod tls;
+mod tokens;
 
 pub use authority::{CertificateAuthority, DEFAULT_LEAF_TTL, IssuedSvid, LeafPolicy};
+pub use client::CaClient;
 pub use credentials::{CredentialStore, Credentials, CredentialsError};
 pub use csr::CsrError;
 pub use error::CaError;
@@ -40,3 +59,4 @@ pub use store::{
     TRUST_DOMAIN_FILE,
 };
 pub use svid::{PeerRole, SvidError, TrustBundle, TrustBundleSet, svid_id};
+pub use tokens::{TokenError, TokenStore};

@@ -43,7 +43,14 @@ pub enum SignError {
 /// Where a workload's SVIDs come from: the CA over gRPC, or a CA in process.
 pub trait SvidSigner: Send + Sync + fmt::Debug + 'static {
     /// Asks for a certificate over the key of `csr_pem`, living `ttl`.
-    fn sign(&self, csr_pem: String, ttl: Duration) -> BoxFuture<'_, Result<IssuedSvid, SignError>>;
+    /// `current` is the SVID in service, if any: a remote CA authenticates
+    /// renewals with it (mTLS).
+    fn sign(
+        &self,
+        csr_pem: String,
+        ttl: Duration,
+        current: Option<Arc<Credentials>>,
+    ) -> BoxFuture<'_, Result<IssuedSvid, SignError>>;
 }
 
 /// A signer backed by a CA in this process (for the CA's own serving
@@ -70,7 +77,12 @@ impl LocalSigner {
 }
 
 impl SvidSigner for LocalSigner {
-    fn sign(&self, csr_pem: String, ttl: Duration) -> BoxFuture<'_, Result<IssuedSvid, SignError>> {
+    fn sign(
+        &self,
+        csr_pem: String,
+        ttl: Duration,
+        _current: Option<Arc<Credentials>>,
+    ) -> BoxFuture<'_, Result<IssuedSvid, SignError>> {
         let result = self
             .ca
             .load()
@@ -201,7 +213,7 @@ impl CertManager {
         let deadline = tokio::time::Instant::now() + worker.config.first_fetch_timeout;
         let mut backoff = worker.config.initial_backoff;
         let first = loop {
-            match worker.fetch().await {
+            match worker.fetch(None).await {
                 Ok(c) => break c,
                 Err(e) => {
                     worker.failed(&e);
@@ -257,11 +269,11 @@ fn new_key_and_csr(id: &SpiffeId) -> Result<(String, PrivateKeyDer<'static>), St
 }
 
 impl Worker {
-    async fn fetch(&self) -> Result<Credentials, String> {
+    async fn fetch(&self, current: Option<Arc<Credentials>>) -> Result<Credentials, String> {
         let (csr, key) = new_key_and_csr(&self.id)?;
         let svid = self
             .signer
-            .sign(csr, self.config.ttl)
+            .sign(csr, self.config.ttl, current)
             .await
             .map_err(|e| e.to_string())?;
         let creds = Credentials::from_issued(&svid, key, self.config.extra_bundles.clone())
@@ -331,7 +343,7 @@ impl Worker {
                 .unwrap_or(Duration::from_secs(1));
             let mut backoff = self.config.initial_backoff.min(lifetime / 10);
             loop {
-                match self.fetch().await {
+                match self.fetch(Some(current.clone())).await {
                     Ok(creds) => {
                         store.publish(creds);
                         obtained = SystemTime::now();

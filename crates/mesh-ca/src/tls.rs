@@ -16,7 +16,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::credentials::CredentialStore;
-use crate::svid::{PeerRole, SvidError};
+use crate::svid::{PeerRole, SvidError, TrustBundleSet};
 
 /// The one crypto provider used: `ring`. Configs are always built with it
 /// explicitly, never from a process default.
@@ -112,7 +112,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 /// The TLS server name is not used: identities are SPIFFE IDs, not DNS names.
 #[derive(Debug, Clone)]
 pub struct SpiffeServerVerifier {
-    store: CredentialStore,
+    bundles: BundleSource,
     /// `None` only when built by `dangerous_any_identity`.
     allowed: Option<Arc<[SpiffeId]>>,
 }
@@ -121,7 +121,16 @@ impl SpiffeServerVerifier {
     /// A verifier accepting only servers whose SPIFFE ID is in `allowed`.
     pub fn new(store: CredentialStore, allowed: impl Into<Arc<[SpiffeId]>>) -> Self {
         Self {
-            store,
+            bundles: BundleSource::Store(store),
+            allowed: Some(allowed.into()),
+        }
+    }
+
+    /// A verifier with fixed bundles, for a workload that has no SVID yet
+    /// (its first request to the CA).
+    pub fn with_bundles(bundles: Arc<TrustBundleSet>, allowed: impl Into<Arc<[SpiffeId]>>) -> Self {
+        Self {
+            bundles: BundleSource::Fixed(bundles),
             allowed: Some(allowed.into()),
         }
     }
@@ -131,7 +140,7 @@ impl SpiffeServerVerifier {
     /// impersonate the destination. Only for bootstrapping and tools.
     pub fn dangerous_any_identity(store: CredentialStore) -> Self {
         Self {
-            store,
+            bundles: BundleSource::Store(store),
             allowed: None,
         }
     }
@@ -146,11 +155,11 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let id =
-            self.store
-                .load()
-                .bundles()
-                .verify(end_entity, intermediates, PeerRole::Server, now)?;
+        let bundles = match &self.bundles {
+            BundleSource::Store(store) => store.load().bundles().clone(),
+            BundleSource::Fixed(bundles) => bundles.clone(),
+        };
+        let id = bundles.verify(end_entity, intermediates, PeerRole::Server, now)?;
         if let Some(allowed) = &self.allowed {
             if !allowed.contains(&id) {
                 return Err(SvidError::NotAllowed {
@@ -184,6 +193,24 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         algorithms().supported_schemes()
     }
+}
+
+#[derive(Debug, Clone)]
+enum BundleSource {
+    Store(CredentialStore),
+    Fixed(Arc<TrustBundleSet>),
+}
+
+/// A client config that presents no certificate, verifying the server with
+/// `verifier`. For a workload's first request to the CA.
+pub fn client_config_without_cert(
+    verifier: SpiffeServerVerifier,
+) -> Result<ClientConfig, rustls::Error> {
+    Ok(ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
 }
 
 /// A server config presenting the store's current SVID and verifying clients

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mesh_ca::{
-    BoxFuture, CertManager, CertificateAuthority, FileSource, IssuedSvid, LeafPolicy, LocalSigner,
-    ManagerConfig, ManagerError, SignError, SvidSigner,
+    BoxFuture, CertManager, CertificateAuthority, Credentials, FileSource, IssuedSvid, LeafPolicy,
+    LocalSigner, ManagerConfig, ManagerError, SignError, SvidSigner,
 };
 use mesh_core::identity::{SpiffeId, TrustDomain};
 use time::OffsetDateTime;
@@ -40,11 +40,16 @@ struct Flaky {
 }
 
 impl SvidSigner for Flaky {
-    fn sign(&self, csr: String, ttl: Duration) -> BoxFuture<'_, Result<IssuedSvid, SignError>> {
+    fn sign(
+        &self,
+        csr: String,
+        ttl: Duration,
+        current: Option<Arc<Credentials>>,
+    ) -> BoxFuture<'_, Result<IssuedSvid, SignError>> {
         if self.down.load(Ordering::SeqCst) {
             return Box::pin(async { Err(SignError::Unavailable("connection refused".into())) });
         }
-        self.inner.sign(csr, ttl)
+        self.inner.sign(csr, ttl, current)
     }
 }
 

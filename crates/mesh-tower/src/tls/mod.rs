@@ -8,7 +8,7 @@
 //! ([`mesh_ca::tls::SpiffeClientVerifier`], [`mesh_ca::tls::SpiffeServerVerifier`]):
 //! the chain against the trust bundle of the peer's own trust domain, and the
 //! X.509-SVID rules on the leaf. Certificates and bundles are read from a
-//! [`CredentialStore`](mesh_ca::CredentialStore) at every handshake, so
+//! [`CredentialStore`] at every handshake, so
 //! certificate and root rotation need no restart and drop no connection.
 //!
 //! ```no_run

@@ -1,0 +1,233 @@
+//! `mesh-ca`: the mesh's certificate authority.
+//!
+//! ```text
+//! mesh-ca init  --dir D [--trust-domain cluster.local] [--import-istio SRC]
+//! mesh-ca serve --dir D --listen 127.0.0.1:15012
+//! mesh-ca token --dir D --id spiffe://cluster.local/ns/default/sa/web [--ttl 1h]
+//! mesh-ca issue --dir D --id spiffe://cluster.local/ns/default/sa/web --out DIR [--ttl 24h] [--dns web.example]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use mesh_ca::service::CaServer;
+use mesh_ca::{CertificateAuthority, TokenStore};
+use mesh_core::identity::{SpiffeId, TrustDomain};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mesh-ca",
+    version,
+    about = "The mesh's certificate authority (Istio's CA protocol)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a root CA (ECDSA P-256) in DIR, or import a CA given in Istio's
+    /// plug-in layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// A folder with Istio's plug-in CA files to import instead of
+        /// creating a root.
+        #[arg(long, value_name = "SRC")]
+        import_istio: Option<PathBuf>,
+    },
+    /// Serve Istio's CreateCertificate over TLS.
+    Serve {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:15012")]
+        listen: String,
+    },
+    /// Print a single-use join token bound to one identity.
+    Token {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+    /// Write cert.pem, key.pem and bundle.pem for an identity, offline.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Also name this host in a DNS SAN (repeatable), for servers that
+        /// non-mesh clients such as curl verify by host name.
+        #[arg(long = "dns", value_name = "NAME")]
+        dns_names: Vec<String>,
+    },
+}
+
+/// `90`, `90s`, `15m`, `1h`, `7d`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 15m, 1h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
+fn spiffe_id(ca: &CertificateAuthority, id: &str) -> Result<SpiffeId> {
+    let id = SpiffeId::parse(id).with_context(|| format!("--id {id}"))?;
+    if id.trust_domain() != ca.trust_domain() {
+        bail!(
+            "{id} is not in this CA's trust domain {}",
+            ca.trust_domain()
+        );
+    }
+    Ok(id)
+}
+
+fn write(path: &Path, contents: &str, mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| path.display().to_string())?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| path.display().to_string())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init {
+            dir,
+            trust_domain,
+            import_istio,
+        } => {
+            let td = TrustDomain::new(&trust_domain)
+                .with_context(|| format!("--trust-domain {trust_domain}"))?;
+            let ca = match import_istio {
+                Some(src) => CertificateAuthority::import_istio_dir(&dir, &src, td)?,
+                None => CertificateAuthority::init_dir(&dir, td)?,
+            };
+            println!(
+                "CA for trust domain {} in {} (root: {})",
+                ca.trust_domain(),
+                dir.display(),
+                dir.join(mesh_ca::ROOT_CERT_FILE).display()
+            );
+        }
+        Command::Serve { dir, listen } => {
+            let ca = Arc::new(CertificateAuthority::open_dir(&dir)?);
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("--listen {listen}"))?;
+            let server = CaServer::spawn(ca.clone(), TokenStore::new(&dir), listener).await?;
+            tracing::info!(
+                addr = %server.local_addr(),
+                identity = %mesh_ca::service::ca_identity(&ca)?,
+                "mesh-ca serving istio.v1.auth.IstioCertificateService"
+            );
+            println!("listening on {}", server.local_addr());
+            shutdown_signal().await;
+            server.shutdown().await?;
+        }
+        Command::Token { dir, id, ttl } => {
+            let ca = CertificateAuthority::open_dir(&dir)?;
+            let id = spiffe_id(&ca, &id)?;
+            let token = TokenStore::new(&dir).create(&id, ttl)?;
+            println!("{token}");
+        }
+        Command::Issue {
+            dir,
+            id,
+            out,
+            ttl,
+            dns_names,
+        } => {
+            let ca = CertificateAuthority::open_dir(&dir)?;
+            let id = spiffe_id(&ca, &id)?;
+            let now = time::OffsetDateTime::now_utc();
+            let (svid, key) = ca.issue_with_new_key_and_dns_names(&id, &dns_names, ttl, now)?;
+            std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
+            let pems = svid.istio_chain_pem();
+            let (chain, bundle) = pems.split_at(1 + svid.intermediates.len());
+            write(&out.join("cert.pem"), &chain.concat(), 0o644)?;
+            write(&out.join("key.pem"), &key, 0o600)?;
+            write(&out.join("bundle.pem"), &bundle.concat(), 0o644)?;
+            println!("{id} until {} in {}", svid.not_after, out.display());
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}
