@@ -312,3 +312,58 @@ pub fn svid_id(leaf: &CertificateDer<'_>) -> Result<SpiffeId, SvidError> {
         many => Err(SvidError::MultipleUriSans(many.len())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
+
+    fn leaf(f: impl FnOnce(&mut CertificateParams)) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI("spiffe://td/ns/a/sa/b".try_into().unwrap())];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        f(&mut params);
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn leaf_rules() {
+        let ok = leaf(|_| {});
+        assert_eq!(svid_id(&ok).unwrap().to_string(), "spiffe://td/ns/a/sa/b");
+        let ca = leaf(|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained));
+        assert!(matches!(svid_id(&ca), Err(SvidError::LeafIsCa)));
+        let signer = leaf(|p| p.key_usages.push(KeyUsagePurpose::KeyCertSign));
+        assert!(matches!(svid_id(&signer), Err(SvidError::LeafCanSign)));
+        let no_ds = leaf(|p| p.key_usages = vec![KeyUsagePurpose::KeyAgreement]);
+        assert!(matches!(
+            svid_id(&no_ds),
+            Err(SvidError::NoDigitalSignature)
+        ));
+        let http =
+            leaf(|p| p.subject_alt_names = vec![SanType::URI("https://td/x".try_into().unwrap())]);
+        assert!(matches!(svid_id(&http), Err(SvidError::NotSpiffeId { .. })));
+        let none = leaf(|p| p.subject_alt_names = vec![]);
+        assert!(matches!(svid_id(&none), Err(SvidError::NoUriSan)));
+        assert!(matches!(
+            svid_id(&CertificateDer::from(vec![1, 2, 3])),
+            Err(SvidError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn verification_picks_the_bundle_of_the_peer_s_trust_domain() {
+        let ok = leaf(|_| {});
+        let set = TrustBundleSet::single(
+            TrustDomain::new("other").unwrap(),
+            TrustBundle::new(vec![ok.clone()]).unwrap(),
+        );
+        // The leaf's own certificate is a trust anchor of *another* domain:
+        // still unknown for `td`.
+        assert!(matches!(
+            set.verify(&ok, &[], PeerRole::Client, UnixTime::now()),
+            Err(SvidError::UnknownTrustDomain(_))
+        ));
+        assert!(TrustBundle::from_pem(b"").is_err());
+    }
+}
