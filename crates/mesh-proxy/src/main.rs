@@ -3,7 +3,12 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod check;
+mod gateway;
+mod identity;
+mod runtime;
+mod sidecar;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +34,12 @@ enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run beside a workload that is not Rust: inbound mTLS, authorization
+    /// and forwarding to the local app; outbound ports and an HTTP proxy.
+    Sidecar(sidecar::SidecarArgs),
+    /// Run a Gateway's servers: HTTP/HTTPS at the edge, routing by the
+    /// VirtualServices bound to it, mesh mTLS to the backends.
+    Gateway(gateway::GatewayArgs),
     /// Check a configuration: the TLS table (server mTLS mode against the
     /// client TLS of DestinationRules, per service port) and the analyzers.
     /// Exit status: 0 clean (warnings allowed), 1 errors or conflicts, 2
@@ -77,9 +88,35 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))
 }
 
+fn serve(run: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Sidecar(args) => serve(sidecar::run(args)),
+        Command::Gateway(args) => serve(gateway::run(args)),
         Command::Check { config, output } => check::check(&config, output == Output::Json),
         Command::Explain {
             config,

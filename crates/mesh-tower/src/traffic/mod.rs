@@ -26,6 +26,7 @@
 //! ```
 
 mod pick;
+mod tcp;
 mod rewrite;
 pub mod state;
 
@@ -51,6 +52,7 @@ use mesh_core::snapshot::{Service, Snapshot};
 use mesh_core::store::Store;
 
 pub use state::{RandomSource, SeededRandom, TrafficState};
+pub use tcp::{TcpConnection, TcpRouter};
 
 use crate::body::{BoxBody, BoxError, boxed, full};
 use crate::error::MeshError;
@@ -253,8 +255,9 @@ fn rules<'s>(
                     })
                     .map(|(_, r)| r)
             })
-            .ok_or_else(|| MeshError::UnknownHost {
-                host: host.to_owned(),
+            // At the edge, a host no VirtualService serves is "not found".
+            .ok_or_else(|| MeshError::NoRuleMatched {
+                vs: format!("any VirtualService bound to Gateway {gw} for host {host}"),
             })?;
         return Ok((rules, None));
     }
@@ -618,7 +621,7 @@ async fn forward(
 
 /// `https` for mesh mTLS, `http` for plaintext, by the DestinationRule's
 /// client TLS and, when it says nothing, the server's inbound mode.
-fn scheme(
+pub(crate) fn scheme(
     snap: &Snapshot,
     svc: &Service,
     ep: &pick::Endpoint,

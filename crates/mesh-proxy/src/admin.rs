@@ -1,0 +1,133 @@
+//! The admin listener: `/ready`, `/stats/prometheus`, `/config_dump`,
+//! `/certs`. Loopback only unless the user names another address and asks
+//! for it with `--admin-allow-remote`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Result, bail};
+use arc_swap::ArcSwapOption;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use mesh_core::store::Store;
+use mesh_tower::body::{BoxBody, full};
+use tokio::net::TcpListener;
+
+use crate::identity::Identity;
+use crate::runtime::{Drain, serve_http};
+
+/// Something that adds lines to `/stats/prometheus`.
+pub(crate) type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What the admin endpoints show.
+pub(crate) struct AdminState {
+    pub(crate) store: Arc<Store>,
+    pub(crate) identity: ArcSwapOption<Identity>,
+    pub(crate) listeners_up: AtomicBool,
+    pub(crate) metrics: Vec<MetricsSource>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState").finish_non_exhaustive()
+    }
+}
+
+impl AdminState {
+    pub(crate) fn new(store: Arc<Store>, metrics: Vec<MetricsSource>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            identity: ArcSwapOption::empty(),
+            listeners_up: AtomicBool::new(false),
+            metrics,
+        })
+    }
+
+    /// Ready once the configuration is loaded, the identity issued and the
+    /// listeners bound.
+    fn ready(&self) -> Result<(), &'static str> {
+        if !self.store.is_ready() {
+            return Err("configuration not loaded");
+        }
+        if self.identity.load().is_none() {
+            return Err("no identity issued yet");
+        }
+        if !self.listeners_up.load(Ordering::Acquire) {
+            return Err("listeners not up");
+        }
+        Ok(())
+    }
+
+    fn prometheus(&self) -> String {
+        let stats = self.store.stats();
+        let mut out = format!(
+            "# HELP mesh_config_version Version of the configuration in force.\n\
+             # TYPE mesh_config_version gauge\nmesh_config_version {}\n\
+             # HELP mesh_config_reloads_total Configurations applied.\n\
+             # TYPE mesh_config_reloads_total counter\nmesh_config_reloads_total {}\n\
+             # HELP mesh_config_rejections_total Configurations rejected (the previous one stayed in force).\n\
+             # TYPE mesh_config_rejections_total counter\nmesh_config_rejections_total {}\n",
+            stats.version, stats.reloads, stats.rejections
+        );
+        if let Some(id) = self.identity.load_full() {
+            out.push_str(&id.metrics());
+        }
+        for m in &self.metrics {
+            out.push_str(&m());
+        }
+        out
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<BoxBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
+fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<BoxBody> {
+    match req.uri().path() {
+        "/ready" | "/healthz/ready" => match state.ready() {
+            Ok(()) => text(StatusCode::OK, "LIVE\n".into(), "text/plain"),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"), "text/plain"),
+        },
+        "/stats/prometheus" | "/metrics" => text(StatusCode::OK, state.prometheus(), "text/plain; version=0.0.4"),
+        "/config_dump" => {
+            let snap = state.store.load();
+            let v = serde_json::json!({ "stats": state.store.stats(), "snapshot": &*snap });
+            text(StatusCode::OK, serde_json::to_string_pretty(&v).unwrap_or_default(), "application/json")
+        }
+        "/certs" => match state.identity.load_full() {
+            Some(id) => text(StatusCode::OK, serde_json::to_string_pretty(&id.describe()).unwrap_or_default(), "application/json"),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "no identity issued yet\n".into(), "text/plain"),
+        },
+        _ => text(StatusCode::NOT_FOUND, "endpoints: /ready /stats/prometheus /config_dump /certs\n".into(), "text/plain"),
+    }
+}
+
+/// Binds the admin listener and serves it until the drain.
+pub(crate) async fn spawn(addr: SocketAddr, allow_remote: bool, state: Arc<AdminState>, drain: Drain) -> Result<SocketAddr> {
+    if !addr.ip().is_loopback() && !allow_remote {
+        bail!("the admin listener {addr} is not on loopback; pass --admin-allow-remote to expose it");
+    }
+    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding the admin listener {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                r = listener.accept() => match r { Ok((tcp, _)) => tcp, Err(_) => continue },
+                _ = drain.signaled() => return,
+            };
+            let state = state.clone();
+            let svc = tower::service_fn(move |req: Request<Incoming>| {
+                let resp = handle(&state, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            tokio::spawn(serve_http(tcp, svc, drain.clone()));
+        }
+    });
+    Ok(local)
+}

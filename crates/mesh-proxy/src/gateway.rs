@@ -1,0 +1,272 @@
+//! `mesh-proxy gateway`: a Gateway's servers (HTTP, and HTTPS with SIMPLE or
+//! MUTUAL TLS from credential files with SNI host matching, optional
+//! redirect of HTTP to HTTPS), routing by the VirtualServices bound to it,
+//! mesh mTLS to the backends. The Host header is kept; X-Forwarded-For and
+//! X-Forwarded-Proto are set.
+//!
+//! Credential paths in the Gateway are read as written; a relative path is
+//! taken relative to the configuration folder.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::Args;
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use mesh_core::identity::SpiffeId;
+use mesh_core::resources::networking::{Protocol, Server, ServerTlsMode};
+use mesh_tower::body::{BoxBody, empty};
+use mesh_tower::tls::MeshConnector;
+use mesh_tower::traffic::{ClientAddr, Router, RouterConfig};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+
+use crate::admin::AdminState;
+use crate::runtime::serve_http;
+use crate::sidecar::{CommonArgs, accept_loop};
+
+/// `mesh-proxy gateway`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct GatewayArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The Gateway to serve: `name` (in `default`) or `namespace/name`.
+    #[arg(long)]
+    pub(crate) gateway: String,
+    /// The address the servers bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) listen_address: IpAddr,
+    /// The gateway's own SPIFFE ID, for mTLS to backends; by default
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<gateway name>`.
+    #[arg(long)]
+    pub(crate) identity_id: Option<String>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn resolve(base: &Path, file: &str) -> PathBuf {
+    let p = Path::new(file);
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+fn load_key(base: &Path, cert: &str, key: &str) -> Result<Arc<CertifiedKey>> {
+    let (cert_path, key_path) = (resolve(base, cert), resolve(base, key));
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .with_context(|| format!("reading {}", cert_path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", cert_path.display()))?;
+    if chain.is_empty() {
+        bail!("{} holds no certificate", cert_path.display());
+    }
+    let der = PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+    let signer = provider().key_provider.load_private_key(der).with_context(|| format!("loading {}", key_path.display()))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signer)))
+}
+
+/// Picks the certificate by SNI among the servers of one port: an exact
+/// host, then a `*.suffix` wildcard, then `*`. No match refuses the
+/// handshake.
+#[derive(Debug)]
+struct SniResolver {
+    by_host: Vec<(String, Arc<CertifiedKey>)>,
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.rsplit('/').next().unwrap_or(pattern);
+    pattern == "*"
+        || pattern.eq_ignore_ascii_case(host)
+        || pattern.strip_prefix('*').is_some_and(|suffix| host.to_ascii_lowercase().ends_with(&suffix.to_ascii_lowercase()))
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match hello.server_name() {
+            Some(sni) => self.by_host.iter().find(|(h, _)| host_matches(h, sni)).map(|(_, k)| k.clone()),
+            // Clients that send no SNI (an IP address) get the only
+            // certificate if there is just one.
+            None if self.by_host.len() == 1 => Some(self.by_host[0].1.clone()),
+            None => None,
+        }
+    }
+}
+
+fn tls_config(base: &Path, servers: &[&Server]) -> Result<Arc<rustls::ServerConfig>> {
+    let mut by_host = Vec::new();
+    let mut client_ca: Option<PathBuf> = None;
+    for s in servers {
+        let tls = s.tls.as_ref().ok_or_else(|| anyhow!("HTTPS server on port {} has no tls", s.port.number))?;
+        match tls.mode {
+            Some(ServerTlsMode::Simple) => {}
+            Some(ServerTlsMode::Mutual) => {
+                let ca = tls.ca_certificates.as_deref().ok_or_else(|| anyhow!("MUTUAL needs caCertificates"))?;
+                client_ca = Some(resolve(base, ca));
+            }
+            other => bail!("gateway TLS mode {other:?} on port {} is not supported; use SIMPLE or MUTUAL", s.port.number),
+        }
+        let (Some(cert), Some(key)) = (&tls.server_certificate, &tls.private_key) else {
+            bail!("server on port {} needs serverCertificate and privateKey", s.port.number);
+        };
+        let ck = load_key(base, cert, key)?;
+        for h in &s.hosts {
+            by_host.push((h.clone(), ck.clone()));
+        }
+    }
+    let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(&path).with_context(|| format!("reading {}", path.display()))? {
+                roots.add(c?)?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { by_host }));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Runs the gateway until SIGTERM, then drains.
+pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
+    let key = mesh_core::snapshot::gateway_key(&args.gateway, "default");
+    let (store, _watcher) = crate::runtime::start_store(&args.common.config)?;
+    let base = if args.common.config.is_dir() {
+        args.common.config.clone()
+    } else {
+        args.common.config.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
+    let (servers, id) = {
+        let snap = store.load();
+        let gw = snap.gateways.get(&key).ok_or_else(|| anyhow!("no Gateway {key} in {}", args.common.config.display()))?;
+        let (ns, name) = key.split_once('/').unwrap_or(("default", &key));
+        let id: SpiffeId = match &args.identity_id {
+            Some(s) => s.parse()?,
+            None => SpiffeId::for_workload(&snap.mesh.trust_domain, ns, name)?,
+        };
+        (gw.servers.clone(), id)
+    };
+    let (controller, drain) = crate::runtime::drain_pair();
+    let admin = AdminState::new(store.clone(), Vec::new());
+    let admin_addr = crate::admin::spawn(args.common.admin, args.common.admin_allow_remote, admin.clone(), drain.clone()).await?;
+    tracing::info!(%admin_addr, gateway = %key, "admin listening; obtaining the gateway identity");
+    let identity = Arc::new(args.common.identity.obtain(&id).await?);
+    admin.identity.store(Some(identity.clone()));
+    let router = Router::new(store.clone(), RouterConfig::for_gateway(&key), Some(MeshConnector::new(identity.store().clone())));
+
+    let mut by_port: BTreeMap<u16, Vec<&Server>> = BTreeMap::new();
+    for s in &servers {
+        by_port.entry(s.port.target_port.unwrap_or(s.port.number)).or_default().push(s);
+    }
+    for (port, group) in by_port {
+        let listener = TcpListener::bind((args.listen_address, port))
+            .await
+            .with_context(|| format!("binding {}:{port}", args.listen_address))?;
+        let protocol = group[0].port.protocol;
+        match protocol {
+            Protocol::Https => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(&base, &group)?);
+                tracing::info!(port, hosts = ?group.iter().flat_map(|s| s.hosts.clone()).collect::<Vec<_>>(), "HTTPS listening");
+                let (router, drain2) = (router.clone(), drain.clone());
+                tokio::spawn(accept_loop(listener, drain.clone(), move |tcp, remote| {
+                    let (acceptor, router, drain) = (acceptor.clone(), router.clone(), drain2.clone());
+                    tokio::spawn(async move {
+                        match acceptor.accept(tcp).await {
+                            Ok(tls) => serve_http(tls, Edge { router, proto: "https", remote, redirect: None }, drain).await,
+                            Err(e) => tracing::info!(%remote, error = %e, "TLS handshake refused"),
+                        }
+                    });
+                }));
+            }
+            Protocol::Http | Protocol::Http2 | Protocol::Grpc => {
+                let redirect = group
+                    .iter()
+                    .any(|s| s.tls.as_ref().is_some_and(|t| t.https_redirect))
+                    .then(|| servers.iter().find(|s| s.port.protocol == Protocol::Https).map_or(443, |s| s.port.number));
+                tracing::info!(port, ?redirect, "HTTP listening");
+                let (router, drain2) = (router.clone(), drain.clone());
+                tokio::spawn(accept_loop(listener, drain.clone(), move |tcp, remote| {
+                    let svc = Edge { router: router.clone(), proto: "http", remote, redirect };
+                    tokio::spawn(serve_http(tcp, svc, drain2.clone()));
+                }));
+            }
+            other => bail!("gateway port {port}: protocol {other} is not supported; use HTTP or HTTPS"),
+        }
+    }
+    admin.listeners_up.store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!("ready");
+    crate::runtime::terminated().await?;
+    tracing::info!("SIGTERM: draining");
+    controller.drain(std::time::Duration::from_secs(args.common.drain_timeout)).await;
+    Ok(())
+}
+
+/// The edge in front of the router: X-Forwarded-For and -Proto, the client
+/// address for source-IP hashing, and the redirect to HTTPS.
+#[derive(Debug, Clone)]
+struct Edge {
+    router: Router,
+    proto: &'static str,
+    remote: SocketAddr,
+    redirect: Option<u16>,
+}
+
+impl tower::Service<Request<Incoming>> for Edge {
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        if let Some(port) = self.redirect {
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.split(':').next().unwrap_or(h).to_owned())
+                .unwrap_or_default();
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let port = if port == 443 { String::new() } else { format!(":{port}") };
+            let mut resp = Response::new(empty());
+            *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+            if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{port}{pq}")) {
+                resp.headers_mut().insert(http::header::LOCATION, v);
+            }
+            return Box::pin(async move { Ok(resp) });
+        }
+        let ip = self.remote.ip().to_string();
+        let xff = match req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            req.headers_mut().insert("x-forwarded-for", v);
+        }
+        req.headers_mut().insert("x-forwarded-proto", HeaderValue::from_static(self.proto));
+        // HTTP/2 carries the authority in the URI; HTTP/1.1 upstreams need Host.
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        req.extensions_mut().insert(ClientAddr(self.remote));
+        let mut router = self.router.clone();
+        Box::pin(async move { tower::Service::call(&mut router, req).await })
+    }
+}

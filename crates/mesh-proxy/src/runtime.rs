@@ -1,0 +1,134 @@
+//! What every long-running mode shares: the configuration store and its
+//! watcher, the drain on SIGTERM, and serving HTTP on accepted streams with a
+//! graceful end.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use mesh_core::store::{FileSource, FileWatcher, Store};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+/// Loads the configuration and starts watching it. An unreadable
+/// configuration at start is fatal (there is no last good one to keep).
+pub(crate) fn start_store(config: &Path) -> Result<(Arc<Store>, FileWatcher)> {
+    let source = FileSource::new(config);
+    let store = Arc::new(Store::from_source(&source).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let watcher = FileWatcher::spawn(store.clone(), source).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((store, watcher))
+}
+
+/// The drain signal and the count of connections still open.
+#[derive(Debug, Clone)]
+pub(crate) struct Drain {
+    rx: watch::Receiver<bool>,
+    active: Arc<AtomicUsize>,
+}
+
+/// Starts a drain when asked.
+#[derive(Debug)]
+pub(crate) struct DrainController {
+    tx: watch::Sender<bool>,
+    active: Arc<AtomicUsize>,
+}
+
+/// Held by each open connection; dropping it marks the connection done.
+#[derive(Debug)]
+pub(crate) struct ConnGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub(crate) fn drain_pair() -> (DrainController, Drain) {
+    let (tx, rx) = watch::channel(false);
+    let active = Arc::new(AtomicUsize::new(0));
+    (DrainController { tx, active: active.clone() }, Drain { rx, active })
+}
+
+impl Drain {
+    /// Resolves once draining has begun.
+    pub(crate) async fn signaled(&self) {
+        let mut rx = self.rx.clone();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Counts a connection until the guard drops.
+    pub(crate) fn guard(&self) -> ConnGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ConnGuard(self.active.clone())
+    }
+}
+
+impl DrainController {
+    /// Stops accepting, asks connections to finish, and waits for them up to
+    /// `deadline`.
+    pub(crate) async fn drain(self, deadline: Duration) {
+        let _ = self.tx.send(true);
+        let until = tokio::time::Instant::now() + deadline;
+        while self.active.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.active.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!(connections = left, "drain deadline reached; closing what is left");
+        }
+    }
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+pub(crate) async fn terminated() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+fn builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper silently disables its header-read timeout.
+    b.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    b.http2().timer(TokioTimer::new());
+    b
+}
+
+/// Serves HTTP/1.1 or h2 on `io` until the client is done or a drain asks
+/// the connection to finish its in-flight requests and close.
+pub(crate) async fn serve_http<IO, S>(io: IO, service: S, drain: Drain)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<mesh_tower::body::BoxBody>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let _guard = drain.guard();
+    let svc = hyper_util::service::TowerToHyperService::new(service);
+    let builder = builder();
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! `mesh-proxy sidecar`: the mesh for a workload that is not Rust.
+//!
+//! - Inbound: one listener per port of the workload's WorkloadEntry (or
+//!   `--inbound-port`), terminating mTLS per PeerAuthentication (read per
+//!   connection, so a reload applies), authorizing, and forwarding to the
+//!   local app. HTTP ports go through the L7 layers; TCP ports (MySQL...)
+//!   are an opaque tunnel authorized by peer identity, with nothing read from
+//!   the stream, so server-first protocols start at once.
+//! - Outbound: a local port per service (`--outbound HOST:PORT=LISTEN`) for
+//!   apps that cannot be told about the mesh, and an HTTP forward proxy
+//!   (`--http-proxy`, default 127.0.0.1:15001) that routes by Host or
+//!   absolute URI for clients that honour `HTTP_PROXY`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::{Context as _, Result, anyhow};
+use clap::Args;
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mesh_core::authz::{AuthzRequest, evaluate};
+use mesh_core::resources::networking::Protocol;
+use mesh_core::resources::security::MtlsMode;
+use mesh_core::store::Store;
+use mesh_tower::body::{BoxBody, boxed};
+use mesh_tower::error::MeshError;
+use mesh_tower::tls::{MeshAcceptor, MeshConnector, PeerIdentity, TlsMode};
+use mesh_tower::traffic::{Router, RouterConfig, TcpRouter};
+use mesh_tower::upstream::error_chain;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::admin::AdminState;
+use crate::identity::IdentityArgs;
+use crate::runtime::{Drain, serve_http};
+
+/// Options shared by the sidecar and the gateway.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct CommonArgs {
+    /// A YAML file or a folder of them; reloaded on change.
+    #[arg(long)]
+    pub(crate) config: PathBuf,
+    /// The admin listener (`/ready`, `/stats/prometheus`, `/config_dump`, `/certs`).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub(crate) admin: SocketAddr,
+    /// Allow the admin listener on an address other than loopback.
+    #[arg(long)]
+    pub(crate) admin_allow_remote: bool,
+    /// How long SIGTERM waits for in-flight requests and connections.
+    #[arg(long, default_value = "10", value_name = "SECONDS")]
+    pub(crate) drain_timeout: u64,
+    #[command(flatten)]
+    pub(crate) identity: IdentityArgs,
+}
+
+/// `mesh-proxy sidecar`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SidecarArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The workload this sidecar serves: its WorkloadEntry's name.
+    #[arg(long)]
+    pub(crate) workload: String,
+    /// The workload's namespace.
+    #[arg(long, default_value = "default")]
+    pub(crate) namespace: String,
+    /// The local app: `ADDR` for every inbound port, or `PORT_NAME=ADDR`;
+    /// repeatable.
+    #[arg(long)]
+    pub(crate) app: Vec<String>,
+    /// The inbound port when the WorkloadEntry names none.
+    #[arg(long, default_value_t = 15006)]
+    pub(crate) inbound_port: u16,
+    /// A local port for one service, `HOST:PORT=LISTEN_ADDR`; repeatable.
+    #[arg(long = "outbound")]
+    pub(crate) outbound: Vec<String>,
+    /// The HTTP forward-proxy listener, or `off`.
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    pub(crate) http_proxy: String,
+}
+
+/// Acceptors for the three inbound modes; the mode is read per connection.
+#[derive(Debug, Clone)]
+struct Acceptors {
+    strict: MeshAcceptor,
+    permissive: MeshAcceptor,
+    disable: MeshAcceptor,
+}
+
+impl Acceptors {
+    fn new(store: &mesh_ca::CredentialStore) -> Result<Self> {
+        Ok(Self {
+            strict: MeshAcceptor::new(store, TlsMode::Strict)?,
+            permissive: MeshAcceptor::new(store, TlsMode::Permissive)?,
+            disable: MeshAcceptor::new(store, TlsMode::Disable)?,
+        })
+    }
+
+    fn for_mode(&self, mode: MtlsMode) -> &MeshAcceptor {
+        match mode {
+            MtlsMode::Disable => &self.disable,
+            MtlsMode::Permissive => &self.permissive,
+            // UNSET never reaches here (it inherits); fail closed anyway.
+            MtlsMode::Strict | MtlsMode::Unset => &self.strict,
+        }
+    }
+}
+
+/// One inbound port of the workload.
+#[derive(Debug, Clone)]
+struct InboundPort {
+    port: u16,
+    protocol: Protocol,
+    app: SocketAddr,
+}
+
+fn parse_app(apps: &[String], port_name: &str) -> Result<Option<SocketAddr>> {
+    let mut default = None;
+    for a in apps {
+        match a.split_once('=') {
+            Some((name, addr)) if name == port_name => return Ok(Some(addr.parse().with_context(|| format!("--app {a}"))?)),
+            Some(_) => {}
+            None => default = Some(a.parse().with_context(|| format!("--app {a}"))?),
+        }
+    }
+    Ok(default)
+}
+
+/// Works out the inbound ports from the WorkloadEntry and the services it
+/// backs.
+fn inbound_ports(store: &Store, key: &str, args: &SidecarArgs) -> Result<(IpAddr, Vec<InboundPort>)> {
+    let snap = store.load();
+    let (_, w) = snap.workload(key).ok_or_else(|| anyhow!("no WorkloadEntry {key} in {}", args.common.config.display()))?;
+    let ip: IpAddr = w.address.parse().unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let mut ports = Vec::new();
+    for (name, port) in &w.ports {
+        let protocol = snap
+            .services
+            .values()
+            .filter(|s| s.workloads.iter().any(|i| snap.workloads[*i].key == w.key))
+            .flat_map(|s| s.ports.iter())
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .map_or_else(|| Protocol::from_port_name(name), |p| p.protocol);
+        let app = parse_app(&args.app, name)?.ok_or_else(|| anyhow!("no --app for port {name}: give --app ADDR or --app {name}=ADDR"))?;
+        ports.push(InboundPort { port: *port, protocol, app });
+    }
+    if ports.is_empty() {
+        let app = parse_app(&args.app, "")?.ok_or_else(|| anyhow!("give --app ADDR"))?;
+        ports.push(InboundPort { port: args.inbound_port, protocol: Protocol::Http, app });
+    }
+    Ok((ip, ports))
+}
+
+/// Runs the sidecar until SIGTERM, then drains.
+pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
+    let key = format!("{}/{}", args.namespace, args.workload);
+    let (store, _watcher) = crate::runtime::start_store(&args.common.config)?;
+    let identity_id = {
+        let snap = store.load();
+        let (_, w) = snap.workload(&key).ok_or_else(|| anyhow!("no WorkloadEntry {key} in {}", args.common.config.display()))?;
+        w.identity.clone()
+    };
+    let (controller, drain) = crate::runtime::drain_pair();
+    let admin = AdminState::new(store.clone(), Vec::new());
+    let admin_addr = crate::admin::spawn(args.common.admin, args.common.admin_allow_remote, admin.clone(), drain.clone()).await?;
+    tracing::info!(%admin_addr, workload = %key, "admin listening; obtaining the workload identity");
+    let identity = Arc::new(args.common.identity.obtain(&identity_id).await?);
+    tracing::info!(identity = %identity_id, "identity issued");
+    let creds = identity.store().clone();
+    admin.identity.store(Some(identity.clone()));
+
+    let acceptors = Acceptors::new(&creds)?;
+    let (ip, ports) = inbound_ports(&store, &key, &args)?;
+    for p in ports {
+        let listener = TcpListener::bind((ip, p.port)).await.with_context(|| format!("binding inbound {ip}:{}", p.port))?;
+        tracing::info!(port = p.port, protocol = %p.protocol, app = %p.app, "inbound listening");
+        tokio::spawn(inbound_loop(listener, p, key.clone(), store.clone(), acceptors.clone(), drain.clone()));
+    }
+
+    let connector = MeshConnector::new(creds.clone());
+    let router = Router::new(store.clone(), RouterConfig::for_workload(&args.namespace, &args.workload), Some(connector.clone()));
+    let tcp = TcpRouter::new(store.clone(), &args.namespace, Some(connector));
+    for o in &args.outbound {
+        let (target, listen) = o.split_once('=').ok_or_else(|| anyhow!("--outbound {o}: expected HOST:PORT=LISTEN_ADDR"))?;
+        let (host, port) = target.rsplit_once(':').ok_or_else(|| anyhow!("--outbound {o}: expected HOST:PORT"))?;
+        let port: u16 = port.parse().with_context(|| format!("--outbound {o}"))?;
+        let listen: SocketAddr = listen.parse().with_context(|| format!("--outbound {o}"))?;
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding outbound {listen}"))?;
+        tracing::info!(%listen, host, port, "outbound listening");
+        tokio::spawn(outbound_loop(listener, host.to_owned(), port, store.clone(), router.clone(), tcp.clone(), drain.clone()));
+    }
+    if args.http_proxy != "off" {
+        let addr: SocketAddr = args.http_proxy.parse().with_context(|| format!("--http-proxy {}", args.http_proxy))?;
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the HTTP proxy {addr}"))?;
+        tracing::info!(%addr, "HTTP proxy listening");
+        let router = router.clone();
+        let drain2 = drain.clone();
+        tokio::spawn(accept_loop(listener, drain.clone(), move |tcp, _| {
+            tokio::spawn(serve_http(tcp, router.clone(), drain2.clone()));
+        }));
+    }
+    admin.listeners_up.store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!("ready");
+    crate::runtime::terminated().await?;
+    tracing::info!("SIGTERM: draining");
+    controller.drain(std::time::Duration::from_secs(args.common.drain_timeout)).await;
+    Ok(())
+}
+
+/// Accepts until the drain begins.
+pub(crate) async fn accept_loop(listener: TcpListener, drain: Drain, mut on: impl FnMut(TcpStream, SocketAddr)) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = drain.signaled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        on(tcp, remote);
+    }
+}
+
+async fn inbound_loop(listener: TcpListener, port: InboundPort, key: String, store: Arc<Store>, acceptors: Acceptors, drain: Drain) {
+    let app_client: Client<HttpConnector, BoxBody> = {
+        let mut b = Client::builder(TokioExecutor::new());
+        if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
+            b.http2_only(true);
+        }
+        b.build_http()
+    };
+    accept_loop(listener, drain.clone(), move |tcp, remote| {
+        let snap = store.load();
+        let Some((_, w)) = snap.workload(&key) else {
+            tracing::warn!(workload = %key, "the workload left the configuration; refusing connections");
+            return;
+        };
+        let mode = snap.inbound_mode(w, port.port).mode;
+        let acceptor = acceptors.for_mode(mode).clone();
+        let (store, key, port, drain, client) = (store.clone(), key.clone(), port.clone(), drain.clone(), app_client.clone());
+        tokio::spawn(async move {
+            let guard = drain.guard();
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::info!(%remote, port = port.port, error = %e, "inbound connection refused");
+                    return;
+                }
+            };
+            let peer = stream.peer_identity().clone();
+            if port.protocol.is_http() {
+                drop(guard);
+                let svc = InboundHttp { store, key, port: port.port, app: port.app, client, peer, remote };
+                serve_http(stream, svc, drain).await;
+            } else {
+                inbound_tcp(stream, &peer, remote, &store, &key, &port).await;
+                drop(guard);
+            }
+        });
+    })
+    .await;
+}
+
+async fn inbound_tcp<IO>(mut stream: IO, peer: &PeerIdentity, remote: SocketAddr, store: &Store, key: &str, port: &InboundPort)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let decision = {
+        let snap = store.load();
+        let Some((_, w)) = snap.workload(key) else { return };
+        let req = AuthzRequest {
+            peer: peer.spiffe_id(),
+            source_ip: Some(remote.ip()),
+            destination_ip: w.address.parse().ok(),
+            destination_port: port.port,
+            host: "",
+            method: "",
+            path: "",
+            headers: None,
+        };
+        evaluate(snap.workload_policies(w), &req)
+    };
+    if !decision.allowed {
+        tracing::info!(target: "mesh::authz", %remote, peer = ?peer.spiffe_id().map(ToString::to_string), port = port.port, reason = %decision.reason, "connection denied");
+        return;
+    }
+    let mut app = match TcpStream::connect(port.app).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(app = %port.app, error = %e, "the local app refused the connection");
+            return;
+        }
+    };
+    let _ = app.set_nodelay(true);
+    match tokio::io::copy_bidirectional(&mut stream, &mut app).await {
+        Ok((up, down)) => tracing::debug!(up, down, "inbound tunnel closed"),
+        Err(e) => tracing::debug!(error = %e, "inbound tunnel broke"),
+    }
+}
+
+/// Inbound HTTP: authorize, then forward to the app.
+#[derive(Debug, Clone)]
+struct InboundHttp {
+    store: Arc<Store>,
+    key: String,
+    port: u16,
+    app: SocketAddr,
+    client: Client<HttpConnector, BoxBody>,
+    peer: PeerIdentity,
+    remote: SocketAddr,
+}
+
+impl tower::Service<Request<Incoming>> for InboundHttp {
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await.unwrap_or_else(|e| e.to_response())) })
+    }
+}
+
+impl InboundHttp {
+    async fn handle(self, mut req: Request<Incoming>) -> Result<Response<BoxBody>, MeshError> {
+        let decision = {
+            let snap = self.store.load();
+            let (_, w) = snap
+                .workload(&self.key)
+                .ok_or_else(|| MeshError::Denied(format!("workload {} is not in the configuration", self.key)))?;
+            let headers: Vec<(String, String)> = req
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
+                .collect();
+            let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
+            let areq = AuthzRequest {
+                peer: self.peer.spiffe_id(),
+                source_ip: Some(self.remote.ip()),
+                destination_ip: w.address.parse().ok(),
+                destination_port: self.port,
+                host: &host,
+                method: req.method().as_str(),
+                path: req.uri().path(),
+                headers: Some(&headers),
+            };
+            evaluate(snap.workload_policies(w), &areq)
+        };
+        if !decision.allowed {
+            tracing::info!(target: "mesh::authz", peer = ?self.peer.spiffe_id().map(ToString::to_string), method = %req.method(), path = %req.uri().path(), reason = %decision.reason, "request denied");
+            return Err(MeshError::Denied(decision.reason));
+        }
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let uri: Uri = format!("http://{}{pq}", self.app)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| MeshError::UpstreamProtocol { endpoint: self.app.to_string(), why: e.to_string() })?;
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        *req.uri_mut() = uri;
+        // The app learns who called from the verified identity only: a
+        // client-supplied header of the same name is replaced.
+        let xfcc = self.peer.spiffe_id().map(|id| format!("URI={id}"));
+        req.headers_mut().remove("x-forwarded-client-cert");
+        if let Some(v) = xfcc.and_then(|x| HeaderValue::from_str(&x).ok()) {
+            req.headers_mut().insert("x-forwarded-client-cert", v);
+        }
+        let proto = if self.peer.is_mtls() { "https" } else { "http" };
+        req.headers_mut().entry("x-forwarded-proto").or_insert(HeaderValue::from_static(proto));
+        let resp = self.client.request(req.map(boxed)).await.map_err(|e| {
+            let why = error_chain(&e);
+            if e.is_connect() {
+                MeshError::UpstreamConnect { endpoint: self.app.to_string(), why }
+            } else {
+                MeshError::UpstreamProtocol { endpoint: self.app.to_string(), why }
+            }
+        })?;
+        Ok(resp.map(boxed))
+    }
+}
+
+async fn outbound_loop(listener: TcpListener, host: String, port: u16, store: Arc<Store>, router: Router, tcp: TcpRouter, drain: Drain) {
+    let authority = format!("{host}:{port}");
+    accept_loop(listener, drain.clone(), move |local, _| {
+        let http = store.load().service(&host, "default").and_then(|s| s.port(port)).is_some_and(|p| p.protocol.is_http());
+        if http {
+            let svc = ForceAuthority { authority: authority.clone(), inner: router.clone() };
+            tokio::spawn(serve_http(local, svc, drain.clone()));
+        } else {
+            let (tcp, host, drain) = (tcp.clone(), host.clone(), drain.clone());
+            tokio::spawn(async move {
+                let _guard = drain.guard();
+                outbound_tcp(local, &tcp, &host, port).await;
+            });
+        }
+    })
+    .await;
+}
+
+async fn outbound_tcp(mut local: TcpStream, tcp: &TcpRouter, host: &str, port: u16) {
+    let mut up = match tcp.connect(host, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(host, port, reason = %e, flag = e.response_flag(), "outbound connection failed");
+            return;
+        }
+    };
+    match tokio::io::copy_bidirectional(&mut local, &mut up.io).await {
+        Ok((sent, received)) => tracing::debug!(host, endpoint = %up.endpoint, sent, received, "outbound tunnel closed"),
+        Err(e) => tracing::debug!(host, error = %e, "outbound tunnel broke"),
+    }
+}
+
+/// Sends every request to one service, whatever Host the app wrote.
+#[derive(Debug, Clone)]
+struct ForceAuthority {
+    authority: String,
+    inner: Router,
+}
+
+impl tower::Service<Request<Incoming>> for ForceAuthority {
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        if let Ok(v) = HeaderValue::from_str(&self.authority) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        if let Ok(uri) = format!("http://{}{pq}", self.authority).parse() {
+            *req.uri_mut() = uri;
+        }
+        let mut inner = self.inner.clone();
+        Box::pin(async move { tower::Service::call(&mut inner, req).await })
+    }
+}

@@ -1,0 +1,176 @@
+//! Opaque TCP towards a service: the same destination, subset and endpoint
+//! choice as HTTP (TCP routes of VirtualServices, weights, load balancing,
+//! ejected endpoints skipped), then plain TCP or mesh mTLS with secure
+//! naming, and nothing read from the stream: server-first protocols such as
+//! MySQL start at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_core::identity::SpiffeId;
+use mesh_core::outlier::{OutlierPolicy, Outcome};
+use mesh_core::route::WeightedDestination;
+use mesh_core::store::Store;
+use tokio::net::TcpStream;
+
+use super::pick;
+use super::state::{RandomSource, SeededRandom, TrafficState};
+use crate::error::MeshError;
+use crate::tls::MeshConnector;
+use crate::upstream::EndpointIo;
+
+// How long a TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection made by [`TcpRouter::connect`].
+#[derive(Debug)]
+pub struct TcpConnection {
+    /// The stream, plain or mTLS.
+    pub io: EndpointIo,
+    /// `address:port` of the endpoint.
+    pub endpoint: String,
+    /// The service host.
+    pub host: String,
+    /// The server's verified identity, for mTLS.
+    pub peer: Option<SpiffeId>,
+}
+
+/// Connects to services by host and port.
+#[derive(Debug, Clone)]
+pub struct TcpRouter {
+    store: Arc<Store>,
+    namespace: String,
+    mtls: Option<MeshConnector>,
+    state: Arc<TrafficState>,
+    random: Arc<dyn RandomSource>,
+}
+
+impl TcpRouter {
+    /// A router for a workload of `namespace`; without `mtls`, destinations
+    /// that need mesh mTLS fail closed.
+    pub fn new(store: Arc<Store>, namespace: &str, mtls: Option<MeshConnector>) -> Self {
+        Self {
+            store,
+            namespace: namespace.to_owned(),
+            // Opaque streams offer no ALPN: the server must not expect HTTP.
+            mtls: mtls.map(|m| m.with_alpn(Vec::new())),
+            state: Arc::new(TrafficState::default()),
+            random: Arc::new(SeededRandom::from_entropy()),
+        }
+    }
+
+    /// Opens a connection to `host:port`, trying a second endpoint when the
+    /// first cannot be reached.
+    pub async fn connect(&self, host: &str, port: u16) -> Result<TcpConnection, MeshError> {
+        let snap = self.store.load();
+        let svc = snap
+            .service(host, &self.namespace)
+            .ok_or_else(|| MeshError::UnknownHost { host: host.to_owned() })?;
+        let sp = svc
+            .port(port)
+            .ok_or_else(|| MeshError::UnknownPort { host: svc.host.clone(), port })?;
+        let default_dest;
+        let dests: &[WeightedDestination] = match &sp.tcp_route {
+            Some(d) => d,
+            None => {
+                default_dest = [WeightedDestination {
+                    host: svc.host.clone(),
+                    subset: None,
+                    port: Some(port),
+                    weight: 100,
+                    headers: None,
+                }];
+                &default_dest
+            }
+        };
+        let now = Instant::now();
+        let dest = pick::destination(
+            dests,
+            |d| {
+                snap.services
+                    .get(&d.host)
+                    .and_then(|s| s.port(d.port.unwrap_or(port)).map(|p| (s, p)))
+                    .and_then(|(s, p)| pick::endpoints(&snap, s, p, d.subset.as_deref()))
+                    .is_some_and(|eps| eps.iter().any(|e| self.state.endpoint(&e.key).is_available(now)))
+            },
+            None,
+            self.random.as_ref(),
+        )
+        .ok_or_else(|| MeshError::NoHealthyEndpoint { target: svc.host.clone() })?;
+        let dport = dest.port.unwrap_or(port);
+        let dsvc = snap
+            .services
+            .get(&dest.host)
+            .ok_or_else(|| MeshError::UnknownHost { host: dest.host.clone() })?;
+        let dsp = dsvc
+            .port(dport)
+            .ok_or_else(|| MeshError::UnknownPort { host: dest.host.clone(), port: dport })?;
+        let subset = dest.subset.as_deref();
+        let eps = pick::endpoints(&snap, dsvc, dsp, subset).ok_or_else(|| MeshError::NoSubset {
+            host: dest.host.clone(),
+            subset: subset.unwrap_or_default().to_owned(),
+        })?;
+        let policy = pick::effective_policy(&snap, &dest.host, dport, subset);
+        let outlier = policy.outlier_detection.as_ref().and_then(OutlierPolicy::from_config);
+        let set = format!("tcp:{}/{}", dest.host, subset.unwrap_or(""));
+        let mut last: Option<String> = None;
+        let mut error = MeshError::NoHealthyEndpoint { target: dest.host.clone() };
+        for _ in 0..2 {
+            let Some(ep) = pick::endpoint(
+                &eps,
+                policy.load_balancer.as_ref(),
+                None,
+                &self.state,
+                &set,
+                last.as_deref(),
+                self.random.as_ref(),
+            ) else {
+                break;
+            };
+            let mtls = super::scheme(&snap, dsvc, &ep, dport, subset)
+                .map_err(|why| MeshError::CannotSecure { host: dest.host.clone(), why })?
+                == "https";
+            let allowed = [snap.workloads[ep.workload].identity.clone()];
+            match self.dial(&ep.key, mtls, &allowed).await {
+                Ok((io, peer)) => {
+                    if let Some(op) = &outlier {
+                        self.state.endpoint(&ep.key).record(Outcome::Success, Instant::now(), op, true);
+                    }
+                    return Ok(TcpConnection { io, endpoint: ep.key, host: dest.host.clone(), peer });
+                }
+                Err(why) => {
+                    if let Some(op) = &outlier {
+                        let ejected = eps
+                            .iter()
+                            .filter(|e| !self.state.endpoint(&e.key).is_available(Instant::now()))
+                            .count();
+                        self.state.endpoint(&ep.key).record(
+                            Outcome::ConnectFailure,
+                            Instant::now(),
+                            op,
+                            ejected < op.max_ejected(eps.len()),
+                        );
+                    }
+                    error = MeshError::UpstreamConnect { endpoint: ep.key.clone(), why };
+                    last = Some(ep.key);
+                }
+            }
+        }
+        Err(error)
+    }
+
+    async fn dial(&self, addr: &str, mtls: bool, allowed: &[SpiffeId]) -> Result<(EndpointIo, Option<SpiffeId>), String> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connect timeout after {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        if !mtls {
+            return Ok((EndpointIo::Plain(tcp), None));
+        }
+        let connector = self.mtls.as_ref().ok_or("this workload has no mesh identity for mTLS")?;
+        let tls = connector.connect(tcp, allowed).await.map_err(|e| e.to_string())?;
+        let peer = tls.peer_id().clone();
+        Ok((EndpointIo::Mtls(Box::new(tls)), Some(peer)))
+    }
+}
