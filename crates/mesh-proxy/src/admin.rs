@@ -84,7 +84,10 @@ impl AdminState {
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<BoxBody> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -92,28 +95,61 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<BoxBody> {
     match req.uri().path() {
         "/ready" | "/healthz/ready" => match state.ready() {
             Ok(()) => text(StatusCode::OK, "LIVE\n".into(), "text/plain"),
-            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"), "text/plain"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{why}\n"),
+                "text/plain",
+            ),
         },
-        "/stats/prometheus" | "/metrics" => text(StatusCode::OK, state.prometheus(), "text/plain; version=0.0.4"),
+        "/stats/prometheus" | "/metrics" => text(
+            StatusCode::OK,
+            state.prometheus(),
+            "text/plain; version=0.0.4",
+        ),
         "/config_dump" => {
             let snap = state.store.load();
             let v = serde_json::json!({ "stats": state.store.stats(), "snapshot": &*snap });
-            text(StatusCode::OK, serde_json::to_string_pretty(&v).unwrap_or_default(), "application/json")
+            text(
+                StatusCode::OK,
+                serde_json::to_string_pretty(&v).unwrap_or_default(),
+                "application/json",
+            )
         }
         "/certs" => match state.identity.load_full() {
-            Some(id) => text(StatusCode::OK, serde_json::to_string_pretty(&id.describe()).unwrap_or_default(), "application/json"),
-            None => text(StatusCode::SERVICE_UNAVAILABLE, "no identity issued yet\n".into(), "text/plain"),
+            Some(id) => text(
+                StatusCode::OK,
+                serde_json::to_string_pretty(&id.describe()).unwrap_or_default(),
+                "application/json",
+            ),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no identity issued yet\n".into(),
+                "text/plain",
+            ),
         },
-        _ => text(StatusCode::NOT_FOUND, "endpoints: /ready /stats/prometheus /config_dump /certs\n".into(), "text/plain"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "endpoints: /ready /stats/prometheus /config_dump /certs\n".into(),
+            "text/plain",
+        ),
     }
 }
 
 /// Binds the admin listener and serves it until the drain.
-pub(crate) async fn spawn(addr: SocketAddr, allow_remote: bool, state: Arc<AdminState>, drain: Drain) -> Result<SocketAddr> {
+pub(crate) async fn spawn(
+    addr: SocketAddr,
+    allow_remote: bool,
+    state: Arc<AdminState>,
+    drain: Drain,
+) -> Result<SocketAddr> {
     if !addr.ip().is_loopback() && !allow_remote {
-        bail!("the admin listener {addr} is not on loopback; pass --admin-allow-remote to expose it");
+        bail!(
+            "the admin listener {addr} is not on loopback; pass --admin-allow-remote to expose it"
+        );
     }
-    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding the admin listener {addr}: {e}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the admin listener {addr}: {e}"))?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         loop {

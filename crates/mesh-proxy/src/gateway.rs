@@ -58,7 +58,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 fn resolve(base: &Path, file: &str) -> PathBuf {
     let p = Path::new(file);
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 fn load_key(base: &Path, cert: &str, key: &str) -> Result<Arc<CertifiedKey>> {
@@ -70,8 +74,12 @@ fn load_key(base: &Path, cert: &str, key: &str) -> Result<Arc<CertifiedKey>> {
     if chain.is_empty() {
         bail!("{} holds no certificate", cert_path.display());
     }
-    let der = PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
-    let signer = provider().key_provider.load_private_key(der).with_context(|| format!("loading {}", key_path.display()))?;
+    let der = PrivateKeyDer::from_pem_file(&key_path)
+        .with_context(|| format!("reading {}", key_path.display()))?;
+    let signer = provider()
+        .key_provider
+        .load_private_key(der)
+        .with_context(|| format!("loading {}", key_path.display()))?;
     Ok(Arc::new(CertifiedKey::new(chain, signer)))
 }
 
@@ -87,13 +95,20 @@ fn host_matches(pattern: &str, host: &str) -> bool {
     let pattern = pattern.rsplit('/').next().unwrap_or(pattern);
     pattern == "*"
         || pattern.eq_ignore_ascii_case(host)
-        || pattern.strip_prefix('*').is_some_and(|suffix| host.to_ascii_lowercase().ends_with(&suffix.to_ascii_lowercase()))
+        || pattern.strip_prefix('*').is_some_and(|suffix| {
+            host.to_ascii_lowercase()
+                .ends_with(&suffix.to_ascii_lowercase())
+        })
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         match hello.server_name() {
-            Some(sni) => self.by_host.iter().find(|(h, _)| host_matches(h, sni)).map(|(_, k)| k.clone()),
+            Some(sni) => self
+                .by_host
+                .iter()
+                .find(|(h, _)| host_matches(h, sni))
+                .map(|(_, k)| k.clone()),
             // Clients that send no SNI (an IP address) get the only
             // certificate if there is just one.
             None if self.by_host.len() == 1 => Some(self.by_host[0].1.clone()),
@@ -106,31 +121,47 @@ fn tls_config(base: &Path, servers: &[&Server]) -> Result<Arc<rustls::ServerConf
     let mut by_host = Vec::new();
     let mut client_ca: Option<PathBuf> = None;
     for s in servers {
-        let tls = s.tls.as_ref().ok_or_else(|| anyhow!("HTTPS server on port {} has no tls", s.port.number))?;
+        let tls = s
+            .tls
+            .as_ref()
+            .ok_or_else(|| anyhow!("HTTPS server on port {} has no tls", s.port.number))?;
         match tls.mode {
             Some(ServerTlsMode::Simple) => {}
             Some(ServerTlsMode::Mutual) => {
-                let ca = tls.ca_certificates.as_deref().ok_or_else(|| anyhow!("MUTUAL needs caCertificates"))?;
+                let ca = tls
+                    .ca_certificates
+                    .as_deref()
+                    .ok_or_else(|| anyhow!("MUTUAL needs caCertificates"))?;
                 client_ca = Some(resolve(base, ca));
             }
-            other => bail!("gateway TLS mode {other:?} on port {} is not supported; use SIMPLE or MUTUAL", s.port.number),
+            other => bail!(
+                "gateway TLS mode {other:?} on port {} is not supported; use SIMPLE or MUTUAL",
+                s.port.number
+            ),
         }
         let (Some(cert), Some(key)) = (&tls.server_certificate, &tls.private_key) else {
-            bail!("server on port {} needs serverCertificate and privateKey", s.port.number);
+            bail!(
+                "server on port {} needs serverCertificate and privateKey",
+                s.port.number
+            );
         };
         let ck = load_key(base, cert, key)?;
         for h in &s.hosts {
             by_host.push((h.clone(), ck.clone()));
         }
     }
-    let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(&path).with_context(|| format!("reading {}", path.display()))? {
+            for c in CertificateDer::pem_file_iter(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+            {
                 roots.add(c?)?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -147,11 +178,18 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
     let base = if args.common.config.is_dir() {
         args.common.config.clone()
     } else {
-        args.common.config.parent().map(Path::to_path_buf).unwrap_or_default()
+        args.common
+            .config
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     };
     let (servers, id) = {
         let snap = store.load();
-        let gw = snap.gateways.get(&key).ok_or_else(|| anyhow!("no Gateway {key} in {}", args.common.config.display()))?;
+        let gw = snap
+            .gateways
+            .get(&key)
+            .ok_or_else(|| anyhow!("no Gateway {key} in {}", args.common.config.display()))?;
         let (ns, name) = key.split_once('/').unwrap_or(("default", &key));
         let id: SpiffeId = match &args.identity_id {
             Some(s) => s.parse()?,
@@ -161,15 +199,28 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
     };
     let (controller, drain) = crate::runtime::drain_pair();
     let admin = AdminState::new(store.clone(), Vec::new());
-    let admin_addr = crate::admin::spawn(args.common.admin, args.common.admin_allow_remote, admin.clone(), drain.clone()).await?;
+    let admin_addr = crate::admin::spawn(
+        args.common.admin,
+        args.common.admin_allow_remote,
+        admin.clone(),
+        drain.clone(),
+    )
+    .await?;
     tracing::info!(%admin_addr, gateway = %key, "admin listening; obtaining the gateway identity");
     let identity = Arc::new(args.common.identity.obtain(&id).await?);
     admin.identity.store(Some(identity.clone()));
-    let router = Router::new(store.clone(), RouterConfig::for_gateway(&key), Some(MeshConnector::new(identity.store().clone())));
+    let router = Router::new(
+        store.clone(),
+        RouterConfig::for_gateway(&key),
+        Some(MeshConnector::new(identity.store().clone())),
+    );
 
     let mut by_port: BTreeMap<u16, Vec<&Server>> = BTreeMap::new();
     for s in &servers {
-        by_port.entry(s.port.target_port.unwrap_or(s.port.number)).or_default().push(s);
+        by_port
+            .entry(s.port.target_port.unwrap_or(s.port.number))
+            .or_default()
+            .push(s);
     }
     for (port, group) in by_port {
         let listener = TcpListener::bind((args.listen_address, port))
@@ -182,10 +233,23 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
                 tracing::info!(port, hosts = ?group.iter().flat_map(|s| s.hosts.clone()).collect::<Vec<_>>(), "HTTPS listening");
                 let (router, drain2) = (router.clone(), drain.clone());
                 tokio::spawn(accept_loop(listener, drain.clone(), move |tcp, remote| {
-                    let (acceptor, router, drain) = (acceptor.clone(), router.clone(), drain2.clone());
+                    let (acceptor, router, drain) =
+                        (acceptor.clone(), router.clone(), drain2.clone());
                     tokio::spawn(async move {
                         match acceptor.accept(tcp).await {
-                            Ok(tls) => serve_http(tls, Edge { router, proto: "https", remote, redirect: None }, drain).await,
+                            Ok(tls) => {
+                                serve_http(
+                                    tls,
+                                    Edge {
+                                        router,
+                                        proto: "https",
+                                        remote,
+                                        redirect: None,
+                                    },
+                                    drain,
+                                )
+                                .await
+                            }
                             Err(e) => tracing::info!(%remote, error = %e, "TLS handshake refused"),
                         }
                     });
@@ -195,22 +259,38 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
                 let redirect = group
                     .iter()
                     .any(|s| s.tls.as_ref().is_some_and(|t| t.https_redirect))
-                    .then(|| servers.iter().find(|s| s.port.protocol == Protocol::Https).map_or(443, |s| s.port.number));
+                    .then(|| {
+                        servers
+                            .iter()
+                            .find(|s| s.port.protocol == Protocol::Https)
+                            .map_or(443, |s| s.port.number)
+                    });
                 tracing::info!(port, ?redirect, "HTTP listening");
                 let (router, drain2) = (router.clone(), drain.clone());
                 tokio::spawn(accept_loop(listener, drain.clone(), move |tcp, remote| {
-                    let svc = Edge { router: router.clone(), proto: "http", remote, redirect };
+                    let svc = Edge {
+                        router: router.clone(),
+                        proto: "http",
+                        remote,
+                        redirect,
+                    };
                     tokio::spawn(serve_http(tcp, svc, drain2.clone()));
                 }));
             }
-            other => bail!("gateway port {port}: protocol {other} is not supported; use HTTP or HTTPS"),
+            other => {
+                bail!("gateway port {port}: protocol {other} is not supported; use HTTP or HTTPS")
+            }
         }
     }
-    admin.listeners_up.store(true, std::sync::atomic::Ordering::Release);
+    admin
+        .listeners_up
+        .store(true, std::sync::atomic::Ordering::Release);
     tracing::info!("ready");
     crate::runtime::terminated().await?;
     tracing::info!("SIGTERM: draining");
-    controller.drain(std::time::Duration::from_secs(args.common.drain_timeout)).await;
+    controller
+        .drain(std::time::Duration::from_secs(args.common.drain_timeout))
+        .await;
     Ok(())
 }
 
@@ -242,7 +322,11 @@ impl tower::Service<Request<Incoming>> for Edge {
                 .map(|h| h.split(':').next().unwrap_or(h).to_owned())
                 .unwrap_or_default();
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            let port = if port == 443 { String::new() } else { format!(":{port}") };
+            let port = if port == 443 {
+                String::new()
+            } else {
+                format!(":{port}")
+            };
             let mut resp = Response::new(empty());
             *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
             if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{port}{pq}")) {
@@ -251,17 +335,26 @@ impl tower::Service<Request<Incoming>> for Edge {
             return Box::pin(async move { Ok(resp) });
         }
         let ip = self.remote.ip().to_string();
-        let xff = match req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) => format!("{prev}, {ip}"),
             None => ip,
         };
         if let Ok(v) = HeaderValue::from_str(&xff) {
             req.headers_mut().insert("x-forwarded-for", v);
         }
-        req.headers_mut().insert("x-forwarded-proto", HeaderValue::from_static(self.proto));
+        req.headers_mut()
+            .insert("x-forwarded-proto", HeaderValue::from_static(self.proto));
         // HTTP/2 carries the authority in the URI; HTTP/1.1 upstreams need Host.
         if !req.headers().contains_key(http::header::HOST) {
-            if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            if let Some(v) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
                 req.headers_mut().insert(http::header::HOST, v);
             }
         }

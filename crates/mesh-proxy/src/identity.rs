@@ -7,7 +7,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use mesh_ca::{CaClient, CertManager, CredentialStore, FileSource, FileWatcher, ManagerConfig, TrustBundle, TrustBundleSet};
+use mesh_ca::{
+    CaClient, CertManager, CredentialStore, FileSource, FileWatcher, ManagerConfig, TrustBundle,
+    TrustBundleSet,
+};
 use mesh_core::identity::SpiffeId;
 
 /// Where the proxy's certificate comes from.
@@ -56,7 +59,8 @@ impl Identity {
     /// `/certs`: the current SVID, its validity and renewal counters.
     pub(crate) fn describe(&self) -> serde_json::Value {
         let c = self.store().load();
-        let secs = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let secs =
+            |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut v = serde_json::json!({
             "identity": c.id().to_string(),
             "not_before_unix": secs(c.not_before()),
@@ -81,7 +85,10 @@ impl Identity {
     /// Prometheus lines about the certificate.
     pub(crate) fn metrics(&self) -> String {
         let c = self.store().load();
-        let expiry = c.not_after().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let expiry = c
+            .not_after()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let (renewals, failures) = match self {
             Self::Ca(m) => (m.status().renewals(), m.status().failures()),
             Self::Files(w) => (w.reloads(), w.failures()),
@@ -104,9 +111,15 @@ impl IdentityArgs {
     pub(crate) async fn obtain(&self, id: &SpiffeId) -> Result<Identity> {
         if let (Some(cert), Some(key), Some(bundle)) = (&self.cert, &self.key, &self.bundle) {
             let source = FileSource::new(cert, key, bundle);
-            let creds = source.load().with_context(|| format!("reading {}", cert.display()))?;
+            let creds = source
+                .load()
+                .with_context(|| format!("reading {}", cert.display()))?;
             if creds.id() != id {
-                bail!("{} holds the identity {}, but this workload is {id}", cert.display(), creds.id());
+                bail!(
+                    "{} holds the identity {}, but this workload is {id}",
+                    cert.display(),
+                    creds.id()
+                );
             }
             return Ok(Identity::Files(source.watch()?));
         }
@@ -114,7 +127,8 @@ impl IdentityArgs {
             bail!("give --ca ADDR --ca-root FILE [--token T], or --cert --key --bundle");
         };
         let pem = std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
-        let bundle = TrustBundleSet::single(id.trust_domain().clone(), TrustBundle::from_pem(&pem)?);
+        let bundle =
+            TrustBundleSet::single(id.trust_domain().clone(), TrustBundle::from_pem(&pem)?);
         let ca_id: SpiffeId = match &self.ca_id {
             Some(s) => s.parse()?,
             None => format!("spiffe://{}/ns/mesh-system/sa/mesh-ca", id.trust_domain()).parse()?,

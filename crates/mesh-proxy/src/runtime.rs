@@ -52,7 +52,13 @@ impl Drop for ConnGuard {
 pub(crate) fn drain_pair() -> (DrainController, Drain) {
     let (tx, rx) = watch::channel(false);
     let active = Arc::new(AtomicUsize::new(0));
-    (DrainController { tx, active: active.clone() }, Drain { rx, active })
+    (
+        DrainController {
+            tx,
+            active: active.clone(),
+        },
+        Drain { rx, active },
+    )
 }
 
 impl Drain {
@@ -80,7 +86,10 @@ impl DrainController {
         }
         let left = self.active.load(Ordering::Acquire);
         if left > 0 {
-            tracing::warn!(connections = left, "drain deadline reached; closing what is left");
+            tracing::warn!(
+                connections = left,
+                "drain deadline reached; closing what is left"
+            );
         }
     }
 }
@@ -99,7 +108,9 @@ pub(crate) async fn terminated() -> Result<()> {
 fn builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     // Without a timer hyper silently disables its header-read timeout.
-    b.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
     b.http2().timer(TokioTimer::new());
     b
 }
@@ -109,8 +120,11 @@ fn builder() -> auto::Builder<TokioExecutor> {
 pub(crate) async fn serve_http<IO, S>(io: IO, service: S, drain: Drain)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<Request<Incoming>, Response = Response<mesh_tower::body::BoxBody>, Error = std::convert::Infallible>
-        + Clone
+    S: tower::Service<
+            Request<Incoming>,
+            Response = Response<mesh_tower::body::BoxBody>,
+            Error = std::convert::Infallible,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,

@@ -125,7 +125,9 @@ fn parse_app(apps: &[String], port_name: &str) -> Result<Option<SocketAddr>> {
     let mut default = None;
     for a in apps {
         match a.split_once('=') {
-            Some((name, addr)) if name == port_name => return Ok(Some(addr.parse().with_context(|| format!("--app {a}"))?)),
+            Some((name, addr)) if name == port_name => {
+                return Ok(Some(addr.parse().with_context(|| format!("--app {a}"))?));
+            }
             Some(_) => {}
             None => default = Some(a.parse().with_context(|| format!("--app {a}"))?),
         }
@@ -135,9 +137,15 @@ fn parse_app(apps: &[String], port_name: &str) -> Result<Option<SocketAddr>> {
 
 /// Works out the inbound ports from the WorkloadEntry and the services it
 /// backs.
-fn inbound_ports(store: &Store, key: &str, args: &SidecarArgs) -> Result<(IpAddr, Vec<InboundPort>)> {
+fn inbound_ports(
+    store: &Store,
+    key: &str,
+    args: &SidecarArgs,
+) -> Result<(IpAddr, Vec<InboundPort>)> {
     let snap = store.load();
-    let (_, w) = snap.workload(key).ok_or_else(|| anyhow!("no WorkloadEntry {key} in {}", args.common.config.display()))?;
+    let (_, w) = snap
+        .workload(key)
+        .ok_or_else(|| anyhow!("no WorkloadEntry {key} in {}", args.common.config.display()))?;
     let ip: IpAddr = w.address.parse().unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let mut ports = Vec::new();
     for (name, port) in &w.ports {
@@ -148,12 +156,22 @@ fn inbound_ports(store: &Store, key: &str, args: &SidecarArgs) -> Result<(IpAddr
             .flat_map(|s| s.ports.iter())
             .find(|p| p.name.as_deref() == Some(name.as_str()))
             .map_or_else(|| Protocol::from_port_name(name), |p| p.protocol);
-        let app = parse_app(&args.app, name)?.ok_or_else(|| anyhow!("no --app for port {name}: give --app ADDR or --app {name}=ADDR"))?;
-        ports.push(InboundPort { port: *port, protocol, app });
+        let app = parse_app(&args.app, name)?.ok_or_else(|| {
+            anyhow!("no --app for port {name}: give --app ADDR or --app {name}=ADDR")
+        })?;
+        ports.push(InboundPort {
+            port: *port,
+            protocol,
+            app,
+        });
     }
     if ports.is_empty() {
         let app = parse_app(&args.app, "")?.ok_or_else(|| anyhow!("give --app ADDR"))?;
-        ports.push(InboundPort { port: args.inbound_port, protocol: Protocol::Http, app });
+        ports.push(InboundPort {
+            port: args.inbound_port,
+            protocol: Protocol::Http,
+            app,
+        });
     }
     Ok((ip, ports))
 }
@@ -164,12 +182,20 @@ pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
     let (store, _watcher) = crate::runtime::start_store(&args.common.config)?;
     let identity_id = {
         let snap = store.load();
-        let (_, w) = snap.workload(&key).ok_or_else(|| anyhow!("no WorkloadEntry {key} in {}", args.common.config.display()))?;
+        let (_, w) = snap
+            .workload(&key)
+            .ok_or_else(|| anyhow!("no WorkloadEntry {key} in {}", args.common.config.display()))?;
         w.identity.clone()
     };
     let (controller, drain) = crate::runtime::drain_pair();
     let admin = AdminState::new(store.clone(), Vec::new());
-    let admin_addr = crate::admin::spawn(args.common.admin, args.common.admin_allow_remote, admin.clone(), drain.clone()).await?;
+    let admin_addr = crate::admin::spawn(
+        args.common.admin,
+        args.common.admin_allow_remote,
+        admin.clone(),
+        drain.clone(),
+    )
+    .await?;
     tracing::info!(%admin_addr, workload = %key, "admin listening; obtaining the workload identity");
     let identity = Arc::new(args.common.identity.obtain(&identity_id).await?);
     tracing::info!(identity = %identity_id, "identity issued");
@@ -179,26 +205,58 @@ pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
     let acceptors = Acceptors::new(&creds)?;
     let (ip, ports) = inbound_ports(&store, &key, &args)?;
     for p in ports {
-        let listener = TcpListener::bind((ip, p.port)).await.with_context(|| format!("binding inbound {ip}:{}", p.port))?;
+        let listener = TcpListener::bind((ip, p.port))
+            .await
+            .with_context(|| format!("binding inbound {ip}:{}", p.port))?;
         tracing::info!(port = p.port, protocol = %p.protocol, app = %p.app, "inbound listening");
-        tokio::spawn(inbound_loop(listener, p, key.clone(), store.clone(), acceptors.clone(), drain.clone()));
+        tokio::spawn(inbound_loop(
+            listener,
+            p,
+            key.clone(),
+            store.clone(),
+            acceptors.clone(),
+            drain.clone(),
+        ));
     }
 
     let connector = MeshConnector::new(creds.clone());
-    let router = Router::new(store.clone(), RouterConfig::for_workload(&args.namespace, &args.workload), Some(connector.clone()));
+    let router = Router::new(
+        store.clone(),
+        RouterConfig::for_workload(&args.namespace, &args.workload),
+        Some(connector.clone()),
+    );
     let tcp = TcpRouter::new(store.clone(), &args.namespace, Some(connector));
     for o in &args.outbound {
-        let (target, listen) = o.split_once('=').ok_or_else(|| anyhow!("--outbound {o}: expected HOST:PORT=LISTEN_ADDR"))?;
-        let (host, port) = target.rsplit_once(':').ok_or_else(|| anyhow!("--outbound {o}: expected HOST:PORT"))?;
+        let (target, listen) = o
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--outbound {o}: expected HOST:PORT=LISTEN_ADDR"))?;
+        let (host, port) = target
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("--outbound {o}: expected HOST:PORT"))?;
         let port: u16 = port.parse().with_context(|| format!("--outbound {o}"))?;
         let listen: SocketAddr = listen.parse().with_context(|| format!("--outbound {o}"))?;
-        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding outbound {listen}"))?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding outbound {listen}"))?;
         tracing::info!(%listen, host, port, "outbound listening");
-        tokio::spawn(outbound_loop(listener, host.to_owned(), port, store.clone(), router.clone(), tcp.clone(), drain.clone()));
+        tokio::spawn(outbound_loop(
+            listener,
+            host.to_owned(),
+            port,
+            store.clone(),
+            router.clone(),
+            tcp.clone(),
+            drain.clone(),
+        ));
     }
     if args.http_proxy != "off" {
-        let addr: SocketAddr = args.http_proxy.parse().with_context(|| format!("--http-proxy {}", args.http_proxy))?;
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the HTTP proxy {addr}"))?;
+        let addr: SocketAddr = args
+            .http_proxy
+            .parse()
+            .with_context(|| format!("--http-proxy {}", args.http_proxy))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the HTTP proxy {addr}"))?;
         tracing::info!(%addr, "HTTP proxy listening");
         let router = router.clone();
         let drain2 = drain.clone();
@@ -206,16 +264,24 @@ pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
             tokio::spawn(serve_http(tcp, router.clone(), drain2.clone()));
         }));
     }
-    admin.listeners_up.store(true, std::sync::atomic::Ordering::Release);
+    admin
+        .listeners_up
+        .store(true, std::sync::atomic::Ordering::Release);
     tracing::info!("ready");
     crate::runtime::terminated().await?;
     tracing::info!("SIGTERM: draining");
-    controller.drain(std::time::Duration::from_secs(args.common.drain_timeout)).await;
+    controller
+        .drain(std::time::Duration::from_secs(args.common.drain_timeout))
+        .await;
     Ok(())
 }
 
 /// Accepts until the drain begins.
-pub(crate) async fn accept_loop(listener: TcpListener, drain: Drain, mut on: impl FnMut(TcpStream, SocketAddr)) {
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    drain: Drain,
+    mut on: impl FnMut(TcpStream, SocketAddr),
+) {
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -232,7 +298,14 @@ pub(crate) async fn accept_loop(listener: TcpListener, drain: Drain, mut on: imp
     }
 }
 
-async fn inbound_loop(listener: TcpListener, port: InboundPort, key: String, store: Arc<Store>, acceptors: Acceptors, drain: Drain) {
+async fn inbound_loop(
+    listener: TcpListener,
+    port: InboundPort,
+    key: String,
+    store: Arc<Store>,
+    acceptors: Acceptors,
+    drain: Drain,
+) {
     let app_client: Client<HttpConnector, BoxBody> = {
         let mut b = Client::builder(TokioExecutor::new());
         if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
@@ -261,7 +334,8 @@ async fn inbound_loop(listener: TcpListener, port: InboundPort, key: String, sto
             let peer = stream.peer_identity().clone();
             if port.protocol.is_http() {
                 drop(guard);
-                let svc = InboundHttp { store, key, port: port.port, app: port.app, client, peer, remote };
+                let h2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
+                let svc = InboundHttp { store, key, port: port.port, app: port.app, client, peer, remote, h2 };
                 serve_http(stream, svc, drain).await;
             } else {
                 inbound_tcp(stream, &peer, remote, &store, &key, &port).await;
@@ -272,13 +346,21 @@ async fn inbound_loop(listener: TcpListener, port: InboundPort, key: String, sto
     .await;
 }
 
-async fn inbound_tcp<IO>(mut stream: IO, peer: &PeerIdentity, remote: SocketAddr, store: &Store, key: &str, port: &InboundPort)
-where
+async fn inbound_tcp<IO>(
+    mut stream: IO,
+    peer: &PeerIdentity,
+    remote: SocketAddr,
+    store: &Store,
+    key: &str,
+    port: &InboundPort,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let decision = {
         let snap = store.load();
-        let Some((_, w)) = snap.workload(key) else { return };
+        let Some((_, w)) = snap.workload(key) else {
+            return;
+        };
         let req = AuthzRequest {
             peer: peer.spiffe_id(),
             source_ip: Some(remote.ip()),
@@ -319,6 +401,7 @@ struct InboundHttp {
     client: Client<HttpConnector, BoxBody>,
     peer: PeerIdentity,
     remote: SocketAddr,
+    h2: bool,
 }
 
 impl tower::Service<Request<Incoming>> for InboundHttp {
@@ -340,15 +423,24 @@ impl InboundHttp {
     async fn handle(self, mut req: Request<Incoming>) -> Result<Response<BoxBody>, MeshError> {
         let decision = {
             let snap = self.store.load();
-            let (_, w) = snap
-                .workload(&self.key)
-                .ok_or_else(|| MeshError::Denied(format!("workload {} is not in the configuration", self.key)))?;
+            let (_, w) = snap.workload(&self.key).ok_or_else(|| {
+                MeshError::Denied(format!("workload {} is not in the configuration", self.key))
+            })?;
             let headers: Vec<(String, String)> = req
                 .headers()
                 .iter()
-                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
+                .filter_map(|(k, v)| {
+                    v.to_str()
+                        .ok()
+                        .map(|v| (k.as_str().to_owned(), v.to_owned()))
+                })
                 .collect();
-            let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
             let areq = AuthzRequest {
                 peer: self.peer.spiffe_id(),
                 source_ip: Some(self.remote.ip()),
@@ -365,16 +457,34 @@ impl InboundHttp {
             tracing::info!(target: "mesh::authz", peer = ?self.peer.spiffe_id().map(ToString::to_string), method = %req.method(), path = %req.uri().path(), reason = %decision.reason, "request denied");
             return Err(MeshError::Denied(decision.reason));
         }
-        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        let uri: Uri = format!("http://{}{pq}", self.app)
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| MeshError::UpstreamProtocol { endpoint: self.app.to_string(), why: e.to_string() })?;
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let uri: Uri =
+            format!("http://{}{pq}", self.app)
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| MeshError::UpstreamProtocol {
+                    endpoint: self.app.to_string(),
+                    why: e.to_string(),
+                })?;
         if !req.headers().contains_key(http::header::HOST) {
-            if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            if let Some(v) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
                 req.headers_mut().insert(http::header::HOST, v);
             }
         }
         *req.uri_mut() = uri;
+        // The hop from the peer may be h2; the app gets what its port speaks.
+        *req.version_mut() = if self.h2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         // The app learns who called from the verified identity only: a
         // client-supplied header of the same name is replaced.
         let xfcc = self.peer.spiffe_id().map(|id| format!("URI={id}"));
@@ -383,25 +493,48 @@ impl InboundHttp {
             req.headers_mut().insert("x-forwarded-client-cert", v);
         }
         let proto = if self.peer.is_mtls() { "https" } else { "http" };
-        req.headers_mut().entry("x-forwarded-proto").or_insert(HeaderValue::from_static(proto));
+        req.headers_mut()
+            .entry("x-forwarded-proto")
+            .or_insert(HeaderValue::from_static(proto));
         let resp = self.client.request(req.map(boxed)).await.map_err(|e| {
             let why = error_chain(&e);
             if e.is_connect() {
-                MeshError::UpstreamConnect { endpoint: self.app.to_string(), why }
+                MeshError::UpstreamConnect {
+                    endpoint: self.app.to_string(),
+                    why,
+                }
             } else {
-                MeshError::UpstreamProtocol { endpoint: self.app.to_string(), why }
+                MeshError::UpstreamProtocol {
+                    endpoint: self.app.to_string(),
+                    why,
+                }
             }
         })?;
         Ok(resp.map(boxed))
     }
 }
 
-async fn outbound_loop(listener: TcpListener, host: String, port: u16, store: Arc<Store>, router: Router, tcp: TcpRouter, drain: Drain) {
+async fn outbound_loop(
+    listener: TcpListener,
+    host: String,
+    port: u16,
+    store: Arc<Store>,
+    router: Router,
+    tcp: TcpRouter,
+    drain: Drain,
+) {
     let authority = format!("{host}:{port}");
     accept_loop(listener, drain.clone(), move |local, _| {
-        let http = store.load().service(&host, "default").and_then(|s| s.port(port)).is_some_and(|p| p.protocol.is_http());
+        let http = store
+            .load()
+            .service(&host, "default")
+            .and_then(|s| s.port(port))
+            .is_some_and(|p| p.protocol.is_http());
         if http {
-            let svc = ForceAuthority { authority: authority.clone(), inner: router.clone() };
+            let svc = ForceAuthority {
+                authority: authority.clone(),
+                inner: router.clone(),
+            };
             tokio::spawn(serve_http(local, svc, drain.clone()));
         } else {
             let (tcp, host, drain) = (tcp.clone(), host.clone(), drain.clone());
@@ -423,7 +556,9 @@ async fn outbound_tcp(mut local: TcpStream, tcp: &TcpRouter, host: &str, port: u
         }
     };
     match tokio::io::copy_bidirectional(&mut local, &mut up.io).await {
-        Ok((sent, received)) => tracing::debug!(host, endpoint = %up.endpoint, sent, received, "outbound tunnel closed"),
+        Ok((sent, received)) => {
+            tracing::debug!(host, endpoint = %up.endpoint, sent, received, "outbound tunnel closed")
+        }
         Err(e) => tracing::debug!(host, error = %e, "outbound tunnel broke"),
     }
 }
@@ -448,7 +583,11 @@ impl tower::Service<Request<Incoming>> for ForceAuthority {
         if let Ok(v) = HeaderValue::from_str(&self.authority) {
             req.headers_mut().insert(http::header::HOST, v);
         }
-        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
         if let Ok(uri) = format!("http://{}{pq}", self.authority).parse() {
             *req.uri_mut() = uri;
         }

@@ -26,9 +26,9 @@
 //! ```
 
 mod pick;
-mod tcp;
 mod rewrite;
 pub mod state;
+mod tcp;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -428,7 +428,7 @@ async fn forward(
                 .zip(
                     snap.services
                         .get(&d.host)
-                        .and_then(|s| s.port(d.port.unwrap_or(port))),
+                        .and_then(|s| s.port(pick::dest_port(snap, d, port))),
                 )
                 .is_some_and(|(svc, sp)| {
                     pick::endpoints(snap, svc, sp, d.subset.as_deref()).is_some_and(|eps| {
@@ -443,7 +443,7 @@ async fn forward(
     .ok_or_else(|| MeshError::NoHealthyEndpoint {
         target: first_host.to_owned(),
     })?;
-    let dport = dest.port.unwrap_or(port);
+    let dport = pick::dest_port(snap, dest, port);
     let svc = snap
         .services
         .get(&dest.host)
@@ -654,7 +654,7 @@ fn mirror(
     parts: &http::request::Parts,
     body: Bytes,
 ) {
-    let dport = m.port.unwrap_or(port);
+    let dport = pick::dest_port(snap, m, port);
     let Some(svc) = snap.services.get(&m.host) else {
         return;
     };

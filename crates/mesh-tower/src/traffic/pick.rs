@@ -259,3 +259,16 @@ pub(crate) fn endpoint(
     };
     pool.get(i).map(|e| (*e).clone())
 }
+
+/// The service port a destination means: its own, else the port the
+/// request came on when the service has it, else the service's only port
+/// (a gateway on 8443 routing to a service on 80).
+pub(crate) fn dest_port(snap: &Snapshot, d: &WeightedDestination, request_port: u16) -> u16 {
+    if let Some(p) = d.port {
+        return p;
+    }
+    match snap.services.get(&d.host) {
+        Some(s) if s.port(request_port).is_none() && s.ports.len() == 1 => s.ports[0].number,
+        _ => request_port,
+    }
+}

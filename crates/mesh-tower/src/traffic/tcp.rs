@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_core::identity::SpiffeId;
-use mesh_core::outlier::{OutlierPolicy, Outcome};
+use mesh_core::outlier::{Outcome, OutlierPolicy};
 use mesh_core::route::WeightedDestination;
 use mesh_core::store::Store;
 use tokio::net::TcpStream;
@@ -65,10 +65,13 @@ impl TcpRouter {
         let snap = self.store.load();
         let svc = snap
             .service(host, &self.namespace)
-            .ok_or_else(|| MeshError::UnknownHost { host: host.to_owned() })?;
-        let sp = svc
-            .port(port)
-            .ok_or_else(|| MeshError::UnknownPort { host: svc.host.clone(), port })?;
+            .ok_or_else(|| MeshError::UnknownHost {
+                host: host.to_owned(),
+            })?;
+        let sp = svc.port(port).ok_or_else(|| MeshError::UnknownPort {
+            host: svc.host.clone(),
+            port,
+        })?;
         let default_dest;
         let dests: &[WeightedDestination] = match &sp.tcp_route {
             Some(d) => d,
@@ -89,32 +92,45 @@ impl TcpRouter {
             |d| {
                 snap.services
                     .get(&d.host)
-                    .and_then(|s| s.port(d.port.unwrap_or(port)).map(|p| (s, p)))
+                    .and_then(|s| s.port(pick::dest_port(&snap, d, port)).map(|p| (s, p)))
                     .and_then(|(s, p)| pick::endpoints(&snap, s, p, d.subset.as_deref()))
-                    .is_some_and(|eps| eps.iter().any(|e| self.state.endpoint(&e.key).is_available(now)))
+                    .is_some_and(|eps| {
+                        eps.iter()
+                            .any(|e| self.state.endpoint(&e.key).is_available(now))
+                    })
             },
             None,
             self.random.as_ref(),
         )
-        .ok_or_else(|| MeshError::NoHealthyEndpoint { target: svc.host.clone() })?;
-        let dport = dest.port.unwrap_or(port);
+        .ok_or_else(|| MeshError::NoHealthyEndpoint {
+            target: svc.host.clone(),
+        })?;
+        let dport = pick::dest_port(&snap, dest, port);
         let dsvc = snap
             .services
             .get(&dest.host)
-            .ok_or_else(|| MeshError::UnknownHost { host: dest.host.clone() })?;
-        let dsp = dsvc
-            .port(dport)
-            .ok_or_else(|| MeshError::UnknownPort { host: dest.host.clone(), port: dport })?;
+            .ok_or_else(|| MeshError::UnknownHost {
+                host: dest.host.clone(),
+            })?;
+        let dsp = dsvc.port(dport).ok_or_else(|| MeshError::UnknownPort {
+            host: dest.host.clone(),
+            port: dport,
+        })?;
         let subset = dest.subset.as_deref();
         let eps = pick::endpoints(&snap, dsvc, dsp, subset).ok_or_else(|| MeshError::NoSubset {
             host: dest.host.clone(),
             subset: subset.unwrap_or_default().to_owned(),
         })?;
         let policy = pick::effective_policy(&snap, &dest.host, dport, subset);
-        let outlier = policy.outlier_detection.as_ref().and_then(OutlierPolicy::from_config);
+        let outlier = policy
+            .outlier_detection
+            .as_ref()
+            .and_then(OutlierPolicy::from_config);
         let set = format!("tcp:{}/{}", dest.host, subset.unwrap_or(""));
         let mut last: Option<String> = None;
-        let mut error = MeshError::NoHealthyEndpoint { target: dest.host.clone() };
+        let mut error = MeshError::NoHealthyEndpoint {
+            target: dest.host.clone(),
+        };
         for _ in 0..2 {
             let Some(ep) = pick::endpoint(
                 &eps,
@@ -127,16 +143,29 @@ impl TcpRouter {
             ) else {
                 break;
             };
-            let mtls = super::scheme(&snap, dsvc, &ep, dport, subset)
-                .map_err(|why| MeshError::CannotSecure { host: dest.host.clone(), why })?
-                == "https";
+            let mtls = super::scheme(&snap, dsvc, &ep, dport, subset).map_err(|why| {
+                MeshError::CannotSecure {
+                    host: dest.host.clone(),
+                    why,
+                }
+            })? == "https";
             let allowed = [snap.workloads[ep.workload].identity.clone()];
             match self.dial(&ep.key, mtls, &allowed).await {
                 Ok((io, peer)) => {
                     if let Some(op) = &outlier {
-                        self.state.endpoint(&ep.key).record(Outcome::Success, Instant::now(), op, true);
+                        self.state.endpoint(&ep.key).record(
+                            Outcome::Success,
+                            Instant::now(),
+                            op,
+                            true,
+                        );
                     }
-                    return Ok(TcpConnection { io, endpoint: ep.key, host: dest.host.clone(), peer });
+                    return Ok(TcpConnection {
+                        io,
+                        endpoint: ep.key,
+                        host: dest.host.clone(),
+                        peer,
+                    });
                 }
                 Err(why) => {
                     if let Some(op) = &outlier {
@@ -151,7 +180,10 @@ impl TcpRouter {
                             ejected < op.max_ejected(eps.len()),
                         );
                     }
-                    error = MeshError::UpstreamConnect { endpoint: ep.key.clone(), why };
+                    error = MeshError::UpstreamConnect {
+                        endpoint: ep.key.clone(),
+                        why,
+                    };
                     last = Some(ep.key);
                 }
             }
@@ -159,7 +191,12 @@ impl TcpRouter {
         Err(error)
     }
 
-    async fn dial(&self, addr: &str, mtls: bool, allowed: &[SpiffeId]) -> Result<(EndpointIo, Option<SpiffeId>), String> {
+    async fn dial(
+        &self,
+        addr: &str,
+        mtls: bool,
+        allowed: &[SpiffeId],
+    ) -> Result<(EndpointIo, Option<SpiffeId>), String> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| format!("connect timeout after {CONNECT_TIMEOUT:?}"))?
@@ -168,8 +205,14 @@ impl TcpRouter {
         if !mtls {
             return Ok((EndpointIo::Plain(tcp), None));
         }
-        let connector = self.mtls.as_ref().ok_or("this workload has no mesh identity for mTLS")?;
-        let tls = connector.connect(tcp, allowed).await.map_err(|e| e.to_string())?;
+        let connector = self
+            .mtls
+            .as_ref()
+            .ok_or("this workload has no mesh identity for mTLS")?;
+        let tls = connector
+            .connect(tcp, allowed)
+            .await
+            .map_err(|e| e.to_string())?;
         let peer = tls.peer_id().clone();
         Ok((EndpointIo::Mtls(Box::new(tls)), Some(peer)))
     }
