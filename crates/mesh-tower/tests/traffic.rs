@@ -146,7 +146,8 @@ fn config(workloads: &[(&str, u16)], extra: &str) -> String {
     let mut y = String::from(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: web}\n\
          spec: {hosts: [web], ports: [{number: 80, name: http}], workloadSelector: {labels: {app: web}}}\n---\n\
-         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: client}\nspec: {address: 127.0.0.1, labels: {app: client}}\n",
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: client}\nspec: {address: 127.0.0.1, labels: {app: client}}\n---\n\
+         apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: plaintext-backends}\nspec: {mtls: {mode: DISABLE}}\n",
     );
     for (version, port) in workloads {
         y.push_str(&format!(
@@ -580,7 +581,11 @@ async fn errors_answer_with_status_and_reason() {
     // STRICT by default and no identity here: the mesh refuses to send
     // plaintext to a workload that wants mTLS, and says why.
     let strict_dr = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web}\nspec: {host: web}\n";
-    let (r, _) = router(&config(&[("v1", v1.port())], strict_dr));
+    let strict = config(&[("v1", v1.port())], strict_dr).replace(
+        "spec: {mtls: {mode: DISABLE}}",
+        "spec: {mtls: {mode: STRICT}}",
+    );
+    let (r, _) = router(&strict);
     let resp = get(&r, "/", &[]).await;
     assert_eq!(resp.status(), 503);
     assert!(
@@ -750,4 +755,25 @@ async fn the_router_behind_a_real_hyper_server() {
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key(REASON_HEADER));
     server.abort();
+}
+
+#[tokio::test]
+async fn a_tls_conflict_is_refused_with_the_reason() {
+    let v1 = Backend::start("v1", Behaviour::Ok).await;
+    // The backends want mTLS (STRICT) and the DestinationRule sends plaintext.
+    let yaml = config(&[("v1", v1.port())], PLAINTEXT_DR).replace(
+        "spec: {mtls: {mode: DISABLE}}",
+        "spec: {mtls: {mode: STRICT}}",
+    );
+    let (r, _) = router(&yaml);
+    let resp = get(&r, "/", &[]).await;
+    assert_eq!(resp.status(), 503);
+    let reason = resp.headers()[REASON_HEADER].to_str().unwrap().to_owned();
+    assert!(
+        reason.contains("TLS conflict")
+            && reason.contains("PeerAuthentication default/plaintext-backends")
+            && reason.contains("DestinationRule default/web"),
+        "{reason}"
+    );
+    assert_eq!(v1.hits(), 0, "nothing was sent");
 }

@@ -22,7 +22,8 @@ const BASE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmeta
     spec: {address: 10.0.0.1, ports: {http: 8080}, labels: {app: web}}\n---\n\
     apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: web-2}\n\
     spec: {address: 10.0.0.2, ports: {http: 8080}, labels: {app: web}}\n---\n\
-    apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web}\nspec: {host: web, trafficPolicy: {tls: {mode: DISABLE}}}\n";
+    apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web}\nspec: {host: web, trafficPolicy: {tls: {mode: DISABLE}}}\n---\n\
+    apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: plaintext}\nspec: {mtls: {mode: DISABLE}}\n";
 
 fn with_route(http: &str) -> String {
     format!(

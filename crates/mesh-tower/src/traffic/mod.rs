@@ -628,21 +628,40 @@ pub(crate) fn scheme(
     port: u16,
     subset: Option<&str>,
 ) -> Result<&'static str, String> {
-    match snap.client_tls(&svc.host, port, subset).mode {
+    let client = snap.client_tls(&svc.host, port, subset);
+    if svc.location == Location::MeshExternal {
+        return match client.mode {
+            None | Some(ClientTlsMode::Disable) => Ok("http"),
+            Some(m) => Err(format!(
+                "client TLS mode {m} towards a service outside the mesh is not supported yet"
+            )),
+        };
+    }
+    // A conflict `check` would report is refused here with the same words,
+    // instead of a handshake failing somewhere with a bare 503.
+    let w = &snap.workloads[ep.workload];
+    let server = snap.inbound_mode(w, ep.port);
+    if let Some(why) = mesh_core::analyze::tls_conflict(server.mode, client.mode) {
+        let by = |r: Option<mesh_core::resources::ResourceRef>| {
+            r.map_or_else(|| "the mesh default".to_owned(), |r| r.to_string())
+        };
+        return Err(format!(
+            "TLS conflict: {why} (server mode from {}, client mode from {})",
+            by(server.decided_by),
+            by(client.decided_by)
+        ));
+    }
+    match client.mode {
         Some(ClientTlsMode::IstioMutual) => Ok("https"),
         Some(ClientTlsMode::Disable) => Ok("http"),
         Some(m) => Err(format!(
-            "client TLS mode {m} is not supported by the proxyless client yet"
+            "client TLS mode {m} is not supported by the mesh client yet"
         )),
-        None if svc.location == Location::MeshExternal => Ok("http"),
-        None => {
-            let w = &snap.workloads[ep.workload];
-            Ok(if snap.inbound_mode(w, ep.port).mode == MtlsMode::Disable {
-                "http"
-            } else {
-                "https"
-            })
-        }
+        None => Ok(if server.mode == MtlsMode::Disable {
+            "http"
+        } else {
+            "https"
+        }),
     }
 }
 

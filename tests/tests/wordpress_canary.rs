@@ -1,0 +1,489 @@
+//! The reference scenario end to end, with the real programs: MariaDB,
+//! WordPress v1 and v2 under `php -S`, mesh-ca, a sidecar for each, and the
+//! gateway on https://blog.example.test:8443. The run script installs what is
+//! missing (apt) and starts everything; this test drives it with curl.
+//!
+//! One test function, because the scenario is one set of processes on fixed
+//! ports; its steps run in order and the processes are stopped at the end,
+//! even on failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const HOST: &str = "blog.example.test";
+const HTTPS: u16 = 8443;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The folder holding the debug binaries, built if missing.
+fn bin_dir() -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo().join("target"), PathBuf::from);
+    let dir = target.join("debug");
+    if !dir.join("mesh-proxy").exists() || !dir.join("mesh-ca").exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "-p", "mesh-proxy", "-p", "mesh-ca"])
+            .current_dir(repo())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "building mesh-proxy and mesh-ca failed");
+    }
+    dir
+}
+
+/// The running scenario; dropping it stops every process.
+struct Scenario {
+    state: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Scenario {
+    fn script(&self, arg: &str) -> Output {
+        Command::new(repo().join("examples/wordpress-canary/run.sh"))
+            .arg(arg)
+            .env("MESH_STATE", self.state.path())
+            .env("MESH_BIN", &self.bin)
+            .output()
+            .unwrap()
+    }
+
+    fn start() -> Self {
+        let s = Self {
+            state: tempfile::tempdir().unwrap(),
+            bin: bin_dir(),
+        };
+        let out = s.script("start");
+        assert!(
+            out.status.success(),
+            "run.sh start failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            s.logs()
+        );
+        s
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for name in [
+            "gateway",
+            "sidecar-v1",
+            "sidecar-v2",
+            "sidecar-mysql",
+            "php-v2",
+        ] {
+            let p = self.state.path().join(format!("logs/{name}.log"));
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            all.push_str(&format!(
+                "--- {name} ---\n{}\n",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        all
+    }
+
+    fn mesh(&self) -> PathBuf {
+        self.state.path().join("mesh")
+    }
+
+    fn curl(&self) -> Command {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "--max-time",
+            "20",
+            "--resolve",
+            &format!("{HOST}:{HTTPS}:127.0.0.1"),
+            "--cacert",
+        ])
+        .arg(self.mesh().join(format!("certs/{HOST}.crt")));
+        c
+    }
+
+    /// `n` requests on one keep-alive connection; returns (status, version)
+    /// per request and the bodies' folder.
+    fn burst(&self, n: usize, path: &str, extra: &[&str]) -> (Vec<(u16, String)>, PathBuf) {
+        static BURSTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n_burst = BURSTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out_dir = self.state.path().join(format!("burst-{n_burst}"));
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let out = self
+            .curl()
+            .args(extra)
+            .args(["-w", "%{http_code} %header{x-app-version}\\n", "-o"])
+            .arg(out_dir.join("#1.html"))
+            .arg(format!("https://{HOST}:{HTTPS}{path}?n=[1-{n}]"))
+            .output()
+            .unwrap();
+        let lines: Vec<(u16, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let (code, version) = l.split_once(' ').unwrap_or((l, ""));
+                (code.parse().unwrap_or(0), version.trim().to_owned())
+            })
+            .collect();
+        (lines, out_dir)
+    }
+
+    fn metrics(&self, admin: u16) -> String {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{admin}/stats/prometheus")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn edit(&self, file: &str, edit: impl FnOnce(String) -> String) {
+        let path = self.mesh().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, edit(text)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+    }
+}
+
+fn v2_share(results: &[(u16, String)]) -> f64 {
+    results.iter().filter(|(_, v)| v == "v2").count() as f64 / results.len() as f64
+}
+
+#[test]
+fn wordpress_canary_end_to_end() {
+    let s = Scenario::start();
+
+    // 1. 1,000 requests through the gateway: all WordPress pages, ~10% v2,
+    //    links pointing at the gateway's host.
+    let (results, bodies) = s.burst(1_000, "/", &[]);
+    assert_eq!(results.len(), 1_000, "{}", s.logs());
+    let bad: Vec<_> = results.iter().filter(|(c, _)| *c != 200).collect();
+    assert!(bad.is_empty(), "non-200 answers: {bad:?}\n{}", s.logs());
+    let share = v2_share(&results);
+    assert!((0.07..=0.13).contains(&share), "v2 share {share}");
+    let page = std::fs::read_to_string(bodies.join("1.html")).unwrap();
+    assert!(page.contains("Mesh Canary Blog"), "not the blog's page");
+    assert!(
+        page.contains(&format!("https://{HOST}:{HTTPS}/")),
+        "links do not point at the gateway"
+    );
+    let v2_page = results.iter().position(|(_, v)| v == "v2").unwrap();
+    let v2_body = std::fs::read_to_string(bodies.join(format!("{}.html", v2_page + 1))).unwrap();
+    assert!(
+        v2_body.contains("mesh-canary: v2"),
+        "v2's marker is in its page"
+    );
+
+    // 2. MySQL crosses the mesh: every page above read the database through
+    //    the sidecars' mTLS tunnel (WordPress only knows the local outbound
+    //    ports), and a plaintext client cannot reach the MySQL sidecar.
+    let mysql_plain = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "telnet://127.0.0.1:15306",
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&mysql_plain.stdout), "200");
+
+    // 3. A logged-in WordPress session through the mesh, kept on one version
+    //    by the sticky canary.
+    s.edit("article-listings.yaml", |t| {
+        t.replacen(
+            "  trafficPolicy:\n    tls:\n      mode: ISTIO_MUTUAL\n  host: wordpress\n",
+            "  trafficPolicy:\n    tls:\n      mode: ISTIO_MUTUAL\n    loadBalancer:\n      consistentHash:\n        httpCookie: {name: mesh-session, ttl: 3600s}\n  host: wordpress\n",
+            1,
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let password = std::fs::read_to_string(s.state.path().join("admin-password")).unwrap();
+    let mut versions = BTreeMap::new();
+    for session in 0..12 {
+        let jar = s.state.path().join(format!("jar-{session}"));
+        let jar = jar.to_str().unwrap();
+        // The first visit gets the mesh's session cookie, then WordPress's test cookie.
+        s.curl()
+            .args(["-c", jar, "-b", jar, "-o", "/dev/null"])
+            .arg(format!("https://{HOST}:{HTTPS}/wp-login.php"))
+            .status()
+            .unwrap();
+        let login = s
+            .curl()
+            .args([
+                "-c",
+                jar,
+                "-b",
+                jar,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %header{x-app-version}",
+            ])
+            .args([
+                "--data-urlencode",
+                "log=admin",
+                "--data-urlencode",
+                &format!("pwd={}", password.trim()),
+            ])
+            .args([
+                "--data-urlencode",
+                "testcookie=1",
+                "--data-urlencode",
+                &format!("redirect_to=https://{HOST}:{HTTPS}/wp-admin/"),
+            ])
+            .arg(format!("https://{HOST}:{HTTPS}/wp-login.php"))
+            .output()
+            .unwrap();
+        let login = String::from_utf8_lossy(&login.stdout).into_owned();
+        assert!(
+            login.starts_with("302"),
+            "login answered {login}\n{}",
+            s.logs()
+        );
+        let first = login
+            .split_once(' ')
+            .map(|(_, v)| v.to_owned())
+            .unwrap_or_default();
+        let (admin, _) = s.burst(15, "/wp-admin/", &["-b", jar]);
+        for (code, version) in &admin {
+            assert_eq!(*code, 200, "the admin page with the session cookie");
+            assert_eq!(version, &first, "session {session} changed version");
+        }
+        *versions.entry(first).or_insert(0) += 1;
+    }
+
+    // 4. Rewriting the VirtualService to 50/50 takes effect within 2 s with
+    //    no failed request during the change.
+    let load = {
+        let mut c = s.curl();
+        c.args([
+            "-w",
+            "%{http_code} %header{x-app-version}\\n",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(format!("https://{HOST}:{HTTPS}/?load=[1-600]"));
+        std::thread::spawn(move || c.output().unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    s.edit("edge.yaml", |t| {
+        t.replace("weight: 90", "weight: 50")
+            .replace("weight: 10", "weight: 50")
+    });
+    let changed = Instant::now();
+    let during = load.join().unwrap();
+    let during: Vec<u16> = String::from_utf8_lossy(&during.stdout)
+        .lines()
+        .map(|l| l[..3].parse().unwrap_or(0))
+        .collect();
+    assert_eq!(during.len(), 600);
+    assert!(
+        during.iter().all(|c| *c == 200),
+        "failed requests during the reload: {:?}",
+        during.iter().filter(|c| **c != 200).count()
+    );
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(changed.elapsed()));
+    let (after, _) = s.burst(400, "/", &[]);
+    let share = v2_share(&after);
+    assert!(
+        (0.40..=0.60).contains(&share),
+        "v2 share after 50/50: {share}"
+    );
+
+    // 5. Plaintext to a sidecar's inbound port is refused; so is a client
+    //    certificate from another CA.
+    let plain = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:15081/",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        "000",
+        "plaintext reached a STRICT sidecar"
+    );
+    let other = s.state.path().join("other-ca");
+    let mesh_ca = s.bin.join("mesh-ca");
+    assert!(
+        Command::new(&mesh_ca)
+            .arg("init")
+            .arg("--dir")
+            .arg(&other)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stranger = s.state.path().join("stranger");
+    assert!(
+        Command::new(&mesh_ca)
+            .args([
+                "issue",
+                "--id",
+                "spiffe://cluster.local/ns/default/sa/blog-gateway",
+                "--dir"
+            ])
+            .arg(&other)
+            .arg("--out")
+            .arg(&stranger)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let foreign = Command::new("curl")
+        .args([
+            "-s",
+            "-k",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cert",
+        ])
+        .arg(stranger.join("cert.pem"))
+        .arg("--key")
+        .arg(stranger.join("key.pem"))
+        .arg("https://127.0.0.1:15081/")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&foreign.stdout),
+        "000",
+        "a certificate of another CA was accepted"
+    );
+
+    // 6. `check` is clean on the example and reports a CONFLICT variant,
+    //    while the gateway answers that route with 503 and the reason.
+    let check = |dir: &Path| {
+        Command::new(s.bin.join("mesh-proxy"))
+            .arg("check")
+            .arg("--config")
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(
+        check(&repo().join("examples/wordpress-canary/mesh"))
+            .status
+            .code(),
+        Some(0)
+    );
+    s.edit("article-listings.yaml", |t| {
+        let at = t
+            .find("  trafficPolicy:\n    tls:\n      mode: ISTIO_MUTUAL\n    loadBalancer")
+            .unwrap();
+        let (head, tail) = t.split_at(at);
+        format!(
+            "{head}{}",
+            tail.replacen("mode: ISTIO_MUTUAL", "mode: DISABLE", 1)
+        )
+    });
+    let report = check(&s.mesh());
+    assert_eq!(report.status.code(), Some(1));
+    let table = String::from_utf8_lossy(&report.stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("wordpress.default.svc.cluster.local:80")
+                && l.contains("CONFLICT")),
+        "{table}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let resp = s
+        .curl()
+        .args(["-D", "-", "-o", "/dev/null"])
+        .arg(format!("https://{HOST}:{HTTPS}/"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&resp.stdout).into_owned();
+    assert!(head.starts_with("HTTP/2 503"), "{head}");
+    assert!(head.contains("x-mesh-reason: cannot secure the connection to wordpress.default.svc.cluster.local: TLS conflict"), "the reason is given: {head}");
+    s.edit("article-listings.yaml", |t| {
+        let at = t
+            .find("  trafficPolicy:\n    tls:\n      mode: DISABLE\n    loadBalancer")
+            .unwrap();
+        let (head, tail) = t.split_at(at);
+        format!(
+            "{head}{}",
+            tail.replacen("mode: DISABLE", "mode: ISTIO_MUTUAL", 1)
+        )
+    });
+
+    // The reloads above were applied, and counted, by every proxy.
+    for admin in [15000, 15300, 15301, 15302] {
+        let m = s.metrics(admin);
+        let reloads = m.lines().find(|l| l.starts_with("mesh_config_reloads_total ")).and_then(|l| l.split(' ').nth(1)).unwrap_or("0");
+        assert!(reloads.parse::<u64>().unwrap() >= 4, "admin {admin}: {reloads} reloads");
+    }
+
+    // 7. Killing WordPress v2: its share gets fast 503s until outlier
+    //    detection ejects it, then v1 serves everything; nothing hangs.
+    s.edit("article-listings.yaml", |t| {
+        t.replacen(
+            "    loadBalancer:\n",
+            "    outlierDetection: {consecutiveGatewayErrors: 2, consecutive5xxErrors: 2, baseEjectionTime: 60s, maxEjectionPercent: 100}\n    loadBalancer:\n",
+            1,
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let pids = std::fs::read_to_string(s.state.path().join("pids")).unwrap();
+    let php_v2: i32 = pids
+        .lines()
+        .find(|l| l.ends_with(" php-v2"))
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        Command::new("kill")
+            .arg("--")
+            .arg(format!("-{php_v2}"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (results, _) = s.burst(200, "/", &[]);
+    assert!(started.elapsed() < Duration::from_secs(60), "requests hung");
+    let failed = results.iter().filter(|(c, _)| *c != 200).count();
+    assert!(failed <= 5, "{failed} failures after v2 died\n{}", s.logs());
+    assert!(
+        results
+            .iter()
+            .rev()
+            .take(150)
+            .all(|(c, v)| *c == 200 && v.is_empty()),
+        "v1 serves everything once v2 is ejected"
+    );
+    assert!(versions.len() <= 2);
+}
