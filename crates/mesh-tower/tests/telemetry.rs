@@ -594,3 +594,47 @@ async fn a_response_abandoned_mid_body_is_reported_dc() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn failed_services_report_code_0_and_grpc_is_told_apart() {
+    let registry = Registry::new();
+    let failing = ServiceBuilder::new()
+        .layer(TelemetryLayer::inbound(
+            registry.clone(),
+            WorkloadInfo::new("web", "default"),
+        ))
+        .service_fn(|_req: Request<RequestBody<Empty<Bytes>>>| async {
+            Err::<Response<Empty<Bytes>>, _>(std::io::Error::other("handler failed"))
+        });
+    let err = failing
+        .oneshot(Request::get("http://web/").body(Empty::new()).unwrap())
+        .await;
+    assert!(err.is_err());
+
+    let grpc = ServiceBuilder::new()
+        .layer(TelemetryLayer::inbound(
+            registry.clone(),
+            WorkloadInfo::new("greeter", "default"),
+        ))
+        .service_fn(|_req: Request<RequestBody<Empty<Bytes>>>| async {
+            Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+        });
+    let req = Request::post("http://greeter/helloworld.Greeter/SayHello")
+        .header("content-type", "application/grpc+proto")
+        .body(Empty::new())
+        .unwrap();
+    grpc.oneshot(req).await.unwrap();
+
+    let m = Scrape::parse(&registry.render());
+    let failed = m.one("istio_requests_total", &[("destination_workload", "web")]);
+    assert_eq!(failed.labels["response_code"], "0");
+    let g = m.one(
+        "istio_requests_total",
+        &[("destination_workload", "greeter")],
+    );
+    assert_eq!(g.labels["request_protocol"], "grpc");
+    assert_eq!(g.labels["response_code"], "200");
+    // No peer identity at all: the source side is unknown.
+    assert_eq!(g.labels["source_principal"], "unknown");
+    assert_eq!(g.labels["connection_security_policy"], "unknown");
+}

@@ -3,13 +3,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
-use http::{Method, Request, Response, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
@@ -20,6 +20,9 @@ use super::registry::Registry;
 use super::trace::{self, TraceContext};
 use crate::error::{MeshError, REASON_HEADER};
 use crate::tls::PeerIdentity;
+
+/// Stands in for a side nobody told us about.
+static UNKNOWN_WORKLOAD: LazyLock<WorkloadInfo> = LazyLock::new(WorkloadInfo::unknown);
 
 /// The access log's `tracing` target.
 pub const ACCESS_LOG_TARGET: &str = "mesh::access";
@@ -114,15 +117,17 @@ struct Pending {
     shared: Arc<Shared>,
     start: Instant,
     method: Method,
+    /// The path without the query: query strings carry tokens, which
+    /// have no place in a log.
     path: String,
     version: Version,
     host: String,
     grpc: bool,
     request_id: Option<String>,
-    trace_id: String,
+    trace_id: u128,
     /// Inbound: the caller. Outbound: unused (the destination comes with
     /// the response).
-    peer: WorkloadInfo,
+    peer: Option<WorkloadInfo>,
     mtls: Option<bool>,
     destination: Option<DestinationInfo>,
     request_bytes: Arc<AtomicU64>,
@@ -132,7 +137,8 @@ struct Pending {
 #[derive(Debug)]
 struct Answered {
     pending: Pending,
-    status: u16,
+    /// `None` when the service failed without an answer.
+    status: Option<StatusCode>,
     flags: &'static str,
     reason: Option<String>,
 }
@@ -169,26 +175,21 @@ impl Answered {
                 (p.host.as_str(), name, ns)
             }
         };
+        // Inbound the caller is the peer; outbound the workload that
+        // answered, as the router reported it.
         let (source, destination, mtls) = match shared.reporter {
-            Reporter::Destination => (&p.peer, local, p.mtls),
+            Reporter::Destination => (p.peer.as_ref().unwrap_or(&UNKNOWN_WORKLOAD), local, p.mtls),
             Reporter::Source => (
+                local,
                 p.destination
                     .as_ref()
                     .and_then(|d| d.workload.as_ref())
-                    .unwrap_or(&p.peer),
-                local,
+                    .unwrap_or(&UNKNOWN_WORKLOAD),
                 p.destination.as_ref().and_then(|d| d.mtls),
             ),
         };
-        let (source, destination) = match shared.reporter {
-            Reporter::Destination => (source, destination),
-            Reporter::Source => (destination, source),
-        };
-        let code = if status == 0 {
-            "0".to_owned()
-        } else {
-            status.to_string()
-        };
+        // Envoy reports 0 when there was no answer at all.
+        let code = status.as_ref().map_or("0", StatusCode::as_str);
         let protocol = if p.grpc { "grpc" } else { "http" };
         shared.registry.record_http(
             [
@@ -205,7 +206,7 @@ impl Answered {
                 service_name,
                 service_namespace,
                 protocol,
-                &code,
+                code,
                 flags,
                 security_policy(mtls),
             ],
@@ -229,7 +230,7 @@ impl Answered {
             method = %p.method,
             path = %p.path,
             protocol = ?p.version,
-            status,
+            status = status.map_or(0, |s| s.as_u16()),
             flags,
             duration_ms = duration_ms(duration),
             bytes_received = request_bytes,
@@ -240,7 +241,7 @@ impl Answered {
             peer,
             reason = reason.as_deref().unwrap_or("-"),
             request_id = p.request_id.as_deref().unwrap_or("-"),
-            trace_id = %p.trace_id,
+            trace_id = %format_args!("{:032x}", p.trace_id),
             "access"
         );
     }
@@ -292,15 +293,13 @@ where
             Reporter::Destination => {
                 let identity = req.extensions().get::<PeerIdentity>();
                 let peer = match (req.extensions().get::<SourceInfo>(), identity) {
-                    (Some(SourceInfo(w)), _) => w.clone(),
-                    (None, Some(id)) => id
-                        .spiffe_id()
-                        .map_or_else(WorkloadInfo::unknown, WorkloadInfo::from_peer),
-                    (None, None) => WorkloadInfo::unknown(),
+                    (Some(SourceInfo(w)), _) => Some(w.clone()),
+                    (None, Some(id)) => id.spiffe_id().map(WorkloadInfo::from_peer),
+                    (None, None) => None,
                 };
                 (peer, identity.map(PeerIdentity::is_mtls))
             }
-            Reporter::Source => (WorkloadInfo::unknown(), None),
+            Reporter::Source => (None, None),
         };
         let request_bytes = Arc::new(AtomicU64::new(0));
         let pending = Pending {
@@ -319,7 +318,7 @@ where
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
-            trace_id: ctx.trace_id_hex(),
+            trace_id: ctx.trace_id(),
             peer,
             mtls,
             destination: req.extensions().get::<DestinationInfo>().cloned(),
@@ -368,7 +367,7 @@ where
                     }
                     Answered {
                         pending,
-                        status: parts.status.as_u16(),
+                        status: Some(parts.status),
                         flags: parts
                             .extensions
                             .get::<MeshError>()
@@ -390,7 +389,7 @@ where
                     // No answer at all: Envoy reports code 0.
                     Answered {
                         pending,
-                        status: 0,
+                        status: None,
                         flags: "-",
                         reason: None,
                     }

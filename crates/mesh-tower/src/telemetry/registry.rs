@@ -507,6 +507,31 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_recording_loses_nothing() {
+        let r = Registry::new();
+        let names: Vec<String> = (0..50).map(|i| format!("svc{i}")).collect();
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let (r, names) = (&r, &names);
+                scope.spawn(move || {
+                    for i in 0..1000 {
+                        let n = &names[(i * 7 + t) % names.len()];
+                        r.record_http(labels(n, "200"), Duration::from_millis(1), 1, 2);
+                    }
+                });
+            }
+        });
+        assert_eq!(r.series_count(), 50);
+        let total: u64 = r
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(total, 8000);
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         let r = Registry::new();
         r.record_http(labels("a\"b\\c\nd", "200"), Duration::ZERO, 0, 0);
