@@ -58,6 +58,23 @@
 //! # let _ = scrape;
 //! # Ok(()) }
 //! ```
+//!
+//! Outbound, the same layer in front of the router measures calls as
+//! `reporter="source"` and sends the handler's trace along:
+//!
+//! ```no_run
+//! # fn build(store: std::sync::Arc<mesh_core::store::Store>, registry: mesh_tower::telemetry::Registry) {
+//! use mesh_tower::telemetry::{TelemetryLayer, WorkloadInfo};
+//! use mesh_tower::traffic::{Router, RouterConfig};
+//!
+//! let me = WorkloadInfo::new("productpage-v1", "shop").with_version("v1");
+//! let router = Router::new(store, RouterConfig::for_workload("shop", "productpage-v1"), None);
+//! let client = tower::ServiceBuilder::new()
+//!     .layer(TelemetryLayer::outbound(registry, me))
+//!     .service(router);
+//! # fn is_service<S: tower::Service<http::Request<mesh_tower::body::BoxBody>>>(_: &S) {}
+//! # is_service(&client); }
+//! ```
 
 mod admin;
 mod labels;
