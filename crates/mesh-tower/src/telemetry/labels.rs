@@ -1,0 +1,237 @@
+//! Who is on each side of a request, as Istio's labels name them, and the
+//! extension types through which the rest of the mesh tells telemetry.
+
+use mesh_core::identity::SpiffeId;
+use mesh_core::snapshot::{Service, Workload};
+
+use super::metrics::UNKNOWN;
+
+/// Which side of a request reports it: Istio's `reporter` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    /// The caller (outbound): `reporter="source"`.
+    Source,
+    /// The server (inbound): `reporter="destination"`.
+    Destination,
+}
+
+impl Reporter {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+        }
+    }
+}
+
+/// A workload as Istio's `*_workload`, `*_workload_namespace`,
+/// `*_principal` and `*_version` labels describe it. Anything not known is
+/// `"unknown"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkloadInfo {
+    /// Workload name (`source_workload` / `destination_workload`).
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its SPIFFE ID, `spiffe://cluster.local/ns/x/sa/y`.
+    pub principal: String,
+    /// The value of its `version` label.
+    pub version: String,
+}
+
+impl Default for WorkloadInfo {
+    fn default() -> Self {
+        Self::unknown()
+    }
+}
+
+impl WorkloadInfo {
+    /// A workload with a name and namespace; principal and version unknown.
+    pub fn new(name: &str, namespace: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            ..Self::unknown()
+        }
+    }
+
+    /// Nothing known.
+    pub fn unknown() -> Self {
+        Self {
+            name: UNKNOWN.to_owned(),
+            namespace: UNKNOWN.to_owned(),
+            principal: UNKNOWN.to_owned(),
+            version: UNKNOWN.to_owned(),
+        }
+    }
+
+    /// Sets the principal.
+    pub fn with_principal(mut self, id: &SpiffeId) -> Self {
+        self.principal = id.to_string();
+        self
+    }
+
+    /// Sets the version.
+    pub fn with_version(mut self, version: &str) -> Self {
+        version.clone_into(&mut self.version);
+        self
+    }
+
+    /// A workload of the snapshot: its name (the WorkloadEntry's), namespace,
+    /// identity and `version` label.
+    pub fn from_workload(w: &Workload) -> Self {
+        let name = w.key.rsplit_once('/').map_or(w.key.as_str(), |(_, n)| n);
+        Self {
+            name: name.to_owned(),
+            namespace: w.namespace.clone(),
+            principal: w.identity.to_string(),
+            version: w
+                .labels
+                .get("version")
+                .cloned()
+                .unwrap_or_else(|| UNKNOWN.to_owned()),
+        }
+    }
+
+    /// A peer known only by its verified SPIFFE ID: principal and
+    /// namespace; the workload name and version are unknown.
+    pub fn from_peer(id: &SpiffeId) -> Self {
+        Self {
+            namespace: id.namespace().unwrap_or(UNKNOWN).to_owned(),
+            principal: id.to_string(),
+            ..Self::unknown()
+        }
+    }
+}
+
+/// Inbound: who the caller is beyond its SPIFFE ID (workload name,
+/// version), when something upstream of telemetry knows it, for example a
+/// lookup of the peer's identity in the snapshot. Put it in the request's
+/// extensions; without it the source labels come from the
+/// [`PeerIdentity`](crate::tls::PeerIdentity) alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInfo(pub WorkloadInfo);
+
+/// Where a request (or TCP connection) went: the destination service and,
+/// once chosen, the workload that served it.
+///
+/// Outbound, the router inserts it into the **response** extensions once it
+/// has picked the service, subset and endpoint (a request extension set by
+/// the caller is used when the response carries none). Inbound, a request
+/// extension overrides the service labels taken from the `Host` header.
+/// Without it, the destination service is the request's host (capped, see
+/// [`CardinalityLimits`](super::CardinalityLimits)) and the workload is
+/// `"unknown"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DestinationInfo {
+    /// The service's fully qualified host (`destination_service`).
+    pub service: String,
+    /// `destination_service_name`.
+    pub service_name: String,
+    /// `destination_service_namespace`.
+    pub service_namespace: String,
+    /// The workload that served the request, once known.
+    pub workload: Option<WorkloadInfo>,
+    /// Whether the connection to it was mesh mTLS, once known.
+    pub mtls: Option<bool>,
+    /// The endpoint, `address:port`, for the access log.
+    pub upstream: Option<String>,
+}
+
+impl DestinationInfo {
+    /// A service by host and the namespace it is defined in. A Kubernetes
+    /// host `name.namespace.svc...` is named `name` in `namespace`; any other
+    /// host is its own name, as Istio reports ServiceEntry hosts.
+    pub fn new(service_host: &str, service_namespace: &str) -> Self {
+        let (name, namespace) = service_name(service_host, service_namespace);
+        Self {
+            service: service_host.to_owned(),
+            service_name: name.to_owned(),
+            service_namespace: namespace.to_owned(),
+            workload: None,
+            mtls: None,
+            upstream: None,
+        }
+    }
+
+    /// A service of the snapshot.
+    pub fn for_service(svc: &Service) -> Self {
+        Self::new(&svc.host, &svc.namespace)
+    }
+
+    /// Sets the workload that served.
+    pub fn with_workload(mut self, workload: WorkloadInfo) -> Self {
+        self.workload = Some(workload);
+        self
+    }
+
+    /// Sets whether the connection was mesh mTLS.
+    pub fn with_mtls(mut self, mtls: bool) -> Self {
+        self.mtls = Some(mtls);
+        self
+    }
+
+    /// Sets the endpoint, for the access log.
+    pub fn with_upstream(mut self, upstream: impl std::fmt::Display) -> Self {
+        self.upstream = Some(upstream.to_string());
+        self
+    }
+}
+
+/// `(name, namespace)` of a service host: `reviews.default.svc.cluster.local`
+/// is `reviews` in `default`; a short host is in `namespace`; any other host
+/// is its own name, in `namespace`.
+pub(crate) fn service_name<'a>(host: &'a str, namespace: &'a str) -> (&'a str, &'a str) {
+    let mut parts = host.splitn(4, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(name), Some(ns), Some("svc")) if !name.is_empty() && !ns.is_empty() => (name, ns),
+        _ => (host, namespace),
+    }
+}
+
+/// `mutual_tls`, `none` or, when the reporter cannot tell, `unknown`.
+pub(crate) fn security_policy(mtls: Option<bool>) -> &'static str {
+    match mtls {
+        Some(true) => "mutual_tls",
+        Some(false) => "none",
+        None => UNKNOWN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names() {
+        assert_eq!(
+            service_name("reviews.default.svc.cluster.local", "x"),
+            ("reviews", "default")
+        );
+        assert_eq!(service_name("reviews", "prod"), ("reviews", "prod"));
+        assert_eq!(
+            service_name("db.example.test", "data"),
+            ("db.example.test", "data")
+        );
+        let d = DestinationInfo::new("ratings.shop.svc.cluster.local", "shop");
+        assert_eq!(
+            (d.service_name.as_str(), d.service_namespace.as_str()),
+            ("ratings", "shop")
+        );
+    }
+
+    #[test]
+    fn peers_known_by_identity_only() {
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/blog/sa/wordpress").unwrap();
+        let w = WorkloadInfo::from_peer(&id);
+        assert_eq!(w.namespace, "blog");
+        assert_eq!(w.principal, "spiffe://cluster.local/ns/blog/sa/wordpress");
+        assert_eq!(
+            (w.name.as_str(), w.version.as_str()),
+            ("unknown", "unknown")
+        );
+    }
+}

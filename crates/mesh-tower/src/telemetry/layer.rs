@@ -1,0 +1,529 @@
+//! The HTTP telemetry layer: metrics, access log and trace context for each
+//! request, recorded once when the response body ends (or is dropped).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Buf;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+
+use super::labels::{DestinationInfo, Reporter, SourceInfo, WorkloadInfo, security_policy};
+use super::metrics::UNKNOWN;
+use super::registry::Registry;
+use super::trace::{self, TraceContext};
+use crate::error::{MeshError, REASON_HEADER};
+use crate::tls::PeerIdentity;
+
+/// Stands in for a side nobody told us about.
+static UNKNOWN_WORKLOAD: LazyLock<WorkloadInfo> = LazyLock::new(WorkloadInfo::unknown);
+
+/// The access log's `tracing` target.
+pub const ACCESS_LOG_TARGET: &str = "mesh::access";
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) registry: Registry,
+    pub(crate) reporter: Reporter,
+    pub(crate) local: WorkloadInfo,
+}
+
+/// Measures requests with Istio's standard metrics, writes one access-log
+/// line per request, and propagates trace context. See the
+/// [module docs](super).
+#[derive(Debug, Clone)]
+pub struct TelemetryLayer {
+    shared: Arc<Shared>,
+}
+
+impl TelemetryLayer {
+    /// Records into `registry` as `reporter`, for the local workload
+    /// `local` (the destination when inbound, the source when outbound).
+    pub fn new(registry: Registry, reporter: Reporter, local: WorkloadInfo) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                registry,
+                reporter,
+                local,
+            }),
+        }
+    }
+
+    /// The server side: `reporter="destination"`.
+    pub fn inbound(registry: Registry, local: WorkloadInfo) -> Self {
+        Self::new(registry, Reporter::Destination, local)
+    }
+
+    /// The client side: `reporter="source"`.
+    pub fn outbound(registry: Registry, local: WorkloadInfo) -> Self {
+        Self::new(registry, Reporter::Source, local)
+    }
+}
+
+impl<S> tower::Layer<S> for TelemetryLayer {
+    type Service = Telemetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Telemetry {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// See [`TelemetryLayer`].
+#[derive(Debug, Clone)]
+pub struct Telemetry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Telemetry<S> {
+    /// Wraps `inner`; see [`TelemetryLayer::new`].
+    pub fn new(inner: S, registry: Registry, reporter: Reporter, local: WorkloadInfo) -> Self {
+        tower::Layer::layer(&TelemetryLayer::new(registry, reporter, local), inner)
+    }
+
+    /// A [`TelemetryLayer`].
+    pub fn layer(registry: Registry, reporter: Reporter, local: WorkloadInfo) -> TelemetryLayer {
+        TelemetryLayer::new(registry, reporter, local)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// What is known when the request arrives.
+#[derive(Debug)]
+struct Pending {
+    shared: Arc<Shared>,
+    start: Instant,
+    method: Method,
+    /// The path without the query: query strings carry tokens, which
+    /// have no place in a log.
+    path: String,
+    version: Version,
+    host: String,
+    grpc: bool,
+    request_id: Option<String>,
+    trace_id: u128,
+    /// Inbound: the caller. Outbound: unused (the destination comes with
+    /// the response).
+    peer: Option<WorkloadInfo>,
+    mtls: Option<bool>,
+    destination: Option<DestinationInfo>,
+    request_bytes: Arc<AtomicU64>,
+}
+
+/// What is known once the response head is there.
+#[derive(Debug)]
+struct Answered {
+    pending: Pending,
+    /// `None` when the service failed without an answer.
+    status: Option<StatusCode>,
+    flags: &'static str,
+    reason: Option<String>,
+}
+
+impl Answered {
+    fn finish(self, response_bytes: u64, downstream_gone: bool) {
+        let Answered {
+            pending: p,
+            status,
+            mut flags,
+            reason,
+        } = self;
+        if downstream_gone && flags == "-" {
+            // Envoy's flag for a downstream that went away mid-response.
+            flags = "DC";
+        }
+        let duration = p.start.elapsed();
+        let request_bytes = p.request_bytes.load(Ordering::Relaxed);
+        let shared = &p.shared;
+        let local = &shared.local;
+        let (service, service_name, service_namespace) = match &p.destination {
+            Some(d) => (
+                d.service.as_str(),
+                d.service_name.as_str(),
+                d.service_namespace.as_str(),
+            ),
+            None => {
+                let (name, ns) = super::labels::service_name(&p.host, &local.namespace);
+                let ns = if name == p.host && p.host.contains('.') {
+                    UNKNOWN
+                } else {
+                    ns
+                };
+                (p.host.as_str(), name, ns)
+            }
+        };
+        // Inbound the caller is the peer; outbound the workload that
+        // answered, as the router reported it.
+        let (source, destination, mtls) = match shared.reporter {
+            Reporter::Destination => (p.peer.as_ref().unwrap_or(&UNKNOWN_WORKLOAD), local, p.mtls),
+            Reporter::Source => (
+                local,
+                p.destination
+                    .as_ref()
+                    .and_then(|d| d.workload.as_ref())
+                    .unwrap_or(&UNKNOWN_WORKLOAD),
+                p.destination.as_ref().and_then(|d| d.mtls),
+            ),
+        };
+        // Envoy reports 0 when there was no answer at all.
+        let code = status.as_ref().map_or("0", StatusCode::as_str);
+        let protocol = if p.grpc { "grpc" } else { "http" };
+        shared.registry.record_http(
+            [
+                shared.reporter.as_str(),
+                &source.name,
+                &source.namespace,
+                &source.principal,
+                &source.version,
+                &destination.name,
+                &destination.namespace,
+                &destination.principal,
+                &destination.version,
+                service,
+                service_name,
+                service_namespace,
+                protocol,
+                code,
+                flags,
+                security_policy(mtls),
+            ],
+            duration,
+            request_bytes,
+            response_bytes,
+        );
+        let (peer, upstream) = match shared.reporter {
+            Reporter::Destination => (source.principal.as_str(), "-"),
+            Reporter::Source => (
+                destination.principal.as_str(),
+                p.destination
+                    .as_ref()
+                    .and_then(|d| d.upstream.as_deref())
+                    .unwrap_or("-"),
+            ),
+        };
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            reporter = shared.reporter.as_str(),
+            method = %p.method,
+            path = %p.path,
+            protocol = ?p.version,
+            status = status.map_or(0, |s| s.as_u16()),
+            flags,
+            duration_ms = duration_ms(duration),
+            bytes_received = request_bytes,
+            bytes_sent = response_bytes,
+            authority = %p.host,
+            service,
+            upstream,
+            peer,
+            reason = reason.as_deref().unwrap_or("-"),
+            request_id = p.request_id.as_deref().unwrap_or("-"),
+            trace_id = %format_args!("{:032x}", p.trace_id),
+            "access"
+        );
+    }
+}
+
+fn duration_ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The request's host without port, lowercased: from the URI, else `Host`.
+fn host(req: &Request<impl Sized>) -> String {
+    let authority = req.uri().authority().map(|a| a.host()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| match h.rsplit_once(':') {
+                Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                _ => h,
+            })
+    });
+    authority.unwrap_or(UNKNOWN).to_ascii_lowercase()
+}
+
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for Telemetry<S>
+where
+    S: tower::Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    ResBody: Body,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let ctx = match shared.reporter {
+            Reporter::Destination => {
+                let ctx = trace::inbound(req.headers_mut());
+                req.extensions_mut().insert(ctx.clone());
+                ctx
+            }
+            Reporter::Source => trace::outbound(req.headers_mut()),
+        };
+        let (peer, mtls) = match shared.reporter {
+            Reporter::Destination => {
+                let identity = req.extensions().get::<PeerIdentity>();
+                let peer = match (req.extensions().get::<SourceInfo>(), identity) {
+                    (Some(SourceInfo(w)), _) => Some(w.clone()),
+                    (None, Some(id)) => id.spiffe_id().map(WorkloadInfo::from_peer),
+                    (None, None) => None,
+                };
+                (peer, identity.map(PeerIdentity::is_mtls))
+            }
+            Reporter::Source => (None, None),
+        };
+        let request_bytes = Arc::new(AtomicU64::new(0));
+        let pending = Pending {
+            start,
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            version: req.version(),
+            host: host(&req),
+            grpc: req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc")),
+            request_id: req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            trace_id: ctx.trace_id(),
+            peer,
+            mtls,
+            destination: req.extensions().get::<DestinationInfo>().cloned(),
+            request_bytes: request_bytes.clone(),
+            shared,
+        };
+        let req = req.map(|body| RequestBody {
+            inner: body,
+            bytes: request_bytes,
+        });
+        ResponseFuture {
+            inner: ctx.scope(self.inner.call(req)),
+            pending: Some(pending),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Telemetry`]: the inner future, run with the
+    /// request's trace context current.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: TaskLocalFuture<TraceContext, F>,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let pending = this.pending.take();
+        Poll::Ready(match result {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                let answered = pending.map(|mut pending| {
+                    if let Some(d) = parts.extensions.get::<DestinationInfo>() {
+                        pending.destination = Some(d.clone());
+                    }
+                    Answered {
+                        pending,
+                        status: Some(parts.status),
+                        flags: parts
+                            .extensions
+                            .get::<MeshError>()
+                            .map_or("-", MeshError::response_flag),
+                        reason: parts
+                            .headers
+                            .get(REASON_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned),
+                    }
+                });
+                Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::new(body, answered),
+                ))
+            }
+            Err(e) => {
+                if let Some(pending) = pending {
+                    // No answer at all: Envoy reports code 0.
+                    Answered {
+                        pending,
+                        status: None,
+                        flags: "-",
+                        reason: None,
+                    }
+                    .finish(0, false);
+                }
+                Err(e)
+            }
+        })
+    }
+}
+
+pin_project! {
+    /// A request body that counts the bytes the service reads.
+    #[derive(Debug)]
+    pub struct RequestBody<B> {
+        #[pin]
+        inner: B,
+        bytes: Arc<AtomicU64>,
+    }
+}
+
+impl<B> RequestBody<B> {
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B: Body> Body for RequestBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(d) = f.data_ref() {
+                this.bytes
+                    .fetch_add(d.remaining() as u64, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Records the request when the body ends, or, dropped early, as `DC`.
+#[derive(Debug)]
+struct Finisher {
+    answered: Option<Answered>,
+    bytes: u64,
+}
+
+impl Finisher {
+    fn finish(&mut self, downstream_gone: bool) {
+        if let Some(a) = self.answered.take() {
+            a.finish(self.bytes, downstream_gone);
+        }
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        self.finish(true);
+    }
+}
+
+pin_project! {
+    /// A response body that counts the bytes sent and records the request
+    /// when it ends.
+    #[derive(Debug)]
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: B,
+        finisher: Finisher,
+    }
+}
+
+impl<B: Body> ResponseBody<B> {
+    fn new(inner: B, answered: Option<Answered>) -> Self {
+        let mut finisher = Finisher { answered, bytes: 0 };
+        if inner.is_end_stream() {
+            finisher.finish(false);
+        }
+        Self { inner, finisher }
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B: Body> Body for ResponseBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    this.finisher.bytes += d.remaining() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finisher.finish(false);
+                }
+            }
+            Some(Err(_)) | None => this.finisher.finish(false),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
