@@ -204,6 +204,46 @@ fn wordpress_canary_end_to_end() {
         .unwrap();
     assert_ne!(String::from_utf8_lossy(&mysql_plain.stdout), "200");
 
+    // The gateway's Istio metrics tell the same split, and the MySQL
+    // sidecar saw mTLS connections from WordPress's identity.
+    let gw = s.metrics(15000);
+    let count = |text: &str, filter: &[&str]| -> u64 {
+        text.lines()
+            .filter(|l| filter.iter().all(|f| l.contains(f)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let v1 = count(
+        &gw,
+        &[
+            "istio_requests_total{",
+            "reporter=\"source\"",
+            "destination_version=\"v1\"",
+            "response_code=\"200\"",
+        ],
+    );
+    let v2 = count(
+        &gw,
+        &[
+            "istio_requests_total{",
+            "reporter=\"source\"",
+            "destination_version=\"v2\"",
+            "response_code=\"200\"",
+        ],
+    );
+    assert!(v1 + v2 >= 1_000, "{v1} + {v2}");
+    let mysql = s.metrics(15300);
+    let opened = count(
+        &mysql,
+        &[
+            "istio_tcp_connections_opened_total{",
+            "destination_service=\"mysql.default.svc.cluster.local\"",
+            "source_principal=\"spiffe://cluster.local/ns/default/sa/wordpress\"",
+            "connection_security_policy=\"mutual_tls\"",
+        ],
+    );
+    assert!(opened > 0, "no MySQL connection crossed the mesh:\n{mysql}");
+
     // 3. A logged-in WordPress session through the mesh, kept on one version
     //    by the sticky canary.
     s.edit("article-listings.yaml", |t| {
@@ -439,8 +479,15 @@ fn wordpress_canary_end_to_end() {
     // The reloads above were applied, and counted, by every proxy.
     for admin in [15000, 15300, 15301, 15302] {
         let m = s.metrics(admin);
-        let reloads = m.lines().find(|l| l.starts_with("mesh_config_reloads_total ")).and_then(|l| l.split(' ').nth(1)).unwrap_or("0");
-        assert!(reloads.parse::<u64>().unwrap() >= 4, "admin {admin}: {reloads} reloads");
+        let reloads = m
+            .lines()
+            .find(|l| l.starts_with("mesh_config_reloads_total "))
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap_or("0");
+        assert!(
+            reloads.parse::<u64>().unwrap() >= 4,
+            "admin {admin}: {reloads} reloads"
+        );
     }
 
     // 7. Killing WordPress v2: its share gets fast 503s until outlier

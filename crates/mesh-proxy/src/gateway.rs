@@ -198,7 +198,11 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
         (gw.servers.clone(), id)
     };
     let (controller, drain) = crate::runtime::drain_pair();
-    let admin = AdminState::new(store.clone(), Vec::new());
+    let registry = mesh_tower::telemetry::Registry::new();
+    let admin = AdminState::new(
+        store.clone(),
+        vec![crate::sidecar::metrics_source(&registry)],
+    );
     let admin_addr = crate::admin::spawn(
         args.common.admin,
         args.common.admin_allow_remote,
@@ -214,6 +218,10 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
         RouterConfig::for_gateway(&key),
         Some(MeshConnector::new(identity.store().clone())),
     );
+    // Istio's ingress gateway reports its calls as `reporter="source"`.
+    let (ns, name) = key.split_once('/').unwrap_or(("default", key.as_str()));
+    let me = mesh_tower::telemetry::WorkloadInfo::new(name, ns).with_principal(&id);
+    let router = crate::sidecar::outbound_stack(router, registry.clone(), me);
 
     let mut by_port: BTreeMap<u16, Vec<&Server>> = BTreeMap::new();
     for s in &servers {
@@ -298,7 +306,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
 /// address for source-IP hashing, and the redirect to HTTPS.
 #[derive(Debug, Clone)]
 struct Edge {
-    router: Router,
+    router: crate::sidecar::Outbound,
     proto: &'static str,
     remote: SocketAddr,
     redirect: Option<u16>,

@@ -146,3 +146,13 @@ where
         }
     }
 }
+
+/// Boxes a response body: a named function, not a closure, so the futures
+/// that hold it stay provably `Send` for the compiler.
+pub(crate) fn box_response<B>(r: Response<B>) -> Response<mesh_tower::body::BoxBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<mesh_tower::body::BoxError>,
+{
+    r.map(mesh_tower::body::boxed)
+}

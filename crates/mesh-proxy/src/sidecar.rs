@@ -32,6 +32,9 @@ use mesh_core::resources::security::MtlsMode;
 use mesh_core::store::Store;
 use mesh_tower::body::{BoxBody, boxed};
 use mesh_tower::error::MeshError;
+use mesh_tower::telemetry::{
+    DestinationInfo, Registry, TcpConnection, TcpTelemetry, TelemetryLayer, WorkloadInfo,
+};
 use mesh_tower::tls::{MeshAcceptor, MeshConnector, PeerIdentity, TlsMode};
 use mesh_tower::traffic::{Router, RouterConfig, TcpRouter};
 use mesh_tower::upstream::error_chain;
@@ -188,7 +191,8 @@ pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
         w.identity.clone()
     };
     let (controller, drain) = crate::runtime::drain_pair();
-    let admin = AdminState::new(store.clone(), Vec::new());
+    let registry = Registry::new();
+    let admin = AdminState::new(store.clone(), vec![metrics_source(&registry)]);
     let admin_addr = crate::admin::spawn(
         args.common.admin,
         args.common.admin_allow_remote,
@@ -202,6 +206,12 @@ pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
     let creds = identity.store().clone();
     admin.identity.store(Some(identity.clone()));
 
+    let ctx = Ctx {
+        store: store.clone(),
+        key: key.clone(),
+        drain: drain.clone(),
+        registry: registry.clone(),
+    };
     let acceptors = Acceptors::new(&creds)?;
     let (ip, ports) = inbound_ports(&store, &key, &args)?;
     for p in ports {
@@ -209,23 +219,19 @@ pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding inbound {ip}:{}", p.port))?;
         tracing::info!(port = p.port, protocol = %p.protocol, app = %p.app, "inbound listening");
-        tokio::spawn(inbound_loop(
-            listener,
-            p,
-            key.clone(),
-            store.clone(),
-            acceptors.clone(),
-            drain.clone(),
-        ));
+        tokio::spawn(inbound_loop(listener, p, ctx.clone(), acceptors.clone()));
     }
 
     let connector = MeshConnector::new(creds.clone());
+    let local = local_info(&store, &key);
     let router = Router::new(
         store.clone(),
         RouterConfig::for_workload(&args.namespace, &args.workload),
         Some(connector.clone()),
     );
+    let router = outbound_stack(router, registry.clone(), local.clone());
     let tcp = TcpRouter::new(store.clone(), &args.namespace, Some(connector));
+    let tcp_telemetry = TcpTelemetry::outbound(registry.clone(), local);
     for o in &args.outbound {
         let (target, listen) = o
             .split_once('=')
@@ -239,14 +245,18 @@ pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding outbound {listen}"))?;
         tracing::info!(%listen, host, port, "outbound listening");
+        let target = OutboundTarget {
+            host: host.to_owned(),
+            port,
+            namespace: args.namespace.clone(),
+        };
         tokio::spawn(outbound_loop(
             listener,
-            host.to_owned(),
-            port,
-            store.clone(),
+            target,
+            ctx.clone(),
             router.clone(),
             tcp.clone(),
-            drain.clone(),
+            tcp_telemetry.clone(),
         ));
     }
     if args.http_proxy != "off" {
@@ -276,6 +286,57 @@ pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
     Ok(())
 }
 
+/// What every connection handler of the sidecar shares.
+#[derive(Debug, Clone)]
+struct Ctx {
+    store: Arc<Store>,
+    /// `namespace/name` of the workload.
+    key: String,
+    drain: Drain,
+    registry: Registry,
+}
+
+/// `/stats/prometheus` lines from the telemetry registry.
+pub(crate) fn metrics_source(registry: &Registry) -> crate::admin::MetricsSource {
+    let registry = registry.clone();
+    Arc::new(move || registry.render())
+}
+
+/// The telemetry labels of this workload.
+fn local_info(store: &Store, key: &str) -> WorkloadInfo {
+    let snap = store.load();
+    snap.workload(key)
+        .map_or_else(WorkloadInfo::unknown, |(_, w)| {
+            WorkloadInfo::from_workload(w)
+        })
+}
+
+/// The outbound HTTP stack: telemetry (reporter `source`) in front of the
+/// router, answers boxed.
+pub(crate) type Outbound =
+    tower::util::BoxCloneSyncService<Request<Incoming>, Response<BoxBody>, Infallible>;
+
+/// The inbound HTTP stack: telemetry (reporter `destination`) around
+/// authorization and forwarding. Boxed here, outside any async block, so the
+/// connection futures stay provably `Send`.
+fn inbound_stack(svc: InboundHttp, registry: Registry, local: WorkloadInfo) -> Outbound {
+    tower::util::BoxCloneSyncService::new(
+        tower::ServiceBuilder::new()
+            .map_response(crate::runtime::box_response)
+            .layer(TelemetryLayer::inbound(registry, local))
+            .service(svc),
+    )
+}
+
+pub(crate) fn outbound_stack(router: Router, registry: Registry, local: WorkloadInfo) -> Outbound {
+    tower::util::BoxCloneSyncService::new(
+        tower::ServiceBuilder::new()
+            .map_response(crate::runtime::box_response)
+            .layer(TelemetryLayer::outbound(registry, local))
+            .service(router),
+    )
+}
+
 /// Accepts until the drain begins.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
@@ -298,14 +359,7 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn inbound_loop(
-    listener: TcpListener,
-    port: InboundPort,
-    key: String,
-    store: Arc<Store>,
-    acceptors: Acceptors,
-    drain: Drain,
-) {
+async fn inbound_loop(listener: TcpListener, port: InboundPort, ctx: Ctx, acceptors: Acceptors) {
     let app_client: Client<HttpConnector, BoxBody> = {
         let mut b = Client::builder(TokioExecutor::new());
         if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
@@ -313,17 +367,18 @@ async fn inbound_loop(
         }
         b.build_http()
     };
-    accept_loop(listener, drain.clone(), move |tcp, remote| {
-        let snap = store.load();
-        let Some((_, w)) = snap.workload(&key) else {
-            tracing::warn!(workload = %key, "the workload left the configuration; refusing connections");
+    let drain = ctx.drain.clone();
+    accept_loop(listener, drain, move |tcp, remote| {
+        let snap = ctx.store.load();
+        let Some((_, w)) = snap.workload(&ctx.key) else {
+            tracing::warn!(workload = %ctx.key, "the workload left the configuration; refusing connections");
             return;
         };
         let mode = snap.inbound_mode(w, port.port).mode;
         let acceptor = acceptors.for_mode(mode).clone();
-        let (store, key, port, drain, client) = (store.clone(), key.clone(), port.clone(), drain.clone(), app_client.clone());
+        let (ctx, port, client) = (ctx.clone(), port.clone(), app_client.clone());
         tokio::spawn(async move {
-            let guard = drain.guard();
+            let guard = ctx.drain.guard();
             let stream = match acceptor.accept(tcp).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -335,10 +390,21 @@ async fn inbound_loop(
             if port.protocol.is_http() {
                 drop(guard);
                 let h2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
-                let svc = InboundHttp { store, key, port: port.port, app: port.app, client, peer, remote, h2 };
-                serve_http(stream, svc, drain).await;
+                let local = local_info(&ctx.store, &ctx.key);
+                let svc = InboundHttp {
+                    store: ctx.store.clone(),
+                    key: ctx.key.clone(),
+                    port: port.port,
+                    app: port.app,
+                    client,
+                    peer,
+                    remote,
+                    h2,
+                };
+                let svc = inbound_stack(svc, ctx.registry.clone(), local);
+                serve_http(stream, svc, ctx.drain.clone()).await;
             } else {
-                inbound_tcp(stream, &peer, remote, &store, &key, &port).await;
+                inbound_tcp(stream, &peer, remote, &ctx, &port).await;
                 drop(guard);
             }
         });
@@ -347,20 +413,28 @@ async fn inbound_loop(
 }
 
 async fn inbound_tcp<IO>(
-    mut stream: IO,
+    stream: IO,
     peer: &PeerIdentity,
     remote: SocketAddr,
-    store: &Store,
-    key: &str,
+    ctx: &Ctx,
     port: &InboundPort,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let decision = {
-        let snap = store.load();
-        let Some((_, w)) = snap.workload(key) else {
+    let (decision, service) = {
+        let snap = ctx.store.load();
+        let Some((_, w)) = snap.workload(&ctx.key) else {
             return;
         };
+        let service = snap
+            .services
+            .values()
+            .find(|s| {
+                s.workloads
+                    .iter()
+                    .any(|i| snap.workloads[*i].key == ctx.key)
+            })
+            .map(DestinationInfo::for_service);
         let req = AuthzRequest {
             peer: peer.spiffe_id(),
             source_ip: Some(remote.ip()),
@@ -371,20 +445,26 @@ async fn inbound_tcp<IO>(
             path: "",
             headers: None,
         };
-        evaluate(snap.workload_policies(w), &req)
+        (evaluate(snap.workload_policies(w), &req), service)
     };
+    let local = local_info(&ctx.store, &ctx.key);
+    let mut conn =
+        TcpTelemetry::inbound(ctx.registry.clone(), local).accepted(peer, service.as_ref());
     if !decision.allowed {
+        conn.set_response_flags("RBAC");
         tracing::info!(target: "mesh::authz", %remote, peer = ?peer.spiffe_id().map(ToString::to_string), port = port.port, reason = %decision.reason, "connection denied");
         return;
     }
     let mut app = match TcpStream::connect(port.app).await {
         Ok(a) => a,
         Err(e) => {
+            conn.set_response_flags("UF");
             tracing::info!(app = %port.app, error = %e, "the local app refused the connection");
             return;
         }
     };
     let _ = app.set_nodelay(true);
+    let mut stream = conn.wrap(stream);
     match tokio::io::copy_bidirectional(&mut stream, &mut app).await {
         Ok((up, down)) => tracing::debug!(up, down, "inbound tunnel closed"),
         Err(e) => tracing::debug!(error = %e, "inbound tunnel broke"),
@@ -404,7 +484,11 @@ struct InboundHttp {
     h2: bool,
 }
 
-impl tower::Service<Request<Incoming>> for InboundHttp {
+impl<B> tower::Service<Request<B>> for InboundHttp
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<mesh_tower::body::BoxError>,
+{
     type Response = Response<BoxBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
@@ -413,14 +497,15 @@ impl tower::Service<Request<Incoming>> for InboundHttp {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let this = self.clone();
+        let req = req.map(boxed);
         Box::pin(async move { Ok(this.handle(req).await.unwrap_or_else(|e| e.to_response())) })
     }
 }
 
 impl InboundHttp {
-    async fn handle(self, mut req: Request<Incoming>) -> Result<Response<BoxBody>, MeshError> {
+    async fn handle(self, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, MeshError> {
         let decision = {
             let snap = self.store.load();
             let (_, w) = snap.workload(&self.key).ok_or_else(|| {
@@ -496,7 +581,7 @@ impl InboundHttp {
         req.headers_mut()
             .entry("x-forwarded-proto")
             .or_insert(HeaderValue::from_static(proto));
-        let resp = self.client.request(req.map(boxed)).await.map_err(|e| {
+        let resp = self.client.request(req).await.map_err(|e| {
             let why = error_chain(&e);
             if e.is_connect() {
                 MeshError::UpstreamConnect {
@@ -514,47 +599,69 @@ impl InboundHttp {
     }
 }
 
-async fn outbound_loop(
-    listener: TcpListener,
+/// A service an outbound port is for.
+#[derive(Debug, Clone)]
+struct OutboundTarget {
     host: String,
     port: u16,
-    store: Arc<Store>,
-    router: Router,
+    /// The workload's namespace, where short hosts resolve.
+    namespace: String,
+}
+
+async fn outbound_loop(
+    listener: TcpListener,
+    target: OutboundTarget,
+    ctx: Ctx,
+    router: Outbound,
     tcp: TcpRouter,
-    drain: Drain,
+    telemetry: TcpTelemetry,
 ) {
-    let authority = format!("{host}:{port}");
-    accept_loop(listener, drain.clone(), move |local, _| {
-        let http = store
-            .load()
-            .service(&host, "default")
-            .and_then(|s| s.port(port))
+    let authority = format!("{}:{}", target.host, target.port);
+    let drain = ctx.drain.clone();
+    accept_loop(listener, drain, move |local, _| {
+        let snap = ctx.store.load();
+        let svc = snap.service(&target.host, &target.namespace);
+        let http = svc
+            .and_then(|s| s.port(target.port))
             .is_some_and(|p| p.protocol.is_http());
         if http {
             let svc = ForceAuthority {
                 authority: authority.clone(),
                 inner: router.clone(),
             };
-            tokio::spawn(serve_http(local, svc, drain.clone()));
+            tokio::spawn(serve_http(local, svc, ctx.drain.clone()));
         } else {
-            let (tcp, host, drain) = (tcp.clone(), host.clone(), drain.clone());
+            let info = svc.map_or_else(
+                || DestinationInfo::new(&target.host, "unknown"),
+                DestinationInfo::for_service,
+            );
+            let conn = telemetry.connected(&info);
+            let (tcp, target, drain) = (tcp.clone(), target.clone(), ctx.drain.clone());
             tokio::spawn(async move {
                 let _guard = drain.guard();
-                outbound_tcp(local, &tcp, &host, port).await;
+                outbound_tcp(local, conn, &tcp, &target).await;
             });
         }
     })
     .await;
 }
 
-async fn outbound_tcp(mut local: TcpStream, tcp: &TcpRouter, host: &str, port: u16) {
+async fn outbound_tcp(
+    local: TcpStream,
+    mut conn: TcpConnection,
+    tcp: &TcpRouter,
+    target: &OutboundTarget,
+) {
+    let (host, port) = (target.host.as_str(), target.port);
     let mut up = match tcp.connect(host, port).await {
         Ok(c) => c,
         Err(e) => {
+            conn.set_response_flags(e.response_flag());
             tracing::info!(host, port, reason = %e, flag = e.response_flag(), "outbound connection failed");
             return;
         }
     };
+    let mut local = conn.wrap(local);
     match tokio::io::copy_bidirectional(&mut local, &mut up.io).await {
         Ok((sent, received)) => {
             tracing::debug!(host, endpoint = %up.endpoint, sent, received, "outbound tunnel closed")
@@ -567,7 +674,7 @@ async fn outbound_tcp(mut local: TcpStream, tcp: &TcpRouter, host: &str, port: u
 #[derive(Debug, Clone)]
 struct ForceAuthority {
     authority: String,
-    inner: Router,
+    inner: Outbound,
 }
 
 impl tower::Service<Request<Incoming>> for ForceAuthority {

@@ -56,6 +56,7 @@ pub use tcp::{TcpConnection, TcpRouter};
 
 use crate::body::{BoxBody, BoxError, boxed, full};
 use crate::error::MeshError;
+use crate::telemetry::{DestinationInfo, WorkloadInfo};
 use crate::tls::MeshConnector;
 use crate::upstream::{
     EndpointConnector, PriorKnowledgeH2, Upstream, UpstreamError, hyper_upstream,
@@ -190,13 +191,16 @@ where
             let req = req.map(boxed);
             Ok(match route(&inner, req).await {
                 Ok(resp) => resp,
-                Err(e) => {
-                    tracing::info!(status = e.status().as_u16(), flag = e.response_flag(), reason = %e, "mesh answered the request itself");
-                    e.to_response()
-                }
+                Err(e) => answer(&e),
             })
         })
     }
+}
+
+/// The mesh's own answer to a failure, logged with its reason.
+fn answer(e: &MeshError) -> Response<BoxBody> {
+    tracing::info!(status = e.status().as_u16(), flag = e.response_flag(), reason = %e, "mesh answered the request itself");
+    e.to_response()
 }
 
 /// Where the request is going: host without port, and port.
@@ -504,6 +508,7 @@ async fn forward(
     rewrite::request_headers(&mut parts, rule.map(|(r, _)| r), dest);
     let path = rewrite::path(&parts, rule);
     let mut last_failed: Option<String> = None;
+    let mut last: Option<(pick::Endpoint, bool)> = None;
     let mut result = Err(MeshError::NoHealthyEndpoint {
         target: target_name.clone(),
     });
@@ -530,7 +535,10 @@ async fn forward(
             break;
         };
         let scheme = match scheme(snap, svc, &ep, dport, subset) {
-            Ok(s) => s,
+            Ok(s) => {
+                last = Some((ep.clone(), s == "https"));
+                s
+            }
             Err(why) => {
                 return Err(MeshError::CannotSecure {
                     host: dest.host.clone(),
@@ -609,7 +617,19 @@ async fn forward(
             _ => break,
         }
     }
-    let mut resp = result?;
+    // What telemetry reports as the destination of this request.
+    let mut info = DestinationInfo::for_service(svc);
+    if let Some((ep, mtls)) = &last {
+        info = info
+            .with_workload(WorkloadInfo::from_workload(&snap.workloads[ep.workload]))
+            .with_mtls(*mtls)
+            .with_upstream(&ep.key);
+    }
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => answer(&e),
+    };
+    resp.extensions_mut().insert(info);
     rewrite::response_headers(&mut resp, rule.map(|(r, _)| r), dest);
     if let Some(c) = cookie {
         if let Ok(v) = HeaderValue::from_str(&c.header) {
