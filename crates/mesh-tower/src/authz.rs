@@ -290,11 +290,6 @@ impl<S> Authorize<S> {
         AuthorizeLayer::new(store, workload).layer(inner)
     }
 
-    /// A layer that wraps services in [`Authorize`].
-    pub fn layer(store: Arc<Store>, workload: LocalWorkload) -> AuthorizeLayer {
-        AuthorizeLayer::new(store, workload)
-    }
-
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -308,6 +303,14 @@ impl<S> Authorize<S> {
     /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
+    }
+}
+
+impl Authorize<()> {
+    /// A layer that wraps services in [`Authorize`]; the same as
+    /// [`AuthorizeLayer::new`].
+    pub fn layer(store: Arc<Store>, workload: LocalWorkload) -> AuthorizeLayer {
+        AuthorizeLayer::new(store, workload)
     }
 }
 
@@ -457,5 +460,64 @@ impl HeaderValues for HeaderMapValues<'_> {
             .iter()
             .map(|v| String::from_utf8_lossy(v.as_bytes()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! With a verified identity, which only the TLS acceptor (in this
+    //! crate) can vouch for; the rest is in `tests/authz_layer.rs`.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::convert::Infallible;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db, namespace: data}
+spec:
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/api], namespaces: [shop]}}]
+    to: [{operation: {methods: [GET], hosts: [db.data]}}]
+"#;
+
+    async fn status(peer: Option<&str>, host: &str) -> u16 {
+        let store = Arc::new(Store::new());
+        store
+            .apply(mesh_core::load::load_str(
+                std::path::Path::new("p.yaml"),
+                CONFIG,
+            ))
+            .unwrap();
+        let app = tower::service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(full("ok")))
+        });
+        let svc =
+            AuthorizeLayer::new(store, LocalWorkload::labels("data", Labels::new())).layer(app);
+        let mut req = Request::get("/rows").body(()).unwrap();
+        req.headers_mut()
+            .insert(http::header::HOST, host.parse().unwrap());
+        req.extensions_mut().insert(match peer {
+            Some(id) => PeerIdentity::mtls(id.parse().unwrap()),
+            None => PeerIdentity::plaintext(),
+        });
+        tower::ServiceExt::oneshot(svc, req)
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn the_verified_identity_decides() {
+        let api = Some("spiffe://cluster.local/ns/shop/sa/api");
+        assert_eq!(status(api, "db.data").await, 200);
+        assert_eq!(status(api, "DB.data:5432").await, 200);
+        assert_eq!(status(api, "other.data").await, 403);
+        let web = Some("spiffe://cluster.local/ns/shop/sa/web");
+        assert_eq!(status(web, "db.data").await, 403);
+        assert_eq!(status(None, "db.data").await, 403);
     }
 }
