@@ -553,9 +553,9 @@ fn source_matches(s: &Source, v: &View<'_>, bias: Bias) -> bool {
 fn operation_matches(o: &Operation, v: &View<'_>, bias: Bias) -> bool {
     let (host, method, path) = match &v.http {
         Some(h) => (
-            Attr::Known(vec![h.host.to_owned()]),
-            Attr::Known(vec![h.method.to_owned()]),
-            Attr::Known(h.paths.clone()),
+            Attr::Known(vec![h.host]),
+            Attr::Known(vec![h.method]),
+            Attr::Known(h.paths.iter().map(String::as_str).collect()),
         ),
         None => (Attr::Unknown, Attr::Unknown, Attr::Unknown),
     };

@@ -2,8 +2,7 @@
 //! authorization, routing and load balancing, retries and timeouts, telemetry.
 //!
 //! Built so far: [`tls`], mesh mTLS with SPIFFE identities; [`traffic`],
-//! routing, load balancing and resilience; [`authz`], Istio's
-//! AuthorizationPolicy enforced per request; [`error`], the one place failures
+//! routing, load balancing and resilience; [`error`], the one place failures
 //! become HTTP answers.
 #![forbid(unsafe_code)]
 
