@@ -1,22 +1,87 @@
 //! AuthorizationPolicy decisions as Istio defines them: DENY policies are
 //! evaluated first, then ALLOW; a workload with no ALLOW policy allows what
 //! no DENY policy denies; with any ALLOW policy, a request is denied unless
-//! one matches. AUDIT policies never change the decision.
+//! one matches. AUDIT policies never change the decision; the first that
+//! matches is reported in [`AuthzDecision::audited_by`] for the access log.
+//! An ALLOW policy without rules (`spec: {}`) matches nothing, so it denies
+//! everything; a rule without fields (`rules: [{}]`) matches everything.
 //!
-//! Positive source fields (`principals`, `namespaces`) need a verified peer
-//! identity: a plaintext request never satisfies them. Negative fields are
-//! their negation, so `notPrincipals: ["*"]` in a DENY policy denies every
-//! request without an identity, as in Istio.
+//! Positive source fields (`principals`, `namespaces`, and the `when` keys
+//! `source.principal`, `source.namespace`) need a verified peer identity: a
+//! plaintext request never satisfies them. Negative fields are their
+//! negation, so `notPrincipals: ["*"]` in a DENY policy denies every request
+//! without an identity, as in Istio.
+//!
+//! # Doubt is resolved against the requester
+//!
+//! Where a request can be read more than one way, a DENY (or AUDIT) rule
+//! matches if it matches under *any* reading and an ALLOW rule only if it
+//! matches under *every* reading. When all readings agree this is exactly
+//! Istio's semantics; it only differs where Istio's would let a crafted
+//! request through:
+//!
+//! - **Paths** are matched after [`normalize_path`], percent-decoded once
+//!   (both the path and the pattern), as the application reads them. A path
+//!   with `;` parameters is also read with them cut off (`/admin;x` →
+//!   `/admin`). Paths compare case-sensitively, as in Istio, but a DENY
+//!   rule's `paths` (and an ALLOW rule's `notPaths`) also match
+//!   case-insensitively, so `/ADMIN` cannot slip past `DENY /admin*` on an
+//!   application that ignores case. Methods are treated the same way.
+//! - **Hosts** compare case-insensitively, with or without the port and a
+//!   trailing dot (`Example.COM.:8080` matches `example.com`).
+//! - **Repeated headers**: each value of a header is one reading, and so is
+//!   all values joined with `,` (what Envoy matches).
+//! - **Unknown facts**: an unknown source or destination IP or port
+//!   (`None`, port 0), a `when` key this mesh does not know, and at L4
+//!   ([`evaluate_tcp`]) every HTTP-only field (hosts, methods, paths, their
+//!   not-variants, `request.headers`). As Istio does for TCP, such a field
+//!   never matches in an ALLOW rule and always matches in a DENY rule.
+//!
+//! ```
+//! use std::path::Path;
+//! use mesh_core::authz::{AuthzRequest, evaluate};
+//!
+//! let yaml = r#"
+//! apiVersion: networking.istio.io/v1
+//! kind: WorkloadEntry
+//! metadata: {name: db}
+//! spec: {address: 10.0.0.9, labels: {app: db}, serviceAccount: db}
+//! ---
+//! apiVersion: security.istio.io/v1
+//! kind: AuthorizationPolicy
+//! metadata: {name: no-admin}
+//! spec:
+//!   action: DENY
+//!   rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+//! "#;
+//! let snap = mesh_core::snapshot::compile(&mesh_core::load::load_str(Path::new("p.yaml"), yaml)?)?;
+//! let (_, db) = snap.workload("db").expect("defined above");
+//! let req = AuthzRequest {
+//!     peer: None,
+//!     source_ip: Some([10, 0, 0, 1].into()),
+//!     destination_ip: None,
+//!     destination_port: 8080,
+//!     host: "db",
+//!     method: "GET",
+//!     path: "/public/..%2F%61dmin",
+//!     headers: None,
+//! };
+//! let decision = evaluate(snap.workload_policies(db), &req);
+//! assert!(!decision.allowed);
+//! assert_eq!(decision.reason, "denied by AuthorizationPolicy default/no-admin rule 0");
+//! # Ok::<(), mesh_core::error::ConfigErrors>(())
+//! ```
 
+use std::borrow::{Borrow, Cow};
 use std::net::IpAddr;
 
 use serde::Serialize;
 
 use crate::identity::SpiffeId;
+use crate::normalize::{decode_once, normalize_path, strip_params};
 use crate::resources::ResourceRef;
 use crate::resources::common::Labels;
 use crate::resources::security::{AuthzAction, Condition, Operation, Rule, Source};
-use crate::route::HeaderLookup;
 
 /// An IP address or CIDR block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,42 +156,77 @@ impl AuthzPolicy {
                 .is_none_or(|s| crate::resources::common::labels_match(s, labels))
     }
 
-    /// The index of the first rule that matches the request.
-    pub fn matching_rule(&self, req: &AuthzRequest<'_>) -> Option<usize> {
-        self.rules.iter().position(|r| rule_matches(r, req))
+    fn matching_rule(&self, view: &View<'_>) -> Option<usize> {
+        let bias = Bias::of(self.action);
+        self.rules.iter().position(|r| rule_matches(r, view, bias))
     }
 }
 
-/// What authorization looks at.
+/// Every value of a request header, for `request.headers[NAME]` conditions.
+pub trait HeaderValues {
+    /// The values of the header `name` (ASCII case-insensitive), one per
+    /// field line, in the order received; empty when absent. Values that
+    /// are not UTF-8 are passed lossily rather than dropped, so a DENY rule
+    /// on the header still sees that it is present.
+    fn header_values(&self, name: &str) -> Vec<Cow<'_, str>>;
+}
+
+impl HeaderValues for Vec<(String, String)> {
+    fn header_values(&self, name: &str) -> Vec<Cow<'_, str>> {
+        self.iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| Cow::Borrowed(v.as_str()))
+            .collect()
+    }
+}
+
+/// What authorization looks at for an HTTP request.
 #[derive(Clone, Copy)]
 pub struct AuthzRequest<'a> {
     /// The verified peer identity; `None` for plaintext.
     pub peer: Option<&'a SpiffeId>,
-    /// The peer's address.
+    /// The peer's address; `None` when unknown (see the module docs).
     pub source_ip: Option<IpAddr>,
-    /// The address the request arrived at.
+    /// The address the request arrived at; `None` when unknown.
     pub destination_ip: Option<IpAddr>,
-    /// The workload port the request arrived at.
+    /// The workload port the request arrived at; 0 when unknown.
     pub destination_port: u16,
-    /// Host header.
+    /// Host header or `:authority`.
     pub host: &'a str,
     /// Method.
     pub method: &'a str,
-    /// The normalised path, without the query.
+    /// The request path; a query is cut off. [`evaluate`] normalises it
+    /// with [`normalize_path`] (and denies a path that cannot be), so a
+    /// caller that forwards the request must forward that normalised path.
     pub path: &'a str,
-    /// Request headers (absent for TCP).
-    pub headers: Option<&'a dyn HeaderLookup>,
+    /// Request headers; `None` reads as no headers at all.
+    pub headers: Option<&'a dyn HeaderValues>,
 }
 
 impl std::fmt::Debug for AuthzRequest<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthzRequest")
             .field("peer", &self.peer)
+            .field("source_ip", &self.source_ip)
+            .field("host", &self.host)
             .field("method", &self.method)
             .field("path", &self.path)
             .field("port", &self.destination_port)
             .finish_non_exhaustive()
     }
+}
+
+/// What authorization looks at for a TCP connection (no HTTP).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionInfo<'a> {
+    /// The verified peer identity; `None` for plaintext.
+    pub peer: Option<&'a SpiffeId>,
+    /// The peer's address; `None` when unknown.
+    pub source_ip: Option<IpAddr>,
+    /// The address the connection arrived at; `None` when unknown.
+    pub destination_ip: Option<IpAddr>,
+    /// The workload port the connection arrived at; 0 when unknown.
+    pub destination_port: u16,
 }
 
 /// The outcome, naming the policy and rule that decided it.
@@ -140,170 +240,386 @@ pub struct AuthzDecision {
     pub rule: Option<usize>,
     /// Why, in words fit for a response header.
     pub reason: String,
+    /// The first AUDIT policy that matched: log the request as audited.
+    pub audited_by: Option<ResourceRef>,
 }
 
-/// Decides a request against the policies that apply to the workload.
+/// Decides an HTTP request against the policies that apply to the workload.
 pub fn evaluate<'p>(
     policies: impl IntoIterator<Item = &'p AuthzPolicy> + Clone,
     req: &AuthzRequest<'_>,
 ) -> AuthzDecision {
-    let of = |action| {
-        policies
-            .clone()
-            .into_iter()
-            .filter(move |p| p.action == action)
-    };
-    for p in of(AuthzAction::Deny) {
-        if let Some(rule) = p.matching_rule(req) {
+    let path = match normalize_path(req.path) {
+        Ok(p) => p,
+        Err(e) => {
             return AuthzDecision {
                 allowed: false,
-                policy: Some(p.source.clone()),
-                rule: Some(rule),
-                reason: format!("denied by {} rule {rule}", p.source),
+                policy: None,
+                rule: None,
+                reason: format!("the path cannot be normalised: {e}"),
+                audited_by: None,
             };
+        }
+    };
+    let decoded = decode_once(&path);
+    let mut paths = vec![decoded.to_string()];
+    if decoded.contains(';') {
+        paths.push(strip_params(&decoded));
+    }
+    let view = View {
+        peer: req.peer,
+        source_ip: req.source_ip,
+        destination_ip: req.destination_ip,
+        destination_port: req.destination_port,
+        http: Some(HttpView {
+            host: req.host,
+            method: req.method,
+            paths,
+            headers: req.headers,
+        }),
+    };
+    decide(policies, &view)
+}
+
+/// Decides a TCP connection (the L4 proxy's check): HTTP-only fields never
+/// match in ALLOW rules and always match in DENY rules, as Istio does for
+/// TCP, so `DENY paths: [/admin]` denies every connection it otherwise
+/// matches and `ALLOW methods: [GET]` allows none.
+pub fn evaluate_tcp<'p>(
+    policies: impl IntoIterator<Item = &'p AuthzPolicy> + Clone,
+    conn: &ConnectionInfo<'_>,
+) -> AuthzDecision {
+    let view = View {
+        peer: conn.peer,
+        source_ip: conn.source_ip,
+        destination_ip: conn.destination_ip,
+        destination_port: conn.destination_port,
+        http: None,
+    };
+    decide(policies, &view)
+}
+
+fn decide<'p>(
+    policies: impl IntoIterator<Item = &'p AuthzPolicy> + Clone,
+    view: &View<'_>,
+) -> AuthzDecision {
+    let audited_by = policies
+        .clone()
+        .into_iter()
+        .filter(|p| p.action == AuthzAction::Audit)
+        .find(|p| p.matching_rule(view).is_some())
+        .map(|p| p.source.clone());
+    let decision = |allowed, p: Option<&AuthzPolicy>, rule, reason| AuthzDecision {
+        allowed,
+        policy: p.map(|p| p.source.clone()),
+        rule,
+        reason,
+        audited_by: audited_by.clone(),
+    };
+    // CUSTOM cannot be loaded; one built by hand is enforced as DENY rather
+    // than ignored.
+    for p in policies
+        .clone()
+        .into_iter()
+        .filter(|p| matches!(p.action, AuthzAction::Deny | AuthzAction::Custom))
+    {
+        if let Some(rule) = p.matching_rule(view) {
+            let reason = format!("denied by {} rule {rule}", p.source);
+            return decision(false, Some(p), Some(rule), reason);
         }
     }
     let mut any_allow = false;
-    for p in of(AuthzAction::Allow) {
+    for p in policies
+        .into_iter()
+        .filter(|p| p.action == AuthzAction::Allow)
+    {
         any_allow = true;
-        if let Some(rule) = p.matching_rule(req) {
-            return AuthzDecision {
-                allowed: true,
-                policy: Some(p.source.clone()),
-                rule: Some(rule),
-                reason: format!("allowed by {} rule {rule}", p.source),
-            };
+        if let Some(rule) = p.matching_rule(view) {
+            let reason = format!("allowed by {} rule {rule}", p.source);
+            return decision(true, Some(p), Some(rule), reason);
         }
     }
     if any_allow {
-        AuthzDecision {
-            allowed: false,
-            policy: None,
-            rule: None,
-            reason: "no ALLOW policy matched".to_owned(),
-        }
+        decision(false, None, None, "no ALLOW policy matched".to_owned())
     } else {
-        AuthzDecision {
-            allowed: true,
-            policy: None,
-            rule: None,
-            reason: "no ALLOW policy applies".to_owned(),
+        decision(true, None, None, "no ALLOW policy applies".to_owned())
+    }
+}
+
+/// How a rule treats doubt: DENY and AUDIT rules match when any reading
+/// matches, ALLOW rules only when every reading does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bias {
+    Deny,
+    Allow,
+}
+
+impl Bias {
+    fn of(action: AuthzAction) -> Self {
+        match action {
+            AuthzAction::Allow => Self::Allow,
+            AuthzAction::Deny | AuthzAction::Audit | AuthzAction::Custom => Self::Deny,
         }
     }
 }
 
-fn rule_matches(rule: &Rule, req: &AuthzRequest<'_>) -> bool {
-    (rule.from.is_empty() || rule.from.iter().any(|f| source_matches(&f.source, req)))
-        && (rule.to.is_empty() || rule.to.iter().any(|t| operation_matches(&t.operation, req)))
-        && rule.when.iter().all(|c| condition_holds(c, req))
+struct View<'r> {
+    peer: Option<&'r SpiffeId>,
+    source_ip: Option<IpAddr>,
+    destination_ip: Option<IpAddr>,
+    destination_port: u16,
+    /// `None` at L4.
+    http: Option<HttpView<'r>>,
 }
 
-/// Matches Istio's string values: exact, `*`, `prefix*`, `*suffix`.
-pub fn wildcard_match(pattern: &str, value: &str) -> bool {
-    if pattern == "*" {
+struct HttpView<'r> {
+    host: &'r str,
+    method: &'r str,
+    /// The readings of the normalised path, decoded once.
+    paths: Vec<String>,
+    headers: Option<&'r dyn HeaderValues>,
+}
+
+/// An attribute of the request as a rule field sees it.
+enum Attr<T> {
+    /// Its readings (at least one).
+    Known(Vec<T>),
+    /// The request has none (no identity, no such header).
+    Absent,
+    /// Cannot be known (HTTP fields at L4, an unknown IP or port).
+    Unknown,
+}
+
+impl<T> Attr<T> {
+    fn of(v: Option<T>) -> Self {
+        v.map_or(Self::Absent, |v| Self::Known(vec![v]))
+    }
+
+    fn unknown_if_none(v: Option<T>) -> Self {
+        v.map_or(Self::Unknown, |v| Self::Known(vec![v]))
+    }
+}
+
+/// One field and its not-variant against an attribute. `m(pattern, value,
+/// case_insensitive)`; with `fold`, each value is also read ignoring case.
+fn field<T: Borrow<U>, U: ?Sized>(
+    values: &[String],
+    not_values: &[String],
+    attr: &Attr<T>,
+    bias: Bias,
+    fold: bool,
+    m: impl Fn(&str, &U, bool) -> bool,
+) -> bool {
+    if values.is_empty() && not_values.is_empty() {
         return true;
     }
-    if let Some(prefix) = pattern.strip_suffix('*') {
-        return value.starts_with(prefix);
+    let items = match attr {
+        Attr::Unknown => return bias == Bias::Deny,
+        Attr::Absent => return values.is_empty(),
+        Attr::Known(items) => items,
+    };
+    let modes: &[bool] = if fold { &[false, true] } else { &[false] };
+    let readings = || {
+        items
+            .iter()
+            .flat_map(move |v| modes.iter().map(move |ci| (v, *ci)))
+    };
+    let pos = |(v, ci): (&T, bool)| values.iter().any(|p| m(p, v.borrow(), ci));
+    let neg = |(v, ci): (&T, bool)| !not_values.iter().any(|p| m(p, v.borrow(), ci));
+    match bias {
+        Bias::Deny => {
+            (values.is_empty() || readings().any(pos))
+                && (not_values.is_empty() || readings().any(neg))
+        }
+        Bias::Allow => {
+            (values.is_empty() || readings().all(pos))
+                && (not_values.is_empty() || readings().all(neg))
+        }
     }
-    if let Some(suffix) = pattern.strip_prefix('*') {
-        return value.ends_with(suffix);
+}
+
+fn rule_matches(rule: &Rule, v: &View<'_>, bias: Bias) -> bool {
+    (rule.from.is_empty() || rule.from.iter().any(|f| source_matches(&f.source, v, bias)))
+        && (rule.to.is_empty()
+            || rule
+                .to
+                .iter()
+                .any(|t| operation_matches(&t.operation, v, bias)))
+        && rule.when.iter().all(|c| condition_holds(c, v, bias))
+}
+
+/// Matches Istio's string values: exact, `*`, `*suffix`, `prefix*` (a
+/// leading `*` is read first, as Istio does).
+pub fn wildcard_match(pattern: &str, value: &str) -> bool {
+    wildcard(pattern, value, false)
+}
+
+fn wildcard(pattern: &str, value: &str, ci: bool) -> bool {
+    let eq = |a: &[u8], b: &[u8]| {
+        if ci {
+            a.eq_ignore_ascii_case(b)
+        } else {
+            a == b
+        }
+    };
+    let (p, v) = (pattern.as_bytes(), value.as_bytes());
+    if pattern == "*" {
+        true
+    } else if let Some(suffix) = p.strip_prefix(b"*") {
+        v.len() >= suffix.len() && eq(&v[v.len() - suffix.len()..], suffix)
+    } else if let Some(prefix) = p.strip_suffix(b"*") {
+        v.len() >= prefix.len() && eq(&v[..prefix.len()], prefix)
+    } else {
+        eq(p, v)
     }
+}
+
+fn ip_match(block: &str, ip: &IpAddr, _ci: bool) -> bool {
+    IpBlock::parse(block).is_some_and(|b| b.contains(*ip))
+}
+
+fn exact(pattern: &str, value: &str, _ci: bool) -> bool {
     pattern == value
 }
 
-/// Positive list: empty means "no constraint"; otherwise some value must
-/// match a present attribute. Negative list: no value may match.
-fn list(
-    values: &[String],
-    not_values: &[String],
-    attr: Option<&str>,
-    f: impl Fn(&str, &str) -> bool,
-) -> bool {
-    let pos = values.is_empty() || attr.is_some_and(|a| values.iter().any(|v| f(v, a)));
-    let neg = not_values.is_empty() || !attr.is_some_and(|a| not_values.iter().any(|v| f(v, a)));
-    pos && neg
+fn str_match(pattern: &str, value: &str, ci: bool) -> bool {
+    wildcard(pattern, value, ci)
 }
 
-fn source_matches(s: &Source, req: &AuthzRequest<'_>) -> bool {
-    let principal = req.peer.map(SpiffeId::principal);
-    let namespace = req.peer.and_then(SpiffeId::namespace);
-    let ip = |blocks: &[String]| {
-        req.source_ip.is_some_and(|ip| {
-            blocks
-                .iter()
-                .any(|b| IpBlock::parse(b).is_some_and(|b| b.contains(ip)))
-        })
+fn path_match(pattern: &str, value: &str, ci: bool) -> bool {
+    wildcard(&decode_once(pattern), value, ci)
+}
+
+/// `host[:port]` as the name (without a trailing dot) and the port.
+fn split_host(host: &str) -> (&str, Option<&str>) {
+    let (name, port) = if host.starts_with('[') {
+        match host.find(']') {
+            Some(i) => (&host[..=i], host[i + 1..].strip_prefix(':')),
+            None => (host, None),
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (name, Some(port)),
+            _ => (host, None),
+        }
     };
-    list(
+    (name.strip_suffix('.').unwrap_or(name), port)
+}
+
+/// Case-insensitive; a pattern without a port matches any port.
+fn host_match(pattern: &str, host: &str, _ci: bool) -> bool {
+    let (pn, pp) = split_host(pattern);
+    let (hn, hp) = split_host(host);
+    wildcard(pn, hn, true) && (pp.is_none() || pp == hp)
+}
+
+fn principal(v: &View<'_>) -> Attr<String> {
+    Attr::of(v.peer.map(SpiffeId::principal))
+}
+
+fn namespace(v: &View<'_>) -> Attr<String> {
+    Attr::of(v.peer.and_then(SpiffeId::namespace).map(str::to_owned))
+}
+
+fn port(v: &View<'_>) -> Attr<String> {
+    Attr::unknown_if_none((v.destination_port != 0).then(|| v.destination_port.to_string()))
+}
+
+fn source_matches(s: &Source, v: &View<'_>, bias: Bias) -> bool {
+    field(
         &s.principals,
         &s.not_principals,
-        principal.as_deref(),
-        wildcard_match,
-    ) && list(&s.namespaces, &s.not_namespaces, namespace, wildcard_match)
-        && (s.ip_blocks.is_empty() || ip(&s.ip_blocks))
-        && (s.not_ip_blocks.is_empty() || !ip(&s.not_ip_blocks))
+        &principal(v),
+        bias,
+        false,
+        str_match,
+    ) && field(
+        &s.namespaces,
+        &s.not_namespaces,
+        &namespace(v),
+        bias,
+        false,
+        str_match,
+    ) && field(
+        &s.ip_blocks,
+        &s.not_ip_blocks,
+        &Attr::unknown_if_none(v.source_ip),
+        bias,
+        false,
+        ip_match,
+    )
 }
 
-fn host_match(pattern: &str, host: &str) -> bool {
-    let p = pattern.to_ascii_lowercase();
-    let h = host.to_ascii_lowercase();
-    wildcard_match(&p, &h)
-        || h.rsplit_once(':')
-            .is_some_and(|(name, _)| wildcard_match(&p, name))
-}
-
-fn operation_matches(o: &Operation, req: &AuthzRequest<'_>) -> bool {
-    let port = req.destination_port.to_string();
-    list(&o.hosts, &o.not_hosts, Some(req.host), host_match)
-        && list(&o.ports, &o.not_ports, Some(&port), |v, a| v == a)
-        && list(&o.methods, &o.not_methods, Some(req.method), wildcard_match)
-        && list(&o.paths, &o.not_paths, Some(req.path), wildcard_match)
-}
-
-fn condition_holds(c: &Condition, req: &AuthzRequest<'_>) -> bool {
-    let ip_in = |ip: Option<IpAddr>, vals: &[String]| {
-        ip.is_some_and(|ip| {
-            vals.iter()
-                .any(|v| IpBlock::parse(v).is_some_and(|b| b.contains(ip)))
-        })
-    };
-    match c.key.as_str() {
-        "source.ip" => {
-            (c.values.is_empty() || ip_in(req.source_ip, &c.values))
-                && (c.not_values.is_empty() || !ip_in(req.source_ip, &c.not_values))
-        }
-        "destination.ip" => {
-            (c.values.is_empty() || ip_in(req.destination_ip, &c.values))
-                && (c.not_values.is_empty() || !ip_in(req.destination_ip, &c.not_values))
-        }
-        "destination.port" => {
-            let port = req.destination_port.to_string();
-            list(&c.values, &c.not_values, Some(&port), |v, a| v == a)
-        }
-        "source.principal" => {
-            let p = req.peer.map(SpiffeId::principal);
-            list(&c.values, &c.not_values, p.as_deref(), wildcard_match)
-        }
-        "source.namespace" => list(
-            &c.values,
-            &c.not_values,
-            req.peer.and_then(SpiffeId::namespace),
-            wildcard_match,
+fn operation_matches(o: &Operation, v: &View<'_>, bias: Bias) -> bool {
+    let (host, method, path) = match &v.http {
+        Some(h) => (
+            Attr::Known(vec![h.host]),
+            Attr::Known(vec![h.method]),
+            Attr::Known(h.paths.iter().map(String::as_str).collect()),
         ),
-        key => match key
-            .strip_prefix("request.headers[")
-            .and_then(|k| k.strip_suffix(']'))
-        {
-            Some(name) => {
-                let v = req.headers.and_then(|h| h.header(name));
-                list(&c.values, &c.not_values, v, wildcard_match)
-            }
-            // Validation refuses other keys; a key that slipped through
-            // never matches, and for DENY that is caught by validation only,
-            // so the loader is what keeps this closed.
-            None => false,
-        },
+        None => (Attr::Unknown, Attr::Unknown, Attr::Unknown),
+    };
+    field(&o.hosts, &o.not_hosts, &host, bias, false, host_match)
+        && field(&o.ports, &o.not_ports, &port(v), bias, false, exact)
+        && field(&o.methods, &o.not_methods, &method, bias, true, str_match)
+        && field(&o.paths, &o.not_paths, &path, bias, true, path_match)
+}
+
+fn condition_holds(c: &Condition, v: &View<'_>, bias: Bias) -> bool {
+    let (vals, nots) = (&c.values, &c.not_values);
+    match c.key.as_str() {
+        "source.ip" => field(
+            vals,
+            nots,
+            &Attr::unknown_if_none(v.source_ip),
+            bias,
+            false,
+            ip_match,
+        ),
+        "destination.ip" => field(
+            vals,
+            nots,
+            &Attr::unknown_if_none(v.destination_ip),
+            bias,
+            false,
+            ip_match,
+        ),
+        "destination.port" => field(vals, nots, &port(v), bias, false, exact),
+        "source.principal" => field(vals, nots, &principal(v), bias, false, str_match),
+        "source.namespace" => field(vals, nots, &namespace(v), bias, false, str_match),
+        key => {
+            let attr = match (
+                key.strip_prefix("request.headers[")
+                    .and_then(|k| k.strip_suffix(']')),
+                &v.http,
+            ) {
+                (Some(name), Some(http)) => header_attr(http.headers, name),
+                // HTTP-only at L4; a key the loader should have refused.
+                _ => Attr::Unknown,
+            };
+            field(vals, nots, &attr, bias, false, str_match)
+        }
+    }
+}
+
+fn header_attr(headers: Option<&dyn HeaderValues>, name: &str) -> Attr<String> {
+    let values: Vec<String> = headers
+        .map(|h| {
+            h.header_values(name)
+                .into_iter()
+                .map(Cow::into_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    match values.len() {
+        0 => Attr::Absent,
+        1 => Attr::Known(values),
+        _ => {
+            let joined = values.join(",");
+            let mut readings = values;
+            readings.push(joined);
+            Attr::Known(readings)
+        }
     }
 }
 

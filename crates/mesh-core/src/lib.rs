@@ -56,6 +56,7 @@ pub mod explain;
 pub mod identity;
 pub mod load;
 pub mod meshconfig;
+pub mod normalize;
 pub mod outlier;
 pub mod resources;
 pub mod retry;

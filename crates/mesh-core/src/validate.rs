@@ -561,13 +561,27 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
             }
             for (name, values) in [("paths", &o.paths), ("notPaths", &o.not_paths)] {
                 for (k, v) in values.iter().enumerate() {
-                    if !(v.starts_with('/') || v.starts_with('*')) {
-                        c.err(
-                            format!("{f}.{name}[{k}]"),
-                            format!("`{v}` must start with '/' or '*'"),
-                        );
+                    if let Err(why) = path_pattern(v) {
+                        c.err(format!("{f}.{name}[{k}]"), format!("`{v}` {why}"));
                     }
                 }
+            }
+            if [
+                &o.hosts,
+                &o.not_hosts,
+                &o.ports,
+                &o.not_ports,
+                &o.methods,
+                &o.not_methods,
+                &o.paths,
+                &o.not_paths,
+            ]
+            .iter()
+            .all(|v| v.is_empty())
+            {
+                // Istio refuses it too; read as "any operation" it would
+                // widen an ALLOW rule.
+                c.err(f, "an operation needs at least one field");
             }
         }
         for (j, cond) in rule.when.iter().enumerate() {
@@ -575,9 +589,24 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
             let header = cond
                 .key
                 .strip_prefix("request.headers[")
-                .and_then(|k| k.strip_suffix(']'))
-                .is_some_and(|k| !k.is_empty());
-            if !header && !WHEN_KEYS.contains(&cond.key.as_str()) {
+                .and_then(|k| k.strip_suffix(']'));
+            if let Some(name) = header {
+                if name.is_empty() || !name.bytes().all(is_tchar) {
+                    // Pseudo-headers (`:authority`) and the like are not
+                    // request headers here; a DENY on one would never match.
+                    c.err(
+                        format!("{f}.key"),
+                        format!("`{name}` is not an HTTP header name"),
+                    );
+                }
+            }
+            if matches!(cond.key.as_str(), "source.principal" | "source.namespace")
+                || header.is_some()
+            {
+                wildcard_values(c, &format!("{f}.values"), &cond.values);
+                wildcard_values(c, &format!("{f}.notValues"), &cond.not_values);
+            }
+            if header.is_none() && !WHEN_KEYS.contains(&cond.key.as_str()) {
                 c.err(
                     format!("{f}.key"),
                     format!(
@@ -611,18 +640,83 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
     }
 }
 
-/// Istio allows `*` only as a whole value, a prefix or a suffix.
+/// Istio allows `*` only as a whole value, a prefix or a suffix. Both
+/// (`*admin*`) Istio reads as a suffix match on `admin*`, which is not what
+/// anyone means, so it is refused.
 fn wildcard_values(c: &mut Checker<'_>, f: &str, values: &[String]) {
     for (k, v) in values.iter().enumerate() {
         let inner = v.strip_prefix('*').unwrap_or(v);
         let inner = inner.strip_suffix('*').unwrap_or(inner);
         if v.is_empty() {
             c.err(format!("{f}[{k}]"), "is empty");
-        } else if inner.contains('*') {
+        } else if v.contains("{*}") || v.contains("{**}") {
             c.err(
                 format!("{f}[{k}]"),
-                format!("`{v}`: `*` is allowed only at the start or the end"),
+                format!("`{v}`: path templates ({{*}}, {{**}}) are not supported"),
+            );
+        } else if inner.contains('*') || (v != "*" && v.starts_with('*') && v.ends_with('*')) {
+            c.err(
+                format!("{f}[{k}]"),
+                format!("`{v}`: `*` is allowed only once, at the start or the end"),
             );
         }
     }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A path pattern must be able to match a normalised path: requests are
+/// matched after [`crate::normalize::normalize_path`], so a pattern that is
+/// not in that form (`/a/../b`, `//a`, `/a?x`) would silently never match,
+/// and in a DENY policy that means a rule that is not enforced.
+fn path_pattern(v: &str) -> Result<(), String> {
+    let (partial_first, rest) = match v.strip_prefix('*') {
+        Some(rest) => (true, rest),
+        None if v.starts_with('/') => (false, v),
+        None => return Err("must start with '/' or '*'".to_owned()),
+    };
+    let (partial_last, fixed) = match rest.strip_suffix('*') {
+        Some(fixed) => (true, fixed),
+        None => (false, rest),
+    };
+    if let Some(ch) = fixed
+        .chars()
+        .find(|ch| matches!(ch, '?' | '#' | '\\') || ch.is_control())
+    {
+        return Err(format!(
+            "contains {ch:?}, which a normalised path never does (queries are not matched)"
+        ));
+    }
+    let b = fixed.as_bytes();
+    for (i, _) in fixed.match_indices('%') {
+        let ok = b
+            .get(i + 1..i + 3)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit) && h != b"00");
+        if !ok {
+            return Err(format!("has an invalid percent-encoding at byte {i}"));
+        }
+    }
+    // Requests are matched decoded once; so is the pattern.
+    let decoded = crate::normalize::decode_once(fixed);
+    if decoded.contains('\\') {
+        return Err("contains an encoded '\\', which a normalised path never does".to_owned());
+    }
+    let segments: Vec<&str> = decoded.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, seg) in segments.iter().enumerate() {
+        let partial = (i == 0 && partial_first) || (i == last && partial_last);
+        // The first segment of a pattern starting with '/' is the empty
+        // string before it.
+        let leading = i == 0 && !partial_first;
+        let inner_empty = seg.is_empty() && !leading && i != last;
+        if !partial && (matches!(*seg, "." | "..") || inner_empty) {
+            return Err(
+                "is not a normalised path (no `.` or `..` segments, no `//`): it would never match"
+                    .to_owned(),
+            );
+        }
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 //! trace propagation.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod body;
 pub mod error;
 pub mod telemetry;
