@@ -425,18 +425,24 @@ fn bad_request(reason: String) -> Response<BoxBody> {
 }
 
 /// `:authority` (or an absolute URI's authority), else the one Host header.
+/// Two Host headers, or a Host header that disagrees with the authority,
+/// are refused: the policy and the app could each read a different one.
 fn host_of<B>(req: &Request<B>) -> Result<String, &'static str> {
-    if let Some(a) = req.uri().authority() {
-        return Ok(a.as_str().to_owned());
-    }
     let mut hosts = req.headers().get_all(http::header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) => Ok(String::new()),
-        (Some(h), None) => h
-            .to_str()
-            .map(str::to_owned)
-            .map_err(|_| "the Host header is not valid text"),
-        (Some(_), Some(_)) => Err("more than one Host header"),
+    let header = match (hosts.next(), hosts.next()) {
+        (None, _) => None,
+        (Some(h), None) => Some(
+            h.to_str()
+                .map_err(|_| "the Host header is not valid text")?,
+        ),
+        (Some(_), Some(_)) => return Err("more than one Host header"),
+    };
+    match (req.uri().authority(), header) {
+        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h) => {
+            Err("the Host header and the request target name different hosts")
+        }
+        (Some(a), _) => Ok(a.as_str().to_owned()),
+        (None, h) => Ok(h.unwrap_or_default().to_owned()),
     }
 }
 

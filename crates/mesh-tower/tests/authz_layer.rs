@@ -198,7 +198,19 @@ async fn paths_that_cannot_be_checked_get_400() {
     let (status, reason, _) = send(svc.clone(), req).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(reason.unwrap(), "more than one Host header");
-    assert_eq!(app.calls.load(Ordering::SeqCst), 0);
+    let mut req = get("http://blog.example.test/");
+    req.headers_mut()
+        .insert("host", "admin.example.test".parse().unwrap());
+    let (status, reason, _) = send(svc.clone(), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(reason.unwrap().contains("different hosts"));
+    let mut req = get("http://blog.example.test/");
+    req.headers_mut()
+        .insert("host", "Blog.Example.test".parse().unwrap());
+    req.extensions_mut()
+        .insert(LocalAddr("10.0.0.9:8080".parse().unwrap()));
+    assert_eq!(send(svc.clone(), req).await.0, StatusCode::OK);
+    assert_eq!(app.calls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
