@@ -26,17 +26,17 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use mesh_core::authz::{AuthzRequest, evaluate};
 use mesh_core::resources::networking::Protocol;
 use mesh_core::resources::security::MtlsMode;
 use mesh_core::store::Store;
+use mesh_tower::authz::{AuthorizeLayer, LocalAddr, LocalWorkload};
 use mesh_tower::body::{BoxBody, boxed};
 use mesh_tower::error::MeshError;
 use mesh_tower::telemetry::{
     DestinationInfo, Registry, TcpConnection, TcpTelemetry, TelemetryLayer, WorkloadInfo,
 };
 use mesh_tower::tls::{MeshAcceptor, MeshConnector, PeerIdentity, TlsMode};
-use mesh_tower::traffic::{Router, RouterConfig, TcpRouter};
+use mesh_tower::traffic::{ClientAddr, Router, RouterConfig, TcpRouter};
 use mesh_tower::upstream::error_chain;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -319,13 +319,51 @@ pub(crate) type Outbound =
 /// The inbound HTTP stack: telemetry (reporter `destination`) around
 /// authorization and forwarding. Boxed here, outside any async block, so the
 /// connection futures stay provably `Send`.
-fn inbound_stack(svc: InboundHttp, registry: Registry, local: WorkloadInfo) -> Outbound {
+fn inbound_stack(svc: InboundHttp, ctx: &Ctx, local: WorkloadInfo, facts: ConnFacts) -> Outbound {
+    let authz = AuthorizeLayer::new(ctx.store.clone(), LocalWorkload::named(ctx.key.clone()))
+        .with_port(facts.local.port());
     tower::util::BoxCloneSyncService::new(
         tower::ServiceBuilder::new()
             .map_response(crate::runtime::box_response)
-            .layer(TelemetryLayer::inbound(registry, local))
+            .map_request(move |mut req: Request<Incoming>| {
+                // A mesh peer sends HTTP/2 with `:authority` naming the
+                // endpoint it dialled (this listener) beside the Host the
+                // caller meant. That authority is transport, not routing:
+                // drop it so Host alone names the service, for
+                // authorization and the app alike.
+                if names_listener(req.uri(), facts.local) {
+                    if let Some(pq) = req.uri().path_and_query().cloned() {
+                        *req.uri_mut() = Uri::from(pq);
+                    }
+                }
+                let ext = req.extensions_mut();
+                ext.insert(facts.peer.clone());
+                ext.insert(ClientAddr(facts.remote));
+                ext.insert(LocalAddr(facts.local));
+                req
+            })
+            .layer(TelemetryLayer::inbound(ctx.registry.clone(), local))
+            .layer(authz)
             .service(svc),
     )
+}
+
+/// Does the URI's authority name this listener (`ip:port`)?
+fn names_listener(uri: &Uri, local: SocketAddr) -> bool {
+    let Some(a) = uri.authority() else {
+        return false;
+    };
+    let host = a.host().trim_matches(['[', ']']);
+    host.parse::<IpAddr>().is_ok_and(|ip| ip == local.ip())
+        && a.port_u16().is_none_or(|p| p == local.port())
+}
+
+/// What is known of an inbound connection, given to every request on it.
+#[derive(Debug, Clone)]
+struct ConnFacts {
+    peer: PeerIdentity,
+    remote: SocketAddr,
+    local: SocketAddr,
 }
 
 pub(crate) fn outbound_stack(router: Router, registry: Registry, local: WorkloadInfo) -> Outbound {
@@ -376,6 +414,7 @@ async fn inbound_loop(listener: TcpListener, port: InboundPort, ctx: Ctx, accept
         };
         let mode = snap.inbound_mode(w, port.port).mode;
         let acceptor = acceptors.for_mode(mode).clone();
+        let local_addr = tcp.local_addr().unwrap_or(remote);
         let (ctx, port, client) = (ctx.clone(), port.clone(), app_client.clone());
         tokio::spawn(async move {
             let guard = ctx.drain.guard();
@@ -391,20 +430,12 @@ async fn inbound_loop(listener: TcpListener, port: InboundPort, ctx: Ctx, accept
                 drop(guard);
                 let h2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
                 let local = local_info(&ctx.store, &ctx.key);
-                let svc = InboundHttp {
-                    store: ctx.store.clone(),
-                    key: ctx.key.clone(),
-                    port: port.port,
-                    app: port.app,
-                    client,
-                    peer,
-                    remote,
-                    h2,
-                };
-                let svc = inbound_stack(svc, ctx.registry.clone(), local);
+                let facts = ConnFacts { peer: peer.clone(), remote, local: local_addr };
+                let svc = InboundHttp { app: port.app, client, peer, h2 };
+                let svc = inbound_stack(svc, &ctx, local, facts);
                 serve_http(stream, svc, ctx.drain.clone()).await;
             } else {
-                inbound_tcp(stream, &peer, remote, &ctx, &port).await;
+                inbound_tcp(stream, &peer, (remote, local_addr), &ctx, &port).await;
                 drop(guard);
             }
         });
@@ -415,44 +446,33 @@ async fn inbound_loop(listener: TcpListener, port: InboundPort, ctx: Ctx, accept
 async fn inbound_tcp<IO>(
     stream: IO,
     peer: &PeerIdentity,
-    remote: SocketAddr,
+    (remote, local_addr): (SocketAddr, SocketAddr),
     ctx: &Ctx,
     port: &InboundPort,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (decision, service) = {
+    let service = {
         let snap = ctx.store.load();
-        let Some((_, w)) = snap.workload(&ctx.key) else {
-            return;
-        };
-        let service = snap
-            .services
+        snap.services
             .values()
             .find(|s| {
                 s.workloads
                     .iter()
                     .any(|i| snap.workloads[*i].key == ctx.key)
             })
-            .map(DestinationInfo::for_service);
-        let req = AuthzRequest {
-            peer: peer.spiffe_id(),
-            source_ip: Some(remote.ip()),
-            destination_ip: w.address.parse().ok(),
-            destination_port: port.port,
-            host: "",
-            method: "",
-            path: "",
-            headers: None,
-        };
-        (evaluate(snap.workload_policies(w), &req), service)
+            .map(DestinationInfo::for_service)
     };
+    // Istio's TCP rules: HTTP-only fields never allow, always deny.
+    let decision = AuthorizeLayer::new(ctx.store.clone(), LocalWorkload::named(ctx.key.clone()))
+        .with_port(port.port)
+        .check_connection(peer.spiffe_id(), Some(remote), Some(local_addr));
     let local = local_info(&ctx.store, &ctx.key);
     let mut conn =
         TcpTelemetry::inbound(ctx.registry.clone(), local).accepted(peer, service.as_ref());
     if !decision.allowed {
+        // check_connection logged the refusal.
         conn.set_response_flags("RBAC");
-        tracing::info!(target: "mesh::authz", %remote, peer = ?peer.spiffe_id().map(ToString::to_string), port = port.port, reason = %decision.reason, "connection denied");
         return;
     }
     let mut app = match TcpStream::connect(port.app).await {
@@ -471,16 +491,12 @@ async fn inbound_tcp<IO>(
     }
 }
 
-/// Inbound HTTP: authorize, then forward to the app.
+/// Inbound HTTP, after authorization: forward to the app.
 #[derive(Debug, Clone)]
 struct InboundHttp {
-    store: Arc<Store>,
-    key: String,
-    port: u16,
     app: SocketAddr,
     client: Client<HttpConnector, BoxBody>,
     peer: PeerIdentity,
-    remote: SocketAddr,
     h2: bool,
 }
 
@@ -506,42 +522,6 @@ where
 
 impl InboundHttp {
     async fn handle(self, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, MeshError> {
-        let decision = {
-            let snap = self.store.load();
-            let (_, w) = snap.workload(&self.key).ok_or_else(|| {
-                MeshError::Denied(format!("workload {} is not in the configuration", self.key))
-            })?;
-            let headers: Vec<(String, String)> = req
-                .headers()
-                .iter()
-                .filter_map(|(k, v)| {
-                    v.to_str()
-                        .ok()
-                        .map(|v| (k.as_str().to_owned(), v.to_owned()))
-                })
-                .collect();
-            let host = req
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            let areq = AuthzRequest {
-                peer: self.peer.spiffe_id(),
-                source_ip: Some(self.remote.ip()),
-                destination_ip: w.address.parse().ok(),
-                destination_port: self.port,
-                host: &host,
-                method: req.method().as_str(),
-                path: req.uri().path(),
-                headers: Some(&headers),
-            };
-            evaluate(snap.workload_policies(w), &areq)
-        };
-        if !decision.allowed {
-            tracing::info!(target: "mesh::authz", peer = ?self.peer.spiffe_id().map(ToString::to_string), method = %req.method(), path = %req.uri().path(), reason = %decision.reason, "request denied");
-            return Err(MeshError::Denied(decision.reason));
-        }
         let pq = req
             .uri()
             .path_and_query()
