@@ -121,19 +121,33 @@ impl Scenario {
             .args(extra)
             // Four at a time, as PHP has four workers per version.
             .args(["-Z", "--parallel-max", "4"])
-            .args(["-w", "%{http_code} %header{x-app-version}\\n", "-o"])
+            .args([
+                "-w",
+                "%{http_code} %{url_effective} %header{x-app-version}\\n",
+                "-o",
+            ])
             .arg(out_dir.join("#1.html"))
             .arg(format!("https://{HOST}:{HTTPS}{path}?n=[1-{n}]"))
             .output()
             .unwrap();
-        let lines: Vec<(u16, String)> = String::from_utf8_lossy(&out.stdout)
+        // Parallel transfers finish in any order: put the answers back in
+        // request order by the `n` in each URL.
+        let mut lines: Vec<(usize, u16, String)> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| {
-                let (code, version) = l.split_once(' ').unwrap_or((l, ""));
-                (code.parse().unwrap_or(0), version.trim().to_owned())
+                let mut parts = l.splitn(3, ' ');
+                let code = parts.next().unwrap_or("").parse().unwrap_or(0);
+                let url = parts.next().unwrap_or("");
+                let index = url
+                    .rsplit("n=")
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                (index, code, parts.next().unwrap_or("").trim().to_owned())
             })
             .collect();
-        (lines, out_dir)
+        lines.sort_by_key(|(i, _, _)| *i);
+        (lines.into_iter().map(|(_, c, v)| (c, v)).collect(), out_dir)
     }
 
     fn metrics(&self, admin: u16) -> String {

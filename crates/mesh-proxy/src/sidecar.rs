@@ -29,7 +29,7 @@ use hyper_util::rt::TokioExecutor;
 use mesh_core::resources::networking::Protocol;
 use mesh_core::resources::security::MtlsMode;
 use mesh_core::store::Store;
-use mesh_tower::authz::{AuthorizeLayer, LocalAddr, LocalWorkload};
+use mesh_tower::authz::{AuthorizeLayer, LocalAddr, LocalWorkload, drop_transport_authority};
 use mesh_tower::body::{BoxBody, boxed};
 use mesh_tower::error::MeshError;
 use mesh_tower::telemetry::{
@@ -326,16 +326,7 @@ fn inbound_stack(svc: InboundHttp, ctx: &Ctx, local: WorkloadInfo, facts: ConnFa
         tower::ServiceBuilder::new()
             .map_response(crate::runtime::box_response)
             .map_request(move |mut req: Request<Incoming>| {
-                // A mesh peer sends HTTP/2 with `:authority` naming the
-                // endpoint it dialled (this listener) beside the Host the
-                // caller meant. That authority is transport, not routing:
-                // drop it so Host alone names the service, for
-                // authorization and the app alike.
-                if names_listener(req.uri(), facts.local) {
-                    if let Some(pq) = req.uri().path_and_query().cloned() {
-                        *req.uri_mut() = Uri::from(pq);
-                    }
-                }
+                drop_transport_authority(&mut req, facts.local);
                 let ext = req.extensions_mut();
                 ext.insert(facts.peer.clone());
                 ext.insert(ClientAddr(facts.remote));
@@ -346,16 +337,6 @@ fn inbound_stack(svc: InboundHttp, ctx: &Ctx, local: WorkloadInfo, facts: ConnFa
             .layer(authz)
             .service(svc),
     )
-}
-
-/// Does the URI's authority name this listener (`ip:port`)?
-fn names_listener(uri: &Uri, local: SocketAddr) -> bool {
-    let Some(a) = uri.authority() else {
-        return false;
-    };
-    let host = a.host().trim_matches(['[', ']']);
-    host.parse::<IpAddr>().is_ok_and(|ip| ip == local.ip())
-        && a.port_u16().is_none_or(|p| p == local.port())
 }
 
 /// What is known of an inbound connection, given to every request on it.

@@ -469,6 +469,24 @@ impl HeaderValues for HeaderMapValues<'_> {
     }
 }
 
+/// Drops a request's URI authority when it names `local`, the listener the
+/// request arrived on. A mesh peer speaking HTTP/2 sends `:authority` naming
+/// the endpoint it dialled beside the Host the caller meant; that authority
+/// is transport, not routing, and would otherwise disagree with Host (which
+/// [`Authorize`] refuses). Any other authority is kept, and checked.
+pub fn drop_transport_authority<B>(req: &mut Request<B>, local: SocketAddr) {
+    let names_listener = req.uri().authority().is_some_and(|a| {
+        let host = a.host().trim_matches(['[', ']']);
+        host.parse::<IpAddr>().is_ok_and(|ip| ip == local.ip())
+            && a.port_u16().is_none_or(|p| p == local.port())
+    });
+    if names_listener {
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = Uri::from(pq);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! With a verified identity, which only the TLS acceptor (in this

@@ -1,0 +1,602 @@
+//! The proxyless front door: a Rust service gets the whole mesh in-process,
+//! with no sidecar and no extra hop.
+//!
+//! [`Mesh::builder`] reads the configuration (Istio YAML, watched for
+//! changes), names the workload, and gets its identity (files, a
+//! [`CredentialStore`] you manage, or mesh-ca with a join token). Then:
+//!
+//! - [`Mesh::client`] is a tower `Service` that routes, secures (mTLS with
+//!   secure naming) and measures outbound calls by service host, carrying
+//!   the trace of the request being handled;
+//! - [`Mesh::serve`] serves any tower/hyper/axum/tonic service behind the
+//!   mesh's acceptor (the PeerAuthentication mode of the port, read per
+//!   connection), authorization and telemetry, with graceful shutdown.
+//!
+//! ```no_run
+//! use mesh_tower::Mesh;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let mesh = Mesh::builder()
+//!     .config("mesh/")                          // Istio YAML, reloaded on change
+//!     .workload("default", "reviews-v1")         // our WorkloadEntry
+//!     .identity_files("id/cert.pem", "id/key.pem", "id/bundle.pem")
+//!     .build()
+//!     .await?;
+//!
+//! // Inbound: mTLS, AuthorizationPolicy and Istio metrics around any service.
+//! let app = tower::service_fn(|_req: http::Request<mesh_tower::body::BoxBody>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(mesh_tower::body::full("hello")))
+//! });
+//! let server = mesh.serve("127.0.0.1:9080".parse()?, app).await?;
+//!
+//! // Outbound: by service host; routed, secured, measured.
+//! let req = http::Request::get("http://ratings/").body(mesh_tower::body::empty())?;
+//! let resp = mesh.client().oneshot(req).await?;
+//! println!("{} via the mesh", resp.status());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use mesh_ca::{
+    CaClient, CertManager, CredentialStore, FileSource, ManagerConfig, TrustBundle, TrustBundleSet,
+};
+use mesh_core::identity::SpiffeId;
+use mesh_core::resources::security::MtlsMode;
+use mesh_core::store::{FileSource as ConfigFiles, FileWatcher, Store};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::authz::{AuthorizeLayer, LocalAddr, LocalWorkload, drop_transport_authority};
+use crate::body::{BoxBody, BoxError, boxed, full};
+use crate::telemetry::{MetricsService, Registry, Telemetry, TelemetryLayer, WorkloadInfo};
+use crate::tls::{MeshAcceptor, MeshConnector, PeerIdentity, TlsMode};
+use crate::traffic::{ClientAddr, Router, RouterConfig};
+
+/// Why the mesh could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshStartError {
+    /// A required setting was not given.
+    #[error("missing setting: {0}")]
+    Missing(&'static str),
+    /// The configuration could not be read or is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// The workload is not in the configuration.
+    #[error("no WorkloadEntry {0} in the configuration")]
+    UnknownWorkload(String),
+    /// The identity could not be obtained.
+    #[error("identity: {0}")]
+    Identity(String),
+    /// Binding or TLS setup failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+enum IdentitySource {
+    Store(CredentialStore),
+    Files(PathBuf, PathBuf, PathBuf),
+    Ca {
+        addr: String,
+        root: PathBuf,
+        token: Option<String>,
+    },
+}
+
+/// Builds a [`Mesh`].
+#[must_use]
+pub struct MeshBuilder {
+    config: Option<PathBuf>,
+    store: Option<Arc<Store>>,
+    workload: Option<(String, String)>,
+    identity: Option<IdentitySource>,
+}
+
+impl std::fmt::Debug for MeshBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshBuilder")
+            .field("config", &self.config)
+            .field("workload", &self.workload)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshBuilder {
+    /// Reads Istio YAML from a file or folder, and reloads it on change.
+    pub fn config(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config = Some(path.into());
+        self
+    }
+
+    /// Uses a store you feed yourself (Kubernetes, xDS, tests).
+    pub fn store(mut self, store: Arc<Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Names this service's WorkloadEntry.
+    pub fn workload(mut self, namespace: &str, name: &str) -> Self {
+        self.workload = Some((namespace.to_owned(), name.to_owned()));
+        self
+    }
+
+    /// Certificate, key and trust bundle files, reloaded on change.
+    pub fn identity_files(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        bundle: impl Into<PathBuf>,
+    ) -> Self {
+        self.identity = Some(IdentitySource::Files(
+            cert.into(),
+            key.into(),
+            bundle.into(),
+        ));
+        self
+    }
+
+    /// Certificates you manage (a `CertManager` of your own, tests).
+    pub fn identity_store(mut self, store: CredentialStore) -> Self {
+        self.identity = Some(IdentitySource::Store(store));
+        self
+    }
+
+    /// mesh-ca at `addr`, trusted through its `root-cert.pem`, with a join
+    /// token for the first certificate; renewed at half-life.
+    pub fn identity_ca(
+        mut self,
+        addr: &str,
+        root: impl Into<PathBuf>,
+        token: Option<String>,
+    ) -> Self {
+        self.identity = Some(IdentitySource::Ca {
+            addr: addr.to_owned(),
+            root: root.into(),
+            token,
+        });
+        self
+    }
+
+    /// Starts the mesh: loads the configuration, finds the workload, gets
+    /// the identity.
+    pub async fn build(self) -> Result<Mesh, MeshStartError> {
+        let mut watcher = None;
+        let store = match (self.store, self.config) {
+            (Some(store), _) => store,
+            (None, Some(path)) => {
+                let source = ConfigFiles::new(path);
+                let store = Arc::new(
+                    Store::from_source(&source)
+                        .map_err(|e| MeshStartError::Config(e.to_string()))?,
+                );
+                watcher = Some(
+                    FileWatcher::spawn(store.clone(), source)
+                        .map_err(|e| MeshStartError::Config(e.to_string()))?,
+                );
+                store
+            }
+            (None, None) => return Err(MeshStartError::Missing("config or store")),
+        };
+        let (ns, name) = self.workload.ok_or(MeshStartError::Missing("workload"))?;
+        let key = format!("{ns}/{name}");
+        let (id, info) = {
+            let snap = store.load();
+            let (_, w) = snap
+                .workload(&key)
+                .ok_or_else(|| MeshStartError::UnknownWorkload(key.clone()))?;
+            (w.identity.clone(), WorkloadInfo::from_workload(w))
+        };
+        let mut keep = Keep::default();
+        let creds = match self.identity.ok_or(MeshStartError::Missing("identity"))? {
+            IdentitySource::Store(s) => s,
+            IdentitySource::Files(cert, key_file, bundle) => {
+                let w = FileSource::new(cert, key_file, bundle)
+                    .watch()
+                    .map_err(|e| MeshStartError::Identity(e.to_string()))?;
+                let s = w.store().clone();
+                keep.files = Some(Arc::new(w));
+                s
+            }
+            IdentitySource::Ca { addr, root, token } => {
+                let pem = std::fs::read(&root)
+                    .map_err(|e| MeshStartError::Identity(format!("{}: {e}", root.display())))?;
+                let bundle = TrustBundle::from_pem(&pem)
+                    .map_err(|e| MeshStartError::Identity(e.to_string()))?;
+                let bundles = TrustBundleSet::single(id.trust_domain().clone(), bundle);
+                let ca_id: SpiffeId =
+                    format!("spiffe://{}/ns/mesh-system/sa/mesh-ca", id.trust_domain())
+                        .parse()
+                        .map_err(|e: mesh_core::identity::IdError| {
+                            MeshStartError::Identity(e.to_string())
+                        })?;
+                let mut client = CaClient::new(addr, ca_id, bundles);
+                if let Some(t) = token {
+                    client = client.with_token(t);
+                }
+                let m = CertManager::start(id.clone(), Arc::new(client), ManagerConfig::default())
+                    .await
+                    .map_err(|e| MeshStartError::Identity(e.to_string()))?;
+                let s = m.store().clone();
+                keep.manager = Some(Arc::new(m));
+                s
+            }
+        };
+        if creds.load().id() != &id {
+            return Err(MeshStartError::Identity(format!(
+                "the certificate is for {}, but {key} is {id}",
+                creds.load().id()
+            )));
+        }
+        keep.config = watcher.map(Arc::new);
+        Ok(Mesh {
+            inner: Arc::new(MeshInner {
+                store,
+                key,
+                ns,
+                name,
+                info,
+                creds,
+                registry: Registry::new(),
+                _keep: keep,
+            }),
+        })
+    }
+}
+
+/// What must live as long as the mesh: watchers and the renewal task.
+#[derive(Default)]
+struct Keep {
+    config: Option<Arc<FileWatcher>>,
+    files: Option<Arc<mesh_ca::FileWatcher>>,
+    manager: Option<Arc<CertManager>>,
+}
+
+struct MeshInner {
+    store: Arc<Store>,
+    key: String,
+    ns: String,
+    name: String,
+    info: WorkloadInfo,
+    creds: CredentialStore,
+    registry: Registry,
+    _keep: Keep,
+}
+
+/// The mesh, in-process. Cheap to clone.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<MeshInner>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("workload", &self.inner.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outbound client: telemetry (with trace propagation) around the
+/// router. A tower `Service` for any request body, tonic's included.
+pub type MeshClient = Telemetry<Router>;
+
+impl Mesh {
+    /// Starts building.
+    pub fn builder() -> MeshBuilder {
+        MeshBuilder {
+            config: None,
+            store: None,
+            workload: None,
+            identity: None,
+        }
+    }
+
+    /// The configuration store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// This workload's current certificate and bundles.
+    pub fn credentials(&self) -> &CredentialStore {
+        &self.inner.creds
+    }
+
+    /// The Istio metrics of this process.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// A service answering scrapes with the metrics, for `/stats/prometheus`.
+    pub fn metrics_service(&self) -> MetricsService {
+        MetricsService::new(self.inner.registry.clone())
+    }
+
+    /// The outbound client. Address requests to service hosts
+    /// (`http://ratings/…`, or `http://ratings.shop.svc.cluster.local:9080/…`);
+    /// for tonic, `FooClient::with_origin(mesh.client(), uri)`.
+    pub fn client(&self) -> MeshClient {
+        let router = Router::new(
+            self.inner.store.clone(),
+            RouterConfig::for_workload(&self.inner.ns, &self.inner.name).with_labels(self.labels()),
+            Some(MeshConnector::new(self.inner.creds.clone())),
+        );
+        Telemetry::new(
+            router,
+            self.inner.registry.clone(),
+            crate::telemetry::Reporter::Source,
+            self.inner.info.clone(),
+        )
+    }
+
+    fn labels(&self) -> mesh_core::resources::common::Labels {
+        let snap = self.inner.store.load();
+        snap.workload(&self.inner.key)
+            .map(|(_, w)| w.labels.clone())
+            .unwrap_or_default()
+    }
+
+    /// Serves `service` on `addr` behind the mesh: the port's
+    /// PeerAuthentication mode (per connection, so reloads apply),
+    /// authorization (403 with the reason), Istio metrics and the access
+    /// log. The handler gets a [`PeerIdentity`] extension and the normalised
+    /// path; outbound calls it makes through [`Mesh::client`] carry its trace.
+    pub async fn serve<S, B>(
+        &self,
+        addr: SocketAddr,
+        service: S,
+    ) -> Result<MeshServer, MeshStartError>
+    where
+        S: tower::Service<Request<BoxBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| MeshStartError::Io(format!("binding {addr}: {e}")))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| MeshStartError::Io(e.to_string()))?;
+        let acceptors = [TlsMode::Strict, TlsMode::Permissive, TlsMode::Disable].map(|m| {
+            MeshAcceptor::new(&self.inner.creds, m).map_err(|e| MeshStartError::Io(e.to_string()))
+        });
+        let [strict, permissive, disable] = acceptors;
+        let (strict, permissive, disable) = (strict?, permissive?, disable?);
+        let app = AppService::new(service);
+        let (tx, mut rx) = oneshot::channel::<()>();
+        let mesh = self.clone();
+        let task = tokio::spawn(async move {
+            let graceful = GracefulShutdown::new();
+            loop {
+                let (tcp, remote) = tokio::select! {
+                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                    _ = &mut rx => break,
+                };
+                let _ = tcp.set_nodelay(true);
+                let local = tcp.local_addr().unwrap_or(local_addr);
+                let mode = {
+                    let snap = mesh.inner.store.load();
+                    snap.workload(&mesh.inner.key)
+                        .map_or(MtlsMode::Strict, |(_, w)| {
+                            snap.inbound_mode(w, local.port()).mode
+                        })
+                };
+                let acceptor = match mode {
+                    MtlsMode::Disable => disable.clone(),
+                    MtlsMode::Permissive => permissive.clone(),
+                    MtlsMode::Strict | MtlsMode::Unset => strict.clone(),
+                };
+                let stack = mesh.inbound_stack(app.clone(), remote, local);
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream = match acceptor.accept(tcp).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::info!(%remote, error = %e, "connection refused");
+                            return;
+                        }
+                    };
+                    let svc = AddPeer {
+                        inner: stack,
+                        peer: stream.peer_identity().clone(),
+                    };
+                    let mut b = auto::Builder::new(TokioExecutor::new());
+                    b.http1()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(30));
+                    b.http2().timer(TokioTimer::new());
+                    let conn = b
+                        .serve_connection(
+                            TokioIo::new(stream),
+                            hyper_util::service::TowerToHyperService::new(svc),
+                        )
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            // Let in-flight requests finish, for a while.
+            let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+        });
+        Ok(MeshServer {
+            local_addr,
+            stop: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    fn inbound_stack(&self, app: AppService, remote: SocketAddr, local: SocketAddr) -> Inbound {
+        let authz = AuthorizeLayer::new(
+            self.inner.store.clone(),
+            LocalWorkload::named(self.inner.key.clone()),
+        )
+        .with_port(local.port());
+        tower::util::BoxCloneSyncService::new(
+            tower::ServiceBuilder::new()
+                .map_response(box_response)
+                .map_request(move |mut req: Request<Incoming>| {
+                    drop_transport_authority(&mut req, local);
+                    req.extensions_mut().insert(ClientAddr(remote));
+                    req.extensions_mut().insert(LocalAddr(local));
+                    req
+                })
+                .layer(TelemetryLayer::inbound(
+                    self.inner.registry.clone(),
+                    self.inner.info.clone(),
+                ))
+                .layer(authz)
+                .service(app),
+        )
+    }
+}
+
+type Inbound = tower::util::BoxCloneSyncService<Request<Incoming>, Response<BoxBody>, Infallible>;
+
+fn box_response<B>(r: Response<B>) -> Response<BoxBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    r.map(boxed)
+}
+
+/// The user's service with the body boxed on the way in and failures
+/// answered 500 on the way out.
+#[derive(Clone)]
+struct AppService {
+    inner: tower::util::BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, BoxError>,
+}
+
+impl AppService {
+    fn new<S, B>(service: S) -> Self
+    where
+        S: tower::Service<Request<BoxBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let svc = tower::ServiceBuilder::new()
+            .map_err(Into::<BoxError>::into)
+            .map_response(box_response)
+            .service(service);
+        Self {
+            inner: tower::util::BoxCloneSyncService::new(svc),
+        }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for AppService
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // A service that cannot take requests answers each with 500.
+        self.inner.poll_ready(cx).map(|_| Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let fut = self.inner.call(req.map(boxed));
+        Box::pin(async move { catch(fut.await) })
+    }
+}
+
+/// Turns a service error into a 500 answer: the caller gets a response,
+/// never a reset connection.
+fn catch(r: Result<Response<BoxBody>, BoxError>) -> Result<Response<BoxBody>, Infallible> {
+    Ok(r.unwrap_or_else(|e| {
+        tracing::info!(error = %e, "the service failed; answering 500");
+        let mut resp = Response::new(full("internal error\n"));
+        *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        resp
+    }))
+}
+
+/// Puts the connection's verified peer into every request.
+#[derive(Clone)]
+struct AddPeer {
+    inner: Inbound,
+    peer: PeerIdentity,
+}
+
+impl tower::Service<Request<Incoming>> for AddPeer {
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = <Inbound as tower::Service<Request<Incoming>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.peer.clone());
+        self.inner.call(req)
+    }
+}
+
+/// A running mesh server. [`shutdown`](Self::shutdown) stops accepting and
+/// lets in-flight requests finish; dropping the handle aborts it.
+#[derive(Debug)]
+pub struct MeshServer {
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl MeshServer {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting and drains in-flight requests (up to 10 s).
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            if let Err(e) = task.await {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for MeshServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A URI for a service host, for tonic's `with_origin`.
+pub fn origin(host: &str, port: u16) -> Result<Uri, http::uri::InvalidUri> {
+    format!("http://{host}:{port}").parse()
+}
