@@ -334,7 +334,7 @@ impl Mesh {
     pub fn client(&self) -> MeshClient {
         let router = Router::new(
             self.inner.store.clone(),
-            RouterConfig::for_workload(&self.inner.ns, &self.inner.name).with_labels(self.labels()),
+            RouterConfig::for_workload(&self.inner.ns, &self.inner.name),
             Some(MeshConnector::new(self.inner.creds.clone())),
         );
         Telemetry::new(
@@ -343,13 +343,6 @@ impl Mesh {
             crate::telemetry::Reporter::Source,
             self.inner.info.clone(),
         )
-    }
-
-    fn labels(&self) -> mesh_core::resources::common::Labels {
-        let snap = self.inner.store.load();
-        snap.workload(&self.inner.key)
-            .map(|(_, w)| w.labels.clone())
-            .unwrap_or_default()
     }
 
     /// Serves `service` on `addr` behind the mesh: the port's

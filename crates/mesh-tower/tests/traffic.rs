@@ -777,3 +777,38 @@ async fn a_tls_conflict_is_refused_with_the_reason() {
     );
     assert_eq!(v1.hits(), 0, "nothing was sent");
 }
+
+#[tokio::test]
+async fn source_labels_come_from_the_callers_workload_entry() {
+    let (v1, v2) = (
+        Backend::start("v1", Behaviour::Ok).await,
+        Backend::start("v2", Behaviour::Ok).await,
+    );
+    let routes = "  - match: [{sourceLabels: {app: client}}]\n    route: [{destination: {host: web, subset: v2}}]\n\
+                  \x20 - route: [{destination: {host: web, subset: v1}}]\n";
+    let (r, _) =
+        router(&(config(&[("v1", v1.port()), ("v2", v2.port())], PLAINTEXT_DR) + &vs(routes)));
+    assert_eq!(
+        backend_of(&get(&r, "/", &[]).await),
+        "v2",
+        "the client's labels matched"
+    );
+    let store = Arc::new(Store::new());
+    store
+        .apply(mesh_core::load::load_str(
+            Path::new("t.yaml"),
+            &(config(&[("v1", v1.port()), ("v2", v2.port())], PLAINTEXT_DR) + &vs(routes)),
+        ))
+        .unwrap();
+    let other = Router::with_random(
+        store,
+        RouterConfig::for_workload("default", "nobody"),
+        None,
+        Arc::new(SeededRandom::new(1)),
+    );
+    assert_eq!(
+        backend_of(&get(&other, "/", &[]).await),
+        "v1",
+        "an unknown caller has no labels"
+    );
+}

@@ -78,6 +78,9 @@ pub struct RouterConfig {
     pub namespace: String,
     /// The calling workload's labels, for `sourceLabels` matches.
     pub labels: Labels,
+    /// The calling workload, `namespace/name`, whose labels are looked up
+    /// per request when `labels` is empty.
+    pub workload: Option<String>,
     /// Route with the VirtualServices bound to this Gateway
     /// (`namespace/name`) instead of the mesh's.
     pub gateway: Option<String>,
@@ -86,12 +89,14 @@ pub struct RouterConfig {
 }
 
 impl RouterConfig {
-    /// A router for a workload named in the snapshot (its labels are looked
-    /// up per request) or, if unknown, with no labels.
-    pub fn for_workload(namespace: &str, _name: &str) -> Self {
+    /// A router for a workload named in the snapshot: its labels (for
+    /// `sourceLabels` matches) are read from the snapshot of each request,
+    /// so a reload that relabels it applies.
+    pub fn for_workload(namespace: &str, name: &str) -> Self {
         Self {
             namespace: namespace.to_owned(),
             labels: Labels::new(),
+            workload: Some(format!("{namespace}/{name}")),
             gateway: None,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
         }
@@ -107,6 +112,7 @@ impl RouterConfig {
         Self {
             namespace,
             labels: Labels::new(),
+            workload: None,
             gateway: Some(gateway_key.to_owned()),
             buffer_limit: DEFAULT_BUFFER_LIMIT,
         }
@@ -382,8 +388,14 @@ async fn route(inner: &Inner, mut req: Request<BoxBody>) -> Result<Response<BoxB
 
 /// The labels of the workload this router works for, if the snapshot names
 /// one in its namespace with matching labels, else the configured ones.
-fn me_labels(_snap: &Snapshot, inner: &Inner) -> Labels {
-    inner.config.labels.clone()
+fn me_labels(snap: &Snapshot, inner: &Inner) -> Labels {
+    match &inner.config.workload {
+        Some(key) if inner.config.labels.is_empty() => snap
+            .workload(key)
+            .map(|(_, w)| w.labels.clone())
+            .unwrap_or_default(),
+        _ => inner.config.labels.clone(),
+    }
 }
 
 async fn forward(

@@ -189,18 +189,21 @@ pub(crate) fn destination<'d>(
     let up: Vec<bool> = dests.iter().map(&available).collect();
     let any_up = dests.iter().zip(&up).any(|(d, u)| *u && d.weight > 0);
     let weight = |i: usize| if !any_up || up[i] { dests[i].weight } else { 0 };
-    let names: Vec<String> = dests
-        .iter()
-        .map(|d| format!("{}/{}", d.host, d.subset.as_deref().unwrap_or("")))
-        .collect();
     let i = match key {
-        Some(k) => sticky_pick(
-            names
+        Some(k) => {
+            // Only sticky choices need the names: no allocation otherwise.
+            let names: Vec<String> = dests
                 .iter()
-                .enumerate()
-                .map(|(i, n)| (n.as_str(), weight(i))),
-            k,
-        )?,
+                .map(|d| format!("{}/{}", d.host, d.subset.as_deref().unwrap_or("")))
+                .collect();
+            sticky_pick(
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (n.as_str(), weight(i))),
+                k,
+            )?
+        }
         None => {
             let weights: Vec<u32> = (0..dests.len()).map(weight).collect();
             mesh_core::route::pick_weighted(&weights, random.next_u64())?
