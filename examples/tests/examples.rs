@@ -140,16 +140,13 @@ fn grpc_lets_the_frontend_in_and_keeps_the_intruder_out() {
         "Hello frontend, you are spiffe://cluster.local/ns/default/sa/frontend"
     );
 
-    // The mesh refuses the intruder with HTTP 403 and the reason in
-    // `x-mesh-reason`. tonic reads a plain 403's text body as a gRPC frame
-    // and reports `Internal` ("invalid compression flag ... 403 Forbidden");
-    // a gRPC-aware denial (trailers-only, `grpc-status: 7`) would give
-    // `PermissionDenied`. Either way the intruder must not get a reply.
-    let code = value(&out, "denied code");
-    let message = value(&out, "denied message");
-    assert!(
-        code == "PermissionDenied" || message.contains("403"),
-        "the intruder was not refused by policy: {code} {message}\n{out}"
+    // The mesh refuses the intruder the gRPC way, as Envoy does: a
+    // trailers-only answer with `grpc-status: 7`, so tonic reports
+    // PermissionDenied with the mesh's reason.
+    assert_eq!(value(&out, "denied code"), "PermissionDenied", "{out}");
+    assert_eq!(
+        value(&out, "denied message"),
+        "RBAC: access denied: no ALLOW policy matched"
     );
     assert_eq!(
         value(&out, "denied reason"),
@@ -157,13 +154,14 @@ fn grpc_lets_the_frontend_in_and_keeps_the_intruder_out() {
     );
     assert!(values(&out, "not denied").is_empty(), "{out}");
 
-    // The greeter's metrics: one 200 for the frontend, one 403 (RBAC) for
-    // the intruder, both over mutual TLS as gRPC.
+    // The greeter's metrics: one 200 for each (a gRPC denial is an HTTP 200
+    // carrying grpc-status 7, as in Istio), the intruder's flagged RBAC,
+    // both over mutual TLS as gRPC.
     let metrics: Vec<&str> = out
         .lines()
         .filter(|l| l.starts_with("istio_requests_total{"))
         .collect();
-    for (sa, code) in [("frontend", "200"), ("intruder", "403")] {
+    for (sa, flags) in [("frontend", "-"), ("intruder", "RBAC")] {
         let series = metrics
             .iter()
             .find(|l| l.contains(&format!("sa/{sa}\"")))
@@ -171,7 +169,8 @@ fn grpc_lets_the_frontend_in_and_keeps_the_intruder_out() {
         for label in [
             r#"reporter="destination""#,
             r#"request_protocol="grpc""#,
-            &format!(r#"response_code="{code}""#),
+            r#"response_code="200""#,
+            &format!(r#"response_flags="{flags}""#),
             r#"connection_security_policy="mutual_tls""#,
         ] {
             assert!(series.contains(label), "{label} missing from {series}");

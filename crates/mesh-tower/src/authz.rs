@@ -245,7 +245,8 @@ impl AuthorizeLayer {
             Err(reason) => denied(reason),
         };
         if !decision.allowed {
-            let resp = MeshError::Denied(decision.reason.clone()).to_response();
+            let resp = MeshError::Denied(decision.reason.clone())
+                .to_response_for(crate::error::is_grpc(req.headers()));
             return Some(refuse(req, resp));
         }
         if let Some(audit) = &decision.audited_by {

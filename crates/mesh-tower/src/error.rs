@@ -123,6 +123,51 @@ impl MeshError {
         }
     }
 
+    /// The gRPC status a gRPC caller gets, by the HTTP-to-gRPC mapping of
+    /// the gRPC specification (and Envoy's choices for the mesh's own
+    /// answers).
+    pub fn grpc_code(&self) -> u8 {
+        match self.status().as_u16() {
+            400 => 13,             // INTERNAL
+            401 => 16,             // UNAUTHENTICATED
+            403 => 7,              // PERMISSION_DENIED
+            404 => 12,             // UNIMPLEMENTED
+            504 => 4,              // DEADLINE_EXCEEDED
+            429 | 502 | 503 => 14, // UNAVAILABLE
+            _ => 2,                // UNKNOWN
+        }
+    }
+
+    /// The answer for a caller: gRPC callers get a trailers-only gRPC
+    /// response (HTTP 200, `grpc-status`, `grpc-message`), as Envoy answers
+    /// them, so their client library reports the right code instead of
+    /// failing to parse a text body; everyone else gets
+    /// [`to_response`](Self::to_response).
+    pub fn to_response_for(&self, grpc: bool) -> Response<BoxBody> {
+        if !grpc {
+            return self.to_response();
+        }
+        let reason = self.to_string();
+        let mut resp = Response::new(crate::body::empty());
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_code())),
+        );
+        if let Ok(v) = HeaderValue::from_str(&percent_encode(&reason)) {
+            h.insert("grpc-message", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&reason) {
+            h.insert(REASON_HEADER, v);
+        }
+        resp.extensions_mut().insert(self.clone());
+        resp
+    }
+
     /// The answer: status, `x-mesh-reason`, and the reason as text.
     pub fn to_response(&self) -> Response<BoxBody> {
         let reason = self.to_string();
@@ -142,9 +187,53 @@ impl MeshError {
     }
 }
 
+/// Does the request speak gRPC (`content-type: application/grpc...`)?
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2, "Status-Message").
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_callers_get_a_grpc_status() {
+        let e = MeshError::Denied("no ALLOW policy matched".into());
+        let r = e.to_response_for(true);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["grpc-status"], "7");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "RBAC: access denied: no ALLOW policy matched"
+        );
+        assert_eq!(
+            r.headers()[REASON_HEADER],
+            "RBAC: access denied: no ALLOW policy matched"
+        );
+        assert_eq!(
+            MeshError::Timeout(std::time::Duration::from_secs(1)).grpc_code(),
+            4
+        );
+        assert_eq!(MeshError::Overflow { host: "x".into() }.grpc_code(), 14);
+        assert_eq!(percent_encode("50% ümlaut"), "50%25 %C3%BCmlaut");
+        assert_eq!(e.to_response_for(false).status(), 403);
+    }
 
     #[test]
     fn statuses_and_reasons() {

@@ -193,20 +193,21 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
+        let grpc = crate::error::is_grpc(req.headers());
         Box::pin(async move {
             let req = req.map(boxed);
             Ok(match route(&inner, req).await {
                 Ok(resp) => resp,
-                Err(e) => answer(&e),
+                Err(e) => answer(&e, grpc),
             })
         })
     }
 }
 
 /// The mesh's own answer to a failure, logged with its reason.
-fn answer(e: &MeshError) -> Response<BoxBody> {
+fn answer(e: &MeshError, grpc: bool) -> Response<BoxBody> {
     tracing::info!(status = e.status().as_u16(), flag = e.response_flag(), reason = %e, "mesh answered the request itself");
-    e.to_response()
+    e.to_response_for(grpc)
 }
 
 /// Where the request is going: host without port, and port.
@@ -639,7 +640,7 @@ async fn forward(
     }
     let mut resp = match result {
         Ok(resp) => resp,
-        Err(e) => answer(&e),
+        Err(e) => answer(&e, crate::error::is_grpc(&parts.headers)),
     };
     resp.extensions_mut().insert(info);
     rewrite::response_headers(&mut resp, rule.map(|(r, _)| r), dest);
