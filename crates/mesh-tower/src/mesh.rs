@@ -365,6 +365,23 @@ impl Mesh {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| MeshStartError::Io(format!("binding {addr}: {e}")))?;
+        self.serve_listener(listener, service)
+    }
+
+    /// [`Mesh::serve`] on a listener you bound, so no other process can take
+    /// the port between choosing and binding it.
+    pub fn serve_listener<S, B>(
+        &self,
+        listener: TcpListener,
+        service: S,
+    ) -> Result<MeshServer, MeshStartError>
+    where
+        S: tower::Service<Request<BoxBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let local_addr = listener
             .local_addr()
             .map_err(|e| MeshStartError::Io(e.to_string()))?;
