@@ -34,6 +34,7 @@ use mesh_tower::body::{BoxBody, boxed};
 use mesh_tower::error::MeshError;
 use mesh_tower::telemetry::{
     DestinationInfo, Registry, TcpConnection, TcpTelemetry, TelemetryLayer, WorkloadInfo,
+    inbound_labels,
 };
 use mesh_tower::tls::{MeshAcceptor, MeshConnector, PeerIdentity, TlsMode};
 use mesh_tower::traffic::{ClientAddr, Router, RouterConfig, TcpRouter};
@@ -322,12 +323,22 @@ pub(crate) type Outbound =
 fn inbound_stack(svc: InboundHttp, ctx: &Ctx, local: WorkloadInfo, facts: ConnFacts) -> Outbound {
     let authz = AuthorizeLayer::new(ctx.store.clone(), LocalWorkload::named(ctx.key.clone()))
         .with_port(facts.local.port());
+    let (destination, source) = {
+        let snap = ctx.store.load();
+        inbound_labels(&snap, &ctx.key, facts.local.port(), facts.peer.spiffe_id())
+    };
     tower::util::BoxCloneSyncService::new(
         tower::ServiceBuilder::new()
             .map_response(crate::runtime::box_response)
             .map_request(move |mut req: Request<Incoming>| {
                 drop_transport_authority(&mut req, facts.local);
                 let ext = req.extensions_mut();
+                if let Some(d) = &destination {
+                    ext.insert(d.clone());
+                }
+                if let Some(src) = &source {
+                    ext.insert(src.clone());
+                }
                 ext.insert(facts.peer.clone());
                 ext.insert(ClientAddr(facts.remote));
                 ext.insert(LocalAddr(facts.local));

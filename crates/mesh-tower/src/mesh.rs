@@ -65,7 +65,10 @@ use tokio::task::JoinHandle;
 
 use crate::authz::{AuthorizeLayer, LocalAddr, LocalWorkload, drop_transport_authority};
 use crate::body::{BoxBody, BoxError, boxed, full};
-use crate::telemetry::{MetricsService, Registry, Telemetry, TelemetryLayer, WorkloadInfo};
+use crate::telemetry::{
+    DestinationInfo, MetricsService, Registry, SourceInfo, Telemetry, TelemetryLayer, WorkloadInfo,
+    inbound_labels,
+};
 use crate::tls::{MeshAcceptor, MeshConnector, PeerIdentity, TlsMode};
 use crate::traffic::{ClientAddr, Router, RouterConfig};
 
@@ -415,6 +418,7 @@ impl Mesh {
                     MtlsMode::Strict | MtlsMode::Unset => strict.clone(),
                 };
                 let stack = mesh.inbound_stack(app.clone(), remote, local);
+                let (labels_store, labels_key) = (mesh.inner.store.clone(), mesh.inner.key.clone());
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let stream = match acceptor.accept(tcp).await {
@@ -424,9 +428,16 @@ impl Mesh {
                             return;
                         }
                     };
+                    let peer = stream.peer_identity().clone();
+                    let (destination, source) = {
+                        let snap = labels_store.load();
+                        inbound_labels(&snap, &labels_key, local.port(), peer.spiffe_id())
+                    };
                     let svc = AddPeer {
                         inner: stack,
-                        peer: stream.peer_identity().clone(),
+                        peer,
+                        destination,
+                        source,
                     };
                     let mut b = auto::Builder::new(TokioExecutor::new());
                     b.http1()
@@ -551,6 +562,8 @@ fn catch(r: Result<Response<BoxBody>, BoxError>) -> Result<Response<BoxBody>, In
 struct AddPeer {
     inner: Inbound,
     peer: PeerIdentity,
+    destination: Option<DestinationInfo>,
+    source: Option<SourceInfo>,
 }
 
 impl tower::Service<Request<Incoming>> for AddPeer {
@@ -563,7 +576,14 @@ impl tower::Service<Request<Incoming>> for AddPeer {
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(self.peer.clone());
+        let ext = req.extensions_mut();
+        ext.insert(self.peer.clone());
+        if let Some(d) = &self.destination {
+            ext.insert(d.clone());
+        }
+        if let Some(s) = &self.source {
+            ext.insert(s.clone());
+        }
         self.inner.call(req)
     }
 }

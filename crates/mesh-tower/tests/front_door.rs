@@ -148,6 +148,10 @@ async fn two_rust_services_over_the_mesh() {
             .contains(r#"source_principal="spiffe://cluster.local/ns/default/sa/productpage""#)
     );
     assert!(server_side.contains(r#"response_code="403""#));
+    // Both sides name the service the same way, and the server knows the
+    // calling workload from its verified identity.
+    assert!(server_side.contains(r#"destination_service="reviews.default.svc.cluster.local""#));
+    assert!(server_side.contains(r#"source_workload="productpage""#));
     let client_side = productpage.registry().render();
     assert!(
         client_side.contains(r#"reporter="source""#)

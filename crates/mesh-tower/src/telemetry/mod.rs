@@ -85,7 +85,7 @@ mod tcp;
 pub mod trace;
 
 pub use admin::{MetricsService, PROMETHEUS_CONTENT_TYPE};
-pub use labels::{DestinationInfo, Reporter, SourceInfo, WorkloadInfo};
+pub use labels::{DestinationInfo, Reporter, SourceInfo, WorkloadInfo, inbound_labels};
 pub use layer::{
     ACCESS_LOG_TARGET, RequestBody, ResponseBody, ResponseFuture, Telemetry, TelemetryLayer,
 };
