@@ -201,6 +201,34 @@ pub(crate) fn security_policy(mtls: Option<bool>) -> &'static str {
     }
 }
 
+/// What inbound telemetry should say about a connection, from the snapshot:
+/// the service this workload serves on `port` (by its fully qualified host,
+/// as the caller's side reports it), and the calling workload when exactly
+/// one WorkloadEntry carries the peer's identity. Computed once per
+/// connection.
+pub fn inbound_labels(
+    snap: &mesh_core::snapshot::Snapshot,
+    workload_key: &str,
+    port: u16,
+    peer: Option<&SpiffeId>,
+) -> (Option<DestinationInfo>, Option<SourceInfo>) {
+    let me = snap.workload(workload_key).map(|(_, w)| w);
+    let service = me.and_then(|w| {
+        snap.services.values().find(|s| {
+            s.workloads.iter().any(|i| snap.workloads[*i].key == w.key)
+                && s.ports.iter().any(|p| s.target_port(p, w) == port)
+        })
+    });
+    let source = peer.and_then(|id| {
+        let mut callers = snap.workloads.iter().filter(|w| &w.identity == id);
+        match (callers.next(), callers.next()) {
+            (Some(w), None) => Some(SourceInfo(WorkloadInfo::from_workload(w))),
+            _ => None,
+        }
+    });
+    (service.map(DestinationInfo::for_service), source)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,32 +262,4 @@ mod tests {
             ("unknown", "unknown")
         );
     }
-}
-
-/// What inbound telemetry should say about a connection, from the snapshot:
-/// the service this workload serves on `port` (by its fully qualified host,
-/// as the caller's side reports it), and the calling workload when exactly
-/// one WorkloadEntry carries the peer's identity. Computed once per
-/// connection.
-pub fn inbound_labels(
-    snap: &mesh_core::snapshot::Snapshot,
-    workload_key: &str,
-    port: u16,
-    peer: Option<&SpiffeId>,
-) -> (Option<DestinationInfo>, Option<SourceInfo>) {
-    let me = snap.workload(workload_key).map(|(_, w)| w);
-    let service = me.and_then(|w| {
-        snap.services.values().find(|s| {
-            s.workloads.iter().any(|i| snap.workloads[*i].key == w.key)
-                && s.ports.iter().any(|p| s.target_port(p, w) == port)
-        })
-    });
-    let source = peer.and_then(|id| {
-        let mut callers = snap.workloads.iter().filter(|w| &w.identity == id);
-        match (callers.next(), callers.next()) {
-            (Some(w), None) => Some(SourceInfo(WorkloadInfo::from_workload(w))),
-            _ => None,
-        }
-    });
-    (service.map(DestinationInfo::for_service), source)
 }
