@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Result;
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::time::Instant;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::client::{Conn, Target};
 
@@ -25,6 +25,10 @@ pub(crate) struct Latency {
     pub(crate) p99_us: u64,
     pub(crate) p999_us: u64,
     pub(crate) max_us: u64,
+    /// How late the generator itself dispatched requests (its sleep
+    /// precision and scheduling): a floor under every latency above.
+    pub(crate) dispatch_lag_p50_us: u64,
+    pub(crate) dispatch_lag_p99_us: u64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -90,20 +94,28 @@ pub(crate) async fn open_loop(
             last
         });
     }
+    // The schedule runs on its own thread: std's sleep (nanosleep) wakes
+    // within tens of µs where tokio's timer has 1 ms granularity.
     let start = Instant::now() + Duration::from_millis(5);
     let interval = Duration::from_secs_f64(1.0 / rate);
-    for i in 0..total {
-        let at = start + interval.mul_f64(i as f64);
-        if at > Instant::now() {
-            tokio::time::sleep_until(at).await;
+    let ticker = std::thread::spawn(move || {
+        let mut lag = histogram();
+        for i in 0..total {
+            let at = start + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            let late = Instant::now().saturating_duration_since(at).as_micros();
+            lag.saturating_record(u64::try_from(late).unwrap_or(u64::MAX).max(1));
+            if tx.send(at).is_err() {
+                break;
+            }
         }
-        if tx.send(at).is_err() {
-            break;
-        }
-    }
-    drop(tx);
+        lag
+    });
     // Whatever has not come back a few seconds after the last send is lost.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::from_std(start) + duration + Duration::from_secs(5);
     let mut end = start;
     loop {
         match tokio::time::timeout_at(deadline, workers.join_next()).await {
@@ -116,6 +128,9 @@ pub(crate) async fn open_loop(
             }
         }
     }
+    // The ticker has finished: the workers ran until its channel closed (or
+    // were aborted, which ends the channel too).
+    let lag = ticker.join().unwrap_or_else(|_| histogram());
     let hist = hist.lock().unwrap_or_else(PoisonError::into_inner);
     let done = hist.len();
     let elapsed = end.saturating_duration_since(start).as_secs_f64().max(1e-3);
@@ -128,6 +143,8 @@ pub(crate) async fn open_loop(
         p99_us: hist.value_at_quantile(0.99),
         p999_us: hist.value_at_quantile(0.999),
         max_us: hist.max(),
+        dispatch_lag_p50_us: lag.value_at_quantile(0.5),
+        dispatch_lag_p99_us: lag.value_at_quantile(0.99),
     })
 }
 

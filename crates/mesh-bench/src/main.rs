@@ -101,6 +101,11 @@ struct RunArgs {
     /// The mesh-proxy binary (default: beside this one, built if missing).
     #[arg(long)]
     mesh_proxy: Option<PathBuf>,
+    /// Run the sidecars under this command, for profiling; `{name}` becomes
+    /// the sidecar's name, e.g.
+    /// `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.{name}`.
+    #[arg(long)]
+    sidecar_wrapper: Option<String>,
     /// Do not install nginx and HAProxy when missing.
     #[arg(long)]
     no_install: bool,
@@ -175,6 +180,7 @@ fn run(args: RunArgs) -> Result<()> {
             Some(p) => p.clone(),
             None => find_or_build_mesh_proxy()?,
         },
+        sidecar_wrapper: args.sidecar_wrapper.clone(),
     };
     let machine = machine(cores_total, loadgen_core, sut_core);
     let settings = args.settings();
@@ -274,8 +280,10 @@ async fn bench_one(
     .await?;
 
     eprintln!("   max throughput for {} s", s.max_duration_s);
+    let (own0, wall) = (procs::own_cpu_seconds(), tokio::time::Instant::now());
     let max_rps =
         load::max_throughput(&running.target, secs(s.max_duration_s), s.connections).await?;
+    let loadgen_busy = (procs::own_cpu_seconds() - own0) / wall.elapsed().as_secs_f64();
 
     eprintln!(
         "   new connection per request, {} rps",
@@ -304,6 +312,7 @@ async fn bench_one(
         at_rate: Some(at_rate),
         at_high_rate: Some(at_high),
         max_rps: Some(max_rps),
+        max_rps_loadgen_busy: Some(loadgen_busy),
         new_connection: Some(new_connection),
         idle,
         processes,
@@ -345,7 +354,7 @@ async fn idle_test(running: &mut Running, n: usize) -> Result<Option<IdleResult>
     let conns = load::idle_connections(&target, n)
         .await
         .context("opening idle mTLS connections")?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(if n > 1000 { 1000 } else { 200 })).await;
     let after = proc.rss_kib();
     drop(conns);
     Ok(Some(IdleResult {
@@ -448,6 +457,11 @@ fn machine(cores: usize, loadgen_core: Option<usize>, sut_core: Option<usize>) -
         sut_core,
         nginx: version("nginx", "-v"),
         haproxy: version("haproxy", "-v"),
+        loadavg_at_start: read("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
         build: if cfg!(debug_assertions) {
             "debug"
         } else {

@@ -114,6 +114,11 @@ impl Drop for Proc {
     }
 }
 
+/// CPU time this process (the load generator) has used.
+pub(crate) fn own_cpu_seconds() -> f64 {
+    cpu_ticks(std::process::id()).unwrap_or(0) as f64 / clock_ticks() as f64
+}
+
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold spaces.
@@ -178,7 +183,8 @@ pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
 
 /// Waits until something accepts on `port`.
 pub(crate) async fn wait_for_port(port: u16, procs: &mut [Proc], log_dir: &Path) -> Result<()> {
-    for _ in 0..200 {
+    // Long enough for a sidecar started under valgrind.
+    for _ in 0..1200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
@@ -190,5 +196,5 @@ pub(crate) async fn wait_for_port(port: u16, procs: &mut [Proc], log_dir: &Path)
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("nothing listens on port {port} after 10 s")
+    bail!("nothing listens on port {port} after 60 s")
 }

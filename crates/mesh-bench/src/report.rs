@@ -48,6 +48,9 @@ pub(crate) struct TopoResult {
     pub(crate) at_rate: Option<Latency>,
     pub(crate) at_high_rate: Option<Latency>,
     pub(crate) max_rps: Option<f64>,
+    /// The load generator's core use during the max-throughput run: near 1.0
+    /// the client, not the system under test, was the limit.
+    pub(crate) max_rps_loadgen_busy: Option<f64>,
     pub(crate) new_connection: Option<NewConnResult>,
     pub(crate) idle: Option<IdleResult>,
     pub(crate) processes: Vec<ProcResult>,
@@ -62,6 +65,7 @@ impl TopoResult {
             at_rate: None,
             at_high_rate: None,
             max_rps: None,
+            max_rps_loadgen_busy: None,
             new_connection: None,
             idle: None,
             processes: Vec::new(),
@@ -85,6 +89,8 @@ pub(crate) struct Machine {
     pub(crate) nginx: String,
     pub(crate) haproxy: String,
     pub(crate) build: &'static str,
+    /// /proc/loadavg when the run started: the machine is shared.
+    pub(crate) loadavg_at_start: String,
 }
 
 /// The run's settings.
@@ -253,16 +259,19 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "Machine: {} ({} cores, {} MiB, Linux {}); load generator on core {}, system under test on core {}; {} build.\n\
+            "Machine: {} ({} cores, {} MiB, Linux {}, load average at start {}); load generator on core {}, system under test on core {}; {} build; {}; {}.\n\
              Fixed rate {} rps and high rate {} rps for {} s each over {} keep-alive connections; max throughput closed-loop for {} s; \
              new connection per request at {} rps; {} idle mTLS connections.{}\n",
             m.cpu,
             m.cores,
             m.memory_mib,
             m.kernel,
+            m.loadavg_at_start,
             fmt_core(m.loadgen_core),
             fmt_core(m.sut_core),
             m.build,
+            m.nginx,
+            m.haproxy,
             s.rate,
             s.high_rate,
             s.duration_s,
@@ -296,7 +305,10 @@ impl Report {
                     } else {
                         String::new()
                     };
-                    format!("{} / {} / {}{errs}", l.p50_us, l.p99_us, l.p999_us)
+                    format!(
+                        "{} / {} / {}{errs} (gen lag p99 {})",
+                        l.p50_us, l.p99_us, l.p999_us, l.dispatch_lag_p99_us
+                    )
                 })
             };
             let procs = |f: &dyn Fn(&ProcResult) -> String| {
@@ -332,7 +344,10 @@ impl Report {
                 "| {name} | {} | {} | {} | {cpu} | {rss} | {newc} | {idle} |",
                 lat(&t.at_rate),
                 lat(&t.at_high_rate),
-                t.max_rps.map_or("-".to_owned(), |x| format!("{x:.0}")),
+                t.max_rps.map_or("-".to_owned(), |x| format!(
+                    "{x:.0} (client {:.0}% busy)",
+                    t.max_rps_loadgen_busy.unwrap_or(0.0) * 100.0
+                )),
             );
         }
         let _ = writeln!(

@@ -63,6 +63,9 @@ pub(crate) struct Programs {
     /// This binary (for `serve`).
     pub(crate) bench: PathBuf,
     pub(crate) mesh_proxy: PathBuf,
+    /// A command the sidecars run under (`valgrind --tool=callgrind ...`),
+    /// `{name}` replaced by the sidecar's name.
+    pub(crate) sidecar_wrapper: Option<String>,
 }
 
 /// A started topology.
@@ -246,15 +249,21 @@ pub(crate) async fn start(
                     s(1),
                 ];
                 args.extend(id_args(files));
+                let (program, args) = match &programs.sidecar_wrapper {
+                    Some(w) => {
+                        let mut words = w.replace("{name}", name);
+                        words.push(' ');
+                        words.push_str(&programs.mesh_proxy.display().to_string());
+                        let mut words: Vec<String> =
+                            words.split_whitespace().map(str::to_owned).collect();
+                        let program = PathBuf::from(words.remove(0));
+                        words.extend(args);
+                        (program, words)
+                    }
+                    None => (programs.mesh_proxy.clone(), args),
+                };
                 // Access log off: it is an `info` event.
-                Proc::spawn(
-                    name,
-                    core,
-                    &programs.mesh_proxy,
-                    &args,
-                    &[("RUST_LOG", "warn")],
-                    &dir,
-                )
+                Proc::spawn(name, core, &program, &args, &[("RUST_LOG", "warn")], &dir)
             };
             let b = sidecar("sidecar-b", SERVER_SA, b_admin, s("off"), &certs.server)?;
             let a = sidecar(
