@@ -106,6 +106,10 @@ struct RunArgs {
     /// `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.{name}`.
     #[arg(long)]
     sidecar_wrapper: Option<String>,
+    /// Serve (c) with `mesh_tower::tls::spawn_server` as it is (Nagle on)
+    /// rather than `serve_connection` on TCP_NODELAY sockets.
+    #[arg(long)]
+    mesh_spawn_server: bool,
     /// Do not install nginx and HAProxy when missing.
     #[arg(long)]
     no_install: bool,
@@ -181,6 +185,7 @@ fn run(args: RunArgs) -> Result<()> {
             None => find_or_build_mesh_proxy()?,
         },
         sidecar_wrapper: args.sidecar_wrapper.clone(),
+        mesh_spawn_server: args.mesh_spawn_server,
     };
     let machine = machine(cores_total, loadgen_core, sut_core);
     let settings = args.settings();

@@ -57,6 +57,10 @@ pub(crate) struct ServeArgs {
     /// The WorkloadEntry this server is (mode `mesh`).
     #[arg(long, default_value = crate::certs::SERVER_SA)]
     pub(crate) workload: String,
+    /// Mode `mesh`: serve with `mesh_tower::tls::spawn_server` as it is
+    /// (Nagle on) instead of `serve_connection` on TCP_NODELAY sockets.
+    #[arg(long)]
+    pub(crate) spawn_server: bool,
 }
 
 fn response() -> Response<Full<Bytes>> {
@@ -151,15 +155,29 @@ async fn serve_mesh(listener: TcpListener, args: &ServeArgs) -> Result<()> {
             key: Arc::from(key),
             port: args.listen.port(),
         });
-    let server = mesh_tower::tls::spawn_server(
-        listener,
-        acceptor,
-        hyper_util::service::TowerToHyperService::new(service),
-    )?;
-    // Serve until killed.
-    std::future::pending::<()>().await;
-    drop(server);
-    Ok(())
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    if args.spawn_server {
+        let server = mesh_tower::tls::spawn_server(listener, acceptor, service)?;
+        // Serve until killed.
+        std::future::pending::<()>().await;
+        drop(server);
+        return Ok(());
+    }
+    // `spawn_server` leaves Nagle's algorithm on: a handshake's last flight
+    // then waits for the client's delayed ACK (40 ms) before the first
+    // answer. Accepting here with TCP_NODELAY is the same stack otherwise.
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, service) = (acceptor.clone(), service.clone());
+        tokio::spawn(async move {
+            if let Ok(stream) = acceptor.accept(tcp).await {
+                let _ = mesh_tower::tls::serve_connection(stream, service).await;
+            }
+        });
+    }
 }
 
 /// Headers for authorization read in place: the sidecar copies every

@@ -66,6 +66,8 @@ pub(crate) struct Programs {
     /// A command the sidecars run under (`valgrind --tool=callgrind ...`),
     /// `{name}` replaced by the sidecar's name.
     pub(crate) sidecar_wrapper: Option<String>,
+    /// (c) served with `mesh_tower::tls::spawn_server` as it is.
+    pub(crate) mesh_spawn_server: bool,
 }
 
 /// A started topology.
@@ -218,6 +220,9 @@ pub(crate) async fn start(
             write_mesh_config(&config, ports[0], ports[1])?;
             let mut extra = id_args(&certs.server);
             extra.extend([s("--config"), s(config.display())]);
+            if programs.mesh_spawn_server {
+                extra.push(s("--spawn-server"));
+            }
             let p = serve("server", "mesh", ports[0], extra)?;
             let store =
                 mesh_core::store::Store::from_source(&mesh_core::store::FileSource::new(&config))
