@@ -1,0 +1,337 @@
+//! The six topologies: what runs, on which ports, and how the load
+//! generator reaches it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::certs::{CLIENT_SA, Certs, SERVER_SA};
+use crate::client::{SERVICE_HOST, Target};
+use crate::procs::{Proc, free_ports, wait_for_port};
+use crate::thirdparty;
+
+/// A topology of issue 7.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub(crate) enum Topology {
+    /// Plain hyper client and server, no TLS.
+    A,
+    /// The same with rustls mTLS.
+    B,
+    /// The mesh's layers in-process at both ends.
+    C,
+    /// client → mesh-proxy outbound → mTLS → mesh-proxy inbound → app.
+    D,
+    /// The same two hops with nginx.
+    E1,
+    /// The same two hops with HAProxy.
+    E2,
+}
+
+impl Topology {
+    pub(crate) const ALL: [Self; 6] = [Self::A, Self::B, Self::C, Self::D, Self::E1, Self::E2];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::A => "a",
+            Self::B => "b",
+            Self::C => "c",
+            Self::D => "d",
+            Self::E1 => "e1",
+            Self::E2 => "e2",
+        }
+    }
+
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Self::A => "hyper, no TLS",
+            Self::B => "hyper + rustls mTLS",
+            Self::C => "proxyless mesh layers",
+            Self::D => "mesh-proxy sidecars",
+            Self::E1 => "nginx two hops",
+            Self::E2 => "HAProxy two hops",
+        }
+    }
+}
+
+/// Where the programs are.
+#[derive(Debug, Clone)]
+pub(crate) struct Programs {
+    /// This binary (for `serve`).
+    pub(crate) bench: PathBuf,
+    pub(crate) mesh_proxy: PathBuf,
+    /// A command the sidecars run under (`valgrind --tool=callgrind ...`),
+    /// `{name}` replaced by the sidecar's name.
+    pub(crate) sidecar_wrapper: Option<String>,
+    /// (c) served with `mesh_tower::tls::spawn_server` as it is.
+    pub(crate) mesh_spawn_server: bool,
+}
+
+/// A started topology.
+#[derive(Debug)]
+pub(crate) struct Running {
+    /// How the load generator reaches the first hop.
+    pub(crate) target: Target,
+    /// The mTLS server whose idle connections are counted, and its process.
+    pub(crate) mtls_server: Option<(Target, usize)>,
+    /// Every process of the system under test, all measured.
+    pub(crate) procs: Vec<Proc>,
+}
+
+fn s(x: impl ToString) -> String {
+    x.to_string()
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The mesh configuration of (c) and (d): the bench service backed by the
+/// server workload on `server_port`, the client workload, STRICT mTLS, and a
+/// policy letting only the client in.
+pub(crate) fn write_mesh_config(dir: &Path, server_port: u16, client_port: u16) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let yaml = format!(
+        r#"apiVersion: mesh.config/v1alpha1
+kind: MeshConfig
+metadata:
+  name: mesh
+spec:
+  trustDomain: cluster.local
+  defaultMtlsMode: STRICT
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+  name: bench
+spec:
+  hosts:
+  - {SERVICE_HOST}
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+  workloadSelector:
+    labels:
+      app: {SERVER_SA}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: WorkloadEntry
+metadata:
+  name: {SERVER_SA}
+spec:
+  address: 127.0.0.1
+  ports:
+    http: {server_port}
+  labels:
+    app: {SERVER_SA}
+  serviceAccount: {SERVER_SA}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: WorkloadEntry
+metadata:
+  name: {CLIENT_SA}
+spec:
+  address: 127.0.0.1
+  ports:
+    http: {client_port}
+  labels:
+    app: {CLIENT_SA}
+  serviceAccount: {CLIENT_SA}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: bench-from-client
+spec:
+  selector:
+    matchLabels:
+      app: {SERVER_SA}
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals:
+        - cluster.local/ns/default/sa/{CLIENT_SA}
+"#
+    );
+    std::fs::write(dir.join("mesh.yaml"), yaml)?;
+    Ok(())
+}
+
+/// Starts `topology` with its processes on `core`.
+pub(crate) async fn start(
+    topology: Topology,
+    programs: &Programs,
+    certs: &Certs,
+    work: &Path,
+    core: Option<usize>,
+    max_connections: usize,
+) -> Result<Running> {
+    let dir = work.join(topology.name());
+    std::fs::create_dir_all(&dir)?;
+    let ports = free_ports(6)?;
+    let client_creds = certs.client.store()?;
+    let id_args = |files: &crate::certs::IdentityFiles| {
+        vec![
+            s("--cert"),
+            s(files.cert.display()),
+            s("--key"),
+            s(files.key.display()),
+            s("--bundle"),
+            s(files.bundle.display()),
+        ]
+    };
+    let serve = |name: &str, mode: &str, port: u16, extra: Vec<String>| {
+        let mut args = vec![
+            s("serve"),
+            s("--mode"),
+            s(mode),
+            s("--listen"),
+            s(addr(port)),
+        ];
+        args.extend(extra);
+        Proc::spawn(name, core, &programs.bench, &args, &[], &dir)
+    };
+    let (first_port, mut procs, target, mtls) = match topology {
+        Topology::A => {
+            let p = serve("server", "plain", ports[0], vec![])?;
+            (
+                ports[0],
+                vec![p],
+                Target::Plain {
+                    addr: addr(ports[0]),
+                },
+                None,
+            )
+        }
+        Topology::B => {
+            let p = serve("server", "tls", ports[0], id_args(&certs.server))?;
+            let t = Target::mtls(addr(ports[0]), &client_creds)?;
+            (ports[0], vec![p], t.clone(), Some((t, 0)))
+        }
+        Topology::C => {
+            let config = dir.join("mesh");
+            write_mesh_config(&config, ports[0], ports[1])?;
+            let mut extra = id_args(&certs.server);
+            extra.extend([s("--config"), s(config.display())]);
+            if programs.mesh_spawn_server {
+                extra.push(s("--spawn-server"));
+            }
+            let p = serve("server", "mesh", ports[0], extra)?;
+            let store =
+                mesh_core::store::Store::from_source(&mesh_core::store::FileSource::new(&config))
+                    .map_err(|e| anyhow!("mesh configuration: {e}"))?;
+            let t = Target::mesh(Arc::new(store), client_creds.clone());
+            let idle = Target::mtls(addr(ports[0]), &client_creds)?;
+            (ports[0], vec![p], t, Some((idle, 0)))
+        }
+        Topology::D => {
+            let (app, a_inbound, b_inbound, a_proxy, a_admin, b_admin) =
+                (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]);
+            let config = dir.join("mesh");
+            write_mesh_config(&config, b_inbound, a_inbound)?;
+            let app_proc = serve("app", "plain", app, vec![])?;
+            let sidecar = |name: &str, workload: &str, admin: u16, http_proxy: String, files| {
+                let mut args = vec![
+                    s("sidecar"),
+                    s("--config"),
+                    s(config.display()),
+                    s("--workload"),
+                    s(workload),
+                    s("--app"),
+                    s(addr(app)),
+                    s("--admin"),
+                    s(addr(admin)),
+                    s("--http-proxy"),
+                    http_proxy,
+                    s("--drain-timeout"),
+                    s(1),
+                ];
+                args.extend(id_args(files));
+                let (program, args) = match &programs.sidecar_wrapper {
+                    Some(w) => {
+                        let mut words = w.replace("{name}", name);
+                        words.push(' ');
+                        words.push_str(&programs.mesh_proxy.display().to_string());
+                        let mut words: Vec<String> =
+                            words.split_whitespace().map(str::to_owned).collect();
+                        let program = PathBuf::from(words.remove(0));
+                        words.extend(args);
+                        (program, words)
+                    }
+                    None => (programs.mesh_proxy.clone(), args),
+                };
+                // Access log off: it is an `info` event.
+                Proc::spawn(name, core, &program, &args, &[("RUST_LOG", "warn")], &dir)
+            };
+            let b = sidecar("sidecar-b", SERVER_SA, b_admin, s("off"), &certs.server)?;
+            let a = sidecar(
+                "sidecar-a",
+                CLIENT_SA,
+                a_admin,
+                s(addr(a_proxy)),
+                &certs.client,
+            )?;
+            let idle = Target::mtls(addr(b_inbound), &client_creds)?;
+            let mut procs = vec![a, b, app_proc];
+            wait_for_port(b_inbound, &mut procs, &dir).await?;
+            (
+                a_proxy,
+                procs,
+                Target::Plain {
+                    addr: addr(a_proxy),
+                },
+                Some((idle, 1)),
+            )
+        }
+        Topology::E1 | Topology::E2 => {
+            let (app, a_port, b_port) = (ports[0], ports[1], ports[2]);
+            let app_proc = serve("app", "plain", app, vec![])?;
+            let (a, b) = if topology == Topology::E1 {
+                thirdparty::nginx(&dir, certs, core, app, a_port, b_port)?
+            } else {
+                thirdparty::haproxy(&dir, certs, core, app, a_port, b_port, max_connections)?
+            };
+            let idle = Target::mtls(addr(b_port), &client_creds)?;
+            let mut procs = vec![a, b, app_proc];
+            wait_for_port(b_port, &mut procs, &dir).await?;
+            (
+                a_port,
+                procs,
+                Target::Plain { addr: addr(a_port) },
+                Some((idle, 1)),
+            )
+        }
+    };
+    wait_for_port(first_port, &mut procs, &dir)
+        .await
+        .with_context(|| format!("starting topology {}", topology.name()))?;
+    // One request through, to be sure the path works end to end.
+    let mut conn = target.connect(false).await?;
+    if let Err(e) = conn.send().await {
+        let logs: Vec<String> = procs
+            .iter()
+            .map(|p| {
+                let log = std::fs::read_to_string(dir.join(format!("{}.log", p.name)))
+                    .unwrap_or_default();
+                format!("--- {}\n{log}", p.name)
+            })
+            .collect();
+        return Err(anyhow!(
+            "topology {}: the first request failed: {e:#}\n{}",
+            topology.name(),
+            logs.join("\n")
+        ));
+    }
+    Ok(Running {
+        target,
+        mtls_server: mtls,
+        procs,
+    })
+}

@@ -1,0 +1,64 @@
+//! The harness in `--smoke` mode, end to end, so it cannot rot: every
+//! topology starts, carries requests and lands in the table. Timings are
+//! never asserted: this machine is shared and noisy.
+
+use std::process::Command;
+
+fn installed(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn smoke_run_prints_every_topology_and_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("results.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-bench"))
+        .arg("--smoke")
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+    let row = |t: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| ({t}) ")))
+            .unwrap_or_else(|| panic!("no row for ({t}) in:\n{stdout}\nstderr:\n{stderr}"))
+            .to_owned()
+    };
+    for t in ["a", "b", "c", "d"] {
+        let r = row(t);
+        assert!(!r.contains("failed"), "{r}\nstderr:\n{stderr}");
+    }
+    // nginx and HAProxy are installed by the harness where it may (root);
+    // where they are, their rows must have run too.
+    for (t, program) in [("e1", "nginx"), ("e2", "haproxy")] {
+        let r = row(t);
+        if installed(program) {
+            assert!(!r.contains("failed"), "{r}\nstderr:\n{stderr}");
+        }
+    }
+    for ratio in ["(b)/(a)", "(c)/(b)", "(d)/(e1)", "(d)/(e2)"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("| {ratio} |"))),
+            "no ratio {ratio} in:\n{stdout}"
+        );
+    }
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let topologies = report["topologies"].as_array().unwrap();
+    assert_eq!(topologies.len(), 6);
+    let a = &topologies[0];
+    assert_eq!(a["status"], "ok");
+    assert!(a["at_rate"]["requests"].as_u64().unwrap() > 0);
+}
