@@ -3,22 +3,19 @@
 //! process, pinned by the harness to the system-under-test core.
 
 use std::convert::Infallible;
-use std::future::{Ready, ready};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use anyhow::{Context as _, Result, anyhow};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::Full;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use mesh_core::authz::{AuthzRequest, evaluate};
 use mesh_core::store::Store;
 use mesh_tower::telemetry::{Registry, TelemetryLayer, WorkloadInfo};
-use mesh_tower::tls::{MeshAcceptor, PeerIdentity, TlsMode};
+use mesh_tower::tls::{MeshAcceptor, TlsMode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
@@ -135,6 +132,26 @@ async fn serve_tls(listener: TcpListener, args: &ServeArgs) -> Result<()> {
     }
 }
 
+type Inbound = tower::util::BoxCloneSyncService<
+    Request<hyper::body::Incoming>,
+    Response<mesh_tower::body::BoxBody>,
+    Infallible,
+>;
+
+async fn app<B>(_req: Request<B>) -> Result<Response<mesh_tower::body::BoxBody>, Infallible> {
+    Ok(Response::new(mesh_tower::body::full(Bytes::from_static(
+        &BODY,
+    ))))
+}
+
+fn boxed_response<B>(r: Response<B>) -> Response<mesh_tower::body::BoxBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<mesh_tower::body::BoxError>,
+{
+    r.map(mesh_tower::body::boxed)
+}
+
 async fn serve_mesh(listener: TcpListener, args: &ServeArgs) -> Result<()> {
     let store = credentials(args)?;
     let config = args
@@ -148,13 +165,19 @@ async fn serve_mesh(listener: TcpListener, args: &ServeArgs) -> Result<()> {
     let acceptor = MeshAcceptor::new(&store, TlsMode::Strict)?;
     let key = format!("default/{}", args.workload);
     let local = WorkloadInfo::new(&args.workload, "default");
-    let service = tower::ServiceBuilder::new()
-        .layer(TelemetryLayer::inbound(Registry::new(), local))
-        .service(AuthorizedApp {
-            store: mesh,
-            key: Arc::from(key),
-            port: args.listen.port(),
-        });
+    // The mesh's own authorization layer, as `Mesh::serve` stacks it.
+    let authz =
+        mesh_tower::authz::AuthorizeLayer::new(mesh, mesh_tower::authz::LocalWorkload::named(key))
+            .with_port(args.listen.port());
+    // Boxed here, outside the accept loop, with named functions rather than
+    // closures, so the connection futures stay provably `Send`.
+    let service: Inbound = tower::util::BoxCloneSyncService::new(
+        tower::ServiceBuilder::new()
+            .map_response(boxed_response)
+            .layer(TelemetryLayer::inbound(Registry::new(), local))
+            .layer(authz)
+            .service(tower::service_fn(app)),
+    );
     let service = hyper_util::service::TowerToHyperService::new(service);
     if args.spawn_server {
         let server = mesh_tower::tls::spawn_server(listener, acceptor, service)?;
@@ -177,67 +200,5 @@ async fn serve_mesh(listener: TcpListener, args: &ServeArgs) -> Result<()> {
                 let _ = mesh_tower::tls::serve_connection(stream, service).await;
             }
         });
-    }
-}
-
-/// Headers for authorization read in place: the sidecar copies every
-/// header into a `Vec<(String, String)>` per request instead.
-struct Headers<'a>(&'a http::HeaderMap);
-
-impl mesh_core::route::HeaderLookup for Headers<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-/// Authorization, then the app. mesh-tower has no authorization layer yet:
-/// this evaluates the workload's AuthorizationPolicies per request with
-/// `mesh_core::authz::evaluate`, as `mesh-proxy`'s inbound does, so (c) pays
-/// for the decision.
-#[derive(Debug, Clone)]
-struct AuthorizedApp {
-    store: Arc<Store>,
-    key: Arc<str>,
-    port: u16,
-}
-
-impl<B> tower::Service<Request<B>> for AuthorizedApp {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let snap = self.store.load();
-        let allowed = snap.workload(&self.key).is_some_and(|(_, w)| {
-            let peer = req.extensions().get::<PeerIdentity>();
-            let host = req
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or_default();
-            let areq = AuthzRequest {
-                peer: peer.and_then(PeerIdentity::spiffe_id),
-                source_ip: None,
-                destination_ip: w.address.parse().ok(),
-                destination_port: self.port,
-                host,
-                method: req.method().as_str(),
-                path: req.uri().path(),
-                headers: Some(&Headers(req.headers())),
-            };
-            evaluate(snap.workload_policies(w), &areq).allowed
-        });
-        let resp = if allowed {
-            response()
-        } else {
-            let mut r = Response::new(Full::new(Bytes::from_static(b"denied")));
-            *r.status_mut() = StatusCode::FORBIDDEN;
-            r
-        };
-        ready(Ok(resp))
     }
 }
