@@ -197,7 +197,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
         };
         (gw.servers.clone(), id)
     };
-    let (controller, drain) = crate::runtime::drain_pair();
+    let (controller, drain) = crate::runtime::drain_pair(args.common.http_limits());
     let registry = mesh_tower::telemetry::Registry::new();
     let admin = AdminState::new(
         store.clone(),

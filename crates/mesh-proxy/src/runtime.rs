@@ -25,11 +25,30 @@ pub(crate) fn start_store(config: &Path) -> Result<(Arc<Store>, FileWatcher)> {
     Ok((store, watcher))
 }
 
-/// The drain signal and the count of connections still open.
+/// Limits every HTTP connection the proxy serves is held to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpLimits {
+    /// How long a client may take to send a request's headers (HTTP/1.1)
+    /// before the connection is closed: the slowloris guard.
+    pub(crate) header_read_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The drain signal, the count of connections still open, and the limits
+/// every connection is served with (carried here because every connection
+/// handler already holds a `Drain`).
 #[derive(Debug, Clone)]
 pub(crate) struct Drain {
     rx: watch::Receiver<bool>,
     active: Arc<AtomicUsize>,
+    limits: HttpLimits,
 }
 
 /// Starts a drain when asked.
@@ -49,7 +68,7 @@ impl Drop for ConnGuard {
     }
 }
 
-pub(crate) fn drain_pair() -> (DrainController, Drain) {
+pub(crate) fn drain_pair(limits: HttpLimits) -> (DrainController, Drain) {
     let (tx, rx) = watch::channel(false);
     let active = Arc::new(AtomicUsize::new(0));
     (
@@ -57,7 +76,7 @@ pub(crate) fn drain_pair() -> (DrainController, Drain) {
             tx,
             active: active.clone(),
         },
-        Drain { rx, active },
+        Drain { rx, active, limits },
     )
 }
 
@@ -105,12 +124,14 @@ pub(crate) async fn terminated() -> Result<()> {
     Ok(())
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
+fn builder(limits: HttpLimits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     // Without a timer hyper silently disables its header-read timeout.
+    // Header count and size keep hyper's defaults (100 headers, ~400 KiB
+    // of buffer: 431 beyond), proven by tests/hardening_http.rs.
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(limits.header_read_timeout);
     b.http2().timer(TokioTimer::new());
     b
 }
@@ -131,7 +152,7 @@ where
 {
     let _guard = drain.guard();
     let svc = hyper_util::service::TowerToHyperService::new(service);
-    let builder = builder();
+    let builder = builder(drain.limits);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {

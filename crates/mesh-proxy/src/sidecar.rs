@@ -60,8 +60,30 @@ pub(crate) struct CommonArgs {
     /// How long SIGTERM waits for in-flight requests and connections.
     #[arg(long, default_value = "10", value_name = "SECONDS")]
     pub(crate) drain_timeout: u64,
+    /// How long an HTTP/1.1 client may take to send a request's headers
+    /// before its connection is closed (decimals allowed).
+    #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = seconds)]
+    pub(crate) header_read_timeout: std::time::Duration,
     #[command(flatten)]
     pub(crate) identity: IdentityArgs,
+}
+
+impl CommonArgs {
+    /// The limits every served HTTP connection is held to.
+    pub(crate) fn http_limits(&self) -> crate::runtime::HttpLimits {
+        crate::runtime::HttpLimits {
+            header_read_timeout: self.header_read_timeout,
+        }
+    }
+}
+
+/// Parses a positive number of seconds, decimals allowed (`0.5`).
+fn seconds(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    if secs <= 0.0 {
+        return Err(format!("{s}: must be more than zero"));
+    }
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{s}: {e}"))
 }
 
 /// `mesh-proxy sidecar`.
@@ -191,7 +213,7 @@ pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("no WorkloadEntry {key} in {}", args.common.config.display()))?;
         w.identity.clone()
     };
-    let (controller, drain) = crate::runtime::drain_pair();
+    let (controller, drain) = crate::runtime::drain_pair(args.common.http_limits());
     let registry = Registry::new();
     let admin = AdminState::new(store.clone(), vec![metrics_source(&registry)]);
     let admin_addr = crate::admin::spawn(

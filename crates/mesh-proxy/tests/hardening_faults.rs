@@ -1,0 +1,283 @@
+//! Faults around a real `mesh-proxy sidecar`: an app that dies mid-answer
+//! or answers garbage, a CA that is down when the sidecar starts, and
+//! invalid configuration pushed while requests are flowing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{World, counting_app, free_port, http_get, mesh_config, mtls, sidecar};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An app that reads one request head and answers with `reply`, then
+/// closes the connection (the app crashing mid-answer).
+async fn scripted_app(reply: &'static [u8]) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp.write_all(reply).await;
+                let _ = tcp.flush().await;
+                // Dropping the socket here is the crash.
+            });
+        }
+    });
+    port
+}
+
+/// Sends `GET /` through the sidecar over mTLS (h2 or HTTP/1.1); returns
+/// the status and the body, or the body's error.
+async fn get(
+    creds: &mesh_ca::CredentialStore,
+    inbound: u16,
+    h2: bool,
+) -> (u16, Result<Bytes, String>) {
+    let req = http::Request::get("http://web/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = if h2 {
+        let io = TokioIo::new(mtls(creds, inbound, b"h2").await);
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    } else {
+        let io = TokioIo::new(mtls(creds, inbound, b"http/1.1").await);
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    };
+    let status = resp.status().as_u16();
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .map_err(|_| "the body never ended".to_owned())
+        .and_then(|r| r.map(|c| c.to_bytes()).map_err(|e| format!("{e:?}")));
+    (status, body)
+}
+
+async fn start_with_app(app: u16) -> (World, support::Proc, u16) {
+    let world = World::new();
+    let inbound = free_port();
+    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
+    let mut proc = sidecar(&world, app, &[]);
+    proc.ready().await;
+    (world, proc, inbound)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_dying_after_its_headers_is_never_a_complete_response() {
+    let cases: [(&str, &'static [u8]); 2] = [
+        (
+            "Content-Length longer than what was sent",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial",
+        ),
+        (
+            "chunked, cut inside a chunk",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n20\r\npartial",
+        ),
+    ];
+    for (what, reply) in cases {
+        let app = scripted_app(reply).await;
+        let (world, _proc, inbound) = start_with_app(app).await;
+        let creds = world.creds("client");
+        for h2 in [false, true] {
+            let (status, body) = get(&creds, inbound, h2).await;
+            // The headers were already on their way: 200 may arrive, but the
+            // body must end in an error, never a clean short end.
+            if status == 200 {
+                assert!(
+                    body.is_err(),
+                    "{what} (h2: {h2}): a truncated body passed off as whole: {body:?}"
+                );
+            } else {
+                assert!(status >= 500, "{what} (h2: {h2}): {status}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_dying_before_its_headers_or_answering_garbage_is_502() {
+    let cases: [(&str, &'static [u8]); 3] = [
+        ("closes without a word", b""),
+        ("answers garbage", b"HELLO I AM NOT HTTP\r\n\r\n"),
+        ("answers half a status line", b"HTTP/1.1 2"),
+    ];
+    for (what, reply) in cases {
+        let app = scripted_app(reply).await;
+        let (world, _proc, inbound) = start_with_app(app).await;
+        let creds = world.creds("client");
+        for h2 in [false, true] {
+            let (status, _) = get(&creds, inbound, h2).await;
+            assert_eq!(status, 502, "{what} (h2: {h2})");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_ca_down_at_start_the_sidecar_serves_nothing_until_it_is_back() {
+    let world = World::new();
+    let inbound = free_port();
+    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
+    let (app, seen) = counting_app().await;
+    let ca_port = free_port();
+    let token = mesh_ca::TokenStore::new(&world.path("ca"))
+        .create(&support::id("web"), Duration::from_secs(600))
+        .unwrap();
+    let ca_addr = format!("127.0.0.1:{ca_port}");
+    let root = world.path("ca/root-cert.pem");
+    let mut proc = support::sidecar_with_identity(
+        &world,
+        app,
+        &[
+            "--ca".as_ref(),
+            ca_addr.as_ref(),
+            "--ca-root".as_ref(),
+            root.as_os_str(),
+            "--token".as_ref(),
+            token.as_ref(),
+        ],
+        &[],
+    );
+    // Not ready, and the inbound port takes no connection, for a while.
+    let creds = world.creds("client");
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut saw_not_ready = false;
+    while Instant::now() < until {
+        if let Some((status, _)) = http_get(&proc.admin_url("/ready")).await {
+            assert_eq!(status, 503, "ready without an identity");
+            saw_not_ready = true;
+        }
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", inbound))
+                .await
+                .is_err(),
+            "the inbound port accepts connections without an identity"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_not_ready, "the admin port never answered");
+    assert!(
+        proc.child.try_wait().unwrap().is_none(),
+        "the sidecar gave up"
+    );
+
+    // The CA comes up on its address: ready without a restart, and serving.
+    let ca = Arc::new(mesh_ca::CertificateAuthority::open_dir(&world.path("ca")).unwrap());
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", ca_port))
+        .await
+        .unwrap();
+    let server = mesh_ca::service::CaServer::spawn(
+        ca,
+        mesh_ca::TokenStore::new(&world.path("ca")),
+        listener,
+    )
+    .await
+    .unwrap();
+    proc.ready().await;
+    let (status, body) = get(&creds, inbound, true).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.unwrap(), "ok 0");
+    assert_eq!(seen.heads(), 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_config_pushed_under_load_fails_no_request() {
+    let world = World::new();
+    let inbound = free_port();
+    let good = mesh_config(inbound, "STRICT");
+    world.write_config("mesh.yaml", &good);
+    let (app, seen) = counting_app().await;
+    let mut proc = sidecar(&world, app, &[]);
+    proc.ready().await;
+    let creds = world.creds("client");
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for worker in 0..3 {
+        let (creds, stop, ok, failed) = (creds.clone(), stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                // Worker 0 opens a connection per request (the mode and the
+                // workload are read per connection); the others reuse one.
+                let (status, body) = get(&creds, inbound, worker != 0).await;
+                if status == 200 && body.is_ok() {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+
+    let rejections = || async {
+        let (_, m) = http_get(&proc.admin_url("/stats/prometheus"))
+            .await
+            .unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("mesh_config_rejections_total "))
+            .map(|v| v.trim().parse::<u64>().unwrap())
+            .unwrap()
+    };
+    let bad: [(&str, String); 4] = [
+        ("mesh.yaml", "apiVersion: [unclosed\n".to_owned()),
+        (
+            "mesh.yaml",
+            good.replace("ports: {http: ", "ports: {http: not-a-port-"),
+        ),
+        (
+            "deny.yaml",
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x}\n\
+             spec: {action: DENYY, rules: [{}]}\n"
+                .to_owned(),
+        ),
+        (
+            "mesh.yaml",
+            String::new() + &good.replace("STRICT", "STRICTEST"),
+        ),
+    ];
+    for (i, (file, text)) in bad.iter().enumerate() {
+        let before = rejections().await;
+        world.write_config(file, text);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rejections().await <= before {
+            assert!(Instant::now() < deadline, "bad config {i} was not rejected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Traffic with the bad file in place, then the good config back.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if *file == "mesh.yaml" {
+            world.write_config(file, &good);
+        } else {
+            std::fs::remove_file(world.path("mesh").join(file)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for l in load {
+        l.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert_eq!(failed, 0, "{failed} requests failed ({ok} succeeded)");
+    assert!(ok > 20, "too little load to mean anything: {ok}");
+    assert!(seen.complete() >= ok);
+}
