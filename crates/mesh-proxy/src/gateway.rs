@@ -52,6 +52,9 @@ pub(crate) struct GatewayArgs {
     pub(crate) identity_id: Option<String>,
 }
 
+/// The longest a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -244,7 +247,15 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
                     let (acceptor, router, drain) =
                         (acceptor.clone(), router.clone(), drain2.clone());
                     tokio::spawn(async move {
-                        match acceptor.accept(tcp).await {
+                        // A client that never finishes its handshake must not
+                        // hold a connection forever.
+                        let handshake =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                        let Ok(handshake) = handshake else {
+                            tracing::info!(%remote, "TLS handshake timed out");
+                            return;
+                        };
+                        match handshake {
                             Ok(tls) => {
                                 serve_http(
                                     tls,
