@@ -301,16 +301,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
             }
         }
     }
-    admin
-        .listeners_up
-        .store(true, std::sync::atomic::Ordering::Release);
-    tracing::info!("ready");
-    crate::runtime::terminated().await?;
-    tracing::info!("SIGTERM: draining");
-    controller
-        .drain(std::time::Duration::from_secs(args.common.drain_timeout))
-        .await;
-    Ok(())
+    crate::runtime::ready_then_drain(&admin, controller, args.common.drain_timeout).await
 }
 
 /// The edge in front of the router: X-Forwarded-For and -Proto, the client

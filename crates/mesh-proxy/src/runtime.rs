@@ -177,3 +177,20 @@ where
 {
     r.map(mesh_tower::body::boxed)
 }
+
+/// Marks the proxy ready, waits for SIGTERM (or Ctrl-C), then drains for at
+/// most `drain_timeout` seconds.
+pub(crate) async fn ready_then_drain(
+    admin: &crate::admin::AdminState,
+    controller: DrainController,
+    drain_timeout: u64,
+) -> Result<()> {
+    admin
+        .listeners_up
+        .store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!("ready");
+    terminated().await?;
+    tracing::info!("SIGTERM: draining");
+    controller.drain(Duration::from_secs(drain_timeout)).await;
+    Ok(())
+}

@@ -297,16 +297,7 @@ pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
             tokio::spawn(serve_http(tcp, router.clone(), drain2.clone()));
         }));
     }
-    admin
-        .listeners_up
-        .store(true, std::sync::atomic::Ordering::Release);
-    tracing::info!("ready");
-    crate::runtime::terminated().await?;
-    tracing::info!("SIGTERM: draining");
-    controller
-        .drain(std::time::Duration::from_secs(args.common.drain_timeout))
-        .await;
-    Ok(())
+    crate::runtime::ready_then_drain(&admin, controller, args.common.drain_timeout).await
 }
 
 /// What every connection handler of the sidecar shares.
