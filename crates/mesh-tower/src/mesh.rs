@@ -465,6 +465,19 @@ impl Mesh {
         })
     }
 
+    /// Sends one request through [`Mesh::client`]: the same routing, mTLS
+    /// and metrics, without naming the body type to tower.
+    pub async fn send<B>(&self, req: Request<B>) -> Response<BoxBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        match tower::ServiceExt::oneshot(self.client(), req).await {
+            Ok(resp) => resp.map(boxed),
+            Err(never) => match never {},
+        }
+    }
+
     fn inbound_stack(&self, app: AppService, remote: SocketAddr, local: SocketAddr) -> Inbound {
         let authz = AuthorizeLayer::new(
             self.inner.store.clone(),

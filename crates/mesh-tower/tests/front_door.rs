@@ -132,6 +132,11 @@ async fn two_rust_services_over_the_mesh() {
             .unwrap()
             .contains("no ALLOW policy matched")
     );
+    // `send` is the same client without naming types.
+    let resp = productpage
+        .send(Request::get("http://reviews:9080/x").body(empty()).unwrap())
+        .await;
+    assert_eq!(resp.status(), 200);
     let stranger = mesh(&pki, &store, "stranger", "stranger").await;
     let resp = stranger
         .client()
