@@ -439,43 +439,20 @@ async fn forward(
     let now = Instant::now();
     let dest = pick::destination(
         dests,
-        |d| {
-            snap.services
-                .get(&d.host)
-                .zip(
-                    snap.services
-                        .get(&d.host)
-                        .and_then(|s| s.port(pick::dest_port(snap, d, port))),
-                )
-                .is_some_and(|(svc, sp)| {
-                    pick::endpoints(snap, svc, sp, d.subset.as_deref()).is_some_and(|eps| {
-                        eps.iter()
-                            .any(|e| inner.state.endpoint(&e.key).is_available(now))
-                    })
-                })
-        },
+        |d| pick::has_available(snap, d, port, &inner.state, now),
         key,
         inner.random.as_ref(),
     )
     .ok_or_else(|| MeshError::NoHealthyEndpoint {
         target: first_host.to_owned(),
     })?;
-    let dport = pick::dest_port(snap, dest, port);
-    let svc = snap
-        .services
-        .get(&dest.host)
-        .ok_or_else(|| MeshError::UnknownHost {
-            host: dest.host.clone(),
-        })?;
-    let sp = svc.port(dport).ok_or_else(|| MeshError::UnknownPort {
-        host: dest.host.clone(),
-        port: dport,
-    })?;
+    let pick::Resolved {
+        svc,
+        port: sp,
+        endpoints: eps,
+    } = pick::resolve(snap, dest, port)?;
+    let dport = sp.number;
     let subset = dest.subset.as_deref();
-    let eps = pick::endpoints(snap, svc, sp, subset).ok_or_else(|| MeshError::NoSubset {
-        host: dest.host.clone(),
-        subset: subset.unwrap_or_default().to_owned(),
-    })?;
     let target_name = subset.map_or_else(
         || dest.host.clone(),
         |s| format!("{} subset {s}", dest.host),

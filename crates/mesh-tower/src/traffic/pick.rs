@@ -275,3 +275,57 @@ pub(crate) fn dest_port(snap: &Snapshot, d: &WeightedDestination, request_port: 
         _ => request_port,
     }
 }
+
+/// A destination resolved against one snapshot: its service, the service
+/// port it means, and the endpoints of its subset.
+pub(crate) struct Resolved<'s> {
+    pub(crate) svc: &'s Service,
+    pub(crate) port: &'s ServicePortEntry,
+    pub(crate) endpoints: Vec<Endpoint>,
+}
+
+/// Resolves a destination, or says why it cannot be reached.
+pub(crate) fn resolve<'s>(
+    snap: &'s Snapshot,
+    d: &WeightedDestination,
+    request_port: u16,
+) -> Result<Resolved<'s>, crate::error::MeshError> {
+    use crate::error::MeshError;
+    let number = dest_port(snap, d, request_port);
+    let svc = snap
+        .services
+        .get(&d.host)
+        .ok_or_else(|| MeshError::UnknownHost {
+            host: d.host.clone(),
+        })?;
+    let port = svc.port(number).ok_or_else(|| MeshError::UnknownPort {
+        host: d.host.clone(),
+        port: number,
+    })?;
+    let subset = d.subset.as_deref();
+    let endpoints = endpoints(snap, svc, port, subset).ok_or_else(|| MeshError::NoSubset {
+        host: d.host.clone(),
+        subset: subset.unwrap_or_default().to_owned(),
+    })?;
+    Ok(Resolved {
+        svc,
+        port,
+        endpoints,
+    })
+}
+
+/// Can the destination serve now: does it resolve, with an endpoint that is
+/// not ejected?
+pub(crate) fn has_available(
+    snap: &Snapshot,
+    d: &WeightedDestination,
+    request_port: u16,
+    state: &TrafficState,
+    now: Instant,
+) -> bool {
+    resolve(snap, d, request_port).is_ok_and(|r| {
+        r.endpoints
+            .iter()
+            .any(|e| state.endpoint(&e.key).is_available(now))
+    })
+}

@@ -89,38 +89,20 @@ impl TcpRouter {
         let now = Instant::now();
         let dest = pick::destination(
             dests,
-            |d| {
-                snap.services
-                    .get(&d.host)
-                    .and_then(|s| s.port(pick::dest_port(&snap, d, port)).map(|p| (s, p)))
-                    .and_then(|(s, p)| pick::endpoints(&snap, s, p, d.subset.as_deref()))
-                    .is_some_and(|eps| {
-                        eps.iter()
-                            .any(|e| self.state.endpoint(&e.key).is_available(now))
-                    })
-            },
+            |d| pick::has_available(&snap, d, port, &self.state, now),
             None,
             self.random.as_ref(),
         )
         .ok_or_else(|| MeshError::NoHealthyEndpoint {
             target: svc.host.clone(),
         })?;
-        let dport = pick::dest_port(&snap, dest, port);
-        let dsvc = snap
-            .services
-            .get(&dest.host)
-            .ok_or_else(|| MeshError::UnknownHost {
-                host: dest.host.clone(),
-            })?;
-        let dsp = dsvc.port(dport).ok_or_else(|| MeshError::UnknownPort {
-            host: dest.host.clone(),
-            port: dport,
-        })?;
+        let pick::Resolved {
+            svc: dsvc,
+            port: dsp,
+            endpoints: eps,
+        } = pick::resolve(&snap, dest, port)?;
+        let dport = dsp.number;
         let subset = dest.subset.as_deref();
-        let eps = pick::endpoints(&snap, dsvc, dsp, subset).ok_or_else(|| MeshError::NoSubset {
-            host: dest.host.clone(),
-            subset: subset.unwrap_or_default().to_owned(),
-        })?;
         let policy = pick::effective_policy(&snap, &dest.host, dport, subset);
         let outlier = policy
             .outlier_detection
