@@ -20,6 +20,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use mesh_ca::tls::crypto_provider;
 use mesh_core::identity::SpiffeId;
 use mesh_core::resources::networking::{Protocol, Server, ServerTlsMode};
 use mesh_tower::body::{BoxBody, empty};
@@ -55,10 +56,6 @@ pub(crate) struct GatewayArgs {
 /// The longest a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn resolve(base: &Path, file: &str) -> PathBuf {
     let p = Path::new(file);
     if p.is_absolute() {
@@ -79,7 +76,7 @@ fn load_key(base: &Path, cert: &str, key: &str) -> Result<Arc<CertifiedKey>> {
     }
     let der = PrivateKeyDer::from_pem_file(&key_path)
         .with_context(|| format!("reading {}", key_path.display()))?;
-    let signer = provider()
+    let signer = crypto_provider()
         .key_provider
         .load_private_key(der)
         .with_context(|| format!("loading {}", key_path.display()))?;
@@ -153,7 +150,7 @@ fn tls_config(base: &Path, servers: &[&Server]) -> Result<Arc<rustls::ServerConf
             by_host.push((h.clone(), ck.clone()));
         }
     }
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         Some(path) => {
@@ -164,7 +161,8 @@ fn tls_config(base: &Path, servers: &[&Server]) -> Result<Arc<rustls::ServerConf
                 roots.add(c?)?;
             }
             let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
+                    .build()?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
