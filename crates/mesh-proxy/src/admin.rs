@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Result, bail};
 use arc_swap::ArcSwapOption;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use mesh_core::store::Store;
 use mesh_tower::body::{BoxBody, full};
 use tokio::net::TcpListener;
@@ -91,7 +90,7 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
     r
 }
 
-fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<BoxBody> {
+fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<BoxBody> {
     match req.uri().path() {
         "/ready" | "/healthz/ready" => match state.ready() {
             Ok(()) => text(StatusCode::OK, "LIVE\n".into(), "text/plain"),
@@ -158,7 +157,7 @@ pub(crate) async fn spawn(
                 _ = drain.signaled() => return,
             };
             let state = state.clone();
-            let svc = tower::service_fn(move |req: Request<Incoming>| {
+            let svc = tower::service_fn(move |req: Request<crate::runtime::ProxyBody>| {
                 let resp = handle(&state, &req);
                 async move { Ok::<_, Infallible>(resp) }
             });

@@ -19,7 +19,6 @@ use std::task::{Context, Poll};
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use mesh_ca::tls::crypto_provider;
 use mesh_core::identity::SpiffeId;
 use mesh_core::resources::networking::{Protocol, Server, ServerTlsMode};
@@ -33,7 +32,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
 use crate::admin::AdminState;
-use crate::runtime::serve_http;
+use crate::runtime::{ProxyBody, serve_http};
 use crate::sidecar::{CommonArgs, accept_loop};
 
 /// `mesh-proxy gateway`.
@@ -312,7 +311,7 @@ struct Edge {
     redirect: Option<u16>,
 }
 
-impl tower::Service<Request<Incoming>> for Edge {
+impl tower::Service<Request<ProxyBody>> for Edge {
     type Response = Response<BoxBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
@@ -321,7 +320,7 @@ impl tower::Service<Request<Incoming>> for Edge {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
         if let Some(port) = self.redirect {
             let host = req
                 .headers()

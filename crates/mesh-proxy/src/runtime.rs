@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use mesh_core::store::{FileSource, FileWatcher, Store};
+use mesh_tower::limits::{BodyLimitLayer, BodyLimits, LimitedBody};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
@@ -31,15 +32,49 @@ pub(crate) struct HttpLimits {
     /// How long a client may take to send a request's headers (HTTP/1.1)
     /// before the connection is closed: the slowloris guard.
     pub(crate) header_read_timeout: Duration,
+    /// The request body's cap (413) and read timeout (408).
+    pub(crate) body: BodyLimits,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(30),
+            body: BodyLimits::default(),
         }
     }
 }
+
+/// What the proxy serves HTTP connections with.
+pub(crate) trait ProxyService:
+    tower::Service<
+        Request<ProxyBody>,
+        Response = Response<mesh_tower::body::BoxBody>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> ProxyService for S where
+    S: tower::Service<
+            Request<ProxyBody>,
+            Response = Response<mesh_tower::body::BoxBody>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The body of every request the proxy serves: the client's, held to the
+/// [`HttpLimits`] body limits.
+pub(crate) type ProxyBody = LimitedBody<Incoming>;
 
 /// The drain signal, the count of connections still open, and the limits
 /// every connection is served with (carried here because every connection
@@ -137,21 +172,15 @@ fn builder(limits: HttpLimits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves HTTP/1.1 or h2 on `io` until the client is done or a drain asks
-/// the connection to finish its in-flight requests and close.
+/// the connection to finish its in-flight requests and close. Request
+/// bodies are held to the drain's [`HttpLimits`] on the way in.
 pub(crate) async fn serve_http<IO, S>(io: IO, service: S, drain: Drain)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<
-            Request<Incoming>,
-            Response = Response<mesh_tower::body::BoxBody>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ProxyService,
 {
     let _guard = drain.guard();
-    let svc = hyper_util::service::TowerToHyperService::new(service);
+    let svc = hyper_util::service::TowerToHyperService::new(limited(service, drain.limits.body));
     let builder = builder(drain.limits);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
@@ -166,6 +195,19 @@ where
             let _ = conn.await;
         }
     }
+}
+
+/// The service behind the body limits, boxed here, outside any async
+/// block, so the connection futures stay provably `Send`.
+fn limited<S: ProxyService>(
+    service: S,
+    limits: BodyLimits,
+) -> tower::util::BoxCloneSyncService<
+    Request<Incoming>,
+    Response<mesh_tower::body::BoxBody>,
+    std::convert::Infallible,
+> {
+    tower::util::BoxCloneSyncService::new(tower::Layer::layer(&BodyLimitLayer(limits), service))
 }
 
 /// Boxes a response body: a named function, not a closure, so the futures

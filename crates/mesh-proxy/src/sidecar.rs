@@ -22,7 +22,6 @@ use std::task::{Context, Poll};
 use anyhow::{Context as _, Result, anyhow};
 use clap::Args;
 use http::{HeaderValue, Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -38,12 +37,12 @@ use mesh_tower::telemetry::{
 };
 use mesh_tower::tls::{MeshAcceptor, MeshConnector, PeerIdentity, TlsMode};
 use mesh_tower::traffic::{ClientAddr, Router, RouterConfig, TcpRouter};
-use mesh_tower::upstream::error_chain;
+use mesh_tower::upstream::UpstreamError;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::admin::AdminState;
 use crate::identity::IdentityArgs;
-use crate::runtime::{Drain, serve_http};
+use crate::runtime::{Drain, ProxyBody, serve_http};
 
 /// Options shared by the sidecar and the gateway.
 #[derive(Debug, Clone, Args)]
@@ -64,6 +63,16 @@ pub(crate) struct CommonArgs {
     /// before its connection is closed (decimals allowed).
     #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = seconds)]
     pub(crate) header_read_timeout: std::time::Duration,
+    /// The largest request body accepted: bytes, or with a KiB, MiB or GiB
+    /// suffix. Over it: 413 (before forwarding when Content-Length says so,
+    /// else as soon as the body grows past it). Default: no cap, bodies are
+    /// streamed in bounded memory.
+    #[arg(long, value_name = "BYTES", value_parser = bytes_size)]
+    pub(crate) max_request_body: Option<u64>,
+    /// How long a client may leave a request body without sending more
+    /// while it is being forwarded (decimals allowed): 408 after it.
+    #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = seconds)]
+    pub(crate) body_read_timeout: std::time::Duration,
     #[command(flatten)]
     pub(crate) identity: IdentityArgs,
 }
@@ -73,8 +82,30 @@ impl CommonArgs {
     pub(crate) fn http_limits(&self) -> crate::runtime::HttpLimits {
         crate::runtime::HttpLimits {
             header_read_timeout: self.header_read_timeout,
+            body: mesh_tower::limits::BodyLimits::default()
+                .max_request_body(self.max_request_body)
+                .body_read_timeout(Some(self.body_read_timeout)),
         }
     }
+}
+
+/// Parses a size in bytes: `1048576`, `64KiB`, `10MiB`, `1GiB`.
+fn bytes_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((t, ""), |i| t.split_at(i));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s}: expected a number of bytes, like 1048576 or 10MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        other => return Err(format!("{s}: unknown unit {other:?}; use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s}: too large"))
 }
 
 /// Parses a positive number of seconds, decimals allowed (`0.5`).
@@ -328,7 +359,7 @@ fn local_info(store: &Store, key: &str) -> WorkloadInfo {
 /// The outbound HTTP stack: telemetry (reporter `source`) in front of the
 /// router, answers boxed.
 pub(crate) type Outbound =
-    tower::util::BoxCloneSyncService<Request<Incoming>, Response<BoxBody>, Infallible>;
+    tower::util::BoxCloneSyncService<Request<ProxyBody>, Response<BoxBody>, Infallible>;
 
 /// The inbound HTTP stack: telemetry (reporter `destination`) around
 /// authorization and forwarding. Boxed here, outside any async block, so the
@@ -343,7 +374,7 @@ fn inbound_stack(svc: InboundHttp, ctx: &Ctx, local: WorkloadInfo, facts: ConnFa
     tower::util::BoxCloneSyncService::new(
         tower::ServiceBuilder::new()
             .map_response(crate::runtime::box_response)
-            .map_request(move |mut req: Request<Incoming>| {
+            .map_request(move |mut req: Request<ProxyBody>| {
                 drop_transport_authority(&mut req, facts.local);
                 let ext = req.extensions_mut();
                 if let Some(d) = &destination {
@@ -567,18 +598,7 @@ impl InboundHttp {
             .entry("x-forwarded-proto")
             .or_insert(HeaderValue::from_static(proto));
         let resp = self.client.request(req).await.map_err(|e| {
-            let why = error_chain(&e);
-            if e.is_connect() {
-                MeshError::UpstreamConnect {
-                    endpoint: self.app.to_string(),
-                    why,
-                }
-            } else {
-                MeshError::UpstreamProtocol {
-                    endpoint: self.app.to_string(),
-                    why,
-                }
-            }
+            UpstreamError::classify(&e, e.is_connect()).into_mesh_error(self.app.to_string())
         })?;
         Ok(resp.map(boxed))
     }
@@ -662,7 +682,7 @@ struct ForceAuthority {
     inner: Outbound,
 }
 
-impl tower::Service<Request<Incoming>> for ForceAuthority {
+impl tower::Service<Request<ProxyBody>> for ForceAuthority {
     type Response = Response<BoxBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
@@ -671,7 +691,7 @@ impl tower::Service<Request<Incoming>> for ForceAuthority {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
         if let Ok(v) = HeaderValue::from_str(&self.authority) {
             req.headers_mut().insert(http::header::HOST, v);
         }

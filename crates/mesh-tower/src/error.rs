@@ -90,6 +90,15 @@ pub enum MeshError {
     /// Authorization denied the request.
     #[error("RBAC: access denied: {0}")]
     Denied(String),
+    /// The request body is larger than the configured cap.
+    #[error("request body larger than {limit} bytes")]
+    RequestBodyTooLarge {
+        /// The cap, in bytes.
+        limit: u64,
+    },
+    /// The client stopped sending the request body.
+    #[error("request body timeout: nothing received for {0:?}")]
+    RequestBodyTimeout(std::time::Duration),
 }
 
 impl MeshError {
@@ -100,6 +109,8 @@ impl MeshError {
             Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Denied(_) => StatusCode::FORBIDDEN,
+            Self::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::FaultAbort(_, status) => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
@@ -120,6 +131,9 @@ impl MeshError {
             Self::Timeout(_) => "UT",
             Self::FaultAbort(..) => "FI",
             Self::Denied(_) => "RBAC",
+            // Envoy has no flag for either; both are the downstream's doing.
+            Self::RequestBodyTooLarge { .. } => "DPE",
+            Self::RequestBodyTimeout(_) => "SI",
         }
     }
 
@@ -132,6 +146,7 @@ impl MeshError {
             401 => 16,             // UNAUTHENTICATED
             403 => 7,              // PERMISSION_DENIED
             404 => 12,             // UNIMPLEMENTED
+            413 => 8,              // RESOURCE_EXHAUSTED, as gRPC's own size limit
             504 => 4,              // DEADLINE_EXCEEDED
             429 | 502 | 503 => 14, // UNAVAILABLE
             _ => 2,                // UNKNOWN

@@ -65,6 +65,8 @@ use tokio::task::JoinHandle;
 
 use crate::authz::{AuthorizeLayer, LocalAddr, LocalWorkload, drop_transport_authority};
 use crate::body::{BoxBody, BoxError, boxed, full};
+use crate::error::MeshError;
+use crate::limits::{BodyLimitLayer, BodyLimits, LimitedBody};
 use crate::telemetry::{
     DestinationInfo, MetricsService, Registry, SourceInfo, Telemetry, TelemetryLayer, WorkloadInfo,
     inbound_labels,
@@ -110,6 +112,8 @@ pub struct MeshBuilder {
     store: Option<Arc<Store>>,
     workload: Option<(String, String)>,
     identity: Option<IdentitySource>,
+    header_read_timeout: Duration,
+    body_limits: BodyLimits,
 }
 
 impl std::fmt::Debug for MeshBuilder {
@@ -174,6 +178,25 @@ impl MeshBuilder {
             root: root.into(),
             token,
         });
+        self
+    }
+
+    /// How long an HTTP/1.1 client may take to send a request's headers
+    /// before [`Mesh::serve`] closes its connection (default 30 s): the
+    /// slowloris guard.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// What request bodies [`Mesh::serve`] accepts: by default any size,
+    /// streamed, with a client that stalls for
+    /// [`DEFAULT_BODY_READ_TIMEOUT`](crate::limits::DEFAULT_BODY_READ_TIMEOUT)
+    /// cut off (408). A body over the cap is answered 413, or reaches the
+    /// handler as a body error it can pass on with `?`: the mesh answers
+    /// 413 or 408 for it.
+    pub fn body_limits(mut self, limits: BodyLimits) -> Self {
+        self.body_limits = limits;
         self
     }
 
@@ -257,6 +280,8 @@ impl MeshBuilder {
                 info,
                 creds,
                 registry: Registry::new(),
+                header_read_timeout: self.header_read_timeout,
+                body_limits: self.body_limits,
                 _keep: keep,
             }),
         })
@@ -279,6 +304,8 @@ struct MeshInner {
     info: WorkloadInfo,
     creds: CredentialStore,
     registry: Registry,
+    header_read_timeout: Duration,
+    body_limits: BodyLimits,
     _keep: Keep,
 }
 
@@ -308,6 +335,8 @@ impl Mesh {
             store: None,
             workload: None,
             identity: None,
+            header_read_timeout: Duration::from_secs(30),
+            body_limits: BodyLimits::default(),
         }
     }
 
@@ -419,6 +448,8 @@ impl Mesh {
                 };
                 let stack = mesh.inbound_stack(app.clone(), remote, local);
                 let (labels_store, labels_key) = (mesh.inner.store.clone(), mesh.inner.key.clone());
+                let (header_read_timeout, body_limits) =
+                    (mesh.inner.header_read_timeout, mesh.inner.body_limits);
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let stream = match acceptor.accept(tcp).await {
@@ -433,16 +464,19 @@ impl Mesh {
                         let snap = labels_store.load();
                         inbound_labels(&snap, &labels_key, local.port(), peer.spiffe_id())
                     };
-                    let svc = AddPeer {
-                        inner: stack,
-                        peer,
-                        destination,
-                        source,
-                    };
+                    let svc = limited(
+                        AddPeer {
+                            inner: stack,
+                            peer,
+                            destination,
+                            source,
+                        },
+                        body_limits,
+                    );
                     let mut b = auto::Builder::new(TokioExecutor::new());
                     b.http1()
                         .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(30));
+                        .header_read_timeout(header_read_timeout);
                     b.http2().timer(TokioTimer::new());
                     let conn = b
                         .serve_connection(
@@ -487,7 +521,7 @@ impl Mesh {
         tower::util::BoxCloneSyncService::new(
             tower::ServiceBuilder::new()
                 .map_response(box_response)
-                .map_request(move |mut req: Request<Incoming>| {
+                .map_request(move |mut req: Request<LimitedBody<Incoming>>| {
                     drop_transport_authority(&mut req, local);
                     req.extensions_mut().insert(ClientAddr(remote));
                     req.extensions_mut().insert(LocalAddr(local));
@@ -503,7 +537,17 @@ impl Mesh {
     }
 }
 
-type Inbound = tower::util::BoxCloneSyncService<Request<Incoming>, Response<BoxBody>, Infallible>;
+type Inbound =
+    tower::util::BoxCloneSyncService<Request<LimitedBody<Incoming>>, Response<BoxBody>, Infallible>;
+
+/// The connection's service behind the body limits, boxed here, outside
+/// any async block, so the connection futures stay provably `Send`.
+fn limited(
+    svc: AddPeer,
+    limits: BodyLimits,
+) -> tower::util::BoxCloneSyncService<Request<Incoming>, Response<BoxBody>, Infallible> {
+    tower::util::BoxCloneSyncService::new(tower::Layer::layer(&BodyLimitLayer(limits), svc))
+}
 
 fn box_response<B>(r: Response<B>) -> Response<BoxBody>
 where
@@ -563,6 +607,9 @@ where
 /// never a reset connection.
 fn catch(r: Result<Response<BoxBody>, BoxError>) -> Result<Response<BoxBody>, Infallible> {
     Ok(r.unwrap_or_else(|e| {
+        if let Some(limit) = crate::limits::body_limit_error(&*e) {
+            return MeshError::from(limit).to_response();
+        }
         tracing::info!(error = %e, "the service failed; answering 500");
         let mut resp = Response::new(full("internal error\n"));
         *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
@@ -579,16 +626,16 @@ struct AddPeer {
     source: Option<SourceInfo>,
 }
 
-impl tower::Service<Request<Incoming>> for AddPeer {
+impl tower::Service<Request<LimitedBody<Incoming>>> for AddPeer {
     type Response = Response<BoxBody>;
     type Error = Infallible;
-    type Future = <Inbound as tower::Service<Request<Incoming>>>::Future;
+    type Future = <Inbound as tower::Service<Request<LimitedBody<Incoming>>>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<LimitedBody<Incoming>>) -> Self::Future {
         let ext = req.extensions_mut();
         ext.insert(self.peer.clone());
         if let Some(d) = &self.destination {

@@ -196,6 +196,34 @@ pub enum UpstreamError {
     /// The connection broke or the answer was not HTTP.
     #[error("{0}")]
     Protocol(String),
+    /// The caller's request body broke a limit while it was being sent:
+    /// the caller's fault, not the upstream's.
+    #[error("{0}")]
+    RequestBody(crate::limits::BodyLimitError),
+}
+
+impl UpstreamError {
+    /// The answer the caller gets for this failure of a call to `endpoint`.
+    pub fn into_mesh_error(self, endpoint: String) -> crate::error::MeshError {
+        use crate::error::MeshError;
+        match self {
+            Self::Connect(why) => MeshError::UpstreamConnect { endpoint, why },
+            Self::Protocol(why) => MeshError::UpstreamProtocol { endpoint, why },
+            Self::RequestBody(limit) => limit.into(),
+        }
+    }
+
+    /// Classifies a failed upstream call: the request body's limits first
+    /// (hyper reports them as its own errors), then connect or protocol.
+    pub fn classify(e: &(dyn std::error::Error + 'static), connect: bool) -> Self {
+        if let Some(limit) = crate::limits::body_limit_error(e) {
+            Self::RequestBody(limit)
+        } else if connect {
+            Self::Connect(error_chain(e))
+        } else {
+            Self::Protocol(error_chain(e))
+        }
+    }
 }
 
 /// Asks the upstream to speak HTTP/2 without negotiation (HTTP2 and GRPC
@@ -228,8 +256,7 @@ pub fn hyper_upstream(connector: EndpointConnector) -> Upstream {
         async move {
             match client.request(req).await {
                 Ok(resp) => Ok(resp.map(crate::body::boxed)),
-                Err(e) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-                Err(e) => Err(UpstreamError::Protocol(error_chain(&e))),
+                Err(e) => Err(UpstreamError::classify(&e, e.is_connect())),
             }
         }
     }))

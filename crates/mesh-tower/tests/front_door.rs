@@ -217,3 +217,111 @@ async fn the_builder_says_what_is_missing() {
         "{err}"
     );
 }
+
+/// Two 1 KiB frames with no size announced: the body only shows it is
+/// too large while it streams.
+struct TwoFrames(u8);
+
+impl http_body::Body for TwoFrames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.0 == 2 {
+            return std::task::Poll::Ready(None);
+        }
+        self.0 += 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            &[b'x'; 1024],
+        )))))
+    }
+}
+
+#[tokio::test]
+async fn the_front_door_holds_request_bodies_to_the_cap() {
+    let pki = TestPki::new("cluster.local");
+    let port = free_port();
+    let store = Arc::new(Store::new());
+    // The same services, without the GET-only policy.
+    let yaml: Vec<&str> = config(port)
+        .leak()
+        .split("\n---\n")
+        .filter(|d| !d.contains("AuthorizationPolicy"))
+        .collect();
+    store
+        .apply(mesh_core::load::load_str(
+            std::path::Path::new("mesh.yaml"),
+            &yaml.join("\n---\n"),
+        ))
+        .unwrap();
+    let reviews = Mesh::builder()
+        .store(store.clone())
+        .workload("default", "reviews-v1")
+        .identity_store(pki.store("reviews"))
+        .body_limits(mesh_tower::limits::BodyLimits::default().max_request_body(Some(1500)))
+        .build()
+        .await
+        .unwrap();
+    let called = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = called.clone();
+    // The handler reads the body and passes its error on with `?`.
+    let handler = tower::service_fn(move |req: Request<BoxBody>| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let body = req.into_body().collect().await?.to_bytes();
+            Ok::<_, mesh_tower::body::BoxError>(Response::new(full(format!("{}", body.len()))))
+        }
+    });
+    let server = reviews
+        .serve(format!("127.0.0.1:{port}").parse().unwrap(), handler)
+        .await
+        .unwrap();
+    let productpage = mesh(&pki, &store, "productpage", "productpage").await;
+    let called = || called.load(std::sync::atomic::Ordering::SeqCst);
+
+    // Under the cap: whole.
+    let resp = productpage
+        .send(
+            Request::post("http://reviews:9080/")
+                .body(TwoFrames(1))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "1024");
+    assert_eq!(called(), 1);
+
+    // A Content-Length over the cap: 413, the handler is never called.
+    let resp = productpage
+        .send(
+            Request::post("http://reviews:9080/")
+                .header("content-length", "2048")
+                .body(full(vec![b'x'; 2048]))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(resp.status(), 413);
+    assert_eq!(called(), 1);
+
+    // Streamed past the cap: the handler's body read fails, and the mesh
+    // answers 413 for the error it passed on.
+    let resp = productpage
+        .send(
+            Request::post("http://reviews:9080/")
+                .body(TwoFrames(0))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(resp.status(), 413);
+    assert!(
+        resp.headers()[REASON_HEADER]
+            .to_str()
+            .unwrap()
+            .contains("larger than 1500 bytes")
+    );
+    assert_eq!(called(), 2);
+    server.shutdown().await;
+}

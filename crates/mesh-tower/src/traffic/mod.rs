@@ -561,6 +561,7 @@ async fn forward(
             None => Ok(send.await),
         };
         drop(in_flight);
+        let callers_fault = matches!(outcome, Ok(Err(UpstreamError::RequestBody(_))));
         let (failure, res) = match outcome {
             Err(t) => (Some(Failure::PerTryTimeout), Err(MeshError::Timeout(t))),
             Ok(Err(UpstreamError::Connect(why))) => (
@@ -577,12 +578,16 @@ async fn forward(
                     why,
                 }),
             ),
+            // The caller's body broke a limit: not the endpoint's failure,
+            // and nothing to retry.
+            Ok(Err(UpstreamError::RequestBody(limit))) => (None, Err(MeshError::from(limit))),
+
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
                 ((status >= 500).then_some(Failure::Status(status)), Ok(resp))
             }
         };
-        if let Some(op) = &outlier {
+        if let Some(op) = outlier.as_ref().filter(|_| !callers_fault) {
             let o = match failure {
                 None => Outcome::Success,
                 Some(Failure::Status(s)) => Outcome::Status(s),
