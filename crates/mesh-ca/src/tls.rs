@@ -206,23 +206,43 @@ enum BundleSource {
 pub fn client_config_without_cert(
     verifier: SpiffeServerVerifier,
 ) -> Result<ClientConfig, rustls::Error> {
-    Ok(ClientConfig::builder_with_provider(crypto_provider())
+    let mut config = ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth())
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
 /// A server config presenting the store's current SVID and verifying clients
 /// against its current bundles. Build it once: rotation needs no rebuild.
+///
+/// Session resumption is off: a resumed TLS session skips the client
+/// certificate check and brings back the identity verified when the
+/// session was made, so after a trust change (a root removed, a bundle
+/// replaced) a ticket would let an identity the mesh no longer trusts
+/// through. rustls' defaults (tickets and a 256-entry session cache)
+/// allowed exactly that; `tests/resumption.rs` in mesh-tower proves it
+/// no longer can. The cost is a full handshake per connection, which mesh
+/// connections, long-lived and pooled, rarely pay.
 pub fn server_config(
     store: &CredentialStore,
     auth: ClientAuth,
 ) -> Result<ServerConfig, rustls::Error> {
-    Ok(ServerConfig::builder_with_provider(crypto_provider())
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(store.clone(), auth)))
-        .with_cert_resolver(Arc::new(store.clone())))
+        .with_cert_resolver(Arc::new(store.clone()));
+    no_resumption(&mut config);
+    Ok(config)
+}
+
+/// Turns TLS session resumption off on a server config (see
+/// [`server_config`] for why): no tickets sent, no sessions kept.
+pub fn no_resumption(config: &mut ServerConfig) {
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
 }
 
 /// A client config presenting the store's current SVID and verifying the
@@ -231,10 +251,14 @@ pub fn client_config(
     store: &CredentialStore,
     verifier: SpiffeServerVerifier,
 ) -> Result<ClientConfig, rustls::Error> {
-    Ok(ClientConfig::builder_with_provider(crypto_provider())
+    let mut config = ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()?
         // Not a weakening: the custom verifier is the SPIFFE one above.
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(store.clone())))
+        .with_client_cert_resolver(Arc::new(store.clone()));
+    // A resumed session skips the server's certificate, and with it the
+    // secure-naming check against the current bundles (see server_config).
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }

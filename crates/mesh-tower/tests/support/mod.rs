@@ -121,6 +121,52 @@ impl TestPki {
     }
 }
 
+impl TestPki {
+    /// A valid SVID for `sa` issued through `depth` intermediate CAs below
+    /// this root: the chain (leaf first, then the intermediates from the
+    /// leaf's issuer up) and the leaf's key.
+    pub fn raw_chain(
+        &self,
+        sa: &str,
+        depth: usize,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let mut issuers = Vec::with_capacity(depth);
+        let mut certs = Vec::with_capacity(depth);
+        for i in 0..depth {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::default();
+            params.distinguished_name = DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("intermediate {i}"));
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let parent = issuers.last().unwrap_or(&self.issuer);
+            let cert = params.signed_by(&key, parent).unwrap();
+            certs.push(cert.der().clone());
+            issuers.push(Issuer::new(params, key));
+        }
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![uri(&self.id(sa).to_string())];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let leaf = params
+            .signed_by(&key, issuers.last().unwrap_or(&self.issuer))
+            .unwrap();
+        let mut chain = vec![leaf.der().clone()];
+        chain.extend(certs.into_iter().rev());
+        (
+            chain,
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+}
+
 /// `PrivateKeyDer::from_pem_slice` under a name that reads well above.
 trait FromPemCompat {
     fn from_pem_slice_compat(pem: &[u8]) -> PrivateKeyDer<'static>;
