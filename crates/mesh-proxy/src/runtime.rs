@@ -180,19 +180,103 @@ where
     S: ProxyService,
 {
     let _guard = drain.guard();
-    let svc = hyper_util::service::TowerToHyperService::new(limited(service, drain.limits.body));
+    let svc = hyper_util::service::TowerToHyperService::new(limited(
+        service,
+        drain.limits.body,
+        drain.rx.clone(),
+    ));
     let builder = builder(drain.limits);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    let ended = |r: Result<(), Box<dyn std::error::Error + Send + Sync>>| {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    };
     tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "connection ended with an error");
+        r = conn.as_mut() => return ended(r),
+        _ = drain.signaled() => {}
+    }
+    // A request a client wrote just as the drain began (on a connection
+    // accepted a moment ago, or an idle keep-alive one) is still on its
+    // way: closing now would fail it unprocessed. So the connection keeps
+    // serving for DRAIN_GRACE, its HTTP/1.1 answers saying
+    // `Connection: close`, before the graceful shutdown (GOAWAY for h2,
+    // close when idle for HTTP/1.1) lets what is in flight finish.
+    tokio::select! {
+        r = conn.as_mut() => return ended(r),
+        _ = tokio::time::sleep(DRAIN_GRACE) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    ended(conn.await);
+}
+
+/// How long a connection keeps taking requests once a drain has begun.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+pin_project_lite::pin_project! {
+    /// A response future that adds `Connection: close` to HTTP/1.1
+    /// answers once the drain has begun, so keep-alive clients leave
+    /// instead of racing the close with their next request.
+    struct CloseOnDrain<F> {
+        #[pin]
+        inner: F,
+        h1: bool,
+        draining: watch::Receiver<bool>,
+    }
+}
+
+impl<F, E> std::future::Future for CloseOnDrain<F>
+where
+    F: std::future::Future<Output = Result<Response<mesh_tower::body::BoxBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let mut r = std::task::ready!(this.inner.poll(cx));
+        if let Ok(resp) = &mut r {
+            if *this.h1 && *this.draining.borrow() {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
             }
         }
-        _ = drain.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+        std::task::Poll::Ready(r)
+    }
+}
+
+/// See [`CloseOnDrain`].
+#[derive(Clone)]
+struct CloseOnDrainService<S> {
+    inner: S,
+    draining: watch::Receiver<bool>,
+}
+
+impl<S, B> tower::Service<Request<B>> for CloseOnDrainService<S>
+where
+    S: tower::Service<Request<B>, Response = Response<mesh_tower::body::BoxBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = CloseOnDrain<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        CloseOnDrain {
+            h1: req.version() < http::Version::HTTP_2,
+            inner: self.inner.call(req),
+            draining: self.draining.clone(),
         }
     }
 }
@@ -202,12 +286,16 @@ where
 fn limited<S: ProxyService>(
     service: S,
     limits: BodyLimits,
+    draining: watch::Receiver<bool>,
 ) -> tower::util::BoxCloneSyncService<
     Request<Incoming>,
     Response<mesh_tower::body::BoxBody>,
     std::convert::Infallible,
 > {
-    tower::util::BoxCloneSyncService::new(tower::Layer::layer(&BodyLimitLayer(limits), service))
+    tower::util::BoxCloneSyncService::new(CloseOnDrainService {
+        inner: tower::Layer::layer(&BodyLimitLayer(limits), service),
+        draining,
+    })
 }
 
 /// Boxes a response body: a named function, not a closure, so the futures

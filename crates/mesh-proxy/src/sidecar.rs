@@ -426,7 +426,18 @@ pub(crate) async fn accept_loop(
                     continue;
                 }
             },
-            _ = drain.signaled() => return,
+            _ = drain.signaled() => {
+                // Connections the kernel has already completed are clients
+                // that came before the drain: serve them (the drain grace
+                // covers them) rather than reset them with the listener.
+                while let Ok(Ok((tcp, remote))) =
+                    tokio::time::timeout(std::time::Duration::ZERO, listener.accept()).await
+                {
+                    let _ = tcp.set_nodelay(true);
+                    on(tcp, remote);
+                }
+                return;
+            }
         };
         let _ = tcp.set_nodelay(true);
         on(tcp, remote);
