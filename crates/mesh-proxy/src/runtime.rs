@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -32,6 +32,9 @@ pub(crate) struct HttpLimits {
     /// How long a client may take to send a request's headers (HTTP/1.1)
     /// before the connection is closed: the slowloris guard.
     pub(crate) header_read_timeout: Duration,
+    /// How long a connection may go without starting a request (and with
+    /// none in flight) before it is shut down gracefully.
+    pub(crate) idle_timeout: Duration,
     /// The request body's cap (413) and read timeout (408).
     pub(crate) body: BodyLimits,
 }
@@ -40,6 +43,7 @@ impl Default for HttpLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
             body: BodyLimits::default(),
         }
     }
@@ -180,10 +184,12 @@ where
     S: ProxyService,
 {
     let _guard = drain.guard();
+    let activity = Arc::new(Activity::default());
     let svc = hyper_util::service::TowerToHyperService::new(limited(
         service,
         drain.limits.body,
         drain.rx.clone(),
+        activity.clone(),
     ));
     let builder = builder(drain.limits);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -193,9 +199,29 @@ where
             tracing::debug!(error = %e, "connection ended with an error");
         }
     };
-    tokio::select! {
-        r = conn.as_mut() => return ended(r),
-        _ = drain.signaled() => {}
+    // The first request must start within the header-read timeout (hyper
+    // enforces it for HTTP/1.1 only: this covers h2, whose HEADERS and
+    // CONTINUATION frames can dribble in too); after that, a connection
+    // that starts no request for the idle timeout, with none in flight, is
+    // shut down gracefully (never cutting an exchange). Checked once per
+    // window, so an idle connection goes after one to two windows.
+    let mut window = drain.limits.header_read_timeout;
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return ended(r),
+            _ = drain.signaled() => break,
+            _ = tokio::time::sleep(window) => {
+                let started = activity.started.load(Ordering::Acquire);
+                if started == seen && activity.pending.load(Ordering::Acquire) == 0 {
+                    tracing::debug!(requests = started, "closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    return ended(conn.await);
+                }
+                seen = started;
+                window = drain.limits.idle_timeout;
+            }
+        }
     }
     // A request a client wrote just as the drain began (on a connection
     // accepted a moment ago, or an idle keep-alive one) is still on its
@@ -214,15 +240,43 @@ where
 /// How long a connection keeps taking requests once a drain has begun.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
+/// What a connection's requests are doing, for its idle check.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Requests started on the connection.
+    started: AtomicU64,
+    /// Requests whose response head has not been produced yet.
+    pending: AtomicUsize,
+}
+
+/// Counts a request as pending until dropped.
+struct Pending(Arc<Activity>);
+
+impl Pending {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.started.fetch_add(1, Ordering::AcqRel);
+        activity.pending.fetch_add(1, Ordering::AcqRel);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A response future that adds `Connection: close` to HTTP/1.1
     /// answers once the drain has begun, so keep-alive clients leave
-    /// instead of racing the close with their next request.
+    /// instead of racing the close with their next request, and counts
+    /// the request as pending for the idle check until it resolves.
     struct CloseOnDrain<F> {
         #[pin]
         inner: F,
         h1: bool,
         draining: watch::Receiver<bool>,
+        _pending: Pending,
     }
 }
 
@@ -255,6 +309,7 @@ where
 struct CloseOnDrainService<S> {
     inner: S,
     draining: watch::Receiver<bool>,
+    activity: Arc<Activity>,
 }
 
 impl<S, B> tower::Service<Request<B>> for CloseOnDrainService<S>
@@ -277,6 +332,7 @@ where
             h1: req.version() < http::Version::HTTP_2,
             inner: self.inner.call(req),
             draining: self.draining.clone(),
+            _pending: Pending::start(&self.activity),
         }
     }
 }
@@ -287,6 +343,7 @@ fn limited<S: ProxyService>(
     service: S,
     limits: BodyLimits,
     draining: watch::Receiver<bool>,
+    activity: Arc<Activity>,
 ) -> tower::util::BoxCloneSyncService<
     Request<Incoming>,
     Response<mesh_tower::body::BoxBody>,
@@ -295,6 +352,7 @@ fn limited<S: ProxyService>(
     tower::util::BoxCloneSyncService::new(CloseOnDrainService {
         inner: tower::Layer::layer(&BodyLimitLayer(limits), service),
         draining,
+        activity,
     })
 }
 

@@ -63,6 +63,12 @@ pub(crate) struct CommonArgs {
     /// before its connection is closed (decimals allowed).
     #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = seconds)]
     pub(crate) header_read_timeout: std::time::Duration,
+    /// How long an HTTP connection may go without starting a request
+    /// (with none in flight) before it is closed gracefully (decimals
+    /// allowed). Before its first request a connection gets the
+    /// header-read timeout instead, for HTTP/2 as for HTTP/1.1.
+    #[arg(long, default_value = "300", value_name = "SECONDS", value_parser = seconds)]
+    pub(crate) idle_timeout: std::time::Duration,
     /// The largest request body accepted: bytes, or with a KiB, MiB or GiB
     /// suffix. Over it: 413 (before forwarding when Content-Length says so,
     /// else as soon as the body grows past it). Default: no cap, bodies are
@@ -82,6 +88,7 @@ impl CommonArgs {
     pub(crate) fn http_limits(&self) -> crate::runtime::HttpLimits {
         crate::runtime::HttpLimits {
             header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
             body: mesh_tower::limits::BodyLimits::default()
                 .max_request_body(self.max_request_body)
                 .body_read_timeout(Some(self.body_read_timeout)),
