@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::h2::{
+    DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, block, frame, preface,
+};
 use support::{
     World, counting_app, exchange, free_port, mesh_config, mtls, read_bytes_for, read_for, sidecar,
 };
@@ -338,53 +341,9 @@ async fn slow_headers_are_cut_off_after_the_header_read_timeout() {
 
 // ---------------------------------------------------------------- HTTP/2
 
-/// An HPACK literal header field without indexing, new name, no Huffman.
-fn hpack_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.push(0x00);
-    hpack_string(out, name);
-    hpack_string(out, value);
-}
-
-fn hpack_string(out: &mut Vec<u8>, s: &[u8]) {
-    // 7-bit prefix integer (RFC 7541 §5.1), Huffman bit clear.
-    let mut n = s.len();
-    if n < 127 {
-        out.push(n as u8);
-    } else {
-        out.push(127);
-        n -= 127;
-        while n >= 128 {
-            out.push((n % 128 + 128) as u8);
-            n /= 128;
-        }
-        out.push(n as u8);
-    }
-    out.extend_from_slice(s);
-}
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-const HEADERS: u8 = 0x1;
-const DATA: u8 = 0x0;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-
 fn h2_request(headers: &[(&str, &str)], body: Option<&[u8]>) -> Vec<u8> {
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(SETTINGS, 0, 0, &[]));
-    let mut block = Vec::new();
-    for (n, v) in headers {
-        hpack_literal(&mut block, n.as_bytes(), v.as_bytes());
-    }
+    let mut out = preface();
+    let block = block(headers);
     let flags = END_HEADERS | if body.is_none() { END_STREAM } else { 0 };
     out.extend(frame(HEADERS, flags, 1, &block));
     if let Some(b) = body {

@@ -3,6 +3,8 @@
 //! (bytes over mTLS, or over plain TCP) that say exactly what they send.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod h2;
+
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -334,4 +336,15 @@ where
 /// The status of the first response in `raw`, if any.
 pub fn status_of(raw: &str) -> Option<u16> {
     raw.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// The resident set size of process `pid`, in KiB (`VmRSS` in
+/// `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
 }
