@@ -2,7 +2,8 @@
 //! MUTUAL TLS from credential files with SNI host matching, optional
 //! redirect of HTTP to HTTPS), routing by the VirtualServices bound to it,
 //! mesh mTLS to the backends. The Host header is kept; X-Forwarded-For and
-//! X-Forwarded-Proto are set.
+//! X-Forwarded-Proto are set by the gateway itself, whatever the client sent
+//! (the gateway is the edge: nothing before it can be trusted).
 //!
 //! Credential paths in the Gateway are read as written; a relative path is
 //! taken relative to the configuration folder.
@@ -50,10 +51,21 @@ pub(crate) struct GatewayArgs {
     /// `spiffe://<trust-domain>/ns/<namespace>/sa/<gateway name>`.
     #[arg(long)]
     pub(crate) identity_id: Option<String>,
+    /// How long an HTTPS client may take to finish its TLS handshake before
+    /// its connection is closed (decimals allowed).
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = seconds)]
+    pub(crate) handshake_timeout: std::time::Duration,
 }
 
-/// The longest a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Parses a positive number of seconds, decimals allowed (`0.5`); the same
+/// rule as the common `--header-read-timeout`.
+fn seconds(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    if secs <= 0.0 {
+        return Err(format!("{s}: must be more than zero"));
+    }
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{s}: {e}"))
+}
 
 fn resolve(base: &Path, file: &str) -> PathBuf {
     let p = Path::new(file);
@@ -197,6 +209,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
         };
         (gw.servers.clone(), id)
     };
+    let handshake_timeout = args.handshake_timeout;
     let (controller, drain) = crate::runtime::drain_pair(args.common.http_limits());
     let registry = mesh_tower::telemetry::Registry::new();
     let admin = AdminState::new(
@@ -247,7 +260,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
                         // A client that never finishes its handshake must not
                         // hold a connection forever.
                         let handshake =
-                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                            tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
                         let Ok(handshake) = handshake else {
                             tracing::info!(%remote, "TLS handshake timed out");
                             return;
@@ -301,6 +314,15 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
     crate::runtime::ready_then_drain(&admin, controller, args.common.drain_timeout).await
 }
 
+/// Forwarding headers a client may send that the gateway does not set:
+/// removed, so no backend mistakes them for the gateway's word.
+const FORWARDING_CLAIMS: &[&str] = &[
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+];
+
 /// The edge in front of the router: X-Forwarded-For and -Proto, the client
 /// address for source-IP hashing, and the redirect to HTTPS.
 #[derive(Debug, Clone)]
@@ -341,16 +363,13 @@ impl tower::Service<Request<ProxyBody>> for Edge {
             }
             return Box::pin(async move { Ok(resp) });
         }
-        let ip = self.remote.ip().to_string();
-        let xff = match req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        // The gateway is the edge: what a client claims about earlier hops
+        // (its X-Forwarded-For, -Proto, and their kin) is unverifiable, so
+        // it is replaced by what the gateway saw, never appended to.
+        for claim in FORWARDING_CLAIMS {
+            req.headers_mut().remove(*claim);
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.remote.ip().to_string()) {
             req.headers_mut().insert("x-forwarded-for", v);
         }
         req.headers_mut()

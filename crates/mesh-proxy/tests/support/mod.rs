@@ -126,6 +126,8 @@ pub struct AppSeen {
     pub xfcc: std::sync::Mutex<Vec<String>>,
     /// The path of each request.
     pub paths: std::sync::Mutex<Vec<String>>,
+    /// The headers of each request.
+    pub headers: std::sync::Mutex<Vec<http::HeaderMap>>,
 }
 
 impl AppSeen {
@@ -137,6 +139,9 @@ impl AppSeen {
     }
     pub fn paths(&self) -> Vec<String> {
         self.paths.lock().unwrap().clone()
+    }
+    pub fn headers(&self) -> Vec<http::HeaderMap> {
+        self.headers.lock().unwrap().clone()
     }
 }
 
@@ -157,6 +162,7 @@ pub async fn counting_app() -> (u16, Arc<AppSeen>) {
                     async move {
                         s.heads.fetch_add(1, Ordering::SeqCst);
                         s.paths.lock().unwrap().push(req.uri().path().to_owned());
+                        s.headers.lock().unwrap().push(req.headers().clone());
                         let xfcc = req
                             .headers()
                             .get_all("x-forwarded-client-cert")
