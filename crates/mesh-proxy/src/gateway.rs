@@ -22,7 +22,7 @@ use clap::Args;
 use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_ca::tls::crypto_provider;
 use mesh_core::identity::SpiffeId;
-use mesh_core::resources::networking::{Protocol, Server, ServerTlsMode};
+use mesh_core::resources::networking::{Protocol, Server, ServerTlsMode, TlsVersion};
 use mesh_tower::body::{BoxBody, empty};
 use mesh_tower::tls::MeshConnector;
 use mesh_tower::traffic::{ClientAddr, Router, RouterConfig};
@@ -131,11 +131,23 @@ impl ResolvesServerCert for SniResolver {
 fn tls_config(base: &Path, servers: &[&Server]) -> Result<Arc<rustls::ServerConfig>> {
     let mut by_host = Vec::new();
     let mut client_ca: Option<PathBuf> = None;
+    let mut tls13_only = false;
     for s in servers {
         let tls = s
             .tls
             .as_ref()
             .ok_or_else(|| anyhow!("HTTPS server on port {} has no tls", s.port.number))?;
+        // A restriction the gateway cannot enforce fails closed rather than
+        // letting every certificate of the CA in.
+        if !tls.subject_alt_names.is_empty() {
+            bail!(
+                "gateway tls.subjectAltNames on port {} is not supported; remove it or use a CA that issues only the allowed client certificates",
+                s.port.number
+            );
+        }
+        // Servers sharing a port share one TLS configuration: the strictest
+        // minimum applies to all of them.
+        tls13_only |= tls.min_protocol_version == Some(TlsVersion::TlsV13);
         match tls.mode {
             Some(ServerTlsMode::Simple) => {}
             Some(ServerTlsMode::Mutual) => {
@@ -161,8 +173,13 @@ fn tls_config(base: &Path, servers: &[&Server]) -> Result<Arc<rustls::ServerConf
             by_host.push((h.clone(), ck.clone()));
         }
     }
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        rustls::DEFAULT_VERSIONS
+    };
     let builder = rustls::ServerConfig::builder_with_provider(crypto_provider())
-        .with_safe_default_protocol_versions()?;
+        .with_protocol_versions(versions)?;
     let builder = match client_ca {
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();

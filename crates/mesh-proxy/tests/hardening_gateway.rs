@@ -67,18 +67,64 @@ impl Pki {
     }
 }
 
-/// The gateway, its backend and the clients' credentials.
-struct Edge {
+/// The configuration folder (mesh, Gateway, certificates) and the ports.
+struct Files {
     world: World,
-    _web: Proc,
-    _gateway: Proc,
-    seen: Arc<AppSeen>,
     https: u16,
     mutual: u16,
     redirect: u16,
     http: u16,
     servers: Pki,
     clients: Pki,
+}
+
+impl Files {
+    /// Writes the mesh, the Gateway (through `edit`) and its certificates.
+    fn write(edit: impl Fn(String) -> String) -> (Self, u16) {
+        let world = World::new();
+        let inbound = free_port();
+        let (https, mutual, redirect, http) = (free_port(), free_port(), free_port(), free_port());
+        world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
+        world.write_config(
+            "edge.yaml",
+            &edit(gateway_yaml(https, mutual, redirect, http)),
+        );
+        let certs = world.path("mesh/certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        let servers = Pki::new("edge servers");
+        for host in [BLOG, API, SECURE] {
+            let (cert, key) = servers.leaf(host, ExtendedKeyUsagePurpose::ServerAuth);
+            std::fs::write(certs.join(format!("{host}.crt")), cert).unwrap();
+            std::fs::write(certs.join(format!("{host}.key")), key).unwrap();
+        }
+        let clients = Pki::new("edge clients");
+        std::fs::write(certs.join("clients-ca.crt"), clients.issuer.pem()).unwrap();
+        let files = Self {
+            world,
+            https,
+            mutual,
+            redirect,
+            http,
+            servers,
+            clients,
+        };
+        (files, inbound)
+    }
+}
+
+/// The gateway, its backend and the clients' credentials.
+struct Edge {
+    files: Files,
+    _web: Proc,
+    _gateway: Proc,
+    seen: Arc<AppSeen>,
+}
+
+impl std::ops::Deref for Edge {
+    type Target = Files;
+    fn deref(&self) -> &Files {
+        &self.files
+    }
 }
 
 fn gateway_yaml(https: u16, mutual: u16, redirect: u16, http: u16) -> String {
@@ -119,38 +165,22 @@ spec:
 
 impl Edge {
     async fn start(extra: &[&str]) -> Self {
-        let world = World::new();
-        let inbound = free_port();
-        let (https, mutual, redirect, http) = (free_port(), free_port(), free_port(), free_port());
-        world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
-        world.write_config("edge.yaml", &gateway_yaml(https, mutual, redirect, http));
-        let certs = world.path("mesh/certs");
-        std::fs::create_dir_all(&certs).unwrap();
-        let servers = Pki::new("edge servers");
-        for host in [BLOG, API, SECURE] {
-            let (cert, key) = servers.leaf(host, ExtendedKeyUsagePurpose::ServerAuth);
-            std::fs::write(certs.join(format!("{host}.crt")), cert).unwrap();
-            std::fs::write(certs.join(format!("{host}.key")), key).unwrap();
-        }
-        let clients = Pki::new("edge clients");
-        std::fs::write(certs.join("clients-ca.crt"), clients.issuer.pem()).unwrap();
+        Self::start_with(extra, |yaml| yaml).await
+    }
 
+    /// The gateway of `edit(gateway_yaml(..))`.
+    async fn start_with(extra: &[&str], edit: impl Fn(String) -> String) -> Self {
+        let (files, _) = Files::write(edit);
         let (app, seen) = counting_app().await;
-        let mut web = sidecar(&world, app, &[]);
+        let mut web = sidecar(&files.world, app, &[]);
         web.ready().await;
-        let mut gateway = gateway(&world, extra);
+        let mut gateway = gateway(&files.world, extra);
         gateway.ready().await;
         Self {
-            world,
+            files,
             _web: web,
             _gateway: gateway,
             seen,
-            https,
-            mutual,
-            redirect,
-            http,
-            servers,
-            clients,
         }
     }
 
@@ -163,10 +193,21 @@ impl Edge {
         alpn: &[u8],
         sni: bool,
     ) -> tokio_rustls::TlsConnector {
+        self.tls_client_of(client_cert, alpn, sni, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// The same, speaking only `versions`.
+    fn tls_client_of(
+        &self,
+        client_cert: Option<(String, String)>,
+        alpn: &[u8],
+        sni: bool,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.servers.root()).unwrap();
         let builder = rustls::ClientConfig::builder_with_provider(mesh_ca::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots);
         let mut config = match client_cert {
@@ -618,4 +659,64 @@ async fn half_open_tls_handshakes_are_cut_after_the_handshake_timeout() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(edge.paths().len(), 6);
+}
+
+/// `minProtocolVersion: TLSV1_3` on one server of a port: the port refuses
+/// TLS 1.2 for every host on it (they share one TLS configuration; the
+/// strictest minimum wins) and serves TLS 1.3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_protocol_version_tls13_refuses_tls12_clients() {
+    let edge = Edge::start_with(&[], |yaml| {
+        yaml.replace(
+            &format!("tls: {{mode: SIMPLE, serverCertificate: certs/{API}.crt"),
+            &format!("tls: {{mode: SIMPLE, minProtocolVersion: TLSV1_3, serverCertificate: certs/{API}.crt"),
+        )
+    })
+    .await;
+    let tls12 = edge.tls_client_of(None, b"http/1.1", true, &[&rustls::version::TLS12]);
+    for host in [BLOG, API] {
+        let answer = edge.https_get(&tls12, edge.https, host, "/tls12").await;
+        refused(&format!("TLS 1.2 to {host}"), &answer, "ProtocolVersion");
+    }
+    let tls13 = edge.tls_client_of(None, b"http/1.1", true, &[&rustls::version::TLS13]);
+    let answer = edge
+        .https_get(&tls13, edge.https, API, "/tls13")
+        .await
+        .unwrap();
+    assert_eq!(support::status_of(&answer), Some(200), "{answer}");
+    assert_eq!(edge.paths(), ["/tls13"]);
+}
+
+/// `subjectAltNames` on a MUTUAL server would restrict which client
+/// certificates of the CA get in; the gateway cannot enforce it yet, so it
+/// refuses to start rather than let every certificate of the CA in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_restriction_the_gateway_cannot_enforce_fails_closed() {
+    let (files, _) = Files::write(|yaml| {
+        yaml.replace(
+            "caCertificates: certs/clients-ca.crt}",
+            "caCertificates: certs/clients-ca.crt, subjectAltNames: [alice]}",
+        )
+    });
+    let mut gateway = gateway(&files.world, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = gateway.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway started with a subjectAltNames it ignores"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let log = log(&files.world);
+    assert!(log.contains("subjectAltNames"), "{log}");
+    for port in [files.https, files.mutual, files.http] {
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+            "port {port} is open"
+        );
+    }
 }
