@@ -171,7 +171,17 @@ fn builder(limits: HttpLimits) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    b.http2().timer(TokioTimer::new());
+    // The HTTP/2 flood limits, set here rather than inherited so an
+    // upgrade cannot loosen them unnoticed (they equal hyper/h2's defaults,
+    // proven by tests/hardening_abuse.rs): past 20 streams reset by the
+    // client before they were accepted (rapid reset, CVE-2023-44487) or
+    // 1024 streams the server had to reset for the client's errors, the
+    // connection gets GOAWAY ENHANCE_YOUR_CALM; 200 streams at once.
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        .max_concurrent_streams(200);
     b
 }
 

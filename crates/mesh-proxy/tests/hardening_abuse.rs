@@ -15,11 +15,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::h2::{
-    ACK, CANCEL, CONTINUATION, END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM, Frame, GOAWAY, HEADERS,
-    PING, RST_STREAM, SETTINGS, WINDOW_UPDATE, block, frame, preface, take_frames,
+    ACK, CONTINUATION, END_STREAM, ENHANCE_YOUR_CALM, Frame, GOAWAY, HEADERS, PING, SETTINGS,
+    WINDOW_UPDATE, block, frame, preface, take_frames,
 };
 use support::{AppSeen, Proc, World, counting_app, free_port, mesh_config, mtls, rss_kib, sidecar};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,26 +126,6 @@ async fn served(send: &mut SendRequest<Empty<Bytes>>, path: &str) {
     resp.into_body().collect().await.unwrap();
 }
 
-/// Reads frames until the server closes the connection or `wait` passes;
-/// returns the frames and whether the connection was closed.
-async fn frames_until_closed<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    wait: Duration,
-) -> (Vec<Frame>, bool) {
-    let deadline = tokio::time::Instant::now() + wait;
-    let (mut buf, mut frames, mut chunk) = (Vec::new(), Vec::new(), vec![0u8; 16 * 1024]);
-    loop {
-        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
-            Err(_) => return (frames, false),
-            Ok(Ok(0)) | Ok(Err(_)) => return (frames, true),
-            Ok(Ok(n)) => {
-                buf.extend_from_slice(&chunk[..n]);
-                frames.extend(take_frames(&mut buf));
-            }
-        }
-    }
-}
-
 fn goaway(frames: &[Frame]) -> Option<&Frame> {
     frames.iter().find(|f| f.kind == GOAWAY)
 }
@@ -160,9 +140,9 @@ const GET_HEADERS: &[(&str, &str)] = &[
 /// CVE-2023-44487: streams opened with HEADERS and cancelled at once with
 /// RST_STREAM, thousands of times on one connection, so the server does the
 /// work of each request while the client's concurrency limit never counts
-/// them. h2 counts streams reset before they were accepted (hyper's
-/// `max_pending_accept_reset_streams`, 20) and answers GOAWAY
-/// ENHANCE_YOUR_CALM past that.
+/// them. h2 counts streams reset before they were accepted
+/// (`max_pending_accept_reset_streams`, 20, set in `src/runtime.rs`) and
+/// answers GOAWAY ENHANCE_YOUR_CALM past that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_is_cut_off_with_goaway_and_reaches_the_app_a_bounded_number_of_times() {
     const STREAMS: u32 = 10_000;
@@ -171,52 +151,30 @@ async fn http2_rapid_reset_is_cut_off_with_goaway_and_reaches_the_app_a_bounded_
     served(&mut send, "/before").await;
 
     let tls = mtls(&world.creds("client"), inbound, b"h2").await;
-    let (mut rd, mut wr) = tokio::io::split(tls);
-    let watch =
-        tokio::spawn(async move { frames_until_closed(&mut rd, Duration::from_secs(60)).await });
-    let attack = tokio::spawn(async move {
-        let headers = block(GET_HEADERS);
-        if wr.write_all(&preface()).await.is_err() {
-            return 0;
-        }
-        let mut sent = 0;
-        while sent < STREAMS {
-            let mut batch = Vec::new();
-            for i in sent..sent + 100 {
-                let id = 2 * i + 1;
-                batch.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &headers));
-                batch.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
-            }
-            if wr.write_all(&batch).await.is_err() || wr.flush().await.is_err() {
-                break;
-            }
-            sent += 100;
-        }
-        sent
-    });
+    let attack = tokio::spawn(support::h2::rapid_reset(tls, "web", "/attack", STREAMS));
 
     // The established client is served all along.
     let mut during = 0;
-    while !watch.is_finished() || during < 3 {
+    while !attack.is_finished() || during < 3 {
         served(&mut send, "/during").await;
         during += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (frames, closed) = watch.await.unwrap();
-    let sent = attack.await.unwrap();
-    let goaway = goaway(&frames).expect("no GOAWAY for a rapid reset");
+    let attack = attack.await.unwrap();
+    let goaway = attack.goaway().expect("no GOAWAY for a rapid reset");
     assert_eq!(
         goaway.goaway_code(),
         Some(ENHANCE_YOUR_CALM),
         "GOAWAY {goaway:?}"
     );
-    assert!(closed, "the attacking connection was left open");
+    assert!(attack.closed, "the attacking connection was left open");
     let last = goaway.goaway_last_stream().unwrap();
     assert!(
         last < STREAMS / 10,
         "the server took {} of {STREAMS} streams before its GOAWAY (last stream {last})",
         last.div_ceil(2)
     );
+    let sent = attack.sent;
     let reached = seen.paths().iter().filter(|p| *p == "/attack").count();
     eprintln!(
         "rapid reset: {sent} pairs written, last stream {last}, {reached} reached the app, {during} served meanwhile"
@@ -244,10 +202,9 @@ async fn http2_continuation_flood_is_cut_off_in_bounded_memory() {
     for (what, payload) in [("empty", Vec::new()), ("1 KiB each", one_kib)] {
         let tls = mtls(&world.creds("client"), inbound, b"h2").await;
         let (mut rd, mut wr) = tokio::io::split(tls);
-        let watch =
-            tokio::spawn(
-                async move { frames_until_closed(&mut rd, Duration::from_secs(60)).await },
-            );
+        let watch = tokio::spawn(async move {
+            support::h2::frames_until_closed(&mut rd, Duration::from_secs(60)).await
+        });
         let attack = tokio::spawn(async move {
             let mut first = preface();
             first.extend(frame(HEADERS, END_STREAM, 1, &block(&GET_HEADERS[..2])));

