@@ -18,18 +18,13 @@ use support::h2::{
     ACK, CONTINUATION, END_STREAM, ENHANCE_YOUR_CALM, Frame, GOAWAY, HEADERS, PING, SETTINGS,
     WINDOW_UPDATE, block, frame, preface, take_frames,
 };
-use support::{AppSeen, Proc, World, counting_app, free_port, mesh_config, mtls, rss_kib, sidecar};
+use support::{AppSeen, Proc, World, counting_app, mtls, rss_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_handshakes_do_not_starve_established_traffic() {
-    let world = World::new();
-    let inbound = free_port();
-    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
-    let (app, seen) = counting_app().await;
-    let mut proc = sidecar(&world, app, &[]);
-    proc.ready().await;
+    let (world, _proc, inbound, seen) = start().await;
     let creds = world.creds("client");
 
     // The established client: one h2 connection, made before the flood.
@@ -95,11 +90,8 @@ async fn half_open_handshakes_do_not_starve_established_traffic() {
 
 async fn start() -> (World, Proc, u16, Arc<AppSeen>) {
     let world = World::new();
-    let inbound = free_port();
-    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
     let (app, seen) = counting_app().await;
-    let mut proc = sidecar(&world, app, &[]);
-    proc.ready().await;
+    let (proc, inbound) = support::ready_sidecar(&world, app, "STRICT", &[]).await;
     (world, proc, inbound, seen)
 }
 

@@ -168,20 +168,46 @@ impl Edge {
         Self::start_with(extra, |yaml| yaml).await
     }
 
-    /// The gateway of `edit(gateway_yaml(..))`.
+    /// The gateway of `edit(gateway_yaml(..))`. Ports come from
+    /// `free_port()`, which a client's outgoing connection of a test running
+    /// beside this one may take before the proxy binds it: a start that
+    /// fails to bind is tried again on fresh ports (three times at most).
     async fn start_with(extra: &[&str], edit: impl Fn(String) -> String) -> Self {
-        let (files, _) = Files::write(edit);
-        let (app, seen) = counting_app().await;
-        let mut web = sidecar(&files.world, app, &[]);
-        web.ready().await;
-        let mut gateway = gateway(&files.world, extra);
-        gateway.ready().await;
-        Self {
-            files,
-            _web: web,
-            _gateway: gateway,
-            seen,
+        for attempt in 1..=3 {
+            let (files, _) = Files::write(&edit);
+            let (app, seen) = counting_app().await;
+            let mut web = sidecar(&files.world, app, &[]);
+            if let Err(status) = web.try_ready().await {
+                let log = std::fs::read_to_string(support::sidecar_log(&files.world, web.admin))
+                    .unwrap_or_default();
+                assert!(
+                    attempt < 3 && log.contains("binding"),
+                    "the sidecar exited before it was ready: {status}\n{log}"
+                );
+                eprintln!("attempt {attempt}: the sidecar could not bind; again\n{log}");
+                continue;
+            }
+            let mut gateway = gateway(&files.world, extra);
+            match gateway.try_ready().await {
+                Ok(()) => {
+                    return Self {
+                        files,
+                        _web: web,
+                        _gateway: gateway,
+                        seen,
+                    };
+                }
+                Err(status) => {
+                    let log = log(&files.world);
+                    assert!(
+                        attempt < 3 && log.contains("binding"),
+                        "the gateway exited before it was ready: {status}\n{log}"
+                    );
+                    eprintln!("attempt {attempt}: the gateway could not bind; again\n{log}");
+                }
+            }
         }
+        unreachable!()
     }
 
     /// A TLS client of the edge trusting its server CA; `sni` false keeps

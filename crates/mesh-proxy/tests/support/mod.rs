@@ -211,15 +211,22 @@ impl Drop for Proc {
 impl Proc {
     /// Waits until `/ready` answers 200.
     pub async fn ready(&mut self) {
+        if let Err(status) = self.try_ready().await {
+            panic!("the proxy exited before it was ready: {status}");
+        }
+    }
+
+    /// Waits until `/ready` answers 200, or the process exits (its status).
+    pub async fn try_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some((200, _)) =
                 http_get(&format!("http://127.0.0.1:{}/ready", self.admin)).await
             {
-                return;
+                return Ok(());
             }
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("the proxy exited before it was ready: {status}");
+                return Err(status);
             }
             assert!(Instant::now() < deadline, "the proxy never became ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -268,10 +275,15 @@ pub fn sidecar_with_identity(
         .args(identity)
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(sidecar_log(world, admin)).unwrap())
         .spawn()
         .unwrap();
     Proc { child, admin }
+}
+
+/// Where the sidecar with admin port `admin` writes its log.
+pub fn sidecar_log(world: &World, admin: u16) -> PathBuf {
+    world.path(&format!("sidecar-{admin}.log"))
 }
 
 pub async fn http_get(url: &str) -> Option<(u16, String)> {
@@ -353,4 +365,31 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
+}
+
+/// Writes `mesh.yaml` for `web` (`mode`) on a fresh inbound port and starts
+/// its sidecar (see [`sidecar`]) until it is ready; returns it and the
+/// inbound port. A port from `free_port()` can be taken, before the sidecar
+/// binds it, by an outgoing connection of a test running beside this one: a
+/// start that fails to bind is tried again on fresh ports (three times at
+/// most); any other exit fails at once.
+pub async fn ready_sidecar(world: &World, app: u16, mode: &str, extra: &[&str]) -> (Proc, u16) {
+    for attempt in 1..=3 {
+        let inbound = free_port();
+        world.write_config("mesh.yaml", &mesh_config(inbound, mode));
+        let mut proc = sidecar(world, app, extra);
+        match proc.try_ready().await {
+            Ok(()) => return (proc, inbound),
+            Err(status) => {
+                let log =
+                    std::fs::read_to_string(sidecar_log(world, proc.admin)).unwrap_or_default();
+                assert!(
+                    attempt < 3 && log.contains("binding"),
+                    "the sidecar exited before it was ready: {status}\n{log}"
+                );
+                eprintln!("attempt {attempt}: the sidecar could not bind; again\n{log}");
+            }
+        }
+    }
+    unreachable!()
 }
