@@ -180,6 +180,7 @@ fn tls_config(base: &Path, servers: &[&Server]) -> Result<Arc<rustls::ServerConf
     };
     let builder = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(versions)?;
+    let mutual = client_ca.is_some();
     let builder = match client_ca {
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -197,6 +198,13 @@ fn tls_config(base: &Path, servers: &[&Server]) -> Result<Arc<rustls::ServerConf
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { by_host }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if mutual {
+        // A resumed session skips the client certificate's checks (its
+        // expiry among them): MUTUAL verifies every connection. SIMPLE
+        // keeps resumption for browsers; nothing about the client rides on
+        // it.
+        mesh_ca::tls::no_resumption(&mut config);
+    }
     Ok(Arc::new(config))
 }
 

@@ -226,7 +226,14 @@ where
                 if started == seen && activity.pending.load(Ordering::Acquire) == 0 {
                     tracing::debug!(requests = started, "closing an idle connection");
                     conn.as_mut().graceful_shutdown();
-                    return ended(conn.await);
+                    // Nothing is in flight, so the graceful part only waits
+                    // for the client (h2 waits for a PING's answer, which a
+                    // hostile client never sends): bounded, then dropped.
+                    let bound = window.min(Duration::from_secs(10));
+                    if let Ok(r) = tokio::time::timeout(bound, conn.as_mut()).await {
+                        ended(r);
+                    }
+                    return;
                 }
                 seen = started;
                 window = drain.limits.idle_timeout;
@@ -255,7 +262,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 struct Activity {
     /// Requests started on the connection.
     started: AtomicU64,
-    /// Requests whose response head has not been produced yet.
+    /// Requests whose response (head and body) is not done yet.
     pending: AtomicUsize,
 }
 
@@ -286,7 +293,9 @@ pin_project_lite::pin_project! {
         inner: F,
         h1: bool,
         draining: watch::Receiver<bool>,
-        _pending: Pending,
+        // Moved into the response body, so the request stays pending until
+        // its body is done.
+        pending: Option<Pending>,
     }
 }
 
@@ -301,16 +310,50 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
         let this = self.project();
-        let mut r = std::task::ready!(this.inner.poll(cx));
-        if let Ok(resp) = &mut r {
+        let r = std::task::ready!(this.inner.poll(cx));
+        std::task::Poll::Ready(r.map(|mut resp| {
             if *this.h1 && *this.draining.borrow() {
                 resp.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),
                 );
             }
-        }
-        std::task::Poll::Ready(r)
+            match this.pending.take() {
+                Some(pending) => {
+                    resp.map(|body| mesh_tower::body::boxed(Tracked { body, pending }))
+                }
+                None => resp,
+            }
+        }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request pending until it is dropped.
+    struct Tracked {
+        #[pin]
+        body: mesh_tower::body::BoxBody,
+        pending: Pending,
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = mesh_tower::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -342,7 +385,7 @@ where
             h1: req.version() < http::Version::HTTP_2,
             inner: self.inner.call(req),
             draining: self.draining.clone(),
-            _pending: Pending::start(&self.activity),
+            pending: Some(Pending::start(&self.activity)),
         }
     }
 }

@@ -339,6 +339,99 @@ async fn slow_headers_are_cut_off_after_the_header_read_timeout() {
     assert_eq!(seen.heads(), 0);
 }
 
+/// Waits for the server to close an h2 connection (sending a PING every
+/// 200 ms while `ping`); the frames it sent and how long it took.
+async fn until_closed<IO>(io: IO, ping: bool) -> (Vec<support::h2::Frame>, Option<Duration>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let started = Instant::now();
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let pinger = tokio::spawn(async move {
+        if ping {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if wr
+                    .write_all(&frame(support::h2::PING, 0, 0, &[0; 8]))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        // Keep the write half open without a word.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(wr);
+    });
+    let (frames, closed) = support::h2::frames_until_closed(&mut rd, Duration::from_secs(15)).await;
+    pinger.abort();
+    (frames, closed.then(|| started.elapsed()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_http2_heads_and_idle_connections_are_shut_down() {
+    let (world, _proc, inbound, seen) =
+        start(&["--header-read-timeout", "1", "--idle-timeout", "1"]).await;
+    let creds = world.creds("client");
+
+    // Half a header block (HEADERS without END_HEADERS), then silence.
+    let mut io = mtls(&creds, inbound, b"h2").await;
+    let mut bytes = preface();
+    let head = block(&[(":method", "GET"), (":scheme", "http"), (":path", "/")]);
+    bytes.extend(frame(HEADERS, END_STREAM, 1, &head));
+    io.write_all(&bytes).await.unwrap();
+    let (frames, took) = until_closed(io, false).await;
+    let took = took.expect("a half-sent h2 head kept its connection");
+    assert!(took < Duration::from_secs(6), "closed only after {took:?}");
+    assert!(frames.iter().any(|f| f.kind == GOAWAY), "{frames:?}");
+
+    // No request at all, only PINGs: idle, closed.
+    let mut io = mtls(&creds, inbound, b"h2").await;
+    io.write_all(&preface()).await.unwrap();
+    let (frames, took) = until_closed(io, true).await;
+    let took = took.expect("an h2 connection that never asked for anything was kept");
+    assert!(took < Duration::from_secs(6), "closed only after {took:?}");
+    assert!(frames.iter().any(|f| f.kind == GOAWAY), "{frames:?}");
+    assert_eq!(seen.heads(), 0);
+
+    // One request, answered, then only PINGs: closed after the idle timeout.
+    let mut io = mtls(&creds, inbound, b"h2").await;
+    let mut bytes = preface();
+    let head = block(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/"),
+        (":authority", "web"),
+    ]);
+    bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &head));
+    io.write_all(&bytes).await.unwrap();
+    let (frames, took) = until_closed(io, true).await;
+    assert!(took.is_some(), "an idle h2 connection was kept");
+    assert!(
+        frames.iter().any(|f| f.kind == HEADERS && f.stream == 1),
+        "the request was not answered before the close: {frames:?}"
+    );
+    assert_eq!(seen.heads(), 1);
+
+    // A busy connection is never closed: a request every 300 ms for 3 s.
+    let io = TokioIo::new(mtls(&creds, inbound, b"h2").await);
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for i in 0..10 {
+        let req = http::Request::get("http://web/")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap_or_else(|e| {
+            panic!("request {i} on a busy connection failed: {e}");
+        });
+        assert_eq!(resp.status(), 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 // ---------------------------------------------------------------- HTTP/2
 
 fn h2_request(headers: &[(&str, &str)], body: Option<&[u8]>) -> Vec<u8> {
