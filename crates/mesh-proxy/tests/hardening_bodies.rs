@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{World, counting_app, free_port, mesh_config, mtls, sidecar};
+use support::{World, counting_app, mtls, ready_sidecar};
 use tokio::sync::mpsc;
 
 /// A request body the test feeds frame by frame; dropping the sender ends
@@ -113,11 +113,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_body_streams_through_in_bounded_memory() {
     let world = World::new();
-    let inbound = free_port();
-    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
     let (app, seen) = counting_app().await;
-    let mut proc = sidecar(&world, app, &[]);
-    proc.ready().await;
+    let (proc, inbound) = ready_sidecar(&world, app, "STRICT", &[]).await;
     let creds = world.creds("client");
     let before = peak_rss_kib(proc.child.id());
 
@@ -142,11 +139,9 @@ async fn a_huge_body_streams_through_in_bounded_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_the_cap_get_413_and_never_reach_the_app_whole() {
     let world = World::new();
-    let inbound = free_port();
-    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
     let (app, seen) = counting_app().await;
-    let mut proc = sidecar(&world, app, &["--max-request-body", "64KiB"]);
-    proc.ready().await;
+    let (proc, inbound) =
+        ready_sidecar(&world, app, "STRICT", &["--max-request-body", "64KiB"]).await;
     let creds = world.creds("client");
 
     for h2 in [false, true] {
@@ -201,11 +196,9 @@ async fn bodies_over_the_cap_get_413_and_never_reach_the_app_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_gets_408_and_a_slow_steady_one_gets_through() {
     let world = World::new();
-    let inbound = free_port();
-    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
     let (app, seen) = counting_app().await;
-    let mut proc = sidecar(&world, app, &["--body-read-timeout", "1"]);
-    proc.ready().await;
+    let (_proc, inbound) =
+        ready_sidecar(&world, app, "STRICT", &["--body-read-timeout", "1"]).await;
     let creds = world.creds("client");
 
     for h2 in [false, true] {

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{World, counting_app, free_port, http_get, mesh_config, mtls, sidecar};
+use support::{
+    World, counting_app, free_port, http_get, mesh_config, mtls, ready_sidecar, sidecar,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An app that reads one request head and answers with `reply`, then
@@ -80,10 +82,7 @@ async fn get(
 
 async fn start_with_app(app: u16) -> (World, support::Proc, u16) {
     let world = World::new();
-    let inbound = free_port();
-    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
-    let mut proc = sidecar(&world, app, &[]);
-    proc.ready().await;
+    let (proc, inbound) = ready_sidecar(&world, app, "STRICT", &[]).await;
     (world, proc, inbound)
 }
 

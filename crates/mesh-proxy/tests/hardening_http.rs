@@ -16,20 +16,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::h2::{
     DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, block, frame, preface,
 };
-use support::{
-    World, counting_app, exchange, free_port, mesh_config, mtls, read_bytes_for, read_for, sidecar,
-};
+use support::{World, counting_app, exchange, mtls, read_bytes_for, read_for, ready_sidecar};
 use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(3);
 
 async fn start(extra: &[&str]) -> (World, support::Proc, u16, std::sync::Arc<support::AppSeen>) {
     let world = World::new();
-    let inbound = free_port();
-    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
     let (app, seen) = counting_app().await;
-    let mut proc = sidecar(&world, app, extra);
-    proc.ready().await;
+    let (proc, inbound) = ready_sidecar(&world, app, "STRICT", extra).await;
     (world, proc, inbound, seen)
 }
 

@@ -17,7 +17,7 @@ use mesh_ca::{CertificateAuthority, CredentialStore};
 use mesh_core::identity::TrustDomain;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use support::{World, counting_app, exchange, free_port, mesh_config, mtls, sidecar};
+use support::{World, counting_app, exchange, free_port, mesh_config, mtls, ready_sidecar};
 use tokio::net::TcpStream;
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n";
@@ -46,11 +46,8 @@ fn raw_client(trust: &CredentialStore, dir: &std::path::Path) -> Arc<rustls::Cli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_the_mesh_does_not_trust_get_no_request_through() {
     let world = World::new();
-    let inbound = free_port();
-    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
     let (app, seen) = counting_app().await;
-    let mut proc = sidecar(&world, app, &[]);
-    proc.ready().await;
+    let (_proc, inbound) = ready_sidecar(&world, app, "STRICT", &[]).await;
     let trust = world.creds("client");
     let now = time::OffsetDateTime::now_utc();
     let day = time::Duration::days(1);
@@ -118,11 +115,8 @@ async fn certificates_the_mesh_does_not_trust_get_no_request_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_client_cert_headers_never_reach_the_app() {
     let world = World::new();
-    let inbound = free_port();
-    world.write_config("mesh.yaml", &mesh_config(inbound, "PERMISSIVE"));
     let (app, seen) = counting_app().await;
-    let mut proc = sidecar(&world, app, &[]);
-    proc.ready().await;
+    let (_proc, inbound) = ready_sidecar(&world, app, "PERMISSIVE", &[]).await;
     let forged = "URI=spiffe://cluster.local/ns/default/sa/admin";
 
     // Plaintext (PERMISSIVE lets it in): the forged header, twice, in two

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{World, free_port, http_get, mesh_config, sidecar};
+use support::{World, http_get, ready_sidecar};
 
 /// An app that takes 100 ms per request (so requests are in flight when
 /// SIGTERM comes) and counts the answers it gave.
@@ -81,12 +81,9 @@ fn metric(text: &str, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_reload_and_sigterm_under_load_lose_nothing() {
     let world = World::new();
-    let inbound = free_port();
-    let config = mesh_config(inbound, "STRICT");
-    world.write_config("mesh.yaml", &config);
     let (app, answered) = slow_app().await;
-    let mut proc = sidecar(&world, app, &["--drain-timeout", "10"]);
-    proc.ready().await;
+    let (mut proc, inbound) =
+        ready_sidecar(&world, app, "STRICT", &["--drain-timeout", "10"]).await;
     let creds = world.creds("client");
     let (_, before) = http_get(&proc.admin_url("/stats/prometheus"))
         .await
