@@ -109,6 +109,9 @@ pub mod codes {
     pub const PORT_NOT_FOUND: &str = "MESH0109";
     /// A service has no workload.
     pub const NO_WORKLOADS: &str = "MESH0110";
+    /// A Gateway server asks for TLS that `mesh-proxy gateway` cannot
+    /// honour, so the gateway would refuse to start.
+    pub const GATEWAY_TLS_UNSUPPORTED: &str = "MESH0111";
 }
 
 /// Runs the TLS check and every analyzer.
@@ -136,8 +139,61 @@ pub fn check(snap: &Snapshot, resources: &crate::resources::Resources) -> Report
     services(snap, resources, &mut findings);
     peer_policies(snap, &mut findings);
     authz(snap, &mut findings);
+    gateway_tls(resources, &mut findings);
     findings.sort_by(|a, b| a.severity.cmp(&b.severity).then(a.code.cmp(b.code)));
     Report { tls, findings }
+}
+
+/// Gateway servers whose TLS the gateway cannot honour. Each of these stops
+/// `mesh-proxy gateway` at start (it fails closed rather than serving with
+/// less than the Gateway asks); `check` says so before a deploy.
+fn gateway_tls(resources: &crate::resources::Resources, out: &mut Vec<Finding>) {
+    use crate::resources::networking::{Protocol, ServerTlsMode};
+    for gw in &resources.gateways {
+        for server in &gw.spec.servers {
+            let port = server.port.number;
+            let https = server.port.protocol == Protocol::Https;
+            let mut why = Vec::new();
+            match &server.tls {
+                None if https => why.push("an HTTPS server without tls".to_owned()),
+                None => {}
+                Some(tls) => {
+                    if !tls.subject_alt_names.is_empty() {
+                        why.push("tls.subjectAltNames (client certificate names) is not supported; use a CA that issues only the allowed client certificates".to_owned());
+                    }
+                    match tls.mode {
+                        Some(ServerTlsMode::Simple | ServerTlsMode::Mutual) => {
+                            if tls.server_certificate.is_none() || tls.private_key.is_none() {
+                                why.push("tls needs serverCertificate and privateKey".to_owned());
+                            }
+                            if tls.mode == Some(ServerTlsMode::Mutual)
+                                && tls.ca_certificates.is_none()
+                            {
+                                why.push("MUTUAL needs tls.caCertificates".to_owned());
+                            }
+                        }
+                        Some(m @ (ServerTlsMode::Passthrough | ServerTlsMode::IstioMutual)) => {
+                            why.push(format!(
+                                "tls.mode {m:?} is not supported; use SIMPLE or MUTUAL"
+                            ));
+                        }
+                        None if https => {
+                            why.push("an HTTPS server needs tls.mode SIMPLE or MUTUAL".to_owned())
+                        }
+                        None => {}
+                    }
+                }
+            }
+            for w in why {
+                out.push(finding(
+                    Severity::Error,
+                    codes::GATEWAY_TLS_UNSUPPORTED,
+                    format!("{}: server on port {port}: {w}", gw.source),
+                    vec![gw.source.clone()],
+                ));
+            }
+        }
+    }
 }
 
 fn client_name(m: Option<ClientTlsMode>) -> &'static str {

@@ -25,6 +25,7 @@ const ALL_CODES: &[&str] = &[
     codes::AUTHZ_NEVER_MATCHES,
     codes::PORT_NOT_FOUND,
     codes::NO_WORKLOADS,
+    codes::GATEWAY_TLS_UNSUPPORTED,
 ];
 
 const REVIEWS_80: &str = "reviews.default.svc.cluster.local:80";
@@ -317,6 +318,18 @@ const CASES: &[Case] = &[
     )
     .message(&["ServiceEntry default/ratings"])
     .resources(&["ServiceEntry default/ratings"]),
+    // MESH0111
+    Case::new(
+        "mesh0111-gateway-client-names",
+        codes::GATEWAY_TLS_UNSUPPORTED,
+        Severity::Error,
+    )
+    .message(&[
+        "Gateway default/partner-gateway",
+        "port 443",
+        "subjectAltNames",
+    ])
+    .resources(&["Gateway default/partner-gateway"]),
 ];
 
 fn fixture(dir: &str, variant: &str) -> PathBuf {
