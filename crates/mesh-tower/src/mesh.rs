@@ -477,7 +477,15 @@ impl Mesh {
                     b.http1()
                         .timer(TokioTimer::new())
                         .header_read_timeout(header_read_timeout);
-                    b.http2().timer(TokioTimer::new());
+                    // The HTTP/2 flood limits, explicit (as `mesh-proxy`
+                    // sets them): GOAWAY ENHANCE_YOUR_CALM past 20 streams
+                    // reset before they were accepted (rapid reset) or 1024
+                    // the server had to reset; 200 streams at once.
+                    b.http2()
+                        .timer(TokioTimer::new())
+                        .max_pending_accept_reset_streams(20)
+                        .max_local_error_reset_streams(1024)
+                        .max_concurrent_streams(200);
                     let conn = b
                         .serve_connection(
                             TokioIo::new(stream),
