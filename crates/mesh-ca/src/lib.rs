@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | root / intermediate CA, Istio plug-in layout, X.509-SVID leaf profile | [`CertificateAuthority`] |
 //! | single-use join tokens | [`TokenStore`] |
-//! | Istio's `CreateCertificate` over gRPC + TLS | [`service::CaServer`], [`CaClient`] |
+//! | Istio's `CreateCertificate` over gRPC + TLS (feature `grpc`, on by default) | `service::CaServer`, `CaClient` |
 //! | X.509-SVID verification against per-trust-domain bundles | [`TrustBundleSet::verify`], [`svid_id`] |
 //! | rustls verifiers and config builders (ring provider) | [`tls`] |
 //! | SVID + key + bundles swapped whole, read at each handshake | [`Credentials`], [`CredentialStore`] |
@@ -16,6 +16,11 @@
 //! `mesh-tower` because the CA's own signing service needs them (renewals are
 //! authenticated by mTLS) and `mesh-tower` depends on this crate. `mesh-tower`
 //! builds its acceptor and connector on them.
+//!
+//! The default feature `grpc` brings the signing service, its client and the
+//! `mesh-ca` binary (tonic, prost and a build script compiling the proto).
+//! `default-features = false` leaves everything else, with none of those
+//! dependencies: the fuzz targets build it that way.
 //!
 //! ```
 //! use mesh_ca::CertificateAuthority;
@@ -31,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 mod authority;
+#[cfg(feature = "grpc")]
 mod client;
 mod credentials;
 mod csr;
@@ -38,6 +44,7 @@ mod error;
 mod files;
 mod manager;
 pub mod metrics;
+#[cfg(feature = "grpc")]
 pub mod service;
 mod store;
 mod svid;
@@ -45,6 +52,7 @@ pub mod tls;
 mod tokens;
 
 pub use authority::{CertificateAuthority, DEFAULT_LEAF_TTL, IssuedSvid, LeafPolicy};
+#[cfg(feature = "grpc")]
 pub use client::CaClient;
 pub use credentials::{CredentialStore, Credentials, CredentialsError};
 pub use csr::CsrError;
