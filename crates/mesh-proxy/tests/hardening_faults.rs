@@ -212,6 +212,108 @@ async fn with_the_ca_down_at_start_the_sidecar_serves_nothing_until_it_is_back()
     server.shutdown().await.unwrap();
 }
 
+/// A CA on `port` that signs 8-second leaves (renewed at about 4 s).
+async fn short_lived_ca(world: &World, port: u16) -> mesh_ca::service::CaServer {
+    let ca = mesh_ca::CertificateAuthority::open_dir(&world.path("ca"))
+        .unwrap()
+        .with_policy(mesh_ca::LeafPolicy {
+            default_ttl: Duration::from_secs(8),
+            max_ttl: Duration::from_secs(8),
+            backdate: Duration::ZERO,
+        });
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    mesh_ca::service::CaServer::spawn(
+        Arc::new(ca),
+        mesh_ca::TokenStore::new(&world.path("ca")),
+        listener,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_ca_down_at_runtime_the_sidecar_keeps_its_valid_certificate() {
+    let world = World::new();
+    let inbound = free_port();
+    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
+    let (app, _seen) = counting_app().await;
+    let ca_port = free_port();
+    let server = short_lived_ca(&world, ca_port).await;
+    let token = mesh_ca::TokenStore::new(&world.path("ca"))
+        .create(&support::id("web"), Duration::from_secs(600))
+        .unwrap();
+    let ca_addr = format!("127.0.0.1:{ca_port}");
+    let root = world.path("ca/root-cert.pem");
+    let mut proc = support::sidecar_with_identity(
+        &world,
+        app,
+        &[
+            "--ca".as_ref(),
+            ca_addr.as_ref(),
+            "--ca-root".as_ref(),
+            root.as_os_str(),
+            "--token".as_ref(),
+            token.as_ref(),
+        ],
+        &[],
+    );
+    proc.ready().await;
+    let creds = world.creds("client");
+    let metrics_url = proc.admin_url("/stats/prometheus");
+    let stat = |name: &'static str| {
+        let url = metrics_url.clone();
+        async move {
+            let (_, m) = http_get(&url).await.unwrap();
+            m.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+                .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+                .unwrap()
+        }
+    };
+    let wait_for = |what: &'static str, name: &'static str, above: u64| {
+        let stat = &stat;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let v = stat(name).await;
+                if v > above {
+                    return v;
+                }
+                assert!(Instant::now() < deadline, "{what}: {name} stayed at {v}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    // Renewed over mTLS to the CA at about half-life.
+    let renewed = wait_for("no renewal", "mesh_cert_renewals_total", 1).await;
+
+    // The CA goes away: the renewal fails, the valid certificate serves on.
+    server.shutdown().await.unwrap();
+    let failures = wait_for("no failed renewal", "mesh_cert_renewal_failures_total", 0).await;
+    assert!(failures > 0);
+    let (status, body) = get(&creds, inbound, true).await;
+    assert_eq!((status, body.unwrap()), (200, Bytes::from("ok 0")));
+    assert!(
+        proc.child.try_wait().unwrap().is_none(),
+        "the sidecar gave up"
+    );
+
+    // The CA is back on its address: renewals resume, without a restart.
+    let server = short_lived_ca(&world, ca_port).await;
+    let renewed_again = wait_for(
+        "no renewal after the CA came back",
+        "mesh_cert_renewals_total",
+        stat("mesh_cert_renewals_total").await,
+    )
+    .await;
+    assert!(renewed_again > renewed);
+    let (status, _) = get(&creds, inbound, false).await;
+    assert_eq!(status, 200);
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_config_pushed_under_load_fails_no_request() {
     let world = World::new();
