@@ -20,6 +20,7 @@ mod certs;
 mod client;
 mod load;
 mod procs;
+mod profile;
 mod report;
 mod serve;
 mod thirdparty;
@@ -56,6 +57,8 @@ enum Cmd {
     /// A server of the system under test (started by the harness).
     #[command(hide = true)]
     Serve(serve::ServeArgs),
+    /// A fixed number of requests through (c) or (d), for callgrind.
+    Profile(profile::ProfileArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -145,10 +148,11 @@ impl RunArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Some(Cmd::Serve(args)) = cli.command {
-        return serve::run(args);
+    match cli.command {
+        Some(Cmd::Serve(args)) => serve::run(args),
+        Some(Cmd::Profile(args)) => profile::run(args),
+        None => run(cli.run),
     }
-    run(cli.run)
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -186,6 +190,7 @@ fn run(args: RunArgs) -> Result<()> {
         },
         sidecar_wrapper: args.sidecar_wrapper.clone(),
         mesh_spawn_server: args.mesh_spawn_server,
+        in_process_server: false,
     };
     let machine = machine(cores_total, loadgen_core, sut_core);
     let settings = args.settings();

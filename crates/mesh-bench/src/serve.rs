@@ -152,6 +152,34 @@ where
     r.map(mesh_tower::body::boxed)
 }
 
+/// (c)'s server as a task of this process (for `profile`), listening on
+/// `listen` before this returns.
+pub(crate) async fn spawn_mesh(
+    listen: SocketAddr,
+    files: &crate::certs::IdentityFiles,
+    config: &std::path::Path,
+) -> Result<()> {
+    let args = ServeArgs {
+        mode: Mode::Mesh,
+        listen,
+        cert: Some(files.cert.clone()),
+        key: Some(files.key.clone()),
+        bundle: Some(files.bundle.clone()),
+        config: Some(config.to_owned()),
+        workload: crate::certs::SERVER_SA.to_owned(),
+        spawn_server: false,
+    };
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = serve_mesh(listener, &args).await {
+            eprintln!("the in-process mesh server stopped: {e:#}");
+        }
+    });
+    Ok(())
+}
+
 async fn serve_mesh(listener: TcpListener, args: &ServeArgs) -> Result<()> {
     let store = credentials(args)?;
     let config = args

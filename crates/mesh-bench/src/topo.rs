@@ -68,6 +68,9 @@ pub(crate) struct Programs {
     pub(crate) sidecar_wrapper: Option<String>,
     /// (c) served with `mesh_tower::tls::spawn_server` as it is.
     pub(crate) mesh_spawn_server: bool,
+    /// (c) served by a task of this process rather than a process of its
+    /// own (`profile`: one callgrind run sees both ends).
+    pub(crate) in_process_server: bool,
 }
 
 /// A started topology.
@@ -223,13 +226,18 @@ pub(crate) async fn start(
             if programs.mesh_spawn_server {
                 extra.push(s("--spawn-server"));
             }
-            let p = serve("server", "mesh", ports[0], extra)?;
             let store =
                 mesh_core::store::Store::from_source(&mesh_core::store::FileSource::new(&config))
                     .map_err(|e| anyhow!("mesh configuration: {e}"))?;
             let t = Target::mesh(Arc::new(store), client_creds.clone());
-            let idle = Target::mtls(addr(ports[0]), &client_creds)?;
-            (ports[0], vec![p], t, Some((idle, 0)))
+            if programs.in_process_server {
+                crate::serve::spawn_mesh(addr(ports[0]), &certs.server, &config).await?;
+                (ports[0], vec![], t, None)
+            } else {
+                let p = serve("server", "mesh", ports[0], extra)?;
+                let idle = Target::mtls(addr(ports[0]), &client_creds)?;
+                (ports[0], vec![p], t, Some((idle, 0)))
+            }
         }
         Topology::D => {
             let (app, a_inbound, b_inbound, a_proxy, a_admin, b_admin) =

@@ -293,3 +293,76 @@ async fn client_refuses_a_server_whose_identity_is_only_a_dns_name() {
         other => panic!("expected a DNS-only refusal, got {other:?}"),
     }
 }
+
+/// One handshake against `acceptor` over an in-memory stream; the server
+/// writes two bytes after it so the client reads any session tickets.
+async fn handshake_kind<F, Fut>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    connect: F,
+) -> rustls::HandshakeKind
+where
+    F: FnOnce(DuplexStream) -> Fut,
+    Fut: std::future::Future<Output = tokio_rustls::client::TlsStream<DuplexStream>>,
+{
+    use tokio::io::AsyncReadExt;
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let server = async {
+        let mut tls = acceptor.accept(s).await.unwrap();
+        tls.write_all(b"ok").await.unwrap();
+        tls.flush().await.unwrap();
+        tls
+    };
+    let client = async {
+        let mut tls = connect(c).await;
+        let mut buf = [0u8; 2];
+        tls.read_exact(&mut buf).await.unwrap();
+        tls
+    };
+    let (_server, client) = tokio::join!(server, client);
+    client.get_ref().1.handshake_kind().unwrap()
+}
+
+#[tokio::test]
+async fn the_connector_never_resumes_a_session() {
+    // A server that issues tickets and resumes (rustls' defaults)...
+    let pki = TestPki::new("cluster.local");
+    let server_store = pki.store("backend");
+    let config =
+        mesh_ca::tls::server_config(&server_store, mesh_ca::tls::ClientAuth::Required).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let client_store = pki.store("frontend");
+    let allowed = [pki.id("backend")];
+    let name = || ServerName::IpAddress(std::net::IpAddr::from([0, 0, 0, 0]).into());
+
+    // ...resumes for a client config kept across connections (the control)...
+    let verifier = mesh_ca::tls::SpiffeServerVerifier::new(client_store.clone(), allowed.to_vec());
+    let plain = tokio_rustls::TlsConnector::from(Arc::new(
+        mesh_ca::tls::client_config(&client_store, verifier).unwrap(),
+    ));
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let plain = plain.clone();
+        kinds.push(
+            handshake_kind(&acceptor, |c| async move {
+                plain.connect(name(), c).await.unwrap()
+            })
+            .await,
+        );
+    }
+    assert_eq!(
+        kinds,
+        [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
+    );
+
+    // ...but the mesh connector, which keeps one config per allowed set,
+    // verifies the server in full every time.
+    let connector = MeshConnector::new(client_store);
+    for _ in 0..3 {
+        let (connector, allowed) = (connector.clone(), allowed.clone());
+        let kind = handshake_kind(&acceptor, |c| async move {
+            connector.connect(c, &allowed).await.unwrap().into_inner()
+        })
+        .await;
+        assert_eq!(kind, rustls::HandshakeKind::Full);
+    }
+}

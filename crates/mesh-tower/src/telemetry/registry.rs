@@ -204,6 +204,13 @@ impl<S: Default, const N: usize> Family<S, N> {
     fn get(&self, values: [&str; N]) -> Arc<Series<S>> {
         {
             let index = self.index.load();
+            // The common case, a label set seen before: one hash, no cap
+            // checks. (Its values were admitted when it was created, and
+            // admitted values stay admitted, so capping would not change
+            // them.)
+            if let Some(s) = Self::find(&index.series, self.hash(&values), &values) {
+                return s;
+            }
             let mut capped = values;
             let mut admit = false;
             for (i, v) in capped.iter_mut().enumerate() {

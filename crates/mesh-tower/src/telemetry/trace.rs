@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, HeaderValue, Request};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use tokio::task::futures::TaskLocalFuture;
 
 tokio::task_local! {
@@ -31,6 +31,43 @@ const B3_SPAN_ID: &str = "x-b3-spanid";
 const B3_PARENT_SPAN_ID: &str = "x-b3-parentspanid";
 const B3_SAMPLED: &str = "x-b3-sampled";
 const B3_FLAGS: &str = "x-b3-flags";
+
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
+const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
+const B3_NAME: HeaderName = HeaderName::from_static(B3);
+const B3_TRACE_ID_NAME: HeaderName = HeaderName::from_static(B3_TRACE_ID);
+const B3_SPAN_ID_NAME: HeaderName = HeaderName::from_static(B3_SPAN_ID);
+const B3_PARENT_SPAN_ID_NAME: HeaderName = HeaderName::from_static(B3_PARENT_SPAN_ID);
+const B3_SAMPLED_NAME: HeaderName = HeaderName::from_static(B3_SAMPLED);
+const B3_FLAGS_NAME: HeaderName = HeaderName::from_static(B3_FLAGS);
+
+/// Lowercase hex, as W3C and B3 write IDs.
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `v` as 32 lowercase hex digits.
+fn hex32(v: u128) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((v >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
+/// `v` as 16 lowercase hex digits.
+fn hex16(v: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
+/// Sets a header to hex digits and dashes (always a valid value).
+fn put(headers: &mut HeaderMap, name: &HeaderName, value: &[u8]) {
+    if let Ok(v) = HeaderValue::from_bytes(value) {
+        headers.insert(name.clone(), v);
+    }
+}
 
 /// One span's place in a trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,56 +169,63 @@ impl TraceContext {
     /// Writes this span as `traceparent` (and `tracestate`), `x-b3-*`, and
     /// `b3` when the caller used it, replacing what was there.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        let sampled = if self.sampled { "1" } else { "0" };
-        let b3_trace = if self.b3_short_trace_id {
-            format!("{:016x}", self.trace_id as u64)
+        // Every request goes through here, twice per hop: the values are
+        // built in stack buffers, not with `format!`, and the names are
+        // constants, not parsed per call.
+        let sampled: &[u8] = if self.sampled { b"1" } else { b"0" };
+        let trace = hex32(self.trace_id);
+        let b3_trace: &[u8] = if self.b3_short_trace_id {
+            &trace[16..]
         } else {
-            format!("{:032x}", self.trace_id)
+            &trace
         };
-        let span = format!("{:016x}", self.span_id);
-        let mut put = |name: &'static str, value: String| {
-            // Hex digits and dashes are always valid header values.
-            if let Ok(v) = HeaderValue::try_from(value) {
-                headers.insert(name, v);
-            }
-        };
-        put(
-            TRACEPARENT,
-            format!(
-                "00-{:032x}-{span}-{:02x}",
-                self.trace_id,
-                u8::from(self.sampled)
-            ),
+        let span = hex16(self.span_id);
+        let parent = self.parent_span_id.map(hex16);
+        let mut traceparent = [0u8; 55];
+        traceparent[..3].copy_from_slice(b"00-");
+        traceparent[3..35].copy_from_slice(&trace);
+        traceparent[35] = b'-';
+        traceparent[36..52].copy_from_slice(&span);
+        traceparent[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        put(headers, &TRACEPARENT_NAME, &traceparent);
+        put(headers, &B3_TRACE_ID_NAME, b3_trace);
+        put(headers, &B3_SPAN_ID_NAME, &span);
+        headers.insert(
+            B3_SAMPLED_NAME,
+            HeaderValue::from_static(if self.sampled { "1" } else { "0" }),
         );
-        put(B3_TRACE_ID, b3_trace.clone());
-        put(B3_SPAN_ID, span.clone());
-        put(B3_SAMPLED, sampled.to_owned());
-        if let Some(parent) = self.parent_span_id {
-            put(B3_PARENT_SPAN_ID, format!("{parent:016x}"));
+        match &parent {
+            Some(p) => put(headers, &B3_PARENT_SPAN_ID_NAME, p),
+            None => {
+                headers.remove(B3_PARENT_SPAN_ID_NAME);
+            }
         }
         if self.b3_single {
-            let mut single = format!("{b3_trace}-{span}-{sampled}");
-            if let Some(parent) = self.parent_span_id {
-                single.push_str(&format!("-{parent:016x}"));
+            let mut single = Vec::with_capacity(32 + 1 + 16 + 2 + 17);
+            single.extend_from_slice(b3_trace);
+            single.push(b'-');
+            single.extend_from_slice(&span);
+            single.push(b'-');
+            single.extend_from_slice(sampled);
+            if let Some(p) = &parent {
+                single.push(b'-');
+                single.extend_from_slice(p);
             }
-            put(B3, single);
+            put(headers, &B3_NAME, &single);
         } else {
-            headers.remove(B3);
+            headers.remove(B3_NAME);
         }
-        if self.parent_span_id.is_none() {
-            headers.remove(B3_PARENT_SPAN_ID);
-        }
-        headers.remove(B3_FLAGS);
+        headers.remove(B3_FLAGS_NAME);
         match self
             .tracestate
             .as_deref()
             .and_then(|s| HeaderValue::from_str(s).ok())
         {
             Some(v) => {
-                headers.insert(TRACESTATE, v);
+                headers.insert(TRACESTATE_NAME, v);
             }
             None => {
-                headers.remove(TRACESTATE);
+                headers.remove(TRACESTATE_NAME);
             }
         }
     }

@@ -1,11 +1,15 @@
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use mesh_ca::tls::{SpiffeServerVerifier, client_config};
 use mesh_ca::{CredentialStore, SvidError, svid_id};
 use mesh_core::identity::SpiffeId;
+use rustls::ClientConfig;
+use rustls::client::Resumption;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
@@ -53,34 +57,90 @@ impl ConnectError {
 
 /// The client side of mesh mTLS: presents the workload's current SVID and
 /// accepts only a server whose SPIFFE ID is allowed for the destination.
+///
+/// Cheap to clone (clones share one cache). The rustls `ClientConfig` of
+/// each allowed-identity set is built once and reused: it holds no
+/// certificate or bundle of its own (both are read from the store at every
+/// handshake), so rotation still applies at the next connection. TLS session
+/// resumption stays off: a resumed session would skip the verification of
+/// the server against the current bundle and allow list.
 #[derive(Debug, Clone)]
 pub struct MeshConnector {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     store: CredentialStore,
     alpn: Vec<Vec<u8>>,
     handshake_timeout: Duration,
+    /// Configs by allowed-identity set; swapped whole when one is added.
+    configs: ArcSwap<HashMap<Box<[SpiffeId]>, Arc<ClientConfig>>>,
 }
+
+/// Past this many allowed-identity sets the cache starts over, so that a
+/// churning registry cannot grow it without bound.
+const MAX_CACHED_CONFIGS: usize = 256;
 
 impl MeshConnector {
     /// A connector offering ALPN h2 and http/1.1.
     pub fn new(store: CredentialStore) -> Self {
-        Self {
+        Self::build(
             store,
-            alpn: ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect(),
-            handshake_timeout: Duration::from_secs(10),
+            ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect(),
+            Duration::from_secs(10),
+        )
+    }
+
+    fn build(store: CredentialStore, alpn: Vec<Vec<u8>>, handshake_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                alpn,
+                handshake_timeout,
+                configs: ArcSwap::default(),
+            }),
         }
     }
 
     /// Replaces the ALPN protocols offered (e.g. only `h2` for gRPC, or none
     /// for opaque TCP).
-    pub fn with_alpn(mut self, protocols: Vec<Vec<u8>>) -> Self {
-        self.alpn = protocols;
-        self
+    pub fn with_alpn(self, protocols: Vec<Vec<u8>>) -> Self {
+        Self::build(
+            self.inner.store.clone(),
+            protocols,
+            self.inner.handshake_timeout,
+        )
     }
 
     /// The longest a TLS handshake may take. Default 10 s.
-    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
-        self
+    pub fn with_handshake_timeout(self, timeout: Duration) -> Self {
+        Self::build(self.inner.store.clone(), self.inner.alpn.clone(), timeout)
+    }
+
+    /// The config verifying servers against `allowed`: cached, else built
+    /// and cached.
+    fn config(&self, allowed: &[SpiffeId]) -> Result<Arc<ClientConfig>, rustls::Error> {
+        if let Some(c) = self.inner.configs.load().get(allowed) {
+            return Ok(c.clone());
+        }
+        let verifier = SpiffeServerVerifier::new(self.inner.store.clone(), allowed.to_vec());
+        let mut config = client_config(&self.inner.store, verifier)?;
+        config.alpn_protocols = self.inner.alpn.clone();
+        // One config now serves many connections: without this, rustls
+        // would keep tickets and resume sessions between them.
+        config.resumption = Resumption::disabled();
+        let config = Arc::new(config);
+        self.inner.configs.rcu(|map| {
+            let mut map = if map.len() >= MAX_CACHED_CONFIGS {
+                HashMap::new()
+            } else {
+                HashMap::clone(map)
+            };
+            map.insert(allowed.into(), config.clone());
+            map
+        });
+        Ok(config)
     }
 
     /// Runs the mTLS handshake over `io`. The server must present a valid
@@ -115,15 +175,13 @@ impl MeshConnector {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let verifier = SpiffeServerVerifier::new(self.store.clone(), allowed.to_vec());
-        let mut config = client_config(&self.store, verifier).map_err(ConnectError::Handshake)?;
-        config.alpn_protocols = self.alpn.clone();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let stream =
-            tokio::time::timeout(self.handshake_timeout, connector.connect(server_name, io))
-                .await
-                .map_err(|_| ConnectError::Timeout(self.handshake_timeout))?
-                .map_err(ConnectError::from_handshake)?;
+        let config = self.config(allowed).map_err(ConnectError::Handshake)?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let timeout = self.inner.handshake_timeout;
+        let stream = tokio::time::timeout(timeout, connector.connect(server_name, io))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))?
+            .map_err(ConnectError::from_handshake)?;
         let peer = {
             let (_, conn) = stream.get_ref();
             let leaf = conn
