@@ -12,7 +12,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::sync::Arc;
+//! use std::sync::{Arc, LazyLock};
 //! use mesh_core::store::{FileSource, Store};
 //! use mesh_tower::traffic::{Router, RouterConfig};
 //! use tower::ServiceExt;
@@ -34,7 +34,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,9 @@ use crate::upstream::{
 /// insert it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// Istio's retry policy for routes that name none.
+static DEFAULT_RETRY: LazyLock<RetryPolicy> = LazyLock::new(RetryPolicy::istio_default);
 
 /// Bodies up to this size are buffered so they can be retried or mirrored;
 /// larger ones stream through once.
@@ -453,16 +456,27 @@ async fn forward(
     } = pick::resolve(snap, dest, port)?;
     let dport = sp.number;
     let subset = dest.subset.as_deref();
-    let target_name = subset.map_or_else(
-        || dest.host.clone(),
-        |s| format!("{} subset {s}", dest.host),
-    );
+    // Only failures name the target: formatted when one happens.
+    let target_name = || {
+        subset.map_or_else(
+            || dest.host.clone(),
+            |s| format!("{} subset {s}", dest.host),
+        )
+    };
     let policy = pick::effective_policy(snap, &dest.host, dport, subset);
     let outlier = policy
         .outlier_detection
         .as_ref()
         .and_then(OutlierPolicy::from_config);
-    let retry = RetryPolicy::from_config(rule.and_then(|(r, _)| r.retries.as_ref()));
+    // Most routes say nothing about retries: Istio's default, built once.
+    let configured;
+    let retry: &RetryPolicy = match rule.and_then(|(r, _)| r.retries.as_ref()) {
+        Some(r) => {
+            configured = RetryPolicy::from_config(Some(r));
+            &configured
+        }
+        None => &DEFAULT_RETRY,
+    };
     let retryable = replay.is_some() && retry.request_is_retryable(parts.method.as_str(), has_body);
     let attempts = if retryable { 1 + retry.attempts } else { 1 };
     let h2 = matches!(sp.protocol, Protocol::Http2 | Protocol::Grpc);
@@ -499,9 +513,7 @@ async fn forward(
     let path = rewrite::path(&parts, rule);
     let mut last_failed: Option<String> = None;
     let mut last: Option<(pick::Endpoint, bool)> = None;
-    let mut result = Err(MeshError::NoHealthyEndpoint {
-        target: target_name.clone(),
-    });
+    let mut result = None;
     for attempt in 0..attempts {
         if attempt > 0 {
             let backoff = Duration::from_millis(25 << (attempt - 1).min(3));
@@ -509,26 +521,24 @@ async fn forward(
             tokio::time::sleep(backoff + jitter).await;
         }
         let lb = policy.load_balancer.as_ref();
-        let set = format!("{}/{}", dest.host, subset.unwrap_or(""));
+        let set = pick::EndpointSet::Http {
+            host: &dest.host,
+            subset,
+        };
         let Some(ep) = pick::endpoint(
             &eps,
             lb,
             key,
             &inner.state,
-            &set,
+            set,
             last_failed.as_deref(),
             inner.random.as_ref(),
         ) else {
-            result = Err(MeshError::NoHealthyEndpoint {
-                target: target_name.clone(),
-            });
+            result = None;
             break;
         };
         let scheme = match scheme(snap, svc, &ep, dport, subset) {
-            Ok(s) => {
-                last = Some((ep.clone(), s == "https"));
-                s
-            }
+            Ok(s) => s,
             Err(why) => {
                 return Err(MeshError::CannotSecure {
                     host: dest.host.clone(),
@@ -545,7 +555,10 @@ async fn forward(
         let body = match (&replay, stream.take()) {
             (Some(b), _) => full(b.clone()),
             (None, Some(s)) => s,
-            (None, None) => break,
+            (None, None) => {
+                last = Some((ep, scheme == "https"));
+                break;
+            }
         };
         let mut up = Request::from_parts(parts.clone(), body);
         *up.uri_mut() = uri;
@@ -603,15 +616,21 @@ async fn forward(
                 tracing::info!(endpoint = %ep.key, host = %dest.host, "outlier detection ejected an endpoint");
             }
         }
-        result = res;
-        match failure {
-            Some(f) if retry.retries_on(f) && attempt + 1 < attempts => {
-                last_failed = Some(ep.key.clone());
-                continue;
-            }
-            _ => break,
+        result = Some(res);
+        let again = matches!(failure, Some(f) if retry.retries_on(f) && attempt + 1 < attempts);
+        if again {
+            last_failed = Some(ep.key.clone());
+        }
+        last = Some((ep, scheme == "https"));
+        if !again {
+            break;
         }
     }
+    let result = result.unwrap_or_else(|| {
+        Err(MeshError::NoHealthyEndpoint {
+            target: target_name(),
+        })
+    });
     // What telemetry reports as the destination of this request.
     let mut info = DestinationInfo::for_service(svc);
     if let Some((ep, mtls)) = &last {
@@ -696,13 +715,13 @@ fn mirror(
     let Some(eps) = pick::endpoints(snap, svc, sp, m.subset.as_deref()) else {
         return;
     };
-    let set = format!("mirror:{}", m.host);
+    let set = pick::EndpointSet::Mirror { host: &m.host };
     let Some(ep) = pick::endpoint(
         &eps,
         None,
         None,
         &inner.state,
-        &set,
+        set,
         None,
         inner.random.as_ref(),
     ) else {

@@ -186,6 +186,16 @@ pub(crate) fn destination<'d>(
     key: Option<u64>,
     random: &dyn RandomSource,
 ) -> Option<&'d WeightedDestination> {
+    if let [only] = dests {
+        // The only one is chosen whether or not it can serve (as below,
+        // where failover needs another): skip resolving its endpoints.
+        if key.is_none() {
+            // The draw the weighted choice below makes, kept so that seeded
+            // sequences do not shift.
+            random.next_u64();
+        }
+        return (only.weight > 0).then_some(only);
+    }
     let up: Vec<bool> = dests.iter().map(&available).collect();
     let any_up = dests.iter().zip(&up).any(|(d, u)| *u && d.weight > 0);
     let weight = |i: usize| if !any_up || up[i] { dests[i].weight } else { 0 };
@@ -212,6 +222,35 @@ pub(crate) fn destination<'d>(
     dests.get(i)
 }
 
+/// Which endpoints an endpoint is chosen among: round robin keeps one
+/// counter per set.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum EndpointSet<'a> {
+    /// A destination of HTTP traffic.
+    Http {
+        host: &'a str,
+        subset: Option<&'a str>,
+    },
+    /// A destination of opaque TCP.
+    Tcp {
+        host: &'a str,
+        subset: Option<&'a str>,
+    },
+    /// Mirrored copies to a host.
+    Mirror { host: &'a str },
+}
+
+impl EndpointSet<'_> {
+    /// The round-robin counter's name; formatted only for round robin.
+    fn key(&self) -> String {
+        match self {
+            Self::Http { host, subset } => format!("{host}/{}", subset.unwrap_or("")),
+            Self::Tcp { host, subset } => format!("tcp:{host}/{}", subset.unwrap_or("")),
+            Self::Mirror { host } => format!("mirror:{host}"),
+        }
+    }
+}
+
 /// Chooses an endpoint by the policy's algorithm among those not ejected
 /// (and not `avoid`, the one that just failed, when there is another).
 pub(crate) fn endpoint(
@@ -219,7 +258,7 @@ pub(crate) fn endpoint(
     lb: Option<&LoadBalancerSettings>,
     key: Option<u64>,
     state: &TrafficState,
-    set: &str,
+    set: EndpointSet<'_>,
     avoid: Option<&str>,
     random: &dyn RandomSource,
 ) -> Option<Endpoint> {
@@ -245,18 +284,24 @@ pub(crate) fn endpoint(
         sticky_pick(pool.iter().map(|e| (e.key.as_str(), 1)), k)?
     } else {
         match simple {
-            Some(SimpleLb::RoundRobin) => state.next_rr(set) % pool.len(),
+            Some(SimpleLb::RoundRobin) => state.next_rr(&set.key()) % pool.len(),
             Some(SimpleLb::Random) => (random.next_u64() % pool.len() as u64) as usize,
             // LEAST_REQUEST is Istio's default: power of two choices.
             _ => {
                 let n = pool.len() as u64;
                 let a = (random.next_u64() % n) as usize;
                 let b = (random.next_u64() % n) as usize;
-                let loads: Vec<usize> = pool
-                    .iter()
-                    .map(|e| state.endpoint(&e.key).in_flight())
-                    .collect();
-                p2c(&loads, a, b)
+                if n == 1 {
+                    // One choice: no loads to compare (the draws above
+                    // still happen, so seeded sequences stay the same).
+                    0
+                } else {
+                    let loads: Vec<usize> = pool
+                        .iter()
+                        .map(|e| state.endpoint(&e.key).in_flight())
+                        .collect();
+                    p2c(&loads, a, b)
+                }
             }
         }
     };

@@ -108,7 +108,10 @@ impl TcpRouter {
             .outlier_detection
             .as_ref()
             .and_then(OutlierPolicy::from_config);
-        let set = format!("tcp:{}/{}", dest.host, subset.unwrap_or(""));
+        let set = pick::EndpointSet::Tcp {
+            host: &dest.host,
+            subset,
+        };
         let mut last: Option<String> = None;
         let mut error = MeshError::NoHealthyEndpoint {
             target: dest.host.clone(),
@@ -119,7 +122,7 @@ impl TcpRouter {
                 policy.load_balancer.as_ref(),
                 None,
                 &self.state,
-                &set,
+                set,
                 last.as_deref(),
                 self.random.as_ref(),
             ) else {
