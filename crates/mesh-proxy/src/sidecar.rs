@@ -21,7 +21,8 @@ use std::task::{Context, Poll};
 
 use anyhow::{Context as _, Result, anyhow};
 use clap::Args;
-use http::{HeaderValue, Request, Response, Uri};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderName, HeaderValue, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -485,7 +486,13 @@ async fn inbound_loop(listener: TcpListener, port: InboundPort, ctx: Ctx, accept
                 let h2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
                 let local = local_info(&ctx.store, &ctx.key);
                 let facts = ConnFacts { peer: peer.clone(), remote, local: local_addr };
-                let svc = InboundHttp { app: port.app, client, peer, h2 };
+                let svc = match InboundHttp::new(port.app, client, &peer, h2) {
+                    Ok(svc) => svc,
+                    Err(e) => {
+                        tracing::warn!(app = %port.app, error = %e, "cannot forward to the app");
+                        return;
+                    }
+                };
                 let svc = inbound_stack(svc, &ctx, local, facts);
                 serve_http(stream, svc, ctx.drain.clone()).await;
             } else {
@@ -548,10 +555,48 @@ async fn inbound_tcp<IO>(
 /// Inbound HTTP, after authorization: forward to the app.
 #[derive(Debug, Clone)]
 struct InboundHttp {
-    app: SocketAddr,
     client: Client<HttpConnector, BoxBody>,
-    peer: PeerIdentity,
+    conn: Arc<InboundConn>,
+}
+
+/// What every request of one inbound connection gets, worked out once when
+/// it is accepted rather than per request.
+#[derive(Debug)]
+struct InboundConn {
+    app: SocketAddr,
+    /// `ip:port` of the app, for the URIs of forwarded requests.
+    app_authority: Authority,
+    /// `URI=<peer SPIFFE ID>` when the peer proved one.
+    xfcc: Option<HeaderValue>,
+    /// `https` for mTLS, `http` for plaintext.
+    proto: HeaderValue,
     h2: bool,
+}
+
+impl InboundHttp {
+    fn new(
+        app: SocketAddr,
+        client: Client<HttpConnector, BoxBody>,
+        peer: &PeerIdentity,
+        h2: bool,
+    ) -> Result<Self> {
+        let app_authority = Authority::try_from(app.to_string())
+            .with_context(|| format!("the app's address {app}"))?;
+        let xfcc = peer
+            .spiffe_id()
+            .and_then(|id| HeaderValue::from_str(&format!("URI={id}")).ok());
+        let proto = HeaderValue::from_static(if peer.is_mtls() { "https" } else { "http" });
+        Ok(Self {
+            client,
+            conn: Arc::new(InboundConn {
+                app,
+                app_authority,
+                xfcc,
+                proto,
+                h2,
+            }),
+        })
+    }
 }
 
 impl<B> tower::Service<Request<B>> for InboundHttp
@@ -576,18 +621,7 @@ where
 
 impl InboundHttp {
     async fn handle(self, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, MeshError> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let uri: Uri =
-            format!("http://{}{pq}", self.app)
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| MeshError::UpstreamProtocol {
-                    endpoint: self.app.to_string(),
-                    why: e.to_string(),
-                })?;
+        let conn = &self.conn;
         if !req.headers().contains_key(http::header::HOST) {
             if let Some(v) = req
                 .uri()
@@ -597,30 +631,45 @@ impl InboundHttp {
                 req.headers_mut().insert(http::header::HOST, v);
             }
         }
-        *req.uri_mut() = uri;
+        // `http://<app><path and query>`, from parts: no formatting, no
+        // parsing per request.
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(conn.app_authority.clone());
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| MeshError::UpstreamProtocol {
+            endpoint: conn.app.to_string(),
+            why: e.to_string(),
+        })?;
         // The hop from the peer may be h2; the app gets what its port speaks.
-        *req.version_mut() = if self.h2 {
+        *req.version_mut() = if conn.h2 {
             http::Version::HTTP_2
         } else {
             http::Version::HTTP_11
         };
         // The app learns who called from the verified identity only: a
         // client-supplied header of the same name is replaced.
-        let xfcc = self.peer.spiffe_id().map(|id| format!("URI={id}"));
-        req.headers_mut().remove("x-forwarded-client-cert");
-        if let Some(v) = xfcc.and_then(|x| HeaderValue::from_str(&x).ok()) {
-            req.headers_mut().insert("x-forwarded-client-cert", v);
+        req.headers_mut().remove(XFCC);
+        if let Some(v) = &conn.xfcc {
+            req.headers_mut().insert(XFCC, v.clone());
         }
-        let proto = if self.peer.is_mtls() { "https" } else { "http" };
         req.headers_mut()
-            .entry("x-forwarded-proto")
-            .or_insert(HeaderValue::from_static(proto));
+            .entry(X_FORWARDED_PROTO)
+            .or_insert_with(|| conn.proto.clone());
         let resp = self.client.request(req).await.map_err(|e| {
-            UpstreamError::classify(&e, e.is_connect()).into_mesh_error(self.app.to_string())
+            UpstreamError::classify(&e, e.is_connect()).into_mesh_error(conn.app.to_string())
         })?;
         Ok(resp.map(boxed))
     }
 }
+
+const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// A service an outbound port is for.
 #[derive(Debug, Clone)]
