@@ -324,27 +324,34 @@ where
 
 #[tokio::test]
 async fn the_connector_never_resumes_a_session() {
-    // A server that issues tickets and resumes (rustls' defaults)...
+    // A server that issues tickets and resumes (rustls' defaults, which the
+    // mesh's own server config turns off)...
     let pki = TestPki::new("cluster.local");
     let server_store = pki.store("backend");
-    let config =
-        mesh_ca::tls::server_config(&server_store, mesh_ca::tls::ClientAuth::Required).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(mesh_ca::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(Arc::new(mesh_tower::tls::SpiffeClientVerifier::new(
+            server_store.clone(),
+            mesh_ca::tls::ClientAuth::Required,
+        )))
+        .with_cert_resolver(Arc::new(server_store));
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let client_store = pki.store("frontend");
     let allowed = [pki.id("backend")];
     let name = || ServerName::IpAddress(std::net::IpAddr::from([0, 0, 0, 0]).into());
 
-    // ...resumes for a client config kept across connections (the control)...
+    // ...resumes for a client config that keeps sessions (the control)...
     let verifier = mesh_ca::tls::SpiffeServerVerifier::new(client_store.clone(), allowed.to_vec());
-    let plain = tokio_rustls::TlsConnector::from(Arc::new(
-        mesh_ca::tls::client_config(&client_store, verifier).unwrap(),
-    ));
+    let mut resuming = mesh_ca::tls::client_config(&client_store, verifier).unwrap();
+    resuming.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let resuming = tokio_rustls::TlsConnector::from(Arc::new(resuming));
     let mut kinds = Vec::new();
     for _ in 0..2 {
-        let plain = plain.clone();
+        let resuming = resuming.clone();
         kinds.push(
             handshake_kind(&acceptor, |c| async move {
-                plain.connect(name(), c).await.unwrap()
+                resuming.connect(name(), c).await.unwrap()
             })
             .await,
         );
@@ -354,8 +361,8 @@ async fn the_connector_never_resumes_a_session() {
         [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
     );
 
-    // ...but the mesh connector, which keeps one config per allowed set,
-    // verifies the server in full every time.
+    // ...but the mesh connector, which keeps one config per allowed set
+    // across connections, verifies the server in full every time.
     let connector = MeshConnector::new(client_store);
     for _ in 0..3 {
         let (connector, allowed) = (connector.clone(), allowed.clone());
