@@ -55,6 +55,10 @@ pub(crate) struct ProfileArgs {
     /// each cost it (resident memory is not noisy, unlike time).
     #[arg(long, default_value_t = 0)]
     idle: usize,
+    /// Seconds to hold the idle connections open after measuring them (to
+    /// take a heap snapshot of the sidecars, e.g. with `vgdb`).
+    #[arg(long, default_value_t = 0.0)]
+    hold: f64,
 }
 
 /// Runs the profile; prints what was sent.
@@ -82,8 +86,12 @@ async fn profile(args: ProfileArgs) -> Result<()> {
         mesh_spawn_server: false,
         in_process_server: true,
     };
+    // Memory is measured as the harness measures it: the system under test
+    // pinned to one core (one runtime worker). Instruction counts are taken
+    // unpinned, as they always were.
+    let core = (args.idle > 0).then_some(1);
     let running =
-        crate::topo::start(args.topology, &programs, &certs, work.path(), None, 100).await?;
+        crate::topo::start(args.topology, &programs, &certs, work.path(), core, 100).await?;
     let target = running.target.clone();
     let mut conn = target.connect(false).await?;
     for _ in 0..args.warmup {
@@ -113,7 +121,7 @@ async fn profile(args: ProfileArgs) -> Result<()> {
         args.fresh
     );
     if args.idle > 0 {
-        idle_memory(&running, args.idle).await?;
+        idle_memory(&running, args.idle, Duration::from_secs_f64(args.hold)).await?;
     }
     drop(conn);
     drop(running);
@@ -164,7 +172,7 @@ fn callgrind_control(op: &str, running: &crate::topo::Running) -> Result<()> {
 
 /// Prints each process's resident memory, then the cost of `n` idle mTLS
 /// connections to the topology's mTLS server.
-async fn idle_memory(running: &crate::topo::Running, n: usize) -> Result<()> {
+async fn idle_memory(running: &crate::topo::Running, n: usize, hold: Duration) -> Result<()> {
     for p in &running.procs {
         println!("rss {} {} KiB", p.name, p.rss_kib());
     }
@@ -181,6 +189,7 @@ async fn idle_memory(running: &crate::topo::Running, n: usize) -> Result<()> {
         proc.name,
         after.saturating_sub(before) as f64 / n as f64
     );
+    tokio::time::sleep(hold).await;
     drop(conns);
     Ok(())
 }

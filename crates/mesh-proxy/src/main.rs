@@ -8,6 +8,7 @@ mod check;
 mod gateway;
 mod identity;
 mod runtime;
+mod served;
 mod sidecar;
 
 use std::path::PathBuf;

@@ -193,6 +193,20 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: ProxyService,
 {
+    serve_http_as(io, service, drain, None).await;
+}
+
+/// [`serve_http`] for a connection whose protocol TLS has agreed: served
+/// without `auto`'s detection, which costs memory (see [`crate::served`]).
+pub(crate) async fn serve_http_as<IO, S>(
+    io: IO,
+    service: S,
+    drain: Drain,
+    known: Option<crate::served::Known>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: ProxyService,
+{
     let _guard = drain.guard();
     let activity = Arc::new(Activity::default());
     let svc = hyper_util::service::TowerToHyperService::new(limited(
@@ -202,7 +216,8 @@ where
         activity.clone(),
     ));
     let builder = builder(drain.limits);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let timeout = drain.limits.header_read_timeout;
+    let conn = crate::served::serve(&builder, timeout, known, TokioIo::new(io), svc);
     tokio::pin!(conn);
     let ended = |r: Result<(), Box<dyn std::error::Error + Send + Sync>>| {
         if let Err(e) = r {

@@ -43,7 +43,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::admin::AdminState;
 use crate::identity::IdentityArgs;
-use crate::runtime::{Drain, ProxyBody, serve_http};
+use crate::runtime::{Drain, ProxyBody, serve_http, serve_http_as};
+use crate::served::Known;
 
 /// Options shared by the sidecar and the gateway.
 #[derive(Debug, Clone, Args)]
@@ -494,7 +495,11 @@ async fn inbound_loop(listener: TcpListener, port: InboundPort, ctx: Ctx, accept
                     }
                 };
                 let svc = inbound_stack(svc, &ctx, local, facts);
-                serve_http(stream, svc, ctx.drain.clone()).await;
+                let known = Known::from_alpn(stream.alpn_protocol());
+                // A task of its own, so that what the handshake needed is
+                // freed rather than kept in this task's state for the
+                // connection's life.
+                tokio::spawn(serve_http_as(stream, svc, ctx.drain.clone(), known));
             } else {
                 inbound_tcp(stream, &peer, (remote, local_addr), &ctx, &port).await;
                 drop(guard);
