@@ -84,7 +84,9 @@ async fn profile(args: ProfileArgs) -> Result<()> {
         bench: exe,
         sidecar_wrapper: args.sidecar_wrapper.clone(),
         mesh_spawn_server: false,
-        in_process_server: true,
+        // One process for callgrind; the server's own process when its
+        // memory is measured.
+        in_process_server: args.idle == 0,
     };
     // Memory is measured as the harness measures it: the system under test
     // pinned to one core (one runtime worker). Instruction counts are taken

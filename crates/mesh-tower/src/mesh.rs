@@ -486,6 +486,7 @@ impl Mesh {
                         .max_pending_accept_reset_streams(20)
                         .max_local_error_reset_streams(1024)
                         .max_concurrent_streams(200);
+                    let b = crate::tls::by_alpn(b, stream.alpn_protocol());
                     let conn = b
                         .serve_connection(
                             TokioIo::new(stream),

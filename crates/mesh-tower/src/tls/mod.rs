@@ -42,6 +42,7 @@ pub use connector::{ConnectError, MeshClientStream, MeshConnector};
 pub use mesh_ca::tls::{ClientAuth, SpiffeClientVerifier, SpiffeServerVerifier};
 pub use mesh_ca::{CredentialStore, Credentials, SvidError, TrustBundle, TrustBundleSet};
 pub use rewind::Rewind;
+pub(crate) use serve::by_alpn;
 pub use serve::{
     AddPeerIdentity, BoxError, PeerIdentity, ServerHandle, serve_connection, spawn_server,
 };

@@ -90,6 +90,18 @@ fn builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Serves only the protocol ALPN agreed on, when it agreed on one. `auto`
+/// otherwise reads the first bytes to tell HTTP/1.1 from h2 and hands them
+/// back through a rewind buffer, and hyper's 8 KiB read buffer, finding 24
+/// bytes in it at the first read, grows to 16 KiB for the connection's life.
+pub(crate) fn by_alpn<E>(builder: auto::Builder<E>, alpn: Option<&[u8]>) -> auto::Builder<E> {
+    match alpn {
+        Some(b"http/1.1") => builder.http1_only(),
+        Some(b"h2") => builder.http2_only(),
+        _ => builder,
+    }
+}
+
 /// Serves HTTP/1.1 or HTTP/2 on an accepted connection, giving each request
 /// the peer's identity.
 pub async fn serve_connection<IO, S, B>(stream: MeshStream<IO>, service: S) -> Result<(), BoxError>
@@ -103,7 +115,7 @@ where
     B::Error: Into<BoxError>,
 {
     let service = AddPeerIdentity::new(service, stream.peer_identity().clone());
-    builder()
+    by_alpn(builder(), stream.alpn_protocol())
         .serve_connection(TokioIo::new(stream), service)
         .await
 }
@@ -198,7 +210,7 @@ where
                     }
                 };
                 let service = AddPeerIdentity::new(service, stream.peer_identity().clone());
-                let conn = builder()
+                let conn = by_alpn(builder(), stream.alpn_protocol())
                     .serve_connection(TokioIo::new(stream), service)
                     .into_owned();
                 if let Err(e) = watcher.watch(conn).await {
