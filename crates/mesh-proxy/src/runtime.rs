@@ -163,14 +163,23 @@ pub(crate) async fn terminated() -> Result<()> {
     Ok(())
 }
 
-fn builder(limits: HttpLimits) -> auto::Builder<TokioExecutor> {
+/// The HTTP/1.1 settings, applied to `auto`'s builder here and to hyper's
+/// own where ALPN said `http/1.1` (see [`crate::served`]): one list, so the
+/// two cannot drift apart.
+macro_rules! http1_settings {
+    ($b:expr, $limits:expr) => {
+        // Without a timer hyper silently disables its header-read timeout.
+        // Header count and size keep hyper's defaults (100 headers, ~400 KiB
+        // of buffer: 431 beyond), proven by tests/hardening_http.rs.
+        $b.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout($limits.header_read_timeout)
+    };
+}
+pub(crate) use http1_settings;
+
+pub(crate) fn builder(limits: HttpLimits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    // Without a timer hyper silently disables its header-read timeout.
-    // Header count and size keep hyper's defaults (100 headers, ~400 KiB
-    // of buffer: 431 beyond), proven by tests/hardening_http.rs.
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+    http1_settings!(b.http1(), limits);
     // The HTTP/2 flood limits, set here rather than inherited so an
     // upgrade cannot loosen them unnoticed (they equal hyper/h2's defaults,
     // proven by tests/hardening_abuse.rs): past 20 streams reset by the
@@ -215,9 +224,8 @@ pub(crate) async fn serve_http_as<IO, S>(
         drain.rx.clone(),
         activity.clone(),
     ));
-    let builder = builder(drain.limits);
-    let timeout = drain.limits.header_read_timeout;
-    let conn = crate::served::serve(&builder, timeout, known, TokioIo::new(io), svc);
+    let builder = crate::served::for_known(builder(drain.limits), known);
+    let conn = crate::served::serve(&builder, drain.limits, known, TokioIo::new(io), svc);
     tokio::pin!(conn);
     let ended = |r: Result<(), Box<dyn std::error::Error + Send + Sync>>| {
         if let Err(e) = r {

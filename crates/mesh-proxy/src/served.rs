@@ -6,8 +6,12 @@
 //! connection's whole life: hyper's read buffer, 8 KiB, finds 24 bytes in
 //! it on the first read and doubles to 16 KiB (measured with massif: about
 //! 8 KiB of the 30 KiB an idle mTLS connection cost sidecar B). So
-//! connections whose protocol is known are served by hyper's own HTTP/1.1
-//! or h2 connection; the others (plaintext, no ALPN) still by `auto`.
+//! connections whose protocol is known skip the detection: h2 ones are
+//! served by `auto` told the version (which wraps them in an empty rewind),
+//! HTTP/1.1 ones by hyper's own connection with upgrades (`auto` ignores
+//! the version when upgrades are on), configured by the same
+//! [`http1_settings!`](crate::runtime::http1_settings) as `auto`'s. The
+//! others (plaintext, no ALPN) are still detected by `auto`.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -18,8 +22,10 @@ use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::rt::{Read, Write};
 use hyper::service::HttpService;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
+
+use crate::runtime::{HttpLimits, http1_settings};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -54,16 +60,29 @@ pin_project_lite::pin_project! {
         // connections are HTTP/1.1.
         Auto { conn: Pin<Box<auto::UpgradeableConnection<'a, I, S, TokioExecutor>>> },
         Http1 { #[pin] conn: hyper::server::conn::http1::UpgradeableConnection<I, S> },
-        H2 { conn: Pin<Box<hyper::server::conn::http2::Connection<I, S, TokioExecutor>>> },
+        H2 { conn: Pin<Box<auto::Connection<'a, I, S, TokioExecutor>>> },
     }
 }
 
-/// Serves `io` with `service`: by `auto` when the protocol is not
-/// `known`, else by hyper's connection for it, configured as `auto`'s
-/// (the same timer and header-read timeout).
+/// `auto`'s builder for a connection: told the version when it is h2 (so
+/// [`serve`] skips the detection with every HTTP/2 setting kept).
+pub(crate) fn for_known(
+    builder: auto::Builder<TokioExecutor>,
+    known: Option<Known>,
+) -> auto::Builder<TokioExecutor> {
+    match known {
+        Some(Known::H2) => builder.http2_only(),
+        _ => builder,
+    }
+}
+
+/// Serves `io` with `service`: by `auto` with detection when the protocol
+/// is not `known`; by `auto` without it for h2 (`builder` from
+/// [`for_known`]); by hyper's HTTP/1.1 connection, with the same settings,
+/// for HTTP/1.1.
 pub(crate) fn serve<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
-    header_read_timeout: std::time::Duration,
+    limits: HttpLimits,
     known: Option<Known>,
     io: I,
     service: S,
@@ -81,19 +100,15 @@ where
         None => Served::Auto {
             conn: Box::pin(builder.serve_connection_with_upgrades(io, service)),
         },
-        Some(Known::Http1) => Served::Http1 {
-            conn: hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .serve_connection(io, service)
-                .with_upgrades(),
-        },
+        Some(Known::Http1) => {
+            let mut h1 = hyper::server::conn::http1::Builder::new();
+            http1_settings!(h1, limits);
+            Served::Http1 {
+                conn: h1.serve_connection(io, service).with_upgrades(),
+            }
+        }
         Some(Known::H2) => Served::H2 {
-            conn: Box::pin(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .serve_connection(io, service),
-            ),
+            conn: Box::pin(builder.serve_connection(io, service)),
         },
     }
 }
@@ -134,7 +149,7 @@ where
         Poll::Ready(match self.project() {
             ServedProj::Auto { conn } => ready!(conn.as_mut().poll(cx)),
             ServedProj::Http1 { conn } => ready!(conn.poll(cx)).map_err(Into::into),
-            ServedProj::H2 { conn } => ready!(conn.as_mut().poll(cx)).map_err(Into::into),
+            ServedProj::H2 { conn } => ready!(conn.as_mut().poll(cx)),
         })
     }
 }
