@@ -17,12 +17,12 @@ use mesh_tower::tls::PeerIdentity;
 use support::TestPki;
 use tower::ServiceExt;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A listener on a port of its own, bound before the configuration names
+/// the port, so no other test can take it in between.
+async fn bound() -> (tokio::net::TcpListener, u16) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
 }
 
 fn config(reviews_port: u16) -> String {
@@ -89,7 +89,7 @@ async fn whoami(req: Request<BoxBody>) -> Result<Response<BoxBody>, std::convert
 #[tokio::test]
 async fn two_rust_services_over_the_mesh() {
     let pki = TestPki::new("cluster.local");
-    let port = free_port();
+    let (listener, port) = bound().await;
     let store = Arc::new(Store::new());
     store
         .apply(mesh_core::load::load_str(
@@ -100,11 +100,7 @@ async fn two_rust_services_over_the_mesh() {
 
     let reviews = mesh(&pki, &store, "reviews-v1", "reviews").await;
     let server = reviews
-        .serve(
-            format!("127.0.0.1:{port}").parse().unwrap(),
-            tower::service_fn(whoami),
-        )
-        .await
+        .serve_listener(listener, tower::service_fn(whoami))
         .unwrap();
 
     // productpage calls reviews by its service host: mTLS, allowed.
@@ -243,7 +239,7 @@ impl http_body::Body for TwoFrames {
 #[tokio::test]
 async fn the_front_door_holds_request_bodies_to_the_cap() {
     let pki = TestPki::new("cluster.local");
-    let port = free_port();
+    let (listener, port) = bound().await;
     let store = Arc::new(Store::new());
     // The same services, without the GET-only policy.
     let yaml: Vec<&str> = config(port)
@@ -275,10 +271,7 @@ async fn the_front_door_holds_request_bodies_to_the_cap() {
             Ok::<_, mesh_tower::body::BoxError>(Response::new(full(format!("{}", body.len()))))
         }
     });
-    let server = reviews
-        .serve(format!("127.0.0.1:{port}").parse().unwrap(), handler)
-        .await
-        .unwrap();
+    let server = reviews.serve_listener(listener, handler).unwrap();
     let productpage = mesh(&pki, &store, "productpage", "productpage").await;
     let called = || called.load(std::sync::atomic::Ordering::SeqCst);
 
