@@ -75,11 +75,18 @@ impl TokenStore {
 
     /// Creates a token for `id`, valid for `ttl`; returns the token.
     pub fn create(&self, id: &SpiffeId, ttl: Duration) -> Result<String, CaError> {
-        let mut raw = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut raw)
-            .map_err(|_| CaError::Random)?;
-        let token = base64url(&raw);
+        // Never one starting with `-`, which command lines would take for a
+        // flag (one token in 64 did, and broke `--token "$T"` in scripts).
+        let token = loop {
+            let mut raw = [0u8; 32];
+            SystemRandom::new()
+                .fill(&mut raw)
+                .map_err(|_| CaError::Random)?;
+            let token = base64url(&raw);
+            if !token.starts_with('-') {
+                break token;
+            }
+        };
         create_private_dir(&self.dir)?;
         let expires = unix_secs(SystemTime::now() + ttl);
         write_file(
@@ -128,6 +135,19 @@ impl TokenStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_token_starts_like_a_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        let id = SpiffeId::parse("spiffe://td/ns/a/sa/b").unwrap();
+        // One in 64 would without the guard: 1,000 tries miss that with a
+        // chance of about 1 in 10^7.
+        for _ in 0..1000 {
+            let token = store.create(&id, Duration::from_secs(60)).unwrap();
+            assert!(!token.starts_with('-'), "{token}");
+        }
+    }
 
     #[test]
     fn a_token_works_once() {

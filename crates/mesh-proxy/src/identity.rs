@@ -20,7 +20,13 @@ pub(crate) struct IdentityArgs {
     #[arg(long)]
     pub(crate) ca: Option<String>,
     /// Single-use join token for the first certificate (see `mesh-ca token`).
-    #[arg(long, env = "MESH_JOIN_TOKEN", hide_env_values = true)]
+    /// Base64url may start with `-`: taken as the value, not as a flag.
+    #[arg(
+        long,
+        env = "MESH_JOIN_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub(crate) token: Option<String>,
     /// The CA's root certificate (its `root-cert.pem`), to trust it before the
     /// first SVID.
@@ -144,5 +150,27 @@ impl IdentityArgs {
         };
         let manager = CertManager::start(id.clone(), Arc::new(client), config).await?;
         Ok(Identity::Ca(manager))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        identity: IdentityArgs,
+    }
+
+    #[test]
+    fn a_token_that_starts_with_a_hyphen_is_a_value() {
+        let cli = Cli::try_parse_from(["mesh-proxy", "--token", "-iQx_3", "--ca", "127.0.0.1:1"])
+            .unwrap();
+        assert_eq!(cli.identity.token.as_deref(), Some("-iQx_3"));
+        assert_eq!(cli.identity.ca.as_deref(), Some("127.0.0.1:1"));
     }
 }
