@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -221,7 +221,6 @@ pub(crate) async fn serve_http_as<IO, S>(
     let svc = hyper_util::service::TowerToHyperService::new(limited(
         service,
         drain.limits.body,
-        drain.rx.clone(),
         activity.clone(),
     ));
     let builder = crate::served::for_known(builder(drain.limits), known);
@@ -243,7 +242,10 @@ pub(crate) async fn serve_http_as<IO, S>(
     loop {
         tokio::select! {
             r = conn.as_mut() => return ended(r),
-            _ = drain.signaled() => break,
+            _ = drain.signaled() => {
+                activity.draining.store(true, Ordering::Release);
+                break;
+            }
             _ = tokio::time::sleep(window) => {
                 let started = activity.started.load(Ordering::Acquire);
                 if started == seen && activity.pending.load(Ordering::Acquire) == 0 {
@@ -287,6 +289,9 @@ struct Activity {
     started: AtomicU64,
     /// Requests whose response (head and body) is not done yet.
     pending: AtomicUsize,
+    /// The drain has reached this connection: HTTP/1.1 answers say
+    /// `Connection: close`.
+    draining: AtomicBool,
 }
 
 /// Counts a request as pending until dropped.
@@ -315,7 +320,6 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         h1: bool,
-        draining: watch::Receiver<bool>,
         // Moved into the response body, so the request stays pending until
         // its body is done.
         pending: Option<Pending>,
@@ -335,7 +339,11 @@ where
         let this = self.project();
         let r = std::task::ready!(this.inner.poll(cx));
         std::task::Poll::Ready(r.map(|mut resp| {
-            if *this.h1 && *this.draining.borrow() {
+            let draining = this
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.0.draining.load(Ordering::Acquire));
+            if *this.h1 && draining {
                 resp.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),
@@ -384,7 +392,6 @@ impl http_body::Body for Tracked {
 #[derive(Clone)]
 struct CloseOnDrainService<S> {
     inner: S,
-    draining: watch::Receiver<bool>,
     activity: Arc<Activity>,
 }
 
@@ -407,7 +414,6 @@ where
         CloseOnDrain {
             h1: req.version() < http::Version::HTTP_2,
             inner: self.inner.call(req),
-            draining: self.draining.clone(),
             pending: Some(Pending::start(&self.activity)),
         }
     }
@@ -418,7 +424,6 @@ where
 fn limited<S: ProxyService>(
     service: S,
     limits: BodyLimits,
-    draining: watch::Receiver<bool>,
     activity: Arc<Activity>,
 ) -> tower::util::BoxCloneSyncService<
     Request<Incoming>,
@@ -427,7 +432,6 @@ fn limited<S: ProxyService>(
 > {
     tower::util::BoxCloneSyncService::new(CloseOnDrainService {
         inner: tower::Layer::layer(&BodyLimitLayer(limits), service),
-        draining,
         activity,
     })
 }

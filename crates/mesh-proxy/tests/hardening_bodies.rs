@@ -13,8 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{World, counting_app, mtls, ready_sidecar};
+use support::{World, counting_app, ready_sidecar};
 use tokio::sync::mpsc;
 
 /// A request body the test feeds frame by frame; dropping the sender ends
@@ -73,20 +72,9 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let resp = if h2 {
-        let io = TokioIo::new(mtls(creds, inbound, b"h2").await);
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        send.send_request(req).await
-    } else {
-        let io = TokioIo::new(mtls(creds, inbound, b"http/1.1").await);
-        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(conn);
-        send.send_request(req).await
-    }
-    .map_err(|e| format!("{e:?}"))?;
+    let resp = support::send_mtls(creds, inbound, h2, req)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     let status = resp.status().as_u16();
     let body = tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect())
         .await

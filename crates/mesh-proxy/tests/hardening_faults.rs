@@ -11,10 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{
-    World, counting_app, free_port, http_get, mesh_config, mtls, ready_sidecar, sidecar,
-};
+use support::{World, counting_app, free_port, http_get, mesh_config, ready_sidecar, sidecar};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An app that reads one request head and answers with `reply`, then
@@ -55,20 +52,7 @@ async fn get(
     let req = http::Request::get("http://web/")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let resp = if h2 {
-        let io = TokioIo::new(mtls(creds, inbound, b"h2").await);
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        send.send_request(req).await
-    } else {
-        let io = TokioIo::new(mtls(creds, inbound, b"http/1.1").await);
-        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(conn);
-        send.send_request(req).await
-    };
-    let resp = match resp {
+    let resp = match support::send_mtls(creds, inbound, h2, req).await {
         Ok(resp) => resp,
         Err(e) => return (0, Err(format!("{e:?}"))),
     };
@@ -142,20 +126,16 @@ async fn an_app_dying_before_its_headers_or_answering_garbage_is_502() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_ca_down_at_start_the_sidecar_serves_nothing_until_it_is_back() {
-    let world = World::new();
-    let inbound = free_port();
-    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
-    let (app, seen) = counting_app().await;
-    let ca_port = free_port();
+/// Starts the sidecar for `web` with its identity from mesh-ca on
+/// `ca_port` (a join token for the first certificate, renewals over mTLS).
+fn sidecar_with_ca(world: &World, app: u16, ca_port: u16) -> support::Proc {
     let token = mesh_ca::TokenStore::new(&world.path("ca"))
         .create(&support::id("web"), Duration::from_secs(600))
         .unwrap();
     let ca_addr = format!("127.0.0.1:{ca_port}");
     let root = world.path("ca/root-cert.pem");
-    let mut proc = support::sidecar_with_identity(
-        &world,
+    support::sidecar_with_identity(
+        world,
         app,
         &[
             "--ca".as_ref(),
@@ -166,7 +146,17 @@ async fn with_the_ca_down_at_start_the_sidecar_serves_nothing_until_it_is_back()
             token.as_ref(),
         ],
         &[],
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_ca_down_at_start_the_sidecar_serves_nothing_until_it_is_back() {
+    let world = World::new();
+    let inbound = free_port();
+    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
+    let (app, seen) = counting_app().await;
+    let ca_port = free_port();
+    let mut proc = sidecar_with_ca(&world, app, ca_port);
     // Not ready, and the inbound port takes no connection, for a while
     // (counted from the admin port's first answer: a loaded machine may
     // take seconds to start the process).
@@ -241,24 +231,7 @@ async fn with_the_ca_down_at_runtime_the_sidecar_keeps_its_valid_certificate() {
     let (app, _seen) = counting_app().await;
     let ca_port = free_port();
     let server = short_lived_ca(&world, ca_port).await;
-    let token = mesh_ca::TokenStore::new(&world.path("ca"))
-        .create(&support::id("web"), Duration::from_secs(600))
-        .unwrap();
-    let ca_addr = format!("127.0.0.1:{ca_port}");
-    let root = world.path("ca/root-cert.pem");
-    let mut proc = support::sidecar_with_identity(
-        &world,
-        app,
-        &[
-            "--ca".as_ref(),
-            ca_addr.as_ref(),
-            "--ca-root".as_ref(),
-            root.as_os_str(),
-            "--token".as_ref(),
-            token.as_ref(),
-        ],
-        &[],
-    );
+    let mut proc = sidecar_with_ca(&world, app, ca_port);
     proc.ready().await;
     let creds = world.creds("client");
     let metrics_url = proc.admin_url("/stats/prometheus");

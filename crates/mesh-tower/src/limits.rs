@@ -194,10 +194,9 @@ where
             Poll::Ready(f) => f,
             Poll::Pending => {
                 if let Some(t) = *this.read_timeout {
-                    let deadline = tokio::time::Instant::now() + t;
                     let timer = this
                         .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
                     ready!(timer.as_mut().poll(cx));
                     return Poll::Ready(Some(Err(BodyLimitError::Timeout(t).into())));
                 }

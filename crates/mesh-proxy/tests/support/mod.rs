@@ -313,6 +313,32 @@ pub async fn mtls(
         .into_inner()
 }
 
+/// Sends `req` to `web`'s inbound port as `client` over a new mTLS
+/// connection, h2 or HTTP/1.1 per `h2` (ALPN agrees it).
+pub async fn send_mtls<B>(
+    creds: &CredentialStore,
+    port: u16,
+    h2: bool,
+    req: Request<B>,
+) -> Result<Response<hyper::body::Incoming>, hyper::Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if h2 {
+        let io = TokioIo::new(mtls(creds, port, b"h2").await);
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        send.send_request(req).await
+    } else {
+        let io = TokioIo::new(mtls(creds, port, b"http/1.1").await);
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        send.send_request(req).await
+    }
+}
+
 /// Writes `bytes`, then reads until the server closes or `wait` passes;
 /// returns what came back.
 pub async fn exchange<IO>(io: &mut IO, bytes: &[u8], wait: Duration) -> String
