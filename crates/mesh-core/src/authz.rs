@@ -22,15 +22,24 @@
 //!
 //! - **Paths** are matched after [`normalize_path`], percent-decoded once
 //!   (both the path and the pattern), as the application reads them. A path
-//!   with `;` parameters is also read with them cut off (`/admin;x` →
-//!   `/admin`). Paths compare case-sensitively, as in Istio, but a DENY
+//!   with `;` parameters is also read with them cut off and merged again,
+//!   to a fixed point (`/admin;x` → `/admin`, `/;x/admin` → `//admin` →
+//!   `/admin`), as Tomcat and Spring route on it. Paths compare case-sensitively, as in Istio, but a DENY
 //!   rule's `paths` (and an ALLOW rule's `notPaths`) also match
 //!   case-insensitively, so `/ADMIN` cannot slip past `DENY /admin*` on an
 //!   application that ignores case. Methods are treated the same way.
 //! - **Hosts** compare case-insensitively, with or without the port and a
-//!   trailing dot (`Example.COM.:8080` matches `example.com`).
-//! - **Repeated headers**: each value of a header is one reading, and so is
-//!   all values joined with `,` (what Envoy matches).
+//!   trailing dot (`Example.COM.:8080` matches `example.com`). Policies'
+//!   hosts are compiled to the canonical spelling
+//!   ([`Snapshot::canonical_host`](crate::snapshot::Snapshot::canonical_host):
+//!   a service's short name is its FQDN), and the data plane reads the
+//!   request's host in it too, so `reviews` and
+//!   `reviews.default.svc.cluster.local` are one host; an IP address is read
+//!   as every service of the workload ([`AuthzRequest::host_aliases`]).
+//! - **Header values** are read with their optional whitespace trimmed;
+//!   each value of a repeated header is one reading, and so is all values
+//!   joined with `,` (what Envoy matches), and each element of a
+//!   comma-separated list (`user, root` is read as `user` and as `root`).
 //! - **Unknown facts**: an unknown source or destination IP or port
 //!   (`None`, port 0), a `when` key this mesh does not know, and at L4
 //!   ([`evaluate_tcp`]) every HTTP-only field (hosts, methods, paths, their
@@ -62,6 +71,7 @@
 //!     destination_ip: None,
 //!     destination_port: 8080,
 //!     host: "db",
+//!     host_aliases: &[],
 //!     method: "GET",
 //!     path: "/public/..%2F%61dmin",
 //!     headers: None,
@@ -78,7 +88,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::identity::SpiffeId;
-use crate::normalize::{decode_once, normalize_path, strip_params};
+use crate::normalize::{decode_once, merge_segments, normalize_path, strip_params};
 use crate::resources::ResourceRef;
 use crate::resources::common::Labels;
 use crate::resources::security::{AuthzAction, Condition, Operation, Rule, Source};
@@ -191,8 +201,15 @@ pub struct AuthzRequest<'a> {
     pub destination_ip: Option<IpAddr>,
     /// The workload port the request arrived at; 0 when unknown.
     pub destination_port: u16,
-    /// Host header or `:authority`.
+    /// Host header or `:authority`, best in its canonical form
+    /// ([`crate::snapshot::Snapshot::canonical_host`]): the policies' host
+    /// patterns are compiled to that form.
     pub host: &'a str,
+    /// Other names the request's host may stand for (the services behind
+    /// the local workload when the host is its IP address): more readings,
+    /// so a DENY rule matches if any of them matches and an ALLOW rule only
+    /// if all do.
+    pub host_aliases: &'a [String],
     /// Method.
     pub method: &'a str,
     /// The request path; a query is cut off. [`evaluate`] normalises it
@@ -261,11 +278,7 @@ pub fn evaluate<'p>(
             };
         }
     };
-    let decoded = decode_once(&path);
-    let mut paths = vec![decoded.to_string()];
-    if decoded.contains(';') {
-        paths.push(strip_params(&decoded));
-    }
+    let paths = path_readings(&path);
     let view = View {
         peer: req.peer,
         source_ip: req.source_ip,
@@ -273,6 +286,7 @@ pub fn evaluate<'p>(
         destination_port: req.destination_port,
         http: Some(HttpView {
             host: req.host,
+            host_aliases: req.host_aliases,
             method: req.method,
             paths,
             headers: req.headers,
@@ -374,6 +388,7 @@ struct View<'r> {
 
 struct HttpView<'r> {
     host: &'r str,
+    host_aliases: &'r [String],
     method: &'r str,
     /// The readings of the normalised path, decoded once.
     paths: Vec<String>,
@@ -553,7 +568,11 @@ fn source_matches(s: &Source, v: &View<'_>, bias: Bias) -> bool {
 fn operation_matches(o: &Operation, v: &View<'_>, bias: Bias) -> bool {
     let (host, method, path) = match &v.http {
         Some(h) => (
-            Attr::Known(vec![h.host]),
+            Attr::Known(
+                std::iter::once(h.host)
+                    .chain(h.host_aliases.iter().map(String::as_str))
+                    .collect(),
+            ),
             Attr::Known(vec![h.method]),
             Attr::Known(h.paths.iter().map(String::as_str).collect()),
         ),
@@ -611,16 +630,62 @@ fn header_attr(headers: Option<&dyn HeaderValues>, name: &str) -> Attr<String> {
                 .collect()
         })
         .unwrap_or_default();
-    match values.len() {
-        0 => Attr::Absent,
-        1 => Attr::Known(values),
-        _ => {
-            let joined = values.join(",");
-            let mut readings = values;
-            readings.push(joined);
-            Attr::Known(readings)
+    if values.is_empty() {
+        return Attr::Absent;
+    }
+    Attr::Known(header_readings(values))
+}
+
+/// The readings of a header's values, each with its optional whitespace
+/// trimmed, as a recipient reads it (RFC 9110 5.5: `" root"` is `root`):
+/// each field line, all of them joined with `,` (what Envoy matches), and
+/// each element of a comma-separated list (RFC 9110 5.6.1: `x-role: user,
+/// root` is the list `user`, `root`).
+fn header_readings(values: Vec<String>) -> Vec<String> {
+    let mut readings = Vec::with_capacity(values.len() + 2);
+    let mut push = |v: &str| {
+        if !readings.iter().any(|r: &String| r == v) {
+            readings.push(v.to_owned());
+        }
+    };
+    let values: Vec<&str> = values.iter().map(|v| v.trim_matches(OWS)).collect();
+    if values.len() > 1 {
+        push(&values.join(","));
+    }
+    for v in &values {
+        push(v);
+        if v.contains(',') {
+            for element in v.split(',') {
+                push(element.trim_matches(OWS));
+            }
         }
     }
+    readings
+}
+
+/// Optional whitespace (RFC 9110 5.6.3).
+const OWS: [char; 2] = [' ', '\t'];
+
+/// The readings of a normalised path, as applications read it: decoded
+/// once, and, when it carries `;` parameters, with every segment's
+/// parameters cut off and the result merged again (`/;x/admin` → `//admin`
+/// → `/admin`), to a fixed point, as Tomcat and Spring route on it.
+fn path_readings(path: &str) -> Vec<String> {
+    let decoded = decode_once(path).into_owned();
+    let mut readings = vec![decoded];
+    // Each round removes at least one `;`, so this ends; the bound is a
+    // belt on top of that.
+    for _ in 0..path.len() {
+        let Some(last) = readings.last().filter(|r| r.contains(';')) else {
+            break;
+        };
+        let next = merge_segments(&strip_params(last));
+        if readings.contains(&next) {
+            break;
+        }
+        readings.push(next);
+    }
+    readings
 }
 
 #[cfg(test)]

@@ -388,12 +388,15 @@ pub fn explain(snap: &Snapshot, q: &Query) -> Result<Explanation, ExplainError> 
             let mtls = inbound.mode != MtlsMode::Disable
                 && client.mode.is_none_or(|m| m == ClientTlsMode::IstioMutual);
             let ip: Option<IpAddr> = w.address.parse().ok();
+            // As the workload's inbound reads the host.
+            let host = snap.canonical_host(&authority, &w.namespace);
             let areq = AuthzRequest {
                 peer: mtls.then_some(&from.identity),
                 source_ip: from.address.parse().ok(),
                 destination_ip: ip,
                 destination_port: tport,
-                host: &authority,
+                host: &host,
+                host_aliases: &[],
                 method,
                 path: path.split('?').next().unwrap_or(path),
                 headers: Some(&q.headers),

@@ -41,6 +41,33 @@ pub struct MeshConfig {
     pub ca_address: String,
     /// Listener ports of the sidecar.
     pub ports: ListenerPorts,
+    /// What the gateway and the sidecar's inbound do with a request header
+    /// whose name has an underscore (`x_role`), which PHP, WSGI and other
+    /// CGI-style applications read as the dashed name (`x-role`): refuse
+    /// the request (400, the default, as Envoy's edge default), drop the
+    /// header, or let it through. Even with `ALLOW`, a header that reads as
+    /// one the mesh sets (`x_forwarded_client_cert`...) never reaches the
+    /// application.
+    pub headers_with_underscores_action: UnderscoreAction,
+    /// The gateway's refusals carry only the class of their reason in
+    /// `x-mesh-reason` (`no route`, `upstream unavailable`...) unless this
+    /// is set: the detail (internal hosts, addresses, error texts) stays in
+    /// the log and the access log. For debugging; never on an edge that
+    /// faces the internet.
+    pub dangerous_gateway_error_detail: bool,
+}
+
+/// Envoy's `headers_with_underscores_action`, by its value names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UnderscoreAction {
+    /// 400, naming the header.
+    #[default]
+    RejectRequest,
+    /// The header is removed and counted.
+    DropHeader,
+    /// The header goes through (but never one that reads as a mesh header).
+    Allow,
 }
 
 /// Sidecar listener ports, Istio's by default.
@@ -78,6 +105,8 @@ impl Default for MeshConfig {
             default_mtls_mode: MtlsMode::Strict,
             ca_address: "127.0.0.1:15012".to_owned(),
             ports: ListenerPorts::default(),
+            headers_with_underscores_action: UnderscoreAction::default(),
+            dangerous_gateway_error_detail: false,
         }
     }
 }

@@ -164,6 +164,36 @@ pub(crate) fn decode_once(s: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Merges runs of `/` and resolves `.` and `..` segments (never above the
+/// root), without decoding anything: the second half of [`normalize_path`]
+/// for a path that is already decoded. A trailing `/` is kept.
+pub(crate) fn merge_segments(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    let mut ends_dir = false;
+    for seg in path.split('/').skip(1) {
+        ends_dir = true;
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => {
+                segments.push(s);
+                ends_dir = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || ends_dir {
+        out.push('/');
+    }
+    out
+}
+
 /// The path with `;` parameters cut from every segment, as Java servers
 /// and others route on it (`/admin;x/y` → `/admin/y`).
 pub(crate) fn strip_params(path: &str) -> String {
@@ -227,5 +257,8 @@ mod tests {
         assert_eq!(decode_once("/a%3Bb%2"), "/a;b%2");
         assert_eq!(decode_once("/a%2561"), "/a%61");
         assert_eq!(strip_params("/a;x/b;y=1/c"), "/a/b/c");
+        assert_eq!(merge_segments("//admin"), "/admin");
+        assert_eq!(merge_segments("/a/../../b/./c/"), "/b/c/");
+        assert_eq!(merge_segments("/"), "/");
     }
 }

@@ -360,6 +360,69 @@ impl Snapshot {
     ) -> impl Iterator<Item = &'a AuthzPolicy> + Clone {
         w.authz_policies.iter().map(|i| &self.authz_policies[*i])
     }
+
+    /// The hosts of the services a workload (an index into
+    /// [`Snapshot::workloads`]) serves.
+    pub fn hosts_served_by(&self, workload: usize) -> Vec<String> {
+        self.services
+            .values()
+            .filter(|s| s.workloads.contains(&workload))
+            .map(|s| s.host.clone())
+            .collect()
+    }
+
+    /// One spelling for every way a client may name a host, as
+    /// authorization's `hosts` compare it: lower case, one trailing dot
+    /// removed, and a service's short or partial name (`reviews`,
+    /// `reviews.default`, `reviews.default.svc`, resolved in `namespace`)
+    /// as its fully qualified host. A port is kept (`host:port`), so a
+    /// pattern that names one can match it. Anything else is returned in
+    /// that spelling unchanged.
+    ///
+    /// ```
+    /// let snap = mesh_core::snapshot::Snapshot::empty();
+    /// assert_eq!(snap.canonical_host("Example.COM.:8080", "default"), "example.com:8080");
+    /// ```
+    pub fn canonical_host(&self, host: &str, namespace: &str) -> String {
+        let (name, port) = split_host_port(host);
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let domain = &self.mesh.cluster_domain;
+        let dots = name.bytes().filter(|b| *b == b'.').count();
+        let candidate = match dots {
+            0 => Some(format!("{name}.{namespace}.svc.{domain}")),
+            1 => Some(format!("{name}.svc.{domain}")),
+            2 if name.ends_with(".svc") => Some(format!("{name}.{domain}")),
+            _ => None,
+        };
+        let name = match candidate {
+            Some(fqdn)
+                if !self.services.contains_key(&name) && self.services.contains_key(&fqdn) =>
+            {
+                fqdn
+            }
+            _ => name,
+        };
+        match port {
+            Some(p) => format!("{name}:{p}"),
+            None => name,
+        }
+    }
+}
+
+/// `host[:port]` or `[v6][:port]` as the name and the port.
+fn split_host_port(host: &str) -> (&str, Option<&str>) {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => (&host[..=i], host[i + 1..].strip_prefix(':')),
+            None => (host, None),
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (name, Some(port))
+        }
+        _ => (host, None),
+    }
 }
 
 /// Compiles validated resources into a snapshot.
@@ -676,7 +739,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
             root_namespace: ap.namespace() == mesh.root_namespace,
             selector,
             action: ap.spec.action.unwrap_or(AuthzAction::Allow),
-            rules: ap.spec.rules.clone().unwrap_or_default(),
+            rules: canonical_rule_hosts(&snap, ap.namespace(), ap.spec.rules.clone()),
         });
     }
 
@@ -795,6 +858,31 @@ fn legacy_target_ports(snap: &Snapshot, host: &str, ports: impl Iterator<Item = 
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// The `hosts` and `notHosts` of a policy's rules in the spelling requests
+/// are compared in ([`Snapshot::canonical_host`], short names resolved in
+/// the policy's namespace); wildcard patterns stay as written.
+fn canonical_rule_hosts(
+    snap: &Snapshot,
+    namespace: &str,
+    rules: Option<Vec<crate::resources::security::Rule>>,
+) -> Vec<crate::resources::security::Rule> {
+    let mut rules = rules.unwrap_or_default();
+    let canonical = |hosts: &mut Vec<String>| {
+        for h in hosts.iter_mut() {
+            if !h.contains('*') {
+                *h = snap.canonical_host(h, namespace);
+            }
+        }
+    };
+    for r in &mut rules {
+        for t in &mut r.to {
+            canonical(&mut t.operation.hosts);
+            canonical(&mut t.operation.not_hosts);
+        }
+    }
+    rules
 }
 
 /// `name` → `namespace/name`; `mesh` stays `mesh`.

@@ -75,12 +75,15 @@ impl Req {
 fn decide_on(s: &Snapshot, workload: &str, r: &Req) -> AuthzDecision {
     let (_, w) = s.workload(workload).unwrap();
     let peer = r.peer.map(|p| SpiffeId::parse(p).unwrap());
+    // As the data plane reads it: the canonical spelling.
+    let host = s.canonical_host(r.host, &w.namespace);
     let req = AuthzRequest {
         peer: peer.as_ref(),
         source_ip: r.src.map(|a| a.parse().unwrap()),
         destination_ip: r.dst.map(|a| a.parse().unwrap()),
         destination_port: r.port,
-        host: r.host,
+        host: &host,
+        host_aliases: &[],
         method: r.method,
         path: r.path,
         headers: Some(&r.headers),
@@ -1030,4 +1033,273 @@ fn tcp_connections_follow_istios_tcp_rules() {
     let r = tcp(&mixed, Some(&web));
     assert!(r.allowed);
     assert_eq!(r.rule, Some(1));
+}
+
+/// Round 2 of the attack run: `;` parameters on any segment, empty ones
+/// included, read as Tomcat and Spring read them (cut, then merged).
+#[test]
+fn path_parameters_on_any_segment_cannot_dodge_a_deny() {
+    let prefix = snap(&policy(
+        "p",
+        "DENY",
+        "[{to: [{operation: {paths: [\"/admin*\"]}}]}]",
+    ));
+    let exact = snap(&policy(
+        "p",
+        "DENY",
+        "[{to: [{operation: {paths: [/admin]}}]}]",
+    ));
+    let allow_public = snap(&policy(
+        "p",
+        "ALLOW",
+        "[{to: [{operation: {paths: [\"/public/*\"]}}]}]",
+    ));
+    for path in [
+        "/;x/admin",
+        "/;/admin",
+        "/;x;y/admin",
+        "/%3B/admin",
+        "/%3b/admin",
+        "/%3Bx/admin",
+        "/;x//admin",
+        "//;x/admin",
+        "/;x/;y/admin",
+        "/;=/admin",
+        "/a;x/../admin",
+        "/public;x/../admin",
+        "/x;/../admin",
+        "/admin;",
+        "/;x/admin;y",
+        "/%3B%3B/admin",
+        "/;x/%61dmin",
+        "/;x/./admin",
+        "/public/;x/../../admin",
+        "/public%3B/../admin",
+        "/;%2F/admin",
+    ] {
+        let req = Req {
+            path,
+            ..Req::default()
+        };
+        let r = decide(&exact, &req);
+        assert!(!r.allowed, "{path} reached /admin: {}", r.reason);
+        assert!(!decide(&prefix, &req).allowed, "{path} reached /admin*");
+        assert!(
+            !decide(&allow_public, &req).allowed,
+            "{path} allowed as /public/*"
+        );
+    }
+    // Parameters that change nothing still pass.
+    let req = Req {
+        path: "/admin;x/",
+        ..Req::default()
+    };
+    assert!(!decide(&prefix, &req).allowed, "/admin;x/ reached /admin*");
+    for path in ["/public/x;jsessionid=1", "/public;v=1/x", "/;x/public/y"] {
+        let req = Req {
+            path,
+            ..Req::default()
+        };
+        assert!(decide(&prefix, &req).allowed, "{path}");
+    }
+    // An ALLOW needs every reading: `/public;v=1/x` is also read as it is.
+    let req = Req {
+        path: "/public/x;jsessionid=1",
+        ..Req::default()
+    };
+    assert!(decide(&allow_public, &req).allowed);
+}
+
+/// Round 2: values with optional whitespace (which HTTP/2 carries) and
+/// comma lists in one line are read as the application reads them.
+#[test]
+fn header_whitespace_and_lists_cannot_dodge_a_deny() {
+    let d = Req::default;
+    let deny = snap(&policy(
+        "p",
+        "DENY",
+        "[{when: [{key: \"request.headers[x-role]\", values: [root]}]}]",
+    ));
+    let deny_prefix = snap(&policy(
+        "p",
+        "DENY",
+        "[{when: [{key: \"request.headers[x-role]\", values: [\"adm*\"]}]}]",
+    ));
+    let allow = snap(&policy(
+        "p",
+        "ALLOW",
+        "[{when: [{key: \"request.headers[x-role]\", values: [user]}]}]",
+    ));
+    for v in [
+        " root",
+        "root ",
+        "root\t",
+        "\troot",
+        " \t root \t ",
+        "user,root",
+        "user, root",
+        "root,user",
+        "root , user",
+        "user,\troot",
+        "a, b, root, c",
+        ",root",
+        "root,",
+    ] {
+        let r = d().header("x-role", v);
+        assert!(!decide(&deny, &r).allowed, "{v:?} passed DENY root");
+        assert!(!decide(&allow, &r).allowed, "{v:?} allowed as user");
+    }
+    for v in [" admin", "user, admin", "admin\t,user"] {
+        let r = d().header("x-role", v);
+        assert!(!decide(&deny_prefix, &r).allowed, "{v:?} passed DENY adm*");
+    }
+    // Split across lines, with whitespace.
+    let r = d().header("x-role", "user ").header("x-role", " root");
+    assert!(!decide(&deny, &r).allowed);
+    // What is only `user` is allowed, however it is spaced.
+    for v in ["user", " user", "user\t", " user "] {
+        let r = d().header("x-role", v);
+        assert!(decide(&deny, &r).allowed, "{v:?}");
+        assert!(decide(&allow, &r).allowed, "{v:?}");
+    }
+}
+
+/// Round 2: a host is one host however it is spelled: its short and
+/// partial names, case, a trailing dot and a port are one spelling, for
+/// the policy's hosts and the request's.
+#[test]
+fn every_spelling_of_a_host_is_one_host() {
+    const SERVICE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+        metadata: {name: w, namespace: shop}\n\
+        spec: {hosts: [w.shop.svc.cluster.local], location: MESH_INTERNAL, resolution: STATIC,\n\
+        ports: [{number: 8080, name: http, protocol: HTTP}], workloadSelector: {labels: {app: w}}}\n---\n";
+    let deny_fqdn = snap(&format!(
+        "{SERVICE}{}",
+        policy(
+            "p",
+            "DENY",
+            "[{to: [{operation: {hosts: [w.shop.svc.cluster.local]}}]}]"
+        )
+    ));
+    let deny_short = snap(&format!(
+        "{SERVICE}{}",
+        policy("p", "DENY", "[{to: [{operation: {hosts: [w]}}]}]")
+    ));
+    let allow_short = snap(&format!(
+        "{SERVICE}{}",
+        policy("p", "ALLOW", "[{to: [{operation: {hosts: [w]}}]}]")
+    ));
+    for host in [
+        "w",
+        "W",
+        "w:8080",
+        "w.",
+        "w.shop",
+        "W.Shop:8080",
+        "w.shop.svc",
+        "w.shop.svc.cluster.local",
+        "w.shop.svc.cluster.local.",
+        "W.SHOP.SVC.CLUSTER.LOCAL.:8080",
+    ] {
+        let req = Req {
+            host,
+            ..Req::default()
+        };
+        assert!(!decide(&deny_fqdn, &req).allowed, "{host} passed DENY fqdn");
+        assert!(
+            !decide(&deny_short, &req).allowed,
+            "{host} passed DENY short"
+        );
+        assert!(decide(&allow_short, &req).allowed, "{host} not allowed");
+    }
+    for host in ["other", "w.other", "w.shop.svc.cluster.local.evil", "ww"] {
+        let req = Req {
+            host,
+            ..Req::default()
+        };
+        assert!(decide(&deny_fqdn, &req).allowed, "{host}");
+        assert!(!decide(&allow_short, &req).allowed, "{host}");
+    }
+    // An IP address stands for the services of the workload.
+    let (i, w) = deny_fqdn.workload("shop/w").unwrap();
+    let aliases = deny_fqdn.hosts_served_by(i);
+    assert_eq!(aliases, ["w.shop.svc.cluster.local"]);
+    let req = AuthzRequest {
+        peer: None,
+        source_ip: None,
+        destination_ip: None,
+        destination_port: 8080,
+        host: "10.0.0.9:8080",
+        host_aliases: &aliases,
+        method: "GET",
+        path: "/",
+        headers: None,
+    };
+    assert!(!evaluate(deny_fqdn.workload_policies(w), &req).allowed);
+    assert!(!evaluate(allow_short.workload_policies(w), &req).allowed);
+}
+
+mod paths_as_apps_read_them {
+    //! A property: whatever the encoding, a path an application would
+    //! serve as `/admin...` never passes `DENY /admin*`, and normalising is
+    //! idempotent. The model of the application is written here, apart from
+    //! the mesh's code: decode once, cut `;` parameters from every segment,
+    //! map `\` to `/`, merge slashes, resolve dot segments.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn app_reads(raw: &str) -> String {
+        let mut bytes = Vec::new();
+        let b = raw.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' && i + 2 < b.len() {
+                if let Ok(v) = u8::from_str_radix(&raw[i + 1..i + 3], 16) {
+                    bytes.push(v);
+                    i += 3;
+                    continue;
+                }
+            }
+            bytes.push(b[i]);
+            i += 1;
+        }
+        let decoded = String::from_utf8_lossy(&bytes).replace('\\', "/");
+        let mut out: Vec<&str> = Vec::new();
+        for seg in decoded.split('/') {
+            let seg = seg.split(';').next().unwrap_or(seg);
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    out.pop();
+                }
+                s => out.push(s),
+            }
+        }
+        format!("/{}", out.join("/"))
+    }
+
+    fn token() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "/", "//", "admin", "Admin", "%61dmin", "adm%69n", "public", ";", ";x", ";a=b", "%3B",
+            "%3b", ".", "..", "%2e", "%2E%2E", "%2F", "%2f", "\\", "%5C", "x", ".;", "..;",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn no_encoding_of_a_denied_path_is_served(tokens in prop::collection::vec(token(), 1..9)) {
+            let path = format!("/{}", tokens.concat());
+            let deny = snap(&policy("p", "DENY", "[{to: [{operation: {paths: [\"/admin*\"]}}]}]"));
+            let served = app_reads(&path);
+            if let Ok(n) = mesh_core::normalize::normalize_path(&path) {
+                prop_assert_eq!(mesh_core::normalize::normalize_path(&n).unwrap(), n.clone());
+            }
+            if served.to_ascii_lowercase().starts_with("/admin") {
+                let req = Req { path: Box::leak(path.clone().into_boxed_str()), ..Req::default() };
+                let r = decide(&deny, &req);
+                prop_assert!(!r.allowed, "{} (served as {}) passed: {}", path, served, r.reason);
+            }
+        }
+    }
 }

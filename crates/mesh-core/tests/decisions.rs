@@ -404,6 +404,7 @@ fn authorization_semantics() {
             destination_ip: None,
             destination_port: 3306,
             host: "db",
+            host_aliases: &[],
             method,
             path,
             headers: None,

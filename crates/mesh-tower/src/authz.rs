@@ -45,10 +45,10 @@
 //!     .layer(app);
 //!
 //! let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-//! let req = http::Request::get("/public/..%2F%61dmin").body(())?;
+//! let req = http::Request::get("/public/..%2F%61dmin").header("host", "web").body(())?;
 //! let resp = rt.block_on(svc.clone().oneshot(req))?;
 //! assert_eq!(resp.status(), 403);
-//! let req = http::Request::get("/./docs//intro?lang=en").body(())?;
+//! let req = http::Request::get("/./docs//intro?lang=en").header("host", "web").body(())?;
 //! let resp = rt.block_on(svc.oneshot(req))?;
 //! assert_eq!(resp.status(), 200); // and the app saw `/docs/intro?lang=en`
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -118,28 +118,47 @@ impl LocalWorkload {
 
     /// The policies that apply, and the workload's address if known.
     fn policies<'s>(
-        &self,
+        &'s self,
         snap: &'s Snapshot,
     ) -> Result<(Vec<&'s AuthzPolicy>, Option<IpAddr>), String> {
+        self.resolve(snap)
+            .map(|r| (r.policies, r.workload.and_then(|(_, ip)| ip)))
+    }
+
+    fn resolve<'s>(&'s self, snap: &'s Snapshot) -> Result<Resolved<'s>, String> {
         if snap.version == 0 {
             return Err("no configuration has been loaded yet".to_owned());
         }
         match self {
             Self::Named(name) => {
-                let (_, w) = snap
+                let (i, w) = snap
                     .workload(name)
                     .ok_or_else(|| format!("workload {name} is not in the configuration"))?;
-                Ok((snap.workload_policies(w).collect(), w.address.parse().ok()))
+                Ok(Resolved {
+                    policies: snap.workload_policies(w).collect(),
+                    namespace: &w.namespace,
+                    workload: Some((i, w.address.parse().ok())),
+                })
             }
-            Self::Labels { namespace, labels } => Ok((
-                snap.authz_policies
+            Self::Labels { namespace, labels } => Ok(Resolved {
+                policies: snap
+                    .authz_policies
                     .iter()
                     .filter(|p| p.applies_to(namespace, labels))
                     .collect(),
-                None,
-            )),
+                namespace,
+                workload: None,
+            }),
         }
     }
+}
+
+/// The local workload as one snapshot knows it.
+struct Resolved<'s> {
+    policies: Vec<&'s AuthzPolicy>,
+    namespace: &'s str,
+    /// Its index in the snapshot and its address, for a registry workload.
+    workload: Option<(usize, Option<IpAddr>)>,
 }
 
 /// Applies [`Authorize`]: holds the store and the local workload.
@@ -209,6 +228,18 @@ impl AuthorizeLayer {
     /// its path to the normalised one and puts the [`AuthzDecision`] in its
     /// extensions.
     fn refusal<B>(&self, req: &mut Request<B>) -> Option<Response<BoxBody>> {
+        let snap = self.store.load();
+        // Before anything reads the request: one host, no header that the
+        // app reads under another name, values as the app reads them.
+        let host = match crate::sanitize::sanitize(req, snap.mesh.headers_with_underscores_action) {
+            Ok(h) => h,
+            Err(e) => {
+                return Some(refuse(
+                    req,
+                    e.to_response_for(crate::error::is_grpc(req.headers())),
+                ));
+            }
+        };
         let path = match normalize_path(req.uri().path()) {
             Ok(p) => p.into_owned(),
             Err(e) => {
@@ -218,15 +249,19 @@ impl AuthorizeLayer {
                 ));
             }
         };
-        let host = match host_of(req) {
-            Ok(h) => h,
-            Err(why) => return Some(refuse(req, bad_request(why.to_owned()))),
-        };
-        let snap = self.store.load();
-        let decision = match self.workload.policies(&snap) {
-            Ok((policies, workload_ip)) => {
+        let decision = match self.workload.resolve(&snap) {
+            Ok(local_workload) => {
                 let local = req.extensions().get::<LocalAddr>().map(|a| a.0);
                 let headers = HeaderMapValues(req.headers());
+                // The policies' hosts are compiled to the canonical
+                // spelling; the request's host is read in it too, and an
+                // IP address stands for every service the workload serves.
+                let canonical = snap.canonical_host(&host, local_workload.namespace);
+                let aliases = match local_workload.workload {
+                    Some((i, _)) if names_an_ip(&host) => snap.hosts_served_by(i),
+                    _ => Vec::new(),
+                };
+                let workload_ip = local_workload.workload.and_then(|(_, ip)| ip);
                 let areq = AuthzRequest {
                     peer: req
                         .extensions()
@@ -235,12 +270,13 @@ impl AuthorizeLayer {
                     source_ip: req.extensions().get::<ClientAddr>().map(|a| a.0.ip()),
                     destination_ip: local.map(|a| a.ip()).or(workload_ip),
                     destination_port: local.map(|a| a.port()).or(self.port).unwrap_or(0),
-                    host: &host,
+                    host: &canonical,
+                    host_aliases: &aliases,
                     method: req.method().as_str(),
                     path: &path,
                     headers: Some(&headers),
                 };
-                evaluate(policies, &areq)
+                evaluate(local_workload.policies, &areq)
             }
             Err(reason) => denied(reason),
         };
@@ -425,26 +461,13 @@ fn bad_request(reason: String) -> Response<BoxBody> {
     resp
 }
 
-/// `:authority` (or an absolute URI's authority), else the one Host header.
-/// Two Host headers, or a Host header that disagrees with the authority,
-/// are refused: the policy and the app could each read a different one.
-fn host_of<B>(req: &Request<B>) -> Result<String, &'static str> {
-    let mut hosts = req.headers().get_all(http::header::HOST).iter();
-    let header = match (hosts.next(), hosts.next()) {
-        (None, _) => None,
-        (Some(h), None) => Some(
-            h.to_str()
-                .map_err(|_| "the Host header is not valid text")?,
-        ),
-        (Some(_), Some(_)) => return Err("more than one Host header"),
+/// Does the host (`name[:port]`, `[v6][:port]`) name an IP address?
+fn names_an_ip(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
     };
-    match (req.uri().authority(), header) {
-        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h) => {
-            Err("the Host header and the request target name different hosts")
-        }
-        (Some(a), _) => Ok(a.as_str().to_owned()),
-        (None, h) => Ok(h.unwrap_or_default().to_owned()),
-    }
+    name.parse::<IpAddr>().is_ok()
 }
 
 fn rewrite_path(uri: &Uri, path: &str) -> Result<Uri, http::Error> {
@@ -461,12 +484,30 @@ fn rewrite_path(uri: &Uri, path: &str) -> Result<Uri, http::Error> {
 struct HeaderMapValues<'a>(&'a http::HeaderMap);
 
 impl HeaderValues for HeaderMapValues<'_> {
+    /// The values of `name` and, where a header name with underscores was
+    /// let through ([`UnderscoreAction::Allow`]), of the names that read as
+    /// `name` to a CGI-style application (`x_role` for `x-role`).
+    ///
+    /// [`UnderscoreAction::Allow`]: crate::sanitize::UnderscoreAction::Allow
     fn header_values(&self, name: &str) -> Vec<Cow<'_, str>> {
-        self.0
+        let mut values: Vec<Cow<'_, str>> = self
+            .0
             .get_all(name)
             .iter()
             .map(|v| String::from_utf8_lossy(v.as_bytes()))
-            .collect()
+            .collect();
+        for (k, v) in self.0 {
+            let k = k.as_str();
+            if k.contains('_')
+                && k.len() == name.len()
+                && k.bytes().zip(name.bytes()).all(|(a, b)| {
+                    a.to_ascii_lowercase() == b.to_ascii_lowercase() || (a == b'_' && b == b'-')
+                })
+            {
+                values.push(String::from_utf8_lossy(v.as_bytes()));
+            }
+        }
+        values
     }
 }
 

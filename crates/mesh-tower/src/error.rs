@@ -99,6 +99,20 @@ pub enum MeshError {
     /// The client stopped sending the request body.
     #[error("request body timeout: nothing received for {0:?}")]
     RequestBodyTimeout(std::time::Duration),
+    /// The request cannot be read one way only (no Host, a malformed Host,
+    /// a header name with an underscore...), so it is refused before
+    /// anything decides on it.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The request names a host the TLS connection it came on was not
+    /// opened for (its SNI names another server of the gateway).
+    #[error("misdirected request: {host} is not served on this connection (SNI {sni})")]
+    Misdirected {
+        /// The host the request names.
+        host: String,
+        /// The server name the connection was opened for.
+        sni: String,
+    },
 }
 
 impl MeshError {
@@ -111,6 +125,8 @@ impl MeshError {
             Self::Denied(_) => StatusCode::FORBIDDEN,
             Self::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::FaultAbort(_, status) => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
@@ -132,9 +148,51 @@ impl MeshError {
             Self::FaultAbort(..) => "FI",
             Self::Denied(_) => "RBAC",
             // Envoy has no flag for either; both are the downstream's doing.
-            Self::RequestBodyTooLarge { .. } => "DPE",
+            Self::RequestBodyTooLarge { .. } | Self::BadRequest(_) => "DPE",
             Self::RequestBodyTimeout(_) => "SI",
+            Self::Misdirected { .. } => "NR",
         }
+    }
+
+    /// The class of the reason without its detail (no host, address or
+    /// upstream error text): what an edge that faces the internet says in
+    /// `x-mesh-reason`, while the detail goes to the log.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::UnknownHost { .. }
+            | Self::UnknownPort { .. }
+            | Self::NoRuleMatched { .. }
+            | Self::NoSubset { .. } => "no route",
+            Self::NoHealthyEndpoint { .. }
+            | Self::CannotSecure { .. }
+            | Self::UpstreamConnect { .. } => "upstream unavailable",
+            Self::Overflow { .. } => "overflow",
+            Self::UpstreamProtocol { .. } => "upstream protocol error",
+            Self::Timeout(_) => "upstream request timeout",
+            Self::FaultAbort(..) => "fault injected",
+            Self::Denied(_) => "RBAC: access denied",
+            Self::RequestBodyTooLarge { .. } => "request body too large",
+            Self::RequestBodyTimeout(_) => "request body timeout",
+            Self::BadRequest(_) => "bad request",
+            Self::Misdirected { .. } => "misdirected request",
+        }
+    }
+
+    /// [`to_response_for`](Self::to_response_for) with only the
+    /// [`class`](Self::class) of the reason in the header and the body.
+    pub fn to_edge_response_for(&self, grpc: bool) -> Response<BoxBody> {
+        let mut resp = self.to_response_for(grpc);
+        let class = HeaderValue::from_static(self.class());
+        if grpc {
+            resp.headers_mut().insert("grpc-message", class.clone());
+        } else {
+            *resp.body_mut() = boxed(
+                Full::new(Bytes::from(format!("{}\n", self.class())))
+                    .map_err(|never| match never {}),
+            );
+        }
+        resp.headers_mut().insert(REASON_HEADER, class);
+        resp
     }
 
     /// The gRPC status a gRPC caller gets, by the HTTP-to-gRPC mapping of

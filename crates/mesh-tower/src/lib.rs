@@ -39,6 +39,7 @@ pub mod body;
 pub mod error;
 pub mod limits;
 pub mod mesh;
+pub mod sanitize;
 pub mod telemetry;
 pub mod tls;
 pub mod traffic;

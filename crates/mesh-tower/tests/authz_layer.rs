@@ -103,8 +103,14 @@ impl App {
 
 async fn send(
     svc: impl tower::Service<Request<()>, Response = Response<BoxBody>, Error = Infallible>,
-    req: Request<()>,
+    mut req: Request<()>,
 ) -> (StatusCode, Option<String>, String) {
+    // Every HTTP/1.1 client names the host; one that does not is refused
+    // (tested on its own below).
+    if !req.headers().contains_key(http::header::HOST) && req.uri().authority().is_none() {
+        req.headers_mut()
+            .insert(http::header::HOST, http::HeaderValue::from_static("blog"));
+    }
     let resp = svc.oneshot(req).await.unwrap();
     let status = resp.status();
     let reason = resp
@@ -197,7 +203,7 @@ async fn paths_that_cannot_be_checked_get_400() {
     req.headers_mut().append("host", "b".parse().unwrap());
     let (status, reason, _) = send(svc.clone(), req).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(reason.unwrap(), "more than one Host header");
+    assert_eq!(reason.unwrap(), "bad request: more than one Host header");
     let mut req = get("http://blog.example.test/");
     req.headers_mut()
         .insert("host", "admin.example.test".parse().unwrap());
@@ -211,6 +217,48 @@ async fn paths_that_cannot_be_checked_get_400() {
         .insert(LocalAddr("10.0.0.9:8080".parse().unwrap()));
     assert_eq!(send(svc.clone(), req).await.0, StatusCode::OK);
     assert_eq!(app.calls.load(Ordering::SeqCst), 1);
+}
+
+/// Round 2 of the attack run, at the layer: a request that could be read
+/// two ways is refused before the app (or the policy) reads it.
+#[tokio::test]
+async fn requests_that_read_two_ways_never_reach_the_app() {
+    let app = App::default();
+    let svc = AuthorizeLayer::new(store(), LocalWorkload::named("blog")).layer(app.service());
+    // No host at all: the app would see the listener's address.
+    let mut req = get("/");
+    req.headers_mut().insert("host", "blog".parse().unwrap());
+    req.headers_mut().remove("host");
+    let resp = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // Hosts that are no host name.
+    for host in [
+        "user@blog",
+        "blog..",
+        "a..b",
+        ".blog",
+        "blog:",
+        "blog:99999",
+        "b%6Cog",
+    ] {
+        let mut req = get("/");
+        req.headers_mut().insert("host", host.parse().unwrap());
+        let (status, reason, _) = send(svc.clone(), req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{host}");
+        assert!(reason.unwrap().starts_with("bad request: Host"), "{host}");
+    }
+    // Header names with underscores (PHP reads `x_role` as `x-role`).
+    for name in ["x_role", "X_Role", "x_forwarded_client_cert", "_", "a_"] {
+        let mut req = get("/");
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            "root".parse().unwrap(),
+        );
+        let (status, reason, _) = send(svc.clone(), req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}");
+        assert!(reason.unwrap().contains("underscore"), "{name}");
+    }
+    assert_eq!(app.calls.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
