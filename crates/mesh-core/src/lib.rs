@@ -53,6 +53,7 @@ pub mod authz;
 pub mod balance;
 pub mod error;
 pub mod explain;
+pub mod gateway;
 pub mod identity;
 pub mod load;
 pub mod meshconfig;

@@ -171,8 +171,12 @@ pub struct GatewayEntry {
     pub selector: Labels,
     /// Listeners.
     pub servers: Vec<Server>,
-    /// Host (as the VirtualService wrote it, lowercase) → HTTP rules.
+    /// Host (as the VirtualService wrote it, lowercase) → HTTP rules, of
+    /// every VirtualService bound to the Gateway.
     pub routes: BTreeMap<String, Vec<Arc<HttpRouteRule>>>,
+    /// One table per server (same order as `servers`): what the server
+    /// serves. Requests are routed by these ([`GatewayEntry::route`]).
+    pub server_routes: Vec<crate::gateway::RouteTable>,
 }
 
 /// A normalised peer-authentication policy: PeerAuthentication, or a legacy
@@ -578,6 +582,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                 selector: g.spec.selector.clone(),
                 servers: g.spec.servers.clone(),
                 routes: BTreeMap::new(),
+                server_routes: Vec::new(),
             },
         );
     }
@@ -644,6 +649,9 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                 let _ = i;
             }
         }
+    }
+    for entry in snap.gateways.values_mut() {
+        entry.server_routes = crate::gateway::server_tables(entry);
     }
     // Attach mesh HTTP rules to the service ports they can apply to.
     for (host, rules) in &snap.mesh_routes {

@@ -21,12 +21,14 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_ca::tls::crypto_provider;
+use mesh_core::gateway::host_matches;
 use mesh_core::identity::SpiffeId;
 use mesh_core::resources::networking::{Protocol, Server, ServerTlsMode, TlsVersion};
 use mesh_tower::body::{BoxBody, empty};
+use mesh_tower::error::MeshError;
 use mesh_tower::tls::MeshConnector;
-use mesh_tower::traffic::{ClientAddr, Router, RouterConfig};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use mesh_tower::traffic::{ClientAddr, GatewayServers, Router, RouterConfig};
+use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -94,90 +96,116 @@ fn load_key(base: &Path, cert: &str, key: &str) -> Result<Arc<CertifiedKey>> {
     Ok(Arc::new(CertifiedKey::new(chain, signer)))
 }
 
-/// Picks the certificate by SNI among the servers of one port: an exact
-/// host, then a `*.suffix` wildcard, then `*`. No match refuses the
-/// handshake.
+/// The TLS servers of one HTTPS port, each with a TLS configuration of its
+/// own (certificate, client-certificate requirement, minimum version), one
+/// chosen per connection by the SNI before the handshake goes on: a
+/// `SIMPLE` server sharing a port with a `MUTUAL` one neither asks for a
+/// client certificate nor lets its hosts be reached without one.
 #[derive(Debug)]
-struct SniResolver {
-    by_host: Vec<(String, Arc<CertifiedKey>)>,
+struct TlsServers {
+    /// `(server index, its hosts, its configuration)`, in Gateway order.
+    servers: Vec<(usize, Vec<String>, Arc<rustls::ServerConfig>)>,
+    /// For a ClientHello no server is named by: a configuration with no
+    /// certificate, so rustls refuses the handshake with an alert the
+    /// client can read (rather than a silent close).
+    refuse: Arc<rustls::ServerConfig>,
 }
 
-fn host_matches(pattern: &str, host: &str) -> bool {
-    let pattern = pattern.rsplit('/').next().unwrap_or(pattern);
-    pattern == "*"
-        || pattern.eq_ignore_ascii_case(host)
-        || pattern.strip_prefix('*').is_some_and(|suffix| {
-            host.to_ascii_lowercase()
-                .ends_with(&suffix.to_ascii_lowercase())
-        })
-}
+/// Resolves no certificate: every handshake is refused.
+#[derive(Debug)]
+struct NoCertificate;
 
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        match hello.server_name() {
-            Some(sni) => self
-                .by_host
-                .iter()
-                .find(|(h, _)| host_matches(h, sni))
-                .map(|(_, k)| k.clone()),
-            // Clients that send no SNI (an IP address) get the only
-            // certificate if there is just one.
-            None if self.by_host.len() == 1 => Some(self.by_host[0].1.clone()),
-            None => None,
-        }
+impl rustls::server::ResolvesServerCert for NoCertificate {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        None
     }
 }
 
-fn tls_config(base: &Path, servers: &[&Server]) -> Result<Arc<rustls::ServerConfig>> {
-    let mut by_host = Vec::new();
-    let mut client_ca: Option<PathBuf> = None;
-    let mut tls13_only = false;
-    for s in servers {
-        let tls = s
-            .tls
-            .as_ref()
-            .ok_or_else(|| anyhow!("HTTPS server on port {} has no tls", s.port.number))?;
-        // A restriction the gateway cannot enforce fails closed rather than
-        // letting every certificate of the CA in.
-        if !tls.subject_alt_names.is_empty() {
-            bail!(
-                "gateway tls.subjectAltNames on port {} is not supported; remove it or use a CA that issues only the allowed client certificates",
-                s.port.number
-            );
-        }
-        // Servers sharing a port share one TLS configuration: the strictest
-        // minimum applies to all of them.
-        tls13_only |= tls.min_protocol_version == Some(TlsVersion::TlsV13);
-        match tls.mode {
-            Some(ServerTlsMode::Simple) => {}
-            Some(ServerTlsMode::Mutual) => {
-                let ca = tls
-                    .ca_certificates
-                    .as_deref()
-                    .ok_or_else(|| anyhow!("MUTUAL needs caCertificates"))?;
-                client_ca = Some(resolve(base, ca));
-            }
-            other => bail!(
-                "gateway TLS mode {other:?} on port {} is not supported; use SIMPLE or MUTUAL",
-                s.port.number
-            ),
-        }
-        let (Some(cert), Some(key)) = (&tls.server_certificate, &tls.private_key) else {
-            bail!(
-                "server on port {} needs serverCertificate and privateKey",
-                s.port.number
-            );
+fn refusing_config() -> Result<Arc<rustls::ServerConfig>> {
+    Ok(Arc::new(
+        rustls::ServerConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(rustls::DEFAULT_VERSIONS)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(NoCertificate)),
+    ))
+}
+
+impl TlsServers {
+    /// The server a ClientHello's SNI picks: an exact host first, then the
+    /// longest `*.suffix`, then `*`. A client without SNI (an IP address)
+    /// gets the port's only server; with several, none: the handshake is
+    /// refused rather than guessed.
+    fn pick(&self, sni: Option<&str>) -> Option<(usize, &Arc<rustls::ServerConfig>)> {
+        let Some(sni) = sni else {
+            return match self.servers.as_slice() {
+                [(i, _, c)] => Some((*i, c)),
+                _ => None,
+            };
         };
-        let ck = load_key(base, cert, key)?;
-        for h in &s.hosts {
-            by_host.push((h.clone(), ck.clone()));
+        let sni = sni.to_ascii_lowercase();
+        let mut best: Option<(usize, usize, &Arc<rustls::ServerConfig>)> = None;
+        for (i, hosts, config) in &self.servers {
+            for h in hosts {
+                let host = h.rsplit('/').next().unwrap_or(h);
+                if !host_matches(host, &sni) {
+                    continue;
+                }
+                // Exact beats any wildcard; a longer wildcard beats a shorter.
+                let rank = if host.starts_with('*') {
+                    host.len()
+                } else {
+                    usize::MAX
+                };
+                if best.is_none_or(|(r, _, _)| rank > r) {
+                    best = Some((rank, *i, config));
+                }
+            }
         }
+        best.map(|(_, i, c)| (i, c))
     }
-    let versions: &[&rustls::SupportedProtocolVersion] = if tls13_only {
-        &[&rustls::version::TLS13]
-    } else {
-        rustls::DEFAULT_VERSIONS
+}
+
+/// One server's TLS configuration.
+fn tls_config(base: &Path, s: &Server) -> Result<Arc<rustls::ServerConfig>> {
+    let tls = s
+        .tls
+        .as_ref()
+        .ok_or_else(|| anyhow!("HTTPS server on port {} has no tls", s.port.number))?;
+    // A restriction the gateway cannot enforce fails closed rather than
+    // letting every certificate of the CA in.
+    if !tls.subject_alt_names.is_empty() {
+        bail!(
+            "gateway tls.subjectAltNames on port {} is not supported; remove it or use a CA that issues only the allowed client certificates",
+            s.port.number
+        );
+    }
+    let client_ca = match tls.mode {
+        Some(ServerTlsMode::Simple) => None,
+        Some(ServerTlsMode::Mutual) => {
+            let ca = tls
+                .ca_certificates
+                .as_deref()
+                .ok_or_else(|| anyhow!("MUTUAL needs caCertificates"))?;
+            Some(resolve(base, ca))
+        }
+        other => bail!(
+            "gateway TLS mode {other:?} on port {} is not supported; use SIMPLE or MUTUAL",
+            s.port.number
+        ),
     };
+    let (Some(cert), Some(key)) = (&tls.server_certificate, &tls.private_key) else {
+        bail!(
+            "server on port {} needs serverCertificate and privateKey",
+            s.port.number
+        );
+    };
+    let ck = load_key(base, cert, key)?;
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if tls.min_protocol_version == Some(TlsVersion::TlsV13) {
+            &[&rustls::version::TLS13]
+        } else {
+            rustls::DEFAULT_VERSIONS
+        };
     let builder = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(versions)?;
     let mutual = client_ca.is_some();
@@ -196,7 +224,7 @@ fn tls_config(base: &Path, servers: &[&Server]) -> Result<Arc<rustls::ServerConf
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { by_host }));
+    let mut config = builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if mutual {
         // A resumed session skips the client certificate's checks (its
@@ -261,48 +289,51 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
     let me = mesh_tower::telemetry::WorkloadInfo::new(name, ns).with_principal(&id);
     let router = crate::sidecar::outbound_stack(router, registry.clone(), me);
 
-    let mut by_port: BTreeMap<u16, Vec<&Server>> = BTreeMap::new();
-    for s in &servers {
+    let mut by_port: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    for (i, s) in servers.iter().enumerate() {
         by_port
             .entry(s.port.target_port.unwrap_or(s.port.number))
             .or_default()
-            .push(s);
+            .push(i);
     }
+    let edge = EdgeConfig {
+        router,
+        store: store.clone(),
+        key: key.clone(),
+    };
     for (port, group) in by_port {
         let listener = TcpListener::bind((args.listen_address, port))
             .await
             .with_context(|| format!("binding {}:{port}", args.listen_address))?;
-        let protocol = group[0].port.protocol;
+        let protocol = servers[group[0]].port.protocol;
         match protocol {
             Protocol::Https => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(&base, &group)?);
-                tracing::info!(port, hosts = ?group.iter().flat_map(|s| s.hosts.clone()).collect::<Vec<_>>(), "HTTPS listening");
-                let (router, drain2) = (router.clone(), drain.clone());
+                let tls = Arc::new(TlsServers {
+                    servers: group
+                        .iter()
+                        .map(|&i| {
+                            Ok((i, servers[i].hosts.clone(), tls_config(&base, &servers[i])?))
+                        })
+                        .collect::<Result<_>>()?,
+                    refuse: refusing_config()?,
+                });
+                tracing::info!(port, hosts = ?group.iter().flat_map(|&i| servers[i].hosts.clone()).collect::<Vec<_>>(), "HTTPS listening");
+                let (edge, drain2) = (edge.clone(), drain.clone());
                 tokio::spawn(accept_loop(listener, drain.clone(), move |tcp, remote| {
-                    let (acceptor, router, drain) =
-                        (acceptor.clone(), router.clone(), drain2.clone());
+                    let (tls, edge, drain) = (tls.clone(), edge.clone(), drain2.clone());
                     tokio::spawn(async move {
                         // A client that never finishes its handshake must not
                         // hold a connection forever.
                         let handshake =
-                            tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
+                            tokio::time::timeout(handshake_timeout, tls_handshake(&tls, tcp)).await;
                         let Ok(handshake) = handshake else {
                             tracing::info!(%remote, "TLS handshake timed out");
                             return;
                         };
                         match handshake {
-                            Ok(tls) => {
-                                serve_http(
-                                    tls,
-                                    Edge {
-                                        router,
-                                        proto: "https",
-                                        remote,
-                                        redirect: None,
-                                    },
-                                    drain,
-                                )
-                                .await
+                            Ok((stream, server, sni)) => {
+                                let svc = edge.edge(remote, Listener::Tls { server, sni });
+                                serve_http(stream, svc, drain).await
                             }
                             Err(e) => tracing::info!(%remote, error = %e, "TLS handshake refused"),
                         }
@@ -312,7 +343,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
             Protocol::Http | Protocol::Http2 | Protocol::Grpc => {
                 let redirect = group
                     .iter()
-                    .any(|s| s.tls.as_ref().is_some_and(|t| t.https_redirect))
+                    .any(|&i| servers[i].tls.as_ref().is_some_and(|t| t.https_redirect))
                     .then(|| {
                         servers
                             .iter()
@@ -320,15 +351,14 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
                             .map_or(443, |s| s.port.number)
                     });
                 tracing::info!(port, ?redirect, "HTTP listening");
-                let (router, drain2) = (router.clone(), drain.clone());
+                let servers: Arc<[usize]> = group.into();
+                let (edge, drain2) = (edge.clone(), drain.clone());
                 tokio::spawn(accept_loop(listener, drain.clone(), move |tcp, remote| {
-                    let svc = Edge {
-                        router: router.clone(),
-                        proto: "http",
-                        remote,
+                    let listener = Listener::Plain {
+                        servers: servers.clone(),
                         redirect,
                     };
-                    tokio::spawn(serve_http(tcp, svc, drain2.clone()));
+                    tokio::spawn(serve_http(tcp, edge.edge(remote, listener), drain2.clone()));
                 }));
             }
             other => {
@@ -348,14 +378,104 @@ const FORWARDING_CLAIMS: &[&str] = &[
     "x-real-ip",
 ];
 
-/// The edge in front of the router: X-Forwarded-For and -Proto, the client
-/// address for source-IP hashing, and the redirect to HTTPS.
+/// Reads the ClientHello, picks the server its SNI names, and completes
+/// the handshake with that server's configuration: the connection, the
+/// server's index, and the SNI.
+async fn tls_handshake(
+    tls: &TlsServers,
+    tcp: tokio::net::TcpStream,
+) -> std::io::Result<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    usize,
+    Option<String>,
+)> {
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let hello = start.client_hello();
+    let sni = hello.server_name().map(str::to_ascii_lowercase);
+    let Some((server, config)) = tls.pick(sni.as_deref()) else {
+        // Fails with an alert to the client; the error says why here.
+        start.into_stream(tls.refuse.clone()).await?;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("no server of this port is named by SNI {sni:?}"),
+        ));
+    };
+    let stream = start.into_stream(config.clone()).await?;
+    Ok((stream, server, sni))
+}
+
+/// The servers a connection came in on.
+#[derive(Debug, Clone)]
+enum Listener {
+    /// A plain-HTTP port: all its servers, and the redirect to HTTPS.
+    Plain {
+        servers: Arc<[usize]>,
+        redirect: Option<u16>,
+    },
+    /// A TLS connection: the one server its SNI picked.
+    Tls { server: usize, sni: Option<String> },
+}
+
+/// What every edge service of the gateway shares.
+#[derive(Debug, Clone)]
+struct EdgeConfig {
+    router: crate::sidecar::Outbound,
+    store: Arc<mesh_core::store::Store>,
+    /// The Gateway, `namespace/name`.
+    key: String,
+}
+
+impl EdgeConfig {
+    fn edge(&self, remote: SocketAddr, listener: Listener) -> Edge {
+        let servers = match &listener {
+            Listener::Plain { servers, .. } => servers.clone(),
+            Listener::Tls { server, .. } => Arc::from([*server].as_slice()),
+        };
+        Edge {
+            config: self.clone(),
+            proto: match listener {
+                Listener::Plain { .. } => "http",
+                Listener::Tls { .. } => "https",
+            },
+            remote,
+            servers: GatewayServers(servers),
+            listener,
+        }
+    }
+}
+
+/// The edge in front of the router: the request read one way
+/// ([`sanitize`](mesh_tower::sanitize)), its host checked against the
+/// server its connection came in on (421 for a host of another TLS server),
+/// X-Forwarded-For and -Proto, the client address for source-IP hashing,
+/// the redirect to HTTPS, and the refusals' reasons cut to their class.
 #[derive(Debug, Clone)]
 struct Edge {
-    router: crate::sidecar::Outbound,
+    config: EdgeConfig,
     proto: &'static str,
     remote: SocketAddr,
-    redirect: Option<u16>,
+    servers: GatewayServers,
+    listener: Listener,
+}
+
+impl Edge {
+    /// Everything before the router; `Err` is the edge's own answer.
+    fn admit(&self, req: &mut Request<ProxyBody>) -> Result<(), MeshError> {
+        let snap = self.config.store.load();
+        let host = mesh_tower::sanitize::sanitize(req, snap.mesh.headers_with_underscores_action)?;
+        if let Listener::Tls { server, sni } = &self.listener {
+            let name = mesh_core::gateway::request_host_name(&host);
+            let gw = snap.gateways.get(&self.config.key);
+            if gw.is_some_and(|gw| !gw.admits(*server, &name)) {
+                return Err(MeshError::Misdirected {
+                    host: name,
+                    sni: sni.clone().unwrap_or_else(|| "none".to_owned()),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl tower::Service<Request<ProxyBody>> for Edge {
@@ -368,12 +488,29 @@ impl tower::Service<Request<ProxyBody>> for Edge {
     }
 
     fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
-        if let Some(port) = self.redirect {
+        let grpc = mesh_tower::error::is_grpc(req.headers());
+        let detail = self.config.store.load().mesh.dangerous_gateway_error_detail;
+        // The edge speaks to the internet: a refusal says its class, the
+        // detail (hosts, addresses, upstream errors) goes to the log.
+        let answer = move |resp: Response<BoxBody>| match resp.extensions().get::<MeshError>() {
+            Some(e) if !detail => e.to_edge_response_for(grpc),
+            _ => resp,
+        };
+        if let Err(e) = self.admit(&mut req) {
+            tracing::info!(remote = %self.remote, status = e.status().as_u16(), reason = %e, "gateway refused the request");
+            return Box::pin(async move { Ok(answer(e.to_response_for(grpc))) });
+        }
+        if let Listener::Plain {
+            redirect: Some(port),
+            ..
+        } = self.listener
+        {
             let host = req
                 .headers()
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(|h| h.split(':').next().unwrap_or(h).to_owned())
+                .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                .map(|h| mesh_core::gateway::request_host_name(h))
                 .unwrap_or_default();
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
             let port = if port == 443 {
@@ -410,7 +547,11 @@ impl tower::Service<Request<ProxyBody>> for Edge {
             }
         }
         req.extensions_mut().insert(ClientAddr(self.remote));
-        let mut router = self.router.clone();
-        Box::pin(async move { tower::Service::call(&mut router, req).await })
+        req.extensions_mut().insert(self.servers.clone());
+        let mut router = self.config.router.clone();
+        Box::pin(async move {
+            let resp = tower::Service::call(&mut router, req).await?;
+            Ok(answer(resp))
+        })
     }
 }

@@ -42,6 +42,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
+use mesh_core::gateway::GatewayRoute;
 use mesh_core::outlier::{Outcome, OutlierPolicy};
 use mesh_core::resources::common::Labels;
 use mesh_core::resources::networking::{ClientTlsMode, Location, Protocol};
@@ -66,6 +67,15 @@ use crate::upstream::{
 /// insert it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// The Gateway servers (indexes into the Gateway's `servers`) the
+/// request's connection came in on: all the servers of its listener port,
+/// or the one TLS server its SNI picked. The gateway's listeners insert it;
+/// a gateway [`Router`] routes only by these servers' tables
+/// ([`GatewayEntry::route`](mesh_core::snapshot::GatewayEntry::route)) and
+/// refuses a request without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayServers(pub Arc<[usize]>);
 
 /// Istio's retry policy for routes that name none.
 static DEFAULT_RETRY: LazyLock<RetryPolicy> = LazyLock::new(RetryPolicy::istio_default);
@@ -246,34 +256,20 @@ fn rules<'s>(
     inner: &Inner,
     host: &str,
     port: u16,
+    servers: Option<&GatewayServers>,
 ) -> Result<(&'s [Arc<HttpRouteRule>], Option<&'s Service>), MeshError> {
     if let Some(gw) = &inner.config.gateway {
-        let entry = snap
-            .gateways
-            .get(gw)
-            .ok_or_else(|| MeshError::UnknownHost {
-                host: host.to_owned(),
-            })?;
-        let rules = entry
-            .routes
-            .get(host)
-            .or_else(|| {
-                entry
-                    .routes
-                    .iter()
-                    .find(|(pattern, _)| {
-                        pattern.as_str() == "*"
-                            || pattern
-                                .strip_prefix('*')
-                                .is_some_and(|suffix| host.ends_with(suffix))
-                    })
-                    .map(|(_, r)| r)
-            })
-            // At the edge, a host no VirtualService serves is "not found".
-            .ok_or_else(|| MeshError::NoRuleMatched {
-                vs: format!("any VirtualService bound to Gateway {gw} for host {host}"),
-            })?;
-        return Ok((rules, None));
+        // At the edge, a host no server of this connection serves is "not
+        // found", whatever other servers of the gateway serve.
+        let not_found = || MeshError::NoRuleMatched {
+            vs: format!("any VirtualService bound to Gateway {gw} for host {host} on this server"),
+        };
+        let entry = snap.gateways.get(gw).ok_or_else(not_found)?;
+        let servers = servers.ok_or_else(not_found)?;
+        return match entry.route(&servers.0, host) {
+            GatewayRoute::Rules(rules) => Ok((rules, None)),
+            GatewayRoute::OtherServer | GatewayRoute::Unknown => Err(not_found()),
+        };
     }
     let svc =
         snap.service(host, &inner.config.namespace)
@@ -303,7 +299,13 @@ async fn route(inner: &Inner, mut req: Request<BoxBody>) -> Result<Response<BoxB
     let (host, port) = target(&req).ok_or_else(|| MeshError::UnknownHost {
         host: String::new(),
     })?;
-    let (rules, svc) = rules(&snap, inner, &host, port)?;
+    let (rules, svc) = rules(
+        &snap,
+        inner,
+        &host,
+        port,
+        req.extensions().get::<GatewayServers>(),
+    )?;
     let default_dest;
     let (rule, dests): (Option<(&HttpRouteRule, usize)>, &[WeightedDestination]) = if rules
         .is_empty()
