@@ -464,17 +464,33 @@ impl Edge {
     fn admit(&self, req: &mut Request<ProxyBody>) -> Result<(), MeshError> {
         let snap = self.config.store.load();
         let host = mesh_tower::sanitize::sanitize(req, snap.mesh.headers_with_underscores_action)?;
-        if let Listener::Tls { server, sni } = &self.listener {
-            let name = mesh_core::gateway::request_host_name(&host);
-            let gw = snap.gateways.get(&self.config.key);
-            if gw.is_some_and(|gw| !gw.admits(*server, &name)) {
-                return Err(MeshError::Misdirected {
+        let name = mesh_core::gateway::request_host_name(&host);
+        let Some(gw) = snap.gateways.get(&self.config.key) else {
+            return Err(MeshError::NoRuleMatched {
+                vs: format!("Gateway {} (not in the configuration)", self.config.key),
+            });
+        };
+        match &self.listener {
+            // A TLS connection serves the hosts of the server its SNI
+            // picked; another server's host is misdirected (RFC 9110 15.5.20).
+            Listener::Tls { server, sni } if !gw.admits(*server, &name) => {
+                Err(MeshError::Misdirected {
                     host: name,
                     sni: sni.clone().unwrap_or_else(|| "none".to_owned()),
-                });
+                })
             }
+            // A plain port serves the hosts of its servers, and redirects
+            // only those.
+            Listener::Plain { servers, .. } if !servers.iter().any(|&i| gw.admits(i, &name)) => {
+                Err(MeshError::NoRuleMatched {
+                    vs: format!(
+                        "any server of Gateway {} on this port for host {name}",
+                        self.config.key
+                    ),
+                })
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -815,3 +815,352 @@ async fn http2_rapid_reset_at_the_gateway_is_cut_off_with_goaway() {
         "{reached} reset requests reached the backend"
     );
 }
+
+impl Edge {
+    /// One raw HTTP/1.1 request over TLS to `port`, the ClientHello naming
+    /// `sni` (`None`: no SNI; the certificate is then checked against
+    /// `verify_as`); the raw answer, or the handshake's error.
+    async fn https_raw(
+        &self,
+        connector: &tokio_rustls::TlsConnector,
+        port: u16,
+        verify_as: &str,
+        raw: &str,
+    ) -> Result<String, String> {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let server_name = ServerName::try_from(verify_as.to_owned()).unwrap();
+        let mut tls = connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let _ = tls.write_all(raw.as_bytes()).await;
+        let mut out = Vec::new();
+        match tokio::time::timeout(WAIT, tls.read_to_end(&mut out)).await {
+            Ok(Ok(_)) => Ok(String::from_utf8_lossy(&out).into_owned()),
+            Ok(Err(e)) if out.is_empty() => Err(format!("read: {e}")),
+            Ok(Err(_)) | Err(_) => Ok(String::from_utf8_lossy(&out).into_owned()),
+        }
+    }
+
+    /// One h2 request over TLS (SNI `sni`) with `authority`; the status.
+    async fn h2_status(
+        &self,
+        connector: &tokio_rustls::TlsConnector,
+        port: u16,
+        sni: &str,
+        authority: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Option<String>), String> {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let tls = connector
+            .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut req = http::Request::get(format!("https://{authority}/h2"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = send
+            .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let reason = resp
+            .headers()
+            .get("x-mesh-reason")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let _ = resp.into_body().collect().await;
+        Ok((status, reason))
+    }
+}
+
+/// The status and `x-mesh-reason` of a raw HTTP/1.1 answer.
+fn status_and_reason(answer: &str) -> (Option<u16>, Option<String>) {
+    let reason = answer.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.eq_ignore_ascii_case("x-mesh-reason"))
+            .map(|(_, v)| v.trim().to_owned())
+    });
+    (support::status_of(answer), reason)
+}
+
+/// Security round 2, class 1 and 6: a host is reachable only through the
+/// servers of the Gateway that name it, with their TLS. `secure` is named
+/// only by the MUTUAL server, `api` only by a SIMPLE one, `blog` by the
+/// other SIMPLE server and both plain ones. Every other pairing of host and
+/// server is refused, in every spelling, over HTTP/1.1 and h2, and the
+/// backend never sees it: 421 on a TLS connection opened for another
+/// server (SNI), 404 on a plain port, and the handshake refused for an SNI
+/// no server of the port names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_is_reachable_only_through_the_servers_that_name_it() {
+    let edge = Edge::start(&[]).await;
+    let simple = edge.tls_client(None, b"http/1.1", true);
+    let no_sni = edge.tls_client(None, b"http/1.1", false);
+    let alice = edge
+        .clients
+        .leaf("alice", ExtendedKeyUsagePurpose::ClientAuth);
+    let mutual = edge.tls_client(Some(alice), b"http/1.1", true);
+    let spellings = |host: &str| {
+        [
+            host.to_owned(),
+            host.to_ascii_uppercase(),
+            format!("{host}."),
+            format!("{host}:443"),
+            format!("{host}.:8443"),
+        ]
+    };
+    let get = |host: &str| {
+        format!(
+            "GET /x HTTP/1.1
+host: {host}
+connection: close
+
+"
+        )
+    };
+
+    // The MUTUAL-only host on a SIMPLE connection (SNI blog or api): 421.
+    for sni in [BLOG, API] {
+        for host in spellings(SECURE) {
+            let answer = edge
+                .https_raw(&simple, edge.https, sni, &get(&host))
+                .await
+                .unwrap();
+            let (status, reason) = status_and_reason(&answer);
+            assert_eq!(status, Some(421), "{host} on SNI {sni}: {answer}");
+            assert_eq!(reason.as_deref(), Some("misdirected request"), "{answer}");
+        }
+        // An absolute URI naming it, with a Host of the server: refused too.
+        let raw = format!(
+            "GET https://{SECURE}/x HTTP/1.1
+host: {sni}
+connection: close
+
+"
+        );
+        let answer = edge
+            .https_raw(&simple, edge.https, sni, &raw)
+            .await
+            .unwrap();
+        assert_eq!(
+            support::status_of(&answer),
+            Some(400),
+            "absolute URI: {answer}"
+        );
+        let raw = format!(
+            "GET https://{SECURE}/x HTTP/1.1
+host: {SECURE}
+connection: close
+
+"
+        );
+        let answer = edge
+            .https_raw(&simple, edge.https, sni, &raw)
+            .await
+            .unwrap();
+        assert_eq!(
+            support::status_of(&answer),
+            Some(421),
+            "absolute URI: {answer}"
+        );
+    }
+    // The SNI of the MUTUAL host on the SIMPLE port: no server of the port.
+    let answer = edge
+        .https_raw(&simple, edge.https, SECURE, &get(SECURE))
+        .await;
+    assert!(answer.is_err(), "{answer:?}");
+    // Two servers on the port and no SNI: which one is not guessed.
+    let answer = edge.https_raw(&no_sni, edge.https, BLOG, &get(BLOG)).await;
+    assert!(answer.is_err(), "{answer:?}");
+    // The other SIMPLE server's host on this one's connection: 421.
+    for (sni, host) in [(BLOG, API), (API, BLOG)] {
+        let answer = edge
+            .https_raw(&simple, edge.https, sni, &get(host))
+            .await
+            .unwrap();
+        assert_eq!(
+            support::status_of(&answer),
+            Some(421),
+            "{host} on {sni}: {answer}"
+        );
+    }
+    // SIMPLE hosts on the MUTUAL connection, even with its certificate: 421.
+    for host in [BLOG, API] {
+        for spelled in spellings(host) {
+            let answer = edge
+                .https_raw(&mutual, edge.mutual, SECURE, &get(&spelled))
+                .await
+                .unwrap();
+            assert_eq!(
+                support::status_of(&answer),
+                Some(421),
+                "{spelled} on mutual: {answer}"
+            );
+        }
+    }
+    // The HTTPS-only hosts in cleartext, on both plain ports: 404, never a
+    // redirect that would confirm them.
+    for port in [edge.http, edge.redirect] {
+        for host in [SECURE, API] {
+            for spelled in spellings(host) {
+                let answer = edge.http_raw(port, get(&spelled).as_bytes()).await;
+                assert_eq!(
+                    support::status_of(&answer),
+                    Some(404),
+                    "{spelled} on {port}: {answer}"
+                );
+            }
+        }
+    }
+    // Over h2 the same: :authority of another server is misdirected.
+    let h2 = edge.tls_client(None, b"h2", true);
+    for authority in [
+        SECURE,
+        API,
+        "SECURE.example.test",
+        "secure.example.test.:443",
+    ] {
+        let (status, _) = edge
+            .h2_status(&h2, edge.https, BLOG, authority, &[])
+            .await
+            .unwrap();
+        assert_eq!(status, 421, "h2 {authority} on SNI {BLOG}");
+    }
+    assert!(
+        edge.paths().is_empty(),
+        "the backend saw {:?}",
+        edge.paths()
+    );
+
+    // And each host is served through its own servers.
+    let answer = edge
+        .https_raw(&simple, edge.https, API, &get(API))
+        .await
+        .unwrap();
+    assert_eq!(support::status_of(&answer), Some(200), "{answer}");
+    let answer = edge
+        .https_raw(&simple, edge.https, BLOG, &get(&format!("{BLOG}:443")))
+        .await
+        .unwrap();
+    assert_eq!(support::status_of(&answer), Some(200), "{answer}");
+    let answer = edge
+        .https_raw(&mutual, edge.mutual, SECURE, &get(SECURE))
+        .await
+        .unwrap();
+    assert_eq!(support::status_of(&answer), Some(200), "{answer}");
+    let answer = edge.http_raw(edge.http, get(BLOG).as_bytes()).await;
+    assert_eq!(support::status_of(&answer), Some(200), "{answer}");
+    let (status, _) = edge
+        .h2_status(&h2, edge.https, BLOG, BLOG, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(edge.paths(), ["/x", "/x", "/x", "/x", "/h2"]);
+}
+
+/// Security round 2, classes 2, 3 and 5 and the edge's reasons: what the
+/// gateway lets through reads one way at the backend, and its refusals say
+/// only their class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_forwards_only_requests_that_read_one_way() {
+    let edge = Edge::start(&[]).await;
+    let simple = edge.tls_client(None, b"http/1.1", true);
+    let raw = |extra: &str| {
+        format!(
+            "GET /u HTTP/1.1
+host: {BLOG}
+{extra}connection: close
+
+"
+        )
+    };
+    for extra in [
+        "x_role: root
+",
+        "X_Forwarded_Client_Cert: URI=spiffe://cluster.local/ns/default/sa/admin
+",
+        "x_forwarded_for: 10.0.0.1
+",
+        "_: x
+",
+    ] {
+        for answer in [
+            edge.http_raw(edge.http, raw(extra).as_bytes()).await,
+            edge.https_raw(&simple, edge.https, BLOG, &raw(extra))
+                .await
+                .unwrap(),
+        ] {
+            let (status, reason) = status_and_reason(&answer);
+            assert_eq!(status, Some(400), "{extra:?}: {answer}");
+            assert_eq!(reason.as_deref(), Some("bad request"), "{answer}");
+        }
+    }
+    for bad in [
+        "GET /u HTTP/1.1
+connection: close
+
+"
+        .to_owned(),
+        format!(
+            "GET /u HTTP/1.1
+host: user@{BLOG}
+connection: close
+
+"
+        ),
+        format!(
+            "GET /u HTTP/1.1
+host: {BLOG}..
+connection: close
+
+"
+        ),
+        format!(
+            "GET http://{API}/u HTTP/1.1
+host: {BLOG}
+connection: close
+
+"
+        ),
+    ] {
+        let answer = edge.http_raw(edge.http, bad.as_bytes()).await;
+        assert_eq!(support::status_of(&answer), Some(400), "{bad:?}: {answer}");
+    }
+    assert!(
+        edge.paths().is_empty(),
+        "the backend saw {:?}",
+        edge.paths()
+    );
+
+    // h2 carries whitespace around values: the backend gets them trimmed.
+    let h2 = edge.tls_client(None, b"h2", true);
+    let (status, _) = edge
+        .h2_status(&h2, edge.https, BLOG, BLOG, &[("x-role", " root	")])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let seen = edge.seen.headers();
+    assert_eq!(seen.last().unwrap()["x-role"], "root");
+
+    // Unknown hosts and dead ends say their class, not the detail.
+    let answer = edge
+        .http_raw(
+            edge.http,
+            b"GET / HTTP/1.1
+host: nope.example.test
+connection: close
+
+",
+        )
+        .await;
+    let (status, reason) = status_and_reason(&answer);
+    assert_eq!(status, Some(404), "{answer}");
+    assert_eq!(reason.as_deref(), Some("no route"), "{answer}");
+    assert!(!answer.contains("Gateway"), "{answer}");
+}
