@@ -526,7 +526,7 @@ impl tower::Service<Request<ProxyBody>> for Edge {
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .or_else(|| req.uri().authority().map(|a| a.as_str()))
-                .map(|h| mesh_core::gateway::request_host_name(h))
+                .map(mesh_core::gateway::request_host_name)
                 .unwrap_or_default();
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
             let port = if port == 443 {

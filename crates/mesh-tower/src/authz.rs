@@ -500,9 +500,9 @@ impl HeaderValues for HeaderMapValues<'_> {
             let k = k.as_str();
             if k.contains('_')
                 && k.len() == name.len()
-                && k.bytes().zip(name.bytes()).all(|(a, b)| {
-                    a.to_ascii_lowercase() == b.to_ascii_lowercase() || (a == b'_' && b == b'-')
-                })
+                && k.bytes()
+                    .zip(name.bytes())
+                    .all(|(a, b)| a.eq_ignore_ascii_case(&b) || (a == b'_' && b == b'-'))
             {
                 values.push(String::from_utf8_lossy(v.as_bytes()));
             }
