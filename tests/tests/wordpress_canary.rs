@@ -436,7 +436,8 @@ fn wordpress_canary_end_to_end() {
     );
 
     // 6. `check` is clean on the example and reports a CONFLICT variant,
-    //    while the gateway answers that route with 503 and the reason.
+    //    while the gateway answers that route with 503 and the reason's
+    //    class (the detail in its log).
     let check = |dir: &Path| {
         Command::new(s.bin.join("mesh-proxy"))
             .arg("check")
@@ -480,7 +481,20 @@ fn wordpress_canary_end_to_end() {
         .unwrap();
     let head = String::from_utf8_lossy(&resp.stdout).into_owned();
     assert!(head.starts_with("HTTP/2 503"), "{head}");
-    assert!(head.contains("x-mesh-reason: cannot secure the connection to wordpress.default.svc.cluster.local: TLS conflict"), "the reason is given: {head}");
+    // The edge tells an internet client the class of the reason; the
+    // detail is in the gateway's log.
+    assert!(
+        head.contains("x-mesh-reason: upstream unavailable"),
+        "the reason's class is given: {head}"
+    );
+    let log = std::fs::read_to_string(s.state.path().join("logs/gateway.log")).unwrap();
+    assert!(
+        log.contains(
+            "cannot secure the connection to wordpress.default.svc.cluster.local: TLS conflict"
+        ),
+        "the gateway logs the detail:\n{}",
+        s.logs()
+    );
     s.edit("article-listings.yaml", |t| {
         let at = t
             .find("  trafficPolicy:\n    tls:\n      mode: DISABLE\n    loadBalancer")

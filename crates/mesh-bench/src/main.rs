@@ -109,10 +109,6 @@ struct RunArgs {
     /// `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.{name}`.
     #[arg(long)]
     sidecar_wrapper: Option<String>,
-    /// Serve (c) with `mesh_tower::tls::spawn_server` as it is (Nagle on)
-    /// rather than `serve_connection` on TCP_NODELAY sockets.
-    #[arg(long)]
-    mesh_spawn_server: bool,
     /// Do not install nginx and HAProxy when missing.
     #[arg(long)]
     no_install: bool,
@@ -189,7 +185,6 @@ fn run(args: RunArgs) -> Result<()> {
             None => find_or_build_mesh_proxy()?,
         },
         sidecar_wrapper: args.sidecar_wrapper.clone(),
-        mesh_spawn_server: args.mesh_spawn_server,
         in_process_server: false,
     };
     let machine = machine(cores_total, loadgen_core, sut_core);

@@ -83,7 +83,6 @@ async fn profile(args: ProfileArgs) -> Result<()> {
             .unwrap_or_else(|| exe.with_file_name("mesh-proxy")),
         bench: exe,
         sidecar_wrapper: args.sidecar_wrapper.clone(),
-        mesh_spawn_server: false,
         // One process for callgrind; the server's own process when its
         // memory is measured.
         in_process_server: args.idle == 0,

@@ -54,10 +54,6 @@ pub(crate) struct ServeArgs {
     /// The WorkloadEntry this server is (mode `mesh`).
     #[arg(long, default_value = crate::certs::SERVER_SA)]
     pub(crate) workload: String,
-    /// Mode `mesh`: serve with `mesh_tower::tls::spawn_server` as it is
-    /// (Nagle on) instead of `serve_connection` on TCP_NODELAY sockets.
-    #[arg(long)]
-    pub(crate) spawn_server: bool,
 }
 
 fn response() -> Response<Full<Bytes>> {
@@ -133,7 +129,7 @@ async fn serve_tls(listener: TcpListener, args: &ServeArgs) -> Result<()> {
 }
 
 type Inbound = tower::util::BoxCloneSyncService<
-    Request<hyper::body::Incoming>,
+    Request<mesh_tower::server::ServerBody>,
     Response<mesh_tower::body::BoxBody>,
     Infallible,
 >;
@@ -167,7 +163,6 @@ pub(crate) async fn spawn_mesh(
         bundle: Some(files.bundle.clone()),
         config: Some(config.to_owned()),
         workload: crate::certs::SERVER_SA.to_owned(),
-        spawn_server: false,
     };
     let listener = TcpListener::bind(listen)
         .await
@@ -206,27 +201,46 @@ async fn serve_mesh(listener: TcpListener, args: &ServeArgs) -> Result<()> {
             .layer(authz)
             .service(tower::service_fn(app)),
     );
-    let service = hyper_util::service::TowerToHyperService::new(service);
-    if args.spawn_server {
-        let server = mesh_tower::tls::spawn_server(listener, acceptor, service)?;
-        // Serve until killed.
-        std::future::pending::<()>().await;
-        drop(server);
-        return Ok(());
-    }
-    // `spawn_server` leaves Nagle's algorithm on: a handshake's last flight
-    // then waits for the client's delayed ACK (40 ms) before the first
-    // answer. Accepting here with TCP_NODELAY is the same stack otherwise.
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, service) = (acceptor.clone(), service.clone());
+    // The one server module, as `Mesh::serve` and `mesh-proxy` serve: its
+    // accept loop (TCP_NODELAY), per-connection serve with the ALPN fast
+    // path, default settings. The drain is never signalled: serve until
+    // killed.
+    let (_controller, drain) =
+        mesh_tower::server::drain_pair(mesh_tower::server::ServerSettings::default());
+    let conns = drain.clone();
+    mesh_tower::server::accept_loop(listener, drain, move |tcp, _| {
+        let (acceptor, service, drain) = (acceptor.clone(), service.clone(), conns.clone());
         tokio::spawn(async move {
             if let Ok(stream) = acceptor.accept(tcp).await {
-                let _ = mesh_tower::tls::serve_connection(stream, service).await;
+                let service = AddPeer(service, stream.peer_identity().clone());
+                let known = mesh_tower::server::Known::from_alpn(stream.alpn_protocol());
+                mesh_tower::server::serve_connection(stream, service, drain, known).await;
             }
         });
+    })
+    .await;
+    Ok(())
+}
+
+/// Gives each request the connection's verified peer, as the mesh's
+/// servers do.
+#[derive(Clone)]
+struct AddPeer(Inbound, mesh_tower::tls::PeerIdentity);
+
+impl tower::Service<Request<mesh_tower::server::ServerBody>> for AddPeer {
+    type Response = Response<mesh_tower::body::BoxBody>;
+    type Error = Infallible;
+    type Future = <Inbound as tower::Service<Request<mesh_tower::server::ServerBody>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<mesh_tower::server::ServerBody>) -> Self::Future {
+        req.extensions_mut().insert(self.1.clone());
+        self.0.call(req)
     }
 }

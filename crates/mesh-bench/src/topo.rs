@@ -66,8 +66,6 @@ pub(crate) struct Programs {
     /// A command the sidecars run under (`valgrind --tool=callgrind ...`),
     /// `{name}` replaced by the sidecar's name.
     pub(crate) sidecar_wrapper: Option<String>,
-    /// (c) served with `mesh_tower::tls::spawn_server` as it is.
-    pub(crate) mesh_spawn_server: bool,
     /// (c) served by a task of this process rather than a process of its
     /// own (`profile`: one callgrind run sees both ends).
     pub(crate) in_process_server: bool,
@@ -223,9 +221,6 @@ pub(crate) async fn start(
             write_mesh_config(&config, ports[0], ports[1])?;
             let mut extra = id_args(&certs.server);
             extra.extend([s("--config"), s(config.display())]);
-            if programs.mesh_spawn_server {
-                extra.push(s("--spawn-server"));
-            }
             let store =
                 mesh_core::store::Store::from_source(&mesh_core::store::FileSource::new(&config))
                     .map_err(|e| anyhow!("mesh configuration: {e}"))?;

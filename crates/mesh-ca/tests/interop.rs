@@ -106,18 +106,17 @@ async fn curl_and_openssl_against_a_strict_server() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let acceptor = MeshAcceptor::new(&store, TlsMode::Strict).unwrap();
-    let service =
-        hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-            let caller = req
-                .extensions()
-                .get::<PeerIdentity>()
-                .and_then(|p| p.spiffe_id())
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
-                Bytes::from(caller),
-            )))
-        });
+    let service = tower::service_fn(|req: http::Request<mesh_tower::body::BoxBody>| async move {
+        let caller = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|p| p.spiffe_id())
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+            Bytes::from(caller),
+        )))
+    });
     let server = spawn_server(listener, acceptor, service).unwrap();
     let url = format!("https://backend.mesh.test:{port}/");
     let resolve = format!("backend.mesh.test:{port}:127.0.0.1");

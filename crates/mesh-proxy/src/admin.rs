@@ -15,7 +15,7 @@ use mesh_tower::body::{BoxBody, full};
 use tokio::net::TcpListener;
 
 use crate::identity::Identity;
-use crate::runtime::{Drain, serve_http};
+use mesh_tower::server::{Drain, serve_connection};
 
 /// Something that adds lines to `/stats/prometheus`.
 pub(crate) type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
@@ -161,7 +161,7 @@ pub(crate) async fn spawn(
                 let resp = handle(&state, &req);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            tokio::spawn(serve_http(tcp, svc, drain.clone()));
+            tokio::spawn(serve_connection(tcp, svc, drain.clone(), None));
         }
     });
     Ok(local)

@@ -35,8 +35,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
 use crate::admin::AdminState;
-use crate::runtime::{ProxyBody, serve_http};
-use crate::sidecar::{CommonArgs, accept_loop};
+use crate::runtime::ProxyBody;
+use crate::sidecar::CommonArgs;
+use mesh_tower::server::{Known, accept_loop, serve_connection};
 
 /// `mesh-proxy gateway`.
 #[derive(Debug, Clone, Args)]
@@ -263,7 +264,10 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
         (gw.servers.clone(), id)
     };
     let handshake_timeout = args.handshake_timeout;
-    let (controller, drain) = crate::runtime::drain_pair(args.common.http_limits());
+    let (controller, drain) = mesh_tower::server::drain_pair(mesh_tower::server::ServerSettings {
+        handshake_timeout: args.handshake_timeout,
+        ..args.common.server_settings()
+    });
     let registry = mesh_tower::telemetry::Registry::new();
     let admin = AdminState::new(
         store.clone(),
@@ -333,7 +337,8 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
                         match handshake {
                             Ok((stream, server, sni)) => {
                                 let svc = edge.edge(remote, Listener::Tls { server, sni });
-                                serve_http(stream, svc, drain).await
+                                let known = Known::from_alpn(stream.get_ref().1.alpn_protocol());
+                                serve_connection(stream, svc, drain, known).await
                             }
                             Err(e) => tracing::info!(%remote, error = %e, "TLS handshake refused"),
                         }
@@ -358,7 +363,12 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
                         servers: servers.clone(),
                         redirect,
                     };
-                    tokio::spawn(serve_http(tcp, edge.edge(remote, listener), drain2.clone()));
+                    tokio::spawn(serve_connection(
+                        tcp,
+                        edge.edge(remote, listener),
+                        drain2.clone(),
+                        None,
+                    ));
                 }));
             }
             other => {

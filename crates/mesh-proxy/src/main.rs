@@ -8,7 +8,6 @@ mod check;
 mod gateway;
 mod identity;
 mod runtime;
-mod served;
 mod sidecar;
 
 use std::path::PathBuf;

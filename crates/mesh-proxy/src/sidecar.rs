@@ -27,7 +27,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mesh_core::resources::networking::Protocol;
-use mesh_core::resources::security::MtlsMode;
 use mesh_core::store::Store;
 use mesh_tower::authz::{AuthorizeLayer, LocalAddr, LocalWorkload, drop_transport_authority};
 use mesh_tower::body::{BoxBody, boxed};
@@ -36,15 +35,17 @@ use mesh_tower::telemetry::{
     DestinationInfo, Registry, TcpConnection, TcpTelemetry, TelemetryLayer, WorkloadInfo,
     inbound_labels,
 };
-use mesh_tower::tls::{MeshAcceptor, MeshConnector, PeerIdentity, TlsMode};
+use mesh_tower::tls::{MeshConnector, PeerIdentity};
 use mesh_tower::traffic::{ClientAddr, Router, RouterConfig, TcpRouter};
 use mesh_tower::upstream::UpstreamError;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::admin::AdminState;
 use crate::identity::IdentityArgs;
-use crate::runtime::{Drain, ProxyBody, serve_http, serve_http_as};
-use crate::served::Known;
+use crate::runtime::ProxyBody;
+use mesh_tower::server::{
+    Drain, Known, ModeAcceptor, ServerSettings, accept_loop, serve_connection,
+};
 
 /// Options shared by the sidecar and the gateway.
 #[derive(Debug, Clone, Args)]
@@ -87,13 +88,14 @@ pub(crate) struct CommonArgs {
 
 impl CommonArgs {
     /// The limits every served HTTP connection is held to.
-    pub(crate) fn http_limits(&self) -> crate::runtime::HttpLimits {
-        crate::runtime::HttpLimits {
+    pub(crate) fn server_settings(&self) -> ServerSettings {
+        ServerSettings {
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
             body: mesh_tower::limits::BodyLimits::default()
                 .max_request_body(self.max_request_body)
                 .body_read_timeout(Some(self.body_read_timeout)),
+            ..ServerSettings::default()
         }
     }
 }
@@ -150,33 +152,6 @@ pub(crate) struct SidecarArgs {
     /// The HTTP forward-proxy listener, or `off`.
     #[arg(long, default_value = "127.0.0.1:15001")]
     pub(crate) http_proxy: String,
-}
-
-/// Acceptors for the three inbound modes; the mode is read per connection.
-#[derive(Debug, Clone)]
-struct Acceptors {
-    strict: MeshAcceptor,
-    permissive: MeshAcceptor,
-    disable: MeshAcceptor,
-}
-
-impl Acceptors {
-    fn new(store: &mesh_ca::CredentialStore) -> Result<Self> {
-        Ok(Self {
-            strict: MeshAcceptor::new(store, TlsMode::Strict)?,
-            permissive: MeshAcceptor::new(store, TlsMode::Permissive)?,
-            disable: MeshAcceptor::new(store, TlsMode::Disable)?,
-        })
-    }
-
-    fn for_mode(&self, mode: MtlsMode) -> &MeshAcceptor {
-        match mode {
-            MtlsMode::Disable => &self.disable,
-            MtlsMode::Permissive => &self.permissive,
-            // UNSET never reaches here (it inherits); fail closed anyway.
-            MtlsMode::Strict | MtlsMode::Unset => &self.strict,
-        }
-    }
 }
 
 /// One inbound port of the workload.
@@ -253,7 +228,7 @@ pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("no WorkloadEntry {key} in {}", args.common.config.display()))?;
         w.identity.clone()
     };
-    let (controller, drain) = crate::runtime::drain_pair(args.common.http_limits());
+    let (controller, drain) = mesh_tower::server::drain_pair(args.common.server_settings());
     let registry = Registry::new();
     let admin = AdminState::new(store.clone(), vec![metrics_source(&registry)]);
     let admin_addr = crate::admin::spawn(
@@ -275,7 +250,7 @@ pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
         drain: drain.clone(),
         registry: registry.clone(),
     };
-    let acceptors = Acceptors::new(&creds)?;
+    let acceptors = ModeAcceptor::new(&creds)?;
     let (ip, ports) = inbound_ports(&store, &key, &args)?;
     for p in ports {
         let listener = TcpListener::bind((ip, p.port))
@@ -334,7 +309,7 @@ pub(crate) async fn run(args: SidecarArgs) -> Result<()> {
         let router = router.clone();
         let drain2 = drain.clone();
         tokio::spawn(accept_loop(listener, drain.clone(), move |tcp, _| {
-            tokio::spawn(serve_http(tcp, router.clone(), drain2.clone()));
+            tokio::spawn(serve_connection(tcp, router.clone(), drain2.clone(), None));
         }));
     }
     crate::runtime::ready_then_drain(&admin, controller, args.common.drain_timeout).await
@@ -382,7 +357,7 @@ fn inbound_stack(svc: InboundHttp, ctx: &Ctx, local: WorkloadInfo, facts: ConnFa
     };
     tower::util::BoxCloneSyncService::new(
         tower::ServiceBuilder::new()
-            .map_response(crate::runtime::box_response)
+            .map_response(mesh_tower::body::box_response)
             .map_request(move |mut req: Request<ProxyBody>| {
                 drop_transport_authority(&mut req, facts.local);
                 let ext = req.extensions_mut();
@@ -414,46 +389,13 @@ struct ConnFacts {
 pub(crate) fn outbound_stack(router: Router, registry: Registry, local: WorkloadInfo) -> Outbound {
     tower::util::BoxCloneSyncService::new(
         tower::ServiceBuilder::new()
-            .map_response(crate::runtime::box_response)
+            .map_response(mesh_tower::body::box_response)
             .layer(TelemetryLayer::outbound(registry, local))
             .service(router),
     )
 }
 
-/// Accepts until the drain begins.
-pub(crate) async fn accept_loop(
-    listener: TcpListener,
-    drain: Drain,
-    mut on: impl FnMut(TcpStream, SocketAddr),
-) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = drain.signaled() => {
-                // Connections the kernel has already completed are clients
-                // that came before the drain: serve them (the drain grace
-                // covers them) rather than reset them with the listener.
-                while let Ok(Ok((tcp, remote))) =
-                    tokio::time::timeout(std::time::Duration::ZERO, listener.accept()).await
-                {
-                    let _ = tcp.set_nodelay(true);
-                    on(tcp, remote);
-                }
-                return;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        on(tcp, remote);
-    }
-}
-
-async fn inbound_loop(listener: TcpListener, port: InboundPort, ctx: Ctx, acceptors: Acceptors) {
+async fn inbound_loop(listener: TcpListener, port: InboundPort, ctx: Ctx, acceptors: ModeAcceptor) {
     let app_client: Client<HttpConnector, BoxBody> = {
         let mut b = Client::builder(TokioExecutor::new());
         if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
@@ -463,13 +405,9 @@ async fn inbound_loop(listener: TcpListener, port: InboundPort, ctx: Ctx, accept
     };
     let drain = ctx.drain.clone();
     accept_loop(listener, drain, move |tcp, remote| {
-        let snap = ctx.store.load();
-        let Some((_, w)) = snap.workload(&ctx.key) else {
-            tracing::warn!(workload = %ctx.key, "the workload left the configuration; refusing connections");
-            return;
-        };
-        let mode = snap.inbound_mode(w, port.port).mode;
-        let acceptor = acceptors.for_mode(mode).clone();
+        let acceptor = acceptors
+            .for_connection(&ctx.store.load(), &ctx.key, port.port)
+            .clone();
         let local_addr = tcp.local_addr().unwrap_or(remote);
         let (ctx, port, client) = (ctx.clone(), port.clone(), app_client.clone());
         tokio::spawn(async move {
@@ -499,7 +437,7 @@ async fn inbound_loop(listener: TcpListener, port: InboundPort, ctx: Ctx, accept
                 // A task of its own, so that what the handshake needed is
                 // freed rather than kept in this task's state for the
                 // connection's life.
-                tokio::spawn(serve_http_as(stream, svc, ctx.drain.clone(), known));
+                tokio::spawn(serve_connection(stream, svc, ctx.drain.clone(), known));
             } else {
                 inbound_tcp(stream, &peer, (remote, local_addr), &ctx, &port).await;
                 drop(guard);
@@ -706,7 +644,7 @@ async fn outbound_loop(
                 authority: authority.clone(),
                 inner: router.clone(),
             };
-            tokio::spawn(serve_http(local, svc, ctx.drain.clone()));
+            tokio::spawn(serve_connection(local, svc, ctx.drain.clone(), None));
         } else {
             let info = svc.map_or_else(
                 || DestinationInfo::new(&target.host, "unknown"),

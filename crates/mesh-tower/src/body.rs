@@ -30,3 +30,13 @@ pub fn empty() -> BoxBody {
 pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
     boxed(Full::new(bytes.into()).map_err(|never| match never {}))
 }
+
+/// A response with its body boxed: a named function, not a closure, so the
+/// futures that hold it stay provably `Send` for the compiler.
+pub fn box_response<B>(r: http::Response<B>) -> http::Response<BoxBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    r.map(boxed)
+}

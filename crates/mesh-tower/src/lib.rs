@@ -40,6 +40,7 @@ pub mod error;
 pub mod limits;
 pub mod mesh;
 pub mod sanitize;
+pub mod server;
 pub mod telemetry;
 pub mod tls;
 pub mod traffic;

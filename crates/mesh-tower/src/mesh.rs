@@ -40,38 +40,32 @@
 //! ```
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use mesh_ca::{
     CaClient, CertManager, CredentialStore, FileSource, ManagerConfig, TrustBundle, TrustBundleSet,
 };
 use mesh_core::identity::SpiffeId;
-use mesh_core::resources::security::MtlsMode;
 use mesh_core::store::{FileSource as ConfigFiles, FileWatcher, Store};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::authz::{AuthorizeLayer, LocalAddr, LocalWorkload, drop_transport_authority};
-use crate::body::{BoxBody, BoxError, boxed, full};
-use crate::error::MeshError;
-use crate::limits::{BodyLimitLayer, BodyLimits, LimitedBody};
+use crate::body::{BoxBody, BoxError, boxed};
+use crate::limits::BodyLimits;
+use crate::server::{
+    AppService, Known, ModeAcceptor, ServerBody, ServerHandle, ServerSettings, accept_loop,
+    drain_pair, serve_connection,
+};
 use crate::telemetry::{
     DestinationInfo, MetricsService, Registry, SourceInfo, Telemetry, TelemetryLayer, WorkloadInfo,
     inbound_labels,
 };
-use crate::tls::{MeshAcceptor, MeshConnector, PeerIdentity, TlsMode};
+use crate::tls::{MeshConnector, PeerIdentity};
 use crate::traffic::{ClientAddr, Router, RouterConfig};
 
 /// Why the mesh could not start.
@@ -112,8 +106,7 @@ pub struct MeshBuilder {
     store: Option<Arc<Store>>,
     workload: Option<(String, String)>,
     identity: Option<IdentitySource>,
-    header_read_timeout: Duration,
-    body_limits: BodyLimits,
+    settings: ServerSettings,
 }
 
 impl std::fmt::Debug for MeshBuilder {
@@ -185,7 +178,7 @@ impl MeshBuilder {
     /// before [`Mesh::serve`] closes its connection (default 30 s): the
     /// slowloris guard.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.header_read_timeout = timeout;
+        self.settings.header_read_timeout = timeout;
         self
     }
 
@@ -196,7 +189,16 @@ impl MeshBuilder {
     /// handler as a body error it can pass on with `?`: the mesh answers
     /// 413 or 408 for it.
     pub fn body_limits(mut self, limits: BodyLimits) -> Self {
-        self.body_limits = limits;
+        self.settings.body = limits;
+        self
+    }
+
+    /// Everything [`Mesh::serve`] holds its connections to (timeouts, h2
+    /// flood limits, body limits, drain grace): the same
+    /// [`ServerSettings`] as `mesh-proxy`'s listeners, with the same
+    /// defaults.
+    pub fn server_settings(mut self, settings: ServerSettings) -> Self {
+        self.settings = settings;
         self
     }
 
@@ -280,8 +282,7 @@ impl MeshBuilder {
                 info,
                 creds,
                 registry: Registry::new(),
-                header_read_timeout: self.header_read_timeout,
-                body_limits: self.body_limits,
+                settings: self.settings,
                 _keep: keep,
             }),
         })
@@ -304,8 +305,7 @@ struct MeshInner {
     info: WorkloadInfo,
     creds: CredentialStore,
     registry: Registry,
-    header_read_timeout: Duration,
-    body_limits: BodyLimits,
+    settings: ServerSettings,
     _keep: Keep,
 }
 
@@ -335,8 +335,7 @@ impl Mesh {
             store: None,
             workload: None,
             identity: None,
-            header_read_timeout: Duration::from_secs(30),
-            body_limits: BodyLimits::default(),
+            settings: ServerSettings::default(),
         }
     }
 
@@ -417,95 +416,59 @@ impl Mesh {
         let local_addr = listener
             .local_addr()
             .map_err(|e| MeshStartError::Io(e.to_string()))?;
-        let acceptors = [TlsMode::Strict, TlsMode::Permissive, TlsMode::Disable].map(|m| {
-            MeshAcceptor::new(&self.inner.creds, m).map_err(|e| MeshStartError::Io(e.to_string()))
-        });
-        let [strict, permissive, disable] = acceptors;
-        let (strict, permissive, disable) = (strict?, permissive?, disable?);
+        let acceptor = ModeAcceptor::new(&self.inner.creds)
+            .map_err(|e| MeshStartError::Io(e.to_string()))?
+            .with_handshake_timeout(self.inner.settings.handshake_timeout);
         let app = AppService::new(service);
-        let (tx, mut rx) = oneshot::channel::<()>();
+        let (controller, drain) = drain_pair(self.inner.settings);
         let mesh = self.clone();
-        let task = tokio::spawn(async move {
-            let graceful = GracefulShutdown::new();
-            loop {
-                let (tcp, remote) = tokio::select! {
-                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-                    _ = &mut rx => break,
-                };
-                let _ = tcp.set_nodelay(true);
-                let local = tcp.local_addr().unwrap_or(local_addr);
-                let mode = {
-                    let snap = mesh.inner.store.load();
-                    snap.workload(&mesh.inner.key)
-                        .map_or(MtlsMode::Strict, |(_, w)| {
-                            snap.inbound_mode(w, local.port()).mode
-                        })
-                };
-                let acceptor = match mode {
-                    MtlsMode::Disable => disable.clone(),
-                    MtlsMode::Permissive => permissive.clone(),
-                    MtlsMode::Strict | MtlsMode::Unset => strict.clone(),
-                };
-                let stack = mesh.inbound_stack(app.clone(), remote, local);
-                let (labels_store, labels_key) = (mesh.inner.store.clone(), mesh.inner.key.clone());
-                let (header_read_timeout, body_limits) =
-                    (mesh.inner.header_read_timeout, mesh.inner.body_limits);
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let stream = match acceptor.accept(tcp).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::info!(%remote, error = %e, "connection refused");
-                            return;
-                        }
-                    };
-                    let peer = stream.peer_identity().clone();
-                    let (destination, source) = {
-                        let snap = labels_store.load();
-                        inbound_labels(&snap, &labels_key, local.port(), peer.spiffe_id())
-                    };
-                    let svc = limited(
-                        AddPeer {
-                            inner: stack,
-                            peer,
-                            destination,
-                            source,
-                        },
-                        body_limits,
-                    );
-                    let mut b = auto::Builder::new(TokioExecutor::new());
-                    b.http1()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(header_read_timeout);
-                    // The HTTP/2 flood limits, explicit (as `mesh-proxy`
-                    // sets them): GOAWAY ENHANCE_YOUR_CALM past 20 streams
-                    // reset before they were accepted (rapid reset) or 1024
-                    // the server had to reset; 200 streams at once.
-                    b.http2()
-                        .timer(TokioTimer::new())
-                        .max_pending_accept_reset_streams(20)
-                        .max_local_error_reset_streams(1024)
-                        .max_concurrent_streams(200);
-                    let b = crate::tls::by_alpn(b, stream.alpn_protocol());
-                    let conn = b
-                        .serve_connection(
-                            TokioIo::new(stream),
-                            hyper_util::service::TowerToHyperService::new(svc),
-                        )
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+        let conns = drain.clone();
+        let accept = accept_loop(listener, drain, move |tcp, remote| {
+            let local = tcp.local_addr().unwrap_or(local_addr);
+            let acceptor = {
+                let snap = mesh.inner.store.load();
+                acceptor
+                    .for_connection(&snap, &mesh.inner.key, local.port())
+                    .clone()
+            };
+            let stack = mesh.inbound_stack(app.clone(), remote, local);
+            let (store, key, drain) = (
+                mesh.inner.store.clone(),
+                mesh.inner.key.clone(),
+                conns.clone(),
+            );
+            tokio::spawn(async move {
+                // Counted from the handshake on, so a drain waits for it.
+                let guard = drain.guard();
+                let stream = match acceptor.accept(tcp).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::info!(%remote, error = %e, "connection refused");
+                        return;
                     }
+                };
+                let peer = stream.peer_identity().clone();
+                let (destination, source) = {
+                    let snap = store.load();
+                    inbound_labels(&snap, &key, local.port(), peer.spiffe_id())
+                };
+                let svc = tower::util::BoxCloneSyncService::new(AddPeer {
+                    inner: stack,
+                    peer,
+                    destination,
+                    source,
                 });
-            }
-            // Let in-flight requests finish, for a while.
-            let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+                let known = Known::from_alpn(stream.alpn_protocol());
+                drop(guard);
+                serve_connection(stream, svc, drain, known).await;
+            });
         });
-        Ok(MeshServer {
+        Ok(ServerHandle::spawn(
             local_addr,
-            stop: Some(tx),
-            task: Some(task),
-        })
+            controller,
+            SHUTDOWN_DEADLINE,
+            accept,
+        ))
     }
 
     /// Sends one request through [`Mesh::client`]: the same routing, mTLS
@@ -529,8 +492,8 @@ impl Mesh {
         .with_port(local.port());
         tower::util::BoxCloneSyncService::new(
             tower::ServiceBuilder::new()
-                .map_response(box_response)
-                .map_request(move |mut req: Request<LimitedBody<Incoming>>| {
+                .map_response(crate::body::box_response)
+                .map_request(move |mut req: Request<ServerBody>| {
                     drop_transport_authority(&mut req, local);
                     req.extensions_mut().insert(ClientAddr(remote));
                     req.extensions_mut().insert(LocalAddr(local));
@@ -546,85 +509,7 @@ impl Mesh {
     }
 }
 
-type Inbound =
-    tower::util::BoxCloneSyncService<Request<LimitedBody<Incoming>>, Response<BoxBody>, Infallible>;
-
-/// The connection's service behind the body limits, boxed here, outside
-/// any async block, so the connection futures stay provably `Send`.
-fn limited(
-    svc: AddPeer,
-    limits: BodyLimits,
-) -> tower::util::BoxCloneSyncService<Request<Incoming>, Response<BoxBody>, Infallible> {
-    tower::util::BoxCloneSyncService::new(tower::Layer::layer(&BodyLimitLayer(limits), svc))
-}
-
-fn box_response<B>(r: Response<B>) -> Response<BoxBody>
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    r.map(boxed)
-}
-
-/// The user's service with the body boxed on the way in and failures
-/// answered 500 on the way out.
-#[derive(Clone)]
-struct AppService {
-    inner: tower::util::BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, BoxError>,
-}
-
-impl AppService {
-    fn new<S, B>(service: S) -> Self
-    where
-        S: tower::Service<Request<BoxBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let svc = tower::ServiceBuilder::new()
-            .map_err(Into::<BoxError>::into)
-            .map_response(box_response)
-            .service(service);
-        Self {
-            inner: tower::util::BoxCloneSyncService::new(svc),
-        }
-    }
-}
-
-impl<B> tower::Service<Request<B>> for AppService
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<BoxBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // A service that cannot take requests answers each with 500.
-        self.inner.poll_ready(cx).map(|_| Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let fut = self.inner.call(req.map(boxed));
-        Box::pin(async move { catch(fut.await) })
-    }
-}
-
-/// Turns a service error into a 500 answer: the caller gets a response,
-/// never a reset connection.
-fn catch(r: Result<Response<BoxBody>, BoxError>) -> Result<Response<BoxBody>, Infallible> {
-    Ok(r.unwrap_or_else(|e| {
-        if let Some(limit) = crate::limits::body_limit_error(&*e) {
-            return MeshError::from(limit).to_response();
-        }
-        tracing::info!(error = %e, "the service failed; answering 500");
-        let mut resp = Response::new(full("internal error\n"));
-        *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-        resp
-    }))
-}
+type Inbound = tower::util::BoxCloneSyncService<Request<ServerBody>, Response<BoxBody>, Infallible>;
 
 /// Puts the connection's verified peer into every request.
 #[derive(Clone)]
@@ -635,16 +520,16 @@ struct AddPeer {
     source: Option<SourceInfo>,
 }
 
-impl tower::Service<Request<LimitedBody<Incoming>>> for AddPeer {
+impl tower::Service<Request<ServerBody>> for AddPeer {
     type Response = Response<BoxBody>;
     type Error = Infallible;
-    type Future = <Inbound as tower::Service<Request<LimitedBody<Incoming>>>>::Future;
+    type Future = <Inbound as tower::Service<Request<ServerBody>>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<LimitedBody<Incoming>>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ServerBody>) -> Self::Future {
         let ext = req.extensions_mut();
         ext.insert(self.peer.clone());
         if let Some(d) = &self.destination {
@@ -657,43 +542,14 @@ impl tower::Service<Request<LimitedBody<Incoming>>> for AddPeer {
     }
 }
 
-/// A running mesh server. [`shutdown`](Self::shutdown) stops accepting and
-/// lets in-flight requests finish; dropping the handle aborts it.
-#[derive(Debug)]
-pub struct MeshServer {
-    local_addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
+/// A running mesh server: the server module's handle.
+/// [`shutdown`](ServerHandle::shutdown) stops accepting and lets in-flight
+/// requests finish (up to 10 s); dropping it stops accepting and starts
+/// the drain of its connections.
+pub type MeshServer = ServerHandle;
 
-impl MeshServer {
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Stops accepting and drains in-flight requests (up to 10 s).
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            if let Err(e) = task.await {
-                if e.is_panic() {
-                    std::panic::resume_unwind(e.into_panic());
-                }
-            }
-        }
-    }
-}
-
-impl Drop for MeshServer {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
+/// How long [`MeshServer::shutdown`] waits for in-flight requests.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A URI for a service host, for tonic's `with_origin`.
 pub fn origin(host: &str, port: u16) -> Result<Uri, http::uri::InvalidUri> {

@@ -62,12 +62,18 @@ async fn refusals_are_logged_at_info_never_error() {
     });
     let svc = AuthorizeLayer::new(store, LocalWorkload::named("blog")).layer(app);
     let status = |uri: &str| {
-        let req = Request::get(uri).body(()).unwrap();
+        let req = Request::get(uri).header("host", "blog").body(()).unwrap();
         let svc = svc.clone();
         async move { svc.oneshot(req).await.unwrap().status().as_u16() }
     };
     assert_eq!(status("/admin").await, 403);
     assert_eq!(status("/a%zz").await, 400);
     assert_eq!(status("/ok").await, 200);
-    assert_eq!(*levels.lock().unwrap(), [tracing::Level::INFO; 2]);
+    let no_host = svc
+        .clone()
+        .oneshot(Request::get("/ok").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(no_host.status(), 400);
+    assert_eq!(*levels.lock().unwrap(), [tracing::Level::INFO; 3]);
 }

@@ -237,7 +237,7 @@ async fn scrape_until(addr: SocketAddr, ready: impl Fn(&Scrape) -> bool) -> Scra
 }
 
 async fn reviews_handler(
-    req: Request<RequestBody<Incoming>>,
+    req: Request<RequestBody<mesh_tower::body::BoxBody>>,
 ) -> Result<Response<mesh_tower::body::BoxBody>, Infallible> {
     if req.uri().path() == "/fail" {
         return Ok(
@@ -261,7 +261,7 @@ async fn istio_metrics_scraped_over_http_after_known_traffic() {
         .service_fn(reviews_handler);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let acceptor = MeshAcceptor::new(&pki.store("reviews"), TlsMode::Strict).unwrap();
-    let server = spawn_server(listener, acceptor, TowerToHyperService::new(svc)).unwrap();
+    let server = spawn_server(listener, acceptor, svc).unwrap();
     let admin = metrics_server(registry.clone()).await;
 
     // productpage calls reviews over mesh mTLS (h2): 7 × 200, 3 × 503 FI.

@@ -1,8 +1,9 @@
 //! Mesh mTLS on rustls (ring provider): an acceptor for inbound connections
 //! with the STRICT / PERMISSIVE / DISABLE modes of Istio's
 //! `PeerAuthentication`, a connector for outbound ones that enforces secure
-//! naming, and a hyper serve helper that hands each request the caller's
-//! verified SPIFFE ID as a [`PeerIdentity`] extension.
+//! naming, and [`spawn_server`], which serves an acceptor's connections
+//! with the one server module ([`crate::server`]) and hands each request
+//! the caller's verified SPIFFE ID as a [`PeerIdentity`] extension.
 //!
 //! Peers are verified by `mesh-ca`'s SPIFFE verifiers
 //! ([`mesh_ca::tls::SpiffeClientVerifier`], [`mesh_ca::tls::SpiffeServerVerifier`]):
@@ -18,9 +19,9 @@
 //! // Server: STRICT mTLS; handlers read the caller's identity.
 //! let acceptor = MeshAcceptor::new(&store, TlsMode::Strict)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+//! let service = tower::service_fn(|req: http::Request<mesh_tower::body::BoxBody>| async move {
 //!     let caller = req.extensions().get::<PeerIdentity>().and_then(|p| p.spiffe_id().cloned());
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(format!("{caller:?}")))
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(mesh_tower::body::full(format!("{caller:?}"))))
 //! });
 //! let server = spawn_server(listener, acceptor, service)?;
 //!
@@ -37,15 +38,13 @@ mod connector;
 mod rewind;
 mod serve;
 
+pub use crate::server::ServerHandle;
 pub use acceptor::{AcceptError, MeshAcceptor, MeshStream};
 pub use connector::{ConnectError, MeshClientStream, MeshConnector};
 pub use mesh_ca::tls::{ClientAuth, SpiffeClientVerifier, SpiffeServerVerifier};
 pub use mesh_ca::{CredentialStore, Credentials, SvidError, TrustBundle, TrustBundleSet};
 pub use rewind::Rewind;
-pub(crate) use serve::by_alpn;
-pub use serve::{
-    AddPeerIdentity, BoxError, PeerIdentity, ServerHandle, serve_connection, spawn_server,
-};
+pub use serve::{BoxError, PeerIdentity, spawn_server};
 
 /// The ALPN protocols offered and accepted, most preferred first.
 pub const ALPN_PROTOCOLS: &[&[u8]] = &[b"h2", b"http/1.1"];

@@ -234,8 +234,8 @@ where
 }
 
 /// A handler answering with the caller's SPIFFE ID, or "plaintext".
-pub fn whoami() -> impl hyper::service::Service<
-    http::Request<hyper::body::Incoming>,
+pub fn whoami() -> impl tower::Service<
+    http::Request<mesh_tower::body::BoxBody>,
     Response = http::Response<http_body_util::Full<Bytes>>,
     Error = std::convert::Infallible,
     Future = impl Send,
@@ -243,7 +243,7 @@ pub fn whoami() -> impl hyper::service::Service<
 + Send
 + Sync
 + 'static {
-    hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+    tower::service_fn(|req: http::Request<mesh_tower::body::BoxBody>| async move {
         let peer = req
             .extensions()
             .get::<mesh_tower::tls::PeerIdentity>()
