@@ -59,6 +59,7 @@ pub mod load;
 pub mod meshconfig;
 pub mod normalize;
 pub mod outlier;
+pub mod plan;
 pub mod resources;
 pub mod retry;
 pub mod route;

@@ -115,6 +115,22 @@ pub enum MeshError {
     },
 }
 
+impl From<mesh_core::plan::PlanError> for MeshError {
+    fn from(e: mesh_core::plan::PlanError) -> Self {
+        use mesh_core::plan::PlanError;
+        match e {
+            PlanError::UnknownHost { host } => Self::UnknownHost { host },
+            PlanError::UnknownPort { host, port } => Self::UnknownPort { host, port },
+            PlanError::NoRuleMatched { vs } => Self::NoRuleMatched { vs },
+            PlanError::NoSubset { host, subset } => Self::NoSubset { host, subset },
+            // A variant added to the plan is a 503 until it is named here.
+            other => Self::NoHealthyEndpoint {
+                target: other.to_string(),
+            },
+        }
+    }
+}
+
 impl MeshError {
     /// The status the caller gets.
     pub fn status(&self) -> StatusCode {

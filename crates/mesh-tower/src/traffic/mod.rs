@@ -12,7 +12,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::sync::{Arc, LazyLock};
+//! use std::sync::Arc;
 //! use mesh_core::store::{FileSource, Store};
 //! use mesh_tower::traffic::{Router, RouterConfig};
 //! use tower::ServiceExt;
@@ -34,7 +34,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -42,14 +42,15 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
-use mesh_core::gateway::GatewayRoute;
 use mesh_core::outlier::{Outcome, OutlierPolicy};
+use mesh_core::plan::{
+    EndpointTls, PlanRequest, PlannedAction, RoutePlan, choose_destination, resolve_destination,
+};
 use mesh_core::resources::common::Labels;
-use mesh_core::resources::networking::{ClientTlsMode, Location, Protocol};
-use mesh_core::resources::security::MtlsMode;
-use mesh_core::retry::{Failure, RetryPolicy, fault_decision};
-use mesh_core::route::{HttpRouteRule, RequestInfo, RouteAction, WeightedDestination, first_match};
-use mesh_core::snapshot::{Service, Snapshot};
+use mesh_core::resources::networking::Protocol;
+use mesh_core::retry::{Failure, fault_decision};
+use mesh_core::route::{RequestInfo, WeightedDestination};
+use mesh_core::snapshot::Snapshot;
 use mesh_core::store::Store;
 
 pub use state::{RandomSource, SeededRandom, TrafficState};
@@ -76,9 +77,6 @@ pub struct ClientAddr(pub SocketAddr);
 /// refuses a request without it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayServers(pub Arc<[usize]>);
-
-/// Istio's retry policy for routes that name none.
-static DEFAULT_RETRY: LazyLock<RetryPolicy> = LazyLock::new(RetryPolicy::istio_default);
 
 /// Bodies up to this size are buffered so they can be retried or mirrored;
 /// larger ones stream through once.
@@ -250,39 +248,6 @@ fn target(req: &Request<BoxBody>) -> Option<(String, u16)> {
     }
 }
 
-/// The rules that apply and the service asked for, in mesh or gateway mode.
-fn rules<'s>(
-    snap: &'s Snapshot,
-    inner: &Inner,
-    host: &str,
-    port: u16,
-    servers: Option<&GatewayServers>,
-) -> Result<(&'s [Arc<HttpRouteRule>], Option<&'s Service>), MeshError> {
-    if let Some(gw) = &inner.config.gateway {
-        // At the edge, a host no server of this connection serves is "not
-        // found", whatever other servers of the gateway serve.
-        let not_found = || MeshError::NoRuleMatched {
-            vs: format!("any VirtualService bound to Gateway {gw} for host {host} on this server"),
-        };
-        let entry = snap.gateways.get(gw).ok_or_else(not_found)?;
-        let servers = servers.ok_or_else(not_found)?;
-        return match entry.route(&servers.0, host) {
-            GatewayRoute::Rules(rules) => Ok((rules, None)),
-            GatewayRoute::OtherServer | GatewayRoute::Unknown => Err(not_found()),
-        };
-    }
-    let svc =
-        snap.service(host, &inner.config.namespace)
-            .ok_or_else(|| MeshError::UnknownHost {
-                host: host.to_owned(),
-            })?;
-    let sp = svc.port(port).ok_or_else(|| MeshError::UnknownPort {
-        host: svc.host.clone(),
-        port,
-    })?;
-    Ok((&sp.http_routes, Some(svc)))
-}
-
 async fn route(inner: &Inner, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, MeshError> {
     // The upstream sees the Host the caller meant, not the endpoint's
     // address the URI is rewritten to.
@@ -299,74 +264,56 @@ async fn route(inner: &Inner, mut req: Request<BoxBody>) -> Result<Response<BoxB
     let (host, port) = target(&req).ok_or_else(|| MeshError::UnknownHost {
         host: String::new(),
     })?;
-    let (rules, svc) = rules(
-        &snap,
-        inner,
-        &host,
-        port,
-        req.extensions().get::<GatewayServers>(),
-    )?;
-    let default_dest;
-    let (rule, dests): (Option<(&HttpRouteRule, usize)>, &[WeightedDestination]) = if rules
-        .is_empty()
-    {
-        let svc = svc.ok_or_else(|| MeshError::UnknownHost { host: host.clone() })?;
-        default_dest = [WeightedDestination {
-            host: svc.host.clone(),
-            subset: None,
-            port: Some(port),
-            weight: 100,
-            headers: None,
-        }];
-        (None, &default_dest)
-    } else {
-        let labels = me_labels(&snap, inner);
+    let labels = me_labels(&snap, inner);
+    // The plan's request borrows the request's headers (not `Sync`): kept
+    // in this block, off the awaits below.
+    let plan = {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let authority = req
             .headers()
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .unwrap_or(&host)
-            .to_owned();
-        let headers: Vec<(String, String)> = req
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| (k.as_str().to_owned(), v.to_owned()))
-            })
-            .collect();
-        let info = RequestInfo {
-            method: req.method().as_str(),
-            path_and_query: path,
-            authority: &authority,
-            scheme: req.uri().scheme_str().unwrap_or("http"),
-            port,
-            headers: &headers,
-            source_labels: &labels,
-            source_namespace: Some(&inner.config.namespace),
-            gateway: inner.config.gateway.as_deref(),
+            .unwrap_or(&host);
+        let headers = HeaderMapLookup(req.headers());
+        let servers = req.extensions().get::<GatewayServers>();
+        let plan_req = PlanRequest {
+            host: &host,
+            info: RequestInfo {
+                method: req.method().as_str(),
+                path_and_query: path,
+                authority,
+                scheme: req.uri().scheme_str().unwrap_or("http"),
+                port,
+                headers: &headers,
+                source_labels: &labels,
+                source_namespace: Some(&inner.config.namespace),
+                gateway: inner.config.gateway.as_deref(),
+            },
+            namespace: &inner.config.namespace,
+            gateway: inner
+                .config
+                .gateway
+                .as_deref()
+                .map(|gw| (gw, servers.map_or(&[][..], |s| &s.0[..]))),
         };
-        let (_, m, rule) = first_match(rules, &info).ok_or_else(|| MeshError::NoRuleMatched {
-            vs: rules[0].source.to_string(),
-        })?;
-        match &rule.action {
-            RouteAction::Redirect(r) => return Ok(rewrite::redirect(&req, r, &host)),
-            RouteAction::DirectResponse(d) => {
-                let mut resp = Response::new(full(
-                    d.body
-                        .as_ref()
-                        .and_then(|b| b.string.clone())
-                        .unwrap_or_default(),
-                ));
-                *resp.status_mut() =
-                    http::StatusCode::from_u16(d.status).unwrap_or(http::StatusCode::OK);
-                return Ok(resp);
-            }
-            RouteAction::Forward(ds) => (Some((rule.as_ref(), m)), ds.as_slice()),
-        }
+        mesh_core::plan::route(&snap, &plan_req)?
     };
+    let dests = match &plan.action {
+        PlannedAction::Redirect(r) => return Ok(rewrite::redirect(&req, r, &host)),
+        PlannedAction::DirectResponse(d) => {
+            let mut resp = Response::new(full(
+                d.body
+                    .as_ref()
+                    .and_then(|b| b.string.clone())
+                    .unwrap_or_default(),
+            ));
+            *resp.status_mut() =
+                http::StatusCode::from_u16(d.status).unwrap_or(http::StatusCode::OK);
+            return Ok(resp);
+        }
+        PlannedAction::Forward(ds) => ds.clone(),
+    };
+    let rule = plan.rule;
 
     if let Some(fault) = rule.and_then(|(r, _)| r.fault.as_ref()) {
         let d = fault_decision(fault, inner.random.next_f64(), inner.random.next_f64());
@@ -379,16 +326,21 @@ async fn route(inner: &Inner, mut req: Request<BoxBody>) -> Result<Response<BoxB
         }
     }
 
-    let timeout = rule
-        .and_then(|(r, _)| r.timeout)
-        .map(|d| d.0)
-        .filter(|d| !d.is_zero());
-    let attempt = forward(inner, &snap, rule, dests, port, req);
-    match timeout {
+    let attempt = forward(inner, &snap, &plan, &dests, port, req);
+    match plan.timeout() {
         Some(t) => tokio::time::timeout(t, attempt)
             .await
             .map_err(|_| MeshError::Timeout(t))?,
         None => attempt.await,
+    }
+}
+
+/// Route matching's view of the request headers.
+struct HeaderMapLookup<'a>(&'a http::HeaderMap);
+
+impl mesh_core::route::HeaderLookup for HeaderMapLookup<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
@@ -407,11 +359,12 @@ fn me_labels(snap: &Snapshot, inner: &Inner) -> Labels {
 async fn forward(
     inner: &Inner,
     snap: &Snapshot,
-    rule: Option<(&HttpRouteRule, usize)>,
+    plan: &RoutePlan<'_>,
     dests: &[WeightedDestination],
     port: u16,
     req: Request<BoxBody>,
 ) -> Result<Response<BoxBody>, MeshError> {
+    let rule = plan.rule;
     let (mut parts, body) = req.into_parts();
     let has_body = !body.is_end_stream();
     let small = body
@@ -442,43 +395,25 @@ async fn forward(
         None => (None, None),
     };
     let now = Instant::now();
-    let dest = pick::destination(
+    let dest = choose_destination(
         dests,
         |d| pick::has_available(snap, d, port, &inner.state, now),
         key,
-        inner.random.as_ref(),
+        || inner.random.next_u64(),
     )
     .ok_or_else(|| MeshError::NoHealthyEndpoint {
         target: first_host.to_owned(),
     })?;
-    let pick::Resolved {
-        svc,
-        port: sp,
-        endpoints: eps,
-    } = pick::resolve(snap, dest, port)?;
-    let dport = sp.number;
-    let subset = dest.subset.as_deref();
-    // Only failures name the target: formatted when one happens.
-    let target_name = || {
-        subset.map_or_else(
-            || dest.host.clone(),
-            |s| format!("{} subset {s}", dest.host),
-        )
-    };
-    let policy = pick::effective_policy(snap, &dest.host, dport, subset);
+    let planned = resolve_destination(snap, dest, port)?;
+    let (svc, sp, eps) = (planned.service, planned.port, &planned.endpoints);
+    let subset = planned.subset;
+    let policy = &planned.policy;
     let outlier = policy
         .outlier_detection
         .as_ref()
         .and_then(OutlierPolicy::from_config);
     // Most routes say nothing about retries: Istio's default, built once.
-    let configured;
-    let retry: &RetryPolicy = match rule.and_then(|(r, _)| r.retries.as_ref()) {
-        Some(r) => {
-            configured = RetryPolicy::from_config(Some(r));
-            &configured
-        }
-        None => &DEFAULT_RETRY,
-    };
+    let retry = plan.retry_policy();
     let retryable = replay.is_some() && retry.request_is_retryable(parts.method.as_str(), has_body);
     let attempts = if retryable { 1 + retry.attempts } else { 1 };
     let h2 = matches!(sp.protocol, Protocol::Http2 | Protocol::Grpc);
@@ -528,7 +463,7 @@ async fn forward(
             subset,
         };
         let Some(ep) = pick::endpoint(
-            &eps,
+            eps,
             lb,
             key,
             &inner.state,
@@ -539,8 +474,9 @@ async fn forward(
             result = None;
             break;
         };
-        let scheme = match scheme(snap, svc, &ep, dport, subset) {
-            Ok(s) => s,
+        let scheme = match planned.endpoint_tls(snap, &ep) {
+            Ok(EndpointTls::MeshMtls) => "https",
+            Ok(EndpointTls::Plaintext) => "http",
             Err(why) => {
                 return Err(MeshError::CannotSecure {
                     host: dest.host.clone(),
@@ -609,7 +545,7 @@ async fn forward(
                 Some(_) => Outcome::ConnectFailure,
             };
             let total = svc.workloads.len();
-            let ejected = pick::endpoints(snap, svc, sp, None).map_or(0, |all| {
+            let ejected = mesh_core::plan::endpoints(snap, svc, sp, None).map_or(0, |all| {
                 all.iter()
                     .filter(|e| !inner.state.endpoint(&e.key).is_available(Instant::now()))
                     .count()
@@ -630,7 +566,7 @@ async fn forward(
     }
     let result = result.unwrap_or_else(|| {
         Err(MeshError::NoHealthyEndpoint {
-            target: target_name(),
+            target: planned.target(),
         })
     });
     // What telemetry reports as the destination of this request.
@@ -655,52 +591,6 @@ async fn forward(
     Ok(resp)
 }
 
-/// `https` for mesh mTLS, `http` for plaintext, by the DestinationRule's
-/// client TLS and, when it says nothing, the server's inbound mode.
-pub(crate) fn scheme(
-    snap: &Snapshot,
-    svc: &Service,
-    ep: &pick::Endpoint,
-    port: u16,
-    subset: Option<&str>,
-) -> Result<&'static str, String> {
-    let client = snap.client_tls(&svc.host, port, subset);
-    if svc.location == Location::MeshExternal {
-        return match client.mode {
-            None | Some(ClientTlsMode::Disable) => Ok("http"),
-            Some(m) => Err(format!(
-                "client TLS mode {m} towards a service outside the mesh is not supported yet"
-            )),
-        };
-    }
-    // A conflict `check` would report is refused here with the same words,
-    // instead of a handshake failing somewhere with a bare 503.
-    let w = &snap.workloads[ep.workload];
-    let server = snap.inbound_mode(w, ep.port);
-    if let Some(why) = mesh_core::analyze::tls_conflict(server.mode, client.mode) {
-        let by = |r: Option<mesh_core::resources::ResourceRef>| {
-            r.map_or_else(|| "the mesh default".to_owned(), |r| r.to_string())
-        };
-        return Err(format!(
-            "TLS conflict: {why} (server mode from {}, client mode from {})",
-            by(server.decided_by),
-            by(client.decided_by)
-        ));
-    }
-    match client.mode {
-        Some(ClientTlsMode::IstioMutual) => Ok("https"),
-        Some(ClientTlsMode::Disable) => Ok("http"),
-        Some(m) => Err(format!(
-            "client TLS mode {m} is not supported by the mesh client yet"
-        )),
-        None => Ok(if server.mode == MtlsMode::Disable {
-            "http"
-        } else {
-            "https"
-        }),
-    }
-}
-
 fn mirror(
     inner: &Inner,
     snap: &Snapshot,
@@ -709,17 +599,13 @@ fn mirror(
     parts: &http::request::Parts,
     body: Bytes,
 ) {
-    let dport = pick::dest_port(snap, m, port);
-    let Some(svc) = snap.services.get(&m.host) else {
+    let Ok(planned) = resolve_destination(snap, m, port) else {
         return;
     };
-    let Some(sp) = svc.port(dport) else { return };
-    let Some(eps) = pick::endpoints(snap, svc, sp, m.subset.as_deref()) else {
-        return;
-    };
+    let sp = planned.port;
     let set = pick::EndpointSet::Mirror { host: &m.host };
     let Some(ep) = pick::endpoint(
-        &eps,
+        &planned.endpoints,
         None,
         None,
         &inner.state,
@@ -729,8 +615,10 @@ fn mirror(
     ) else {
         return;
     };
-    let Ok(scheme) = scheme(snap, svc, &ep, dport, m.subset.as_deref()) else {
-        return;
+    let scheme = match planned.endpoint_tls(snap, &ep) {
+        Ok(EndpointTls::MeshMtls) => "https",
+        Ok(EndpointTls::Plaintext) => "http",
+        Err(_) => return,
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let Ok(uri) = format!("{scheme}://{}{path}", ep.key).parse::<Uri>() else {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mesh_core::identity::SpiffeId;
 use mesh_core::outlier::{Outcome, OutlierPolicy};
-use mesh_core::route::WeightedDestination;
+use mesh_core::plan::{EndpointTls, choose_destination, resolve_destination, tcp_destinations};
 use mesh_core::store::Store;
 use tokio::net::TcpStream;
 
@@ -72,38 +72,21 @@ impl TcpRouter {
             host: svc.host.clone(),
             port,
         })?;
-        let default_dest;
-        let dests: &[WeightedDestination] = match &sp.tcp_route {
-            Some(d) => d,
-            None => {
-                default_dest = [WeightedDestination {
-                    host: svc.host.clone(),
-                    subset: None,
-                    port: Some(port),
-                    weight: 100,
-                    headers: None,
-                }];
-                &default_dest
-            }
-        };
+        let dests = tcp_destinations(svc, sp);
         let now = Instant::now();
-        let dest = pick::destination(
-            dests,
+        let dest = choose_destination(
+            &dests,
             |d| pick::has_available(&snap, d, port, &self.state, now),
             None,
-            self.random.as_ref(),
+            || self.random.next_u64(),
         )
         .ok_or_else(|| MeshError::NoHealthyEndpoint {
             target: svc.host.clone(),
         })?;
-        let pick::Resolved {
-            svc: dsvc,
-            port: dsp,
-            endpoints: eps,
-        } = pick::resolve(&snap, dest, port)?;
-        let dport = dsp.number;
-        let subset = dest.subset.as_deref();
-        let policy = pick::effective_policy(&snap, &dest.host, dport, subset);
+        let planned = resolve_destination(&snap, dest, port)?;
+        let eps = &planned.endpoints;
+        let subset = planned.subset;
+        let policy = &planned.policy;
         let outlier = policy
             .outlier_detection
             .as_ref()
@@ -118,7 +101,7 @@ impl TcpRouter {
         };
         for _ in 0..2 {
             let Some(ep) = pick::endpoint(
-                &eps,
+                eps,
                 policy.load_balancer.as_ref(),
                 None,
                 &self.state,
@@ -128,13 +111,14 @@ impl TcpRouter {
             ) else {
                 break;
             };
-            let mtls = super::scheme(&snap, dsvc, &ep, dport, subset).map_err(|why| {
-                MeshError::CannotSecure {
+            let mtls = planned
+                .endpoint_tls(&snap, &ep)
+                .map_err(|why| MeshError::CannotSecure {
                     host: dest.host.clone(),
                     why,
-                }
-            })? == "https";
-            let allowed = [snap.workloads[ep.workload].identity.clone()];
+                })?
+                == EndpointTls::MeshMtls;
+            let allowed = planned.identities(&snap, &ep);
             match self.dial(&ep.key, mtls, &allowed).await {
                 Ok((io, peer)) => {
                     if let Some(op) = &outlier {

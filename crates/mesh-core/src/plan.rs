@@ -1,0 +1,534 @@
+//! The routing plan: for a request and a snapshot, the one decision of
+//! where it goes and how, as plain functions. The HTTP and TCP routers of
+//! `mesh-tower`, the gateway and [`explain`](crate::explain) all take it
+//! from here, so `explain` renders the decision the data plane takes
+//! instead of deriving its own.
+//!
+//! The plan comes in two steps, because between them the data plane
+//! consults what only it knows (which endpoints are up):
+//!
+//! 1. [`route`]: the service and port asked for (or the Gateway server's
+//!    table), the first matching rule, and what it does: forward to
+//!    weighted destinations, redirect, or answer directly; the rule's
+//!    fault, timeout, retries and mirror ride on [`RoutePlan`].
+//! 2. [`choose_destination`] among the weighted ones (sticky by a key, by
+//!    weight otherwise, skipping destinations that cannot serve), then
+//!    [`resolve_destination`]: its service, the service port it means
+//!    ([`dest_port`]), the subset's endpoints, the traffic policy in force
+//!    ([`effective_policy`]), and per endpoint the client TLS
+//!    ([`DestinationPlan::endpoint_tls`]) and the identities that may
+//!    answer (secure naming).
+//!
+//! ```
+//! use std::path::Path;
+//! use mesh_core::plan::{PlanRequest, PlannedAction, resolve_destination, route};
+//!
+//! let yaml = r#"
+//! apiVersion: networking.istio.io/v1
+//! kind: ServiceEntry
+//! metadata: {name: reviews}
+//! spec:
+//!   hosts: [reviews]
+//!   ports: [{number: 9080, name: http}]
+//!   workloadSelector: {labels: {app: reviews}}
+//! ---
+//! apiVersion: networking.istio.io/v1
+//! kind: WorkloadEntry
+//! metadata: {name: reviews-v1}
+//! spec: {address: 10.0.0.7, labels: {app: reviews}, serviceAccount: reviews}
+//! "#;
+//! let snap = mesh_core::snapshot::compile(&mesh_core::load::load_str(Path::new("r.yaml"), yaml)?)?;
+//! let headers: Vec<(String, String)> = Vec::new();
+//! let req = PlanRequest::mesh("reviews", 9080, "default", &headers);
+//! let plan = route(&snap, &req).expect("routable");
+//! let PlannedAction::Forward(dests) = &plan.action else { panic!("a forward") };
+//! let dest = resolve_destination(&snap, &dests[0], 9080).expect("resolves");
+//! assert_eq!(dest.endpoints[0].key, "10.0.0.7:9080");
+//! # Ok::<(), mesh_core::error::ConfigErrors>(())
+//! ```
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::gateway::GatewayRoute;
+use crate::identity::SpiffeId;
+use crate::resources::common::Labels;
+use crate::resources::networking::{
+    ClientTlsMode, HttpDirectResponse, HttpRedirect, Location, TrafficPolicy,
+};
+use crate::resources::security::MtlsMode;
+use crate::retry::RetryPolicy;
+use crate::route::{HeaderLookup, HttpRouteRule, RequestInfo, RouteAction, WeightedDestination};
+use crate::snapshot::{Service, ServicePortEntry, Snapshot};
+
+/// Why a request cannot be planned: each is answered by the data plane
+/// (404 for a rule that does not match, 503 otherwise) and shown by
+/// `explain`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The host is no known service.
+    #[error("no route: {host} is not a known service")]
+    UnknownHost {
+        /// The host asked for.
+        host: String,
+    },
+    /// The service has no such port.
+    #[error("no route: {host} has no port {port}")]
+    UnknownPort {
+        /// The host.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+    /// Rules exist for the host and none matches (at a gateway: no server
+    /// of the connection serves the host).
+    #[error("no route: no rule of {vs} matches the request")]
+    NoRuleMatched {
+        /// What was searched.
+        vs: String,
+    },
+    /// The destination's subset is not defined.
+    #[error("no route: subset {subset} of {host} is not defined")]
+    NoSubset {
+        /// The host.
+        host: String,
+        /// The subset.
+        subset: String,
+    },
+}
+
+/// The request facts the plan reads.
+#[derive(Clone, Copy)]
+pub struct PlanRequest<'a> {
+    /// The host asked for, lower case, without the port.
+    pub host: &'a str,
+    /// What route matching reads (method, path, authority, headers, port,
+    /// the caller's labels and namespace, the gateway).
+    pub info: RequestInfo<'a>,
+    /// The caller's namespace, where short hosts resolve.
+    pub namespace: &'a str,
+    /// At a gateway: the Gateway (`namespace/name`) and the servers the
+    /// request's connection came in on.
+    pub gateway: Option<(&'a str, &'a [usize])>,
+}
+
+impl std::fmt::Debug for PlanRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanRequest")
+            .field("host", &self.host)
+            .field("info", &self.info)
+            .field("gateway", &self.gateway)
+            .finish_non_exhaustive()
+    }
+}
+
+static NO_LABELS: std::sync::LazyLock<Labels> = std::sync::LazyLock::new(Labels::new);
+
+impl<'a> PlanRequest<'a> {
+    /// A `GET /` for mesh traffic to `host:port` from a caller in
+    /// `namespace` with no labels: the request of doc examples and tests.
+    pub fn mesh(
+        host: &'a str,
+        port: u16,
+        namespace: &'a str,
+        headers: &'a dyn HeaderLookup,
+    ) -> Self {
+        Self {
+            host,
+            info: RequestInfo {
+                method: "GET",
+                path_and_query: "/",
+                authority: host,
+                scheme: "http",
+                port,
+                headers,
+                source_labels: &NO_LABELS,
+                source_namespace: Some(namespace),
+                gateway: None,
+            },
+            namespace,
+            gateway: None,
+        }
+    }
+}
+
+/// What the matched rule (or the default route) does.
+#[derive(Debug, Clone)]
+pub enum PlannedAction<'s> {
+    /// Forward to one of these, by weight.
+    Forward(Cow<'s, [WeightedDestination]>),
+    /// Answer with a redirect.
+    Redirect(&'s HttpRedirect),
+    /// Answer directly.
+    DirectResponse(&'s HttpDirectResponse),
+}
+
+/// Step 1 of the plan: the rule and what it does.
+#[derive(Debug, Clone)]
+pub struct RoutePlan<'s> {
+    /// The matching rule and the index of its matching `match` entry;
+    /// `None` for the default route (no VirtualService).
+    pub rule: Option<(&'s HttpRouteRule, usize)>,
+    /// The service asked for (mesh traffic; `None` at a gateway).
+    pub service: Option<&'s Service>,
+    /// What happens.
+    pub action: PlannedAction<'s>,
+}
+
+impl RoutePlan<'_> {
+    /// The rule's timeout, if it sets one (0 means none, as in Istio).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.rule
+            .and_then(|(r, _)| r.timeout)
+            .map(|d| d.0)
+            .filter(|d| !d.is_zero())
+    }
+
+    /// The retry policy: the rule's, or Istio's default when it names none.
+    pub fn retry_policy(&self) -> Cow<'static, RetryPolicy> {
+        static DEFAULT: std::sync::LazyLock<RetryPolicy> =
+            std::sync::LazyLock::new(RetryPolicy::istio_default);
+        match self.rule.and_then(|(r, _)| r.retries.as_ref()) {
+            Some(r) => Cow::Owned(RetryPolicy::from_config(Some(r))),
+            None => Cow::Borrowed(&DEFAULT),
+        }
+    }
+}
+
+/// Step 1: the rule for `req` and what it does, or why there is none.
+pub fn route<'s>(snap: &'s Snapshot, req: &PlanRequest<'_>) -> Result<RoutePlan<'s>, PlanError> {
+    let (rules, service): (&'s [std::sync::Arc<HttpRouteRule>], Option<&'s Service>) =
+        match req.gateway {
+            Some((gw, servers)) => {
+                let not_found = || PlanError::NoRuleMatched {
+                    vs: format!(
+                        "any VirtualService bound to Gateway {gw} for host {} on this server",
+                        req.host
+                    ),
+                };
+                let entry = snap.gateways.get(gw).ok_or_else(not_found)?;
+                match entry.route(servers, req.host) {
+                    GatewayRoute::Rules(rules) => (rules, None),
+                    GatewayRoute::OtherServer | GatewayRoute::Unknown => return Err(not_found()),
+                }
+            }
+            None => {
+                let svc = snap.service(req.host, req.namespace).ok_or_else(|| {
+                    PlanError::UnknownHost {
+                        host: req.host.to_owned(),
+                    }
+                })?;
+                let port = req.info.port;
+                let sp = svc.port(port).ok_or_else(|| PlanError::UnknownPort {
+                    host: svc.host.clone(),
+                    port,
+                })?;
+                (&sp.http_routes, Some(svc))
+            }
+        };
+    if rules.is_empty() {
+        let svc = service.ok_or_else(|| PlanError::UnknownHost {
+            host: req.host.to_owned(),
+        })?;
+        return Ok(RoutePlan {
+            rule: None,
+            service,
+            action: PlannedAction::Forward(Cow::Owned(vec![default_destination(
+                svc,
+                Some(req.info.port),
+            )])),
+        });
+    }
+    let (_, m, rule) =
+        crate::route::first_match(rules, &req.info).ok_or_else(|| PlanError::NoRuleMatched {
+            vs: rules[0].source.to_string(),
+        })?;
+    let action = match &rule.action {
+        RouteAction::Forward(ds) => PlannedAction::Forward(Cow::Borrowed(ds.as_slice())),
+        RouteAction::Redirect(r) => PlannedAction::Redirect(r),
+        RouteAction::DirectResponse(d) => PlannedAction::DirectResponse(d),
+    };
+    Ok(RoutePlan {
+        rule: Some((rule.as_ref(), m)),
+        service,
+        action,
+    })
+}
+
+/// The destinations of opaque TCP to a service port: its VirtualService's
+/// TCP route, or every workload of the service.
+pub fn tcp_destinations<'s>(
+    svc: &Service,
+    sp: &'s ServicePortEntry,
+) -> Cow<'s, [WeightedDestination]> {
+    match &sp.tcp_route {
+        Some(d) => Cow::Borrowed(d.as_slice()),
+        None => Cow::Owned(vec![default_destination(svc, Some(sp.number))]),
+    }
+}
+
+/// The route to every workload of a service, when no VirtualService says
+/// otherwise.
+pub fn default_destination(svc: &Service, port: Option<u16>) -> WeightedDestination {
+    WeightedDestination {
+        host: svc.host.clone(),
+        subset: None,
+        port,
+        weight: 100,
+        headers: None,
+    }
+}
+
+/// Chooses among weighted destinations: sticky by `key` when there is one,
+/// by weight with a draw of `next_u64` otherwise. Destinations that cannot
+/// serve (`available` false) are skipped while another can (failover), so
+/// a dead canary does not take its share of users down with it.
+pub fn choose_destination<'d>(
+    dests: &'d [WeightedDestination],
+    available: impl Fn(&WeightedDestination) -> bool,
+    key: Option<u64>,
+    mut next_u64: impl FnMut() -> u64,
+) -> Option<&'d WeightedDestination> {
+    if let [only] = dests {
+        // The only one is chosen whether or not it can serve (failover
+        // needs another): its endpoints are not resolved.
+        if key.is_none() {
+            // The draw the weighted choice below makes, kept so that seeded
+            // sequences do not shift.
+            next_u64();
+        }
+        return (only.weight > 0).then_some(only);
+    }
+    let up: Vec<bool> = dests.iter().map(&available).collect();
+    let any_up = dests.iter().zip(&up).any(|(d, u)| *u && d.weight > 0);
+    let weight = |i: usize| if !any_up || up[i] { dests[i].weight } else { 0 };
+    let i = match key {
+        Some(k) => {
+            // Only sticky choices need the names: no allocation otherwise.
+            let names: Vec<String> = dests
+                .iter()
+                .map(|d| format!("{}/{}", d.host, d.subset.as_deref().unwrap_or("")))
+                .collect();
+            crate::balance::sticky_pick(
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (n.as_str(), weight(i))),
+                k,
+            )?
+        }
+        None => {
+            let weights: Vec<u32> = (0..dests.len()).map(weight).collect();
+            crate::route::pick_weighted(&weights, next_u64())?
+        }
+    };
+    dests.get(i)
+}
+
+/// The service port a destination means: its own, else the port the
+/// request came on when the service has it, else the service's only port
+/// (a gateway on 8443 routing to a service on 80).
+pub fn dest_port(snap: &Snapshot, d: &WeightedDestination, request_port: u16) -> u16 {
+    if let Some(p) = d.port {
+        return p;
+    }
+    match snap.services.get(&d.host) {
+        Some(s) if s.port(request_port).is_none() && s.ports.len() == 1 => s.ports[0].number,
+        _ => request_port,
+    }
+}
+
+/// An endpoint of a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `address:port`.
+    pub key: String,
+    /// Index into [`Snapshot::workloads`].
+    pub workload: usize,
+    /// The workload port.
+    pub port: u16,
+}
+
+/// How the mesh connects to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointTls {
+    /// Mesh mTLS, the server verified by its SPIFFE ID (secure naming).
+    MeshMtls,
+    /// Plaintext.
+    Plaintext,
+}
+
+/// Step 2: a destination resolved against the snapshot.
+#[derive(Debug, Clone)]
+pub struct DestinationPlan<'s> {
+    /// The destination's service.
+    pub service: &'s Service,
+    /// The service port it means.
+    pub port: &'s ServicePortEntry,
+    /// The subset, if the destination names one.
+    pub subset: Option<&'s str>,
+    /// The endpoints: the subset's workloads, or all of the service's.
+    pub endpoints: Vec<Endpoint>,
+    /// The traffic policy in force (load balancing, pool, outlier
+    /// detection, TLS), merged as Istio merges it.
+    pub policy: TrafficPolicy,
+}
+
+/// Resolves a destination, or says why it cannot be reached.
+pub fn resolve_destination<'s>(
+    snap: &'s Snapshot,
+    d: &'s WeightedDestination,
+    request_port: u16,
+) -> Result<DestinationPlan<'s>, PlanError> {
+    let number = dest_port(snap, d, request_port);
+    let service = snap
+        .services
+        .get(&d.host)
+        .ok_or_else(|| PlanError::UnknownHost {
+            host: d.host.clone(),
+        })?;
+    let port = service.port(number).ok_or_else(|| PlanError::UnknownPort {
+        host: d.host.clone(),
+        port: number,
+    })?;
+    let subset = d.subset.as_deref();
+    let endpoints = endpoints(snap, service, port, subset).ok_or_else(|| PlanError::NoSubset {
+        host: d.host.clone(),
+        subset: subset.unwrap_or_default().to_owned(),
+    })?;
+    Ok(DestinationPlan {
+        service,
+        port,
+        subset,
+        endpoints,
+        policy: effective_policy(snap, &d.host, number, subset),
+    })
+}
+
+impl DestinationPlan<'_> {
+    /// `host` or `host subset s`, for messages.
+    pub fn target(&self) -> String {
+        match self.subset {
+            Some(s) => format!("{} subset {s}", self.service.host),
+            None => self.service.host.clone(),
+        }
+    }
+
+    /// How to connect to `ep`: by the DestinationRule's client TLS and,
+    /// when it says nothing, the server's inbound mode. A conflict `check`
+    /// would report is refused with the same words (rather than a
+    /// handshake failing somewhere with a bare 503), and so is a client
+    /// TLS the mesh's client cannot do.
+    pub fn endpoint_tls(&self, snap: &Snapshot, ep: &Endpoint) -> Result<EndpointTls, String> {
+        let client = snap.client_tls(&self.service.host, self.port.number, self.subset);
+        if self.service.location == Location::MeshExternal {
+            return match client.mode {
+                None | Some(ClientTlsMode::Disable) => Ok(EndpointTls::Plaintext),
+                Some(m) => Err(format!(
+                    "client TLS mode {m} towards a service outside the mesh is not supported yet"
+                )),
+            };
+        }
+        let w = &snap.workloads[ep.workload];
+        let server = snap.inbound_mode(w, ep.port);
+        if let Some(why) = crate::analyze::tls_conflict(server.mode, client.mode) {
+            let by = |r: Option<crate::resources::ResourceRef>| {
+                r.map_or_else(|| "the mesh default".to_owned(), |r| r.to_string())
+            };
+            return Err(format!(
+                "TLS conflict: {why} (server mode from {}, client mode from {})",
+                by(server.decided_by),
+                by(client.decided_by)
+            ));
+        }
+        match client.mode {
+            Some(ClientTlsMode::IstioMutual) => Ok(EndpointTls::MeshMtls),
+            Some(ClientTlsMode::Disable) => Ok(EndpointTls::Plaintext),
+            Some(m) => Err(format!(
+                "client TLS mode {m} is not supported by the mesh client yet"
+            )),
+            None if server.mode == MtlsMode::Disable => Ok(EndpointTls::Plaintext),
+            None => Ok(EndpointTls::MeshMtls),
+        }
+    }
+
+    /// The identities that may answer at `ep` (secure naming): the
+    /// workload's own.
+    pub fn identities(&self, snap: &Snapshot, ep: &Endpoint) -> Vec<SpiffeId> {
+        vec![snap.workloads[ep.workload].identity.clone()]
+    }
+}
+
+/// The endpoints of a destination: the subset's workloads, or all of the
+/// service's; `None` when the subset is not defined.
+pub fn endpoints(
+    snap: &Snapshot,
+    svc: &Service,
+    port: &ServicePortEntry,
+    subset: Option<&str>,
+) -> Option<Vec<Endpoint>> {
+    let members: &[usize] = match subset {
+        None => &svc.workloads,
+        Some(s) => {
+            &snap
+                .destination_policies
+                .get(&svc.host)?
+                .subset(s)?
+                .workloads
+        }
+    };
+    Some(
+        members
+            .iter()
+            .map(|i| {
+                let w = &snap.workloads[*i];
+                let p = svc.target_port(port, w);
+                Endpoint {
+                    key: format!("{}:{p}", w.address),
+                    workload: *i,
+                    port: p,
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The traffic policy for a host, port and subset, merged the way Istio
+/// merges: subset over host, port-level over the whole.
+pub fn effective_policy(
+    snap: &Snapshot,
+    host: &str,
+    port: u16,
+    subset: Option<&str>,
+) -> TrafficPolicy {
+    let Some(dp) = snap.destination_policies.get(host) else {
+        return TrafficPolicy::default();
+    };
+    let flatten = |p: &TrafficPolicy| {
+        let mut out = p.clone();
+        if let Some(pl) = p
+            .port_level_settings
+            .iter()
+            .find(|pl| pl.port.number == port)
+        {
+            out.load_balancer = pl.load_balancer.clone().or(out.load_balancer);
+            out.connection_pool = pl.connection_pool.clone().or(out.connection_pool);
+            out.outlier_detection = pl.outlier_detection.clone().or(out.outlier_detection);
+            out.tls = pl.tls.clone().or(out.tls);
+        }
+        out
+    };
+    let mut merged = dp.traffic_policy.as_ref().map(flatten).unwrap_or_default();
+    if let Some(sp) = subset
+        .and_then(|s| dp.subset(s))
+        .and_then(|s| s.traffic_policy.as_ref())
+    {
+        let sp = flatten(sp);
+        merged.load_balancer = sp.load_balancer.or(merged.load_balancer);
+        merged.connection_pool = sp.connection_pool.or(merged.connection_pool);
+        merged.outlier_detection = sp.outlier_detection.or(merged.outlier_detection);
+        merged.tls = sp.tls.or(merged.tls);
+    }
+    merged
+}
