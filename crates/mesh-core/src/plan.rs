@@ -284,12 +284,12 @@ pub fn default_destination(svc: &Service, port: Option<u16>) -> WeightedDestinat
 /// by weight with a draw of `next_u64` otherwise. Destinations that cannot
 /// serve (`available` false) are skipped while another can (failover), so
 /// a dead canary does not take its share of users down with it.
-pub fn choose_destination<'d>(
-    dests: &'d [WeightedDestination],
+pub fn choose_destination(
+    dests: &[WeightedDestination],
     available: impl Fn(&WeightedDestination) -> bool,
     key: Option<u64>,
     mut next_u64: impl FnMut() -> u64,
-) -> Option<&'d WeightedDestination> {
+) -> Option<&WeightedDestination> {
     if let [only] = dests {
         // The only one is chosen whether or not it can serve (failover
         // needs another): its endpoints are not resolved.
