@@ -1,23 +1,33 @@
-//! `explain`: the compiled decision for one request from one workload to one
-//! host, step by step, each step naming the resource that decided it.
+//! `explain`: the decision for one request from one workload (or Gateway)
+//! to one host, step by step, each step naming the resource that decided
+//! it. It renders the routing plan ([`crate::plan`]) the data plane takes:
+//! the same rule, fault, destinations, destination port, endpoints and
+//! client TLS, then the server's mTLS mode and authorization as the
+//! destination's inbound applies them (Istio's TCP rules on ports that are
+//! not HTTP).
 
 use std::fmt;
 use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::analyze::tls_conflict;
-use crate::authz::{AuthzRequest, evaluate};
+use crate::authz::{AuthzRequest, ConnectionInfo, evaluate, evaluate_tcp};
+use crate::identity::SpiffeId;
+use crate::plan::{
+    DestinationPlan, EndpointTls, PlanError, PlanRequest, PlannedAction, RoutePlan,
+    resolve_destination, tcp_destinations,
+};
 use crate::resources::ResourceRef;
-use crate::resources::networking::ClientTlsMode;
-use crate::resources::security::MtlsMode;
-use crate::route::{RequestInfo, RouteAction, WeightedDestination, first_match};
-use crate::snapshot::{Service, Snapshot, Workload};
+use crate::resources::common::Labels;
+use crate::resources::networking::Location;
+use crate::route::{HttpRouteRule, RequestInfo, WeightedDestination};
+use crate::snapshot::{GatewayEntry, Snapshot, Workload, gateway_key};
 
 /// The request to explain.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
-    /// The calling workload, `name` or `namespace/name`.
+    /// The calling workload or Gateway: `name` (unique across namespaces)
+    /// or `namespace/name`.
     pub from: String,
     /// `host` or `host:port`.
     pub to: String,
@@ -33,9 +43,19 @@ pub struct Query {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExplainError {
-    /// `--from` names no workload.
-    #[error("no workload named `{0}` (use the WorkloadEntry's name or namespace/name)")]
+    /// `--from` names no workload or Gateway.
+    #[error(
+        "no workload or Gateway named `{0}` (use the WorkloadEntry's or the Gateway's name, or namespace/name)"
+    )]
     UnknownWorkload(String),
+    /// `--from` names several, in different namespaces.
+    #[error("`{name}` names more than one source: {}; use namespace/name", candidates.join(", "))]
+    AmbiguousSource {
+        /// The name given.
+        name: String,
+        /// What it could mean.
+        candidates: Vec<String>,
+    },
     /// `--to` has a bad port.
     #[error("`{0}` is not HOST or HOST:PORT")]
     BadTarget(String),
@@ -44,8 +64,8 @@ pub enum ExplainError {
 /// One step of the decision.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
-    /// What was decided: `source`, `service`, `route`, `destination`,
-    /// `client-tls`, `server-mtls`, `authorization`.
+    /// What was decided: `source`, `service`, `gateway`, `route`, `fault`,
+    /// `destination`, `client-tls`, `server-mtls`, `authorization`.
     pub step: &'static str,
     /// The decision in words.
     pub decision: String,
@@ -55,13 +75,37 @@ pub struct Step {
     pub ok: bool,
 }
 
+/// A share of the requests and what they get.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Share {
+    /// Percent of the requests.
+    pub percent: f64,
+    /// The status they get.
+    pub status: u16,
+    /// The destination (`host` or `host subset s`), when they reach one.
+    pub destination: Option<String>,
+    /// The endpoints (`address:port`) they may reach, with mesh mTLS
+    /// (`true`) or not.
+    pub endpoints: Vec<(String, bool)>,
+    /// Why, in words.
+    pub reason: String,
+}
+
+impl fmt::Display for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.0}% {} ({})", self.percent, self.status, self.reason)
+    }
+}
+
 /// The explanation: the steps and the end result.
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
     /// The steps, in the order the mesh takes them.
     pub steps: Vec<Step>,
-    /// What the caller would see.
+    /// What the caller would see, in words.
     pub outcome: String,
+    /// The same, by share of the requests.
+    pub shares: Vec<Share>,
 }
 
 impl fmt::Display for Explanation {
@@ -78,355 +122,601 @@ impl fmt::Display for Explanation {
     }
 }
 
-fn step(
-    steps: &mut Vec<Step>,
-    name: &'static str,
-    ok: bool,
-    decision: String,
-    by: Option<ResourceRef>,
-) {
-    steps.push(Step {
-        step: name,
-        decision,
-        decided_by: by,
-        ok,
-    });
+/// Who sends the request.
+enum Source<'s> {
+    Workload(&'s Workload),
+    Gateway {
+        key: String,
+        entry: &'s GatewayEntry,
+        identity: Option<SpiffeId>,
+    },
+}
+
+impl Source<'_> {
+    fn namespace(&self) -> &str {
+        match self {
+            Self::Workload(w) => &w.namespace,
+            Self::Gateway { entry, .. } => &entry.source.namespace,
+        }
+    }
+
+    fn identity(&self) -> Option<&SpiffeId> {
+        match self {
+            Self::Workload(w) => Some(&w.identity),
+            Self::Gateway { identity, .. } => identity.as_ref(),
+        }
+    }
+
+    fn address(&self) -> Option<IpAddr> {
+        match self {
+            Self::Workload(w) => w.address.parse().ok(),
+            Self::Gateway { .. } => None,
+        }
+    }
+}
+
+/// A workload or Gateway by `namespace/name`, or by a bare name that is
+/// unique across namespaces.
+fn find_source<'s>(snap: &'s Snapshot, from: &str) -> Result<Source<'s>, ExplainError> {
+    let mut found: Vec<(String, Source<'s>)> = Vec::new();
+    let wanted = |ns: &str, name: &str| match from.split_once('/') {
+        Some((n, m)) => n == ns && m == name,
+        None => from == name,
+    };
+    for w in &snap.workloads {
+        let (ns, name) = w.key.split_once('/').unwrap_or(("default", &w.key));
+        if wanted(ns, name) {
+            found.push((format!("workload {}", w.key), Source::Workload(w)));
+        }
+    }
+    for (key, entry) in &snap.gateways {
+        if wanted(&entry.source.namespace, &entry.source.name) {
+            let identity = SpiffeId::for_workload(
+                &snap.mesh.trust_domain,
+                &entry.source.namespace,
+                &entry.source.name,
+            )
+            .ok();
+            found.push((
+                format!("Gateway {key}"),
+                Source::Gateway {
+                    key: key.clone(),
+                    entry,
+                    identity,
+                },
+            ));
+        }
+    }
+    match found.len() {
+        0 => Err(ExplainError::UnknownWorkload(from.to_owned())),
+        1 => Ok(found.remove(0).1),
+        _ => Err(ExplainError::AmbiguousSource {
+            name: from.to_owned(),
+            candidates: found.into_iter().map(|(n, _)| n).collect(),
+        }),
+    }
+}
+
+/// What is being worked out, and the steps so far.
+struct Explainer<'s, 'q> {
+    snap: &'s Snapshot,
+    q: &'q Query,
+    source: Source<'s>,
+    steps: Vec<Step>,
+    shares: Vec<Share>,
+}
+
+impl Explainer<'_, '_> {
+    fn step(&mut self, name: &'static str, ok: bool, decision: String, by: Option<ResourceRef>) {
+        self.steps.push(Step {
+            step: name,
+            decision,
+            decided_by: by,
+            ok,
+        });
+    }
+
+    fn share(&mut self, percent: f64, status: u16, reason: String) {
+        self.shares.push(Share {
+            percent,
+            status,
+            destination: None,
+            endpoints: Vec::new(),
+            reason,
+        });
+    }
+
+    fn method(&self) -> &str {
+        if self.q.method.is_empty() {
+            "GET"
+        } else {
+            &self.q.method
+        }
+    }
+
+    fn path(&self) -> &str {
+        if self.q.path.is_empty() {
+            "/"
+        } else {
+            &self.q.path
+        }
+    }
+
+    fn finish(self) -> Explanation {
+        let outcome = self
+            .shares
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        Explanation {
+            steps: self.steps,
+            outcome,
+            shares: self.shares,
+        }
+    }
 }
 
 /// Explains a request.
 pub fn explain(snap: &Snapshot, q: &Query) -> Result<Explanation, ExplainError> {
-    let (_, from) = snap
-        .workload(&q.from)
-        .ok_or_else(|| ExplainError::UnknownWorkload(q.from.clone()))?;
+    let source = find_source(snap, &q.from)?;
     let (host, port) = match q.to.rsplit_once(':') {
         Some((h, p)) => (
-            h,
+            h.to_ascii_lowercase(),
             Some(
                 p.parse::<u16>()
                     .map_err(|_| ExplainError::BadTarget(q.to.clone()))?,
             ),
         ),
-        None => (q.to.as_str(), None),
+        None => (q.to.to_ascii_lowercase(), None),
     };
-    let method = if q.method.is_empty() {
-        "GET"
-    } else {
-        q.method.as_str()
+    let mut x = Explainer {
+        snap,
+        q,
+        source,
+        steps: Vec::new(),
+        shares: Vec::new(),
     };
-    let path = if q.path.is_empty() {
-        "/"
-    } else {
-        q.path.as_str()
-    };
-    let mut steps = Vec::new();
-    step(
-        &mut steps,
-        "source",
-        true,
-        format!(
-            "workload {} at {} as {}",
-            from.key, from.address, from.identity
-        ),
-        Some(from.source.clone()),
-    );
+    match &x.source {
+        Source::Workload(w) => {
+            let decision = format!("workload {} at {} as {}", w.key, w.address, w.identity);
+            let by = Some(w.source.clone());
+            x.step("source", true, decision, by);
+            mesh(&mut x, &host, port);
+        }
+        Source::Gateway { key, entry, .. } => {
+            let decision = format!("Gateway {key} ({} server(s))", entry.servers.len());
+            let by = Some(entry.source.clone());
+            let key = key.clone();
+            x.step("source", true, decision, by);
+            gateway(&mut x, &key, &host, port);
+        }
+    }
+    Ok(x.finish())
+}
 
-    let fqdn = snap.mesh.resolve_host(host, &from.namespace);
-    let Some(svc) = snap.services.get(&fqdn) else {
-        step(
-            &mut steps,
+/// Mesh traffic from a workload.
+fn mesh(x: &mut Explainer<'_, '_>, host: &str, port: Option<u16>) {
+    let snap = x.snap;
+    let namespace = x.source.namespace().to_owned();
+    let Some(svc) = snap.service(host, &namespace) else {
+        let fqdn = snap.mesh.resolve_host(host, &namespace);
+        x.step(
             "service",
             false,
             format!("{fqdn} is not a known service"),
             None,
         );
-        return Ok(Explanation {
-            steps,
-            outcome: "503: no route to host".to_owned(),
-        });
+        x.share(100.0, 503, "no route to host".to_owned());
+        return;
     };
-    let Some(svc_port) = port.map_or_else(|| svc.ports.first(), |p| svc.port(p)) else {
-        step(
-            &mut steps,
-            "service",
-            false,
-            format!("{fqdn} has no port {}", port.unwrap_or_default()),
-            Some(svc.source.clone()),
-        );
-        return Ok(Explanation {
-            steps,
-            outcome: "503: no such port".to_owned(),
-        });
+    // Without a port, the service's first: a convenience of `explain`;
+    // the data plane always has one (80 when the URI names none).
+    let Some(sp) = port.map_or_else(|| svc.ports.first(), |p| svc.port(p)) else {
+        let decision = format!("{} has no port {}", svc.host, port.unwrap_or_default());
+        x.step("service", false, decision, Some(svc.source.clone()));
+        x.share(100.0, 503, "no such port".to_owned());
+        return;
     };
-    step(
-        &mut steps,
-        "service",
-        true,
-        format!(
-            "{}:{} ({}), {} workload(s)",
-            svc.host,
-            svc_port.number,
-            svc_port.protocol,
-            svc.workloads.len()
-        ),
-        Some(svc.source.clone()),
+    let decision = format!(
+        "{}:{} ({}), {} workload(s)",
+        svc.host,
+        sp.number,
+        sp.protocol,
+        svc.workloads.len()
     );
-
-    let authority = format!("{}:{}", host, svc_port.number);
-    let req = RequestInfo {
-        method,
-        path_and_query: path,
-        authority: &authority,
-        scheme: "http",
-        port: svc_port.number,
-        headers: &q.headers,
-        source_labels: &from.labels,
-        source_namespace: Some(&from.namespace),
+    x.step("service", true, decision, Some(svc.source.clone()));
+    if !sp.protocol.is_http() {
+        let dests = tcp_destinations(svc, sp);
+        let decision = match &sp.tcp_route {
+            Some(_) => "TCP route of a VirtualService".to_owned(),
+            None => format!("{} port: opaque TCP to every workload", sp.protocol),
+        };
+        x.step("route", true, decision, None);
+        destinations(x, &dests, sp.number, false, 100.0);
+        return;
+    }
+    let authority = format!("{host}:{}", sp.number);
+    let labels = match &x.source {
+        Source::Workload(w) => w.labels.clone(),
+        Source::Gateway { .. } => Labels::new(),
+    };
+    let req = PlanRequest {
+        host,
+        info: RequestInfo {
+            method: x.method(),
+            path_and_query: x.path(),
+            authority: &authority,
+            scheme: "http",
+            port: sp.number,
+            headers: &x.q.headers,
+            source_labels: &labels,
+            source_namespace: Some(&namespace),
+            gateway: None,
+        },
+        namespace: &namespace,
         gateway: None,
     };
-    let dests: Vec<WeightedDestination> = if svc_port.protocol.is_http() {
-        if svc_port.http_routes.is_empty() {
-            step(
-                &mut steps,
-                "route",
-                true,
-                "no VirtualService: the default route to every workload of the service".to_owned(),
-                None,
-            );
-            vec![default_dest(svc)]
-        } else {
-            match first_match(&svc_port.http_routes, &req) {
-                None => {
-                    let by = svc_port.http_routes.first().map(|r| r.source.clone());
-                    step(
-                        &mut steps,
-                        "route",
-                        false,
-                        format!("no rule matches {method} {path}"),
-                        by,
-                    );
-                    return Ok(Explanation {
-                        steps,
-                        outcome: "404: no route matched".to_owned(),
-                    });
+    let plan = crate::plan::route(snap, &req);
+    http(x, plan, sp.number);
+}
+
+/// Traffic into a Gateway: the servers of the port (all ports when none
+/// is given) that name the host.
+fn gateway(x: &mut Explainer<'_, '_>, key: &str, host: &str, port: Option<u16>) {
+    let snap = x.snap;
+    let Some(entry) = snap.gateways.get(key) else {
+        return;
+    };
+    let name = crate::gateway::request_host_name(host);
+    let servers: Vec<usize> = (0..entry.servers.len())
+        .filter(|i| port.is_none_or(|p| entry.servers[*i].port.number == p))
+        .filter(|i| entry.admits(*i, &name))
+        .collect();
+    if servers.is_empty() {
+        let on = port.map_or_else(String::new, |p| format!(" on port {p}"));
+        x.step(
+            "gateway",
+            false,
+            format!("no server of Gateway {key}{on} names {name}"),
+            Some(entry.source.clone()),
+        );
+        x.share(100.0, 404, "no server for the host".to_owned());
+        return;
+    }
+    let names: Vec<String> = servers
+        .iter()
+        .map(|i| {
+            let s = &entry.servers[*i];
+            format!("{} {}", s.port.number, s.port.protocol)
+        })
+        .collect();
+    x.step(
+        "gateway",
+        true,
+        format!("server(s) [{}] name {name}", names.join(", ")),
+        Some(entry.source.clone()),
+    );
+    let namespace = entry.source.namespace.clone();
+    // As the gateway's router reads it: the port of the Host (none: 80).
+    let request_port = 80;
+    let labels = Labels::new();
+    let gw = gateway_key(key, &namespace);
+    let req = PlanRequest {
+        host: &name,
+        info: RequestInfo {
+            method: x.method(),
+            path_and_query: x.path(),
+            authority: host,
+            scheme: "http",
+            port: request_port,
+            headers: &x.q.headers,
+            source_labels: &labels,
+            source_namespace: Some(&namespace),
+            gateway: Some(&gw),
+        },
+        namespace: &namespace,
+        gateway: Some((&gw, &servers)),
+    };
+    let plan = crate::plan::route(snap, &req);
+    http(x, plan, request_port);
+}
+
+/// An HTTP request's plan: the rule, its fault, its destinations.
+fn http(x: &mut Explainer<'_, '_>, plan: Result<RoutePlan<'_>, PlanError>, request_port: u16) {
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(e) => {
+            let status = if matches!(e, PlanError::NoRuleMatched { .. }) {
+                404
+            } else {
+                503
+            };
+            let decision = match &e {
+                PlanError::NoRuleMatched { .. } => {
+                    format!("no rule matches {} {}", x.method(), x.path())
                 }
-                Some((_, m, rule)) => {
-                    let entry = if rule.matches.is_empty() {
-                        "no match conditions".to_owned()
-                    } else {
-                        format!("match[{m}]")
-                    };
-                    match &rule.action {
-                        RouteAction::Forward(ds) => {
-                            step(
-                                &mut steps,
-                                "route",
-                                true,
-                                format!("{} ({entry})", rule.describe()),
-                                Some(rule.source.clone()),
-                            );
-                            ds.clone()
-                        }
-                        RouteAction::Redirect(r) => {
-                            step(
-                                &mut steps,
-                                "route",
-                                true,
-                                format!("{} ({entry}) redirects", rule.describe()),
-                                Some(rule.source.clone()),
-                            );
-                            let code = r.redirect_code.unwrap_or(301);
-                            return Ok(Explanation {
-                                steps,
-                                outcome: format!("{code}: redirect"),
-                            });
-                        }
-                        RouteAction::DirectResponse(d) => {
-                            step(
-                                &mut steps,
-                                "route",
-                                true,
-                                format!("{} ({entry}) answers directly", rule.describe()),
-                                Some(rule.source.clone()),
-                            );
-                            return Ok(Explanation {
-                                steps,
-                                outcome: format!("{}: direct response", d.status),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-    } else {
-        match &svc_port.tcp_route {
-            Some(ds) => {
-                step(
-                    &mut steps,
-                    "route",
-                    true,
-                    "TCP route of a VirtualService".to_owned(),
-                    None,
-                );
-                ds.clone()
-            }
-            None => {
-                step(
-                    &mut steps,
-                    "route",
-                    true,
-                    format!("{} port: opaque TCP to every workload", svc_port.protocol),
-                    None,
-                );
-                vec![default_dest(svc)]
-            }
+                other => other.to_string(),
+            };
+            x.step("route", false, decision, None);
+            x.share(100.0, status, e.to_string());
+            return;
         }
     };
+    let Some((rule, m)) = plan.rule else {
+        x.step(
+            "route",
+            true,
+            "no VirtualService: the default route to every workload of the service".to_owned(),
+            None,
+        );
+        if let PlannedAction::Forward(dests) = &plan.action {
+            destinations(x, dests, request_port, true, 100.0);
+        }
+        return;
+    };
+    let entry = if rule.matches.is_empty() {
+        "no match conditions".to_owned()
+    } else {
+        format!("match[{m}]")
+    };
+    let by = Some(rule.source.clone());
+    match &plan.action {
+        PlannedAction::Redirect(r) => {
+            x.step(
+                "route",
+                true,
+                format!("{} ({entry}) redirects", rule.describe()),
+                by,
+            );
+            let code = r.redirect_code.unwrap_or(301);
+            x.share(100.0, code, "redirect".to_owned());
+        }
+        PlannedAction::DirectResponse(d) => {
+            let decision = format!("{} ({entry}) answers directly", rule.describe());
+            x.step("route", true, decision, by);
+            x.share(100.0, d.status, "direct response".to_owned());
+        }
+        PlannedAction::Forward(dests) => {
+            x.step("route", true, format!("{} ({entry})", rule.describe()), by);
+            let through = fault(x, rule);
+            if through > 0.0 {
+                destinations(x, dests, request_port, true, through);
+            }
+        }
+    }
+}
 
+/// The rule's fault injection: a step, and the share it aborts. Returns
+/// the percent of requests that go on.
+fn fault(x: &mut Explainer<'_, '_>, rule: &HttpRouteRule) -> f64 {
+    let Some(f) = &rule.fault else {
+        return 100.0;
+    };
+    let by = Some(rule.source.clone());
+    if let Some(d) = &f.delay {
+        let pct = d.percentage.map_or(100.0, |p| p.value);
+        let decision = format!("delay {pct}% of requests by {:?}", d.fixed_delay.0);
+        x.step("fault", true, decision, by.clone());
+    }
+    let Some(a) = &f.abort else {
+        return 100.0;
+    };
+    let pct = a.percentage.map_or(100.0, |p| p.value).clamp(0.0, 100.0);
+    let status = a.http_status;
+    x.step(
+        "fault",
+        pct < 100.0,
+        format!("abort {pct}% of requests with {status}"),
+        by,
+    );
+    if pct > 0.0 {
+        x.share(
+            pct,
+            status,
+            format!("fault injected by {}", rule.describe()),
+        );
+    }
+    100.0 - pct
+}
+
+/// The weighted destinations, each resolved as the data plane resolves it;
+/// `of` is the percent of requests that reach this point.
+fn destinations(
+    x: &mut Explainer<'_, '_>,
+    dests: &[WeightedDestination],
+    request_port: u16,
+    http: bool,
+    of: f64,
+) {
+    let snap = x.snap;
     let total: u32 = dests.iter().map(|d| d.weight).sum();
-    let mut outcomes = Vec::new();
-    for d in &dests {
+    for d in dests {
         let share = if total == 0 {
             0.0
         } else {
-            f64::from(d.weight) * 100.0 / f64::from(total)
+            f64::from(d.weight) * of / f64::from(total)
         };
         let label = d
             .subset
             .as_ref()
             .map_or_else(|| d.host.clone(), |s| format!("{} subset {s}", d.host));
-        let Some(dsvc) = snap.services.get(&d.host) else {
-            step(
-                &mut steps,
-                "destination",
-                false,
-                format!("{label} ({share:.0}%): not a known service"),
-                None,
-            );
-            outcomes.push(format!("{share:.0}% 503 (unknown host {})", d.host));
-            continue;
+        let planned = match resolve_destination(snap, d, request_port) {
+            Ok(p) => p,
+            Err(e) => {
+                let by = match &e {
+                    PlanError::NoSubset { .. } => snap
+                        .destination_policies
+                        .get(&d.host)
+                        .map(|p| p.source.clone()),
+                    _ => None,
+                };
+                let why = match &e {
+                    PlanError::NoSubset { .. } => "subset not defined".to_owned(),
+                    PlanError::UnknownHost { .. } => "not a known service".to_owned(),
+                    other => other.to_string(),
+                };
+                x.step(
+                    "destination",
+                    false,
+                    format!("{label} ({share:.0}%): {why}"),
+                    by,
+                );
+                x.share(share, 503, e.to_string());
+                continue;
+            }
         };
-        let dp = snap.destination_policies.get(&d.host);
-        let members: Vec<usize> = match &d.subset {
-            None => dsvc.workloads.clone(),
-            Some(s) => match dp.and_then(|dp| dp.subset(s)) {
-                Some(sub) => sub.workloads.clone(),
-                None => {
-                    step(
-                        &mut steps,
-                        "destination",
-                        false,
-                        format!("{label} ({share:.0}%): subset not defined"),
-                        dp.map(|p| p.source.clone()),
-                    );
-                    outcomes.push(format!("{share:.0}% 503 (no subset {s})"));
-                    continue;
-                }
-            },
-        };
-        let names: Vec<&str> = members
+        let names: Vec<&str> = planned
+            .endpoints
             .iter()
-            .map(|i| snap.workloads[*i].key.as_str())
+            .map(|e| snap.workloads[e.workload].key.as_str())
             .collect();
-        let ok = !members.is_empty();
-        step(
-            &mut steps,
+        let ok = !planned.endpoints.is_empty();
+        let by = d.subset.as_ref().and(
+            snap.destination_policies
+                .get(&d.host)
+                .map(|p| p.source.clone()),
+        );
+        x.step(
             "destination",
             ok,
             format!(
-                "{label}: weight {} of {total} ({share:.0}%), workloads [{}]",
+                "{label}: weight {} of {total} ({share:.0}%), port {}, workloads [{}]",
                 d.weight,
+                planned.port.number,
                 names.join(", ")
             ),
-            d.subset.as_ref().and(dp.map(|p| p.source.clone())),
+            by,
         );
         if !ok {
-            outcomes.push(format!("{share:.0}% 503 (no healthy workload in {label})"));
+            x.share(share, 503, format!("no healthy workload in {label}"));
             continue;
         }
-        let dport = d.port.unwrap_or(svc_port.number);
-        let client = snap.client_tls(&d.host, dport, d.subset.as_deref());
-        let cname = client.mode.map_or(
-            "AUTO (mesh mTLS where the server accepts it)".to_owned(),
-            |m| m.to_string(),
-        );
-        step(
-            &mut steps,
-            "client-tls",
-            true,
-            format!("{cname} to {}:{dport}", d.host),
-            client.decided_by.clone(),
-        );
-        let Some(dsp) = dsvc.port(dport) else {
-            outcomes.push(format!("{share:.0}% 503 (no port {dport})"));
-            continue;
-        };
-        let mut verdict = format!("{share:.0}% 200 (reaches {label})");
-        for i in &members {
-            let w: &Workload = &snap.workloads[*i];
-            let tport = dsvc.target_port(dsp, w);
-            let inbound = snap.inbound_mode(w, tport);
-            let conflict = tls_conflict(inbound.mode, client.mode);
-            step(
-                &mut steps,
-                "server-mtls",
-                conflict.is_none(),
-                format!(
-                    "{} port {tport}: {}{}",
-                    w.key,
-                    inbound.mode,
-                    conflict
-                        .as_ref()
-                        .map(|c| format!(": CONFLICT, {c}"))
-                        .unwrap_or_default()
-                ),
-                inbound.decided_by.clone(),
-            );
-            if conflict.is_some() {
-                verdict = format!("{share:.0}% 503 (TLS conflict with {})", w.key);
-                continue;
-            }
-            let mtls = inbound.mode != MtlsMode::Disable
-                && client.mode.is_none_or(|m| m == ClientTlsMode::IstioMutual);
-            let ip: Option<IpAddr> = w.address.parse().ok();
-            // As the workload's inbound reads the host.
-            let host = snap.canonical_host(&authority, &w.namespace);
-            let areq = AuthzRequest {
-                peer: mtls.then_some(&from.identity),
-                source_ip: from.address.parse().ok(),
-                destination_ip: ip,
-                destination_port: tport,
-                host: &host,
-                host_aliases: &[],
-                method,
-                path: path.split('?').next().unwrap_or(path),
-                headers: Some(&q.headers),
-            };
-            let decision = evaluate(snap.workload_policies(w), &areq);
-            step(
-                &mut steps,
-                "authorization",
-                decision.allowed,
-                format!("{}: {}", w.key, decision.reason),
-                decision.policy.clone(),
-            );
-            if !decision.allowed {
-                verdict = format!("{share:.0}% 403 ({})", decision.reason);
-            }
-        }
-        outcomes.push(verdict);
+        endpoints(x, &planned, &label, share, http);
     }
-    Ok(Explanation {
-        steps,
-        outcome: outcomes.join("; "),
-    })
 }
 
-fn default_dest(svc: &Service) -> WeightedDestination {
-    WeightedDestination {
-        host: svc.host.clone(),
-        subset: None,
-        port: None,
-        weight: 100,
-        headers: None,
+/// Each endpoint of a resolved destination: the client TLS, the server's
+/// mode, and the destination's authorization.
+fn endpoints(
+    x: &mut Explainer<'_, '_>,
+    planned: &DestinationPlan<'_>,
+    label: &str,
+    share: f64,
+    http: bool,
+) {
+    let snap = x.snap;
+    let dport = planned.port.number;
+    let client = snap.client_tls(&planned.service.host, dport, planned.subset);
+    let cname = client.mode.map_or(
+        "AUTO (mesh mTLS where the server accepts it)".to_owned(),
+        |m| m.to_string(),
+    );
+    x.step(
+        "client-tls",
+        true,
+        format!("{cname} to {}:{dport}", planned.service.host),
+        client.decided_by.clone(),
+    );
+    let mut result = Share {
+        percent: share,
+        status: 200,
+        destination: Some(label.to_owned()),
+        endpoints: Vec::new(),
+        reason: format!("reaches {label}"),
+    };
+    for ep in &planned.endpoints {
+        let w = &snap.workloads[ep.workload];
+        let tls = planned.endpoint_tls(snap, ep);
+        let external = planned.service.location == Location::MeshExternal;
+        if external {
+            match &tls {
+                Ok(_) => {}
+                Err(why) => {
+                    x.step("client-tls", false, format!("{}: {why}", ep.key), None);
+                    result.status = 503;
+                    result.reason = format!("cannot secure the connection: {why}");
+                }
+            }
+        } else {
+            let inbound = snap.inbound_mode(w, ep.port);
+            let decision = match &tls {
+                Ok(_) => format!("{} port {}: {}", w.key, ep.port, inbound.mode),
+                Err(why) => format!(
+                    "{} port {}: {}: CONFLICT, {why}",
+                    w.key, ep.port, inbound.mode
+                ),
+            };
+            x.step(
+                "server-mtls",
+                tls.is_ok(),
+                decision,
+                inbound.decided_by.clone(),
+            );
+            if tls.is_err() {
+                result.status = 503;
+                result.reason = format!("TLS conflict with {}", w.key);
+            }
+        }
+        let Ok(tls) = tls else { continue };
+        let mtls = tls == EndpointTls::MeshMtls;
+        result.endpoints.push((ep.key.clone(), mtls));
+        if external {
+            continue;
+        }
+        let peer = if mtls { x.source.identity() } else { None };
+        let decision = authorize(x, w, ep.port, peer, http);
+        x.step(
+            "authorization",
+            decision.allowed,
+            format!("{}: {}", w.key, decision.reason),
+            decision.policy.clone(),
+        );
+        if !decision.allowed && result.status == 200 {
+            result.status = 403;
+            result.reason = decision.reason.clone();
+        }
     }
+    x.shares.push(result);
+}
+
+/// The destination workload's authorization of the request: Istio's HTTP
+/// rules on HTTP ports, its TCP rules on the others.
+fn authorize(
+    x: &Explainer<'_, '_>,
+    w: &Workload,
+    port: u16,
+    peer: Option<&SpiffeId>,
+    http: bool,
+) -> crate::authz::AuthzDecision {
+    let snap = x.snap;
+    let policies = snap.workload_policies(w);
+    if !http {
+        return evaluate_tcp(
+            policies,
+            &ConnectionInfo {
+                peer,
+                source_ip: x.source.address(),
+                destination_ip: w.address.parse().ok(),
+                destination_port: port,
+            },
+        );
+    }
+    // As the workload's inbound reads the host.
+    let host = snap.canonical_host(&x.q.to, &w.namespace);
+    let path = x.path();
+    evaluate(
+        policies,
+        &AuthzRequest {
+            peer,
+            source_ip: x.source.address(),
+            destination_ip: w.address.parse().ok(),
+            destination_port: port,
+            host: &host,
+            host_aliases: &[],
+            method: x.method(),
+            path: path.split('?').next().unwrap_or(path),
+            headers: Some(&x.q.headers),
+        },
+    )
 }

@@ -194,7 +194,10 @@ fn explain_names_each_deciding_resource() {
         "mysql",
     ]);
     assert_eq!(code, 2);
-    assert!(err.contains("no workload named `nobody`"), "{err}");
+    assert!(
+        err.contains("no workload or Gateway named `nobody`"),
+        "{err}"
+    );
 }
 
 #[test]
