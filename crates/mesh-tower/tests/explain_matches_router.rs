@@ -468,3 +468,78 @@ fn sources_by_bare_name_and_gateways() {
     .unwrap();
     assert_eq!(x.shares[0].status, 404, "{x}");
 }
+
+/// On a TCP port `explain` applies Istio's TCP rules, as the proxy's L4
+/// check ([`AuthorizeLayer::check_connection`]) does: HTTP-only fields
+/// never match in ALLOW rules and always match in DENY rules.
+#[test]
+fn tcp_authorization_is_the_l4_check() {
+    use mesh_tower::authz::{AuthorizeLayer, LocalWorkload};
+    let base = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db]
+  ports: [{number: 5432, name: tcp-pg, protocol: TCP}]
+  workloadSelector: {labels: {app: db}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: db}
+spec: {address: 10.3.0.1, labels: {app: db}, serviceAccount: db}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: api}
+spec: {address: 10.3.0.2, labels: {app: api}, serviceAccount: api}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db}
+spec:
+  selector: {matchLabels: {app: db}}
+"#;
+    for (rules, allowed) in [
+        (
+            "  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/api]}}]}]\n",
+            true,
+        ),
+        ("  rules: [{to: [{operation: {methods: [GET]}}]}]\n", false),
+        (
+            "  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n",
+            false,
+        ),
+        (
+            "  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/web]}}]}]\n",
+            false,
+        ),
+    ] {
+        let yaml = format!("{base}{rules}");
+        let store = Arc::new(Store::new());
+        store
+            .apply(mesh_core::load::load_str(Path::new("db.yaml"), &yaml))
+            .unwrap();
+        let snap = store.load();
+        let x = explain(
+            &snap,
+            &Query {
+                from: "api".to_owned(),
+                to: "db:5432".to_owned(),
+                ..Query::default()
+            },
+        )
+        .unwrap();
+        let explained = x.shares.iter().all(|s| s.status == 200);
+        let (_, api) = snap.workload("api").unwrap();
+        let decision = AuthorizeLayer::new(store.clone(), LocalWorkload::named("db"))
+            .with_port(5432)
+            .check_connection(
+                Some(&api.identity),
+                Some("10.3.0.2:40000".parse().unwrap()),
+                Some("10.3.0.1:5432".parse().unwrap()),
+            );
+        assert_eq!(explained, decision.allowed, "{rules}\n{x}\n{decision:?}");
+        assert_eq!(explained, allowed, "{rules}\n{x}");
+    }
+}
