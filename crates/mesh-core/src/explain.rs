@@ -1,5 +1,7 @@
 //! `explain`: the compiled decision for one request from one workload to one
-//! host, step by step, each step naming the resource that decided it.
+//! host, step by step, each step naming the resource that decided it. What
+//! dry-run AuthorizationPolicies would have decided is told in the
+//! authorization step and changes nothing else.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -402,11 +404,18 @@ pub fn explain(snap: &Snapshot, q: &Query) -> Result<Explanation, ExplainError> 
                 headers: Some(&q.headers),
             };
             let decision = evaluate(snap.workload_policies(w), &areq);
+            // A dry-run verdict is told beside the decision, never in place
+            // of it: it changes neither `ok` nor the outcome.
+            let shadow = decision
+                .shadow
+                .as_ref()
+                .map(|s| format!("; {}", s.reason))
+                .unwrap_or_default();
             step(
                 &mut steps,
                 "authorization",
                 decision.allowed,
-                format!("{}: {}", w.key, decision.reason),
+                format!("{}: {}{shadow}", w.key, decision.reason),
                 decision.policy.clone(),
             );
             if !decision.allowed {

@@ -421,6 +421,7 @@ fn denied(reason: String) -> AuthzDecision {
         rule: None,
         reason,
         audited_by: None,
+        shadow: None,
     }
 }
 
