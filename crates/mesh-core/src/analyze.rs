@@ -611,6 +611,9 @@ fn authz(snap: &Snapshot, out: &mut Vec<Finding>) {
         }
         if p.rules.is_empty() {
             let msg = match p.action {
+                AuthzAction::Allow if p.dry_run => {
+                    "has no rules, so in dry-run it reports every request to its workloads as denied"
+                }
                 AuthzAction::Allow => {
                     "has no rules, so it allows nothing: every request to its workloads is denied"
                 }

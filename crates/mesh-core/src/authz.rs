@@ -3,6 +3,10 @@
 //! no DENY policy denies; with any ALLOW policy, a request is denied unless
 //! one matches. AUDIT policies never change the decision; the first that
 //! matches is reported in [`AuthzDecision::audited_by`] for the access log.
+//! Dry-run policies (`istio.io/dry-run: "true"`) are left out of the
+//! decision entirely and decided on their own, by the same rules, into
+//! [`AuthzDecision::shadow`] (Istio's shadow mode; a dry-run AUDIT policy
+//! audits nothing).
 //! An ALLOW policy without rules (`spec: {}`) matches nothing, so it denies
 //! everything; a rule without fields (`rules: [{}]`) matches everything.
 //!
@@ -154,6 +158,9 @@ pub struct AuthzPolicy {
     pub action: AuthzAction,
     /// Rules (OR); empty matches nothing.
     pub rules: Vec<Rule>,
+    /// Annotated `istio.io/dry-run: "true"`: evaluated for
+    /// [`AuthzDecision::shadow`], never enforced.
+    pub dry_run: bool,
 }
 
 impl AuthzPolicy {
@@ -259,6 +266,25 @@ pub struct AuthzDecision {
     pub reason: String,
     /// The first AUDIT policy that matched: log the request as audited.
     pub audited_by: Option<ResourceRef>,
+    /// What the dry-run policies would have decided on their own; `None`
+    /// when no dry-run ALLOW or DENY policy applies. It never changes
+    /// `allowed`.
+    pub shadow: Option<ShadowDecision>,
+}
+
+/// The verdict of the dry-run policies alone, by the same DENY-then-ALLOW
+/// rules as the enforced one, as Envoy's shadow RBAC engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShadowDecision {
+    /// Would the dry-run policies let the request through?
+    pub allowed: bool,
+    /// The dry-run policy that would decide, if one matched.
+    pub policy: Option<ResourceRef>,
+    /// Its rule's index.
+    pub rule: Option<usize>,
+    /// In words, for the log: `dry-run AuthorizationPolicy ns/x rule 0
+    /// would deny`.
+    pub reason: String,
 }
 
 /// Decides an HTTP request against the policies that apply to the workload.
@@ -275,6 +301,7 @@ pub fn evaluate<'p>(
                 rule: None,
                 reason: format!("the path cannot be normalised: {e}"),
                 audited_by: None,
+                shadow: None,
             };
         }
     };
@@ -320,43 +347,106 @@ fn decide<'p>(
     let audited_by = policies
         .clone()
         .into_iter()
-        .filter(|p| p.action == AuthzAction::Audit)
+        .filter(|p| !p.dry_run && p.action == AuthzAction::Audit)
         .find(|p| p.matching_rule(view).is_some())
         .map(|p| p.source.clone());
-    let decision = |allowed, p: Option<&AuthzPolicy>, rule, reason| AuthzDecision {
-        allowed,
-        policy: p.map(|p| p.source.clone()),
-        rule,
-        reason,
-        audited_by: audited_by.clone(),
-    };
-    // CUSTOM cannot be loaded; one built by hand is enforced as DENY rather
-    // than ignored.
-    for p in policies
+    let shadow = policies
         .clone()
         .into_iter()
-        .filter(|p| matches!(p.action, AuthzAction::Deny | AuthzAction::Custom))
-    {
+        .any(|p| p.dry_run && p.action != AuthzAction::Audit)
+        .then(|| shadow_decision(outcome(policies.clone(), true, view)));
+    let enforced = outcome(policies, false, view);
+    let reason = match enforced {
+        Outcome::Denied(p, rule) => format!("denied by {} rule {rule}", p.source),
+        Outcome::Allowed(p, rule) => format!("allowed by {} rule {rule}", p.source),
+        Outcome::NoAllowMatched => "no ALLOW policy matched".to_owned(),
+        Outcome::NoAllowApplies => "no ALLOW policy applies".to_owned(),
+    };
+    let (allowed, by) = enforced.verdict();
+    AuthzDecision {
+        allowed,
+        policy: by.map(|(p, _)| p.source.clone()),
+        rule: by.map(|(_, rule)| rule),
+        reason,
+        audited_by,
+        shadow,
+    }
+}
+
+/// How a set of policies decides, before it is put in words.
+enum Outcome<'p> {
+    /// A DENY policy's rule matched.
+    Denied(&'p AuthzPolicy, usize),
+    /// No DENY matched, and an ALLOW policy's rule did.
+    Allowed(&'p AuthzPolicy, usize),
+    /// There are ALLOW policies and none matched.
+    NoAllowMatched,
+    /// Nothing matched and there is no ALLOW policy.
+    NoAllowApplies,
+}
+
+impl<'p> Outcome<'p> {
+    /// Allowed or not, and the policy and rule that decided, if one did.
+    fn verdict(&self) -> (bool, Option<(&'p AuthzPolicy, usize)>) {
+        match *self {
+            Self::Denied(p, rule) => (false, Some((p, rule))),
+            Self::Allowed(p, rule) => (true, Some((p, rule))),
+            Self::NoAllowMatched => (false, None),
+            Self::NoAllowApplies => (true, None),
+        }
+    }
+}
+
+/// Istio's order: DENY policies first, then ALLOW; with any ALLOW policy,
+/// what none matches is denied. Only the policies whose `dry_run` is
+/// `dry_run` take part, and no AUDIT policy does.
+fn outcome<'p>(
+    policies: impl IntoIterator<Item = &'p AuthzPolicy> + Clone,
+    dry_run: bool,
+    view: &View<'_>,
+) -> Outcome<'p> {
+    // CUSTOM cannot be loaded; one built by hand is enforced as DENY rather
+    // than ignored.
+    let deny = policies.clone().into_iter().filter(|p| {
+        p.dry_run == dry_run && matches!(p.action, AuthzAction::Deny | AuthzAction::Custom)
+    });
+    for p in deny {
         if let Some(rule) = p.matching_rule(view) {
-            let reason = format!("denied by {} rule {rule}", p.source);
-            return decision(false, Some(p), Some(rule), reason);
+            return Outcome::Denied(p, rule);
         }
     }
     let mut any_allow = false;
-    for p in policies
+    let allow = policies
         .into_iter()
-        .filter(|p| p.action == AuthzAction::Allow)
-    {
+        .filter(|p| p.dry_run == dry_run && p.action == AuthzAction::Allow);
+    for p in allow {
         any_allow = true;
         if let Some(rule) = p.matching_rule(view) {
-            let reason = format!("allowed by {} rule {rule}", p.source);
-            return decision(true, Some(p), Some(rule), reason);
+            return Outcome::Allowed(p, rule);
         }
     }
     if any_allow {
-        decision(false, None, None, "no ALLOW policy matched".to_owned())
+        Outcome::NoAllowMatched
     } else {
-        decision(true, None, None, "no ALLOW policy applies".to_owned())
+        Outcome::NoAllowApplies
+    }
+}
+
+fn shadow_decision(outcome: Outcome<'_>) -> ShadowDecision {
+    let reason = match outcome {
+        Outcome::Denied(p, rule) => format!("dry-run {} rule {rule} would deny", p.source),
+        Outcome::Allowed(p, rule) => format!("dry-run {} rule {rule} would allow", p.source),
+        Outcome::NoAllowMatched => {
+            "dry-run policies would deny: no ALLOW policy matched".to_owned()
+        }
+        Outcome::NoAllowApplies => "dry-run policies would allow: none matched".to_owned(),
+    };
+    let (allowed, by) = outcome.verdict();
+    ShadowDecision {
+        allowed,
+        policy: by.map(|(p, _)| p.source.clone()),
+        rule: by.map(|(_, rule)| rule),
+        reason,
     }
 }
 

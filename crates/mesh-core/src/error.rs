@@ -1,5 +1,6 @@
-//! Configuration errors. Every message names the file, the document, the
-//! resource when it is known, and the field path within it.
+//! Configuration errors. Every message names the file, the document (and the
+//! item, inside a `List`), the resource when it is known, and the field path
+//! within it.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -15,6 +16,9 @@ pub struct ConfigError {
     pub file: PathBuf,
     /// The 1-based document within the file, when the problem is in one.
     pub document: Option<usize>,
+    /// The 1-based item within a `List` document, when the problem is in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
     /// `Kind namespace/name`, when known.
     pub resource: Option<String>,
     /// The field path, `spec.http[0].route[1].weight`, when the problem is in
@@ -30,6 +34,7 @@ impl ConfigError {
         Self {
             file: file.into(),
             document: None,
+            item: None,
             resource: None,
             field: None,
             message: message.into(),
@@ -47,6 +52,7 @@ impl ConfigError {
         Self {
             file: origin.file.clone(),
             document: Some(origin.document),
+            item: origin.item,
             resource,
             field: (!field.is_empty()).then_some(field),
             message: message.into(),
@@ -59,6 +65,9 @@ impl fmt::Display for ConfigError {
         write!(f, "{}", self.file.display())?;
         if let Some(doc) = self.document {
             write!(f, ": document {doc}")?;
+        }
+        if let Some(item) = self.item {
+            write!(f, " item {item}")?;
         }
         if let Some(res) = &self.resource {
             write!(f, " ({res})")?;

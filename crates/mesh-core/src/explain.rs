@@ -4,7 +4,8 @@
 //! the same rule, fault, destinations, destination port, endpoints and
 //! client TLS, then the server's mTLS mode and authorization as the
 //! destination's inbound applies them (Istio's TCP rules on ports that are
-//! not HTTP).
+//! not HTTP). What dry-run AuthorizationPolicies would have decided is
+//! told in the authorization step and changes nothing else.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -666,10 +667,17 @@ fn endpoints(
         }
         let peer = if mtls { x.source.identity() } else { None };
         let decision = authorize(x, w, ep.port, peer, http);
+        // A dry-run verdict is told beside the decision, never in place of
+        // it: it changes neither `ok` nor the outcome.
+        let shadow = decision
+            .shadow
+            .as_ref()
+            .map(|s| format!("; {}", s.reason))
+            .unwrap_or_default();
         x.step(
             "authorization",
             decision.allowed,
-            format!("{}: {}", w.key, decision.reason),
+            format!("{}: {}{shadow}", w.key, decision.reason),
             decision.policy.clone(),
         );
         if !decision.allowed && result.status == 200 {

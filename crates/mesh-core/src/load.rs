@@ -4,6 +4,8 @@
 //! Each document is parsed into a generic tree first, so its `apiVersion`
 //! and `kind` choose the type, and then into that type with the field path
 //! tracked, so every error names the file, the document and the field.
+//! A `List` document (`kubectl get -o yaml`) or a `<Kind>List` has its items
+//! read as documents of their own, named `document N item M` in errors.
 //! Documents of kinds the mesh does not read (Deployments, Services...) are
 //! listed as skipped; an `*.istio.io` kind or version the mesh does not
 //! implement is an error, because dropping it silently could weaken what the
@@ -147,6 +149,70 @@ struct Doc<T> {
     _status: Option<IgnoredAny>,
 }
 
+/// A `List` document: kubectl's `v1` `List` or a typed `<Kind>List`. Its
+/// own metadata means nothing, except that a continuation says the listing
+/// is one page of a longer one.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ListDoc {
+    #[serde(rename = "apiVersion")]
+    _api_version: IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Option<Vec<Value>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ListMeta {
+    #[serde(default, rename = "resourceVersion")]
+    _resource_version: Option<IgnoredAny>,
+    #[serde(default, rename = "selfLink")]
+    _self_link: Option<IgnoredAny>,
+    #[serde(default, rename = "continue")]
+    continue_token: Option<String>,
+    #[serde(default)]
+    remaining_item_count: Option<u64>,
+}
+
+/// What a `List` document holds.
+enum ListOf {
+    /// kubectl's `v1` `List`: items of any kind, each naming its own.
+    Any,
+    /// `<Kind>List`: items of one kind, which may leave out `apiVersion` and
+    /// `kind`, as the API server does.
+    Kind { kind: String, api_version: String },
+}
+
+/// Is this a list kind? `Some(Err)` says what is wrong with its apiVersion.
+fn list_of(api_version: &str, kind: &str) -> Option<Result<ListOf, String>> {
+    if kind == "List" {
+        return Some(if api_version == "v1" {
+            Ok(ListOf::Any)
+        } else {
+            Err(format!(
+                "{api_version} is not a version of List; kubectl writes v1"
+            ))
+        });
+    }
+    let item_kind = kind.strip_suffix("List")?;
+    let (_, versions) = kind_of(item_kind)?;
+    Some(if versions.contains(&api_version) {
+        Ok(ListOf::Kind {
+            kind: item_kind.to_owned(),
+            api_version: api_version.to_owned(),
+        })
+    } else {
+        Err(format!(
+            "{api_version} is not a supported version of {kind}; use one of {}",
+            versions.join(", ")
+        ))
+    })
+}
+
 #[derive(Default)]
 struct Loader {
     resources: Resources,
@@ -169,64 +235,22 @@ impl Loader {
             let origin = Origin {
                 file: file.to_path_buf(),
                 document: i + 1,
+                item: None,
             };
             self.add_doc(origin, doc);
         }
     }
 
     fn add_doc(&mut self, origin: Origin, doc: Value) {
-        let Value::Object(map) = &doc else {
-            if !doc.is_null() {
-                self.errors.push(ConfigError::at(
-                    &origin,
-                    None,
-                    "",
-                    "a document must be a mapping with apiVersion and kind",
-                ));
-            }
+        let Some((api_version, kind)) = self.envelope(&origin, &doc) else {
             return;
         };
-        let field = |name: &str| match map.get(name) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err("must be a string".to_owned()),
-            None => Err("is required".to_owned()),
-        };
-        let (api_version, kind) = match (field("apiVersion"), field("kind")) {
-            (Ok(a), Ok(k)) => (a, k),
-            (a, k) => {
-                for (name, r) in [("apiVersion", a), ("kind", k)] {
-                    if let Err(msg) = r {
-                        self.errors.push(ConfigError::at(&origin, None, name, msg));
-                    }
-                }
-                return;
-            }
-        };
+        if let Some(list) = list_of(&api_version, &kind) {
+            self.add_list(origin, &kind, list, doc);
+            return;
+        }
         let Some((kind_enum, versions)) = kind_of(&kind) else {
-            let group = api_version.split('/').next().unwrap_or_default();
-            if group == "istio.io" || group.ends_with(".istio.io") {
-                self.errors.push(ConfigError::at(
-                    &origin,
-                    Some(kind.clone()),
-                    "kind",
-                    format!(
-                        "{api_version} {kind} is not supported by this mesh; remove it rather than \
-                         have it ignored"
-                    ),
-                ));
-            } else {
-                let name = map
-                    .get("metadata")
-                    .and_then(|m| m.get("name"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                self.resources.skipped.push(Skipped {
-                    origin,
-                    api_version,
-                    kind,
-                    name,
-                });
-            }
+            self.add_unknown(origin, api_version, kind, &doc);
             return;
         };
         if !versions.contains(&api_version.as_str()) {
@@ -241,30 +265,213 @@ impl Loader {
             ));
             return;
         }
-        match kind_enum {
-            Kind::VirtualService => self.push(kind_enum, origin, api_version, doc, |r| {
-                &mut r.virtual_services
-            }),
-            Kind::DestinationRule => self.push(kind_enum, origin, api_version, doc, |r| {
-                &mut r.destination_rules
-            }),
-            Kind::Gateway => self.push(kind_enum, origin, api_version, doc, |r| &mut r.gateways),
-            Kind::ServiceEntry => self.push(kind_enum, origin, api_version, doc, |r| {
-                &mut r.service_entries
-            }),
-            Kind::WorkloadEntry => self.push(kind_enum, origin, api_version, doc, |r| {
-                &mut r.workload_entries
-            }),
-            Kind::PeerAuthentication => self.push(kind_enum, origin, api_version, doc, |r| {
+        self.add_known(kind_enum, origin, api_version, doc);
+    }
+
+    /// The `apiVersion` and `kind` of a document, or `None` once the reason
+    /// it has none is recorded. An empty document has none and is no error;
+    /// an empty item of a `List` is one.
+    fn envelope(&mut self, origin: &Origin, doc: &Value) -> Option<(String, String)> {
+        let Value::Object(map) = doc else {
+            if !doc.is_null() || origin.item.is_some() {
+                let what = if origin.item.is_some() {
+                    "an item"
+                } else {
+                    "a document"
+                };
+                self.errors.push(ConfigError::at(
+                    origin,
+                    None,
+                    "",
+                    format!("{what} must be a mapping with apiVersion and kind"),
+                ));
+            }
+            return None;
+        };
+        let field = |name: &str| match map.get(name) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err("must be a string".to_owned()),
+            None => Err("is required".to_owned()),
+        };
+        match (field("apiVersion"), field("kind")) {
+            (Ok(a), Ok(k)) => Some((a, k)),
+            (a, k) => {
+                for (name, r) in [("apiVersion", a), ("kind", k)] {
+                    if let Err(msg) = r {
+                        self.errors.push(ConfigError::at(origin, None, name, msg));
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// A kind the mesh does not read: an error in an Istio group, skipped
+    /// (and listed) anywhere else.
+    fn add_unknown(&mut self, origin: Origin, api_version: String, kind: String, doc: &Value) {
+        let group = api_version.split('/').next().unwrap_or_default();
+        if group == "istio.io" || group.ends_with(".istio.io") {
+            self.errors.push(ConfigError::at(
+                &origin,
+                Some(kind.clone()),
+                "kind",
+                format!(
+                    "{api_version} {kind} is not supported by this mesh; remove it rather than \
+                     have it ignored"
+                ),
+            ));
+            return;
+        }
+        let name = doc
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        self.resources.skipped.push(Skipped {
+            origin,
+            api_version,
+            kind,
+            name,
+        });
+    }
+
+    /// Reads each item of a `List` document as a document of its own, named
+    /// by its position in `items`.
+    fn add_list(&mut self, origin: Origin, kind: &str, list: Result<ListOf, String>, doc: Value) {
+        let refuse = |field: &str, message: String| {
+            ConfigError::at(&origin, Some(kind.to_owned()), field, message)
+        };
+        if origin.item.is_some() {
+            // kubectl never nests them, and an origin would need a third
+            // level to name what is inside.
+            let e = refuse(
+                "kind",
+                format!("a {kind} inside a List is not read; list its items in the outer List"),
+            );
+            self.errors.push(e);
+            return;
+        }
+        let list = match list {
+            Ok(list) => list,
+            Err(message) => {
+                self.errors.push(refuse("apiVersion", message));
+                return;
+            }
+        };
+        let Some(items) = self.list_items(&origin, kind, doc) else {
+            return;
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            let Ok(n) = u32::try_from(i + 1) else {
+                let e = refuse("items", "has more items than this mesh reads".to_owned());
+                self.errors.push(e);
+                return;
+            };
+            let origin = Origin {
+                item: Some(n),
+                ..origin.clone()
+            };
+            if let Some(item) = self.typed_item(&origin, &list, item) {
+                self.add_doc(origin, item);
+            }
+        }
+    }
+
+    /// The items of a `List` document, or `None` once the reason is
+    /// recorded. A listing that is one page of a longer one is refused: the
+    /// resources on the other pages would be missing without a word.
+    fn list_items(&mut self, origin: &Origin, kind: &str, doc: Value) -> Option<Vec<Value>> {
+        let parsed: ListDoc = match serde_path_to_error::deserialize(doc) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                let (field, message) = describe_serde_error(&e);
+                self.errors.push(ConfigError::at(
+                    origin,
+                    Some(kind.to_owned()),
+                    field,
+                    message,
+                ));
+                return None;
+            }
+        };
+        let meta = &parsed.metadata;
+        let partial = [
+            (
+                "metadata.continue",
+                meta.continue_token
+                    .as_deref()
+                    .is_some_and(|c| !c.is_empty()),
+            ),
+            (
+                "metadata.remainingItemCount",
+                meta.remaining_item_count.is_some_and(|n| n > 0),
+            ),
+        ];
+        let mut complete = true;
+        for (field, set) in partial {
+            if set {
+                complete = false;
+                self.errors.push(ConfigError::at(
+                    origin,
+                    Some(kind.to_owned()),
+                    field,
+                    "the List is one page of a longer listing; export all of it",
+                ));
+            }
+        }
+        complete.then(|| parsed.items.unwrap_or_default())
+    }
+
+    /// An item of a typed list takes the list's `apiVersion` and `kind`
+    /// where it leaves them out, and must not name another kind.
+    fn typed_item(&mut self, origin: &Origin, list: &ListOf, mut item: Value) -> Option<Value> {
+        let ListOf::Kind { kind, api_version } = list else {
+            return Some(item);
+        };
+        let Value::Object(map) = &mut item else {
+            return Some(item);
+        };
+        if let Some(Value::String(k)) = map.get("kind") {
+            if k != kind {
+                self.errors.push(ConfigError::at(
+                    origin,
+                    Some(k.clone()),
+                    "kind",
+                    format!("an item of a {kind}List must be a {kind}"),
+                ));
+                return None;
+            }
+        }
+        map.entry("kind")
+            .or_insert_with(|| Value::String(kind.clone()));
+        map.entry("apiVersion")
+            .or_insert_with(|| Value::String(api_version.clone()));
+        Some(item)
+    }
+
+    fn add_known(&mut self, kind: Kind, origin: Origin, api_version: String, doc: Value) {
+        match kind {
+            Kind::VirtualService => {
+                self.push(kind, origin, api_version, doc, |r| &mut r.virtual_services)
+            }
+            Kind::DestinationRule => {
+                self.push(kind, origin, api_version, doc, |r| &mut r.destination_rules)
+            }
+            Kind::Gateway => self.push(kind, origin, api_version, doc, |r| &mut r.gateways),
+            Kind::ServiceEntry => {
+                self.push(kind, origin, api_version, doc, |r| &mut r.service_entries)
+            }
+            Kind::WorkloadEntry => {
+                self.push(kind, origin, api_version, doc, |r| &mut r.workload_entries)
+            }
+            Kind::PeerAuthentication => self.push(kind, origin, api_version, doc, |r| {
                 &mut r.peer_authentications
             }),
-            Kind::AuthorizationPolicy => self.push(kind_enum, origin, api_version, doc, |r| {
+            Kind::AuthorizationPolicy => self.push(kind, origin, api_version, doc, |r| {
                 &mut r.authorization_policies
             }),
             Kind::MeshPolicy | Kind::Policy => {
-                self.push(kind_enum, origin, api_version, doc, |r| {
-                    &mut r.legacy_policies
-                })
+                self.push(kind, origin, api_version, doc, |r| &mut r.legacy_policies)
             }
             Kind::MeshConfig => self.push_mesh(origin, doc),
         }
@@ -398,7 +605,7 @@ impl Loader {
         self.errors
             .extend(crate::validate::validate(&self.resources));
         self.errors
-            .sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
+            .sort_by(|a, b| (&a.file, a.document, a.item).cmp(&(&b.file, b.document, b.item)));
         if self.errors.is_empty() {
             Ok(self.resources)
         } else {

@@ -736,19 +736,10 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
 
     // Authorization policies.
     for ap in &r.authorization_policies {
-        let selector = ap
-            .spec
-            .selector
-            .as_ref()
-            .map(|s| s.match_labels.clone())
-            .filter(|l| !l.is_empty());
-        snap.authz_policies.push(AuthzPolicy {
-            source: ap.source.clone(),
-            root_namespace: ap.namespace() == mesh.root_namespace,
-            selector,
-            action: ap.spec.action.unwrap_or(AuthzAction::Allow),
-            rules: canonical_rule_hosts(&snap, ap.namespace(), ap.spec.rules.clone()),
-        });
+        match authz_policy(&snap, ap) {
+            Ok(p) => snap.authz_policies.push(p),
+            Err(e) => errors.push(e),
+        }
     }
 
     // Per service port: the client TLS, host-wide and per subset.
@@ -866,6 +857,37 @@ fn legacy_target_ports(snap: &Snapshot, host: &str, ports: impl Iterator<Item = 
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// Compiles one AuthorizationPolicy. Its dry-run annotation is read again
+/// here, not trusted to validation, because resources from other sources
+/// reach [`compile`] too: a value that is neither true nor false is refused.
+fn authz_policy(
+    snap: &Snapshot,
+    ap: &Item<crate::resources::security::AuthorizationPolicy>,
+) -> Result<AuthzPolicy, ConfigError> {
+    let dry_run = crate::resources::security::dry_run(&ap.meta).map_err(|why| {
+        ConfigError::at(
+            &ap.source.origin,
+            Some(ap.source.to_string()),
+            crate::resources::security::DRY_RUN_FIELD,
+            why,
+        )
+    })?;
+    let selector = ap
+        .spec
+        .selector
+        .as_ref()
+        .map(|s| s.match_labels.clone())
+        .filter(|l| !l.is_empty());
+    Ok(AuthzPolicy {
+        source: ap.source.clone(),
+        root_namespace: ap.namespace() == snap.mesh.root_namespace,
+        selector,
+        action: ap.spec.action.unwrap_or(AuthzAction::Allow),
+        rules: canonical_rule_hosts(snap, ap.namespace(), ap.spec.rules.clone()),
+        dry_run,
+    })
 }
 
 /// The `hosts` and `notHosts` of a policy's rules in the spelling requests

@@ -110,7 +110,11 @@ pub fn validate(r: &Resources) -> Vec<ConfigError> {
         legacy_policy(&mut checker(&mut errors, i), i.source.kind, &i.spec);
     }
     for i in &r.authorization_policies {
-        authorization_policy(&mut checker(&mut errors, i), &i.spec);
+        let c = &mut checker(&mut errors, i);
+        authorization_policy(c, &i.spec);
+        if let Err(why) = crate::resources::security::dry_run(&i.meta) {
+            c.err(crate::resources::security::DRY_RUN_FIELD, why);
+        }
     }
     errors
 }

@@ -50,6 +50,8 @@ fn yamlish() -> impl Strategy<Value = String> {
         Just("  mtls: {mode: STRICT}\n".to_owned()),
         Just("  ports: [{number: 80, name: http}]\n".to_owned()),
         Just("---\n".to_owned()),
+        Just("apiVersion: v1\nkind: List\nitems:\n- ".to_owned()),
+        Just("kind: AuthorizationPolicyList\nitems:\n- ".to_owned()),
         Just("&a [*a, *a]\n".to_owned()),
         Just("!!binary aGk=\n".to_owned()),
         Just("? [complex]\n: key\n".to_owned()),

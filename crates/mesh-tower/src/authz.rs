@@ -11,7 +11,8 @@
 //! safely gets 400. An allowed request goes on **with the normalised path**
 //! (the query kept), so the application serves exactly the path the policy
 //! checked. Denials are logged at INFO on the `mesh::authz` target, never
-//! at ERROR: they are the client's doing.
+//! at ERROR: they are the client's doing. So is what dry-run policies
+//! (`istio.io/dry-run: "true"`) would have decided, which is never enforced.
 //!
 //! Until a configuration is loaded, and while a named workload is missing
 //! from it, every request is denied: no policy known is not "no policy".
@@ -210,17 +211,7 @@ impl AuthorizeLayer {
             }
             Err(reason) => denied(reason),
         };
-        if !decision.allowed {
-            tracing::info!(
-                target: "mesh::authz",
-                peer = peer.map(tracing::field::display),
-                client = client.map(tracing::field::display),
-                reason = %decision.reason,
-                "connection denied"
-            );
-        } else if let Some(audit) = &decision.audited_by {
-            tracing::info!(target: "mesh::authz", peer = peer.map(tracing::field::display), client = client.map(tracing::field::display), audited_by = %audit, "connection audited");
-        }
+        log_connection(peer, client, &decision);
         decision
     }
 
@@ -280,6 +271,7 @@ impl AuthorizeLayer {
             }
             Err(reason) => denied(reason),
         };
+        log_shadow_request(req, &path, &decision);
         if !decision.allowed {
             let resp = MeshError::Denied(decision.reason.clone())
                 .to_response_for(crate::error::is_grpc(req.headers()));
@@ -421,7 +413,60 @@ fn denied(reason: String) -> AuthzDecision {
         rule: None,
         reason,
         audited_by: None,
+        shadow: None,
     }
+}
+
+/// Logs a connection's denial or audit, and its dry-run verdict, at INFO.
+fn log_connection(peer: Option<&SpiffeId>, client: Option<SocketAddr>, decision: &AuthzDecision) {
+    let peer = peer.map(tracing::field::display);
+    let client = client.map(tracing::field::display);
+    if !decision.allowed {
+        tracing::info!(
+            target: "mesh::authz",
+            peer,
+            client,
+            reason = %decision.reason,
+            "connection denied"
+        );
+    } else if let Some(audit) = &decision.audited_by {
+        tracing::info!(
+            target: "mesh::authz",
+            peer,
+            client,
+            audited_by = %audit,
+            "connection audited"
+        );
+    }
+    if let Some(shadow) = &decision.shadow {
+        tracing::info!(
+            target: "mesh::authz",
+            peer,
+            client,
+            dry_run_allowed = shadow.allowed,
+            dry_run_policy = shadow.policy.as_ref().map(tracing::field::display),
+            "connection: {}",
+            shadow.reason
+        );
+    }
+}
+
+/// Logs what the dry-run policies would have done to a request, at INFO:
+/// shadow mode is there so that verdict is seen before it is enforced.
+fn log_shadow_request<B>(req: &Request<B>, path: &str, decision: &AuthzDecision) {
+    let Some(shadow) = &decision.shadow else {
+        return;
+    };
+    tracing::info!(
+        target: "mesh::authz",
+        method = %req.method(),
+        path,
+        allowed = decision.allowed,
+        dry_run_allowed = shadow.allowed,
+        dry_run_policy = shadow.policy.as_ref().map(tracing::field::display),
+        "request: {}",
+        shadow.reason
+    );
 }
 
 /// Logs a refusal at INFO and passes the answer on.

@@ -63,19 +63,29 @@ impl fmt::Display for Kind {
     }
 }
 
-/// Where a document came from: a file and the document's 1-based position in
-/// it (empty documents are not counted).
+/// Where a document came from: a file, the document's 1-based position in
+/// it (empty documents are not counted), and for an item of a `List`
+/// document, the item's position in `items`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Origin {
     /// The file.
     pub file: PathBuf,
     /// 1-based document number within the file.
     pub document: usize,
+    /// 1-based item number within a `List` document; `None` for a document
+    /// of its own. (`u32` keeps [`ConfigError`](crate::error::ConfigError)
+    /// small enough to return by value.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (document {})", self.file.display(), self.document)
+        write!(f, "{} (document {}", self.file.display(), self.document)?;
+        if let Some(item) = self.item {
+            write!(f, " item {item}")?;
+        }
+        f.write_str(")")
     }
 }
 

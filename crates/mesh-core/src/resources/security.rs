@@ -2,6 +2,9 @@
 //! v1), and the legacy `authentication.istio.io/v1alpha1` MeshPolicy and
 //! Policy, which are read here and mapped onto PeerAuthentication semantics.
 //!
+//! An AuthorizationPolicy annotated `istio.io/dry-run: "true"` is evaluated
+//! but not enforced ([`dry_run`]).
+//!
 //! Security resources fail closed: a field or value this mesh cannot honour is
 //! an error that rejects the whole configuration, so no rule is ever weakened
 //! by being half understood.
@@ -10,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::common::WorkloadSelector;
+use super::common::{ObjectMeta, WorkloadSelector};
 
 /// Inbound mTLS modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -81,6 +84,25 @@ pub enum AuthzAction {
     Audit,
     /// Delegate to an external authorizer: not supported, rejected.
     Custom,
+}
+
+/// The annotation that puts an AuthorizationPolicy in dry-run, Istio's
+/// shadow mode: evaluated and reported, never enforced.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// The field path errors about [`DRY_RUN_ANNOTATION`] name.
+pub const DRY_RUN_FIELD: &str = "metadata.annotations[istio.io/dry-run]";
+
+/// Is the AuthorizationPolicy with this metadata a dry-run one? Only
+/// `"true"` and `"false"` are read; `Err` says why another value is not,
+/// since guessing either way could enforce what was meant as a trial or
+/// leave unenforced what was meant to protect.
+pub fn dry_run(meta: &ObjectMeta) -> Result<bool, String> {
+    match meta.annotations.get(DRY_RUN_ANNOTATION).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(format!("`{other}` is neither \"true\" nor \"false\"")),
+    }
 }
 
 /// `AuthorizationPolicy.spec`.
