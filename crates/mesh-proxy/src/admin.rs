@@ -15,7 +15,7 @@ use mesh_tower::body::{BoxBody, full};
 use tokio::net::TcpListener;
 
 use crate::identity::Identity;
-use mesh_tower::server::{Drain, serve_connection};
+use mesh_tower::server::{Drain, accept_loop, serve_connection};
 
 /// Something that adds lines to `/stats/prometheus`.
 pub(crate) type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
@@ -150,19 +150,14 @@ pub(crate) async fn spawn(
         .await
         .map_err(|e| anyhow::anyhow!("binding the admin listener {addr}: {e}"))?;
     let local = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let tcp = tokio::select! {
-                r = listener.accept() => match r { Ok((tcp, _)) => tcp, Err(_) => continue },
-                _ = drain.signaled() => return,
-            };
-            let state = state.clone();
-            let svc = tower::service_fn(move |req: Request<crate::runtime::ProxyBody>| {
-                let resp = handle(&state, &req);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            tokio::spawn(serve_connection(tcp, svc, drain.clone(), None));
-        }
-    });
+    let conns = drain.clone();
+    tokio::spawn(accept_loop(listener, drain, move |tcp, _| {
+        let state = state.clone();
+        let svc = tower::service_fn(move |req: Request<crate::runtime::ProxyBody>| {
+            let resp = handle(&state, &req);
+            async move { Ok::<_, Infallible>(resp) }
+        });
+        tokio::spawn(serve_connection(tcp, svc, conns.clone(), None));
+    }));
     Ok(local)
 }
