@@ -187,7 +187,6 @@ async fn shutdown_lets_the_request_in_flight_finish() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let Served { server, .. } = served;
-    let addr = server.local_addr();
     let shutdown = tokio::spawn(server.shutdown());
     let answer = closed_within(&mut tls, Duration::from_secs(20))
         .await
@@ -197,7 +196,7 @@ async fn shutdown_lets_the_request_in_flight_finish() {
         answer.to_ascii_lowercase().contains("connection: close"),
         "a draining server tells keep-alive clients to leave: {answer}"
     );
+    // The shutdown ends once the request is done (a freed port is not
+    // probed: another test may have bound it since).
     shutdown.await.unwrap();
-    // And it accepts no more.
-    assert!(TcpStream::connect(addr).await.is_err());
 }
