@@ -285,7 +285,7 @@ async fn route(inner: &Inner, mut req: Request<BoxBody>) -> Result<Response<BoxB
                 scheme: req.uri().scheme_str().unwrap_or("http"),
                 port,
                 headers: &headers,
-                source_labels: &labels,
+                source_labels: labels,
                 source_namespace: Some(&inner.config.namespace),
                 gateway: inner.config.gateway.as_deref(),
             },
@@ -346,13 +346,13 @@ impl mesh_core::route::HeaderLookup for HeaderMapLookup<'_> {
 
 /// The labels of the workload this router works for, if the snapshot names
 /// one in its namespace with matching labels, else the configured ones.
-fn me_labels(snap: &Snapshot, inner: &Inner) -> Labels {
+fn me_labels<'a>(snap: &'a Snapshot, inner: &'a Inner) -> &'a Labels {
+    static NONE: std::sync::LazyLock<Labels> = std::sync::LazyLock::new(Labels::new);
     match &inner.config.workload {
-        Some(key) if inner.config.labels.is_empty() => snap
-            .workload(key)
-            .map(|(_, w)| w.labels.clone())
-            .unwrap_or_default(),
-        _ => inner.config.labels.clone(),
+        Some(key) if inner.config.labels.is_empty() => {
+            snap.workload(key).map_or(&*NONE, |(_, w)| &w.labels)
+        }
+        _ => &inner.config.labels,
     }
 }
 
