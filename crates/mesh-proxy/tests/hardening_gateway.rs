@@ -260,20 +260,8 @@ impl Edge {
         name: &str,
         path: &str,
     ) -> Result<String, String> {
-        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let server_name = ServerName::try_from(name.to_owned()).unwrap();
-        let mut tls = connector
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
         let req = format!("GET {path} HTTP/1.1\r\nhost: {name}\r\nconnection: close\r\n\r\n");
-        let _ = tls.write_all(req.as_bytes()).await;
-        let mut out = Vec::new();
-        match tokio::time::timeout(WAIT, tls.read_to_end(&mut out)).await {
-            Ok(Ok(_)) => Ok(String::from_utf8_lossy(&out).into_owned()),
-            Ok(Err(e)) if out.is_empty() => Err(format!("read: {e}")),
-            Ok(Err(_)) | Err(_) => Ok(String::from_utf8_lossy(&out).into_owned()),
-        }
+        self.https_raw(connector, port, name, &req).await
     }
 
     /// Raw bytes to the plain HTTP port; what came back.
