@@ -421,42 +421,65 @@ impl DestinationPlan<'_> {
     /// handshake failing somewhere with a bare 503), and so is a client
     /// TLS the mesh's client cannot do.
     pub fn endpoint_tls(&self, snap: &Snapshot, ep: &Endpoint) -> Result<EndpointTls, String> {
-        let client = snap.client_tls(&self.service.host, self.port.number, self.subset);
-        if self.service.location == Location::MeshExternal {
-            return match client.mode {
-                None | Some(ClientTlsMode::Disable) => Ok(EndpointTls::Plaintext),
-                Some(m) => Err(format!(
-                    "client TLS mode {m} towards a service outside the mesh is not supported yet"
-                )),
-            };
-        }
-        let w = &snap.workloads[ep.workload];
-        let server = snap.inbound_mode(w, ep.port);
-        if let Some(why) = crate::analyze::tls_conflict(server.mode, client.mode) {
-            let by = |r: Option<crate::resources::ResourceRef>| {
-                r.map_or_else(|| "the mesh default".to_owned(), |r| r.to_string())
-            };
-            return Err(format!(
-                "TLS conflict: {why} (server mode from {}, client mode from {})",
-                by(server.decided_by),
-                by(client.decided_by)
-            ));
-        }
-        match client.mode {
-            Some(ClientTlsMode::IstioMutual) => Ok(EndpointTls::MeshMtls),
-            Some(ClientTlsMode::Disable) => Ok(EndpointTls::Plaintext),
-            Some(m) => Err(format!(
-                "client TLS mode {m} is not supported by the mesh client yet"
-            )),
-            None if server.mode == MtlsMode::Disable => Ok(EndpointTls::Plaintext),
-            None => Ok(EndpointTls::MeshMtls),
-        }
+        endpoint_tls(snap, self.service, self.port.number, self.subset, ep)
     }
 
     /// The identities that may answer at `ep` (secure naming): the
     /// workload's own.
     pub fn identities(&self, snap: &Snapshot, ep: &Endpoint) -> Vec<SpiffeId> {
-        vec![snap.workloads[ep.workload].identity.clone()]
+        identities(snap, ep)
+    }
+}
+
+/// The identities that may answer at `ep` (secure naming): the workload's
+/// own. [`DestinationPlan::identities`] for a caller that keeps only the
+/// endpoint.
+pub fn identities(snap: &Snapshot, ep: &Endpoint) -> Vec<SpiffeId> {
+    vec![snap.workloads[ep.workload].identity.clone()]
+}
+
+/// How to connect to `ep` of `service`'s port `port` (and `subset`): by the
+/// DestinationRule's client TLS and, when it says nothing, the server's
+/// inbound mode. A conflict `check` would report is refused with the same
+/// words (rather than a handshake failing somewhere with a bare 503), and
+/// so is a client TLS the mesh's client cannot do.
+/// [`DestinationPlan::endpoint_tls`] for a caller that keeps only names.
+pub fn endpoint_tls(
+    snap: &Snapshot,
+    service: &Service,
+    port: u16,
+    subset: Option<&str>,
+    ep: &Endpoint,
+) -> Result<EndpointTls, String> {
+    let client = snap.client_tls(&service.host, port, subset);
+    if service.location == Location::MeshExternal {
+        return match client.mode {
+            None | Some(ClientTlsMode::Disable) => Ok(EndpointTls::Plaintext),
+            Some(m) => Err(format!(
+                "client TLS mode {m} towards a service outside the mesh is not supported yet"
+            )),
+        };
+    }
+    let w = &snap.workloads[ep.workload];
+    let server = snap.inbound_mode(w, ep.port);
+    if let Some(why) = crate::analyze::tls_conflict(server.mode, client.mode) {
+        let by = |r: Option<crate::resources::ResourceRef>| {
+            r.map_or_else(|| "the mesh default".to_owned(), |r| r.to_string())
+        };
+        return Err(format!(
+            "TLS conflict: {why} (server mode from {}, client mode from {})",
+            by(server.decided_by),
+            by(client.decided_by)
+        ));
+    }
+    match client.mode {
+        Some(ClientTlsMode::IstioMutual) => Ok(EndpointTls::MeshMtls),
+        Some(ClientTlsMode::Disable) => Ok(EndpointTls::Plaintext),
+        Some(m) => Err(format!(
+            "client TLS mode {m} is not supported by the mesh client yet"
+        )),
+        None if server.mode == MtlsMode::Disable => Ok(EndpointTls::Plaintext),
+        None => Ok(EndpointTls::MeshMtls),
     }
 }
 

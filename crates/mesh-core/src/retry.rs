@@ -126,6 +126,23 @@ impl RetryPolicy {
     }
 }
 
+/// Envoy's default base interval between retries (Istio's routes do not
+/// set one).
+pub const BACKOFF_BASE: Duration = Duration::from_millis(25);
+/// Envoy's default cap on the interval: ten times the base.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+/// How long to wait before retry number `retry` (1 for the first retry):
+/// Envoy's fully jittered exponential back-off, a uniform draw (from
+/// `roll`) in `[0, min(base * 2^(retry-1), max)]`.
+pub fn backoff(retry: u32, roll: u64) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    let ceiling_us = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(roll % (ceiling_us + 1))
+}
+
 /// What fault injection does to one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultDecision {
@@ -170,6 +187,20 @@ mod tests {
             retry_on: Some("5xx".into()),
         }));
         assert!(explicit.request_is_retryable("POST", true));
+    }
+
+    #[test]
+    fn backoff_is_jittered_under_an_exponential_ceiling() {
+        assert_eq!(backoff(1, 0), Duration::ZERO);
+        assert_eq!(backoff(1, 25_000), Duration::from_millis(25));
+        assert_eq!(backoff(1, 25_001), Duration::ZERO);
+        assert_eq!(backoff(2, 50_000), Duration::from_millis(50));
+        assert_eq!(backoff(9, u64::MAX), backoff(9, u64::MAX % 250_001));
+        for r in [0, 7, 1 << 40, u64::MAX] {
+            for retry in 1..40 {
+                assert!(backoff(retry, r) <= BACKOFF_MAX);
+            }
+        }
     }
 
     #[test]

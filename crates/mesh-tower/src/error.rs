@@ -113,6 +113,10 @@ pub enum MeshError {
         /// The server name the connection was opened for.
         sni: String,
     },
+    /// The mesh broke one of its own invariants (a bug): answered rather
+    /// than panicking mid-request.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<mesh_core::plan::PlanError> for MeshError {
@@ -143,6 +147,7 @@ impl MeshError {
             Self::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::FaultAbort(_, status) => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
@@ -167,6 +172,8 @@ impl MeshError {
             Self::RequestBodyTooLarge { .. } | Self::BadRequest(_) => "DPE",
             Self::RequestBodyTimeout(_) => "SI",
             Self::Misdirected { .. } => "NR",
+            // No Envoy flag says "the proxy's own bug".
+            Self::Internal(_) => "-",
         }
     }
 
@@ -191,6 +198,7 @@ impl MeshError {
             Self::RequestBodyTimeout(_) => "request body timeout",
             Self::BadRequest(_) => "bad request",
             Self::Misdirected { .. } => "misdirected request",
+            Self::Internal(_) => "internal error",
         }
     }
 

@@ -1,8 +1,9 @@
 //! The HTTP client towards endpoints. Requests arrive with their endpoint
 //! already chosen (`http://addr:port/...` for plaintext, `https://` for mesh
-//! mTLS); the connector dials it and, for mTLS, checks that the server proves
-//! one of the identities the snapshot gives that endpoint (secure naming).
-//! Connections are pooled per scheme and endpoint by hyper-util.
+//! mTLS) and, for mTLS, the identities the routing plan allows there
+//! ([`SecureNaming`]); the connector dials it and checks that the server
+//! proves one of them. Connections are pooled per scheme, endpoint and
+//! identity set by hyper-util.
 
 use std::future::Future;
 use std::io;
@@ -16,7 +17,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::identity::SpiffeId;
-use mesh_core::store::Store;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -99,41 +99,27 @@ impl AsyncWrite for EndpointIo {
     }
 }
 
-/// Dials endpoints; a tower `Service<Uri>` for hyper-util's client.
+/// Dials endpoints; a tower `Service<Uri>` for hyper-util's client. A
+/// connector for mTLS is bound to the identity set the routing plan gave
+/// (secure naming), so a pooled connection verified for one set is reused
+/// only by requests whose plan allows that same set.
 #[derive(Clone, Debug)]
 pub struct EndpointConnector {
-    store: Arc<Store>,
     mtls: Option<MeshConnector>,
+    identities: Arc<[SpiffeId]>,
     connect_timeout: Duration,
 }
 
 impl EndpointConnector {
     /// A connector; without `mtls`, only plaintext endpoints can be reached
-    /// and every mTLS request fails closed.
-    pub fn new(store: Arc<Store>, mtls: Option<MeshConnector>) -> Self {
+    /// and every mTLS request fails closed. It verifies mTLS servers
+    /// against `identities`; with none, every mTLS dial fails closed.
+    pub fn new(mtls: Option<MeshConnector>, identities: Arc<[SpiffeId]>) -> Self {
         Self {
-            store,
             mtls,
+            identities,
             connect_timeout: Duration::from_secs(10),
         }
-    }
-
-    /// The identities that may answer at `host:port`: those of the
-    /// workloads the snapshot places there.
-    fn identities(&self, host: &str, port: u16) -> Vec<SpiffeId> {
-        let snap = self.store.load();
-        let mut ids: Vec<SpiffeId> = snap
-            .workloads
-            .iter()
-            .filter(|w| {
-                w.address == host
-                    && (w.ports.values().any(|p| *p == port) || w.inbound.contains_key(&port))
-            })
-            .map(|w| w.identity.clone())
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids
     }
 }
 
@@ -170,14 +156,13 @@ impl tower::Service<Uri> for EndpointConnector {
                 .mtls
                 .as_ref()
                 .ok_or("this workload has no mesh identity for mTLS")?;
-            let allowed = this.identities(&host, port);
-            if allowed.is_empty() {
+            if this.identities.is_empty() {
                 return Err(format!(
                     "no workload identity is known for {host}:{port} (secure naming)"
                 )
                 .into());
             }
-            let tls = connector.connect(tcp, &allowed).await?;
+            let tls = connector.connect(tcp, &this.identities).await?;
             Ok(TokioIo::new(EndpointIo::Mtls(Box::new(tls))))
         })
     }
@@ -231,27 +216,62 @@ impl UpstreamError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PriorKnowledgeH2;
 
+/// The identities the routing plan allows to answer at the request's
+/// endpoint (secure naming); a request extension the router sets on every
+/// `https` (mesh mTLS) request. Without it an mTLS request fails closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureNaming(pub Arc<[SpiffeId]>);
+
 /// What sends a request to its chosen endpoint (the URI names it). The
 /// router only needs this; tests put a `service_fn` here to drive time and
 /// failures without a network.
 pub type Upstream =
     tower::util::BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, UpstreamError>;
 
-/// The real upstream: pooled hyper-util clients, one that speaks HTTP/1.1
-/// (or h2 when ALPN says so) and one that speaks only HTTP/2.
-pub fn hyper_upstream(connector: EndpointConnector) -> Upstream {
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(Duration::from_secs(90))
-        .timer(hyper_util::rt::TokioTimer::new());
-    let http1: UpstreamClient = b.build(connector.clone());
-    let mut b2 = Client::builder(TokioExecutor::new());
-    b2.http2_only(true).timer(hyper_util::rt::TokioTimer::new());
-    let h2: UpstreamClient = b2.build(connector);
+/// The pooled clients of one identity set: one that speaks HTTP/1.1 (or h2
+/// when ALPN says so) and one that speaks only HTTP/2.
+#[derive(Debug, Clone)]
+struct Clients {
+    http1: UpstreamClient,
+    h2: UpstreamClient,
+}
+
+impl Clients {
+    fn new(connector: EndpointConnector) -> Self {
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(Duration::from_secs(90))
+            .timer(hyper_util::rt::TokioTimer::new());
+        let http1 = b.build(connector.clone());
+        let mut b2 = Client::builder(TokioExecutor::new());
+        b2.http2_only(true).timer(hyper_util::rt::TokioTimer::new());
+        let h2 = b2.build(connector);
+        Self { http1, h2 }
+    }
+}
+
+/// The real upstream: hyper-util's pooled clients, one pair for plaintext
+/// and one pair per identity set of mesh mTLS (read from the request's
+/// [`SecureNaming`]). The sets are few (one per service account a caller
+/// reaches) and kept for the router's life; idle connections close after 90
+/// seconds.
+pub fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
+    let plain = Clients::new(EndpointConnector::new(None, Arc::from([])));
+    let by_identities: Arc<arc_swap::ArcSwap<std::collections::HashMap<Arc<[SpiffeId]>, Clients>>> =
+        Arc::default();
     tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: Request<BoxBody>| {
-        let client = if req.extensions().get::<PriorKnowledgeH2>().is_some() {
-            h2.clone()
+        let clients = if req.uri().scheme_str() == Some("https") {
+            let ids = req
+                .extensions()
+                .get::<SecureNaming>()
+                .map_or_else(|| Arc::from([]), |s| s.0.clone());
+            clients_for(&by_identities, ids, &mtls)
         } else {
-            http1.clone()
+            plain.clone()
+        };
+        let client = if req.extensions().get::<PriorKnowledgeH2>().is_some() {
+            clients.h2
+        } else {
+            clients.http1
         };
         async move {
             match client.request(req).await {
@@ -260,6 +280,27 @@ pub fn hyper_upstream(connector: EndpointConnector) -> Upstream {
             }
         }
     }))
+}
+
+fn clients_for(
+    map: &arc_swap::ArcSwap<std::collections::HashMap<Arc<[SpiffeId]>, Clients>>,
+    ids: Arc<[SpiffeId]>,
+    mtls: &Option<MeshConnector>,
+) -> Clients {
+    if let Some(c) = map.load().get(&ids) {
+        return c.clone();
+    }
+    let mut out = None;
+    map.rcu(|m| {
+        let mut m = std::collections::HashMap::clone(m);
+        let c = m
+            .entry(ids.clone())
+            .or_insert_with(|| Clients::new(EndpointConnector::new(mtls.clone(), ids.clone())))
+            .clone();
+        out = Some(c);
+        Arc::new(m)
+    });
+    out.unwrap_or_else(|| Clients::new(EndpointConnector::new(mtls.clone(), ids)))
 }
 
 /// An error and its sources, joined: hyper's top-level messages say little.

@@ -1,14 +1,23 @@
 //! Routing, load balancing and resilience: the outbound half of the mesh.
 //!
 //! [`Router`] is a tower `Service` that takes a request addressed to a
-//! service host (`http://reviews/...` or a `Host` header), reads one
-//! [`Snapshot`](mesh_core::snapshot::Snapshot) for the whole request, and
-//! applies what the VirtualService and DestinationRule say: the first
-//! matching rule, redirects and direct answers, fault injection, header
-//! changes and rewrites, the weighted (or sticky) choice of subset, the
-//! endpoint by the load-balancing algorithm, connection pool limits, retries
-//! with per-try timeouts, the route timeout, mirroring, and outlier
-//! detection. Every failure is a [`MeshError`] answered in one place.
+//! service host (`http://reviews/...` or a `Host` header) and applies what
+//! the VirtualService and DestinationRule say. It is a stack of layers, each
+//! in its own module, outermost first:
+//!
+//! | layer | module | does |
+//! |---|---|---|
+//! | route | `route` | reads one snapshot, asks the routing plan ([`mesh_core::plan`]) for the rule; answers redirects, direct responses and injected faults; buffers a small body; picks the destination (weights, sticky key) and resolves it; applies header changes and rewrites; puts the decision in the request's extensions |
+//! | route timeout | `timeout` | the rule's `timeout`, over every attempt |
+//! | mirror | `mirror` | sends a copy of a share of requests to the mirror host, once per request |
+//! | retry | `retry` | `tower::retry` with a policy over the plan's retry policy (conditions, attempts, Envoy's jittered back-off, the failed endpoint avoided) |
+//! | pool limit | `pool` | the DestinationRule's connection pool limits per destination |
+//! | balance | `balance` | the endpoint by the load-balancing algorithm among those not ejected; client TLS and secure-naming identities from the plan; outlier bookkeeping |
+//! | per-try timeout | `timeout` | the retry policy's `perTryTimeout`, per attempt |
+//! | connect | `connect` | sends through the [`Upstream`] (pooled hyper clients, or a test's `service_fn`) and classifies failures |
+//!
+//! Every failure is a [`MeshError`] answered in one place, with the
+//! endpoint tried (if any) reported to telemetry.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,44 +34,46 @@
 //! # Ok(()) }
 //! ```
 
+mod balance;
+mod connect;
+mod mirror;
 mod pick;
+mod pool;
+mod retry;
 mod rewrite;
+mod route;
 pub mod state;
 mod tcp;
+mod timeout;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri};
+use http::{Request, Response};
 use http_body::Body;
-use http_body_util::BodyExt;
-use mesh_core::outlier::{Outcome, OutlierPolicy};
-use mesh_core::plan::{
-    EndpointTls, PlanRequest, PlannedAction, RoutePlan, choose_destination, resolve_destination,
-};
+use mesh_core::outlier::OutlierPolicy;
+use mesh_core::plan::Endpoint;
 use mesh_core::resources::common::Labels;
-use mesh_core::resources::networking::Protocol;
-use mesh_core::retry::{Failure, fault_decision};
-use mesh_core::route::{RequestInfo, WeightedDestination};
+use mesh_core::resources::networking::LoadBalancerSettings;
+use mesh_core::retry::{Failure, RetryPolicy};
+use mesh_core::route::WeightedDestination;
 use mesh_core::snapshot::Snapshot;
 use mesh_core::store::Store;
 
 pub use state::{RandomSource, SeededRandom, TrafficState};
 pub use tcp::{TcpConnection, TcpRouter};
 
-use crate::body::{BoxBody, BoxError, boxed, full};
+use crate::body::{BoxBody, BoxError, boxed};
 use crate::error::MeshError;
-use crate::telemetry::{DestinationInfo, WorkloadInfo};
 use crate::tls::MeshConnector;
-use crate::upstream::{
-    EndpointConnector, PriorKnowledgeH2, Upstream, UpstreamError, hyper_upstream,
-};
+use crate::upstream::{Upstream, hyper_upstream};
 
 /// The address of the downstream client, for `useSourceIp` hashing; servers
 /// insert it.
@@ -136,19 +147,153 @@ impl RouterConfig {
     }
 }
 
+/// What the route layer decided for one request, as the layers below it
+/// read it: a request extension, cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Planned(pub(crate) Arc<Destination>);
+
+/// A destination resolved by the routing plan, owned so that it can travel
+/// in the request's extensions (the plan itself borrows the snapshot).
 #[derive(Debug)]
-struct Inner {
-    store: Arc<Store>,
-    upstream: Upstream,
-    config: RouterConfig,
-    state: TrafficState,
-    random: Arc<dyn RandomSource>,
+pub(crate) struct Destination {
+    /// The snapshot the plan was made from: every layer of one request
+    /// reads this one, never a newer one.
+    pub(crate) snap: Arc<Snapshot>,
+    /// The destination service's host.
+    pub(crate) host: String,
+    /// The service port meant.
+    pub(crate) port: u16,
+    /// The subset, if the destination names one.
+    pub(crate) subset: Option<String>,
+    /// The endpoints to choose among.
+    pub(crate) endpoints: Vec<Endpoint>,
+    /// The load-balancing settings in force.
+    pub(crate) load_balancer: Option<LoadBalancerSettings>,
+    /// The connection pool limits in force.
+    pub(crate) pool: Option<pool::Limits>,
+    /// Outlier detection in force.
+    pub(crate) outlier: Option<OutlierPolicy>,
+    /// The port speaks HTTP/2 (HTTP2, GRPC): plaintext goes with prior
+    /// knowledge.
+    pub(crate) h2: bool,
+    /// The consistent-hash key of the request, if sticky.
+    pub(crate) hash_key: Option<u64>,
+    /// A mirrored copy: its own round-robin counter, no outlier
+    /// bookkeeping.
+    pub(crate) mirrored: bool,
+    /// The route's retry policy.
+    pub(crate) retry: Cow<'static, RetryPolicy>,
+    /// May the request be sent more than once (its body is buffered, and
+    /// the method and the policy allow it)?
+    pub(crate) retryable: bool,
+    /// The route's timeout over all attempts.
+    pub(crate) timeout: Option<Duration>,
+    /// Where a copy goes, and the share of requests copied.
+    pub(crate) mirror: Option<(WeightedDestination, f64)>,
+    /// The port the request was addressed to (a mirror destination without
+    /// a port means this one).
+    pub(crate) request_port: u16,
+}
+
+/// The buffered body of a request, so that it can be sent again (retries)
+/// or copied (mirroring); the route layer inserts it.
+#[derive(Debug, Clone)]
+pub(crate) struct Replay(pub(crate) Bytes);
+
+/// An endpoint the balance layer chose, on the response (or the failure)
+/// of the attempt that went there.
+#[derive(Debug, Clone)]
+pub(crate) struct Tried {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) mtls: bool,
+}
+
+/// The endpoint the last attempt failed at: a retry tries another when
+/// there is one. The retry policy inserts it.
+#[derive(Debug, Clone)]
+pub(crate) struct Avoid(pub(crate) String);
+
+/// An attempt that failed without a response: the mesh's answer, the
+/// failure as retry conditions and outlier detection see it (`None` when
+/// it is the caller's fault and nothing to retry), and the endpoint tried.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) error: MeshError,
+    pub(crate) failure: Option<Failure>,
+    pub(crate) tried: Option<Tried>,
+}
+
+impl Failed {
+    /// A failure before any endpoint was tried.
+    pub(crate) fn before_endpoint(error: MeshError, failure: Option<Failure>) -> Self {
+        Self {
+            error,
+            failure,
+            tried: None,
+        }
+    }
+}
+
+/// The future of every layer below the route layer.
+pub(crate) type AttemptFuture =
+    Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Failed>> + Send>>;
+
+/// Calls `svc` once with `req`, boxed here (outside any `async` block) so
+/// that the compiler checks `Send` of a concrete future: an `async` block
+/// awaiting a generic service's future trips rustc's "`Send` is not general
+/// enough" over the body's boxed error type.
+pub(crate) fn oneshot<S>(svc: S, req: Request<BoxBody>) -> AttemptFuture
+where
+    S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = Failed>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    Box::pin(tower::ServiceExt::oneshot(svc, req))
+}
+
+/// The planned destination of a request, for layers that need one: a
+/// request without it is a bug in the stack, answered as a 500 rather than
+/// a panic.
+pub(crate) fn planned<B>(req: &Request<B>) -> Result<Arc<Destination>, Failed> {
+    req.extensions()
+        .get::<Planned>()
+        .map(|p| p.0.clone())
+        .ok_or_else(|| {
+            Failed::before_endpoint(
+                MeshError::Internal("request reached the outbound stack without a plan".into()),
+                None,
+            )
+        })
+}
+
+/// The layers below the route layer, built once per router.
+type Stack = timeout::RouteTimeout<
+    mirror::Mirror<
+        tower::retry::Retry<
+            retry::Policy,
+            pool::PoolLimit<balance::Balance<timeout::PerTryTimeout<connect::Connect>>>,
+        >,
+    >,
+>;
+
+fn stack(upstream: Upstream, state: Arc<TrafficState>, random: Arc<dyn RandomSource>) -> Stack {
+    tower::ServiceBuilder::new()
+        .layer_fn(timeout::RouteTimeout::new)
+        .layer_fn(|s| mirror::Mirror::new(s, random.clone()))
+        .layer(tower::retry::RetryLayer::new(retry::Policy::new(
+            random.clone(),
+        )))
+        .layer_fn(|s| pool::PoolLimit::new(s, state.clone()))
+        .layer_fn(|s| balance::Balance::new(s, state.clone(), random.clone()))
+        .layer_fn(timeout::PerTryTimeout::new)
+        .service(connect::Connect::new(upstream))
 }
 
 /// The outbound router. Cheap to clone; clones share pools and state.
 #[derive(Debug, Clone)]
 pub struct Router {
-    inner: Arc<Inner>,
+    route: route::Route<Stack>,
 }
 
 impl Router {
@@ -165,8 +310,7 @@ impl Router {
         mtls: Option<MeshConnector>,
         random: Arc<dyn RandomSource>,
     ) -> Self {
-        let upstream = hyper_upstream(EndpointConnector::new(store.clone(), mtls));
-        Self::with_upstream(store, config, upstream, random)
+        Self::with_upstream(store, config, hyper_upstream(mtls), random)
     }
 
     /// A router sending through `upstream` instead of the network: for
@@ -177,14 +321,10 @@ impl Router {
         upstream: Upstream,
         random: Arc<dyn RandomSource>,
     ) -> Self {
+        let state = Arc::new(TrafficState::default());
+        let next = stack(upstream, state.clone(), random.clone());
         Self {
-            inner: Arc::new(Inner {
-                store,
-                upstream,
-                config,
-                state: TrafficState::default(),
-                random,
-            }),
+            route: route::Route::new(next, store, config, state, random),
         }
     }
 }
@@ -203,451 +343,70 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
-        let grpc = crate::error::is_grpc(req.headers());
-        Box::pin(async move {
-            let req = req.map(boxed);
-            Ok(match route(&inner, req).await {
-                Ok(resp) => resp,
-                Err(e) => answer(&e, grpc),
-            })
-        })
+        let route = self.route.clone();
+        Box::pin(async move { Ok(route.call(req.map(boxed)).await) })
     }
 }
 
 /// The mesh's own answer to a failure, logged with its reason.
-fn answer(e: &MeshError, grpc: bool) -> Response<BoxBody> {
+pub(crate) fn answer(e: &MeshError, grpc: bool) -> Response<BoxBody> {
     tracing::info!(status = e.status().as_u16(), flag = e.response_flag(), reason = %e, "mesh answered the request itself");
     e.to_response_for(grpc)
 }
 
-/// Where the request is going: host without port, and port.
-fn target(req: &Request<BoxBody>) -> Option<(String, u16)> {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })?;
-    let default_port = if req.uri().scheme_str() == Some("https") {
-        443
-    } else {
-        80
-    };
-    match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => p
-            .parse()
-            .ok()
-            .map(|p| (h.to_ascii_lowercase(), p))
-            .or(Some((authority.to_ascii_lowercase(), default_port))),
-        _ => Some((authority.to_ascii_lowercase(), default_port)),
-    }
+/// A store holding `yaml`, for the layers' unit tests.
+#[cfg(test)]
+pub(crate) fn test_store(yaml: &str) -> Arc<Store> {
+    let store = Arc::new(Store::new());
+    store
+        .apply(mesh_core::load::load_str(
+            std::path::Path::new("mesh.yaml"),
+            yaml,
+        ))
+        .expect("the test mesh loads");
+    store
 }
 
-async fn route(inner: &Inner, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, MeshError> {
-    // The upstream sees the Host the caller meant, not the endpoint's
-    // address the URI is rewritten to.
-    if !req.headers().contains_key(http::header::HOST) {
-        if let Some(v) = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            req.headers_mut().insert(http::header::HOST, v);
-        }
-    }
-    let snap = inner.store.load();
-    let (host, port) = target(&req).ok_or_else(|| MeshError::UnknownHost {
-        host: String::new(),
-    })?;
-    let labels = me_labels(&snap, inner);
-    // The plan's request borrows the request's headers (not `Sync`): kept
-    // in this block, off the awaits below.
-    let plan = {
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let authority = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or(&host);
-        let headers = HeaderMapLookup(req.headers());
-        let servers = req.extensions().get::<GatewayServers>();
-        let plan_req = PlanRequest {
-            host: &host,
-            info: RequestInfo {
-                method: req.method().as_str(),
-                path_and_query: path,
-                authority,
-                scheme: req.uri().scheme_str().unwrap_or("http"),
-                port,
-                headers: &headers,
-                source_labels: labels,
-                source_namespace: Some(&inner.config.namespace),
-                gateway: inner.config.gateway.as_deref(),
-            },
-            namespace: &inner.config.namespace,
-            gateway: inner
-                .config
-                .gateway
-                .as_deref()
-                .map(|gw| (gw, servers.map_or(&[][..], |s| &s.0[..]))),
-        };
-        mesh_core::plan::route(&snap, &plan_req)?
-    };
-    let dests = match &plan.action {
-        PlannedAction::Redirect(r) => return Ok(rewrite::redirect(&req, r, &host)),
-        PlannedAction::DirectResponse(d) => {
-            let mut resp = Response::new(full(
-                d.body
-                    .as_ref()
-                    .and_then(|b| b.string.clone())
-                    .unwrap_or_default(),
-            ));
-            *resp.status_mut() =
-                http::StatusCode::from_u16(d.status).unwrap_or(http::StatusCode::OK);
-            return Ok(resp);
-        }
-        PlannedAction::Forward(ds) => ds.clone(),
-    };
-    let rule = plan.rule;
-
-    if let Some(fault) = rule.and_then(|(r, _)| r.fault.as_ref()) {
-        let d = fault_decision(fault, inner.random.next_f64(), inner.random.next_f64());
-        if let Some(delay) = d.delay {
-            tokio::time::sleep(delay).await;
-        }
-        if let Some(status) = d.abort {
-            let source = rule.map(|(r, _)| r.describe()).unwrap_or_default();
-            return Err(MeshError::FaultAbort(source, status));
-        }
-    }
-
-    let attempt = forward(inner, &snap, &plan, &dests, port, req);
-    match plan.timeout() {
-        Some(t) => tokio::time::timeout(t, attempt)
-            .await
-            .map_err(|_| MeshError::Timeout(t))?,
-        None => attempt.await,
-    }
-}
-
-/// Route matching's view of the request headers.
-struct HeaderMapLookup<'a>(&'a http::HeaderMap);
-
-impl mesh_core::route::HeaderLookup for HeaderMapLookup<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-/// The labels of the workload this router works for, if the snapshot names
-/// one in its namespace with matching labels, else the configured ones.
-fn me_labels<'a>(snap: &'a Snapshot, inner: &'a Inner) -> &'a Labels {
-    static NONE: std::sync::LazyLock<Labels> = std::sync::LazyLock::new(Labels::new);
-    match &inner.config.workload {
-        Some(key) if inner.config.labels.is_empty() => {
-            snap.workload(key).map_or(&*NONE, |(_, w)| &w.labels)
-        }
-        _ => &inner.config.labels,
-    }
-}
-
-async fn forward(
-    inner: &Inner,
-    snap: &Snapshot,
-    plan: &RoutePlan<'_>,
-    dests: &[WeightedDestination],
+/// A planned destination over `store`'s `host` (the whole service), for the
+/// layers' unit tests; `edit` adjusts it.
+#[cfg(test)]
+pub(crate) fn test_planned(
+    store: &Store,
+    host: &str,
     port: u16,
-    req: Request<BoxBody>,
-) -> Result<Response<BoxBody>, MeshError> {
-    let rule = plan.rule;
-    let (mut parts, body) = req.into_parts();
-    let has_body = !body.is_end_stream();
-    let small = body
-        .size_hint()
-        .upper()
-        .is_some_and(|u| u <= inner.config.buffer_limit as u64);
-    let (replay, mut stream) = if !has_body {
-        (Some(Bytes::new()), None)
-    } else if small {
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| MeshError::UpstreamProtocol {
-                endpoint: "client".into(),
-                why: e.to_string(),
-            })?
-            .to_bytes();
-        (Some(bytes), None)
-    } else {
-        (None, Some(body))
+    edit: impl FnOnce(&mut Destination),
+) -> Planned {
+    let snap = store.load();
+    let d = WeightedDestination {
+        host: host.to_owned(),
+        subset: None,
+        port: None,
+        weight: 100,
+        headers: None,
     };
-
-    // Sticky sessions: the key comes from the first weighted host's rule.
-    let first_host = dests.first().map(|d| d.host.as_str()).unwrap_or_default();
-    let ch = pick::consistent_hash(snap, first_host, port);
-    let (key, cookie) = match &ch {
-        Some(ch) => pick::request_key(&parts, ch, inner.random.as_ref()),
-        None => (None, None),
-    };
-    let now = Instant::now();
-    let dest = choose_destination(
-        dests,
-        |d| pick::has_available(snap, d, port, &inner.state, now),
-        key,
-        || inner.random.next_u64(),
-    )
-    .ok_or_else(|| MeshError::NoHealthyEndpoint {
-        target: first_host.to_owned(),
-    })?;
-    let planned = resolve_destination(snap, dest, port)?;
-    let (svc, sp, eps) = (planned.service, planned.port, &planned.endpoints);
-    let subset = planned.subset;
-    let policy = &planned.policy;
-    let outlier = policy
-        .outlier_detection
-        .as_ref()
-        .and_then(OutlierPolicy::from_config);
-    // Most routes say nothing about retries: Istio's default, built once.
-    let retry = plan.retry_policy();
-    let retryable = replay.is_some() && retry.request_is_retryable(parts.method.as_str(), has_body);
-    let attempts = if retryable { 1 + retry.attempts } else { 1 };
-    let h2 = matches!(sp.protocol, Protocol::Http2 | Protocol::Grpc);
-    let pool = policy.connection_pool.as_ref().and_then(|cp| {
-        let max = cp
-            .http
+    let r = mesh_core::plan::resolve_destination(&snap, &d, port).expect("resolves");
+    let mut dest = Destination {
+        host: host.to_owned(),
+        port: r.port.number,
+        subset: None,
+        endpoints: r.endpoints,
+        load_balancer: r.policy.load_balancer.clone(),
+        pool: pool::Limits::from_policy(&r.policy),
+        outlier: r
+            .policy
+            .outlier_detection
             .as_ref()
-            .and_then(|h| h.http2_max_requests)
-            .or(cp.tcp.as_ref().and_then(|t| t.max_connections))?;
-        let pending = cp
-            .http
-            .as_ref()
-            .and_then(|h| h.http1_max_pending_requests)
-            .unwrap_or(u32::MAX);
-        Some(inner.state.pool(&dest.host, max as usize, pending as usize))
-    });
-    let _permit = match &pool {
-        Some(p) => Some(p.acquire().await.ok_or_else(|| MeshError::Overflow {
-            host: dest.host.clone(),
-        })?),
-        None => None,
+            .and_then(OutlierPolicy::from_config),
+        h2: false,
+        hash_key: None,
+        mirrored: false,
+        retry: Cow::Owned(RetryPolicy::istio_default()),
+        retryable: true,
+        timeout: None,
+        mirror: None,
+        request_port: port,
+        snap: snap.clone(),
     };
-
-    // Mirror a copy, fire and forget.
-    if let (Some((r, _)), Some(bytes)) = (rule, &replay) {
-        if let (Some(m), Some(pct)) = (&r.mirror, r.mirror_percent) {
-            if inner.random.next_f64() * 100.0 < pct {
-                mirror(inner, snap, m, port, &parts, bytes.clone());
-            }
-        }
-    }
-
-    rewrite::request_headers(&mut parts, rule.map(|(r, _)| r), dest);
-    let path = rewrite::path(&parts, rule);
-    let mut last_failed: Option<String> = None;
-    let mut last: Option<(pick::Endpoint, bool)> = None;
-    let mut result = None;
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            let backoff = Duration::from_millis(25 << (attempt - 1).min(3));
-            let jitter = Duration::from_millis(inner.random.next_u64() % 10);
-            tokio::time::sleep(backoff + jitter).await;
-        }
-        let lb = policy.load_balancer.as_ref();
-        let set = pick::EndpointSet::Http {
-            host: &dest.host,
-            subset,
-        };
-        let Some(ep) = pick::endpoint(
-            eps,
-            lb,
-            key,
-            &inner.state,
-            set,
-            last_failed.as_deref(),
-            inner.random.as_ref(),
-        ) else {
-            result = None;
-            break;
-        };
-        let scheme = match planned.endpoint_tls(snap, &ep) {
-            Ok(EndpointTls::MeshMtls) => "https",
-            Ok(EndpointTls::Plaintext) => "http",
-            Err(why) => {
-                return Err(MeshError::CannotSecure {
-                    host: dest.host.clone(),
-                    why,
-                });
-            }
-        };
-        let uri: Uri = format!("{scheme}://{}{path}", ep.key).parse().map_err(
-            |e: http::uri::InvalidUri| MeshError::UpstreamConnect {
-                endpoint: ep.key.clone(),
-                why: e.to_string(),
-            },
-        )?;
-        let body = match (&replay, stream.take()) {
-            (Some(b), _) => full(b.clone()),
-            (None, Some(s)) => s,
-            (None, None) => {
-                last = Some((ep, scheme == "https"));
-                break;
-            }
-        };
-        let mut up = Request::from_parts(parts.clone(), body);
-        *up.uri_mut() = uri;
-        *up.version_mut() = http::Version::HTTP_11;
-        if h2 {
-            up.extensions_mut().insert(PriorKnowledgeH2);
-        }
-        let state = inner.state.endpoint(&ep.key);
-        let in_flight = state.start();
-        let send = crate::upstream::send(&inner.upstream, up);
-        let outcome = match retry.per_try_timeout {
-            Some(t) => tokio::time::timeout(t, send).await.map_err(|_| t),
-            None => Ok(send.await),
-        };
-        drop(in_flight);
-        let callers_fault = matches!(outcome, Ok(Err(UpstreamError::RequestBody(_))));
-        let (failure, res) = match outcome {
-            Err(t) => (Some(Failure::PerTryTimeout), Err(MeshError::Timeout(t))),
-            Ok(Err(UpstreamError::Connect(why))) => (
-                Some(Failure::ConnectFailure),
-                Err(MeshError::UpstreamConnect {
-                    endpoint: ep.key.clone(),
-                    why,
-                }),
-            ),
-            Ok(Err(UpstreamError::Protocol(why))) => (
-                Some(Failure::Reset),
-                Err(MeshError::UpstreamProtocol {
-                    endpoint: ep.key.clone(),
-                    why,
-                }),
-            ),
-            // The caller's body broke a limit: not the endpoint's failure,
-            // and nothing to retry.
-            Ok(Err(UpstreamError::RequestBody(limit))) => (None, Err(MeshError::from(limit))),
-
-            Ok(Ok(resp)) => {
-                let status = resp.status().as_u16();
-                ((status >= 500).then_some(Failure::Status(status)), Ok(resp))
-            }
-        };
-        if let Some(op) = outlier.as_ref().filter(|_| !callers_fault) {
-            let o = match failure {
-                None => Outcome::Success,
-                Some(Failure::Status(s)) => Outcome::Status(s),
-                Some(_) => Outcome::ConnectFailure,
-            };
-            let total = svc.workloads.len();
-            let ejected = mesh_core::plan::endpoints(snap, svc, sp, None).map_or(0, |all| {
-                all.iter()
-                    .filter(|e| !inner.state.endpoint(&e.key).is_available(Instant::now()))
-                    .count()
-            });
-            if state.record(o, Instant::now(), op, ejected < op.max_ejected(total)) {
-                tracing::info!(endpoint = %ep.key, host = %dest.host, "outlier detection ejected an endpoint");
-            }
-        }
-        result = Some(res);
-        let again = matches!(failure, Some(f) if retry.retries_on(f) && attempt + 1 < attempts);
-        if again {
-            last_failed = Some(ep.key.clone());
-        }
-        last = Some((ep, scheme == "https"));
-        if !again {
-            break;
-        }
-    }
-    let result = result.unwrap_or_else(|| {
-        Err(MeshError::NoHealthyEndpoint {
-            target: planned.target(),
-        })
-    });
-    // What telemetry reports as the destination of this request.
-    let mut info = DestinationInfo::for_service(svc);
-    if let Some((ep, mtls)) = &last {
-        info = info
-            .with_workload(WorkloadInfo::from_workload(&snap.workloads[ep.workload]))
-            .with_mtls(*mtls)
-            .with_upstream(&ep.key);
-    }
-    let mut resp = match result {
-        Ok(resp) => resp,
-        Err(e) => answer(&e, crate::error::is_grpc(&parts.headers)),
-    };
-    resp.extensions_mut().insert(info);
-    rewrite::response_headers(&mut resp, rule.map(|(r, _)| r), dest);
-    if let Some(c) = cookie {
-        if let Ok(v) = HeaderValue::from_str(&c.header) {
-            resp.headers_mut().append(http::header::SET_COOKIE, v);
-        }
-    }
-    Ok(resp)
-}
-
-fn mirror(
-    inner: &Inner,
-    snap: &Snapshot,
-    m: &WeightedDestination,
-    port: u16,
-    parts: &http::request::Parts,
-    body: Bytes,
-) {
-    let Ok(planned) = resolve_destination(snap, m, port) else {
-        return;
-    };
-    let sp = planned.port;
-    let set = pick::EndpointSet::Mirror { host: &m.host };
-    let Some(ep) = pick::endpoint(
-        &planned.endpoints,
-        None,
-        None,
-        &inner.state,
-        set,
-        None,
-        inner.random.as_ref(),
-    ) else {
-        return;
-    };
-    let scheme = match planned.endpoint_tls(snap, &ep) {
-        Ok(EndpointTls::MeshMtls) => "https",
-        Ok(EndpointTls::Plaintext) => "http",
-        Err(_) => return,
-    };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let Ok(uri) = format!("{scheme}://{}{path}", ep.key).parse::<Uri>() else {
-        return;
-    };
-    let mut req = Request::from_parts(parts.clone(), full(body));
-    *req.uri_mut() = uri;
-    *req.version_mut() = http::Version::HTTP_11;
-    // Envoy's convention: the mirror sees `<host>-shadow`.
-    if let Some(h) = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-    {
-        if let Ok(v) = HeaderValue::from_str(&format!("{h}-shadow")) {
-            req.headers_mut().insert(http::header::HOST, v);
-        }
-    }
-    if matches!(sp.protocol, Protocol::Http2 | Protocol::Grpc) {
-        req.extensions_mut().insert(PriorKnowledgeH2);
-    }
-    let upstream = inner.upstream.clone();
-    tokio::spawn(async move {
-        match crate::upstream::send(&upstream, req).await {
-            Ok(resp) => {
-                // Drain so the connection can be reused; the answer is dropped.
-                let _ = resp.into_body().collect().await;
-            }
-            Err(e) => tracing::debug!("mirror request failed: {e}"),
-        }
-    });
+    edit(&mut dest);
+    Planned(Arc::new(dest))
 }

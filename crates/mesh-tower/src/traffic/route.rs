@@ -1,0 +1,488 @@
+//! The route layer, outermost: one snapshot for the whole request, the
+//! routing plan's rule and destination, and what only a request's bytes
+//! decide (the sticky key, whether the body can be replayed). Below it,
+//! every layer reads the decision from the request's [`Planned`] extension.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::Body;
+use http_body_util::BodyExt;
+use mesh_core::plan::{
+    PlanRequest, PlannedAction, RoutePlan, choose_destination, resolve_destination,
+};
+use mesh_core::resources::common::Labels;
+use mesh_core::resources::networking::Protocol;
+use mesh_core::retry::fault_decision;
+use mesh_core::route::RequestInfo;
+use mesh_core::snapshot::Snapshot;
+use mesh_core::store::Store;
+use tower::Service;
+
+use super::state::{RandomSource, TrafficState};
+use super::{
+    Destination, Failed, GatewayServers, Planned, Replay, RouterConfig, Tried, answer, oneshot,
+    pick, pool, rewrite,
+};
+use crate::body::{BoxBody, full};
+use crate::error::MeshError;
+use crate::telemetry::{DestinationInfo, WorkloadInfo};
+
+/// The route layer over the rest of the outbound stack `S`.
+#[derive(Debug, Clone)]
+pub(crate) struct Route<S> {
+    next: S,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Arc<Store>,
+    config: RouterConfig,
+    state: Arc<TrafficState>,
+    random: Arc<dyn RandomSource>,
+}
+
+impl<S> Route<S>
+where
+    S: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = Failed>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    pub(crate) fn new(
+        next: S,
+        store: Arc<Store>,
+        config: RouterConfig,
+        state: Arc<TrafficState>,
+        random: Arc<dyn RandomSource>,
+    ) -> Self {
+        Self {
+            next,
+            shared: Arc::new(Shared {
+                store,
+                config,
+                state,
+                random,
+            }),
+        }
+    }
+
+    /// Routes one request; every failure is answered here.
+    pub(crate) async fn call(self, req: Request<BoxBody>) -> Response<BoxBody> {
+        let grpc = crate::error::is_grpc(req.headers());
+        match self.route(req).await {
+            Ok(resp) => resp,
+            Err(e) => answer(&e, grpc),
+        }
+    }
+
+    async fn route(self, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, MeshError> {
+        let shared = &*self.shared;
+        // The upstream sees the Host the caller meant, not the endpoint's
+        // address the URI is rewritten to.
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Some(v) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        let snap = shared.store.load();
+        let (host, port) = target(&req).ok_or_else(|| MeshError::UnknownHost {
+            host: String::new(),
+        })?;
+        let plan = plan(shared, &snap, &req, &host, port)?;
+        let dests = match &plan.action {
+            PlannedAction::Redirect(r) => return Ok(rewrite::redirect(&req, r, &host)),
+            PlannedAction::DirectResponse(d) => {
+                let mut resp = Response::new(full(
+                    d.body
+                        .as_ref()
+                        .and_then(|b| b.string.clone())
+                        .unwrap_or_default(),
+                ));
+                *resp.status_mut() =
+                    http::StatusCode::from_u16(d.status).unwrap_or(http::StatusCode::OK);
+                return Ok(resp);
+            }
+            PlannedAction::Forward(ds) => ds.clone(),
+        };
+        let rule = plan.rule;
+        if let Some(fault) = rule.and_then(|(r, _)| r.fault.as_ref()) {
+            let d = fault_decision(fault, shared.random.next_f64(), shared.random.next_f64());
+            if let Some(delay) = d.delay {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = d.abort {
+                let source = rule.map(|(r, _)| r.describe()).unwrap_or_default();
+                return Err(MeshError::FaultAbort(source, status));
+            }
+        }
+
+        let (mut parts, body) = req.into_parts();
+        let has_body = !body.is_end_stream();
+        let small = body
+            .size_hint()
+            .upper()
+            .is_some_and(|u| u <= shared.config.buffer_limit as u64);
+        let (replay, body) = if !has_body {
+            (Some(bytes::Bytes::new()), None)
+        } else if small {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| MeshError::UpstreamProtocol {
+                    endpoint: "client".into(),
+                    why: e.to_string(),
+                })?
+                .to_bytes();
+            (Some(bytes), None)
+        } else {
+            (None, Some(body))
+        };
+
+        // Sticky sessions: the key comes from the first weighted host's rule.
+        let first_host = dests.first().map(|d| d.host.as_str()).unwrap_or_default();
+        let ch = pick::consistent_hash(&snap, first_host, port);
+        let (key, cookie) = match &ch {
+            Some(ch) => pick::request_key(&parts, ch, shared.random.as_ref()),
+            None => (None, None),
+        };
+        let now = Instant::now();
+        let dest = choose_destination(
+            &dests,
+            |d| pick::has_available(&snap, d, port, &shared.state, now),
+            key,
+            || shared.random.next_u64(),
+        )
+        .ok_or_else(|| MeshError::NoHealthyEndpoint {
+            target: first_host.to_owned(),
+        })?;
+        let resolved = resolve_destination(&snap, dest, port)?;
+        let service = resolved.service;
+        let retry = plan.retry_policy();
+        let retryable =
+            replay.is_some() && retry.request_is_retryable(parts.method.as_str(), has_body);
+        let mirror = rule.and_then(|(r, _)| match (&r.mirror, r.mirror_percent) {
+            (Some(m), Some(pct)) if replay.is_some() => Some((m.clone(), pct)),
+            _ => None,
+        });
+        let planned = Destination {
+            snap: snap.clone(),
+            host: service.host.clone(),
+            port: resolved.port.number,
+            subset: resolved.subset.map(str::to_owned),
+            h2: matches!(resolved.port.protocol, Protocol::Http2 | Protocol::Grpc),
+            load_balancer: resolved.policy.load_balancer.clone(),
+            pool: pool::Limits::from_policy(&resolved.policy),
+            outlier: resolved
+                .policy
+                .outlier_detection
+                .as_ref()
+                .and_then(mesh_core::outlier::OutlierPolicy::from_config),
+            endpoints: resolved.endpoints,
+            hash_key: key,
+            mirrored: false,
+            retry,
+            retryable,
+            timeout: plan.timeout(),
+            mirror,
+            request_port: port,
+        };
+
+        rewrite::request_headers(&mut parts, rule.map(|(r, _)| r), dest);
+        let path = rewrite::path(&parts, rule);
+        parts.uri = path
+            .parse::<Uri>()
+            .map_err(|e| MeshError::BadRequest(format!("rewritten path {path:?}: {e}")))?;
+        parts.extensions.insert(Planned(Arc::new(planned)));
+        let body = match (&replay, body) {
+            (Some(b), _) => full(b.clone()),
+            (None, Some(s)) => s,
+            (None, None) => crate::body::empty(),
+        };
+        if let Some(b) = replay {
+            parts.extensions.insert(Replay(b));
+        }
+        let grpc = crate::error::is_grpc(&parts.headers);
+        let send = oneshot(self.next, Request::from_parts(parts, body));
+        let result = send.await;
+
+        // What telemetry reports as the destination of this request.
+        let mut info = DestinationInfo::for_service(service);
+        let (mut resp, tried) = match result {
+            Ok(mut resp) => {
+                let tried = resp.extensions_mut().remove::<Tried>();
+                (resp, tried)
+            }
+            Err(f) => (answer(&f.error, grpc), f.tried),
+        };
+        if let Some(t) = tried {
+            info = info
+                .with_workload(WorkloadInfo::from_workload(
+                    &snap.workloads[t.endpoint.workload],
+                ))
+                .with_mtls(t.mtls)
+                .with_upstream(&t.endpoint.key);
+        }
+        resp.extensions_mut().insert(info);
+        rewrite::response_headers(&mut resp, rule.map(|(r, _)| r), dest);
+        if let Some(c) = cookie {
+            if let Ok(v) = HeaderValue::from_str(&c.header) {
+                resp.headers_mut().append(http::header::SET_COOKIE, v);
+            }
+        }
+        Ok(resp)
+    }
+}
+
+/// The routing plan's rule for the request. The plan's request borrows the
+/// request's headers (not `Sync`), so it is made and dropped here, off the
+/// awaits of the caller.
+fn plan<'s>(
+    shared: &Shared,
+    snap: &'s Snapshot,
+    req: &Request<BoxBody>,
+    host: &str,
+    port: u16,
+) -> Result<RoutePlan<'s>, MeshError> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or(host);
+    let headers = HeaderMapLookup(req.headers());
+    let servers = req.extensions().get::<GatewayServers>();
+    let config = &shared.config;
+    let plan_req = PlanRequest {
+        host,
+        info: RequestInfo {
+            method: req.method().as_str(),
+            path_and_query: path,
+            authority,
+            scheme: req.uri().scheme_str().unwrap_or("http"),
+            port,
+            headers: &headers,
+            source_labels: me_labels(snap, config),
+            source_namespace: Some(&config.namespace),
+            gateway: config.gateway.as_deref(),
+        },
+        namespace: &config.namespace,
+        gateway: config
+            .gateway
+            .as_deref()
+            .map(|gw| (gw, servers.map_or(&[][..], |s| &s.0[..]))),
+    };
+    Ok(mesh_core::plan::route(snap, &plan_req)?)
+}
+
+/// Where the request is going: host without port, and port.
+fn target(req: &Request<BoxBody>) -> Option<(String, u16)> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })?;
+    let default_port = if req.uri().scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => p
+            .parse()
+            .ok()
+            .map(|p| (h.to_ascii_lowercase(), p))
+            .or(Some((authority.to_ascii_lowercase(), default_port))),
+        _ => Some((authority.to_ascii_lowercase(), default_port)),
+    }
+}
+
+/// Route matching's view of the request headers.
+struct HeaderMapLookup<'a>(&'a http::HeaderMap);
+
+impl mesh_core::route::HeaderLookup for HeaderMapLookup<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The labels of the workload this router works for, if the snapshot names
+/// one in its namespace with matching labels, else the configured ones.
+fn me_labels<'a>(snap: &'a Snapshot, config: &'a RouterConfig) -> &'a Labels {
+    static NONE: std::sync::LazyLock<Labels> = std::sync::LazyLock::new(Labels::new);
+    match &config.workload {
+        Some(key) if config.labels.is_empty() => {
+            snap.workload(key).map_or(&*NONE, |(_, w)| &w.labels)
+        }
+        _ => &config.labels,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The route layer alone, over a `service_fn` standing for the rest of
+    //! the stack: what it decides and puts in the request's extensions.
+
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::traffic::state::SeededRandom;
+    use crate::traffic::test_store;
+
+    const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v1}}
+  - {address: 10.0.0.2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    rewrite: {uri: /new}
+    headers: {response: {set: {x-routed: "yes"}}}
+    timeout: 2s
+    retries: {attempts: 4, retryOn: 5xx}
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{uri: {prefix: /teapot}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+"#;
+
+    /// What the stack below saw: the URI and the plan.
+    type Seen = Arc<Mutex<Vec<(String, Arc<Destination>)>>>;
+
+    fn layer(
+        seen: Seen,
+    ) -> Route<
+        impl Service<Request<BoxBody>, Response = Response<BoxBody>, Error = Failed, Future = impl Send>
+        + Clone
+        + Send,
+    > {
+        let store = test_store(MESH);
+        let next = tower::service_fn(move |req: Request<BoxBody>| {
+            let seen = seen.clone();
+            async move {
+                let p = super::super::planned(&req)?;
+                seen.lock().unwrap().push((req.uri().to_string(), p));
+                Ok::<_, Failed>(Response::new(full("ok")))
+            }
+        });
+        Route::new(
+            next,
+            store,
+            RouterConfig::for_workload("default", "client"),
+            Arc::new(TrafficState::default()),
+            Arc::new(SeededRandom::new(7)),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_decision_travels_in_the_extensions() {
+        let seen = Arc::default();
+        let route = layer(Arc::clone(&seen));
+        let req = Request::get("http://reviews:9080/old/page?q=1")
+            .body(crate::body::empty())
+            .unwrap();
+        let resp = route.clone().call(req).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-routed"], "yes");
+        let seen = seen.lock().unwrap();
+        let (uri, d) = &seen[0];
+        assert_eq!(
+            uri, "/new/page?q=1",
+            "the rewrite is applied before the stack"
+        );
+        assert_eq!(d.host, "reviews.default.svc.cluster.local");
+        assert_eq!(d.subset.as_deref(), Some("v2"));
+        assert_eq!(d.endpoints.len(), 1);
+        assert_eq!(d.endpoints[0].key, "10.0.0.2:9080");
+        assert_eq!(d.retry.attempts, 4);
+        assert!(
+            d.retryable,
+            "a GET without a body is buffered and retryable"
+        );
+        assert_eq!(d.timeout, Some(std::time::Duration::from_secs(2)));
+    }
+
+    #[tokio::test]
+    async fn faults_and_unknown_hosts_never_reach_the_stack() {
+        let seen: Seen = Arc::default();
+        let route = layer(Arc::clone(&seen));
+        let teapot = Request::get("http://reviews:9080/teapot")
+            .body(crate::body::empty())
+            .unwrap();
+        assert_eq!(route.clone().call(teapot).await.status(), 418);
+        let unknown = Request::get("http://nowhere:9080/")
+            .body(crate::body::empty())
+            .unwrap();
+        let resp = route.clone().call(unknown).await;
+        assert_eq!(resp.status(), 503);
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_is_answered_with_the_endpoint_it_tried() {
+        let store = test_store(MESH);
+        let next = tower::service_fn(|req: Request<BoxBody>| async move {
+            let p = super::super::planned(&req)?;
+            Err::<Response<BoxBody>, _>(Failed {
+                error: MeshError::UpstreamConnect {
+                    endpoint: p.endpoints[0].key.clone(),
+                    why: "refused".into(),
+                },
+                failure: Some(mesh_core::retry::Failure::ConnectFailure),
+                tried: Some(Tried {
+                    endpoint: p.endpoints[0].clone(),
+                    mtls: true,
+                }),
+            })
+        });
+        let route = Route::new(
+            next,
+            store,
+            RouterConfig::for_workload("default", "client"),
+            Arc::new(TrafficState::default()),
+            Arc::new(SeededRandom::new(7)),
+        );
+        let req = Request::get("http://reviews:9080/")
+            .body(crate::body::empty())
+            .unwrap();
+        let resp = route.call(req).await;
+        assert_eq!(resp.status(), 503);
+        let info = resp.extensions().get::<DestinationInfo>().expect("info");
+        assert_eq!(info.upstream.as_deref(), Some("10.0.0.1:9080"));
+    }
+}
