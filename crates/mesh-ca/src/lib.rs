@@ -52,6 +52,27 @@ pub mod tls;
 mod tokens;
 
 pub use authority::{CertificateAuthority, DEFAULT_LEAF_TTL, IssuedSvid, LeafPolicy};
+
+/// The namespace and service account of the CA's own identity, as istiod's
+/// is `istio-system/istiod`.
+pub const CA_NAMESPACE: &str = "mesh-system";
+/// See [`CA_NAMESPACE`].
+pub const CA_SERVICE_ACCOUNT: &str = "mesh-ca";
+
+/// The SPIFFE ID the CA serves with in `trust_domain`,
+/// `spiffe://<td>/ns/mesh-system/sa/mesh-ca`: what every client verifies it
+/// against, and what the CA issues itself. The one place that names it.
+pub fn ca_id(trust_domain: &mesh_core::identity::TrustDomain) -> mesh_core::identity::SpiffeId {
+    // A trust domain that parsed makes a valid ID with this fixed path.
+    match mesh_core::identity::SpiffeId::for_workload(
+        trust_domain,
+        CA_NAMESPACE,
+        CA_SERVICE_ACCOUNT,
+    ) {
+        Ok(id) => id,
+        Err(e) => unreachable!("the CA's fixed path is a valid SPIFFE path: {e}"),
+    }
+}
 #[cfg(feature = "grpc")]
 pub use client::CaClient;
 pub use credentials::{CredentialStore, Credentials, CredentialsError};
@@ -59,8 +80,8 @@ pub use csr::CsrError;
 pub use error::CaError;
 pub use files::{FileSource, FileSourceError, FileWatcher};
 pub use manager::{
-    BoxFuture, CertManager, LocalSigner, ManagerConfig, ManagerError, ManagerStatus, SignError,
-    SvidSigner,
+    BoxFuture, CertManager, LocalSigner, ManagerConfig, ManagerError, ManagerStatus, RenewalClock,
+    SignError, SvidSigner, SystemClock, jittered, renew_delay,
 };
 pub use store::{
     CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, ROOT_CERT_FILE, TRUST_BUNDLE_FILE,

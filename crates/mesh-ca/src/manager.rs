@@ -112,6 +112,53 @@ pub struct ManagerConfig {
     /// Bundles of other trust domains (federation), kept beside the one the
     /// CA hands out for the workload's own trust domain.
     pub extra_bundles: TrustBundleSet,
+    /// Where the time and the jitter come from: the system clock and a
+    /// random draw by default; tests give fixed ones.
+    pub clock: Arc<dyn RenewalClock>,
+}
+
+/// What the renewal schedule reads: the wall-clock time (certificate
+/// lifetimes are wall-clock), and uniform draws for the jitter. Sleeping
+/// goes through tokio's clock, which tests pause and advance.
+pub trait RenewalClock: Send + Sync + fmt::Debug {
+    /// Now, on the clock certificates' validity is read on.
+    fn now(&self) -> SystemTime;
+    /// A uniform draw in `[0, 1]`.
+    fn roll(&self) -> f64;
+}
+
+/// The system clock and the thread's random generator.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl RenewalClock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn roll(&self) -> f64 {
+        rand::rng().random_range(0.0..=1.0)
+    }
+}
+
+/// When to renew a certificate with `lifetime` left when it was obtained:
+/// at `renew_at` of it, moved by up to `jitter` of it either way (`roll` in
+/// `[0, 1]` picks where), so that a fleet does not renew in lockstep.
+/// `renew_at` is kept within 5–95% and the jitter within 40%, so that a
+/// renewal never waits for the expiry nor hammers the CA at once.
+pub fn renew_delay(lifetime: Duration, renew_at: f64, jitter: f64, roll: f64) -> Duration {
+    let base = lifetime.mul_f64(renew_at.clamp(0.05, 0.95));
+    let j = jitter.clamp(0.0, 0.4);
+    let spread = (roll.clamp(0.0, 1.0) * 2.0 - 1.0) * j;
+    let target = base.as_secs_f64() + lifetime.as_secs_f64() * spread;
+    Duration::from_secs_f64(target.max(0.0))
+}
+
+/// `d` spread by up to `jitter` (at most 100%) of itself either way;
+/// `roll` in `[0, 1]` picks where.
+pub fn jittered(d: Duration, jitter: f64, roll: f64) -> Duration {
+    let j = jitter.clamp(0.0, 1.0);
+    d.mul_f64(1.0 - j + 2.0 * j * roll.clamp(0.0, 1.0))
 }
 
 impl Default for ManagerConfig {
@@ -124,6 +171,7 @@ impl Default for ManagerConfig {
             max_backoff: Duration::from_secs(60),
             first_fetch_timeout: Duration::from_secs(30),
             extra_bundles: TrustBundleSet::new(),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -311,9 +359,7 @@ impl Worker {
 
     /// `d` spread by ±`jitter` of itself.
     fn jittered(&self, d: Duration) -> Duration {
-        let j = self.config.jitter.clamp(0.0, 1.0);
-        let f = rand::rng().random_range((1.0 - j)..=(1.0 + j));
-        d.mul_f64(f)
+        jittered(d, self.config.jitter, self.config.clock.roll())
     }
 
     /// When to renew credentials obtained at `obtained`.
@@ -322,15 +368,16 @@ impl Worker {
             .not_after()
             .duration_since(obtained)
             .unwrap_or(Duration::ZERO);
-        let base = lifetime.mul_f64(self.config.renew_at.clamp(0.05, 0.95));
-        let j = self.config.jitter.clamp(0.0, 0.4);
-        let spread = rand::rng().random_range(-j..=j);
-        let target = base.as_secs_f64() + lifetime.as_secs_f64() * spread;
-        Duration::from_secs_f64(target.max(0.0))
+        renew_delay(
+            lifetime,
+            self.config.renew_at,
+            self.config.jitter,
+            self.config.clock.roll(),
+        )
     }
 
     async fn run(self, store: CredentialStore) {
-        let mut obtained = SystemTime::now();
+        let mut obtained = self.config.clock.now();
         loop {
             let current = store.load();
             tokio::time::sleep(self.renew_delay(&current, obtained)).await;
@@ -346,7 +393,7 @@ impl Worker {
                 match self.fetch(Some(current.clone())).await {
                     Ok(creds) => {
                         store.publish(creds);
-                        obtained = SystemTime::now();
+                        obtained = self.config.clock.now();
                         break;
                     }
                     Err(e) => {
@@ -364,4 +411,47 @@ pub(crate) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    #[test]
+    fn renewal_is_at_half_life_spread_by_the_jitter() {
+        assert_eq!(renew_delay(DAY, 0.5, 0.05, 0.5), DAY / 2);
+        let earliest = renew_delay(DAY, 0.5, 0.05, 0.0);
+        let latest = renew_delay(DAY, 0.5, 0.05, 1.0);
+        assert_eq!(earliest, DAY.mul_f64(0.45));
+        assert_eq!(latest, DAY.mul_f64(0.55));
+        // Two workloads with other draws renew at other times.
+        assert_ne!(
+            renew_delay(DAY, 0.5, 0.05, 0.2),
+            renew_delay(DAY, 0.5, 0.05, 0.7)
+        );
+    }
+
+    #[test]
+    fn settings_out_of_range_are_held_to_safe_bounds() {
+        // Never at the expiry, never at once.
+        assert_eq!(renew_delay(DAY, 2.0, 0.0, 0.5), DAY.mul_f64(0.95));
+        assert_eq!(renew_delay(DAY, 0.0, 0.0, 0.5), DAY.mul_f64(0.05));
+        // A jitter of 90% is held to 40%; the delay never goes negative.
+        assert_eq!(renew_delay(DAY, 0.05, 0.9, 0.0), Duration::ZERO);
+        assert_eq!(renew_delay(DAY, 0.5, 0.9, 1.0), DAY.mul_f64(0.9));
+        assert_eq!(renew_delay(Duration::ZERO, 0.5, 0.05, 1.0), Duration::ZERO);
+        // Rolls outside [0, 1] are clamped.
+        assert_eq!(renew_delay(DAY, 0.5, 0.05, 7.0), DAY.mul_f64(0.55));
+    }
+
+    #[test]
+    fn retry_backoff_is_jittered_both_ways() {
+        let s = Duration::from_secs(10);
+        assert_eq!(jittered(s, 0.05, 0.0), Duration::from_millis(9_500));
+        assert_eq!(jittered(s, 0.05, 1.0), Duration::from_millis(10_500));
+        assert_eq!(jittered(s, 0.0, 0.3), s);
+        assert_eq!(jittered(s, 3.0, 0.0), Duration::ZERO);
+    }
 }

@@ -48,8 +48,7 @@ use proto::{IstioCertificateRequest, IstioCertificateResponse};
 /// The CA's own serving identity, in its trust domain:
 /// `spiffe://<td>/ns/mesh-system/sa/mesh-ca`.
 pub fn ca_identity(ca: &CertificateAuthority) -> Result<SpiffeId, CaError> {
-    SpiffeId::for_workload(ca.trust_domain(), "mesh-system", "mesh-ca")
-        .map_err(|e| CaError::Parse(e.to_string()))
+    Ok(crate::ca_id(ca.trust_domain()))
 }
 
 /// Who is on the other end of a connection to the CA.

@@ -137,7 +137,7 @@ impl IdentityArgs {
             TrustBundleSet::single(id.trust_domain().clone(), TrustBundle::from_pem(&pem)?);
         let ca_id: SpiffeId = match &self.ca_id {
             Some(s) => s.parse()?,
-            None => format!("spiffe://{}/ns/mesh-system/sa/mesh-ca", id.trust_domain()).parse()?,
+            None => mesh_ca::ca_id(id.trust_domain()),
         };
         let mut client = CaClient::new(addr.clone(), ca_id, bundle);
         if let Some(t) = &self.token {

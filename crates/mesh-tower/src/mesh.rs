@@ -50,7 +50,6 @@ use http::{Request, Response, Uri};
 use mesh_ca::{
     CaClient, CertManager, CredentialStore, FileSource, ManagerConfig, TrustBundle, TrustBundleSet,
 };
-use mesh_core::identity::SpiffeId;
 use mesh_core::store::{FileSource as ConfigFiles, FileWatcher, Store};
 use tokio::net::TcpListener;
 
@@ -248,13 +247,7 @@ impl MeshBuilder {
                 let bundle = TrustBundle::from_pem(&pem)
                     .map_err(|e| MeshStartError::Identity(e.to_string()))?;
                 let bundles = TrustBundleSet::single(id.trust_domain().clone(), bundle);
-                let ca_id: SpiffeId =
-                    format!("spiffe://{}/ns/mesh-system/sa/mesh-ca", id.trust_domain())
-                        .parse()
-                        .map_err(|e: mesh_core::identity::IdError| {
-                            MeshStartError::Identity(e.to_string())
-                        })?;
-                let mut client = CaClient::new(addr, ca_id, bundles);
+                let mut client = CaClient::new(addr, mesh_ca::ca_id(id.trust_domain()), bundles);
                 if let Some(t) = token {
                     client = client.with_token(t);
                 }

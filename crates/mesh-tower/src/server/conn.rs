@@ -14,7 +14,6 @@
 //! `http1_settings!` as `auto`'s. The
 //! others (plaintext, no ALPN) are still detected by `auto`.
 
-use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{Drain, ServeService, ServerSettings};
 use crate::limits::{BodyLimitLayer, BodyLimits};
 
-type BoxError = Box<dyn StdError + Send + Sync>;
+use crate::body::BoxError;
 
 /// The HTTP/1.1 settings, applied to `auto`'s builder here and to hyper's
 /// own where ALPN said `http/1.1` (see the module docs): one list, so the
