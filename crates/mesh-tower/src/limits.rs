@@ -279,34 +279,41 @@ where
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The future of [`BodyLimit`]: the inner service's, or the refusal.
-    #[project = LimitFutureProj]
-    #[derive(Debug)]
-    pub enum LimitFuture<F> {
-        /// The request went on.
-        Inner { #[pin] fut: F },
-        /// The head was refused.
-        Refused { response: Option<Response<BoxBody>> },
+// pin-project-lite takes no doc comments on variant fields: they are
+// described on their variants.
+#[allow(missing_docs)]
+mod limit_future {
+    use super::*;
+    pin_project_lite::pin_project! {
+        /// The future of [`BodyLimit`]: the inner service's, or the refusal.
+        #[project = LimitFutureProj]
+        #[derive(Debug)]
+        pub enum LimitFuture<F> {
+            /// The request went on (`fut`, the inner service's future).
+            Inner { #[pin] fut: F },
+            /// The head was refused (`response`, taken when polled).
+            Refused { response: Option<Response<BoxBody>> },
+        }
     }
-}
 
-impl<F, E> Future for LimitFuture<F>
-where
-    F: Future<Output = Result<Response<BoxBody>, E>>,
-{
-    type Output = Result<Response<BoxBody>, E>;
+    impl<F, E> Future for LimitFuture<F>
+    where
+        F: Future<Output = Result<Response<BoxBody>, E>>,
+    {
+        type Output = Result<Response<BoxBody>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            LimitFutureProj::Inner { fut } => fut.poll(cx),
-            LimitFutureProj::Refused { response } => match response.take() {
-                Some(r) => Poll::Ready(Ok(r)),
-                None => Poll::Pending,
-            },
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            match self.project() {
+                LimitFutureProj::Inner { fut } => fut.poll(cx),
+                LimitFutureProj::Refused { response } => match response.take() {
+                    Some(r) => Poll::Ready(Ok(r)),
+                    None => Poll::Pending,
+                },
+            }
         }
     }
 }
+pub use limit_future::LimitFuture;
 
 #[cfg(test)]
 mod tests {

@@ -104,7 +104,7 @@ impl AsyncWrite for EndpointIo {
 /// (secure naming), so a pooled connection verified for one set is reused
 /// only by requests whose plan allows that same set.
 #[derive(Clone, Debug)]
-pub struct EndpointConnector {
+pub(crate) struct EndpointConnector {
     mtls: Option<MeshConnector>,
     identities: Arc<[SpiffeId]>,
     connect_timeout: Duration,
@@ -114,7 +114,7 @@ impl EndpointConnector {
     /// A connector; without `mtls`, only plaintext endpoints can be reached
     /// and every mTLS request fails closed. It verifies mTLS servers
     /// against `identities`; with none, every mTLS dial fails closed.
-    pub fn new(mtls: Option<MeshConnector>, identities: Arc<[SpiffeId]>) -> Self {
+    pub(crate) fn new(mtls: Option<MeshConnector>, identities: Arc<[SpiffeId]>) -> Self {
         Self {
             mtls,
             identities,
@@ -169,7 +169,7 @@ impl tower::Service<Uri> for EndpointConnector {
 }
 
 /// hyper-util's pooled client over [`EndpointConnector`].
-pub type UpstreamClient = Client<EndpointConnector, BoxBody>;
+pub(crate) type UpstreamClient = Client<EndpointConnector, BoxBody>;
 
 /// Why sending to an endpoint failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -254,7 +254,7 @@ impl Clients {
 /// [`SecureNaming`]). The sets are few (one per service account a caller
 /// reaches) and kept for the router's life; idle connections close after 90
 /// seconds.
-pub fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
+pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
     let plain = Clients::new(EndpointConnector::new(None, Arc::from([])));
     let by_identities: Arc<arc_swap::ArcSwap<std::collections::HashMap<Arc<[SpiffeId]>, Clients>>> =
         Arc::default();
@@ -304,7 +304,7 @@ fn clients_for(
 }
 
 /// An error and its sources, joined: hyper's top-level messages say little.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -316,11 +316,11 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The future of one upstream call.
-pub type UpstreamFuture =
+pub(crate) type UpstreamFuture =
     std::pin::Pin<Box<dyn Future<Output = Result<Response<BoxBody>, UpstreamError>> + Send>>;
 
 /// Sends one request through `upstream`. Boxing here, at a concrete type,
 /// keeps the compiler's `Send` check of the callers' futures simple.
-pub fn send(upstream: &Upstream, req: Request<BoxBody>) -> UpstreamFuture {
+pub(crate) fn send(upstream: &Upstream, req: Request<BoxBody>) -> UpstreamFuture {
     Box::pin(tower::ServiceExt::oneshot(upstream.clone(), req))
 }

@@ -42,7 +42,7 @@ mod pool;
 mod retry;
 mod rewrite;
 mod route;
-pub mod state;
+mod state;
 mod tcp;
 mod timeout;
 
@@ -67,7 +67,8 @@ use mesh_core::route::WeightedDestination;
 use mesh_core::snapshot::Snapshot;
 use mesh_core::store::Store;
 
-pub use state::{RandomSource, SeededRandom, TrafficState};
+pub use state::{RandomSource, SeededRandom};
+use state::TrafficState;
 pub use tcp::{TcpConnection, TcpRouter};
 
 use crate::body::{BoxBody, BoxError, boxed};

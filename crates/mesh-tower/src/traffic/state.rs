@@ -52,30 +52,30 @@ impl RandomSource for SeededRandom {
 
 /// One endpoint's live state.
 #[derive(Debug, Default)]
-pub struct EndpointState {
+pub(crate) struct EndpointState {
     in_flight: AtomicUsize,
     health: Mutex<EndpointHealth>,
 }
 
 impl EndpointState {
     /// Requests in flight.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Can requests go here now?
-    pub fn is_available(&self, now: Instant) -> bool {
+    pub(crate) fn is_available(&self, now: Instant) -> bool {
         self.health.lock().map_or(true, |h| h.is_available(now))
     }
 
     /// Marks a request in flight until the guard drops.
-    pub fn start(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
 
     /// Records an outcome for outlier detection; true when it ejected.
-    pub fn record(
+    pub(crate) fn record(
         &self,
         outcome: Outcome,
         now: Instant,
@@ -91,7 +91,7 @@ impl EndpointState {
 
 /// A request in flight to an endpoint.
 #[derive(Debug)]
-pub struct InFlight(Arc<EndpointState>);
+pub(crate) struct InFlight(Arc<EndpointState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -102,7 +102,7 @@ impl Drop for InFlight {
 /// A destination's connection pool limits: requests at once, and requests
 /// waiting for one of those places.
 #[derive(Debug)]
-pub struct Pool {
+pub(crate) struct Pool {
     permits: Arc<Semaphore>,
     pending: AtomicUsize,
     max_pending: usize,
@@ -119,7 +119,7 @@ impl Pool {
 
     /// A place in the pool, waiting if the queue has room; `None` when the
     /// pool overflows.
-    pub async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
         if let Ok(p) = self.permits.clone().try_acquire_owned() {
             return Some(p);
         }
@@ -158,7 +158,7 @@ fn get_or_insert<V>(
 
 /// All live traffic state of one router.
 #[derive(Debug, Default)]
-pub struct TrafficState {
+pub(crate) struct TrafficState {
     endpoints: ArcSwap<HashMap<String, Arc<EndpointState>>>,
     counters: ArcSwap<HashMap<String, Arc<AtomicUsize>>>,
     pools: ArcSwap<HashMap<String, Arc<Pool>>>,
@@ -166,18 +166,18 @@ pub struct TrafficState {
 
 impl TrafficState {
     /// The state of an endpoint, `address:port`.
-    pub fn endpoint(&self, key: &str) -> Arc<EndpointState> {
+    pub(crate) fn endpoint(&self, key: &str) -> Arc<EndpointState> {
         get_or_insert(&self.endpoints, key, EndpointState::default)
     }
 
     /// The next round-robin position for a set.
-    pub fn next_rr(&self, set: &str) -> usize {
+    pub(crate) fn next_rr(&self, set: &str) -> usize {
         get_or_insert(&self.counters, set, AtomicUsize::default).fetch_add(1, Ordering::Relaxed)
     }
 
     /// The pool of a host under these limits (a change of limits makes a
     /// fresh pool).
-    pub fn pool(&self, host: &str, max_requests: usize, max_pending: usize) -> Arc<Pool> {
+    pub(crate) fn pool(&self, host: &str, max_requests: usize, max_pending: usize) -> Arc<Pool> {
         let key = format!("{host}|{max_requests}|{max_pending}");
         get_or_insert(&self.pools, &key, || Pool::new(max_requests, max_pending))
     }
