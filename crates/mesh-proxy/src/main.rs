@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod capture;
 mod check;
 mod gateway;
 mod identity;
@@ -37,6 +38,11 @@ enum Command {
     /// Run beside a workload that is not Rust: inbound mTLS, authorization
     /// and forwarding to the local app; outbound ports and an HTTP proxy.
     Sidecar(sidecar::SidecarArgs),
+    /// Install the capture rules in this network namespace (nftables, table
+    /// `inet mesh`), as istio-init does: inbound TCP to the sidecar's
+    /// inbound capture port, outbound TCP to its outbound capture port,
+    /// except the proxy's own traffic. Needs CAP_NET_ADMIN.
+    Init(capture::InitArgs),
     /// Run a Gateway's servers: HTTP/HTTPS at the edge, routing by the
     /// VirtualServices bound to it, mesh mTLS to the backends.
     Gateway(gateway::GatewayArgs),
@@ -120,6 +126,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sidecar(args) => serve(sidecar::run(args)),
         Command::Gateway(args) => serve(gateway::run(args)),
+        Command::Init(args) => match capture::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Check { config, output } => check::check(&config, output == Output::Json),
         Command::Explain {
             config,

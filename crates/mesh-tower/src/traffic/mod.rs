@@ -67,8 +67,8 @@ use mesh_core::route::WeightedDestination;
 use mesh_core::snapshot::Snapshot;
 use mesh_core::store::Store;
 
-pub use state::{RandomSource, SeededRandom};
 use state::TrafficState;
+pub use state::{RandomSource, SeededRandom};
 pub use tcp::{TcpConnection, TcpRouter};
 
 use crate::body::{BoxBody, BoxError, boxed};
