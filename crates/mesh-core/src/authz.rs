@@ -97,52 +97,7 @@ use crate::resources::ResourceRef;
 use crate::resources::common::Labels;
 use crate::resources::security::{AuthzAction, Condition, Operation, Rule, Source};
 
-/// An IP address or CIDR block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpBlock {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpBlock {
-    /// Parses `10.0.0.1` or `10.0.0.0/8` (IPv4 or IPv6).
-    pub fn parse(s: &str) -> Option<Self> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a.parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max)?,
-            None => max,
-        };
-        Some(Self { addr, prefix })
-    }
-
-    /// Is `ip` inside the block?
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
+pub use crate::net::IpBlock;
 
 /// A compiled AuthorizationPolicy.
 #[derive(Debug, Clone, Serialize)]

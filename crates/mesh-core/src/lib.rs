@@ -57,6 +57,7 @@ pub mod gateway;
 pub mod identity;
 pub mod load;
 pub mod meshconfig;
+pub mod net;
 pub mod normalize;
 pub mod outlier;
 pub mod plan;

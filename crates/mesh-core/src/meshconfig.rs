@@ -55,6 +55,29 @@ pub struct MeshConfig {
     /// the log and the access log. For debugging; never on an edge that
     /// faces the internet.
     pub dangerous_gateway_error_detail: bool,
+    /// What a sidecar in capture mode does with a connection to an address
+    /// that is no service of the mesh: Istio's `outboundTrafficPolicy`.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// Istio's `outboundTrafficPolicy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OutboundTrafficPolicy {
+    /// `ALLOW_ANY` (Istio's default) or `REGISTRY_ONLY`.
+    pub mode: OutboundMode,
+}
+
+/// Istio's `outboundTrafficPolicy.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundMode {
+    /// The connection goes out unchanged to its original destination
+    /// (Istio's `PassthroughCluster`).
+    #[default]
+    AllowAny,
+    /// The connection is refused (Istio's `BlackHoleCluster`).
+    RegistryOnly,
 }
 
 /// Envoy's `headers_with_underscores_action`, by its value names.
@@ -107,6 +130,7 @@ impl Default for MeshConfig {
             ports: ListenerPorts::default(),
             headers_with_underscores_action: UnderscoreAction::default(),
             dangerous_gateway_error_detail: false,
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
         }
     }
 }

@@ -508,7 +508,7 @@ pub fn endpoints(
                 let w = &snap.workloads[*i];
                 let p = svc.target_port(port, w);
                 Endpoint {
-                    key: format!("{}:{p}", w.address),
+                    key: endpoint_key(&w.address, p),
                     workload: *i,
                     port: p,
                 }
@@ -554,4 +554,103 @@ pub fn effective_policy(
         merged.tls = sp.tls.or(merged.tls);
     }
     merged
+}
+
+/// What the original destination of a captured connection is, in the mesh.
+#[derive(Debug, Clone)]
+pub enum CapturedDestination<'s> {
+    /// A virtual IP of the service (ServiceEntry `addresses`) and one of
+    /// its ports: routed as a connection to the service is.
+    Service {
+        /// The service.
+        service: &'s Service,
+        /// The port.
+        port: &'s ServicePortEntry,
+    },
+    /// A workload's own address and a port it serves a service on: that
+    /// endpoint, secured as an endpoint of that service is.
+    Endpoint {
+        /// The service the workload serves on that port.
+        service: &'s Service,
+        /// The service port.
+        port: &'s ServicePortEntry,
+        /// The endpoint addressed.
+        endpoint: Endpoint,
+    },
+    /// No service and no workload of the mesh: the outbound traffic
+    /// policy decides (passthrough or refusal).
+    Unknown,
+}
+
+/// Finds the service (or the endpoint) a captured connection was addressed
+/// to. When several services' addresses contain the address, the most
+/// specific block wins, then the first host by name; when a workload serves
+/// several services on the port, the first host by name: the answer never
+/// depends on the order of the files.
+pub fn captured(snap: &Snapshot, dst: std::net::SocketAddr) -> CapturedDestination<'_> {
+    let ip = match dst.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    let by_vip = snap
+        .services
+        .values()
+        .filter_map(|s| {
+            let prefix = s
+                .addresses
+                .iter()
+                .filter(|b| b.contains(ip))
+                .map(crate::net::IpBlock::prefix)
+                .max()?;
+            Some((prefix, s))
+        })
+        .max_by(|(pa, a), (pb, b)| pa.cmp(pb).then_with(|| b.host.cmp(&a.host)));
+    if let Some((_, service)) = by_vip {
+        return match service.port(dst.port()) {
+            Some(port) => CapturedDestination::Service { service, port },
+            None => CapturedDestination::Unknown,
+        };
+    }
+    let mut best: Option<CapturedDestination<'_>> = None;
+    for (i, w) in snap.workloads.iter().enumerate() {
+        if w.address.parse::<std::net::IpAddr>().ok() != Some(ip) {
+            continue;
+        }
+        for service in snap.services.values().filter(|s| s.workloads.contains(&i)) {
+            let Some(port) = service
+                .ports
+                .iter()
+                .find(|p| service.target_port(p, w) == dst.port())
+            else {
+                continue;
+            };
+            let better = match &best {
+                Some(CapturedDestination::Endpoint { service: b, .. }) => service.host < b.host,
+                _ => true,
+            };
+            if better {
+                best = Some(CapturedDestination::Endpoint {
+                    service,
+                    port,
+                    endpoint: Endpoint {
+                        key: endpoint_key(&w.address, dst.port()),
+                        workload: i,
+                        port: dst.port(),
+                    },
+                });
+            }
+        }
+    }
+    best.unwrap_or(CapturedDestination::Unknown)
+}
+
+/// `address:port`, with an IPv6 address in brackets (`[fd00::1]:80`), so
+/// that the key parses as a socket address and names the endpoint in URIs.
+pub fn endpoint_key(address: &str, port: u16) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+        Err(_) => format!("{address}:{port}"),
+    }
 }

@@ -96,6 +96,10 @@ pub struct Service {
     /// Identities allowed to serve it (secure naming): the workloads'
     /// identities plus the ServiceEntry's subjectAltNames.
     pub identities: Vec<String>,
+    /// Its virtual IPs (ServiceEntry `addresses`): a captured connection to
+    /// one of them, on one of the ports, is a connection to the service.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<crate::net::IpBlock>,
     /// The ServiceEntry.
     pub source: ResourceRef,
 }
@@ -531,6 +535,12 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     ports: se.spec.ports.iter().map(service_port).collect(),
                     workloads: members.clone(),
                     identities: identities.clone(),
+                    addresses: se
+                        .spec
+                        .addresses
+                        .iter()
+                        .filter_map(|a| crate::net::IpBlock::parse(a))
+                        .collect(),
                     source: se.source.clone(),
                 },
             );

@@ -427,6 +427,14 @@ fn service_entry(c: &mut Checker<'_>, se: &ServiceEntry) {
             );
         }
     }
+    for (i, a) in se.addresses.iter().enumerate() {
+        if crate::net::IpBlock::parse(a).is_none() {
+            c.err(
+                format!("spec.addresses[{i}]"),
+                format!("`{a}` is not an IP address or CIDR block"),
+            );
+        }
+    }
     if !se.endpoints.is_empty() && se.workload_selector.is_some() {
         c.err(
             "spec.workloadSelector",

@@ -27,6 +27,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use mesh_core::net::IpBlock;
 
 /// The table the rules live in: ours alone.
 pub(crate) const TABLE: &str = "mesh";
@@ -85,7 +86,7 @@ pub(crate) struct Ports(pub(crate) Vec<u16>);
 
 /// A list of CIDRs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Ranges(pub(crate) Vec<Cidr>);
+pub(crate) struct Ranges(pub(crate) Vec<IpBlock>);
 
 /// `includeOutboundIPRanges`: all, or these.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,19 +95,6 @@ pub(crate) enum Include {
     All,
     /// Only these (none: nothing captured outbound).
     Only(Ranges),
-}
-
-/// An address range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Cidr {
-    pub(crate) addr: IpAddr,
-    pub(crate) prefix: u8,
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
 }
 
 fn ports(s: &str) -> Result<Ports, String> {
@@ -126,21 +114,17 @@ fn ports(s: &str) -> Result<Ports, String> {
     Ok(Ports(out))
 }
 
-fn cidr(s: &str) -> Result<Cidr, String> {
-    let (a, p) = s.split_once('/').unwrap_or((s, ""));
-    let addr: IpAddr = a
-        .parse()
-        .map_err(|_| format!("{s:?} is not an address range (a CIDR such as 10.0.0.0/8)"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let prefix = if p.is_empty() {
-        max
-    } else {
-        p.parse::<u8>()
-            .ok()
-            .filter(|p| *p <= max)
-            .ok_or_else(|| format!("{s:?}: the prefix length must be 0-{max}"))?
-    };
-    Ok(Cidr { addr, prefix })
+fn cidr(s: &str) -> Result<IpBlock, String> {
+    IpBlock::parse(s).ok_or_else(|| {
+        let max = if s.contains(':') { 128 } else { 32 };
+        if s.split_once('/')
+            .is_some_and(|(a, _)| a.parse::<IpAddr>().is_ok())
+        {
+            format!("{s:?}: the prefix length must be 0-{max}")
+        } else {
+            format!("{s:?} is not an address range (a CIDR such as 10.0.0.0/8)")
+        }
+    })
 }
 
 fn ranges(s: &str) -> Result<Ranges, String> {
@@ -168,11 +152,11 @@ fn port_set(p: &[u16]) -> String {
 
 /// The rules of `ip` (IPv4) or `ip6` matching any of `ranges`, or `None`
 /// when none is of that family.
-fn addr_set(ranges: &[Cidr], v4: bool) -> Option<String> {
+fn addr_set(ranges: &[IpBlock], v4: bool) -> Option<String> {
     let items: Vec<String> = ranges
         .iter()
-        .filter(|c| c.addr.is_ipv4() == v4)
-        .map(Cidr::to_string)
+        .filter(|c| c.addr().is_ipv4() == v4)
+        .map(IpBlock::to_string)
         .collect();
     (!items.is_empty()).then(|| format!("{{ {} }}", items.join(", ")))
 }
