@@ -46,7 +46,9 @@ use mesh_ca::{CertificateAuthority, CredentialStore, TokenStore};
 use mesh_tower::server::{ServerHandle, ServerSettings};
 use tokio::net::TcpListener;
 
-pub use monitor::{METRICS_PATHS, Monitor};
+pub use monitor::METRICS_PATHS;
+
+use monitor::Monitor;
 
 /// How the control plane serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

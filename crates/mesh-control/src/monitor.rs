@@ -23,14 +23,14 @@ pub const METRICS_PATHS: [&str; 2] = ["/metrics", "/stats/prometheus"];
 /// What the control plane reports: the signing service's counters and the
 /// CA's serving certificate. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Monitor {
+pub(crate) struct Monitor {
     ca: Arc<CaMetrics>,
     identity: Arc<CertManager>,
 }
 
 impl Monitor {
     /// Reports `ca`'s counters and the certificate of `identity`.
-    pub fn new(ca: Arc<CaMetrics>, identity: CertManager) -> Self {
+    pub(crate) fn new(ca: Arc<CaMetrics>, identity: CertManager) -> Self {
         Self {
             ca,
             identity: Arc::new(identity),
@@ -38,17 +38,17 @@ impl Monitor {
     }
 
     /// The signing service's counters.
-    pub fn ca(&self) -> &Arc<CaMetrics> {
+    pub(crate) fn ca(&self) -> &Arc<CaMetrics> {
         &self.ca
     }
 
     /// The CA's serving certificate manager.
-    pub fn identity(&self) -> &CertManager {
+    pub(crate) fn identity(&self) -> &CertManager {
         &self.identity
     }
 
     /// Everything, in Prometheus text format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         self.ca.render(&mut out);
         self.identity.metrics().render(&mut out);
@@ -56,7 +56,7 @@ impl Monitor {
     }
 
     /// The answer to a scrape (or anything else) of the endpoint.
-    pub fn respond<B>(&self, req: &Request<B>) -> Response<BoxBody> {
+    pub(crate) fn respond<B>(&self, req: &Request<B>) -> Response<BoxBody> {
         if !METRICS_PATHS.contains(&req.uri().path()) {
             return answer(
                 StatusCode::NOT_FOUND,
