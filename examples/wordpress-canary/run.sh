@@ -22,6 +22,7 @@ https_port=8443
 http_port=8080
 db_port=3307
 ca_addr=127.0.0.1:15012
+ca_metrics_addr=127.0.0.1:15014
 td=cluster.local
 
 log() { printf '[wordpress-canary] %s\n' "$*" >&2; }
@@ -48,7 +49,8 @@ binaries() {
     bin=$MESH_BIN
   else
     log "building mesh-proxy and mesh-ca (release)"
-    (cd "$repo" && cargo build --release -q -p mesh-proxy -p mesh-ca)
+    # mesh-ca is the binary of the mesh-control crate.
+    (cd "$repo" && cargo build --release -q -p mesh-proxy -p mesh-control)
     bin=$repo/target/release
   fi
   [ -x "$bin/mesh-proxy" ] && [ -x "$bin/mesh-ca" ] || die "no mesh-proxy/mesh-ca in $bin"
@@ -175,7 +177,7 @@ start() {
 
   log "starting mesh-ca on $ca_addr"
   "$bin/mesh-ca" init --dir "$state/ca" --trust-domain $td >/dev/null
-  spawn mesh-ca "$bin/mesh-ca" serve --dir "$state/ca" --listen $ca_addr
+  spawn mesh-ca "$bin/mesh-ca" serve --dir "$state/ca" --listen $ca_addr --metrics-addr $ca_metrics_addr
   token() { "$bin/mesh-ca" token --dir "$state/ca" --id "spiffe://$td/ns/default/sa/$1" --ttl 1h; }
   local sidecar=("$bin/mesh-proxy" sidecar --config "$state/mesh" --ca $ca_addr --ca-root "$state/ca/root-cert.pem" --http-proxy off)
 
@@ -255,6 +257,7 @@ case "${1:-run}" in
   In a browser:  add "127.0.0.1 $host" to /etc/hosts and accept $state/mesh/certs/$host.crt
   Mesh config:   $state/mesh (edit the VirtualService in edge.yaml: weights change live)
   Admin:         gateway http://127.0.0.1:15000/stats/prometheus, sidecars 15300 (mysql) 15301 (v1) 15302 (v2)
+  CA metrics:    http://$ca_metrics_addr/metrics
   Logs:          $state/logs
 
   Ctrl-C stops everything.

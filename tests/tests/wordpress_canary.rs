@@ -30,7 +30,8 @@ fn bin_dir() -> PathBuf {
     let dir = target.join("debug");
     if !dir.join("mesh-proxy").exists() || !dir.join("mesh-ca").exists() {
         let ok = Command::new(env!("CARGO"))
-            .args(["build", "-p", "mesh-proxy", "-p", "mesh-ca"])
+            // mesh-ca is the binary of the mesh-control crate.
+            .args(["build", "-p", "mesh-proxy", "-p", "mesh-control"])
             .current_dir(repo())
             .status()
             .unwrap()
@@ -151,10 +152,11 @@ impl Scenario {
     }
 
     fn metrics(&self, admin: u16) -> String {
-        let out = Command::new("curl")
-            .args(["-s", &format!("http://127.0.0.1:{admin}/stats/prometheus")])
-            .output()
-            .unwrap();
+        self.scrape(&format!("http://127.0.0.1:{admin}/stats/prometheus"))
+    }
+
+    fn scrape(&self, url: &str) -> String {
+        let out = Command::new("curl").args(["-s", url]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -519,6 +521,24 @@ fn wordpress_canary_end_to_end() {
             "admin {admin}: {reloads} reloads"
         );
     }
+
+    // mesh-ca's metrics endpoint: it issued the four proxies' certificates
+    // (and renews none yet: 24 h leaves); its own certificate's metrics
+    // read, HELP and TYPE, exactly as the proxies' do.
+    let ca = s.scrape("http://127.0.0.1:15014/metrics");
+    let issued = ca
+        .lines()
+        .find_map(|l| l.strip_prefix("mesh_ca_certificates_issued_total "))
+        .unwrap_or_else(|| panic!("no issued counter in\n{ca}"));
+    assert!(issued.parse::<u64>().unwrap() >= 4, "{ca}");
+    let meta = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("# HELP mesh_cert_") || l.starts_with("# TYPE mesh_cert_"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(meta(&ca).len(), 6, "{ca}");
+    assert_eq!(meta(&ca), meta(&s.metrics(15301)));
 
     // 7. Killing WordPress v2: its share gets fast 503s until outlier
     //    detection ejects it, then v1 serves everything; nothing hangs.

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::credentials::{CredentialStore, Credentials, CredentialsError};
 use crate::manager::unix_secs;
-use crate::metrics;
+use crate::metrics::CertMetrics;
 use crate::svid::{SvidError, TrustBundle, TrustBundleSet};
 
 /// Why the credential files could not be used.
@@ -114,10 +114,8 @@ impl FileSource {
 
     /// Reads the files and keeps reloading them when they change.
     pub fn watch(self) -> Result<FileWatcher, FileSourceError> {
-        metrics::describe();
         let contents = self.read_all()?;
         let creds = self.build(&contents)?;
-        metrics::renewed(unix_secs(creds.not_after()));
         let store = CredentialStore::new(creds);
         let reloads = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(AtomicU64::new(0));
@@ -146,7 +144,6 @@ impl FileSource {
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read certificate files; keeping the current ones");
                     failures.fetch_add(1, Ordering::Relaxed);
-                    metrics::renewal_failed();
                     continue;
                 }
             };
@@ -155,7 +152,6 @@ impl FileSource {
             }
             match self.build(&contents) {
                 Ok(creds) => {
-                    metrics::renewed(unix_secs(creds.not_after()));
                     store.publish(creds);
                     reloads.fetch_add(1, Ordering::Relaxed);
                     last = contents;
@@ -165,7 +161,6 @@ impl FileSource {
                     // Often a write in progress; retried at the next change.
                     tracing::warn!(error = %e, "certificate files changed but are unusable; keeping the current ones");
                     failures.fetch_add(1, Ordering::Relaxed);
-                    metrics::renewal_failed();
                     failed_contents = Some(contents);
                 }
             }
@@ -196,6 +191,16 @@ impl FileWatcher {
     /// Changes refused (unreadable or invalid files).
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// The certificate metrics, now: reloads count as renewals (the first
+    /// load does not), refused changes as failures.
+    pub fn metrics(&self) -> CertMetrics {
+        CertMetrics {
+            expiry_unix: unix_secs(self.store.load().not_after()),
+            renewals: self.reloads(),
+            failures: self.failures(),
+        }
     }
 }
 

@@ -4,21 +4,23 @@
 //! | --- | --- |
 //! | root / intermediate CA, Istio plug-in layout, X.509-SVID leaf profile | [`CertificateAuthority`] |
 //! | single-use join tokens | [`TokenStore`] |
-//! | Istio's `CreateCertificate` over gRPC + TLS (feature `grpc`, on by default) | `service::CaServer`, `CaClient` |
+//! | Istio's `CreateCertificate` over gRPC + TLS (feature `grpc`, on by default) | `service::CaService`, `service::CaAcceptor`, `CaClient` |
 //! | X.509-SVID verification against per-trust-domain bundles | [`TrustBundleSet::verify`], [`svid_id`] |
 //! | rustls verifiers and config builders (ring provider) | [`tls`] |
 //! | SVID + key + bundles swapped whole, read at each handshake | [`Credentials`], [`CredentialStore`] |
 //! | renewal at half-life, backoff, CA outages | [`CertManager`] with a [`SvidSigner`] |
 //! | cert/key/bundle files reloaded on change (SPIRE, cert-manager) | [`FileSource`] |
-//! | metric names | [`metrics`] |
+//! | metric names, types and help texts, and their Prometheus text | [`metrics`] |
 //!
 //! The SPIFFE verifiers and the certificate manager live here rather than in
 //! `mesh-tower` because the CA's own signing service needs them (renewals are
 //! authenticated by mTLS) and `mesh-tower` depends on this crate. `mesh-tower`
 //! builds its acceptor and connector on them.
 //!
-//! The default feature `grpc` brings the signing service, its client and the
-//! `mesh-ca` binary (tonic, prost and a build script compiling the proto).
+//! The default feature `grpc` brings the signing service and its client
+//! (tonic, prost and a build script compiling the proto). The `mesh-ca`
+//! binary, which serves the service through `mesh_tower::server`, is in the
+//! `mesh-control` crate.
 //! `default-features = false` leaves everything else, with none of those
 //! dependencies: the fuzz targets build it that way.
 //!

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::authority::{CertificateAuthority, IssuedSvid};
 use crate::credentials::{CredentialStore, Credentials, CredentialsError};
-use crate::metrics;
+use crate::metrics::CertMetrics;
 use crate::svid::TrustBundleSet;
 
 /// A boxed future, for the object-safe [`SvidSigner`].
@@ -190,7 +190,7 @@ pub enum ManagerError {
     },
 }
 
-/// Counters of a running manager, also exported as metrics.
+/// Counters of a running manager, exported through [`CertManager::metrics`].
 #[derive(Debug, Default)]
 pub struct ManagerStatus {
     renewals: AtomicU64,
@@ -251,7 +251,6 @@ impl CertManager {
         signer: Arc<dyn SvidSigner>,
         config: ManagerConfig,
     ) -> Result<Self, ManagerError> {
-        metrics::describe();
         let worker = Worker {
             id,
             signer,
@@ -295,6 +294,16 @@ impl CertManager {
     /// Renewal counters.
     pub fn status(&self) -> &Arc<ManagerStatus> {
         &self.status
+    }
+
+    /// The certificate metrics, now: what a metrics endpoint renders with
+    /// [`CertMetrics::render`].
+    pub fn metrics(&self) -> CertMetrics {
+        CertMetrics {
+            expiry_unix: unix_secs(self.store.load().not_after()),
+            renewals: self.status.renewals(),
+            failures: self.status.failures(),
+        }
     }
 }
 
@@ -342,7 +351,6 @@ impl Worker {
         self.status.renewals.fetch_add(1, Ordering::Relaxed);
         self.status.consecutive_failures.store(0, Ordering::Relaxed);
         self.status.not_after.store(not_after, Ordering::Relaxed);
-        metrics::renewed(not_after);
         tracing::debug!(id = %self.id, not_after, "SVID renewed");
     }
 
@@ -353,7 +361,6 @@ impl Worker {
             .consecutive_failures
             .fetch_add(1, Ordering::Relaxed)
             + 1;
-        metrics::renewal_failed();
         tracing::warn!(id = %self.id, attempt = n, %error, "SVID renewal failed; the current certificate stays in service");
     }
 

@@ -5,6 +5,16 @@
 //! renewals) or, for a first certificate, by a single-use join token sent as
 //! `authorization: Bearer <token>`. The certificate is always issued for the
 //! authenticated identity; the CSR contributes only its key.
+//!
+//! The pieces a server is made of live here, so that every server of this
+//! service authenticates connections the same way: [`CaService`] (the
+//! tonic service, counting into [`CaMetrics`]), [`CaAcceptor`] (TLS with
+//! an optional client SVID, giving each connection its [`CaPeer`]) and
+//! [`serving_identity`]. The `mesh-ca` binary (crate `mesh-control`)
+//! serves them through `mesh_tower::server`, with the limits and drain of
+//! every listener of the mesh; this crate cannot (`mesh-tower` depends on
+//! it). [`CaServer`] is tonic's own server over the same pieces, for tests
+//! in crates that cannot depend on `mesh-control`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +34,7 @@ use crate::authority::CertificateAuthority;
 use crate::credentials::CredentialStore;
 use crate::error::CaError;
 use crate::manager::{CertManager, LocalSigner, ManagerConfig, ManagerError};
-use crate::metrics;
+use crate::metrics::{CaMetrics, RefusalReason};
 use crate::svid::svid_id;
 use crate::tls::{ClientAuth, server_config};
 use crate::tokens::{TokenError, TokenStore};
@@ -51,7 +61,20 @@ pub fn ca_identity(ca: &CertificateAuthority) -> Result<SpiffeId, CaError> {
     Ok(crate::ca_id(ca.trust_domain()))
 }
 
-/// Who is on the other end of a connection to the CA.
+/// Starts the CA's serving certificate: an SVID for [`ca_identity`] that
+/// `ca` issues, and renews, itself.
+pub async fn serving_identity(ca: &Arc<CertificateAuthority>) -> Result<CertManager, ServeError> {
+    let id = ca_identity(ca)?;
+    Ok(CertManager::start(
+        id.clone(),
+        Arc::new(LocalSigner::new(ca.clone(), id)),
+        ManagerConfig::default(),
+    )
+    .await?)
+}
+
+/// Who is on the other end of a connection to the CA: put in each
+/// request's extensions, where [`CaService`] reads it.
 #[derive(Debug, Clone)]
 pub struct CaPeer {
     /// The client's verified SPIFFE ID, if it presented an SVID.
@@ -60,9 +83,207 @@ pub struct CaPeer {
     pub remote: SocketAddr,
 }
 
-/// A TLS connection to the CA, carrying its [`CaPeer`] into each request.
+/// The TLS side of the CA's connections: the CA's serving SVID (read from
+/// its store at each handshake, so renewals apply), a client SVID optional
+/// (a first request authenticates with a join token instead) and verified
+/// when given, ALPN `h2`.
+#[derive(Clone)]
+pub struct CaAcceptor {
+    inner: tokio_rustls::TlsAcceptor,
+    handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for CaAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaAcceptor")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaAcceptor {
+    /// An acceptor presenting `identity`'s SVID, with a 10 s handshake
+    /// timeout.
+    pub fn new(identity: &CredentialStore) -> Result<Self, rustls::Error> {
+        let mut config = server_config(identity, ClientAuth::Optional)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self {
+            inner: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            handshake_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// The longest a client may take to finish its handshake.
+    #[must_use]
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Runs the handshake with the client at `remote`; the stream and who
+    /// the client is. A client that presents an SVID this CA does not trust
+    /// is refused here; one that is slower than the handshake timeout gets
+    /// [`std::io::ErrorKind::TimedOut`].
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+        remote: SocketAddr,
+    ) -> std::io::Result<(TlsStream<IO>, CaPeer)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let stream = tokio::time::timeout(self.handshake_timeout, self.inner.accept(io))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+            })??;
+        let id = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|leaf| svid_id(leaf).ok());
+        Ok((stream, CaPeer { id, remote }))
+    }
+}
+
+/// The gRPC service implementation.
+#[derive(Debug, Clone)]
+pub struct CaService {
+    ca: Arc<ArcSwap<CertificateAuthority>>,
+    tokens: TokenStore,
+    metrics: Arc<CaMetrics>,
+}
+
+impl CaService {
+    /// A service signing with `ca` and redeeming tokens from `tokens`.
+    pub fn new(ca: Arc<CertificateAuthority>, tokens: TokenStore) -> Self {
+        Self {
+            ca: Arc::new(ArcSwap::new(ca)),
+            tokens,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// What the service counts (clones share it).
+    pub fn metrics(&self) -> &Arc<CaMetrics> {
+        &self.metrics
+    }
+
+    /// The tonic server of this service, for a router or a server.
+    pub fn into_server(self) -> IstioCertificateServiceServer<Self> {
+        IstioCertificateServiceServer::new(self)
+    }
+
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {
+        if let Some(id) = req.extensions().get::<CaPeer>().and_then(|p| p.id.clone()) {
+            return Ok(id);
+        }
+        let unauthenticated = |message: &str| {
+            self.refuse(
+                RefusalReason::Unauthenticated,
+                Status::unauthenticated(message),
+            )
+        };
+        let header = req.metadata().get("authorization").ok_or_else(|| {
+            unauthenticated(
+                "present a client certificate or a join token (authorization: Bearer <token>)",
+            )
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthenticated("the authorization header is not `Bearer <token>`"))?;
+        self.tokens.redeem(token.trim()).map_err(|e| match e {
+            TokenError::Store(_) => {
+                self.refuse(RefusalReason::Internal, Status::internal(e.to_string()))
+            }
+            _ => unauthenticated(&e.to_string()),
+        })
+    }
+
+    /// Counts a refusal and logs it; a client's mistake is not an error of
+    /// the CA's, so it is logged at debug, and the CA's own failures at warn.
+    fn refuse(&self, reason: RefusalReason, status: Status) -> Status {
+        self.metrics.record_refused(reason);
+        if reason == RefusalReason::Internal {
+            tracing::warn!(message = status.message(), "request failed");
+        } else {
+            tracing::debug!(
+                reason = reason.as_str(),
+                message = status.message(),
+                "request refused"
+            );
+        }
+        status
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CaService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        // Check the CSR before spending a single-use token on it.
+        crate::csr::parse_csr(request.get_ref().csr.as_bytes()).map_err(|e| {
+            self.refuse(
+                RefusalReason::InvalidCsr,
+                Status::invalid_argument(e.to_string()),
+            )
+        })?;
+        let id = self.authenticate(&request)?;
+        let req = request.into_inner();
+        let ttl = u64::try_from(req.validity_duration)
+            .ok()
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs);
+        let svid = self
+            .ca
+            .load()
+            .issue(req.csr.as_bytes(), &id, ttl)
+            .map_err(|e| match e {
+                CaError::Csr(_) => self.refuse(
+                    RefusalReason::InvalidCsr,
+                    Status::invalid_argument(e.to_string()),
+                ),
+                CaError::ForeignTrustDomain { .. } => self.refuse(
+                    RefusalReason::ForeignTrustDomain,
+                    Status::permission_denied(e.to_string()),
+                ),
+                other => self.refuse(RefusalReason::Internal, Status::internal(other.to_string())),
+            })?;
+        self.metrics.record_issued();
+        tracing::info!(%id, not_after = %svid.not_after, "issued");
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: svid.istio_chain_pem(),
+        }))
+    }
+}
+
+/// Why the CA server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The CA could not issue its own serving certificate.
+    #[error("the CA's serving certificate: {0}")]
+    Identity(#[from] ManagerError),
+    /// The CA could not name its own identity.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// The TLS config is invalid.
+    #[error("TLS config: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A TLS connection to the CA, carrying its [`CaPeer`] into each request
+/// (tonic's `Connected`, for [`CaServer`]).
 #[derive(Debug)]
-pub struct CaConn {
+struct CaConn {
     stream: TlsStream<TcpStream>,
     peer: CaPeer,
 }
@@ -109,108 +330,15 @@ impl AsyncWrite for CaConn {
     }
 }
 
-/// The gRPC service implementation.
-#[derive(Debug, Clone)]
-pub struct CaService {
-    ca: Arc<ArcSwap<CertificateAuthority>>,
-    tokens: TokenStore,
-}
-
-impl CaService {
-    /// A service signing with `ca` and redeeming tokens from `tokens`.
-    pub fn new(ca: Arc<CertificateAuthority>, tokens: TokenStore) -> Self {
-        Self {
-            ca: Arc::new(ArcSwap::new(ca)),
-            tokens,
-        }
-    }
-
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {
-        if let Some(id) = req.extensions().get::<CaPeer>().and_then(|p| p.id.clone()) {
-            return Ok(id);
-        }
-        let header = req.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated(
-                "present a client certificate or a join token (authorization: Bearer <token>)",
-            )
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization header is not `Bearer <token>`")
-            })?;
-        self.tokens.redeem(token.trim()).map_err(|e| match e {
-            TokenError::Store(_) => Status::internal(e.to_string()),
-            _ => Status::unauthenticated(e.to_string()),
-        })
-    }
-}
-
-#[tonic::async_trait]
-impl IstioCertificateService for CaService {
-    async fn create_certificate(
-        &self,
-        request: Request<IstioCertificateRequest>,
-    ) -> Result<Response<IstioCertificateResponse>, Status> {
-        // Check the CSR before spending a single-use token on it.
-        crate::csr::parse_csr(request.get_ref().csr.as_bytes())
-            .map_err(|e| refuse(Status::invalid_argument(e.to_string())))?;
-        let id = self.authenticate(&request).map_err(refuse)?;
-        let req = request.into_inner();
-        let ttl = u64::try_from(req.validity_duration)
-            .ok()
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs);
-        let svid = self
-            .ca
-            .load()
-            .issue(req.csr.as_bytes(), &id, ttl)
-            .map_err(|e| match e {
-                CaError::Csr(_) => refuse(Status::invalid_argument(e.to_string())),
-                CaError::ForeignTrustDomain { .. } => {
-                    refuse(Status::permission_denied(e.to_string()))
-                }
-                other => Status::internal(other.to_string()),
-            })?;
-        metrics::issued();
-        tracing::info!(%id, not_after = %svid.not_after, "issued");
-        Ok(Response::new(IstioCertificateResponse {
-            cert_chain: svid.istio_chain_pem(),
-        }))
-    }
-}
-
-fn refuse(status: Status) -> Status {
-    metrics::refused();
-    tracing::debug!(code = ?status.code(), message = status.message(), "request refused");
-    status
-}
-
-/// Why the CA server could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServeError {
-    /// The CA could not issue its own serving certificate.
-    #[error("the CA's serving certificate: {0}")]
-    Identity(#[from] ManagerError),
-    /// The CA could not name its own identity.
-    #[error(transparent)]
-    Ca(#[from] CaError),
-    /// The TLS config is invalid.
-    #[error("TLS config: {0}")]
-    Tls(#[from] rustls::Error),
-    /// The listener failed.
-    #[error("listener: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// A running CA server. Dropping it stops the server.
+/// A CA served by tonic's own server, for tests of crates that cannot
+/// depend on `mesh-control` (which serves the `mesh-ca` binary through
+/// `mesh_tower::server`, with the mesh's limits and drain: use that
+/// anywhere else). Dropping it stops the server.
 #[derive(Debug)]
 pub struct CaServer {
     local_addr: SocketAddr,
     identity: CertManager,
+    metrics: Arc<CaMetrics>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
@@ -224,24 +352,17 @@ impl CaServer {
         listener: TcpListener,
     ) -> Result<Self, ServeError> {
         let local_addr = listener.local_addr()?;
-        let id = ca_identity(&ca)?;
-        let identity = CertManager::start(
-            id.clone(),
-            Arc::new(LocalSigner::new(ca.clone(), id)),
-            ManagerConfig::default(),
-        )
-        .await?;
-        let mut config = server_config(identity.store(), ClientAuth::Optional)?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let identity = serving_identity(&ca).await?;
+        let acceptor = CaAcceptor::new(identity.store())?;
         let (conns_tx, conns_rx) = mpsc::channel::<Result<CaConn, std::io::Error>>(16);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let accept_loop = tokio::spawn(accept_loop(listener, acceptor, conns_tx));
-        let service = IstioCertificateServiceServer::new(CaService::new(ca, tokens));
+        let service = CaService::new(ca, tokens);
+        let metrics = service.metrics().clone();
         let task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .timeout(Duration::from_secs(30))
-                .add_service(service)
+                .add_service(service.into_server())
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::ReceiverStream::new(conns_rx),
                     async {
@@ -255,6 +376,7 @@ impl CaServer {
         Ok(Self {
             local_addr,
             identity,
+            metrics,
             shutdown: Some(shutdown_tx),
             task: Some(task),
         })
@@ -268,6 +390,11 @@ impl CaServer {
     /// The CA's own serving credentials.
     pub fn credentials(&self) -> &CredentialStore {
         self.identity.store()
+    }
+
+    /// What the signing service counts.
+    pub fn metrics(&self) -> &Arc<CaMetrics> {
+        &self.metrics
     }
 
     /// Stops the server and waits for it, surfacing its error or panic.
@@ -296,7 +423,7 @@ impl Drop for CaServer {
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: CaAcceptor,
     conns: mpsc::Sender<Result<CaConn, std::io::Error>>,
 ) {
     loop {
@@ -311,27 +438,12 @@ async fn accept_loop(
         let conns = conns.clone();
         // Handshakes run apart so that a slow client holds up no other.
         tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
-            let stream = match handshake {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "TLS handshake refused");
-                    return;
+            match acceptor.accept(tcp, remote).await {
+                Ok((stream, peer)) => {
+                    let _ = conns.send(Ok(CaConn { stream, peer })).await;
                 }
-                Err(_) => return,
-            };
-            let id = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|leaf| svid_id(leaf).ok());
-            let conn = CaConn {
-                stream,
-                peer: CaPeer { id, remote },
-            };
-            let _ = conns.send(Ok(conn)).await;
+                Err(e) => tracing::debug!(%remote, error = %e, "TLS handshake refused"),
+            }
         });
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_ca::metrics::RefusalReason;
 use mesh_ca::service::{CaServer, ca_identity};
 use mesh_ca::{
     CaClient, CertManager, CertificateAuthority, IssuedSvid, LeafPolicy, ManagerConfig, SignError,
@@ -185,6 +186,14 @@ async fn refuses_unauthenticated_and_bad_requests() {
         .create_certificate(csr_asking_for("spiffe://x/y"), Duration::ZERO, None)
         .await;
     assert!(ok.is_ok(), "{ok:?}");
+
+    // Counted by reason (the request without a token never left the client).
+    let m = server.metrics();
+    assert_eq!(m.issued(), 1);
+    assert_eq!(m.refused(RefusalReason::Unauthenticated), 1);
+    assert_eq!(m.refused(RefusalReason::InvalidCsr), 1);
+    assert_eq!(m.refused(RefusalReason::ForeignTrustDomain), 0);
+    assert_eq!(m.refused(RefusalReason::Internal), 0);
     server.shutdown().await.unwrap();
 }
 

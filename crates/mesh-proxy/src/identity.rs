@@ -88,25 +88,16 @@ impl Identity {
         v
     }
 
-    /// Prometheus lines about the certificate.
+    /// Prometheus lines about the certificate, from the definitions that
+    /// the CA's metrics endpoint renders with too (`mesh_ca::metrics`).
     pub(crate) fn metrics(&self) -> String {
-        let c = self.store().load();
-        let expiry = c
-            .not_after()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let (renewals, failures) = match self {
-            Self::Ca(m) => (m.status().renewals(), m.status().failures()),
-            Self::Files(w) => (w.reloads(), w.failures()),
+        let m = match self {
+            Self::Ca(m) => m.metrics(),
+            Self::Files(w) => w.metrics(),
         };
-        format!(
-            "# HELP mesh_cert_expiry_timestamp_seconds When the workload certificate expires.\n\
-             # TYPE mesh_cert_expiry_timestamp_seconds gauge\nmesh_cert_expiry_timestamp_seconds {expiry}\n\
-             # HELP mesh_cert_renewals_total Certificates obtained or reloaded.\n\
-             # TYPE mesh_cert_renewals_total counter\nmesh_cert_renewals_total {renewals}\n\
-             # HELP mesh_cert_renewal_failures_total Failed attempts to obtain or reload a certificate.\n\
-             # TYPE mesh_cert_renewal_failures_total counter\nmesh_cert_renewal_failures_total {failures}\n"
-        )
+        let mut out = String::new();
+        m.render(&mut out);
+        out
     }
 }
 

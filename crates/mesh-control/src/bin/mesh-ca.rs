@@ -2,10 +2,13 @@
 //!
 //! ```text
 //! mesh-ca init  --dir D [--trust-domain cluster.local] [--import-istio SRC]
-//! mesh-ca serve --dir D --listen 127.0.0.1:15012
+//! mesh-ca serve --dir D --listen 127.0.0.1:15012 [--metrics-addr 127.0.0.1:15014]
 //! mesh-ca token --dir D --id spiffe://cluster.local/ns/default/sa/web [--ttl 1h]
 //! mesh-ca issue --dir D --id spiffe://cluster.local/ns/default/sa/web --out DIR [--ttl 24h] [--dns web.example]
 //! ```
+//!
+//! `serve` runs a [`mesh_control::ControlPlane`] until SIGTERM or ctrl-c,
+//! then drains it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use mesh_ca::service::CaServer;
 use mesh_ca::{CertificateAuthority, TokenStore};
+use mesh_control::{ControlPlane, ControlPlaneConfig};
 use mesh_core::identity::{SpiffeId, TrustDomain};
 
 #[derive(Debug, Parser)]
@@ -48,6 +51,10 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:15012")]
         listen: String,
+        /// Also serve Prometheus metrics in plain HTTP at /metrics on this
+        /// address (istiod's monitoring port is 15014).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<String>,
     },
     /// Print a single-use join token bound to one identity.
     Token {
@@ -140,20 +147,44 @@ async fn run(cli: Cli) -> Result<()> {
                 dir.join(mesh_ca::ROOT_CERT_FILE).display()
             );
         }
-        Command::Serve { dir, listen } => {
+        Command::Serve {
+            dir,
+            listen,
+            metrics_addr,
+        } => {
             let ca = Arc::new(CertificateAuthority::open_dir(&dir)?);
+            let identity = mesh_ca::service::ca_identity(&ca)?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("--listen {listen}"))?;
-            let server = CaServer::spawn(ca.clone(), TokenStore::new(&dir), listener).await?;
+            let mut plane = ControlPlane::start(
+                ca,
+                TokenStore::new(&dir),
+                listener,
+                ControlPlaneConfig::default(),
+            )
+            .await?;
+            let stop = shutdown_signal()?;
+            if let Some(addr) = metrics_addr {
+                let listener = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("--metrics-addr {addr}"))?;
+                plane = plane.with_metrics(listener)?;
+            }
             tracing::info!(
-                addr = %server.local_addr(),
-                identity = %mesh_ca::service::ca_identity(&ca)?,
+                addr = %plane.ca_addr(),
+                %identity,
                 "mesh-ca serving istio.v1.auth.IstioCertificateService"
             );
-            println!("listening on {}", server.local_addr());
-            shutdown_signal().await;
-            server.shutdown().await?;
+            // Read by scripts and tests: the first line is the CA's address.
+            println!("listening on {}", plane.ca_addr());
+            if let Some(addr) = plane.metrics_addr() {
+                tracing::info!(%addr, "metrics at /metrics");
+                println!("metrics on {addr}");
+            }
+            stop.await;
+            tracing::info!("draining");
+            plane.shutdown().await;
         }
         Command::Token { dir, id, ttl } => {
             let ca = CertificateAuthority::open_dir(&dir)?;
@@ -184,20 +215,18 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM or ctrl-c. SIGTERM is registered here, before the caller says
+/// it is listening, so a supervisor that stops it right after that line is
+/// not met by the default action (dying undrained).
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    })
 }
 
 fn main() -> Result<()> {

@@ -137,3 +137,64 @@ async fn serve_gives_a_workload_its_identity() {
         .unwrap();
     assert_eq!(manager.store().load().id(), &id);
 }
+
+/// `serve --metrics-addr`: the second line names the metrics endpoint,
+/// which answers a scrape; SIGTERM drains the process, which exits 0.
+#[test]
+fn serve_reports_metrics_and_drains_on_sigterm() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let d = dir.to_str().unwrap();
+    ok(mesh_ca(&["init", "--dir", d]));
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_mesh-ca"))
+            .args(["serve", "--dir", d, "--listen", "127.0.0.1:0"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on 127.0.0.1:"), "{line}");
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("metrics on ").unwrap().to_owned();
+
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut scrape = String::new();
+    tcp.read_to_string(&mut scrape).unwrap();
+    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    assert!(
+        scrape.contains("\nmesh_ca_certificates_issued_total 0\n"),
+        "{scrape}"
+    );
+    assert!(scrape.contains("# TYPE mesh_cert_expiry_timestamp_seconds gauge\n"));
+
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mesh-ca did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,168 @@
+//! The mesh's control plane: one process serving the CA's signing service
+//! (Istio's `CreateCertificate`, from `mesh-ca`) and a Prometheus metrics
+//! endpoint, both through `mesh_tower::server`, the one serving edge of the
+//! mesh: its accept loop, its [`ServerSettings`] (header-read, idle and
+//! handshake timeouts, body limits, HTTP/2 flood limits) and its drain.
+//! `mesh-ca` cannot serve itself that way (`mesh-tower` depends on it);
+//! this crate depends on both. The xDS server will live here too, so that
+//! `mesh-ca` stays the CA and knows nothing of routing.
+//!
+//! The `mesh-ca` binary is this crate's: `main` reads the command line and
+//! runs a [`ControlPlane`] until SIGTERM or ctrl-c, then drains it.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use mesh_ca::{CertificateAuthority, TokenStore};
+//! use mesh_control::{ControlPlane, ControlPlaneConfig};
+//! use tokio::net::TcpListener;
+//!
+//! let dir = std::path::Path::new("ca");
+//! let ca = Arc::new(CertificateAuthority::open_dir(dir)?);
+//! let plane = ControlPlane::start(
+//!     ca,
+//!     TokenStore::new(dir),
+//!     TcpListener::bind("127.0.0.1:15012").await?,
+//!     ControlPlaneConfig::default(),
+//! )
+//! .await?
+//! .with_metrics(TcpListener::bind("127.0.0.1:15014").await?)?;
+//! // GET http://127.0.0.1:15014/metrics: mesh_ca_certificates_issued_total, ...
+//! plane.shutdown().await; // stop accepting, let what is in flight finish
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod ca;
+mod monitor;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_ca::metrics::CaMetrics;
+use mesh_ca::service::{CaAcceptor, CaService, ServeError, serving_identity};
+use mesh_ca::{CertificateAuthority, CredentialStore, TokenStore};
+use mesh_tower::server::{ServerHandle, ServerSettings};
+use tokio::net::TcpListener;
+
+pub use monitor::METRICS_PATHS;
+
+use monitor::Monitor;
+
+/// How the control plane serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlPlaneConfig {
+    /// What every connection, to the CA and to the metrics endpoint, is
+    /// held to: the same settings type, with the same defaults, as every
+    /// other listener of the mesh.
+    pub settings: ServerSettings,
+    /// How long [`ControlPlane::shutdown`] lets in-flight requests finish.
+    pub drain_deadline: Duration,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        Self {
+            settings: ServerSettings::default(),
+            drain_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The CA could not set itself up to serve (its own serving
+    /// certificate, its TLS config).
+    #[error(transparent)]
+    Ca(#[from] ServeError),
+    /// A listener's address could not be read.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running control plane. [`shutdown`](Self::shutdown) drains it;
+/// dropping it stops accepting and starts the drain without waiting.
+#[derive(Debug)]
+pub struct ControlPlane {
+    ca: ServerHandle,
+    metrics: Option<ServerHandle>,
+    monitor: Monitor,
+    config: ControlPlaneConfig,
+}
+
+impl ControlPlane {
+    /// Serves `ca`'s signing service on `listener` (TLS, with a serving
+    /// SVID for [`mesh_ca::service::ca_identity`] that the CA issues and
+    /// renews itself), redeeming join tokens from `tokens`.
+    pub async fn start(
+        ca: Arc<CertificateAuthority>,
+        tokens: TokenStore,
+        listener: TcpListener,
+        config: ControlPlaneConfig,
+    ) -> Result<Self, StartError> {
+        let identity = serving_identity(&ca).await?;
+        let acceptor = CaAcceptor::new(identity.store())
+            .map_err(ServeError::from)?
+            .with_handshake_timeout(config.settings.handshake_timeout);
+        let service = CaService::new(ca, tokens);
+        let monitor = Monitor::new(service.metrics().clone(), identity);
+        let ca = ca::spawn(listener, acceptor, service, &config)?;
+        Ok(Self {
+            ca,
+            metrics: None,
+            monitor,
+            config,
+        })
+    }
+
+    /// Also answers Prometheus scrapes on `listener`, in plain HTTP at
+    /// [`METRICS_PATHS`]: the CA's counters and its serving certificate's.
+    /// A second call replaces the first endpoint.
+    pub fn with_metrics(mut self, listener: TcpListener) -> Result<Self, StartError> {
+        self.metrics = Some(monitor::spawn(
+            listener,
+            self.monitor.clone(),
+            &self.config,
+        )?);
+        Ok(self)
+    }
+
+    /// The address of the CA's signing service.
+    pub fn ca_addr(&self) -> SocketAddr {
+        self.ca.local_addr()
+    }
+
+    /// The address of the metrics endpoint, if one is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(ServerHandle::local_addr)
+    }
+
+    /// The CA's own serving credentials.
+    pub fn credentials(&self) -> &CredentialStore {
+        self.monitor.identity().store()
+    }
+
+    /// What the signing service counts.
+    pub fn ca_metrics(&self) -> &Arc<CaMetrics> {
+        self.monitor.ca()
+    }
+
+    /// What the metrics endpoint answers, now.
+    pub fn render_metrics(&self) -> String {
+        self.monitor.render()
+    }
+
+    /// Stops accepting on every listener and lets what is in flight finish,
+    /// up to the drain deadline; surfaces a panic of an accept task.
+    pub async fn shutdown(self) {
+        let metrics = async {
+            if let Some(m) = self.metrics {
+                m.shutdown().await;
+            }
+        };
+        tokio::join!(self.ca.shutdown(), metrics);
+    }
+}

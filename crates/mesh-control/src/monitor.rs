@@ -1,0 +1,110 @@
+//! The metrics endpoint (istiod's "monitoring" port): the CA's counters and
+//! its serving certificate's, in Prometheus text format, rendered by the
+//! definitions in [`mesh_ca::metrics`] that `mesh-proxy`'s admin
+//! `/stats/prometheus` renders with too.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use mesh_ca::CertManager;
+use mesh_ca::metrics::CaMetrics;
+use mesh_tower::body::{BoxBody, empty, full};
+use mesh_tower::server::{ServerBody, ServerHandle, accept_loop, drain_pair, serve_connection};
+use mesh_tower::telemetry::PROMETHEUS_CONTENT_TYPE;
+use tokio::net::TcpListener;
+
+use crate::ControlPlaneConfig;
+
+/// The paths the metrics endpoint answers at: Prometheus' default, and the
+/// proxy admin's.
+pub const METRICS_PATHS: [&str; 2] = ["/metrics", "/stats/prometheus"];
+
+/// What the control plane reports: the signing service's counters and the
+/// CA's serving certificate. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Monitor {
+    ca: Arc<CaMetrics>,
+    identity: Arc<CertManager>,
+}
+
+impl Monitor {
+    /// Reports `ca`'s counters and the certificate of `identity`.
+    pub(crate) fn new(ca: Arc<CaMetrics>, identity: CertManager) -> Self {
+        Self {
+            ca,
+            identity: Arc::new(identity),
+        }
+    }
+
+    /// The signing service's counters.
+    pub(crate) fn ca(&self) -> &Arc<CaMetrics> {
+        &self.ca
+    }
+
+    /// The CA's serving certificate manager.
+    pub(crate) fn identity(&self) -> &CertManager {
+        &self.identity
+    }
+
+    /// Everything, in Prometheus text format.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        self.ca.render(&mut out);
+        self.identity.metrics().render(&mut out);
+        out
+    }
+
+    /// The answer to a scrape (or anything else) of the endpoint.
+    pub(crate) fn respond<B>(&self, req: &Request<B>) -> Response<BoxBody> {
+        if !METRICS_PATHS.contains(&req.uri().path()) {
+            return answer(
+                StatusCode::NOT_FOUND,
+                full("endpoints: /metrics /stats/prometheus\n"),
+                "text/plain",
+            );
+        }
+        match *req.method() {
+            Method::GET => answer(StatusCode::OK, full(self.render()), PROMETHEUS_CONTENT_TYPE),
+            Method::HEAD => answer(StatusCode::OK, empty(), PROMETHEUS_CONTENT_TYPE),
+            _ => {
+                let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, empty(), "text/plain");
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                r
+            }
+        }
+    }
+}
+
+fn answer(status: StatusCode, body: BoxBody, content_type: &'static str) -> Response<BoxBody> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Serves `monitor` in plain HTTP on `listener` until the handle drains.
+pub(crate) fn spawn(
+    listener: TcpListener,
+    monitor: Monitor,
+    config: &ControlPlaneConfig,
+) -> std::io::Result<ServerHandle> {
+    let local_addr = listener.local_addr()?;
+    let (controller, drain) = drain_pair(config.settings);
+    let conns = drain.clone();
+    let service = tower::service_fn(move |req: Request<ServerBody>| {
+        let resp = monitor.respond(&req);
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let accept = accept_loop(listener, drain, move |tcp, _remote| {
+        tokio::spawn(serve_connection(tcp, service.clone(), conns.clone(), None));
+    });
+    Ok(ServerHandle::spawn(
+        local_addr,
+        controller,
+        config.drain_deadline,
+        accept,
+    ))
+}
