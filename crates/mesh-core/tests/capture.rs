@@ -2,6 +2,8 @@
 //! destination belongs to, by ServiceEntry `addresses` (virtual IPs) and
 //! workload addresses.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::Path;
 
