@@ -28,16 +28,16 @@ fn bin_dir() -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo().join("target"), PathBuf::from);
     let dir = target.join("debug");
-    if !dir.join("mesh-proxy").exists() || !dir.join("mesh-ca").exists() {
-        let ok = Command::new(env!("CARGO"))
-            // mesh-ca is the binary of the mesh-control crate.
-            .args(["build", "-p", "mesh-proxy", "-p", "mesh-control"])
-            .current_dir(repo())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "building mesh-proxy and mesh-ca failed");
-    }
+    // Always asked for: a no-op when they are fresh, and never an old
+    // binary left by an earlier layout of the workspace.
+    let ok = Command::new(env!("CARGO"))
+        // mesh-ca is the binary of the mesh-control crate.
+        .args(["build", "-p", "mesh-proxy", "-p", "mesh-control"])
+        .current_dir(repo())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "building mesh-proxy and mesh-ca failed");
     dir
 }
 
