@@ -29,6 +29,7 @@ mod accept;
 mod app;
 mod conn;
 mod drain;
+mod original;
 
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ pub use accept::{ModeAcceptor, ServerHandle, accept_loop};
 pub use app::AppService;
 pub use conn::{Known, serve_connection};
 pub use drain::{ConnGuard, Drain, DrainController, drain_pair};
+pub use original::{Original, original_destination};
 
 use crate::body::BoxBody;
 use crate::limits::{BodyLimits, LimitedBody};
