@@ -112,10 +112,35 @@ pub mod codes {
     /// A Gateway server asks for TLS that `mesh-proxy gateway` cannot
     /// honour, so the gateway would refuse to start.
     pub const GATEWAY_TLS_UNSUPPORTED: &str = "MESH0111";
+    /// Capture: a workload's address is a loopback address, which no other
+    /// network namespace can reach.
+    pub const CAPTURE_LOOPBACK_WORKLOAD: &str = "MESH0112";
+    /// Capture: a service inside the mesh has no virtual IP (ServiceEntry
+    /// `addresses`), so applications can reach it only by a workload's
+    /// own address.
+    pub const CAPTURE_NO_VIRTUAL_IP: &str = "MESH0113";
+}
+
+/// How the sidecars the configuration is for run, for the analyzers that
+/// depend on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// The sidecars capture traffic (`mesh-proxy init`, `sidecar
+    /// --capture`): each workload in a network namespace of its own.
+    pub capture: bool,
 }
 
 /// Runs the TLS check and every analyzer.
 pub fn check(snap: &Snapshot, resources: &crate::resources::Resources) -> Report {
+    check_with(snap, resources, CheckOptions::default())
+}
+
+/// [`check`], for sidecars that run as `options` say.
+pub fn check_with(
+    snap: &Snapshot,
+    resources: &crate::resources::Resources,
+    options: CheckOptions,
+) -> Report {
     let mut findings = Vec::new();
     let tls = tls_table(snap);
     for row in tls.iter().filter(|r| r.status == TlsStatus::Conflict) {
@@ -140,8 +165,53 @@ pub fn check(snap: &Snapshot, resources: &crate::resources::Resources) -> Report
     peer_policies(snap, &mut findings);
     authz(snap, &mut findings);
     gateway_tls(resources, &mut findings);
+    if options.capture {
+        capture(snap, &mut findings);
+    }
     findings.sort_by(|a, b| a.severity.cmp(&b.severity).then(a.code.cmp(b.code)));
     Report { tls, findings }
+}
+
+/// What goes wrong when the workloads are in network namespaces of their
+/// own: loopback addresses (reachable only from the namespace itself), and
+/// mesh services without a virtual IP.
+fn capture(snap: &Snapshot, out: &mut Vec<Finding>) {
+    for w in &snap.workloads {
+        let loopback = w
+            .address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+            || w.address.eq_ignore_ascii_case("localhost");
+        if loopback {
+            out.push(finding(
+                Severity::Warning,
+                codes::CAPTURE_LOOPBACK_WORKLOAD,
+                format!(
+                    "{}: address {} is a loopback address: with capture each workload has a network namespace of its own, and no other workload can reach this one there (give it its pod address)",
+                    w.source, w.address
+                ),
+                vec![w.source.clone()],
+            ));
+        }
+    }
+    let mut services: Vec<&crate::snapshot::Service> = snap
+        .services
+        .values()
+        .filter(|s| s.location == crate::resources::networking::Location::MeshInternal)
+        .filter(|s| s.addresses.is_empty())
+        .collect();
+    services.sort_by(|a, b| a.host.cmp(&b.host));
+    for s in services {
+        out.push(finding(
+            Severity::Warning,
+            codes::CAPTURE_NO_VIRTUAL_IP,
+            format!(
+                "{}: {} has no virtual IP (spec.addresses): with capture, applications reach it only by a workload's own address, not by its name",
+                s.source, s.host
+            ),
+            vec![s.source.clone()],
+        ));
+    }
 }
 
 /// Gateway servers whose TLS the gateway cannot honour. Each of these stops

@@ -167,3 +167,47 @@ fn outbound_traffic_policy_reads_istios_names() {
         .to_string();
     assert!(err.contains("DENY_ALL") || err.contains("mode"), "{err}");
 }
+
+#[test]
+fn check_with_capture_warns_of_loopback_workloads_and_services_without_vips() {
+    use mesh_core::analyze::{CheckOptions, check, check_with, codes};
+    let yaml = format!(
+        "{MESH}---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
+         metadata: {{name: old, namespace: default}}\nspec: {{address: 127.0.0.7, labels: {{app: cache}}}}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: cache, namespace: default}}\nspec:\n  hosts: [cache.default.svc.cluster.local]\n  \
+         ports: [{{number: 6379, name: tcp, protocol: TCP}}]\n  resolution: STATIC\n  \
+         workloadSelector: {{labels: {{app: cache}}}}\n"
+    );
+    let resources = load_str(Path::new("mesh.yaml"), &yaml).unwrap();
+    let s = compile(&resources).unwrap();
+    let plain = check(&s, &resources);
+    assert!(
+        !plain
+            .findings
+            .iter()
+            .any(|f| f.code == codes::CAPTURE_LOOPBACK_WORKLOAD
+                || f.code == codes::CAPTURE_NO_VIRTUAL_IP),
+        "explicit mode on one machine is fine with loopback addresses"
+    );
+    let report = check_with(&s, &resources, CheckOptions { capture: true });
+    let loopback: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.code == codes::CAPTURE_LOOPBACK_WORKLOAD)
+        .collect();
+    assert_eq!(loopback.len(), 1, "{:?}", report.findings);
+    assert!(loopback[0].message.contains("127.0.0.7"));
+    let no_vip: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.code == codes::CAPTURE_NO_VIRTUAL_IP)
+        .collect();
+    assert_eq!(no_vip.len(), 1, "{:?}", report.findings);
+    assert!(
+        no_vip[0]
+            .message
+            .contains("cache.default.svc.cluster.local")
+    );
+    assert!(!report.has_errors(), "warnings only");
+}
