@@ -134,3 +134,117 @@ fn bad_flags_name_the_flag() {
         "{err}"
     );
 }
+
+/// The rules themselves: an application's connection to a virtual IP is
+/// redirected to the outbound capture port, the proxy's own (uid 1337) is
+/// not, and inbound connections land on the inbound capture port. A small
+/// Python listener reports each connection's original destination.
+#[test]
+fn the_rules_redirect_the_app_but_never_the_proxy() {
+    let Some(mut cluster) = netns::Cluster::create("rules") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pod = cluster.pod("rules-a", 2);
+    pod.ok(&[BIN, "init"]);
+    // Listens on both capture ports and on 8080 (a "real" server), and
+    // prints `port original-destination` per connection.
+    let script = r#"
+import socket, struct, sys, threading
+SO_ORIGINAL_DST = 80
+def serve(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(16)
+    while True:
+        c, _ = s.accept()
+        try:
+            raw = c.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+            p, a = struct.unpack("!2xH4s8x", raw)
+            print(port, socket.inet_ntoa(a) + ":" + str(p), flush=True)
+        except OSError as e:
+            print(port, "none", e, flush=True)
+        c.close()
+for p in (15001, 15006, 8080):
+    threading.Thread(target=serve, args=(p,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+    let log = dir.path().join("listener.log");
+    let _listener = pod.spawn_as(None, &["python3", "-c", script], &log);
+    let wait = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        assert!(
+            wait.elapsed() < std::time::Duration::from_secs(20),
+            "listener never ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let connect = |uid: u32, to: &str| {
+        // bash's /dev/tcp: any uid can run it (python may live in root's
+        // home).
+        let (host, port) = to.rsplit_once(':').unwrap();
+        let code = format!("exec 3<>/dev/tcp/{host}/{port}");
+        let u = uid.to_string();
+        pod.exec(&[
+            "setpriv",
+            "--reuid",
+            &u,
+            "--regid",
+            &u,
+            "--clear-groups",
+            "timeout",
+            "5",
+            "bash",
+            "-c",
+            &code,
+        ])
+    };
+    // The app (uid 1000) to a virtual IP: captured to 15001.
+    let out = connect(1000, "10.96.0.10:3306");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The proxy (uid 1337) to the same: not captured, and nothing listens
+    // at a virtual IP, so it fails.
+    assert!(!connect(1337, "10.96.0.10:3306").status.success());
+    // The app to itself over loopback: not captured.
+    assert!(connect(1000, "127.0.0.1:8080").status.success());
+    // From another pod, to this pod's 8080: captured inbound to 15006.
+    let other = cluster.pod("rules-b", 3);
+    let out = other.exec(&[
+        "python3",
+        "-c",
+        "import socket; s=socket.create_connection(('10.244.0.2', 8080), 5); s.close()",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now();
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.lines().count() >= 4 || deadline.elapsed() > std::time::Duration::from_secs(10) {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(lines.contains("15001 10.96.0.10:3306"), "{lines}");
+    assert!(lines.contains("15006 10.244.0.2:8080"), "{lines}");
+    assert!(
+        lines.contains("8080 127.0.0.1:8080"),
+        "loopback went straight to the server: {lines}"
+    );
+    assert!(!lines.contains("15001 127.0.0.1"), "{lines}");
+    assert_eq!(
+        lines.matches("15001 ").count(),
+        1,
+        "only the app was captured: {lines}"
+    );
+}
