@@ -59,6 +59,47 @@ impl TcpRouter {
         }
     }
 
+    /// Opens a connection to one endpoint of `host:port` that a client
+    /// addressed by its own address (a captured connection to a workload's
+    /// address): secured as an endpoint of that service is (its client TLS,
+    /// its workload's identity), with no other endpoint tried.
+    pub async fn connect_endpoint(
+        &self,
+        host: &str,
+        port: u16,
+        endpoint: &mesh_core::plan::Endpoint,
+    ) -> Result<TcpConnection, MeshError> {
+        let snap = self.store.load();
+        let svc = snap
+            .service(host, &self.namespace)
+            .ok_or_else(|| MeshError::UnknownHost {
+                host: host.to_owned(),
+            })?;
+        let sp = svc.port(port).ok_or_else(|| MeshError::UnknownPort {
+            host: svc.host.clone(),
+            port,
+        })?;
+        let tls = mesh_core::plan::endpoint_tls(&snap, svc, sp.number, None, endpoint)
+            .map_err(|why| MeshError::CannotSecure {
+                host: svc.host.clone(),
+                why,
+            })?;
+        let allowed = mesh_core::plan::identities(&snap, endpoint);
+        let (io, peer) = self
+            .dial(&endpoint.key, tls == EndpointTls::MeshMtls, &allowed)
+            .await
+            .map_err(|why| MeshError::UpstreamConnect {
+                endpoint: endpoint.key.clone(),
+                why,
+            })?;
+        Ok(TcpConnection {
+            io,
+            endpoint: endpoint.key.clone(),
+            host: svc.host.clone(),
+            peer,
+        })
+    }
+
     /// Opens a connection to `host:port`, trying a second endpoint when the
     /// first cannot be reached.
     pub async fn connect(&self, host: &str, port: u16) -> Result<TcpConnection, MeshError> {
