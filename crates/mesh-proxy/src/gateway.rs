@@ -70,7 +70,8 @@ impl GatewayBuilder {
     }
 
     /// The limits every served connection is held to, the TLS handshake
-    /// timeout among them.
+    /// timeout among them; by default [`ServerSettings::default`], the
+    /// command line's defaults.
     #[must_use]
     pub fn server_settings(mut self, settings: ServerSettings) -> Self {
         self.settings = settings;
@@ -168,7 +169,7 @@ impl Gateway {
             gateway: gateway.into(),
             identity: None,
             identity_id: None,
-            settings: crate::sidecar::default_settings(),
+            settings: ServerSettings::default(),
             drain_timeout: crate::sidecar::DEFAULT_DRAIN_TIMEOUT,
         }
     }

@@ -41,18 +41,6 @@ use outbound::{OutboundTarget, outbound_loop};
 /// told otherwise.
 pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The limits connections are held to unless told otherwise: those of the
-/// command line's defaults.
-pub(crate) fn default_settings() -> ServerSettings {
-    ServerSettings {
-        header_read_timeout: Duration::from_secs(30),
-        idle_timeout: Duration::from_secs(300),
-        body: mesh_tower::limits::BodyLimits::default()
-            .body_read_timeout(Some(mesh_tower::limits::DEFAULT_BODY_READ_TIMEOUT)),
-        ..ServerSettings::default()
-    }
-}
-
 /// Configures a [`Sidecar`]: its configuration, workload, identity and
 /// limits.
 #[derive(Debug)]
@@ -74,7 +62,8 @@ impl SidecarBuilder {
         self
     }
 
-    /// The limits every served connection is held to (timeouts, body cap).
+    /// The limits every served connection is held to (timeouts, body cap);
+    /// by default [`ServerSettings::default`], the command line's defaults.
     #[must_use]
     pub fn server_settings(mut self, settings: ServerSettings) -> Self {
         self.settings = settings;
@@ -223,7 +212,7 @@ impl Sidecar {
             namespace: namespace.into(),
             workload: workload.into(),
             identity: None,
-            settings: default_settings(),
+            settings: ServerSettings::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             default_inbound_port: 15006,
         }
@@ -328,7 +317,7 @@ impl Sidecar {
             self.key,
             self.namespace,
             self.workload,
-            Identity {
+            OwnIdentity {
                 id: self.identity_id,
                 source: self.identity,
             },
@@ -357,7 +346,7 @@ impl Sidecar {
 }
 
 /// Who the sidecar is and where its certificate comes from.
-struct Identity {
+struct OwnIdentity {
     id: SpiffeId,
     source: IdentitySource,
 }
@@ -383,7 +372,7 @@ async fn serve(
     key: String,
     namespace: String,
     workload: String,
-    identity: Identity,
+    identity: OwnIdentity,
     ports: Ports,
     shared: Shared,
 ) -> Result<Vec<Serving>> {
