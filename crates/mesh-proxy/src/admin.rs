@@ -3,11 +3,9 @@
 //! for it with `--admin-allow-remote`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Result, bail};
 use arc_swap::ArcSwapOption;
 use http::{Request, Response, StatusCode};
 use mesh_core::store::Store;
@@ -134,30 +132,21 @@ fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<BoxBody> {
     }
 }
 
-/// Binds the admin listener and serves it until the drain.
-pub(crate) async fn spawn(
-    addr: SocketAddr,
-    allow_remote: bool,
+/// Serves the admin listener until the drain. Whether it may listen on an
+/// address other than loopback is the binder's decision (the command line
+/// asks for `--admin-allow-remote`).
+pub(crate) fn serve(
+    listener: TcpListener,
     state: Arc<AdminState>,
     drain: Drain,
-) -> Result<SocketAddr> {
-    if !addr.ip().is_loopback() && !allow_remote {
-        bail!(
-            "the admin listener {addr} is not on loopback; pass --admin-allow-remote to expose it"
-        );
-    }
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding the admin listener {addr}: {e}"))?;
-    let local = listener.local_addr()?;
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let conns = drain.clone();
-    tokio::spawn(accept_loop(listener, drain, move |tcp, _| {
+    accept_loop(listener, drain, move |tcp, _| {
         let state = state.clone();
         let svc = tower::service_fn(move |req: Request<crate::runtime::ProxyBody>| {
             let resp = handle(&state, &req);
             async move { Ok::<_, Infallible>(resp) }
         });
         tokio::spawn(serve_connection(tcp, svc, conns.clone(), None));
-    }));
-    Ok(local)
+    })
 }

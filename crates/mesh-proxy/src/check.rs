@@ -1,4 +1,6 @@
-//! The `check` and `explain` commands.
+//! The `check` and `explain` commands: each prints its report (a table,
+//! or JSON for tools) to standard output, errors to standard error, and
+//! returns the exit status the command line gives.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -29,7 +31,11 @@ fn unreadable(errors: &ConfigErrors, json: bool) -> ExitCode {
     ExitCode::from(UNREADABLE)
 }
 
-pub(crate) fn check(config: &Path, json: bool) -> ExitCode {
+/// Checks the configuration at `config`: the TLS table (server mTLS mode
+/// against the client TLS of DestinationRules, per service port) and the
+/// analyzers. 0 clean (warnings allowed), 1 errors or conflicts, 2 the
+/// configuration cannot be read.
+pub fn check(config: &Path, json: bool) -> ExitCode {
     let (resources, snap) = match load(config) {
         Ok(x) => x,
         Err(e) => return unreadable(&e, json),
@@ -178,7 +184,11 @@ fn render(report: &Report, resources: &Resources) -> String {
     out
 }
 
-pub(crate) fn explain(config: &Path, query: &Query, json: bool) -> ExitCode {
+/// Explains the decision for one request, step by step, naming the
+/// resource behind each step. 0 when the request would get through, 1 when
+/// some step refuses it, 2 when the configuration or the query cannot be
+/// read.
+pub fn explain(config: &Path, query: &Query, json: bool) -> ExitCode {
     let snap = match load(config) {
         Ok((_, snap)) => snap,
         Err(e) => return unreadable(&e, json),

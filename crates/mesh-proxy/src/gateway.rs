@@ -1,7 +1,7 @@
-//! `mesh-proxy gateway`: a Gateway's servers (HTTP, and HTTPS with SIMPLE or
-//! MUTUAL TLS from credential files with SNI host matching, optional
-//! redirect of HTTP to HTTPS), routing by the VirtualServices bound to it,
-//! mesh mTLS to the backends. The Host header is kept; X-Forwarded-For and
+//! The gateway: a Gateway's servers (HTTP, and HTTPS with SIMPLE or MUTUAL
+//! TLS from credential files with SNI host matching, optional redirect of
+//! HTTP to HTTPS), routing by the VirtualServices bound to it, mesh mTLS to
+//! the backends. The Host header is kept; X-Forwarded-For and
 //! X-Forwarded-Proto are set by the gateway itself, whatever the client sent
 //! (the gateway is the edge: nothing before it can be trusted).
 //!
@@ -11,21 +11,23 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use clap::Args;
 use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_ca::tls::crypto_provider;
 use mesh_core::gateway::host_matches;
 use mesh_core::identity::SpiffeId;
 use mesh_core::resources::networking::{Protocol, Server, ServerTlsMode, TlsVersion};
+use mesh_core::store::{FileWatcher, Store};
 use mesh_tower::body::{BoxBody, empty};
 use mesh_tower::error::MeshError;
+use mesh_tower::server::ServerSettings;
 use mesh_tower::tls::MeshConnector;
 use mesh_tower::traffic::{ClientAddr, GatewayServers, Router, RouterConfig};
 use rustls::server::WebPkiClientVerifier;
@@ -35,39 +37,243 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
 use crate::admin::AdminState;
-use crate::runtime::ProxyBody;
-use crate::sidecar::CommonArgs;
-use mesh_tower::server::{Known, accept_loop, serve_connection};
+use crate::identity::IdentitySource;
+use crate::runtime::{BoundSocket, Error, Launch, ProxyBody, ProxyHandle, Serving};
+use mesh_tower::server::{Drain, Known, accept_loop, serve_connection};
 
-/// `mesh-proxy gateway`.
-#[derive(Debug, Clone, Args)]
-pub(crate) struct GatewayArgs {
-    #[command(flatten)]
-    pub(crate) common: CommonArgs,
-    /// The Gateway to serve: `name` (in `default`) or `namespace/name`.
-    #[arg(long)]
-    pub(crate) gateway: String,
-    /// The address the servers bind.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub(crate) listen_address: IpAddr,
-    /// The gateway's own SPIFFE ID, for mTLS to backends; by default
-    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<gateway name>`.
-    #[arg(long)]
-    pub(crate) identity_id: Option<String>,
-    /// How long an HTTPS client may take to finish its TLS handshake before
-    /// its connection is closed (decimals allowed).
-    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = seconds)]
-    pub(crate) handshake_timeout: std::time::Duration,
+/// Configures a [`Gateway`]: its configuration, the Gateway resource,
+/// identity and limits.
+#[derive(Debug)]
+pub struct GatewayBuilder {
+    config: PathBuf,
+    gateway: String,
+    identity: Option<IdentitySource>,
+    identity_id: Option<String>,
+    settings: ServerSettings,
+    drain_timeout: Duration,
 }
 
-/// Parses a positive number of seconds, decimals allowed (`0.5`); the same
-/// rule as the common `--header-read-timeout`.
-fn seconds(s: &str) -> Result<std::time::Duration, String> {
-    let secs: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
-    if secs <= 0.0 {
-        return Err(format!("{s}: must be more than zero"));
+impl GatewayBuilder {
+    /// Where the gateway's own certificate comes from (required).
+    #[must_use]
+    pub fn identity(mut self, source: IdentitySource) -> Self {
+        self.identity = Some(source);
+        self
     }
-    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{s}: {e}"))
+
+    /// The gateway's own SPIFFE ID, for mTLS to backends; by default
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<gateway name>`.
+    #[must_use]
+    pub fn identity_id(mut self, id: impl Into<String>) -> Self {
+        self.identity_id = Some(id.into());
+        self
+    }
+
+    /// The limits every served connection is held to, the TLS handshake
+    /// timeout among them; by default [`ServerSettings::default`], the
+    /// command line's defaults.
+    #[must_use]
+    pub fn server_settings(mut self, settings: ServerSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// How long [`ProxyHandle::shutdown`] waits for in-flight requests and
+    /// connections (default 10 s).
+    #[must_use]
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Loads the configuration (and starts watching it) and finds the
+    /// Gateway in it.
+    pub fn build(self) -> Result<Gateway, Error> {
+        self.try_build().map_err(Error::new)
+    }
+
+    fn try_build(self) -> Result<Gateway> {
+        let key = mesh_core::snapshot::gateway_key(&self.gateway, "default");
+        let (store, watcher) = crate::runtime::start_store(&self.config)?;
+        let base = if self.config.is_dir() {
+            self.config.clone()
+        } else {
+            self.config
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        };
+        let (servers, id) = {
+            let snap = store.load();
+            let gw = snap
+                .gateways
+                .get(&key)
+                .ok_or_else(|| anyhow!("no Gateway {key} in {}", self.config.display()))?;
+            let (ns, name) = key.split_once('/').unwrap_or(("default", &key));
+            let id: SpiffeId = match &self.identity_id {
+                Some(s) => s.parse()?,
+                None => SpiffeId::for_workload(&snap.mesh.trust_domain, ns, name)?,
+            };
+            (gw.servers.clone(), id)
+        };
+        let identity = self
+            .identity
+            .ok_or_else(|| anyhow!("no identity source: give GatewayBuilder::identity"))?;
+        Ok(Gateway {
+            store,
+            watcher,
+            key,
+            base,
+            servers,
+            id,
+            identity,
+            settings: self.settings,
+            drain_timeout: self.drain_timeout,
+        })
+    }
+}
+
+/// A gateway with its configuration loaded, ready to
+/// [`start`](Self::start) on the sockets its caller bound.
+#[derive(Debug)]
+pub struct Gateway {
+    store: Arc<Store>,
+    watcher: FileWatcher,
+    /// The Gateway, `namespace/name`.
+    key: String,
+    /// Where relative credential paths are read from.
+    base: PathBuf,
+    servers: Vec<Server>,
+    id: SpiffeId,
+    identity: IdentitySource,
+    settings: ServerSettings,
+    drain_timeout: Duration,
+}
+
+/// The sockets a gateway serves.
+#[derive(Debug)]
+pub struct GatewayListeners {
+    /// The admin listener, served at once.
+    pub admin: TcpListener,
+    /// One per port of [`Gateway::ports`], in any order.
+    pub servers: Vec<BoundSocket>,
+}
+
+impl Gateway {
+    /// A gateway for the Gateway `gateway` (`name` in `default`, or
+    /// `namespace/name`) of the configuration at `config` (a YAML file or a
+    /// folder of them, reloaded on change).
+    pub fn builder(config: impl Into<PathBuf>, gateway: impl Into<String>) -> GatewayBuilder {
+        GatewayBuilder {
+            config: config.into(),
+            gateway: gateway.into(),
+            identity: None,
+            identity_id: None,
+            settings: ServerSettings::default(),
+            drain_timeout: crate::sidecar::DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+
+    /// The ports to bind, one per port (target port) of the Gateway's
+    /// servers, in order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.by_port().into_keys().collect()
+    }
+
+    /// The servers of each port.
+    fn by_port(&self) -> BTreeMap<u16, Vec<usize>> {
+        let mut by_port: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            by_port
+                .entry(s.port.target_port.unwrap_or(s.port.number))
+                .or_default()
+                .push(i);
+        }
+        by_port
+    }
+
+    /// Starts the gateway: the admin listener at once; once the identity is
+    /// issued and every server's TLS is loaded, its ports. Must be called
+    /// within a Tokio runtime; the returned handle's
+    /// [`ready`](ProxyHandle::ready) says when it serves, or why it will
+    /// not (a server it cannot honour).
+    pub fn start(self, listeners: GatewayListeners) -> Result<ProxyHandle, Error> {
+        self.try_start(listeners).map_err(Error::new)
+    }
+
+    fn try_start(self, listeners: GatewayListeners) -> Result<ProxyHandle> {
+        let GatewayListeners { admin, servers } = listeners;
+        let mut sockets: BTreeMap<u16, BoundSocket> = BTreeMap::new();
+        for s in servers {
+            let port = s.local_addr().port();
+            if sockets.insert(port, s).is_some() {
+                bail!("two sockets for gateway port {port}");
+            }
+        }
+        let mut ports = Vec::new();
+        for (port, group) in self.by_port() {
+            let socket = sockets
+                .remove(&port)
+                .ok_or_else(|| anyhow!("no socket for port {port} of Gateway {}", self.key))?;
+            ports.push((socket, group));
+        }
+        if let Some(port) = sockets.keys().next() {
+            bail!("Gateway {} has no server on port {port}", self.key);
+        }
+        let local_addrs = ports.iter().map(|(s, _)| s.local_addr()).collect();
+        let (controller, drain) = mesh_tower::server::drain_pair(self.settings);
+        let registry = mesh_tower::telemetry::Registry::new();
+        let state = AdminState::new(
+            self.store.clone(),
+            vec![crate::sidecar::metrics_source(&registry)],
+        );
+        let admin_addr = admin.local_addr()?;
+        let start = serve(
+            Plan {
+                store: self.store,
+                key: self.key,
+                base: self.base,
+                servers: self.servers,
+                id: self.id,
+                identity: self.identity,
+                handshake_timeout: self.settings.handshake_timeout,
+            },
+            ports,
+            state.clone(),
+            admin_addr,
+            drain.clone(),
+            registry,
+        );
+        crate::runtime::launch(Launch {
+            admin,
+            state,
+            drain: (controller, drain),
+            drain_timeout: self.drain_timeout,
+            local_addrs,
+            start,
+            watcher: self.watcher,
+        })
+    }
+}
+
+/// What the gateway serves.
+struct Plan {
+    store: Arc<Store>,
+    key: String,
+    base: PathBuf,
+    servers: Vec<Server>,
+    id: SpiffeId,
+    identity: IdentitySource,
+    handshake_timeout: Duration,
+}
+
+/// How one port is served.
+enum PortPlan {
+    Https(Arc<TlsServers>),
+    Http {
+        servers: Arc<[usize]>,
+        redirect: Option<u16>,
+    },
 }
 
 fn resolve(base: &Path, file: &str) -> PathBuf {
@@ -237,51 +443,28 @@ fn tls_config(base: &Path, s: &Server) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-/// Runs the gateway until SIGTERM, then drains.
-pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
-    let key = mesh_core::snapshot::gateway_key(&args.gateway, "default");
-    let (store, _watcher) = crate::runtime::start_store(&args.common.config)?;
-    let base = if args.common.config.is_dir() {
-        args.common.config.clone()
-    } else {
-        args.common
-            .config
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
-    };
-    let (servers, id) = {
-        let snap = store.load();
-        let gw = snap
-            .gateways
-            .get(&key)
-            .ok_or_else(|| anyhow!("no Gateway {key} in {}", args.common.config.display()))?;
-        let (ns, name) = key.split_once('/').unwrap_or(("default", &key));
-        let id: SpiffeId = match &args.identity_id {
-            Some(s) => s.parse()?,
-            None => SpiffeId::for_workload(&snap.mesh.trust_domain, ns, name)?,
-        };
-        (gw.servers.clone(), id)
-    };
-    let handshake_timeout = args.handshake_timeout;
-    let (controller, drain) = mesh_tower::server::drain_pair(mesh_tower::server::ServerSettings {
-        handshake_timeout: args.handshake_timeout,
-        ..args.common.server_settings()
-    });
-    let registry = mesh_tower::telemetry::Registry::new();
-    let admin = AdminState::new(
-        store.clone(),
-        vec![crate::sidecar::metrics_source(&registry)],
-    );
-    let admin_addr = crate::admin::spawn(
-        args.common.admin,
-        args.common.admin_allow_remote,
-        admin.clone(),
-        drain.clone(),
-    )
-    .await?;
+/// Obtains the identity, loads every server's TLS, then listens on every
+/// port: the accept loops. Nothing is listened on unless all of it could be
+/// served.
+async fn serve(
+    plan: Plan,
+    ports: Vec<(BoundSocket, Vec<usize>)>,
+    admin: Arc<AdminState>,
+    admin_addr: SocketAddr,
+    drain: Drain,
+    registry: mesh_tower::telemetry::Registry,
+) -> Result<Vec<Serving>> {
+    let Plan {
+        store,
+        key,
+        base,
+        servers,
+        id,
+        identity,
+        handshake_timeout,
+    } = plan;
     tracing::info!(%admin_addr, gateway = %key, "admin listening; obtaining the gateway identity");
-    let identity = Arc::new(args.common.identity.obtain(&id).await?);
+    let identity = Arc::new(identity.obtain(&id).await?);
     admin.identity.store(Some(identity.clone()));
     let router = Router::new(
         store.clone(),
@@ -292,59 +475,24 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
     let (ns, name) = key.split_once('/').unwrap_or(("default", key.as_str()));
     let me = mesh_tower::telemetry::WorkloadInfo::new(name, ns).with_principal(&id);
     let router = crate::sidecar::outbound_stack(router, registry.clone(), me);
-
-    let mut by_port: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-    for (i, s) in servers.iter().enumerate() {
-        by_port
-            .entry(s.port.target_port.unwrap_or(s.port.number))
-            .or_default()
-            .push(i);
-    }
     let edge = EdgeConfig {
         router,
         store: store.clone(),
         key: key.clone(),
     };
-    for (port, group) in by_port {
-        let listener = TcpListener::bind((args.listen_address, port))
-            .await
-            .with_context(|| format!("binding {}:{port}", args.listen_address))?;
+
+    let mut planned = Vec::new();
+    for (socket, group) in ports {
+        let port = socket.local_addr().port();
         let protocol = servers[group[0]].port.protocol;
-        match protocol {
-            Protocol::Https => {
-                let tls = Arc::new(TlsServers {
-                    servers: group
-                        .iter()
-                        .map(|&i| {
-                            Ok((i, servers[i].hosts.clone(), tls_config(&base, &servers[i])?))
-                        })
-                        .collect::<Result<_>>()?,
-                    refuse: refusing_config()?,
-                });
-                tracing::info!(port, hosts = ?group.iter().flat_map(|&i| servers[i].hosts.clone()).collect::<Vec<_>>(), "HTTPS listening");
-                let (edge, drain2) = (edge.clone(), drain.clone());
-                tokio::spawn(accept_loop(listener, drain.clone(), move |tcp, remote| {
-                    let (tls, edge, drain) = (tls.clone(), edge.clone(), drain2.clone());
-                    tokio::spawn(async move {
-                        // A client that never finishes its handshake must not
-                        // hold a connection forever.
-                        let handshake =
-                            tokio::time::timeout(handshake_timeout, tls_handshake(&tls, tcp)).await;
-                        let Ok(handshake) = handshake else {
-                            tracing::info!(%remote, "TLS handshake timed out");
-                            return;
-                        };
-                        match handshake {
-                            Ok((stream, server, sni)) => {
-                                let svc = edge.edge(remote, Listener::Tls { server, sni });
-                                let known = Known::from_alpn(stream.get_ref().1.alpn_protocol());
-                                serve_connection(stream, svc, drain, known).await
-                            }
-                            Err(e) => tracing::info!(%remote, error = %e, "TLS handshake refused"),
-                        }
-                    });
-                }));
-            }
+        let how = match protocol {
+            Protocol::Https => PortPlan::Https(Arc::new(TlsServers {
+                servers: group
+                    .iter()
+                    .map(|&i| Ok((i, servers[i].hosts.clone(), tls_config(&base, &servers[i])?)))
+                    .collect::<Result<_>>()?,
+                refuse: refusing_config()?,
+            })),
             Protocol::Http | Protocol::Http2 | Protocol::Grpc => {
                 let redirect = group
                     .iter()
@@ -355,28 +503,82 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
                             .find(|s| s.port.protocol == Protocol::Https)
                             .map_or(443, |s| s.port.number)
                     });
-                tracing::info!(port, ?redirect, "HTTP listening");
-                let servers: Arc<[usize]> = group.into();
-                let (edge, drain2) = (edge.clone(), drain.clone());
-                tokio::spawn(accept_loop(listener, drain.clone(), move |tcp, remote| {
-                    let listener = Listener::Plain {
-                        servers: servers.clone(),
-                        redirect,
-                    };
-                    tokio::spawn(serve_connection(
-                        tcp,
-                        edge.edge(remote, listener),
-                        drain2.clone(),
-                        None,
-                    ));
-                }));
+                PortPlan::Http {
+                    servers: group.clone().into(),
+                    redirect,
+                }
             }
             other => {
                 bail!("gateway port {port}: protocol {other} is not supported; use HTTP or HTTPS")
             }
+        };
+        planned.push((socket, group, how));
+    }
+
+    let mut serving: Vec<Serving> = Vec::new();
+    for (socket, group, how) in planned {
+        let addr = socket.local_addr();
+        let port = addr.port();
+        let listener = socket
+            .listen()
+            .with_context(|| format!("binding {}:{port}", addr.ip()))?;
+        match how {
+            PortPlan::Https(tls) => {
+                tracing::info!(port, hosts = ?group.iter().flat_map(|&i| servers[i].hosts.clone()).collect::<Vec<_>>(), "HTTPS listening");
+                let (edge, drain2) = (edge.clone(), drain.clone());
+                serving.push(Box::pin(accept_loop(
+                    listener,
+                    drain.clone(),
+                    move |tcp, remote| {
+                        let (tls, edge, drain) = (tls.clone(), edge.clone(), drain2.clone());
+                        tokio::spawn(async move {
+                            // A client that never finishes its handshake must not
+                            // hold a connection forever.
+                            let handshake =
+                                tokio::time::timeout(handshake_timeout, tls_handshake(&tls, tcp))
+                                    .await;
+                            let Ok(handshake) = handshake else {
+                                tracing::info!(%remote, "TLS handshake timed out");
+                                return;
+                            };
+                            match handshake {
+                                Ok((stream, server, sni)) => {
+                                    let svc = edge.edge(remote, Listener::Tls { server, sni });
+                                    let known =
+                                        Known::from_alpn(stream.get_ref().1.alpn_protocol());
+                                    serve_connection(stream, svc, drain, known).await
+                                }
+                                Err(e) => {
+                                    tracing::info!(%remote, error = %e, "TLS handshake refused")
+                                }
+                            }
+                        });
+                    },
+                )));
+            }
+            PortPlan::Http { servers, redirect } => {
+                tracing::info!(port, ?redirect, "HTTP listening");
+                let (edge, drain2) = (edge.clone(), drain.clone());
+                serving.push(Box::pin(accept_loop(
+                    listener,
+                    drain.clone(),
+                    move |tcp, remote| {
+                        let listener = Listener::Plain {
+                            servers: servers.clone(),
+                            redirect,
+                        };
+                        tokio::spawn(serve_connection(
+                            tcp,
+                            edge.edge(remote, listener),
+                            drain2.clone(),
+                            None,
+                        ));
+                    },
+                )));
+            }
         }
     }
-    crate::runtime::ready_then_drain(&admin, controller, args.common.drain_timeout).await
+    Ok(serving)
 }
 
 /// Forwarding headers a client may send that the gateway does not set:

@@ -6,44 +6,105 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
 use mesh_ca::{
     CaClient, CertManager, CredentialStore, FileSource, FileWatcher, ManagerConfig, TrustBundle,
     TrustBundleSet,
 };
 use mesh_core::identity::SpiffeId;
 
-/// Where the proxy's certificate comes from.
-#[derive(Debug, Clone, Args)]
-pub(crate) struct IdentityArgs {
-    /// mesh-ca address (`host:port`); with `--token` and `--ca-root`.
-    #[arg(long)]
-    pub(crate) ca: Option<String>,
-    /// Single-use join token for the first certificate (see `mesh-ca token`).
-    /// Base64url may start with `-`: taken as the value, not as a flag.
-    #[arg(
-        long,
-        env = "MESH_JOIN_TOKEN",
-        hide_env_values = true,
-        allow_hyphen_values = true
-    )]
-    pub(crate) token: Option<String>,
-    /// The CA's root certificate (its `root-cert.pem`), to trust it before the
-    /// first SVID.
-    #[arg(long)]
-    pub(crate) ca_root: Option<PathBuf>,
-    /// The SPIFFE ID the CA presents.
-    #[arg(long)]
-    pub(crate) ca_id: Option<String>,
-    /// Certificate chain file (with `--key` and `--bundle`), reloaded on change.
-    #[arg(long)]
-    pub(crate) cert: Option<PathBuf>,
-    /// Private key file.
-    #[arg(long)]
-    pub(crate) key: Option<PathBuf>,
-    /// Trust bundle file.
-    #[arg(long)]
-    pub(crate) bundle: Option<PathBuf>,
+/// Where the proxy's own certificate comes from: files (SPIRE,
+/// cert-manager, `mesh-ca issue`), reloaded on change, or mesh-ca (a join
+/// token for the first certificate, then renewals over mTLS).
+#[derive(Clone)]
+pub struct IdentitySource(Source);
+
+#[derive(Clone)]
+enum Source {
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        bundle: PathBuf,
+    },
+    Ca {
+        addr: String,
+        root: PathBuf,
+        token: Option<String>,
+        ca_id: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for IdentitySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Source::Files { cert, key, bundle } => f
+                .debug_struct("Files")
+                .field("cert", cert)
+                .field("key", key)
+                .field("bundle", bundle)
+                .finish(),
+            // The join token is a credential: never printed.
+            Source::Ca {
+                addr,
+                root,
+                token,
+                ca_id,
+            } => f
+                .debug_struct("Ca")
+                .field("addr", addr)
+                .field("root", root)
+                .field("token", &token.as_ref().map(|_| "<redacted>"))
+                .field("ca_id", ca_id)
+                .finish(),
+        }
+    }
+}
+
+impl IdentitySource {
+    /// A certificate chain, its private key and the trust bundle, from
+    /// files that are reloaded when they change.
+    pub fn files(
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        bundle: impl Into<PathBuf>,
+    ) -> Self {
+        Self(Source::Files {
+            cert: cert.into(),
+            key: key.into(),
+            bundle: bundle.into(),
+        })
+    }
+
+    /// mesh-ca at `addr` (`host:port`), trusted through its root
+    /// certificate (its `root-cert.pem`) before the first SVID.
+    pub fn ca(addr: impl Into<String>, root: impl Into<PathBuf>) -> Self {
+        Self(Source::Ca {
+            addr: addr.into(),
+            root: root.into(),
+            token: None,
+            ca_id: None,
+        })
+    }
+
+    /// The single-use join token for the first certificate from mesh-ca
+    /// (see `mesh-ca token`); nothing for files.
+    #[must_use]
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        if let Source::Ca { token: t, .. } = &mut self.0 {
+            *t = Some(token.into());
+        }
+        self
+    }
+
+    /// The SPIFFE ID mesh-ca presents, by default
+    /// `spiffe://<trust domain>/ns/mesh-system/sa/mesh-ca`; nothing for
+    /// files.
+    #[must_use]
+    pub fn with_ca_id(mut self, id: impl Into<String>) -> Self {
+        if let Source::Ca { ca_id, .. } = &mut self.0 {
+            *ca_id = Some(id.into());
+        }
+        self
+    }
 }
 
 /// A running identity source; dropping it stops renewals.
@@ -101,37 +162,42 @@ impl Identity {
     }
 }
 
-impl IdentityArgs {
+impl IdentitySource {
     /// Obtains the identity. With a CA, this waits (retrying with backoff)
     /// until the CA answers: the proxy stays not-ready meanwhile and serves
     /// nothing, failing closed.
     pub(crate) async fn obtain(&self, id: &SpiffeId) -> Result<Identity> {
-        if let (Some(cert), Some(key), Some(bundle)) = (&self.cert, &self.key, &self.bundle) {
-            let source = FileSource::new(cert, key, bundle);
-            let creds = source
-                .load()
-                .with_context(|| format!("reading {}", cert.display()))?;
-            if creds.id() != id {
-                bail!(
-                    "{} holds the identity {}, but this workload is {id}",
-                    cert.display(),
-                    creds.id()
-                );
+        let (addr, root, token, ca_id) = match &self.0 {
+            Source::Files { cert, key, bundle } => {
+                let source = FileSource::new(cert, key, bundle);
+                let creds = source
+                    .load()
+                    .with_context(|| format!("reading {}", cert.display()))?;
+                if creds.id() != id {
+                    bail!(
+                        "{} holds the identity {}, but this workload is {id}",
+                        cert.display(),
+                        creds.id()
+                    );
+                }
+                return Ok(Identity::Files(source.watch()?));
             }
-            return Ok(Identity::Files(source.watch()?));
-        }
-        let (Some(addr), Some(root)) = (&self.ca, &self.ca_root) else {
-            bail!("give --ca ADDR --ca-root FILE [--token T], or --cert --key --bundle");
+            Source::Ca {
+                addr,
+                root,
+                token,
+                ca_id,
+            } => (addr, root, token, ca_id),
         };
         let pem = std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
         let bundle =
             TrustBundleSet::single(id.trust_domain().clone(), TrustBundle::from_pem(&pem)?);
-        let ca_id: SpiffeId = match &self.ca_id {
+        let ca_id: SpiffeId = match ca_id {
             Some(s) => s.parse()?,
             None => mesh_ca::ca_id(id.trust_domain()),
         };
         let mut client = CaClient::new(addr.clone(), ca_id, bundle);
-        if let Some(t) = &self.token {
+        if let Some(t) = token {
             client = client.with_token(t.clone());
         }
         let config = ManagerConfig {
@@ -141,27 +207,5 @@ impl IdentityArgs {
         };
         let manager = CertManager::start(id.clone(), Arc::new(client), config).await?;
         Ok(Identity::Ca(manager))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        identity: IdentityArgs,
-    }
-
-    #[test]
-    fn a_token_that_starts_with_a_hyphen_is_a_value() {
-        let cli = Cli::try_parse_from(["mesh-proxy", "--token", "-iQx_3", "--ca", "127.0.0.1:1"])
-            .unwrap();
-        assert_eq!(cli.identity.token.as_deref(), Some("-iQx_3"));
-        assert_eq!(cli.identity.ca.as_deref(), Some("127.0.0.1:1"));
     }
 }

@@ -1,15 +1,12 @@
 //! `mesh-proxy`: the mesh's binary for workloads that are not Rust, and the
-//! configuration tools `check` and `explain`.
+//! configuration tools `check` and `explain`. A thin command line over the
+//! `mesh_proxy` library: it parses the flags, binds the ports they name,
+//! starts the library's sidecar or gateway on them, and drains on SIGTERM.
 
 #![forbid(unsafe_code)]
 
-mod admin;
+mod args;
 mod capture;
-mod check;
-mod gateway;
-mod identity;
-mod runtime;
-mod sidecar;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,7 +34,7 @@ enum Output {
 enum Command {
     /// Run beside a workload that is not Rust: inbound mTLS, authorization
     /// and forwarding to the local app; outbound ports and an HTTP proxy.
-    Sidecar(sidecar::SidecarArgs),
+    Sidecar(args::SidecarArgs),
     /// Install the capture rules in this network namespace (nftables, table
     /// `inet mesh`), as istio-init does: inbound TCP to the sidecar's
     /// inbound capture port, outbound TCP to its outbound capture port,
@@ -45,7 +42,7 @@ enum Command {
     Init(capture::InitArgs),
     /// Run a Gateway's servers: HTTP/HTTPS at the edge, routing by the
     /// VirtualServices bound to it, mesh mTLS to the backends.
-    Gateway(gateway::GatewayArgs),
+    Gateway(args::GatewayArgs),
     /// Check a configuration: the TLS table (server mTLS mode against the
     /// client TLS of DestinationRules, per service port) and the analyzers.
     /// Exit status: 0 clean (warnings allowed), 1 errors or conflicts, 2
@@ -124,8 +121,8 @@ fn serve(run: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Sidecar(args) => serve(sidecar::run(args)),
-        Command::Gateway(args) => serve(gateway::run(args)),
+        Command::Sidecar(args) => serve(args::run_sidecar(args)),
+        Command::Gateway(args) => serve(args::run_gateway(args)),
         Command::Init(args) => match capture::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -133,7 +130,9 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Check { config, output } => check::check(&config, output == Output::Json),
+        Command::Check { config, output } => {
+            mesh_proxy::check::check(&config, output == Output::Json)
+        }
         Command::Explain {
             config,
             from,
@@ -150,7 +149,7 @@ fn main() -> ExitCode {
                 path,
                 headers,
             };
-            check::explain(&config, &query, output == Output::Json)
+            mesh_proxy::check::explain(&config, &query, output == Output::Json)
         }
     }
 }

@@ -1,51 +1,219 @@
-//! What every long-running mode shares: the configuration store and its
-//! watcher, and the drain on SIGTERM. Serving itself is the one server
-//! module of `mesh-tower` ([`mesh_tower::server`]).
+//! What every long-running role shares: the configuration store and its
+//! watcher, the sockets it serves, and the one task that runs it (the admin
+//! listener at once, the rest once the identity is issued) under one drain.
+//! Serving itself is the one server module of `mesh-tower`
+//! ([`mesh_tower::server`]).
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use mesh_core::store::{FileSource, FileWatcher, Store};
-use mesh_tower::server::DrainController;
+use mesh_tower::server::{Drain, DrainController, ServerHandle};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::admin::AdminState;
 
 /// The body of every request the proxy serves.
 pub(crate) type ProxyBody = mesh_tower::server::ServerBody;
 
+/// An accept loop, boxed so that the roles' loops share one type.
+pub(crate) type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Why the proxy could not start or stopped serving: what went wrong and
+/// its causes, in one message (`Display` gives the whole chain, so
+/// [`source`](std::error::Error::source) is empty).
+#[derive(Debug, Clone)]
+pub struct Error(Arc<anyhow::Error>);
+
+impl Error {
+    pub(crate) fn new(e: anyhow::Error) -> Self {
+        Self(Arc::new(e))
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A TCP socket bound to the address a port of the proxy serves, not yet
+/// listened on. The proxy listens on it once it has its identity: until
+/// then a client is refused at once, as by a closed port, rather than held
+/// in a backlog; and the address is the caller's from the start, port 0
+/// included, so nothing can take it between choosing and serving.
+#[derive(Debug)]
+pub struct BoundSocket {
+    socket: TcpSocket,
+    addr: SocketAddr,
+}
+
+impl BoundSocket {
+    /// Binds `addr` (port 0: a free port), with `SO_REUSEADDR` set as for
+    /// any listener, so a restart is not refused for connections of the
+    /// previous process still in TIME_WAIT.
+    pub fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let addr = socket.local_addr()?;
+        Ok(Self { socket, addr })
+    }
+
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts listening (the backlog every tokio listener gets).
+    pub(crate) fn listen(self) -> std::io::Result<TcpListener> {
+        self.socket.listen(1024)
+    }
+}
+
 /// Loads the configuration and starts watching it. An unreadable
 /// configuration at start is fatal (there is no last good one to keep).
-pub(crate) fn start_store(config: &Path) -> Result<(Arc<Store>, FileWatcher)> {
+pub(crate) fn start_store(config: &Path) -> anyhow::Result<(Arc<Store>, FileWatcher)> {
     let source = FileSource::new(config);
     let store = Arc::new(Store::from_source(&source).map_err(|e| anyhow::anyhow!("{e}"))?);
     let watcher = FileWatcher::spawn(store.clone(), source).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((store, watcher))
 }
 
-/// Waits for SIGTERM or Ctrl-C.
-pub(crate) async fn terminated() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    Ok(())
+/// Where a starting proxy is.
+#[derive(Debug, Clone)]
+enum State {
+    Starting,
+    Ready,
+    Failed(Error),
 }
 
-/// Marks the proxy ready, waits for SIGTERM (or Ctrl-C), then drains for at
-/// most `drain_timeout` seconds.
-pub(crate) async fn ready_then_drain(
-    admin: &crate::admin::AdminState,
-    controller: DrainController,
-    drain_timeout: u64,
-) -> Result<()> {
-    admin
-        .listeners_up
-        .store(true, std::sync::atomic::Ordering::Release);
-    tracing::info!("ready");
-    terminated().await?;
-    tracing::info!("SIGTERM: draining");
-    controller.drain(Duration::from_secs(drain_timeout)).await;
-    Ok(())
+/// A running sidecar or gateway. [`ready`](Self::ready) resolves once the
+/// configuration is loaded, the identity issued and every port listened
+/// on; [`shutdown`](Self::shutdown) drains (stops accepting, lets what is
+/// in flight finish, up to the drain timeout) and surfaces a panic of the
+/// proxy's tasks. Dropping the handle stops accepting and starts the drain
+/// without waiting.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    server: ServerHandle,
+    local_addrs: Vec<SocketAddr>,
+    state: watch::Receiver<State>,
+}
+
+impl ProxyHandle {
+    /// The admin listener's address (`/ready`, `/stats/prometheus`,
+    /// `/config_dump`, `/certs`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The addresses of the serving ports, in the order their sockets were
+    /// given (the sidecar: inbound, outbound, then the HTTP proxy; the
+    /// gateway: its servers' ports).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Waits until the proxy serves: the configuration loaded, the identity
+    /// issued (with a CA that is down, this waits until it answers) and
+    /// every port listened on. An error is why it never will: its start
+    /// failed, or it was shut down first.
+    pub async fn ready(&self) -> Result<(), Error> {
+        let mut state = self.state.clone();
+        let state = state
+            .wait_for(|s| !matches!(s, State::Starting))
+            .await
+            .map(|s| s.clone());
+        match state {
+            Ok(State::Failed(e)) => Err(e),
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::new(anyhow::anyhow!(
+                "the proxy stopped before it was ready"
+            ))),
+        }
+    }
+
+    /// Stops accepting and lets in-flight requests and connections finish,
+    /// for at most the drain timeout; a panic of the proxy's tasks is
+    /// raised here.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}
+
+/// What [`launch`] runs.
+pub(crate) struct Launch<F> {
+    pub(crate) admin: TcpListener,
+    pub(crate) state: Arc<AdminState>,
+    pub(crate) drain: (DrainController, Drain),
+    pub(crate) drain_timeout: Duration,
+    pub(crate) local_addrs: Vec<SocketAddr>,
+    /// Obtains the identity and listens: the accept loops to run.
+    pub(crate) start: F,
+    /// The configuration watcher, kept for as long as the proxy runs.
+    pub(crate) watcher: FileWatcher,
+}
+
+/// Runs a proxy as one task: the admin listener at once, then `start`
+/// (stopped by a drain that comes first), then its accept loops until the
+/// drain. Must be called within a Tokio runtime.
+pub(crate) fn launch<F>(l: Launch<F>) -> anyhow::Result<ProxyHandle>
+where
+    F: Future<Output = anyhow::Result<Vec<Serving>>> + Send + 'static,
+{
+    let admin_addr = l.admin.local_addr()?;
+    let (controller, drain) = l.drain;
+    let (tx, rx) = watch::channel(State::Starting);
+    let admin_loop = crate::admin::serve(l.admin, l.state.clone(), drain.clone());
+    let (start, state, watcher) = (l.start, l.state, l.watcher);
+    let task = async move {
+        let _watcher = watcher;
+        let mut loops = JoinSet::new();
+        loops.spawn(admin_loop);
+        let started = tokio::select! {
+            r = start => Some(r),
+            () = drain.signaled() => None,
+        };
+        match started {
+            Some(Ok(serving)) => {
+                for s in serving {
+                    loops.spawn(s);
+                }
+                state.listeners_up.store(true, Ordering::Release);
+                tracing::info!("ready");
+                tx.send_replace(State::Ready);
+            }
+            Some(Err(e)) => {
+                tx.send_replace(State::Failed(Error::new(e)));
+            }
+            // Drained before it was ready: `ready` says so when `tx` drops.
+            None => {}
+        }
+        while let Some(r) = loops.join_next().await {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
+    };
+    Ok(ProxyHandle {
+        server: ServerHandle::spawn(admin_addr, controller, l.drain_timeout, task),
+        local_addrs: l.local_addrs,
+        state: rx,
+    })
 }

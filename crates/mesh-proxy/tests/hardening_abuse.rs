@@ -2,7 +2,9 @@
 //! never finish their handshake (silent, or half a ClientHello), and the
 //! HTTP/2 floods (rapid reset, CONTINUATION, PING, SETTINGS, WINDOW_UPDATE)
 //! sent as hand-made frames by a mesh peer over real mTLS, while an
-//! established mesh client keeps being served.
+//! established mesh client keeps being served. The floods judged by the
+//! sidecar's memory run it as a `mesh-proxy` process (its resident set is
+//! its own); the others start it in the test's runtime.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -14,17 +16,18 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_tower::server::ServerSettings;
 use support::h2::{
     ACK, CONTINUATION, END_STREAM, ENHANCE_YOUR_CALM, Frame, GOAWAY, HEADERS, PING, SETTINGS,
     WINDOW_UPDATE, block, frame, preface, take_frames,
 };
-use support::{AppSeen, Proc, World, counting_app, mtls, rss_kib};
+use support::{AppSeen, Proc, Proxy, World, counting_app, mtls, rss_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_handshakes_do_not_starve_established_traffic() {
-    let (world, _proc, inbound, seen) = start().await;
+    let (world, proxy, inbound, seen) = start().await;
     let creds = world.creds("client");
 
     // The established client: one h2 connection, made before the flood.
@@ -84,14 +87,24 @@ async fn half_open_handshakes_do_not_starve_established_traffic() {
     assert_eq!(resp.status(), 200);
     assert_eq!(seen.heads(), 21);
     drop(flood);
+    proxy.shutdown().await;
 }
 
 // ---------------------------------------------------------------- HTTP/2 floods
 
-async fn start() -> (World, Proc, u16, Arc<AppSeen>) {
+async fn start() -> (World, Proxy, u16, Arc<AppSeen>) {
     let world = World::new();
     let (app, seen) = counting_app().await;
-    let (proc, inbound) = support::ready_sidecar(&world, app, "STRICT", &[]).await;
+    let (proxy, inbound) =
+        support::ready_sidecar(&world, app, "STRICT", ServerSettings::default()).await;
+    (world, proxy, inbound, seen)
+}
+
+/// The sidecar as a process, for what is measured in its memory.
+async fn start_process() -> (World, Proc, u16, Arc<AppSeen>) {
+    let world = World::new();
+    let (app, seen) = counting_app().await;
+    let (proc, inbound) = support::ready_sidecar_process(&world, app, "STRICT", &[]).await;
     (world, proc, inbound, seen)
 }
 
@@ -138,7 +151,7 @@ const GET_HEADERS: &[(&str, &str)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_is_cut_off_with_goaway_and_reaches_the_app_a_bounded_number_of_times() {
     const STREAMS: u32 = 10_000;
-    let (world, _proc, inbound, seen) = start().await;
+    let (world, proxy, inbound, seen) = start().await;
     let mut send = established(&world, inbound).await;
     served(&mut send, "/before").await;
 
@@ -173,6 +186,7 @@ async fn http2_rapid_reset_is_cut_off_with_goaway_and_reaches_the_app_a_bounded_
     );
     assert!(reached <= 100, "{reached} reset requests reached the app");
     served(&mut send, "/after").await;
+    proxy.shutdown().await;
 }
 
 /// CVE-2024-27316 class: a HEADERS frame without END_HEADERS, then an
@@ -183,7 +197,7 @@ async fn http2_rapid_reset_is_cut_off_with_goaway_and_reaches_the_app_a_bounded_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_continuation_flood_is_cut_off_in_bounded_memory() {
     const CAP: usize = 64 * 1024 * 1024;
-    let (world, proc, inbound, seen) = start().await;
+    let (world, proc, inbound, seen) = start_process().await;
     let mut send = established(&world, inbound).await;
     served(&mut send, "/before").await;
     let pid = proc.child.id();
@@ -278,7 +292,7 @@ async fn mtls_small_buffers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_control_frame_floods_stay_in_bounded_memory() {
     const FRAMES: usize = 500_000;
-    let (world, proc, inbound, _seen) = start().await;
+    let (world, proc, inbound, _seen) = start_process().await;
     let mut send = established(&world, inbound).await;
     served(&mut send, "/before").await;
     let pid = proc.child.id();

@@ -1,7 +1,9 @@
-//! Request bodies through a real `mesh-proxy sidecar`: huge bodies stream
-//! in bounded memory, bodies over `--max-request-body` are answered 413 and
-//! never reach the app whole, and a client that stalls its body is cut off
-//! after `--body-read-timeout` with 408.
+//! Request bodies through the sidecar: huge bodies stream in bounded memory
+//! (a `mesh-proxy sidecar` process, whose peak memory is its own), bodies
+//! over the body cap (`--max-request-body`) are answered 413 and never
+//! reach the app whole, and a client that stalls its body is cut off after
+//! the body read timeout (`--body-read-timeout`) with 408 (both with the
+//! sidecar in the test's runtime).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -13,7 +15,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
-use support::{World, counting_app, ready_sidecar};
+use mesh_tower::limits::BodyLimits;
+use mesh_tower::server::ServerSettings;
+use support::{World, counting_app, ready_sidecar, ready_sidecar_process};
 use tokio::sync::mpsc;
 
 /// A request body the test feeds frame by frame; dropping the sender ends
@@ -102,7 +106,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn a_huge_body_streams_through_in_bounded_memory() {
     let world = World::new();
     let (app, seen) = counting_app().await;
-    let (proc, inbound) = ready_sidecar(&world, app, "STRICT", &[]).await;
+    let (proc, inbound) = ready_sidecar_process(&world, app, "STRICT", &[]).await;
     let creds = world.creds("client");
     let before = peak_rss_kib(proc.child.id());
 
@@ -128,8 +132,11 @@ async fn a_huge_body_streams_through_in_bounded_memory() {
 async fn bodies_over_the_cap_get_413_and_never_reach_the_app_whole() {
     let world = World::new();
     let (app, seen) = counting_app().await;
-    let (proc, inbound) =
-        ready_sidecar(&world, app, "STRICT", &["--max-request-body", "64KiB"]).await;
+    let settings = ServerSettings {
+        body: BodyLimits::default().max_request_body(Some(64 << 10)),
+        ..ServerSettings::default()
+    };
+    let (proxy, inbound) = ready_sidecar(&world, app, "STRICT", settings).await;
     let creds = world.creds("client");
 
     for h2 in [false, true] {
@@ -170,7 +177,7 @@ async fn bodies_over_the_cap_get_413_and_never_reach_the_app_whole() {
         );
     }
     // The refusals are counted as 413s in the Istio metrics.
-    let (_, metrics) = support::http_get(&proc.admin_url("/stats/prometheus"))
+    let (_, metrics) = support::http_get(&proxy.admin_url("/stats/prometheus"))
         .await
         .unwrap();
     assert!(
@@ -179,14 +186,18 @@ async fn bodies_over_the_cap_get_413_and_never_reach_the_app_whole() {
             .any(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"413\"")),
         "{metrics}"
     );
+    proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_gets_408_and_a_slow_steady_one_gets_through() {
     let world = World::new();
     let (app, seen) = counting_app().await;
-    let (_proc, inbound) =
-        ready_sidecar(&world, app, "STRICT", &["--body-read-timeout", "1"]).await;
+    let settings = ServerSettings {
+        body: BodyLimits::default().body_read_timeout(Some(Duration::from_secs(1))),
+        ..ServerSettings::default()
+    };
+    let (proxy, inbound) = ready_sidecar(&world, app, "STRICT", settings).await;
     let creds = world.creds("client");
 
     for h2 in [false, true] {
@@ -219,4 +230,5 @@ async fn a_stalled_body_gets_408_and_a_slow_steady_one_gets_through() {
         assert_eq!(seen.complete(), complete, "h2: {h2}");
         drop(tx);
     }
+    proxy.shutdown().await;
 }

@@ -1,6 +1,7 @@
-//! Faults around a real `mesh-proxy sidecar`: an app that dies mid-answer
-//! or answers garbage, a CA that is down when the sidecar starts, and
-//! invalid configuration pushed while requests are flowing.
+//! Faults around the sidecar (started in the test's runtime): an app that
+//! dies mid-answer or answers garbage, a CA that is down when the sidecar
+//! starts or goes down while it runs, and invalid configuration pushed
+//! while requests are flowing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -11,7 +12,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use support::{World, counting_app, free_port, http_get, mesh_config, ready_sidecar, sidecar};
+use mesh_tower::server::ServerSettings;
+use support::{
+    Proxy, TEARDOWN_DRAIN, World, bound, counting_app, files_identity, http_get, mesh_config,
+    ready_sidecar, start_sidecar,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An app that reads one request head and answers with `reply`, then
@@ -64,10 +69,10 @@ async fn get(
     (status, body)
 }
 
-async fn start_with_app(app: u16) -> (World, support::Proc, u16) {
+async fn start_with_app(app: u16) -> (World, Proxy, u16) {
     let world = World::new();
-    let (proc, inbound) = ready_sidecar(&world, app, "STRICT", &[]).await;
-    (world, proc, inbound)
+    let (proxy, inbound) = ready_sidecar(&world, app, "STRICT", ServerSettings::default()).await;
+    (world, proxy, inbound)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +89,7 @@ async fn an_app_dying_after_its_headers_is_never_a_complete_response() {
     ];
     for (what, reply) in cases {
         let app = scripted_app(reply).await;
-        let (world, _proc, inbound) = start_with_app(app).await;
+        let (world, proxy, inbound) = start_with_app(app).await;
         let creds = world.creds("client");
         for h2 in [false, true] {
             let (status, body) = get(&creds, inbound, h2).await;
@@ -105,6 +110,7 @@ async fn an_app_dying_after_its_headers_is_never_a_complete_response() {
                 assert!(status >= 500, "{what} (h2: {h2}): {status}");
             }
         }
+        proxy.shutdown().await;
     }
 }
 
@@ -117,93 +123,106 @@ async fn an_app_dying_before_its_headers_or_answering_garbage_is_502() {
     ];
     for (what, reply) in cases {
         let app = scripted_app(reply).await;
-        let (world, _proc, inbound) = start_with_app(app).await;
+        let (world, proxy, inbound) = start_with_app(app).await;
         let creds = world.creds("client");
         for h2 in [false, true] {
             let (status, _) = get(&creds, inbound, h2).await;
             assert_eq!(status, 502, "{what} (h2: {h2})");
         }
+        proxy.shutdown().await;
     }
 }
 
-/// Starts the sidecar for `web` with its identity from mesh-ca on
-/// `ca_port` (a join token for the first certificate, renewals over mTLS).
-fn sidecar_with_ca(world: &World, app: u16, ca_port: u16) -> support::Proc {
+/// Starts the sidecar for `web` with its identity from mesh-ca at `ca` (a
+/// join token for the first certificate, renewals over mTLS).
+async fn sidecar_with_ca(
+    world: &World,
+    inbound: mesh_proxy::BoundSocket,
+    app: u16,
+    ca: std::net::SocketAddr,
+) -> Proxy {
     let token = mesh_ca::TokenStore::new(&world.path("ca"))
         .create(&support::id("web"), Duration::from_secs(600))
         .unwrap();
-    let ca_addr = format!("127.0.0.1:{ca_port}");
-    let root = world.path("ca/root-cert.pem");
-    support::sidecar_with_identity(
+    let identity = mesh_proxy::IdentitySource::ca(ca.to_string(), world.path("ca/root-cert.pem"))
+        .with_token(token);
+    start_sidecar(
         world,
+        inbound,
         app,
-        &[
-            "--ca".as_ref(),
-            ca_addr.as_ref(),
-            "--ca-root".as_ref(),
-            root.as_os_str(),
-            "--token".as_ref(),
-            token.as_ref(),
-        ],
-        &[],
+        identity,
+        ServerSettings::default(),
+        TEARDOWN_DRAIN,
     )
+    .await
+}
+
+/// A socket for the CA's address, bound with `SO_REUSEPORT` so that the
+/// address stays the test's while the CA is down (one such socket is kept
+/// bound, never listened on) and a CA can listen on it again: nothing else
+/// can take the port between. Connections to it are refused while no CA
+/// listens.
+fn ca_socket(addr: std::net::SocketAddr) -> tokio::net::TcpSocket {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseport(true).unwrap();
+    socket.bind(addr).unwrap();
+    socket
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_ca_down_at_start_the_sidecar_serves_nothing_until_it_is_back() {
     let world = World::new();
-    let inbound = free_port();
-    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
+    let inbound = bound();
+    let port = inbound.local_addr().port();
+    world.write_config("mesh.yaml", &mesh_config(port, "STRICT"));
     let (app, seen) = counting_app().await;
-    let ca_port = free_port();
-    let mut proc = sidecar_with_ca(&world, app, ca_port);
-    // Not ready, and the inbound port takes no connection, for a while
-    // (counted from the admin port's first answer: a loaded machine may
-    // take seconds to start the process).
+    // The CA's address: bound, not listened on, so the sidecar is refused.
+    let ca_sock = ca_socket(([127, 0, 0, 1], 0).into());
+    let ca_addr = ca_sock.local_addr().unwrap();
+    let proxy = sidecar_with_ca(&world, inbound, app, ca_addr).await;
+    // Not ready, and the inbound port takes no connection, for a while.
     let creds = world.creds("client");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut not_ready_since: Option<Instant> = None;
-    while not_ready_since.is_none_or(|t| t.elapsed() < Duration::from_secs(2)) {
-        assert!(Instant::now() < deadline, "the admin port never answered");
-        if let Some((status, _)) = http_get(&proc.admin_url("/ready")).await {
-            assert_eq!(status, 503, "ready without an identity");
-            not_ready_since.get_or_insert_with(Instant::now);
-        }
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(2) {
+        let (status, _) = http_get(&proxy.admin_url("/ready")).await.unwrap();
+        assert_eq!(status, 503, "ready without an identity");
         assert!(
-            tokio::net::TcpStream::connect(("127.0.0.1", inbound))
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_err(),
             "the inbound port accepts connections without an identity"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Still starting: it has not given up.
     assert!(
-        proc.child.try_wait().unwrap().is_none(),
+        tokio::time::timeout(Duration::ZERO, proxy.handle.ready())
+            .await
+            .is_err(),
         "the sidecar gave up"
     );
 
     // The CA comes up on its address: ready without a restart, and serving.
     let ca = Arc::new(mesh_ca::CertificateAuthority::open_dir(&world.path("ca")).unwrap());
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", ca_port))
-        .await
-        .unwrap();
     let server = mesh_ca::service::CaServer::spawn(
         ca,
         mesh_ca::TokenStore::new(&world.path("ca")),
-        listener,
+        ca_sock.listen(1024).unwrap(),
     )
     .await
     .unwrap();
-    proc.ready().await;
-    let (status, body) = get(&creds, inbound, true).await;
+    proxy.ready().await;
+    let (status, body) = get(&creds, port, true).await;
     assert_eq!(status, 200);
     assert_eq!(body.unwrap(), "ok 0");
     assert_eq!(seen.heads(), 1);
     server.shutdown().await.unwrap();
+    proxy.shutdown().await;
 }
 
-/// A CA on `port` that signs 8-second leaves (renewed at about 4 s).
-async fn short_lived_ca(world: &World, port: u16) -> mesh_ca::service::CaServer {
+/// A CA listening on `addr` that signs 8-second leaves (renewed at about
+/// 4 s).
+async fn short_lived_ca(world: &World, addr: std::net::SocketAddr) -> mesh_ca::service::CaServer {
     let ca = mesh_ca::CertificateAuthority::open_dir(&world.path("ca"))
         .unwrap()
         .with_policy(mesh_ca::LeafPolicy {
@@ -211,13 +230,10 @@ async fn short_lived_ca(world: &World, port: u16) -> mesh_ca::service::CaServer 
             max_ttl: Duration::from_secs(8),
             backdate: Duration::ZERO,
         });
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
     mesh_ca::service::CaServer::spawn(
         Arc::new(ca),
         mesh_ca::TokenStore::new(&world.path("ca")),
-        listener,
+        ca_socket(addr).listen(1024).unwrap(),
     )
     .await
     .unwrap()
@@ -226,15 +242,18 @@ async fn short_lived_ca(world: &World, port: u16) -> mesh_ca::service::CaServer 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_ca_down_at_runtime_the_sidecar_keeps_its_valid_certificate() {
     let world = World::new();
-    let inbound = free_port();
-    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
+    let inbound = bound();
+    let port = inbound.local_addr().port();
+    world.write_config("mesh.yaml", &mesh_config(port, "STRICT"));
     let (app, _seen) = counting_app().await;
-    let ca_port = free_port();
-    let server = short_lived_ca(&world, ca_port).await;
-    let mut proc = sidecar_with_ca(&world, app, ca_port);
-    proc.ready().await;
+    // Keeps the CA's address while the CA is down.
+    let reserved = ca_socket(([127, 0, 0, 1], 0).into());
+    let ca_addr = reserved.local_addr().unwrap();
+    let server = short_lived_ca(&world, ca_addr).await;
+    let proxy = sidecar_with_ca(&world, inbound, app, ca_addr).await;
+    proxy.ready().await;
     let creds = world.creds("client");
-    let metrics_url = proc.admin_url("/stats/prometheus");
+    let metrics_url = proxy.admin_url("/stats/prometheus");
     let stat = |name: &'static str| {
         let url = metrics_url.clone();
         async move {
@@ -245,6 +264,8 @@ async fn with_the_ca_down_at_runtime_the_sidecar_keeps_its_valid_certificate() {
                 .unwrap()
         }
     };
+    // Renewals happen on the certificate's clock (half its life), seen
+    // only in the counters: watched until they move.
     let wait_for = |what: &'static str, name: &'static str, above: u64| {
         let stat = &stat;
         async move {
@@ -266,15 +287,14 @@ async fn with_the_ca_down_at_runtime_the_sidecar_keeps_its_valid_certificate() {
     server.shutdown().await.unwrap();
     let failures = wait_for("no failed renewal", "mesh_cert_renewal_failures_total", 0).await;
     assert!(failures > 0);
-    let (status, body) = get(&creds, inbound, true).await;
+    let (status, body) = get(&creds, port, true).await;
     assert_eq!((status, body.unwrap()), (200, Bytes::from("ok 0")));
-    assert!(
-        proc.child.try_wait().unwrap().is_none(),
-        "the sidecar gave up"
-    );
+    // It has not given up: still ready.
+    let (status, _) = http_get(&proxy.admin_url("/ready")).await.unwrap();
+    assert_eq!(status, 200, "the sidecar gave up");
 
     // The CA is back on its address: renewals resume, without a restart.
-    let server = short_lived_ca(&world, ca_port).await;
+    let server = short_lived_ca(&world, ca_addr).await;
     let renewed_again = wait_for(
         "no renewal after the CA came back",
         "mesh_cert_renewals_total",
@@ -282,20 +302,31 @@ async fn with_the_ca_down_at_runtime_the_sidecar_keeps_its_valid_certificate() {
     )
     .await;
     assert!(renewed_again > renewed);
-    let (status, _) = get(&creds, inbound, false).await;
+    let (status, _) = get(&creds, port, false).await;
     assert_eq!(status, 200);
     server.shutdown().await.unwrap();
+    drop(reserved);
+    proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_config_pushed_under_load_fails_no_request() {
     let world = World::new();
-    let inbound = free_port();
+    let socket = bound();
+    let inbound = socket.local_addr().port();
     let good = mesh_config(inbound, "STRICT");
     world.write_config("mesh.yaml", &good);
     let (app, seen) = counting_app().await;
-    let mut proc = sidecar(&world, app, &[]);
-    proc.ready().await;
+    let proxy = start_sidecar(
+        &world,
+        socket,
+        app,
+        files_identity(&world, "web"),
+        ServerSettings::default(),
+        TEARDOWN_DRAIN,
+    )
+    .await;
+    proxy.ready().await;
     let creds = world.creds("client");
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -318,7 +349,7 @@ async fn invalid_config_pushed_under_load_fails_no_request() {
     }
 
     let rejections = || async {
-        let (_, m) = http_get(&proc.admin_url("/stats/prometheus"))
+        let (_, m) = http_get(&proxy.admin_url("/stats/prometheus"))
             .await
             .unwrap();
         m.lines()
@@ -368,4 +399,5 @@ async fn invalid_config_pushed_under_load_fails_no_request() {
     assert_eq!(failed, 0, "{failed} requests failed ({ok} succeeded)");
     assert!(ok > 20, "too little load to mean anything: {ok}");
     assert!(seen.complete() >= ok);
+    proxy.shutdown().await;
 }

@@ -1,6 +1,6 @@
-//! Hostile clients at a real `mesh-proxy gateway` process. Behind it is a
-//! real mesh workload: `web`'s sidecar (STRICT mTLS) in front of the
-//! counting app, reached over mesh mTLS as in production, so "the backend
+//! Hostile clients at the gateway (started in the test's runtime, on
+//! sockets the test bound). Behind it is a real mesh workload: `web`'s
+//! sidecar (STRICT mTLS) in front of the counting app, reached over mesh mTLS as in production, so "the backend
 //! never saw it" is measured at the app. The gateway serves, from one
 //! Gateway resource:
 //!
@@ -12,20 +12,24 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_proxy::{BoundSocket, Gateway, GatewayListeners};
+use mesh_tower::server::ServerSettings;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use support::{AppSeen, Proc, World, counting_app, exchange, free_port, mesh_config, sidecar};
+use support::{
+    AppSeen, Proxy, TEARDOWN_DRAIN, World, admin_listener, bound, counting_app, exchange,
+    files_identity, mesh_config, start_sidecar,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -78,13 +82,25 @@ struct Files {
     clients: Pki,
 }
 
+/// The sockets the test bound for the proxies: `web`'s inbound port and
+/// the gateway's four.
+struct Sockets {
+    inbound: BoundSocket,
+    servers: Vec<BoundSocket>,
+}
+
 impl Files {
-    /// Writes the mesh, the Gateway (through `edit`) and its certificates.
-    fn write(edit: impl Fn(String) -> String) -> (Self, u16) {
+    /// Binds the ports and writes the mesh, the Gateway (through `edit`)
+    /// and its certificates.
+    fn write(edit: impl Fn(String) -> String) -> (Self, Sockets) {
         let world = World::new();
-        let inbound = free_port();
-        let (https, mutual, redirect, http) = (free_port(), free_port(), free_port(), free_port());
-        world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
+        let inbound = bound();
+        let ports: Vec<BoundSocket> = (0..4).map(|_| bound()).collect();
+        let [https, mutual, redirect, http] = [0, 1, 2, 3].map(|i| ports[i].local_addr().port());
+        world.write_config(
+            "mesh.yaml",
+            &mesh_config(inbound.local_addr().port(), "STRICT"),
+        );
         world.write_config(
             "edge.yaml",
             &edit(gateway_yaml(https, mutual, redirect, http)),
@@ -108,15 +124,16 @@ impl Files {
             servers,
             clients,
         };
-        (files, inbound)
+        let servers = ports;
+        (files, Sockets { inbound, servers })
     }
 }
 
 /// The gateway, its backend and the clients' credentials.
 struct Edge {
     files: Files,
-    _web: Proc,
-    _gateway: Proc,
+    web: Proxy,
+    gateway: Proxy,
     seen: Arc<AppSeen>,
 }
 
@@ -164,50 +181,39 @@ spec:
 }
 
 impl Edge {
-    async fn start(extra: &[&str]) -> Self {
-        Self::start_with(extra, |yaml| yaml).await
+    async fn start(settings: ServerSettings) -> Self {
+        Self::start_with(settings, |yaml| yaml).await
     }
 
-    /// The gateway of `edit(gateway_yaml(..))`. Ports come from
-    /// `free_port()`, which a client's outgoing connection of a test running
-    /// beside this one may take before the proxy binds it: a start that
-    /// fails to bind is tried again on fresh ports (three times at most).
-    async fn start_with(extra: &[&str], edit: impl Fn(String) -> String) -> Self {
-        for attempt in 1..=3 {
-            let (files, _) = Files::write(&edit);
-            let (app, seen) = counting_app().await;
-            let mut web = sidecar(&files.world, app, &[]);
-            if let Err(status) = web.try_ready().await {
-                let log = std::fs::read_to_string(support::sidecar_log(&files.world, web.admin))
-                    .unwrap_or_default();
-                assert!(
-                    attempt < 3 && log.contains("binding"),
-                    "the sidecar exited before it was ready: {status}\n{log}"
-                );
-                eprintln!("attempt {attempt}: the sidecar could not bind; again\n{log}");
-                continue;
-            }
-            let mut gateway = gateway(&files.world, extra);
-            match gateway.try_ready().await {
-                Ok(()) => {
-                    return Self {
-                        files,
-                        _web: web,
-                        _gateway: gateway,
-                        seen,
-                    };
-                }
-                Err(status) => {
-                    let log = log(&files.world);
-                    assert!(
-                        attempt < 3 && log.contains("binding"),
-                        "the gateway exited before it was ready: {status}\n{log}"
-                    );
-                    eprintln!("attempt {attempt}: the gateway could not bind; again\n{log}");
-                }
-            }
+    /// The gateway of `edit(gateway_yaml(..))`, held to `settings`, and
+    /// the sidecar of `web` behind it, both ready.
+    async fn start_with(settings: ServerSettings, edit: impl Fn(String) -> String) -> Self {
+        let (files, sockets) = Files::write(&edit);
+        let (app, seen) = counting_app().await;
+        let web = start_sidecar(
+            &files.world,
+            sockets.inbound,
+            app,
+            files_identity(&files.world, "web"),
+            ServerSettings::default(),
+            TEARDOWN_DRAIN,
+        )
+        .await;
+        web.ready().await;
+        let gateway = gateway(&files.world, sockets.servers, settings).await;
+        gateway.ready().await;
+        Self {
+            files,
+            web,
+            gateway,
+            seen,
         }
-        unreachable!()
+    }
+
+    /// Drains the gateway, then the sidecar.
+    async fn shutdown(self) {
+        self.gateway.shutdown().await;
+        self.web.shutdown().await;
     }
 
     /// A TLS client of the edge trusting its server CA; `sni` false keeps
@@ -275,31 +281,22 @@ impl Edge {
     }
 }
 
-/// Starts `mesh-proxy gateway` for the Gateway `edge` with a files identity
-/// (`spiffe://cluster.local/ns/default/sa/edge`); its log goes to
-/// `gateway.log` in the world's folder.
-fn gateway(world: &World, extra: &[&str]) -> Proc {
-    let id = world.issue("edge");
-    let admin = free_port();
-    let log = std::fs::File::create(world.path("gateway.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
-        .args(["gateway", "--gateway", "edge"])
-        .arg("--config")
-        .arg(world.path("mesh"))
-        .arg("--admin")
-        .arg(format!("127.0.0.1:{admin}"))
-        .arg("--cert")
-        .arg(id.join("cert.pem"))
-        .arg("--key")
-        .arg(id.join("key.pem"))
-        .arg("--bundle")
-        .arg(id.join("bundle.pem"))
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
+/// Starts the gateway for the Gateway `edge` with a files identity
+/// (`spiffe://cluster.local/ns/default/sa/edge`) on `servers`, without
+/// waiting for it to be ready.
+async fn gateway(world: &World, servers: Vec<BoundSocket>, settings: ServerSettings) -> Proxy {
+    let handle = Gateway::builder(world.path("mesh"), "edge")
+        .identity(files_identity(world, "edge"))
+        .server_settings(settings)
+        .drain_timeout(TEARDOWN_DRAIN)
+        .build()
+        .unwrap()
+        .start(GatewayListeners {
+            admin: admin_listener().await,
+            servers,
+        })
         .unwrap();
-    Proc { child, admin }
+    Proxy::new(handle)
 }
 
 /// Asserts the server refused the handshake with `alert`. After a TLS 1.3
@@ -315,13 +312,9 @@ fn refused(what: &str, answer: &Result<String, String>, alert: &str) {
     }
 }
 
-fn log(world: &World) -> String {
-    std::fs::read_to_string(world.path("gateway.log")).unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_simple_serves_the_hosts_it_has_certificates_for_and_refuses_other_names() {
-    let edge = Edge::start(&[]).await;
+    let edge = Edge::start(ServerSettings::default()).await;
     let client = edge.tls_client(None, b"http/1.1", true);
 
     // Each host gets its own certificate (the client verifies the name) and
@@ -331,7 +324,7 @@ async fn https_simple_serves_the_hosts_it_has_certificates_for_and_refuses_other
         let answer = edge
             .https_get(&client, edge.https, host, &format!("/{host}"))
             .await
-            .unwrap_or_else(|e| panic!("{host}: {e}\n{}", log(&edge.world)));
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
         assert_eq!(support::status_of(&answer), Some(200), "{host}: {answer}");
     }
     assert_eq!(edge.paths(), [format!("/{BLOG}"), format!("/{API}")]);
@@ -376,11 +369,12 @@ async fn https_simple_serves_the_hosts_it_has_certificates_for_and_refuses_other
     refused("no SNI on a two-host port", &answer, "AccessDenied");
     assert!(answer.unwrap_err().starts_with("handshake:"));
     assert_eq!(edge.paths().len(), 3, "{:?}", edge.paths());
+    edge.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_mutual_refuses_clients_without_a_certificate_of_its_ca() {
-    let edge = Edge::start(&[]).await;
+    let edge = Edge::start(ServerSettings::default()).await;
     let good = edge
         .clients
         .leaf("alice", ExtendedKeyUsagePurpose::ClientAuth);
@@ -407,11 +401,12 @@ async fn https_mutual_refuses_clients_without_a_certificate_of_its_ca() {
         .unwrap();
     assert_eq!(support::status_of(&answer), Some(200), "{answer}");
     assert_eq!(edge.paths(), ["/alice"]);
+    edge.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_is_redirected_to_https_and_unknown_hosts_get_404() {
-    let edge = Edge::start(&[]).await;
+    let edge = Edge::start(ServerSettings::default()).await;
     let answer = edge
         .http_raw(
             edge.redirect,
@@ -444,11 +439,12 @@ async fn plain_http_is_redirected_to_https_and_unknown_hosts_get_404() {
         .await;
     assert_eq!(support::status_of(&answer), Some(404), "{answer}");
     assert!(edge.paths().is_empty(), "{:?}", edge.paths());
+    edge.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_shapes_through_the_gateway_never_reach_the_backend() {
-    let edge = Edge::start(&[]).await;
+    let edge = Edge::start(ServerSettings::default()).await;
     for (what, raw) in [
         (
             "two different Content-Length headers",
@@ -536,11 +532,12 @@ async fn smuggling_shapes_through_the_gateway_never_reach_the_backend() {
         "{:?}",
         edge.paths()
     );
+    edge.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_from_the_client_are_replaced_at_the_edge() {
-    let edge = Edge::start(&[]).await;
+    let edge = Edge::start(ServerSettings::default()).await;
     let forged = "x-forwarded-for: 10.6.6.6\r\nX-Forwarded-For: 203.0.113.9\r\n\
                   x-forwarded-proto: https\r\nforwarded: for=10.6.6.6;proto=https\r\n\
                   x-forwarded-host: admin.internal\r\nx-forwarded-port: 443\r\n\
@@ -597,11 +594,16 @@ async fn forwarding_headers_from_the_client_are_replaced_at_the_edge() {
             );
         }
     }
+    edge.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_tls_handshakes_are_cut_after_the_handshake_timeout() {
-    let edge = Edge::start(&["--handshake-timeout", "1"]).await;
+    let edge = Edge::start(ServerSettings {
+        handshake_timeout: Duration::from_secs(1),
+        ..ServerSettings::default()
+    })
+    .await;
     // The established client: an h2 connection made before the flood.
     let tcp = TcpStream::connect(("127.0.0.1", edge.https)).await.unwrap();
     let tls = edge
@@ -673,6 +675,7 @@ async fn half_open_tls_handshakes_are_cut_after_the_handshake_timeout() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(edge.paths().len(), 6);
+    edge.shutdown().await;
 }
 
 /// `minProtocolVersion: TLSV1_3` on one server of a port: that server
@@ -681,7 +684,7 @@ async fn half_open_tls_handshakes_are_cut_after_the_handshake_timeout() {
 /// by SNI, as Istio gives each its own filter chain).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_protocol_version_tls13_refuses_tls12_clients() {
-    let edge = Edge::start_with(&[], |yaml| {
+    let edge = Edge::start_with(ServerSettings::default(), |yaml| {
         yaml.replace(
             &format!("tls: {{mode: SIMPLE, serverCertificate: certs/{API}.crt"),
             &format!("tls: {{mode: SIMPLE, minProtocolVersion: TLSV1_3, serverCertificate: certs/{API}.crt"),
@@ -703,6 +706,7 @@ async fn min_protocol_version_tls13_refuses_tls12_clients() {
         .unwrap();
     assert_eq!(support::status_of(&answer), Some(200), "{answer}");
     assert_eq!(edge.paths(), ["/tls13", "/blog-tls12"]);
+    edge.shutdown().await;
 }
 
 /// `subjectAltNames` on a MUTUAL server would restrict which client
@@ -710,33 +714,26 @@ async fn min_protocol_version_tls13_refuses_tls12_clients() {
 /// refuses to start rather than let every certificate of the CA in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_restriction_the_gateway_cannot_enforce_fails_closed() {
-    let (files, _) = Files::write(|yaml| {
+    let (files, sockets) = Files::write(|yaml| {
         yaml.replace(
             "caCertificates: certs/clients-ca.crt}",
             "caCertificates: certs/clients-ca.crt, subjectAltNames: [alice]}",
         )
     });
-    let mut gateway = gateway(&files.world, &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = gateway.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway started with a subjectAltNames it ignores"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!status.success());
-    let log = log(&files.world);
-    assert!(log.contains("subjectAltNames"), "{log}");
+    let gateway = gateway(&files.world, sockets.servers, ServerSettings::default()).await;
+    // The start fails (`mesh-proxy gateway` prints this error and exits 1).
+    let err = tokio::time::timeout(Duration::from_secs(30), gateway.handle.ready())
+        .await
+        .expect("the gateway neither started nor failed")
+        .expect_err("the gateway started with a subjectAltNames it ignores");
+    assert!(err.to_string().contains("subjectAltNames"), "{err}");
     for port in [files.https, files.mutual, files.http] {
         assert!(
             TcpStream::connect(("127.0.0.1", port)).await.is_err(),
             "port {port} is open"
         );
     }
+    gateway.shutdown().await;
 }
 
 /// Rapid reset (CVE-2023-44487) at the edge, over TLS from the internet's
@@ -747,7 +744,7 @@ async fn a_client_certificate_restriction_the_gateway_cannot_enforce_fails_close
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_at_the_gateway_is_cut_off_with_goaway() {
     const STREAMS: u32 = 10_000;
-    let edge = Edge::start(&[]).await;
+    let edge = Edge::start(ServerSettings::default()).await;
     let h2 = edge.tls_client(None, b"h2", true);
     let connect = || async {
         let tcp = TcpStream::connect(("127.0.0.1", edge.https)).await.unwrap();
@@ -802,6 +799,7 @@ async fn http2_rapid_reset_at_the_gateway_is_cut_off_with_goaway() {
         reached <= 100,
         "{reached} reset requests reached the backend"
     );
+    edge.shutdown().await;
 }
 
 impl Edge {
@@ -887,7 +885,7 @@ fn status_and_reason(answer: &str) -> (Option<u16>, Option<String>) {
 /// no server of the port names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_is_reachable_only_through_the_servers_that_name_it() {
-    let edge = Edge::start(&[]).await;
+    let edge = Edge::start(ServerSettings::default()).await;
     let simple = edge.tls_client(None, b"http/1.1", true);
     let no_sni = edge.tls_client(None, b"http/1.1", false);
     let alice = edge
@@ -1033,6 +1031,7 @@ async fn a_host_is_reachable_only_through_the_servers_that_name_it() {
         .unwrap();
     assert_eq!(status, 200);
     assert_eq!(edge.paths(), ["/x", "/x", "/x", "/x", "/h2"]);
+    edge.shutdown().await;
 }
 
 /// Security round 2, classes 2, 3 and 5 and the edge's reasons: what the
@@ -1040,7 +1039,7 @@ async fn a_host_is_reachable_only_through_the_servers_that_name_it() {
 /// only their class.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_forwards_only_requests_that_read_one_way() {
-    let edge = Edge::start(&[]).await;
+    let edge = Edge::start(ServerSettings::default()).await;
     let simple = edge.tls_client(None, b"http/1.1", true);
     let raw = |extra: &str| {
         format!("GET /u HTTP/1.1\r\nhost: {BLOG}\r\n{extra}connection: close\r\n\r\n")
@@ -1098,4 +1097,5 @@ async fn the_gateway_forwards_only_requests_that_read_one_way() {
     assert_eq!(status, Some(404), "{answer}");
     assert_eq!(reason.as_deref(), Some("no route"), "{answer}");
     assert!(!answer.contains("Gateway"), "{answer}");
+    edge.shutdown().await;
 }

@@ -1,7 +1,7 @@
-//! Hostile HTTP at the sidecar's inbound listener, sent byte for byte by a
-//! mesh peer over real mTLS: request smuggling shapes, malformed lengths and
-//! chunks, invalid header names, invalid HTTP/2 pseudo-headers, oversized
-//! heads and slow heads. Each is answered 400/431, reset or closed, and the
+//! Hostile HTTP at the sidecar's inbound listener (the sidecar started in
+//! the test's runtime), sent byte for byte by a mesh peer over real mTLS:
+//! request smuggling shapes, malformed lengths and chunks, invalid header
+//! names, invalid HTTP/2 pseudo-headers, oversized heads and slow heads. Each is answered 400/431, reset or closed, and the
 //! app behind the sidecar (which counts what reaches it) never gets a
 //! request out of it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_tower::server::ServerSettings;
 use support::h2::{
     DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, block, frame, preface,
 };
@@ -21,11 +22,13 @@ use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(3);
 
-async fn start(extra: &[&str]) -> (World, support::Proc, u16, std::sync::Arc<support::AppSeen>) {
+async fn start(
+    settings: ServerSettings,
+) -> (World, support::Proxy, u16, std::sync::Arc<support::AppSeen>) {
     let world = World::new();
     let (app, seen) = counting_app().await;
-    let (proc, inbound) = ready_sidecar(&world, app, "STRICT", extra).await;
-    (world, proc, inbound, seen)
+    let (proxy, inbound) = ready_sidecar(&world, app, "STRICT", settings).await;
+    (world, proxy, inbound, seen)
 }
 
 /// Header-level refusals: answered 400 before anything is forwarded.
@@ -122,7 +125,7 @@ const BAD_HEADS: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_http1_heads_are_answered_400_and_never_forwarded() {
-    let (world, _proc, inbound, seen) = start(&[]).await;
+    let (world, proxy, inbound, seen) = start(ServerSettings::default()).await;
     let creds = world.creds("client");
     for (what, raw) in BAD_HEADS {
         let mut io = mtls(&creds, inbound, b"http/1.1").await;
@@ -144,6 +147,7 @@ async fn malformed_http1_heads_are_answered_400_and_never_forwarded() {
     .await;
     assert_eq!(support::status_of(&ok), Some(200), "{ok}");
     assert_eq!(seen.paths(), ["/fine"]);
+    proxy.shutdown().await;
 }
 
 /// Body-level refusals: the head may already be on its way, but the app
@@ -173,7 +177,7 @@ const BAD_BODIES: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_http1_bodies_never_reach_the_app_whole() {
-    let (world, _proc, inbound, seen) = start(&[]).await;
+    let (world, proxy, inbound, seen) = start(ServerSettings::default()).await;
     let creds = world.creds("client");
     for (what, raw) in BAD_BODIES {
         let mut io = mtls(&creds, inbound, b"http/1.1").await;
@@ -188,6 +192,7 @@ async fn malformed_http1_bodies_never_reach_the_app_whole() {
         );
         assert_eq!(seen.complete(), 0, "{what}: the app read a whole body");
     }
+    proxy.shutdown().await;
 }
 
 /// Content-Length and Transfer-Encoding together: RFC 9112 §6.3 lets a
@@ -197,7 +202,7 @@ async fn malformed_http1_bodies_never_reach_the_app_whole() {
 /// the app, in either header order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_with_transfer_encoding_smuggles_nothing() {
-    let (world, _proc, inbound, seen) = start(&[]).await;
+    let (world, proxy, inbound, seen) = start(ServerSettings::default()).await;
     let creds = world.creds("client");
     let smuggled = "GET /smuggled HTTP/1.1\r\nhost: web\r\n\r\n";
     let cases = [
@@ -229,11 +234,12 @@ async fn content_length_with_transfer_encoding_smuggles_nothing() {
         "a smuggled request reached the app: {:?}",
         seen.paths()
     );
+    proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_or_too_large_headers_are_answered_431() {
-    let (world, _proc, inbound, seen) = start(&[]).await;
+    let (world, proxy, inbound, seen) = start(ServerSettings::default()).await;
     let creds = world.creds("client");
 
     let mut many = String::from("GET / HTTP/1.1\r\nhost: web\r\n");
@@ -296,11 +302,16 @@ async fn too_many_or_too_large_headers_are_answered_431() {
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 431);
     assert_eq!(seen.heads(), 0, "an oversized head reached the app");
+    proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off_after_the_header_read_timeout() {
-    let (world, _proc, inbound, seen) = start(&["--header-read-timeout", "1"]).await;
+    let (world, proxy, inbound, seen) = start(ServerSettings {
+        header_read_timeout: Duration::from_secs(1),
+        ..ServerSettings::default()
+    })
+    .await;
     let creds = world.creds("client");
     let mut io = mtls(&creds, inbound, b"http/1.1").await;
     let started = Instant::now();
@@ -332,6 +343,7 @@ async fn slow_headers_are_cut_off_after_the_header_read_timeout() {
     assert!(closed, "the slow client was never cut off");
     assert!(took < Duration::from_secs(4), "cut off only after {took:?}");
     assert_eq!(seen.heads(), 0);
+    proxy.shutdown().await;
 }
 
 /// Waits for the server to close an h2 connection (sending a PING every
@@ -366,8 +378,12 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_http2_heads_and_idle_connections_are_shut_down() {
-    let (world, _proc, inbound, seen) =
-        start(&["--header-read-timeout", "1", "--idle-timeout", "1"]).await;
+    let (world, proxy, inbound, seen) = start(ServerSettings {
+        header_read_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+        ..ServerSettings::default()
+    })
+    .await;
     let creds = world.creds("client");
 
     // Half a header block (HEADERS without END_HEADERS), then silence.
@@ -425,6 +441,7 @@ async fn slow_http2_heads_and_idle_connections_are_shut_down() {
         assert_eq!(resp.status(), 200);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    proxy.shutdown().await;
 }
 
 // ---------------------------------------------------------------- HTTP/2
@@ -482,7 +499,7 @@ fn h2_answer(raw: &[u8]) -> H2Answer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_http2_headers_are_reset_and_never_forwarded() {
-    let (world, _proc, inbound, seen) = start(&[]).await;
+    let (world, proxy, inbound, seen) = start(ServerSettings::default()).await;
     let creds = world.creds("client");
     let ok = [
         (":method", "GET"),
@@ -580,4 +597,5 @@ async fn invalid_http2_headers_are_reset_and_never_forwarded() {
     io.write_all(&h2_request(&ok, None)).await.unwrap();
     let got = read_bytes_for(&mut io, Duration::from_secs(1)).await;
     assert_eq!(h2_answer(&got), H2Answer::Response { ok: true });
+    proxy.shutdown().await;
 }

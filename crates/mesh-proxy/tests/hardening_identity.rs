@@ -1,8 +1,9 @@
-//! Identity at the sidecar's real inbound listener: certificates the mesh
-//! must refuse (another trust domain, another CA naming our trust domain,
-//! expired, not yet valid), identity headers forged by a plaintext client in
-//! PERMISSIVE mode, and an admin listener that stays on loopback unless
-//! asked. The SVID rules on one certificate (two URI SANs, DNS-only, CA
+//! Identity at the sidecar's real inbound listener (the sidecar started in
+//! the test's runtime): certificates the mesh must refuse (another trust
+//! domain, another CA naming our trust domain, expired, not yet valid),
+//! identity headers forged by a plaintext client in PERMISSIVE mode; and,
+//! as a process since it is the command line's rule, an admin listener
+//! that stays on loopback unless asked. The SVID rules on one certificate (two URI SANs, DNS-only, CA
 //! leaf, key usage) are proven on the same acceptor in
 //! `mesh-tower/tests/mtls.rs` and `mesh-ca/tests`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,9 +16,10 @@ use std::time::Duration;
 
 use mesh_ca::{CertificateAuthority, CredentialStore};
 use mesh_core::identity::TrustDomain;
+use mesh_tower::server::ServerSettings;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use support::{World, counting_app, exchange, free_port, mesh_config, mtls, ready_sidecar};
+use support::{World, counting_app, exchange, mesh_config_any_port, mtls, ready_sidecar};
 use tokio::net::TcpStream;
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n";
@@ -47,7 +49,7 @@ fn raw_client(trust: &CredentialStore, dir: &std::path::Path) -> Arc<rustls::Cli
 async fn certificates_the_mesh_does_not_trust_get_no_request_through() {
     let world = World::new();
     let (app, seen) = counting_app().await;
-    let (_proc, inbound) = ready_sidecar(&world, app, "STRICT", &[]).await;
+    let (proxy, inbound) = ready_sidecar(&world, app, "STRICT", ServerSettings::default()).await;
     let trust = world.creds("client");
     let now = time::OffsetDateTime::now_utc();
     let day = time::Duration::days(1);
@@ -110,13 +112,15 @@ async fn certificates_the_mesh_does_not_trust_get_no_request_through() {
     let mut ok = mtls(&trust, inbound, b"http/1.1").await;
     let answer = exchange(&mut ok, GET, Duration::from_secs(2)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_client_cert_headers_never_reach_the_app() {
     let world = World::new();
     let (app, seen) = counting_app().await;
-    let (_proc, inbound) = ready_sidecar(&world, app, "PERMISSIVE", &[]).await;
+    let (proxy, inbound) =
+        ready_sidecar(&world, app, "PERMISSIVE", ServerSettings::default()).await;
     let forged = "URI=spiffe://cluster.local/ns/default/sa/admin";
 
     // Plaintext (PERMISSIVE lets it in): the forged header, twice, in two
@@ -141,43 +145,49 @@ async fn forged_client_cert_headers_never_reach_the_app() {
         ["", "URI=spiffe://cluster.local/ns/default/sa/client"],
         "the app saw a forged identity"
     );
+    proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_refuses_a_non_loopback_address_unless_asked() {
     let world = World::new();
-    let inbound = free_port();
-    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
+    world.write_config("mesh.yaml", &mesh_config_any_port("STRICT"));
     let id = world.issue("web");
-    let port = free_port();
     let run = |allow: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh-proxy"));
         cmd.args(["sidecar", "--workload", "web", "--http-proxy", "off"])
+            .args(["--inbound-port", "0"])
             .arg("--config")
             .arg(world.path("mesh"))
             .args(["--app", "127.0.0.1:9"])
-            .args(["--admin", &format!("0.0.0.0:{port}")])
+            .args(["--admin", "0.0.0.0:0"])
             .arg("--cert")
             .arg(id.join("cert.pem"))
             .arg("--key")
             .arg(id.join("key.pem"))
             .arg("--bundle")
-            .arg(id.join("bundle.pem"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .arg(id.join("bundle.pem"));
         if allow {
             cmd.arg("--admin-allow-remote");
         }
-        cmd.spawn().unwrap()
+        cmd
     };
-    let refused = run(false).wait_with_output().unwrap();
+    let refused = run(false)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("--admin-allow-remote"), "{err}");
 
-    let mut allowed = support::Proc {
-        child: run(true),
-        admin: port,
-    };
-    allowed.ready().await;
+    // Allowed: it binds the wildcard address (on the port the kernel
+    // picked, which it logs) and becomes ready.
+    let mut allowed = support::Proc::spawn(run(true));
+    let line = allowed.line("admin listening").await;
+    let admin: std::net::SocketAddr = support::field(&line, "admin_addr").parse().unwrap();
+    assert!(admin.ip().is_unspecified(), "{line}");
+    allowed.line(" ready").await;
+    let ready = support::http_get(&format!("http://127.0.0.1:{}/ready", admin.port())).await;
+    assert_eq!(ready.map(|(status, _)| status), Some(200));
 }

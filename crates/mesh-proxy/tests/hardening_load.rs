@@ -1,7 +1,9 @@
-//! One load run through a real `mesh-proxy sidecar` while its certificate
-//! is rotated, its configuration reloaded, and then SIGTERM arrives: no
-//! request the app answered is lost on the way back, no request fails
-//! before SIGTERM, and the requests in flight at SIGTERM finish.
+//! One load run through the sidecar (started in the test's runtime) while
+//! its certificate is rotated, its configuration reloaded, and then it is
+//! drained, as SIGTERM drains it (`tests/sidecar.rs` sends the signal to a
+//! process): no request the app answered is lost on the way back, no
+//! request fails before the drain, and the requests in flight when it
+//! begins finish.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -14,10 +16,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{World, http_get, ready_sidecar};
+use mesh_tower::server::ServerSettings;
+use support::{World, bound, files_identity, http_get, mesh_config, start_sidecar};
 
 /// An app that takes 100 ms per request (so requests are in flight when
-/// SIGTERM comes) and counts the answers it gave.
+/// the drain begins) and counts the answers it gave.
 async fn slow_app() -> (u16, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -79,13 +82,24 @@ fn metric(text: &str, name: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_reload_and_sigterm_under_load_lose_nothing() {
+async fn rotation_reload_and_drain_under_load_lose_nothing() {
     let world = World::new();
     let (app, answered) = slow_app().await;
-    let (mut proc, inbound) =
-        ready_sidecar(&world, app, "STRICT", &["--drain-timeout", "10"]).await;
+    let socket = bound();
+    let inbound = socket.local_addr().port();
+    world.write_config("mesh.yaml", &mesh_config(inbound, "STRICT"));
+    let proxy = start_sidecar(
+        &world,
+        socket,
+        app,
+        files_identity(&world, "web"),
+        ServerSettings::default(),
+        Duration::from_secs(10),
+    )
+    .await;
+    proxy.ready().await;
     let creds = world.creds("client");
-    let (_, before) = http_get(&proc.admin_url("/stats/prometheus"))
+    let (_, before) = http_get(&proxy.admin_url("/stats/prometheus"))
         .await
         .unwrap();
 
@@ -140,7 +154,7 @@ async fn rotation_reload_and_sigterm_under_load_lose_nothing() {
                 };
                 if let Err(e) = &result {
                     eprintln!(
-                        "request failed (worker {worker}, after SIGTERM: {sent_after_term}): {e:?}"
+                        "request failed (worker {worker}, after the drain began: {sent_after_term}): {e:?}"
                     );
                 }
                 let whole = match result {
@@ -189,7 +203,7 @@ async fn rotation_reload_and_sigterm_under_load_lose_nothing() {
         i += 1;
         tokio::time::sleep(Duration::from_millis(125)).await;
     }
-    let (_, during) = http_get(&proc.admin_url("/stats/prometheus"))
+    let (_, during) = http_get(&proxy.admin_url("/stats/prometheus"))
         .await
         .unwrap();
     assert!(
@@ -202,35 +216,24 @@ async fn rotation_reload_and_sigterm_under_load_lose_nothing() {
     );
     assert_eq!(metric(&during, "mesh_config_rejections_total"), 0);
 
-    // SIGTERM with requests in flight (each takes 100 ms at the app).
+    // The drain with requests in flight (each takes 100 ms at the app).
     term.store(true, Ordering::SeqCst);
-    let pid = proc.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let drained = tokio::spawn(proxy.shutdown());
     for w in load {
         tokio::time::timeout(Duration::from_secs(20), w)
             .await
             .expect("a load worker never ended")
             .unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = proc.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the sidecar never exited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "the sidecar exited with {status}");
+    // The drain ends (a panic of the sidecar's tasks would surface here).
+    tokio::time::timeout(Duration::from_secs(15), drained)
+        .await
+        .expect("the sidecar never finished draining")
+        .unwrap();
 
     let ok = tally.ok.load(Ordering::SeqCst);
     eprintln!(
-        "ok {ok} (after SIGTERM {}), refused after SIGTERM {}, failed before {}, app answered {}",
+        "ok {ok} (after the drain began {}), refused after it {}, failed before {}, app answered {}",
         tally.ok_after_term.load(Ordering::SeqCst),
         tally.refused_after_term.load(Ordering::SeqCst),
         tally.failed_before_term.load(Ordering::SeqCst),
@@ -249,6 +252,6 @@ async fn rotation_reload_and_sigterm_under_load_lose_nothing() {
     );
     assert!(
         tally.ok_after_term.load(Ordering::SeqCst) > 0,
-        "no request in flight at SIGTERM finished"
+        "no request in flight when the drain began finished"
     );
 }

@@ -1,7 +1,7 @@
-//! Security round 2 at the sidecar's inbound, with a real PHP application
-//! behind it (`php -S`, which maps headers to `$_SERVER` the CGI way:
-//! `x_role` and `x-role` are both `HTTP_X_ROLE`, and routes on the path as
-//! written). A mesh peer sends many spellings of three forbidden things
+//! Security round 2 at the sidecar's inbound (the sidecar started in the
+//! test's runtime), with a real PHP application behind it (`php -S`, which
+//! maps headers to `$_SERVER` the CGI way: `x_role` and `x-role` are both
+//! `HTTP_X_ROLE`, and routes on the path as written). A mesh peer sends many spellings of three forbidden things
 //! over real mTLS, HTTP/1.1 byte for byte and h2: paths under `/admin`
 //! (DENY `/admin*`), the header `x-role: root` (DENY on its value), and
 //! `/private` on the host `web` (DENY on the host's FQDN). The PHP script
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use mesh_tower::server::ServerSettings;
 use support::{World, exchange, free_port, mtls, ready_sidecar, send_mtls};
 
 const WAIT: Duration = Duration::from_secs(3);
@@ -153,7 +154,8 @@ async fn a_php_app_behind_the_sidecar_never_receives_a_forbidden_request() {
     let world = World::new();
     world.write_config("policy.yaml", POLICY);
     let php = Php::start(&world).await;
-    let (_sidecar, inbound) = ready_sidecar(&world, php.port, "STRICT", &[]).await;
+    let (proxy, inbound) =
+        ready_sidecar(&world, php.port, "STRICT", ServerSettings::default()).await;
     let refused = |status: Option<u16>| matches!(status, Some(400 | 403));
 
     // Paths PHP (and Tomcat, Spring) would serve as /admin.
@@ -266,4 +268,5 @@ async fn a_php_app_behind_the_sidecar_never_receives_a_forbidden_request() {
             "{s}"
         );
     }
+    proxy.shutdown().await;
 }

@@ -1,16 +1,20 @@
-//! What the hardening tests share: a CA in a temp folder, a counting app, a
-//! `mesh-proxy sidecar` process that is killed on drop, and raw clients
-//! (bytes over mTLS, or over plain TCP) that say exactly what they send.
+//! What the proxy's tests share: a CA in a temp folder, a counting app, a
+//! sidecar started in the test's runtime through the library on sockets the
+//! test bound (port 0, so no port is raced for) or, for what needs a
+//! process (signals, the process's own memory), a `mesh-proxy` process
+//! whose log is read line by line, and raw clients (bytes over mTLS, or
+//! over plain TCP) that say exactly what they send.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod h2;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -18,10 +22,17 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_ca::{CertificateAuthority, CredentialStore, FileSource};
 use mesh_core::identity::{SpiffeId, TrustDomain};
+use mesh_proxy::{
+    BoundSocket, IdentitySource, InboundListener, ProxyHandle, Sidecar, SidecarListeners,
+};
+use mesh_tower::server::ServerSettings;
 use mesh_tower::tls::MeshConnector;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A port that was free a moment ago, for what cannot be handed a bound
+/// socket (`php -S`): it may be taken before it is used, so its user tries
+/// again on another.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -103,11 +114,22 @@ pub fn write_identity(
 /// `web` (the workload behind the sidecar, inbound on `inbound`) and
 /// `client`; `mode` is the PeerAuthentication of `web`.
 pub fn mesh_config(inbound: u16, mode: &str) -> String {
+    config_with_ports(&format!("ports: {{http: {inbound}}}, "), mode)
+}
+
+/// [`mesh_config`] with no port named for `web`: its sidecar serves one
+/// default inbound port, HTTP (a process test gives `--inbound-port 0` and
+/// reads the port it got from the log).
+pub fn mesh_config_any_port(mode: &str) -> String {
+    config_with_ports("", mode)
+}
+
+fn config_with_ports(ports: &str, mode: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: web}}\n\
          spec: {{hosts: [web], ports: [{{number: 80, name: http}}], workloadSelector: {{labels: {{app: web}}}}}}\n---\n\
          apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: web}}\n\
-         spec: {{address: 127.0.0.1, ports: {{http: {inbound}}}, labels: {{app: web}}, serviceAccount: web}}\n---\n\
+         spec: {{address: 127.0.0.1, {ports}labels: {{app: web}}, serviceAccount: web}}\n---\n\
          apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: client}}\n\
          spec: {{address: 127.0.0.1, labels: {{app: client}}, serviceAccount: client}}\n---\n\
          apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: web}}\n\
@@ -195,10 +217,122 @@ pub async fn counting_app() -> (u16, Arc<AppSeen>) {
     (port, seen)
 }
 
-/// A proxy process, killed on drop.
+/// A proxy started in the test's runtime through the library. Dropping it
+/// stops its listeners and starts its drain; [`Proxy::shutdown`] drains and
+/// surfaces a panic of its tasks.
+pub struct Proxy {
+    pub handle: ProxyHandle,
+    pub admin: u16,
+}
+
+impl Proxy {
+    pub fn new(handle: ProxyHandle) -> Self {
+        let admin = handle.admin_addr().port();
+        Self { handle, admin }
+    }
+
+    /// Waits until the proxy serves (its identity issued, its ports
+    /// listened on).
+    pub async fn ready(&self) {
+        tokio::time::timeout(Duration::from_secs(30), self.handle.ready())
+            .await
+            .expect("the proxy was not ready within 30 s")
+            .unwrap_or_else(|e| panic!("the proxy never became ready: {e}"));
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
+
+    /// Drains: stops accepting, lets in-flight requests finish.
+    pub async fn shutdown(self) {
+        self.handle.shutdown().await;
+    }
+}
+
+/// A socket on a free loopback port, bound for the proxy to listen on.
+pub fn bound() -> BoundSocket {
+    BoundSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap()
+}
+
+/// An admin listener on a free loopback port.
+pub async fn admin_listener() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// The files identity of `sa`, freshly issued.
+pub fn files_identity(world: &World, sa: &str) -> IdentitySource {
+    let d = world.issue(sa);
+    IdentitySource::files(d.join("cert.pem"), d.join("key.pem"), d.join("bundle.pem"))
+}
+
+/// The drain of a proxy at the end of a test that is not about draining:
+/// short, so the connections the test still holds are not waited for (a
+/// raw h2 client that never answers the drain's PING would hold it for the
+/// whole drain timeout).
+pub const TEARDOWN_DRAIN: Duration = Duration::from_millis(200);
+
+/// Starts the sidecar of `web` in front of the app on `app_port`, inbound
+/// on `inbound` (the configuration must name its port), without waiting
+/// for it to be ready.
+pub async fn start_sidecar(
+    world: &World,
+    inbound: BoundSocket,
+    app_port: u16,
+    identity: IdentitySource,
+    settings: ServerSettings,
+    drain_timeout: Duration,
+) -> Proxy {
+    let sidecar = Sidecar::builder(world.path("mesh"), "default", "web")
+        .identity(identity)
+        .server_settings(settings)
+        .drain_timeout(drain_timeout)
+        .build()
+        .unwrap();
+    let app = SocketAddr::from(([127, 0, 0, 1], app_port));
+    let handle = sidecar
+        .start(SidecarListeners {
+            admin: admin_listener().await,
+            inbound: vec![InboundListener::new(inbound, app)],
+            outbound: Vec::new(),
+            http_proxy: None,
+        })
+        .unwrap();
+    Proxy::new(handle)
+}
+
+/// Writes `mesh.yaml` for `web` (`mode`) on a fresh inbound port and starts
+/// its sidecar with a files identity until it is ready (drained at the end
+/// for [`TEARDOWN_DRAIN`]); returns it and the inbound port.
+pub async fn ready_sidecar(
+    world: &World,
+    app: u16,
+    mode: &str,
+    settings: ServerSettings,
+) -> (Proxy, u16) {
+    let inbound = bound();
+    let port = inbound.local_addr().port();
+    world.write_config("mesh.yaml", &mesh_config(port, mode));
+    let proxy = start_sidecar(
+        world,
+        inbound,
+        app,
+        files_identity(world, "web"),
+        settings,
+        TEARDOWN_DRAIN,
+    )
+    .await;
+    proxy.ready().await;
+    (proxy, port)
+}
+
+/// A `mesh-proxy` process: its log and errors read line by line (with
+/// `RUST_LOG=info`), so a test waits for what the proxy says it did rather
+/// than polling. Killed on drop.
 pub struct Proc {
     pub child: Child,
-    pub admin: u16,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    log: Vec<String>,
 }
 
 impl Drop for Proc {
@@ -209,81 +343,145 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    /// Waits until `/ready` answers 200.
-    pub async fn ready(&mut self) {
-        if let Err(status) = self.try_ready().await {
-            panic!("the proxy exited before it was ready: {status}");
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The log goes to standard output, errors to standard error: one
+        // stream of lines, which ends when both close (the process exited).
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        for out in [stdout, stderr] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(out).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            log: Vec::new(),
         }
     }
 
-    /// Waits until `/ready` answers 200, or the process exits (its status).
-    pub async fn try_ready(&mut self) -> Result<(), std::process::ExitStatus> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some((200, _)) =
-                http_get(&format!("http://127.0.0.1:{}/ready", self.admin)).await
-            {
-                return Ok(());
+    /// The next line of the log that contains `needle`; `None` when the
+    /// process closed its standard error (it exited) first.
+    pub async fn try_line(&mut self, needle: &str) -> Option<String> {
+        let wait = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = self.lines.recv().await {
+                self.log.push(line.clone());
+                if line.contains(needle) {
+                    return Some(line);
+                }
             }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Err(status);
-            }
-            assert!(Instant::now() < deadline, "the proxy never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        });
+        wait.await
+            .unwrap_or_else(|_| panic!("the proxy never logged {needle:?}:\n{}", self.log()))
+    }
+
+    /// The next line of the log that contains `needle`.
+    pub async fn line(&mut self, needle: &str) -> String {
+        match self.try_line(needle).await {
+            Some(line) => line,
+            None => panic!(
+                "the proxy exited ({:?}) before it logged {needle:?}:\n{}",
+                self.child.wait(),
+                self.log()
+            ),
         }
     }
 
-    pub fn admin_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.admin)
+    /// Everything logged so far (as far as read).
+    pub fn log(&self) -> String {
+        self.log.join("\n")
+    }
+
+    /// Waits for the process to exit: its output closes, then it is reaped.
+    pub async fn exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let eof = tokio::time::timeout(within, async {
+            while let Some(line) = self.lines.recv().await {
+                self.log.push(line);
+            }
+        });
+        assert!(
+            eof.await.is_ok(),
+            "the proxy did not exit within {within:?}:\n{}",
+            self.log()
+        );
+        self.child.wait().unwrap()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
 }
 
-/// Starts `mesh-proxy sidecar` for `web` with files identity, the app on
-/// `app_port`, and `extra` arguments.
-pub fn sidecar(world: &World, app_port: u16, extra: &[&str]) -> Proc {
+/// The value of `name=` in a log line.
+pub fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let at = line
+        .find(&format!(" {name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"));
+    let rest = &line[at + name.len() + 2..];
+    rest.split_whitespace().next().unwrap_or_default()
+}
+
+/// `mesh-proxy sidecar` for `web` as a process: a files identity, the app
+/// on `app_port`, every port from the kernel (`--admin 127.0.0.1:0`, and
+/// `--inbound-port 0` for a WorkloadEntry that names no port: see
+/// [`mesh_config_any_port`]), and `extra` arguments.
+pub fn sidecar_process(world: &World, app_port: u16, extra: &[&str]) -> Proc {
     let id = world.issue("web");
-    sidecar_with_identity(
-        world,
-        app_port,
-        &[
-            "--cert".as_ref(),
-            id.join("cert.pem").as_os_str(),
-            "--key".as_ref(),
-            id.join("key.pem").as_os_str(),
-            "--bundle".as_ref(),
-            id.join("bundle.pem").as_os_str(),
-        ],
-        extra,
-    )
-}
-
-pub fn sidecar_with_identity(
-    world: &World,
-    app_port: u16,
-    identity: &[&std::ffi::OsStr],
-    extra: &[&str],
-) -> Proc {
-    let admin = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
-        .args(["sidecar", "--workload", "web", "--http-proxy", "off"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh-proxy"));
+    cmd.args(["sidecar", "--workload", "web", "--http-proxy", "off"])
+        .args(["--admin", "127.0.0.1:0", "--inbound-port", "0"])
         .arg("--config")
         .arg(world.path("mesh"))
         .arg("--app")
         .arg(format!("127.0.0.1:{app_port}"))
-        .arg("--admin")
-        .arg(format!("127.0.0.1:{admin}"))
-        .args(identity)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(sidecar_log(world, admin)).unwrap())
-        .spawn()
-        .unwrap();
-    Proc { child, admin }
+        .arg("--cert")
+        .arg(id.join("cert.pem"))
+        .arg("--key")
+        .arg(id.join("key.pem"))
+        .arg("--bundle")
+        .arg(id.join("bundle.pem"))
+        .args(extra);
+    Proc::spawn(cmd)
 }
 
-/// Where the sidecar with admin port `admin` writes its log.
-pub fn sidecar_log(world: &World, admin: u16) -> PathBuf {
-    world.path(&format!("sidecar-{admin}.log"))
+/// Writes `mesh.yaml` for `web` (`mode`, no port named) and starts its
+/// sidecar process until it is ready; returns it and the inbound port the
+/// kernel gave it, as the sidecar logged them.
+pub async fn ready_sidecar_process(
+    world: &World,
+    app: u16,
+    mode: &str,
+    extra: &[&str],
+) -> (Proc, u16) {
+    world.write_config("mesh.yaml", &mesh_config_any_port(mode));
+    let mut proc = sidecar_process(world, app, extra);
+    let inbound = proc.line("inbound listening").await;
+    let inbound = field(&inbound, "port").parse().unwrap();
+    proc.line(" ready").await;
+    (proc, inbound)
 }
 
 pub async fn http_get(url: &str) -> Option<(u16, String)> {
@@ -391,31 +589,4 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
-}
-
-/// Writes `mesh.yaml` for `web` (`mode`) on a fresh inbound port and starts
-/// its sidecar (see [`sidecar`]) until it is ready; returns it and the
-/// inbound port. A port from `free_port()` can be taken, before the sidecar
-/// binds it, by an outgoing connection of a test running beside this one: a
-/// start that fails to bind is tried again on fresh ports (three times at
-/// most); any other exit fails at once.
-pub async fn ready_sidecar(world: &World, app: u16, mode: &str, extra: &[&str]) -> (Proc, u16) {
-    for attempt in 1..=3 {
-        let inbound = free_port();
-        world.write_config("mesh.yaml", &mesh_config(inbound, mode));
-        let mut proc = sidecar(world, app, extra);
-        match proc.try_ready().await {
-            Ok(()) => return (proc, inbound),
-            Err(status) => {
-                let log =
-                    std::fs::read_to_string(sidecar_log(world, proc.admin)).unwrap_or_default();
-                assert!(
-                    attempt < 3 && log.contains("binding"),
-                    "the sidecar exited before it was ready: {status}\n{log}"
-                );
-                eprintln!("attempt {attempt}: the sidecar could not bind; again\n{log}");
-            }
-        }
-    }
-    unreachable!()
 }

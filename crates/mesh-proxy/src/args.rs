@@ -1,0 +1,355 @@
+//! The `sidecar` and `gateway` command lines: their flags, the ports they
+//! name bound, and the library's role started on them until SIGTERM.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::Args;
+use mesh_proxy::{
+    BoundSocket, Gateway, GatewayListeners, IdentitySource, InboundListener, OutboundListener,
+    ProxyHandle, Sidecar, SidecarListeners,
+};
+use mesh_tower::server::ServerSettings;
+use tokio::net::TcpListener;
+
+/// Options shared by the sidecar and the gateway.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct CommonArgs {
+    /// A YAML file or a folder of them; reloaded on change.
+    #[arg(long)]
+    pub(crate) config: PathBuf,
+    /// The admin listener (`/ready`, `/stats/prometheus`, `/config_dump`, `/certs`).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub(crate) admin: SocketAddr,
+    /// Allow the admin listener on an address other than loopback.
+    #[arg(long)]
+    pub(crate) admin_allow_remote: bool,
+    /// How long SIGTERM waits for in-flight requests and connections.
+    #[arg(long, default_value = "10", value_name = "SECONDS")]
+    pub(crate) drain_timeout: u64,
+    /// How long an HTTP/1.1 client may take to send a request's headers
+    /// before its connection is closed (decimals allowed).
+    #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = seconds)]
+    pub(crate) header_read_timeout: Duration,
+    /// How long an HTTP connection may go without starting a request
+    /// (with none in flight) before it is closed gracefully (decimals
+    /// allowed). Before its first request a connection gets the
+    /// header-read timeout instead, for HTTP/2 as for HTTP/1.1.
+    #[arg(long, default_value = "300", value_name = "SECONDS", value_parser = seconds)]
+    pub(crate) idle_timeout: Duration,
+    /// The largest request body accepted: bytes, or with a KiB, MiB or GiB
+    /// suffix. Over it: 413 (before forwarding when Content-Length says so,
+    /// else as soon as the body grows past it). Default: no cap, bodies are
+    /// streamed in bounded memory.
+    #[arg(long, value_name = "BYTES", value_parser = bytes_size)]
+    pub(crate) max_request_body: Option<u64>,
+    /// How long a client may leave a request body without sending more
+    /// while it is being forwarded (decimals allowed): 408 after it.
+    #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = seconds)]
+    pub(crate) body_read_timeout: Duration,
+    #[command(flatten)]
+    pub(crate) identity: IdentityArgs,
+}
+
+impl CommonArgs {
+    /// The limits every served HTTP connection is held to.
+    fn server_settings(&self) -> ServerSettings {
+        ServerSettings {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            body: mesh_tower::limits::BodyLimits::default()
+                .max_request_body(self.max_request_body)
+                .body_read_timeout(Some(self.body_read_timeout)),
+            ..ServerSettings::default()
+        }
+    }
+
+    /// Binds the admin listener: loopback only unless asked.
+    async fn admin_listener(&self) -> Result<TcpListener> {
+        let addr = self.admin;
+        if !addr.ip().is_loopback() && !self.admin_allow_remote {
+            bail!(
+                "the admin listener {addr} is not on loopback; pass --admin-allow-remote to expose it"
+            );
+        }
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow!("binding the admin listener {addr}: {e}"))
+    }
+}
+
+/// Where the proxy's certificate comes from.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct IdentityArgs {
+    /// mesh-ca address (`host:port`); with `--token` and `--ca-root`.
+    #[arg(long)]
+    pub(crate) ca: Option<String>,
+    /// Single-use join token for the first certificate (see `mesh-ca token`).
+    /// Base64url may start with `-`: taken as the value, not as a flag.
+    #[arg(
+        long,
+        env = "MESH_JOIN_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub(crate) token: Option<String>,
+    /// The CA's root certificate (its `root-cert.pem`), to trust it before the
+    /// first SVID.
+    #[arg(long)]
+    pub(crate) ca_root: Option<PathBuf>,
+    /// The SPIFFE ID the CA presents.
+    #[arg(long)]
+    pub(crate) ca_id: Option<String>,
+    /// Certificate chain file (with `--key` and `--bundle`), reloaded on change.
+    #[arg(long)]
+    pub(crate) cert: Option<PathBuf>,
+    /// Private key file.
+    #[arg(long)]
+    pub(crate) key: Option<PathBuf>,
+    /// Trust bundle file.
+    #[arg(long)]
+    pub(crate) bundle: Option<PathBuf>,
+}
+
+impl IdentityArgs {
+    /// Files when all three are given, else the CA.
+    fn source(&self) -> Result<IdentitySource> {
+        if let (Some(cert), Some(key), Some(bundle)) = (&self.cert, &self.key, &self.bundle) {
+            return Ok(IdentitySource::files(cert, key, bundle));
+        }
+        let (Some(addr), Some(root)) = (&self.ca, &self.ca_root) else {
+            bail!("give --ca ADDR --ca-root FILE [--token T], or --cert --key --bundle");
+        };
+        let mut source = IdentitySource::ca(addr, root);
+        if let Some(t) = &self.token {
+            source = source.with_token(t);
+        }
+        if let Some(id) = &self.ca_id {
+            source = source.with_ca_id(id);
+        }
+        Ok(source)
+    }
+}
+
+/// Parses a size in bytes: `1048576`, `64KiB`, `10MiB`, `1GiB`.
+fn bytes_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((t, ""), |i| t.split_at(i));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s}: expected a number of bytes, like 1048576 or 10MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        other => return Err(format!("{s}: unknown unit {other:?}; use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s}: too large"))
+}
+
+/// Parses a positive number of seconds, decimals allowed (`0.5`).
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    if secs <= 0.0 {
+        return Err(format!("{s}: must be more than zero"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s}: {e}"))
+}
+
+/// `mesh-proxy sidecar`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SidecarArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The workload this sidecar serves: its WorkloadEntry's name.
+    #[arg(long)]
+    pub(crate) workload: String,
+    /// The workload's namespace.
+    #[arg(long, default_value = "default")]
+    pub(crate) namespace: String,
+    /// The local app: `ADDR` for every inbound port, or `PORT_NAME=ADDR`;
+    /// repeatable.
+    #[arg(long)]
+    pub(crate) app: Vec<String>,
+    /// The inbound port when the WorkloadEntry names none.
+    #[arg(long, default_value_t = 15006)]
+    pub(crate) inbound_port: u16,
+    /// A local port for one service, `HOST:PORT=LISTEN_ADDR`; repeatable.
+    #[arg(long = "outbound")]
+    pub(crate) outbound: Vec<String>,
+    /// The HTTP forward-proxy listener, or `off`.
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    pub(crate) http_proxy: String,
+}
+
+/// The app of the port `port_name`: its `PORT_NAME=ADDR`, else the last
+/// bare `ADDR`.
+fn parse_app(apps: &[String], port_name: &str) -> Result<Option<SocketAddr>> {
+    let mut default = None;
+    for a in apps {
+        match a.split_once('=') {
+            Some((name, addr)) if name == port_name => {
+                return Ok(Some(addr.parse().with_context(|| format!("--app {a}"))?));
+            }
+            Some(_) => {}
+            None => default = Some(a.parse().with_context(|| format!("--app {a}"))?),
+        }
+    }
+    Ok(default)
+}
+
+/// Runs the sidecar until SIGTERM, then drains.
+pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
+    let identity = args.common.identity.source()?;
+    let sidecar = Sidecar::builder(&args.common.config, &args.namespace, &args.workload)
+        .identity(identity)
+        .server_settings(args.common.server_settings())
+        .drain_timeout(Duration::from_secs(args.common.drain_timeout))
+        .default_inbound_port(args.inbound_port)
+        .build()?;
+    let admin = args.common.admin_listener().await?;
+
+    let mut apps = Vec::new();
+    for p in sidecar.inbound_ports() {
+        let app = match &p.name {
+            Some(name) => parse_app(&args.app, name)?.ok_or_else(|| {
+                anyhow!("no --app for port {name}: give --app ADDR or --app {name}=ADDR")
+            })?,
+            None => parse_app(&args.app, "")?.ok_or_else(|| anyhow!("give --app ADDR"))?,
+        };
+        apps.push((p.addr, app));
+    }
+    let mut inbound = Vec::new();
+    for (addr, app) in apps {
+        let socket = BoundSocket::bind(addr)
+            .with_context(|| format!("binding inbound {}:{}", addr.ip(), addr.port()))?;
+        inbound.push(InboundListener::new(socket, app));
+    }
+    let mut outbound = Vec::new();
+    for o in &args.outbound {
+        let (target, listen) = o
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--outbound {o}: expected HOST:PORT=LISTEN_ADDR"))?;
+        let (host, port) = target
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("--outbound {o}: expected HOST:PORT"))?;
+        let port: u16 = port.parse().with_context(|| format!("--outbound {o}"))?;
+        let listen: SocketAddr = listen.parse().with_context(|| format!("--outbound {o}"))?;
+        let socket =
+            BoundSocket::bind(listen).with_context(|| format!("binding outbound {listen}"))?;
+        outbound.push(OutboundListener::new(host, port, socket));
+    }
+    let http_proxy = if args.http_proxy == "off" {
+        None
+    } else {
+        let addr: SocketAddr = args
+            .http_proxy
+            .parse()
+            .with_context(|| format!("--http-proxy {}", args.http_proxy))?;
+        Some(BoundSocket::bind(addr).with_context(|| format!("binding the HTTP proxy {addr}"))?)
+    };
+    let proxy = sidecar.start(SidecarListeners {
+        admin,
+        inbound,
+        outbound,
+        http_proxy,
+    })?;
+    ready_then_drain(proxy).await
+}
+
+/// `mesh-proxy gateway`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct GatewayArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+    /// The Gateway to serve: `name` (in `default`) or `namespace/name`.
+    #[arg(long)]
+    pub(crate) gateway: String,
+    /// The address the servers bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) listen_address: IpAddr,
+    /// The gateway's own SPIFFE ID, for mTLS to backends; by default
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<gateway name>`.
+    #[arg(long)]
+    pub(crate) identity_id: Option<String>,
+    /// How long an HTTPS client may take to finish its TLS handshake before
+    /// its connection is closed (decimals allowed).
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = seconds)]
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// Runs the gateway until SIGTERM, then drains.
+pub(crate) async fn run_gateway(args: GatewayArgs) -> Result<()> {
+    let identity = args.common.identity.source()?;
+    let mut builder = Gateway::builder(&args.common.config, &args.gateway)
+        .identity(identity)
+        .server_settings(ServerSettings {
+            handshake_timeout: args.handshake_timeout,
+            ..args.common.server_settings()
+        })
+        .drain_timeout(Duration::from_secs(args.common.drain_timeout));
+    if let Some(id) = &args.identity_id {
+        builder = builder.identity_id(id);
+    }
+    let gateway = builder.build()?;
+    let admin = args.common.admin_listener().await?;
+    let mut servers = Vec::new();
+    for port in gateway.ports() {
+        let addr = SocketAddr::new(args.listen_address, port);
+        servers.push(
+            BoundSocket::bind(addr)
+                .with_context(|| format!("binding {}:{port}", args.listen_address))?,
+        );
+    }
+    let proxy = gateway.start(GatewayListeners { admin, servers })?;
+    ready_then_drain(proxy).await
+}
+
+/// Waits until the proxy serves, then for SIGTERM (or Ctrl-C), then drains
+/// for at most the drain timeout. The handlers are installed only once it
+/// is ready: a signal before then ends the process as it always did.
+async fn ready_then_drain(proxy: ProxyHandle) -> Result<()> {
+    proxy.ready().await?;
+    terminated().await?;
+    tracing::info!("SIGTERM: draining");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+async fn terminated() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        identity: IdentityArgs,
+    }
+
+    #[test]
+    fn a_token_that_starts_with_a_hyphen_is_a_value() {
+        let cli = Cli::try_parse_from(["mesh-proxy", "--token", "-iQx_3", "--ca", "127.0.0.1:1"])
+            .unwrap();
+        assert_eq!(cli.identity.token.as_deref(), Some("-iQx_3"));
+        assert_eq!(cli.identity.ca.as_deref(), Some("127.0.0.1:1"));
+    }
+}

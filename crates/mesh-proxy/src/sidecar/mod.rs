@@ -1,0 +1,491 @@
+//! The sidecar: the mesh for a workload that is not Rust.
+//!
+//! - Inbound: one listener per port of the workload's WorkloadEntry (or
+//!   one default port), terminating mTLS per PeerAuthentication (read per
+//!   connection, so a reload applies), authorizing, and forwarding to the
+//!   local app. HTTP ports go through the L7 layers; TCP ports (MySQL...)
+//!   are an opaque tunnel authorized by peer identity, with nothing read from
+//!   the stream, so server-first protocols start at once.
+//! - Outbound: a local port per service for apps that cannot be told about
+//!   the mesh, and an HTTP forward proxy that routes by Host or absolute URI
+//!   for clients that honour `HTTP_PROXY`.
+
+mod inbound;
+mod outbound;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use http::{Request, Response};
+use mesh_core::identity::SpiffeId;
+use mesh_core::resources::networking::Protocol;
+use mesh_core::store::{FileWatcher, Store};
+use mesh_tower::body::BoxBody;
+use mesh_tower::server::{Drain, ModeAcceptor, ServerSettings, accept_loop, serve_connection};
+use mesh_tower::telemetry::{Registry, TcpTelemetry, WorkloadInfo};
+use mesh_tower::tls::MeshConnector;
+use mesh_tower::traffic::{Router, RouterConfig, TcpRouter};
+use tokio::net::TcpListener;
+
+use crate::admin::AdminState;
+use crate::identity::IdentitySource;
+use crate::runtime::{BoundSocket, Error, Launch, ProxyBody, ProxyHandle, Serving};
+use inbound::{InboundPort, inbound_loop};
+pub(crate) use outbound::outbound_stack;
+use outbound::{OutboundTarget, outbound_loop};
+
+/// How long a drain waits for in-flight requests and connections unless
+/// told otherwise.
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Configures a [`Sidecar`]: its configuration, workload, identity and
+/// limits.
+#[derive(Debug)]
+pub struct SidecarBuilder {
+    config: PathBuf,
+    namespace: String,
+    workload: String,
+    identity: Option<IdentitySource>,
+    settings: ServerSettings,
+    drain_timeout: Duration,
+    default_inbound_port: u16,
+}
+
+impl SidecarBuilder {
+    /// Where the sidecar's own certificate comes from (required).
+    #[must_use]
+    pub fn identity(mut self, source: IdentitySource) -> Self {
+        self.identity = Some(source);
+        self
+    }
+
+    /// The limits every served connection is held to (timeouts, body cap);
+    /// by default [`ServerSettings::default`], the command line's defaults.
+    #[must_use]
+    pub fn server_settings(mut self, settings: ServerSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// How long [`ProxyHandle::shutdown`] waits for in-flight requests and
+    /// connections (default 10 s).
+    #[must_use]
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// The inbound port when the WorkloadEntry names none (default 15006).
+    #[must_use]
+    pub fn default_inbound_port(mut self, port: u16) -> Self {
+        self.default_inbound_port = port;
+        self
+    }
+
+    /// Loads the configuration (and starts watching it) and finds the
+    /// workload in it.
+    pub fn build(self) -> Result<Sidecar, Error> {
+        self.try_build().map_err(Error::new)
+    }
+
+    fn try_build(self) -> Result<Sidecar> {
+        let key = format!("{}/{}", self.namespace, self.workload);
+        let (store, watcher) = crate::runtime::start_store(&self.config)?;
+        let identity_id = {
+            let snap = store.load();
+            let (_, w) = snap
+                .workload(&key)
+                .ok_or_else(|| anyhow!("no WorkloadEntry {key} in {}", self.config.display()))?;
+            w.identity.clone()
+        };
+        let identity = self
+            .identity
+            .ok_or_else(|| anyhow!("no identity source: give SidecarBuilder::identity"))?;
+        Ok(Sidecar {
+            store,
+            watcher,
+            key,
+            namespace: self.namespace,
+            workload: self.workload,
+            identity_id,
+            identity,
+            settings: self.settings,
+            drain_timeout: self.drain_timeout,
+            default_inbound_port: self.default_inbound_port,
+        })
+    }
+}
+
+/// A sidecar with its configuration loaded, ready to
+/// [`start`](Self::start) on the sockets its caller bound.
+#[derive(Debug)]
+pub struct Sidecar {
+    store: Arc<Store>,
+    watcher: FileWatcher,
+    /// `namespace/name` of the workload.
+    key: String,
+    namespace: String,
+    workload: String,
+    identity_id: SpiffeId,
+    identity: IdentitySource,
+    settings: ServerSettings,
+    drain_timeout: Duration,
+    default_inbound_port: u16,
+}
+
+/// A port the sidecar serves inbound, as the configuration names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkloadPort {
+    /// The port's name in the WorkloadEntry (`None`: it names no port, and
+    /// this is the default inbound port, served as HTTP).
+    pub name: Option<String>,
+    /// The address to bind: the WorkloadEntry's address and the port.
+    pub addr: SocketAddr,
+}
+
+/// One inbound port: its socket and the local app it forwards to.
+#[derive(Debug)]
+pub struct InboundListener {
+    socket: BoundSocket,
+    app: SocketAddr,
+}
+
+impl InboundListener {
+    /// Serves `socket` (bound to one of [`Sidecar::inbound_ports`]) in
+    /// front of the app at `app`.
+    pub fn new(socket: BoundSocket, app: SocketAddr) -> Self {
+        Self { socket, app }
+    }
+}
+
+/// A local port for one service, for apps that cannot be told about the
+/// mesh: what is sent to it goes to `host:port`, whatever Host the app
+/// wrote.
+#[derive(Debug)]
+pub struct OutboundListener {
+    socket: BoundSocket,
+    host: String,
+    port: u16,
+}
+
+impl OutboundListener {
+    /// Serves `socket` as the service `host:port` (a short host resolves in
+    /// the workload's namespace).
+    pub fn new(host: impl Into<String>, port: u16, socket: BoundSocket) -> Self {
+        Self {
+            socket,
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+/// The sockets a sidecar serves.
+#[derive(Debug)]
+pub struct SidecarListeners {
+    /// The admin listener, served at once (readiness, metrics,
+    /// configuration and certificate dumps).
+    pub admin: TcpListener,
+    /// One per port of [`Sidecar::inbound_ports`].
+    pub inbound: Vec<InboundListener>,
+    /// The local ports for single services.
+    pub outbound: Vec<OutboundListener>,
+    /// The HTTP forward proxy, routing by Host or absolute URI.
+    pub http_proxy: Option<BoundSocket>,
+}
+
+impl Sidecar {
+    /// A sidecar for the WorkloadEntry `namespace/workload` of the
+    /// configuration at `config` (a YAML file or a folder of them, reloaded
+    /// on change).
+    pub fn builder(
+        config: impl Into<PathBuf>,
+        namespace: impl Into<String>,
+        workload: impl Into<String>,
+    ) -> SidecarBuilder {
+        SidecarBuilder {
+            config: config.into(),
+            namespace: namespace.into(),
+            workload: workload.into(),
+            identity: None,
+            settings: ServerSettings::default(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            default_inbound_port: 15006,
+        }
+    }
+
+    /// The inbound ports to bind: one per port of the WorkloadEntry, on its
+    /// address, or the default inbound port when it names none.
+    pub fn inbound_ports(&self) -> Vec<WorkloadPort> {
+        let snap = self.store.load();
+        let Some((_, w)) = snap.workload(&self.key) else {
+            return Vec::new();
+        };
+        let ip: IpAddr = w.address.parse().unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let mut ports: Vec<WorkloadPort> = w
+            .ports
+            .iter()
+            .map(|(name, port)| WorkloadPort {
+                name: Some(name.clone()),
+                addr: SocketAddr::new(ip, *port),
+            })
+            .collect();
+        if ports.is_empty() {
+            ports.push(WorkloadPort {
+                name: None,
+                addr: SocketAddr::new(ip, self.default_inbound_port),
+            });
+        }
+        ports
+    }
+
+    /// What each inbound socket serves: the protocol of the service port
+    /// its WorkloadEntry port backs (by port number), and its app.
+    fn inbound_plan(
+        &self,
+        inbound: Vec<InboundListener>,
+    ) -> Result<Vec<(BoundSocket, InboundPort)>> {
+        let snap = self.store.load();
+        let (_, w) = snap
+            .workload(&self.key)
+            .ok_or_else(|| anyhow!("no WorkloadEntry {}", self.key))?;
+        let mut plan = Vec::new();
+        for l in inbound {
+            let port = l.socket.local_addr().port();
+            let protocol = if w.ports.is_empty() {
+                Protocol::Http
+            } else {
+                let (name, _) = w.ports.iter().find(|(_, p)| **p == port).ok_or_else(|| {
+                    anyhow!(
+                        "inbound socket {}: the WorkloadEntry {} has no port {port}",
+                        l.socket.local_addr(),
+                        self.key
+                    )
+                })?;
+                snap.services
+                    .values()
+                    .filter(|s| s.workloads.iter().any(|i| snap.workloads[*i].key == w.key))
+                    .flat_map(|s| s.ports.iter())
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .map_or_else(|| Protocol::from_port_name(name), |p| p.protocol)
+            };
+            let app = l.app;
+            plan.push((
+                l.socket,
+                InboundPort {
+                    port,
+                    protocol,
+                    app,
+                },
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// Starts the sidecar: the admin listener at once; once the identity is
+    /// issued, the inbound, outbound and HTTP-proxy ports. Must be called
+    /// within a Tokio runtime; the returned handle's
+    /// [`ready`](ProxyHandle::ready) says when it serves.
+    pub fn start(self, listeners: SidecarListeners) -> Result<ProxyHandle, Error> {
+        self.try_start(listeners).map_err(Error::new)
+    }
+
+    fn try_start(self, listeners: SidecarListeners) -> Result<ProxyHandle> {
+        let SidecarListeners {
+            admin,
+            inbound,
+            outbound,
+            http_proxy,
+        } = listeners;
+        let inbound = self.inbound_plan(inbound)?;
+        let local_addrs = inbound
+            .iter()
+            .map(|(s, _)| s.local_addr())
+            .chain(outbound.iter().map(|o| o.socket.local_addr()))
+            .chain(http_proxy.iter().map(BoundSocket::local_addr))
+            .collect();
+        let (controller, drain) = mesh_tower::server::drain_pair(self.settings);
+        let registry = Registry::new();
+        let state = AdminState::new(self.store.clone(), vec![metrics_source(&registry)]);
+        let admin_addr = admin.local_addr()?;
+        let start = serve(
+            self.store,
+            self.key,
+            self.namespace,
+            self.workload,
+            OwnIdentity {
+                id: self.identity_id,
+                source: self.identity,
+            },
+            Ports {
+                inbound,
+                outbound,
+                http_proxy,
+            },
+            Shared {
+                admin: state.clone(),
+                admin_addr,
+                drain: drain.clone(),
+                registry,
+            },
+        );
+        crate::runtime::launch(Launch {
+            admin,
+            state,
+            drain: (controller, drain),
+            drain_timeout: self.drain_timeout,
+            local_addrs,
+            start,
+            watcher: self.watcher,
+        })
+    }
+}
+
+/// Who the sidecar is and where its certificate comes from.
+struct OwnIdentity {
+    id: SpiffeId,
+    source: IdentitySource,
+}
+
+/// The serving sockets, not yet listened on.
+struct Ports {
+    inbound: Vec<(BoundSocket, InboundPort)>,
+    outbound: Vec<OutboundListener>,
+    http_proxy: Option<BoundSocket>,
+}
+
+/// What the start shares with the admin listener.
+struct Shared {
+    admin: Arc<AdminState>,
+    admin_addr: SocketAddr,
+    drain: Drain,
+    registry: Registry,
+}
+
+/// Obtains the identity, then listens on every port: the accept loops.
+async fn serve(
+    store: Arc<Store>,
+    key: String,
+    namespace: String,
+    workload: String,
+    identity: OwnIdentity,
+    ports: Ports,
+    shared: Shared,
+) -> Result<Vec<Serving>> {
+    let Shared {
+        admin,
+        admin_addr,
+        drain,
+        registry,
+    } = shared;
+    tracing::info!(%admin_addr, workload = %key, "admin listening; obtaining the workload identity");
+    let obtained = Arc::new(identity.source.obtain(&identity.id).await?);
+    tracing::info!(identity = %identity.id, "identity issued");
+    let creds = obtained.store().clone();
+    admin.identity.store(Some(obtained));
+
+    let ctx = Ctx {
+        store: store.clone(),
+        key: key.clone(),
+        drain: drain.clone(),
+        registry: registry.clone(),
+    };
+    let acceptors = ModeAcceptor::new(&creds)?;
+    let mut serving: Vec<Serving> = Vec::new();
+    for (socket, p) in ports.inbound {
+        let addr = socket.local_addr();
+        let listener = socket
+            .listen()
+            .with_context(|| format!("binding inbound {}:{}", addr.ip(), addr.port()))?;
+        tracing::info!(port = p.port, protocol = %p.protocol, app = %p.app, "inbound listening");
+        serving.push(Box::pin(inbound_loop(
+            listener,
+            p,
+            ctx.clone(),
+            acceptors.clone(),
+        )));
+    }
+
+    let connector = MeshConnector::new(creds.clone());
+    let local = local_info(&store, &key);
+    let router = Router::new(
+        store.clone(),
+        RouterConfig::for_workload(&namespace, &workload),
+        Some(connector.clone()),
+    );
+    let router = outbound_stack(router, registry.clone(), local.clone());
+    let tcp = TcpRouter::new(store.clone(), &namespace, Some(connector));
+    let tcp_telemetry = TcpTelemetry::outbound(registry.clone(), local);
+    for o in ports.outbound {
+        let listen = o.socket.local_addr();
+        let listener = o
+            .socket
+            .listen()
+            .with_context(|| format!("binding outbound {listen}"))?;
+        let (host, port) = (o.host, o.port);
+        tracing::info!(%listen, host, port, "outbound listening");
+        let target = OutboundTarget {
+            host,
+            port,
+            namespace: namespace.clone(),
+        };
+        serving.push(Box::pin(outbound_loop(
+            listener,
+            target,
+            ctx.clone(),
+            router.clone(),
+            tcp.clone(),
+            tcp_telemetry.clone(),
+        )));
+    }
+    if let Some(socket) = ports.http_proxy {
+        let addr = socket.local_addr();
+        let listener = socket
+            .listen()
+            .with_context(|| format!("binding the HTTP proxy {addr}"))?;
+        tracing::info!(%addr, "HTTP proxy listening");
+        let router = router.clone();
+        let drain2 = drain.clone();
+        serving.push(Box::pin(accept_loop(listener, drain, move |tcp, _| {
+            tokio::spawn(serve_connection(tcp, router.clone(), drain2.clone(), None));
+        })));
+    }
+    Ok(serving)
+}
+
+/// What every connection handler of the sidecar shares.
+#[derive(Debug, Clone)]
+struct Ctx {
+    store: Arc<Store>,
+    /// `namespace/name` of the workload.
+    key: String,
+    drain: Drain,
+    registry: Registry,
+}
+
+/// `/stats/prometheus` lines from the telemetry registry.
+pub(crate) fn metrics_source(registry: &Registry) -> crate::admin::MetricsSource {
+    let registry = registry.clone();
+    Arc::new(move || registry.render())
+}
+
+/// The telemetry labels of this workload.
+fn local_info(store: &Store, key: &str) -> WorkloadInfo {
+    let snap = store.load();
+    snap.workload(key)
+        .map_or_else(WorkloadInfo::unknown, |(_, w)| {
+            WorkloadInfo::from_workload(w)
+        })
+}
+
+/// The outbound HTTP stack: telemetry (reporter `source`) in front of the
+/// router, answers boxed.
+pub(crate) type Outbound = tower::util::BoxCloneSyncService<
+    Request<ProxyBody>,
+    Response<BoxBody>,
+    std::convert::Infallible,
+>;

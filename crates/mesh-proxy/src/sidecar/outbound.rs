@@ -1,0 +1,132 @@
+//! The sidecar's outbound side: a local port per service and the HTTP
+//! forward proxy, through the router (HTTP) or the TCP router.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response};
+use mesh_tower::body::BoxBody;
+use mesh_tower::server::{accept_loop, serve_connection};
+use mesh_tower::telemetry::{
+    DestinationInfo, Registry, TcpConnection, TcpTelemetry, TelemetryLayer, WorkloadInfo,
+};
+use mesh_tower::traffic::{Router, TcpRouter};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{Ctx, Outbound};
+use crate::runtime::ProxyBody;
+
+pub(crate) fn outbound_stack(router: Router, registry: Registry, local: WorkloadInfo) -> Outbound {
+    tower::util::BoxCloneSyncService::new(
+        tower::ServiceBuilder::new()
+            .map_response(mesh_tower::body::box_response)
+            .layer(TelemetryLayer::outbound(registry, local))
+            .service(router),
+    )
+}
+
+/// A service an outbound port is for.
+#[derive(Debug, Clone)]
+pub(super) struct OutboundTarget {
+    pub(super) host: String,
+    pub(super) port: u16,
+    /// The workload's namespace, where short hosts resolve.
+    pub(super) namespace: String,
+}
+
+pub(super) async fn outbound_loop(
+    listener: TcpListener,
+    target: OutboundTarget,
+    ctx: Ctx,
+    router: Outbound,
+    tcp: TcpRouter,
+    telemetry: TcpTelemetry,
+) {
+    let authority = format!("{}:{}", target.host, target.port);
+    let drain = ctx.drain.clone();
+    accept_loop(listener, drain, move |local, _| {
+        let snap = ctx.store.load();
+        let svc = snap.service(&target.host, &target.namespace);
+        let http = svc
+            .and_then(|s| s.port(target.port))
+            .is_some_and(|p| p.protocol.is_http());
+        if http {
+            let svc = ForceAuthority {
+                authority: authority.clone(),
+                inner: router.clone(),
+            };
+            tokio::spawn(serve_connection(local, svc, ctx.drain.clone(), None));
+        } else {
+            let info = svc.map_or_else(
+                || DestinationInfo::new(&target.host, "unknown"),
+                DestinationInfo::for_service,
+            );
+            let conn = telemetry.connected(&info);
+            let (tcp, target, drain) = (tcp.clone(), target.clone(), ctx.drain.clone());
+            tokio::spawn(async move {
+                let _guard = drain.guard();
+                outbound_tcp(local, conn, &tcp, &target).await;
+            });
+        }
+    })
+    .await;
+}
+
+async fn outbound_tcp(
+    local: TcpStream,
+    mut conn: TcpConnection,
+    tcp: &TcpRouter,
+    target: &OutboundTarget,
+) {
+    let (host, port) = (target.host.as_str(), target.port);
+    let mut up = match tcp.connect(host, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            conn.set_response_flags(e.response_flag());
+            tracing::info!(host, port, reason = %e, flag = e.response_flag(), "outbound connection failed");
+            return;
+        }
+    };
+    let mut local = conn.wrap(local);
+    match tokio::io::copy_bidirectional(&mut local, &mut up.io).await {
+        Ok((sent, received)) => {
+            tracing::debug!(host, endpoint = %up.endpoint, sent, received, "outbound tunnel closed")
+        }
+        Err(e) => tracing::debug!(host, error = %e, "outbound tunnel broke"),
+    }
+}
+
+/// Sends every request to one service, whatever Host the app wrote.
+#[derive(Debug, Clone)]
+struct ForceAuthority {
+    authority: String,
+    inner: Outbound,
+}
+
+impl tower::Service<Request<ProxyBody>> for ForceAuthority {
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
+        if let Ok(v) = HeaderValue::from_str(&self.authority) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        if let Ok(uri) = format!("http://{}{pq}", self.authority).parse() {
+            *req.uri_mut() = uri;
+        }
+        let mut inner = self.inner.clone();
+        Box::pin(async move { tower::Service::call(&mut inner, req).await })
+    }
+}
