@@ -79,11 +79,12 @@ impl TcpRouter {
             host: svc.host.clone(),
             port,
         })?;
-        let tls = mesh_core::plan::endpoint_tls(&snap, svc, sp.number, None, endpoint)
-            .map_err(|why| MeshError::CannotSecure {
+        let tls = mesh_core::plan::endpoint_tls(&snap, svc, sp.number, None, endpoint).map_err(
+            |why| MeshError::CannotSecure {
                 host: svc.host.clone(),
                 why,
-            })?;
+            },
+        )?;
         let allowed = mesh_core::plan::identities(&snap, endpoint);
         let (io, peer) = self
             .dial(&endpoint.key, tls == EndpointTls::MeshMtls, &allowed)
