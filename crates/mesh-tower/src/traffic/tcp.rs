@@ -70,15 +70,7 @@ impl TcpRouter {
         endpoint: &mesh_core::plan::Endpoint,
     ) -> Result<TcpConnection, MeshError> {
         let snap = self.store.load();
-        let svc = snap
-            .service(host, &self.namespace)
-            .ok_or_else(|| MeshError::UnknownHost {
-                host: host.to_owned(),
-            })?;
-        let sp = svc.port(port).ok_or_else(|| MeshError::UnknownPort {
-            host: svc.host.clone(),
-            port,
-        })?;
+        let (svc, sp) = service_port(&snap, host, port, &self.namespace)?;
         let tls = mesh_core::plan::endpoint_tls(&snap, svc, sp.number, None, endpoint).map_err(
             |why| MeshError::CannotSecure {
                 host: svc.host.clone(),
@@ -105,15 +97,7 @@ impl TcpRouter {
     /// first cannot be reached.
     pub async fn connect(&self, host: &str, port: u16) -> Result<TcpConnection, MeshError> {
         let snap = self.store.load();
-        let svc = snap
-            .service(host, &self.namespace)
-            .ok_or_else(|| MeshError::UnknownHost {
-                host: host.to_owned(),
-            })?;
-        let sp = svc.port(port).ok_or_else(|| MeshError::UnknownPort {
-            host: svc.host.clone(),
-            port,
-        })?;
+        let (svc, sp) = service_port(&snap, host, port, &self.namespace)?;
         let dests = tcp_destinations(svc, sp);
         let now = Instant::now();
         let dest = choose_destination(
@@ -226,5 +210,78 @@ impl TcpRouter {
             .map_err(|e| e.to_string())?;
         let peer = tls.peer_id().clone();
         Ok((EndpointIo::Mtls(Box::new(tls)), Some(peer)))
+    }
+}
+
+/// The service `host` (short names resolve in `namespace`) and its `port`.
+fn service_port<'s>(
+    snap: &'s mesh_core::snapshot::Snapshot,
+    host: &str,
+    port: u16,
+    namespace: &str,
+) -> Result<
+    (
+        &'s mesh_core::snapshot::Service,
+        &'s mesh_core::snapshot::ServicePortEntry,
+    ),
+    MeshError,
+> {
+    let svc = snap
+        .service(host, namespace)
+        .ok_or_else(|| MeshError::UnknownHost {
+            host: host.to_owned(),
+        })?;
+    let sp = svc.port(port).ok_or_else(|| MeshError::UnknownPort {
+        host: svc.host.clone(),
+        port,
+    })?;
+    Ok((svc, sp))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::traffic::test_store;
+
+    /// A captured connection to a workload's own address reaches exactly
+    /// that endpoint (plaintext here, as the mesh says), and one to a host
+    /// the mesh does not know is refused by name.
+    #[tokio::test]
+    async fn connect_endpoint_dials_that_endpoint() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mesh = format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{name: db, namespace: default}}\nspec:\n  hosts: [db.default.svc.cluster.local]\n  \
+             ports: [{{number: {port}, name: tcp, protocol: TCP}}]\n  resolution: STATIC\n  \
+             endpoints: [{{address: 127.0.0.1}}]\n---\n\
+             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+             metadata: {{name: plain, namespace: default}}\nspec: {{mtls: {{mode: DISABLE}}}}\n"
+        );
+        let store = test_store(&mesh);
+        let router = TcpRouter::new(store.clone(), "default", None);
+        let endpoint = {
+            let snap = store.load();
+            let svc = snap.service("db", "default").unwrap();
+            mesh_core::plan::endpoints(&snap, svc, svc.port(port).unwrap(), None)
+                .unwrap()
+                .remove(0)
+        };
+        let accept = tokio::spawn(async move { listener.accept().await.map(|(_, a)| a) });
+        let conn = router
+            .connect_endpoint("db", port, &endpoint)
+            .await
+            .unwrap();
+        assert_eq!(conn.endpoint, format!("127.0.0.1:{port}"));
+        assert_eq!(conn.host, "db.default.svc.cluster.local");
+        assert!(conn.peer.is_none(), "plaintext: no peer identity");
+        accept.await.unwrap().unwrap();
+        let err = router
+            .connect_endpoint("nowhere", port, &endpoint)
+            .await
+            .unwrap_err();
+        assert_eq!(err.response_flag(), "NR");
     }
 }
