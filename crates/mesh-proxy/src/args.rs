@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use mesh_proxy::{
-    BoundSocket, Gateway, GatewayListeners, IdentitySource, InboundListener, OutboundListener,
-    ProxyHandle, Sidecar, SidecarListeners,
+    BoundSocket, CaptureListeners, Gateway, GatewayListeners, IdentitySource, InboundListener,
+    OutboundListener, ProxyHandle, Sidecar, SidecarListeners,
 };
 use mesh_tower::server::ServerSettings;
 use tokio::net::TcpListener;
@@ -182,9 +182,17 @@ pub(crate) struct SidecarArgs {
     /// A local port for one service, `HOST:PORT=LISTEN_ADDR`; repeatable.
     #[arg(long = "outbound")]
     pub(crate) outbound: Vec<String>,
-    /// The HTTP forward-proxy listener, or `off`.
-    #[arg(long, default_value = "127.0.0.1:15001")]
-    pub(crate) http_proxy: String,
+    /// The HTTP forward-proxy listener, or `off`. Default `127.0.0.1:15001`,
+    /// or `off` with `--capture` (15001 is then the outbound capture port).
+    #[arg(long)]
+    pub(crate) http_proxy: Option<String>,
+    /// Capture mode, behind `mesh-proxy init`'s rules: listen on the
+    /// capture ports of MeshConfig's `ports` (outbound 15001 on loopback,
+    /// inbound 15006 on every address) instead of the workload's own ports,
+    /// which the app itself listens on. `--app` is not used: a captured
+    /// inbound connection goes on to its original destination.
+    #[arg(long)]
+    pub(crate) capture: bool,
 }
 
 /// The app of the port `port_name`: its `PORT_NAME=ADDR`, else the last
@@ -215,7 +223,12 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
     let admin = args.common.admin_listener().await?;
 
     let mut apps = Vec::new();
-    for p in sidecar.inbound_ports() {
+    let explicit_ports = if args.capture {
+        Vec::new()
+    } else {
+        sidecar.inbound_ports()
+    };
+    for p in explicit_ports {
         let app = match &p.name {
             Some(name) => parse_app(&args.app, name)?.ok_or_else(|| {
                 anyhow!("no --app for port {name}: give --app ADDR or --app {name}=ADDR")
@@ -244,22 +257,88 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
             BoundSocket::bind(listen).with_context(|| format!("binding outbound {listen}"))?;
         outbound.push(OutboundListener::new(host, port, socket));
     }
-    let http_proxy = if args.http_proxy == "off" {
-        None
+    let http_proxy = match args.http_proxy.as_deref() {
+        Some("off") => None,
+        None if args.capture => None,
+        given => {
+            let given = given.unwrap_or("127.0.0.1:15001");
+            let addr: SocketAddr = given
+                .parse()
+                .with_context(|| format!("--http-proxy {given}"))?;
+            Some(
+                BoundSocket::bind(addr)
+                    .with_context(|| format!("binding the HTTP proxy {addr}"))?,
+            )
+        }
+    };
+    let capture = if args.capture {
+        Some(capture_listeners(sidecar.capture_ports())?)
     } else {
-        let addr: SocketAddr = args
-            .http_proxy
-            .parse()
-            .with_context(|| format!("--http-proxy {}", args.http_proxy))?;
-        Some(BoundSocket::bind(addr).with_context(|| format!("binding the HTTP proxy {addr}"))?)
+        None
     };
     let proxy = sidecar.start(SidecarListeners {
         admin,
         inbound,
         outbound,
         http_proxy,
+        capture,
     })?;
     ready_then_drain(proxy).await
+}
+
+/// Binds the capture listeners: outbound on `127.0.0.1` and `[::1]`
+/// (where the kernel's `redirect` sends a namespace's own connections),
+/// inbound on `[::]`, dual-stack, or `0.0.0.0` where the namespace has no
+/// IPv6. A namespace without IPv6 loopback gets the IPv4 listener only
+/// (said in the log); any other failure is fatal.
+fn capture_listeners((outbound, inbound): (u16, u16)) -> Result<CaptureListeners> {
+    let v4 = SocketAddr::from(([127, 0, 0, 1], outbound));
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, outbound));
+    let mut out = vec![
+        BoundSocket::bind(v4)
+            .with_context(|| format!("binding the outbound capture listener {v4}"))?,
+    ];
+    match BoundSocket::bind(v6) {
+        Ok(s) => out.push(s),
+        Err(e) if ipv6_unavailable(&e) => {
+            tracing::info!(addr = %v6, error = %e, "no IPv6 loopback here: outbound capture on IPv4 only");
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("binding the outbound capture listener {v6}"));
+        }
+    }
+    let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, inbound));
+    let inbound = match BoundSocket::bind(any6) {
+        Ok(s) => s,
+        Err(e) if ipv6_unavailable(&e) => {
+            let any4 = SocketAddr::from(([0, 0, 0, 0], inbound));
+            tracing::info!(error = %e, "no IPv6 here: inbound capture on IPv4 only");
+            BoundSocket::bind(any4)
+                .with_context(|| format!("binding the inbound capture listener {any4}"))?
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("binding the inbound capture listener {any6}"));
+        }
+    };
+    Ok(CaptureListeners {
+        outbound: out,
+        inbound: vec![inbound],
+    })
+}
+
+/// Whether a bind failed because the namespace has no IPv6 (module off,
+/// or the address not configured).
+fn ipv6_unavailable(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno::EAFNOSUPPORT | libc_errno::EADDRNOTAVAIL)
+    )
+}
+
+/// The two errno values [`ipv6_unavailable`] reads (Linux).
+mod libc_errno {
+    pub(super) const EADDRNOTAVAIL: i32 = 99;
+    pub(super) const EAFNOSUPPORT: i32 = 97;
 }
 
 /// `mesh-proxy gateway`.

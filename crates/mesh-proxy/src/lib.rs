@@ -26,6 +26,7 @@
 //!     inbound,
 //!     outbound: Vec::new(),
 //!     http_proxy: None,
+//!     capture: None,
 //! })?;
 //! proxy.ready().await?;
 //! // ... serve until asked to stop, then let what is in flight finish.
@@ -47,5 +48,6 @@ pub use gateway::{Gateway, GatewayBuilder, GatewayListeners};
 pub use identity::IdentitySource;
 pub use runtime::{BoundSocket, Error, ProxyHandle};
 pub use sidecar::{
-    InboundListener, OutboundListener, Sidecar, SidecarBuilder, SidecarListeners, WorkloadPort,
+    CaptureListeners, InboundListener, OutboundListener, Sidecar, SidecarBuilder, SidecarListeners,
+    WorkloadPort,
 };

@@ -143,6 +143,7 @@ impl Setup {
                 )],
                 outbound: Vec::new(),
                 http_proxy: None,
+                capture: None,
             })
             .unwrap()
     }

@@ -34,6 +34,7 @@ use crate::runtime::ProxyBody;
 /// One inbound port of the workload.
 #[derive(Debug, Clone)]
 pub(super) struct InboundPort {
+    /// The port the client connected to.
     pub(super) port: u16,
     pub(super) protocol: Protocol,
     pub(super) app: SocketAddr,
@@ -80,61 +81,114 @@ struct ConnFacts {
     local: SocketAddr,
 }
 
+/// The clients to the local app: HTTP/1.1, and HTTP/2 only for ports that
+/// speak it (HTTP2, GRPC).
+#[derive(Debug, Clone)]
+pub(super) struct AppClients {
+    h1: Client<HttpConnector, BoxBody>,
+    h2: Client<HttpConnector, BoxBody>,
+}
+
+impl AppClients {
+    pub(super) fn new() -> Self {
+        Self {
+            h1: Client::builder(TokioExecutor::new()).build_http(),
+            h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
+    fn for_protocol(&self, protocol: Protocol) -> &Client<HttpConnector, BoxBody> {
+        if is_h2(protocol) { &self.h2 } else { &self.h1 }
+    }
+}
+
+fn is_h2(protocol: Protocol) -> bool {
+    matches!(protocol, Protocol::Http2 | Protocol::Grpc)
+}
+
+/// Serves one inbound port's listener (explicit mode: the sidecar listens
+/// on the workload's own ports).
 pub(super) async fn inbound_loop(
     listener: TcpListener,
     port: InboundPort,
     ctx: Ctx,
     acceptors: ModeAcceptor,
 ) {
-    let app_client: Client<HttpConnector, BoxBody> = {
-        let mut b = Client::builder(TokioExecutor::new());
-        if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
-            b.http2_only(true);
-        }
-        b.build_http()
-    };
+    let clients = AppClients::new();
     let drain = ctx.drain.clone();
     accept_loop(listener, drain, move |tcp, remote| {
-        let acceptor = acceptors
-            .for_connection(&ctx.store.load(), &ctx.key, port.port)
-            .clone();
         let local_addr = tcp.local_addr().unwrap_or(remote);
-        let (ctx, port, client) = (ctx.clone(), port.clone(), app_client.clone());
-        tokio::spawn(async move {
-            let guard = ctx.drain.guard();
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
+        accept_inbound(
+            tcp,
+            remote,
+            local_addr,
+            port.clone(),
+            &ctx,
+            &acceptors,
+            &clients,
+        );
+    })
+    .await;
+}
+
+/// One accepted inbound connection for `port`: the TLS handshake its mTLS
+/// mode asks for, then HTTP through the L7 layers or the TCP tunnel, on a
+/// task of its own. `local_addr` is the address the client connected to
+/// (in capture mode, its original destination, not the capture port):
+/// authorization's `destination.ip`/`destination.port` and the authority
+/// check read it.
+pub(super) fn accept_inbound(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    local_addr: SocketAddr,
+    port: InboundPort,
+    ctx: &Ctx,
+    acceptors: &ModeAcceptor,
+    clients: &AppClients,
+) {
+    let acceptor = acceptors
+        .for_connection(&ctx.store.load(), &ctx.key, port.port)
+        .clone();
+    let (ctx, client) = (ctx.clone(), clients.for_protocol(port.protocol).clone());
+    tokio::spawn(async move {
+        let guard = ctx.drain.guard();
+        let stream = match acceptor.accept(tcp).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(%remote, port = port.port, error = %e, "inbound connection refused");
+                return;
+            }
+        };
+        let peer = stream.peer_identity().clone();
+        if port.protocol.is_http() {
+            drop(guard);
+            let h2 = is_h2(port.protocol);
+            let local = local_info(&ctx.store, &ctx.key);
+            let facts = ConnFacts {
+                peer: peer.clone(),
+                remote,
+                local: local_addr,
+            };
+            let svc = match InboundHttp::new(port.app, client, &peer, h2) {
+                Ok(svc) => svc,
                 Err(e) => {
-                    tracing::info!(%remote, port = port.port, error = %e, "inbound connection refused");
+                    tracing::warn!(app = %port.app, error = %e, "cannot forward to the app");
                     return;
                 }
             };
-            let peer = stream.peer_identity().clone();
-            if port.protocol.is_http() {
-                drop(guard);
-                let h2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
-                let local = local_info(&ctx.store, &ctx.key);
-                let facts = ConnFacts { peer: peer.clone(), remote, local: local_addr };
-                let svc = match InboundHttp::new(port.app, client, &peer, h2) {
-                    Ok(svc) => svc,
-                    Err(e) => {
-                        tracing::warn!(app = %port.app, error = %e, "cannot forward to the app");
-                        return;
-                    }
-                };
-                let svc = inbound_stack(svc, &ctx, local, facts);
-                let known = Known::from_alpn(stream.alpn_protocol());
-                // A task of its own, so that what the handshake needed is
-                // freed rather than kept in this task's state for the
-                // connection's life.
-                tokio::spawn(serve_connection(stream, svc, ctx.drain.clone(), known));
-            } else {
-                inbound_tcp(stream, &peer, (remote, local_addr), &ctx, &port).await;
-                drop(guard);
-            }
-        });
-    })
-    .await;
+            let svc = inbound_stack(svc, &ctx, local, facts);
+            let known = Known::from_alpn(stream.alpn_protocol());
+            // A task of its own, so that what the handshake needed is
+            // freed rather than kept in this task's state for the
+            // connection's life.
+            tokio::spawn(serve_connection(stream, svc, ctx.drain.clone(), known));
+        } else {
+            inbound_tcp(stream, &peer, (remote, local_addr), &ctx, &port).await;
+            drop(guard);
+        }
+    });
 }
 
 async fn inbound_tcp<IO>(

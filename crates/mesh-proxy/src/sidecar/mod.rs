@@ -10,6 +10,7 @@
 //!   the mesh, and an HTTP forward proxy that routes by Host or absolute URI
 //!   for clients that honour `HTTP_PROXY`.
 
+mod capture;
 mod inbound;
 mod outbound;
 
@@ -33,6 +34,8 @@ use tokio::net::TcpListener;
 use crate::admin::AdminState;
 use crate::identity::IdentitySource;
 use crate::runtime::{BoundSocket, Error, Launch, ProxyBody, ProxyHandle, Serving};
+pub use capture::CaptureListeners;
+use capture::{OutboundRoutes, inbound_capture_loop, outbound_capture_loop};
 use inbound::{InboundPort, inbound_loop};
 pub(crate) use outbound::outbound_stack;
 use outbound::{OutboundTarget, outbound_loop};
@@ -196,6 +199,9 @@ pub struct SidecarListeners {
     pub outbound: Vec<OutboundListener>,
     /// The HTTP forward proxy, routing by Host or absolute URI.
     pub http_proxy: Option<BoundSocket>,
+    /// Capture mode's listeners, where `mesh-proxy init`'s rules redirect
+    /// the network namespace's TCP.
+    pub capture: Option<CaptureListeners>,
 }
 
 impl Sidecar {
@@ -243,6 +249,13 @@ impl Sidecar {
         ports
     }
 
+    /// The capture listeners' ports from MeshConfig's `ports`: (outbound,
+    /// inbound), Istio's 15001 and 15006 by default.
+    pub fn capture_ports(&self) -> (u16, u16) {
+        let ports = &self.store.load().mesh.ports;
+        (ports.outbound, ports.inbound)
+    }
+
     /// What each inbound socket serves: the protocol of the service port
     /// its WorkloadEntry port backs (by port number), and its app.
     fn inbound_plan(
@@ -259,19 +272,13 @@ impl Sidecar {
             let protocol = if w.ports.is_empty() {
                 Protocol::Http
             } else {
-                let (name, _) = w.ports.iter().find(|(_, p)| **p == port).ok_or_else(|| {
+                port_protocol(&snap, w, port).ok_or_else(|| {
                     anyhow!(
                         "inbound socket {}: the WorkloadEntry {} has no port {port}",
                         l.socket.local_addr(),
                         self.key
                     )
-                })?;
-                snap.services
-                    .values()
-                    .filter(|s| s.workloads.iter().any(|i| snap.workloads[*i].key == w.key))
-                    .flat_map(|s| s.ports.iter())
-                    .find(|p| p.name.as_deref() == Some(name.as_str()))
-                    .map_or_else(|| Protocol::from_port_name(name), |p| p.protocol)
+                })?
             };
             let app = l.app;
             plan.push((
@@ -300,13 +307,17 @@ impl Sidecar {
             inbound,
             outbound,
             http_proxy,
+            capture,
         } = listeners;
         let inbound = self.inbound_plan(inbound)?;
+        let capture = capture.unwrap_or_default();
         let local_addrs = inbound
             .iter()
             .map(|(s, _)| s.local_addr())
             .chain(outbound.iter().map(|o| o.socket.local_addr()))
             .chain(http_proxy.iter().map(BoundSocket::local_addr))
+            .chain(capture.outbound.iter().map(BoundSocket::local_addr))
+            .chain(capture.inbound.iter().map(BoundSocket::local_addr))
             .collect();
         let (controller, drain) = mesh_tower::server::drain_pair(self.settings);
         let registry = Registry::new();
@@ -325,6 +336,7 @@ impl Sidecar {
                 inbound,
                 outbound,
                 http_proxy,
+                capture,
             },
             Shared {
                 admin: state.clone(),
@@ -345,6 +357,25 @@ impl Sidecar {
     }
 }
 
+/// The protocol the workload serves on its port `port`: that of the
+/// service port its WorkloadEntry port (by number) backs, else the port
+/// name's; `None` when the WorkloadEntry has no such port.
+fn port_protocol(
+    snap: &mesh_core::snapshot::Snapshot,
+    w: &mesh_core::snapshot::Workload,
+    port: u16,
+) -> Option<Protocol> {
+    let (name, _) = w.ports.iter().find(|(_, p)| **p == port)?;
+    Some(
+        snap.services
+            .values()
+            .filter(|s| s.workloads.iter().any(|i| snap.workloads[*i].key == w.key))
+            .flat_map(|s| s.ports.iter())
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .map_or_else(|| Protocol::from_port_name(name), |p| p.protocol),
+    )
+}
+
 /// Who the sidecar is and where its certificate comes from.
 struct OwnIdentity {
     id: SpiffeId,
@@ -356,6 +387,7 @@ struct Ports {
     inbound: Vec<(BoundSocket, InboundPort)>,
     outbound: Vec<OutboundListener>,
     http_proxy: Option<BoundSocket>,
+    capture: CaptureListeners,
 }
 
 /// What the start shares with the admin listener.
@@ -396,6 +428,18 @@ async fn serve(
     };
     let acceptors = ModeAcceptor::new(&creds)?;
     let mut serving: Vec<Serving> = Vec::new();
+    for socket in ports.capture.inbound {
+        let addr = socket.local_addr();
+        let listener = socket
+            .listen()
+            .with_context(|| format!("binding the inbound capture listener {addr}"))?;
+        tracing::info!(%addr, "inbound capture listening");
+        serving.push(Box::pin(inbound_capture_loop(
+            listener,
+            ctx.clone(),
+            acceptors.clone(),
+        )));
+    }
     for (socket, p) in ports.inbound {
         let addr = socket.local_addr();
         let listener = socket
@@ -440,6 +484,24 @@ async fn serve(
             router.clone(),
             tcp.clone(),
             tcp_telemetry.clone(),
+        )));
+    }
+    for socket in ports.capture.outbound {
+        let addr = socket.local_addr();
+        let listener = socket
+            .listen()
+            .with_context(|| format!("binding the outbound capture listener {addr}"))?;
+        tracing::info!(%addr, "outbound capture listening");
+        let routes = OutboundRoutes {
+            router: router.clone(),
+            tcp: tcp.clone(),
+            telemetry: tcp_telemetry.clone(),
+            namespace: namespace.clone(),
+        };
+        serving.push(Box::pin(outbound_capture_loop(
+            listener,
+            ctx.clone(),
+            routes,
         )));
     }
     if let Some(socket) = ports.http_proxy {

@@ -74,27 +74,41 @@ pub(super) async fn outbound_loop(
     .await;
 }
 
-async fn outbound_tcp(
+/// An outbound TCP connection to `target`: the TCP router's endpoint, then
+/// the tunnel.
+pub(super) async fn outbound_tcp(
     local: TcpStream,
     mut conn: TcpConnection,
     tcp: &TcpRouter,
     target: &OutboundTarget,
 ) {
     let (host, port) = (target.host.as_str(), target.port);
-    let mut up = match tcp.connect(host, port).await {
-        Ok(c) => c,
+    match tcp.connect(host, port).await {
+        Ok(up) => tunnel(local, conn, up.io, host, &up.endpoint).await,
         Err(e) => {
             conn.set_response_flags(e.response_flag());
             tracing::info!(host, port, reason = %e, flag = e.response_flag(), "outbound connection failed");
-            return;
         }
-    };
+    }
+}
+
+/// Copies both ways between the app's connection and the upstream one,
+/// counted by `conn`, until either side closes.
+pub(super) async fn tunnel<U>(
+    local: TcpStream,
+    conn: TcpConnection,
+    mut up: U,
+    host: &str,
+    endpoint: &str,
+) where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut local = conn.wrap(local);
-    match tokio::io::copy_bidirectional(&mut local, &mut up.io).await {
+    match tokio::io::copy_bidirectional(&mut local, &mut up).await {
         Ok((sent, received)) => {
-            tracing::debug!(host, endpoint = %up.endpoint, sent, received, "outbound tunnel closed")
+            tracing::debug!(host, endpoint, sent, received, "outbound tunnel closed")
         }
-        Err(e) => tracing::debug!(host, error = %e, "outbound tunnel broke"),
+        Err(e) => tracing::debug!(host, endpoint, error = %e, "outbound tunnel broke"),
     }
 }
 

@@ -296,6 +296,7 @@ pub async fn start_sidecar(
             inbound: vec![InboundListener::new(inbound, app)],
             outbound: Vec::new(),
             http_proxy: None,
+            capture: None,
         })
         .unwrap();
     Proxy::new(handle)

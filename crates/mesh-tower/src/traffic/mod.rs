@@ -81,6 +81,21 @@ use crate::upstream::{Upstream, hyper_upstream};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// The service a captured connection was addressed to (its virtual IP and
+/// port): the sidecar's outbound capture listener inserts it. The port is
+/// the one the app connected to, whatever its Host header says; the host is
+/// the Host header's when that names a service with this port (Istio
+/// routes a captured request by Host), else this service's, so an app that
+/// writes `Host: 10.96.0.20` or a name the mesh does not know still
+/// reaches the service it dialled. The Host header itself is not changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedService {
+    /// The service's host.
+    pub host: String,
+    /// The service port connected to.
+    pub port: u16,
+}
+
 /// The Gateway servers (indexes into the Gateway's `servers`) the
 /// request's connection came in on: all the servers of its listener port,
 /// or the one TLS server its SNI picked. The gateway's listeners insert it;

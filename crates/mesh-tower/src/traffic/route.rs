@@ -22,8 +22,8 @@ use tower::Service;
 
 use super::state::{RandomSource, TrafficState};
 use super::{
-    Destination, Failed, GatewayServers, Planned, Replay, RouterConfig, Tried, answer, oneshot,
-    pick, pool, rewrite,
+    CapturedService, Destination, Failed, GatewayServers, Planned, Replay, RouterConfig, Tried,
+    answer, oneshot, pick, pool, rewrite,
 };
 use crate::body::{BoxBody, full};
 use crate::error::MeshError;
@@ -93,9 +93,12 @@ where
             }
         }
         let snap = shared.store.load();
-        let (host, port) = target(&req).ok_or_else(|| MeshError::UnknownHost {
-            host: String::new(),
-        })?;
+        let (host, port) = match req.extensions().get::<CapturedService>() {
+            Some(c) => captured_target(&req, &snap, &shared.config.namespace, c),
+            None => target(&req).ok_or_else(|| MeshError::UnknownHost {
+                host: String::new(),
+            })?,
+        };
         let plan = plan(shared, &snap, &req, &host, port)?;
         let dests = match &plan.action {
             PlannedAction::Redirect(r) => return Ok(rewrite::redirect(&req, r, &host)),
@@ -280,6 +283,25 @@ fn plan<'s>(
             .map(|gw| (gw, servers.map_or(&[][..], |s| &s.0[..]))),
     };
     Ok(mesh_core::plan::route(snap, &plan_req)?)
+}
+
+/// Where a captured request is going: the service its Host names, when
+/// that service has the port connected to, else the service the connection
+/// was addressed to ([`CapturedService`]).
+fn captured_target(
+    req: &Request<BoxBody>,
+    snap: &Snapshot,
+    namespace: &str,
+    captured: &CapturedService,
+) -> (String, u16) {
+    let named = target(req).map(|(host, _)| host).filter(|host| {
+        snap.service(host, namespace)
+            .is_some_and(|s| s.port(captured.port).is_some())
+    });
+    (
+        named.unwrap_or_else(|| captured.host.clone()),
+        captured.port,
+    )
 }
 
 /// Where the request is going: host without port, and port.
