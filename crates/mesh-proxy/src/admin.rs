@@ -24,6 +24,9 @@ pub(crate) struct AdminState {
     pub(crate) identity: ArcSwapOption<Identity>,
     pub(crate) listeners_up: AtomicBool,
     pub(crate) metrics: Vec<MetricsSource>,
+    /// How the proxy takes its traffic, said by `/ready` (the sidecar's
+    /// `explicit` or `capture (...)`, or `gateway`).
+    pub(crate) mode: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -39,6 +42,7 @@ impl AdminState {
             identity: ArcSwapOption::empty(),
             listeners_up: AtomicBool::new(false),
             metrics,
+            mode: std::sync::OnceLock::new(),
         })
     }
 
@@ -91,7 +95,14 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
 fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<BoxBody> {
     match req.uri().path() {
         "/ready" | "/healthz/ready" => match state.ready() {
-            Ok(()) => text(StatusCode::OK, "LIVE\n".into(), "text/plain"),
+            Ok(()) => {
+                let mode = state.mode.get().map_or("", String::as_str);
+                text(
+                    StatusCode::OK,
+                    format!("LIVE\nmode: {mode}\n"),
+                    "text/plain",
+                )
+            }
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{why}\n"),

@@ -35,12 +35,12 @@ fn unreadable(errors: &ConfigErrors, json: bool) -> ExitCode {
 /// against the client TLS of DestinationRules, per service port) and the
 /// analyzers. 0 clean (warnings allowed), 1 errors or conflicts, 2 the
 /// configuration cannot be read.
-pub fn check(config: &Path, json: bool) -> ExitCode {
+pub fn check(config: &Path, json: bool, options: analyze::CheckOptions) -> ExitCode {
     let (resources, snap) = match load(config) {
         Ok(x) => x,
         Err(e) => return unreadable(&e, json),
     };
-    let report = analyze::check(&snap, &resources);
+    let report = analyze::check_with(&snap, &resources, options);
     if json {
         let v = serde_json::json!({
             "readable": true,

@@ -227,6 +227,7 @@ impl Gateway {
             self.store.clone(),
             vec![crate::sidecar::metrics_source(&registry)],
         );
+        let _ = state.mode.set("gateway".to_owned());
         let admin_addr = admin.local_addr()?;
         let start = serve(
             Plan {

@@ -54,6 +54,11 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
+        /// The sidecars run in capture mode (`mesh-proxy init`, `sidecar
+        /// --capture`): also check what capture needs (no workload on a
+        /// loopback address, a virtual IP for every mesh service).
+        #[arg(long)]
+        capture: bool,
     },
     /// Explain the decision for one request, step by step, naming the
     /// resource behind each step. Exit status: 0 when the request would get
@@ -130,9 +135,15 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Check { config, output } => {
-            mesh_proxy::check::check(&config, output == Output::Json)
-        }
+        Command::Check {
+            config,
+            output,
+            capture,
+        } => mesh_proxy::check::check(
+            &config,
+            output == Output::Json,
+            mesh_core::analyze::CheckOptions { capture },
+        ),
         Command::Explain {
             config,
             from,

@@ -148,7 +148,9 @@ spec:
   http:
   - match: [{{headers: {{x-canary: {{exact: v1}}}}}}]
     route: [{{destination: {{host: web, subset: v1}}}}]
-  - route: [{{destination: {{host: web, subset: v2}}}}]
+  - route:
+    - {{destination: {{host: web, subset: v1}}, weight: 20}}
+    - {{destination: {{host: web, subset: v2}}, weight: 80}}
 {extra}"#
     );
     std::fs::write(mesh.join("mesh.yaml"), yaml).unwrap();
@@ -351,29 +353,44 @@ fn apps_unchanged_reach_services_by_virtual_ip_over_mtls() {
         "{m}"
     );
 
-    // HTTP by virtual IP: the VirtualService applies (default route to
-    // v2, the header route to v1), the app sees the caller's verified
-    // identity, and its Host header is left as the app wrote it.
-    let body = a.curl(&["--resolve", "web:80:10.96.0.30", "http://web/"]);
-    assert_eq!(
-        body.trim(),
-        format!("web-v2 xfcc=URI={CLIENT} host=web"),
-        "{}",
-        a.log()
-    );
-    let body = a.curl(&[
-        "--resolve",
-        "web:80:10.96.0.30",
-        "-H",
-        "x-canary: v1",
-        "http://web/",
-    ]);
-    assert!(body.starts_with("web-v1 xfcc=URI="), "{body}");
+    // HTTP by virtual IP: the VirtualService applies (the header route to
+    // v1, else 20/80), the app sees the caller's verified identity, and
+    // its Host header is left as the app wrote it.
+    for _ in 0..3 {
+        let body = a.curl(&[
+            "--resolve",
+            "web:80:10.96.0.30",
+            "-H",
+            "x-canary: v1",
+            "http://web/",
+        ]);
+        assert_eq!(
+            body.trim(),
+            format!("web-v1 xfcc=URI={CLIENT} host=web"),
+            "{}",
+            a.log()
+        );
+    }
+    // 80 requests at 20/80: both versions answer, v2 the most (the chance
+    // of fewer than two for v1 by luck is below one in 10^6).
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..80 {
+        let body = a.curl(&["--resolve", "web:80:10.96.0.30", "http://web/"]);
+        let version = body
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        *seen.entry(version).or_default() += 1;
+    }
+    let (v1, v2) = (seen.get("web-v1").copied(), seen.get("web-v2").copied());
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(v1.is_some_and(|v1| v1 >= 2) && v2 > v1, "{seen:?}");
     // A Host the mesh does not know: routed to the service the app dialled.
-    let body = a.curl(&["http://10.96.0.30/"]);
+    let body = a.curl(&["http://10.96.0.30/", "-H", "x-canary: v1"]);
     assert_eq!(
         body.trim(),
-        format!("web-v2 xfcc=URI={CLIENT} host=10.96.0.30")
+        format!("web-v1 xfcc=URI={CLIENT} host=10.96.0.30")
     );
     let m = a.metrics();
     assert!(
@@ -386,7 +403,7 @@ fn apps_unchanged_reach_services_by_virtual_ip_over_mtls() {
                 "response_code=\"200\"",
             ]
         )
-        .is_some_and(|n| n >= 3.0),
+        .is_some_and(|n| n >= 84.0),
         "{m}"
     );
 
@@ -417,7 +434,46 @@ fn apps_unchanged_reach_services_by_virtual_ip_over_mtls() {
     wait_for(&a.log, "serving it would loop");
     let talk = a.python(TALK_PY, "10.96.0.20", 3306);
     assert_eq!(talk.trim(), "hello from web-v1 | echo ping");
-    drop(c);
+    let ready = a.curl(&["http://127.0.0.1:15000/ready"]);
+    assert!(
+        ready.contains("mode: capture (outbound 127.0.0.1:15001, [::1]:15001; inbound [::]:15006)"),
+        "{ready}"
+    );
+
+    // Every workload of the subset down (its sidecar gone, so its port is
+    // redirected to nothing): the same answer as in explicit mode, a 503
+    // with the reason, and the TCP connection closed without a banner.
+    let mut c = c;
+    drop(c.sidecar.take());
+    let out = a.curl(&[
+        "-D",
+        "-",
+        "--resolve",
+        "web:80:10.96.0.30",
+        "-H",
+        "x-canary: v1",
+        "http://web/",
+    ]);
+    assert!(out.contains("HTTP/1.1 200"), "v1 still up: {out}");
+    let mut refused = 0;
+    for _ in 0..10 {
+        let out = a.curl(&["-D", "-", "--resolve", "web:80:10.96.0.30", "http://web/"]);
+        if out.contains("HTTP/1.1 503") {
+            assert!(out.to_ascii_lowercase().contains("x-mesh-reason:"), "{out}");
+            refused += 1;
+        } else {
+            assert!(out.contains("web-v1"), "{out}");
+        }
+    }
+    // All ten to v1 by luck: one chance in 10^7.
+    assert!(
+        refused >= 1,
+        "v2 is down: some of ten requests must get 503"
+    );
+    let mut b = b;
+    drop(b.sidecar.take());
+    let talk = a.python(TALK_PY, "10.96.0.20", 3306);
+    assert!(!talk.contains("hello from"), "{talk}");
 }
 
 #[test]

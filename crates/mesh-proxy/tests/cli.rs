@@ -264,3 +264,45 @@ fn explain_shows_the_canary_split_and_a_conflict() {
         v["outcome"]
     );
 }
+
+#[test]
+fn check_capture_names_what_capture_mode_cannot_serve() {
+    // The example runs in explicit mode: its workloads share 127.0.0.1 and
+    // its services have no virtual IP. Fine without capture...
+    let dir = example();
+    let (code, out, _) = run(&["check", "--config", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("MESH0112") && !out.contains("MESH0113"),
+        "{out}"
+    );
+    // ...and named, resource by resource, with it.
+    let (code, out, err) = run(&["check", "--capture", "--config", dir.to_str().unwrap()]);
+    assert!(out.contains("MESH0112"), "{out}{err}");
+    assert!(out.contains("MESH0113"), "{out}");
+    let loopback = out.lines().find(|l| l.contains("MESH0112")).unwrap();
+    assert!(
+        loopback.contains("WorkloadEntry") && loopback.contains("127.0.0.1"),
+        "{loopback}"
+    );
+    assert!(code == 0 || code == 1, "{code}");
+    let (_, json, _) = run(&[
+        "check",
+        "--capture",
+        "--output",
+        "json",
+        "--config",
+        dir.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let codes: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["code"].as_str())
+        .collect();
+    assert!(
+        codes.contains(&"MESH0112") && codes.contains(&"MESH0113"),
+        "{codes:?}"
+    );
+}

@@ -57,6 +57,27 @@ pub struct CaptureListeners {
     pub inbound: Vec<BoundSocket>,
 }
 
+impl CaptureListeners {
+    /// How a sidecar with these listeners takes its traffic: `explicit`
+    /// (none), or `capture (outbound ADDRS; inbound ADDRS)`.
+    pub(super) fn mode(&self) -> String {
+        if self.outbound.is_empty() && self.inbound.is_empty() {
+            return "explicit".to_owned();
+        }
+        let list = |s: &[BoundSocket]| {
+            s.iter()
+                .map(|b| b.local_addr().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "capture (outbound {}; inbound {})",
+            list(&self.outbound),
+            list(&self.inbound)
+        )
+    }
+}
+
 /// What the outbound capture listener routes with.
 #[derive(Debug, Clone)]
 pub(super) struct OutboundRoutes {

@@ -322,6 +322,9 @@ impl Sidecar {
         let (controller, drain) = mesh_tower::server::drain_pair(self.settings);
         let registry = Registry::new();
         let state = AdminState::new(self.store.clone(), vec![metrics_source(&registry)]);
+        let mode = capture.mode();
+        tracing::info!(%mode, workload = %self.key, "sidecar mode");
+        let _ = state.mode.set(mode);
         let admin_addr = admin.local_addr()?;
         let start = serve(
             self.store,
