@@ -3,15 +3,30 @@
 # v1 and v2 (two `php -S` servers of the same WordPress; v2 is marked by a
 # must-use plugin), a mesh-proxy sidecar for each of them, and the gateway on
 # https://blog.example.test:8443 splitting 90/10. Everything talks mTLS with
-# SPIFFE identities issued by mesh-ca; WordPress reaches MySQL only through its
-# sidecar's local outbound port.
+# SPIFFE identities issued by mesh-ca.
+#
+# Two modes (MESH_MODE, default `pods` as root, else `explicit`):
+# - pods: MariaDB, WordPress v1, v2 and the gateway each in a network
+#   namespace of its own (mesh-wp-*), with an address on a bridge of the host
+#   (mesh-br0, 10.248.0.0/24) as pods have; services have virtual IPs that the
+#   pods' /etc/hosts name (/etc/netns/<pod>/hosts), as cluster IPs are; each
+#   pod runs `mesh-proxy init` and its sidecar in capture mode as uid 1337.
+#   The apps know nothing of the mesh: WordPress's DB_HOST is `mysql:3306`,
+#   as in the article's deployment. The gateway listens on its pod's address,
+#   reachable from the host.
+# - explicit: everything on 127.0.0.1, WordPress reaching MySQL through its
+#   sidecar's local outbound port. Needs no root.
 #
 #   examples/wordpress-canary/run.sh          start, print, wait for Ctrl-C, stop
 #   examples/wordpress-canary/run.sh start    start in the background and return when ready
 #   examples/wordpress-canary/run.sh stop     stop what `start` started
 #
+#   examples/wordpress-canary/run.sh metrics NAME   a proxy's metrics (gateway, mysql, v1, v2, ca)
+#
 # Environment: MESH_STATE (state folder, default target/wordpress-canary),
-# MESH_BIN (folder with mesh-proxy and mesh-ca; built in release when unset).
+# MESH_BIN (folder with mesh-proxy and mesh-ca; built in release when unset),
+# MESH_MODE (pods or explicit). `start` writes $MESH_STATE/endpoints: the
+# mode and the addresses a client uses (KEY=VALUE lines).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,6 +43,30 @@ td=cluster.local
 log() { printf '[wordpress-canary] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# The mode: pods needs root (namespaces, nftables); without it, explicit.
+mode=${MESH_MODE:-}
+if [ -z "$mode" ] && [ -f "$state/endpoints" ]; then
+  mode=$(sed -n 's/^MODE=//p' "$state/endpoints")
+fi
+if [ -z "$mode" ]; then
+  if [ "$(id -u)" -eq 0 ]; then mode=pods; else mode=explicit; fi
+fi
+case "$mode" in
+  pods) [ "$(id -u)" -eq 0 ] || die "MESH_MODE=pods needs root (network namespaces and nftables)" ;;
+  explicit) ;;
+  *) die "MESH_MODE is pods or explicit, not $mode" ;;
+esac
+
+# Pods mode: the bridge, the pods' addresses and the services' virtual IPs
+# (those of pods/services.yaml).
+bridge=mesh-br0
+node_ip=10.248.0.1
+declare -A pod_ip=([mysql]=10.248.0.10 [v1]=10.248.0.11 [v2]=10.248.0.12 [gateway]=10.248.0.13)
+proxy_uid=1337
+ns() { echo "mesh-wp-$1"; }
+in_pod() { local pod=$1; shift; ip netns exec "$(ns "$pod")" "$@"; }
+as_proxy() { setpriv --reuid $proxy_uid --regid $proxy_uid --clear-groups "$@"; }
+
 install_packages() {
   local missing=()
   command -v php >/dev/null || missing+=(php-cli)
@@ -36,6 +75,10 @@ install_packages() {
   [ -f /usr/share/wordpress/wp-settings.php ] || missing+=(wordpress)
   command -v curl >/dev/null || missing+=(curl)
   command -v openssl >/dev/null || missing+=(openssl)
+  if [ "$mode" = pods ]; then
+    command -v nft >/dev/null || missing+=(nftables)
+    command -v ip >/dev/null || missing+=(iproute2)
+  fi
   [ "${#missing[@]}" -eq 0 ] && return
   log "installing ${missing[*]}"
   local sudo=""
@@ -74,43 +117,86 @@ wait_for() { # what, command...
 }
 
 ready() { curl -sf "http://127.0.0.1:$1/ready" >/dev/null; }
+pod_ready() { in_pod "$1" curl -sf "http://127.0.0.1:15000/ready" >/dev/null; }
 
 edge() { # curl through the gateway with the blog's name and certificate
-  curl -s --resolve "$host:$https_port:127.0.0.1" --cacert "$state/mesh/certs/$host.crt" "$@"
+  curl -s --resolve "$host:$https_port:$edge_ip" --cacert "$state/mesh/certs/$host.crt" "$@"
 }
 
-start_db() {
+# Pods mode's network: the bridge on the host, a namespace per pod with a
+# veth on it, no default route (nothing leaves the machine: a connection to
+# a virtual IP that capture missed fails on the bridge), and /etc/hosts
+# entries for the services' virtual IPs.
+make_pods() {
+  ip link add $bridge type bridge
+  ip addr add $node_ip/24 dev $bridge
+  ip link set $bridge up
+  local pod n=0
+  for pod in mysql v1 v2 gateway; do
+    n=$((n + 1))
+    ip netns add "$(ns $pod)"
+    ip link add "mesh-wp$n" type veth peer name eth0 netns "$(ns $pod)"
+    ip link set "mesh-wp$n" master $bridge up
+    in_pod $pod ip link set lo up
+    in_pod $pod ip link set eth0 up
+    in_pod $pod ip addr add "${pod_ip[$pod]}/24" dev eth0
+    in_pod $pod ip route add 10.96.0.0/12 dev eth0
+    mkdir -p "/etc/netns/$(ns $pod)"
+    cat >"/etc/netns/$(ns $pod)/hosts" <<HOSTS
+127.0.0.1 localhost
+${pod_ip[$pod]} $pod
+10.96.0.20 mysql mysql.default mysql.default.svc.cluster.local
+10.96.0.10 wordpress wordpress.default wordpress.default.svc.cluster.local
+HOSTS
+  done
+}
+
+remove_pods() {
+  local pod
+  for pod in mysql v1 v2 gateway; do
+    ip netns del "$(ns $pod)" 2>/dev/null || true
+    rm -rf "/etc/netns/$(ns $pod)"
+  done
+  ip link del $bridge 2>/dev/null || true
+}
+
+start_db() { # bind-address port client-address [pod]
+  local bind=$1 port=$2 client=$3 pod=${4:-}
   local db=$state/db
   mkdir -p "$db"
-  local user=()
+  local user=() run=()
   [ "$(id -u)" -eq 0 ] && user=(--user=root)
+  [ -n "$pod" ] && run=(ip netns exec "$(ns "$pod")")
   mariadb-install-db --datadir="$db" "${user[@]}" --auth-root-authentication-method=socket \
     --skip-test-db >"$state/logs/mariadb-install.log" 2>&1
-  spawn mariadb mariadbd --no-defaults --datadir="$db" "${user[@]}" --bind-address=127.0.0.1 \
-    --port=$db_port --socket="$state/db.sock" --pid-file="$state/db.pid" --skip-name-resolve
+  spawn mariadb "${run[@]}" mariadbd --no-defaults --datadir="$db" "${user[@]}" --bind-address="$bind" \
+    --port="$port" --socket="$state/db.sock" --pid-file="$state/db.pid" --skip-name-resolve
   wait_for MariaDB mariadb --no-defaults -S "$state/db.sock" -u root -e 'SELECT 1'
+  # The database's only client is its own sidecar, from the pod's (or the
+  # machine's) own address.
   mariadb --no-defaults -S "$state/db.sock" -u root <<SQL
 CREATE DATABASE wordpress;
-CREATE USER 'wordpress'@'127.0.0.1' IDENTIFIED BY '$db_password';
-GRANT ALL ON wordpress.* TO 'wordpress'@'127.0.0.1';
+CREATE USER 'wordpress'@'$client' IDENTIFIED BY '$db_password';
+GRANT ALL ON wordpress.* TO 'wordpress'@'$client';
 SQL
 }
 
 # A WordPress tree per version, sharing the package's files by hard link when
 # it can; only wp-config.php (and v2's marker plugin) are its own.
-wordpress_tree() { # version
+wordpress_tree() { # version db-host
   local dir=$state/wp-$1
   cp -al /usr/share/wordpress "$dir" 2>/dev/null || cp -a /usr/share/wordpress "$dir"
   rm -f "$dir/wp-config.php" "$dir/.htaccess"
   mkdir -p "$dir/wp-content/uploads" "$dir/wp-content/mu-plugins"
   cat >"$dir/wp-config.php" <<'PHP'
 <?php
-// Written by the mesh's WordPress canary. The database is reached through
-// the workload's sidecar (a local port), never directly.
+// Written by the mesh's WordPress canary. DB_HOST is the service's name in
+// pods mode (the sidecar captures the connection), the sidecar's local
+// outbound port in explicit mode.
 define('DB_NAME', 'wordpress');
 define('DB_USER', 'wordpress');
 define('DB_PASSWORD', getenv('MESH_DB_PASSWORD'));
-define('DB_HOST', getenv('MESH_DB_HOST'));
+define('DB_HOST', 'MESH_DB_HOST_VALUE');
 define('DB_CHARSET', 'utf8mb4');
 define('DB_COLLATE', '');
 $table_prefix = 'wp_';
@@ -133,11 +219,14 @@ if (!defined('ABSPATH')) {
 }
 require_once ABSPATH . 'wp-settings.php';
 PHP
+  sed -i "s|MESH_DB_HOST_VALUE|$2|" "$dir/wp-config.php"
 }
 
-start_wordpress() { # version app-port db-local-port
-  local version=$1 port=$2 dbport=$3
-  wordpress_tree "$version"
+start_wordpress() { # version listen-address listen-port db-host [pod]
+  local version=$1 addr=$2 port=$3 dbhost=$4 pod=${5:-}
+  local run=()
+  [ -n "$pod" ] && run=(ip netns exec "$(ns "$pod")")
+  wordpress_tree "$version" "$dbhost"
   if [ "$version" = v2 ]; then
     cat >"$state/wp-v2/wp-content/mu-plugins/mesh-canary-v2.php" <<'PHP'
 <?php
@@ -152,9 +241,9 @@ add_action('wp_footer', function () {
 });
 PHP
   fi
-  spawn "php-$version" env MESH_DB_HOST="127.0.0.1:$dbport" MESH_DB_PASSWORD="$db_password" \
+  spawn "php-$version" "${run[@]}" env MESH_DB_PASSWORD="$db_password" \
     MESH_WP_HOME="https://$host:$https_port" MESH_WP_SALT="$wp_salt" PHP_CLI_SERVER_WORKERS=4 \
-    php -S "127.0.0.1:$port" -t "$state/wp-$version"
+    php -S "$addr:$port" -t "$state/wp-$version"
 }
 
 start() {
@@ -166,40 +255,31 @@ start() {
   : >"$state/pids"
   db_password=$(openssl rand -hex 12)
   wp_salt=$(openssl rand -hex 24)
+  if [ "$(id -u)" -ne 0 ]; then
+    log "not root: explicit mode (apps on 127.0.0.1, pointed at their sidecars' local ports); run as root for pods with transparent capture"
+  fi
+  log "mode: $mode"
 
-  # The mesh configuration: the example folder, plus the edge certificate.
+  # The mesh configuration: the example folder, plus the edge certificate;
+  # in pods mode, the services and workloads of the pods.
   cp -r "$here/mesh" "$state/mesh"
+  if [ "$mode" = pods ]; then cp "$here/pods/services.yaml" "$state/mesh/services.yaml"; fi
   mkdir -p "$state/mesh/certs"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
     -keyout "$state/mesh/certs/$host.key" -out "$state/mesh/certs/$host.crt" \
     -subj "/CN=$host" -addext "subjectAltName=DNS:$host" 2>/dev/null
-  "$bin/mesh-proxy" check --config "$state/mesh" >"$state/logs/check.log" || die "mesh-proxy check failed: $(cat "$state/logs/check.log")"
+  local check_flags=()
+  if [ "$mode" = pods ]; then check_flags=(--capture); fi
+  "$bin/mesh-proxy" check "${check_flags[@]}" --config "$state/mesh" >"$state/logs/check.log" || die "mesh-proxy check failed: $(cat "$state/logs/check.log")"
 
-  log "starting mesh-ca on $ca_addr"
-  "$bin/mesh-ca" init --dir "$state/ca" --trust-domain $td >/dev/null
-  spawn mesh-ca "$bin/mesh-ca" serve --dir "$state/ca" --listen $ca_addr --metrics-addr $ca_metrics_addr
-  token() { "$bin/mesh-ca" token --dir "$state/ca" --id "spiffe://$td/ns/default/sa/$1" --ttl 1h; }
-  local sidecar=("$bin/mesh-proxy" sidecar --config "$state/mesh" --ca $ca_addr --ca-root "$state/ca/root-cert.pem" --http-proxy off)
+  if [ "$mode" = pods ]; then
+    start_pods
+  else
+    start_explicit
+  fi
 
-  log "starting MariaDB on 127.0.0.1:$db_port (reachable through its sidecar on 15306)"
-  start_db
-  spawn sidecar-mysql "${sidecar[@]}" --workload mysql --app 127.0.0.1:$db_port --admin 127.0.0.1:15300 --token "$(token mysql)"
-
-  log "starting WordPress v1 (127.0.0.1:8081) and v2 (127.0.0.1:8082)"
-  start_wordpress v1 8081 13306
-  start_wordpress v2 8082 13316
-  spawn sidecar-v1 "${sidecar[@]}" --workload wordpress-v1 --app 127.0.0.1:8081 --admin 127.0.0.1:15301 \
-    --outbound mysql.default.svc.cluster.local:3306=127.0.0.1:13306 --token "$(token wordpress)"
-  spawn sidecar-v2 "${sidecar[@]}" --workload wordpress-v2 --app 127.0.0.1:8082 --admin 127.0.0.1:15302 \
-    --outbound mysql.default.svc.cluster.local:3306=127.0.0.1:13316 --token "$(token wordpress)"
-
-  log "starting the gateway on https://$host:$https_port"
-  spawn gateway "$bin/mesh-proxy" gateway --config "$state/mesh" --gateway blog-gateway --ca $ca_addr \
-    --ca-root "$state/ca/root-cert.pem" --admin 127.0.0.1:15000 --token "$(token blog-gateway)"
-
-  for port in 15300 15301 15302 15000; do wait_for "the proxy with admin port $port" ready $port; done
-  wait_for "WordPress v1" curl -sf -o /dev/null http://127.0.0.1:8081/wp-login.php
-  wait_for "WordPress v2" curl -sf -o /dev/null http://127.0.0.1:8082/wp-login.php
+  wait_for "WordPress v1" wp_up v1
+  wait_for "WordPress v2" wp_up v2
 
   log "installing WordPress through the mesh"
   local admin_password
@@ -217,6 +297,109 @@ start() {
   log "ready"
 }
 
+wp_up() { # version: WordPress answers on its own port
+  if [ "$mode" = pods ]; then
+    in_pod "$1" curl -sf -o /dev/null "http://${pod_ip[$1]}:8080/wp-login.php"
+  else
+    local port=8081
+    [ "$1" = v2 ] && port=8082
+    curl -sf -o /dev/null "http://127.0.0.1:$port/wp-login.php"
+  fi
+}
+
+token() { "$bin/mesh-ca" token --dir "$state/ca" --id "spiffe://$td/ns/default/sa/$1" --ttl 1h; }
+
+start_explicit() {
+  edge_ip=127.0.0.1
+  printf '%s\n' MODE=explicit EDGE_IP=127.0.0.1 MYSQL_INBOUND=127.0.0.1:15306 \
+    V1_INBOUND=127.0.0.1:15081 "CA_METRICS=$ca_metrics_addr" >"$state/endpoints"
+  log "starting mesh-ca on $ca_addr"
+  "$bin/mesh-ca" init --dir "$state/ca" --trust-domain $td >/dev/null
+  spawn mesh-ca "$bin/mesh-ca" serve --dir "$state/ca" --listen $ca_addr --metrics-addr $ca_metrics_addr
+  local sidecar=("$bin/mesh-proxy" sidecar --config "$state/mesh" --ca $ca_addr --ca-root "$state/ca/root-cert.pem" --http-proxy off)
+
+  log "starting MariaDB on 127.0.0.1:$db_port (reachable through its sidecar on 15306)"
+  start_db 127.0.0.1 $db_port 127.0.0.1
+  spawn sidecar-mysql "${sidecar[@]}" --workload mysql --app 127.0.0.1:$db_port --admin 127.0.0.1:15300 --token "$(token mysql)"
+
+  log "starting WordPress v1 (127.0.0.1:8081) and v2 (127.0.0.1:8082)"
+  start_wordpress v1 127.0.0.1 8081 127.0.0.1:13306
+  start_wordpress v2 127.0.0.1 8082 127.0.0.1:13316
+  spawn sidecar-v1 "${sidecar[@]}" --workload wordpress-v1 --app 127.0.0.1:8081 --admin 127.0.0.1:15301 \
+    --outbound mysql.default.svc.cluster.local:3306=127.0.0.1:13306 --token "$(token wordpress)"
+  spawn sidecar-v2 "${sidecar[@]}" --workload wordpress-v2 --app 127.0.0.1:8082 --admin 127.0.0.1:15302 \
+    --outbound mysql.default.svc.cluster.local:3306=127.0.0.1:13316 --token "$(token wordpress)"
+
+  log "starting the gateway on https://$host:$https_port"
+  spawn gateway "$bin/mesh-proxy" gateway --config "$state/mesh" --gateway blog-gateway --ca $ca_addr \
+    --ca-root "$state/ca/root-cert.pem" --admin 127.0.0.1:15000 --token "$(token blog-gateway)"
+
+  for port in 15300 15301 15302 15000; do wait_for "the proxy with admin port $port" ready $port; done
+}
+
+# A sidecar in capture mode in its pod, as the proxy's uid.
+pod_sidecar() { # pod workload service-account
+  spawn "sidecar-$1" ip netns exec "$(ns "$1")" setpriv --reuid $proxy_uid --regid $proxy_uid --clear-groups \
+    "$bin/mesh-proxy" sidecar --capture --config "$state/mesh" --workload "$2" --ca "$pod_ca" \
+    --ca-root "$state/ca/root-cert.pem" --token "$(token "$3")"
+}
+
+start_pods() {
+  edge_ip=${pod_ip[gateway]}
+  pod_ca=$node_ip:15012
+  local ca_metrics=$node_ip:15014
+  printf '%s\n' MODE=pods "EDGE_IP=$edge_ip" "MYSQL_INBOUND=${pod_ip[mysql]}:3306" \
+    "V1_INBOUND=${pod_ip[v1]}:8080" "CA_METRICS=$ca_metrics" >"$state/endpoints"
+  remove_pods
+  make_pods
+  # The proxies run as uid 1337: they read the configuration and the CA's
+  # root (not its keys) from the state folder.
+  chmod 755 "$state" "$state/mesh"
+  chmod -R a+rX "$state/mesh"
+
+  log "starting mesh-ca on $pod_ca (the host, on the pods' bridge)"
+  "$bin/mesh-ca" init --dir "$state/ca" --trust-domain $td >/dev/null
+  chmod 755 "$state/ca"
+  chmod 644 "$state/ca/root-cert.pem"
+  spawn mesh-ca "$bin/mesh-ca" serve --dir "$state/ca" --listen "$pod_ca" --metrics-addr "$ca_metrics"
+  wait_for mesh-ca curl -s -o /dev/null "http://$ca_metrics/metrics"
+  local pod
+  for pod in mysql v1 v2; do
+    in_pod $pod "$bin/mesh-proxy" init >"$state/logs/init-$pod.log" 2>&1 ||
+      die "mesh-proxy init in $(ns $pod): $(cat "$state/logs/init-$pod.log")"
+  done
+
+  log "starting MariaDB in $(ns mysql) on ${pod_ip[mysql]}:3306 (mysql.default.svc.cluster.local, 10.96.0.20)"
+  start_db "${pod_ip[mysql]}" 3306 "${pod_ip[mysql]}" mysql
+  pod_sidecar mysql mysql mysql
+
+  log "starting WordPress v1 and v2 in $(ns v1) and $(ns v2), on port 8080, with DB_HOST mysql:3306"
+  start_wordpress v1 0.0.0.0 8080 mysql:3306 v1
+  start_wordpress v2 0.0.0.0 8080 mysql:3306 v2
+  pod_sidecar v1 wordpress-v1 wordpress
+  pod_sidecar v2 wordpress-v2 wordpress
+
+  log "starting the gateway in $(ns gateway) on https://$host:$https_port ($edge_ip)"
+  spawn gateway ip netns exec "$(ns gateway)" setpriv --reuid $proxy_uid --regid $proxy_uid --clear-groups \
+    "$bin/mesh-proxy" gateway --config "$state/mesh" --gateway blog-gateway --listen-address 0.0.0.0 \
+    --ca "$pod_ca" --ca-root "$state/ca/root-cert.pem" --token "$(token blog-gateway)"
+  for pod in mysql v1 v2 gateway; do wait_for "the proxy in $(ns $pod)" pod_ready $pod; done
+}
+
+# A proxy's metrics, whatever the mode.
+metrics() { # gateway|mysql|v1|v2|ca
+  local mode_now
+  mode_now=$(sed -n 's/^MODE=//p' "$state/endpoints" 2>/dev/null)
+  if [ "$1" = ca ]; then
+    curl -s "http://$(sed -n 's/^CA_METRICS=//p' "$state/endpoints")/metrics"
+  elif [ "$mode_now" = pods ]; then
+    in_pod "$1" curl -s http://127.0.0.1:15000/stats/prometheus
+  else
+    local -A admin=([gateway]=15000 [mysql]=15300 [v1]=15301 [v2]=15302)
+    curl -s "http://127.0.0.1:${admin[$1]}/stats/prometheus"
+  fi
+}
+
 stop() {
   [ -f "$state/pids" ] || return 0
   # Proxies first (they drain on SIGTERM), then the apps, the CA, the database.
@@ -231,11 +414,14 @@ stop() {
   done
   while read -r pid _; do kill -KILL -- "-$pid" 2>/dev/null || true; done <"$state/pids"
   rm -f "$state/pids"
+  if grep -q '^MODE=pods' "$state/endpoints" 2>/dev/null; then
+    remove_pods
+  fi
   log "stopped"
 }
 
 split() { # the live split, from the gateway's metrics
-  curl -s http://127.0.0.1:15000/stats/prometheus | awk '
+  metrics gateway | awk '
     /^istio_requests_total/ && /reporter="source"/ {
       match($0, /destination_version="[^"]*"/); v = substr($0, RSTART + 21, RLENGTH - 22)
       n[v] += $NF; t += $NF
@@ -247,17 +433,24 @@ case "${1:-run}" in
   start) start ;;
   stop) stop ;;
   split) split ;;
+  metrics) metrics "${2:?usage: $0 metrics gateway|mysql|v1|v2|ca}" ;;
   run)
     trap 'stop; exit 0' INT TERM
     start
+    if [ "$mode" = pods ]; then
+      admins="run.sh metrics gateway|mysql|v1|v2 (admin 127.0.0.1:15000 inside each pod: ip netns exec mesh-wp-v1 curl ...)"
+    else
+      admins="gateway http://127.0.0.1:15000/stats/prometheus, sidecars 15300 (mysql) 15301 (v1) 15302 (v2)"
+    fi
     cat <<EOF
 
+  Mode:          $mode
   The blog:      https://$host:$https_port/   (admin: admin / $(cat "$state/admin-password"))
-  With curl:     curl --resolve $host:$https_port:127.0.0.1 --cacert $state/mesh/certs/$host.crt https://$host:$https_port/
-  In a browser:  add "127.0.0.1 $host" to /etc/hosts and accept $state/mesh/certs/$host.crt
+  With curl:     curl --resolve $host:$https_port:$edge_ip --cacert $state/mesh/certs/$host.crt https://$host:$https_port/
+  In a browser:  add "$edge_ip $host" to /etc/hosts and accept $state/mesh/certs/$host.crt
   Mesh config:   $state/mesh (edit the VirtualService in edge.yaml: weights change live)
-  Admin:         gateway http://127.0.0.1:15000/stats/prometheus, sidecars 15300 (mysql) 15301 (v1) 15302 (v2)
-  CA metrics:    http://$ca_metrics_addr/metrics
+  Admin:         $admins
+  CA metrics:    http://$(sed -n 's/^CA_METRICS=//p' "$state/endpoints")/metrics
   Logs:          $state/logs
 
   Ctrl-C stops everything.
@@ -269,5 +462,5 @@ EOF
       sleep 10
     done
     ;;
-  *) die "usage: $0 [run|start|stop|split]" ;;
+  *) die "usage: $0 [run|start|stop|split|metrics NAME]" ;;
 esac
