@@ -10,11 +10,11 @@
 //! service authenticates connections the same way: [`CaService`] (the
 //! tonic service, counting into [`CaMetrics`]), [`CaAcceptor`] (TLS with
 //! an optional client SVID, giving each connection its [`CaPeer`]) and
-//! [`serving_identity`]. The `mesh-ca` binary (crate `mesh-control`)
-//! serves them through `mesh_tower::server`, with the limits and drain of
-//! every listener of the mesh; this crate cannot (`mesh-tower` depends on
-//! it). [`CaServer`] is tonic's own server over the same pieces, for tests
-//! in crates that cannot depend on `mesh-control`.
+//! [`serving_identity`]. They are served in one way only:
+//! `mesh_control::ControlPlane` (the `mesh-ca` binary, and every test that
+//! needs a CA on a socket) puts them behind `mesh_tower::server`, with the
+//! limits, timeouts and drain of every listener of the mesh. This crate
+//! cannot serve them itself (`mesh-tower` depends on it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,12 +22,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use mesh_core::identity::SpiffeId;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
-use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 use crate::authority::CertificateAuthority;
@@ -262,7 +258,7 @@ impl IstioCertificateService for CaService {
     }
 }
 
-/// Why the CA server could not start.
+/// Why the CA could not set itself up to serve.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
@@ -275,175 +271,4 @@ pub enum ServeError {
     /// The TLS config is invalid.
     #[error("TLS config: {0}")]
     Tls(#[from] rustls::Error),
-    /// The listener failed.
-    #[error("listener: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// A TLS connection to the CA, carrying its [`CaPeer`] into each request
-/// (tonic's `Connected`, for [`CaServer`]).
-#[derive(Debug)]
-struct CaConn {
-    stream: TlsStream<TcpStream>,
-    peer: CaPeer,
-}
-
-impl Connected for CaConn {
-    type ConnectInfo = CaPeer;
-
-    fn connect_info(&self) -> CaPeer {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for CaConn {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for CaConn {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// A CA served by tonic's own server, for tests of crates that cannot
-/// depend on `mesh-control` (which serves the `mesh-ca` binary through
-/// `mesh_tower::server`, with the mesh's limits and drain: use that
-/// anywhere else). Dropping it stops the server.
-#[derive(Debug)]
-pub struct CaServer {
-    local_addr: SocketAddr,
-    identity: CertManager,
-    metrics: Arc<CaMetrics>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
-}
-
-impl CaServer {
-    /// Serves `ca` on `listener` over TLS, with a serving SVID for
-    /// [`ca_identity`] that it issues and renews itself.
-    pub async fn spawn(
-        ca: Arc<CertificateAuthority>,
-        tokens: TokenStore,
-        listener: TcpListener,
-    ) -> Result<Self, ServeError> {
-        let local_addr = listener.local_addr()?;
-        let identity = serving_identity(&ca).await?;
-        let acceptor = CaAcceptor::new(identity.store())?;
-        let (conns_tx, conns_rx) = mpsc::channel::<Result<CaConn, std::io::Error>>(16);
-        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let accept_loop = tokio::spawn(accept_loop(listener, acceptor, conns_tx));
-        let service = CaService::new(ca, tokens);
-        let metrics = service.metrics().clone();
-        let task = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .timeout(Duration::from_secs(30))
-                .add_service(service.into_server())
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::ReceiverStream::new(conns_rx),
-                    async {
-                        let _ = shutdown_rx.await;
-                    },
-                )
-                .await;
-            accept_loop.abort();
-            result
-        });
-        Ok(Self {
-            local_addr,
-            identity,
-            metrics,
-            shutdown: Some(shutdown_tx),
-            task: Some(task),
-        })
-    }
-
-    /// The address served.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// The CA's own serving credentials.
-    pub fn credentials(&self) -> &CredentialStore {
-        self.identity.store()
-    }
-
-    /// What the signing service counts.
-    pub fn metrics(&self) -> &Arc<CaMetrics> {
-        &self.metrics
-    }
-
-    /// Stops the server and waits for it, surfacing its error or panic.
-    pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        match self.task.take() {
-            Some(task) => match task.await {
-                Ok(result) => result,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => Ok(()),
-            },
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for CaServer {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: CaAcceptor,
-    conns: mpsc::Sender<Result<CaConn, std::io::Error>>,
-) {
-    loop {
-        let (tcp, remote) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::debug!(error = %e, "accept failed");
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let conns = conns.clone();
-        // Handshakes run apart so that a slow client holds up no other.
-        tokio::spawn(async move {
-            match acceptor.accept(tcp, remote).await {
-                Ok((stream, peer)) => {
-                    let _ = conns.send(Ok(CaConn { stream, peer })).await;
-                }
-                Err(e) => tracing::debug!(%remote, error = %e, "TLS handshake refused"),
-            }
-        });
-    }
 }

@@ -59,6 +59,12 @@ pub struct ControlPlaneConfig {
     pub settings: ServerSettings,
     /// How long [`ControlPlane::shutdown`] lets in-flight requests finish.
     pub drain_deadline: Duration,
+    /// How long one request to the CA may take, from its head to its
+    /// answer, the arrival of its body included; one still unanswered then
+    /// gets gRPC `DEADLINE_EXCEEDED`. The server settings bound the wait
+    /// for a head and for each body frame, not a whole request. Default
+    /// 30 s.
+    pub request_timeout: Duration,
 }
 
 impl Default for ControlPlaneConfig {
@@ -66,6 +72,7 @@ impl Default for ControlPlaneConfig {
         Self {
             settings: ServerSettings::default(),
             drain_deadline: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -1,8 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The control plane in process, on listeners bound to port 0: the CA's
 //! signing service served through `mesh_tower::server` (tokens, renewals by
-//! mTLS, refusals), its metrics endpoint scraped over HTTP, and the server
-//! settings held on the CA's connections as on every listener.
+//! mTLS, refusals), its metrics endpoint scraped over HTTP, the server
+//! settings held on the CA's connections as on every listener, and the
+//! request timeout that bounds a request the settings cannot.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -347,6 +348,107 @@ async fn the_ca_listener_holds_connections_to_the_server_settings() {
     // Closed with a GOAWAY (type 7): the graceful shutdown of an idle
     // connection, not a reset.
     assert!(frames.iter().any(|(t, _, _)| *t == 0x7), "{frames:?}");
+
+    plane.shutdown().await;
+}
+
+/// A gRPC request body that never ends: the 5-byte prefix of a 1 MiB
+/// message, then one byte of it every 100 ms, each well within the body
+/// read timeout, so only a bound on the whole request can cut it.
+struct Trickle {
+    prefix_sent: bool,
+    tick: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for Trickle {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::future::Future as _;
+        if !self.prefix_sent {
+            self.prefix_sent = true;
+            let prefix = bytes::Bytes::from_static(&[0, 0x00, 0x10, 0x00, 0x00]);
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(prefix))));
+        }
+        std::task::ready!(self.tick.as_mut().poll(cx));
+        let next = self.tick.deadline() + Duration::from_millis(100);
+        self.tick.as_mut().reset(next);
+        let byte = bytes::Bytes::from_static(b"x");
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(byte))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_unanswered_at_the_request_timeout_is_cut_with_deadline_exceeded() {
+    assert_eq!(
+        ControlPlaneConfig::default().request_timeout,
+        Duration::from_secs(30)
+    );
+    let fx = Fixture::new();
+    let timeout = Duration::from_millis(500);
+    let plane = fx
+        .start(ControlPlaneConfig {
+            request_timeout: timeout,
+            ..ControlPlaneConfig::default()
+        })
+        .await;
+
+    // An h2 client that sends a CreateCertificate request whose message
+    // never completes: without a bound on the request, the CA would wait
+    // for it as long as the bytes keep coming.
+    let tcp = TcpStream::connect(plane.ca_addr()).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("mesh-ca").unwrap();
+    let tls = tls_client(&fx).connect(name, tcp).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(
+        "https://mesh-ca/istio.v1.auth.IstioCertificateService/CreateCertificate",
+    )
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(Trickle {
+        prefix_sent: false,
+        tick: Box::pin(tokio::time::sleep(Duration::from_millis(100))),
+    })
+    .unwrap();
+    let started = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("the CA kept a trickling request past its request timeout")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took >= timeout, "answered after {took:?}");
+    // Well under the default settings' timeouts (30 s header read, 60 s
+    // body read, 300 s idle): only the request timeout can have answered.
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    // gRPC's trailers-only answer: the status is in the head.
+    assert_eq!(resp.status(), 200);
+    let status = tonic::Status::from_header_map(resp.headers()).expect("no grpc-status");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("did not answer within 500ms"),
+        "{status:?}"
+    );
+    // The service never decided anything about it.
+    assert_eq!(plane.ca_metrics().issued(), 0);
+
+    // The CA still answers a request that completes, within the bound.
+    let client = fx.client(&plane).with_token(fx.token("web"));
+    let chain = client
+        .create_certificate(csr(), Duration::ZERO, None)
+        .await
+        .unwrap();
+    assert!(!chain.is_empty());
+    assert_eq!(plane.ca_metrics().issued(), 1);
 
     plane.shutdown().await;
 }

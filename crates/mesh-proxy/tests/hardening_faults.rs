@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use mesh_control::{ControlPlane, ControlPlaneConfig};
 use mesh_tower::server::ServerSettings;
 use support::{
     Proxy, TEARDOWN_DRAIN, World, bound, counting_app, files_identity, http_get, mesh_config,
@@ -204,10 +205,11 @@ async fn with_the_ca_down_at_start_the_sidecar_serves_nothing_until_it_is_back()
 
     // The CA comes up on its address: ready without a restart, and serving.
     let ca = Arc::new(mesh_ca::CertificateAuthority::open_dir(&world.path("ca")).unwrap());
-    let server = mesh_ca::service::CaServer::spawn(
+    let server = ControlPlane::start(
         ca,
         mesh_ca::TokenStore::new(&world.path("ca")),
         ca_sock.listen(1024).unwrap(),
+        ControlPlaneConfig::default(),
     )
     .await
     .unwrap();
@@ -216,13 +218,13 @@ async fn with_the_ca_down_at_start_the_sidecar_serves_nothing_until_it_is_back()
     assert_eq!(status, 200);
     assert_eq!(body.unwrap(), "ok 0");
     assert_eq!(seen.heads(), 1);
-    server.shutdown().await.unwrap();
+    server.shutdown().await;
     proxy.shutdown().await;
 }
 
 /// A CA listening on `addr` that signs 8-second leaves (renewed at about
 /// 4 s).
-async fn short_lived_ca(world: &World, addr: std::net::SocketAddr) -> mesh_ca::service::CaServer {
+async fn short_lived_ca(world: &World, addr: std::net::SocketAddr) -> ControlPlane {
     let ca = mesh_ca::CertificateAuthority::open_dir(&world.path("ca"))
         .unwrap()
         .with_policy(mesh_ca::LeafPolicy {
@@ -230,10 +232,11 @@ async fn short_lived_ca(world: &World, addr: std::net::SocketAddr) -> mesh_ca::s
             max_ttl: Duration::from_secs(8),
             backdate: Duration::ZERO,
         });
-    mesh_ca::service::CaServer::spawn(
+    ControlPlane::start(
         Arc::new(ca),
         mesh_ca::TokenStore::new(&world.path("ca")),
         ca_socket(addr).listen(1024).unwrap(),
+        ControlPlaneConfig::default(),
     )
     .await
     .unwrap()
@@ -284,7 +287,7 @@ async fn with_the_ca_down_at_runtime_the_sidecar_keeps_its_valid_certificate() {
     let renewed = wait_for("no renewal", "mesh_cert_renewals_total", 1).await;
 
     // The CA goes away: the renewal fails, the valid certificate serves on.
-    server.shutdown().await.unwrap();
+    server.shutdown().await;
     let failures = wait_for("no failed renewal", "mesh_cert_renewal_failures_total", 0).await;
     assert!(failures > 0);
     let (status, body) = get(&creds, port, true).await;
@@ -304,7 +307,7 @@ async fn with_the_ca_down_at_runtime_the_sidecar_keeps_its_valid_certificate() {
     assert!(renewed_again > renewed);
     let (status, _) = get(&creds, port, false).await;
     assert_eq!(status, 200);
-    server.shutdown().await.unwrap();
+    server.shutdown().await;
     drop(reserved);
     proxy.shutdown().await;
 }

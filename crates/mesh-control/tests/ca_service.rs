@@ -1,16 +1,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The signing service over gRPC and TLS: join tokens work once, renewals
-//! authenticate with the current SVID, and a restarted CA keeps its root.
+//! The signing service over gRPC and TLS, served as it always is, by
+//! [`ControlPlane`] (on listeners bound to port 0): join tokens work once,
+//! renewals authenticate with the current SVID, the identity issued is the
+//! token's, every refusal is counted by reason, and a restarted CA keeps
+//! its root. (These ran on `mesh-ca`'s own tonic-served `CaServer` until
+//! it was removed: the CA is served one way.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_ca::metrics::RefusalReason;
-use mesh_ca::service::{CaServer, ca_identity};
+use mesh_ca::service::ca_identity;
 use mesh_ca::{
     CaClient, CertManager, CertificateAuthority, IssuedSvid, LeafPolicy, ManagerConfig, SignError,
     TokenStore, TrustBundle, TrustBundleSet,
 };
+use mesh_control::{ControlPlane, ControlPlaneConfig};
 use mesh_core::identity::{SpiffeId, TrustDomain};
 use tokio::net::TcpListener;
 
@@ -45,12 +50,17 @@ impl Fixture {
             })
     }
 
-    async fn serve_on(&self, addr: &str) -> CaServer {
+    async fn serve_on(&self, addr: &str) -> ControlPlane {
         let listener = TcpListener::bind(addr).await.unwrap();
         let ca = Arc::new(Self::open(self.dir.path()));
-        CaServer::spawn(ca, TokenStore::new(self.dir.path()), listener)
-            .await
-            .unwrap()
+        ControlPlane::start(
+            ca,
+            TokenStore::new(self.dir.path()),
+            listener,
+            ControlPlaneConfig::default(),
+        )
+        .await
+        .unwrap()
     }
 
     fn token(&self, sa: &str) -> String {
@@ -59,13 +69,13 @@ impl Fixture {
             .unwrap()
     }
 
-    fn client(&self, server: &CaServer) -> CaClient {
+    fn client(&self, server: &ControlPlane) -> CaClient {
         let bootstrap = TrustBundleSet::single(
             td(),
             TrustBundle::new(vec![self.ca.root().clone()]).unwrap(),
         );
         CaClient::new(
-            server.local_addr().to_string(),
+            server.ca_addr().to_string(),
             ca_identity(&self.ca).unwrap(),
             bootstrap,
         )
@@ -121,7 +131,7 @@ async fn a_join_token_works_once_then_renewals_use_mtls() {
         manager.status().renewals()
     );
     assert_eq!(manager.status().failures(), 0);
-    server.shutdown().await.unwrap();
+    server.shutdown().await;
 }
 
 #[tokio::test]
@@ -144,7 +154,7 @@ async fn the_identity_is_the_tokens_not_the_csrs() {
     assert_eq!(svid.bundle, vec![fx.ca.root().clone()]);
     // Istio's order: leaf first, root last.
     assert_eq!(chain.len(), 2);
-    server.shutdown().await.unwrap();
+    server.shutdown().await;
 }
 
 #[tokio::test]
@@ -188,25 +198,25 @@ async fn refuses_unauthenticated_and_bad_requests() {
     assert!(ok.is_ok(), "{ok:?}");
 
     // Counted by reason (the request without a token never left the client).
-    let m = server.metrics();
+    let m = server.ca_metrics();
     assert_eq!(m.issued(), 1);
     assert_eq!(m.refused(RefusalReason::Unauthenticated), 1);
     assert_eq!(m.refused(RefusalReason::InvalidCsr), 1);
     assert_eq!(m.refused(RefusalReason::ForeignTrustDomain), 0);
     assert_eq!(m.refused(RefusalReason::Internal), 0);
-    server.shutdown().await.unwrap();
+    server.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_restarted_ca_keeps_its_root_and_its_workloads() {
     let fx = Fixture::new();
     let server = fx.serve_on("127.0.0.1:0").await;
-    let addr = server.local_addr();
+    let addr = server.ca_addr();
     let client = Arc::new(fx.client(&server).with_token(fx.token("app")));
     let manager = CertManager::start(id("app"), client, config())
         .await
         .unwrap();
-    server.shutdown().await.unwrap();
+    server.shutdown().await;
 
     // Same directory, same address: the workload renews with the SVID it
     // has, which the restarted CA still trusts.
@@ -223,5 +233,5 @@ async fn a_restarted_ca_keeps_its_root_and_its_workloads() {
         .root()
         .clone();
     assert_eq!(&root, fx.ca.root());
-    server.shutdown().await.unwrap();
+    server.shutdown().await;
 }
