@@ -588,12 +588,7 @@ pub enum CapturedDestination<'s> {
 /// several services on the port, the first host by name: the answer never
 /// depends on the order of the files.
 pub fn captured(snap: &Snapshot, dst: std::net::SocketAddr) -> CapturedDestination<'_> {
-    let ip = match dst.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-        v4 => v4,
-    };
+    let ip = dst.ip().to_canonical();
     let by_vip = snap
         .services
         .values()

@@ -225,7 +225,7 @@ fn inbound_port(ctx: &Ctx, tcp: &TcpStream, dst: SocketAddr) -> Option<InboundPo
     let snap = ctx.store.load();
     let (_, w) = snap.workload(&ctx.key)?;
     let own = w.address.parse::<std::net::IpAddr>().ok() == Some(dst.ip())
-        || tcp.local_addr().ok().map(|a| canonical_ip(a.ip())) == Some(dst.ip());
+        || tcp.local_addr().ok().map(|a| a.ip().to_canonical()) == Some(dst.ip());
     if !own {
         tracing::warn!(%dst, workload = %ctx.key, address = %w.address, "refused an inbound connection addressed to another host");
         return None;
@@ -235,14 +235,4 @@ fn inbound_port(ctx: &Ctx, tcp: &TcpStream, dst: SocketAddr) -> Option<InboundPo
         protocol: port_protocol(&snap, w, dst.port()).unwrap_or(Protocol::Tcp),
         app: dst,
     })
-}
-
-/// An IPv4-mapped IPv6 address as the IPv4 address it is.
-fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-        v4 => v4,
-    }
 }

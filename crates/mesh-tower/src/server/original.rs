@@ -56,12 +56,7 @@ pub fn original_destination(stream: &TcpStream) -> io::Result<Original> {
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is.
 fn canonical(a: SocketAddr) -> SocketAddr {
-    match a.ip() {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(a, |v4| SocketAddr::new(IpAddr::V4(v4), a.port())),
-        IpAddr::V4(_) => a,
-    }
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 #[cfg(test)]
