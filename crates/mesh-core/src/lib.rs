@@ -67,3 +67,4 @@ pub mod route;
 pub mod snapshot;
 pub mod store;
 pub mod validate;
+pub mod xds;

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -55,7 +56,20 @@ fn kind_of(kind: &str) -> Option<(Kind, &'static [&'static str])> {
 /// for `*.yaml`, `*.yml` and `*.json` files in name order (hidden files are
 /// skipped). The result is validated; any error rejects the whole set.
 pub fn load_path(path: &Path) -> Result<Resources, ConfigErrors> {
-    let mut loader = Loader::default();
+    load_path_as(path, false)
+}
+
+/// [`load_path`], keeping each resource's document as it was written
+/// ([`Item::raw`], [`Resources::mesh_raw`]): what a control plane serves.
+pub fn load_path_keeping_documents(path: &Path) -> Result<Resources, ConfigErrors> {
+    load_path_as(path, true)
+}
+
+fn load_path_as(path: &Path, keep_raw: bool) -> Result<Resources, ConfigErrors> {
+    let mut loader = Loader {
+        keep_raw,
+        ..Loader::default()
+    };
     let files = match collect_files(path) {
         Ok(files) => files,
         Err(e) => return Err(ConfigErrors(vec![e])),
@@ -74,6 +88,19 @@ pub fn load_path(path: &Path) -> Result<Resources, ConfigErrors> {
 pub fn load_str(file: &Path, text: &str) -> Result<Resources, ConfigErrors> {
     let mut loader = Loader::default();
     loader.add_text(file, text);
+    loader.finish()
+}
+
+/// Loads resources from documents already parsed (a control plane's
+/// stream gives them as JSON), each with the origin its errors name. The
+/// same reading and validation as [`load_path`]; a `List` is read as one.
+pub fn load_documents(
+    docs: impl IntoIterator<Item = (Origin, Value)>,
+) -> Result<Resources, ConfigErrors> {
+    let mut loader = Loader::default();
+    for (origin, doc) in docs {
+        loader.add_doc(origin, doc);
+    }
     loader.finish()
 }
 
@@ -215,6 +242,8 @@ fn list_of(api_version: &str, kind: &str) -> Option<Result<ListOf, String>> {
 
 #[derive(Default)]
 struct Loader {
+    /// Keep each document as written ([`Item::raw`]).
+    keep_raw: bool,
     resources: Resources,
     mesh_origin: Option<Origin>,
     errors: Vec<ConfigError>,
@@ -512,6 +541,7 @@ impl Loader {
             .and_then(Value::as_str)
             .unwrap_or("?")
             .to_owned();
+        let raw = self.keep_raw.then(|| Arc::new(doc.clone()));
         let Some(parsed) = self.parse::<T>(&origin, &format!("{kind} {hint_name}"), doc) else {
             return;
         };
@@ -573,10 +603,12 @@ impl Loader {
             api_version,
             meta: parsed.metadata,
             spec: parsed.spec,
+            raw,
         });
     }
 
     fn push_mesh(&mut self, origin: Origin, doc: Value) {
+        let raw = self.keep_raw.then(|| Arc::new(doc.clone()));
         let Some(parsed) = self.parse::<MeshConfig>(&origin, "MeshConfig", doc) else {
             return;
         };
@@ -591,6 +623,7 @@ impl Loader {
         }
         self.mesh_origin = Some(origin);
         self.resources.mesh = parsed.spec;
+        self.resources.mesh_raw = raw;
     }
 
     fn finish(mut self) -> Result<Resources, ConfigErrors> {

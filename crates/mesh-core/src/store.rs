@@ -38,12 +38,24 @@ pub trait ConfigSource: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct FileSource {
     path: PathBuf,
+    keep_documents: bool,
 }
 
 impl FileSource {
     /// A source reading `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            keep_documents: false,
+        }
+    }
+
+    /// Keeps each resource's document as written ([`Item::raw`]
+    /// (crate::resources::Item::raw)), for a control plane to serve.
+    #[must_use]
+    pub fn keeping_documents(mut self) -> Self {
+        self.keep_documents = true;
+        self
     }
 
     /// The path read.
@@ -58,7 +70,11 @@ impl ConfigSource for FileSource {
     }
 
     fn load(&self) -> Result<Resources, ConfigErrors> {
-        crate::load::load_path(&self.path)
+        if self.keep_documents {
+            crate::load::load_path_keeping_documents(&self.path)
+        } else {
+            crate::load::load_path(&self.path)
+        }
     }
 }
 
@@ -97,6 +113,19 @@ pub struct Store {
     version: AtomicU64,
     reloads: AtomicU64,
     rejections: AtomicU64,
+    /// The resources the snapshot in force was compiled from, when the
+    /// store keeps them ([`Store::retaining_resources`]).
+    resources: Option<ArcSwap<Resources>>,
+    on_apply: Option<OnApply>,
+}
+
+/// What [`Store::on_apply`] calls.
+struct OnApply(Box<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for OnApply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnApply")
+    }
 }
 
 impl Default for Store {
@@ -115,7 +144,33 @@ impl Store {
             version: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
+            resources: None,
+            on_apply: None,
         }
+    }
+
+    /// Also keeps the resources each snapshot was compiled from
+    /// ([`Store::resources`]): a control plane serves them. Data planes
+    /// do not keep them (their memory is the snapshot's).
+    #[must_use]
+    pub fn retaining_resources(mut self) -> Self {
+        self.resources = Some(ArcSwap::from_pointee(Resources::default()));
+        self
+    }
+
+    /// Calls `f` with the new version after each configuration applied
+    /// (not after a rejected one), on the thread that applied it: how a
+    /// control plane learns that it has something new to push.
+    #[must_use]
+    pub fn on_apply(mut self, f: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        self.on_apply = Some(OnApply(Box::new(f)));
+        self
+    }
+
+    /// The resources of the snapshot in force, if the store keeps them
+    /// ([`Store::retaining_resources`]); empty until the first apply.
+    pub fn resources(&self) -> Option<Arc<Resources>> {
+        self.resources.as_ref().map(ArcSwap::load_full)
     }
 
     /// A store loaded from `source`; fails if the first configuration is
@@ -139,14 +194,22 @@ impl Store {
     /// Compiles and swaps in a configuration, or rejects it and keeps the
     /// snapshot in force. Returns the new version.
     pub fn apply(&self, resources: Result<Resources, ConfigErrors>) -> Result<u64, ConfigErrors> {
-        match resources.and_then(|r| compile(&r)) {
-            Ok(mut snap) => {
+        match resources.and_then(|r| compile(&r).map(|snap| (snap, r))) {
+            Ok((mut snap, resources)) => {
                 let version = self.version.load(Ordering::Acquire) + 1;
                 snap.version = version;
+                // The resources first: whoever sees the new version finds
+                // them in place.
+                if let Some(kept) = &self.resources {
+                    kept.store(Arc::new(resources));
+                }
                 self.current.store(Arc::new(snap));
                 self.version.store(version, Ordering::Release);
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 self.last_error.store(None);
+                if let Some(OnApply(f)) = &self.on_apply {
+                    f(version);
+                }
                 Ok(version)
             }
             Err(e) => {

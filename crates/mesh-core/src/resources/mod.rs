@@ -7,6 +7,7 @@ pub mod security;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -127,6 +128,11 @@ pub struct Item<T> {
     pub meta: ObjectMeta,
     /// The spec.
     pub spec: T,
+    /// The document as written, when the loader was asked to keep it
+    /// ([`crate::load::load_path_keeping_documents`]): what a control
+    /// plane sends, so a data plane reads and validates the user's own
+    /// document, not a re-serialization of it.
+    pub raw: Option<Arc<serde_json::Value>>,
 }
 
 impl<T> Item<T> {
@@ -161,6 +167,9 @@ pub struct Skipped {
 pub struct Resources {
     /// Mesh-level settings (defaults when no MeshConfig document was given).
     pub mesh: MeshConfig,
+    /// The MeshConfig document as written, when one was given and the
+    /// loader kept documents (see [`Item::raw`]).
+    pub mesh_raw: Option<Arc<serde_json::Value>>,
     /// VirtualServices.
     pub virtual_services: Vec<Item<networking::VirtualService>>,
     /// DestinationRules.

@@ -1,0 +1,456 @@
+//! What the control plane sends each data plane, and reading it back: the
+//! pure half of the mesh's own xDS stream (the gRPC half is in
+//! `mesh-control` and `mesh-tower`).
+//!
+//! The unit on the wire is one Istio document as the user wrote it (JSON),
+//! named `Kind/namespace/name`, versioned by a hash of its bytes. A data
+//! plane turns the documents it holds back into [`Resources`] with
+//! [`read`], which is the file loader's own reading and validation, and
+//! feeds the same [`Store`](crate::store::Store): a proxy on a control
+//! plane compiles the same snapshot as one reading the same files.
+//!
+//! All kinds travel under one type URL, [`CONFIG_TYPE_URL`], so that one
+//! response is one consistent configuration (a VirtualService and the
+//! DestinationRule whose subset it names arrive together), where Envoy's
+//! one-type-per-response needs its warming rules.
+//!
+//! A [`Catalog`] is built once per configuration; [`Catalog::view`] is what
+//! one workload is entitled to (Istio's visibility rules):
+//! - ServiceEntries, VirtualServices and DestinationRules exported to its
+//!   namespace (`exportTo`: empty or `*` everyone, `.` the resource's own
+//!   namespace, a name that namespace, `~` nobody);
+//! - its own WorkloadEntry and those selected by the ServiceEntries it sees
+//!   (their endpoints);
+//! - AuthorizationPolicies of its namespace and of the root namespace;
+//! - every Gateway, PeerAuthentication and legacy policy (few, and
+//!   client-side TLS decisions read the destination's mTLS mode), and the
+//!   MeshConfig.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::error::{ConfigError, ConfigErrors};
+use crate::resources::common::labels_match;
+use crate::resources::networking::WorkloadEntry;
+use crate::resources::{Item, Kind, Origin, Resources};
+
+/// The type URL of every document of the mesh's own stream.
+pub const CONFIG_TYPE_URL: &str = "type.mesh.local/istio.config.v1.Document";
+
+/// The scheme of the origin ([`Origin::file`]) of a document read from a
+/// control plane: errors name `xds:Kind/namespace/name`.
+pub const ORIGIN_SCHEME: &str = "xds:";
+
+/// One document as served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// `Kind/namespace/name`; the MeshConfig is `MeshConfig/<root>/mesh`.
+    pub name: String,
+    /// `apiVersion/kind` as written (`networking.istio.io/v1/ServiceEntry`).
+    pub kind: String,
+    /// The document, JSON.
+    pub body: Arc<[u8]>,
+    /// A hash of `body`, stable across processes: a data plane that
+    /// reconnects says which versions it holds and gets only the others.
+    pub version: String,
+}
+
+impl Document {
+    fn new(name: String, raw: &Value) -> Self {
+        let kind = format!(
+            "{}/{}",
+            raw.get("apiVersion").and_then(Value::as_str).unwrap_or(""),
+            raw.get("kind").and_then(Value::as_str).unwrap_or("")
+        );
+        // Serializing a `Value` cannot fail (its keys are strings).
+        let body: Arc<[u8]> = serde_json::to_vec(raw).unwrap_or_default().into();
+        let version = format!("{:016x}", fnv1a(&body));
+        Self {
+            name,
+            kind,
+            body,
+            version,
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: stable across builds and processes, unlike std's
+/// hasher, and enough to tell two versions of one document apart.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The name of a resource's document.
+pub fn document_name(kind: Kind, namespace: &str, name: &str) -> String {
+    format!("{kind}/{namespace}/{name}")
+}
+
+/// Why a configuration cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// The resources were loaded without their documents
+    /// ([`crate::load::load_path_keeping_documents`] keeps them).
+    #[error("{0} was loaded without its document; load with documents kept to serve it")]
+    NoDocument(String),
+}
+
+/// Why a workload gets no view.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ViewError {
+    /// No WorkloadEntry `namespace/name` is in the configuration.
+    #[error("no WorkloadEntry {0} in the configuration")]
+    UnknownWorkload(String),
+}
+
+/// A configuration ready to be served: every document, and what each
+/// workload may see of it.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    documents: HashMap<String, Document>,
+    root_namespace: String,
+    /// Documents every workload sees.
+    everyone: Vec<String>,
+    /// `(exportTo, owner namespace, document)` of ServiceEntries,
+    /// VirtualServices and DestinationRules; a ServiceEntry also with the
+    /// WorkloadEntries it selects.
+    exported: Vec<Exported>,
+    /// AuthorizationPolicies by namespace.
+    policies: HashMap<String, Vec<String>>,
+    /// WorkloadEntries by `namespace/name`: their document and namespace.
+    workloads: HashMap<String, (String, String)>,
+}
+
+#[derive(Debug, Clone)]
+struct Exported {
+    export_to: Vec<String>,
+    namespace: String,
+    document: String,
+    members: Vec<String>,
+}
+
+/// True if a resource of `owner` exported to `export_to` is visible in
+/// `namespace`.
+pub fn exported_to(export_to: &[String], owner: &str, namespace: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || e == namespace || (e == "." && owner == namespace))
+}
+
+impl Catalog {
+    /// Builds the catalog of `r`, which must have been loaded with its
+    /// documents kept.
+    pub fn new(r: &Resources) -> Result<Self, CatalogError> {
+        let mut c = Self {
+            root_namespace: r.mesh.root_namespace.clone(),
+            ..Self::default()
+        };
+        let mesh_name = document_name(Kind::MeshConfig, &r.mesh.root_namespace, "mesh");
+        if let Some(raw) = &r.mesh_raw {
+            c.add(mesh_name.clone(), raw);
+            c.everyone.push(mesh_name);
+        }
+        fn doc<T>(c: &mut Catalog, item: &Item<T>) -> Result<String, CatalogError> {
+            let name = document_name(item.source.kind, item.namespace(), item.name());
+            let raw = item
+                .raw
+                .as_ref()
+                .ok_or_else(|| CatalogError::NoDocument(item.source.to_string()))?;
+            c.add(name.clone(), raw);
+            Ok(name)
+        }
+        for g in &r.gateways {
+            let name = doc(&mut c, g)?;
+            c.everyone.push(name);
+        }
+        for p in &r.peer_authentications {
+            let name = doc(&mut c, p)?;
+            c.everyone.push(name);
+        }
+        for p in &r.legacy_policies {
+            let name = doc(&mut c, p)?;
+            c.everyone.push(name);
+        }
+        for p in &r.authorization_policies {
+            let name = doc(&mut c, p)?;
+            c.policies
+                .entry(p.namespace().to_owned())
+                .or_default()
+                .push(name);
+        }
+        // WorkloadEntries by namespace, for the ServiceEntries' selectors.
+        let mut by_namespace: HashMap<&str, Vec<(&Item<WorkloadEntry>, String)>> = HashMap::new();
+        for w in &r.workload_entries {
+            let name = doc(&mut c, w)?;
+            c.workloads
+                .insert(w.source.key(), (name.clone(), w.namespace().to_owned()));
+            by_namespace
+                .entry(w.namespace())
+                .or_default()
+                .push((w, name));
+        }
+        for se in &r.service_entries {
+            let document = doc(&mut c, se)?;
+            let members = se
+                .spec
+                .workload_selector
+                .as_ref()
+                .map(|sel| {
+                    by_namespace
+                        .get(se.namespace())
+                        .into_iter()
+                        .flatten()
+                        .filter(|(w, _)| labels_match(&sel.labels, &w.spec.labels))
+                        .map(|(_, name)| name.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            c.exported.push(Exported {
+                export_to: se.spec.export_to.clone(),
+                namespace: se.namespace().to_owned(),
+                document,
+                members,
+            });
+        }
+        for vs in &r.virtual_services {
+            let document = doc(&mut c, vs)?;
+            c.exported.push(Exported {
+                export_to: vs.spec.export_to.clone(),
+                namespace: vs.namespace().to_owned(),
+                document,
+                members: Vec::new(),
+            });
+        }
+        for dr in &r.destination_rules {
+            let document = doc(&mut c, dr)?;
+            c.exported.push(Exported {
+                export_to: dr.spec.export_to.clone(),
+                namespace: dr.namespace().to_owned(),
+                document,
+                members: Vec::new(),
+            });
+        }
+        Ok(c)
+    }
+
+    fn add(&mut self, name: String, raw: &Value) {
+        let d = Document::new(name.clone(), raw);
+        self.documents.insert(name, d);
+    }
+
+    /// A document by name.
+    pub fn get(&self, name: &str) -> Option<&Document> {
+        self.documents.get(name)
+    }
+
+    /// How many documents the configuration has.
+    pub fn len(&self) -> usize {
+        self.documents.len()
+    }
+
+    /// True for an empty configuration.
+    pub fn is_empty(&self) -> bool {
+        self.documents.is_empty()
+    }
+
+    /// The namespace of a WorkloadEntry `namespace/name`, if there is one.
+    pub fn workload_namespace(&self, workload: &str) -> Option<&str> {
+        self.workloads.get(workload).map(|(_, ns)| ns.as_str())
+    }
+
+    /// The names of the documents the WorkloadEntry `namespace/name` may
+    /// see, with their versions.
+    pub fn view(&self, workload: &str) -> Result<BTreeMap<String, String>, ViewError> {
+        let (own, namespace) = self
+            .workloads
+            .get(workload)
+            .ok_or_else(|| ViewError::UnknownWorkload(workload.to_owned()))?;
+        let mut names: BTreeSet<&str> = self.everyone.iter().map(String::as_str).collect();
+        names.insert(own);
+        for ns in [namespace.as_str(), self.root_namespace.as_str()] {
+            names.extend(
+                self.policies
+                    .get(ns)
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str),
+            );
+        }
+        for e in &self.exported {
+            if exported_to(&e.export_to, &e.namespace, namespace) {
+                names.insert(&e.document);
+                names.extend(e.members.iter().map(String::as_str));
+            }
+        }
+        Ok(names
+            .into_iter()
+            .filter_map(|n| {
+                self.documents
+                    .get(n)
+                    .map(|d| (n.to_owned(), d.version.clone()))
+            })
+            .collect())
+    }
+}
+
+/// Reads documents received from a control plane back into resources,
+/// through the file loader's reading and validation. Each is named
+/// `xds:<name>` in errors.
+pub fn read<'a>(
+    documents: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<Resources, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut docs = Vec::new();
+    for (name, body) in documents {
+        let origin = Origin {
+            file: PathBuf::from(format!("{ORIGIN_SCHEME}{name}")),
+            document: 1,
+            item: None,
+        };
+        match serde_json::from_slice::<Value>(body) {
+            Ok(doc) => docs.push((origin, doc)),
+            Err(e) => errors.push(ConfigError::at(
+                &origin,
+                None,
+                "",
+                format!("is not valid JSON: {e}"),
+            )),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    crate::load::load_documents(docs)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  ports: [{number: 80, name: http}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ledger, namespace: bank}
+spec:
+  hosts: [ledger]
+  ports: [{number: 80, name: http}]
+  workloadSelector: {labels: {app: ledger}}
+  exportTo: ["."]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1, namespace: shop}
+spec: {address: 10.0.0.1, labels: {app: reviews}, serviceAccount: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ledger-1, namespace: bank}
+spec: {address: 10.0.0.2, labels: {app: ledger}, serviceAccount: ledger}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: web, namespace: shop}
+spec: {address: 10.0.0.3, labels: {app: web}, serviceAccount: web}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ledger-only-bank, namespace: bank}
+spec: {action: ALLOW, rules: [{from: [{source: {namespaces: [bank]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"#;
+
+    fn catalog() -> (Resources, Catalog) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mesh.yaml");
+        std::fs::write(&file, MESH).unwrap();
+        let plain = crate::load::load_path(&file).unwrap();
+        assert!(
+            matches!(Catalog::new(&plain), Err(CatalogError::NoDocument(_))),
+            "documents were not kept"
+        );
+        let r = crate::load::load_path_keeping_documents(&file).unwrap();
+        let c = Catalog::new(&r).unwrap();
+        (r, c)
+    }
+
+    #[test]
+    fn a_workload_sees_what_is_exported_to_its_namespace_and_its_policies() {
+        let (_, c) = catalog();
+        let web: Vec<String> = c.view("shop/web").unwrap().into_keys().collect();
+        assert_eq!(
+            web,
+            [
+                "PeerAuthentication/istio-system/default",
+                "ServiceEntry/shop/reviews",
+                "WorkloadEntry/shop/reviews-v1",
+                "WorkloadEntry/shop/web",
+            ]
+        );
+        let ledger: Vec<String> = c.view("bank/ledger-1").unwrap().into_keys().collect();
+        assert!(ledger.contains(&"ServiceEntry/bank/ledger".to_owned()));
+        assert!(ledger.contains(&"AuthorizationPolicy/bank/ledger-only-bank".to_owned()));
+        assert!(ledger.contains(&"ServiceEntry/shop/reviews".to_owned()));
+        assert_eq!(
+            c.view("shop/nobody"),
+            Err(ViewError::UnknownWorkload("shop/nobody".into()))
+        );
+    }
+
+    #[test]
+    fn a_view_read_back_compiles_to_the_services_it_names() {
+        let (_, c) = catalog();
+        let view = c.view("shop/web").unwrap();
+        let docs: Vec<(&str, &[u8])> = view
+            .keys()
+            .map(|n| (n.as_str(), &*c.get(n).unwrap().body))
+            .collect();
+        let r = read(docs).unwrap();
+        let snap = crate::snapshot::compile(&r).unwrap();
+        assert!(snap.services.contains_key("reviews.shop.svc.cluster.local"));
+        assert!(!snap.services.contains_key("ledger.bank.svc.cluster.local"));
+        assert_eq!(snap.workloads.len(), 2);
+    }
+
+    #[test]
+    fn versions_change_with_the_document_only() {
+        let (_, a) = catalog();
+        let (_, b) = catalog();
+        let name = "ServiceEntry/shop/reviews";
+        assert_eq!(a.get(name).unwrap().version, b.get(name).unwrap().version);
+        let other = Document::new(name.into(), &serde_json::json!({"kind": "ServiceEntry"}));
+        assert_ne!(other.version, a.get(name).unwrap().version);
+    }
+
+    #[test]
+    fn bad_documents_are_refused_naming_them() {
+        let e = read([("ServiceEntry/shop/x", &b"{not json"[..])]).unwrap_err();
+        assert!(e.to_string().contains("xds:ServiceEntry/shop/x"), "{e}");
+        let e = read([(
+            "ServiceEntry/shop/x",
+            &br#"{"apiVersion":"networking.istio.io/v1","kind":"ServiceEntry","metadata":{"name":"x"},"spec":{"hosts":["x"],"bogus":1}}"#[..],
+        )])
+        .unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+}
