@@ -7,7 +7,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use mesh_core::identity::SpiffeId;
 use rustls_pki_types::ServerName;
-use tonic::transport::{Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::authority::IssuedSvid;
 use crate::credentials::{CredentialStore, Credentials};
@@ -74,7 +74,7 @@ impl CaClient {
         } else {
             None
         };
-        let mut config = match &current {
+        let config = match &current {
             Some(c) => {
                 let store = CredentialStore::new(Credentials::clone(c));
                 client_config(&store, SpiffeServerVerifier::new(store.clone(), allowed))
@@ -85,22 +85,8 @@ impl CaClient {
             )),
         }
         .map_err(|e| SignError::Unavailable(e.to_string()))?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let addr = self.addr.clone();
-        let connector = tower::service_fn(move |_: Uri| {
-            let (tls, addr) = (tls.clone(), addr.clone());
-            async move {
-                let tcp = tokio::net::TcpStream::connect(&addr).await?;
-                // The CA is verified by SPIFFE ID; the name only fills SNI.
-                let name = ServerName::try_from("mesh-ca").map_err(std::io::Error::other)?;
-                let stream = tls.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        });
         let call = async {
-            let channel = Endpoint::from_static("http://mesh-ca")
-                .connect_with_connector(connector)
+            let channel = connect_channel(&self.addr, config)
                 .await
                 .map_err(|e| SignError::Unavailable(format!("{e}: {}", source_chain(&e))))?;
             let mut request = tonic::Request::new(IstioCertificateRequest {
@@ -133,7 +119,33 @@ impl CaClient {
     }
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
+/// A gRPC channel to the control plane at `addr` (`host:port`) over TLS
+/// with `config` (ALPN set to h2 here), which verifies the server by SPIFFE
+/// ID: the name only fills SNI. One connection, made now.
+pub async fn connect_channel(
+    addr: &str,
+    mut config: rustls::ClientConfig,
+) -> Result<Channel, tonic::transport::Error> {
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let addr = addr.to_owned();
+    let connector = tower::service_fn(move |_: Uri| {
+        let (tls, addr) = (tls.clone(), addr.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::try_from("mesh-ca").map_err(std::io::Error::other)?;
+            let stream = tls.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    Endpoint::from_static("http://mesh-ca")
+        .connect_with_connector(connector)
+        .await
+}
+
+/// The error and its causes, on one line.
+pub fn source_chain(e: &dyn std::error::Error) -> String {
     let mut out = Vec::new();
     let mut cur = e.source();
     while let Some(s) = cur {

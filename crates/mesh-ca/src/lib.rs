@@ -76,7 +76,7 @@ pub fn ca_id(trust_domain: &mesh_core::identity::TrustDomain) -> mesh_core::iden
     }
 }
 #[cfg(feature = "grpc")]
-pub use client::CaClient;
+pub use client::{CaClient, connect_channel, source_chain};
 pub use credentials::{CredentialStore, Credentials, CredentialsError};
 pub use csr::CsrError;
 pub use error::CaError;

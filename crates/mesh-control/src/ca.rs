@@ -26,24 +26,38 @@ use http::{Request, Response};
 use mesh_ca::service::{CaAcceptor, CaPeer, CaService};
 use mesh_tower::body::{BoxBody, boxed};
 use mesh_tower::server::{
-    Known, ServeService, ServerBody, ServerHandle, accept_loop, drain_pair, serve_connection,
+    Known, ServeService, ServerBody, ServerHandle, ServerSettings, accept_loop, drain_pair,
+    serve_connection,
 };
 use tokio::net::TcpListener;
 use tonic::service::Routes;
+use tower::ServiceExt as _;
 
 use crate::ControlPlaneConfig;
+use crate::xds::{ConfigServer, DISCOVERY_PATH_PREFIX};
 
 /// Serves `service` on `listener` until the returned handle drains.
 pub(crate) fn spawn(
     listener: TcpListener,
     acceptor: CaAcceptor,
     service: CaService,
+    xds: Option<ConfigServer>,
     config: &ControlPlaneConfig,
 ) -> std::io::Result<ServerHandle> {
     let local_addr = listener.local_addr()?;
-    // A router, not the bare service: the xDS services join it here.
-    let routes = Routes::new(service.into_server());
-    let (controller, drain) = drain_pair(config.settings);
+    // Configuration streams stay open for as long as the data plane runs,
+    // and the client sends only when it answers a push: the body read
+    // timeout would cut every quiet stream. The CA's own calls are bounded
+    // whole by the request timeout instead.
+    let settings = ServerSettings {
+        body: config.settings.body.body_read_timeout(None),
+        ..config.settings
+    };
+    let (controller, drain) = drain_pair(settings);
+    let mut routes = Routes::new(service.into_server());
+    if let Some(xds) = xds {
+        routes = routes.add_service(xds.with_drain(drain.clone()).into_service());
+    }
     let conns = drain.clone();
     let timeout = config.request_timeout;
     let accept = accept_loop(listener, drain, move |tcp, remote| {
@@ -73,16 +87,26 @@ pub(crate) fn spawn(
 
 /// `routes` as the server serves it, for the connection of `peer`, each
 /// request answered within `timeout`.
+/// A discovery stream is not cut by the timeout: it lasts as long as the
+/// data plane follows the control plane.
 fn with_peer(routes: Routes, peer: CaPeer, timeout: Duration) -> impl ServeService {
     let remote = peer.remote;
-    tower::ServiceBuilder::new()
-        .map_request(move |mut req: Request<ServerBody>| {
-            req.extensions_mut().insert(peer.clone());
-            req
-        })
-        .map_future(move |answer| within(timeout, answer, remote))
-        .map_response(|resp: Response<tonic::body::Body>| -> Response<BoxBody> { resp.map(boxed) })
-        .service(routes)
+    tower::service_fn(move |mut req: Request<ServerBody>| {
+        req.extensions_mut().insert(peer.clone());
+        let streaming = req.uri().path().starts_with(DISCOVERY_PATH_PREFIX);
+        let call = routes.clone().oneshot(req);
+        async move {
+            let answer = async move {
+                call.await
+                    .map(|resp: Response<tonic::body::Body>| resp.map(boxed))
+            };
+            if streaming {
+                answer.await
+            } else {
+                within(timeout, answer, remote).await
+            }
+        }
+    })
 }
 
 /// `answer`, or `DEADLINE_EXCEEDED` once `timeout` has passed without it.

@@ -35,6 +35,7 @@
 
 mod ca;
 mod monitor;
+pub mod xds;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,7 +47,8 @@ use mesh_ca::{CertificateAuthority, CredentialStore, TokenStore};
 use mesh_tower::server::{ServerHandle, ServerSettings};
 use tokio::net::TcpListener;
 
-pub use monitor::METRICS_PATHS;
+pub use monitor::{CONFIG_STATUS_PATH, METRICS_PATHS};
+pub use xds::{ConfigServer, ConfigServerError};
 
 use monitor::Monitor;
 
@@ -110,13 +112,36 @@ impl ControlPlane {
         listener: TcpListener,
         config: ControlPlaneConfig,
     ) -> Result<Self, StartError> {
+        Self::start_inner(ca, tokens, listener, config, None).await
+    }
+
+    /// [`start`](Self::start), also serving `xds` on the same port: the
+    /// mesh's configuration to every data plane over delta ADS, mTLS with
+    /// each workload's SVID (istiod serves its CA and xDS on 15012 too).
+    pub async fn start_serving(
+        ca: Arc<CertificateAuthority>,
+        tokens: TokenStore,
+        listener: TcpListener,
+        config: ControlPlaneConfig,
+        xds: ConfigServer,
+    ) -> Result<Self, StartError> {
+        Self::start_inner(ca, tokens, listener, config, Some(xds)).await
+    }
+
+    async fn start_inner(
+        ca: Arc<CertificateAuthority>,
+        tokens: TokenStore,
+        listener: TcpListener,
+        config: ControlPlaneConfig,
+        xds: Option<ConfigServer>,
+    ) -> Result<Self, StartError> {
         let identity = serving_identity(&ca).await?;
         let acceptor = CaAcceptor::new(identity.store())
             .map_err(ServeError::from)?
             .with_handshake_timeout(config.settings.handshake_timeout);
         let service = CaService::new(ca, tokens);
-        let monitor = Monitor::new(service.metrics().clone(), identity);
-        let ca = ca::spawn(listener, acceptor, service, &config)?;
+        let monitor = Monitor::new(service.metrics().clone(), identity, xds.clone());
+        let ca = ca::spawn(listener, acceptor, service, xds, &config)?;
         Ok(Self {
             ca,
             metrics: None,

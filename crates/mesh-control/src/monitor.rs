@@ -15,10 +15,17 @@ use mesh_tower::telemetry::PROMETHEUS_CONTENT_TYPE;
 use tokio::net::TcpListener;
 
 use crate::ControlPlaneConfig;
+use crate::xds::ConfigServer;
 
 /// The paths the metrics endpoint answers at: Prometheus' default, and the
 /// proxy admin's.
 pub const METRICS_PATHS: [&str; 2] = ["/metrics", "/stats/prometheus"];
+
+/// Where the configuration server says what it serves, as JSON: the
+/// version, reloads, rejections, and the errors of the newest
+/// configuration read if it was rejected (file, resource and field, as
+/// `mesh-proxy check` names them).
+pub const CONFIG_STATUS_PATH: &str = "/debug/config";
 
 /// What the control plane reports: the signing service's counters and the
 /// CA's serving certificate. Cheap to clone.
@@ -26,14 +33,20 @@ pub const METRICS_PATHS: [&str; 2] = ["/metrics", "/stats/prometheus"];
 pub(crate) struct Monitor {
     ca: Arc<CaMetrics>,
     identity: Arc<CertManager>,
+    xds: Option<ConfigServer>,
 }
 
 impl Monitor {
     /// Reports `ca`'s counters and the certificate of `identity`.
-    pub(crate) fn new(ca: Arc<CaMetrics>, identity: CertManager) -> Self {
+    pub(crate) fn new(
+        ca: Arc<CaMetrics>,
+        identity: CertManager,
+        xds: Option<ConfigServer>,
+    ) -> Self {
         Self {
             ca,
             identity: Arc::new(identity),
+            xds,
         }
     }
 
@@ -52,15 +65,23 @@ impl Monitor {
         let mut out = String::new();
         self.ca.render(&mut out);
         self.identity.metrics().render(&mut out);
+        if let Some(xds) = &self.xds {
+            xds.render(&mut out);
+        }
         out
     }
 
     /// The answer to a scrape (or anything else) of the endpoint.
     pub(crate) fn respond<B>(&self, req: &Request<B>) -> Response<BoxBody> {
-        if !METRICS_PATHS.contains(&req.uri().path()) {
+        let path = req.uri().path();
+        if let (CONFIG_STATUS_PATH, Some(xds), &Method::GET) = (path, &self.xds, req.method()) {
+            let body = serde_json::to_string_pretty(&xds.stats()).unwrap_or_default();
+            return answer(StatusCode::OK, full(body + "\n"), "application/json");
+        }
+        if !METRICS_PATHS.contains(&path) {
             return answer(
                 StatusCode::NOT_FOUND,
-                full("endpoints: /metrics /stats/prometheus\n"),
+                full("endpoints: /metrics /stats/prometheus /debug/config\n"),
                 "text/plain",
             );
         }

@@ -45,5 +45,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod traffic;
 pub mod upstream;
+pub mod xds;
 
 pub use mesh::{Mesh, MeshBuilder, MeshClient, MeshServer};

@@ -1,0 +1,360 @@
+//! The data plane's side of the control plane's configuration stream: a
+//! delta ADS client ([`mesh_core::xds`] says what travels on it) that feeds
+//! the same [`Store`] a configuration folder feeds, so a proxy or a
+//! [`Mesh`](crate::Mesh) on a control plane compiles, swaps and reports
+//! its snapshots exactly as one reading files.
+//!
+//! - The stream is mTLS with the workload's SVID (read from its
+//!   [`CredentialStore`] at each connection, so rotations apply), and the
+//!   control plane must present its own SVID ([`mesh_ca::ca_id`]).
+//! - Every response is applied whole: the documents held, updated by it,
+//!   are read and compiled; a good one is swapped in and ACKed, a bad one
+//!   is NACKed with its errors (file, resource, field) and the last good
+//!   snapshot stays in force. Both are counted and logged.
+//! - The store is ready after the first good configuration; while the
+//!   control plane is away the last good one serves. The client
+//!   reconnects with jittered exponential backoff and says which versions
+//!   it holds, so the control plane sends only what changed meanwhile.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use mesh_ca::CredentialStore;
+use mesh_ca::metrics::{MetricDef, MetricKind};
+use mesh_ca::tls::{SpiffeServerVerifier, client_config};
+use mesh_core::identity::SpiffeId;
+use mesh_core::store::Store;
+use mesh_core::xds::CONFIG_TYPE_URL;
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+
+/// Where the control plane is and who this data plane is.
+#[derive(Debug, Clone)]
+pub struct XdsConfig {
+    /// `host:port` of the control plane (the CA's port: 15012).
+    pub addr: String,
+    /// The SPIFFE ID the control plane must present.
+    pub server_id: SpiffeId,
+    /// The WorkloadEntry this data plane runs as, `namespace/name`.
+    pub workload: String,
+    /// The first wait before a reconnection; doubled up to `max_backoff`,
+    /// each wait jittered down by up to half.
+    pub min_backoff: Duration,
+    /// The longest wait between reconnections.
+    pub max_backoff: Duration,
+}
+
+impl XdsConfig {
+    /// The control plane at `addr`, presenting `server_id`, for `workload`
+    /// (`namespace/name`, or `name` in `default`); backoff 100 ms to 15 s.
+    pub fn new(addr: impl Into<String>, server_id: SpiffeId, workload: &str) -> Self {
+        let workload = if workload.contains('/') {
+            workload.to_owned()
+        } else {
+            format!("default/{workload}")
+        };
+        Self {
+            addr: addr.into(),
+            server_id,
+            workload,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The stream connected now.
+pub const CLIENT_CONNECTED: MetricDef = MetricDef {
+    name: "mesh_xds_client_connected",
+    help: "1 while the configuration stream to the control plane is open.",
+    kind: MetricKind::Gauge,
+};
+/// Connections made.
+pub const CLIENT_CONNECTS: MetricDef = MetricDef {
+    name: "mesh_xds_client_connects_total",
+    help: "Configuration streams opened to the control plane.",
+    kind: MetricKind::Counter,
+};
+/// Responses applied.
+pub const CLIENT_ACKS: MetricDef = MetricDef {
+    name: "mesh_xds_client_acks_total",
+    help: "Configuration responses applied and acknowledged.",
+    kind: MetricKind::Counter,
+};
+/// Responses rejected.
+pub const CLIENT_NACKS: MetricDef = MetricDef {
+    name: "mesh_xds_client_nacks_total",
+    help: "Configuration responses rejected (NACK); the last good configuration stayed in force.",
+    kind: MetricKind::Counter,
+};
+
+/// What the client reports, read at scrape time.
+#[derive(Debug, Default)]
+pub struct XdsStatus {
+    connected: AtomicBool,
+    connects: AtomicU64,
+    acks: AtomicU64,
+    nacks: AtomicU64,
+    last_nack: Mutex<Option<String>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl XdsStatus {
+    /// Whether the stream is open now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Streams opened.
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    /// Responses applied.
+    pub fn acks(&self) -> u64 {
+        self.acks.load(Ordering::Relaxed)
+    }
+
+    /// Responses rejected.
+    pub fn nacks(&self) -> u64 {
+        self.nacks.load(Ordering::Relaxed)
+    }
+
+    /// Why the last rejected response was rejected.
+    pub fn last_nack(&self) -> Option<String> {
+        self.last_nack.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Why the last stream failed or ended, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn set(slot: &Mutex<Option<String>>, value: Option<String>) {
+        if let Ok(mut g) = slot.lock() {
+            *g = value;
+        }
+    }
+
+    /// Appends the client's metrics in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        CLIENT_CONNECTED.write_value(out, u64::from(self.connected()));
+        CLIENT_CONNECTS.write_value(out, self.connects());
+        CLIENT_ACKS.write_value(out, self.acks());
+        CLIENT_NACKS.write_value(out, self.nacks());
+    }
+}
+
+/// A running client; dropping it closes the stream.
+#[derive(Debug)]
+pub struct XdsClient {
+    status: Arc<XdsStatus>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for XdsClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl XdsClient {
+    /// Follows the control plane of `config`, authenticating with
+    /// `credentials`, applying what it sends to `store`. Must be called
+    /// within a Tokio runtime.
+    pub fn spawn(config: XdsConfig, credentials: CredentialStore, store: Arc<Store>) -> Self {
+        let status = Arc::new(XdsStatus::default());
+        let mut session = Session {
+            config,
+            credentials,
+            store,
+            status: status.clone(),
+            held: BTreeMap::new(),
+        };
+        let task = tokio::spawn(async move { session.run().await });
+        Self { status, task }
+    }
+
+    /// What the client reports.
+    pub fn status(&self) -> &Arc<XdsStatus> {
+        &self.status
+    }
+}
+
+/// The documents held: name → (version, body).
+type Held = BTreeMap<String, (String, Vec<u8>)>;
+
+struct Session {
+    config: XdsConfig,
+    credentials: CredentialStore,
+    store: Arc<Store>,
+    status: Arc<XdsStatus>,
+    held: Held,
+}
+
+impl Session {
+    async fn run(&mut self) {
+        let mut backoff = self.config.min_backoff;
+        loop {
+            let got_response = match self.stream().await {
+                Ok(got) => {
+                    XdsStatus::set(
+                        &self.status.last_error,
+                        Some("the control plane ended the stream".into()),
+                    );
+                    got
+                }
+                Err((got, e)) => {
+                    tracing::warn!(
+                        control_plane = %self.config.addr,
+                        "configuration stream: {e}; the configuration in force stays"
+                    );
+                    XdsStatus::set(&self.status.last_error, Some(e));
+                    got
+                }
+            };
+            self.status.connected.store(false, Ordering::Relaxed);
+            if got_response {
+                backoff = self.config.min_backoff;
+            }
+            // Jitter down by up to half, so data planes cut off together
+            // do not all come back in the same instant.
+            let jitter = rand::random::<f64>() * 0.5;
+            tokio::time::sleep(backoff.mul_f64(1.0 - jitter)).await;
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    /// One stream, until it ends. Says whether a response arrived (the
+    /// control plane was up: the backoff starts again from the bottom).
+    async fn stream(&mut self) -> Result<bool, (bool, String)> {
+        let tls = client_config(
+            &self.credentials,
+            SpiffeServerVerifier::new(
+                self.credentials.clone(),
+                vec![self.config.server_id.clone()],
+            ),
+        )
+        .map_err(|e| (false, format!("TLS: {e}")))?;
+        let channel = mesh_ca::connect_channel(&self.config.addr, tls)
+            .await
+            .map_err(|e| {
+                (
+                    false,
+                    format!("cannot connect: {e}: {}", mesh_ca::source_chain(&e)),
+                )
+            })?;
+        let (tx, rx) = mpsc::channel(4);
+        let first = DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: self.config.workload.clone(),
+                ..Node::default()
+            }),
+            type_url: CONFIG_TYPE_URL.to_owned(),
+            initial_resource_versions: self
+                .held
+                .iter()
+                .map(|(n, (v, _))| (n.clone(), v.clone()))
+                .collect::<HashMap<_, _>>(),
+            ..DeltaDiscoveryRequest::default()
+        };
+        // Cannot fail: the receiver is alive and the queue empty.
+        let _ = tx.send(first).await;
+        let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| (false, describe(&s)))?
+            .into_inner();
+        self.status.connected.store(true, Ordering::Relaxed);
+        self.status.connects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(control_plane = %self.config.addr, workload = %self.config.workload, "configuration stream open");
+        let mut got = false;
+        loop {
+            let resp = match responses.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => return Ok(got),
+                Err(s) => return Err((got, describe(&s))),
+            };
+            got = true;
+            let answer = self.apply(resp);
+            if tx.send(answer).await.is_err() {
+                return Ok(got);
+            }
+        }
+    }
+
+    /// Applies one response; returns its ACK or NACK.
+    fn apply(&mut self, resp: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+        let mut answer = DeltaDiscoveryRequest {
+            type_url: CONFIG_TYPE_URL.to_owned(),
+            response_nonce: resp.nonce.clone(),
+            ..DeltaDiscoveryRequest::default()
+        };
+        let result = if resp.type_url == CONFIG_TYPE_URL {
+            self.merge(resp)
+        } else {
+            Err(format!(
+                "type_url {:?} was not asked for; this client reads {CONFIG_TYPE_URL}",
+                resp.type_url
+            ))
+        };
+        let result = result.and_then(|version| {
+            let docs = self
+                .held
+                .iter()
+                .map(|(n, (_, body))| (n.as_str(), body.as_slice()));
+            self.store
+                .apply(mesh_core::xds::read(docs))
+                .map(|v| (version, v))
+                .map_err(|e| e.to_string())
+        });
+        match result {
+            Ok((served, local)) => {
+                self.status.acks.fetch_add(1, Ordering::Relaxed);
+                XdsStatus::set(&self.status.last_nack, None);
+                tracing::info!(version = local, control_plane_version = %served, "configuration applied");
+            }
+            Err(e) => {
+                self.status.nacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "configuration from the control plane rejected, the previous one stays in force: {e}"
+                );
+                XdsStatus::set(&self.status.last_nack, Some(e.clone()));
+                answer.error_detail = Some(RpcStatus {
+                    code: tonic::Code::InvalidArgument as i32,
+                    message: e,
+                    details: Vec::new(),
+                });
+            }
+        }
+        answer
+    }
+
+    /// Updates the documents held with `resp`; returns its version. What
+    /// it holds stays updated even if the result is rejected: the control
+    /// plane's next response is a difference from it.
+    fn merge(&mut self, resp: DeltaDiscoveryResponse) -> Result<String, String> {
+        for name in &resp.removed_resources {
+            self.held.remove(name);
+        }
+        for r in resp.resources {
+            let Some(any) = r.resource else {
+                return Err(format!("resource {} has no body", r.name));
+            };
+            self.held.insert(r.name, (r.version, any.value));
+        }
+        Ok(resp.system_version_info)
+    }
+}
+
+fn describe(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
