@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
+use mesh_core::identity::TrustDomain;
 use mesh_proxy::{
     BoundSocket, CaptureListeners, Gateway, GatewayListeners, IdentitySource, InboundListener,
     OutboundListener, ProxyHandle, Sidecar, SidecarListeners,
@@ -17,9 +18,16 @@ use tokio::net::TcpListener;
 /// Options shared by the sidecar and the gateway.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct CommonArgs {
-    /// A YAML file or a folder of them; reloaded on change.
-    #[arg(long)]
-    pub(crate) config: PathBuf,
+    /// A YAML file or a folder of them; reloaded on change. Or
+    /// `--control-plane`.
+    #[arg(long, required_unless_present = "control_plane")]
+    pub(crate) config: Option<PathBuf>,
+    /// Follow the control plane at `host:port` (`mesh-ca serve --config`,
+    /// its CA port) instead of reading `--config`: the configuration
+    /// arrives over xDS, mTLS with this workload's SVID. It is also the CA
+    /// unless `--ca` names another.
+    #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+    pub(crate) control_plane: Option<String>,
     /// The admin listener (`/ready`, `/stats/prometheus`, `/config_dump`, `/certs`).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub(crate) admin: SocketAddr,
@@ -114,12 +122,13 @@ pub(crate) struct IdentityArgs {
 }
 
 impl IdentityArgs {
-    /// Files when all three are given, else the CA.
-    fn source(&self) -> Result<IdentitySource> {
+    /// Files when all three are given, else the CA (`--ca`, else the
+    /// control plane's address).
+    fn source(&self, control_plane: Option<&String>) -> Result<IdentitySource> {
         if let (Some(cert), Some(key), Some(bundle)) = (&self.cert, &self.key, &self.bundle) {
             return Ok(IdentitySource::files(cert, key, bundle));
         }
-        let (Some(addr), Some(root)) = (&self.ca, &self.ca_root) else {
+        let (Some(addr), Some(root)) = (self.ca.as_ref().or(control_plane), &self.ca_root) else {
             bail!("give --ca ADDR --ca-root FILE [--token T], or --cert --key --bundle");
         };
         let mut source = IdentitySource::ca(addr, root);
@@ -172,6 +181,14 @@ pub(crate) struct SidecarArgs {
     /// The workload's namespace.
     #[arg(long, default_value = "default")]
     pub(crate) namespace: String,
+    /// The workload's service account, for its identity on a control plane
+    /// (`spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`); from
+    /// `--config` the WorkloadEntry's is used.
+    #[arg(long, value_name = "SA", requires = "control_plane")]
+    pub(crate) service_account: Option<String>,
+    /// The trust domain of the identity on a control plane.
+    #[arg(long, default_value = "cluster.local", requires = "control_plane")]
+    pub(crate) trust_domain: String,
     /// The local app: `ADDR` for every inbound port, or `PORT_NAME=ADDR`;
     /// repeatable.
     #[arg(long)]
@@ -213,13 +230,33 @@ fn parse_app(apps: &[String], port_name: &str) -> Result<Option<SocketAddr>> {
 
 /// Runs the sidecar until SIGTERM, then drains.
 pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
-    let identity = args.common.identity.source()?;
-    let sidecar = Sidecar::builder(&args.common.config, &args.namespace, &args.workload)
+    let identity = args
+        .common
+        .identity
+        .source(args.common.control_plane.as_ref())?;
+    let builder = match (&args.common.control_plane, &args.common.config) {
+        (Some(addr), _) => {
+            let sa = args.service_account.as_deref().ok_or_else(|| {
+                anyhow!("--control-plane needs --service-account (the workload's identity)")
+            })?;
+            let mut b = Sidecar::following(addr, &args.namespace, &args.workload)
+                .service_account(sa)
+                .trust_domain(TrustDomain::new(&args.trust_domain).context("--trust-domain")?);
+            if let Some(id) = &args.common.identity.ca_id {
+                b = b.control_plane_id(id.parse().context("--ca-id")?);
+            }
+            b
+        }
+        (None, Some(config)) => Sidecar::builder(config, &args.namespace, &args.workload),
+        (None, None) => bail!("give --config DIR or --control-plane ADDR"),
+    };
+    let sidecar = builder
         .identity(identity)
         .server_settings(args.common.server_settings())
         .drain_timeout(Duration::from_secs(args.common.drain_timeout))
         .default_inbound_port(args.inbound_port)
-        .build()?;
+        .connect()
+        .await?;
     let admin = args.common.admin_listener().await?;
 
     let mut apps = Vec::new();
@@ -364,8 +401,13 @@ pub(crate) struct GatewayArgs {
 
 /// Runs the gateway until SIGTERM, then drains.
 pub(crate) async fn run_gateway(args: GatewayArgs) -> Result<()> {
-    let identity = args.common.identity.source()?;
-    let mut builder = Gateway::builder(&args.common.config, &args.gateway)
+    let Some(config) = &args.common.config else {
+        // Refused by name rather than half served: the gateway's own
+        // stream (its view, its identity check) is not built yet.
+        bail!("the gateway reads --config; following a control plane is built for sidecars only");
+    };
+    let identity = args.common.identity.source(None)?;
+    let mut builder = Gateway::builder(config, &args.gateway)
         .identity(identity)
         .server_settings(ServerSettings {
             handshake_timeout: args.handshake_timeout,

@@ -252,7 +252,7 @@ impl Gateway {
             drain_timeout: self.drain_timeout,
             local_addrs,
             start,
-            watcher: self.watcher,
+            watcher: self.watcher.into(),
         })
     }
 }

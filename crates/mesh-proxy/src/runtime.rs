@@ -164,8 +164,25 @@ pub(crate) struct Launch<F> {
     pub(crate) local_addrs: Vec<SocketAddr>,
     /// Obtains the identity and listens: the accept loops to run.
     pub(crate) start: F,
-    /// The configuration watcher, kept for as long as the proxy runs.
-    pub(crate) watcher: FileWatcher,
+    /// What feeds the configuration, kept for as long as the proxy runs.
+    pub(crate) watcher: ConfigFeed,
+}
+
+/// What feeds a proxy's store: its files' watcher, or its stream from the
+/// control plane. Dropping it stops the feed.
+#[derive(Debug)]
+pub(crate) enum ConfigFeed {
+    /// `--config DIR`.
+    Files(#[allow(dead_code)] FileWatcher),
+    /// `--control-plane ADDR`; its status is also rendered by the admin
+    /// listener's metrics.
+    ControlPlane(Arc<mesh_tower::xds::XdsClient>),
+}
+
+impl From<FileWatcher> for ConfigFeed {
+    fn from(w: FileWatcher) -> Self {
+        Self::Files(w)
+    }
 }
 
 /// Runs a proxy as one task: the admin listener at once, then `start`

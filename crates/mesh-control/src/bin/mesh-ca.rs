@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! mesh-ca init  --dir D [--trust-domain cluster.local] [--import-istio SRC]
-//! mesh-ca serve --dir D --listen 127.0.0.1:15012 [--metrics-addr 127.0.0.1:15014]
+//! mesh-ca serve --dir D --listen 127.0.0.1:15012 [--metrics-addr 127.0.0.1:15014] [--config DIR]
 //! mesh-ca token --dir D --id spiffe://cluster.local/ns/default/sa/web [--ttl 1h]
 //! mesh-ca issue --dir D --id spiffe://cluster.local/ns/default/sa/web --out DIR [--ttl 24h] [--dns web.example]
 //! ```
@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use mesh_ca::{CertificateAuthority, TokenStore};
-use mesh_control::{ControlPlane, ControlPlaneConfig};
+use mesh_control::{ConfigServer, ControlPlane, ControlPlaneConfig};
 use mesh_core::identity::{SpiffeId, TrustDomain};
 
 #[derive(Debug, Parser)]
@@ -55,6 +55,11 @@ enum Command {
         /// address (istiod's monitoring port is 15014).
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<String>,
+        /// Also serve the mesh's configuration from this file or folder
+        /// (Istio YAML, as `mesh-proxy --config` reads it) to every data
+        /// plane over xDS on the same port, reloaded when it changes.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
     },
     /// Print a single-use join token bound to one identity.
     Token {
@@ -151,19 +156,23 @@ async fn run(cli: Cli) -> Result<()> {
             dir,
             listen,
             metrics_addr,
+            config,
         } => {
             let ca = Arc::new(CertificateAuthority::open_dir(&dir)?);
             let identity = mesh_ca::service::ca_identity(&ca)?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("--listen {listen}"))?;
-            let mut plane = ControlPlane::start(
-                ca,
-                TokenStore::new(&dir),
-                listener,
-                ControlPlaneConfig::default(),
-            )
-            .await?;
+            let tokens = TokenStore::new(&dir);
+            let settings = ControlPlaneConfig::default();
+            let mut plane = match &config {
+                Some(path) => {
+                    let xds = ConfigServer::from_files(path)
+                        .with_context(|| format!("--config {}", path.display()))?;
+                    ControlPlane::start_serving(ca, tokens, listener, settings, xds).await?
+                }
+                None => ControlPlane::start(ca, tokens, listener, settings).await?,
+            };
             let stop = shutdown_signal()?;
             if let Some(addr) = metrics_addr {
                 let listener = tokio::net::TcpListener::bind(&addr)
@@ -176,6 +185,13 @@ async fn run(cli: Cli) -> Result<()> {
                 %identity,
                 "mesh-ca serving istio.v1.auth.IstioCertificateService"
             );
+            if let Some(path) = &config {
+                tracing::info!(
+                    addr = %plane.ca_addr(),
+                    config = %path.display(),
+                    "serving the configuration over delta ADS"
+                );
+            }
             // Read by scripts and tests: the first line is the CA's address.
             println!("listening on {}", plane.ca_addr());
             if let Some(addr) = plane.metrics_addr() {

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
 use http::{Request, Response};
-use mesh_core::identity::SpiffeId;
+use mesh_core::identity::{SpiffeId, TrustDomain};
 use mesh_core::resources::networking::Protocol;
-use mesh_core::store::{FileWatcher, Store};
+use mesh_core::store::Store;
 use mesh_tower::body::BoxBody;
 use mesh_tower::server::{Drain, ModeAcceptor, ServerSettings, accept_loop, serve_connection};
 use mesh_tower::telemetry::{Registry, TcpTelemetry, WorkloadInfo};
@@ -32,11 +32,12 @@ use mesh_tower::traffic::{Router, RouterConfig, TcpRouter};
 use tokio::net::TcpListener;
 
 use crate::admin::AdminState;
-use crate::identity::IdentitySource;
-use crate::runtime::{BoundSocket, Error, Launch, ProxyBody, ProxyHandle, Serving};
+use crate::identity::{Identity, IdentitySource};
+use crate::runtime::{BoundSocket, ConfigFeed, Error, Launch, ProxyBody, ProxyHandle, Serving};
 pub use capture::CaptureListeners;
 use capture::{OutboundRoutes, inbound_capture_loop, outbound_capture_loop};
 use inbound::{InboundPort, inbound_loop};
+use mesh_tower::xds::{XdsClient, XdsConfig};
 pub(crate) use outbound::outbound_stack;
 use outbound::{OutboundTarget, outbound_loop};
 
@@ -48,16 +49,52 @@ pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// limits.
 #[derive(Debug)]
 pub struct SidecarBuilder {
-    config: PathBuf,
+    origin: ConfigOrigin,
     namespace: String,
     workload: String,
     identity: Option<IdentitySource>,
     settings: ServerSettings,
     drain_timeout: Duration,
     default_inbound_port: u16,
+    service_account: Option<String>,
+    trust_domain: Option<TrustDomain>,
+    control_plane_id: Option<SpiffeId>,
+}
+
+/// Where a sidecar's configuration comes from.
+#[derive(Debug, Clone)]
+enum ConfigOrigin {
+    Files(PathBuf),
+    ControlPlane(String),
 }
 
 impl SidecarBuilder {
+    /// The workload's service account: with a control plane, the identity
+    /// is `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`,
+    /// obtained before the configuration (whose stream it authenticates).
+    /// From files, the WorkloadEntry's is used and this is not needed.
+    #[must_use]
+    pub fn service_account(mut self, sa: impl Into<String>) -> Self {
+        self.service_account = Some(sa.into());
+        self
+    }
+
+    /// The trust domain of the identity with a control plane (default
+    /// `cluster.local`).
+    #[must_use]
+    pub fn trust_domain(mut self, td: TrustDomain) -> Self {
+        self.trust_domain = Some(td);
+        self
+    }
+
+    /// The SPIFFE ID the control plane presents (default: the CA's,
+    /// [`mesh_ca::ca_id`] of the trust domain).
+    #[must_use]
+    pub fn control_plane_id(mut self, id: SpiffeId) -> Self {
+        self.control_plane_id = Some(id);
+        self
+    }
+
     /// Where the sidecar's own certificate comes from (required).
     #[must_use]
     pub fn identity(mut self, source: IdentitySource) -> Self {
@@ -89,19 +126,104 @@ impl SidecarBuilder {
     }
 
     /// Loads the configuration (and starts watching it) and finds the
-    /// workload in it.
+    /// workload in it. A sidecar on a control plane is built with
+    /// [`connect`](Self::connect).
     pub fn build(self) -> Result<Sidecar, Error> {
         self.try_build().map_err(Error::new)
     }
 
+    /// Builds the sidecar from either origin. On a control plane: obtains
+    /// the identity, opens the configuration stream with it and waits for
+    /// the first good configuration (logging, every few seconds, why there
+    /// is none yet), then finds the workload in it. From files, as
+    /// [`build`](Self::build).
+    pub async fn connect(self) -> Result<Sidecar, Error> {
+        match &self.origin {
+            ConfigOrigin::Files(_) => self.try_build(),
+            ConfigOrigin::ControlPlane(addr) => {
+                let addr = addr.clone();
+                self.follow(addr).await
+            }
+        }
+        .map_err(Error::new)
+    }
+
+    async fn follow(self, addr: String) -> Result<Sidecar> {
+        let key = format!("{}/{}", self.namespace, self.workload);
+        let sa = self.service_account.as_deref().ok_or_else(|| {
+            anyhow!("a sidecar on a control plane needs its service account (--service-account)")
+        })?;
+        let td = match self.trust_domain.clone() {
+            Some(td) => td,
+            None => TrustDomain::new("cluster.local")?,
+        };
+        let id = SpiffeId::for_workload(&td, &self.namespace, sa)?;
+        let identity = self
+            .identity
+            .as_ref()
+            .ok_or_else(|| anyhow!("no identity source: give SidecarBuilder::identity"))?;
+        tracing::info!(identity = %id, control_plane = %addr, "obtaining the workload identity");
+        let obtained = Arc::new(identity.obtain(&id).await?);
+        let server_id = self
+            .control_plane_id
+            .clone()
+            .unwrap_or_else(|| mesh_ca::ca_id(&td));
+        let store = Arc::new(Store::new());
+        let client = XdsClient::spawn(
+            XdsConfig::new(addr.clone(), server_id, &key),
+            obtained.store().clone(),
+            store.clone(),
+        );
+        let mut waited = Duration::ZERO;
+        while !store.is_ready() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += Duration::from_millis(20);
+            if waited.as_millis() % 5000 == 0 {
+                let status = client.status();
+                let why = status
+                    .last_nack()
+                    .map(|e| format!("the configuration was rejected: {e}"))
+                    .or_else(|| status.last_error())
+                    .unwrap_or_else(|| "no answer yet".into());
+                tracing::warn!(control_plane = %addr, "waiting for the first configuration: {why}");
+            }
+        }
+        let snap = store.load();
+        let (_, w) = snap
+            .workload(&key)
+            .ok_or_else(|| anyhow!("the control plane at {addr} sent no WorkloadEntry {key}"))?;
+        if w.identity != id {
+            anyhow::bail!(
+                "the WorkloadEntry {key} has the identity {}, but this sidecar is {id}",
+                w.identity
+            );
+        }
+        drop(snap);
+        Ok(Sidecar {
+            store,
+            watcher: ConfigFeed::ControlPlane(Arc::new(client)),
+            key,
+            namespace: self.namespace,
+            workload: self.workload,
+            identity_id: id,
+            identity: Prepared::Obtained(obtained),
+            settings: self.settings,
+            drain_timeout: self.drain_timeout,
+            default_inbound_port: self.default_inbound_port,
+        })
+    }
+
     fn try_build(self) -> Result<Sidecar> {
         let key = format!("{}/{}", self.namespace, self.workload);
-        let (store, watcher) = crate::runtime::start_store(&self.config)?;
+        let ConfigOrigin::Files(config) = &self.origin else {
+            anyhow::bail!("a sidecar on a control plane is built with SidecarBuilder::connect");
+        };
+        let (store, watcher) = crate::runtime::start_store(config)?;
         let identity_id = {
             let snap = store.load();
             let (_, w) = snap
                 .workload(&key)
-                .ok_or_else(|| anyhow!("no WorkloadEntry {key} in {}", self.config.display()))?;
+                .ok_or_else(|| anyhow!("no WorkloadEntry {key} in {}", config.display()))?;
             w.identity.clone()
         };
         let identity = self
@@ -109,12 +231,12 @@ impl SidecarBuilder {
             .ok_or_else(|| anyhow!("no identity source: give SidecarBuilder::identity"))?;
         Ok(Sidecar {
             store,
-            watcher,
+            watcher: watcher.into(),
             key,
             namespace: self.namespace,
             workload: self.workload,
             identity_id,
-            identity,
+            identity: Prepared::Source(identity),
             settings: self.settings,
             drain_timeout: self.drain_timeout,
             default_inbound_port: self.default_inbound_port,
@@ -127,16 +249,24 @@ impl SidecarBuilder {
 #[derive(Debug)]
 pub struct Sidecar {
     store: Arc<Store>,
-    watcher: FileWatcher,
+    watcher: ConfigFeed,
     /// `namespace/name` of the workload.
     key: String,
     namespace: String,
     workload: String,
     identity_id: SpiffeId,
-    identity: IdentitySource,
+    identity: Prepared,
     settings: ServerSettings,
     drain_timeout: Duration,
     default_inbound_port: u16,
+}
+
+/// The identity: where to obtain it, or already obtained (on a control
+/// plane, whose stream it authenticates).
+#[derive(Debug)]
+enum Prepared {
+    Source(IdentitySource),
+    Obtained(Arc<Identity>),
 }
 
 /// A port the sidecar serves inbound, as the configuration names it.
@@ -213,14 +343,37 @@ impl Sidecar {
         namespace: impl Into<String>,
         workload: impl Into<String>,
     ) -> SidecarBuilder {
+        Self::builder_from(ConfigOrigin::Files(config.into()), namespace, workload)
+    }
+
+    /// A sidecar for the WorkloadEntry `namespace/workload`, following the
+    /// control plane at `addr` (`host:port`, its CA port): built with
+    /// [`SidecarBuilder::connect`], which needs its
+    /// [`service_account`](SidecarBuilder::service_account).
+    pub fn following(
+        addr: impl Into<String>,
+        namespace: impl Into<String>,
+        workload: impl Into<String>,
+    ) -> SidecarBuilder {
+        Self::builder_from(ConfigOrigin::ControlPlane(addr.into()), namespace, workload)
+    }
+
+    fn builder_from(
+        origin: ConfigOrigin,
+        namespace: impl Into<String>,
+        workload: impl Into<String>,
+    ) -> SidecarBuilder {
         SidecarBuilder {
-            config: config.into(),
+            origin,
             namespace: namespace.into(),
             workload: workload.into(),
             identity: None,
             settings: ServerSettings::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             default_inbound_port: 15006,
+            service_account: None,
+            trust_domain: None,
+            control_plane_id: None,
         }
     }
 
@@ -321,7 +474,17 @@ impl Sidecar {
             .collect();
         let (controller, drain) = mesh_tower::server::drain_pair(self.settings);
         let registry = Registry::new();
-        let state = AdminState::new(self.store.clone(), vec![metrics_source(&registry)]);
+        let mut sources = vec![metrics_source(&registry)];
+        if let ConfigFeed::ControlPlane(client) = &self.watcher {
+            // The stream's own metrics beside the requests'.
+            let status = client.status().clone();
+            sources.push(Arc::new(move || {
+                let mut out = String::new();
+                status.render(&mut out);
+                out
+            }));
+        }
+        let state = AdminState::new(self.store.clone(), sources);
         let mode = capture.mode();
         tracing::info!(%mode, workload = %self.key, "sidecar mode");
         let _ = state.mode.set(mode);
@@ -382,7 +545,7 @@ fn port_protocol(
 /// Who the sidecar is and where its certificate comes from.
 struct OwnIdentity {
     id: SpiffeId,
-    source: IdentitySource,
+    source: Prepared,
 }
 
 /// The serving sockets, not yet listened on.
@@ -418,7 +581,10 @@ async fn serve(
         registry,
     } = shared;
     tracing::info!(%admin_addr, workload = %key, "admin listening; obtaining the workload identity");
-    let obtained = Arc::new(identity.source.obtain(&identity.id).await?);
+    let obtained = match identity.source {
+        Prepared::Source(source) => Arc::new(source.obtain(&identity.id).await?),
+        Prepared::Obtained(obtained) => obtained,
+    };
     tracing::info!(identity = %identity.id, "identity issued");
     let creds = obtained.store().clone();
     admin.identity.store(Some(obtained));

@@ -1,0 +1,216 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Sidecars that follow a control plane (`mesh-ca serve --config`, here
+//! the same `ControlPlane` in-process) instead of reading a folder: a
+//! request crosses a client sidecar and a server sidecar that both got
+//! their configuration over xDS; an edit of the control plane's folder
+//! changes what the client sidecar does, live; while the control plane is
+//! down nothing fails (the last good configuration serves) and after its
+//! restart the sidecars follow again; a sidecar that claims another
+//! workload never gets a configuration.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_ca::{CertificateAuthority, TokenStore};
+use mesh_control::{ConfigServer, ControlPlane, ControlPlaneConfig};
+use mesh_proxy::{InboundListener, OutboundListener, Sidecar, SidecarListeners};
+use support::{Proxy, World, admin_listener, bound, counting_app, files_identity};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+fn mesh(inbound: u16) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: web}}\n\
+         spec: {{hosts: [web], ports: [{{number: 80, name: http}}], workloadSelector: {{labels: {{app: web}}}}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: web}}\n\
+         spec: {{address: 127.0.0.1, ports: {{http: {inbound}}}, labels: {{app: web}}, serviceAccount: web}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: client}}\n\
+         spec: {{address: 127.0.0.1, labels: {{app: client}}, serviceAccount: client}}\n"
+    )
+}
+
+const ABORT: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+    metadata: {name: web}\nspec:\n  hosts: [web]\n  http:\n  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    route: [{destination: {host: web}}]\n";
+
+async fn serve(world: &World, listener: TcpListener) -> ControlPlane {
+    let ca = Arc::new(CertificateAuthority::open_dir(&world.path("ca")).unwrap());
+    let xds = ConfigServer::from_files(&world.path("mesh")).unwrap();
+    ControlPlane::start_serving(
+        ca,
+        TokenStore::new(&world.path("ca")),
+        listener,
+        ControlPlaneConfig::default(),
+        xds,
+    )
+    .await
+    .unwrap()
+}
+
+/// `GET http://web/` through the client sidecar's outbound port: the
+/// status code.
+async fn get(outbound: SocketAddr) -> u16 {
+    let mut tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let head = String::from_utf8_lossy(&out);
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"))
+}
+
+async fn until_status(outbound: SocketAddr, want: u16, what: &str) {
+    for _ in 0..250 {
+        if get(outbound).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_follow_the_control_plane_and_survive_its_restart() {
+    let world = World::new();
+    let inbound = bound();
+    world.write_config("mesh.yaml", &mesh(inbound.local_addr().port()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_addr = listener.local_addr().unwrap();
+    let plane = serve(&world, listener).await;
+
+    // The server side: web's sidecar in front of the app.
+    let (app, seen) = counting_app().await;
+    let web = Sidecar::following(cp_addr.to_string(), "default", "web")
+        .service_account("web")
+        .identity(files_identity(&world, "web"))
+        .drain_timeout(support::TEARDOWN_DRAIN)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(web.inbound_ports()[0].addr, inbound.local_addr());
+    let web = Proxy::new(
+        web.start(SidecarListeners {
+            admin: admin_listener().await,
+            inbound: vec![InboundListener::new(
+                inbound,
+                SocketAddr::from(([127, 0, 0, 1], app)),
+            )],
+            outbound: Vec::new(),
+            http_proxy: None,
+            capture: None,
+        })
+        .unwrap(),
+    );
+    web.ready().await;
+
+    // The client side: a local port for web:80.
+    let out = bound();
+    let outbound = out.local_addr();
+    let client = Sidecar::following(cp_addr.to_string(), "default", "client")
+        .service_account("client")
+        .identity(files_identity(&world, "client"))
+        .drain_timeout(support::TEARDOWN_DRAIN)
+        .connect()
+        .await
+        .unwrap();
+    let client = Proxy::new(
+        client
+            .start(SidecarListeners {
+                admin: admin_listener().await,
+                inbound: Vec::new(),
+                outbound: vec![OutboundListener::new("web", 80, out)],
+                http_proxy: None,
+                capture: None,
+            })
+            .unwrap(),
+    );
+    client.ready().await;
+    assert_eq!(get(outbound).await, 200);
+    assert_eq!(seen.complete.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // An edit at the control plane changes the client sidecar, live.
+    world.write_config("abort.yaml", ABORT);
+    until_status(outbound, 418, "the abort rule reaches the client sidecar").await;
+    std::fs::remove_file(world.path("mesh").join("abort.yaml")).unwrap();
+    until_status(outbound, 200, "the abort rule's removal reaches it").await;
+
+    // The control plane goes away: nothing fails meanwhile.
+    plane.shutdown().await;
+    for _ in 0..20 {
+        assert_eq!(get(outbound).await, 200, "with the control plane down");
+    }
+    let metrics = reqwest_like(client.admin_url("/stats/prometheus")).await;
+    assert!(metrics.contains("mesh_xds_client_acks_total"), "{metrics}");
+
+    // Back on the same address: the sidecars follow it again.
+    let plane = serve(&world, TcpListener::bind(cp_addr).await.unwrap()).await;
+    world.write_config("abort.yaml", ABORT);
+    until_status(
+        outbound,
+        418,
+        "an edit after the restart reaches the sidecar",
+    )
+    .await;
+    client.shutdown().await;
+    web.shutdown().await;
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_claiming_another_workload_gets_no_configuration() {
+    let world = World::new();
+    world.write_config("mesh.yaml", &mesh(15080));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_addr = listener.local_addr().unwrap();
+    let plane = serve(&world, listener).await;
+    // The SVID is web's (the files identity must match what the sidecar
+    // is told it is), the workload asked for is client's.
+    let claim = Sidecar::following(cp_addr.to_string(), "default", "client")
+        .service_account("web")
+        .identity(files_identity(&world, "web"))
+        .connect();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), claim)
+            .await
+            .is_err(),
+        "a configuration was served to the wrong identity"
+    );
+    let text = plane.render_metrics();
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("mesh_xds_streams_refused_total{reason=\"wrong_identity\"}")
+            && !l.ends_with(" 0")),
+        "{text}"
+    );
+
+    // And one without its service account is refused before anything is
+    // asked of the CA or the control plane.
+    let err = Sidecar::following(cp_addr.to_string(), "default", "web")
+        .identity(files_identity(&world, "web"))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("service account"), "{err}");
+    plane.shutdown().await;
+}
+
+/// A plain HTTP GET of `url` (`http://127.0.0.1:PORT/path`): the body.
+async fn reqwest_like(url: String) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+    tcp.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    out
+}
