@@ -175,9 +175,11 @@ impl XdsClient {
         let mut session = Session {
             config,
             credentials,
-            store,
-            status: status.clone(),
-            held: BTreeMap::new(),
+            applier: Applier {
+                store,
+                status: status.clone(),
+                held: BTreeMap::new(),
+            },
         };
         let task = tokio::spawn(async move { session.run().await });
         Self { status, task }
@@ -195,6 +197,11 @@ type Held = BTreeMap<String, (String, Vec<u8>)>;
 struct Session {
     config: XdsConfig,
     credentials: CredentialStore,
+    applier: Applier,
+}
+
+/// What the client holds and where it applies it.
+struct Applier {
     store: Arc<Store>,
     status: Arc<XdsStatus>,
     held: Held,
@@ -207,7 +214,7 @@ impl Session {
             let got_response = match self.stream().await {
                 Ok(got) => {
                     XdsStatus::set(
-                        &self.status.last_error,
+                        &self.applier.status.last_error,
                         Some("the control plane ended the stream".into()),
                     );
                     got
@@ -217,11 +224,14 @@ impl Session {
                         control_plane = %self.config.addr,
                         "configuration stream: {e}; the configuration in force stays"
                     );
-                    XdsStatus::set(&self.status.last_error, Some(e));
+                    XdsStatus::set(&self.applier.status.last_error, Some(e));
                     got
                 }
             };
-            self.status.connected.store(false, Ordering::Relaxed);
+            self.applier
+                .status
+                .connected
+                .store(false, Ordering::Relaxed);
             if got_response {
                 backoff = self.config.min_backoff;
             }
@@ -260,6 +270,7 @@ impl Session {
             }),
             type_url: CONFIG_TYPE_URL.to_owned(),
             initial_resource_versions: self
+                .applier
                 .held
                 .iter()
                 .map(|(n, (v, _))| (n.clone(), v.clone()))
@@ -273,8 +284,8 @@ impl Session {
             .await
             .map_err(|s| (false, describe(&s)))?
             .into_inner();
-        self.status.connected.store(true, Ordering::Relaxed);
-        self.status.connects.fetch_add(1, Ordering::Relaxed);
+        self.applier.status.connected.store(true, Ordering::Relaxed);
+        self.applier.status.connects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(control_plane = %self.config.addr, workload = %self.config.workload, "configuration stream open");
         let mut got = false;
         loop {
@@ -284,13 +295,15 @@ impl Session {
                 Err(s) => return Err((got, describe(&s))),
             };
             got = true;
-            let answer = self.apply(resp);
+            let answer = self.applier.apply(resp);
             if tx.send(answer).await.is_err() {
                 return Ok(got);
             }
         }
     }
+}
 
+impl Applier {
     /// Applies one response; returns its ACK or NACK.
     fn apply(&mut self, resp: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
         let mut answer = DeltaDiscoveryRequest {
@@ -357,4 +370,136 @@ impl Session {
 
 fn describe(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use envoy_types::pb::envoy::service::discovery::v3::Resource;
+    use envoy_types::pb::google::protobuf::Any;
+
+    use super::*;
+
+    fn doc(name: &str, json: &str) -> Resource {
+        Resource {
+            name: name.into(),
+            version: format!("v{}", json.len()),
+            resource: Some(Any {
+                type_url: "networking.istio.io/v1/ServiceEntry".into(),
+                value: json.as_bytes().to_vec(),
+            }),
+            ..Resource::default()
+        }
+    }
+
+    fn response(nonce: &str, resources: Vec<Resource>, removed: &[&str]) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            system_version_info: "1".into(),
+            resources,
+            type_url: CONFIG_TYPE_URL.into(),
+            removed_resources: removed.iter().map(|s| (*s).to_owned()).collect(),
+            nonce: nonce.into(),
+            ..DeltaDiscoveryResponse::default()
+        }
+    }
+
+    const WEB: &str = r#"{"apiVersion":"networking.istio.io/v1","kind":"ServiceEntry","metadata":{"name":"web"},"spec":{"hosts":["web"],"ports":[{"number":80,"name":"http"}]}}"#;
+    const API: &str = r#"{"apiVersion":"networking.istio.io/v1","kind":"ServiceEntry","metadata":{"name":"api"},"spec":{"hosts":["api"],"ports":[{"number":80,"name":"http"}]}}"#;
+
+    fn applier() -> Applier {
+        Applier {
+            store: Arc::new(Store::new()),
+            status: Arc::new(XdsStatus::default()),
+            held: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_good_response_is_applied_and_acked() {
+        let mut a = applier();
+        let ack = a.apply(response(
+            "1",
+            vec![doc("ServiceEntry/default/web", WEB)],
+            &[],
+        ));
+        assert_eq!(ack.response_nonce, "1");
+        assert!(ack.error_detail.is_none());
+        assert!(a.store.is_ready());
+        assert!(
+            a.store
+                .load()
+                .services
+                .contains_key("web.default.svc.cluster.local")
+        );
+        // A difference: one added, one removed.
+        let ack = a.apply(response(
+            "2",
+            vec![doc("ServiceEntry/default/api", API)],
+            &["ServiceEntry/default/web"],
+        ));
+        assert!(ack.error_detail.is_none());
+        let snap = a.store.load();
+        assert!(snap.services.contains_key("api.default.svc.cluster.local"));
+        assert!(!snap.services.contains_key("web.default.svc.cluster.local"));
+        assert_eq!(a.status.acks(), 2);
+    }
+
+    #[test]
+    fn a_bad_response_is_nacked_naming_the_field_and_the_last_good_stays() {
+        let mut a = applier();
+        a.apply(response(
+            "1",
+            vec![doc("ServiceEntry/default/web", WEB)],
+            &[],
+        ));
+        let before = a.store.load();
+        let bad = WEB.replace(r#""hosts""#, r#""bogus":1,"hosts""#);
+        let nack = a.apply(response(
+            "2",
+            vec![doc("ServiceEntry/default/web", &bad)],
+            &[],
+        ));
+        let detail = nack.error_detail.expect("a NACK");
+        assert_eq!(detail.code, tonic::Code::InvalidArgument as i32);
+        assert!(
+            detail.message.contains("xds:ServiceEntry/default/web"),
+            "{}",
+            detail.message
+        );
+        assert!(detail.message.contains("bogus"), "{}", detail.message);
+        assert!(
+            Arc::ptr_eq(&before, &a.store.load()),
+            "the last good one stays"
+        );
+        assert_eq!(a.status.nacks(), 1);
+        assert!(a.status.last_nack().unwrap().contains("bogus"));
+        // Not JSON, a resource without a body, a type not asked for: all NACKed.
+        for resp in [
+            response("3", vec![doc("ServiceEntry/default/web", "{not json")], &[]),
+            response(
+                "4",
+                vec![Resource {
+                    name: "ServiceEntry/default/x".into(),
+                    ..Resource::default()
+                }],
+                &[],
+            ),
+            DeltaDiscoveryResponse {
+                type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+                ..response("5", vec![], &[])
+            },
+        ] {
+            assert!(a.apply(resp).error_detail.is_some());
+        }
+        assert!(Arc::ptr_eq(&before, &a.store.load()));
+        // The fix is applied.
+        let ack = a.apply(response(
+            "6",
+            vec![doc("ServiceEntry/default/web", WEB)],
+            &["ServiceEntry/default/x"],
+        ));
+        assert!(ack.error_detail.is_none(), "{ack:?}");
+        assert!(a.status.last_nack().is_none());
+    }
 }
