@@ -40,7 +40,7 @@ use mesh_core::error::ConfigErrors;
 use mesh_core::identity::SpiffeId;
 use mesh_core::resources::Kind;
 use mesh_core::store::{FileSource, FileWatcher, Store, StoreStats};
-use mesh_core::xds::{CONFIG_TYPE_URL, Catalog, CatalogError};
+use mesh_core::xds::{CONFIG_TYPE_URL, Catalog, CatalogError, GATEWAY_NODE_PREFIX};
 use mesh_tower::server::Drain;
 use tokio::sync::{mpsc, watch};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
@@ -71,7 +71,10 @@ pub enum ConfigServerError {
 struct Published {
     version: u64,
     catalog: Catalog,
-    /// WorkloadEntry `namespace/name` → the identity its SVID must have.
+    /// WorkloadEntry `namespace/name`, or `Gateway/namespace/name` → the
+    /// identity its SVID must have (a gateway's is
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<name>`, the gateway's
+    /// default).
     identities: HashMap<String, SpiffeId>,
 }
 
@@ -80,12 +83,18 @@ impl Published {
         let snap = store.load();
         let resources = store.resources().unwrap_or_default();
         let catalog = Catalog::new(&resources)?;
-        let identities = snap
+        let mut identities: HashMap<String, SpiffeId> = snap
             .workloads
             .iter()
             .filter(|w| w.source.kind == Kind::WorkloadEntry)
             .map(|w| (w.key.clone(), w.identity.clone()))
             .collect();
+        for key in snap.gateways.keys() {
+            let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+            if let Ok(id) = SpiffeId::for_workload(&snap.mesh.trust_domain, ns, name) {
+                identities.insert(format!("{GATEWAY_NODE_PREFIX}{key}"), id);
+            }
+        }
         Ok(Self {
             version: snap.version,
             catalog,
@@ -359,11 +368,15 @@ impl ConfigServer {
             .as_ref()
             .map(|n| n.id.clone())
             .unwrap_or_default();
-        if workload.split('/').count() != 2 || workload.split('/').any(str::is_empty) {
+        let key = workload
+            .strip_prefix(GATEWAY_NODE_PREFIX)
+            .unwrap_or(&workload);
+        if key.split('/').count() != 2 || key.split('/').any(str::is_empty) {
             return Err(m.refuse(
                 Refusal::BadRequest,
                 Status::invalid_argument(format!(
-                    "node.id {workload:?} is not a WorkloadEntry's namespace/name"
+                    "node.id {workload:?} is neither a WorkloadEntry's namespace/name nor \
+                     Gateway/namespace/name"
                 )),
             ));
         }
@@ -407,19 +420,20 @@ struct Client {
 impl Client {
     /// Whether `published` still gives this client its workload.
     fn entitled(&self, published: &Published) -> Result<(), (Refusal, Status)> {
+        let (what, key) = match self.workload.strip_prefix(GATEWAY_NODE_PREFIX) {
+            Some(key) => ("Gateway", key),
+            None => ("WorkloadEntry", self.workload.as_str()),
+        };
         match published.identities.get(&self.workload) {
             None => Err((
                 Refusal::UnknownWorkload,
-                Status::permission_denied(format!(
-                    "no WorkloadEntry {} in the configuration",
-                    self.workload
-                )),
+                Status::permission_denied(format!("no {what} {key} in the configuration")),
             )),
             Some(id) if *id != self.id => Err((
                 Refusal::WrongIdentity,
                 Status::permission_denied(format!(
-                    "{} is not the identity of WorkloadEntry {} ({id})",
-                    self.id, self.workload
+                    "{} is not the identity of {what} {key} ({id})",
+                    self.id
                 )),
             )),
             Some(_) => Ok(()),
@@ -562,7 +576,12 @@ impl Stream {
     /// What the client lacks of `p`'s view, as a response; `None` when it
     /// holds it all (except for the first response, always sent).
     fn diff(&mut self, p: &Published, first: bool) -> Option<DeltaDiscoveryResponse> {
-        let view = p.catalog.view(&self.client.workload).ok()?;
+        let view = match self.client.workload.strip_prefix(GATEWAY_NODE_PREFIX) {
+            Some(key) => p
+                .catalog
+                .gateway_view(key.split_once('/').map_or("default", |(ns, _)| ns)),
+            None => p.catalog.view(&self.client.workload).ok()?,
+        };
         let mut resources = Vec::new();
         let mut bytes = 0u64;
         for (name, version) in &view {

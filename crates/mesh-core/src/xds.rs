@@ -44,6 +44,11 @@ pub const CONFIG_TYPE_URL: &str = "type.mesh.local/istio.config.v1.Document";
 /// control plane: errors name `xds:Kind/namespace/name`.
 pub const ORIGIN_SCHEME: &str = "xds:";
 
+/// The node id a gateway follows a control plane as:
+/// `Gateway/namespace/name`; any other node id is a WorkloadEntry's
+/// `namespace/name`.
+pub const GATEWAY_NODE_PREFIX: &str = "Gateway/";
+
 /// One document as served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Document {
@@ -272,9 +277,19 @@ impl Catalog {
             .workloads
             .get(workload)
             .ok_or_else(|| ViewError::UnknownWorkload(workload.to_owned()))?;
+        Ok(self.view_in(namespace, Some(own)))
+    }
+
+    /// The view of a gateway: what its namespace may see (a gateway has
+    /// no WorkloadEntry of its own; every Gateway is in every view).
+    pub fn gateway_view(&self, namespace: &str) -> BTreeMap<String, String> {
+        self.view_in(namespace, None)
+    }
+
+    fn view_in(&self, namespace: &str, own: Option<&String>) -> BTreeMap<String, String> {
         let mut names: BTreeSet<&str> = self.everyone.iter().map(String::as_str).collect();
-        names.insert(own);
-        for ns in [namespace.as_str(), self.root_namespace.as_str()] {
+        names.extend(own.map(String::as_str));
+        for ns in [namespace, self.root_namespace.as_str()] {
             names.extend(
                 self.policies
                     .get(ns)
@@ -289,14 +304,14 @@ impl Catalog {
                 names.extend(e.members.iter().map(String::as_str));
             }
         }
-        Ok(names
+        names
             .into_iter()
             .filter_map(|n| {
                 self.documents
                     .get(n)
                     .map(|d| (n.to_owned(), d.version.clone()))
             })
-            .collect())
+            .collect()
     }
 }
 

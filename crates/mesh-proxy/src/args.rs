@@ -28,6 +28,10 @@ pub(crate) struct CommonArgs {
     /// unless `--ca` names another.
     #[arg(long, value_name = "ADDR", conflicts_with = "config")]
     pub(crate) control_plane: Option<String>,
+    /// The trust domain of the proxy's identity on a control plane (from
+    /// `--config`, MeshConfig's).
+    #[arg(long, default_value = "cluster.local", requires = "control_plane")]
+    pub(crate) trust_domain: String,
     /// The admin listener (`/ready`, `/stats/prometheus`, `/config_dump`, `/certs`).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub(crate) admin: SocketAddr,
@@ -186,9 +190,7 @@ pub(crate) struct SidecarArgs {
     /// `--config` the WorkloadEntry's is used.
     #[arg(long, value_name = "SA", requires = "control_plane")]
     pub(crate) service_account: Option<String>,
-    /// The trust domain of the identity on a control plane.
-    #[arg(long, default_value = "cluster.local", requires = "control_plane")]
-    pub(crate) trust_domain: String,
+
     /// The local app: `ADDR` for every inbound port, or `PORT_NAME=ADDR`;
     /// repeatable.
     #[arg(long)]
@@ -241,7 +243,9 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
             })?;
             let mut b = Sidecar::following(addr, &args.namespace, &args.workload)
                 .service_account(sa)
-                .trust_domain(TrustDomain::new(&args.trust_domain).context("--trust-domain")?);
+                .trust_domain(
+                    TrustDomain::new(&args.common.trust_domain).context("--trust-domain")?,
+                );
             if let Some(id) = &args.common.identity.ca_id {
                 b = b.control_plane_id(id.parse().context("--ca-id")?);
             }
@@ -397,17 +401,39 @@ pub(crate) struct GatewayArgs {
     /// its connection is closed (decimals allowed).
     #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = seconds)]
     pub(crate) handshake_timeout: Duration,
+    /// With `--control-plane`: the folder the certificate files the
+    /// Gateway's servers name are read from (relative paths); from
+    /// `--config`, the configuration's folder.
+    #[arg(
+        long,
+        default_value = ".",
+        value_name = "DIR",
+        requires = "control_plane"
+    )]
+    pub(crate) credentials_dir: PathBuf,
 }
 
 /// Runs the gateway until SIGTERM, then drains.
 pub(crate) async fn run_gateway(args: GatewayArgs) -> Result<()> {
-    let Some(config) = &args.common.config else {
-        // Refused by name rather than half served: the gateway's own
-        // stream (its view, its identity check) is not built yet.
-        bail!("the gateway reads --config; following a control plane is built for sidecars only");
+    let identity = args
+        .common
+        .identity
+        .source(args.common.control_plane.as_ref())?;
+    let mut builder = match (&args.common.control_plane, &args.common.config) {
+        (Some(addr), _) => {
+            let mut b = Gateway::following(addr, &args.gateway, &args.credentials_dir)
+                .trust_domain(
+                    TrustDomain::new(&args.common.trust_domain).context("--trust-domain")?,
+                );
+            if let Some(id) = &args.common.identity.ca_id {
+                b = b.control_plane_id(id.parse().context("--ca-id")?);
+            }
+            b
+        }
+        (None, Some(config)) => Gateway::builder(config, &args.gateway),
+        (None, None) => bail!("give --config DIR or --control-plane ADDR"),
     };
-    let identity = args.common.identity.source(None)?;
-    let mut builder = Gateway::builder(config, &args.gateway)
+    builder = builder
         .identity(identity)
         .server_settings(ServerSettings {
             handshake_timeout: args.handshake_timeout,
@@ -417,7 +443,7 @@ pub(crate) async fn run_gateway(args: GatewayArgs) -> Result<()> {
     if let Some(id) = &args.identity_id {
         builder = builder.identity_id(id);
     }
-    let gateway = builder.build()?;
+    let gateway = builder.connect().await?;
     let admin = args.common.admin_listener().await?;
     let mut servers = Vec::new();
     for port in gateway.ports() {

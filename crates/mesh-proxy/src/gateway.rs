@@ -24,7 +24,7 @@ use mesh_ca::tls::crypto_provider;
 use mesh_core::gateway::host_matches;
 use mesh_core::identity::SpiffeId;
 use mesh_core::resources::networking::{Protocol, Server, ServerTlsMode, TlsVersion};
-use mesh_core::store::{FileWatcher, Store};
+use mesh_core::store::Store;
 use mesh_tower::body::{BoxBody, empty};
 use mesh_tower::error::MeshError;
 use mesh_tower::server::ServerSettings;
@@ -37,23 +37,109 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
 use crate::admin::AdminState;
-use crate::identity::IdentitySource;
-use crate::runtime::{BoundSocket, Error, Launch, ProxyBody, ProxyHandle, Serving};
+use crate::identity::{IdentitySource, Prepared};
+use crate::runtime::{BoundSocket, ConfigFeed, Error, Launch, ProxyBody, ProxyHandle, Serving};
 use mesh_tower::server::{Drain, Known, accept_loop, serve_connection};
 
 /// Configures a [`Gateway`]: its configuration, the Gateway resource,
 /// identity and limits.
 #[derive(Debug)]
 pub struct GatewayBuilder {
-    config: PathBuf,
+    origin: Origin,
     gateway: String,
+    trust_domain: Option<mesh_core::identity::TrustDomain>,
+    control_plane_id: Option<SpiffeId>,
     identity: Option<IdentitySource>,
     identity_id: Option<String>,
     settings: ServerSettings,
     drain_timeout: Duration,
 }
 
+/// Where a gateway's configuration comes from, and where it reads the
+/// servers' certificate files (relative paths in the Gateway).
+#[derive(Debug, Clone)]
+enum Origin {
+    Files(PathBuf),
+    ControlPlane { addr: String, credentials: PathBuf },
+}
+
 impl GatewayBuilder {
+    /// The trust domain of the gateway's identity on a control plane
+    /// (default `cluster.local`; from files, MeshConfig's).
+    #[must_use]
+    pub fn trust_domain(mut self, td: mesh_core::identity::TrustDomain) -> Self {
+        self.trust_domain = Some(td);
+        self
+    }
+
+    /// The SPIFFE ID the control plane presents (default: the CA's).
+    #[must_use]
+    pub fn control_plane_id(mut self, id: SpiffeId) -> Self {
+        self.control_plane_id = Some(id);
+        self
+    }
+
+    /// Builds the gateway from either origin. On a control plane: obtains
+    /// the identity (the gateway's default,
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<name>`, which the control
+    /// plane requires of the node `Gateway/<namespace>/<name>`), opens the
+    /// configuration stream with it and waits for the first good
+    /// configuration, then finds the Gateway in it.
+    pub async fn connect(self) -> Result<Gateway, Error> {
+        match self.origin.clone() {
+            Origin::Files(_) => self.try_build(),
+            Origin::ControlPlane { addr, credentials } => self.follow(addr, credentials).await,
+        }
+        .map_err(Error::new)
+    }
+
+    async fn follow(self, addr: String, credentials: PathBuf) -> Result<Gateway> {
+        let key = mesh_core::snapshot::gateway_key(&self.gateway, "default");
+        if self.identity_id.is_some() {
+            anyhow::bail!(
+                "--identity-id is not served on a control plane: it admits a gateway with its \
+                 default identity only"
+            );
+        }
+        let td = match self.trust_domain.clone() {
+            Some(td) => td,
+            None => mesh_core::identity::TrustDomain::new("cluster.local")?,
+        };
+        let (ns, name) = key.split_once('/').unwrap_or(("default", &key));
+        let id = SpiffeId::for_workload(&td, ns, name)?;
+        let source = self
+            .identity
+            .as_ref()
+            .ok_or_else(|| anyhow!("no identity source: give GatewayBuilder::identity"))?;
+        tracing::info!(identity = %id, control_plane = %addr, "obtaining the gateway identity");
+        let obtained = Arc::new(source.obtain(&id).await?);
+        let server_id = self
+            .control_plane_id
+            .clone()
+            .unwrap_or_else(|| mesh_ca::ca_id(&td));
+        let node = format!("{}{key}", mesh_core::xds::GATEWAY_NODE_PREFIX);
+        let (store, client) =
+            crate::runtime::follow(&addr, server_id, &node, obtained.store()).await;
+        let servers = store
+            .load()
+            .gateways
+            .get(&key)
+            .ok_or_else(|| anyhow!("the control plane at {addr} sent no Gateway {key}"))?
+            .servers
+            .clone();
+        Ok(Gateway {
+            store,
+            watcher: ConfigFeed::ControlPlane(client),
+            key,
+            base: credentials,
+            servers,
+            id,
+            identity: Prepared::Obtained(obtained),
+            settings: self.settings,
+            drain_timeout: self.drain_timeout,
+        })
+    }
+
     /// Where the gateway's own certificate comes from (required).
     #[must_use]
     pub fn identity(mut self, source: IdentitySource) -> Self {
@@ -94,21 +180,21 @@ impl GatewayBuilder {
 
     fn try_build(self) -> Result<Gateway> {
         let key = mesh_core::snapshot::gateway_key(&self.gateway, "default");
-        let (store, watcher) = crate::runtime::start_store(&self.config)?;
-        let base = if self.config.is_dir() {
-            self.config.clone()
+        let Origin::Files(config) = &self.origin else {
+            anyhow::bail!("a gateway on a control plane is built with GatewayBuilder::connect");
+        };
+        let (store, watcher) = crate::runtime::start_store(config)?;
+        let base = if config.is_dir() {
+            config.clone()
         } else {
-            self.config
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default()
+            config.parent().map(Path::to_path_buf).unwrap_or_default()
         };
         let (servers, id) = {
             let snap = store.load();
             let gw = snap
                 .gateways
                 .get(&key)
-                .ok_or_else(|| anyhow!("no Gateway {key} in {}", self.config.display()))?;
+                .ok_or_else(|| anyhow!("no Gateway {key} in {}", config.display()))?;
             let (ns, name) = key.split_once('/').unwrap_or(("default", &key));
             let id: SpiffeId = match &self.identity_id {
                 Some(s) => s.parse()?,
@@ -121,12 +207,12 @@ impl GatewayBuilder {
             .ok_or_else(|| anyhow!("no identity source: give GatewayBuilder::identity"))?;
         Ok(Gateway {
             store,
-            watcher,
+            watcher: watcher.into(),
             key,
             base,
             servers,
             id,
-            identity,
+            identity: Prepared::Source(identity),
             settings: self.settings,
             drain_timeout: self.drain_timeout,
         })
@@ -138,14 +224,14 @@ impl GatewayBuilder {
 #[derive(Debug)]
 pub struct Gateway {
     store: Arc<Store>,
-    watcher: FileWatcher,
+    watcher: ConfigFeed,
     /// The Gateway, `namespace/name`.
     key: String,
     /// Where relative credential paths are read from.
     base: PathBuf,
     servers: Vec<Server>,
     id: SpiffeId,
-    identity: IdentitySource,
+    identity: Prepared,
     settings: ServerSettings,
     drain_timeout: Duration,
 }
@@ -164,9 +250,33 @@ impl Gateway {
     /// `namespace/name`) of the configuration at `config` (a YAML file or a
     /// folder of them, reloaded on change).
     pub fn builder(config: impl Into<PathBuf>, gateway: impl Into<String>) -> GatewayBuilder {
+        Self::builder_from(Origin::Files(config.into()), gateway)
+    }
+
+    /// A gateway for the Gateway `gateway`, following the control plane at
+    /// `addr` (`host:port`, its CA port), reading the certificate files its
+    /// servers name relative to `credentials`: built with
+    /// [`GatewayBuilder::connect`].
+    pub fn following(
+        addr: impl Into<String>,
+        gateway: impl Into<String>,
+        credentials: impl Into<PathBuf>,
+    ) -> GatewayBuilder {
+        Self::builder_from(
+            Origin::ControlPlane {
+                addr: addr.into(),
+                credentials: credentials.into(),
+            },
+            gateway,
+        )
+    }
+
+    fn builder_from(origin: Origin, gateway: impl Into<String>) -> GatewayBuilder {
         GatewayBuilder {
-            config: config.into(),
+            origin,
             gateway: gateway.into(),
+            trust_domain: None,
+            control_plane_id: None,
             identity: None,
             identity_id: None,
             settings: ServerSettings::default(),
@@ -223,10 +333,7 @@ impl Gateway {
         let local_addrs = ports.iter().map(|(s, _)| s.local_addr()).collect();
         let (controller, drain) = mesh_tower::server::drain_pair(self.settings);
         let registry = mesh_tower::telemetry::Registry::new();
-        let state = AdminState::new(
-            self.store.clone(),
-            vec![crate::sidecar::metrics_source(&registry)],
-        );
+        let state = AdminState::new(self.store.clone(), self.watcher.metrics_sources(&registry));
         let _ = state.mode.set("gateway".to_owned());
         let admin_addr = admin.local_addr()?;
         let start = serve(
@@ -252,7 +359,7 @@ impl Gateway {
             drain_timeout: self.drain_timeout,
             local_addrs,
             start,
-            watcher: self.watcher.into(),
+            watcher: self.watcher,
         })
     }
 }
@@ -264,7 +371,7 @@ struct Plan {
     base: PathBuf,
     servers: Vec<Server>,
     id: SpiffeId,
-    identity: IdentitySource,
+    identity: Prepared,
     handshake_timeout: Duration,
 }
 
@@ -465,7 +572,7 @@ async fn serve(
         handshake_timeout,
     } = plan;
     tracing::info!(%admin_addr, gateway = %key, "admin listening; obtaining the gateway identity");
-    let identity = Arc::new(identity.obtain(&id).await?);
+    let identity = identity.obtain(&id).await?;
     admin.identity.store(Some(identity.clone()));
     let router = Router::new(
         store.clone(),

@@ -107,6 +107,24 @@ impl IdentitySource {
     }
 }
 
+/// A proxy's identity before it serves: where to obtain it, or already
+/// obtained (on a control plane, whose stream it authenticates first).
+#[derive(Debug)]
+pub(crate) enum Prepared {
+    Source(IdentitySource),
+    Obtained(Arc<Identity>),
+}
+
+impl Prepared {
+    /// The identity, obtained now if it was not yet.
+    pub(crate) async fn obtain(self, id: &SpiffeId) -> Result<Arc<Identity>> {
+        match self {
+            Self::Source(source) => Ok(Arc::new(source.obtain(id).await?)),
+            Self::Obtained(obtained) => Ok(obtained),
+        }
+    }
+}
+
 /// A running identity source; dropping it stops renewals.
 #[derive(Debug)]
 pub(crate) enum Identity {

@@ -93,6 +93,40 @@ pub(crate) fn start_store(config: &Path) -> anyhow::Result<(Arc<Store>, FileWatc
     Ok((store, watcher))
 }
 
+/// Follows the control plane at `addr` (presenting `server_id`) as the
+/// node `node`, authenticating with `credentials`; returns once the first
+/// good configuration is in the store, logging every 5 s why there is none
+/// yet (no answer, a refusal, a rejected configuration).
+pub(crate) async fn follow(
+    addr: &str,
+    server_id: mesh_core::identity::SpiffeId,
+    node: &str,
+    credentials: &mesh_ca::CredentialStore,
+) -> (Arc<Store>, Arc<mesh_tower::xds::XdsClient>) {
+    let store = Arc::new(Store::new());
+    let client = mesh_tower::xds::XdsClient::spawn(
+        mesh_tower::xds::XdsConfig::new(addr, server_id, node),
+        credentials.clone(),
+        store.clone(),
+    );
+    let step = Duration::from_millis(20);
+    let mut waited = Duration::ZERO;
+    while !store.is_ready() {
+        tokio::time::sleep(step).await;
+        waited += step;
+        if waited.as_millis() % 5000 == 0 {
+            let status = client.status();
+            let why = status
+                .last_nack()
+                .map(|e| format!("the configuration was rejected: {e}"))
+                .or_else(|| status.last_error())
+                .unwrap_or_else(|| "no answer yet".into());
+            tracing::warn!(control_plane = %addr, %node, "waiting for the first configuration: {why}");
+        }
+    }
+    (store, Arc::new(client))
+}
+
 /// Where a starting proxy is.
 #[derive(Debug, Clone)]
 enum State {
@@ -177,6 +211,26 @@ pub(crate) enum ConfigFeed {
     /// `--control-plane ADDR`; its status is also rendered by the admin
     /// listener's metrics.
     ControlPlane(Arc<mesh_tower::xds::XdsClient>),
+}
+
+impl ConfigFeed {
+    /// What the admin listener's metrics render: the requests' registry,
+    /// and the control plane stream's own metrics when there is one.
+    pub(crate) fn metrics_sources(
+        &self,
+        registry: &mesh_tower::telemetry::Registry,
+    ) -> Vec<crate::admin::MetricsSource> {
+        let mut sources = vec![crate::sidecar::metrics_source(registry)];
+        if let Self::ControlPlane(client) = self {
+            let status = client.status().clone();
+            sources.push(Arc::new(move || {
+                let mut out = String::new();
+                status.render(&mut out);
+                out
+            }));
+        }
+        sources
+    }
 }
 
 impl From<FileWatcher> for ConfigFeed {

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use mesh_ca::{CertificateAuthority, TokenStore};
 use mesh_control::{ConfigServer, ControlPlane, ControlPlaneConfig};
-use mesh_proxy::{InboundListener, OutboundListener, Sidecar, SidecarListeners};
+use mesh_proxy::{
+    Gateway, GatewayListeners, InboundListener, OutboundListener, Sidecar, SidecarListeners,
+};
 use support::{Proxy, World, admin_listener, bound, counting_app, files_identity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -32,6 +34,20 @@ fn mesh(inbound: u16) -> String {
     )
 }
 
+/// The Gateway `edge` on `port` (plain HTTP) and its route to web.
+fn edge(port: u16, fault: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: edge}}\n\
+         spec: {{selector: {{istio: ingressgateway}}, servers: [{{port: {{number: {port}, name: http, protocol: HTTP}}, hosts: ['*']}}]}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: edge}}\n\
+         spec: {{hosts: [web], gateways: [edge], http: [{{{fault}route: [{{destination: {{host: web}}}}]}}]}}\n"
+    )
+}
+
+/// The edge route's fault: every request aborted.
+const EDGE_ABORT: &str = "fault: {abort: {httpStatus: 418, percentage: {value: 100}}}, ";
+
+/// Aborts every request to web from sidecars.
 const ABORT: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
     metadata: {name: web}\nspec:\n  hosts: [web]\n  http:\n  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    route: [{destination: {host: web}}]\n";
 
@@ -134,11 +150,45 @@ async fn sidecars_follow_the_control_plane_and_survive_its_restart() {
     assert_eq!(get(outbound).await, 200);
     assert_eq!(seen.complete.load(std::sync::atomic::Ordering::SeqCst), 1);
 
-    // An edit at the control plane changes the client sidecar, live.
+    // The gateway follows it too (as the node Gateway/default/edge, with
+    // the gateway's default identity).
+    let edge_socket = bound();
+    let edge_port = edge_socket.local_addr().port();
+    world.write_config("edge.yaml", &edge(edge_port, ""));
+    let gateway = Gateway::following(cp_addr.to_string(), "edge", world.path("mesh"))
+        .identity(files_identity(&world, "edge"))
+        .drain_timeout(support::TEARDOWN_DRAIN)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(gateway.ports(), [edge_port]);
+    let gateway = Proxy::new(
+        gateway
+            .start(GatewayListeners {
+                admin: admin_listener().await,
+                servers: vec![edge_socket],
+            })
+            .unwrap(),
+    );
+    gateway.ready().await;
+    let edge_addr = SocketAddr::from(([127, 0, 0, 1], edge_port));
+    assert_eq!(get(edge_addr).await, 200);
+
+    // An edit at the control plane changes the client sidecar and the
+    // gateway, live.
     world.write_config("abort.yaml", ABORT);
+    world.write_config("edge.yaml", &edge(edge_port, EDGE_ABORT));
     until_status(outbound, 418, "the abort rule reaches the client sidecar").await;
+    until_status(edge_addr, 418, "the abort rule reaches the gateway").await;
     std::fs::remove_file(world.path("mesh").join("abort.yaml")).unwrap();
+    world.write_config("edge.yaml", &edge(edge_port, ""));
     until_status(outbound, 200, "the abort rule's removal reaches it").await;
+    until_status(
+        edge_addr,
+        200,
+        "the abort rule's removal reaches the gateway",
+    )
+    .await;
 
     // The control plane goes away: nothing fails meanwhile.
     plane.shutdown().await;
@@ -151,12 +201,20 @@ async fn sidecars_follow_the_control_plane_and_survive_its_restart() {
     // Back on the same address: the sidecars follow it again.
     let plane = serve(&world, TcpListener::bind(cp_addr).await.unwrap()).await;
     world.write_config("abort.yaml", ABORT);
+    world.write_config("edge.yaml", &edge(edge_port, EDGE_ABORT));
     until_status(
         outbound,
         418,
         "an edit after the restart reaches the sidecar",
     )
     .await;
+    until_status(
+        edge_addr,
+        418,
+        "an edit after the restart reaches the gateway",
+    )
+    .await;
+    gateway.shutdown().await;
     client.shutdown().await;
     web.shutdown().await;
     plane.shutdown().await;

@@ -32,12 +32,11 @@ use mesh_tower::traffic::{Router, RouterConfig, TcpRouter};
 use tokio::net::TcpListener;
 
 use crate::admin::AdminState;
-use crate::identity::{Identity, IdentitySource};
+use crate::identity::{IdentitySource, Prepared};
 use crate::runtime::{BoundSocket, ConfigFeed, Error, Launch, ProxyBody, ProxyHandle, Serving};
 pub use capture::CaptureListeners;
 use capture::{OutboundRoutes, inbound_capture_loop, outbound_capture_loop};
 use inbound::{InboundPort, inbound_loop};
-use mesh_tower::xds::{XdsClient, XdsConfig};
 pub(crate) use outbound::outbound_stack;
 use outbound::{OutboundTarget, outbound_loop};
 
@@ -168,26 +167,8 @@ impl SidecarBuilder {
             .control_plane_id
             .clone()
             .unwrap_or_else(|| mesh_ca::ca_id(&td));
-        let store = Arc::new(Store::new());
-        let client = XdsClient::spawn(
-            XdsConfig::new(addr.clone(), server_id, &key),
-            obtained.store().clone(),
-            store.clone(),
-        );
-        let mut waited = Duration::ZERO;
-        while !store.is_ready() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            waited += Duration::from_millis(20);
-            if waited.as_millis() % 5000 == 0 {
-                let status = client.status();
-                let why = status
-                    .last_nack()
-                    .map(|e| format!("the configuration was rejected: {e}"))
-                    .or_else(|| status.last_error())
-                    .unwrap_or_else(|| "no answer yet".into());
-                tracing::warn!(control_plane = %addr, "waiting for the first configuration: {why}");
-            }
-        }
+        let (store, client) =
+            crate::runtime::follow(&addr, server_id, &key, obtained.store()).await;
         let snap = store.load();
         let (_, w) = snap
             .workload(&key)
@@ -201,7 +182,7 @@ impl SidecarBuilder {
         drop(snap);
         Ok(Sidecar {
             store,
-            watcher: ConfigFeed::ControlPlane(Arc::new(client)),
+            watcher: ConfigFeed::ControlPlane(client),
             key,
             namespace: self.namespace,
             workload: self.workload,
@@ -259,14 +240,6 @@ pub struct Sidecar {
     settings: ServerSettings,
     drain_timeout: Duration,
     default_inbound_port: u16,
-}
-
-/// The identity: where to obtain it, or already obtained (on a control
-/// plane, whose stream it authenticates).
-#[derive(Debug)]
-enum Prepared {
-    Source(IdentitySource),
-    Obtained(Arc<Identity>),
 }
 
 /// A port the sidecar serves inbound, as the configuration names it.
@@ -474,17 +447,7 @@ impl Sidecar {
             .collect();
         let (controller, drain) = mesh_tower::server::drain_pair(self.settings);
         let registry = Registry::new();
-        let mut sources = vec![metrics_source(&registry)];
-        if let ConfigFeed::ControlPlane(client) = &self.watcher {
-            // The stream's own metrics beside the requests'.
-            let status = client.status().clone();
-            sources.push(Arc::new(move || {
-                let mut out = String::new();
-                status.render(&mut out);
-                out
-            }));
-        }
-        let state = AdminState::new(self.store.clone(), sources);
+        let state = AdminState::new(self.store.clone(), self.watcher.metrics_sources(&registry));
         let mode = capture.mode();
         tracing::info!(%mode, workload = %self.key, "sidecar mode");
         let _ = state.mode.set(mode);
@@ -581,10 +544,7 @@ async fn serve(
         registry,
     } = shared;
     tracing::info!(%admin_addr, workload = %key, "admin listening; obtaining the workload identity");
-    let obtained = match identity.source {
-        Prepared::Source(source) => Arc::new(source.obtain(&identity.id).await?),
-        Prepared::Obtained(obtained) => obtained,
-    };
+    let obtained = identity.source.obtain(&identity.id).await?;
     tracing::info!(identity = %identity.id, "identity issued");
     let creds = obtained.store().clone();
     admin.identity.store(Some(obtained));
