@@ -8,14 +8,80 @@ use std::time::Duration;
 
 use anyhow::Result;
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::client::{Conn, Target};
+use crate::pod_load::{HeldInPod, MaxThroughput, PodClient};
+
+/// Where the load generator runs: in this process, or as a process of its
+/// own inside a pod's network namespace (capture mode; see `pod_load` for
+/// why a process).
+#[derive(Debug, Clone)]
+pub(crate) enum Generator {
+    Here(Target),
+    InPod(PodClient),
+}
+
+/// Idle connections, open until dropped (they are only ever dropped).
+pub(crate) struct Held {
+    _here: Vec<Conn>,
+    _in_pod: Option<HeldInPod>,
+}
+
+impl Generator {
+    /// [`open_loop`], wherever the generator runs.
+    pub(crate) async fn open_loop(
+        &self,
+        rate: f64,
+        duration: Duration,
+        connections: usize,
+        fresh: bool,
+    ) -> Result<Latency> {
+        match self {
+            Self::Here(t) => open_loop(t, rate, duration, connections, fresh).await,
+            Self::InPod(p) => p.open_loop(rate, duration, connections, fresh).await,
+        }
+    }
+
+    /// [`max_throughput`], with the generator's own core use.
+    pub(crate) async fn max_throughput(
+        &self,
+        duration: Duration,
+        connections: usize,
+    ) -> Result<MaxThroughput> {
+        match self {
+            Self::Here(t) => {
+                let (own0, wall) = (crate::procs::own_cpu_seconds(), Instant::now());
+                let rps = max_throughput(t, duration, connections).await?;
+                Ok(MaxThroughput {
+                    rps,
+                    loadgen_busy: (crate::procs::own_cpu_seconds() - own0)
+                        / wall.elapsed().as_secs_f64(),
+                })
+            }
+            Self::InPod(p) => p.max_throughput(duration, connections).await,
+        }
+    }
+
+    /// [`idle_connections`], held until the value is dropped.
+    pub(crate) async fn hold_idle(&self, n: usize) -> Result<Held> {
+        match self {
+            Self::Here(t) => Ok(Held {
+                _here: idle_connections(t, n).await?,
+                _in_pod: None,
+            }),
+            Self::InPod(p) => Ok(Held {
+                _here: Vec::new(),
+                _in_pod: Some(p.hold_idle(n).await?),
+            }),
+        }
+    }
+}
 
 /// Latencies of one fixed-rate run, in microseconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Latency {
     pub(crate) target_rps: f64,
     pub(crate) achieved_rps: f64,

@@ -16,9 +16,11 @@
 
 #![forbid(unsafe_code)]
 
+mod capture;
 mod certs;
 mod client;
 mod load;
+mod pod_load;
 mod procs;
 mod profile;
 mod report;
@@ -59,6 +61,10 @@ enum Cmd {
     Serve(serve::ServeArgs),
     /// A fixed number of requests through (c) or (d), for callgrind.
     Profile(profile::ProfileArgs),
+    /// One phase of the load generator, figures as JSON on stdout (run by
+    /// the harness inside a pod's network namespace).
+    #[command(hide = true)]
+    Load(pod_load::LoadArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -147,6 +153,7 @@ fn main() -> Result<()> {
     match cli.command {
         Some(Cmd::Serve(args)) => serve::run(args),
         Some(Cmd::Profile(args)) => profile::run(args),
+        Some(Cmd::Load(args)) => pod_load::run(args),
         None => run(cli.run),
     }
 }
@@ -201,21 +208,44 @@ fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let results = rt.block_on(async {
-        let mut results = Vec::new();
-        for t in topologies {
-            eprintln!("== ({}) {}", t.name(), t.describe());
-            let r = match bench_one(t, &programs, &certs, work.path(), sut_core, &settings).await {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("({}) failed: {e:#}", t.name());
-                    let first = format!("{e:#}").lines().next().unwrap_or("").to_owned();
-                    TopoResult::failed(t, format!("failed: {first}"))
+        let all = async {
+            let mut results = Vec::new();
+            for t in topologies {
+                eprintln!("== ({}) {}", t.name(), t.describe());
+                if let Some(why) = (t == Topology::DCapture)
+                    .then(capture::unavailable)
+                    .flatten()
+                {
+                    eprintln!("!! ({}) SKIPPED: {why}", t.name());
+                    results.push(TopoResult::failed(t, format!("SKIPPED: {why}")));
+                    continue;
                 }
-            };
-            results.push(r);
+                let r =
+                    match bench_one(t, &programs, &certs, work.path(), sut_core, &settings).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            eprintln!("({}) failed: {e:#}", t.name());
+                            let first = format!("{e:#}").lines().next().unwrap_or("").to_owned();
+                            TopoResult::failed(t, format!("failed: {first}"))
+                        }
+                    };
+                results.push(r);
+            }
+            results
+        };
+        // On ctrl-c or SIGTERM the run's future is dropped, and with it the
+        // running topology: its processes are stopped and (d-capture)'s
+        // namespaces and rules removed before the harness exits.
+        tokio::select! {
+            biased;
+            sig = stop_signal() => Err(sig),
+            r = all => Ok(r),
         }
-        results
     });
+    let results = match results {
+        Ok(r) => r,
+        Err(sig) => bail!("stopped by {sig}: everything started was stopped and removed"),
+    };
     let report = Report::new(machine, settings, results);
     println!("{}", report.markdown());
     let json = args.json.clone().unwrap_or_else(default_json_path);
@@ -236,25 +266,21 @@ async fn bench_one(
     s: &Settings,
 ) -> Result<TopoResult> {
     let mut running = topo::start(t, programs, certs, work, core, s.idle_connections).await?;
+    let load = running.load.clone();
     let secs = Duration::from_secs_f64;
     // Idle: started and one request served.
     tokio::time::sleep(secs(if s.smoke { 0.1 } else { 1.0 })).await;
     let rss_idle: Vec<u64> = running.procs.iter().map(Proc::rss_kib).collect();
     let warmup = if s.smoke { 0.2 } else { 2.0 };
-    load::open_loop(&running.target, s.rate, secs(warmup), s.connections, false).await?;
+    load.open_loop(s.rate, secs(warmup), s.connections, false)
+        .await?;
 
     eprintln!("   {} rps for {} s", s.rate, s.duration_s);
     let cpu0: Vec<f64> = running.procs.iter().map(Proc::cpu_seconds).collect();
     let wall = tokio::time::Instant::now();
     let (at_rate, rss_load) = with_rss_sampling(
         &running.procs,
-        load::open_loop(
-            &running.target,
-            s.rate,
-            secs(s.duration_s),
-            s.connections,
-            false,
-        ),
+        load.open_loop(s.rate, secs(s.duration_s), s.connections, false),
     )
     .await;
     let at_rate = at_rate?;
@@ -275,34 +301,28 @@ async fn bench_one(
         .collect();
 
     eprintln!("   {} rps for {} s", s.high_rate, s.duration_s);
-    let at_high = load::open_loop(
-        &running.target,
-        s.high_rate,
-        secs(s.duration_s),
-        s.connections,
-        false,
-    )
-    .await?;
+    let at_high = load
+        .open_loop(s.high_rate, secs(s.duration_s), s.connections, false)
+        .await?;
 
     eprintln!("   max throughput for {} s", s.max_duration_s);
-    let (own0, wall) = (procs::own_cpu_seconds(), tokio::time::Instant::now());
-    let max_rps =
-        load::max_throughput(&running.target, secs(s.max_duration_s), s.connections).await?;
-    let loadgen_busy = (procs::own_cpu_seconds() - own0) / wall.elapsed().as_secs_f64();
+    let max = load
+        .max_throughput(secs(s.max_duration_s), s.connections)
+        .await?;
 
     eprintln!(
         "   new connection per request, {} rps",
         s.new_connection_rate
     );
     let cpu0: f64 = running.procs.iter().map(Proc::cpu_seconds).sum();
-    let new_conn = load::open_loop(
-        &running.target,
-        s.new_connection_rate,
-        secs(s.duration_s.min(5.0)),
-        s.connections,
-        true,
-    )
-    .await?;
+    let new_conn = load
+        .open_loop(
+            s.new_connection_rate,
+            secs(s.duration_s.min(5.0)),
+            s.connections,
+            true,
+        )
+        .await?;
     let cpu1: f64 = running.procs.iter().map(Proc::cpu_seconds).sum();
     let new_connection = NewConnResult {
         sut_cpu_ms_per_request: (cpu1 - cpu0) * 1000.0 / new_conn.requests.max(1) as f64,
@@ -316,8 +336,8 @@ async fn bench_one(
         status: "ok".to_owned(),
         at_rate: Some(at_rate),
         at_high_rate: Some(at_high),
-        max_rps: Some(max_rps),
-        max_rps_loadgen_busy: Some(loadgen_busy),
+        max_rps: Some(max.rps),
+        max_rps_loadgen_busy: Some(max.loadgen_busy),
         new_connection: Some(new_connection),
         idle,
         processes,
@@ -356,7 +376,8 @@ async fn idle_test(running: &mut Running, n: usize) -> Result<Option<IdleResult>
     let proc = &running.procs[index];
     eprintln!("   {n} idle mTLS connections to {}", proc.name);
     let before = proc.rss_kib();
-    let conns = load::idle_connections(&target, n)
+    let conns = target
+        .hold_idle(n)
         .await
         .context("opening idle mTLS connections")?;
     tokio::time::sleep(Duration::from_millis(if n > 1000 { 1000 } else { 200 })).await;
@@ -369,6 +390,21 @@ async fn idle_test(running: &mut Running, n: usize) -> Result<Option<IdleResult>
         rss_after_kib: after,
         kib_per_connection: after.saturating_sub(before) as f64 / n.max(1) as f64,
     }))
+}
+
+/// Waits for SIGINT or SIGTERM; names it.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
 }
 
 /// Lifts the open-file limit to its hard limit (10,000 idle connections

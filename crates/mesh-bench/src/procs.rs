@@ -27,14 +27,35 @@ impl Proc {
         envs: &[(&str, &str)],
         log_dir: &Path,
     ) -> Result<Self> {
+        Self::spawn_under(name, core, &[], program, args, envs, log_dir)
+    }
+
+    /// The same, with `program` run by `under` (a command line that execs
+    /// what follows it, as `ip netns exec NS setpriv ...` does, so the pid
+    /// measured is the program's own).
+    pub(crate) fn spawn_under(
+        name: &str,
+        core: Option<usize>,
+        under: &[String],
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> Result<Self> {
         let log = File::create(log_dir.join(format!("{name}.log")))?;
+        let mut line: Vec<std::ffi::OsString> = under.iter().map(Into::into).collect();
+        line.push(program.into());
         let mut cmd = match core {
             Some(core) => {
                 let mut c = Command::new("taskset");
-                c.arg("-c").arg(core.to_string()).arg(program);
+                c.arg("-c").arg(core.to_string()).args(&line);
                 c
             }
-            None => Command::new(program),
+            None => {
+                let mut c = Command::new(&line[0]);
+                c.args(&line[1..]);
+                c
+            }
         };
         cmd.args(args)
             .envs(envs.iter().copied())

@@ -93,7 +93,9 @@ async fn profile(args: ProfileArgs) -> Result<()> {
     let core = (args.idle > 0).then_some(1);
     let running =
         crate::topo::start(args.topology, &programs, &certs, work.path(), core, 100).await?;
-    let target = running.target.clone();
+    let Some(target) = running.local_target().cloned() else {
+        bail!("profile runs (c) and (d)");
+    };
     let mut conn = target.connect(false).await?;
     for _ in 0..args.warmup {
         conn.send().await?;
@@ -182,7 +184,7 @@ async fn idle_memory(running: &crate::topo::Running, n: usize, hold: Duration) -
     };
     let proc = &running.procs[*index];
     let before = proc.rss_kib();
-    let conns = crate::load::idle_connections(target, n).await?;
+    let conns = target.hold_idle(n).await?;
     tokio::time::sleep(Duration::from_millis(if n > 1000 { 1000 } else { 300 })).await;
     let after = proc.rss_kib();
     println!(

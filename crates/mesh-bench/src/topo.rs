@@ -1,7 +1,7 @@
-//! The six topologies: what runs, on which ports, and how the load
-//! generator reaches it.
+//! The topologies: what runs, on which ports, and how the load generator
+//! reaches it. (d-capture)'s pods are in `capture`.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::certs::{CLIENT_SA, Certs, SERVER_SA};
 use crate::client::{SERVICE_HOST, Target};
+use crate::load::Generator;
 use crate::procs::{Proc, free_ports, wait_for_port};
 use crate::thirdparty;
 
@@ -25,6 +26,11 @@ pub(crate) enum Topology {
     C,
     /// client → mesh-proxy outbound → mTLS → mesh-proxy inbound → app.
     D,
+    /// (d) in transparent capture mode: client, sidecars and app in two
+    /// pods (network namespaces) with `mesh-proxy init`'s rules, the client
+    /// dialling the service's virtual IP. Root only.
+    #[value(name = "d-capture")]
+    DCapture,
     /// The same two hops with nginx.
     E1,
     /// The same two hops with HAProxy.
@@ -32,7 +38,15 @@ pub(crate) enum Topology {
 }
 
 impl Topology {
-    pub(crate) const ALL: [Self; 6] = [Self::A, Self::B, Self::C, Self::D, Self::E1, Self::E2];
+    pub(crate) const ALL: [Self; 7] = [
+        Self::A,
+        Self::B,
+        Self::C,
+        Self::D,
+        Self::DCapture,
+        Self::E1,
+        Self::E2,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -40,6 +54,7 @@ impl Topology {
             Self::B => "b",
             Self::C => "c",
             Self::D => "d",
+            Self::DCapture => "d-capture",
             Self::E1 => "e1",
             Self::E2 => "e2",
         }
@@ -51,6 +66,7 @@ impl Topology {
             Self::B => "hyper + rustls mTLS",
             Self::C => "proxyless mesh layers",
             Self::D => "mesh-proxy sidecars",
+            Self::DCapture => "mesh-proxy sidecars, capture mode (pods, nftables)",
             Self::E1 => "nginx two hops",
             Self::E2 => "HAProxy two hops",
         }
@@ -75,11 +91,31 @@ pub(crate) struct Programs {
 #[derive(Debug)]
 pub(crate) struct Running {
     /// How the load generator reaches the first hop.
-    pub(crate) target: Target,
+    pub(crate) load: Generator,
     /// The mTLS server whose idle connections are counted, and its process.
-    pub(crate) mtls_server: Option<(Target, usize)>,
+    pub(crate) mtls_server: Option<(Generator, usize)>,
     /// Every process of the system under test, all measured.
     pub(crate) procs: Vec<Proc>,
+    /// (d-capture)'s network namespaces, removed after the processes.
+    pub(crate) pods: Option<crate::capture::Pods>,
+}
+
+impl Running {
+    /// The in-process client, for what only runs here (`profile`).
+    pub(crate) fn local_target(&self) -> Option<&Target> {
+        match &self.load {
+            Generator::Here(t) => Some(t),
+            Generator::InPod(_) => None,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Processes first: a namespace is only gone once nothing runs in it.
+        self.procs.clear();
+        self.pods.take();
+    }
 }
 
 fn s(x: impl ToString) -> String {
@@ -94,7 +130,43 @@ fn addr(port: u16) -> SocketAddr {
 /// server workload on `server_port`, the client workload, STRICT mTLS, and a
 /// policy letting only the client in.
 pub(crate) fn write_mesh_config(dir: &Path, server_port: u16, client_port: u16) -> Result<()> {
+    write_mesh_config_for(
+        dir,
+        &MeshLayout {
+            vip: None,
+            server: (Ipv4Addr::LOCALHOST, server_port),
+            client: Ipv4Addr::LOCALHOST,
+            client_port: Some(client_port),
+        },
+    )
+}
+
+/// Where the workloads of the mesh configuration are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MeshLayout {
+    /// The service's virtual IP (ServiceEntry `addresses`), for capture.
+    pub(crate) vip: Option<Ipv4Addr>,
+    /// The server workload's address and its `http` port.
+    pub(crate) server: (Ipv4Addr, u16),
+    pub(crate) client: Ipv4Addr,
+    /// The client workload's `http` port (its explicit inbound listener).
+    pub(crate) client_port: Option<u16>,
+}
+
+/// The same configuration for any layout: (d-capture) differs from (d) only
+/// in addresses (the pods', and the virtual IP).
+pub(crate) fn write_mesh_config_for(dir: &Path, at: &MeshLayout) -> Result<()> {
     std::fs::create_dir_all(dir)?;
+    let addresses = at
+        .vip
+        .map(|ip| format!("  addresses:\n  - {ip}\n"))
+        .unwrap_or_default();
+    let (server_ip, server_port) = at.server;
+    let client_ip = at.client;
+    let client_ports = at
+        .client_port
+        .map(|p| format!("  ports:\n    http: {p}\n"))
+        .unwrap_or_default();
     let yaml = format!(
         r#"apiVersion: mesh.config/v1alpha1
 kind: MeshConfig
@@ -111,7 +183,7 @@ metadata:
 spec:
   hosts:
   - {SERVICE_HOST}
-  location: MESH_INTERNAL
+{addresses}  location: MESH_INTERNAL
   resolution: STATIC
   ports:
   - number: 80
@@ -126,7 +198,7 @@ kind: WorkloadEntry
 metadata:
   name: {SERVER_SA}
 spec:
-  address: 127.0.0.1
+  address: {server_ip}
   ports:
     http: {server_port}
   labels:
@@ -138,10 +210,8 @@ kind: WorkloadEntry
 metadata:
   name: {CLIENT_SA}
 spec:
-  address: 127.0.0.1
-  ports:
-    http: {client_port}
-  labels:
+  address: {client_ip}
+{client_ports}  labels:
     app: {CLIENT_SA}
   serviceAccount: {CLIENT_SA}
 ---
@@ -293,6 +363,8 @@ pub(crate) async fn start(
                 Some((idle, 1)),
             )
         }
+        // Pods of their own, and a load generator inside pod A.
+        Topology::DCapture => return crate::capture::start(programs, certs, &dir, core).await,
         Topology::E1 | Topology::E2 => {
             let (app, a_port, b_port) = (ports[0], ports[1], ports[2]);
             let app_proc = serve("app", "plain", app, vec![])?;
@@ -333,8 +405,9 @@ pub(crate) async fn start(
         ));
     }
     Ok(Running {
-        target,
-        mtls_server: mtls,
+        load: Generator::Here(target),
+        mtls_server: mtls.map(|(t, i)| (Generator::Here(t), i)),
         procs,
+        pods: None,
     })
 }
