@@ -101,25 +101,16 @@ impl GatewayBuilder {
                  default identity only"
             );
         }
-        let td = match self.trust_domain.clone() {
-            Some(td) => td,
-            None => mesh_core::identity::TrustDomain::new("cluster.local")?,
-        };
+        let td = crate::runtime::trust_domain_or_default(self.trust_domain.clone())?;
         let (ns, name) = key.split_once('/').unwrap_or(("default", &key));
         let id = SpiffeId::for_workload(&td, ns, name)?;
         let source = self
             .identity
             .as_ref()
             .ok_or_else(|| anyhow!("no identity source: give GatewayBuilder::identity"))?;
-        tracing::info!(identity = %id, control_plane = %addr, "obtaining the gateway identity");
-        let obtained = Arc::new(source.obtain(&id).await?);
-        let server_id = self
-            .control_plane_id
-            .clone()
-            .unwrap_or_else(|| mesh_ca::ca_id(&td));
         let node = format!("{}{key}", mesh_core::xds::GATEWAY_NODE_PREFIX);
-        let (store, client) =
-            crate::runtime::follow(&addr, server_id, &node, obtained.store()).await;
+        let (obtained, store, client) =
+            crate::runtime::join(&addr, source, &id, self.control_plane_id.clone(), &node).await?;
         let servers = store
             .load()
             .gateways

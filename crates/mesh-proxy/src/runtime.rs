@@ -93,11 +93,43 @@ pub(crate) fn start_store(config: &Path) -> anyhow::Result<(Arc<Store>, FileWatc
     Ok((store, watcher))
 }
 
+/// The trust domain given, else `cluster.local`.
+pub(crate) fn trust_domain_or_default(
+    td: Option<mesh_core::identity::TrustDomain>,
+) -> anyhow::Result<mesh_core::identity::TrustDomain> {
+    match td {
+        Some(td) => Ok(td),
+        None => Ok(mesh_core::identity::TrustDomain::new("cluster.local")?),
+    }
+}
+
+/// Obtains the identity `id` from `source`, then follows the control plane
+/// at `addr` (presenting `control_plane_id`, else the CA's identity of
+/// `id`'s trust domain) as `node` with it, until its first good
+/// configuration.
+pub(crate) async fn join(
+    addr: &str,
+    source: &crate::identity::IdentitySource,
+    id: &mesh_core::identity::SpiffeId,
+    control_plane_id: Option<mesh_core::identity::SpiffeId>,
+    node: &str,
+) -> anyhow::Result<(
+    Arc<crate::identity::Identity>,
+    Arc<Store>,
+    Arc<mesh_tower::xds::XdsClient>,
+)> {
+    tracing::info!(identity = %id, control_plane = %addr, %node, "obtaining the identity");
+    let obtained = Arc::new(source.obtain(id).await?);
+    let server_id = control_plane_id.unwrap_or_else(|| mesh_ca::ca_id(id.trust_domain()));
+    let (store, client) = follow(addr, server_id, node, obtained.store()).await;
+    Ok((obtained, store, client))
+}
+
 /// Follows the control plane at `addr` (presenting `server_id`) as the
 /// node `node`, authenticating with `credentials`; returns once the first
 /// good configuration is in the store, logging every 5 s why there is none
 /// yet (no answer, a refusal, a rejected configuration).
-pub(crate) async fn follow(
+async fn follow(
     addr: &str,
     server_id: mesh_core::identity::SpiffeId,
     node: &str,

@@ -152,23 +152,14 @@ impl SidecarBuilder {
         let sa = self.service_account.as_deref().ok_or_else(|| {
             anyhow!("a sidecar on a control plane needs its service account (--service-account)")
         })?;
-        let td = match self.trust_domain.clone() {
-            Some(td) => td,
-            None => TrustDomain::new("cluster.local")?,
-        };
+        let td = crate::runtime::trust_domain_or_default(self.trust_domain.clone())?;
         let id = SpiffeId::for_workload(&td, &self.namespace, sa)?;
-        let identity = self
+        let source = self
             .identity
             .as_ref()
             .ok_or_else(|| anyhow!("no identity source: give SidecarBuilder::identity"))?;
-        tracing::info!(identity = %id, control_plane = %addr, "obtaining the workload identity");
-        let obtained = Arc::new(identity.obtain(&id).await?);
-        let server_id = self
-            .control_plane_id
-            .clone()
-            .unwrap_or_else(|| mesh_ca::ca_id(&td));
-        let (store, client) =
-            crate::runtime::follow(&addr, server_id, &key, obtained.store()).await;
+        let (obtained, store, client) =
+            crate::runtime::join(&addr, source, &id, self.control_plane_id.clone(), &key).await?;
         let snap = store.load();
         let (_, w) = snap
             .workload(&key)
