@@ -188,7 +188,7 @@ pub(crate) struct SidecarArgs {
     /// The workload's service account, for its identity on a control plane
     /// (`spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`); from
     /// `--config` the WorkloadEntry's is used.
-    #[arg(long, value_name = "SA", requires = "control_plane")]
+    #[arg(long, value_name = "SA")]
     pub(crate) service_account: Option<String>,
 
     /// The local app: `ADDR` for every inbound port, or `PORT_NAME=ADDR`;
@@ -232,6 +232,13 @@ fn parse_app(apps: &[String], port_name: &str) -> Result<Option<SocketAddr>> {
 
 /// Runs the sidecar until SIGTERM, then drains.
 pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
+    if args.service_account.is_some() && args.common.control_plane.is_none() {
+        // From --config the WorkloadEntry names the service account: a
+        // second, possibly different one is refused, not ignored.
+        bail!(
+            "--service-account is read with --control-plane only; from --config the WorkloadEntry's is used"
+        );
+    }
     let identity = args
         .common
         .identity

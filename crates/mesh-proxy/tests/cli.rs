@@ -306,3 +306,53 @@ fn check_capture_names_what_capture_mode_cannot_serve() {
         "{codes:?}"
     );
 }
+
+#[test]
+fn control_plane_flags_are_checked_before_anything_starts() {
+    // Without --service-account the identity is unknown: refused by name,
+    // before a CA or control plane is dialled.
+    let (code, _, err) = run(&[
+        "sidecar",
+        "--control-plane",
+        "127.0.0.1:9",
+        "--ca-root",
+        "/nonexistent/root.pem",
+        "--workload",
+        "web",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--service-account"), "{err}");
+    // --config and --control-plane are one or the other.
+    let (code, _, err) = run(&[
+        "sidecar",
+        "--config",
+        "mesh",
+        "--control-plane",
+        "127.0.0.1:9",
+        "--workload",
+        "web",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--control-plane") && err.contains("--config"),
+        "{err}"
+    );
+    // Neither: clap names what is missing.
+    let (code, _, err) = run(&["sidecar", "--workload", "web"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--config"), "{err}");
+    // --service-account means nothing without a control plane.
+    let (code, _, err) = run(&[
+        "sidecar",
+        "--config",
+        "mesh",
+        "--workload",
+        "web",
+        "--service-account",
+        "web",
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("--control-plane"), "{err}");
+}
