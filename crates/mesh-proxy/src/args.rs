@@ -261,36 +261,15 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
         (None, Some(config)) => Sidecar::builder(config, &args.namespace, &args.workload),
         (None, None) => bail!("give --config DIR or --control-plane ADDR"),
     };
-    let sidecar = builder
-        .identity(identity)
-        .server_settings(args.common.server_settings())
-        .drain_timeout(Duration::from_secs(args.common.drain_timeout))
-        .default_inbound_port(args.inbound_port)
-        .connect()
-        .await?;
+    // Everything the command line alone can tell is checked, and every
+    // socket it names bound, before the identity is obtained: a join token
+    // is single-use, and on a control plane it is spent first.
+    for a in &args.app {
+        let addr = a.split_once('=').map_or(a.as_str(), |(_, addr)| addr);
+        addr.parse::<SocketAddr>()
+            .with_context(|| format!("--app {a}: expected ADDR or PORT_NAME=ADDR"))?;
+    }
     let admin = args.common.admin_listener().await?;
-
-    let mut apps = Vec::new();
-    let explicit_ports = if args.capture {
-        Vec::new()
-    } else {
-        sidecar.inbound_ports()
-    };
-    for p in explicit_ports {
-        let app = match &p.name {
-            Some(name) => parse_app(&args.app, name)?.ok_or_else(|| {
-                anyhow!("no --app for port {name}: give --app ADDR or --app {name}=ADDR")
-            })?,
-            None => parse_app(&args.app, "")?.ok_or_else(|| anyhow!("give --app ADDR"))?,
-        };
-        apps.push((p.addr, app));
-    }
-    let mut inbound = Vec::new();
-    for (addr, app) in apps {
-        let socket = BoundSocket::bind(addr)
-            .with_context(|| format!("binding inbound {}:{}", addr.ip(), addr.port()))?;
-        inbound.push(InboundListener::new(socket, app));
-    }
     let mut outbound = Vec::new();
     for o in &args.outbound {
         let (target, listen) = o
@@ -319,6 +298,46 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
             )
         }
     };
+    let sidecar = builder
+        .identity(identity)
+        .server_settings(args.common.server_settings())
+        .drain_timeout(Duration::from_secs(args.common.drain_timeout))
+        .default_inbound_port(args.inbound_port)
+        .connect()
+        .await?;
+
+    let mut apps = Vec::new();
+    let explicit_ports = if args.capture {
+        Vec::new()
+    } else {
+        sidecar.inbound_ports()
+    };
+    for p in explicit_ports {
+        let app = match &p.name {
+            Some(name) => parse_app(&args.app, name)?.ok_or_else(|| {
+                anyhow!("no --app for port {name}: give --app ADDR or --app {name}=ADDR")
+            })?,
+            None => match parse_app(&args.app, "")? {
+                Some(app) => app,
+                None => {
+                    // The WorkloadEntry names no port and no app is given:
+                    // a client-only workload (a job, a CLI) that serves
+                    // nothing inbound.
+                    tracing::info!(
+                        "no --app and no port in the WorkloadEntry: client only, no inbound port"
+                    );
+                    continue;
+                }
+            },
+        };
+        apps.push((p.addr, app));
+    }
+    let mut inbound = Vec::new();
+    for (addr, app) in apps {
+        let socket = BoundSocket::bind(addr)
+            .with_context(|| format!("binding inbound {}:{}", addr.ip(), addr.port()))?;
+        inbound.push(InboundListener::new(socket, app));
+    }
     let capture = if args.capture {
         Some(capture_listeners(sidecar.capture_ports())?)
     } else {

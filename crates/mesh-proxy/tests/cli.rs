@@ -324,6 +324,30 @@ fn control_plane_flags_are_checked_before_anything_starts() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("--service-account"), "{err}");
+    // A malformed --outbound or --app is refused before the identity is
+    // obtained (a join token is single-use): with nothing listening at the
+    // CA's address, getting that far would wait for it forever.
+    for (flag, value) in [("--outbound", "web:80"), ("--app", "http=not-an-address")] {
+        let (code, _, err) = run(&[
+            "sidecar",
+            "--control-plane",
+            "127.0.0.1:9",
+            "--ca-root",
+            "/nonexistent/root.pem",
+            "--token",
+            "t",
+            "--service-account",
+            "web",
+            "--workload",
+            "web",
+            "--admin",
+            "127.0.0.1:0",
+            flag,
+            value,
+        ]);
+        assert_ne!(code, 0);
+        assert!(err.contains(flag), "{err}");
+    }
     // --config and --control-plane are one or the other.
     let (code, _, err) = run(&[
         "sidecar",
