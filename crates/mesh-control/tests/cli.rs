@@ -104,6 +104,9 @@ async fn serve_gives_a_workload_its_identity() {
     let mut child = Child(
         Command::new(env!("CARGO_BIN_EXE_mesh-ca"))
             .args(["serve", "--dir", d, "--listen", "127.0.0.1:0"])
+            // Short leaves, as a root rotation done in minutes needs.
+            .args(["--default-workload-cert-ttl", "10m"])
+            .args(["--max-workload-cert-ttl", "1h"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -135,7 +138,40 @@ async fn serve_gives_a_workload_its_identity() {
     let manager = CertManager::start(id.clone(), Arc::new(client), config)
         .await
         .unwrap();
-    assert_eq!(manager.store().load().id(), &id);
+    let creds = manager.store().load();
+    assert_eq!(creds.id(), &id);
+    // The manager asked for 24 h: the CA's maximum (1 h, plus the 60 s
+    // its NotBefore is set back) is what it got.
+    let life = creds
+        .not_after()
+        .duration_since(creds.not_before())
+        .unwrap();
+    assert_eq!(life, Duration::from_secs(3600 + 60), "{life:?}");
+}
+
+#[test]
+fn serve_refuses_a_default_lifetime_above_the_maximum() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("ca");
+    let d = d.to_str().unwrap();
+    ok(mesh_ca(&["init", "--dir", d]));
+    let out = mesh_ca(&[
+        "serve",
+        "--dir",
+        d,
+        "--listen",
+        "127.0.0.1:0",
+        "--default-workload-cert-ttl",
+        "2h",
+        "--max-workload-cert-ttl",
+        "1h",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--default-workload-cert-ttl") && err.contains("--max-workload-cert-ttl"),
+        "{err}"
+    );
 }
 
 /// `serve --metrics-addr`: the second line names the metrics endpoint,

@@ -114,6 +114,11 @@ pub(crate) struct IdentityArgs {
     /// The SPIFFE ID the CA presents.
     #[arg(long)]
     pub(crate) ca_id: Option<String>,
+    /// The certificate lifetime asked of the CA (Istio's `SECRET_TTL`),
+    /// in seconds (decimals allowed); the CA grants at most its maximum.
+    /// Renewal is at half of what was granted. Default 24 h.
+    #[arg(long, env = "SECRET_TTL", value_name = "SECONDS", value_parser = seconds)]
+    pub(crate) cert_ttl: Option<Duration>,
     /// Certificate chain file (with `--key` and `--bundle`), reloaded on change.
     #[arg(long)]
     pub(crate) cert: Option<PathBuf>,
@@ -141,6 +146,9 @@ impl IdentityArgs {
         }
         if let Some(id) = &self.ca_id {
             source = source.with_ca_id(id);
+        }
+        if let Some(ttl) = self.cert_ttl {
+            source = source.with_ttl(ttl);
         }
         Ok(source)
     }

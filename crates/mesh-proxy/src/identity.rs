@@ -30,6 +30,7 @@ enum Source {
         root: PathBuf,
         token: Option<String>,
         ca_id: Option<String>,
+        ttl: Option<Duration>,
     },
 }
 
@@ -48,12 +49,14 @@ impl std::fmt::Debug for IdentitySource {
                 root,
                 token,
                 ca_id,
+                ttl,
             } => f
                 .debug_struct("Ca")
                 .field("addr", addr)
                 .field("root", root)
                 .field("token", &token.as_ref().map(|_| "<redacted>"))
                 .field("ca_id", ca_id)
+                .field("ttl", ttl)
                 .finish(),
         }
     }
@@ -82,7 +85,18 @@ impl IdentitySource {
             root: root.into(),
             token: None,
             ca_id: None,
+            ttl: None,
         })
+    }
+
+    /// The certificate lifetime asked of mesh-ca (Istio's `SECRET_TTL`;
+    /// the CA grants at most its maximum); default 24 h. Nothing for files.
+    #[must_use]
+    pub fn with_ttl(mut self, requested: Duration) -> Self {
+        if let Source::Ca { ttl, .. } = &mut self.0 {
+            *ttl = Some(requested);
+        }
+        self
     }
 
     /// The single-use join token for the first certificate from mesh-ca
@@ -185,7 +199,7 @@ impl IdentitySource {
     /// until the CA answers: the proxy stays not-ready meanwhile and serves
     /// nothing, failing closed.
     pub(crate) async fn obtain(&self, id: &SpiffeId) -> Result<Identity> {
-        let (addr, root, token, ca_id) = match &self.0 {
+        let (addr, root, token, ca_id, ttl) = match &self.0 {
             Source::Files { cert, key, bundle } => {
                 let source = FileSource::new(cert, key, bundle);
                 let creds = source
@@ -205,7 +219,8 @@ impl IdentitySource {
                 root,
                 token,
                 ca_id,
-            } => (addr, root, token, ca_id),
+                ttl,
+            } => (addr, root, token, ca_id, ttl),
         };
         let pem = std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
         let bundle =
@@ -219,6 +234,7 @@ impl IdentitySource {
             client = client.with_token(t.clone());
         }
         let config = ManagerConfig {
+            ttl: ttl.unwrap_or(ManagerConfig::default().ttl),
             first_fetch_timeout: Duration::from_secs(365 * 24 * 3600),
             max_backoff: Duration::from_secs(5),
             ..ManagerConfig::default()

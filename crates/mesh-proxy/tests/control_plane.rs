@@ -17,7 +17,8 @@ use std::time::Duration;
 use mesh_ca::{CertificateAuthority, TokenStore};
 use mesh_control::{ConfigServer, ControlPlane, ControlPlaneConfig};
 use mesh_proxy::{
-    Gateway, GatewayListeners, InboundListener, OutboundListener, Sidecar, SidecarListeners,
+    Gateway, GatewayListeners, IdentitySource, InboundListener, OutboundListener, Sidecar,
+    SidecarListeners,
 };
 use support::{Proxy, World, admin_listener, bound, counting_app, files_identity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -255,6 +256,45 @@ async fn a_sidecar_claiming_another_workload_gets_no_configuration() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("service account"), "{err}");
+
+    // The usual start on a control plane: a join token at the control
+    // plane's CA (the same address), a requested certificate lifetime, then
+    // the configuration with the SVID just issued. Client only: no port in
+    // its WorkloadEntry, no inbound listener.
+    let token = TokenStore::new(&world.path("ca"))
+        .create(&support::id("client"), Duration::from_secs(60))
+        .unwrap();
+    let client = Sidecar::following(cp_addr.to_string(), "default", "client")
+        .service_account("client")
+        .identity(
+            IdentitySource::ca(cp_addr.to_string(), world.path("ca").join("root-cert.pem"))
+                .with_token(token)
+                .with_ttl(Duration::from_secs(600)),
+        )
+        .drain_timeout(support::TEARDOWN_DRAIN)
+        .connect()
+        .await
+        .unwrap();
+    let client = Proxy::new(
+        client
+            .start(SidecarListeners {
+                admin: admin_listener().await,
+                inbound: Vec::new(),
+                outbound: Vec::new(),
+                http_proxy: None,
+                capture: None,
+            })
+            .unwrap(),
+    );
+    client.ready().await;
+    let certs = reqwest_like(client.admin_url("/certs")).await;
+    let body = &certs[certs.find('{').unwrap()..];
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let life = v["not_after_unix"].as_u64().unwrap() - v["not_before_unix"].as_u64().unwrap();
+    // 10 minutes asked, and the CA's 60 s of backdating.
+    assert_eq!(life, 600 + 60, "{v}");
+    assert_eq!(v["source"], "mesh-ca");
+    client.shutdown().await;
     plane.shutdown().await;
 }
 

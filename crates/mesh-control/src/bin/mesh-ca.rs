@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use mesh_ca::{CertificateAuthority, TokenStore};
+use mesh_ca::{CertificateAuthority, LeafPolicy, TokenStore};
 use mesh_control::{ConfigServer, ControlPlane, ControlPlaneConfig};
 use mesh_core::identity::{SpiffeId, TrustDomain};
 
@@ -55,6 +55,14 @@ enum Command {
         /// address (istiod's monitoring port is 15014).
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<String>,
+        /// The lifetime of a workload certificate whose request names none
+        /// (Istio's `DEFAULT_WORKLOAD_CERT_TTL`): 90s, 15m, 1h, 7d.
+        #[arg(long, env = "DEFAULT_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+        default_workload_cert_ttl: Duration,
+        /// The longest lifetime granted, whatever a request asks (Istio's
+        /// `MAX_WORKLOAD_CERT_TTL`; Istio's default is 90 days, ours 24 h).
+        #[arg(long, env = "MAX_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+        max_workload_cert_ttl: Duration,
         /// Also serve the mesh's configuration from this file or folder
         /// (Istio YAML, as `mesh-proxy --config` reads it) to every data
         /// plane over xDS on the same port, reloaded when it changes.
@@ -157,8 +165,24 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             metrics_addr,
             config,
+            default_workload_cert_ttl,
+            max_workload_cert_ttl,
         } => {
-            let ca = Arc::new(CertificateAuthority::open_dir(&dir)?);
+            if default_workload_cert_ttl > max_workload_cert_ttl
+                || default_workload_cert_ttl.is_zero()
+            {
+                bail!(
+                    "--default-workload-cert-ttl ({default_workload_cert_ttl:?}) must be more than \
+                     zero and at most --max-workload-cert-ttl ({max_workload_cert_ttl:?})"
+                );
+            }
+            let ca = Arc::new(
+                CertificateAuthority::open_dir(&dir)?.with_policy(LeafPolicy {
+                    default_ttl: default_workload_cert_ttl,
+                    max_ttl: max_workload_cert_ttl,
+                    ..LeafPolicy::default()
+                }),
+            );
             let identity = mesh_ca::service::ca_identity(&ca)?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
