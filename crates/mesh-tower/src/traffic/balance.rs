@@ -24,7 +24,7 @@ use tower::Service;
 
 use super::pick::{self, EndpointSet};
 use super::state::{RandomSource, TrafficState};
-use super::{AttemptFuture, Avoid, Destination, Failed, Tried, planned};
+use super::{AttemptFuture, Avoid, Destination, Failed, Tried, attempt, planned};
 use crate::body::BoxBody;
 use crate::error::MeshError;
 use crate::upstream::{PriorKnowledgeH2, SecureNaming};
@@ -71,7 +71,7 @@ where
         };
         let endpoint = self.state.endpoint(&tried.endpoint.key);
         let in_flight = endpoint.start();
-        let fut: AttemptFuture = Box::pin(self.next.call(req));
+        let fut = attempt(self.next.call(req));
         let state = self.state.clone();
         Box::pin(async move {
             let mut result = fut.await;
