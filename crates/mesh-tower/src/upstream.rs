@@ -333,13 +333,3 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
-
-/// The future of one upstream call.
-pub(crate) type UpstreamFuture =
-    std::pin::Pin<Box<dyn Future<Output = Result<Response<BoxBody>, UpstreamError>> + Send>>;
-
-/// Sends one request through `upstream`. Boxing here, at a concrete type,
-/// keeps the compiler's `Send` check of the callers' futures simple.
-pub(crate) fn send(upstream: &Upstream, req: Request<BoxBody>) -> UpstreamFuture {
-    Box::pin(tower::ServiceExt::oneshot(upstream.clone(), req))
-}
