@@ -288,7 +288,7 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
 /// What [`hyper_upstream`]'s service holds.
 struct HyperUpstream {
     plain: Clients,
-    by_identities: arc_swap::ArcSwap<std::collections::HashMap<Arc<[SpiffeId]>, Clients>>,
+    by_identities: arc_swap::ArcSwap<foldhash::HashMap<Arc<[SpiffeId]>, Clients>>,
     mtls: Option<MeshConnector>,
 }
 
@@ -307,7 +307,7 @@ impl HyperUpstream {
         }
         let mut out = None;
         self.by_identities.rcu(|m| {
-            let mut m = std::collections::HashMap::clone(m);
+            let mut m = foldhash::HashMap::clone(m);
             let c = m
                 .entry(ids.clone())
                 .or_insert_with(|| {

@@ -4,7 +4,6 @@
 //! request path reads them without a lock; the one lock is an endpoint's
 //! outlier record, held for a few instructions when an outcome is recorded.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -134,7 +133,7 @@ impl Pool {
 }
 
 fn get_or_insert<V>(
-    map: &ArcSwap<HashMap<String, Arc<V>>>,
+    map: &ArcSwap<foldhash::HashMap<String, Arc<V>>>,
     key: &str,
     make: impl Fn() -> V,
 ) -> Arc<V> {
@@ -147,7 +146,7 @@ fn get_or_insert<V>(
             out = Some(v.clone());
             return m.clone();
         }
-        let mut m = HashMap::clone(m);
+        let mut m = foldhash::HashMap::clone(m);
         let v = Arc::new(make());
         out = Some(v.clone());
         m.insert(key.to_owned(), v);
@@ -159,9 +158,9 @@ fn get_or_insert<V>(
 /// All live traffic state of one router.
 #[derive(Debug, Default)]
 pub(crate) struct TrafficState {
-    endpoints: ArcSwap<HashMap<String, Arc<EndpointState>>>,
-    counters: ArcSwap<HashMap<String, Arc<AtomicUsize>>>,
-    pools: ArcSwap<HashMap<String, Arc<Pool>>>,
+    endpoints: ArcSwap<foldhash::HashMap<String, Arc<EndpointState>>>,
+    counters: ArcSwap<foldhash::HashMap<String, Arc<AtomicUsize>>>,
+    pools: ArcSwap<foldhash::HashMap<String, Arc<Pool>>>,
 }
 
 impl TrafficState {
