@@ -81,7 +81,10 @@ where
                 Ok(resp) => {
                     resp.extensions_mut().insert(tried);
                 }
-                Err(f) => f.tried = Some(tried),
+                Err(f) => {
+                    name_endpoint(&mut f.error, &tried.endpoint.key);
+                    f.tried = Some(tried);
+                }
             }
             result
         })
@@ -162,9 +165,24 @@ impl<S> Balance<S> {
         if plan.h2 {
             ext.insert(PriorKnowledgeH2);
         }
-        let tried = Tried { endpoint: ep, mtls };
-        ext.insert(tried.clone());
-        Ok(tried)
+        // The endpoint is not put in the request for the layers below:
+        // this layer reports it with the attempt's answer or failure
+        // (naming it in an upstream error, see `name_endpoint`).
+        Ok(Tried { endpoint: ep, mtls })
+    }
+}
+
+/// Names the endpoint tried in an upstream failure from below that does
+/// not say where it went: the connect layer reports the endpoint only
+/// when the request carries it ([`Tried`]), and this layer does not put it
+/// there, to spare a copy of it on every attempt for the failing few.
+fn name_endpoint(error: &mut MeshError, key: &str) {
+    if let MeshError::UpstreamConnect { endpoint, .. }
+    | MeshError::UpstreamProtocol { endpoint, .. } = error
+    {
+        if endpoint.is_empty() {
+            key.clone_into(endpoint);
+        }
     }
 }
 
