@@ -435,7 +435,13 @@ impl DestinationPlan<'_> {
 /// own. [`DestinationPlan::identities`] for a caller that keeps only the
 /// endpoint.
 pub fn identities(snap: &Snapshot, ep: &Endpoint) -> Vec<SpiffeId> {
-    vec![snap.workloads[ep.workload].identity.clone()]
+    identities_in(snap, ep).to_vec()
+}
+
+/// [`identities`], borrowed from the snapshot: for a caller that looks the
+/// set up rather than keeping a copy of it per request.
+pub fn identities_in<'s>(snap: &'s Snapshot, ep: &Endpoint) -> &'s [SpiffeId] {
+    std::slice::from_ref(&snap.workloads[ep.workload].identity)
 }
 
 /// How to connect to `ep` of `service`'s port `port` (and `subset`): by the

@@ -158,7 +158,10 @@ impl<S> Balance<S> {
         *req.version_mut() = http::Version::HTTP_11;
         let ext = req.extensions_mut();
         if mtls {
-            ext.insert(SecureNaming(mesh_core::plan::identities(snap, &ep).into()));
+            ext.insert(SecureNaming(
+                self.state
+                    .identity_set(mesh_core::plan::identities_in(snap, &ep)),
+            ));
         } else {
             ext.remove::<SecureNaming>();
         }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use mesh_core::identity::SpiffeId;
 use mesh_core::outlier::{EndpointHealth, Outcome, OutlierPolicy};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -161,6 +162,7 @@ pub(crate) struct TrafficState {
     endpoints: ArcSwap<foldhash::HashMap<String, Arc<EndpointState>>>,
     counters: ArcSwap<foldhash::HashMap<String, Arc<AtomicUsize>>>,
     pools: ArcSwap<foldhash::HashMap<String, Arc<Pool>>>,
+    identity_sets: ArcSwap<foldhash::HashSet<Arc<[SpiffeId]>>>,
 }
 
 impl TrafficState {
@@ -174,10 +176,50 @@ impl TrafficState {
         get_or_insert(&self.counters, set, AtomicUsize::default).fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The shared copy of an identity set (secure naming), made on first
+    /// use: a request carries the set to the upstream, and sets are few
+    /// (one per service account reached).
+    pub(crate) fn identity_set(&self, ids: &[SpiffeId]) -> Arc<[SpiffeId]> {
+        if let Some(set) = self.identity_sets.load().get(ids) {
+            return set.clone();
+        }
+        let mut out = None;
+        self.identity_sets.rcu(|sets| {
+            if let Some(set) = sets.get(ids) {
+                out = Some(set.clone());
+                return sets.clone();
+            }
+            let mut sets = foldhash::HashSet::clone(sets);
+            let set: Arc<[SpiffeId]> = ids.into();
+            out = Some(set.clone());
+            sets.insert(set);
+            Arc::new(sets)
+        });
+        out.unwrap_or_else(|| ids.into())
+    }
+
     /// The pool of a host under these limits (a change of limits makes a
     /// fresh pool).
     pub(crate) fn pool(&self, host: &str, max_requests: usize, max_pending: usize) -> Arc<Pool> {
         let key = format!("{host}|{max_requests}|{max_pending}");
         get_or_insert(&self.pools, &key, || Pool::new(max_requests, max_pending))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identity_set_is_shared_once_made() {
+        let state = TrafficState::default();
+        let id = |s: &str| SpiffeId::parse(s).expect("a SPIFFE ID");
+        let a = [id("spiffe://cluster.local/ns/default/sa/a")];
+        let b = [id("spiffe://cluster.local/ns/default/sa/b")];
+        let first = state.identity_set(&a);
+        assert_eq!(&first[..], &a[..]);
+        assert!(Arc::ptr_eq(&first, &state.identity_set(&a.clone())));
+        assert!(!Arc::ptr_eq(&first, &state.identity_set(&b)));
+        assert_eq!(&state.identity_set(&b)[..], &b[..]);
     }
 }
