@@ -143,7 +143,8 @@ impl<S> Balance<S> {
         let mtls = tls == EndpointTls::MeshMtls;
         let scheme = if mtls { "https" } else { "http" };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri: Uri = format!("{scheme}://{}{path}", ep.key).parse().map_err(
+        // From the `String` itself: parsing a `&str` would copy it again.
+        let uri = Uri::try_from(format!("{scheme}://{}{path}", ep.key)).map_err(
             |e: http::uri::InvalidUri| {
                 Failed::before_endpoint(
                     MeshError::UpstreamConnect {
