@@ -309,16 +309,11 @@ fn captured_target(
 
 /// Where the request is going: host without port, and port.
 fn target(req: &Request<BoxBody>) -> Option<(String, u16)> {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })?;
+    let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })?;
     let default_port = if req.uri().scheme_str() == Some("https") {
         443
     } else {
