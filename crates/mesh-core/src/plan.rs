@@ -435,7 +435,13 @@ impl DestinationPlan<'_> {
 /// own. [`DestinationPlan::identities`] for a caller that keeps only the
 /// endpoint.
 pub fn identities(snap: &Snapshot, ep: &Endpoint) -> Vec<SpiffeId> {
-    vec![snap.workloads[ep.workload].identity.clone()]
+    identities_in(snap, ep).to_vec()
+}
+
+/// [`identities`], borrowed from the snapshot: for a caller that looks the
+/// set up rather than keeping a copy of it per request.
+pub fn identities_in<'s>(snap: &'s Snapshot, ep: &Endpoint) -> &'s [SpiffeId] {
+    std::slice::from_ref(&snap.workloads[ep.workload].identity)
 }
 
 /// How to connect to `ep` of `service`'s port `port` (and `subset`): by the
@@ -644,8 +650,72 @@ pub fn captured(snap: &Snapshot, dst: std::net::SocketAddr) -> CapturedDestinati
 /// `address:port`, with an IPv6 address in brackets (`[fd00::1]:80`), so
 /// that the key parses as a socket address and names the endpoint in URIs.
 pub fn endpoint_key(address: &str, port: u16) -> String {
-    match address.parse::<std::net::IpAddr>() {
-        Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
-        Err(_) => format!("{address}:{port}"),
+    // Every request resolves its destination's keys, so only an address
+    // that may be IPv6 is parsed (for its brackets and canonical form). An
+    // IPv4 address std parses is already its own `Display` (the parser
+    // takes no leading zeros and no other notation), and a name is written
+    // as it is, so both are just joined to the port.
+    if address.contains(':') {
+        if let Ok(ip) = address.parse::<std::net::IpAddr>() {
+            return std::net::SocketAddr::new(ip, port).to_string();
+        }
+    }
+    let mut key = String::with_capacity(address.len() + 6);
+    key.push_str(address);
+    key.push(':');
+    let mut digits = [0u8; 5];
+    let mut n = port;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        key.push(char::from(*d));
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_key;
+
+    /// What `endpoint_key` wrote before it skipped the parse: a socket
+    /// address's `Display` when the address parses, else `address:port`.
+    fn by_socket_addr(address: &str, port: u16) -> String {
+        match address.parse::<std::net::IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+            Err(_) => format!("{address}:{port}"),
+        }
+    }
+
+    #[test]
+    fn keys_are_what_a_socket_address_displays() {
+        let addresses = [
+            "10.0.0.1",
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "010.0.0.1",
+            "1.2.3",
+            "fd00::1",
+            "FD00:0:0::1",
+            "::ffff:10.0.0.1",
+            "::",
+            "[fd00::1]",
+            "fe80::1%eth0",
+            "reviews.default.svc.cluster.local",
+            "localhost",
+            "",
+        ];
+        for a in addresses {
+            for p in [0, 1, 9, 10, 80, 443, 8080, 9080, 10000, 65535] {
+                assert_eq!(endpoint_key(a, p), by_socket_addr(a, p), "{a} {p}");
+            }
+        }
     }
 }

@@ -255,26 +255,29 @@ impl Clients {
 /// reaches) and kept for the router's life; idle connections close after 90
 /// seconds.
 pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
-    let plain = Clients::new(EndpointConnector::new(None, Arc::from([])));
-    let by_identities: Arc<arc_swap::ArcSwap<std::collections::HashMap<Arc<[SpiffeId]>, Clients>>> =
-        Arc::default();
+    // One `Arc` for all of it: the outbound stack clones its upstream a few
+    // times per request (the router, `tower::retry`, each send), and a
+    // clone of a hyper-util `Client` is a dozen reference counts.
+    let shared = Arc::new(HyperUpstream {
+        plain: Clients::new(EndpointConnector::new(None, Arc::from([]))),
+        by_identities: arc_swap::ArcSwap::default(),
+        mtls,
+    });
     tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: Request<BoxBody>| {
-        let clients = if req.uri().scheme_str() == Some("https") {
+        // `Client::request` clones the client into its future itself, so
+        // the one chosen is only borrowed here.
+        let h2 = req.extensions().get::<PriorKnowledgeH2>().is_some();
+        let send = if req.uri().scheme_str() == Some("https") {
             let ids = req
                 .extensions()
                 .get::<SecureNaming>()
                 .map_or_else(|| Arc::from([]), |s| s.0.clone());
-            clients_for(&by_identities, ids, &mtls)
+            shared.mtls_clients(ids, |c| c.pick(h2).request(req))
         } else {
-            plain.clone()
-        };
-        let client = if req.extensions().get::<PriorKnowledgeH2>().is_some() {
-            clients.h2
-        } else {
-            clients.http1
+            shared.plain.pick(h2).request(req)
         };
         async move {
-            match client.request(req).await {
+            match send.await {
                 Ok(resp) => Ok(resp.map(crate::body::boxed)),
                 Err(e) => Err(UpstreamError::classify(&e, e.is_connect())),
             }
@@ -282,25 +285,41 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
     }))
 }
 
-fn clients_for(
-    map: &arc_swap::ArcSwap<std::collections::HashMap<Arc<[SpiffeId]>, Clients>>,
-    ids: Arc<[SpiffeId]>,
-    mtls: &Option<MeshConnector>,
-) -> Clients {
-    if let Some(c) = map.load().get(&ids) {
-        return c.clone();
+/// What [`hyper_upstream`]'s service holds.
+struct HyperUpstream {
+    plain: Clients,
+    by_identities: arc_swap::ArcSwap<foldhash::HashMap<Arc<[SpiffeId]>, Clients>>,
+    mtls: Option<MeshConnector>,
+}
+
+impl Clients {
+    /// The HTTP/2-only client for prior knowledge, else the other.
+    fn pick(&self, h2: bool) -> &UpstreamClient {
+        if h2 { &self.h2 } else { &self.http1 }
     }
-    let mut out = None;
-    map.rcu(|m| {
-        let mut m = std::collections::HashMap::clone(m);
-        let c = m
-            .entry(ids.clone())
-            .or_insert_with(|| Clients::new(EndpointConnector::new(mtls.clone(), ids.clone())))
-            .clone();
-        out = Some(c);
-        Arc::new(m)
-    });
-    out.unwrap_or_else(|| Clients::new(EndpointConnector::new(mtls.clone(), ids)))
+}
+
+impl HyperUpstream {
+    /// Runs `f` with the clients of identity set `ids`, made on first use.
+    fn mtls_clients<T>(&self, ids: Arc<[SpiffeId]>, f: impl FnOnce(&Clients) -> T) -> T {
+        if let Some(c) = self.by_identities.load().get(&ids) {
+            return f(c);
+        }
+        let mut out = None;
+        self.by_identities.rcu(|m| {
+            let mut m = foldhash::HashMap::clone(m);
+            let c = m
+                .entry(ids.clone())
+                .or_insert_with(|| {
+                    Clients::new(EndpointConnector::new(self.mtls.clone(), ids.clone()))
+                })
+                .clone();
+            out = Some(c);
+            Arc::new(m)
+        });
+        let c = out.unwrap_or_else(|| Clients::new(EndpointConnector::new(self.mtls.clone(), ids)));
+        f(&c)
+    }
 }
 
 /// An error and its sources, joined: hyper's top-level messages say little.
@@ -313,14 +332,4 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// The future of one upstream call.
-pub(crate) type UpstreamFuture =
-    std::pin::Pin<Box<dyn Future<Output = Result<Response<BoxBody>, UpstreamError>> + Send>>;
-
-/// Sends one request through `upstream`. Boxing here, at a concrete type,
-/// keeps the compiler's `Send` check of the callers' futures simple.
-pub(crate) fn send(upstream: &Upstream, req: Request<BoxBody>) -> UpstreamFuture {
-    Box::pin(tower::ServiceExt::oneshot(upstream.clone(), req))
 }

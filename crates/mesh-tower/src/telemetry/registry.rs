@@ -13,14 +13,15 @@
 //! series exists, which is also simplest in a registry we own. It is about
 //! 300 lines, and the text format is small and stable.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use foldhash::fast::RandomState;
 
 use super::metrics::{
     BYTES_BUCKETS, DURATION_BUCKETS_MS, HTTP_LABEL_COUNT, HTTP_LABELS, MetricDef, MetricKind,
@@ -141,7 +142,7 @@ pub(crate) struct Series<S> {
     pub(crate) data: S,
 }
 
-type SeriesMap<S> = HashMap<u64, Vec<Arc<Series<S>>>>;
+type SeriesMap<S> = foldhash::HashMap<u64, Vec<Arc<Series<S>>>>;
 
 #[derive(Debug)]
 struct Index<S> {
@@ -178,7 +179,7 @@ impl<S: Default, const N: usize> Family<S, N> {
             names,
             capped: names.map(|n| !UNCAPPED.contains(&n)),
             limits,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             index: ArcSwap::from_pointee(Index {
                 admitted: (0..N).map(|_| Arc::default()).collect(),
                 series: Arc::default(),

@@ -24,7 +24,7 @@ use tower::Service;
 
 use super::pick::{self, EndpointSet};
 use super::state::{RandomSource, TrafficState};
-use super::{AttemptFuture, Avoid, Destination, Failed, Tried, planned};
+use super::{AttemptFuture, Avoid, Destination, Failed, Tried, attempt, planned};
 use crate::body::BoxBody;
 use crate::error::MeshError;
 use crate::upstream::{PriorKnowledgeH2, SecureNaming};
@@ -71,7 +71,7 @@ where
         };
         let endpoint = self.state.endpoint(&tried.endpoint.key);
         let in_flight = endpoint.start();
-        let fut: AttemptFuture = Box::pin(self.next.call(req));
+        let fut = attempt(self.next.call(req));
         let state = self.state.clone();
         Box::pin(async move {
             let mut result = fut.await;
@@ -81,7 +81,10 @@ where
                 Ok(resp) => {
                     resp.extensions_mut().insert(tried);
                 }
-                Err(f) => f.tried = Some(tried),
+                Err(f) => {
+                    name_endpoint(&mut f.error, &tried.endpoint.key);
+                    f.tried = Some(tried);
+                }
             }
             result
         })
@@ -140,7 +143,8 @@ impl<S> Balance<S> {
         let mtls = tls == EndpointTls::MeshMtls;
         let scheme = if mtls { "https" } else { "http" };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri: Uri = format!("{scheme}://{}{path}", ep.key).parse().map_err(
+        // From the `String` itself: parsing a `&str` would copy it again.
+        let uri = Uri::try_from(format!("{scheme}://{}{path}", ep.key)).map_err(
             |e: http::uri::InvalidUri| {
                 Failed::before_endpoint(
                     MeshError::UpstreamConnect {
@@ -155,16 +159,34 @@ impl<S> Balance<S> {
         *req.version_mut() = http::Version::HTTP_11;
         let ext = req.extensions_mut();
         if mtls {
-            ext.insert(SecureNaming(mesh_core::plan::identities(snap, &ep).into()));
+            ext.insert(SecureNaming(
+                self.state
+                    .identity_set(mesh_core::plan::identities_in(snap, &ep)),
+            ));
         } else {
             ext.remove::<SecureNaming>();
         }
         if plan.h2 {
             ext.insert(PriorKnowledgeH2);
         }
-        let tried = Tried { endpoint: ep, mtls };
-        ext.insert(tried.clone());
-        Ok(tried)
+        // The endpoint is not put in the request for the layers below:
+        // this layer reports it with the attempt's answer or failure
+        // (naming it in an upstream error, see `name_endpoint`).
+        Ok(Tried { endpoint: ep, mtls })
+    }
+}
+
+/// Names the endpoint tried in an upstream failure from below that does
+/// not say where it went: the connect layer reports the endpoint only
+/// when the request carries it ([`Tried`]), and this layer does not put it
+/// there, to spare a copy of it on every attempt for the failing few.
+fn name_endpoint(error: &mut MeshError, key: &str) {
+    if let MeshError::UpstreamConnect { endpoint, .. }
+    | MeshError::UpstreamProtocol { endpoint, .. } = error
+    {
+        if endpoint.is_empty() {
+            key.clone_into(endpoint);
+        }
     }
 }
 

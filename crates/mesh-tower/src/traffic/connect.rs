@@ -30,13 +30,24 @@ impl Service<Request<BoxBody>> for Connect {
     type Error = Failed;
     type Future = AttemptFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Failed>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Failed>> {
+        self.upstream.poll_ready(cx).map_err(|e| {
+            let failure = classify(&e);
+            Failed {
+                error: e.into_mesh_error(String::new()),
+                failure,
+                tried: None,
+            }
+        })
     }
 
-    fn call(&mut self, req: Request<BoxBody>) -> AttemptFuture {
-        let tried = req.extensions().get::<Tried>().cloned();
-        let send = crate::upstream::send(&self.upstream, req);
+    fn call(&mut self, mut req: Request<BoxBody>) -> AttemptFuture {
+        // The endpoint tried is only this layer's to report (the upstream
+        // is addressed by the URI), so it is taken, not cloned; and the
+        // upstream was made ready by `poll_ready`, so it is called as it
+        // is rather than cloned for a oneshot.
+        let tried = req.extensions_mut().remove::<Tried>();
+        let send = self.upstream.call(req);
         Box::pin(async move {
             send.await.map_err(|e| {
                 let endpoint = tried

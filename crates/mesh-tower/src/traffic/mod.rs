@@ -254,6 +254,46 @@ impl Failed {
 pub(crate) type AttemptFuture =
     Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Failed>> + Send>>;
 
+/// `fut` as an [`AttemptFuture`], boxed only when it is not one already.
+/// The layers below the route layer answer with boxed futures, so a layer
+/// with nothing to add to a request (no timeout, no pool limit) hands its
+/// inner layer's future on instead of boxing the box: an allocation and an
+/// indirection per layer and request.
+pub(crate) fn attempt<F>(fut: F) -> AttemptFuture
+where
+    F: Future<Output = Result<Response<BoxBody>, Failed>> + Send + 'static,
+{
+    let mut fut = Some(fut);
+    let reused = (&mut fut as &mut dyn std::any::Any)
+        .downcast_mut::<Option<AttemptFuture>>()
+        .and_then(Option::take);
+    match (reused, fut) {
+        (Some(boxed), _) => boxed,
+        (None, Some(f)) => Box::pin(f),
+        // Not reached: `fut` is only taken when it is reused above.
+        (None, None) => Box::pin(std::future::ready(Err(Failed::before_endpoint(
+            MeshError::Internal("an attempt's future went missing".into()),
+            None,
+        )))),
+    }
+}
+
+/// The planned destination of a request, borrowed, for layers that only
+/// read it; as [`planned`], a request without one is answered as a 500.
+pub(crate) fn plan_of<B>(req: &Request<B>) -> Result<&Destination, Failed> {
+    req.extensions()
+        .get::<Planned>()
+        .map(|p| &*p.0)
+        .ok_or_else(no_plan)
+}
+
+fn no_plan() -> Failed {
+    Failed::before_endpoint(
+        MeshError::Internal("request reached the outbound stack without a plan".into()),
+        None,
+    )
+}
+
 /// Calls `svc` once with `req`, boxed here (outside any `async` block) so
 /// that the compiler checks `Send` of a concrete future: an `async` block
 /// awaiting a generic service's future trips rustc's "`Send` is not general
@@ -275,12 +315,7 @@ pub(crate) fn planned<B>(req: &Request<B>) -> Result<Arc<Destination>, Failed> {
     req.extensions()
         .get::<Planned>()
         .map(|p| p.0.clone())
-        .ok_or_else(|| {
-            Failed::before_endpoint(
-                MeshError::Internal("request reached the outbound stack without a plan".into()),
-                None,
-            )
-        })
+        .ok_or_else(no_plan)
 }
 
 /// The layers below the route layer, built once per router.
@@ -425,4 +460,23 @@ pub(crate) fn test_planned(
     };
     edit(&mut dest);
     Planned(Arc::new(dest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> Result<Response<BoxBody>, Failed> {
+        Ok(Response::new(crate::body::empty()))
+    }
+
+    #[tokio::test]
+    async fn an_attempt_already_boxed_is_not_boxed_again() {
+        let boxed: AttemptFuture = Box::pin(std::future::ready(ok()));
+        let before = std::ptr::addr_of!(*boxed).cast::<u8>();
+        let same = attempt(boxed);
+        assert_eq!(std::ptr::addr_of!(*same).cast::<u8>(), before);
+        assert!(same.await.is_ok());
+        assert!(attempt(std::future::ready(ok())).await.is_ok());
+    }
 }

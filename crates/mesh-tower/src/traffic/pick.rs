@@ -138,14 +138,16 @@ pub(crate) fn endpoint(
         .iter()
         .filter(|e| state.endpoint(&e.key).is_available(now))
         .collect();
-    let mut pool: Vec<&Endpoint> = up
-        .iter()
-        .copied()
-        .filter(|e| Some(e.key.as_str()) != avoid)
-        .collect();
-    if pool.is_empty() {
-        pool = up;
-    }
+    // Without the endpoint to avoid among them (the first attempt, or a
+    // retry whose endpoint is ejected) the pool is `up` itself: no second
+    // vector per request.
+    let pool = match avoid {
+        Some(a) if up.iter().any(|e| e.key == a) => {
+            let others: Vec<&Endpoint> = up.iter().copied().filter(|e| e.key != a).collect();
+            if others.is_empty() { up } else { others }
+        }
+        _ => up,
+    };
     if pool.is_empty() {
         return None;
     }

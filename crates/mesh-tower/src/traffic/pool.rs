@@ -16,7 +16,7 @@ use mesh_core::resources::networking::TrafficPolicy;
 use tower::Service;
 
 use super::state::TrafficState;
-use super::{AttemptFuture, Failed, oneshot, planned};
+use super::{AttemptFuture, Failed, attempt, oneshot, plan_of};
 use crate::body::BoxBody;
 use crate::error::MeshError;
 
@@ -78,30 +78,26 @@ where
     }
 
     fn call(&mut self, req: Request<BoxBody>) -> AttemptFuture {
-        let plan = match planned(&req) {
-            Ok(p) => p,
+        let (limits, host) = match plan_of(&req) {
+            Ok(p) => match p.pool {
+                Some(limits) => (limits, p.host.clone()),
+                None => return attempt(self.next.call(req)),
+            },
             Err(e) => return Box::pin(async move { Err(e) }),
-        };
-        let Some(limits) = plan.pool else {
-            return Box::pin(self.next.call(req));
         };
         let pool = self
             .state
-            .pool(&plan.host, limits.max_requests, limits.max_pending);
+            .pool(&host, limits.max_requests, limits.max_pending);
         // The place is awaited before the call: take the ready service and
         // leave a clone behind, as tower's own layers do.
         let clone = self.next.clone();
         let next = std::mem::replace(&mut self.next, clone);
         let call = oneshot(next, req);
         Box::pin(async move {
-            let _permit = pool.acquire().await.ok_or_else(|| {
-                Failed::before_endpoint(
-                    MeshError::Overflow {
-                        host: plan.host.clone(),
-                    },
-                    None,
-                )
-            })?;
+            let _permit = pool
+                .acquire()
+                .await
+                .ok_or_else(|| Failed::before_endpoint(MeshError::Overflow { host }, None))?;
             call.await
         })
     }

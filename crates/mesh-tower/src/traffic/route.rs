@@ -100,7 +100,12 @@ where
             })?,
         };
         let plan = plan(shared, &snap, &req, &host, port)?;
-        let dests = match &plan.action {
+        // What the rule says besides its destinations, read before those
+        // are moved out of the plan (the default route's are its own).
+        let rule = plan.rule;
+        let retry = plan.retry_policy();
+        let route_timeout = plan.timeout();
+        let dests = match plan.action {
             PlannedAction::Redirect(r) => return Ok(rewrite::redirect(&req, r, &host)),
             PlannedAction::DirectResponse(d) => {
                 let mut resp = Response::new(full(
@@ -113,9 +118,8 @@ where
                     http::StatusCode::from_u16(d.status).unwrap_or(http::StatusCode::OK);
                 return Ok(resp);
             }
-            PlannedAction::Forward(ds) => ds.clone(),
+            PlannedAction::Forward(ds) => ds,
         };
-        let rule = plan.rule;
         if let Some(fault) = rule.and_then(|(r, _)| r.fault.as_ref()) {
             let d = fault_decision(fault, shared.random.next_f64(), shared.random.next_f64());
             if let Some(delay) = d.delay {
@@ -168,7 +172,6 @@ where
         })?;
         let resolved = resolve_destination(&snap, dest, port)?;
         let service = resolved.service;
-        let retry = plan.retry_policy();
         let retryable =
             replay.is_some() && retry.request_is_retryable(parts.method.as_str(), has_body);
         let mirror = rule.and_then(|(r, _)| match (&r.mirror, r.mirror_percent) {
@@ -193,7 +196,7 @@ where
             mirrored: false,
             retry,
             retryable,
-            timeout: plan.timeout(),
+            timeout: route_timeout,
             mirror,
             request_port: port,
         };
@@ -306,16 +309,11 @@ fn captured_target(
 
 /// Where the request is going: host without port, and port.
 fn target(req: &Request<BoxBody>) -> Option<(String, u16)> {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })?;
+    let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })?;
     let default_port = if req.uri().scheme_str() == Some("https") {
         443
     } else {

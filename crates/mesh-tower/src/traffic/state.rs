@@ -4,13 +4,13 @@
 //! request path reads them without a lock; the one lock is an endpoint's
 //! outlier record, held for a few instructions when an outcome is recorded.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use mesh_core::identity::SpiffeId;
 use mesh_core::outlier::{EndpointHealth, Outcome, OutlierPolicy};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -134,7 +134,7 @@ impl Pool {
 }
 
 fn get_or_insert<V>(
-    map: &ArcSwap<HashMap<String, Arc<V>>>,
+    map: &ArcSwap<foldhash::HashMap<String, Arc<V>>>,
     key: &str,
     make: impl Fn() -> V,
 ) -> Arc<V> {
@@ -147,7 +147,7 @@ fn get_or_insert<V>(
             out = Some(v.clone());
             return m.clone();
         }
-        let mut m = HashMap::clone(m);
+        let mut m = foldhash::HashMap::clone(m);
         let v = Arc::new(make());
         out = Some(v.clone());
         m.insert(key.to_owned(), v);
@@ -159,9 +159,10 @@ fn get_or_insert<V>(
 /// All live traffic state of one router.
 #[derive(Debug, Default)]
 pub(crate) struct TrafficState {
-    endpoints: ArcSwap<HashMap<String, Arc<EndpointState>>>,
-    counters: ArcSwap<HashMap<String, Arc<AtomicUsize>>>,
-    pools: ArcSwap<HashMap<String, Arc<Pool>>>,
+    endpoints: ArcSwap<foldhash::HashMap<String, Arc<EndpointState>>>,
+    counters: ArcSwap<foldhash::HashMap<String, Arc<AtomicUsize>>>,
+    pools: ArcSwap<foldhash::HashMap<String, Arc<Pool>>>,
+    identity_sets: ArcSwap<foldhash::HashSet<Arc<[SpiffeId]>>>,
 }
 
 impl TrafficState {
@@ -175,10 +176,50 @@ impl TrafficState {
         get_or_insert(&self.counters, set, AtomicUsize::default).fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The shared copy of an identity set (secure naming), made on first
+    /// use: a request carries the set to the upstream, and sets are few
+    /// (one per service account reached).
+    pub(crate) fn identity_set(&self, ids: &[SpiffeId]) -> Arc<[SpiffeId]> {
+        if let Some(set) = self.identity_sets.load().get(ids) {
+            return set.clone();
+        }
+        let mut out = None;
+        self.identity_sets.rcu(|sets| {
+            if let Some(set) = sets.get(ids) {
+                out = Some(set.clone());
+                return sets.clone();
+            }
+            let mut sets = foldhash::HashSet::clone(sets);
+            let set: Arc<[SpiffeId]> = ids.into();
+            out = Some(set.clone());
+            sets.insert(set);
+            Arc::new(sets)
+        });
+        out.unwrap_or_else(|| ids.into())
+    }
+
     /// The pool of a host under these limits (a change of limits makes a
     /// fresh pool).
     pub(crate) fn pool(&self, host: &str, max_requests: usize, max_pending: usize) -> Arc<Pool> {
         let key = format!("{host}|{max_requests}|{max_pending}");
         get_or_insert(&self.pools, &key, || Pool::new(max_requests, max_pending))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identity_set_is_shared_once_made() {
+        let state = TrafficState::default();
+        let id = |s: &str| SpiffeId::parse(s).expect("a SPIFFE ID");
+        let a = [id("spiffe://cluster.local/ns/default/sa/a")];
+        let b = [id("spiffe://cluster.local/ns/default/sa/b")];
+        let first = state.identity_set(&a);
+        assert_eq!(&first[..], &a[..]);
+        assert!(Arc::ptr_eq(&first, &state.identity_set(&a.clone())));
+        assert!(!Arc::ptr_eq(&first, &state.identity_set(&b)));
+        assert_eq!(&state.identity_set(&b)[..], &b[..]);
     }
 }

@@ -14,7 +14,7 @@ use http::{Request, Response};
 use mesh_core::retry::Failure;
 use tower::Service;
 
-use super::{AttemptFuture, Failed, Tried, planned};
+use super::{AttemptFuture, Failed, Tried, attempt, plan_of};
 use crate::body::BoxBody;
 use crate::error::MeshError;
 
@@ -45,16 +45,20 @@ where
     }
 
     fn call(&mut self, req: Request<BoxBody>) -> AttemptFuture {
-        let limit = planned(&req).map(|p| p.timeout);
-        let fut: AttemptFuture = Box::pin(self.next.call(req));
-        Box::pin(async move {
-            match limit? {
-                Some(t) => tokio::time::timeout(t, fut)
+        let limit = match plan_of(&req) {
+            Ok(p) => p.timeout,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        // Boxed before the `async` block: see `oneshot` on why.
+        let fut = attempt(self.next.call(req));
+        match limit {
+            Some(t) => Box::pin(async move {
+                tokio::time::timeout(t, fut)
                     .await
-                    .map_err(|_| Failed::before_endpoint(MeshError::Timeout(t), None))?,
-                None => fut.await,
-            }
-        })
+                    .map_err(|_| Failed::before_endpoint(MeshError::Timeout(t), None))?
+            }),
+            None => fut,
+        }
     }
 }
 
@@ -85,18 +89,21 @@ where
     }
 
     fn call(&mut self, req: Request<BoxBody>) -> AttemptFuture {
-        let limit = planned(&req).map(|p| p.retry.per_try_timeout);
+        let limit = match plan_of(&req) {
+            Ok(p) => p.retry.per_try_timeout,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let Some(t) = limit else {
+            return attempt(self.next.call(req));
+        };
         let tried = req.extensions().get::<Tried>().cloned();
-        let fut: AttemptFuture = Box::pin(self.next.call(req));
+        let fut = attempt(self.next.call(req));
         Box::pin(async move {
-            match limit? {
-                Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| Failed {
-                    error: MeshError::Timeout(t),
-                    failure: Some(Failure::PerTryTimeout),
-                    tried,
-                })?,
-                None => fut.await,
-            }
+            tokio::time::timeout(t, fut).await.map_err(|_| Failed {
+                error: MeshError::Timeout(t),
+                failure: Some(Failure::PerTryTimeout),
+                tried,
+            })?
         })
     }
 }
