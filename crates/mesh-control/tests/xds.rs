@@ -343,7 +343,12 @@ async fn a_data_plane_gets_its_view_and_follows_every_edit() {
     assert_eq!(metric(&plane, "mesh_config_last_rejected "), 0);
     assert!(web.client.status().acks() >= 3, "{:?}", web.client.status());
     assert_eq!(web.client.status().nacks(), 0);
-    assert!(metric(&plane, "mesh_xds_acks_total ") >= 3);
+    // The data plane applies, then ACKs: the control plane counts the ACK
+    // a moment after the data plane's store has the configuration.
+    until("the control plane has counted the ACKs", || {
+        metric(&plane, "mesh_xds_acks_total ") >= 3
+    })
+    .await;
     assert_eq!(metric(&plane, "mesh_xds_connected_clients "), 2);
     plane.shutdown().await;
 }
