@@ -28,10 +28,11 @@ pub(crate) struct CommonArgs {
     /// unless `--ca` names another.
     #[arg(long, value_name = "ADDR", conflicts_with = "config")]
     pub(crate) control_plane: Option<String>,
-    /// The trust domain of the proxy's identity on a control plane (from
-    /// `--config`, MeshConfig's).
-    #[arg(long, default_value = "cluster.local", requires = "control_plane")]
-    pub(crate) trust_domain: String,
+    /// The trust domain of the proxy's identity on a control plane
+    /// (default `cluster.local`; from `--config`, MeshConfig's, and this
+    /// flag is refused).
+    #[arg(long, value_name = "TD")]
+    pub(crate) trust_domain: Option<String>,
     /// The admin listener (`/ready`, `/stats/prometheus`, `/config_dump`, `/certs`).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub(crate) admin: SocketAddr,
@@ -66,6 +67,26 @@ pub(crate) struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// Refuses, by name, a flag that is read only with `--control-plane`
+    /// when there is none: a flag is honoured or refused, never ignored.
+    fn control_plane_only(&self, given: &[(&str, bool)]) -> Result<()> {
+        if self.control_plane.is_none() {
+            if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                bail!(
+                    "{flag} is read with --control-plane only; from --config the configuration says it"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The trust domain on a control plane (`--trust-domain`, else
+    /// `cluster.local`).
+    fn trust_domain(&self) -> Result<TrustDomain> {
+        TrustDomain::new(self.trust_domain.as_deref().unwrap_or("cluster.local"))
+            .context("--trust-domain")
+    }
+
     /// The limits every served HTTP connection is held to.
     fn server_settings(&self) -> ServerSettings {
         ServerSettings {
@@ -240,13 +261,10 @@ fn parse_app(apps: &[String], port_name: &str) -> Result<Option<SocketAddr>> {
 
 /// Runs the sidecar until SIGTERM, then drains.
 pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
-    if args.service_account.is_some() && args.common.control_plane.is_none() {
-        // From --config the WorkloadEntry names the service account: a
-        // second, possibly different one is refused, not ignored.
-        bail!(
-            "--service-account is read with --control-plane only; from --config the WorkloadEntry's is used"
-        );
-    }
+    args.common.control_plane_only(&[
+        ("--service-account", args.service_account.is_some()),
+        ("--trust-domain", args.common.trust_domain.is_some()),
+    ])?;
     let identity = args
         .common
         .identity
@@ -258,9 +276,7 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
             })?;
             let mut b = Sidecar::following(addr, &args.namespace, &args.workload)
                 .service_account(sa)
-                .trust_domain(
-                    TrustDomain::new(&args.common.trust_domain).context("--trust-domain")?,
-                );
+                .trust_domain(args.common.trust_domain()?);
             if let Some(id) = &args.common.identity.ca_id {
                 b = b.control_plane_id(id.parse().context("--ca-id")?);
             }
@@ -438,27 +454,26 @@ pub(crate) struct GatewayArgs {
     /// With `--control-plane`: the folder the certificate files the
     /// Gateway's servers name are read from (relative paths); from
     /// `--config`, the configuration's folder.
-    #[arg(
-        long,
-        default_value = ".",
-        value_name = "DIR",
-        requires = "control_plane"
-    )]
-    pub(crate) credentials_dir: PathBuf,
+    /// Default: the current folder.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) credentials_dir: Option<PathBuf>,
 }
 
 /// Runs the gateway until SIGTERM, then drains.
 pub(crate) async fn run_gateway(args: GatewayArgs) -> Result<()> {
+    args.common.control_plane_only(&[
+        ("--trust-domain", args.common.trust_domain.is_some()),
+        ("--credentials-dir", args.credentials_dir.is_some()),
+    ])?;
     let identity = args
         .common
         .identity
         .source(args.common.control_plane.as_ref())?;
     let mut builder = match (&args.common.control_plane, &args.common.config) {
         (Some(addr), _) => {
-            let mut b = Gateway::following(addr, &args.gateway, &args.credentials_dir)
-                .trust_domain(
-                    TrustDomain::new(&args.common.trust_domain).context("--trust-domain")?,
-                );
+            let credentials = args.credentials_dir.clone().unwrap_or_else(|| ".".into());
+            let mut b = Gateway::following(addr, &args.gateway, credentials)
+                .trust_domain(args.common.trust_domain()?);
             if let Some(id) = &args.common.identity.ca_id {
                 b = b.control_plane_id(id.parse().context("--ca-id")?);
             }

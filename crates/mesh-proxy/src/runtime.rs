@@ -135,26 +135,27 @@ async fn follow(
     node: &str,
     credentials: &mesh_ca::CredentialStore,
 ) -> (Arc<Store>, Arc<mesh_tower::xds::XdsClient>) {
-    let store = Arc::new(Store::new());
+    // The store says when it applied: no polling for readiness.
+    let (applied, mut ready) = tokio::sync::watch::channel(0u64);
+    let store = Arc::new(Store::new().on_apply(move |v| {
+        applied.send_replace(v);
+    }));
     let client = mesh_tower::xds::XdsClient::spawn(
         mesh_tower::xds::XdsConfig::new(addr, server_id, node),
         credentials.clone(),
         store.clone(),
     );
-    let step = Duration::from_millis(20);
-    let mut waited = Duration::ZERO;
-    while !store.is_ready() {
-        tokio::time::sleep(step).await;
-        waited += step;
-        if waited.as_millis() % 5000 == 0 {
-            let status = client.status();
-            let why = status
-                .last_nack()
-                .map(|e| format!("the configuration was rejected: {e}"))
-                .or_else(|| status.last_error())
-                .unwrap_or_else(|| "no answer yet".into());
-            tracing::warn!(control_plane = %addr, %node, "waiting for the first configuration: {why}");
-        }
+    while tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|v| *v > 0))
+        .await
+        .is_err()
+    {
+        let status = client.status();
+        let why = status
+            .last_nack()
+            .map(|e| format!("the configuration was rejected: {e}"))
+            .or_else(|| status.last_error())
+            .unwrap_or_else(|| "no answer yet".into());
+        tracing::warn!(control_plane = %addr, %node, "waiting for the first configuration: {why}");
     }
     (store, Arc::new(client))
 }

@@ -367,16 +367,24 @@ fn control_plane_flags_are_checked_before_anything_starts() {
     let (code, _, err) = run(&["sidecar", "--workload", "web"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--config"), "{err}");
-    // --service-account means nothing without a control plane.
-    let (code, _, err) = run(&[
-        "sidecar",
-        "--config",
-        "mesh",
-        "--workload",
-        "web",
-        "--service-account",
-        "web",
-    ]);
-    assert_ne!(code, 0, "{err}");
-    assert!(err.contains("--control-plane"), "{err}");
+    // Flags read only on a control plane are refused, by name, without
+    // one (never accepted and ignored).
+    for (role, flag, value) in [
+        ("sidecar", "--service-account", "web"),
+        ("sidecar", "--trust-domain", "example.org"),
+        ("gateway", "--trust-domain", "example.org"),
+        ("gateway", "--credentials-dir", "/etc/mesh"),
+    ] {
+        let who = if role == "sidecar" {
+            "--workload"
+        } else {
+            "--gateway"
+        };
+        let (code, _, err) = run(&[role, "--config", "mesh", who, "web", flag, value]);
+        assert_ne!(code, 0, "{role} {flag}: {err}");
+        assert!(
+            err.contains(flag) && err.contains("--control-plane"),
+            "{role} {flag}: {err}"
+        );
+    }
 }
