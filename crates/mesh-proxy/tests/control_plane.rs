@@ -66,6 +66,21 @@ async fn serve(world: &World, listener: TcpListener) -> ControlPlane {
     .unwrap()
 }
 
+/// A sidecar's listeners: a fresh admin port, these inbound and outbound
+/// ones, no HTTP proxy, no capture.
+async fn listeners(
+    inbound: Vec<InboundListener>,
+    outbound: Vec<OutboundListener>,
+) -> SidecarListeners {
+    SidecarListeners {
+        admin: admin_listener().await,
+        inbound,
+        outbound,
+        http_proxy: None,
+        capture: None,
+    }
+}
+
 /// `GET http://web/` through the client sidecar's outbound port: the
 /// status code.
 async fn get(outbound: SocketAddr) -> u16 {
@@ -92,12 +107,23 @@ async fn until_status(outbound: SocketAddr, want: u16, what: &str) {
     panic!("timed out waiting until {what}");
 }
 
+/// A listener on a loopback port bound to 0, and a second handle on the
+/// same socket for the control plane's restart: the port stays held while
+/// the first control plane is gone (a connection then waits in the
+/// backlog), so nothing else can take it and nothing is re-bound.
+fn held_listener() -> (TcpListener, std::net::TcpListener) {
+    let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std.set_nonblocking(true).unwrap();
+    let again = std.try_clone().unwrap();
+    (TcpListener::from_std(std).unwrap(), again)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_follow_the_control_plane_and_survive_its_restart() {
     let world = World::new();
     let inbound = bound();
     world.write_config("mesh.yaml", &mesh(inbound.local_addr().port()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (listener, restart) = held_listener();
     let cp_addr = listener.local_addr().unwrap();
     let plane = serve(&world, listener).await;
 
@@ -112,16 +138,16 @@ async fn sidecars_follow_the_control_plane_and_survive_its_restart() {
         .unwrap();
     assert_eq!(web.inbound_ports()[0].addr, inbound.local_addr());
     let web = Proxy::new(
-        web.start(SidecarListeners {
-            admin: admin_listener().await,
-            inbound: vec![InboundListener::new(
-                inbound,
-                SocketAddr::from(([127, 0, 0, 1], app)),
-            )],
-            outbound: Vec::new(),
-            http_proxy: None,
-            capture: None,
-        })
+        web.start(
+            listeners(
+                vec![InboundListener::new(
+                    inbound,
+                    SocketAddr::from(([127, 0, 0, 1], app)),
+                )],
+                Vec::new(),
+            )
+            .await,
+        )
         .unwrap(),
     );
     web.ready().await;
@@ -138,13 +164,7 @@ async fn sidecars_follow_the_control_plane_and_survive_its_restart() {
         .unwrap();
     let client = Proxy::new(
         client
-            .start(SidecarListeners {
-                admin: admin_listener().await,
-                inbound: Vec::new(),
-                outbound: vec![OutboundListener::new("web", 80, out)],
-                http_proxy: None,
-                capture: None,
-            })
+            .start(listeners(Vec::new(), vec![OutboundListener::new("web", 80, out)]).await)
             .unwrap(),
     );
     client.ready().await;
@@ -200,7 +220,7 @@ async fn sidecars_follow_the_control_plane_and_survive_its_restart() {
     assert!(metrics.contains("mesh_xds_client_acks_total"), "{metrics}");
 
     // Back on the same address: the sidecars follow it again.
-    let plane = serve(&world, TcpListener::bind(cp_addr).await.unwrap()).await;
+    let plane = serve(&world, TcpListener::from_std(restart).unwrap()).await;
     world.write_config("abort.yaml", ABORT);
     world.write_config("edge.yaml", &edge(edge_port, EDGE_ABORT));
     until_status(
@@ -277,13 +297,7 @@ async fn a_sidecar_claiming_another_workload_gets_no_configuration() {
         .unwrap();
     let client = Proxy::new(
         client
-            .start(SidecarListeners {
-                admin: admin_listener().await,
-                inbound: Vec::new(),
-                outbound: Vec::new(),
-                http_proxy: None,
-                capture: None,
-            })
+            .start(listeners(Vec::new(), Vec::new()).await)
             .unwrap(),
     );
     client.ready().await;
