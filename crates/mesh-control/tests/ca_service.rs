@@ -51,7 +51,11 @@ impl Fixture {
     }
 
     async fn serve_on(&self, addr: &str) -> ControlPlane {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        self.serve_with(TcpListener::bind(addr).await.unwrap())
+            .await
+    }
+
+    async fn serve_with(&self, listener: TcpListener) -> ControlPlane {
         let ca = Arc::new(Self::open(self.dir.path()));
         ControlPlane::start(
             ca,
@@ -210,7 +214,12 @@ async fn refuses_unauthenticated_and_bad_requests() {
 #[tokio::test]
 async fn a_restarted_ca_keeps_its_root_and_its_workloads() {
     let fx = Fixture::new();
-    let server = fx.serve_on("127.0.0.1:0").await;
+    // A second handle on the listening socket keeps the port held across
+    // the restart: nothing re-binds a port another test could have taken.
+    let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    first.set_nonblocking(true).unwrap();
+    let again = first.try_clone().unwrap();
+    let server = fx.serve_with(TcpListener::from_std(first).unwrap()).await;
     let addr = server.ca_addr();
     let client = Arc::new(fx.client(&server).with_token(fx.token("app")));
     let manager = CertManager::start(id("app"), client, config())
@@ -220,7 +229,8 @@ async fn a_restarted_ca_keeps_its_root_and_its_workloads() {
 
     // Same directory, same address: the workload renews with the SVID it
     // has, which the restarted CA still trusts.
-    let server = fx.serve_on(&addr.to_string()).await;
+    let server = fx.serve_with(TcpListener::from_std(again).unwrap()).await;
+    assert_eq!(server.ca_addr(), addr);
     let before = manager.status().renewals();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
