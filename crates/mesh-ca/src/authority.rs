@@ -398,6 +398,21 @@ impl CertificateAuthority {
         self.sign_leaf(&key, id, &[], ttl, now)
     }
 
+    /// [`issue`](Self::issue) with DNS SANs beside the URI SAN, for the CA's
+    /// own serving certificate: clients that verify a server by host name
+    /// (gRPC's xDS clients do) dial it by one of `dns_names`. Never for a
+    /// workload's CSR: the names are the caller's, not the CSR's.
+    pub fn issue_with_dns_names(
+        &self,
+        csr: &[u8],
+        id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<IssuedSvid, CaError> {
+        let key = parse_csr(csr)?;
+        self.sign_leaf(&key, id, dns_names, ttl, OffsetDateTime::now_utc())
+    }
+
     /// Generates a key and signs an SVID for it; returns the SVID and the key
     /// as PKCS#8 PEM. For offline issuance (`mesh-ca issue`).
     pub fn issue_with_new_key(

@@ -59,6 +59,7 @@ pub trait SvidSigner: Send + Sync + fmt::Debug + 'static {
 pub struct LocalSigner {
     ca: Arc<ArcSwap<CertificateAuthority>>,
     id: SpiffeId,
+    dns_names: Vec<String>,
 }
 
 impl LocalSigner {
@@ -67,7 +68,16 @@ impl LocalSigner {
         Self {
             ca: Arc::new(ArcSwap::new(ca)),
             id,
+            dns_names: Vec::new(),
         }
+    }
+
+    /// Also puts `dns_names` in every certificate, beside the URI SAN
+    /// (the CA's serving certificate, for clients that verify it by name).
+    #[must_use]
+    pub fn with_dns_names(mut self, dns_names: Vec<String>) -> Self {
+        self.dns_names = dns_names;
+        self
     }
 
     /// Signs with `ca` from now on (clones share the slot).
@@ -86,7 +96,7 @@ impl SvidSigner for LocalSigner {
         let result = self
             .ca
             .load()
-            .issue(csr_pem.as_bytes(), &self.id, Some(ttl))
+            .issue_with_dns_names(csr_pem.as_bytes(), &self.id, &self.dns_names, Some(ttl))
             .map_err(|e| SignError::Refused(e.to_string()));
         Box::pin(async move { result })
     }

@@ -60,10 +60,20 @@ pub fn ca_identity(ca: &CertificateAuthority) -> Result<SpiffeId, CaError> {
 /// Starts the CA's serving certificate: an SVID for [`ca_identity`] that
 /// `ca` issues, and renews, itself.
 pub async fn serving_identity(ca: &Arc<CertificateAuthority>) -> Result<CertManager, ServeError> {
+    serving_identity_named(ca, Vec::new()).await
+}
+
+/// [`serving_identity`] with `dns_names` in the certificate too, for
+/// clients that verify the CA by the host name they dial (gRPC's xDS
+/// clients); mesh clients keep verifying its SPIFFE ID.
+pub async fn serving_identity_named(
+    ca: &Arc<CertificateAuthority>,
+    dns_names: Vec<String>,
+) -> Result<CertManager, ServeError> {
     let id = ca_identity(ca)?;
     Ok(CertManager::start(
         id.clone(),
-        Arc::new(LocalSigner::new(ca.clone(), id)),
+        Arc::new(LocalSigner::new(ca.clone(), id).with_dns_names(dns_names)),
         ManagerConfig::default(),
     )
     .await?)

@@ -34,7 +34,9 @@
 #![forbid(unsafe_code)]
 
 mod ca;
+pub mod grpc;
 mod monitor;
+mod proxyless;
 pub mod xds;
 
 use std::net::SocketAddr;
@@ -42,7 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_ca::metrics::CaMetrics;
-use mesh_ca::service::{CaAcceptor, CaService, ServeError, serving_identity};
+use mesh_ca::service::{CaAcceptor, CaService, ServeError, serving_identity_named};
 use mesh_ca::{CertificateAuthority, CredentialStore, TokenStore};
 use mesh_tower::server::{ServerHandle, ServerSettings};
 use tokio::net::TcpListener;
@@ -53,7 +55,7 @@ pub use xds::{ConfigServer, ConfigServerError};
 use monitor::Monitor;
 
 /// How the control plane serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlPlaneConfig {
     /// What every connection, to the CA and to the metrics endpoint, is
     /// held to: the same settings type, with the same defaults, as every
@@ -67,6 +69,12 @@ pub struct ControlPlaneConfig {
     /// for a head and for each body frame, not a whole request. Default
     /// 30 s.
     pub request_timeout: Duration,
+    /// Host names put in the CA's serving certificate beside its SPIFFE
+    /// ID, for clients that verify the server by the name they dial:
+    /// gRPC's proxyless clients reach the xDS server at
+    /// `xds_servers[].server_uri` and check that name. Default none (mesh
+    /// clients verify the SPIFFE ID).
+    pub serving_dns_names: Vec<String>,
 }
 
 impl Default for ControlPlaneConfig {
@@ -75,6 +83,7 @@ impl Default for ControlPlaneConfig {
             settings: ServerSettings::default(),
             drain_deadline: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            serving_dns_names: Vec::new(),
         }
     }
 }
@@ -135,7 +144,7 @@ impl ControlPlane {
         config: ControlPlaneConfig,
         xds: Option<ConfigServer>,
     ) -> Result<Self, StartError> {
-        let identity = serving_identity(&ca).await?;
+        let identity = serving_identity_named(&ca, config.serving_dns_names.clone()).await?;
         let acceptor = CaAcceptor::new(identity.store())
             .map_err(ServeError::from)?
             .with_handshake_timeout(config.settings.handshake_timeout);

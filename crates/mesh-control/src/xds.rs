@@ -68,9 +68,9 @@ pub enum ConfigServerError {
 
 /// One configuration as served.
 #[derive(Debug)]
-struct Published {
-    version: u64,
-    catalog: Catalog,
+pub(crate) struct Published {
+    pub(crate) version: u64,
+    pub(crate) catalog: Catalog,
     /// WorkloadEntry `namespace/name`, or `Gateway/namespace/name` → the
     /// identity its SVID must have (a gateway's is
     /// `spiffe://<trust domain>/ns/<namespace>/sa/<name>`, the gateway's
@@ -105,7 +105,7 @@ impl Published {
 
 /// Why a stream was refused, for the metric's `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
+pub(crate) enum Refusal {
     NoSvid,
     WrongIdentity,
     UnknownWorkload,
@@ -192,18 +192,18 @@ pub const CONFIG_LAST_REJECTED: MetricDef = MetricDef {
 };
 
 #[derive(Debug, Default)]
-struct XdsMetrics {
-    connected: AtomicI64,
-    pushes: AtomicU64,
-    resources: AtomicU64,
-    bytes: AtomicU64,
-    acks: AtomicU64,
-    nacks: AtomicU64,
+pub(crate) struct XdsMetrics {
+    pub(crate) connected: AtomicI64,
+    pub(crate) pushes: AtomicU64,
+    pub(crate) resources: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) acks: AtomicU64,
+    pub(crate) nacks: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
 }
 
 impl XdsMetrics {
-    fn refuse(&self, why: Refusal, status: Status) -> Status {
+    pub(crate) fn refuse(&self, why: Refusal, status: Status) -> Status {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             reason = why.as_str(),
@@ -215,7 +215,7 @@ impl XdsMetrics {
 }
 
 /// Counted while a stream is open.
-struct Connected(Arc<Inner>);
+pub(crate) struct Connected(pub(crate) Arc<Inner>);
 
 impl Drop for Connected {
     fn drop(&mut self) {
@@ -224,10 +224,10 @@ impl Drop for Connected {
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     store: Arc<Store>,
-    published: watch::Receiver<Arc<Published>>,
-    metrics: XdsMetrics,
+    pub(crate) published: watch::Receiver<Arc<Published>>,
+    pub(crate) metrics: XdsMetrics,
 }
 
 /// The configuration server: a [`Store`] fed by a source, and the delta
@@ -355,6 +355,24 @@ impl ConfigServer {
         peer: Option<&CaPeer>,
         first: &DeltaDiscoveryRequest,
     ) -> Result<Client, Status> {
+        self.admit_node(
+            peer,
+            first.node.as_ref().map(|n| n.id.as_str()),
+            check_request(first),
+            true,
+        )
+    }
+
+    /// Admits the client `peer` as node `node`, the request being as
+    /// `checked` says: its SVID must be the identity of the workload (or,
+    /// with `gateways`, the gateway) the node id names.
+    pub(crate) fn admit_node(
+        &self,
+        peer: Option<&CaPeer>,
+        node: Option<&str>,
+        checked: Result<(), Status>,
+        gateways: bool,
+    ) -> Result<Client, Status> {
         let m = &self.inner.metrics;
         let Some(id) = peer.and_then(|p| p.id.clone()) else {
             return Err(m.refuse(
@@ -362,22 +380,21 @@ impl ConfigServer {
                 Status::permission_denied("a configuration stream needs the workload's SVID"),
             ));
         };
-        check_request(first).map_err(|s| m.refuse(Refusal::BadRequest, s))?;
-        let workload = first
-            .node
-            .as_ref()
-            .map(|n| n.id.clone())
-            .unwrap_or_default();
-        let key = workload
-            .strip_prefix(GATEWAY_NODE_PREFIX)
-            .unwrap_or(&workload);
+        checked.map_err(|s| m.refuse(Refusal::BadRequest, s))?;
+        let workload = node.unwrap_or_default().to_owned();
+        let key = match workload.strip_prefix(GATEWAY_NODE_PREFIX) {
+            Some(key) if gateways => key,
+            _ => &workload,
+        };
         if key.split('/').count() != 2 || key.split('/').any(str::is_empty) {
+            let expected = if gateways {
+                "neither a WorkloadEntry's namespace/name nor Gateway/namespace/name"
+            } else {
+                "not a WorkloadEntry's namespace/name"
+            };
             return Err(m.refuse(
                 Refusal::BadRequest,
-                Status::invalid_argument(format!(
-                    "node.id {workload:?} is neither a WorkloadEntry's namespace/name nor \
-                     Gateway/namespace/name"
-                )),
+                Status::invalid_argument(format!("node.id {workload:?} is {expected}")),
             ));
         }
         let client = Client { id, workload };
@@ -386,6 +403,14 @@ impl ConfigServer {
             .entitled(&published)
             .map_err(|(why, s)| m.refuse(why, s))?;
         Ok(client)
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    pub(crate) fn drain(&self) -> Option<&Drain> {
+        self.drain.as_ref()
     }
 }
 
@@ -412,14 +437,14 @@ fn check_request(req: &DeltaDiscoveryRequest) -> Result<(), Status> {
 
 /// An admitted client.
 #[derive(Debug, Clone)]
-struct Client {
-    id: SpiffeId,
-    workload: String,
+pub(crate) struct Client {
+    pub(crate) id: SpiffeId,
+    pub(crate) workload: String,
 }
 
 impl Client {
     /// Whether `published` still gives this client its workload.
-    fn entitled(&self, published: &Published) -> Result<(), (Refusal, Status)> {
+    pub(crate) fn entitled(&self, published: &Published) -> Result<(), (Refusal, Status)> {
         let (what, key) = match self.workload.strip_prefix(GATEWAY_NODE_PREFIX) {
             Some(key) => ("Gateway", key),
             None => ("WorkloadEntry", self.workload.as_str()),
@@ -449,13 +474,14 @@ impl AggregatedDiscoveryService for ConfigServer {
     type StreamAggregatedResourcesStream = SotwResponses;
     type DeltaAggregatedResourcesStream = Responses;
 
+    /// The state-of-the-world protocol, for gRPC's proxyless clients
+    /// (which do not speak the incremental one): Envoy's resources, see
+    /// [`crate::proxyless`].
     async fn stream_aggregated_resources(
         &self,
-        _request: Request<Streaming<DiscoveryRequest>>,
+        request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<SotwResponses>, Status> {
-        Err(Status::unimplemented(
-            "this control plane serves the incremental protocol (DeltaAggregatedResources) only",
-        ))
+        crate::proxyless::serve(self, request).await
     }
 
     async fn delta_aggregated_resources(
@@ -498,7 +524,7 @@ impl AggregatedDiscoveryService for ConfigServer {
 
 /// Why a stream ended.
 #[derive(Debug)]
-enum End {
+pub(crate) enum End {
     ClientClosed,
     ClientError(String),
     Refused(String),

@@ -72,7 +72,7 @@ impl Document {
         );
         // Serializing a `Value` cannot fail (its keys are strings).
         let body: Arc<[u8]> = serde_json::to_vec(raw).unwrap_or_default().into();
-        let version = format!("{:016x}", fnv1a(&body));
+        let version = content_version(&body);
         Self {
             name,
             kind,
@@ -80,6 +80,12 @@ impl Document {
             version,
         }
     }
+}
+
+/// A version string for content `bytes`, stable across processes (the
+/// documents' versions are made so).
+pub fn content_version(bytes: &[u8]) -> String {
+    format!("{:016x}", fnv1a(bytes))
 }
 
 /// FNV-1a, 64 bits: stable across builds and processes, unlike std's

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! mesh-ca init  --dir D [--trust-domain cluster.local] [--import-istio SRC]
-//! mesh-ca serve --dir D --listen 127.0.0.1:15012 [--metrics-addr 127.0.0.1:15014] [--config DIR]
+//! mesh-ca serve --dir D --listen 127.0.0.1:15012 [--metrics-addr 127.0.0.1:15014] [--config DIR] [--serving-dns-name NAME]
 //! mesh-ca token --dir D --id spiffe://cluster.local/ns/default/sa/web [--ttl 1h]
 //! mesh-ca issue --dir D --id spiffe://cluster.local/ns/default/sa/web --out DIR [--ttl 24h] [--dns web.example]
 //! ```
@@ -68,6 +68,11 @@ enum Command {
         /// plane over xDS on the same port, reloaded when it changes.
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
+        /// A host name to put in the CA's serving certificate, for clients
+        /// that verify the server by the name they dial (gRPC's proxyless
+        /// clients: the `server_uri` of their bootstrap). Repeatable.
+        #[arg(long, value_name = "NAME")]
+        serving_dns_name: Vec<String>,
     },
     /// Print a single-use join token bound to one identity.
     Token {
@@ -167,6 +172,7 @@ async fn run(cli: Cli) -> Result<()> {
             config,
             default_workload_cert_ttl,
             max_workload_cert_ttl,
+            serving_dns_name,
         } => {
             if default_workload_cert_ttl > max_workload_cert_ttl
                 || default_workload_cert_ttl.is_zero()
@@ -188,7 +194,10 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .with_context(|| format!("--listen {listen}"))?;
             let tokens = TokenStore::new(&dir);
-            let settings = ControlPlaneConfig::default();
+            let settings = ControlPlaneConfig {
+                serving_dns_names: serving_dns_name,
+                ..ControlPlaneConfig::default()
+            };
             let mut plane = match &config {
                 Some(path) => {
                     let xds = ConfigServer::from_files(path)
@@ -213,7 +222,7 @@ async fn run(cli: Cli) -> Result<()> {
                 tracing::info!(
                     addr = %plane.ca_addr(),
                     config = %path.display(),
-                    "serving the configuration over delta ADS"
+                    "serving the configuration over delta ADS, and to gRPC's proxyless clients over ADS"
                 );
             }
             // Read by scripts and tests: the first line is the CA's address.

@@ -1,0 +1,817 @@
+//! The routing plan as Envoy's v3 resources, for gRPC's proxyless xDS
+//! clients (gRFC A27, A28, A29, A36): what a Python, Go or Java gRPC
+//! channel with an `xds:///host:port` target, or an xDS-enabled gRPC
+//! server, reads from the control plane.
+//!
+//! Pure functions of a [`Snapshot`], the same one a Rust data plane
+//! compiles from its view, so a gRPC client and a `mesh-tower` client of
+//! the same workload take the same decisions where gRPC can take them.
+//!
+//! - **Listener** `host:port` (the target's name): an API listener whose
+//!   HTTP connection manager carries the route table inline (no RDS round
+//!   trip): one virtual host, the service's VirtualService rules in order,
+//!   each `match` alternative a route, weighted destinations as weighted
+//!   clusters, the rule's timeout as `max_stream_duration`, its retries as
+//!   a retry policy of gRPC status codes, its fault as the fault filter's
+//!   per-route config.
+//! - **Cluster** `outbound|port|subset|host` (Istio's names): EDS, the
+//!   traffic policy's load balancer (round robin, least request, ring
+//!   hash), `http2MaxRequests` as the circuit breaker, and mTLS (A29) with
+//!   the certificates of the `file_watcher` provider named
+//!   [`CERT_PROVIDER`] in the bootstrap and the SPIFFE IDs of the
+//!   destination's workloads as the only acceptable server names (secure
+//!   naming).
+//! - **ClusterLoadAssignment** of the same name: the destination's
+//!   endpoints, one locality of weight 1 (gRPC ignores a locality without
+//!   a weight).
+//! - **Listener** `SERVER_LISTENER_PREFIX ip:port` for an xDS server: its
+//!   address, one filter chain that serves every route, and mTLS as the
+//!   workload's PeerAuthentication says (STRICT requires a client
+//!   certificate; PERMISSIVE, which needs a TLS sniff gRPC does not have,
+//!   is served STRICT and said so).
+//!
+//! What gRPC cannot do is left out and said in [`Warning`]s, never dropped
+//! in silence: a match on source labels, the scheme, the method or query
+//! parameters, redirects and direct responses, mirrors, per-try timeouts,
+//! retry conditions that are not gRPC status codes, random load balancing,
+//! outlier detection by consecutive errors. Where leaving out would fail
+//! open it fails closed instead: a server workload under an
+//! AuthorizationPolicy (gRPC's RBAC filter is not translated yet) gets a
+//! listener without filter chains, which refuses every connection.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
+};
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Locality,
+    SocketAddress, TransportSocket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::{ClusterSpecifier, MaxStreamDuration};
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, NonForwardingAction, RetryPolicy, Route, RouteAction, RouteConfiguration,
+    RouteMatch as EnvoyRouteMatch, VirtualHost, WeightedCluster,
+};
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::FaultDelay;
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateProviderPluginInstance, CertificateValidationContext, CommonTlsContext,
+    DownstreamTlsContext, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
+use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration as PbDuration, UInt32Value};
+use envoy_types::util::pack_any;
+use mesh_core::plan::{self, EndpointTls};
+use mesh_core::resources::networking::{HttpFaultInjection, SimpleLb, TrafficPolicy};
+use mesh_core::resources::security::MtlsMode;
+use mesh_core::route::{HttpRouteRule, Matcher, RouteAction as MeshAction, RouteMatch};
+use mesh_core::snapshot::{Snapshot, Workload};
+
+/// Envoy's Listener type URL.
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+/// Envoy's RouteConfiguration type URL (routes travel inside listeners).
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// Envoy's Cluster type URL.
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// Envoy's ClusterLoadAssignment type URL.
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// The prefix of an xDS server's listener name; the bootstrap's
+/// `server_listener_resource_name_template` is this followed by `%s`.
+pub const SERVER_LISTENER_PREFIX: &str = "xds.mesh.local/grpc/lds/inbound/";
+
+/// The certificate provider instance the bootstrap defines (a
+/// `file_watcher` over the workload's SVID files).
+pub const CERT_PROVIDER: &str = "default";
+
+const ROUTER_FILTER: &str = "envoy.filters.http.router";
+const FAULT_FILTER: &str = "envoy.filters.http.fault";
+const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
+const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+
+/// The gRPC status codes a retry policy may name (gRFC A44).
+const GRPC_RETRY_ON: [&str; 5] = [
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+/// Something of the configuration a gRPC client cannot honour, left out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Warning {
+    /// The xDS resource it concerns.
+    pub resource: String,
+    /// What was left out and why.
+    pub message: String,
+}
+
+/// What was left out, collected while translating.
+#[derive(Debug, Default)]
+pub struct Warnings(pub Vec<Warning>);
+
+impl Warnings {
+    fn push(&mut self, resource: &str, message: impl Into<String>) {
+        self.0.push(Warning {
+            resource: resource.to_owned(),
+            message: message.into(),
+        });
+    }
+}
+
+/// The cluster name of a destination: `outbound|port|subset|host`.
+pub fn cluster_name(host: &str, port: u16, subset: Option<&str>) -> String {
+    format!("outbound|{port}|{}|{host}", subset.unwrap_or_default())
+}
+
+/// The host, port and subset a cluster name stands for.
+pub fn parse_cluster_name(name: &str) -> Option<(&str, u16, Option<&str>)> {
+    let mut parts = name.splitn(4, '|');
+    if parts.next()? != "outbound" {
+        return None;
+    }
+    let port = parts.next()?.parse().ok()?;
+    let subset = parts.next()?;
+    let host = parts.next()?;
+    Some((host, port, (!subset.is_empty()).then_some(subset)))
+}
+
+fn duration(d: Duration) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn million(percent: Option<f64>) -> FractionalPercent {
+    let p = percent.unwrap_or(100.0).clamp(0.0, 100.0);
+    FractionalPercent {
+        // Whole parts per million: `p` is at most 100.
+        numerator: (p * 10_000.0).round() as u32,
+        denominator: DenominatorType::Million as i32,
+    }
+}
+
+fn string_matcher(m: &Matcher, ignore_case: bool) -> StringMatcher {
+    let pattern = match m {
+        Matcher::Exact(s) => MatchPattern::Exact(s.clone()),
+        Matcher::Prefix(s) => MatchPattern::Prefix(s.clone()),
+        Matcher::Regex(r) => MatchPattern::SafeRegex(RegexMatcher {
+            regex: r.as_str().to_owned(),
+            ..RegexMatcher::default()
+        }),
+    };
+    StringMatcher {
+        match_pattern: Some(pattern),
+        ignore_case,
+    }
+}
+
+fn header_matcher(name: &str, m: &Matcher, invert: bool) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_owned(),
+        invert_match: invert,
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(string_matcher(
+            m, false,
+        ))),
+        ..HeaderMatcher::default()
+    }
+}
+
+/// One `match` alternative as an Envoy route match, or why gRPC cannot
+/// take it (`Ok(None)`: it cannot match on this port at all).
+fn route_match(m: &RouteMatch, port: u16) -> Result<Option<EnvoyRouteMatch>, String> {
+    if m.port.is_some_and(|p| p != port) {
+        return Ok(None);
+    }
+    let unsupported = [
+        (m.scheme.is_some(), "scheme"),
+        (m.method.is_some(), "method (every gRPC call is a POST)"),
+        (m.authority.is_some(), "authority"),
+        (!m.query_params.is_empty(), "queryParams"),
+        (!m.source_labels.is_empty(), "sourceLabels"),
+        (m.source_namespace.is_some(), "sourceNamespace"),
+        (
+            m.gateways.iter().any(|g| g != "mesh"),
+            "gateways other than mesh",
+        ),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
+        return Err(format!("a match on {what} is not supported by gRPC clients"));
+    }
+    let path = match &m.uri {
+        None => PathSpecifier::Prefix(String::new()),
+        Some(Matcher::Exact(s)) => PathSpecifier::Path(s.clone()),
+        Some(Matcher::Prefix(s)) => PathSpecifier::Prefix(s.clone()),
+        Some(Matcher::Regex(r)) => PathSpecifier::SafeRegex(RegexMatcher {
+            regex: r.as_str().to_owned(),
+            ..RegexMatcher::default()
+        }),
+    };
+    let mut headers: Vec<HeaderMatcher> = m
+        .headers
+        .iter()
+        .map(|(n, v)| header_matcher(n, v, false))
+        .collect();
+    headers.extend(
+        m.without_headers
+            .iter()
+            .map(|(n, v)| header_matcher(n, v, true)),
+    );
+    Ok(Some(EnvoyRouteMatch {
+        case_sensitive: Some(BoolValue {
+            value: !m.ignore_uri_case,
+        }),
+        headers,
+        path_specifier: Some(path),
+        ..EnvoyRouteMatch::default()
+    }))
+}
+
+fn fault_config(f: &HttpFaultInjection) -> HttpFault {
+    HttpFault {
+        delay: f.delay.as_ref().map(|d| FaultDelay {
+            percentage: Some(million(d.percentage.as_ref().map(|p| p.value))),
+            fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(duration(d.fixed_delay.0))),
+        }),
+        abort: f.abort.as_ref().map(|a| FaultAbort {
+            percentage: Some(million(a.percentage.as_ref().map(|p| p.value))),
+            error_type: Some(ErrorType::HttpStatus(u32::from(a.http_status))),
+            ..FaultAbort::default()
+        }),
+        ..HttpFault::default()
+    }
+}
+
+/// The route action of a rule that forwards, or why it cannot.
+fn route_action(
+    snap: &Snapshot,
+    rule: Option<&HttpRouteRule>,
+    dests: &[mesh_core::route::WeightedDestination],
+    port: u16,
+    resource: &str,
+    warnings: &mut Warnings,
+) -> RouteAction {
+    let clusters: Vec<ClusterWeight> = dests
+        .iter()
+        .filter(|d| d.weight > 0)
+        .map(|d| ClusterWeight {
+            name: cluster_name(&d.host, plan::dest_port(snap, d, port), d.subset.as_deref()),
+            weight: Some(UInt32Value { value: d.weight }),
+            ..ClusterWeight::default()
+        })
+        .collect();
+    let specifier = match clusters.as_slice() {
+        [one] => ClusterSpecifier::Cluster(one.name.clone()),
+        _ => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters,
+            ..WeightedCluster::default()
+        }),
+    };
+    let mut action = RouteAction {
+        cluster_specifier: Some(specifier),
+        ..RouteAction::default()
+    };
+    let Some(rule) = rule else {
+        return action;
+    };
+    if let Some(t) = rule.timeout {
+        action.max_stream_duration = Some(MaxStreamDuration {
+            max_stream_duration: Some(duration(t.0)),
+            ..MaxStreamDuration::default()
+        });
+    }
+    if rule.mirror.is_some() {
+        warnings.push(
+            resource,
+            format!(
+                "{}: the mirror is not supported by gRPC clients",
+                rule.describe()
+            ),
+        );
+    }
+    if rule.headers.is_some() || rule.rewrite.is_some() {
+        warnings.push(
+            resource,
+            format!(
+                "{}: header manipulation and rewrites are not supported by gRPC clients",
+                rule.describe()
+            ),
+        );
+    }
+    let policy = mesh_core::plan::RoutePlan {
+        rule: Some((rule, 0)),
+        service: None,
+        action: mesh_core::plan::PlannedAction::Forward(std::borrow::Cow::Borrowed(dests)),
+    }
+    .retry_policy();
+    if policy.attempts > 0 {
+        let (grpc, other): (Vec<&str>, Vec<&str>) = policy
+            .conditions
+            .iter()
+            .map(String::as_str)
+            .partition(|c| GRPC_RETRY_ON.contains(c));
+        if policy.explicit && (!other.is_empty() || !policy.statuses.is_empty()) {
+            warnings.push(
+                resource,
+                format!(
+                    "{}: retry conditions {:?} are not gRPC status codes; gRPC clients retry on {:?} only",
+                    rule.describe(),
+                    other,
+                    grpc
+                ),
+            );
+        }
+        if policy.explicit && policy.per_try_timeout.is_some() {
+            warnings.push(
+                resource,
+                format!(
+                    "{}: perTryTimeout is not supported by gRPC clients",
+                    rule.describe()
+                ),
+            );
+        }
+        if !grpc.is_empty() {
+            action.retry_policy = Some(RetryPolicy {
+                retry_on: grpc.join(","),
+                num_retries: Some(UInt32Value {
+                    value: policy.attempts,
+                }),
+                ..RetryPolicy::default()
+            });
+        }
+    }
+    action
+}
+
+/// The routes of a service port, in rule order.
+fn routes(
+    snap: &Snapshot,
+    svc: &mesh_core::snapshot::Service,
+    port: u16,
+    resource: &str,
+    warnings: &mut Warnings,
+) -> Vec<Route> {
+    let Some(sp) = svc.port(port) else {
+        return Vec::new();
+    };
+    if sp.http_routes.is_empty() {
+        let dest = plan::default_destination(svc, Some(port));
+        return vec![Route {
+            r#match: Some(EnvoyRouteMatch {
+                path_specifier: Some(PathSpecifier::Prefix(String::new())),
+                ..EnvoyRouteMatch::default()
+            }),
+            action: Some(Action::Route(route_action(
+                snap,
+                None,
+                std::slice::from_ref(&dest),
+                port,
+                resource,
+                warnings,
+            ))),
+            ..Route::default()
+        }];
+    }
+    let mut out = Vec::new();
+    for rule in &sp.http_routes {
+        let MeshAction::Forward(dests) = &rule.action else {
+            warnings.push(
+                resource,
+                format!(
+                    "{}: redirects and direct responses are not supported by gRPC clients",
+                    rule.describe()
+                ),
+            );
+            continue;
+        };
+        let action = route_action(snap, Some(rule), dests, port, resource, warnings);
+        let mut per_filter = std::collections::HashMap::new();
+        if let Some(f) = &rule.fault {
+            per_filter.insert(FAULT_FILTER.to_owned(), pack_any(fault_config(f)));
+        }
+        let alternatives: Vec<Option<EnvoyRouteMatch>> = if rule.matches.is_empty() {
+            vec![Some(EnvoyRouteMatch {
+                path_specifier: Some(PathSpecifier::Prefix(String::new())),
+                ..EnvoyRouteMatch::default()
+            })]
+        } else {
+            rule.matches
+                .iter()
+                .filter_map(|m| match route_match(m, port) {
+                    Ok(m) => Some(m),
+                    Err(why) => {
+                        warnings.push(resource, format!("{}: {why}", rule.describe()));
+                        None
+                    }
+                })
+                .collect()
+        };
+        for m in alternatives.into_iter().flatten() {
+            out.push(Route {
+                r#match: Some(m),
+                action: Some(Action::Route(action.clone())),
+                typed_per_filter_config: per_filter.clone(),
+                ..Route::default()
+            });
+        }
+    }
+    out
+}
+
+fn http_filter(name: &str, config: Any) -> HttpFilter {
+    HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(HttpFilterConfig::TypedConfig(config)),
+        ..HttpFilter::default()
+    }
+}
+
+/// The HTTP connection manager of a client (`fault`: the fault filter,
+/// inert unless a route carries a fault config) or of a server (gRPC
+/// refuses a listener with a client-only filter: router only).
+fn connection_manager(route_config: RouteConfiguration, fault: bool) -> HttpConnectionManager {
+    let mut http_filters = Vec::with_capacity(2);
+    if fault {
+        http_filters.push(http_filter(FAULT_FILTER, pack_any(HttpFault::default())));
+    }
+    http_filters.push(http_filter(ROUTER_FILTER, pack_any(Router::default())));
+    HttpConnectionManager {
+        route_specifier: Some(RouteSpecifier::RouteConfig(route_config)),
+        http_filters,
+        ..HttpConnectionManager::default()
+    }
+}
+
+/// The listener a gRPC channel with target `xds:///<name>` asks for, for a
+/// client in `namespace`: `None` when `name` is no `host:port` of a known
+/// service.
+pub fn client_listener(
+    snap: &Snapshot,
+    namespace: &str,
+    name: &str,
+    warnings: &mut Warnings,
+) -> Option<Listener> {
+    let (host, port) = name.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let svc = snap.service(host, namespace)?;
+    svc.port(port)?;
+    let routes = routes(snap, svc, port, name, warnings);
+    let route_config = RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: name.to_owned(),
+            // The channel looks its virtual host up by the target's name.
+            domains: vec![name.to_owned(), host.to_owned()],
+            routes,
+            ..VirtualHost::default()
+        }],
+        ..RouteConfiguration::default()
+    };
+    Some(Listener {
+        name: name.to_owned(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(pack_any(connection_manager(route_config, true))),
+        }),
+        ..Listener::default()
+    })
+}
+
+/// The cluster names a listener's routes name, in order, once each.
+pub fn clusters_of(listener: &Listener) -> Vec<String> {
+    use prost::Message as _;
+    let mut out: Vec<String> = Vec::new();
+    let Some(any) = listener.api_listener.as_ref().and_then(|a| a.api_listener.as_ref()) else {
+        return out;
+    };
+    let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
+        return out;
+    };
+    let Some(RouteSpecifier::RouteConfig(rc)) = hcm.route_specifier else {
+        return out;
+    };
+    let mut push = |n: &str| {
+        if !out.iter().any(|o| o == n) {
+            out.push(n.to_owned());
+        }
+    };
+    for vh in &rc.virtual_hosts {
+        for r in &vh.routes {
+            if let Some(Action::Route(a)) = &r.action {
+                match &a.cluster_specifier {
+                    Some(ClusterSpecifier::Cluster(c)) => push(c),
+                    Some(ClusterSpecifier::WeightedClusters(w)) => {
+                        w.clusters.iter().for_each(|c| push(&c.name));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+fn provider() -> Option<CertificateProviderPluginInstance> {
+    Some(CertificateProviderPluginInstance {
+        instance_name: CERT_PROVIDER.to_owned(),
+        certificate_name: String::new(),
+    })
+}
+
+fn tls_socket(config: Any) -> TransportSocket {
+    TransportSocket {
+        name: TLS_SOCKET.to_owned(),
+        config_type: Some(SocketConfig::TypedConfig(config)),
+    }
+}
+
+fn lb_policy(policy: &TrafficPolicy, resource: &str, warnings: &mut Warnings) -> LbPolicy {
+    let Some(lb) = &policy.load_balancer else {
+        return LbPolicy::RoundRobin;
+    };
+    if lb.consistent_hash.is_some() {
+        return LbPolicy::RingHash;
+    }
+    match lb.simple {
+        None | Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
+        Some(SimpleLb::Unspecified | SimpleLb::LeastConn | SimpleLb::LeastRequest) => {
+            LbPolicy::LeastRequest
+        }
+        Some(SimpleLb::Random) => {
+            warnings.push(
+                resource,
+                "loadBalancer RANDOM is not supported by gRPC clients: round robin instead",
+            );
+            LbPolicy::RoundRobin
+        }
+    }
+}
+
+/// The cluster `name` (`outbound|port|subset|host`), or `None` when it
+/// names no destination of the snapshot.
+pub fn cluster(snap: &Snapshot, name: &str, warnings: &mut Warnings) -> Option<Cluster> {
+    let (host, port, subset) = parse_cluster_name(name)?;
+    let svc = snap.services.get(host)?;
+    let sp = svc.port(port)?;
+    let endpoints = plan::endpoints(snap, svc, sp, subset)?;
+    let policy = plan::effective_policy(snap, host, port, subset);
+    let lb = lb_policy(&policy, name, warnings);
+    if let Some(od) = &policy.outlier_detection {
+        if od.consecutive_errors.is_some()
+            || od.consecutive5xx_errors.is_some()
+            || od.consecutive_gateway_errors.is_some()
+        {
+            warnings.push(
+                name,
+                "outlierDetection by consecutive errors is not supported by gRPC clients",
+            );
+        }
+    }
+    let circuit_breakers = policy
+        .connection_pool
+        .as_ref()
+        .and_then(|p| p.http.as_ref())
+        .and_then(|h| h.http2_max_requests)
+        .map(|max| CircuitBreakers {
+            thresholds: vec![Thresholds {
+                max_requests: Some(UInt32Value { value: max }),
+                ..Thresholds::default()
+            }],
+            ..CircuitBreakers::default()
+        });
+    // One transport for the whole cluster (gRPC has no per-endpoint
+    // transport sockets): mTLS if any endpoint takes it, so that a mixed
+    // set fails closed towards the plaintext ones.
+    let mut mtls = false;
+    let mut sans: Vec<String> = Vec::new();
+    for ep in &endpoints {
+        match plan::endpoint_tls(snap, svc, port, subset, ep) {
+            Ok(EndpointTls::MeshMtls) => {
+                mtls = true;
+                for id in plan::identities_in(snap, ep) {
+                    let id = id.to_string();
+                    if !sans.contains(&id) {
+                        sans.push(id);
+                    }
+                }
+            }
+            Ok(EndpointTls::Plaintext) => {}
+            Err(why) => warnings.push(name, format!("endpoint {}: {why}", ep.key)),
+        }
+    }
+    // gRPC (A29) reads the SAN matchers from `match_subject_alt_names`;
+    // Envoy deprecated it for the typed form, which gRPC C-core ignores.
+    #[allow(deprecated)]
+    let transport_socket = mtls.then(|| {
+        sans.sort();
+        tls_socket(pack_any(UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_provider_instance: provider(),
+                validation_context_type: Some(ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        ca_certificate_provider_instance: provider(),
+                        match_subject_alt_names: sans
+                            .iter()
+                            .map(|s| StringMatcher {
+                                match_pattern: Some(MatchPattern::Exact(s.clone())),
+                                ignore_case: false,
+                            })
+                            .collect(),
+                        ..CertificateValidationContext::default()
+                    },
+                )),
+                ..CommonTlsContext::default()
+            }),
+            ..UpstreamTlsContext::default()
+        }))
+    });
+    Some(Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: name.to_owned(),
+        }),
+        lb_policy: lb as i32,
+        circuit_breakers,
+        transport_socket,
+        ..Cluster::default()
+    })
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..ConfigSource::default()
+    }
+}
+
+fn socket_address(ip: &str, port: u16) -> Address {
+    Address {
+        address: Some(AddressKind::SocketAddress(SocketAddress {
+            address: ip.to_owned(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(port))),
+            ..SocketAddress::default()
+        })),
+    }
+}
+
+/// The endpoints of cluster `name`, or `None` when it names no
+/// destination of the snapshot. Endpoints whose connection the plan
+/// refuses (a TLS conflict) are left out.
+pub fn load_assignment(snap: &Snapshot, name: &str) -> Option<ClusterLoadAssignment> {
+    let (host, port, subset) = parse_cluster_name(name)?;
+    let svc = snap.services.get(host)?;
+    let sp = svc.port(port)?;
+    let endpoints = plan::endpoints(snap, svc, sp, subset)?;
+    let lb_endpoints = endpoints
+        .iter()
+        .filter(|ep| plan::endpoint_tls(snap, svc, port, subset, ep).is_ok())
+        .map(|ep| LbEndpoint {
+            health_status: HealthStatus::Healthy as i32,
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
+                address: Some(socket_address(
+                    &snap.workloads[ep.workload].address,
+                    ep.port,
+                )),
+                ..EnvoyEndpoint::default()
+            })),
+            ..LbEndpoint::default()
+        })
+        .collect();
+    Some(ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        endpoints: vec![LocalityLbEndpoints {
+            locality: Some(Locality::default()),
+            lb_endpoints,
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            ..LocalityLbEndpoints::default()
+        }],
+        ..ClusterLoadAssignment::default()
+    })
+}
+
+/// The listener an xDS-enabled gRPC server of `workload` asks for when it
+/// listens on `ip:port` (`name` is [`SERVER_LISTENER_PREFIX`] and the
+/// address): `None` when the port is none of the workload's.
+pub fn server_listener(
+    snap: &Snapshot,
+    workload: &Workload,
+    name: &str,
+    warnings: &mut Warnings,
+) -> Option<Listener> {
+    let addr = name.strip_prefix(SERVER_LISTENER_PREFIX)?;
+    let (ip, port) = addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    let serves = workload.ports.values().any(|p| *p == port)
+        || snap.services.values().any(|s| {
+            s.workloads
+                .iter()
+                .any(|i| snap.workloads[*i].key == workload.key)
+                && s.ports
+                    .iter()
+                    .any(|sp| s.target_port(sp, workload) == port)
+        });
+    if !serves {
+        return None;
+    }
+    let mut listener = Listener {
+        name: name.to_owned(),
+        address: Some(socket_address(ip, port)),
+        ..Listener::default()
+    };
+    if !workload.authz_policies.is_empty() {
+        warnings.push(
+            name,
+            "AuthorizationPolicies are not yet enforced by gRPC servers: the listener refuses \
+             every connection (fail closed) until the workload runs behind the mesh",
+        );
+        return Some(listener);
+    }
+    let mode = snap.inbound_mode(workload, port).mode;
+    if mode == MtlsMode::Permissive {
+        warnings.push(
+            name,
+            "PERMISSIVE needs a TLS sniff gRPC servers do not have: served STRICT",
+        );
+    }
+    let transport_socket = (mode != MtlsMode::Disable).then(|| {
+        tls_socket(pack_any(DownstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_provider_instance: provider(),
+                validation_context_type: Some(ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        ca_certificate_provider_instance: provider(),
+                        ..CertificateValidationContext::default()
+                    },
+                )),
+                ..CommonTlsContext::default()
+            }),
+            require_client_certificate: Some(BoolValue { value: true }),
+            ..DownstreamTlsContext::default()
+        }))
+    });
+    let route_config = RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: name.to_owned(),
+            domains: vec!["*".to_owned()],
+            routes: vec![Route {
+                r#match: Some(EnvoyRouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix(String::new())),
+                    ..EnvoyRouteMatch::default()
+                }),
+                action: Some(Action::NonForwardingAction(NonForwardingAction {})),
+                ..Route::default()
+            }],
+            ..VirtualHost::default()
+        }],
+        ..RouteConfiguration::default()
+    };
+    listener.filter_chains = vec![FilterChain {
+        filters: vec![Filter {
+            name: HCM_FILTER.to_owned(),
+            config_type: Some(FilterConfig::TypedConfig(pack_any(connection_manager(
+                route_config,
+                false,
+            )))),
+        }],
+        transport_socket,
+        ..FilterChain::default()
+    }];
+    Some(listener)
+}
