@@ -140,7 +140,7 @@ pub(crate) fn pem_cert(cert: &CertificateDer<'_>) -> String {
     pem_encode("CERTIFICATE", cert.as_ref())
 }
 
-fn pem_encode(label: &str, der: &[u8]) -> String {
+pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
     let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
     pem::encode_config(&pem::Pem::new(label, der), config)
 }

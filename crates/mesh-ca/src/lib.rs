@@ -83,7 +83,8 @@ pub use error::CaError;
 pub use files::{FileSource, FileSourceError, FileWatcher};
 pub use manager::{
     BoxFuture, CertManager, LocalSigner, ManagerConfig, ManagerError, ManagerStatus, RenewalClock,
-    SignError, SvidSigner, SystemClock, jittered, renew_delay,
+    SVID_BUNDLE_FILE, SVID_CERT_FILE, SVID_KEY_FILE, SignError, SvidFiles, SvidSigner, SvidSink,
+    SystemClock, jittered, renew_delay,
 };
 pub use store::{
     CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, ROOT_CERT_FILE, TRUST_BUNDLE_FILE,

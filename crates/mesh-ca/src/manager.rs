@@ -53,6 +53,55 @@ pub trait SvidSigner: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'_, Result<IssuedSvid, SignError>>;
 }
 
+/// Where a manager also hands each SVID it obtains, with its key, before
+/// it goes into service: an agent writes them to files for a program that
+/// reads its certificates from disk (gRPC's `file_watcher` provider). A
+/// sink that fails fails the fetch, which is retried as any other failure.
+pub trait SvidSink: Send + Sync + fmt::Debug + 'static {
+    /// Takes the SVID and its private key (PKCS#8 DER).
+    fn issued(&self, svid: &IssuedSvid, key_pkcs8_der: &[u8]) -> Result<(), String>;
+}
+
+/// The file names [`SvidFiles`] writes (those of `mesh-ca issue --out`).
+pub const SVID_CERT_FILE: &str = "cert.pem";
+/// The private key, PKCS#8 PEM, mode 0600.
+pub const SVID_KEY_FILE: &str = "key.pem";
+/// The trust bundle of the SVID's trust domain.
+pub const SVID_BUNDLE_FILE: &str = "bundle.pem";
+
+/// Writes each SVID to a folder: [`SVID_CERT_FILE`] (leaf and
+/// intermediates), [`SVID_KEY_FILE`] and [`SVID_BUNDLE_FILE`], each
+/// atomically (a temporary file renamed over the old one), the key first so
+/// that a reader that sees the new certificate finds its key.
+#[derive(Debug, Clone)]
+pub struct SvidFiles {
+    dir: std::path::PathBuf,
+}
+
+impl SvidFiles {
+    /// Writes into `dir`, which must exist.
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+}
+
+impl SvidSink for SvidFiles {
+    fn issued(&self, svid: &IssuedSvid, key_pkcs8_der: &[u8]) -> Result<(), String> {
+        let pems = svid.istio_chain_pem();
+        let (chain, bundle) = pems.split_at(1 + svid.intermediates.len());
+        let key = crate::authority::pem_encode("PRIVATE KEY", key_pkcs8_der);
+        for (name, contents, mode) in [
+            (SVID_KEY_FILE, key, 0o600),
+            (SVID_CERT_FILE, chain.concat(), 0o644),
+            (SVID_BUNDLE_FILE, bundle.concat(), 0o644),
+        ] {
+            crate::store::write_file(&self.dir.join(name), contents.as_bytes(), mode)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 /// A signer backed by a CA in this process (for the CA's own serving
 /// certificate, and for tests). The CA can be swapped, e.g. to rotate roots.
 #[derive(Debug, Clone)]
@@ -125,6 +174,9 @@ pub struct ManagerConfig {
     /// Where the time and the jitter come from: the system clock and a
     /// random draw by default; tests give fixed ones.
     pub clock: Arc<dyn RenewalClock>,
+    /// Also hands every SVID obtained, with its key, to this sink (an
+    /// agent's files). Default none.
+    pub sink: Option<Arc<dyn SvidSink>>,
 }
 
 /// What the renewal schedule reads: the wall-clock time (certificate
@@ -182,6 +234,7 @@ impl Default for ManagerConfig {
             first_fetch_timeout: Duration::from_secs(30),
             extra_bundles: TrustBundleSet::new(),
             clock: Arc::new(SystemClock),
+            sink: None,
         }
     }
 }
@@ -343,6 +396,11 @@ impl Worker {
             .sign(csr, self.config.ttl, current)
             .await
             .map_err(|e| e.to_string())?;
+        let key_der = self
+            .config
+            .sink
+            .is_some()
+            .then(|| key.secret_der().to_vec());
         let creds = Credentials::from_issued(&svid, key, self.config.extra_bundles.clone())
             .map_err(|e: CredentialsError| e.to_string())?;
         if creds.id() != &self.id {
@@ -351,6 +409,10 @@ impl Worker {
                 creds.id(),
                 self.id
             ));
+        }
+        if let (Some(sink), Some(der)) = (&self.config.sink, key_der) {
+            sink.issued(&svid, &der)
+                .map_err(|e| format!("writing the SVID: {e}"))?;
         }
         self.succeeded(&creds);
         Ok(creds)

@@ -528,6 +528,59 @@ async fn terminated() -> Result<()> {
     Ok(())
 }
 
+/// `mesh-proxy agent`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct AgentArgs {
+    /// The control plane (`mesh-ca serve --config`), `host:port` as the
+    /// workload's gRPC dials it: the host must be one of the control
+    /// plane's `--serving-dns-name`s. It is also the CA unless `--ca`
+    /// names another.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) control_plane: String,
+    /// The workload: its WorkloadEntry's name.
+    #[arg(long)]
+    pub(crate) workload: String,
+    /// The workload's namespace.
+    #[arg(long, default_value = "default")]
+    pub(crate) namespace: String,
+    /// The workload's service account
+    /// (`spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`).
+    #[arg(long, value_name = "SA")]
+    pub(crate) service_account: String,
+    /// The trust domain (default `cluster.local`).
+    #[arg(long, value_name = "TD", default_value = "cluster.local")]
+    pub(crate) trust_domain: String,
+    /// Where to write the SVID files and `bootstrap.json`.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) identity: IdentityArgs,
+}
+
+/// Runs the agent until SIGTERM: the SVID renewed into the files.
+pub(crate) async fn run_agent(args: AgentArgs) -> Result<()> {
+    let id = mesh_core::identity::SpiffeId::for_workload(
+        &TrustDomain::new(&args.trust_domain).context("--trust-domain")?,
+        &args.namespace,
+        &args.service_account,
+    )
+    .context("--namespace/--service-account")?;
+    let source = args.identity.source(Some(&args.control_plane))?;
+    let agent = mesh_proxy::agent::Agent::start(mesh_proxy::agent::AgentConfig {
+        control_plane: args.control_plane.clone(),
+        namespace: args.namespace.clone(),
+        workload: args.workload.clone(),
+        identity: id.clone(),
+        source,
+        dir: args.dir.clone(),
+    })
+    .await?;
+    tracing::info!(%id, bootstrap = %agent.bootstrap_path().display(), "agent ready");
+    // Read by scripts and tests.
+    println!("bootstrap {}", agent.bootstrap_path().display());
+    terminated().await
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -549,3 +602,4 @@ mod tests {
         assert_eq!(cli.identity.ca.as_deref(), Some("127.0.0.1:1"));
     }
 }
+

@@ -7,8 +7,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use mesh_ca::{
-    CaClient, CertManager, CredentialStore, FileSource, FileWatcher, ManagerConfig, TrustBundle,
-    TrustBundleSet,
+    CaClient, CertManager, CredentialStore, FileSource, FileWatcher, ManagerConfig, SvidFiles,
+    SvidSink, TrustBundle, TrustBundleSet,
 };
 use mesh_core::identity::SpiffeId;
 
@@ -31,6 +31,7 @@ enum Source {
         token: Option<String>,
         ca_id: Option<String>,
         ttl: Option<Duration>,
+        write_to: Option<PathBuf>,
     },
 }
 
@@ -50,6 +51,7 @@ impl std::fmt::Debug for IdentitySource {
                 token,
                 ca_id,
                 ttl,
+                write_to,
             } => f
                 .debug_struct("Ca")
                 .field("addr", addr)
@@ -57,6 +59,7 @@ impl std::fmt::Debug for IdentitySource {
                 .field("token", &token.as_ref().map(|_| "<redacted>"))
                 .field("ca_id", ca_id)
                 .field("ttl", ttl)
+                .field("write_to", write_to)
                 .finish(),
         }
     }
@@ -86,7 +89,25 @@ impl IdentitySource {
             token: None,
             ca_id: None,
             ttl: None,
+            write_to: None,
         })
+    }
+
+    /// Also writes every SVID mesh-ca issues, with its key and the trust
+    /// bundle, into `dir` (`cert.pem`, `key.pem`, `bundle.pem`), for a
+    /// program that reads its certificates from files: what
+    /// [`crate::agent`] does for gRPC's proxyless clients. Nothing for files.
+    #[must_use]
+    pub fn writing_to(mut self, dir: impl Into<PathBuf>) -> Self {
+        if let Source::Ca { write_to, .. } = &mut self.0 {
+            *write_to = Some(dir.into());
+        }
+        self
+    }
+
+    /// Whether the certificates come from files rather than mesh-ca.
+    pub(crate) fn is_files(&self) -> bool {
+        matches!(self.0, Source::Files { .. })
     }
 
     /// The certificate lifetime asked of mesh-ca (Istio's `SECRET_TTL`;
@@ -199,7 +220,7 @@ impl IdentitySource {
     /// until the CA answers: the proxy stays not-ready meanwhile and serves
     /// nothing, failing closed.
     pub(crate) async fn obtain(&self, id: &SpiffeId) -> Result<Identity> {
-        let (addr, root, token, ca_id, ttl) = match &self.0 {
+        let (addr, root, token, ca_id, ttl, write_to) = match &self.0 {
             Source::Files { cert, key, bundle } => {
                 let source = FileSource::new(cert, key, bundle);
                 let creds = source
@@ -220,7 +241,8 @@ impl IdentitySource {
                 token,
                 ca_id,
                 ttl,
-            } => (addr, root, token, ca_id, ttl),
+                write_to,
+            } => (addr, root, token, ca_id, ttl, write_to),
         };
         let pem = std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
         let bundle =
@@ -237,6 +259,9 @@ impl IdentitySource {
             ttl: ttl.unwrap_or(ManagerConfig::default().ttl),
             first_fetch_timeout: Duration::from_secs(365 * 24 * 3600),
             max_backoff: Duration::from_secs(5),
+            sink: write_to
+                .as_ref()
+                .map(|d| Arc::new(SvidFiles::new(d)) as Arc<dyn SvidSink>),
             ..ManagerConfig::default()
         };
         let manager = CertManager::start(id.clone(), Arc::new(client), config).await?;

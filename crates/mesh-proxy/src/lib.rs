@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+pub mod agent;
 pub mod check;
 mod gateway;
 mod identity;

@@ -43,6 +43,11 @@ enum Command {
     /// Run a Gateway's servers: HTTP/HTTPS at the edge, routing by the
     /// VirtualServices bound to it, mesh mTLS to the backends.
     Gateway(args::GatewayArgs),
+    /// Run beside a proxyless gRPC workload (Istio's pilot-agent): obtain
+    /// its SVID from mesh-ca, write it to files gRPC reloads, and write the
+    /// xDS bootstrap (`GRPC_XDS_BOOTSTRAP`) pointing gRPC at the control
+    /// plane; renew until SIGTERM.
+    Agent(args::AgentArgs),
     /// Check a configuration: the TLS table (server mTLS mode against the
     /// client TLS of DestinationRules, per service port) and the analyzers.
     /// Exit status: 0 clean (warnings allowed), 1 errors or conflicts, 2
@@ -128,6 +133,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sidecar(args) => serve(args::run_sidecar(args)),
         Command::Gateway(args) => serve(args::run_gateway(args)),
+        Command::Agent(args) => serve(args::run_agent(args)),
         Command::Init(args) => match capture::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
