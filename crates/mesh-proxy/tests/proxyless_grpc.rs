@@ -1,0 +1,268 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! gRPC services in another language joining the mesh without a sidecar:
+//! Python grpcio servers and clients (`tests/grpc/echo.py`) that take
+//! their routing, endpoints and mTLS from our control plane over xDS
+//! (gRFC A27/A28/A29), each beside a `mesh-proxy agent` (here the same
+//! `Agent` in-process) that obtained its SVID with a join token and wrote
+//! its files and bootstrap.
+//!
+//! What a user relies on: the VirtualService's 90/10 split holds for a
+//! Python client; the call is mTLS both ways with the workloads' SPIFFE
+//! IDs; a client without the mesh's credentials is refused by the server;
+//! an edit of the control plane's folder reaches a running Python client;
+//! retries of the VirtualService are honoured; a workload under an
+//! AuthorizationPolicy fails closed; an agent that claims a workload that
+//! is not its identity gets nothing.
+//!
+//! The Python servers listen on fixed ports of loopback addresses of their
+//! own (127.0.91.x: all of 127/8 is loopback on Linux), because an xDS
+//! server asks for its listener by the address it listens on, and the
+//! WorkloadEntry must name that address before the server starts.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_ca::{CertificateAuthority, TokenStore};
+use mesh_control::{ConfigServer, ControlPlane, ControlPlaneConfig};
+use mesh_core::identity::SpiffeId;
+use mesh_proxy::IdentitySource;
+use mesh_proxy::agent::{Agent, AgentConfig};
+use support::World;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/echo.py");
+
+/// The echo service (v1 and v2, 90/10) and a client, in namespace demo.
+fn config(net: u8, route: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: demo}}
+spec:
+  hosts: [echo.demo.svc.cluster.local]
+  ports: [{{number: 8080, name: grpc, protocol: GRPC}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: echo}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: echo-v1, namespace: demo}}
+spec: {{address: 127.0.{net}.2, ports: {{grpc: 15051}}, labels: {{app: echo, version: v1}}, serviceAccount: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: echo-v2, namespace: demo}}
+spec: {{address: 127.0.{net}.3, ports: {{grpc: 15051}}, labels: {{app: echo, version: v2}}, serviceAccount: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: demo}}
+spec: {{address: 127.0.{net}.4, labels: {{app: client}}, serviceAccount: client}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo, namespace: demo}}
+spec:
+  host: echo.demo.svc.cluster.local
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: demo}}
+spec:
+  hosts: [echo.demo.svc.cluster.local]
+  http:
+{route}
+"#
+    )
+}
+
+const SPLIT: &str = "  - route:
+    - {destination: {host: echo.demo.svc.cluster.local, subset: v1}, weight: 90}
+    - {destination: {host: echo.demo.svc.cluster.local, subset: v2}, weight: 10}";
+
+const ALL_V2: &str = "  - route:
+    - {destination: {host: echo.demo.svc.cluster.local, subset: v2}}";
+
+const TARGET: &str = "xds:///echo.demo.svc.cluster.local:8080";
+
+fn id(ns: &str, sa: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")).unwrap()
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Mesh {
+    world: World,
+    plane: ControlPlane,
+}
+
+impl Mesh {
+    async fn start(yaml: &str) -> Self {
+        let world = World::new();
+        world.write_config("mesh.yaml", yaml);
+        let ca = Arc::new(CertificateAuthority::open_dir(&world.path("ca")).unwrap());
+        let xds = ConfigServer::from_files(&world.path("mesh")).unwrap();
+        let plane = ControlPlane::start_serving(
+            ca,
+            TokenStore::new(&world.path("ca")),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            ControlPlaneConfig {
+                // gRPC checks the name it dials in the server's certificate.
+                serving_dns_names: vec!["localhost".into()],
+                ..ControlPlaneConfig::default()
+            },
+            xds,
+        )
+        .await
+        .unwrap();
+        Self { world, plane }
+    }
+
+    fn server_uri(&self) -> String {
+        format!("localhost:{}", self.plane.ca_addr().port())
+    }
+
+    /// The agent of workload `demo/name` with identity `sa`.
+    async fn agent(&self, name: &str, sa: &str) -> Agent {
+        let identity = id("demo", sa);
+        let token = TokenStore::new(&self.world.path("ca"))
+            .create(&identity, Duration::from_secs(60))
+            .unwrap();
+        Agent::start(AgentConfig {
+            control_plane: self.server_uri(),
+            namespace: "demo".into(),
+            workload: name.into(),
+            identity,
+            source: IdentitySource::ca(
+                self.server_uri(),
+                self.world.path("ca").join("root-cert.pem"),
+            )
+            .with_token(token),
+            dir: self.world.path(&format!("agent-{name}")),
+        })
+        .await
+        .unwrap()
+    }
+}
+
+fn python(bootstrap: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(SCRIPT)
+        .args(args)
+        .env("GRPC_XDS_BOOTSTRAP", bootstrap)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Starts `echo.py serve` and waits for its "serving" line.
+fn server(agent: &Agent, addr: &str, name: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["serve", addr, name];
+    args.extend_from_slice(extra);
+    let mut child = python(&agent.bootstrap_path(), &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("serving"), "server {name}: {line:?}");
+    Proc(child)
+}
+
+/// Runs `echo.py` to the end; its JSON line and exit status.
+async fn run(bootstrap: PathBuf, args: Vec<String>) -> (serde_json::Value, bool) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = python(&bootstrap, &args)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        let json = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("echo.py {args:?} printed {stdout:?}: {e}"));
+        (json, out.status.success())
+    })
+    .await
+    .unwrap()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn count(v: &serde_json::Value, key: &str, name: &str) -> u64 {
+    v[key][name].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_and_servers_follow_the_mesh_over_xds() {
+    let net = 91;
+    let mesh = Mesh::start(&config(net, SPLIT)).await;
+    let v1 = mesh.agent("echo-v1", "echo").await;
+    let v2 = mesh.agent("echo-v2", "echo").await;
+    let client = mesh.agent("client", "client").await;
+    let _s1 = server(&v1, &format!("127.0.{net}.2:15051"), "v1", &[]);
+    let _s2 = server(&v2, &format!("127.0.{net}.3:15051"), "v2", &[]);
+
+    // The split, as a Python client's channel applies it.
+    let (out, _) = run(
+        client.bootstrap_path(),
+        strings(&["call", TARGET, "400", "--warmup", "30"]),
+    )
+    .await;
+    eprintln!("split: {out}");
+    assert_eq!(out["errors"], serde_json::json!({}), "{out}");
+    let (a, b) = (count(&out, "answers", "v1"), count(&out, "answers", "v2"));
+    assert_eq!(a + b, 400, "{out}");
+    // 10% of 400 is 40 (binomial sd 6): 10..80 is five sds either way.
+    assert!((10..=80).contains(&b), "v2 took {b} of 400: {out}");
+    // mTLS: the server saw the client's SPIFFE ID.
+    assert_eq!(
+        out["details"][0]["peer"],
+        serde_json::json!([id("demo", "client").to_string()]),
+        "{out}"
+    );
+
+    // Without the mesh's credentials, straight to a server: refused.
+    let (out, _) = run(
+        client.bootstrap_path(),
+        strings(&["call", &format!("127.0.{net}.2:15051"), "3", "--plain"]),
+    )
+    .await;
+    assert_eq!(count(&out, "errors", "UNAVAILABLE"), 3, "{out}");
+
+    // An edit of the control plane's folder reaches a running client: it
+    // is made once the client's channel has answered with the split.
+    let mut watching = python(&client.bootstrap_path(), &["until", TARGET, "v2", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watching.stdout.take().unwrap()).lines();
+    let started = tokio::task::block_in_place(|| lines.next()).unwrap().unwrap();
+    assert_eq!(started, r#"{"started": true}"#);
+    mesh.world.write_config("mesh.yaml", &config(net, ALL_V2));
+    let last = tokio::task::block_in_place(|| lines.next()).unwrap().unwrap();
+    let out: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let _ = Proc(watching);
+    assert_eq!(out["reached"], true, "the client never went all to v2: {out}");
+}
