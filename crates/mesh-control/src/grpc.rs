@@ -36,8 +36,9 @@
 //! retry conditions that are not gRPC status codes, random load balancing,
 //! outlier detection by consecutive errors. Where leaving out would fail
 //! open it fails closed instead: a server workload under an
-//! AuthorizationPolicy (gRPC's RBAC filter is not translated yet) gets a
-//! listener without filter chains, which refuses every connection.
+//! AuthorizationPolicy (not translated to gRPC's RBAC yet: its engine
+//! reads requests otherwise than ours) gets an RBAC filter that denies
+//! every call.
 
 use std::time::Duration;
 
@@ -59,6 +60,11 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::rbac::v3::permission::Rule as PermissionRule;
+use envoy_types::pb::envoy::config::rbac::v3::principal::Identifier as PrincipalId;
+use envoy_types::pb::envoy::config::rbac::v3::rbac::Action as RbacAction;
+use envoy_types::pb::envoy::config::rbac::v3::{Permission, Policy as RbacPolicy, Principal, Rbac};
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
@@ -118,6 +124,30 @@ const ROUTER_FILTER: &str = "envoy.filters.http.router";
 const FAULT_FILTER: &str = "envoy.filters.http.fault";
 const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+const RBAC_FILTER: &str = "envoy.filters.http.rbac";
+
+/// An RBAC filter that denies every call.
+fn deny_everything() -> RbacFilter {
+    let policy = RbacPolicy {
+        permissions: vec![Permission {
+            rule: Some(PermissionRule::Any(true)),
+        }],
+        principals: vec![Principal {
+            identifier: Some(PrincipalId::Any(true)),
+        }],
+        ..RbacPolicy::default()
+    };
+    RbacFilter {
+        rules: Some(Rbac {
+            action: RbacAction::Deny as i32,
+            policies: [("deny-all: AuthorizationPolicy not translated".to_owned(), policy)]
+                .into_iter()
+                .collect(),
+            ..Rbac::default()
+        }),
+        ..RbacFilter::default()
+    }
+}
 
 /// The gRPC status codes a retry policy may name (gRFC A44).
 const GRPC_RETRY_ON: [&str; 5] = [
@@ -336,13 +366,15 @@ fn route_action(
         action: mesh_core::plan::PlannedAction::Forward(std::borrow::Cow::Borrowed(dests)),
     }
     .retry_policy();
-    if policy.attempts > 0 {
+    // Only retries the route asks for: the mesh's default retries only
+    // requests safe to repeat, and every gRPC call is a POST.
+    if policy.explicit && policy.attempts > 0 {
         let (grpc, other): (Vec<&str>, Vec<&str>) = policy
             .conditions
             .iter()
             .map(String::as_str)
             .partition(|c| GRPC_RETRY_ON.contains(c));
-        if policy.explicit && (!other.is_empty() || !policy.statuses.is_empty()) {
+        if !other.is_empty() || !policy.statuses.is_empty() {
             warnings.push(
                 resource,
                 format!(
@@ -353,7 +385,7 @@ fn route_action(
                 ),
             );
         }
-        if policy.explicit && policy.per_try_timeout.is_some() {
+        if policy.per_try_timeout.is_some() {
             warnings.push(
                 resource,
                 format!(
@@ -754,13 +786,19 @@ pub fn server_listener(
         address: Some(socket_address(ip, port)),
         ..Listener::default()
     };
-    if !workload.authz_policies.is_empty() {
+    // gRPC's RBAC filter does not read a request as our authorization does
+    // (path normalization, doubt resolved against the requester): rather
+    // than enforce a policy differently, a workload under any
+    // AuthorizationPolicy denies every call. (A listener without filter
+    // chains would be the simpler refusal, but gRPC rejects it and keeps
+    // serving its previous listener: fail open.)
+    let deny_all = !workload.authz_policies.is_empty();
+    if deny_all {
         warnings.push(
             name,
-            "AuthorizationPolicies are not yet enforced by gRPC servers: the listener refuses \
-             every connection (fail closed) until the workload runs behind the mesh",
+            "AuthorizationPolicies are not yet enforced by gRPC servers: every call is denied \
+             (PERMISSION_DENIED, fail closed) until the workload runs behind the mesh",
         );
-        return Some(listener);
     }
     let mode = snap.inbound_mode(workload, port).mode;
     if mode == MtlsMode::Permissive {
@@ -802,13 +840,14 @@ pub fn server_listener(
         }],
         ..RouteConfiguration::default()
     };
+    let mut hcm = connection_manager(route_config, false);
+    if deny_all {
+        hcm.http_filters.insert(0, http_filter(RBAC_FILTER, pack_any(deny_everything())));
+    }
     listener.filter_chains = vec![FilterChain {
         filters: vec![Filter {
             name: HCM_FILTER.to_owned(),
-            config_type: Some(FilterConfig::TypedConfig(pack_any(connection_manager(
-                route_config,
-                false,
-            )))),
+            config_type: Some(FilterConfig::TypedConfig(pack_any(hcm))),
         }],
         transport_socket,
         ..FilterChain::default()

@@ -90,6 +90,30 @@ const SPLIT: &str = "  - route:
 const ALL_V2: &str = "  - route:
     - {destination: {host: echo.demo.svc.cluster.local, subset: v2}}";
 
+/// Everything to v1, retried on UNAVAILABLE when `retries`.
+fn to_v1(retries: bool) -> String {
+    let retries = if retries {
+        "\n    retries: {attempts: 2, retryOn: unavailable}"
+    } else {
+        ""
+    };
+    format!(
+        "  - route:\n    - {{destination: {{host: echo.demo.svc.cluster.local, subset: v1}}}}{retries}"
+    )
+}
+
+/// Only the client may call echo: a policy gRPC servers cannot enforce
+/// yet, so they deny every call.
+const POLICY: &str = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: echo, namespace: demo}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]}]
+";
+
 const TARGET: &str = "xds:///echo.demo.svc.cluster.local:8080";
 
 fn id(ns: &str, sa: &str) -> SpiffeId {
@@ -170,11 +194,29 @@ fn python(bootstrap: &Path, args: &[&str]) -> Command {
     cmd
 }
 
-/// Starts `echo.py serve` and waits for its "serving" line.
-fn server(agent: &Agent, addr: &str, name: &str, extra: &[&str]) -> Proc {
-    let mut args = vec!["serve", addr, name];
+/// Starts `echo.py serve` (an xDS server) and waits for its "serving" line.
+fn server(agent: &Agent, addr: &str, name: &str) -> Proc {
+    spawn_server(&agent.bootstrap_path(), &["serve", addr, name])
+}
+
+/// Starts `echo.py tls` (a plain TLS server, no xDS) presenting the SVID of
+/// `demo/sa`, issued by the mesh's CA.
+fn tls_server(mesh: &Mesh, addr: &str, name: &str, sa: &str, extra: &[&str]) -> Proc {
+    let certs = mesh.world.path(&format!("certs-{name}"));
+    support::write_identity(
+        &mesh.world.ca,
+        &id("demo", sa),
+        time::OffsetDateTime::now_utc(),
+        None,
+        &certs,
+    );
+    let mut args = vec!["tls", addr, name, certs.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let mut child = python(&agent.bootstrap_path(), &args)
+    spawn_server(Path::new("/nonexistent"), &args)
+}
+
+fn spawn_server(bootstrap: &Path, args: &[&str]) -> Proc {
+    let mut child = python(bootstrap, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -183,7 +225,7 @@ fn server(agent: &Agent, addr: &str, name: &str, extra: &[&str]) -> Proc {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(line.starts_with("serving"), "server {name}: {line:?}");
+    assert!(line.starts_with("serving"), "{args:?}: {line:?}");
     Proc(child)
 }
 
@@ -213,6 +255,34 @@ fn count(v: &serde_json::Value, key: &str, name: &str) -> u64 {
     v[key][name].as_u64().unwrap_or(0)
 }
 
+/// Runs `until TARGET want` on a running client, makes `edit` once its
+/// channel answered, and asserts the client then gets `want` 20 times in
+/// a row.
+async fn after_edit(mesh: &Mesh, client: &Agent, want: &str, edit: &str) {
+    let mut watching = python(&client.bootstrap_path(), &["until", TARGET, want, "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watching.stdout.take().unwrap()).lines();
+    let started = tokio::task::block_in_place(|| lines.next()).unwrap().unwrap();
+    assert_eq!(started, r#"{"started": true}"#);
+    mesh.world.write_config("mesh.yaml", edit);
+    let last = tokio::task::block_in_place(|| lines.next()).unwrap().unwrap();
+    let out: serde_json::Value = serde_json::from_str(&last).unwrap();
+    drop(Proc(watching));
+    assert_eq!(out["reached"], true, "the client never got {want}: {out}");
+}
+
+#[test]
+fn the_agent_and_the_control_plane_agree_on_names() {
+    assert_eq!(
+        mesh_proxy::agent::SERVER_LISTENER_PREFIX,
+        mesh_control::grpc::SERVER_LISTENER_PREFIX
+    );
+    assert_eq!(mesh_proxy::agent::CERT_PROVIDER, mesh_control::grpc::CERT_PROVIDER);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_client_and_servers_follow_the_mesh_over_xds() {
     let net = 91;
@@ -220,8 +290,8 @@ async fn a_python_client_and_servers_follow_the_mesh_over_xds() {
     let v1 = mesh.agent("echo-v1", "echo").await;
     let v2 = mesh.agent("echo-v2", "echo").await;
     let client = mesh.agent("client", "client").await;
-    let _s1 = server(&v1, &format!("127.0.{net}.2:15051"), "v1", &[]);
-    let _s2 = server(&v2, &format!("127.0.{net}.3:15051"), "v2", &[]);
+    let _s1 = server(&v1, &format!("127.0.{net}.2:15051"), "v1");
+    let _s2 = server(&v2, &format!("127.0.{net}.3:15051"), "v2");
 
     // The split, as a Python client's channel applies it.
     let (out, _) = run(
@@ -229,7 +299,6 @@ async fn a_python_client_and_servers_follow_the_mesh_over_xds() {
         strings(&["call", TARGET, "400", "--warmup", "30"]),
     )
     .await;
-    eprintln!("split: {out}");
     assert_eq!(out["errors"], serde_json::json!({}), "{out}");
     let (a, b) = (count(&out, "answers", "v1"), count(&out, "answers", "v2"));
     assert_eq!(a + b, 400, "{out}");
@@ -250,19 +319,99 @@ async fn a_python_client_and_servers_follow_the_mesh_over_xds() {
     .await;
     assert_eq!(count(&out, "errors", "UNAVAILABLE"), 3, "{out}");
 
-    // An edit of the control plane's folder reaches a running client: it
-    // is made once the client's channel has answered with the split.
-    let mut watching = python(&client.bootstrap_path(), &["until", TARGET, "v2", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watching.stdout.take().unwrap()).lines();
-    let started = tokio::task::block_in_place(|| lines.next()).unwrap().unwrap();
-    assert_eq!(started, r#"{"started": true}"#);
-    mesh.world.write_config("mesh.yaml", &config(net, ALL_V2));
-    let last = tokio::task::block_in_place(|| lines.next()).unwrap().unwrap();
-    let out: serde_json::Value = serde_json::from_str(&last).unwrap();
-    let _ = Proc(watching);
-    assert_eq!(out["reached"], true, "the client never went all to v2: {out}");
+    // An edit of the control plane's folder reaches a running client, made
+    // once the client's channel has answered with the split.
+    after_edit(&mesh, &client, "v2", &config(net, ALL_V2)).await;
+
+    // An AuthorizationPolicy on echo, which gRPC servers cannot enforce
+    // yet: they deny everyone rather than serve unchecked.
+    let mut with_policy = config(net, ALL_V2);
+    with_policy.push_str(POLICY);
+    after_edit(&mesh, &client, "PERMISSION_DENIED", &with_policy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_retry_as_the_virtual_service_says() {
+    let net = 92;
+    let mesh = Mesh::start(&config(net, &to_v1(false))).await;
+    let client = mesh.agent("client", "client").await;
+    // echo-v1 fails every distinct call once (with a status and no
+    // message: retryable), then answers.
+    let _s1 = tls_server(
+        &mesh,
+        &format!("127.0.{net}.2:15051"),
+        "v1",
+        "echo",
+        &["--fail-first", "1"],
+    );
+
+    let (out, _) = run(
+        client.bootstrap_path(),
+        strings(&["call", TARGET, "20", "--warmup", "30"]),
+    )
+    .await;
+    assert_eq!(count(&out, "errors", "UNAVAILABLE"), 20, "without retries: {out}");
+
+    mesh.world.write_config("mesh.yaml", &config(net, &to_v1(true)));
+    let mut last = serde_json::Value::Null;
+    for round in 0..100 {
+        let payload = format!("r{round}-");
+        let (out, _) = run(
+            client.bootstrap_path(),
+            strings(&["call", TARGET, "20", "--payload", &payload, "--warmup", "30"]),
+        )
+        .await;
+        if count(&out, "answers", "v1") == 20 {
+            last = out;
+            break;
+        }
+        last = out;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&last, "answers", "v1"), 20, "with retries: {last}");
+
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_another_identity_and_an_agent_claiming_another_workload_get_nothing() {
+    let net = 93;
+    let mesh = Mesh::start(&config(net, SPLIT)).await;
+    let client = mesh.agent("client", "client").await;
+    // At echo-v1's address, a server holding the client's SVID: valid,
+    // from our CA, but not echo's identity.
+    let _impostor = tls_server(
+        &mesh,
+        &format!("127.0.{net}.2:15051"),
+        "impostor",
+        "client",
+        &[],
+    );
+    let (out, _) = run(
+        client.bootstrap_path(),
+        strings(&["call", TARGET, "5"]),
+    )
+    .await;
+    assert_eq!(count(&out, "answers", "impostor"), 0, "secure naming: {out}");
+    assert_eq!(count(&out, "errors", "UNAVAILABLE"), 5, "{out}");
+    let why = out["details"][0]["details"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("SANs from certificate did not match SANs from xDS control plane"),
+        "{out}"
+    );
+
+    // An agent whose identity is the client's, claiming echo-v1: the
+    // control plane refuses its stream, its channel gets no route.
+    let claim = mesh.agent("echo-v1", "client").await;
+    let (out, _) = run(
+        claim.bootstrap_path(),
+        strings(&["call", TARGET, "2"]),
+    )
+    .await;
+    assert_eq!(count(&out, "errors", "UNAVAILABLE"), 2, "{out}");
+    let metrics = mesh.plane.render_metrics();
+    assert!(
+        metrics.contains("mesh_xds_streams_refused_total{reason=\"wrong_identity\"} 1")
+            || metrics.contains("mesh_xds_streams_refused_total{reason=\"wrong_identity\"} 2"),
+        "{metrics}"
+    );
 }

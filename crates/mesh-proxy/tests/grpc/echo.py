@@ -2,10 +2,15 @@
 its routing, endpoints and mTLS from the control plane over xDS, found
 through the bootstrap in GRPC_XDS_BOOTSTRAP (written by `mesh-proxy agent`).
 
-    echo.py serve ADDR NAME [--fail-first N]
+    echo.py serve ADDR NAME
         An xDS-enabled server on ADDR answering /mesh.test.Echo/Hello with
-        NAME; prints "serving ADDR" once it listens. With --fail-first, the
-        first N calls of each distinct request fail UNAVAILABLE (for retries).
+        NAME and the caller's SANs; prints "serving ADDR" once it listens.
+    echo.py tls ADDR NAME CERTDIR [--fail-first N]
+        A plain TLS gRPC server (not xDS) on ADDR presenting the SVID in
+        CERTDIR (cert.pem, key.pem): a workload holding another identity at
+        a mesh address (secure naming), or a server that fails calls with a
+        status and no message, which an xDS server of grpcio 1.85 cannot do
+        (it dies on an internal check, pipe.h "has_value()").
     echo.py call TARGET COUNT [--payload P] [--plain] [--warmup SECS]
         COUNT unary calls to TARGET (xds:///host:port), prints one JSON line:
         {"answers": {NAME: n, ...}, "errors": {CODE: n, ...}, "details": [...]}
@@ -34,7 +39,7 @@ import grpc.experimental
 METHOD = "/mesh.test.Echo/Hello"
 
 
-def serve(addr, name, fail_first):
+def handler(name, fail_first):
     seen = {}
     lock = threading.Lock()
 
@@ -48,12 +53,26 @@ def serve(addr, name, fail_first):
         answer = {"name": name, "peer": [p.decode() for p in peer]}
         return json.dumps(answer).encode()
 
-    handler = grpc.method_handlers_generic_handler(
+    return grpc.method_handlers_generic_handler(
         "mesh.test.Echo", {"Hello": grpc.unary_unary_rpc_method_handler(hello)}
     )
+
+
+def serve(addr, name):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), xds=True)
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((handler(name, 0),))
     creds = grpc.xds_server_credentials(grpc.insecure_server_credentials())
+    server.add_secure_port(addr, creds)
+    server.start()
+    print(f"serving {addr}", flush=True)
+    server.wait_for_termination()
+
+
+def tls(addr, name, certdir, fail_first):
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler(name, fail_first),))
+    with open(f"{certdir}/key.pem", "rb") as k, open(f"{certdir}/cert.pem", "rb") as c:
+        creds = grpc.ssl_server_credentials([(k.read(), c.read())])
     server.add_secure_port(addr, creds)
     server.start()
     print(f"serving {addr}", flush=True)
@@ -133,8 +152,10 @@ def until(target, name, secs):
 
 def main(argv):
     if argv[1] == "serve":
+        serve(argv[2], argv[3])
+    elif argv[1] == "tls":
         fail_first = int(argv[argv.index("--fail-first") + 1]) if "--fail-first" in argv else 0
-        serve(argv[2], argv[3], fail_first)
+        tls(argv[2], argv[3], argv[4], fail_first)
     elif argv[1] == "call":
         payload = argv[argv.index("--payload") + 1] if "--payload" in argv else "hello"
         warmup = float(argv[argv.index("--warmup") + 1]) if "--warmup" in argv else 0
