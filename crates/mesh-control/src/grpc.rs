@@ -140,9 +140,12 @@ fn deny_everything() -> RbacFilter {
     RbacFilter {
         rules: Some(Rbac {
             action: RbacAction::Deny as i32,
-            policies: [("deny-all: AuthorizationPolicy not translated".to_owned(), policy)]
-                .into_iter()
-                .collect(),
+            policies: [(
+                "deny-all: AuthorizationPolicy not translated".to_owned(),
+                policy,
+            )]
+            .into_iter()
+            .collect(),
             ..Rbac::default()
         }),
         ..RbacFilter::default()
@@ -232,9 +235,7 @@ fn header_matcher(name: &str, m: &Matcher, invert: bool) -> HeaderMatcher {
     HeaderMatcher {
         name: name.to_owned(),
         invert_match: invert,
-        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(string_matcher(
-            m, false,
-        ))),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(string_matcher(m, false))),
         ..HeaderMatcher::default()
     }
 }
@@ -258,7 +259,9 @@ fn route_match(m: &RouteMatch, port: u16) -> Result<Option<EnvoyRouteMatch>, Str
         ),
     ];
     if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
-        return Err(format!("a match on {what} is not supported by gRPC clients"));
+        return Err(format!(
+            "a match on {what} is not supported by gRPC clients"
+        ));
     }
     let path = match &m.uri {
         None => PathSpecifier::Prefix(String::new()),
@@ -298,7 +301,6 @@ fn fault_config(f: &HttpFaultInjection) -> HttpFault {
         abort: f.abort.as_ref().map(|a| FaultAbort {
             percentage: Some(million(a.percentage.as_ref().map(|p| p.value))),
             error_type: Some(ErrorType::HttpStatus(u32::from(a.http_status))),
-            ..FaultAbort::default()
         }),
         ..HttpFault::default()
     }
@@ -544,7 +546,11 @@ pub fn client_listener(
 pub fn clusters_of(listener: &Listener) -> Vec<String> {
     use prost::Message as _;
     let mut out: Vec<String> = Vec::new();
-    let Some(any) = listener.api_listener.as_ref().and_then(|a| a.api_listener.as_ref()) else {
+    let Some(any) = listener
+        .api_listener
+        .as_ref()
+        .and_then(|a| a.api_listener.as_ref())
+    else {
         return out;
     };
     let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
@@ -774,9 +780,7 @@ pub fn server_listener(
             s.workloads
                 .iter()
                 .any(|i| snap.workloads[*i].key == workload.key)
-                && s.ports
-                    .iter()
-                    .any(|sp| s.target_port(sp, workload) == port)
+                && s.ports.iter().any(|sp| s.target_port(sp, workload) == port)
         });
     if !serves {
         return None;
@@ -842,7 +846,8 @@ pub fn server_listener(
     };
     let mut hcm = connection_manager(route_config, false);
     if deny_all {
-        hcm.http_filters.insert(0, http_filter(RBAC_FILTER, pack_any(deny_everything())));
+        hcm.http_filters
+            .insert(0, http_filter(RBAC_FILTER, pack_any(deny_everything())));
     }
     listener.filter_chains = vec![FilterChain {
         filters: vec![Filter {
@@ -853,4 +858,314 @@ pub fn server_listener(
         ..FilterChain::default()
     }];
     Some(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::path::Path;
+
+    use prost::Message as _;
+
+    use super::*;
+
+    const ECHO: &str = "echo.demo.svc.cluster.local";
+
+    fn snap(extra: &str) -> Snapshot {
+        let yaml = format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: demo}}
+spec:
+  hosts: [{ECHO}]
+  ports: [{{number: 8080, name: grpc, protocol: GRPC}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: echo}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: echo-v1, namespace: demo}}
+spec: {{address: 10.0.0.2, ports: {{grpc: 15051}}, labels: {{app: echo, version: v1}}, serviceAccount: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: echo-v2, namespace: demo}}
+spec: {{address: 10.0.0.3, ports: {{grpc: 15051}}, labels: {{app: echo, version: v2}}, serviceAccount: echo-canary}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo, namespace: demo}}
+spec:
+  host: {ECHO}
+  trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+{extra}"#
+        );
+        mesh_core::snapshot::compile(
+            &mesh_core::load::load_str(Path::new("t.yaml"), &yaml).unwrap(),
+        )
+        .unwrap()
+    }
+
+    const SPLIT: &str = r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: demo}
+spec:
+  hosts: [echo.demo.svc.cluster.local]
+  http:
+  - match: [{headers: {x-canary: {exact: "1"}}}, {method: {exact: GET}}]
+    route: [{destination: {host: echo.demo.svc.cluster.local, subset: v2}}]
+    fault: {abort: {httpStatus: 503, percentage: {value: 50}}}
+  - route:
+    - {destination: {host: echo.demo.svc.cluster.local, subset: v1}, weight: 90}
+    - {destination: {host: echo.demo.svc.cluster.local, subset: v2}, weight: 10}
+    timeout: 2s
+    retries: {attempts: 3, retryOn: "unavailable,5xx", perTryTimeout: 1s}
+"#;
+
+    fn routes_of(l: &Listener) -> Vec<Route> {
+        let any = l
+            .api_listener
+            .as_ref()
+            .unwrap()
+            .api_listener
+            .as_ref()
+            .unwrap();
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        let Some(RouteSpecifier::RouteConfig(rc)) = hcm.route_specifier else {
+            panic!("routes inline");
+        };
+        assert_eq!(rc.virtual_hosts[0].domains[0], format!("{ECHO}:8080"));
+        rc.virtual_hosts[0].routes.clone()
+    }
+
+    fn action(r: &Route) -> &RouteAction {
+        match r.action.as_ref().unwrap() {
+            Action::Route(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_virtual_service_becomes_routes_of_weighted_clusters() {
+        let s = snap(SPLIT);
+        let mut w = Warnings::default();
+        let l = client_listener(&s, "demo", &format!("{ECHO}:8080"), &mut w).unwrap();
+        let routes = routes_of(&l);
+        // The header alternative is a route; the method one is left out
+        // and said so.
+        assert_eq!(routes.len(), 2, "{routes:?}");
+        assert!(
+            w.0.iter().any(|w| w.message.contains("method")),
+            "{:?}",
+            w.0
+        );
+        let first = action(&routes[0]);
+        assert_eq!(
+            first.cluster_specifier,
+            Some(ClusterSpecifier::Cluster(format!(
+                "outbound|8080|v2|{ECHO}"
+            )))
+        );
+        assert!(first.retry_policy.is_none(), "no retries asked: none sent");
+        assert!(routes[0].typed_per_filter_config.contains_key(FAULT_FILTER));
+        let m = routes[0].r#match.as_ref().unwrap();
+        assert_eq!(m.headers[0].name, "x-canary");
+
+        let second = action(&routes[1]);
+        let Some(ClusterSpecifier::WeightedClusters(wc)) = &second.cluster_specifier else {
+            panic!("{second:?}");
+        };
+        let weights: Vec<(String, u32)> = wc
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.weight.as_ref().unwrap().value))
+            .collect();
+        assert_eq!(
+            weights,
+            vec![
+                (format!("outbound|8080|v1|{ECHO}"), 90),
+                (format!("outbound|8080|v2|{ECHO}"), 10)
+            ]
+        );
+        let retry = second.retry_policy.as_ref().unwrap();
+        assert_eq!(retry.retry_on, "unavailable");
+        assert_eq!(retry.num_retries.as_ref().unwrap().value, 3);
+        let msd = second.max_stream_duration.as_ref().unwrap();
+        assert_eq!(msd.max_stream_duration.as_ref().unwrap().seconds, 2);
+        // 5xx and the per-try timeout are not gRPC's: said, not dropped.
+        assert!(w.0.iter().any(|w| w.message.contains("5xx")), "{:?}", w.0);
+        assert!(
+            w.0.iter().any(|w| w.message.contains("perTryTimeout")),
+            "{:?}",
+            w.0
+        );
+
+        assert_eq!(
+            clusters_of(&l),
+            vec![
+                format!("outbound|8080|v2|{ECHO}"),
+                format!("outbound|8080|v1|{ECHO}")
+            ]
+        );
+        // A short name from the service's namespace is the same service;
+        // an unknown host or port is no listener.
+        assert!(client_listener(&s, "demo", "echo:8080", &mut w).is_some());
+        assert!(client_listener(&s, "demo", "nope:8080", &mut w).is_none());
+        assert!(client_listener(&s, "demo", &format!("{ECHO}:9"), &mut w).is_none());
+    }
+
+    #[test]
+    fn clusters_carry_mtls_with_the_destinations_identities_and_the_load_balancer() {
+        let s = snap("");
+        let mut w = Warnings::default();
+        let c = cluster(&s, &format!("outbound|8080||{ECHO}"), &mut w).unwrap();
+        assert_eq!(c.lb_policy, LbPolicy::LeastRequest as i32);
+        let ts = c.transport_socket.unwrap();
+        let Some(SocketConfig::TypedConfig(any)) = ts.config_type else {
+            panic!("tls");
+        };
+        let tls = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        let common = tls.common_tls_context.unwrap();
+        assert_eq!(
+            common
+                .tls_certificate_provider_instance
+                .unwrap()
+                .instance_name,
+            CERT_PROVIDER
+        );
+        let Some(ValidationContextType::ValidationContext(v)) = common.validation_context_type
+        else {
+            panic!("validation");
+        };
+        #[allow(deprecated)]
+        let sans: Vec<_> = v
+            .match_subject_alt_names
+            .iter()
+            .map(|m| m.match_pattern.clone())
+            .collect();
+        assert_eq!(
+            sans,
+            vec![
+                Some(MatchPattern::Exact(
+                    "spiffe://cluster.local/ns/demo/sa/echo".into()
+                )),
+                Some(MatchPattern::Exact(
+                    "spiffe://cluster.local/ns/demo/sa/echo-canary".into()
+                )),
+            ]
+        );
+        // A subset's cluster names only its own workloads.
+        let v1 = cluster(&s, &format!("outbound|8080|v1|{ECHO}"), &mut w).unwrap();
+        let SocketConfig::TypedConfig(any) = v1.transport_socket.unwrap().config_type.unwrap();
+        let tls = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        let Some(ValidationContextType::ValidationContext(v)) =
+            tls.common_tls_context.unwrap().validation_context_type
+        else {
+            panic!("validation");
+        };
+        #[allow(deprecated)]
+        let n = v.match_subject_alt_names.len();
+        assert_eq!(n, 1);
+        assert!(cluster(&s, &format!("outbound|8080|v9|{ECHO}"), &mut w).is_none());
+        assert!(cluster(&s, "inbound|8080||x", &mut w).is_none());
+    }
+
+    #[test]
+    fn load_assignments_list_a_subsets_endpoints() {
+        let s = snap("");
+        let cla = load_assignment(&s, &format!("outbound|8080|v2|{ECHO}")).unwrap();
+        let eps = &cla.endpoints[0].lb_endpoints;
+        assert_eq!(eps.len(), 1);
+        let Some(HostIdentifier::Endpoint(ep)) = &eps[0].host_identifier else {
+            panic!("endpoint");
+        };
+        let Some(AddressKind::SocketAddress(sa)) = &ep.address.as_ref().unwrap().address else {
+            panic!("address");
+        };
+        assert_eq!(sa.address, "10.0.0.3");
+        assert_eq!(sa.port_specifier, Some(PortSpecifier::PortValue(15051)));
+        let all = load_assignment(&s, &format!("outbound|8080||{ECHO}")).unwrap();
+        assert_eq!(all.endpoints[0].lb_endpoints.len(), 2);
+        assert_eq!(
+            parse_cluster_name(&cluster_name(ECHO, 8080, Some("v1"))),
+            Some((ECHO, 8080, Some("v1")))
+        );
+    }
+
+    fn filter_chain_hcm(l: &Listener) -> HttpConnectionManager {
+        let f = &l.filter_chains[0].filters[0];
+        let Some(FilterConfig::TypedConfig(any)) = &f.config_type else {
+            panic!("hcm");
+        };
+        HttpConnectionManager::decode(any.value.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn server_listeners_require_client_certificates_and_deny_all_under_a_policy() {
+        let s = snap("");
+        let (_, v1) = s.workload("demo/echo-v1").unwrap();
+        let mut w = Warnings::default();
+        let name = format!("{SERVER_LISTENER_PREFIX}10.0.0.2:15051");
+        let l = server_listener(&s, v1, &name, &mut w).unwrap();
+        let chain = &l.filter_chains[0];
+        let Some(SocketConfig::TypedConfig(any)) =
+            chain.transport_socket.as_ref().unwrap().config_type.clone()
+        else {
+            panic!("tls");
+        };
+        let tls = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        assert_eq!(
+            tls.require_client_certificate,
+            Some(BoolValue { value: true })
+        );
+        let filters: Vec<String> = filter_chain_hcm(&l)
+            .http_filters
+            .iter()
+            .map(|f| f.name.clone())
+            .collect();
+        assert_eq!(filters, vec![ROUTER_FILTER.to_owned()]);
+        // Not one of the workload's ports: no listener.
+        let other = format!("{SERVER_LISTENER_PREFIX}10.0.0.2:9999");
+        assert!(server_listener(&s, v1, &other, &mut w).is_none());
+
+        let policy = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: echo, namespace: demo}
+spec:
+  selector: {matchLabels: {app: echo}}
+  rules: [{from: [{source: {namespaces: [demo]}}]}]
+";
+        let s = snap(policy);
+        let (_, v1) = s.workload("demo/echo-v1").unwrap();
+        let l = server_listener(&s, v1, &name, &mut w).unwrap();
+        let hcm = filter_chain_hcm(&l);
+        assert_eq!(hcm.http_filters.len(), 2);
+        assert_eq!(hcm.http_filters[0].name, RBAC_FILTER);
+        let Some(HttpFilterConfig::TypedConfig(any)) = &hcm.http_filters[0].config_type else {
+            panic!("rbac");
+        };
+        let rbac = RbacFilter::decode(any.value.as_slice())
+            .unwrap()
+            .rules
+            .unwrap();
+        assert_eq!(rbac.action, RbacAction::Deny as i32);
+        assert!(w.0.iter().any(|w| w.message.contains("fail closed")));
+
+        let disabled = "---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: echo, namespace: demo}
+spec: {selector: {matchLabels: {app: echo}}, mtls: {mode: DISABLE}}
+";
+        let s = snap(disabled);
+        let (_, v1) = s.workload("demo/echo-v1").unwrap();
+        let l = server_listener(&s, v1, &name, &mut w).unwrap();
+        assert!(l.filter_chains[0].transport_socket.is_none());
+    }
 }

@@ -139,7 +139,11 @@ impl Stream {
             if let Err((why, status)) = self.client.entitled(&p) {
                 return self.refuse(why, status).await;
             }
-            if self.plan.as_ref().is_none_or(|plan| plan.version != p.version) {
+            if self
+                .plan
+                .as_ref()
+                .is_none_or(|plan| plan.version != p.version)
+            {
                 match self.compile(&p) {
                     Ok(plan) => self.plan = Some(plan),
                     // The control plane validated the whole configuration;
@@ -197,7 +201,10 @@ impl Stream {
     }
 
     fn compile(&self, p: &Published) -> Result<Plan, String> {
-        let view = p.catalog.view(&self.client.workload).map_err(|e| e.to_string())?;
+        let view = p
+            .catalog
+            .view(&self.client.workload)
+            .map_err(|e| e.to_string())?;
         let docs = view
             .keys()
             .filter_map(|n| p.catalog.get(n).map(|d| (n.as_str(), &d.body[..])));

@@ -200,7 +200,10 @@ mod tests {
         let provider = &b["certificate_providers"]["default"];
         assert_eq!(provider["plugin_name"], "file_watcher");
         assert_eq!(provider["config"]["private_key_file"], "/run/agent/key.pem");
-        assert_eq!(provider["config"]["ca_certificate_file"], "/run/agent/bundle.pem");
+        assert_eq!(
+            provider["config"]["ca_certificate_file"],
+            "/run/agent/bundle.pem"
+        );
         assert_eq!(
             b["server_listener_resource_name_template"],
             "xds.mesh.local/grpc/lds/inbound/%s"

@@ -602,4 +602,3 @@ mod tests {
         assert_eq!(cli.identity.ca.as_deref(), Some("127.0.0.1:1"));
     }
 }
-

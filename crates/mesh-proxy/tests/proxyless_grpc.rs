@@ -265,10 +265,14 @@ async fn after_edit(mesh: &Mesh, client: &Agent, want: &str, edit: &str) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(watching.stdout.take().unwrap()).lines();
-    let started = tokio::task::block_in_place(|| lines.next()).unwrap().unwrap();
+    let started = tokio::task::block_in_place(|| lines.next())
+        .unwrap()
+        .unwrap();
     assert_eq!(started, r#"{"started": true}"#);
     mesh.world.write_config("mesh.yaml", edit);
-    let last = tokio::task::block_in_place(|| lines.next()).unwrap().unwrap();
+    let last = tokio::task::block_in_place(|| lines.next())
+        .unwrap()
+        .unwrap();
     let out: serde_json::Value = serde_json::from_str(&last).unwrap();
     drop(Proc(watching));
     assert_eq!(out["reached"], true, "the client never got {want}: {out}");
@@ -280,7 +284,10 @@ fn the_agent_and_the_control_plane_agree_on_names() {
         mesh_proxy::agent::SERVER_LISTENER_PREFIX,
         mesh_control::grpc::SERVER_LISTENER_PREFIX
     );
-    assert_eq!(mesh_proxy::agent::CERT_PROVIDER, mesh_control::grpc::CERT_PROVIDER);
+    assert_eq!(
+        mesh_proxy::agent::CERT_PROVIDER,
+        mesh_control::grpc::CERT_PROVIDER
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,15 +357,28 @@ async fn python_clients_retry_as_the_virtual_service_says() {
         strings(&["call", TARGET, "20", "--warmup", "30"]),
     )
     .await;
-    assert_eq!(count(&out, "errors", "UNAVAILABLE"), 20, "without retries: {out}");
+    assert_eq!(
+        count(&out, "errors", "UNAVAILABLE"),
+        20,
+        "without retries: {out}"
+    );
 
-    mesh.world.write_config("mesh.yaml", &config(net, &to_v1(true)));
+    mesh.world
+        .write_config("mesh.yaml", &config(net, &to_v1(true)));
     let mut last = serde_json::Value::Null;
     for round in 0..100 {
         let payload = format!("r{round}-");
         let (out, _) = run(
             client.bootstrap_path(),
-            strings(&["call", TARGET, "20", "--payload", &payload, "--warmup", "30"]),
+            strings(&[
+                "call",
+                TARGET,
+                "20",
+                "--payload",
+                &payload,
+                "--warmup",
+                "30",
+            ]),
         )
         .await;
         if count(&out, "answers", "v1") == 20 {
@@ -369,7 +389,6 @@ async fn python_clients_retry_as_the_virtual_service_says() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(count(&last, "answers", "v1"), 20, "with retries: {last}");
-
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,12 +405,12 @@ async fn a_server_with_another_identity_and_an_agent_claiming_another_workload_g
         "client",
         &[],
     );
-    let (out, _) = run(
-        client.bootstrap_path(),
-        strings(&["call", TARGET, "5"]),
-    )
-    .await;
-    assert_eq!(count(&out, "answers", "impostor"), 0, "secure naming: {out}");
+    let (out, _) = run(client.bootstrap_path(), strings(&["call", TARGET, "5"])).await;
+    assert_eq!(
+        count(&out, "answers", "impostor"),
+        0,
+        "secure naming: {out}"
+    );
     assert_eq!(count(&out, "errors", "UNAVAILABLE"), 5, "{out}");
     let why = out["details"][0]["details"].as_str().unwrap_or_default();
     assert!(
@@ -402,11 +421,7 @@ async fn a_server_with_another_identity_and_an_agent_claiming_another_workload_g
     // An agent whose identity is the client's, claiming echo-v1: the
     // control plane refuses its stream, its channel gets no route.
     let claim = mesh.agent("echo-v1", "client").await;
-    let (out, _) = run(
-        claim.bootstrap_path(),
-        strings(&["call", TARGET, "2"]),
-    )
-    .await;
+    let (out, _) = run(claim.bootstrap_path(), strings(&["call", TARGET, "2"])).await;
     assert_eq!(count(&out, "errors", "UNAVAILABLE"), 2, "{out}");
     let metrics = mesh.plane.render_metrics();
     assert!(
