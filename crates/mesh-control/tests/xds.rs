@@ -5,7 +5,8 @@
 //! folder; a broken edit is rejected at the control plane, which keeps
 //! serving the last good one and says why; streams without the workload's
 //! SVID, for another workload or for something not served are refused and
-//! counted; NACKs are counted; a restarted control plane is followed
+//! counted; NACKs are counted; the state-of-the-world stream of gRPC's
+//! proxyless clients is served Envoy's resources; a restarted control plane is followed
 //! without a resend of what the data plane holds; a client that never reads
 //! holds back no one.
 
@@ -13,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use mesh_ca::service::ca_identity;
 use mesh_ca::tls::{SpiffeServerVerifier, client_config, client_config_without_cert};
@@ -461,16 +462,150 @@ async fn streams_without_the_workloads_identity_are_refused_by_name() {
         let line = format!("mesh_xds_streams_refused_total{{reason=\"{reason}\"}} ");
         assert_eq!(metric(&plane, &line), n, "{reason}");
     }
-    // The old SotW protocol is refused by name too.
-    let mut sotw = AggregatedDiscoveryServiceClient::new(
-        f.channel(&plane, Some(f.credentials("shop", "web"))).await,
+    plane.shutdown().await;
+}
+
+fn sotw(workload: &str, type_url: &str, names: &[&str]) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: Some(Node {
+            id: workload.to_owned(),
+            ..Node::default()
+        }),
+        type_url: type_url.to_owned(),
+        resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        ..DiscoveryRequest::default()
+    }
+}
+
+/// The state-of-the-world stream gRPC's proxyless clients speak: admitted
+/// as the delta stream is, answering each type's subscription with the
+/// resources that exist, counting ACKs and NACKs, pushing a changed
+/// listener live, and refusing a type it does not serve by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_of_the_world_stream_serves_envoy_resources_to_grpc_clients() {
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use mesh_control::grpc::{CLUSTER_TYPE, LISTENER_TYPE};
+    use prost::Message as _;
+
+    let f = Fixture::new();
+    let plane = f
+        .serve(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .await;
+    let open = |creds: CredentialStore, first: DiscoveryRequest| {
+        let f = &f;
+        let plane = &plane;
+        async move {
+            let mut client =
+                AggregatedDiscoveryServiceClient::new(f.channel(plane, Some(creds)).await);
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(first).await.unwrap();
+            let answer = client
+                .stream_aggregated_resources(ReceiverStream::new(rx))
+                .await;
+            (tx, answer)
+        }
+    };
+
+    // Admission: another workload's node id, a type not served.
+    let (_tx, answer) = open(
+        f.credentials("bank", "ledger"),
+        sotw("shop/web", LISTENER_TYPE, &["reviews:80"]),
+    )
+    .await;
+    let status = match answer {
+        Ok(mut s) => s.get_mut().message().await.unwrap_err(),
+        Err(s) => s,
+    };
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let (_tx, answer) = open(
+        f.credentials("shop", "web"),
+        sotw("shop/web", CONFIG_TYPE_URL, &[]),
+    )
+    .await;
+    let status = match answer {
+        Ok(mut s) => s.get_mut().message().await.unwrap_err(),
+        Err(s) => s,
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("is not served"), "{status:?}");
+
+    // A listener that exists and one that does not: the response holds
+    // the one.
+    let (tx, answer) = open(
+        f.credentials("shop", "web"),
+        sotw("shop/web", LISTENER_TYPE, &["reviews:80", "nothing:80"]),
+    )
+    .await;
+    let mut responses = answer.unwrap().into_inner();
+    let lds = responses.message().await.unwrap().unwrap();
+    assert_eq!(lds.type_url, LISTENER_TYPE);
+    assert_eq!(lds.resources.len(), 1);
+    let listener = Listener::decode(lds.resources[0].value.as_slice()).unwrap();
+    assert_eq!(listener.name, "reviews:80");
+    assert_eq!(
+        mesh_control::grpc::clusters_of(&listener),
+        vec!["outbound|80||reviews.shop.svc.cluster.local".to_owned()]
     );
-    let (_tx, rx) = mpsc::channel(1);
-    let err = sotw
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    let acks = metric(&plane, "mesh_xds_acks_total ");
+    tx.send(DiscoveryRequest {
+        version_info: lds.version_info.clone(),
+        response_nonce: lds.nonce.clone(),
+        ..sotw("shop/web", LISTENER_TYPE, &["reviews:80", "nothing:80"])
+    })
+    .await
+    .unwrap();
+
+    // The cluster, then a NACK of it, counted.
+    tx.send(sotw(
+        "shop/web",
+        CLUSTER_TYPE,
+        &["outbound|80||reviews.shop.svc.cluster.local"],
+    ))
+    .await
+    .unwrap();
+    let cds = responses.message().await.unwrap().unwrap();
+    assert_eq!(cds.type_url, CLUSTER_TYPE);
+    assert_eq!(cds.resources.len(), 1);
+    let nacks = metric(&plane, "mesh_xds_nacks_total ");
+    tx.send(DiscoveryRequest {
+        response_nonce: cds.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "cluster rejected on purpose".into(),
+            ..RpcStatus::default()
+        }),
+        ..sotw(
+            "shop/web",
+            CLUSTER_TYPE,
+            &["outbound|80||reviews.shop.svc.cluster.local"],
+        )
+    })
+    .await
+    .unwrap();
+
+    // An edit: the listener is pushed again, now with the split.
+    f.write("split.yaml", SPLIT);
+    let pushed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let r = responses.message().await.unwrap().unwrap();
+            if r.type_url == LISTENER_TYPE {
+                return r;
+            }
+        }
+    })
+    .await
+    .expect("the listener is pushed after the edit");
+    assert_ne!(pushed.version_info, lds.version_info);
+    let listener = Listener::decode(pushed.resources[0].value.as_slice()).unwrap();
+    assert_eq!(
+        mesh_control::grpc::clusters_of(&listener),
+        vec![
+            "outbound|80|v1|reviews.shop.svc.cluster.local".to_owned(),
+            "outbound|80|v2|reviews.shop.svc.cluster.local".to_owned()
+        ]
+    );
+    assert_eq!(metric(&plane, "mesh_xds_acks_total "), acks + 1);
+    assert_eq!(metric(&plane, "mesh_xds_nacks_total "), nacks + 1);
     plane.shutdown().await;
 }
 

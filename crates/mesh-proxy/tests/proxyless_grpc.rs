@@ -83,7 +83,10 @@ spec:
     )
 }
 
-const SPLIT: &str = "  - route:
+/// Callers that say `x-canary: 1` go to v2; the others are split 90/10.
+const SPLIT: &str = "  - match: [{headers: {x-canary: {exact: \"1\"}}}]
+    route: [{destination: {host: echo.demo.svc.cluster.local, subset: v2}}]
+  - route:
     - {destination: {host: echo.demo.svc.cluster.local, subset: v1}, weight: 90}
     - {destination: {host: echo.demo.svc.cluster.local, subset: v2}, weight: 10}";
 
@@ -303,20 +306,28 @@ async fn a_python_client_and_servers_follow_the_mesh_over_xds() {
     // The split, as a Python client's channel applies it.
     let (out, _) = run(
         client.bootstrap_path(),
-        strings(&["call", TARGET, "400", "--warmup", "30"]),
+        strings(&["call", TARGET, "2000", "--warmup", "30"]),
     )
     .await;
     assert_eq!(out["errors"], serde_json::json!({}), "{out}");
     let (a, b) = (count(&out, "answers", "v1"), count(&out, "answers", "v2"));
-    assert_eq!(a + b, 400, "{out}");
-    // 10% of 400 is 40 (binomial sd 6): 10..80 is five sds either way.
-    assert!((10..=80).contains(&b), "v2 took {b} of 400: {out}");
+    assert_eq!(a + b, 2000, "{out}");
+    // 10% ± 3% of 2,000 (the binomial's sd is 13 calls: 4.5 sds either way).
+    assert!((140..=260).contains(&b), "v2 took {b} of 2000: {out}");
     // mTLS: the server saw the client's SPIFFE ID.
     assert_eq!(
         out["details"][0]["peer"],
         serde_json::json!([id("demo", "client").to_string()]),
         "{out}"
     );
+
+    // The header-match route.
+    let (out, _) = run(
+        client.bootstrap_path(),
+        strings(&["call", TARGET, "50", "--header", "x-canary=1"]),
+    )
+    .await;
+    assert_eq!(count(&out, "answers", "v2"), 50, "{out}");
 
     // Without the mesh's credentials, straight to a server: refused.
     let (out, _) = run(
@@ -429,4 +440,160 @@ async fn a_server_with_another_identity_and_an_agent_claiming_another_workload_g
             || metrics.contains("mesh_xds_streams_refused_total{reason=\"wrong_identity\"} 2"),
         "{metrics}"
     );
+}
+
+/// A gRPC message (uncompressed) in its length-prefixed frame.
+fn grpc_frame(message: &[u8]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(message);
+    out.into()
+}
+
+/// `greeter`, a Rust service on `mesh-tower`, answering the echo method as
+/// the Python servers do (its name, the caller's SPIFFE ID), in gRPC's
+/// framing with a `grpc-status` trailer.
+async fn greeter(
+    req: http::Request<mesh_tower::body::BoxBody>,
+) -> Result<http::Response<mesh_tower::body::BoxBody>, std::convert::Infallible> {
+    use http_body_util::BodyExt as _;
+    let peer = req
+        .extensions()
+        .get::<mesh_tower::tls::PeerIdentity>()
+        .and_then(|p| p.spiffe_id().map(ToString::to_string));
+    let answer = serde_json::json!({"name": "rust", "peer": peer.into_iter().collect::<Vec<_>>()});
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let body = http_body_util::Full::new(grpc_frame(answer.to_string().as_bytes()))
+        .with_trailers(async move { Some(Ok::<_, std::convert::Infallible>(trailers)) });
+    Ok(http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(mesh_tower::body::boxed(body))
+        .unwrap())
+}
+
+/// The greeter service (Rust, `mesh-tower`), which only `client` may call,
+/// beside echo; and `other`, a Python client the policy does not name.
+fn with_greeter(net: u8) -> String {
+    let mut yaml = config(net, SPLIT);
+    yaml.push_str(&format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: greeter, namespace: demo}}
+spec:
+  hosts: [greeter.demo.svc.cluster.local]
+  ports: [{{number: 8080, name: grpc, protocol: GRPC}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: greeter}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: greeter, namespace: demo}}
+spec: {{address: 127.0.{net}.5, ports: {{grpc: 15052}}, labels: {{app: greeter}}, serviceAccount: greeter}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: other, namespace: demo}}
+spec: {{address: 127.0.{net}.6, labels: {{app: other}}, serviceAccount: other}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: greeter, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: greeter}}}}
+  rules: [{{from: [{{source: {{principals: [cluster.local/ns/demo/sa/client]}}}}]}}]
+"#
+    ));
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_rust_services_call_each_other_over_mtls() {
+    use http_body_util::BodyExt as _;
+    let net = 94;
+    let mesh = Mesh::start(&with_greeter(net)).await;
+    let v1 = mesh.agent("echo-v1", "echo").await;
+    let v2 = mesh.agent("echo-v2", "echo").await;
+    let client = mesh.agent("client", "client").await;
+    let other = mesh.agent("other", "other").await;
+    let _s1 = server(&v1, &format!("127.0.{net}.2:15051"), "v1");
+    let _s2 = server(&v2, &format!("127.0.{net}.3:15051"), "v2");
+
+    // The Rust service, on the same configuration (from the folder here;
+    // its identity from files the mesh's CA issued).
+    let certs = mesh.world.path("certs-greeter");
+    support::write_identity(
+        &mesh.world.ca,
+        &id("demo", "greeter"),
+        time::OffsetDateTime::now_utc(),
+        None,
+        &certs,
+    );
+    let rust = mesh_tower::Mesh::builder()
+        .config(mesh.world.path("mesh"))
+        .workload("demo", "greeter")
+        .identity_files(
+            certs.join("cert.pem"),
+            certs.join("key.pem"),
+            certs.join("bundle.pem"),
+        )
+        .build()
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(format!("127.0.{net}.5:15052"))
+        .await
+        .unwrap();
+    let served = rust
+        .serve_listener(listener, tower::service_fn(greeter))
+        .unwrap();
+
+    // Python → Rust: mTLS both ways, the caller's SPIFFE ID seen by the
+    // Rust handler.
+    let greeter_target = "xds:///greeter.demo.svc.cluster.local:8080";
+    let (out, _) = run(
+        client.bootstrap_path(),
+        strings(&["call", greeter_target, "5", "--warmup", "30"]),
+    )
+    .await;
+    assert_eq!(count(&out, "answers", "rust"), 5, "{out}");
+    assert_eq!(
+        out["details"][0]["peer"],
+        serde_json::json!([id("demo", "client").to_string()]),
+        "{out}"
+    );
+    // A Python client the policy does not name: refused by the Rust side.
+    let (out, _) = run(
+        other.bootstrap_path(),
+        strings(&["call", greeter_target, "3", "--warmup", "5"]),
+    )
+    .await;
+    assert_eq!(count(&out, "errors", "PERMISSION_DENIED"), 3, "{out}");
+
+    // Rust → Python: the mesh client routes by the same VirtualService
+    // (x-canary: 1 goes to v2) and the Python server sees greeter's ID.
+    for _ in 0..3 {
+        let req =
+            http::Request::post("http://echo.demo.svc.cluster.local:8080/mesh.test.Echo/Hello")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("x-canary", "1")
+                .body(mesh_tower::body::full(grpc_frame(b"from rust")))
+                .unwrap();
+        let resp = rust.send(req).await;
+        assert_eq!(resp.status(), 200);
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{trailers:?}");
+        let bytes = collected.to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&bytes[5..]).unwrap();
+        assert_eq!(answer["name"], "v2", "{answer}");
+        assert_eq!(
+            answer["peer"],
+            serde_json::json!([id("demo", "greeter").to_string()]),
+            "{answer}"
+        );
+    }
+    served.shutdown().await;
 }
