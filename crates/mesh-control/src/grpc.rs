@@ -860,6 +860,57 @@ pub fn server_listener(
     Some(listener)
 }
 
+/// What `check` says about gRPC's proxyless clients and servers: for every
+/// `GRPC` port of every service, what its listener and clusters leave out,
+/// and for every workload serving one under an AuthorizationPolicy, that
+/// its calls are all denied. One finding per distinct message, naming the
+/// service (code [`GRPC_PROXYLESS_UNSUPPORTED`]).
+///
+/// [`GRPC_PROXYLESS_UNSUPPORTED`]: mesh_core::analyze::codes::GRPC_PROXYLESS_UNSUPPORTED
+pub fn findings(snap: &Snapshot) -> Vec<mesh_core::analyze::Finding> {
+    use mesh_core::analyze::{Finding, Severity, codes};
+    use mesh_core::resources::networking::Protocol;
+    let mut out: Vec<Finding> = Vec::new();
+    let mut hosts: Vec<&String> = snap.services.keys().collect();
+    hosts.sort();
+    for host in hosts {
+        let svc = &snap.services[host];
+        for sp in svc.ports.iter().filter(|p| p.protocol == Protocol::Grpc) {
+            let mut warnings = Warnings::default();
+            let name = format!("{host}:{}", sp.number);
+            if let Some(l) = client_listener(snap, &svc.namespace, &name, &mut warnings) {
+                for c in clusters_of(&l) {
+                    cluster(snap, &c, &mut warnings);
+                }
+            }
+            for w in &svc.workloads {
+                let workload = &snap.workloads[*w];
+                let addr = format!(
+                    "{SERVER_LISTENER_PREFIX}{}:{}",
+                    workload.address,
+                    svc.target_port(sp, workload)
+                );
+                server_listener(snap, workload, &addr, &mut warnings);
+            }
+            for w in warnings.0 {
+                let message = format!(
+                    "gRPC proxyless clients and servers of {name} ({}): {}",
+                    w.resource, w.message
+                );
+                if !out.iter().any(|f| f.message == message) {
+                    out.push(Finding {
+                        severity: Severity::Warning,
+                        code: codes::GRPC_PROXYLESS_UNSUPPORTED,
+                        message,
+                        resources: vec![svc.source.clone()],
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -1073,6 +1124,26 @@ spec:
         assert_eq!(n, 1);
         assert!(cluster(&s, &format!("outbound|8080|v9|{ECHO}"), &mut w).is_none());
         assert!(cluster(&s, "inbound|8080||x", &mut w).is_none());
+    }
+
+    #[test]
+    fn check_names_what_grpc_clients_cannot_do() {
+        let s = snap(SPLIT);
+        let f = findings(&s);
+        let messages: Vec<&str> = f.iter().map(|f| f.message.as_str()).collect();
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("method") && m.contains(ECHO)),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("perTryTimeout")),
+            "{messages:?}"
+        );
+        assert!(f.iter().all(|f| f.code == "MESH0114"));
+        // Nothing to say about a plain configuration.
+        assert!(findings(&snap("")).is_empty(), "{:?}", findings(&snap("")));
     }
 
     #[test]

@@ -119,6 +119,10 @@ pub mod codes {
     /// `addresses`), so applications can reach it only by a workload's
     /// own address.
     pub const CAPTURE_NO_VIRTUAL_IP: &str = "MESH0113";
+    /// Something of the configuration of a gRPC port that gRPC's proxyless
+    /// clients or servers cannot honour: left out for them (or, for an
+    /// AuthorizationPolicy, every call denied).
+    pub const GRPC_PROXYLESS_UNSUPPORTED: &str = "MESH0114";
 }
 
 /// How the sidecars the configuration is for run, for the analyzers that

@@ -40,7 +40,10 @@ pub fn check(config: &Path, json: bool, options: analyze::CheckOptions) -> ExitC
         Ok(x) => x,
         Err(e) => return unreadable(&e, json),
     };
-    let report = analyze::check_with(&snap, &resources, options);
+    let mut report = analyze::check_with(&snap, &resources, options);
+    // What gRPC's proxyless clients (served by the control plane) cannot
+    // honour of the gRPC ports: warnings, after the analyzers' own.
+    report.findings.extend(mesh_control::grpc::findings(&snap));
     if json {
         let v = serde_json::json!({
             "readable": true,

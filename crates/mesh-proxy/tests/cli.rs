@@ -388,3 +388,46 @@ fn control_plane_flags_are_checked_before_anything_starts() {
         );
     }
 }
+
+#[test]
+fn check_warns_of_what_grpc_proxyless_clients_cannot_honour() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: demo}
+spec:
+  hosts: [echo.demo.svc.cluster.local]
+  ports: [{number: 8080, name: grpc, protocol: GRPC}]
+  workloadSelector: {labels: {app: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: echo-v1, namespace: demo}
+spec: {address: 10.0.0.2, labels: {app: echo}, serviceAccount: echo}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: demo}
+spec:
+  hosts: [echo.demo.svc.cluster.local]
+  http:
+  - match: [{method: {exact: GET}}]
+    route: [{destination: {host: echo.demo.svc.cluster.local}}]
+    mirror: {host: echo.demo.svc.cluster.local}
+  - route: [{destination: {host: echo.demo.svc.cluster.local}}]
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = run(&["check", "--config", dir.path().to_str().unwrap()]);
+    // Warnings: the sidecars honour all of it; gRPC's clients would not.
+    assert_eq!(code, 0, "{out}{err}");
+    let grpc: Vec<&str> = out.lines().filter(|l| l.contains("MESH0114")).collect();
+    assert!(
+        grpc.iter()
+            .any(|l| l.contains("gRPC proxyless") && l.contains("method")),
+        "{out}"
+    );
+    assert!(grpc.iter().any(|l| l.contains("mirror")), "{out}");
+}
