@@ -121,43 +121,12 @@ pub(crate) async fn join(
     tracing::info!(identity = %id, control_plane = %addr, %node, "obtaining the identity");
     let obtained = Arc::new(source.obtain(id).await?);
     let server_id = control_plane_id.unwrap_or_else(|| mesh_ca::ca_id(id.trust_domain()));
-    let (store, client) = follow(addr, server_id, node, obtained.store()).await;
-    Ok((obtained, store, client))
-}
-
-/// Follows the control plane at `addr` (presenting `server_id`) as the
-/// node `node`, authenticating with `credentials`; returns once the first
-/// good configuration is in the store, logging every 5 s why there is none
-/// yet (no answer, a refusal, a rejected configuration).
-async fn follow(
-    addr: &str,
-    server_id: mesh_core::identity::SpiffeId,
-    node: &str,
-    credentials: &mesh_ca::CredentialStore,
-) -> (Arc<Store>, Arc<mesh_tower::xds::XdsClient>) {
-    // The store says when it applied: no polling for readiness.
-    let (applied, mut ready) = tokio::sync::watch::channel(0u64);
-    let store = Arc::new(Store::new().on_apply(move |v| {
-        applied.send_replace(v);
-    }));
-    let client = mesh_tower::xds::XdsClient::spawn(
+    let (store, client) = mesh_tower::xds::follow(
         mesh_tower::xds::XdsConfig::new(addr, server_id, node),
-        credentials.clone(),
-        store.clone(),
-    );
-    while tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|v| *v > 0))
-        .await
-        .is_err()
-    {
-        let status = client.status();
-        let why = status
-            .last_nack()
-            .map(|e| format!("the configuration was rejected: {e}"))
-            .or_else(|| status.last_error())
-            .unwrap_or_else(|| "no answer yet".into());
-        tracing::warn!(control_plane = %addr, %node, "waiting for the first configuration: {why}");
-    }
-    (store, Arc::new(client))
+        obtained.store().clone(),
+    )
+    .await;
+    Ok((obtained, store, Arc::new(client)))
 }
 
 /// Where a starting proxy is.

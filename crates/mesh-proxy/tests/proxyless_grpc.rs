@@ -475,8 +475,8 @@ async fn greeter(
 
 /// The greeter service (Rust, `mesh-tower`), which only `client` may call,
 /// beside echo; and `other`, a Python client the policy does not name.
-fn with_greeter(net: u8) -> String {
-    let mut yaml = config(net, SPLIT);
+fn with_greeter(net: u8, route: &str) -> String {
+    let mut yaml = config(net, route);
     yaml.push_str(&format!(
         r#"---
 apiVersion: networking.istio.io/v1
@@ -513,7 +513,7 @@ spec:
 async fn python_and_rust_services_call_each_other_over_mtls() {
     use http_body_util::BodyExt as _;
     let net = 94;
-    let mesh = Mesh::start(&with_greeter(net)).await;
+    let mesh = Mesh::start(&with_greeter(net, SPLIT)).await;
     let v1 = mesh.agent("echo-v1", "echo").await;
     let v2 = mesh.agent("echo-v2", "echo").await;
     let client = mesh.agent("client", "client").await;
@@ -521,8 +521,8 @@ async fn python_and_rust_services_call_each_other_over_mtls() {
     let _s1 = server(&v1, &format!("127.0.{net}.2:15051"), "v1");
     let _s2 = server(&v2, &format!("127.0.{net}.3:15051"), "v2");
 
-    // The Rust service, on the same configuration (from the folder here;
-    // its identity from files the mesh's CA issued).
+    // The Rust service, following the same control plane (its identity
+    // from files the mesh's CA issued; its configuration over xDS).
     let certs = mesh.world.path("certs-greeter");
     support::write_identity(
         &mesh.world.ca,
@@ -532,7 +532,7 @@ async fn python_and_rust_services_call_each_other_over_mtls() {
         &certs,
     );
     let rust = mesh_tower::Mesh::builder()
-        .config(mesh.world.path("mesh"))
+        .control_plane(mesh.plane.ca_addr().to_string())
         .workload("demo", "greeter")
         .identity_files(
             certs.join("cert.pem"),
@@ -573,7 +573,7 @@ async fn python_and_rust_services_call_each_other_over_mtls() {
 
     // Rust → Python: the mesh client routes by the same VirtualService
     // (x-canary: 1 goes to v2) and the Python server sees greeter's ID.
-    for _ in 0..3 {
+    let call = || async {
         let req =
             http::Request::post("http://echo.demo.svc.cluster.local:8080/mesh.test.Echo/Hello")
                 .header("content-type", "application/grpc")
@@ -588,12 +588,27 @@ async fn python_and_rust_services_call_each_other_over_mtls() {
         assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{trailers:?}");
         let bytes = collected.to_bytes();
         let answer: serde_json::Value = serde_json::from_slice(&bytes[5..]).unwrap();
-        assert_eq!(answer["name"], "v2", "{answer}");
         assert_eq!(
             answer["peer"],
             serde_json::json!([id("demo", "greeter").to_string()]),
             "{answer}"
         );
+        answer["name"].as_str().unwrap().to_owned()
+    };
+    for _ in 0..3 {
+        assert_eq!(call().await, "v2");
     }
+    // An edit at the control plane reaches the Rust client live.
+    mesh.world
+        .write_config("mesh.yaml", &with_greeter(net, &to_v1(false)));
+    let mut got = String::new();
+    for _ in 0..200 {
+        got = call().await;
+        if got == "v1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, "v1", "the edit never reached the Rust client");
     served.shutdown().await;
 }

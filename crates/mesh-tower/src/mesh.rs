@@ -50,6 +50,7 @@ use http::{Request, Response, Uri};
 use mesh_ca::{
     CaClient, CertManager, CredentialStore, FileSource, ManagerConfig, TrustBundle, TrustBundleSet,
 };
+use mesh_core::identity::{SpiffeId, TrustDomain};
 use mesh_core::store::{FileSource as ConfigFiles, FileWatcher, Store};
 use tokio::net::TcpListener;
 
@@ -66,6 +67,7 @@ use crate::telemetry::{
 };
 use crate::tls::{MeshConnector, PeerIdentity};
 use crate::traffic::{ClientAddr, Router, RouterConfig};
+use crate::xds::XdsConfig;
 
 /// Why the mesh could not start.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +105,10 @@ enum IdentitySource {
 pub struct MeshBuilder {
     config: Option<PathBuf>,
     store: Option<Arc<Store>>,
+    control_plane: Option<String>,
+    control_plane_id: Option<SpiffeId>,
+    service_account: Option<String>,
+    trust_domain: Option<TrustDomain>,
     workload: Option<(String, String)>,
     identity: Option<IdentitySource>,
     settings: ServerSettings,
@@ -112,6 +118,7 @@ impl std::fmt::Debug for MeshBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MeshBuilder")
             .field("config", &self.config)
+            .field("control_plane", &self.control_plane)
             .field("workload", &self.workload)
             .finish_non_exhaustive()
     }
@@ -127,6 +134,44 @@ impl MeshBuilder {
     /// Uses a store you feed yourself (Kubernetes, xDS, tests).
     pub fn store(mut self, store: Arc<Store>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Follows the control plane at `addr` (`mesh-ca serve --config`, its
+    /// CA port) instead of reading a folder: the configuration arrives over
+    /// xDS, mTLS with this workload's SVID, into the same store, with the
+    /// same reload semantics ([`crate::xds`]). [`build`](Self::build)
+    /// returns once the first good configuration is in; the last good one
+    /// serves while the control plane is away.
+    ///
+    /// The identity comes first: from [`identity_files`](Self::identity_files)
+    /// or [`identity_store`](Self::identity_store) it is the certificate's;
+    /// with [`identity_ca`](Self::identity_ca) name the
+    /// [`service_account`](Self::service_account).
+    pub fn control_plane(mut self, addr: impl Into<String>) -> Self {
+        self.control_plane = Some(addr.into());
+        self
+    }
+
+    /// The SPIFFE ID the control plane presents; by default the CA's of
+    /// the workload's trust domain ([`mesh_ca::ca_id`]).
+    pub fn control_plane_id(mut self, id: SpiffeId) -> Self {
+        self.control_plane_id = Some(id);
+        self
+    }
+
+    /// The workload's service account, for its identity on a control plane
+    /// with [`identity_ca`](Self::identity_ca)
+    /// (`spiffe://<trust domain>/ns/<namespace>/sa/<service account>`);
+    /// from a folder, the WorkloadEntry's is used.
+    pub fn service_account(mut self, name: &str) -> Self {
+        self.service_account = Some(name.to_owned());
+        self
+    }
+
+    /// The trust domain of that identity (default `cluster.local`).
+    pub fn trust_domain(mut self, td: TrustDomain) -> Self {
+        self.trust_domain = Some(td);
         self
     }
 
@@ -201,28 +246,85 @@ impl MeshBuilder {
         self
     }
 
-    /// Starts the mesh: loads the configuration, finds the workload, gets
-    /// the identity.
+    /// Starts the mesh: loads the configuration (or follows the control
+    /// plane), finds the workload, gets the identity.
     pub async fn build(self) -> Result<Mesh, MeshStartError> {
-        let mut watcher = None;
-        let store = match (self.store, self.config) {
-            (Some(store), _) => store,
-            (None, Some(path)) => {
-                let source = ConfigFiles::new(path);
-                let store = Arc::new(
-                    Store::from_source(&source)
-                        .map_err(|e| MeshStartError::Config(e.to_string()))?,
-                );
-                watcher = Some(
-                    FileWatcher::spawn(store.clone(), source)
-                        .map_err(|e| MeshStartError::Config(e.to_string()))?,
-                );
-                store
-            }
-            (None, None) => return Err(MeshStartError::Missing("config or store")),
-        };
-        let (ns, name) = self.workload.ok_or(MeshStartError::Missing("workload"))?;
+        let (ns, name) = self
+            .workload
+            .clone()
+            .ok_or(MeshStartError::Missing("workload"))?;
         let key = format!("{ns}/{name}");
+        let mut keep = Keep::default();
+        let identity = self.identity.ok_or(MeshStartError::Missing("identity"))?;
+        let (store, creds) = match (self.store, self.config, self.control_plane) {
+            (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+                return Err(MeshStartError::Config(
+                    "give a configuration folder, a store or a control plane, not two".into(),
+                ));
+            }
+            (None, None, Some(addr)) => {
+                // The identity first: it authenticates the stream.
+                let id = match &self.service_account {
+                    Some(sa) => {
+                        let td = self
+                            .trust_domain
+                            .clone()
+                            .map_or_else(|| TrustDomain::new("cluster.local"), Ok)
+                            .map_err(|e| MeshStartError::Identity(e.to_string()))?;
+                        Some(
+                            SpiffeId::for_workload(&td, &ns, sa)
+                                .map_err(|e| MeshStartError::Identity(e.to_string()))?,
+                        )
+                    }
+                    None => None,
+                };
+                let creds = obtain(identity, id.as_ref(), &mut keep).await?;
+                let id = creds.load().id().clone();
+                let server_id = self
+                    .control_plane_id
+                    .unwrap_or_else(|| mesh_ca::ca_id(id.trust_domain()));
+                let (store, client) =
+                    crate::xds::follow(XdsConfig::new(addr, server_id, &key), creds.clone()).await;
+                keep.xds = Some(Arc::new(client));
+                (store, creds)
+            }
+            (store, config, None) => {
+                let store = match (store, config) {
+                    (Some(store), _) => store,
+                    (None, Some(path)) => {
+                        let source = ConfigFiles::new(path);
+                        let store = Arc::new(
+                            Store::from_source(&source)
+                                .map_err(|e| MeshStartError::Config(e.to_string()))?,
+                        );
+                        keep.config = Some(Arc::new(
+                            FileWatcher::spawn(store.clone(), source)
+                                .map_err(|e| MeshStartError::Config(e.to_string()))?,
+                        ));
+                        store
+                    }
+                    (None, None) => {
+                        return Err(MeshStartError::Missing("config, store or control plane"));
+                    }
+                };
+                if self.service_account.is_some() || self.trust_domain.is_some() {
+                    return Err(MeshStartError::Config(
+                        "service_account and trust_domain are read on a control plane only; \
+                         from a folder the WorkloadEntry says them"
+                            .into(),
+                    ));
+                }
+                let id = {
+                    let snap = store.load();
+                    let (_, w) = snap
+                        .workload(&key)
+                        .ok_or_else(|| MeshStartError::UnknownWorkload(key.clone()))?;
+                    w.identity.clone()
+                };
+                let creds = obtain(identity, Some(&id), &mut keep).await?;
+                (store, creds)
+            }
+        };
         let (id, info) = {
             let snap = store.load();
             let (_, w) = snap
@@ -230,42 +332,12 @@ impl MeshBuilder {
                 .ok_or_else(|| MeshStartError::UnknownWorkload(key.clone()))?;
             (w.identity.clone(), WorkloadInfo::from_workload(w))
         };
-        let mut keep = Keep::default();
-        let creds = match self.identity.ok_or(MeshStartError::Missing("identity"))? {
-            IdentitySource::Store(s) => s,
-            IdentitySource::Files(cert, key_file, bundle) => {
-                let w = FileSource::new(cert, key_file, bundle)
-                    .watch()
-                    .map_err(|e| MeshStartError::Identity(e.to_string()))?;
-                let s = w.store().clone();
-                keep.files = Some(Arc::new(w));
-                s
-            }
-            IdentitySource::Ca { addr, root, token } => {
-                let pem = std::fs::read(&root)
-                    .map_err(|e| MeshStartError::Identity(format!("{}: {e}", root.display())))?;
-                let bundle = TrustBundle::from_pem(&pem)
-                    .map_err(|e| MeshStartError::Identity(e.to_string()))?;
-                let bundles = TrustBundleSet::single(id.trust_domain().clone(), bundle);
-                let mut client = CaClient::new(addr, mesh_ca::ca_id(id.trust_domain()), bundles);
-                if let Some(t) = token {
-                    client = client.with_token(t);
-                }
-                let m = CertManager::start(id.clone(), Arc::new(client), ManagerConfig::default())
-                    .await
-                    .map_err(|e| MeshStartError::Identity(e.to_string()))?;
-                let s = m.store().clone();
-                keep.manager = Some(Arc::new(m));
-                s
-            }
-        };
         if creds.load().id() != &id {
             return Err(MeshStartError::Identity(format!(
                 "the certificate is for {}, but {key} is {id}",
                 creds.load().id()
             )));
         }
-        keep.config = watcher.map(Arc::new);
         Ok(Mesh {
             inner: Arc::new(MeshInner {
                 store,
@@ -282,10 +354,51 @@ impl MeshBuilder {
     }
 }
 
+/// The workload's credentials from `source`; `id` is the identity to ask
+/// mesh-ca for (required for it, checked later for the others).
+async fn obtain(
+    source: IdentitySource,
+    id: Option<&SpiffeId>,
+    keep: &mut Keep,
+) -> Result<CredentialStore, MeshStartError> {
+    Ok(match source {
+        IdentitySource::Store(s) => s,
+        IdentitySource::Files(cert, key_file, bundle) => {
+            let w = FileSource::new(cert, key_file, bundle)
+                .watch()
+                .map_err(|e| MeshStartError::Identity(e.to_string()))?;
+            let s = w.store().clone();
+            keep.files = Some(Arc::new(w));
+            s
+        }
+        IdentitySource::Ca { addr, root, token } => {
+            let id = id.ok_or(MeshStartError::Missing(
+                "service_account (the identity to ask mesh-ca for)",
+            ))?;
+            let pem = std::fs::read(&root)
+                .map_err(|e| MeshStartError::Identity(format!("{}: {e}", root.display())))?;
+            let bundle =
+                TrustBundle::from_pem(&pem).map_err(|e| MeshStartError::Identity(e.to_string()))?;
+            let bundles = TrustBundleSet::single(id.trust_domain().clone(), bundle);
+            let mut client = CaClient::new(addr, mesh_ca::ca_id(id.trust_domain()), bundles);
+            if let Some(t) = token {
+                client = client.with_token(t);
+            }
+            let m = CertManager::start(id.clone(), Arc::new(client), ManagerConfig::default())
+                .await
+                .map_err(|e| MeshStartError::Identity(e.to_string()))?;
+            let s = m.store().clone();
+            keep.manager = Some(Arc::new(m));
+            s
+        }
+    })
+}
+
 /// What must live as long as the mesh: watchers and the renewal task.
 #[derive(Default)]
 struct Keep {
     config: Option<Arc<FileWatcher>>,
+    xds: Option<Arc<crate::xds::XdsClient>>,
     files: Option<Arc<mesh_ca::FileWatcher>>,
     manager: Option<Arc<CertManager>>,
 }
@@ -326,6 +439,10 @@ impl Mesh {
         MeshBuilder {
             config: None,
             store: None,
+            control_plane: None,
+            control_plane_id: None,
+            service_account: None,
+            trust_domain: None,
             workload: None,
             identity: None,
             settings: ServerSettings::default(),

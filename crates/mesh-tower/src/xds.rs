@@ -191,6 +191,36 @@ impl XdsClient {
     }
 }
 
+/// Follows the control plane of `config`, authenticating with
+/// `credentials`, into a store of its own; returns once the first good
+/// configuration is in it, logging every 5 s why there is none yet (no
+/// answer, a refusal, a rejected configuration). What `mesh-proxy
+/// --control-plane` and [`MeshBuilder::control_plane`] start with.
+///
+/// [`MeshBuilder::control_plane`]: crate::MeshBuilder::control_plane
+pub async fn follow(config: XdsConfig, credentials: CredentialStore) -> (Arc<Store>, XdsClient) {
+    // The store says when it applied: no polling for readiness.
+    let (applied, mut ready) = tokio::sync::watch::channel(0u64);
+    let store = Arc::new(Store::new().on_apply(move |v| {
+        applied.send_replace(v);
+    }));
+    let (addr, node) = (config.addr.clone(), config.workload.clone());
+    let client = XdsClient::spawn(config, credentials, store.clone());
+    while tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|v| *v > 0))
+        .await
+        .is_err()
+    {
+        let status = client.status();
+        let why = status
+            .last_nack()
+            .map(|e| format!("the configuration was rejected: {e}"))
+            .or_else(|| status.last_error())
+            .unwrap_or_else(|| "no answer yet".into());
+        tracing::warn!(control_plane = %addr, %node, "waiting for the first configuration: {why}");
+    }
+    (store, client)
+}
+
 /// The documents held: name → (version, body).
 type Held = BTreeMap<String, (String, Vec<u8>)>;
 
