@@ -201,7 +201,7 @@ async fn the_builder_says_what_is_missing() {
         "no WorkloadEntry default/nope in the configuration"
     );
     let err = Mesh::builder()
-        .store(store)
+        .store(store.clone())
         .workload("default", "reviews-v1")
         .identity_store(pki.store("productpage"))
         .build()
@@ -212,6 +212,37 @@ async fn the_builder_says_what_is_missing() {
             .contains("the certificate is for spiffe://cluster.local/ns/default/sa/productpage"),
         "{err}"
     );
+    // On a control plane: one source of configuration, and an identity to
+    // ask mesh-ca for; a control-plane setting without one is refused.
+    let err = Mesh::builder()
+        .store(store.clone())
+        .control_plane("127.0.0.1:1")
+        .workload("default", "reviews-v1")
+        .identity_store(pki.store("reviews"))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not two"), "{err}");
+    let err = Mesh::builder()
+        .control_plane("127.0.0.1:1")
+        .workload("default", "reviews-v1")
+        .identity_ca("127.0.0.1:1", "/nonexistent/root-cert.pem", None)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("missing setting: service_account"),
+        "{err}"
+    );
+    let err = Mesh::builder()
+        .store(store)
+        .workload("default", "reviews-v1")
+        .service_account("reviews")
+        .identity_store(pki.store("reviews"))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("control plane only"), "{err}");
 }
 
 /// Two 1 KiB frames with no size announced: the body only shows it is
