@@ -3,7 +3,10 @@
 # v1 and v2 (two `php -S` servers of the same WordPress; v2 is marked by a
 # must-use plugin), a mesh-proxy sidecar for each of them, and the gateway on
 # https://blog.example.test:8443 splitting 90/10. Everything talks mTLS with
-# SPIFFE identities issued by mesh-ca.
+# SPIFFE identities issued by mesh-ca. mesh-ca is the control plane too: it
+# serves the configuration folder ($MESH_STATE/mesh) to every proxy over
+# xDS, and the proxies read no folder of their own (`--control-plane`): an
+# edit of the folder reaches them all, live.
 #
 # Two modes (MESH_MODE, default `pods` as root, else `explicit`):
 # - pods: MariaDB, WordPress v1, v2 and the gateway each in a network
@@ -22,6 +25,7 @@
 #   examples/wordpress-canary/run.sh stop     stop what `start` started
 #
 #   examples/wordpress-canary/run.sh metrics NAME   a proxy's metrics (gateway, mysql, v1, v2, ca)
+#   examples/wordpress-canary/run.sh restart-control-plane   stop mesh-ca and start it again
 #
 # Environment: MESH_STATE (state folder, default target/wordpress-canary),
 # MESH_BIN (folder with mesh-proxy and mesh-ca; built in release when unset),
@@ -309,30 +313,59 @@ wp_up() { # version: WordPress answers on its own port
 
 token() { "$bin/mesh-ca" token --dir "$state/ca" --id "spiffe://$td/ns/default/sa/$1" --ttl 1h; }
 
+# mesh-ca as the CA and the control plane (the configuration folder over
+# xDS), on its serving and metrics addresses; its arguments are kept for
+# `restart-control-plane`.
+control_plane() { # listen metrics
+  printf '%s\n' "$1" "$2" >"$state/control-plane"
+  spawn mesh-ca "$bin/mesh-ca" serve --dir "$state/ca" --listen "$1" --metrics-addr "$2" --config "$state/mesh"
+  wait_for mesh-ca curl -s -o /dev/null "http://$2/metrics"
+}
+
+# Stops mesh-ca (SIGTERM: it drains) and starts it again on the same
+# addresses. The proxies keep serving their last good configuration and
+# certificates meanwhile, reconnect, and follow it again.
+restart_control_plane() {
+  local pid
+  pid=$(awk '$2 == "mesh-ca" { print $1 }' "$state/pids" | tail -1)
+  [ -n "$pid" ] || die "mesh-ca is not running"
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && die "mesh-ca did not stop"
+  awk -v pid="$pid" '$1 != pid' "$state/pids" >"$state/pids.tmp" && mv "$state/pids.tmp" "$state/pids"
+  mv "$state/logs/mesh-ca.log" "$state/logs/mesh-ca.$(date +%s%N).log"
+  local listen metrics
+  { read -r listen; read -r metrics; } <"$state/control-plane"
+  control_plane "$listen" "$metrics"
+  log "mesh-ca restarted on $listen"
+}
+
 start_explicit() {
   edge_ip=127.0.0.1
   printf '%s\n' MODE=explicit EDGE_IP=127.0.0.1 MYSQL_INBOUND=127.0.0.1:15306 \
     V1_INBOUND=127.0.0.1:15081 "CA_METRICS=$ca_metrics_addr" >"$state/endpoints"
   log "starting mesh-ca on $ca_addr"
   "$bin/mesh-ca" init --dir "$state/ca" --trust-domain $td >/dev/null
-  spawn mesh-ca "$bin/mesh-ca" serve --dir "$state/ca" --listen $ca_addr --metrics-addr $ca_metrics_addr
-  local sidecar=("$bin/mesh-proxy" sidecar --config "$state/mesh" --ca $ca_addr --ca-root "$state/ca/root-cert.pem" --http-proxy off)
+  control_plane $ca_addr $ca_metrics_addr
+  local sidecar=("$bin/mesh-proxy" sidecar --control-plane $ca_addr --ca-root "$state/ca/root-cert.pem" --http-proxy off)
 
   log "starting MariaDB on 127.0.0.1:$db_port (reachable through its sidecar on 15306)"
   start_db 127.0.0.1 $db_port 127.0.0.1
-  spawn sidecar-mysql "${sidecar[@]}" --workload mysql --app 127.0.0.1:$db_port --admin 127.0.0.1:15300 --token "$(token mysql)"
+  spawn sidecar-mysql "${sidecar[@]}" --workload mysql --service-account mysql --app 127.0.0.1:$db_port \
+    --admin 127.0.0.1:15300 --token "$(token mysql)"
 
   log "starting WordPress v1 (127.0.0.1:8081) and v2 (127.0.0.1:8082)"
   start_wordpress v1 127.0.0.1 8081 127.0.0.1:13306
   start_wordpress v2 127.0.0.1 8082 127.0.0.1:13316
-  spawn sidecar-v1 "${sidecar[@]}" --workload wordpress-v1 --app 127.0.0.1:8081 --admin 127.0.0.1:15301 \
+  spawn sidecar-v1 "${sidecar[@]}" --workload wordpress-v1 --service-account wordpress --app 127.0.0.1:8081 --admin 127.0.0.1:15301 \
     --outbound mysql.default.svc.cluster.local:3306=127.0.0.1:13306 --token "$(token wordpress)"
-  spawn sidecar-v2 "${sidecar[@]}" --workload wordpress-v2 --app 127.0.0.1:8082 --admin 127.0.0.1:15302 \
+  spawn sidecar-v2 "${sidecar[@]}" --workload wordpress-v2 --service-account wordpress --app 127.0.0.1:8082 --admin 127.0.0.1:15302 \
     --outbound mysql.default.svc.cluster.local:3306=127.0.0.1:13316 --token "$(token wordpress)"
 
   log "starting the gateway on https://$host:$https_port"
-  spawn gateway "$bin/mesh-proxy" gateway --config "$state/mesh" --gateway blog-gateway --ca $ca_addr \
-    --ca-root "$state/ca/root-cert.pem" --admin 127.0.0.1:15000 --token "$(token blog-gateway)"
+  spawn gateway "$bin/mesh-proxy" gateway --control-plane $ca_addr --gateway blog-gateway \
+    --credentials-dir "$state/mesh" --ca-root "$state/ca/root-cert.pem" --admin 127.0.0.1:15000 \
+    --token "$(token blog-gateway)"
 
   for port in 15300 15301 15302 15000; do wait_for "the proxy with admin port $port" ready $port; done
 }
@@ -340,7 +373,7 @@ start_explicit() {
 # A sidecar in capture mode in its pod, as the proxy's uid.
 pod_sidecar() { # pod workload service-account
   spawn "sidecar-$1" ip netns exec "$(ns "$1")" setpriv --reuid $proxy_uid --regid $proxy_uid --clear-groups \
-    "$bin/mesh-proxy" sidecar --capture --config "$state/mesh" --workload "$2" --ca "$pod_ca" \
+    "$bin/mesh-proxy" sidecar --capture --control-plane "$pod_ca" --workload "$2" --service-account "$3" \
     --ca-root "$state/ca/root-cert.pem" --token "$(token "$3")"
 }
 
@@ -361,8 +394,7 @@ start_pods() {
   "$bin/mesh-ca" init --dir "$state/ca" --trust-domain $td >/dev/null
   chmod 755 "$state/ca"
   chmod 644 "$state/ca/root-cert.pem"
-  spawn mesh-ca "$bin/mesh-ca" serve --dir "$state/ca" --listen "$pod_ca" --metrics-addr "$ca_metrics"
-  wait_for mesh-ca curl -s -o /dev/null "http://$ca_metrics/metrics"
+  control_plane "$pod_ca" "$ca_metrics"
   local pod
   for pod in mysql v1 v2; do
     in_pod $pod "$bin/mesh-proxy" init >"$state/logs/init-$pod.log" 2>&1 ||
@@ -381,8 +413,8 @@ start_pods() {
 
   log "starting the gateway in $(ns gateway) on https://$host:$https_port ($edge_ip)"
   spawn gateway ip netns exec "$(ns gateway)" setpriv --reuid $proxy_uid --regid $proxy_uid --clear-groups \
-    "$bin/mesh-proxy" gateway --config "$state/mesh" --gateway blog-gateway --listen-address 0.0.0.0 \
-    --ca "$pod_ca" --ca-root "$state/ca/root-cert.pem" --token "$(token blog-gateway)"
+    "$bin/mesh-proxy" gateway --control-plane "$pod_ca" --gateway blog-gateway --listen-address 0.0.0.0 \
+    --credentials-dir "$state/mesh" --ca-root "$state/ca/root-cert.pem" --token "$(token blog-gateway)"
   for pod in mysql v1 v2 gateway; do wait_for "the proxy in $(ns $pod)" pod_ready $pod; done
 }
 
@@ -434,6 +466,7 @@ case "${1:-run}" in
   stop) stop ;;
   split) split ;;
   metrics) metrics "${2:?usage: $0 metrics gateway|mysql|v1|v2|ca}" ;;
+  restart-control-plane) restart_control_plane ;;
   run)
     trap 'stop; exit 0' INT TERM
     start
@@ -448,7 +481,7 @@ case "${1:-run}" in
   The blog:      https://$host:$https_port/   (admin: admin / $(cat "$state/admin-password"))
   With curl:     curl --resolve $host:$https_port:$edge_ip --cacert $state/mesh/certs/$host.crt https://$host:$https_port/
   In a browser:  add "$edge_ip $host" to /etc/hosts and accept $state/mesh/certs/$host.crt
-  Mesh config:   $state/mesh (edit the VirtualService in edge.yaml: weights change live)
+  Mesh config:   $state/mesh (mesh-ca serves it to every proxy: edit the VirtualService in edge.yaml, weights change live)
   Admin:         $admins
   CA metrics:    http://$(sed -n 's/^CA_METRICS=//p' "$state/endpoints")/metrics
   Logs:          $state/logs
@@ -462,5 +495,5 @@ EOF
       sleep 10
     done
     ;;
-  *) die "usage: $0 [run|start|stop|split|metrics NAME]" ;;
+  *) die "usage: $0 [run|start|stop|split|metrics NAME|restart-control-plane]" ;;
 esac

@@ -403,6 +403,57 @@ fn end_to_end(s: &Scenario) {
         *versions.entry(first).or_insert(0) += 1;
     }
 
+    // 3b. Every proxy follows the control plane (no folder of its own):
+    //    mesh-ca restarted during traffic fails no request (the proxies
+    //    serve their last good configuration meanwhile), and they all
+    //    reconnect to it; step 4's edit reaches them through it.
+    let load = {
+        let mut c = s.curl();
+        c.args([
+            "-w",
+            "%{http_code} %header{x-app-version}\\n",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(format!("https://{HOST}:{HTTPS}/?restart=[1-400]"));
+        std::thread::spawn(move || c.output().unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let restarted = s.script(&["restart-control-plane"]);
+    assert!(
+        restarted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restarted.stderr)
+    );
+    assert!(
+        !load.is_finished(),
+        "the load ended before the restart did: nothing was tested"
+    );
+    let during = load.join().unwrap();
+    let during: Vec<u16> = String::from_utf8_lossy(&during.stdout)
+        .lines()
+        .map(|l| l[..3].parse().unwrap_or(0))
+        .collect();
+    assert_eq!(during.len(), 400);
+    assert!(
+        during.iter().all(|c| *c == 200),
+        "failed requests while the control plane restarted: {}\n{}",
+        during.iter().filter(|c| **c != 200).count(),
+        s.logs()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ca = s.metrics("ca");
+        if ca.lines().any(|l| l == "mesh_xds_connected_clients 4") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxies did not reconnect to the restarted control plane:\n{ca}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // 4. Rewriting the VirtualService to 50/50 takes effect within 2 s with
     //    no failed request during the change.
     let load = {

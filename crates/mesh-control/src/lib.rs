@@ -37,6 +37,7 @@ mod ca;
 pub mod grpc;
 mod monitor;
 mod proxyless;
+pub mod report;
 pub mod xds;
 
 use std::net::SocketAddr;
@@ -49,7 +50,7 @@ use mesh_ca::{CertificateAuthority, CredentialStore, TokenStore};
 use mesh_tower::server::{ServerHandle, ServerSettings};
 use tokio::net::TcpListener;
 
-pub use monitor::{CONFIG_STATUS_PATH, METRICS_PATHS};
+pub use monitor::{CHECK_PATH, CONFIG_STATUS_PATH, EXIT_HEADER, EXPLAIN_PATH, METRICS_PATHS};
 pub use xds::{ConfigServer, ConfigServerError};
 
 use monitor::Monitor;

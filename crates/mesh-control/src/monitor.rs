@@ -1,7 +1,12 @@
 //! The metrics endpoint (istiod's "monitoring" port): the CA's counters and
 //! its serving certificate's, in Prometheus text format, rendered by the
 //! definitions in [`mesh_ca::metrics`] that `mesh-proxy`'s admin
-//! `/stats/prometheus` renders with too.
+//! `/stats/prometheus` renders with too; and, with a configuration server,
+//! its status ([`CONFIG_STATUS_PATH`]) and `check` and `explain` on the
+//! configuration it serves ([`CHECK_PATH`], [`EXPLAIN_PATH`]). Those tell
+//! the configuration's content (policies, routes): bind the endpoint where
+//! only operators reach it (its default is loopback), as istiod's debug
+//! endpoints.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,6 +31,107 @@ pub const METRICS_PATHS: [&str; 2] = ["/metrics", "/stats/prometheus"];
 /// configuration read if it was rejected (file, resource and field, as
 /// `mesh-proxy check` names them).
 pub const CONFIG_STATUS_PATH: &str = "/debug/config";
+
+/// `mesh-proxy check` on the configuration the control plane serves: the
+/// report as the command prints it (`?output=json` for JSON, `&capture=true`
+/// for `--capture`), its exit status in [`EXIT_HEADER`].
+pub const CHECK_PATH: &str = "/debug/check";
+
+/// `mesh-proxy explain` on the configuration the control plane serves:
+/// `?from=..&to=..` and optionally `method`, `path`, `header=NAME=VALUE`
+/// (repeatable), `output=json`; the exit status in [`EXIT_HEADER`].
+pub const EXPLAIN_PATH: &str = "/debug/explain";
+
+/// The header carrying a report's exit status (0, 1 or 2).
+pub const EXIT_HEADER: &str = "x-mesh-exit-code";
+
+/// The query's parameters, percent-decoded (`+` is a space, as in forms).
+fn params(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let decode =
+                |s: &str| mesh_core::normalize::decode_once(&s.replace('+', " ")).into_owned();
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// A report as an answer: its text (stdout, then stderr) and exit status.
+fn report_answer(out: &crate::report::Output, json: bool) -> Response<BoxBody> {
+    let content_type = if json {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut r = answer(
+        StatusCode::OK,
+        full(format!("{}{}", out.stdout, out.stderr)),
+        content_type,
+    );
+    r.headers_mut()
+        .insert(EXIT_HEADER, HeaderValue::from(u16::from(out.exit)));
+    r
+}
+
+/// `check` or `explain` on what `xds` serves now.
+fn debug_report(xds: &ConfigServer, path: &str, query: Option<&str>) -> Response<BoxBody> {
+    let params = params(query);
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let json = get("output") == Some("json");
+    let snap = xds.snapshot();
+    if path == CHECK_PATH {
+        let options = mesh_core::analyze::CheckOptions {
+            capture: get("capture") == Some("true"),
+        };
+        let resources = xds.resources();
+        return report_answer(
+            &crate::report::check(&resources, &snap, options, json),
+            json,
+        );
+    }
+    let (Some(from), Some(to)) = (get("from"), get("to")) else {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            full(format!(
+                "{EXPLAIN_PATH} needs from= and to= (and may take method=, path=, header=NAME=VALUE, output=json)\n"
+            )),
+            "text/plain",
+        );
+    };
+    let mut headers = Vec::new();
+    for (k, v) in params.iter().filter(|(k, _)| k == "header") {
+        let _ = k;
+        match v.split_once('=') {
+            Some((n, v)) if !n.trim().is_empty() => {
+                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+            _ => {
+                return answer(
+                    StatusCode::BAD_REQUEST,
+                    full(format!("header={v:?} is not NAME=VALUE\n")),
+                    "text/plain",
+                );
+            }
+        }
+    }
+    let query = mesh_core::explain::Query {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        method: get("method").unwrap_or("GET").to_owned(),
+        path: get("path").unwrap_or("/").to_owned(),
+        headers,
+    };
+    report_answer(&crate::report::explain(&snap, &query, json), json)
+}
 
 /// What the control plane reports: the signing service's counters and the
 /// CA's serving certificate. Cheap to clone.
@@ -78,10 +184,17 @@ impl Monitor {
             let body = serde_json::to_string_pretty(&xds.stats()).unwrap_or_default();
             return answer(StatusCode::OK, full(body + "\n"), "application/json");
         }
+        if let (CHECK_PATH | EXPLAIN_PATH, Some(xds), &Method::GET) =
+            (path, &self.xds, req.method())
+        {
+            return debug_report(xds, path, req.uri().query());
+        }
         if !METRICS_PATHS.contains(&path) {
             return answer(
                 StatusCode::NOT_FOUND,
-                full("endpoints: /metrics /stats/prometheus /debug/config\n"),
+                full(
+                    "endpoints: /metrics /stats/prometheus /debug/config /debug/check /debug/explain\n",
+                ),
                 "text/plain",
             );
         }

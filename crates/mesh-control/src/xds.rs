@@ -309,6 +309,16 @@ impl ConfigServer {
         self.inner.store.stats()
     }
 
+    /// The snapshot of the configuration in force (the last good one).
+    pub fn snapshot(&self) -> Arc<mesh_core::snapshot::Snapshot> {
+        self.inner.store.load()
+    }
+
+    /// The resources of the configuration in force.
+    pub fn resources(&self) -> Arc<mesh_core::resources::Resources> {
+        self.inner.store.resources().unwrap_or_default()
+    }
+
     /// The version being served.
     pub fn version(&self) -> u64 {
         self.inner.published.borrow().version

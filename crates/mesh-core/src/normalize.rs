@@ -140,7 +140,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
 
 /// Percent-decodes once, as an application reads the path; invalid escapes
 /// stay as they are, bytes that are not UTF-8 become U+FFFD.
-pub(crate) fn decode_once(s: &str) -> Cow<'_, str> {
+pub fn decode_once(s: &str) -> Cow<'_, str> {
     if !s.contains('%') {
         return Cow::Borrowed(s);
     }

@@ -1,19 +1,18 @@
-//! The `check` and `explain` commands: each prints its report (a table,
-//! or JSON for tools) to standard output, errors to standard error, and
-//! returns the exit status the command line gives.
+//! The `check` and `explain` commands on a folder: each prints its report
+//! (a table, or JSON for tools; [`mesh_control::report`] makes it, the
+//! same one the control plane's admin endpoint answers) to standard output,
+//! errors to standard error, and returns the exit status the command line
+//! gives.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use mesh_core::analyze::{self, Report, Severity, TlsStatus};
+use mesh_control::report::{self, Output};
+use mesh_core::analyze;
 use mesh_core::error::ConfigErrors;
-use mesh_core::explain::{self, Query};
-use mesh_core::resources::{ResourceRef, Resources};
+use mesh_core::explain::Query;
+use mesh_core::resources::Resources;
 use mesh_core::snapshot::{self, Snapshot};
-
-/// Exit status when the configuration cannot be read.
-const UNREADABLE: u8 = 2;
 
 fn load(config: &Path) -> Result<(Resources, Snapshot), ConfigErrors> {
     let resources = mesh_core::load::load_path(config)?;
@@ -21,14 +20,11 @@ fn load(config: &Path) -> Result<(Resources, Snapshot), ConfigErrors> {
     Ok((resources, snap))
 }
 
-fn unreadable(errors: &ConfigErrors, json: bool) -> ExitCode {
-    if json {
-        let v = serde_json::json!({ "readable": false, "errors": errors });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-    } else {
-        eprintln!("error: the configuration cannot be used: {errors}");
-    }
-    ExitCode::from(UNREADABLE)
+/// Prints `out` and returns its exit status.
+pub fn print(out: &Output) -> ExitCode {
+    print!("{}", out.stdout);
+    eprint!("{}", out.stderr);
+    ExitCode::from(out.exit)
 }
 
 /// Checks the configuration at `config`: the TLS table (server mTLS mode
@@ -36,155 +32,10 @@ fn unreadable(errors: &ConfigErrors, json: bool) -> ExitCode {
 /// analyzers. 0 clean (warnings allowed), 1 errors or conflicts, 2 the
 /// configuration cannot be read.
 pub fn check(config: &Path, json: bool, options: analyze::CheckOptions) -> ExitCode {
-    let (resources, snap) = match load(config) {
-        Ok(x) => x,
-        Err(e) => return unreadable(&e, json),
-    };
-    let mut report = analyze::check_with(&snap, &resources, options);
-    // What gRPC's proxyless clients (served by the control plane) cannot
-    // honour of the gRPC ports: warnings, after the analyzers' own.
-    report.findings.extend(mesh_control::grpc::findings(&snap));
-    if json {
-        let v = serde_json::json!({
-            "readable": true,
-            "tls": report.tls,
-            "findings": report.findings,
-            "skipped": resources.skipped,
-        });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-    } else {
-        print!("{}", render(&report, &resources));
-    }
-    if report.has_errors() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
-fn names(refs: &[ResourceRef]) -> String {
-    if refs.is_empty() {
-        return "-".to_owned();
-    }
-    refs.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn render(report: &Report, resources: &Resources) -> String {
-    let mut out = String::new();
-    let header = [
-        "HOST:PORT",
-        "STATUS",
-        "SERVER",
-        "CLIENT",
-        "AUTHN POLICY",
-        "DESTINATION RULE",
-    ];
-    let rows: Vec<[String; 6]> = report
-        .tls
-        .iter()
-        .map(|r| {
-            [
-                r.host_port.clone(),
-                match r.status {
-                    TlsStatus::Ok => "OK".to_owned(),
-                    TlsStatus::Conflict => "CONFLICT".to_owned(),
-                },
-                r.server.clone(),
-                r.client.clone(),
-                names(&r.authn_policies),
-                r.destination_rule
-                    .as_ref()
-                    .map_or("-".to_owned(), ToString::to_string),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |out: &mut String, cells: &[&str]| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                let _ = write!(s, "{c:<width$}  ", width = widths[i]);
-            }
-        }
-        out.push_str(s.trim_end());
-        out.push('\n');
-    };
-    line(&mut out, &header);
-    for row in &rows {
-        line(
-            &mut out,
-            &row.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-    }
-    for r in report
-        .tls
-        .iter()
-        .filter(|r| r.status == TlsStatus::Conflict)
-    {
-        let _ = writeln!(
-            out,
-            "  CONFLICT {}: {}",
-            r.host_port,
-            r.reason.as_deref().unwrap_or_default()
-        );
-    }
-    if !report.findings.is_empty() {
-        out.push('\n');
-    }
-    for f in &report.findings {
-        let sev = match f.severity {
-            Severity::Error => "ERROR",
-            Severity::Warning => "WARNING",
-        };
-        let _ = writeln!(out, "{sev:<7} {} {}", f.code, f.message);
-        for r in &f.resources {
-            let _ = writeln!(out, "          {r}: {}", r.origin);
-        }
-    }
-    if !resources.skipped.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nskipped {} document(s) of kinds the mesh does not read:",
-            resources.skipped.len()
-        );
-        for s in &resources.skipped {
-            let _ = writeln!(
-                out,
-                "  {} {} {}: {}",
-                s.api_version,
-                s.kind,
-                s.name.as_deref().unwrap_or("(unnamed)"),
-                s.origin
-            );
-        }
-    }
-    let errors = report
-        .findings
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .count();
-    let warnings = report.findings.len() - errors;
-    let conflicts = report
-        .tls
-        .iter()
-        .filter(|r| r.status == TlsStatus::Conflict)
-        .count();
-    let _ = writeln!(
-        out,
-        "\n{} service port(s): {conflicts} conflict(s), {errors} error(s), {warnings} warning(s)",
-        report.tls.len()
-    );
-    out
+    print(&match load(config) {
+        Ok((resources, snap)) => report::check(&resources, &snap, options, json),
+        Err(e) => report::unreadable(&e, json),
+    })
 }
 
 /// Explains the decision for one request, step by step, naming the
@@ -192,26 +43,130 @@ fn render(report: &Report, resources: &Resources) -> String {
 /// some step refuses it, 2 when the configuration or the query cannot be
 /// read.
 pub fn explain(config: &Path, query: &Query, json: bool) -> ExitCode {
-    let snap = match load(config) {
-        Ok((_, snap)) => snap,
-        Err(e) => return unreadable(&e, json),
-    };
-    match explain::explain(&snap, query) {
-        Ok(x) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&x).unwrap_or_default());
-            } else {
-                println!("{x}");
-            }
-            if x.steps.iter().all(|s| s.ok) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+    print(&match load(config) {
+        Ok((_, snap)) => report::explain(&snap, query, json),
+        Err(e) => report::unreadable(&e, json),
+    })
+}
+
+/// `check` on the configuration a running control plane serves, read from
+/// its admin (metrics) address (`mesh-ca serve --metrics-addr`).
+pub fn check_remote(admin: &str, json: bool, options: analyze::CheckOptions) -> ExitCode {
+    let mut params = Vec::new();
+    if json {
+        params.push(("output", "json".to_owned()));
+    }
+    if options.capture {
+        params.push(("capture", "true".to_owned()));
+    }
+    remote(admin, mesh_control::CHECK_PATH, &params)
+}
+
+/// `explain` on the configuration a running control plane serves.
+pub fn explain_remote(admin: &str, query: &Query, json: bool) -> ExitCode {
+    let mut params = vec![
+        ("from", query.from.clone()),
+        ("to", query.to.clone()),
+        ("method", query.method.clone()),
+        ("path", query.path.clone()),
+    ];
+    params.extend(
+        query
+            .headers
+            .iter()
+            .map(|(k, v)| ("header", format!("{k}={v}"))),
+    );
+    if json {
+        params.push(("output", "json".to_owned()));
+    }
+    remote(admin, mesh_control::EXPLAIN_PATH, &params)
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// GETs a report from the control plane's admin address and prints it;
+/// exit 2 (with the reason) when it cannot be had.
+fn remote(admin: &str, path: &str, params: &[(&str, String)]) -> ExitCode {
+    match fetch(admin, path, params) {
+        Ok((exit, body)) => {
+            print!("{body}");
+            ExitCode::from(exit)
         }
         Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(UNREADABLE)
+            eprintln!("error: --control-plane-admin {admin}: {e}");
+            ExitCode::from(report::UNREADABLE)
         }
+    }
+}
+
+fn fetch(admin: &str, path: &str, params: &[(&str, String)]) -> Result<(u8, String), String> {
+    use std::io::{Read as _, Write as _};
+    if admin.starts_with("https://") {
+        return Err("the admin address is plain HTTP (http://HOST:PORT or HOST:PORT)".into());
+    }
+    let authority = admin
+        .strip_prefix("http://")
+        .unwrap_or(admin)
+        .trim_end_matches('/');
+    if authority.contains('/') {
+        return Err("give the address only (http://HOST:PORT), not a path".into());
+    }
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect();
+    let target = if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    };
+    let timeout = std::time::Duration::from_secs(10);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let mut tcp =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        tcp,
+        "GET {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("the control plane's answer has no head")?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or_default();
+    let exit = lines.find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case(mesh_control::EXIT_HEADER)
+            .then(|| value.trim().parse::<u8>().ok())
+            .flatten()
+    });
+    match (status, exit) {
+        ("200", Some(exit)) => Ok((exit, body.to_owned())),
+        ("404", _) => Err(format!(
+            "{path} is not served there: is it `mesh-ca serve --config` with --metrics-addr?"
+        )),
+        (status, _) => Err(format!("answered {status}: {}", body.trim())),
     }
 }

@@ -54,8 +54,13 @@ enum Command {
     /// configuration unreadable.
     Check {
         /// A YAML file or a folder of them.
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required_unless_present = "control_plane_admin")]
+        config: Option<PathBuf>,
+        /// Instead of a folder: the configuration a running control plane
+        /// serves, from its admin address (`mesh-ca serve --metrics-addr`,
+        /// `http://HOST:PORT`).
+        #[arg(long, value_name = "URL", conflicts_with = "config")]
+        control_plane_admin: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
@@ -71,8 +76,12 @@ enum Command {
     /// query cannot be read.
     Explain {
         /// A YAML file or a folder of them.
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required_unless_present = "control_plane_admin")]
+        config: Option<PathBuf>,
+        /// Instead of a folder: the configuration a running control plane
+        /// serves, from its admin address (`http://HOST:PORT`).
+        #[arg(long, value_name = "URL", conflicts_with = "config")]
+        control_plane_admin: Option<String>,
         /// The calling workload: a WorkloadEntry name, or namespace/name.
         #[arg(long)]
         from: String,
@@ -143,15 +152,21 @@ fn main() -> ExitCode {
         },
         Command::Check {
             config,
+            control_plane_admin,
             output,
             capture,
-        } => mesh_proxy::check::check(
-            &config,
-            output == Output::Json,
-            mesh_core::analyze::CheckOptions { capture },
-        ),
+        } => {
+            let options = mesh_core::analyze::CheckOptions { capture };
+            let json = output == Output::Json;
+            match (config, control_plane_admin) {
+                (Some(config), _) => mesh_proxy::check::check(&config, json, options),
+                (None, Some(admin)) => mesh_proxy::check::check_remote(&admin, json, options),
+                (None, None) => unreachable!("clap requires one"),
+            }
+        }
         Command::Explain {
             config,
+            control_plane_admin,
             from,
             to,
             method,
@@ -166,7 +181,12 @@ fn main() -> ExitCode {
                 path,
                 headers,
             };
-            mesh_proxy::check::explain(&config, &query, output == Output::Json)
+            let json = output == Output::Json;
+            match (config, control_plane_admin) {
+                (Some(config), _) => mesh_proxy::check::explain(&config, &query, json),
+                (None, Some(admin)) => mesh_proxy::check::explain_remote(&admin, &query, json),
+                (None, None) => unreachable!("clap requires one"),
+            }
         }
     }
 }

@@ -431,3 +431,77 @@ spec:
     );
     assert!(grpc.iter().any(|l| l.contains("mirror")), "{out}");
 }
+
+/// A running control plane: its runtime, its CA's folder, and the plane.
+type Running = (
+    tokio::runtime::Runtime,
+    tempfile::TempDir,
+    mesh_control::ControlPlane,
+);
+
+/// A control plane serving `dir`, in a runtime of the test's, with its
+/// admin (metrics) endpoint, and that endpoint's URL.
+fn control_plane(dir: &Path) -> (Running, String) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca_tmp = tempfile::tempdir().unwrap();
+    let ca_dir = ca_tmp.path().to_owned();
+    mesh_ca::CertificateAuthority::init_dir(
+        &ca_dir,
+        mesh_core::identity::TrustDomain::new("cluster.local").unwrap(),
+    )
+    .unwrap();
+    let plane = rt.block_on(async {
+        let ca = std::sync::Arc::new(mesh_ca::CertificateAuthority::open_dir(&ca_dir).unwrap());
+        mesh_control::ControlPlane::start_serving(
+            ca,
+            mesh_ca::TokenStore::new(&ca_dir),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            mesh_control::ControlPlaneConfig::default(),
+            mesh_control::ConfigServer::from_files(dir).unwrap(),
+        )
+        .await
+        .unwrap()
+        .with_metrics(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap()
+    });
+    let admin = format!("http://{}", plane.metrics_addr().unwrap());
+    ((rt, ca_tmp, plane), admin)
+}
+
+#[test]
+fn check_and_explain_read_a_running_control_plane_as_they_read_a_folder() {
+    let conflict = variant(|t| wordpress_dr_tls(t, "DISABLE"));
+    for dir in [example(), conflict.path().to_owned()] {
+        let dir = dir.to_str().unwrap().to_owned();
+        let (_running, admin) = control_plane(Path::new(&dir));
+        for output in ["table", "json"] {
+            let local = run(&["check", "--config", &dir, "--output", output]);
+            let remote = run(&["check", "--control-plane-admin", &admin, "--output", output]);
+            assert_eq!(local, remote, "check --output {output} of {dir}");
+        }
+        let query = [
+            "--from",
+            "wordpress-v1",
+            "--to",
+            "mysql:3306",
+            "--header",
+            "x-user=a b&c",
+        ];
+        let mut local = vec!["explain", "--config", &dir];
+        local.extend(query);
+        let mut remote = vec!["explain", "--control-plane-admin", &admin];
+        remote.extend(query);
+        assert_eq!(run(&local), run(&remote), "explain of {dir}");
+    }
+    // The conflict is exit 1 both ways (compared above); an address where
+    // no control plane answers is exit 2, said so.
+    let (code, _, err) = run(&["check", "--control-plane-admin", "http://127.0.0.1:1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--control-plane-admin http://127.0.0.1:1"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["check", "--control-plane-admin", "https://127.0.0.1:1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("plain HTTP"), "{err}");
+}
