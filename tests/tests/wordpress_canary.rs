@@ -186,6 +186,36 @@ impl Scenario {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `n` requests in a row on one connection (`?tag=[1-n]`), with
+    /// `action` done 300 ms in, while they run (asserted: a load that ended
+    /// first tested nothing); the status of each.
+    fn load_during(&self, tag: &str, n: usize, action: impl FnOnce()) -> Vec<u16> {
+        let load = {
+            let mut c = self.curl();
+            c.args([
+                "-w",
+                "%{http_code} %header{x-app-version}\\n",
+                "-o",
+                "/dev/null",
+            ])
+            .arg(format!("https://{HOST}:{HTTPS}/?{tag}=[1-{n}]"));
+            std::thread::spawn(move || c.output().unwrap())
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        action();
+        assert!(
+            !load.is_finished(),
+            "the load ended before the {tag} step did: nothing was tested"
+        );
+        let out = load.join().unwrap();
+        let codes: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l[..3].parse().unwrap_or(0))
+            .collect();
+        assert_eq!(codes.len(), n);
+        codes
+    }
+
     fn edit(&self, file: &str, edit: impl FnOnce(String) -> String) {
         let path = self.mesh().join(file);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -407,34 +437,14 @@ fn end_to_end(s: &Scenario) {
     //    mesh-ca restarted during traffic fails no request (the proxies
     //    serve their last good configuration meanwhile), and they all
     //    reconnect to it; step 4's edit reaches them through it.
-    let load = {
-        let mut c = s.curl();
-        c.args([
-            "-w",
-            "%{http_code} %header{x-app-version}\\n",
-            "-o",
-            "/dev/null",
-        ])
-        .arg(format!("https://{HOST}:{HTTPS}/?restart=[1-400]"));
-        std::thread::spawn(move || c.output().unwrap())
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    let restarted = s.script(&["restart-control-plane"]);
-    assert!(
-        restarted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&restarted.stderr)
-    );
-    assert!(
-        !load.is_finished(),
-        "the load ended before the restart did: nothing was tested"
-    );
-    let during = load.join().unwrap();
-    let during: Vec<u16> = String::from_utf8_lossy(&during.stdout)
-        .lines()
-        .map(|l| l[..3].parse().unwrap_or(0))
-        .collect();
-    assert_eq!(during.len(), 400);
+    let during = s.load_during("restart", 400, || {
+        let restarted = s.script(&["restart-control-plane"]);
+        assert!(
+            restarted.status.success(),
+            "{}",
+            String::from_utf8_lossy(&restarted.stderr)
+        );
+    });
     assert!(
         during.iter().all(|c| *c == 200),
         "failed requests while the control plane restarted: {}\n{}",
@@ -456,29 +466,14 @@ fn end_to_end(s: &Scenario) {
 
     // 4. Rewriting the VirtualService to 50/50 takes effect within 2 s with
     //    no failed request during the change.
-    let load = {
-        let mut c = s.curl();
-        c.args([
-            "-w",
-            "%{http_code} %header{x-app-version}\\n",
-            "-o",
-            "/dev/null",
-        ])
-        .arg(format!("https://{HOST}:{HTTPS}/?load=[1-400]"));
-        std::thread::spawn(move || c.output().unwrap())
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    s.edit("edge.yaml", |t| {
-        t.replace("weight: 90", "weight: 50")
-            .replace("weight: 10", "weight: 50")
+    let mut changed = Instant::now();
+    let during = s.load_during("load", 400, || {
+        s.edit("edge.yaml", |t| {
+            t.replace("weight: 90", "weight: 50")
+                .replace("weight: 10", "weight: 50")
+        });
+        changed = Instant::now();
     });
-    let changed = Instant::now();
-    let during = load.join().unwrap();
-    let during: Vec<u16> = String::from_utf8_lossy(&during.stdout)
-        .lines()
-        .map(|l| l[..3].parse().unwrap_or(0))
-        .collect();
-    assert_eq!(during.len(), 400);
     assert!(
         during.iter().all(|c| *c == 200),
         "failed requests during the reload: {:?}",

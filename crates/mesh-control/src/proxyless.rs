@@ -221,27 +221,19 @@ impl Stream {
     /// changed or was never answered.
     fn request(&mut self, req: DiscoveryRequest) -> Result<Option<usize>, Status> {
         let t = check_type(&req.type_url)?;
-        let sub = &mut self.types[t];
-        if let Some((version, nonce)) = &sub.sent {
-            if *nonce == req.response_nonce {
-                let m = &self.inner.metrics;
-                match &req.error_detail {
-                    None => {
-                        m.acks.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(e) => {
-                        m.nacks.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            workload = %self.client.workload,
-                            type_url = %req.type_url,
-                            version = %version,
-                            "a gRPC client rejected its configuration: {}",
-                            e.message
-                        );
-                    }
-                }
-            }
+        let answers_last = self.types[t]
+            .sent
+            .as_ref()
+            .is_some_and(|(_, nonce)| *nonce == req.response_nonce);
+        if answers_last {
+            self.inner.metrics.acknowledged(
+                &self.client.workload,
+                &req.type_url,
+                &req.response_nonce,
+                req.error_detail.as_ref(),
+            );
         }
+        let sub = &mut self.types[t];
         let names: BTreeSet<String> = req.resource_names.into_iter().collect();
         let changed = !sub.active || names != sub.names;
         sub.active = true;

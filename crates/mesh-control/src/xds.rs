@@ -203,6 +203,32 @@ pub(crate) struct XdsMetrics {
 }
 
 impl XdsMetrics {
+    /// Counts the answer of `workload` to its response `nonce` of
+    /// `type_url`: an ACK, or a NACK whose error is logged.
+    pub(crate) fn acknowledged(
+        &self,
+        workload: &str,
+        type_url: &str,
+        nonce: &str,
+        error: Option<&envoy_types::pb::google::rpc::Status>,
+    ) {
+        match error {
+            None => {
+                self.acks.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(e) => {
+                self.nacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    %workload,
+                    %type_url,
+                    %nonce,
+                    "a data plane rejected its configuration: {}",
+                    e.message
+                );
+            }
+        }
+    }
+
     pub(crate) fn refuse(&self, why: Refusal, status: Status) -> Status {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -671,21 +697,12 @@ impl Stream {
             // An answer to an older response, overtaken by a newer one.
             return Ok(());
         }
-        let m = &self.inner.metrics;
-        match &req.error_detail {
-            None => {
-                m.acks.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(e) => {
-                m.nacks.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    workload = %self.client.workload,
-                    nonce = %req.response_nonce,
-                    "a data plane rejected its configuration: {}",
-                    e.message
-                );
-            }
-        }
+        self.inner.metrics.acknowledged(
+            &self.client.workload,
+            CONFIG_TYPE_URL,
+            &req.response_nonce,
+            req.error_detail.as_ref(),
+        );
         Ok(())
     }
 }
