@@ -317,7 +317,7 @@ token() { "$bin/mesh-ca" token --dir "$state/ca" --id "spiffe://$td/ns/default/s
 # xDS), on its serving and metrics addresses; its arguments are kept for
 # `restart-control-plane`.
 control_plane() { # listen metrics
-  printf '%s\n' "$1" "$2" >"$state/control-plane"
+  printf '%s\n' "$1" "$2" "$bin" >"$state/control-plane"
   spawn mesh-ca "$bin/mesh-ca" serve --dir "$state/ca" --listen "$1" --metrics-addr "$2" --config "$state/mesh"
   wait_for mesh-ca curl -s -o /dev/null "http://$2/metrics"
 }
@@ -335,7 +335,7 @@ restart_control_plane() {
   awk -v pid="$pid" '$1 != pid' "$state/pids" >"$state/pids.tmp" && mv "$state/pids.tmp" "$state/pids"
   mv "$state/logs/mesh-ca.log" "$state/logs/mesh-ca.$(date +%s%N).log"
   local listen metrics
-  { read -r listen; read -r metrics; } <"$state/control-plane"
+  { read -r listen; read -r metrics; read -r bin; } <"$state/control-plane"
   control_plane "$listen" "$metrics"
   log "mesh-ca restarted on $listen"
 }

@@ -437,6 +437,8 @@ fn end_to_end(s: &Scenario) {
     //    mesh-ca restarted during traffic fails no request (the proxies
     //    serve their last good configuration meanwhile), and they all
     //    reconnect to it; step 4's edit reaches them through it.
+    // (The CA's counters start again with it: read them before.)
+    let ca_before_restart = s.metrics("ca");
     let during = s.load_during("restart", 400, || {
         let restarted = s.script(&["restart-control-plane"]);
         assert!(
@@ -644,9 +646,9 @@ fn end_to_end(s: &Scenario) {
     }
 
     // mesh-ca's metrics endpoint: it issued the four proxies' certificates
-    // (and renews none yet: 24 h leaves); its own certificate's metrics
-    // read, HELP and TYPE, exactly as the proxies' do.
-    let ca = s.metrics("ca");
+    // (before its restart; it renews none yet: 24 h leaves); its own
+    // certificate's metrics read, HELP and TYPE, exactly as the proxies' do.
+    let ca = ca_before_restart;
     let issued = ca
         .lines()
         .find_map(|l| l.strip_prefix("mesh_ca_certificates_issued_total "))
