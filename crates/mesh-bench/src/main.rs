@@ -27,6 +27,7 @@ mod report;
 mod serve;
 mod thirdparty;
 mod topo;
+mod xds_scale;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,6 +66,9 @@ enum Cmd {
     /// the harness inside a pod's network namespace).
     #[command(hide = true)]
     Load(pod_load::LoadArgs),
+    /// The control plane at scale: services, endpoints and data planes in
+    /// one process; push latency, bytes, CPU and memory.
+    XdsScale(xds_scale::ScaleArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -154,6 +158,7 @@ fn main() -> Result<()> {
         Some(Cmd::Serve(args)) => serve::run(args),
         Some(Cmd::Profile(args)) => profile::run(args),
         Some(Cmd::Load(args)) => pod_load::run(args),
+        Some(Cmd::XdsScale(args)) => xds_scale::run(args),
         None => run(cli.run),
     }
 }

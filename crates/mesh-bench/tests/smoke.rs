@@ -115,3 +115,41 @@ fn smoke_run_prints_every_topology_and_ratio() {
         assert!(left.is_empty(), "namespaces left behind: {left:?}");
     }
 }
+
+/// The control plane's scale benchmark, small: every client gets its first
+/// configuration, every change reaches the clients of its namespace, and
+/// none reaches another namespace's (the benchmark fails otherwise).
+#[test]
+fn xds_scale_small_runs_and_pushes_only_where_a_change_is_seen() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-bench"))
+        .args([
+            "xds-scale",
+            "--services",
+            "20",
+            "--endpoints",
+            "3",
+            "--namespaces",
+            "4",
+            "--clients",
+            "12",
+            "--changes",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("clients: all 12 with their first configuration"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("each reaching its 3 clients"), "{stdout}");
+    assert!(
+        stdout.contains("0 pushes to clients of other namespaces"),
+        "{stdout}"
+    );
+}

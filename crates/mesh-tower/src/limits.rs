@@ -253,9 +253,40 @@ pub struct BodyLimit<S> {
     limits: BodyLimits,
 }
 
+/// How much of a refused body is read and thrown away after the 413 (the
+/// "lingering close" of nginx): a client still sending its body when the
+/// answer comes would otherwise meet a reset (EPIPE) instead of the 413.
+/// Bounded both ways, so a client cannot hold the connection with it.
+const LINGER_BYTES: u64 = 16 << 20;
+/// See [`LINGER_BYTES`].
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and discards `body`, up to [`LINGER_BYTES`] or [`LINGER_TIME`].
+async fn linger<B>(body: B)
+where
+    B: http_body::Body + Send + 'static,
+{
+    use http_body_util::BodyExt as _;
+    let drain = async move {
+        let mut body = std::pin::pin!(body);
+        let mut read = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                read += data.remaining() as u64;
+            }
+            if read > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
 impl<S, B> tower::Service<Request<B>> for BodyLimit<S>
 where
     S: tower::Service<Request<LimitedBody<B>>, Response = Response<BoxBody>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
@@ -268,8 +299,19 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if let Err(e) = self.limits.check_head(&req) {
             tracing::info!(reason = %e, method = %req.method(), path = %req.uri().path(), "refused before forwarding");
+            let mut response = e.to_response_for(crate::error::is_grpc(req.headers()));
+            if req.version() < http::Version::HTTP_2 {
+                // The connection cannot be reused: the body is not read.
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            // Read what the client is still sending, so it gets to read the
+            // answer (see LINGER_BYTES).
+            tokio::spawn(linger(req.into_body()));
             return LimitFuture::Refused {
-                response: Some(e.to_response_for(crate::error::is_grpc(req.headers()))),
+                response: Some(response),
             };
         }
         let limits = self.limits;
