@@ -63,6 +63,27 @@ impl MetricDef {
     }
 }
 
+/// Istio's build information metric, which its dashboards read ("Istio
+/// Component Versions": `sum by (component,tag) (istio_build)`).
+pub const ISTIO_BUILD: MetricDef = MetricDef {
+    name: "istio_build",
+    help: "Istio component build info: 1 per component (proxy, pilot) and version (tag).",
+    kind: MetricKind::Gauge,
+};
+
+/// Appends `istio_build{component="<component>",tag="<this version>"} 1`
+/// with its header: `proxy` for a data plane, `pilot` for the control plane,
+/// as Istio names them.
+pub fn write_build(out: &mut String, component: &str) {
+    ISTIO_BUILD.write_header(out);
+    let _ = writeln!(
+        out,
+        "{}{{component=\"{component}\",tag=\"{}\"}} 1",
+        ISTIO_BUILD.name,
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
 /// Unix time at which the workload's current SVID expires.
 pub const CERT_EXPIRY: MetricDef = MetricDef {
     name: "mesh_cert_expiry_timestamp_seconds",

@@ -169,6 +169,7 @@ impl Monitor {
     /// Everything, in Prometheus text format.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
+        mesh_ca::metrics::write_build(&mut out, "pilot");
         self.ca.render(&mut out);
         self.identity.metrics().render(&mut out);
         if let Some(xds) = &self.xds {

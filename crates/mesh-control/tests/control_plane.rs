@@ -214,6 +214,15 @@ async fn a_scrape_counts_what_the_ca_issued_and_refused_in_the_proxys_words() {
     }
     // The endpoint's numbers are the service's.
     assert_eq!(plane.ca_metrics().issued(), 2);
+    // Istio's build metric, as its "Istio Component Versions" panel reads it.
+    assert!(
+        text.contains(&format!(
+            "\nistio_build{{component=\"pilot\",tag=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE istio_build gauge\n"), "{text}");
 
     // The CA's own serving certificate, in the very lines mesh-proxy's
     // admin renders for its certificate (`Identity::metrics` is

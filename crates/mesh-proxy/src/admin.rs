@@ -72,6 +72,7 @@ impl AdminState {
              # TYPE mesh_config_rejections_total counter\nmesh_config_rejections_total {}\n",
             stats.version, stats.reloads, stats.rejections
         );
+        mesh_ca::metrics::write_build(&mut out, "proxy");
         if let Some(id) = self.identity.load_full() {
             out.push_str(&id.metrics());
         }

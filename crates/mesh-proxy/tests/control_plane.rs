@@ -218,6 +218,13 @@ async fn sidecars_follow_the_control_plane_and_survive_its_restart() {
     }
     let metrics = reqwest_like(client.admin_url("/stats/prometheus")).await;
     assert!(metrics.contains("mesh_xds_client_acks_total"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "\nistio_build{{component=\"proxy\",tag=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{metrics}"
+    );
 
     // Back on the same address: the sidecars follow it again.
     let plane = serve(&world, TcpListener::from_std(restart).unwrap()).await;
