@@ -11,11 +11,13 @@ through the bootstrap in GRPC_XDS_BOOTSTRAP (written by `mesh-proxy agent`).
         a mesh address (secure naming), or a server that fails calls with a
         status and no message, which an xDS server of grpcio 1.85 cannot do
         (it dies on an internal check, pipe.h "has_value()").
-    echo.py call TARGET COUNT [--payload P] [--plain] [--warmup SECS] [--header K=V]
+    echo.py call TARGET COUNT [--payload P] [--plain] [--warmup SECS] [--header K=V] [--wait]
         COUNT unary calls to TARGET (xds:///host:port), prints one JSON line:
         {"answers": {NAME: n, ...}, "errors": {CODE: n, ...}, "details": [...]}
         With --plain, a channel without the mesh's credentials (insecure);
-        with --header, each call carries that metadata.
+        with --header, each call carries that metadata; with --wait, each call
+        waits for its backend to be ready (gRPC's wait_for_ready: an xDS
+        server listens before its listener arrives) instead of failing.
         With --warmup, first calls until one succeeds, for up to SECS (the
         servers serve once the control plane gave them their listener), not
         counted.
@@ -101,7 +103,7 @@ def warm_up(hello, secs):
     return last
 
 
-def call(target, count, payload, plain, warmup, metadata):
+def call(target, count, payload, plain, warmup, metadata, wait):
     channel = channel_to(target, plain)
     hello = channel.unary_unary(METHOD)
     answers, errors, details = {}, {}, []
@@ -111,7 +113,9 @@ def call(target, count, payload, plain, warmup, metadata):
             details.append({"warmup": failed})
     for i in range(count):
         try:
-            body = hello(f"{payload}{i}".encode(), timeout=10, metadata=metadata)
+            body = hello(
+                f"{payload}{i}".encode(), timeout=10, metadata=metadata, wait_for_ready=wait
+            )
             answer = json.loads(body)
             answers[answer["name"]] = answers.get(answer["name"], 0) + 1
             if i == 0:
@@ -161,7 +165,7 @@ def main(argv):
         payload = argv[argv.index("--payload") + 1] if "--payload" in argv else "hello"
         warmup = float(argv[argv.index("--warmup") + 1]) if "--warmup" in argv else 0
         metadata = [tuple(argv[argv.index("--header") + 1].split("=", 1))] if "--header" in argv else None
-        call(argv[2], int(argv[3]), payload, "--plain" in argv, warmup, metadata)
+        call(argv[2], int(argv[3]), payload, "--plain" in argv, warmup, metadata, "--wait" in argv)
     elif argv[1] == "until":
         sys.exit(until(argv[2], argv[3], float(argv[4])))
     else:
