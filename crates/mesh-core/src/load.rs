@@ -104,6 +104,22 @@ pub fn load_documents(
     loader.finish()
 }
 
+/// [`load_documents`], keeping each resource's document as given
+/// ([`Item::raw`](crate::resources::Item::raw)): what a control plane fed
+/// by a source other than files (Kubernetes) serves.
+pub fn load_documents_keeping_documents(
+    docs: impl IntoIterator<Item = (Origin, Value)>,
+) -> Result<Resources, ConfigErrors> {
+    let mut loader = Loader {
+        keep_raw: true,
+        ..Loader::default()
+    };
+    for (origin, doc) in docs {
+        loader.add_doc(origin, doc);
+    }
+    loader.finish()
+}
+
 fn read_file(file: &Path) -> Result<String, ConfigError> {
     let meta =
         fs::metadata(file).map_err(|e| ConfigError::file(file, format!("cannot read: {e}")))?;
@@ -491,7 +507,19 @@ impl Loader {
                 self.push(kind, origin, api_version, doc, |r| &mut r.service_entries)
             }
             Kind::WorkloadEntry => {
-                self.push(kind, origin, api_version, doc, |r| &mut r.workload_entries)
+                let unhealthy = match unhealthy(&doc) {
+                    Ok(u) => u,
+                    Err((field, message)) => {
+                        let e = ConfigError::at(&origin, Some(kind.to_string()), field, message);
+                        self.errors.push(e);
+                        return;
+                    }
+                };
+                let before = self.resources.workload_entries.len();
+                self.push(kind, origin, api_version, doc, |r| &mut r.workload_entries);
+                if let Some(we) = self.resources.workload_entries.get_mut(before) {
+                    we.spec.unhealthy = unhealthy;
+                }
             }
             Kind::PeerAuthentication => self.push(kind, origin, api_version, doc, |r| {
                 &mut r.peer_authentications
@@ -649,6 +677,36 @@ impl Loader {
 
 /// True for a Kubernetes-style name: lowercase alphanumerics, `-` and `.`,
 /// starting and ending with an alphanumeric, at most 253 bytes.
+/// Whether a WorkloadEntry's status says it is not healthy: Istio's
+/// `status.conditions` entry of type `Healthy` with status `"False"` (what
+/// its health checks write, and what the Kubernetes source writes for a
+/// terminating or unready pod). `"True"`, `"Unknown"` or no such
+/// condition: healthy. Other statuses are refused by field.
+fn unhealthy(doc: &Value) -> Result<bool, (String, String)> {
+    let Some(conditions) = doc.get("status").and_then(|s| s.get("conditions")) else {
+        return Ok(false);
+    };
+    let Value::Array(conditions) = conditions else {
+        return Err(("status.conditions".to_owned(), "must be a list".to_owned()));
+    };
+    for (i, c) in conditions.iter().enumerate() {
+        if c.get("type").and_then(Value::as_str) != Some("Healthy") {
+            continue;
+        }
+        return match c.get("status").and_then(Value::as_str) {
+            Some("False") => Ok(true),
+            Some("True" | "Unknown") => Ok(false),
+            other => Err((
+                format!("status.conditions[{i}].status"),
+                format!(
+                    "{other:?} is not a condition status; use \"True\", \"False\" or \"Unknown\""
+                ),
+            )),
+        };
+    }
+    Ok(false)
+}
+
 fn is_dns_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253

@@ -489,8 +489,9 @@ pub fn endpoint_tls(
     }
 }
 
-/// The endpoints of a destination: the subset's workloads, or all of the
-/// service's; `None` when the subset is not defined.
+/// The endpoints of a destination: the subset's healthy workloads, or all
+/// of the service's (a draining workload takes no new requests); `None`
+/// when the subset is not defined.
 pub fn endpoints(
     snap: &Snapshot,
     svc: &Service,
@@ -510,6 +511,7 @@ pub fn endpoints(
     Some(
         members
             .iter()
+            .filter(|i| snap.workloads[**i].healthy)
             .map(|i| {
                 let w = &snap.workloads[*i];
                 let p = svc.target_port(port, w);

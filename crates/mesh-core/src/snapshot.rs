@@ -45,6 +45,12 @@ pub struct Workload {
     pub inbound: BTreeMap<u16, InboundMode>,
     /// Indexes into [`Snapshot::authz_policies`] of the policies that apply.
     pub authz_policies: Vec<usize>,
+    /// Whether new requests may go to it: `false` for a draining workload
+    /// (a WorkloadEntry whose status says `Healthy: "False"`, a Kubernetes
+    /// pod that is terminating or not ready). It stays a member of its
+    /// services (its identity, its own inbound configuration) but is no
+    /// endpoint.
+    pub healthy: bool,
 }
 
 /// The inbound mTLS mode of one workload port and the resource that set it.
@@ -465,6 +471,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     source: source.clone(),
                     inbound: BTreeMap::new(),
                     authz_policies: Vec::new(),
+                    healthy: !we.unhealthy,
                 });
                 Some(snap.workloads.len() - 1)
             }

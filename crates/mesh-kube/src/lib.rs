@@ -1,4 +1,15 @@
-//! The mesh on Kubernetes.
+//! The mesh on Kubernetes: the cluster's own objects as the mesh's
+//! configuration, a thin layer over the core the file source uses.
 //!
-//! Being built: the Kubernetes source of the control plane, TokenReview
-//! at the CA, and injection.
+//! - [`convert`]: a pure function from the objects the watches hold (Istio's
+//!   CRDs, Services, EndpointSlices, Pods, the MeshConfig ConfigMap) to the
+//!   Istio documents the file loader reads, so the loader's validation,
+//!   the snapshot and everything after it are shared with `--config DIR`.
+//! - [`source`]: the watches (kube-runtime reflectors' watcher: list, watch
+//!   with bookmarks, relist on 410 Gone, backoff), as a
+//!   [`ConfigSource`](mesh_core::store::ConfigSource).
+
+pub mod convert;
+pub mod source;
+
+pub use source::{KubeOptions, KubeSource, KubeStatus, WatchStatus};

@@ -873,4 +873,12 @@ pub struct WorkloadEntry {
     /// Locality `region/zone/subzone`.
     #[serde(default)]
     pub locality: Option<String>,
+    /// Not an endpoint of its services, though still a workload (its
+    /// own sidecar is configured, its identity is still its own): what a
+    /// WorkloadEntry's `status.conditions` says with `Healthy: "False"`,
+    /// as Istio's health checks write it, and what a terminating or
+    /// unready Kubernetes pod is. New requests go elsewhere; requests in
+    /// flight finish. Never set by a spec field.
+    #[serde(skip)]
+    pub unhealthy: bool,
 }
