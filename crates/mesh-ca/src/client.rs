@@ -26,6 +26,7 @@ pub struct CaClient {
     ca_id: SpiffeId,
     bootstrap: Arc<TrustBundleSet>,
     token: Mutex<Option<String>>,
+    token_file: Option<std::path::PathBuf>,
     timeout: Duration,
 }
 
@@ -39,6 +40,7 @@ impl CaClient {
             ca_id,
             bootstrap: Arc::new(bootstrap),
             token: Mutex::new(None),
+            token_file: None,
             timeout: Duration::from_secs(10),
         }
     }
@@ -47,6 +49,16 @@ impl CaClient {
     pub fn with_token(self, token: impl Into<String>) -> Self {
         Self {
             token: Mutex::new(Some(token.into())),
+            ..self
+        }
+    }
+
+    /// A Kubernetes service-account token file (a projected token, which
+    /// the kubelet rotates): read afresh for every request made without an
+    /// SVID, and never spent. A join token, if also given, goes first.
+    pub fn with_token_file(self, path: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            token_file: Some(path.into()),
             ..self
         }
     }
@@ -66,11 +78,26 @@ impl CaClient {
         current: Option<Arc<Credentials>>,
     ) -> Result<Vec<String>, SignError> {
         let allowed = vec![self.ca_id.clone()];
+        let mut spends = false;
         let token = if current.is_none() {
-            let token = self.token.lock().map(|t| t.clone()).unwrap_or(None);
-            Some(token.ok_or_else(|| {
-                SignError::Refused("no SVID yet and no join token to get one".into())
-            })?)
+            let join = self.token.lock().map(|t| t.clone()).unwrap_or(None);
+            spends = join.is_some();
+            Some(match (join, &self.token_file) {
+                (Some(t), _) => t,
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .map(|t| t.trim().to_owned())
+                    .map_err(|e| {
+                        SignError::Unavailable(format!(
+                            "reading the service-account token {}: {e}",
+                            path.display()
+                        ))
+                    })?,
+                (None, None) => {
+                    return Err(SignError::Refused(
+                        "no SVID yet and no join token to get one".into(),
+                    ));
+                }
+            })
         } else {
             None
         };
@@ -109,8 +136,8 @@ impl CaClient {
             .map_err(|_| {
                 SignError::Unavailable(format!("no answer within {:?}", self.timeout))
             })??;
-        if token.is_some() {
-            // Spent: the CA forgets a token once it is redeemed.
+        if spends {
+            // Spent: the CA forgets a join token once it is redeemed.
             if let Ok(mut t) = self.token.lock() {
                 *t = None;
             }

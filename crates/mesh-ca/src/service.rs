@@ -153,12 +153,55 @@ impl CaAcceptor {
     }
 }
 
+/// A Kubernetes service account a token was issued to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccount {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// Why a service-account token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenReviewError {
+    /// The token is not valid for the CA: expired, for another audience,
+    /// of a deleted service account, or not a service account's at all.
+    #[error("the service-account token was not accepted: {0}")]
+    Rejected(String),
+    /// The reviewer could not be asked (the API server is unreachable,
+    /// forbids the review...).
+    #[error("the service-account token could not be reviewed: {0}")]
+    Unavailable(String),
+}
+
+/// Checks a Kubernetes service-account token (a JWT sent as
+/// `authorization: Bearer`, as Istio's agent sends it): the Kubernetes
+/// source implements it with the TokenReview API. Only its answer names
+/// the identity: the token's own claims are never read.
+pub trait ServiceAccountTokens: Send + Sync + std::fmt::Debug {
+    /// The service account the token is valid for, at the CA's audience.
+    fn review<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<ServiceAccount, TokenReviewError>> + Send + 'a>,
+    >;
+}
+
 /// The gRPC service implementation.
 #[derive(Debug, Clone)]
 pub struct CaService {
     ca: Arc<ArcSwap<CertificateAuthority>>,
     tokens: TokenStore,
+    service_accounts: Option<Arc<dyn ServiceAccountTokens>>,
     metrics: Arc<CaMetrics>,
+}
+
+/// A JWT (three dot-separated parts); join tokens are base64url without
+/// dots.
+fn is_jwt(token: &str) -> bool {
+    token.split('.').count() == 3
 }
 
 impl CaService {
@@ -167,8 +210,19 @@ impl CaService {
         Self {
             ca: Arc::new(ArcSwap::new(ca)),
             tokens,
+            service_accounts: None,
             metrics: Arc::default(),
         }
+    }
+
+    /// Also accepts Kubernetes service-account tokens for a first
+    /// certificate, checked by `reviewer`: the SVID is the token's service
+    /// account's, `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/NAME`, nothing
+    /// else. Join tokens stay accepted.
+    #[must_use]
+    pub fn with_service_account_tokens(mut self, reviewer: Arc<dyn ServiceAccountTokens>) -> Self {
+        self.service_accounts = Some(reviewer);
+        self
     }
 
     /// What the service counts (clones share it).
@@ -181,7 +235,7 @@ impl CaService {
         IstioCertificateServiceServer::new(self)
     }
 
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {
         if let Some(id) = req.extensions().get::<CaPeer>().and_then(|p| p.id.clone()) {
             return Ok(id);
         }
@@ -201,11 +255,48 @@ impl CaService {
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or_else(|| unauthenticated("the authorization header is not `Bearer <token>`"))?;
-        self.tokens.redeem(token.trim()).map_err(|e| match e {
+        let token = token.trim();
+        if is_jwt(token) {
+            return self.review(token).await;
+        }
+        self.tokens.redeem(token).map_err(|e| match e {
             TokenError::Store(_) => {
                 self.refuse(RefusalReason::Internal, Status::internal(e.to_string()))
             }
             _ => unauthenticated(&e.to_string()),
+        })
+    }
+
+    /// The identity of a service-account token's service account, as the
+    /// reviewer says.
+    async fn review(&self, token: &str) -> Result<SpiffeId, Status> {
+        let Some(reviewer) = &self.service_accounts else {
+            return Err(self.refuse(
+                RefusalReason::Unauthenticated,
+                Status::unauthenticated(
+                    "this CA does not accept Kubernetes service-account tokens (it runs without \
+                     --kubernetes); use a join token",
+                ),
+            ));
+        };
+        let sa = reviewer.review(token).await.map_err(|e| match e {
+            TokenReviewError::Rejected(_) => self.refuse(
+                RefusalReason::Unauthenticated,
+                Status::unauthenticated(e.to_string()),
+            ),
+            TokenReviewError::Unavailable(_) => {
+                self.refuse(RefusalReason::Internal, Status::unavailable(e.to_string()))
+            }
+        })?;
+        let td = self.ca.load().trust_domain().clone();
+        SpiffeId::for_workload(&td, &sa.namespace, &sa.name).map_err(|e| {
+            self.refuse(
+                RefusalReason::Unauthenticated,
+                Status::unauthenticated(format!(
+                    "service account {}/{} gives no SPIFFE ID: {e}",
+                    sa.namespace, sa.name
+                )),
+            )
         })
     }
 
@@ -239,7 +330,7 @@ impl IstioCertificateService for CaService {
                 Status::invalid_argument(e.to_string()),
             )
         })?;
-        let id = self.authenticate(&request)?;
+        let id = self.authenticate(&request).await?;
         let req = request.into_inner();
         let ttl = u64::try_from(req.validity_duration)
             .ok()

@@ -35,6 +35,7 @@
 
 mod ca;
 pub mod grpc;
+pub mod kube;
 mod monitor;
 mod proxyless;
 pub mod report;
@@ -50,8 +51,10 @@ use mesh_ca::{CertificateAuthority, CredentialStore, TokenStore};
 use mesh_tower::server::{ServerHandle, ServerSettings};
 use tokio::net::TcpListener;
 
-pub use monitor::{CHECK_PATH, CONFIG_STATUS_PATH, EXIT_HEADER, EXPLAIN_PATH, METRICS_PATHS};
-pub use xds::{ConfigServer, ConfigServerError};
+pub use monitor::{
+    CHECK_PATH, CONFIG_STATUS_PATH, EXIT_HEADER, EXPLAIN_PATH, METRICS_PATHS, READY_PATH,
+};
+pub use xds::{ConfigServer, ConfigServerError, SourceHealth};
 
 use monitor::Monitor;
 
@@ -122,7 +125,7 @@ impl ControlPlane {
         listener: TcpListener,
         config: ControlPlaneConfig,
     ) -> Result<Self, StartError> {
-        Self::start_inner(ca, tokens, listener, config, None).await
+        Self::start_inner(ca, tokens, listener, config, None, None).await
     }
 
     /// [`start`](Self::start), also serving `xds` on the same port: the
@@ -135,7 +138,30 @@ impl ControlPlane {
         config: ControlPlaneConfig,
         xds: ConfigServer,
     ) -> Result<Self, StartError> {
-        Self::start_inner(ca, tokens, listener, config, Some(xds)).await
+        Self::start_inner(ca, tokens, listener, config, Some(xds), None).await
+    }
+
+    /// [`start_serving`](Self::start_serving), the CA also accepting
+    /// Kubernetes service-account tokens for a first certificate, checked
+    /// by `service_accounts` (the TokenReview API): the SVID is the token's
+    /// service account's.
+    pub async fn start_on_kubernetes(
+        ca: Arc<CertificateAuthority>,
+        tokens: TokenStore,
+        listener: TcpListener,
+        config: ControlPlaneConfig,
+        xds: ConfigServer,
+        service_accounts: Arc<dyn mesh_ca::service::ServiceAccountTokens>,
+    ) -> Result<Self, StartError> {
+        Self::start_inner(
+            ca,
+            tokens,
+            listener,
+            config,
+            Some(xds),
+            Some(service_accounts),
+        )
+        .await
     }
 
     async fn start_inner(
@@ -144,12 +170,16 @@ impl ControlPlane {
         listener: TcpListener,
         config: ControlPlaneConfig,
         xds: Option<ConfigServer>,
+        service_accounts: Option<Arc<dyn mesh_ca::service::ServiceAccountTokens>>,
     ) -> Result<Self, StartError> {
         let identity = serving_identity_named(&ca, config.serving_dns_names.clone()).await?;
         let acceptor = CaAcceptor::new(identity.store())
             .map_err(ServeError::from)?
             .with_handshake_timeout(config.settings.handshake_timeout);
-        let service = CaService::new(ca, tokens);
+        let mut service = CaService::new(ca, tokens);
+        if let Some(reviewer) = service_accounts {
+            service = service.with_service_account_tokens(reviewer);
+        }
         let monitor = Monitor::new(service.metrics().clone(), identity, xds.clone());
         let ca = ca::spawn(listener, acceptor, service, xds, &config)?;
         Ok(Self {

@@ -32,6 +32,11 @@ pub const METRICS_PATHS: [&str; 2] = ["/metrics", "/stats/prometheus"];
 /// `mesh-proxy check` names them).
 pub const CONFIG_STATUS_PATH: &str = "/debug/config";
 
+/// Readiness (the Deployment's probe): `200 ready` once the control plane
+/// serves a configuration (or serves none, as a CA alone), else `503` and
+/// why (a Kubernetes watch not listed, the first configuration rejected).
+pub const READY_PATH: &str = "/ready";
+
 /// `mesh-proxy check` on the configuration the control plane serves: the
 /// report as the command prints it (`?output=json` for JSON, `&capture=true`
 /// for `--capture`), its exit status in [`EXIT_HEADER`].
@@ -182,8 +187,28 @@ impl Monitor {
     pub(crate) fn respond<B>(&self, req: &Request<B>) -> Response<BoxBody> {
         let path = req.uri().path();
         if let (CONFIG_STATUS_PATH, Some(xds), &Method::GET) = (path, &self.xds, req.method()) {
-            let body = serde_json::to_string_pretty(&xds.stats()).unwrap_or_default();
+            let mut status = serde_json::to_value(xds.stats()).unwrap_or_default();
+            if let serde_json::Value::Object(m) = &mut status {
+                m.insert("ready".to_owned(), xds.not_ready().is_none().into());
+                if let Some(why) = xds.not_ready() {
+                    m.insert("notReady".to_owned(), why.into());
+                }
+                if let Some(source) = xds.source_status() {
+                    m.insert("source".to_owned(), source);
+                }
+            }
+            let body = serde_json::to_string_pretty(&status).unwrap_or_default();
             return answer(StatusCode::OK, full(body + "\n"), "application/json");
+        }
+        if path == READY_PATH {
+            return match self.xds.as_ref().and_then(ConfigServer::not_ready) {
+                None => answer(StatusCode::OK, full("ready\n"), "text/plain"),
+                Some(why) => answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    full(format!("not ready: {why}\n")),
+                    "text/plain; charset=utf-8",
+                ),
+            };
         }
         if let (CHECK_PATH | EXPLAIN_PATH, Some(xds), &Method::GET) =
             (path, &self.xds, req.method())
@@ -194,7 +219,7 @@ impl Monitor {
             return answer(
                 StatusCode::NOT_FOUND,
                 full(
-                    "endpoints: /metrics /stats/prometheus /debug/config /debug/check /debug/explain\n",
+                    "endpoints: /metrics /stats/prometheus /ready /debug/config /debug/check /debug/explain\n",
                 ),
                 "text/plain",
             );

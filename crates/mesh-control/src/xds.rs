@@ -256,6 +256,33 @@ pub(crate) struct Inner {
     pub(crate) metrics: XdsMetrics,
 }
 
+/// What a source other than files says of itself: whether it can be
+/// served from yet, its status for [`CONFIG_STATUS_PATH`]
+/// (crate::monitor::CONFIG_STATUS_PATH), its metrics.
+pub trait SourceHealth: Send + Sync + std::fmt::Debug {
+    /// Why the source cannot be served from yet (a watch not listed, the
+    /// API server unreachable), or `None`.
+    fn not_ready(&self) -> Option<String>;
+    /// Its status, as JSON.
+    fn status(&self) -> serde_json::Value;
+    /// Appends its series in Prometheus text format.
+    fn render(&self, out: &mut String);
+}
+
+/// A source followed by a task of the server's: re-read whenever it says
+/// it changed.
+#[derive(Debug)]
+struct Feed {
+    health: Arc<dyn SourceHealth>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The configuration server: a [`Store`] fed by a source, and the delta
 /// ADS service that serves it. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -263,6 +290,7 @@ pub struct ConfigServer {
     inner: Arc<Inner>,
     drain: Option<Drain>,
     _watcher: Option<Arc<FileWatcher>>,
+    feed: Option<Arc<Feed>>,
 }
 
 impl ConfigServer {
@@ -282,6 +310,73 @@ impl ConfigServer {
         let mut server = Self::from_store(store, changed)?;
         server._watcher = Some(Arc::new(watcher));
         Ok(server)
+    }
+
+    /// Serves what `source` gives (its resources must keep their documents,
+    /// [`Item::raw`](mesh_core::resources::Item::raw)), re-read whenever
+    /// `changes` moves (changes that arrive together are read once). Until
+    /// the source first gives a configuration that loads and compiles,
+    /// nothing is served: streams are refused `UNAVAILABLE` (the data
+    /// planes retry) and [`not_ready`](Self::not_ready) says why. Then a
+    /// change that does not load or compile is rejected and the last good
+    /// configuration stays served, as with files. Must be called within a
+    /// Tokio runtime.
+    pub fn from_source<S>(
+        source: Arc<S>,
+        mut changes: watch::Receiver<u64>,
+    ) -> Result<Self, ConfigServerError>
+    where
+        S: mesh_core::store::ConfigSource + SourceHealth + 'static,
+    {
+        let (versions, changed) = watch::channel(0u64);
+        let store = Arc::new(Store::new().retaining_resources().on_apply(move |v| {
+            versions.send_replace(v);
+        }));
+        let mut server = Self::from_store(store.clone(), changed)?;
+        let reader = source.clone();
+        let task = tokio::spawn(async move {
+            let reload = |store: Arc<Store>, source: Arc<S>| async move {
+                if source.not_ready().is_some() {
+                    return;
+                }
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = store.reload(&*source);
+                })
+                .await;
+            };
+            changes.mark_changed();
+            while changes.changed().await.is_ok() {
+                // Let a burst (a relist, a rollout) settle into one read.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                changes.borrow_and_update();
+                reload(store.clone(), reader.clone()).await;
+            }
+        });
+        server.feed = Some(Arc::new(Feed {
+            health: source,
+            task,
+        }));
+        Ok(server)
+    }
+
+    /// Why nothing can be served yet, or `None` once a configuration is.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.inner.store.is_ready() {
+            return None;
+        }
+        if let Some(reason) = self.feed.as_ref().and_then(|f| f.health.not_ready()) {
+            return Some(reason);
+        }
+        Some(match self.inner.store.stats().last_error {
+            Some(e) => format!("the configuration is rejected: {e}"),
+            None => "no configuration read yet".to_owned(),
+        })
+    }
+
+    /// The source's own status (a Kubernetes source's watches), if it is
+    /// not files.
+    pub fn source_status(&self) -> Option<serde_json::Value> {
+        self.feed.as_ref().map(|f| f.health.status())
     }
 
     /// Serves what `store` holds (it must retain its resources, with their
@@ -318,6 +413,7 @@ impl ConfigServer {
             inner,
             drain: None,
             _watcher: None,
+            feed: None,
         })
     }
 
@@ -379,6 +475,9 @@ impl ConfigServer {
                 r.as_str()
             ));
         }
+        if let Some(f) = &self.feed {
+            f.health.render(out);
+        }
         CONFIG_VERSION.write_value(out, stats.version);
         CONFIG_REJECTED.write_value(out, stats.rejections);
         CONFIG_LAST_REJECTED.write_value(out, u64::from(stats.last_error.is_some()));
@@ -435,6 +534,12 @@ impl ConfigServer {
         }
         let client = Client { id, workload };
         let published = self.inner.published.borrow().clone();
+        if published.version == 0 {
+            return Err(Status::unavailable(format!(
+                "the control plane has no configuration to serve yet: {}",
+                self.not_ready().unwrap_or_default()
+            )));
+        }
         client
             .entitled(&published)
             .map_err(|(why, s)| m.refuse(why, s))?;

@@ -8,8 +8,12 @@
 //! - [`source`]: the watches (kube-runtime reflectors' watcher: list, watch
 //!   with bookmarks, relist on 410 Gone, backoff), as a
 //!   [`ConfigSource`](mesh_core::store::ConfigSource).
+//! - [`tokenreview`]: service-account tokens at the CA, checked by the API
+//!   server's TokenReview.
 
 pub mod convert;
 pub mod source;
+pub mod tokenreview;
 
 pub use source::{KubeOptions, KubeSource, KubeStatus, WatchStatus};
+pub use tokenreview::TokenReviewer;

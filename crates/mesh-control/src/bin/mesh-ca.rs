@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! mesh-ca init  --dir D [--trust-domain cluster.local] [--import-istio SRC]
-//! mesh-ca serve --dir D --listen 127.0.0.1:15012 [--metrics-addr 127.0.0.1:15014] [--config DIR] [--serving-dns-name NAME]
+//! mesh-ca serve --dir D --listen 127.0.0.1:15012 [--metrics-addr 127.0.0.1:15014] [--config DIR | --kubernetes [--kubeconfig F]] [--serving-dns-name NAME]
 //! mesh-ca token --dir D --id spiffe://cluster.local/ns/default/sa/web [--ttl 1h]
 //! mesh-ca issue --dir D --id spiffe://cluster.local/ns/default/sa/web --out DIR [--ttl 24h] [--dns web.example]
 //! ```
@@ -68,6 +68,31 @@ enum Command {
         /// plane over xDS on the same port, reloaded when it changes.
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
+        /// Read the mesh's configuration from the Kubernetes cluster this
+        /// runs in (its service account; or `--kubeconfig`, or `KUBECONFIG`):
+        /// Istio's CRDs, Services, EndpointSlices, Pods, and the MeshConfig
+        /// ConfigMap; and accept the workloads' service-account tokens
+        /// (TokenReview) for their first certificate.
+        #[arg(long, conflicts_with = "config")]
+        kubernetes: bool,
+        /// The kubeconfig file for `--kubernetes` (default: in-cluster, then
+        /// `KUBECONFIG`, then `~/.kube/config`).
+        #[arg(long, value_name = "FILE", requires = "kubernetes")]
+        kubeconfig: Option<PathBuf>,
+        /// The control plane's namespace: where its MeshConfig ConfigMap is.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "mesh-system")]
+        namespace: String,
+        /// The ConfigMap holding the MeshConfig (key `mesh.yaml`), in
+        /// `--namespace`; defaults apply while there is none.
+        #[arg(long, value_name = "NAME", default_value = "mesh-config")]
+        mesh_config_map: String,
+        /// The cluster's DNS domain (Services are `name.ns.svc.DOMAIN`); a
+        /// MeshConfig `clusterDomain` wins.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+        /// The audience a service-account token must be for (Istio's).
+        #[arg(long, default_value = mesh_kube::tokenreview::DEFAULT_AUDIENCE)]
+        token_audience: String,
         /// A host name to put in the CA's serving certificate, for clients
         /// that verify the server by the name they dial (gRPC's proxyless
         /// clients: the `server_uri` of their bootstrap). Repeatable.
@@ -98,6 +123,24 @@ enum Command {
         #[arg(long = "dns", value_name = "NAME")]
         dns_names: Vec<String>,
     },
+}
+
+/// A client of the API server: `kubeconfig` if given, else in-cluster,
+/// `KUBECONFIG`, `~/.kube/config` (kube's inference).
+async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("--kubernetes: no in-cluster service account and no kubeconfig")?,
+    };
+    kube::Client::try_from(config).context("--kubernetes: the API server's client")
 }
 
 /// `90`, `90s`, `15m`, `1h`, `7d`.
@@ -173,6 +216,12 @@ async fn run(cli: Cli) -> Result<()> {
             default_workload_cert_ttl,
             max_workload_cert_ttl,
             serving_dns_name,
+            kubernetes,
+            kubeconfig,
+            namespace,
+            mesh_config_map,
+            cluster_domain,
+            token_audience,
         } => {
             if default_workload_cert_ttl > max_workload_cert_ttl
                 || default_workload_cert_ttl.is_zero()
@@ -198,11 +247,27 @@ async fn run(cli: Cli) -> Result<()> {
                 serving_dns_names: serving_dns_name,
                 ..ControlPlaneConfig::default()
             };
+            // Kept for the life of the process: dropping it stops the watches.
+            let mut kube_source = None;
             let mut plane = match &config {
                 Some(path) => {
                     let xds = ConfigServer::from_files(path)
                         .with_context(|| format!("--config {}", path.display()))?;
                     ControlPlane::start_serving(ca, tokens, listener, settings, xds).await?
+                }
+                None if kubernetes => {
+                    let client = kube_client(kubeconfig.as_deref()).await?;
+                    let options = mesh_kube::KubeOptions {
+                        cluster_domain,
+                        mesh_config: Some((namespace, mesh_config_map)),
+                    };
+                    let source =
+                        Arc::new(mesh_kube::KubeSource::start(client.clone(), options).await);
+                    let xds = ConfigServer::from_source(source.clone(), source.changes())?;
+                    kube_source = Some(source);
+                    let reviewer = Arc::new(mesh_kube::TokenReviewer::new(client, token_audience));
+                    ControlPlane::start_on_kubernetes(ca, tokens, listener, settings, xds, reviewer)
+                        .await?
                 }
                 None => ControlPlane::start(ca, tokens, listener, settings).await?,
             };
@@ -231,9 +296,16 @@ async fn run(cli: Cli) -> Result<()> {
                 tracing::info!(%addr, "metrics at /metrics");
                 println!("metrics on {addr}");
             }
+            if kube_source.is_some() {
+                tracing::info!(
+                    addr = %plane.ca_addr(),
+                    "serving the configuration read from the Kubernetes API"
+                );
+            }
             stop.await;
             tracing::info!("draining");
             plane.shutdown().await;
+            drop(kube_source);
         }
         Command::Token { dir, id, ttl } => {
             let ca = CertificateAuthority::open_dir(&dir)?;

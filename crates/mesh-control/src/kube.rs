@@ -1,0 +1,74 @@
+//! The control plane on Kubernetes: the [`KubeSource`]'s health as the
+//! configuration server reads it (readiness, `/debug/config`, metrics).
+
+use mesh_ca::metrics::{MetricDef, MetricKind};
+use mesh_kube::KubeSource;
+use serde_json::json;
+
+use crate::xds::SourceHealth;
+
+/// Errors of each watch.
+pub const WATCH_ERRORS: MetricDef = MetricDef {
+    name: "mesh_kubernetes_watch_errors_total",
+    help: "Errors of the control plane's watches of the Kubernetes API, by resource.",
+    kind: MetricKind::Counter,
+};
+/// Lists of each watch.
+pub const WATCH_LISTS: MetricDef = MetricDef {
+    name: "mesh_kubernetes_watch_lists_total",
+    help: "Full lists of the control plane's watches of the Kubernetes API (the first, and each relist after 410 Gone), by resource.",
+    kind: MetricKind::Counter,
+};
+/// Whether each watch has listed.
+pub const WATCH_LISTED: MetricDef = MetricDef {
+    name: "mesh_kubernetes_watch_listed",
+    help: "1 once a watch of the Kubernetes API has listed (or its CRD is absent), by resource.",
+    kind: MetricKind::Gauge,
+};
+
+impl SourceHealth for KubeSource {
+    fn not_ready(&self) -> Option<String> {
+        self.status().not_ready_reason()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let st = KubeSource::status(self);
+        json!({
+            "source": "kubernetes",
+            "synced": st.synced(),
+            "watches": st.watches.iter().map(|w| json!({
+                "resource": w.resource,
+                "listed": w.listed,
+                "absent": w.absent,
+                "error": w.error,
+                "errors": w.errors,
+                "lists": w.lists,
+            })).collect::<Vec<_>>(),
+            "notes": st.notes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })
+    }
+
+    fn render(&self, out: &mut String) {
+        let st = KubeSource::status(self);
+        for (def, value) in [
+            (
+                WATCH_ERRORS,
+                &(|w: &mesh_kube::WatchStatus| w.errors) as &dyn Fn(&mesh_kube::WatchStatus) -> u64,
+            ),
+            (WATCH_LISTS, &|w: &mesh_kube::WatchStatus| w.lists),
+            (WATCH_LISTED, &|w: &mesh_kube::WatchStatus| {
+                u64::from(w.listed)
+            }),
+        ] {
+            def.write_header(out);
+            for w in &st.watches {
+                out.push_str(&format!(
+                    "{}{{resource=\"{}\"}} {}\n",
+                    def.name,
+                    w.resource.replace('"', "'"),
+                    value(w)
+                ));
+            }
+        }
+    }
+}
