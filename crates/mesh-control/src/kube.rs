@@ -50,23 +50,17 @@ impl SourceHealth for KubeSource {
 
     fn render(&self, out: &mut String) {
         let st = KubeSource::status(self);
-        for (def, value) in [
-            (
-                WATCH_ERRORS,
-                &(|w: &mesh_kube::WatchStatus| w.errors) as &dyn Fn(&mesh_kube::WatchStatus) -> u64,
-            ),
-            (WATCH_LISTS, &|w: &mesh_kube::WatchStatus| w.lists),
-            (WATCH_LISTED, &|w: &mesh_kube::WatchStatus| {
-                u64::from(w.listed)
-            }),
-        ] {
+        for def in [WATCH_ERRORS, WATCH_LISTS, WATCH_LISTED] {
             def.write_header(out);
             for w in &st.watches {
+                let value = match def.name {
+                    n if n == WATCH_ERRORS.name => w.errors,
+                    n if n == WATCH_LISTS.name => w.lists,
+                    _ => u64::from(w.listed),
+                };
                 out.push_str(&format!(
-                    "{}{{resource=\"{}\"}} {}\n",
-                    def.name,
-                    w.resource.replace('"', "'"),
-                    value(w)
+                    "{}{{resource=\"{}\"}} {value}\n",
+                    def.name, w.resource
                 ));
             }
         }

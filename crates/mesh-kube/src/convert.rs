@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use mesh_core::error::ConfigError;
 use mesh_core::resources::Origin;
 use serde_json::{Map, Value, json};
 
@@ -93,6 +94,9 @@ pub struct Documents {
     pub documents: Vec<(Origin, Value)>,
     /// What was not carried over, and why.
     pub notes: Vec<Note>,
+    /// What cannot be read at all (a MeshConfig that is not YAML): the
+    /// configuration is rejected, as a broken file is.
+    pub errors: Vec<ConfigError>,
 }
 
 fn origin(path: String) -> Origin {
@@ -178,11 +182,11 @@ fn mesh_config(cm: &ConfigMap, out: &mut Documents, domain: &mut String) {
                 out.documents.push((o, doc));
             }
         }
-        // The loader names the file and says why; a document it cannot
-        // read makes the whole configuration rejected, as a bad file does.
-        Err(e) => out.documents.push((
-            origin(path),
-            Value::String(format!("{MESH_CONFIG_KEY} is not valid YAML: {e}")),
+        Err(e) => out.errors.push(ConfigError::at(
+            &origin(path),
+            None,
+            "",
+            format!("is not valid YAML: {e}"),
         )),
     }
 }

@@ -237,61 +237,41 @@ impl KubeSource {
             changed,
             options: options.clone(),
         });
-        let mut tasks = Vec::new();
-        let add_status = |shared: &Shared, resource: String| {
-            let mut st = shared.lock();
-            st.watches.push(WatchStatus {
-                resource,
-                ..WatchStatus::default()
-            });
-            st.watches.len() - 1
-        };
-        let spawn_typed =
-            |tasks: &mut Vec<JoinHandle<()>>, fut: futures_util::future::BoxFuture<'static, ()>| {
-                tasks.push(tokio::spawn(fut));
-            };
-
-        let i = add_status(&shared, "services".to_owned());
-        let fut = run(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-            shared.clone(),
-            i,
-            |c: &mut Cluster, ch| apply_keyed(&mut c.services, ch),
-        );
-        spawn_typed(&mut tasks, Box::pin(fut));
-        let i = add_status(&shared, "pods".to_owned());
-        let fut = run(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            shared.clone(),
-            i,
-            |c: &mut Cluster, ch| apply_keyed(&mut c.pods, ch),
-        );
-        spawn_typed(&mut tasks, Box::pin(fut));
-        let i = add_status(&shared, "endpointslices.discovery.k8s.io".to_owned());
-        let fut = run(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default(),
-            shared.clone(),
-            i,
-            |c: &mut Cluster, ch| apply_keyed(&mut c.endpoint_slices, ch),
-        );
-        spawn_typed(&mut tasks, Box::pin(fut));
+        let mut tasks = vec![
+            spawn_watch(
+                &shared,
+                "services".to_owned(),
+                Api::<Service>::all(client.clone()),
+                watcher::Config::default(),
+                |c: &mut Cluster, ch| apply_keyed(&mut c.services, ch),
+            ),
+            spawn_watch(
+                &shared,
+                "pods".to_owned(),
+                Api::<Pod>::all(client.clone()),
+                watcher::Config::default(),
+                |c: &mut Cluster, ch| apply_keyed(&mut c.pods, ch),
+            ),
+            spawn_watch(
+                &shared,
+                "endpointslices.discovery.k8s.io".to_owned(),
+                Api::<EndpointSlice>::all(client.clone()),
+                watcher::Config::default(),
+                |c: &mut Cluster, ch| apply_keyed(&mut c.endpoint_slices, ch),
+            ),
+        ];
         if let Some((ns, name)) = &options.mesh_config {
-            let i = add_status(&shared, format!("configmaps {ns}/{name}"));
-            let fut = run(
+            tasks.push(spawn_watch(
+                &shared,
+                format!("configmaps {ns}/{name}"),
                 Api::<ConfigMap>::namespaced(client.clone(), ns),
                 watcher::Config::default().fields(&format!("metadata.name={name}")),
-                shared.clone(),
-                i,
                 |c: &mut Cluster, ch| match ch {
                     Change::Reset(all) => c.mesh_config = all.into_iter().next(),
                     Change::Upsert(o) => c.mesh_config = Some(o),
                     Change::Remove(_) => c.mesh_config = None,
                 },
-            );
-            spawn_typed(&mut tasks, Box::pin(fut));
+            ));
         }
 
         let mut versions: BTreeMap<&str, &str> = BTreeMap::new();
@@ -307,14 +287,13 @@ impl KubeSource {
                 kind: k.kind.to_owned(),
                 plural: k.plural.to_owned(),
             };
-            let i = add_status(&shared, format!("{}.{}/{version}", k.plural, k.group));
             let group_version = format!("/apis/{}/{version}", k.group);
             let plural = k.plural;
-            let fut = run(
+            tasks.push(spawn_watch(
+                &shared,
+                format!("{}.{}/{version}", k.plural, k.group),
                 Api::<DynamicObject>::all_with(client.clone(), &ar),
                 watcher::Config::default(),
-                shared.clone(),
-                i,
                 move |c: &mut Cluster, ch| {
                     let entry = |o: DynamicObject| {
                         let (ns, name) = key_of(&o);
@@ -343,8 +322,7 @@ impl KubeSource {
                         }
                     }
                 },
-            );
-            spawn_typed(&mut tasks, Box::pin(fut));
+            ));
         }
         Self { shared, tasks }
     }
@@ -376,11 +354,12 @@ impl KubeSource {
         }
     }
 
-    /// What the watches hold now, as the mesh's documents.
+    /// What the watches hold now, as the mesh's documents. Converted under
+    /// the watches' lock (a pure function of what they hold, cheaper than a
+    /// copy of the cluster): an update waits for it, none is lost.
     pub fn documents(&self) -> Documents {
-        let cluster = self.shared.lock().cluster.clone();
-        let docs = crate::convert::documents(&cluster, &self.shared.options.cluster_domain);
         let mut st = self.shared.lock();
+        let docs = crate::convert::documents(&st.cluster, &self.shared.options.cluster_domain);
         if st.notes != docs.notes {
             for n in docs.notes.iter().filter(|n| !st.notes.contains(n)) {
                 tracing::warn!("{n}");
@@ -397,7 +376,11 @@ impl ConfigSource for KubeSource {
     }
 
     fn load(&self) -> Result<Resources, ConfigErrors> {
-        mesh_core::load::load_documents_keeping_documents(self.documents().documents)
+        let docs = self.documents();
+        if !docs.errors.is_empty() {
+            return Err(ConfigErrors(docs.errors));
+        }
+        mesh_core::load::load_documents_keeping_documents(docs.documents)
     }
 }
 
@@ -463,18 +446,42 @@ fn describe(e: &watcher::Error, resource: &str) -> (String, bool) {
     }
 }
 
-/// One watch, for ever: applies what it reports to the cluster.
+/// Registers the watch of `resource` in the status and runs it for ever
+/// on a task of its own, applying what it reports to the cluster.
+fn spawn_watch<K, F>(
+    shared: &Arc<Shared>,
+    resource: String,
+    api: Api<K>,
+    config: watcher::Config,
+    apply: F,
+) -> JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    F: Fn(&mut Cluster, Change<K>) + Send + 'static,
+{
+    let index = {
+        let mut st = shared.lock();
+        st.watches.push(WatchStatus {
+            resource: resource.clone(),
+            ..WatchStatus::default()
+        });
+        st.watches.len() - 1
+    };
+    tokio::spawn(run(api, config, shared.clone(), index, resource, apply))
+}
+
+/// One watch, for ever.
 async fn run<K, F>(
     api: Api<K>,
     config: watcher::Config,
     shared: Arc<Shared>,
     index: usize,
+    resource: String,
     apply: F,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     F: Fn(&mut Cluster, Change<K>) + Send + 'static,
 {
-    let resource = shared.lock().watches[index].resource.clone();
     let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
     let mut pending: Vec<K> = Vec::new();
     while let Some(ev) = stream.next().await {

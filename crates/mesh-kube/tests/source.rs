@@ -202,14 +202,12 @@ async fn a_terminating_pod_drains_and_an_unready_one_takes_no_requests() {
 async fn an_ended_watch_resumes_from_its_resource_version_and_bookmarks_move_it() {
     let api = cluster().await;
     let source = started(&api).await;
+    // Another collection moves the resourceVersion on; a bookmark tells the
+    // pods' watch, which then ends (as at the API server's timeout): it
+    // must resume from the bookmark, not from its list.
+    api.put(SERVICES, service());
+    let bookmark = api.resource_version();
     api.bookmark(PODS);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let bookmark_rv = {
-        // the bookmark carried the server's current resourceVersion
-        api.get(SERVICES, "default", "web").unwrap();
-        api.requests().len()
-    };
-    let _ = bookmark_rv;
     api.end_watches(PODS);
     api.put(PODS, pod("web-v3", "10.244.0.13", "v3"));
     eventually("web-v3 arrives after the watch is resumed", || {
@@ -239,6 +237,54 @@ async fn an_ended_watch_resumes_from_its_resource_version_and_bookmarks_move_it(
             .iter()
             .all(|w| w.contains("allowWatchBookmarks=true")),
         "{watches:?}"
+    );
+    assert!(
+        watches[1].ends_with(&format!("resourceVersion={bookmark}")),
+        "resumed from the bookmark's {bookmark}: {watches:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_meshconfig_configmap_is_read_and_a_broken_one_rejected_by_name() {
+    let api = cluster().await;
+    let map = |yaml: &str| {
+        json!({"metadata": {"name": "mesh-config", "namespace": "mesh-system"},
+               "data": {"mesh.yaml": yaml}})
+    };
+    api.put(
+        "/api/v1/configmaps",
+        map(
+            "apiVersion: mesh.config/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\n\
+             spec: {trustDomain: example.org, clusterDomain: corp.internal}\n",
+        ),
+    );
+    let options = KubeOptions {
+        mesh_config: Some(("mesh-system".to_owned(), "mesh-config".to_owned())),
+        ..KubeOptions::default()
+    };
+    let source = KubeSource::start(api.client(), options).await;
+    tokio::time::timeout(Duration::from_secs(30), source.synced())
+        .await
+        .expect("synced");
+    let r = source.load().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.mesh.trust_domain.as_str(), "example.org");
+    let snap = mesh_core::snapshot::compile(&r).unwrap();
+    assert!(
+        snap.services.contains_key("web.default.svc.corp.internal"),
+        "the Services' hosts follow clusterDomain: {:?}",
+        snap.services.keys()
+    );
+
+    api.put("/api/v1/configmaps", map("spec: [unclosed"));
+    eventually("the broken MeshConfig is rejected", || {
+        source.load().is_err()
+    })
+    .await;
+    let text = source.load().unwrap_err().to_string();
+    assert!(
+        text.contains("k8s:/api/v1/namespaces/mesh-system/configmaps/mesh-config#mesh.yaml")
+            && text.contains("is not valid YAML"),
+        "{text}"
     );
 }
 
@@ -354,23 +400,7 @@ async fn an_istio_kind_without_its_crd_is_read_as_none_until_it_is_installed() {
     api.serve(SERVICES, "v1", "Service");
     api.serve(PODS, "v1", "Pod");
     api.serve(SLICES, "discovery.k8s.io/v1", "EndpointSlice");
-    for (plural, kind) in [
-        ("virtualservices", "VirtualService"),
-        ("destinationrules", "DestinationRule"),
-        ("gateways", "Gateway"),
-        ("serviceentries", "ServiceEntry"),
-        ("workloadentries", "WorkloadEntry"),
-        ("workloadgroups", "WorkloadGroup"),
-        ("sidecars", "Sidecar"),
-        ("envoyfilters", "EnvoyFilter"),
-        ("proxyconfigs", "ProxyConfig"),
-    ] {
-        api.serve(
-            &format!("/apis/networking.istio.io/v1/{plural}"),
-            "networking.istio.io/v1",
-            kind,
-        );
-    }
+    apiserver::serve_istio_group(&api, "networking.istio.io");
     let source = started(&api).await;
     let st = source.status();
     let absent: Vec<&str> = st

@@ -366,6 +366,11 @@ impl ApiServer {
         );
     }
 
+    /// The newest resourceVersion handed out.
+    pub(crate) fn resource_version(&self) -> u64 {
+        self.state.lock().unwrap().rv
+    }
+
     /// The requests made so far.
     pub(crate) fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
@@ -464,14 +469,7 @@ impl ApiServer {
         if segs.len() == 3 && segs[0] == "apis" {
             let gv = format!("{}/{}", segs[1], segs[2]);
             if !st.groups.contains(&gv) {
-                return json_response(
-                    StatusCode::NOT_FOUND,
-                    &status(
-                        404,
-                        "NotFound",
-                        "the server could not find the requested resource",
-                    ),
-                );
+                return not_found();
             }
             let resources: Vec<Value> = st
                 .collections
@@ -492,14 +490,7 @@ impl ApiServer {
         let rv_now = st.rv;
         let compacted = st.compacted;
         let Some(c) = st.collections.get_mut(&base) else {
-            return json_response(
-                StatusCode::NOT_FOUND,
-                &status(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                ),
-            );
+            return not_found();
         };
         let field_name = q
             .get("fieldSelector")
@@ -592,32 +583,33 @@ pub(crate) fn serve_mesh_kinds(api: &ApiServer) {
         "EndpointSlice",
     );
     api.serve("/api/v1/configmaps", "v1", "ConfigMap");
-    for (group, kinds) in [
-        (
-            "networking.istio.io/v1",
-            &[
-                ("virtualservices", "VirtualService"),
-                ("destinationrules", "DestinationRule"),
-                ("gateways", "Gateway"),
-                ("serviceentries", "ServiceEntry"),
-                ("workloadentries", "WorkloadEntry"),
-                ("workloadgroups", "WorkloadGroup"),
-                ("sidecars", "Sidecar"),
-                ("envoyfilters", "EnvoyFilter"),
-                ("proxyconfigs", "ProxyConfig"),
-            ][..],
-        ),
-        (
-            "security.istio.io/v1",
-            &[
-                ("peerauthentications", "PeerAuthentication"),
-                ("authorizationpolicies", "AuthorizationPolicy"),
-                ("requestauthentications", "RequestAuthentication"),
-            ][..],
-        ),
-    ] {
-        for (plural, kind) in kinds {
-            api.serve(&format!("/apis/{group}/{plural}"), group, kind);
-        }
+    for group in ["networking.istio.io", "security.istio.io"] {
+        serve_istio_group(api, group);
     }
+}
+
+/// The collections of one Istio group at v1 (its CRDs installed), served
+/// empty: the kinds the source watches.
+pub(crate) fn serve_istio_group(api: &ApiServer, group: &str) {
+    for k in mesh_kube::source::ISTIO_KINDS
+        .iter()
+        .filter(|k| k.group == group)
+    {
+        api.serve(
+            &format!("/apis/{group}/v1/{}", k.plural),
+            &format!("{group}/v1"),
+            k.kind,
+        );
+    }
+}
+
+fn not_found() -> Response<ApiBody> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ),
+    )
 }
