@@ -8,10 +8,13 @@
 //! - [`source`]: the watches (kube-runtime reflectors' watcher: list, watch
 //!   with bookmarks, relist on 410 Gone, backoff), as a
 //!   [`ConfigSource`](mesh_core::store::ConfigSource).
+//! - [`inject`]: the sidecar added to pods, for `mesh-proxy inject` and
+//!   the control plane's admission webhook.
 //! - [`tokenreview`]: service-account tokens at the CA, checked by the API
 //!   server's TokenReview.
 
 pub mod convert;
+pub mod inject;
 pub mod source;
 pub mod tokenreview;
 

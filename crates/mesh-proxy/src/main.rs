@@ -48,6 +48,13 @@ enum Command {
     /// xDS bootstrap (`GRPC_XDS_BOOTSTRAP`) pointing gRPC at the control
     /// plane; renew until SIGTERM.
     Agent(args::AgentArgs),
+    /// Add the sidecar to Kubernetes workloads, as `istioctl kube-inject`
+    /// does: every Pod template in the YAML (Deployments, StatefulSets,
+    /// DaemonSets, Jobs, CronJobs, Pods, Lists) gets `mesh-init` and the
+    /// `mesh-proxy` native sidecar; other documents come out unchanged.
+    /// Idempotent. Exit status 1, naming the object and field, for a pod
+    /// the mesh cannot hold.
+    Inject(InjectArgs),
     /// Check a configuration: the TLS table (server mTLS mode against the
     /// client TLS of DestinationRules, per service port) and the analyzers.
     /// Exit status: 0 clean (warnings allowed), 1 errors or conflicts, 2
@@ -103,6 +110,61 @@ enum Command {
     },
 }
 
+/// `mesh-proxy inject`.
+#[derive(Debug, clap::Args)]
+struct InjectArgs {
+    /// The manifests: a YAML file, or `-` for standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    filename: PathBuf,
+    /// Where to write the result (default: standard output).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// The sidecar's image (`mesh-init` runs the same one).
+    #[arg(long, default_value = "mesh-proxy:0.1.0")]
+    proxy_image: String,
+    /// The control plane as the sidecar dials it, `host:port`.
+    #[arg(long, default_value = "mesh-control.mesh-system.svc:15012")]
+    control_plane: String,
+    /// The mesh's trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The audience of the projected token the CA checks (`mesh-ca serve
+    /// --token-audience`).
+    #[arg(long, default_value = mesh_kube::tokenreview::DEFAULT_AUDIENCE)]
+    token_audience: String,
+}
+
+fn run_inject(args: &InjectArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Read as _;
+    let input = if args.filename.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(&args.filename)
+            .with_context(|| format!("reading {}", args.filename.display()))?
+    };
+    let config = mesh_kube::inject::InjectConfig {
+        proxy_image: args.proxy_image.clone(),
+        control_plane: args.control_plane.clone(),
+        trust_domain: args.trust_domain.clone(),
+        token_audience: args.token_audience.clone(),
+        ..mesh_kube::inject::InjectConfig::default()
+    };
+    let out = mesh_kube::inject::inject_yaml(&input, &config)
+        .with_context(|| format!("injecting {}", args.filename.display()))?;
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => print!("{out}"),
+    }
+    Ok(())
+}
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -143,6 +205,13 @@ fn main() -> ExitCode {
         Command::Sidecar(args) => serve(args::run_sidecar(args)),
         Command::Gateway(args) => serve(args::run_gateway(args)),
         Command::Agent(args) => serve(args::run_agent(args)),
+        Command::Inject(args) => match run_inject(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Init(args) => match capture::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -505,3 +505,66 @@ fn check_and_explain_read_a_running_control_plane_as_they_read_a_folder() {
     assert_eq!(code, 2);
     assert!(err.contains("plain HTTP"), "{err}");
 }
+
+#[test]
+fn inject_adds_the_sidecar_from_a_file_or_stdin_and_refuses_by_field() {
+    let app = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/wordpress-canary/kubernetes/app.yaml");
+    let (code, out, err) = run(&[
+        "inject",
+        "-f",
+        app.to_str().unwrap(),
+        "--proxy-image",
+        "registry.example/mesh-proxy:1",
+        "--control-plane",
+        "cp.mesh.svc:15012",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("restartPolicy: Always").count(), 3, "{out}");
+    assert!(out.contains("registry.example/mesh-proxy:1"));
+    assert!(out.contains("cp.mesh.svc:15012"));
+
+    // From stdin into a file; injecting the result again changes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let once = dir.path().join("once.yaml");
+    std::fs::write(&once, &out).unwrap();
+    let twice = dir.path().join("twice.yaml");
+    let status = Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
+        .args([
+            "inject",
+            "-f",
+            "-",
+            "-o",
+            twice.to_str().unwrap(),
+            "--proxy-image",
+            "registry.example/mesh-proxy:1",
+            "--control-plane",
+            "cp.mesh.svc:15012",
+        ])
+        .stdin(std::fs::File::open(&once).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read_to_string(&twice).unwrap(), out);
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\n\
+         spec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n\
+         \x20   spec:\n      containers:\n      - name: web\n        image: nginx\n        \
+         securityContext: {runAsUser: 1337}\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["inject", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty(), "nothing printed for a refused file: {out}");
+    assert!(
+        err.contains("Deployment shop/web")
+            && err.contains("spec.template.spec.containers[0].securityContext.runAsUser"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["inject", "-f", "/nonexistent/x.yaml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/x.yaml"), "{err}");
+}
