@@ -93,8 +93,33 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
     r
 }
 
-fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<BoxBody> {
-    match req.uri().path() {
+/// Which endpoints a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoints {
+    /// All of them: the admin listener, loopback unless asked.
+    Admin,
+    /// Readiness and metrics only: the status listener (`--status-addr`,
+    /// Istio's 15020), which the kubelet's probes and Prometheus reach on
+    /// the pod's address. The configuration and certificate dumps are not
+    /// served there.
+    Status,
+}
+
+fn handle<B>(state: &AdminState, req: &Request<B>, endpoints: Endpoints) -> Response<BoxBody> {
+    let path = req.uri().path();
+    if endpoints == Endpoints::Status
+        && !matches!(
+            path,
+            "/ready" | "/healthz/ready" | "/stats/prometheus" | "/metrics"
+        )
+    {
+        return text(
+            StatusCode::NOT_FOUND,
+            "endpoints: /healthz/ready /stats/prometheus\n".into(),
+            "text/plain",
+        );
+    }
+    match path {
         "/ready" | "/healthz/ready" => match state.ready() {
             Ok(()) => {
                 let mode = state.mode.get().map_or("", String::as_str);
@@ -151,12 +176,13 @@ pub(crate) fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     drain: Drain,
+    endpoints: Endpoints,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let conns = drain.clone();
     accept_loop(listener, drain, move |tcp, _| {
         let state = state.clone();
         let svc = tower::service_fn(move |req: Request<crate::runtime::ProxyBody>| {
-            let resp = handle(&state, &req);
+            let resp = handle(&state, &req, endpoints);
             async move { Ok::<_, Infallible>(resp) }
         });
         tokio::spawn(serve_connection(tcp, svc, conns.clone(), None));

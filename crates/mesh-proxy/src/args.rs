@@ -128,6 +128,11 @@ pub(crate) struct IdentityArgs {
         allow_hyphen_values = true
     )]
     pub(crate) token: Option<String>,
+    /// A Kubernetes service-account token file (the projected token the
+    /// injector mounts): read afresh for each request made without an SVID,
+    /// checked by the CA with TokenReview, never spent.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
     /// The CA's root certificate (its `root-cert.pem`), to trust it before the
     /// first SVID.
     #[arg(long)]
@@ -164,6 +169,9 @@ impl IdentityArgs {
         let mut source = IdentitySource::ca(addr, root);
         if let Some(t) = &self.token {
             source = source.with_token(t);
+        }
+        if let Some(path) = &self.token_file {
+            source = source.with_token_file(path);
         }
         if let Some(id) = &self.ca_id {
             source = source.with_ca_id(id);
@@ -241,6 +249,12 @@ pub(crate) struct SidecarArgs {
     /// inbound connection goes on to its original destination.
     #[arg(long)]
     pub(crate) capture: bool,
+    /// The status listener: `/healthz/ready` (and `/ready`) and
+    /// `/stats/prometheus` only, for the kubelet's probes and Prometheus on
+    /// the pod's address (Istio's 15020; the injector sets
+    /// `0.0.0.0:15020`). The admin listener stays on loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) status_addr: Option<SocketAddr>,
 }
 
 /// The app of the port `port_name`: its `PORT_NAME=ADDR`, else the last
@@ -294,6 +308,16 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
             .with_context(|| format!("--app {a}: expected ADDR or PORT_NAME=ADDR"))?;
     }
     let admin = args.common.admin_listener().await?;
+    let status = match args.status_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow!("binding the status listener {addr}: {e}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "status listening");
+            Some(listener)
+        }
+        None => None,
+    };
     let mut outbound = Vec::new();
     for o in &args.outbound {
         let (target, listen) = o
@@ -366,6 +390,10 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
         Some(capture_listeners(sidecar.capture_ports())?)
     } else {
         None
+    };
+    let sidecar = match status {
+        Some(status) => sidecar.status_listener(status),
+        None => sidecar,
     };
     let proxy = sidecar.start(SidecarListeners {
         admin,

@@ -345,6 +345,7 @@ impl Gateway {
         );
         crate::runtime::launch(Launch {
             admin,
+            status: None,
             state,
             drain: (controller, drain),
             drain_timeout: self.drain_timeout,

@@ -29,6 +29,7 @@ enum Source {
         addr: String,
         root: PathBuf,
         token: Option<String>,
+        token_file: Option<PathBuf>,
         ca_id: Option<String>,
         ttl: Option<Duration>,
         write_to: Option<PathBuf>,
@@ -49,6 +50,7 @@ impl std::fmt::Debug for IdentitySource {
                 addr,
                 root,
                 token,
+                token_file,
                 ca_id,
                 ttl,
                 write_to,
@@ -57,6 +59,7 @@ impl std::fmt::Debug for IdentitySource {
                 .field("addr", addr)
                 .field("root", root)
                 .field("token", &token.as_ref().map(|_| "<redacted>"))
+                .field("token_file", token_file)
                 .field("ca_id", ca_id)
                 .field("ttl", ttl)
                 .field("write_to", write_to)
@@ -87,6 +90,7 @@ impl IdentitySource {
             addr: addr.into(),
             root: root.into(),
             token: None,
+            token_file: None,
             ca_id: None,
             ttl: None,
             write_to: None,
@@ -126,6 +130,19 @@ impl IdentitySource {
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         if let Source::Ca { token: t, .. } = &mut self.0 {
             *t = Some(token.into());
+        }
+        self
+    }
+
+    /// A Kubernetes service-account token file (the projected token the
+    /// injector mounts, audience `istio-ca`): read afresh for every
+    /// certificate request made without an SVID, and never spent; the CA
+    /// checks it with TokenReview and issues the token's service account's
+    /// SVID. Nothing for files.
+    #[must_use]
+    pub fn with_token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        if let Source::Ca { token_file, .. } = &mut self.0 {
+            *token_file = Some(path.into());
         }
         self
     }
@@ -220,7 +237,7 @@ impl IdentitySource {
     /// until the CA answers: the proxy stays not-ready meanwhile and serves
     /// nothing, failing closed.
     pub(crate) async fn obtain(&self, id: &SpiffeId) -> Result<Identity> {
-        let (addr, root, token, ca_id, ttl, write_to) = match &self.0 {
+        let (addr, root, token, token_file, ca_id, ttl, write_to) = match &self.0 {
             Source::Files { cert, key, bundle } => {
                 let source = FileSource::new(cert, key, bundle);
                 let creds = source
@@ -239,10 +256,11 @@ impl IdentitySource {
                 addr,
                 root,
                 token,
+                token_file,
                 ca_id,
                 ttl,
                 write_to,
-            } => (addr, root, token, ca_id, ttl, write_to),
+            } => (addr, root, token, token_file, ca_id, ttl, write_to),
         };
         let pem = std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
         let bundle =
@@ -254,6 +272,9 @@ impl IdentitySource {
         let mut client = CaClient::new(addr.clone(), ca_id, bundle);
         if let Some(t) = token {
             client = client.with_token(t.clone());
+        }
+        if let Some(path) = token_file {
+            client = client.with_token_file(path.clone());
         }
         let config = ManagerConfig {
             ttl: ttl.unwrap_or(ManagerConfig::default().ttl),

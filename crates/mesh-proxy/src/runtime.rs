@@ -194,6 +194,8 @@ impl ProxyHandle {
 /// What [`launch`] runs.
 pub(crate) struct Launch<F> {
     pub(crate) admin: TcpListener,
+    /// The status listener (readiness and metrics only), if any.
+    pub(crate) status: Option<TcpListener>,
     pub(crate) state: Arc<AdminState>,
     pub(crate) drain: (DrainController, Drain),
     pub(crate) drain_timeout: Duration,
@@ -251,12 +253,28 @@ where
     let admin_addr = l.admin.local_addr()?;
     let (controller, drain) = l.drain;
     let (tx, rx) = watch::channel(State::Starting);
-    let admin_loop = crate::admin::serve(l.admin, l.state.clone(), drain.clone());
+    let admin_loop = crate::admin::serve(
+        l.admin,
+        l.state.clone(),
+        drain.clone(),
+        crate::admin::Endpoints::Admin,
+    );
+    let status_loop = l.status.map(|status| {
+        crate::admin::serve(
+            status,
+            l.state.clone(),
+            drain.clone(),
+            crate::admin::Endpoints::Status,
+        )
+    });
     let (start, state, watcher) = (l.start, l.state, l.watcher);
     let task = async move {
         let _watcher = watcher;
         let mut loops = JoinSet::new();
         loops.spawn(admin_loop);
+        if let Some(status_loop) = status_loop {
+            loops.spawn(status_loop);
+        }
         let started = tokio::select! {
             r = start => Some(r),
             () = drain.signaled() => None,

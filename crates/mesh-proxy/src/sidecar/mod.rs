@@ -182,6 +182,7 @@ impl SidecarBuilder {
             settings: self.settings,
             drain_timeout: self.drain_timeout,
             default_inbound_port: self.default_inbound_port,
+            status: None,
         })
     }
 
@@ -212,6 +213,7 @@ impl SidecarBuilder {
             settings: self.settings,
             drain_timeout: self.drain_timeout,
             default_inbound_port: self.default_inbound_port,
+            status: None,
         })
     }
 }
@@ -231,6 +233,7 @@ pub struct Sidecar {
     settings: ServerSettings,
     drain_timeout: Duration,
     default_inbound_port: u16,
+    status: Option<TcpListener>,
 }
 
 /// A port the sidecar serves inbound, as the configuration names it.
@@ -410,6 +413,16 @@ impl Sidecar {
         Ok(plan)
     }
 
+    /// Also serves readiness and metrics (`/healthz/ready`, `/ready`,
+    /// `/stats/prometheus`), and nothing else, on `listener`: the status
+    /// port (Istio's 15020) the kubelet probes and Prometheus scrape on the
+    /// pod's address, while the admin listener stays on loopback.
+    #[must_use]
+    pub fn status_listener(mut self, listener: TcpListener) -> Self {
+        self.status = Some(listener);
+        self
+    }
+
     /// Starts the sidecar: the admin listener at once; once the identity is
     /// issued, the inbound, outbound and HTTP-proxy ports. Must be called
     /// within a Tokio runtime; the returned handle's
@@ -467,6 +480,7 @@ impl Sidecar {
         );
         crate::runtime::launch(Launch {
             admin,
+            status: self.status,
             state,
             drain: (controller, drain),
             drain_timeout: self.drain_timeout,
