@@ -35,6 +35,7 @@
 
 mod ca;
 pub mod grpc;
+pub mod injector;
 pub mod kube;
 mod monitor;
 mod proxyless;
@@ -111,6 +112,7 @@ pub enum StartError {
 pub struct ControlPlane {
     ca: ServerHandle,
     metrics: Option<ServerHandle>,
+    injector: Option<ServerHandle>,
     monitor: Monitor,
     config: ControlPlaneConfig,
 }
@@ -185,6 +187,7 @@ impl ControlPlane {
         Ok(Self {
             ca,
             metrics: None,
+            injector: None,
             monitor,
             config,
         })
@@ -200,6 +203,29 @@ impl ControlPlane {
             &self.config,
         )?);
         Ok(self)
+    }
+
+    /// Also serves the sidecar injector's admission webhook on `listener`
+    /// (HTTPS with the control plane's serving certificate, `POST
+    /// /inject`), injecting as `inject` says. A second call replaces the
+    /// first.
+    pub fn with_injector(
+        mut self,
+        listener: TcpListener,
+        inject: mesh_kube::inject::InjectConfig,
+    ) -> Result<Self, StartError> {
+        self.injector = Some(injector::spawn(
+            listener,
+            self.credentials().clone(),
+            inject,
+            &self.config,
+        )?);
+        Ok(self)
+    }
+
+    /// The address of the injector's webhook, if one is served.
+    pub fn injector_addr(&self) -> Option<SocketAddr> {
+        self.injector.as_ref().map(ServerHandle::local_addr)
     }
 
     /// The address of the CA's signing service.
@@ -235,6 +261,11 @@ impl ControlPlane {
                 m.shutdown().await;
             }
         };
-        tokio::join!(self.ca.shutdown(), metrics);
+        let injector = async {
+            if let Some(i) = self.injector {
+                i.shutdown().await;
+            }
+        };
+        tokio::join!(self.ca.shutdown(), metrics, injector);
     }
 }

@@ -226,3 +226,130 @@ async fn a_ca_without_kubernetes_refuses_service_account_tokens_by_name() {
     );
     plane.shutdown().await;
 }
+
+/// One HTTP/1.1 request over TLS to `addr`, verifying the server as `name`
+/// against `root`: the status and the body.
+async fn https(
+    addr: SocketAddr,
+    name: &str,
+    root: &rustls_pki_types::CertificateDer<'static>,
+    method: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(mesh_ca::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(
+        format!(
+            "{method} /inject HTTP/1.1\r\nhost: {name}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    tls.read_to_string(&mut text)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_injector_answers_admission_reviews_over_https_as_the_service_s_name() {
+    let api = ApiServer::start().await;
+    serve_mesh_kinds(&api);
+    let ca_dir = tempfile::tempdir().unwrap();
+    CertificateAuthority::init_dir(ca_dir.path(), td()).unwrap();
+    let ca = Arc::new(CertificateAuthority::open_dir(ca_dir.path()).unwrap());
+    let source = Arc::new(KubeSource::start(api.client(), KubeOptions::default()).await);
+    let xds = ConfigServer::from_source(source.clone(), source.changes()).unwrap();
+    let service = "mesh-control.mesh-system.svc";
+    let plane = ControlPlane::start_on_kubernetes(
+        ca.clone(),
+        TokenStore::new(ca_dir.path()),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ControlPlaneConfig {
+            serving_dns_names: vec![service.into()],
+            ..ControlPlaneConfig::default()
+        },
+        xds,
+        Arc::new(TokenReviewer::new(api.client(), "istio-ca")),
+    )
+    .await
+    .unwrap()
+    .with_injector(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        mesh_kube::inject::InjectConfig::default(),
+    )
+    .unwrap();
+    let injector = plane.injector_addr().unwrap();
+    let root = ca.root().clone();
+    let review = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../mesh-kube/tests/fixtures/admission/pod-create.json"),
+    )
+    .unwrap();
+
+    let (status, body) = https(injector, service, &root, "POST", &review)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["kind"], "AdmissionReview");
+    assert_eq!(
+        answer["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+
+    // A pod the mesh cannot hold: refused, with the field.
+    let mut bad: serde_json::Value = serde_json::from_str(&review).unwrap();
+    bad["request"]["object"]["spec"]["securityContext"] = json!({"runAsUser": 1337});
+    let (status, body) = https(injector, service, &root, "POST", &bad.to_string())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], false);
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.securityContext.runAsUser"),
+        "{answer}"
+    );
+
+    // Not JSON, not POST.
+    let (status, body) = https(injector, service, &root, "POST", "{not json")
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = https(injector, service, &root, "GET", "").await.unwrap();
+    assert_eq!(status, 405);
+
+    // The certificate names the Service, and only what was asked: a client
+    // dialling another name does not get through.
+    let e = https(injector, "mesh-control.default.svc", &root, "POST", &review)
+        .await
+        .expect_err("another name");
+    assert!(e.contains("certificate"), "{e}");
+    plane.shutdown().await;
+}

@@ -10,11 +10,14 @@
 //!   [`ConfigSource`](mesh_core::store::ConfigSource).
 //! - [`inject`]: the sidecar added to pods, for `mesh-proxy inject` and
 //!   the control plane's admission webhook.
+//! - [`rootcert`]: the mesh root published in every namespace
+//!   (`mesh-ca-root-cert`), which injected sidecars mount.
 //! - [`tokenreview`]: service-account tokens at the CA, checked by the API
 //!   server's TokenReview.
 
 pub mod convert;
 pub mod inject;
+pub mod rootcert;
 pub mod source;
 pub mod tokenreview;
 

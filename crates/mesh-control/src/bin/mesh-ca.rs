@@ -31,6 +31,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start and matched at once: the size of `Serve`'s flags
+// costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a root CA (ECDSA P-256) in DIR, or import a CA given in Istio's
@@ -98,6 +101,29 @@ enum Command {
         /// clients: the `server_uri` of their bootstrap). Repeatable.
         #[arg(long, value_name = "NAME")]
         serving_dns_name: Vec<String>,
+        /// With `--kubernetes`: serve the sidecar injector's admission
+        /// webhook here (HTTPS, `POST /inject`, the CA's serving
+        /// certificate, so its DNS name must be a `--serving-dns-name`, and
+        /// the webhook configuration's caBundle the mesh root).
+        #[arg(long, value_name = "ADDR", requires = "kubernetes")]
+        injector_listen: Option<String>,
+        /// The image injected pods run `mesh-proxy` from.
+        #[arg(
+            long,
+            value_name = "IMAGE",
+            default_value = "mesh-proxy:0.1.0",
+            requires = "injector_listen"
+        )]
+        proxy_image: String,
+        /// The control plane as injected sidecars dial it (`host:port`; the
+        /// host must be a `--serving-dns-name`).
+        #[arg(
+            long,
+            value_name = "ADDR",
+            default_value = "mesh-control.mesh-system.svc:15012",
+            requires = "injector_listen"
+        )]
+        injected_control_plane: String,
     },
     /// Print a single-use join token bound to one identity.
     Token {
@@ -222,6 +248,9 @@ async fn run(cli: Cli) -> Result<()> {
             mesh_config_map,
             cluster_domain,
             token_audience,
+            injector_listen,
+            proxy_image,
+            injected_control_plane,
         } => {
             if default_workload_cert_ttl > max_workload_cert_ttl
                 || default_workload_cert_ttl.is_zero()
@@ -247,8 +276,10 @@ async fn run(cli: Cli) -> Result<()> {
                 serving_dns_names: serving_dns_name,
                 ..ControlPlaneConfig::default()
             };
-            // Kept for the life of the process: dropping it stops the watches.
+            // Kept for the life of the process: dropping them stops the
+            // watches and the root's publication.
             let mut kube_source = None;
+            let mut root_publisher = None;
             let mut plane = match &config {
                 Some(path) => {
                     let xds = ConfigServer::from_files(path)
@@ -265,9 +296,37 @@ async fn run(cli: Cli) -> Result<()> {
                         Arc::new(mesh_kube::KubeSource::start(client.clone(), options).await);
                     let xds = ConfigServer::from_source(source.clone(), source.changes())?;
                     kube_source = Some(source);
-                    let reviewer = Arc::new(mesh_kube::TokenReviewer::new(client, token_audience));
-                    ControlPlane::start_on_kubernetes(ca, tokens, listener, settings, xds, reviewer)
-                        .await?
+                    let root_file = dir.join(mesh_ca::ROOT_CERT_FILE);
+                    let root = std::fs::read_to_string(&root_file)
+                        .with_context(|| format!("reading {}", root_file.display()))?;
+                    root_publisher = Some(mesh_kube::rootcert::RootPublisher::start(
+                        client.clone(),
+                        root,
+                    ));
+                    let reviewer = Arc::new(mesh_kube::TokenReviewer::new(
+                        client,
+                        token_audience.clone(),
+                    ));
+                    let inject = mesh_kube::inject::InjectConfig {
+                        proxy_image,
+                        control_plane: injected_control_plane,
+                        trust_domain: ca.trust_domain().as_str().to_owned(),
+                        token_audience,
+                        ..mesh_kube::inject::InjectConfig::default()
+                    };
+                    let plane = ControlPlane::start_on_kubernetes(
+                        ca, tokens, listener, settings, xds, reviewer,
+                    )
+                    .await?;
+                    match &injector_listen {
+                        Some(addr) => {
+                            let l = tokio::net::TcpListener::bind(addr)
+                                .await
+                                .with_context(|| format!("--injector-listen {addr}"))?;
+                            plane.with_injector(l, inject)?
+                        }
+                        None => plane,
+                    }
                 }
                 None => ControlPlane::start(ca, tokens, listener, settings).await?,
             };
@@ -296,6 +355,10 @@ async fn run(cli: Cli) -> Result<()> {
                 tracing::info!(%addr, "metrics at /metrics");
                 println!("metrics on {addr}");
             }
+            if let Some(addr) = plane.injector_addr() {
+                tracing::info!(%addr, "sidecar injector at POST /inject");
+                println!("injector on {addr}");
+            }
             if kube_source.is_some() {
                 tracing::info!(
                     addr = %plane.ca_addr(),
@@ -306,6 +369,7 @@ async fn run(cli: Cli) -> Result<()> {
             tracing::info!("draining");
             plane.shutdown().await;
             drop(kube_source);
+            drop(root_publisher);
         }
         Command::Token { dir, id, ttl } => {
             let ca = CertificateAuthority::open_dir(&dir)?;
