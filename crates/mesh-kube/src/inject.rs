@@ -67,7 +67,15 @@ const HONOURED_ANNOTATIONS: &[&str] = &[
     "traffic.sidecar.istio.io/excludeOutboundIPRanges",
     "traffic.sidecar.istio.io/excludeInboundPorts",
     "traffic.sidecar.istio.io/excludeOutboundPorts",
+    REWRITE_PROBES_ANNOTATION,
 ];
+
+/// `"false"`: the app's probes are left as they are (Istio's).
+pub const REWRITE_PROBES_ANNOTATION: &str = "sidecar.istio.io/rewriteAppHTTPProbers";
+/// The sidecar's environment variable holding the app's original probes.
+pub const APP_PROBES_ENV: &str = "MESH_APP_PROBES";
+/// Where the status port answers the app's rewritten probes.
+pub const APP_HEALTH_PREFIX: &str = "/app-health/";
 
 /// The prefixes of Istio's injection annotations.
 const ISTIO_PREFIXES: &[&str] = &[
@@ -292,7 +300,7 @@ fn inject_template(
             return Err(err(
                 &format!("metadata.annotations.{key}"),
                 "not honoured by this mesh's injector: remove it (honoured: \
-                 sidecar.istio.io/{inject,proxyImage,proxyCPU,proxyMemory,proxyCPULimit,proxyMemoryLimit}, \
+                 sidecar.istio.io/{inject,proxyImage,proxyCPU,proxyMemory,proxyCPULimit,proxyMemoryLimit,rewriteAppHTTPProbers}, \
                  traffic.sidecar.istio.io/{include,exclude}OutboundIPRanges, \
                  traffic.sidecar.istio.io/exclude{Inbound,Outbound}Ports)"
                     .into(),
@@ -335,12 +343,29 @@ fn inject_template(
         .get("sidecar.istio.io/proxyImage")
         .cloned()
         .unwrap_or_else(|| config.proxy_image.clone());
-    let mut injected = vec![
-        init_container(&image, init_args),
-        proxy_container(&image, config, &annotations),
-    ];
-    injected.extend(init);
     let mut spec = spec;
+    let probes = match annotations
+        .get(REWRITE_PROBES_ANNOTATION)
+        .map(String::as_str)
+    {
+        Some("false") => AppProbes::default(),
+        None | Some("true") => rewrite_probes(&mut spec, &err)?,
+        Some(other) => {
+            return Err(err(
+                &format!("metadata.annotations.{REWRITE_PROBES_ANNOTATION}"),
+                format!("{other:?}: expected \"true\" or \"false\""),
+            ));
+        }
+    };
+    let mut proxy = proxy_container(&image, config, &annotations);
+    if !probes.0.is_empty() {
+        let text = serde_json::to_string(&probes).unwrap_or_default();
+        if let Some(env) = proxy.get_mut("env").and_then(Value::as_array_mut) {
+            env.push(json!({"name": APP_PROBES_ENV, "value": text}));
+        }
+    }
+    let mut injected = vec![init_container(&image, init_args), proxy];
+    injected.extend(init);
     let spec_obj = spec
         .as_object_mut()
         .ok_or_else(|| err("spec", "not an object".into()))?;
@@ -868,4 +893,187 @@ fn diff(before: &Value, after: &Value, path: &mut String, ops: &mut Vec<Value>) 
 fn push_token(path: &mut String, token: &str) {
     path.push('/');
     path.push_str(&token.replace('~', "~0").replace('/', "~1"));
+}
+
+/// The app's original probes, by the status port's path that answers them
+/// (`/app-health/CONTAINER/readyz|livez|startupz`): what the injector
+/// passes the sidecar in `MESH_APP_PROBES`, as Istio's injector passes
+/// pilot-agent `ISTIO_KUBE_APP_PROBERS`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppProbes(pub std::collections::BTreeMap<String, AppProbe>);
+
+/// One original probe, its port resolved to a number.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppProbe {
+    /// An HTTP GET of the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetProbe>,
+    /// A TCP connection to the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpProbe>,
+    /// The probe's timeout (the kubelet's default, 1 s, when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// The app's HTTP probe.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpGetProbe {
+    /// The path (and query).
+    pub path: String,
+    /// The app's port.
+    pub port: u16,
+    /// Headers the probe sends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<ProbeHeader>,
+}
+
+/// A probe's header.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeHeader {
+    /// Its name.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+}
+
+/// The app's TCP probe.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbe {
+    /// The app's port.
+    pub port: u16,
+}
+
+/// Rewrites the app containers' HTTP and TCP probes to the sidecar's status
+/// port, which runs them against the app from inside the pod: under
+/// capture the kubelet's own would reach the sidecar's inbound port, which
+/// asks for mTLS. `exec` probes need nothing. HTTPS and gRPC probes are
+/// refused by name (not rewritten yet, and they would fail as they are).
+fn rewrite_probes(
+    spec: &mut Value,
+    err: &impl Fn(&str, String) -> InjectError,
+) -> Result<AppProbes, InjectError> {
+    let mut probes = AppProbes::default();
+    let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) else {
+        return Ok(probes);
+    };
+    for (i, c) in containers.iter_mut().enumerate() {
+        let name = name_of(c).to_owned();
+        let ports: Vec<(String, u64)> = c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p.get("name")?.as_str()?.to_owned(),
+                    p.get("containerPort")?.as_u64()?,
+                ))
+            })
+            .collect();
+        for (kind, suffix) in [
+            ("readinessProbe", "readyz"),
+            ("livenessProbe", "livez"),
+            ("startupProbe", "startupz"),
+        ] {
+            let Some(probe) = c.get_mut(kind).and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let at = format!("spec.containers[{i}].{kind}");
+            let resolve = |v: Option<&Value>, f: &str| -> Result<u16, InjectError> {
+                let n = match v {
+                    Some(Value::Number(n)) => n.as_u64(),
+                    Some(Value::String(s)) => match s.parse::<u64>() {
+                        Ok(n) => Some(n),
+                        Err(_) => ports.iter().find(|(n, _)| n == s).map(|(_, p)| *p),
+                    },
+                    _ => None,
+                };
+                n.and_then(|n| u16::try_from(n).ok())
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        err(
+                            &format!("{at}.{f}.port"),
+                            "not a port number or a named port of the container".into(),
+                        )
+                    })
+            };
+            let timeout_seconds = probe.get("timeoutSeconds").and_then(Value::as_u64);
+            let original = if let Some(get) = probe.get("httpGet") {
+                if get.get("host").is_some() {
+                    // The kubelet probes another host: nothing of the pod's.
+                    continue;
+                }
+                let scheme = get.get("scheme").and_then(Value::as_str).unwrap_or("HTTP");
+                if scheme != "HTTP" {
+                    return Err(err(
+                        &format!("{at}.httpGet.scheme"),
+                        format!(
+                            "{scheme} probes are not rewritten to the sidecar yet, and under capture the kubelet's \
+                             would reach the sidecar: use an exec probe, or {REWRITE_PROBES_ANNOTATION}: \"false\""
+                        ),
+                    ));
+                }
+                let port = resolve(get.get("port"), "httpGet")?;
+                let http_headers = get
+                    .get("httpHeaders")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|h| {
+                        Some(ProbeHeader {
+                            name: h.get("name")?.as_str()?.to_owned(),
+                            value: h.get("value")?.as_str()?.to_owned(),
+                        })
+                    })
+                    .collect();
+                AppProbe {
+                    http_get: Some(HttpGetProbe {
+                        path: get
+                            .get("path")
+                            .and_then(Value::as_str)
+                            .unwrap_or("/")
+                            .to_owned(),
+                        port,
+                        http_headers,
+                    }),
+                    tcp_socket: None,
+                    timeout_seconds,
+                }
+            } else if let Some(tcp) = probe.get("tcpSocket") {
+                if tcp.get("host").is_some() {
+                    continue;
+                }
+                AppProbe {
+                    http_get: None,
+                    tcp_socket: Some(TcpProbe {
+                        port: resolve(tcp.get("port"), "tcpSocket")?,
+                    }),
+                    timeout_seconds,
+                }
+            } else if probe.contains_key("grpc") {
+                return Err(err(
+                    &format!("{at}.grpc"),
+                    format!(
+                        "gRPC probes are not rewritten to the sidecar yet, and under capture the kubelet's \
+                         would reach the sidecar: use an exec probe, or {REWRITE_PROBES_ANNOTATION}: \"false\""
+                    ),
+                ));
+            } else {
+                continue;
+            };
+            let path = format!("{APP_HEALTH_PREFIX}{name}/{suffix}");
+            probe.remove("tcpSocket");
+            probe.insert(
+                "httpGet".into(),
+                json!({"path": path, "port": STATUS_PORT, "scheme": "HTTP"}),
+            );
+            probes.0.insert(path, original);
+        }
+    }
+    Ok(probes)
 }

@@ -388,7 +388,7 @@ fn istio_s_traffic_annotations_are_honoured_and_others_refused_by_name() {
     assert_eq!(proxy["resources"]["limits"]["memory"], "256Mi");
 
     for (key, value) in [
-        ("sidecar.istio.io/rewriteAppHTTPProbers", "false"),
+        ("sidecar.istio.io/logLevel", "debug"),
         ("traffic.sidecar.istio.io/includeInboundPorts", "80"),
         ("proxy.istio.io/config", "{}"),
         ("sidecar.istio.io/status", "{}"),
@@ -498,4 +498,129 @@ fn the_json_patch_escapes_keys_and_removes_what_is_gone() {
     assert!(patch.contains(&json!({"op": "replace", "path": "/a/x~1y", "value": 5})));
     assert!(patch.contains(&json!({"op": "remove", "path": "/a/gone"})));
     assert_eq!(apply_patch(&before, &patch), after);
+}
+
+#[test]
+fn the_app_s_http_and_tcp_probes_move_to_the_status_port() {
+    let config = InjectConfig::default();
+    let mut p = pod(json!({"containers": [{
+        "name": "web", "image": "wordpress",
+        "ports": [{"name": "http", "containerPort": 80}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http",
+                                       "httpHeaders": [{"name": "X-Probe", "value": "1"}]},
+                           "periodSeconds": 5, "timeoutSeconds": 2},
+        "livenessProbe": {"tcpSocket": {"port": 80}, "failureThreshold": 4},
+        "startupProbe": {"exec": {"command": ["true"]}},
+    }, {
+        "name": "side", "image": "x",
+        "readinessProbe": {"httpGet": {"path": "/", "port": 9000, "host": "example.test"}},
+    }]}));
+    inject::inject_object(&mut p, &config).unwrap();
+    let web = &p["spec"]["containers"][0];
+    assert_eq!(
+        web["readinessProbe"],
+        json!({"httpGet": {"path": "/app-health/web/readyz", "port": 15020, "scheme": "HTTP"},
+               "periodSeconds": 5, "timeoutSeconds": 2})
+    );
+    assert_eq!(
+        web["livenessProbe"],
+        json!({"httpGet": {"path": "/app-health/web/livez", "port": 15020, "scheme": "HTTP"},
+               "failureThreshold": 4})
+    );
+    assert_eq!(
+        web["startupProbe"],
+        json!({"exec": {"command": ["true"]}}),
+        "exec: as it was"
+    );
+    assert_eq!(
+        p["spec"]["containers"][1]["readinessProbe"]["httpGet"]["host"], "example.test",
+        "another host's probe: as it was"
+    );
+    let proxy = &p["spec"]["initContainers"][1];
+    let env = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "MESH_APP_PROBES")
+        .unwrap();
+    let probes: inject::AppProbes = serde_json::from_str(env["value"].as_str().unwrap()).unwrap();
+    let ready = &probes.0["/app-health/web/readyz"];
+    let get = ready.http_get.as_ref().unwrap();
+    assert_eq!(
+        (get.path.as_str(), get.port),
+        ("/ready", 80),
+        "the named port resolved"
+    );
+    assert_eq!(get.http_headers[0].name, "X-Probe");
+    assert_eq!(ready.timeout_seconds, Some(2));
+    assert_eq!(
+        probes.0["/app-health/web/livez"]
+            .tcp_socket
+            .as_ref()
+            .unwrap()
+            .port,
+        80
+    );
+    assert_eq!(probes.0.len(), 2);
+    // Idempotent with probes too.
+    let once = p.clone();
+    assert_eq!(
+        inject::inject_object(&mut p, &config).unwrap(),
+        Outcome::AlreadyInjected
+    );
+    assert_eq!(p, once);
+
+    // Opted out: the probes stay, and no variable.
+    let mut p = pod(json!({"containers": [{"name": "web", "image": "x",
+        "readinessProbe": {"tcpSocket": {"port": 80}}}]}));
+    p["metadata"]["annotations"] = json!({"sidecar.istio.io/rewriteAppHTTPProbers": "false"});
+    inject::inject_object(&mut p, &config).unwrap();
+    assert_eq!(
+        p["spec"]["containers"][0]["readinessProbe"],
+        json!({"tcpSocket": {"port": 80}})
+    );
+    assert!(
+        !p["spec"]["initContainers"][1]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "MESH_APP_PROBES")
+    );
+}
+
+#[test]
+fn probes_that_cannot_be_moved_are_refused_by_field() {
+    let config = InjectConfig::default();
+    for (probe, field) in [
+        (
+            json!({"httpGet": {"path": "/", "port": 443, "scheme": "HTTPS"}}),
+            "spec.containers[0].readinessProbe.httpGet.scheme",
+        ),
+        (
+            json!({"grpc": {"port": 9090}}),
+            "spec.containers[0].readinessProbe.grpc",
+        ),
+        (
+            json!({"httpGet": {"path": "/", "port": "nope"}}),
+            "spec.containers[0].readinessProbe.httpGet.port",
+        ),
+        (
+            json!({"tcpSocket": {"port": 70000}}),
+            "spec.containers[0].readinessProbe.tcpSocket.port",
+        ),
+    ] {
+        let mut p =
+            pod(json!({"containers": [{"name": "web", "image": "x", "readinessProbe": probe}]}));
+        let before = p.clone();
+        let e = inject::inject_object(&mut p, &config).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert_eq!(p, before);
+    }
+    let mut p = pod(json!({"containers": [{"name": "web", "image": "x"}]}));
+    p["metadata"]["annotations"] = json!({"sidecar.istio.io/rewriteAppHTTPProbers": "maybe"});
+    let e = inject::inject_object(&mut p, &config).unwrap_err();
+    assert_eq!(
+        e.field,
+        "metadata.annotations.sidecar.istio.io/rewriteAppHTTPProbers"
+    );
 }

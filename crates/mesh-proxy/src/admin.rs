@@ -13,6 +13,7 @@ use mesh_tower::body::{BoxBody, full};
 use tokio::net::TcpListener;
 
 use crate::identity::Identity;
+use mesh_kube::inject::{APP_HEALTH_PREFIX, AppProbes, HttpGetProbe};
 use mesh_tower::server::{Drain, accept_loop, serve_connection};
 
 /// Something that adds lines to `/stats/prometheus`.
@@ -94,20 +95,21 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
 }
 
 /// Which endpoints a listener answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Endpoints {
     /// All of them: the admin listener, loopback unless asked.
     Admin,
     /// Readiness and metrics only: the status listener (`--status-addr`,
     /// Istio's 15020), which the kubelet's probes and Prometheus reach on
     /// the pod's address. The configuration and certificate dumps are not
-    /// served there.
-    Status,
+    /// served there. Also the app's own probes, rewritten by the injector
+    /// to `/app-health/CONTAINER/KIND` and run here against the app.
+    Status(Arc<AppProbes>),
 }
 
-fn handle<B>(state: &AdminState, req: &Request<B>, endpoints: Endpoints) -> Response<BoxBody> {
+fn handle<B>(state: &AdminState, req: &Request<B>, endpoints: &Endpoints) -> Response<BoxBody> {
     let path = req.uri().path();
-    if endpoints == Endpoints::Status
+    if matches!(endpoints, Endpoints::Status(_))
         && !matches!(
             path,
             "/ready" | "/healthz/ready" | "/stats/prometheus" | "/metrics"
@@ -181,10 +183,102 @@ pub(crate) fn serve(
     let conns = drain.clone();
     accept_loop(listener, drain, move |tcp, _| {
         let state = state.clone();
+        let endpoints = endpoints.clone();
         let svc = tower::service_fn(move |req: Request<crate::runtime::ProxyBody>| {
-            let resp = handle(&state, &req, endpoints);
-            async move { Ok::<_, Infallible>(resp) }
+            let probe = match &endpoints {
+                Endpoints::Status(probes) if req.uri().path().starts_with(APP_HEALTH_PREFIX) => {
+                    Some((probes.clone(), req.uri().path().to_owned()))
+                }
+                _ => None,
+            };
+            let resp = match probe {
+                Some(_) => None,
+                None => Some(handle(&state, &req, &endpoints)),
+            };
+            async move {
+                Ok::<_, Infallible>(match (resp, probe) {
+                    (Some(resp), _) => resp,
+                    (None, Some((probes, path))) => app_health(&probes, &path).await,
+                    (None, None) => text(StatusCode::NOT_FOUND, String::new(), "text/plain"),
+                })
+            }
         });
         tokio::spawn(serve_connection(tcp, svc, conns.clone(), None));
     })
+}
+
+/// Runs the app's probe that the injector moved to `path`: 200 when the
+/// app answers it (an HTTP status from 200 to 399, as the kubelet counts
+/// it, or a TCP connection), 503 with the reason otherwise, 404 for a path
+/// no probe was moved to. The app is reached on loopback, from the proxy's
+/// uid, which capture lets through.
+async fn app_health(probes: &AppProbes, path: &str) -> Response<BoxBody> {
+    let Some(probe) = probes.0.get(path) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no app probe at {path}\n"),
+            "text/plain",
+        );
+    };
+    let timeout = std::time::Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1));
+    let run = async {
+        if let Some(get) = &probe.http_get {
+            http_probe(get).await
+        } else if let Some(tcp) = &probe.tcp_socket {
+            tokio::net::TcpStream::connect(("127.0.0.1", tcp.port))
+                .await
+                .map(|_| format!("connected to port {}", tcp.port))
+                .map_err(|e| format!("connecting to port {}: {e}", tcp.port))
+        } else {
+            Err("the probe names no check".into())
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(msg)) => text(StatusCode::OK, format!("{msg}\n"), "text/plain"),
+        Ok(Err(why)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{why}\n"),
+            "text/plain",
+        ),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the app did not answer within {}s\n", timeout.as_secs()),
+            "text/plain",
+        ),
+    }
+}
+
+/// One HTTP/1.1 GET of the app, as the kubelet sends it.
+async fn http_probe(get: &HttpGetProbe) -> Result<String, String> {
+    let port = get.port;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connecting to port {port}: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("port {port}: {e}"))?;
+    tokio::spawn(conn);
+    let mut req = Request::get(get.path.as_str());
+    let mut host = false;
+    for h in &get.http_headers {
+        host |= h.name.eq_ignore_ascii_case("host");
+        req = req.header(h.name.as_str(), h.value.as_str());
+    }
+    if !host {
+        req = req.header(http::header::HOST, format!("127.0.0.1:{port}"));
+    }
+    let req = req
+        .header(http::header::USER_AGENT, "kube-probe/mesh-proxy")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("the probe's request: {e}"))?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("GET {} on port {port}: {e}", get.path))?;
+    let status = resp.status();
+    if (200..400).contains(&status.as_u16()) {
+        Ok(format!("GET {} on port {port}: {status}", get.path))
+    } else {
+        Err(format!("GET {} on port {port}: {status}", get.path))
+    }
 }

@@ -308,6 +308,12 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
             .with_context(|| format!("--app {a}: expected ADDR or PORT_NAME=ADDR"))?;
     }
     let admin = args.common.admin_listener().await?;
+    if args.status_addr.is_none() && std::env::var_os(mesh_kube::inject::APP_PROBES_ENV).is_some() {
+        bail!(
+            "{} names the app's probes, which are served on the status port: give --status-addr",
+            mesh_kube::inject::APP_PROBES_ENV
+        );
+    }
     let status = match args.status_addr {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
@@ -392,7 +398,7 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
         None
     };
     let sidecar = match status {
-        Some(status) => sidecar.status_listener(status),
+        Some(status) => sidecar.status_listener(status, app_probes()?),
         None => sidecar,
     };
     let proxy = sidecar.start(SidecarListeners {
@@ -403,6 +409,17 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
         capture,
     })?;
     ready_then_drain(proxy).await
+}
+
+/// The app's probes the injector moved to the status port, from
+/// `MESH_APP_PROBES` (none when it is unset).
+fn app_probes() -> Result<mesh_kube::inject::AppProbes> {
+    let name = mesh_kube::inject::APP_PROBES_ENV;
+    match std::env::var(name) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{name}: {text}")),
+        Err(std::env::VarError::NotPresent) => Ok(mesh_kube::inject::AppProbes::default()),
+        Err(e) => Err(anyhow!("{name}: {e}")),
+    }
 }
 
 /// Binds the capture listeners: outbound on `127.0.0.1` and `[::1]`

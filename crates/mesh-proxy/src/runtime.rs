@@ -194,8 +194,9 @@ impl ProxyHandle {
 /// What [`launch`] runs.
 pub(crate) struct Launch<F> {
     pub(crate) admin: TcpListener,
-    /// The status listener (readiness and metrics only), if any.
-    pub(crate) status: Option<TcpListener>,
+    /// The status listener (readiness, metrics and the app's probes), if
+    /// any.
+    pub(crate) status: Option<(TcpListener, Arc<mesh_kube::inject::AppProbes>)>,
     pub(crate) state: Arc<AdminState>,
     pub(crate) drain: (DrainController, Drain),
     pub(crate) drain_timeout: Duration,
@@ -259,12 +260,12 @@ where
         drain.clone(),
         crate::admin::Endpoints::Admin,
     );
-    let status_loop = l.status.map(|status| {
+    let status_loop = l.status.map(|(status, probes)| {
         crate::admin::serve(
             status,
             l.state.clone(),
             drain.clone(),
-            crate::admin::Endpoints::Status,
+            crate::admin::Endpoints::Status(probes),
         )
     });
     let (start, state, watcher) = (l.start, l.state, l.watcher);

@@ -28,10 +28,27 @@ use tokio::net::TcpListener;
 /// The injected sidecar's arguments for pod `web-0` of service account
 /// `web`, with the test's addresses and files.
 fn injected_args(control_plane: SocketAddr, root: &str, token: &str) -> Vec<String> {
+    injected(
+        control_plane,
+        root,
+        token,
+        json!({"name": "web", "image": "nginx"}),
+    )
+    .0
+}
+
+/// The injected sidecar's arguments and environment (its `value`s) for pod
+/// `web-0` with the app container `app`.
+fn injected(
+    control_plane: SocketAddr,
+    root: &str,
+    token: &str,
+    app: serde_json::Value,
+) -> (Vec<String>, Vec<(String, String)>) {
     let mut pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "web-0", "namespace": "default", "labels": {"app": "web"}},
-        "spec": {"serviceAccountName": "web", "containers": [{"name": "web", "image": "nginx"}]},
+        "spec": {"serviceAccountName": "web", "containers": [app]},
     });
     let config = InjectConfig {
         control_plane: control_plane.to_string(),
@@ -71,7 +88,18 @@ fn injected_args(control_plane: SocketAddr, root: &str, token: &str) -> Vec<Stri
         }
     }
     args.extend(["--admin", "127.0.0.1:0", "--http-proxy", "off"].map(String::from));
-    args
+    let env = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    (args, env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,5 +199,153 @@ async fn the_injected_sidecar_gets_its_service_account_s_svid_and_serves_status(
     let probe = http_get(&format!("http://{status}/healthz/ready")).await;
     assert!(!matches!(probe, Some((200, _))), "{probe:?}");
     drop(refused);
+    plane.shutdown().await;
+}
+
+/// An app that answers `GET /healthz` 200 and anything else 500, over
+/// HTTP/1.1, on a port of its own.
+async fn health_app() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&got);
+                let ok = head.starts_with("GET /healthz ")
+                    && head.to_ascii_lowercase().contains("x-probe: mesh");
+                let status = if ok {
+                    "200 OK"
+                } else {
+                    "500 Internal Server Error"
+                };
+                let _ = tcp
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_s_probes_run_through_the_status_port() {
+    let api = ApiServer::start().await;
+    serve_mesh_kinds(&api);
+    api.put(
+        "/api/v1/pods",
+        json!({"metadata": {"name": "web-0", "namespace": "default", "labels": {"app": "web"}},
+               "spec": {"serviceAccountName": "web", "containers": [{"name": "web", "image": "wordpress"}]},
+               "status": {"phase": "Running", "podIP": "10.244.0.12",
+                          "conditions": [{"type": "Ready", "status": "True"}]}}),
+    );
+    api.token(
+        "eyJ.web.ok",
+        true,
+        "system:serviceaccount:default:web",
+        &["istio-ca"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    CertificateAuthority::init_dir(&ca_dir, TrustDomain::new("cluster.local").unwrap()).unwrap();
+    let ca = Arc::new(CertificateAuthority::open_dir(&ca_dir).unwrap());
+    let source = Arc::new(KubeSource::start(api.client(), KubeOptions::default()).await);
+    let xds = ConfigServer::from_source(source.clone(), source.changes()).unwrap();
+    let plane = ControlPlane::start_on_kubernetes(
+        ca,
+        TokenStore::new(&ca_dir),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ControlPlaneConfig::default(),
+        xds,
+        Arc::new(TokenReviewer::new(api.client(), "istio-ca")),
+    )
+    .await
+    .unwrap();
+    let root = ca_dir.join("root-cert.pem");
+    let token = dir.path().join("mesh-token");
+    std::fs::write(&token, "eyJ.web.ok").unwrap();
+
+    let app = health_app().await;
+    // A port nothing listens on: bound, then closed.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let container = json!({
+        "name": "web", "image": "wordpress",
+        "ports": [{"name": "http", "containerPort": app}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http",
+                                       "httpHeaders": [{"name": "X-Probe", "value": "mesh"}]},
+                           "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/broken", "port": app}},
+        "startupProbe": {"tcpSocket": {"port": closed}},
+    });
+    let (args, env) = injected(
+        plane.ca_addr(),
+        root.to_str().unwrap(),
+        token.to_str().unwrap(),
+        container,
+    );
+    assert!(env.iter().any(|(k, _)| k == "MESH_APP_PROBES"), "{env:?}");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-proxy"));
+    cmd.args(&args).envs(env);
+    let mut web = Proc::spawn(cmd);
+    let status = web.line("status listening").await;
+    let status = field(&status, "addr").to_owned();
+    web.line(" ready").await;
+
+    let (code, body) = http_get(&format!("http://{status}/app-health/web/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http_get(&format!("http://{status}/app-health/web/livez"))
+        .await
+        .unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("500"), "{body}");
+    let (code, body) = http_get(&format!("http://{status}/app-health/web/startupz"))
+        .await
+        .unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains(&format!("port {closed}")), "{body}");
+    let (code, _) = http_get(&format!("http://{status}/app-health/other/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(code, 404);
+    drop(web);
+
+    // The variable without a status port: refused by name at start.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-proxy"));
+    let without: Vec<String> = {
+        let mut v = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if a == "--status-addr" {
+                it.next();
+            } else {
+                v.push(a.clone());
+            }
+        }
+        v
+    };
+    cmd.args(&without).env("MESH_APP_PROBES", "{}");
+    let mut refused = Proc::spawn(cmd);
+    refused.line("give --status-addr").await;
     plane.shutdown().await;
 }

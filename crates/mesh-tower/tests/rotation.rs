@@ -35,8 +35,8 @@ fn root_ca() -> CertificateAuthority {
     CertificateAuthority::generate_root(td(), OffsetDateTime::now_utc())
         .unwrap()
         .with_policy(LeafPolicy {
-            default_ttl: Duration::from_secs(2),
-            max_ttl: Duration::from_secs(2),
+            default_ttl: Duration::from_secs(6),
+            max_ttl: Duration::from_secs(6),
             backdate: Duration::from_secs(1),
         })
 }
@@ -76,7 +76,7 @@ async fn one_request(addr: std::net::SocketAddr, connector: &MeshConnector) -> R
 }
 
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if cond() {
             return;
         }
@@ -116,8 +116,12 @@ async fn renewals_and_root_rotation_drop_no_request() {
     let (root_a, root_b) = (ca_a.root().clone(), ca_b.root().clone());
     let server_signer = LocalSigner::new(Arc::new(ca_a.try_clone().unwrap()), id("backend"));
     let client_signer = LocalSigner::new(Arc::new(ca_a.try_clone().unwrap()), id("frontend"));
+    // Leaves of six seconds, renewed at half: three seconds of slack for a
+    // renewal delayed by a loaded machine (with two-second leaves, one
+    // second was not always enough under a parallel build, and requests
+    // met an expired certificate).
     let config = ManagerConfig {
-        ttl: Duration::from_secs(2),
+        ttl: Duration::from_secs(6),
         initial_backoff: Duration::from_millis(50),
         ..ManagerConfig::default()
     };
@@ -184,15 +188,15 @@ async fn renewals_and_root_rotation_drop_no_request() {
         }));
     }
 
-    // Leaves of two seconds renew about every second.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Leaves of six seconds renew about every three.
+    tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(
-        server_mgr.status().renewals() >= 4,
+        server_mgr.status().renewals() >= 2,
         "server renewals {}",
         server_mgr.status().renewals()
     );
     assert!(
-        client_mgr.status().renewals() >= 4,
+        client_mgr.status().renewals() >= 2,
         "client renewals {}",
         client_mgr.status().renewals()
     );

@@ -233,7 +233,7 @@ pub struct Sidecar {
     settings: ServerSettings,
     drain_timeout: Duration,
     default_inbound_port: u16,
-    status: Option<TcpListener>,
+    status: Option<(TcpListener, Arc<mesh_kube::inject::AppProbes>)>,
 }
 
 /// A port the sidecar serves inbound, as the configuration names it.
@@ -417,9 +417,17 @@ impl Sidecar {
     /// `/stats/prometheus`), and nothing else, on `listener`: the status
     /// port (Istio's 15020) the kubelet probes and Prometheus scrape on the
     /// pod's address, while the admin listener stays on loopback.
+    ///
+    /// `probes` are the app's own probes the injector moved here
+    /// (`MESH_APP_PROBES`): `/app-health/CONTAINER/KIND` runs each against
+    /// the app on loopback.
     #[must_use]
-    pub fn status_listener(mut self, listener: TcpListener) -> Self {
-        self.status = Some(listener);
+    pub fn status_listener(
+        mut self,
+        listener: TcpListener,
+        probes: mesh_kube::inject::AppProbes,
+    ) -> Self {
+        self.status = Some((listener, Arc::new(probes)));
         self
     }
 
