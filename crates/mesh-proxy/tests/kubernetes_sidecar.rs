@@ -102,8 +102,19 @@ fn injected(
     (args, env)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_injected_sidecar_gets_its_service_account_s_svid_and_serves_status() {
+/// A cluster (the in-test API server) holding pod `web-0` of service
+/// account `web`, whose token `eyJ.web.ok` TokenReview accepts for
+/// `istio-ca`; a control plane on it; the folder holding the CA and the
+/// projected token file, and their paths.
+struct Cluster {
+    api: ApiServer,
+    plane: ControlPlane,
+    _dir: tempfile::TempDir,
+    root: String,
+    token: std::path::PathBuf,
+}
+
+async fn cluster() -> Cluster {
     let api = ApiServer::start().await;
     serve_mesh_kinds(&api);
     api.put(
@@ -119,13 +130,6 @@ async fn the_injected_sidecar_gets_its_service_account_s_svid_and_serves_status(
         "system:serviceaccount:default:web",
         &["istio-ca"],
     );
-    api.token(
-        "eyJ.web.vault",
-        true,
-        "system:serviceaccount:default:web",
-        &["vault"],
-    );
-
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     CertificateAuthority::init_dir(&ca_dir, TrustDomain::new("cluster.local").unwrap()).unwrap();
@@ -142,12 +146,34 @@ async fn the_injected_sidecar_gets_its_service_account_s_svid_and_serves_status(
     )
     .await
     .unwrap();
-    let root = ca_dir.join("root-cert.pem");
-    let root = root.to_str().unwrap();
-
     // The projected token, as the kubelet writes it.
     let token = dir.path().join("mesh-token");
     std::fs::write(&token, "eyJ.web.ok").unwrap();
+    Cluster {
+        api,
+        plane,
+        root: ca_dir.join("root-cert.pem").to_str().unwrap().to_owned(),
+        token,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_injected_sidecar_gets_its_service_account_s_svid_and_serves_status() {
+    let Cluster {
+        api,
+        plane,
+        _dir: dir,
+        root,
+        token,
+    } = cluster().await;
+    let root = root.as_str();
+    api.token(
+        "eyJ.web.vault",
+        true,
+        "system:serviceaccount:default:web",
+        &["vault"],
+    );
     let args = injected_args(plane.ca_addr(), root, token.to_str().unwrap());
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-proxy"));
     cmd.args(&args);
@@ -246,41 +272,13 @@ async fn health_app() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_s_probes_run_through_the_status_port() {
-    let api = ApiServer::start().await;
-    serve_mesh_kinds(&api);
-    api.put(
-        "/api/v1/pods",
-        json!({"metadata": {"name": "web-0", "namespace": "default", "labels": {"app": "web"}},
-               "spec": {"serviceAccountName": "web", "containers": [{"name": "web", "image": "wordpress"}]},
-               "status": {"phase": "Running", "podIP": "10.244.0.12",
-                          "conditions": [{"type": "Ready", "status": "True"}]}}),
-    );
-    api.token(
-        "eyJ.web.ok",
-        true,
-        "system:serviceaccount:default:web",
-        &["istio-ca"],
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let ca_dir = dir.path().join("ca");
-    CertificateAuthority::init_dir(&ca_dir, TrustDomain::new("cluster.local").unwrap()).unwrap();
-    let ca = Arc::new(CertificateAuthority::open_dir(&ca_dir).unwrap());
-    let source = Arc::new(KubeSource::start(api.client(), KubeOptions::default()).await);
-    let xds = ConfigServer::from_source(source.clone(), source.changes()).unwrap();
-    let plane = ControlPlane::start_on_kubernetes(
-        ca,
-        TokenStore::new(&ca_dir),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        ControlPlaneConfig::default(),
-        xds,
-        Arc::new(TokenReviewer::new(api.client(), "istio-ca")),
-    )
-    .await
-    .unwrap();
-    let root = ca_dir.join("root-cert.pem");
-    let token = dir.path().join("mesh-token");
-    std::fs::write(&token, "eyJ.web.ok").unwrap();
-
+    let Cluster {
+        api: _api,
+        plane,
+        _dir,
+        root,
+        token,
+    } = cluster().await;
     let app = health_app().await;
     // A port nothing listens on: bound, then closed.
     let closed = {
@@ -296,12 +294,7 @@ async fn the_app_s_probes_run_through_the_status_port() {
         "livenessProbe": {"httpGet": {"path": "/broken", "port": app}},
         "startupProbe": {"tcpSocket": {"port": closed}},
     });
-    let (args, env) = injected(
-        plane.ca_addr(),
-        root.to_str().unwrap(),
-        token.to_str().unwrap(),
-        container,
-    );
+    let (args, env) = injected(plane.ca_addr(), &root, token.to_str().unwrap(), container);
     assert!(env.iter().any(|(k, _)| k == "MESH_APP_PROBES"), "{env:?}");
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-proxy"));
     cmd.args(&args).envs(env);
