@@ -32,11 +32,7 @@ pub const INJECT_PATH: &str = "/inject";
 const MAX_REVIEW_BYTES: usize = 3 << 20;
 
 fn answer(status: StatusCode, body: String, content_type: &'static str) -> Response<BoxBody> {
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
+    crate::monitor::answer(status, full(body), content_type)
 }
 
 /// One request to the webhook.

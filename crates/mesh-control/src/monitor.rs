@@ -237,7 +237,11 @@ impl Monitor {
     }
 }
 
-fn answer(status: StatusCode, body: BoxBody, content_type: &'static str) -> Response<BoxBody> {
+pub(crate) fn answer(
+    status: StatusCode,
+    body: BoxBody,
+    content_type: &'static str,
+) -> Response<BoxBody> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut()

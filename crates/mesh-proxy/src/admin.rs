@@ -185,21 +185,18 @@ pub(crate) fn serve(
         let state = state.clone();
         let endpoints = endpoints.clone();
         let svc = tower::service_fn(move |req: Request<crate::runtime::ProxyBody>| {
-            let probe = match &endpoints {
+            // Everything but the app's probes is answered at once; a probe
+            // waits for the app.
+            let now = match &endpoints {
                 Endpoints::Status(probes) if req.uri().path().starts_with(APP_HEALTH_PREFIX) => {
-                    Some((probes.clone(), req.uri().path().to_owned()))
+                    Err(probes.clone())
                 }
-                _ => None,
-            };
-            let resp = match probe {
-                Some(_) => None,
-                None => Some(handle(&state, &req, &endpoints)),
+                _ => Ok(handle(&state, &req, &endpoints)),
             };
             async move {
-                Ok::<_, Infallible>(match (resp, probe) {
-                    (Some(resp), _) => resp,
-                    (None, Some((probes, path))) => app_health(&probes, &path).await,
-                    (None, None) => text(StatusCode::NOT_FOUND, String::new(), "text/plain"),
+                Ok::<_, Infallible>(match now {
+                    Ok(resp) => resp,
+                    Err(probes) => app_health(&probes, req.uri().path()).await,
                 })
             }
         });

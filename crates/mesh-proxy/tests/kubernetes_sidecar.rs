@@ -280,11 +280,12 @@ async fn the_app_s_probes_run_through_the_status_port() {
         token,
     } = cluster().await;
     let app = health_app().await;
-    // A port nothing listens on: bound, then closed.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A port nothing listens on, held for the test: bound but never
+    // listening, so a connection to it is refused and no other process can
+    // take it meanwhile.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = held.local_addr().unwrap().port();
     let container = json!({
         "name": "web", "image": "wordpress",
         "ports": [{"name": "http", "containerPort": app}],
@@ -340,5 +341,6 @@ async fn the_app_s_probes_run_through_the_status_port() {
     cmd.args(&without).env("MESH_APP_PROBES", "{}");
     let mut refused = Proc::spawn(cmd);
     refused.line("give --status-addr").await;
+    drop(held);
     plane.shutdown().await;
 }
