@@ -14,6 +14,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use apiserver::{ApiServer, serve_mesh_kinds};
 use mesh_ca::{CertificateAuthority, TokenStore};
@@ -342,5 +343,209 @@ async fn the_app_s_probes_run_through_the_status_port() {
     let mut refused = Proc::spawn(cmd);
     refused.line("give --status-addr").await;
     drop(held);
+    plane.shutdown().await;
+}
+
+/// `GET path` from `client` to web: the status.
+async fn call(client: &mesh_tower::Mesh, path: &str) -> u16 {
+    let req = http::Request::get(format!("http://web.default.svc.cluster.local{path}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    client.send(req).await.status().as_u16()
+}
+
+/// A policy at web denying `path`: the probe that a change made in the
+/// cluster reached the data planes.
+fn deny(path: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": format!("deny{}", path.replace('/', "-")), "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "DENY",
+                 "rules": [{"to": [{"operation": {"paths": [path]}}]}]},
+    })
+}
+
+/// The "Done when" of the Kubernetes source: two workloads following a
+/// control plane on Kubernetes (the client and web, proxyless `Mesh`es, web
+/// with an AuthorizationPolicy that admits only the client) while the API
+/// server's watches end, its history is compacted (410 Gone, a relist), and
+/// it answers 500 to everything for a while. A request every few
+/// milliseconds meanwhile: not one fails, so no configuration was lost on
+/// the way (a lost service is a 503 at the client, a lost workload or policy
+/// a refusal at web); after each fault a change made in the cluster reaches
+/// web, so the watches did come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_plane_on_kubernetes_rides_out_ended_watches_410_and_500s() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const PODS: &str = "/api/v1/pods";
+    const POLICIES: &str = "/apis/security.istio.io/v1/authorizationpolicies";
+
+    let web_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = web_listener.local_addr().unwrap().port();
+    let api = ApiServer::start().await;
+    serve_mesh_kinds(&api);
+    let pod = |name: &str, app: &str| {
+        json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+               "spec": {"serviceAccountName": app, "containers": [{"name": app, "image": app}]},
+               "status": {"phase": "Running", "podIP": "127.0.0.1",
+                          "conditions": [{"type": "Ready", "status": "True"}]}})
+    };
+    api.put(PODS, pod("web-0", "web"));
+    api.put(PODS, pod("client-0", "client"));
+    api.put(
+        "/api/v1/services",
+        json!({"metadata": {"name": "web", "namespace": "default"},
+               "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.50", "selector": {"app": "web"},
+                        "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": port}]}}),
+    );
+    api.put(
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        json!({"metadata": {"name": "web-abcde", "namespace": "default",
+                            "labels": {"kubernetes.io/service-name": "web"}},
+               "addressType": "IPv4",
+               "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+               "endpoints": [{"addresses": ["127.0.0.1"],
+                              "conditions": {"ready": true, "serving": true, "terminating": false},
+                              "targetRef": {"kind": "Pod", "name": "web-0", "namespace": "default"}}]}),
+    );
+    api.put(
+        POLICIES,
+        json!({"metadata": {"name": "web", "namespace": "default"},
+               "spec": {"selector": {"matchLabels": {"app": "web"}},
+                        "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/client"]}}]}]}}),
+    );
+
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    CertificateAuthority::init_dir(&ca_dir, td.clone()).unwrap();
+    let ca = Arc::new(CertificateAuthority::open_dir(&ca_dir).unwrap());
+    let source = Arc::new(KubeSource::start(api.client(), KubeOptions::default()).await);
+    let xds = ConfigServer::from_source(source.clone(), source.changes()).unwrap();
+    let plane = ControlPlane::start_on_kubernetes(
+        ca.clone(),
+        TokenStore::new(&ca_dir),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ControlPlaneConfig::default(),
+        xds,
+        Arc::new(TokenReviewer::new(api.client(), "istio-ca")),
+    )
+    .await
+    .unwrap();
+    let follow = |pod: &'static str, sa: &'static str| {
+        let certs = dir.path().join(sa);
+        let id = mesh_core::identity::SpiffeId::for_workload(&td, "default", sa).unwrap();
+        support::write_identity(&ca, &id, time::OffsetDateTime::now_utc(), None, &certs);
+        mesh_tower::Mesh::builder()
+            .control_plane(plane.ca_addr().to_string())
+            .workload("default", pod)
+            .identity_files(
+                certs.join("cert.pem"),
+                certs.join("key.pem"),
+                certs.join("bundle.pem"),
+            )
+            .build()
+    };
+    let web = follow("web-0", "web").await.unwrap();
+    let _served = web
+        .serve_listener(
+            web_listener,
+            tower::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"web"),
+                )))
+            }),
+        )
+        .unwrap();
+    let client = Arc::new(follow("client-0", "client").await.unwrap());
+    assert_eq!(call(&client, "/").await, 200);
+
+    // The traffic: one request after another until the end, every status
+    // other than 200 kept.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let traffic = tokio::spawn({
+        let (client, stop, sent) = (client.clone(), stop.clone(), sent.clone());
+        async move {
+            let mut failed = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let status = call(&client, "/").await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if status != 200 {
+                    failed.push(status);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            failed
+        }
+    });
+    // Each fault, then a change that must come through it.
+    let changed = async |path: &str| {
+        api.put(POLICIES, deny(path));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while call(&client, path).await != 403 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path}: the change never reached web"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let watching = async || {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while api.open_watches() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no watch came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    // 1. Every watch ends, as at the API server's timeout: resumed from its
+    //    resourceVersion.
+    api.end_all_watches();
+    changed("/after-end").await;
+    // 2. The history is compacted: every watch gets 410 Gone and relists.
+    let listed = api
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch=true"))
+        .count();
+    api.compact();
+    changed("/after-410").await;
+    let relisted = api
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch=true"))
+        .count();
+    assert!(relisted > listed, "410 Gone relists");
+    // 3. 500 to everything for a while, every watch ended meanwhile so each
+    //    meets it; then healed.
+    watching().await;
+    api.fail("/api", 500, u32::MAX);
+    api.end_all_watches();
+    let failing_from = sent.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = source.status();
+    assert!(
+        st.watches
+            .iter()
+            .any(|w| w.error.as_deref().is_some_and(|e| e.contains("(HTTP 500)"))),
+        "the API server's 500s are in the source's status: {st:?}"
+    );
+    assert!(
+        sent.load(Ordering::Relaxed) > failing_from,
+        "requests flowed while the API server failed"
+    );
+    api.heal();
+    changed("/after-500").await;
+
+    stop.store(true, Ordering::Relaxed);
+    let failed = traffic.await.unwrap();
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(sent > 100, "{sent} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {failed:?}",
+        failed.len()
+    );
     plane.shutdown().await;
 }

@@ -316,6 +316,26 @@ impl ApiServer {
         st.collections.get_mut(path).unwrap().watchers.clear();
     }
 
+    /// Ends every open watch of every collection.
+    pub(crate) fn end_all_watches(&self) {
+        let mut st = self.state.lock().unwrap();
+        for c in st.collections.values_mut() {
+            c.watchers.clear();
+        }
+    }
+
+    /// How many watches are open, over every collection.
+    pub(crate) fn open_watches(&self) -> usize {
+        let mut st = self.state.lock().unwrap();
+        st.collections
+            .values_mut()
+            .map(|c| {
+                c.watchers.retain(|w| !w.is_closed());
+                c.watchers.len()
+            })
+            .sum()
+    }
+
     /// Forgets the history: a watch resuming from before now gets 410 Gone
     /// and must relist; open watches are ended with that 410.
     pub(crate) fn compact(&self) {
