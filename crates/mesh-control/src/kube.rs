@@ -2,6 +2,7 @@
 //! configuration server reads it (readiness, `/debug/config`, metrics).
 
 use mesh_ca::metrics::{MetricDef, MetricKind};
+use mesh_core::error::ConfigErrors;
 use mesh_kube::KubeSource;
 use serde_json::json;
 
@@ -26,7 +27,18 @@ pub const WATCH_LISTED: MetricDef = MetricDef {
     kind: MetricKind::Gauge,
 };
 
+/// Events reporting rejected objects.
+pub const EVENTS: MetricDef = MetricDef {
+    name: "mesh_kubernetes_events_total",
+    help: "Kubernetes Events the control plane created for objects it rejected, by result (posted, failed).",
+    kind: MetricKind::Counter,
+};
+
 impl SourceHealth for KubeSource {
+    fn reviewed(&self, rejected: Option<&ConfigErrors>) {
+        KubeSource::reviewed(self, rejected);
+    }
+
     fn not_ready(&self) -> Option<String> {
         self.status().not_ready_reason()
     }
@@ -63,6 +75,11 @@ impl SourceHealth for KubeSource {
                     def.name, w.resource
                 ));
             }
+        }
+        let events = self.event_counts();
+        EVENTS.write_header(out);
+        for (result, n) in [("posted", events.posted), ("failed", events.failed)] {
+            out.push_str(&format!("{}{{result=\"{result}\"}} {n}\n", EVENTS.name));
         }
     }
 }

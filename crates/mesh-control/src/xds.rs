@@ -267,6 +267,10 @@ pub trait SourceHealth: Send + Sync + std::fmt::Debug {
     fn status(&self) -> serde_json::Value;
     /// Appends its series in Prometheus text format.
     fn render(&self, out: &mut String);
+    /// Told the outcome of each read: `None` when the configuration was
+    /// accepted, else its errors (a Kubernetes source reports them on the
+    /// objects they name, as Events).
+    fn reviewed(&self, _rejected: Option<&ConfigErrors>) {}
 }
 
 /// A source followed by a task of the server's: re-read whenever it says
@@ -340,7 +344,8 @@ impl ConfigServer {
                     return;
                 }
                 let _ = tokio::task::spawn_blocking(move || {
-                    let _ = store.reload(&*source);
+                    let result = store.reload(&*source);
+                    source.reviewed(result.as_ref().err());
                 })
                 .await;
             };

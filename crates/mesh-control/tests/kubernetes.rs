@@ -353,3 +353,104 @@ async fn the_injector_answers_admission_reviews_over_https_as_the_service_s_name
     assert!(e.contains("certificate"), "{e}");
     plane.shutdown().await;
 }
+
+/// A VirtualService in namespace shop: `weight` as given.
+fn virtual_service(weight: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "web", "namespace": "shop",
+                     "uid": "6c1b2a3d-0000-4000-8000-00000000abcd"},
+        "spec": {"hosts": ["web.shop.svc.cluster.local"],
+                 "http": [{"route": [{"destination": {"host": "web.shop.svc.cluster.local"},
+                                      "weight": weight}]}]},
+    })
+}
+
+/// A rejected object gets a Warning Event naming the field, once per
+/// distinct error (not on every re-read the rest of the cluster causes);
+/// fixed and broken again, it gets another; an API server that refuses the
+/// Event costs a count and a log line, not the configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_object_gets_a_warning_event_once_per_error() {
+    const VS: &str = "/apis/networking.istio.io/v1/virtualservices";
+    let api = ApiServer::start().await;
+    serve_mesh_kinds(&api);
+    api.put(VS, virtual_service(json!(100)));
+    let options = KubeOptions {
+        instance: "mesh-control-7d9f-x2x".to_owned(),
+        ..KubeOptions::default()
+    };
+    let source = Arc::new(KubeSource::start(api.client(), options).await);
+    let xds = ConfigServer::from_source(source.clone(), source.changes()).unwrap();
+    eventually("the first configuration", async || {
+        xds.not_ready().is_none()
+    })
+    .await;
+    let rejected = xds.stats().rejections;
+
+    api.put(VS, virtual_service(json!("ninety")));
+    eventually("an Event for the rejected VirtualService", async || {
+        !api.events().is_empty()
+    })
+    .await;
+    let ev = &api.events()[0];
+    assert_eq!(ev["type"], "Warning", "{ev}");
+    assert_eq!(ev["reason"], "Rejected", "{ev}");
+    assert_eq!(ev["reportingController"], "mesh.io/mesh-control", "{ev}");
+    assert_eq!(ev["reportingInstance"], "mesh-control-7d9f-x2x", "{ev}");
+    assert_eq!(ev["metadata"]["namespace"], "shop", "{ev}");
+    assert_eq!(
+        ev["regarding"],
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "namespace": "shop", "name": "web",
+               "uid": "6c1b2a3d-0000-4000-8000-00000000abcd"}),
+        "{ev}"
+    );
+    let note = ev["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("spec.http[0].route[0].weight: ") && note.contains("last good"),
+        "{note}"
+    );
+    assert!(xds.stats().rejections > rejected);
+
+    // Another change in the cluster re-reads it: the same error, no new Event.
+    let reads = xds.stats().rejections;
+    api.put(
+        "/api/v1/pods",
+        json!({"metadata": {"name": "web-0", "namespace": "shop", "labels": {"app": "web"}},
+               "spec": {"serviceAccountName": "web", "containers": [{"name": "web", "image": "nginx"}]},
+               "status": {"phase": "Running", "podIP": "10.244.0.11"}}),
+    );
+    eventually("the re-read", async || xds.stats().rejections > reads).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.events().len(), 1, "{:?}", api.events());
+
+    // Fixed, then broken another way: a second Event, with the new error.
+    api.put(VS, virtual_service(json!(100)));
+    eventually("accepted again", async || xds.stats().last_error.is_none()).await;
+    api.put(VS, virtual_service(json!(-5)));
+    eventually("a second Event", async || api.events().len() == 2).await;
+    assert_ne!(api.events()[1]["note"], api.events()[0]["note"]);
+    assert_eq!(source.event_counts().posted, 2);
+
+    // The API server refuses Events: counted and logged; the mesh goes on.
+    api.fail("/apis/events.k8s.io", 403, u32::MAX);
+    api.put(VS, virtual_service(json!("x")));
+    eventually("the refused Event is counted", async || {
+        source.event_counts().failed == 1
+    })
+    .await;
+    let mut text = String::new();
+    mesh_control::SourceHealth::render(&*source, &mut text);
+    assert!(
+        text.contains("mesh_kubernetes_events_total{result=\"posted\"} 2\n")
+            && text.contains("mesh_kubernetes_events_total{result=\"failed\"} 1\n"),
+        "{text}"
+    );
+    api.heal();
+    api.put(VS, virtual_service(json!(100)));
+    eventually("accepted once fixed", async || {
+        xds.stats().last_error.is_none()
+    })
+    .await;
+}

@@ -8,6 +8,7 @@
 //! - [`source`]: the watches (kube-runtime reflectors' watcher: list, watch
 //!   with bookmarks, relist on 410 Gone, backoff), as a
 //!   [`ConfigSource`](mesh_core::store::ConfigSource).
+//! - [`events`]: rejected objects reported as Kubernetes Events.
 //! - [`inject`]: the sidecar added to pods, for `mesh-proxy inject` and
 //!   the control plane's admission webhook.
 //! - [`rootcert`]: the mesh root published in every namespace
@@ -16,6 +17,7 @@
 //!   server's TokenReview.
 
 pub mod convert;
+pub mod events;
 pub mod inject;
 pub mod rootcert;
 pub mod source;

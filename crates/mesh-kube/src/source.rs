@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::convert::{Cluster, Documents, IstioObject, Key, Note};
+use crate::events::{EventCounts, EventReporter};
 
 /// An Istio kind the source watches: group, kind and plural.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +94,9 @@ pub struct KubeOptions {
     /// The MeshConfig ConfigMap: namespace and name (its key `mesh.yaml`
     /// holds the MeshConfig document). Absent: the defaults.
     pub mesh_config: Option<(String, String)>,
+    /// This replica's name (its pod's, from the downward API), as the
+    /// `reportingInstance` of the Events that report rejected objects.
+    pub instance: String,
 }
 
 impl Default for KubeOptions {
@@ -100,6 +104,7 @@ impl Default for KubeOptions {
         Self {
             cluster_domain: "cluster.local".to_owned(),
             mesh_config: None,
+            instance: "mesh-control".to_owned(),
         }
     }
 }
@@ -187,6 +192,7 @@ impl Shared {
 pub struct KubeSource {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    events: EventReporter,
 }
 
 impl Drop for KubeSource {
@@ -324,7 +330,44 @@ impl KubeSource {
                 },
             ));
         }
-        Self { shared, tasks }
+        let events = EventReporter::start(client, options.instance.clone());
+        Self {
+            shared,
+            tasks,
+            events,
+        }
+    }
+
+    /// The outcome of the newest read of the source: `None` when the
+    /// configuration was accepted, else why not. Each object an error names
+    /// gets a `Warning` Event (reason `Rejected`) once ([`crate::events`]).
+    pub fn reviewed(&self, rejected: Option<&ConfigErrors>) {
+        let st = self.shared.lock();
+        let c = &st.cluster;
+        self.events.review(rejected, |o| {
+            let key = (o.namespace.clone(), o.name.clone());
+            let core =
+                |kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+                    Some((kind.to_owned(), meta.uid.clone()))
+                };
+            match o.plural.as_str() {
+                "services" => core("Service", &c.services.get(&key)?.metadata),
+                "pods" => core("Pod", &c.pods.get(&key)?.metadata),
+                "endpointslices" => core("EndpointSlice", &c.endpoint_slices.get(&key)?.metadata),
+                "configmaps" => core("ConfigMap", &c.mesh_config.as_ref()?.metadata),
+                plural => {
+                    let obj = &c.istio.get(&(plural.to_owned(), key.0, key.1))?.object;
+                    let kind = obj["kind"].as_str()?.to_owned();
+                    let uid = obj["metadata"]["uid"].as_str().map(str::to_owned);
+                    Some((kind, uid))
+                }
+            }
+        });
+    }
+
+    /// Events posted and failed.
+    pub fn event_counts(&self) -> EventCounts {
+        self.events.counts()
     }
 
     /// Bumped whenever what the watches hold changes.

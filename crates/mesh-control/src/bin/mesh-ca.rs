@@ -291,6 +291,10 @@ async fn run(cli: Cli) -> Result<()> {
                     let options = mesh_kube::KubeOptions {
                         cluster_domain,
                         mesh_config: Some((namespace, mesh_config_map)),
+                        // The Events' reportingInstance: this replica's pod
+                        // (the Deployment passes it from the downward API).
+                        instance: std::env::var("POD_NAME")
+                            .unwrap_or_else(|_| "mesh-control".to_owned()),
                     };
                     let source =
                         Arc::new(mesh_kube::KubeSource::start(client.clone(), options).await);

@@ -74,6 +74,8 @@ struct State {
     tokens: HashMap<String, (bool, String, Vec<String>)>,
     /// ConfigMaps written by server-side apply, by path.
     applied: BTreeMap<String, Value>,
+    /// Events created (`events.k8s.io/v1`), in order.
+    events: Vec<Value>,
 }
 
 /// The fake API server.
@@ -397,6 +399,11 @@ impl ApiServer {
     }
 
     /// What server-side apply wrote at `path`.
+    /// The Events created, in order.
+    pub(crate) fn events(&self) -> Vec<Value> {
+        self.state.lock().unwrap().events.clone()
+    }
+
     pub(crate) fn applied(&self, path: &str) -> Option<Value> {
         self.state.lock().unwrap().applied.get(path).cloned()
     }
@@ -477,6 +484,57 @@ impl ApiServer {
                 }
             }
             return json_response(StatusCode::CREATED, &out);
+        }
+        if method == Method::POST
+            && path.starts_with("/apis/events.k8s.io/v1/namespaces/")
+            && path.ends_with("/events")
+        {
+            // The API server's validation of an events.k8s.io/v1 Event on
+            // create: these fields are required, the note is at most 1 kB,
+            // the namespace is the path's.
+            let ev: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let ns = path.split('/').nth(5).unwrap_or_default();
+            let mut invalid = Vec::new();
+            for field in [
+                "eventTime",
+                "reportingController",
+                "reportingInstance",
+                "action",
+                "reason",
+            ] {
+                if ev[field].as_str().is_none_or(str::is_empty) {
+                    invalid.push(format!("{field}: Required value"));
+                }
+            }
+            if ev["metadata"]["name"].as_str().is_none_or(str::is_empty) {
+                invalid.push("metadata.name: Required value".to_owned());
+            }
+            if ev["metadata"]["namespace"].as_str() != Some(ns) {
+                invalid.push("metadata.namespace: does not match the namespace".to_owned());
+            }
+            if ev["note"].as_str().is_some_and(|n| n.len() > 1024) {
+                invalid.push("note: Too long: may not be longer than 1024".to_owned());
+            }
+            if ev["regarding"]["kind"].as_str().is_none()
+                || ev["regarding"]["name"].as_str().is_none()
+            {
+                invalid.push("regarding: Required value".to_owned());
+            }
+            if !invalid.is_empty() {
+                return json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &status(
+                        422,
+                        "Invalid",
+                        &format!("Event is invalid: {}", invalid.join(", ")),
+                    ),
+                );
+            }
+            let mut created = ev.clone();
+            created["metadata"]["uid"] = json!(format!("ev-{}", st.events.len()));
+            created["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+            st.events.push(created.clone());
+            return json_response(StatusCode::CREATED, &created);
         }
         if method == Method::PATCH {
             // Server-side apply of a ConfigMap.
