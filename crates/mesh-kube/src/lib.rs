@@ -1,6 +1,7 @@
 //! The mesh on Kubernetes: the cluster's own objects as the mesh's
 //! configuration, a thin layer over the core the file source uses.
 //!
+//! - [`client`]: the API server's client, from a kubeconfig or in-cluster.
 //! - [`convert`]: a pure function from the objects the watches hold (Istio's
 //!   CRDs, Services, EndpointSlices, Pods, the MeshConfig ConfigMap) to the
 //!   Istio documents the file loader reads, so the loader's validation,
@@ -16,6 +17,7 @@
 //! - [`tokenreview`]: service-account tokens at the CA, checked by the API
 //!   server's TokenReview.
 
+pub mod client;
 pub mod convert;
 pub mod events;
 pub mod inject;

@@ -109,6 +109,16 @@ impl Default for KubeOptions {
     }
 }
 
+/// Why [`KubeSource::read_once`] has no configuration.
+#[derive(Debug)]
+pub enum ReadError {
+    /// A kind could not be listed (forbidden, unreachable): the verb, the
+    /// resource and the reason.
+    NotListed(String),
+    /// What the cluster holds does not load.
+    Invalid(ConfigErrors),
+}
+
 /// How one watch stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WatchStatus {
@@ -368,6 +378,35 @@ impl KubeSource {
     /// Events posted and failed.
     pub fn event_counts(&self) -> EventCounts {
         self.events.counts()
+    }
+
+    /// Reads the cluster once, for a command (`mesh-proxy check
+    /// --kubeconfig`): every watch listed within `timeout`, then what they
+    /// hold, as [`ConfigSource::load`] gives it. Nothing is written to the
+    /// cluster.
+    pub async fn read_once(
+        client: Client,
+        options: KubeOptions,
+        timeout: std::time::Duration,
+    ) -> Result<Resources, ReadError> {
+        let source = Self::start(client, options).await;
+        if tokio::time::timeout(timeout, source.synced())
+            .await
+            .is_err()
+        {
+            let why = source
+                .status()
+                .not_ready_reason()
+                .unwrap_or_else(|| "not every watch listed".to_owned());
+            return Err(ReadError::NotListed(format!(
+                "not every kind was listed within {}s: {why}",
+                timeout.as_secs()
+            )));
+        }
+        let read = tokio::task::spawn_blocking(move || source.load())
+            .await
+            .map_err(|e| ReadError::NotListed(e.to_string()))?;
+        read.map_err(ReadError::Invalid)
     }
 
     /// Bumped whenever what the watches hold changes.

@@ -60,15 +60,6 @@ async fn from_cluster(api: &ApiServer) -> (Value, mesh_core::resources::Resource
     (comparable(&snap), r)
 }
 
-fn serve_core(api: &ApiServer, dir: &Path) {
-    api.serve_list_file("/api/v1/services", &dir.join("services.json"));
-    api.serve_list_file("/api/v1/pods", &dir.join("pods.json"));
-    api.serve_list_file(
-        "/apis/discovery.k8s.io/v1/endpointslices",
-        &dir.join("endpointslices.json"),
-    );
-}
-
 /// The first difference between two JSON values, as a path.
 fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
     match (a, b) {
@@ -106,21 +97,7 @@ async fn the_articles_wordpress_canary_as_files_and_as_kubernetes_objects() {
     let dir = fixtures("wordpress");
     let api = ApiServer::start().await;
     serve_mesh_kinds(&api);
-    serve_core(&api, &dir);
-    for (plural, group) in [
-        ("peerauthentications", "security.istio.io/v1"),
-        ("authorizationpolicies", "security.istio.io/v1"),
-        ("destinationrules", "networking.istio.io/v1"),
-        ("gateways", "networking.istio.io/v1"),
-        ("virtualservices", "networking.istio.io/v1"),
-        ("serviceentries", "networking.istio.io/v1"),
-        ("workloadentries", "networking.istio.io/v1"),
-    ] {
-        api.serve_list_file(
-            &format!("/apis/{group}/{plural}"),
-            &dir.join(format!("{plural}.json")),
-        );
-    }
+    api.serve_fixtures(&dir);
     let files = from_files(&[
         dir.join("files/services.yaml"),
         dir.join("files/istio.yaml"),
@@ -177,7 +154,7 @@ async fn istios_bookinfo_as_files_and_as_kubernetes_objects() {
     let dir = fixtures("bookinfo");
     let api = ApiServer::start().await;
     serve_mesh_kinds(&api);
-    serve_core(&api, &dir);
+    api.serve_fixtures(&dir);
     let samples = [
         "bookinfo_networking_destination-rule-all.yaml/destination-rule-all.yaml",
         "bookinfo_networking_virtual-service-all-v1.yaml/virtual-service-all-v1.yaml",

@@ -49,6 +49,92 @@ pub fn explain(config: &Path, query: &Query, json: bool) -> ExitCode {
     })
 }
 
+/// Where a cluster's configuration is read from, for `check` and
+/// `explain` on a live cluster (`--kubeconfig`).
+#[derive(Debug, Clone)]
+pub struct ClusterSource {
+    /// The kubeconfig file; `None`: `KUBECONFIG`, then `~/.kube/config`
+    /// (or in-cluster, run from a pod).
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context (default: its current one).
+    pub context: Option<String>,
+    /// The MeshConfig ConfigMap the control plane reads: namespace and name.
+    pub mesh_config: (String, String),
+    /// The cluster's DNS domain.
+    pub cluster_domain: String,
+    /// How long every kind may take to list.
+    pub timeout: std::time::Duration,
+}
+
+/// Reads what the cluster holds, as the control plane's Kubernetes source
+/// reads it (the same watches and conversion, then the file loader's
+/// validation), once; or the report of why it cannot be read.
+fn load_cluster(cluster: &ClusterSource, json: bool) -> Result<(Resources, Snapshot), Output> {
+    let unreachable = |why: String| {
+        let why = format!("the cluster cannot be read: {why}");
+        Output {
+            stdout: if json {
+                format!(
+                    "{:#}\n",
+                    serde_json::json!({"readable": false, "error": why})
+                )
+            } else {
+                String::new()
+            },
+            stderr: if json {
+                String::new()
+            } else {
+                format!("error: {why}\n")
+            },
+            exit: report::UNREADABLE,
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unreachable(format!("cannot start the runtime: {e}")))?;
+    let read = runtime.block_on(async {
+        let client =
+            mesh_kube::client::client(cluster.kubeconfig.as_deref(), cluster.context.as_deref())
+                .await
+                .map_err(mesh_kube::source::ReadError::NotListed)?;
+        let options = mesh_kube::KubeOptions {
+            cluster_domain: cluster.cluster_domain.clone(),
+            mesh_config: Some(cluster.mesh_config.clone()),
+            ..mesh_kube::KubeOptions::default()
+        };
+        mesh_kube::KubeSource::read_once(client, options, cluster.timeout).await
+    });
+    let resources = match read {
+        Ok(r) => r,
+        Err(mesh_kube::source::ReadError::NotListed(why)) => return Err(unreachable(why)),
+        Err(mesh_kube::source::ReadError::Invalid(e)) => return Err(report::unreadable(&e, json)),
+    };
+    let snap = snapshot::compile(&resources).map_err(|e| report::unreadable(&e, json))?;
+    Ok((resources, snap))
+}
+
+/// `check` on a live cluster: the same table and analyzers as for a
+/// folder, over what the control plane would read from it.
+pub fn check_cluster(
+    cluster: &ClusterSource,
+    json: bool,
+    options: analyze::CheckOptions,
+) -> ExitCode {
+    print(&match load_cluster(cluster, json) {
+        Ok((resources, snap)) => report::check(&resources, &snap, options, json),
+        Err(out) => out,
+    })
+}
+
+/// `explain` on a live cluster.
+pub fn explain_cluster(cluster: &ClusterSource, query: &Query, json: bool) -> ExitCode {
+    print(&match load_cluster(cluster, json) {
+        Ok((_, snap)) => report::explain(&snap, query, json),
+        Err(out) => out,
+    })
+}
+
 /// `check` on the configuration a running control plane serves, read from
 /// its admin (metrics) address (`mesh-ca serve --metrics-addr`).
 pub fn check_remote(admin: &str, json: bool, options: analyze::CheckOptions) -> ExitCode {

@@ -61,13 +61,15 @@ enum Command {
     /// configuration unreadable.
     Check {
         /// A YAML file or a folder of them.
-        #[arg(long, required_unless_present = "control_plane_admin")]
+        #[arg(long, required_unless_present_any = ["control_plane_admin", "kubeconfig"])]
         config: Option<PathBuf>,
         /// Instead of a folder: the configuration a running control plane
         /// serves, from its admin address (`mesh-ca serve --metrics-addr`,
         /// `http://HOST:PORT`).
         #[arg(long, value_name = "URL", conflicts_with = "config")]
         control_plane_admin: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
@@ -83,12 +85,14 @@ enum Command {
     /// query cannot be read.
     Explain {
         /// A YAML file or a folder of them.
-        #[arg(long, required_unless_present = "control_plane_admin")]
+        #[arg(long, required_unless_present_any = ["control_plane_admin", "kubeconfig"])]
         config: Option<PathBuf>,
         /// Instead of a folder: the configuration a running control plane
         /// serves, from its admin address (`http://HOST:PORT`).
         #[arg(long, value_name = "URL", conflicts_with = "config")]
         control_plane_admin: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// The calling workload: a WorkloadEntry name, or namespace/name.
         #[arg(long)]
         from: String,
@@ -108,6 +112,56 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+}
+
+/// `check` and `explain` on a live cluster.
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// Instead of a folder: read a live cluster, as the control plane's
+    /// Kubernetes source reads it (Istio's CRDs, Services, EndpointSlices,
+    /// Pods, the MeshConfig ConfigMap). Give the kubeconfig file, or no
+    /// value for `KUBECONFIG`, then `~/.kube/config`. Reads only.
+    #[arg(
+        long,
+        value_name = "FILE",
+        num_args = 0..=1,
+        conflicts_with_all = ["config", "control_plane_admin"]
+    )]
+    kubeconfig: Option<Option<PathBuf>>,
+    /// The kubeconfig context (default: its current one).
+    #[arg(long, requires = "kubeconfig")]
+    context: Option<String>,
+    /// The MeshConfig ConfigMap the control plane reads, NAMESPACE/NAME.
+    #[arg(long, value_name = "NAMESPACE/NAME", default_value = "mesh-system/mesh-config", value_parser = parse_namespaced)]
+    mesh_config: (String, String),
+    /// The cluster's DNS domain (a MeshConfig `clusterDomain` wins).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// How long, in seconds, every kind may take to list.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    list_timeout: u64,
+}
+
+impl ClusterArgs {
+    fn source(&self) -> Option<mesh_proxy::check::ClusterSource> {
+        let kubeconfig = self.kubeconfig.clone()?;
+        Some(mesh_proxy::check::ClusterSource {
+            kubeconfig,
+            context: self.context.clone(),
+            mesh_config: self.mesh_config.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+            timeout: std::time::Duration::from_secs(self.list_timeout),
+        })
+    }
+}
+
+fn parse_namespaced(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
 }
 
 /// `mesh-proxy inject`.
@@ -222,20 +276,23 @@ fn main() -> ExitCode {
         Command::Check {
             config,
             control_plane_admin,
+            cluster,
             output,
             capture,
         } => {
             let options = mesh_core::analyze::CheckOptions { capture };
             let json = output == Output::Json;
-            match (config, control_plane_admin) {
-                (Some(config), _) => mesh_proxy::check::check(&config, json, options),
-                (None, Some(admin)) => mesh_proxy::check::check_remote(&admin, json, options),
-                (None, None) => unreachable!("clap requires one"),
+            match (config, control_plane_admin, cluster.source()) {
+                (Some(config), _, _) => mesh_proxy::check::check(&config, json, options),
+                (None, Some(admin), _) => mesh_proxy::check::check_remote(&admin, json, options),
+                (None, None, Some(c)) => mesh_proxy::check::check_cluster(&c, json, options),
+                (None, None, None) => unreachable!("clap requires one"),
             }
         }
         Command::Explain {
             config,
             control_plane_admin,
+            cluster,
             from,
             to,
             method,
@@ -251,10 +308,11 @@ fn main() -> ExitCode {
                 headers,
             };
             let json = output == Output::Json;
-            match (config, control_plane_admin) {
-                (Some(config), _) => mesh_proxy::check::explain(&config, &query, json),
-                (None, Some(admin)) => mesh_proxy::check::explain_remote(&admin, &query, json),
-                (None, None) => unreachable!("clap requires one"),
+            match (config, control_plane_admin, cluster.source()) {
+                (Some(config), _, _) => mesh_proxy::check::explain(&config, &query, json),
+                (None, Some(admin), _) => mesh_proxy::check::explain_remote(&admin, &query, json),
+                (None, None, Some(c)) => mesh_proxy::check::explain_cluster(&c, &query, json),
+                (None, None, None) => unreachable!("clap requires one"),
             }
         }
     }

@@ -549,3 +549,185 @@ async fn a_data_plane_on_kubernetes_rides_out_ended_watches_410_and_500s() {
     );
     plane.shutdown().await;
 }
+
+/// `mesh-proxy ARGS`, run off the runtime (the in-test API server is on
+/// it): exit status, standard output, standard error.
+async fn mesh_proxy(args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// A `check` report without the origins of the resources it names (the
+/// table's indented origin lines, JSON's `origin` objects).
+fn without_origins(report: &str, output: &str) -> String {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("origin");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    if output == "json" {
+        let mut v: serde_json::Value = serde_json::from_str(report).unwrap();
+        strip(&mut v);
+        v.to_string()
+    } else {
+        report
+            .lines()
+            .filter(|l| !l.starts_with("          "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// `check --kubeconfig` reads a live cluster as the control plane does and
+/// prints what `check --config` prints for the same mesh as files (the
+/// article's canary, recorded as the API server lists it); `explain` the
+/// same. A kind it may not list, and an object that does not load, are
+/// exit 2, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_explain_read_a_live_cluster_as_they_read_a_folder() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mesh-kube/tests/fixtures/wordpress");
+    let api = ApiServer::start().await;
+    serve_mesh_kinds(&api);
+    api.serve_fixtures(&fixtures);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
+    let files = fixtures.join("files");
+    let files = files.to_str().unwrap().to_owned();
+    let strings = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+    for output in ["table", "json"] {
+        let (code, from_files, err) =
+            mesh_proxy(strings(&["check", "--config", &files, "--output", output])).await;
+        assert!(code == 0 || code == 1, "{code}: {err}");
+        let (cluster_code, from_cluster, err) = mesh_proxy(strings(&[
+            "check",
+            "--kubeconfig",
+            &kubeconfig,
+            "--output",
+            output,
+        ]))
+        .await;
+        assert_eq!(cluster_code, code, "{err}\n{from_cluster}");
+        // The same report, but for where each resource was read: a file
+        // and document, or the object's API path.
+        assert!(
+            from_cluster.contains(
+                "k8s:/apis/networking.istio.io/v1/namespaces/default/destinationrules/mtls-rule"
+            ),
+            "{from_cluster}"
+        );
+        assert_eq!(
+            without_origins(&from_cluster, output),
+            without_origins(&from_files, output),
+            "{output}: the same report"
+        );
+        assert!(
+            from_cluster.contains("wordpress.default.svc.cluster.local"),
+            "{from_cluster}"
+        );
+    }
+    let explain = |source: Vec<String>| {
+        let mut args = strings(&["explain"]);
+        args.extend(source);
+        args.extend(strings(&[
+            "--from",
+            "default/wordpress-v1-6d8f7c9b5d-k2x7p",
+            "--to",
+            "mysql.default.svc.cluster.local:3306",
+        ]));
+        mesh_proxy(args)
+    };
+    let (code, from_files, err) = explain(strings(&["--config", &files])).await;
+    let (cluster_code, from_cluster, cerr) = explain(strings(&["--kubeconfig", &kubeconfig])).await;
+    // The same steps and verdict; each "decided by" names its origin.
+    let steps = |text: &str| {
+        text.lines()
+            .map(|l| {
+                l.split_once(" (k8s:")
+                    .or(l.split_once(" (/"))
+                    .map_or(l, |(a, _)| a)
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(cluster_code, code, "{err}\n{cerr}");
+    assert!(
+        from_cluster.contains("(k8s:/api/v1/namespaces/default/services/mysql"),
+        "{from_cluster}"
+    );
+    assert_eq!(steps(&from_cluster), steps(&from_files));
+
+    // Forbidden to list AuthorizationPolicies: never read as "none".
+    api.fail(
+        "/apis/security.istio.io/v1/authorizationpolicies",
+        403,
+        u32::MAX,
+    );
+    let (code, out, err) = mesh_proxy(strings(&[
+        "check",
+        "--kubeconfig",
+        &kubeconfig,
+        "--list-timeout",
+        "3",
+    ]))
+    .await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("the cluster cannot be read")
+            && err.contains(
+                "cannot list authorizationpolicies.security.istio.io/v1 (all namespaces)"
+            )
+            && err.contains("403"),
+        "{err}"
+    );
+    api.heal();
+
+    // An object that does not load: named by its API path and field.
+    api.put(
+        "/apis/networking.istio.io/v1/virtualservices",
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "broken", "namespace": "shop"},
+               "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web"}, "weight": "ninety"}]}]}}),
+    );
+    let (code, _, err) = mesh_proxy(strings(&["check", "--kubeconfig", &kubeconfig])).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("k8s:/apis/networking.istio.io/v1/namespaces/shop/virtualservices/broken")
+            && err.contains("spec.http[0].route[0].weight"),
+        "{err}"
+    );
+    // A kubeconfig that is not there: named.
+    let (code, _, err) = mesh_proxy(strings(&[
+        "check",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ]))
+    .await;
+    assert_eq!(code, 2);
+    assert!(err.contains("kubeconfig /nonexistent/kubeconfig"), "{err}");
+    // Only reads: nothing was written to the cluster.
+    assert!(api.events().is_empty());
+    assert!(
+        api.requests().iter().all(|r| r.starts_with("GET ")),
+        "{:?}",
+        api.requests()
+    );
+}

@@ -151,24 +151,6 @@ enum Command {
     },
 }
 
-/// A client of the API server: `kubeconfig` if given, else in-cluster,
-/// `KUBECONFIG`, `~/.kube/config` (kube's inference).
-async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("--kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("--kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("--kubernetes: no in-cluster service account and no kubeconfig")?,
-    };
-    kube::Client::try_from(config).context("--kubernetes: the API server's client")
-}
-
 /// `90`, `90s`, `15m`, `1h`, `7d`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -287,7 +269,9 @@ async fn run(cli: Cli) -> Result<()> {
                     ControlPlane::start_serving(ca, tokens, listener, settings, xds).await?
                 }
                 None if kubernetes => {
-                    let client = kube_client(kubeconfig.as_deref()).await?;
+                    let client = mesh_kube::client::client(kubeconfig.as_deref(), None)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("--kubernetes: {e}"))?;
                     let options = mesh_kube::KubeOptions {
                         cluster_domain,
                         mesh_config: Some((namespace, mesh_config_map)),

@@ -198,6 +198,25 @@ impl ApiServer {
         kube::Client::try_from(config).unwrap()
     }
 
+    /// A kubeconfig file in `dir` naming this server (context `test`, a
+    /// bearer token), as `kubectl config view --raw` prints one.
+    pub(crate) fn kubeconfig(&self, dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\npreferences: {{}}\n\
+                 clusters:\n- name: test\n  cluster:\n    server: http://{}\n\
+                 users:\n- name: operator\n  user:\n    token: operator-token\n\
+                 contexts:\n- name: test\n  context:\n    cluster: test\n    user: operator\n    namespace: default\n\
+                 current-context: test\n",
+                self.addr
+            ),
+        )
+        .unwrap();
+        path
+    }
+
     /// Serves a collection (empty), e.g. `("/api/v1/services", "v1", "Service")`.
     pub(crate) fn serve(&self, path: &str, api_version: &str, kind: &str) {
         let mut st = self.state.lock().unwrap();
@@ -243,6 +262,29 @@ impl ApiServer {
             item["apiVersion"] = json!(api_version);
             item["kind"] = json!(kind);
             c.objects.insert(key_of(&item), item);
+        }
+    }
+
+    /// Serves every recorded list in `dir` (`services.json`, `pods.json`,
+    /// `endpointslices.json`, and `PLURAL.json` of the Istio kinds the
+    /// mesh reads, at v1), as the API server lists them.
+    pub(crate) fn serve_fixtures(&self, dir: &Path) {
+        let mut paths = vec![
+            ("services", "/api/v1/services".to_owned()),
+            ("pods", "/api/v1/pods".to_owned()),
+            (
+                "endpointslices",
+                "/apis/discovery.k8s.io/v1/endpointslices".to_owned(),
+            ),
+        ];
+        for k in mesh_kube::source::ISTIO_KINDS {
+            paths.push((k.plural, format!("/apis/{}/v1/{}", k.group, k.plural)));
+        }
+        for (plural, path) in paths {
+            let file = dir.join(format!("{plural}.json"));
+            if file.exists() {
+                self.serve_list_file(&path, &file);
+            }
         }
     }
 
