@@ -7,7 +7,8 @@
 //! each one that exists and is not terminating gets the ConfigMap by
 //! server-side apply (field manager `mesh-control`, forced: the control
 //! plane owns this object's data). A namespace created later gets it when
-//! it appears. An apply that fails (the API server down, RBAC missing) is
+//! it appears. The ConfigMaps are watched too: one deleted, or edited to
+//! hold anything but the current root, is applied again. An apply that fails (the API server down, RBAC missing) is
 //! logged with the namespace and the reason and retried every few seconds
 //! until it succeeds; a pod scheduled meanwhile waits in ContainerCreating
 //! for its volume rather than starting without the root.
@@ -77,6 +78,18 @@ async fn run(client: Client, root_pem: String, status: Arc<Mutex<PublishStatus>>
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut events =
         std::pin::pin!(watcher::watcher(namespaces, watcher::Config::default()).default_backoff());
+    // The published ConfigMaps themselves: one deleted or edited is put
+    // back (a pod scheduled in that namespace would wait for its volume).
+    let maps: Api<ConfigMap> = Api::all(client.clone());
+    let mut maps = std::pin::pin!(
+        watcher::watcher(
+            maps,
+            watcher::Config::default().fields(&format!("metadata.name={CA_ROOT_CONFIG_MAP}")),
+        )
+        .default_backoff()
+    );
+    // Namespaces that exist and are not terminating.
+    let mut live: BTreeSet<String> = BTreeSet::new();
     // Namespaces that exist and still need the root.
     let mut pending: BTreeSet<String> = BTreeSet::new();
     let mut retry = tokio::time::interval(RETRY);
@@ -92,13 +105,22 @@ async fn run(client: Client, root_pem: String, status: Arc<Mutex<PublishStatus>>
                             .as_ref()
                             .and_then(|s| s.phase.as_deref())
                             == Some("Terminating");
-                        let known = lock(&status).published.contains(&name);
-                        if !terminating && !known {
-                            pending.insert(name);
+                        if terminating {
+                            live.remove(&name);
+                            pending.remove(&name);
+                            let mut st = lock(&status);
+                            st.published.remove(&name);
+                            st.failing.remove(&name);
+                        } else {
+                            live.insert(name.clone());
+                            if !lock(&status).published.contains(&name) {
+                                pending.insert(name);
+                            }
                         }
                     }
                     Some(Ok(Event::Delete(ns))) => {
                         let name = ns.name_any();
+                        live.remove(&name);
                         pending.remove(&name);
                         let mut st = lock(&status);
                         st.published.remove(&name);
@@ -111,6 +133,31 @@ async fn run(client: Client, root_pem: String, status: Arc<Mutex<PublishStatus>>
                     None => return,
                 }
                 publish(&client, &root_pem, &mut pending, &status).await;
+            }
+            event = maps.next() => {
+                let stale = match event {
+                    Some(Ok(Event::Apply(cm) | Event::InitApply(cm))) => {
+                        let current = cm
+                            .data
+                            .as_ref()
+                            .and_then(|d| d.get(ROOT_CERT_KEY))
+                            .is_some_and(|pem| *pem == root_pem);
+                        (!current).then(|| cm.namespace()).flatten()
+                    }
+                    Some(Ok(Event::Delete(cm))) => cm.namespace(),
+                    Some(Ok(Event::Init | Event::InitDone)) => None,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "watching configmaps/{CA_ROOT_CONFIG_MAP}");
+                        None
+                    }
+                    None => return,
+                };
+                if let Some(ns) = stale.filter(|ns| live.contains(ns)) {
+                    tracing::warn!(namespace = %ns, "{CA_ROOT_CONFIG_MAP} was deleted or changed; publishing it again");
+                    lock(&status).published.remove(&ns);
+                    pending.insert(ns);
+                    publish(&client, &root_pem, &mut pending, &status).await;
+                }
             }
             _ = retry.tick() => {
                 if !pending.is_empty() {

@@ -95,3 +95,58 @@ async fn a_refused_apply_is_reported_with_the_namespace_and_reason() {
     );
     assert!(status.published.is_empty());
 }
+
+/// A published ConfigMap deleted, or edited to hold another root, is
+/// applied again; one in a namespace being deleted is not.
+#[tokio::test]
+async fn a_deleted_or_edited_root_is_put_back() {
+    const MAPS: &str = "/api/v1/configmaps";
+    let api = ApiServer::start().await;
+    api.serve("/api/v1/namespaces", "v1", "Namespace");
+    api.serve(MAPS, "v1", "ConfigMap");
+    api.put("/api/v1/namespaces", namespace("shop", "Active"));
+    let publisher = RootPublisher::start(api.client(), ROOT.into());
+    eventually("published", || {
+        api.get(MAPS, "shop", "mesh-ca-root-cert").is_some()
+    })
+    .await;
+    let applies = || {
+        api.requests()
+            .iter()
+            .filter(|r| r.starts_with(&format!("PATCH {}", path("shop"))))
+            .count()
+    };
+    assert_eq!(applies(), 1);
+
+    api.delete(MAPS, "shop", "mesh-ca-root-cert");
+    eventually("put back after its deletion", || {
+        api.get(MAPS, "shop", "mesh-ca-root-cert").is_some()
+    })
+    .await;
+    assert_eq!(applies(), 2);
+
+    let mut edited = api.get(MAPS, "shop", "mesh-ca-root-cert").unwrap();
+    edited["data"]["root-cert.pem"] = json!("not the mesh's root");
+    api.put(MAPS, edited);
+    eventually("the edit undone", || {
+        api.get(MAPS, "shop", "mesh-ca-root-cert").unwrap()["data"]["root-cert.pem"] == ROOT
+    })
+    .await;
+    assert_eq!(applies(), 3);
+    // Its own apply comes back as an event holding the root: not applied
+    // again (no loop).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(applies(), 3);
+
+    // The namespace is being deleted: its ConfigMaps go, none comes back.
+    api.put("/api/v1/namespaces", namespace("shop", "Terminating"));
+    eventually("the publisher saw it terminating", || {
+        !publisher.status().published.contains("shop")
+    })
+    .await;
+    api.delete(MAPS, "shop", "mesh-ca-root-cert");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(api.get(MAPS, "shop", "mesh-ca-root-cert").is_none());
+    assert_eq!(applies(), 3);
+    assert!(publisher.status().failing.is_empty());
+}

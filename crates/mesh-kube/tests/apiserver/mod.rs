@@ -290,27 +290,9 @@ impl ApiServer {
 
     /// Adds or replaces an object (giving it the next resourceVersion) and
     /// tells the collection's watches.
-    pub(crate) fn put(&self, path: &str, mut obj: Value) {
+    pub(crate) fn put(&self, path: &str, obj: Value) {
         let mut st = self.state.lock().unwrap();
-        st.rv += 1;
-        let rv = st.rv;
-        let c = st
-            .collections
-            .get_mut(path)
-            .unwrap_or_else(|| panic!("{path} is not served"));
-        obj["apiVersion"] = json!(c.api_version);
-        obj["kind"] = json!(c.kind);
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let key = key_of(&obj);
-        let kind = if c.objects.contains_key(&key) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        c.objects.insert(key, obj.clone());
-        c.log.push((rv, kind, obj.clone()));
-        let line = event(kind, &obj);
-        c.watchers.retain(|w| w.send(line.clone()).is_ok());
+        assert!(put_in(&mut st, path, obj), "{path} is not served");
     }
 
     /// Deletes an object and tells the watches.
@@ -579,9 +561,15 @@ impl ApiServer {
             return json_response(StatusCode::CREATED, &created);
         }
         if method == Method::PATCH {
-            // Server-side apply of a ConfigMap.
-            let obj: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            // Server-side apply of a ConfigMap: recorded, and held in the
+            // configmaps collection (when served) for its watches.
+            let mut obj: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             st.applied.insert(path.clone(), obj.clone());
+            let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+            if let ["api", "v1", "namespaces", ns, "configmaps", _] = segs.as_slice() {
+                obj["metadata"]["namespace"] = json!(ns);
+                put_in(&mut st, "/api/v1/configmaps", obj.clone());
+            }
             return json_response(StatusCode::OK, &obj);
         }
         // Discovery: /apis/GROUP/VERSION.
@@ -685,6 +673,30 @@ impl ApiServer {
             }),
         )
     }
+}
+
+/// Adds or replaces an object in the collection at `path`; false when it
+/// is not served.
+fn put_in(st: &mut State, path: &str, mut obj: Value) -> bool {
+    st.rv += 1;
+    let rv = st.rv;
+    let Some(c) = st.collections.get_mut(path) else {
+        return false;
+    };
+    obj["apiVersion"] = json!(c.api_version);
+    obj["kind"] = json!(c.kind);
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let key = key_of(&obj);
+    let kind = if c.objects.contains_key(&key) {
+        "MODIFIED"
+    } else {
+        "ADDED"
+    };
+    c.objects.insert(key, obj.clone());
+    c.log.push((rv, kind, obj.clone()));
+    let line = event(kind, &obj);
+    c.watchers.retain(|w| w.send(line.clone()).is_ok());
+    true
 }
 
 fn event(kind: &str, obj: &Value) -> Bytes {
