@@ -237,11 +237,17 @@ fn gateway_tls(resources: &crate::resources::Resources, out: &mut Vec<Finding>) 
                     }
                     match tls.mode {
                         Some(ServerTlsMode::Simple | ServerTlsMode::Mutual) => {
-                            if tls.server_certificate.is_none() || tls.private_key.is_none() {
-                                why.push("tls needs serverCertificate and privateKey".to_owned());
+                            if tls.credential_name.is_none()
+                                && (tls.server_certificate.is_none() || tls.private_key.is_none())
+                            {
+                                why.push(
+                                    "tls needs credentialName, or serverCertificate and privateKey"
+                                        .to_owned(),
+                                );
                             }
                             if tls.mode == Some(ServerTlsMode::Mutual)
                                 && tls.ca_certificates.is_none()
+                                && tls.credential_name.is_none()
                             {
                                 why.push("MUTUAL needs tls.caCertificates".to_owned());
                             }

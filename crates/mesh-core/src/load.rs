@@ -707,7 +707,8 @@ fn unhealthy(doc: &Value) -> Result<bool, (String, String)> {
     Ok(false)
 }
 
-fn is_dns_name(s: &str) -> bool {
+/// A DNS-1123 subdomain, as Kubernetes names objects: no `/`, never `..`.
+pub(crate) fn is_dns_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.bytes()

@@ -385,15 +385,33 @@ fn gateway(c: &mut Checker<'_>, g: &Gateway) {
                 if terminates && mode.is_none() {
                     c.err(format!("{f}.tls.mode"), "is required");
                 }
+                let files = tls.server_certificate.is_some()
+                    || tls.private_key.is_some()
+                    || tls.ca_certificates.is_some();
+                match &tls.credential_name {
+                    Some(name) if files => c.err(
+                        format!("{f}.tls.credentialName"),
+                        format!("{name:?} with serverCertificate, privateKey or caCertificates: give one or the other"),
+                    ),
+                    Some(name) if !crate::load::is_dns_name(name) => c.err(
+                        format!("{f}.tls.credentialName"),
+                        format!("{name:?} is not a Secret name (lowercase letters, digits, '-' and '.')"),
+                    ),
+                    _ => {}
+                }
                 if matches!(mode, Some(ServerTlsMode::Simple | ServerTlsMode::Mutual))
+                    && tls.credential_name.is_none()
                     && (tls.server_certificate.is_none() || tls.private_key.is_none())
                 {
                     c.err(
                         format!("{f}.tls"),
-                        "modes SIMPLE and MUTUAL need serverCertificate and privateKey",
+                        "modes SIMPLE and MUTUAL need credentialName, or serverCertificate and privateKey",
                     );
                 }
-                if mode == Some(ServerTlsMode::Mutual) && tls.ca_certificates.is_none() {
+                if mode == Some(ServerTlsMode::Mutual)
+                    && tls.ca_certificates.is_none()
+                    && tls.credential_name.is_none()
+                {
                     c.err(
                         format!("{f}.tls.caCertificates"),
                         "is required with mode MUTUAL",

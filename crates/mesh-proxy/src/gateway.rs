@@ -385,8 +385,83 @@ fn resolve(base: &Path, file: &str) -> PathBuf {
     }
 }
 
-fn load_key(base: &Path, cert: &str, key: &str) -> Result<Arc<CertifiedKey>> {
-    let (cert_path, key_path) = (resolve(base, cert), resolve(base, key));
+/// The files one server's TLS is read from.
+#[derive(Debug, PartialEq, Eq)]
+struct CredentialFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    /// The client CA, for MUTUAL.
+    ca: Option<PathBuf>,
+}
+
+/// The files a server names (relative to `base`), or those of its
+/// `credentialName`: the folder of that name under `base`, as a Kubernetes
+/// Secret is mounted there: `tls.crt`/`tls.key`/`ca.crt` (a
+/// `kubernetes.io/tls` Secret) or Istio's generic `cert`/`key`/`cacert`;
+/// for MUTUAL the CA from the same folder or from `NAME-cacert` (Istio's
+/// separate CA Secret). Whatever is missing is named.
+fn credential_files(
+    base: &Path,
+    tls: &mesh_core::resources::networking::ServerTlsSettings,
+    mutual: bool,
+    port: u16,
+) -> Result<CredentialFiles> {
+    let Some(name) = &tls.credential_name else {
+        let (Some(cert), Some(key)) = (&tls.server_certificate, &tls.private_key) else {
+            bail!(
+                "server on port {port} needs credentialName, or serverCertificate and privateKey"
+            );
+        };
+        let ca = match (mutual, &tls.ca_certificates) {
+            (false, _) => None,
+            (true, Some(ca)) => Some(resolve(base, ca)),
+            (true, None) => bail!("server on port {port}: MUTUAL needs caCertificates"),
+        };
+        return Ok(CredentialFiles {
+            cert: resolve(base, cert),
+            key: resolve(base, key),
+            ca,
+        });
+    };
+    // A Secret's name: never a path (validation refuses `/` and `..`;
+    // checked again here, as the files are read with the gateway's rights).
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        bail!("server on port {port}: credentialName {name:?} is not a Secret name");
+    }
+    let dir = base.join(name);
+    let pick = |names: &[&str], dir: &Path| names.iter().map(|n| dir.join(n)).find(|p| p.is_file());
+    let (cert, key) = match (
+        pick(&["tls.crt", "cert"], &dir),
+        pick(&["tls.key", "key"], &dir),
+    ) {
+        (Some(c), Some(k)) => (c, k),
+        _ => bail!(
+            "server on port {port}: credentialName {name:?} has no certificate and key in {} \
+             (tls.crt and tls.key, or cert and key: mount the Secret there)",
+            dir.display()
+        ),
+    };
+    let ca = if mutual {
+        let separate = base.join(format!("{name}-cacert"));
+        Some(
+            pick(&["ca.crt", "cacert"], &dir)
+                .or_else(|| pick(&["ca.crt", "cacert"], &separate))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "server on port {port}: MUTUAL with credentialName {name:?} needs the client CA: \
+                         ca.crt or cacert in {} or {}",
+                        dir.display(),
+                        separate.display()
+                    )
+                })?,
+        )
+    } else {
+        None
+    };
+    Ok(CredentialFiles { cert, key, ca })
+}
+
+fn load_key(cert_path: &Path, key_path: &Path) -> Result<Arc<CertifiedKey>> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
         .with_context(|| format!("reading {}", cert_path.display()))?
         .collect::<Result<_, _>>()
@@ -486,27 +561,17 @@ fn tls_config(base: &Path, s: &Server) -> Result<Arc<rustls::ServerConfig>> {
             s.port.number
         );
     }
-    let client_ca = match tls.mode {
-        Some(ServerTlsMode::Simple) => None,
-        Some(ServerTlsMode::Mutual) => {
-            let ca = tls
-                .ca_certificates
-                .as_deref()
-                .ok_or_else(|| anyhow!("MUTUAL needs caCertificates"))?;
-            Some(resolve(base, ca))
-        }
+    let mutual = match tls.mode {
+        Some(ServerTlsMode::Simple) => false,
+        Some(ServerTlsMode::Mutual) => true,
         other => bail!(
             "gateway TLS mode {other:?} on port {} is not supported; use SIMPLE or MUTUAL",
             s.port.number
         ),
     };
-    let (Some(cert), Some(key)) = (&tls.server_certificate, &tls.private_key) else {
-        bail!(
-            "server on port {} needs serverCertificate and privateKey",
-            s.port.number
-        );
-    };
-    let ck = load_key(base, cert, key)?;
+    let files = credential_files(base, tls, mutual, s.port.number)?;
+    let client_ca = files.ca;
+    let ck = load_key(&files.cert, &files.key)?;
     let versions: &[&rustls::SupportedProtocolVersion] =
         if tls.min_protocol_version == Some(TlsVersion::TlsV13) {
             &[&rustls::version::TLS13]

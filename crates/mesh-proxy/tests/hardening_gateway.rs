@@ -188,7 +188,18 @@ impl Edge {
     /// The gateway of `edit(gateway_yaml(..))`, held to `settings`, and
     /// the sidecar of `web` behind it, both ready.
     async fn start_with(settings: ServerSettings, edit: impl Fn(String) -> String) -> Self {
+        Self::start_prepared(settings, edit, |_| {}).await
+    }
+
+    /// [`Edge::start_with`], with `prepare` run on the written folder
+    /// before anything starts.
+    async fn start_prepared(
+        settings: ServerSettings,
+        edit: impl Fn(String) -> String,
+        prepare: impl FnOnce(&Files),
+    ) -> Self {
         let (files, sockets) = Files::write(&edit);
+        prepare(&files);
         let (app, seen) = counting_app().await;
         let web = start_sidecar(
             &files.world,
@@ -1098,4 +1109,149 @@ async fn the_gateway_forwards_only_requests_that_read_one_way() {
     assert_eq!(reason.as_deref(), Some("no route"), "{answer}");
     assert!(!answer.contains("Gateway"), "{answer}");
     edge.shutdown().await;
+}
+
+/// Writes `files` as the kubelet mounts a Secret volume at `dir`: the data
+/// in a timestamped folder, `..data` a symlink to it, each key a symlink
+/// through `..data` (so an update is one atomic rename).
+fn mount_secret(dir: &std::path::Path, files: &[(&str, &[u8])]) {
+    let data = dir.join("..2026_12_03_10_00_00.123456789");
+    std::fs::create_dir_all(&data).unwrap();
+    for (key, bytes) in files {
+        std::fs::write(data.join(key), bytes).unwrap();
+    }
+    std::os::unix::fs::symlink(data.file_name().unwrap(), dir.join("..data")).unwrap();
+    for (key, _) in files {
+        std::os::unix::fs::symlink(format!("..data/{key}"), dir.join(key)).unwrap();
+    }
+}
+
+/// `credentialName`, as Istio's Gateways name their certificates on
+/// Kubernetes: read from the Secret mounted under the credentials folder,
+/// as a `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) or Istio's
+/// generic one (`cert`, `key`) with the client CA in `NAME-cacert`
+/// (`cacert`) for MUTUAL. A Secret that is not there stops the start,
+/// naming it; a name that is a path, or given with certificate files, is
+/// refused by field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_name_reads_the_mounted_secret() {
+    let by_name = |yaml: String| {
+        yaml.replace(
+            &format!("serverCertificate: certs/{BLOG}.crt, privateKey: certs/{BLOG}.key"),
+            "credentialName: blog-cert",
+        )
+        .replace(
+            &format!(
+                "serverCertificate: certs/{SECURE}.crt, privateKey: certs/{SECURE}.key, caCertificates: certs/clients-ca.crt"
+            ),
+            "credentialName: secure-cert",
+        )
+    };
+    let edge = Edge::start_prepared(ServerSettings::default(), by_name, |files| {
+        let mesh = files.world.path("mesh");
+        let read = |f: &str| std::fs::read(mesh.join("certs").join(f)).unwrap();
+        mount_secret(
+            &mesh.join("blog-cert"),
+            &[
+                ("tls.crt", &read(&format!("{BLOG}.crt"))),
+                ("tls.key", &read(&format!("{BLOG}.key"))),
+            ],
+        );
+        mount_secret(
+            &mesh.join("secure-cert"),
+            &[
+                ("cert", &read(&format!("{SECURE}.crt"))),
+                ("key", &read(&format!("{SECURE}.key"))),
+            ],
+        );
+        mount_secret(
+            &mesh.join("secure-cert-cacert"),
+            &[("cacert", &read("clients-ca.crt"))],
+        );
+        // The files the Gateway no longer names are gone: nothing is read
+        // from them.
+        for host in [BLOG, SECURE] {
+            std::fs::remove_file(mesh.join("certs").join(format!("{host}.crt"))).unwrap();
+            std::fs::remove_file(mesh.join("certs").join(format!("{host}.key"))).unwrap();
+        }
+        std::fs::remove_file(mesh.join("certs/clients-ca.crt")).unwrap();
+    })
+    .await;
+    let client = edge.tls_client(None, b"http/1.1", true);
+    let answer = edge
+        .https_get(&client, edge.https, BLOG, "/blog")
+        .await
+        .unwrap();
+    assert_eq!(support::status_of(&answer), Some(200), "{answer}");
+    let answer = edge.https_get(&client, edge.mutual, SECURE, "/none").await;
+    refused(
+        "MUTUAL without a client certificate",
+        &answer,
+        "CertificateRequired",
+    );
+    let alice = edge
+        .clients
+        .leaf("alice", ExtendedKeyUsagePurpose::ClientAuth);
+    let alice = edge.tls_client(Some(alice), b"http/1.1", true);
+    let answer = edge
+        .https_get(&alice, edge.mutual, SECURE, "/alice")
+        .await
+        .unwrap();
+    assert_eq!(support::status_of(&answer), Some(200), "{answer}");
+    assert_eq!(edge.paths(), ["/blog", "/alice"]);
+    edge.shutdown().await;
+
+    // The Secret is not mounted: the start fails naming it and the folder.
+    let (files, sockets) = Files::write(by_name);
+    let gateway = gateway(&files.world, sockets.servers, ServerSettings::default()).await;
+    let err = tokio::time::timeout(Duration::from_secs(30), gateway.handle.ready())
+        .await
+        .expect("the gateway neither started nor failed")
+        .expect_err("started without its certificate");
+    let err = format!("{err:#}");
+    assert!(
+        (err.contains("credentialName \"blog-cert\"")
+            || err.contains("credentialName \"secure-cert\""))
+            && err.contains(&format!("{}/", files.world.path("mesh").display()))
+            && err.contains("tls.crt and tls.key"),
+        "{err}"
+    );
+    gateway.shutdown().await;
+
+    // Refused by field before anything is read.
+    for (tls, why) in [
+        (
+            "{mode: SIMPLE, credentialName: ../certs}",
+            "is not a Secret name",
+        ),
+        (
+            "{mode: SIMPLE, credentialName: a/b}",
+            "is not a Secret name",
+        ),
+        (
+            "{mode: SIMPLE, credentialName: blog-cert, serverCertificate: c.pem, privateKey: k.pem}",
+            "give one or the other",
+        ),
+    ] {
+        let yaml = [
+            "apiVersion: networking.istio.io/v1".to_owned(),
+            "kind: Gateway".to_owned(),
+            "metadata: {name: edge}".to_owned(),
+            "spec:".to_owned(),
+            "  selector: {istio: ingressgateway}".to_owned(),
+            "  servers:".to_owned(),
+            "  - port: {number: 443, name: https, protocol: HTTPS}".to_owned(),
+            format!("    tls: {tls}"),
+            format!("    hosts: [{BLOG}]"),
+        ]
+        .join("\n");
+        let e = mesh_core::load::load_str(std::path::Path::new("edge.yaml"), &yaml)
+            .and_then(|r| mesh_core::snapshot::compile(&r).map(|_| r))
+            .expect_err(tls)
+            .to_string();
+        assert!(
+            e.contains("spec.servers[0].tls.credentialName") && e.contains(why),
+            "{tls}: {e}"
+        );
+    }
 }

@@ -662,6 +662,16 @@ pub struct ServerTlsSettings {
     /// The mode; required unless `httpsRedirect` is the only setting.
     #[serde(default)]
     pub mode: Option<ServerTlsMode>,
+    /// The certificate, key and client CA by name, as Istio's Kubernetes
+    /// Secret: read from the folder of that name under the gateway's
+    /// credentials folder (`mesh-proxy gateway --credentials-dir`, where
+    /// the Secret is mounted): `tls.crt`, `tls.key`, `ca.crt` (a
+    /// `kubernetes.io/tls` Secret), or Istio's generic `cert`, `key`,
+    /// `cacert`; for MUTUAL the CA may also be in `NAME-cacert`. Instead
+    /// of `serverCertificate`/`privateKey`/`caCertificates`, never with
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
     /// Certificate file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_certificate: Option<String>,
