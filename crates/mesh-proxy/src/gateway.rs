@@ -462,14 +462,14 @@ fn credential_files(
 }
 
 fn load_key(cert_path: &Path, key_path: &Path) -> Result<Arc<CertifiedKey>> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .with_context(|| format!("reading {}", cert_path.display()))?
         .collect::<Result<_, _>>()
         .with_context(|| format!("parsing {}", cert_path.display()))?;
     if chain.is_empty() {
         bail!("{} holds no certificate", cert_path.display());
     }
-    let der = PrivateKeyDer::from_pem_file(&key_path)
+    let der = PrivateKeyDer::from_pem_file(key_path)
         .with_context(|| format!("reading {}", key_path.display()))?;
     let signer = crypto_provider()
         .key_provider

@@ -731,3 +731,244 @@ async fn check_and_explain_read_a_live_cluster_as_they_read_a_folder() {
         api.requests()
     );
 }
+
+/// The YAML documents of a file of the example.
+fn example_docs(file: &str) -> Vec<serde_json::Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/wordpress-canary/kubernetes")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_saphyr::from_multiple::<serde_json::Value>(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+/// A self-signed certificate and key for `host`, as PEM.
+fn self_signed(host: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+/// The example's ingress gateway (`gateway.yaml`) for the Gateway of its
+/// `mesh.yaml`, as a cluster would run it: its arguments, service account,
+/// projected token and mounted Secret, against a control plane on the
+/// in-test API server holding the article's canary and `mesh.yaml`'s
+/// objects. The manifest agrees with itself (the identity the control plane
+/// expects of the Gateway's proxy is the pod's service account's; the
+/// Secret is mounted where `credentialName` is read), and the gateway,
+/// started as those arguments say (only the addresses and the Gateway's
+/// port numbers the test's), serves HTTPS with the Secret's certificate and
+/// redirects plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_s_ingress_gateway_serves_the_gateway_with_its_secret() {
+    use mesh_proxy::{BoundSocket, Gateway, GatewayListeners, IdentitySource};
+    use rustls_pki_types::pem::PemObject as _;
+    const BLOG: &str = "blog.example.test";
+    let docs = example_docs("gateway.yaml");
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &deployment["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    let arg = |name: &str| {
+        let i = args
+            .iter()
+            .position(|a| a == name)
+            .unwrap_or_else(|| panic!("{name}"));
+        args[i + 1].clone()
+    };
+    assert_eq!(args[0], "gateway");
+    let gateway_key = arg("--gateway");
+    let (ns, sa) = gateway_key.split_once('/').unwrap();
+    assert_eq!(deployment["metadata"]["namespace"], ns);
+    assert_eq!(
+        pod["spec"]["serviceAccountName"], sa,
+        "the Gateway's identity is the pod's"
+    );
+    assert_eq!(
+        pod["metadata"]["labels"]["sidecar.istio.io/inject"],
+        "false"
+    );
+
+    let mesh = example_docs("mesh.yaml");
+    let mut gw = mesh
+        .iter()
+        .find(|d| d["kind"] == "Gateway")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        format!(
+            "{}/{}",
+            gw["metadata"]["namespace"].as_str().unwrap(),
+            gw["metadata"]["name"].as_str().unwrap()
+        ),
+        gateway_key
+    );
+    let credential = gw["spec"]["servers"][0]["tls"]["credentialName"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| {
+            let volume = pod["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == m["name"])
+                .unwrap();
+            volume["secret"]["secretName"] == credential.as_str()
+        })
+        .expect("the credentialName's Secret is mounted");
+    assert_eq!(
+        mount["mountPath"].as_str().unwrap(),
+        format!("{}/{credential}", arg("--credentials-dir")),
+        "mounted where credentialName is read"
+    );
+
+    // The cluster: the article's canary, mesh.yaml's objects (the
+    // Gateway's port numbers the test's own), the gateway's pod and token.
+    let https = BoundSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let http = BoundSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let (https_port, http_port) = (https.local_addr().port(), http.local_addr().port());
+    for s in gw["spec"]["servers"].as_array_mut().unwrap() {
+        let n = if s["port"]["number"] == 443 {
+            https_port
+        } else {
+            http_port
+        };
+        s["port"]["number"] = json!(n);
+    }
+    let api = ApiServer::start().await;
+    serve_mesh_kinds(&api);
+    api.serve_fixtures(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../mesh-kube/tests/fixtures/wordpress"),
+    );
+    for mut doc in mesh
+        .into_iter()
+        .filter(|d| d["kind"] != "Gateway")
+        .chain([gw])
+    {
+        let plural = mesh_kube::source::ISTIO_KINDS
+            .iter()
+            .find(|k| doc["kind"] == k.kind)
+            .unwrap()
+            .plural;
+        let path = format!("/apis/{}/{plural}", doc["apiVersion"].as_str().unwrap());
+        doc["metadata"]["uid"] = json!(format!("u-{plural}"));
+        api.put(&path, doc);
+    }
+    api.put(
+        "/api/v1/pods",
+        json!({"metadata": {"name": "wordpress-gateway-5f7c9d8b6d-q2w4e", "namespace": ns,
+                            "labels": pod["metadata"]["labels"]},
+               "spec": {"serviceAccountName": sa, "containers": [{"name": "gateway", "image": "mesh-proxy"}]},
+               "status": {"phase": "Running", "podIP": "10.244.2.9",
+                          "conditions": [{"type": "Ready", "status": "True"}]}}),
+    );
+    api.token(
+        "eyJ.gateway.sig",
+        true,
+        &format!("system:serviceaccount:{ns}:{sa}"),
+        &["istio-ca"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    CertificateAuthority::init_dir(&ca_dir, TrustDomain::new("cluster.local").unwrap()).unwrap();
+    let ca = Arc::new(CertificateAuthority::open_dir(&ca_dir).unwrap());
+    let source = Arc::new(KubeSource::start(api.client(), KubeOptions::default()).await);
+    let xds = ConfigServer::from_source(source.clone(), source.changes()).unwrap();
+    let plane_status = xds.clone();
+    let plane = ControlPlane::start_on_kubernetes(
+        ca,
+        TokenStore::new(&ca_dir),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ControlPlaneConfig::default(),
+        xds,
+        Arc::new(TokenReviewer::new(api.client(), "istio-ca")),
+    )
+    .await
+    .unwrap();
+    // The kubelet's mounts: the token, and the Secret (tls.crt, tls.key).
+    let token = dir.path().join("mesh-token");
+    std::fs::write(&token, "eyJ.gateway.sig").unwrap();
+    let credentials = dir.path().join("credentials");
+    let secret = credentials.join(&credential);
+    std::fs::create_dir_all(&secret).unwrap();
+    let (cert, key) = self_signed(BLOG);
+    std::fs::write(secret.join("tls.crt"), &cert).unwrap();
+    std::fs::write(secret.join("tls.key"), key).unwrap();
+
+    let gateway = Gateway::following(plane.ca_addr().to_string(), &gateway_key, &credentials)
+        .identity(
+            IdentitySource::ca(plane.ca_addr().to_string(), ca_dir.join("root-cert.pem"))
+                .with_token_file(&token),
+        )
+        .connect();
+    let gateway = match tokio::time::timeout(Duration::from_secs(30), gateway).await {
+        Ok(g) => g.unwrap(),
+        Err(_) => panic!(
+            "no configuration in 30 s: {:?} {:?}",
+            plane_status.not_ready(),
+            plane_status.stats().last_error
+        ),
+    };
+    let handle = gateway
+        .start(GatewayListeners {
+            admin: support::admin_listener().await,
+            servers: vec![https, http],
+        })
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), handle.ready())
+        .await
+        .expect("ready in time")
+        .unwrap();
+
+    // HTTPS with the Secret's certificate, verified for the blog's name.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(mesh_ca::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https_port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(rustls_pki_types::ServerName::try_from(BLOG).unwrap(), tcp)
+        .await
+        .expect("the Secret's certificate, for blog.example.test");
+    // Plain HTTP: redirected to HTTPS, as the Gateway's port 80 server says.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+        .await
+        .unwrap();
+    let answer = support::exchange(
+        &mut tcp,
+        format!("GET /wp-login.php HTTP/1.1\r\nhost: {BLOG}\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(support::status_of(&answer), Some(301), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains(&format!(
+            "location: https://{BLOG}:{https_port}/wp-login.php"
+        )),
+        "{answer}"
+    );
+    handle.shutdown().await;
+    plane.shutdown().await;
+}
