@@ -115,6 +115,37 @@ struct Cluster {
     token: std::path::PathBuf,
 }
 
+/// A control plane on `api`'s cluster, its CA new in `ca_dir`.
+struct Plane {
+    plane: ControlPlane,
+    ca: Arc<CertificateAuthority>,
+    source: Arc<KubeSource>,
+    xds: ConfigServer,
+}
+
+async fn plane_on(api: &ApiServer, ca_dir: &std::path::Path) -> Plane {
+    CertificateAuthority::init_dir(ca_dir, TrustDomain::new("cluster.local").unwrap()).unwrap();
+    let ca = Arc::new(CertificateAuthority::open_dir(ca_dir).unwrap());
+    let source = Arc::new(KubeSource::start(api.client(), KubeOptions::default()).await);
+    let xds = ConfigServer::from_source(source.clone(), source.changes()).unwrap();
+    let plane = ControlPlane::start_on_kubernetes(
+        ca.clone(),
+        TokenStore::new(ca_dir),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ControlPlaneConfig::default(),
+        xds.clone(),
+        Arc::new(TokenReviewer::new(api.client(), "istio-ca")),
+    )
+    .await
+    .unwrap();
+    Plane {
+        plane,
+        ca,
+        source,
+        xds,
+    }
+}
+
 async fn cluster() -> Cluster {
     let api = ApiServer::start().await;
     serve_mesh_kinds(&api);
@@ -133,20 +164,7 @@ async fn cluster() -> Cluster {
     );
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
-    CertificateAuthority::init_dir(&ca_dir, TrustDomain::new("cluster.local").unwrap()).unwrap();
-    let ca = Arc::new(CertificateAuthority::open_dir(&ca_dir).unwrap());
-    let source = Arc::new(KubeSource::start(api.client(), KubeOptions::default()).await);
-    let xds = ConfigServer::from_source(source.clone(), source.changes()).unwrap();
-    let plane = ControlPlane::start_on_kubernetes(
-        ca,
-        TokenStore::new(&ca_dir),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        ControlPlaneConfig::default(),
-        xds,
-        Arc::new(TokenReviewer::new(api.client(), "istio-ca")),
-    )
-    .await
-    .unwrap();
+    let Plane { plane, .. } = plane_on(&api, &ca_dir).await;
     // The projected token, as the kubelet writes it.
     let token = dir.path().join("mesh-token");
     std::fs::write(&token, "eyJ.web.ok").unwrap();
@@ -417,21 +435,9 @@ async fn a_data_plane_on_kubernetes_rides_out_ended_watches_410_and_500s() {
 
     let td = TrustDomain::new("cluster.local").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ca_dir = dir.path().join("ca");
-    CertificateAuthority::init_dir(&ca_dir, td.clone()).unwrap();
-    let ca = Arc::new(CertificateAuthority::open_dir(&ca_dir).unwrap());
-    let source = Arc::new(KubeSource::start(api.client(), KubeOptions::default()).await);
-    let xds = ConfigServer::from_source(source.clone(), source.changes()).unwrap();
-    let plane = ControlPlane::start_on_kubernetes(
-        ca.clone(),
-        TokenStore::new(&ca_dir),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        ControlPlaneConfig::default(),
-        xds,
-        Arc::new(TokenReviewer::new(api.client(), "istio-ca")),
-    )
-    .await
-    .unwrap();
+    let Plane {
+        plane, ca, source, ..
+    } = plane_on(&api, &dir.path().join("ca")).await;
     let follow = |pod: &'static str, sa: &'static str| {
         let certs = dir.path().join(sa);
         let id = mesh_core::identity::SpiffeId::for_workload(&td, "default", sa).unwrap();
@@ -884,21 +890,11 @@ async fn the_example_s_ingress_gateway_serves_the_gateway_with_its_secret() {
     );
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
-    CertificateAuthority::init_dir(&ca_dir, TrustDomain::new("cluster.local").unwrap()).unwrap();
-    let ca = Arc::new(CertificateAuthority::open_dir(&ca_dir).unwrap());
-    let source = Arc::new(KubeSource::start(api.client(), KubeOptions::default()).await);
-    let xds = ConfigServer::from_source(source.clone(), source.changes()).unwrap();
-    let plane_status = xds.clone();
-    let plane = ControlPlane::start_on_kubernetes(
-        ca,
-        TokenStore::new(&ca_dir),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        ControlPlaneConfig::default(),
-        xds,
-        Arc::new(TokenReviewer::new(api.client(), "istio-ca")),
-    )
-    .await
-    .unwrap();
+    let Plane {
+        plane,
+        xds: plane_status,
+        ..
+    } = plane_on(&api, &ca_dir).await;
     // The kubelet's mounts: the token, and the Secret (tls.crt, tls.key).
     let token = dir.path().join("mesh-token");
     std::fs::write(&token, "eyJ.gateway.sig").unwrap();
