@@ -63,7 +63,11 @@ impl ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
-        if let Some(doc) = self.document {
+        let api_object = self
+            .file
+            .to_str()
+            .is_some_and(|f| f.starts_with(crate::resources::API_ORIGIN_SCHEME));
+        if let Some(doc) = self.document.filter(|_| !api_object) {
             write!(f, ": document {doc}")?;
         }
         if let Some(item) = self.item {

@@ -33,7 +33,7 @@ use mesh_core::resources::Origin;
 use serde_json::{Map, Value, json};
 
 /// The scheme of a Kubernetes object's origin: `k8s:/api/v1/namespaces/default/services/web`.
-pub const ORIGIN_SCHEME: &str = "k8s:";
+pub const ORIGIN_SCHEME: &str = mesh_core::resources::API_ORIGIN_SCHEME;
 
 /// The annotation kubectl leaves on applied objects: a copy of the object,
 /// dropped from what is served.

@@ -80,8 +80,25 @@ pub struct Origin {
     pub item: Option<u32>,
 }
 
+/// The scheme of an origin that is one object of an API rather than a file
+/// (`k8s:/apis/networking.istio.io/v1/namespaces/default/virtualservices/web`):
+/// it has no documents, so none is named.
+pub const API_ORIGIN_SCHEME: &str = "k8s:";
+
+impl Origin {
+    /// Whether this is an API object's path rather than a file's.
+    pub fn is_api_object(&self) -> bool {
+        self.file
+            .to_str()
+            .is_some_and(|f| f.starts_with(API_ORIGIN_SCHEME))
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_api_object() {
+            return write!(f, "{}", self.file.display());
+        }
         write!(f, "{} (document {}", self.file.display(), self.document)?;
         if let Some(item) = self.item {
             write!(f, " item {item}")?;
