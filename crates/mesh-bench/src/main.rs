@@ -19,6 +19,7 @@
 mod capture;
 mod certs;
 mod client;
+mod config_scale;
 mod load;
 mod pod_load;
 mod procs;
@@ -69,6 +70,9 @@ enum Cmd {
     /// The control plane at scale: services, endpoints and data planes in
     /// one process; push latency, bytes, CPU and memory.
     XdsScale(xds_scale::ScaleArgs),
+    /// The configuration at scale: load, compile, check and reload times
+    /// and memory for 100 to 10,000 services.
+    ConfigScale(config_scale::ConfigScaleArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -159,6 +163,7 @@ fn main() -> Result<()> {
         Some(Cmd::Profile(args)) => profile::run(args),
         Some(Cmd::Load(args)) => pod_load::run(args),
         Some(Cmd::XdsScale(args)) => xds_scale::run(args),
+        Some(Cmd::ConfigScale(args)) => config_scale::run(args),
         None => run(cli.run),
     }
 }

@@ -166,15 +166,27 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A memory figure of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...), KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
         .ok()
+}
+
+/// This process's resident memory, MiB: now, and at its peak (`VmHWM`).
+pub(crate) fn own_rss_mib() -> (f64, f64) {
+    let id = std::process::id();
+    let mib = |f| status_kib(id, f).unwrap_or(0) as f64 / 1024.0;
+    (mib("VmRSS"), mib("VmHWM"))
 }
 
 /// USER_HZ, from `getconf` (100 on Linux everywhere in practice).

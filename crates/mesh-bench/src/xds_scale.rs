@@ -102,33 +102,6 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// CPU seconds (user + system) of this process, from /proc.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command (which is in parentheses): utime is 14th,
-    // stime 15th of the whole line.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // USER_HZ is 100 on Linux.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Resident memory of this process, MiB.
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn metric(plane: &ControlPlane, name: &str) -> u64 {
     plane
         .render_metrics()
@@ -179,7 +152,10 @@ async fn run_async(a: ScaleArgs) -> Result<()> {
         a.namespaces,
         a.clients
     );
-    let (cpu0, rss0) = (cpu_seconds(), rss_mib());
+    let (cpu0, rss0) = (
+        crate::procs::own_cpu_seconds(),
+        crate::procs::own_rss_mib().0,
+    );
     let started = Instant::now();
     let xds = ConfigServer::from_files(&mesh).context("the configuration")?;
     let loaded = started.elapsed();
@@ -191,7 +167,10 @@ async fn run_async(a: ScaleArgs) -> Result<()> {
         xds,
     )
     .await?;
-    let (cpu_cp, rss_cp) = (cpu_seconds(), rss_mib());
+    let (cpu_cp, rss_cp) = (
+        crate::procs::own_cpu_seconds(),
+        crate::procs::own_rss_mib().0,
+    );
     println!(
         "control plane: loaded and compiled in {:.2} s; {:.2} CPU s; RSS {:.1} MiB (+{:.1} MiB for the configuration)",
         loaded.as_secs_f64(),
@@ -254,7 +233,10 @@ async fn run_async(a: ScaleArgs) -> Result<()> {
     let all_ready = connect.elapsed();
     // Let the ACKs and allocator settle before reading memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (cpu_ready, rss_ready) = (cpu_seconds(), rss_mib());
+    let (cpu_ready, rss_ready) = (
+        crate::procs::own_cpu_seconds(),
+        crate::procs::own_rss_mib().0,
+    );
     let per_ns_services = a.services / a.namespaces;
     let per_client_kib = (rss_ready - rss_cp) * 1024.0 / a.clients as f64;
     println!(
@@ -272,7 +254,7 @@ async fn run_async(a: ScaleArgs) -> Result<()> {
     let mut bytes = Vec::new();
     let mut responses = Vec::new();
     let mut leaked = 0usize;
-    let cpu_before_changes = cpu_seconds();
+    let cpu_before_changes = crate::procs::own_cpu_seconds();
     for change in 0..a.changes {
         let ns = change;
         let before: Vec<usize> = {
@@ -323,7 +305,7 @@ async fn run_async(a: ScaleArgs) -> Result<()> {
         bytes.push(metric(&plane, "mesh_xds_sent_bytes_total") - b0);
         responses.push(metric(&plane, "mesh_xds_pushes_total") - p0);
     }
-    let cpu_changes = cpu_seconds() - cpu_before_changes;
+    let cpu_changes = crate::procs::own_cpu_seconds() - cpu_before_changes;
     latencies.sort();
     let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
     println!(
@@ -344,7 +326,10 @@ async fn run_async(a: ScaleArgs) -> Result<()> {
         mean(&bytes) / mean(&responses).max(1.0),
         cpu_changes / a.changes.max(1) as f64
     );
-    println!("process: RSS {:.1} MiB at the end", rss_mib());
+    println!(
+        "process: RSS {:.1} MiB at the end",
+        crate::procs::own_rss_mib().0
+    );
     if leaked > 0 {
         bail!("{leaked} clients outside the changed namespace were pushed a change");
     }
