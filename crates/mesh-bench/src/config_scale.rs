@@ -45,6 +45,10 @@ pub(crate) struct ConfigScaleArgs {
     /// Compiles (and file changes) timed per size; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Skips the file-change measurement (for a profile of load and
+    /// compile alone).
+    #[arg(long)]
+    no_change: bool,
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -168,6 +172,7 @@ pub(crate) fn run(a: ConfigScaleArgs) -> Result<()> {
             .args(["--namespaces", &a.namespaces.to_string()])
             .args(["--endpoints", &a.endpoints.to_string()])
             .args(["--repeat", &a.repeat.to_string()])
+            .args(a.no_change.then_some("--no-change"))
             .stderr(std::process::Stdio::inherit())
             .output()
             .context("running a size")?;
@@ -289,8 +294,30 @@ fn one_size(a: &ConfigScaleArgs, services: usize) -> Result<SizeResult> {
     }
     drop(held);
 
-    // A file change, through the watcher a proxy runs.
-    let source = FileSource::new(dir.path());
+    let mut changes = Vec::new();
+    if !a.no_change {
+        changes = file_changes(a, services, dir.path())?;
+    }
+    Ok(SizeResult {
+        services,
+        workloads,
+        yaml_mib: bytes as f64 / (1024.0 * 1024.0),
+        documents,
+        load_s: median(loads),
+        compile_s: median(compiles),
+        check_s: median(checks),
+        rss_start_mib,
+        rss_held_mib,
+        peak_mib,
+        change_s: median(changes),
+        peak_after_changes_mib: own_rss_mib().1,
+    })
+}
+
+/// Seconds from each changed file to its snapshot in force, through the
+/// watcher a proxy runs.
+fn file_changes(a: &ConfigScaleArgs, services: usize, dir: &Path) -> Result<Vec<f64>> {
+    let source = FileSource::new(dir);
     let store = Arc::new(Store::new());
     store
         .reload(&source)
@@ -299,7 +326,7 @@ fn one_size(a: &ConfigScaleArgs, services: usize) -> Result<SizeResult> {
     let mut changes = Vec::new();
     for bump in 1..=a.repeat {
         let before = store.stats().version;
-        let path = dir.path().join(format!("ns-{}.yaml", bump % a.namespaces));
+        let path = dir.join(format!("ns-{}.yaml", bump % a.namespaces));
         let text = namespace_yaml(a, services, bump % a.namespaces, bump);
         let t = Instant::now();
         write_atomic(&path, &text)?;
@@ -322,18 +349,5 @@ fn one_size(a: &ConfigScaleArgs, services: usize) -> Result<SizeResult> {
         changes.push(t.elapsed().as_secs_f64());
     }
     drop(watcher);
-    Ok(SizeResult {
-        services,
-        workloads,
-        yaml_mib: bytes as f64 / (1024.0 * 1024.0),
-        documents,
-        load_s: median(loads),
-        compile_s: median(compiles),
-        check_s: median(checks),
-        rss_start_mib,
-        rss_held_mib,
-        peak_mib,
-        change_s: median(changes),
-        peak_after_changes_mib: own_rss_mib().1,
-    })
+    Ok(changes)
 }

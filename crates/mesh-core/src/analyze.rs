@@ -382,7 +382,7 @@ fn tls_table(snap: &Snapshot) -> Vec<TlsRow> {
                     TlsStatus::Conflict
                 },
                 reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
-                authn_policies: authn.into_iter().collect(),
+                authn_policies: authn.into_iter().map(|r| (*r).clone()).collect(),
                 destination_rule: dr,
             });
         }
@@ -669,7 +669,7 @@ fn peer_policies(snap: &Snapshot, out: &mut Vec<Finding>) {
                     "{} ({}) and {} ({}) {what} on the same workloads; {} is in force",
                     a.source, a.mode, b.source, b.mode, a.source
                 ),
-                vec![a.source.clone(), b.source.clone()],
+                vec![(*a.source).clone(), (*b.source).clone()],
             ));
         }
     }

@@ -339,7 +339,7 @@ fn mesh(x: &mut Explainer<'_, '_>, host: &str, port: Option<u16>) {
     }
     let authority = format!("{host}:{}", sp.number);
     let labels = match &x.source {
-        Source::Workload(w) => w.labels.clone(),
+        Source::Workload(w) => (*w.labels).clone(),
         Source::Gateway { .. } => Labels::new(),
     };
     let req = PlanRequest {
@@ -652,7 +652,7 @@ fn endpoints(
                 "server-mtls",
                 tls.is_ok(),
                 decision,
-                inbound.decided_by.clone(),
+                inbound.decided_by.as_deref().cloned(),
             );
             if tls.is_err() {
                 result.status = 503;

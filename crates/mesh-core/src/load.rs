@@ -28,6 +28,26 @@ use crate::resources::{Item, Kind, ObjectMeta, Origin, ResourceRef, Resources, S
 /// memory.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The most documents one file may hold. The output of `helm template` or
+/// `istioctl` for a large mesh is one file of many thousand documents (a
+/// WorkloadEntry is ~200 bytes: a file at [`MAX_FILE_BYTES`] holds ~80,000);
+/// beyond this a file is a separator storm, not configuration.
+pub const MAX_DOCUMENTS: usize = 200_000;
+
+/// The parser's limits, sized to a file of [`MAX_FILE_BYTES`]: the YAML
+/// parser's defaults (1,024 documents, 250,000 nodes) refuse real files of
+/// a large mesh. What protects against hostile input stays as the parser
+/// has it: nesting depth (64), alias count and the alias/anchor ratio (an
+/// alias bomb), and the size of the text.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = MAX_DOCUMENTS;
+    // A node (scalar, sequence or mapping) takes at least two bytes of text.
+    budget.max_nodes = (MAX_FILE_BYTES / 2) as usize;
+    budget.max_events = MAX_FILE_BYTES as usize;
+    serde_saphyr::options! { budget: Some(budget) }
+}
+
 const NETWORKING_VERSIONS: &[&str] = &[
     "networking.istio.io/v1alpha3",
     "networking.istio.io/v1beta1",
@@ -268,7 +288,18 @@ struct Loader {
 
 impl Loader {
     fn add_text(&mut self, file: &Path, text: &str) {
-        let docs: Vec<Value> = match serde_saphyr::from_multiple(text) {
+        if text.len() as u64 > MAX_FILE_BYTES {
+            self.errors.push(ConfigError::file(
+                file,
+                format!(
+                    "is {} bytes, more than the {MAX_FILE_BYTES} allowed",
+                    text.len()
+                ),
+            ));
+            return;
+        }
+        let docs: Vec<Value> = match serde_saphyr::from_multiple_with_options(text, yaml_options())
+        {
             Ok(docs) => docs,
             Err(e) => {
                 self.errors

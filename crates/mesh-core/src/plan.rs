@@ -469,13 +469,13 @@ pub fn endpoint_tls(
     let w = &snap.workloads[ep.workload];
     let server = snap.inbound_mode(w, ep.port);
     if let Some(why) = crate::analyze::tls_conflict(server.mode, client.mode) {
-        let by = |r: Option<crate::resources::ResourceRef>| {
+        let by = |r: Option<&crate::resources::ResourceRef>| {
             r.map_or_else(|| "the mesh default".to_owned(), |r| r.to_string())
         };
         return Err(format!(
             "TLS conflict: {why} (server mode from {}, client mode from {})",
-            by(server.decided_by),
-            by(client.decided_by)
+            by(server.decided_by.as_deref()),
+            by(client.decided_by.as_ref())
         ));
     }
     match client.mode {

@@ -1,9 +1,15 @@
 //! The compiled, immutable view of a configuration: services with their
-//! ports, workloads, routes, subsets and client TLS per host and port, and
-//! per workload and port the inbound mTLS mode and the authorization
-//! policies. Every request reads one snapshot from start to end.
+//! ports, workloads, routes and subsets, the DestinationRule in force per
+//! host (client TLS is read from it per host, port and subset), and per
+//! workload and port the inbound mTLS mode and the authorization policies.
+//! Every request reads one snapshot from start to end.
+//!
+//! [`compile`] is linear in the size of the mesh: selectors read an index
+//! of workloads by namespace and label, each workload's services and
+//! policies come from reverse maps built once, never from a scan of the
+//! whole mesh per workload (`mesh-bench config-scale` measures it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -31,8 +37,8 @@ pub struct Workload {
     pub namespace: String,
     /// Address.
     pub address: String,
-    /// Labels.
-    pub labels: Labels,
+    /// Labels (shared with the WorkloadEntry they come from).
+    pub labels: Arc<Labels>,
     /// Service account (`default` when unset).
     pub service_account: String,
     /// The SPIFFE ID it proves.
@@ -41,8 +47,8 @@ pub struct Workload {
     pub ports: BTreeMap<String, u16>,
     /// Where it was defined.
     pub source: ResourceRef,
-    /// Inbound mTLS mode per workload port it serves.
-    pub inbound: BTreeMap<u16, InboundMode>,
+    /// Inbound mTLS mode per workload port it serves, by port.
+    pub inbound: Vec<(u16, InboundMode)>,
     /// Indexes into [`Snapshot::authz_policies`] of the policies that apply.
     pub authz_policies: Vec<usize>,
     /// Whether new requests may go to it: `false` for a draining workload
@@ -59,8 +65,9 @@ pub struct Workload {
 pub struct InboundMode {
     /// The mode in force.
     pub mode: MtlsMode,
-    /// The deciding resource; `None` means the MeshConfig default.
-    pub decided_by: Option<ResourceRef>,
+    /// The deciding resource; `None` means the MeshConfig default. (Shared
+    /// with the policy: every workload port of a mesh names one of a few.)
+    pub decided_by: Option<Arc<ResourceRef>>,
 }
 
 /// A service port.
@@ -79,10 +86,6 @@ pub struct ServicePortEntry {
     pub http_routes: Vec<Arc<HttpRouteRule>>,
     /// TCP destinations (mesh-bound VirtualServices), first rule that applies.
     pub tcp_route: Option<Vec<WeightedDestination>>,
-    /// Client TLS towards this port without a subset, then per subset.
-    pub client_tls: ClientTls,
-    /// Client TLS per subset of the host's DestinationRule.
-    pub subset_tls: BTreeMap<String, ClientTls>,
 }
 
 /// A service: a ServiceEntry host.
@@ -195,7 +198,7 @@ pub struct GatewayEntry {
 #[serde(rename_all = "camelCase")]
 pub struct PeerPolicy {
     /// The resource.
-    pub source: ResourceRef,
+    pub source: Arc<ResourceRef>,
     /// What it applies to.
     pub scope: PeerScope,
     /// The mode for all ports (UNSET inherits).
@@ -250,6 +253,82 @@ pub struct Snapshot {
     pub authz_policies: Vec<AuthzPolicy>,
     /// Documents that were not used.
     pub skipped: Vec<Skipped>,
+    /// Lookups [`compile`] builds so that requests and the compile itself
+    /// never scan the whole mesh: derived from the fields above.
+    #[serde(skip)]
+    index: Index,
+}
+
+/// What [`compile`] derives for lookups.
+#[derive(Debug, Clone, Default)]
+struct Index {
+    /// Workload key → its index (the first, should two share a key).
+    workloads: HashMap<String, usize>,
+    /// Per workload, the hosts of the services it serves.
+    served_by: Vec<Vec<String>>,
+    /// The peer policies that can apply in a namespace.
+    peer: PolicyIndex,
+}
+
+/// Policies by the namespace they can apply in, each list in load order:
+/// the order decides which policy of a level is in force.
+#[derive(Debug, Clone, Default)]
+struct PolicyIndex {
+    /// Policies that can apply in every namespace.
+    everywhere: Vec<usize>,
+    by_namespace: HashMap<String, Vec<usize>>,
+}
+
+impl PolicyIndex {
+    /// Adds policy `i` (policies are added in load order), applying in
+    /// `namespace` or, for `None`, everywhere.
+    fn add(&mut self, namespace: Option<&str>, i: usize) {
+        match namespace {
+            Some(ns) => self.by_namespace.entry(ns.to_owned()).or_default().push(i),
+            None => self.everywhere.push(i),
+        }
+    }
+
+    /// The policies that can apply in `namespace`, in load order.
+    fn of(&self, namespace: &str) -> Merged<'_> {
+        Merged {
+            a: &self.everywhere,
+            b: self
+                .by_namespace
+                .get(namespace)
+                .map_or(&[][..], Vec::as_slice),
+        }
+    }
+}
+
+/// Two ascending lists of indexes merged, in ascending order.
+struct Merged<'a> {
+    a: &'a [usize],
+    b: &'a [usize],
+}
+
+impl Iterator for Merged<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let take_a = match (self.a.first(), self.b.first()) {
+            (Some(x), Some(y)) => x <= y,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        let (head, rest) = if take_a {
+            self.a.split_first()?
+        } else {
+            self.b.split_first()?
+        };
+        if take_a {
+            self.a = rest;
+        } else {
+            self.b = rest;
+        }
+        Some(*head)
+    }
 }
 
 impl Snapshot {
@@ -266,6 +345,7 @@ impl Snapshot {
             peer_policies: Vec::new(),
             authz_policies: Vec::new(),
             skipped: Vec::new(),
+            index: Index::default(),
         }
     }
 
@@ -276,23 +356,34 @@ impl Snapshot {
 
     /// Finds a workload by `name` (in `default`) or `namespace/name`.
     pub fn workload(&self, name: &str) -> Option<(usize, &Workload)> {
-        let key = if name.contains('/') {
-            name.to_owned()
+        let i = if name.contains('/') {
+            self.index.workloads.get(name)
         } else {
-            format!("default/{name}")
+            self.index.workloads.get(&format!("default/{name}"))
         };
-        self.workloads
-            .iter()
-            .enumerate()
-            .find(|(_, w)| w.key == key)
+        i.map(|&i| (i, &self.workloads[i]))
     }
 
     /// The inbound mTLS mode of a workload port, by Istio's precedence:
     /// workload-level policy (port-level first), then namespace, then mesh,
     /// then the MeshConfig default; UNSET inherits from the next level.
     pub fn inbound_mode(&self, w: &Workload, port: u16) -> InboundMode {
+        // The ports its services name were compiled; others (a port only a
+        // capture rule or a probe reaches) are decided here.
+        match w.inbound.binary_search_by_key(&port, |(p, _)| *p) {
+            Ok(i) => w.inbound[i].1.clone(),
+            Err(_) => self.decide_inbound_mode(w, port),
+        }
+    }
+
+    fn decide_inbound_mode(&self, w: &Workload, port: u16) -> InboundMode {
         let mut levels: [Option<&PeerPolicy>; 3] = [None; 3];
-        for p in &self.peer_policies {
+        for p in self
+            .index
+            .peer
+            .of(&w.namespace)
+            .map(|i| &self.peer_policies[i])
+        {
             let level = match &p.scope {
                 PeerScope::Workloads { namespace, labels } => {
                     (namespace == &w.namespace && labels_match(labels, &w.labels)).then_some(0)
@@ -341,30 +432,7 @@ impl Snapshot {
     /// subset port-level, subset, rule port-level, rule; automatic when none
     /// says.
     pub fn client_tls(&self, host: &str, port: u16, subset: Option<&str>) -> ClientTls {
-        let Some(dp) = self.destination_policies.get(host) else {
-            return ClientTls {
-                mode: None,
-                settings: None,
-                decided_by: None,
-            };
-        };
-        let from_policy = |p: &TrafficPolicy| {
-            p.port_level_settings
-                .iter()
-                .find(|pl| pl.port.number == port)
-                .and_then(|pl| pl.tls.clone())
-                .or_else(|| p.tls.clone())
-        };
-        let settings = subset
-            .and_then(|s| dp.subset(s))
-            .and_then(|s| s.traffic_policy.as_ref())
-            .and_then(from_policy)
-            .or_else(|| dp.traffic_policy.as_ref().and_then(from_policy));
-        ClientTls {
-            mode: settings.as_ref().map(|s| s.mode),
-            decided_by: settings.as_ref().map(|_| dp.source.clone()),
-            settings,
-        }
+        client_tls_in(&self.destination_policies, host, port, subset)
     }
 
     /// The authorization policies of a workload.
@@ -378,11 +446,11 @@ impl Snapshot {
     /// The hosts of the services a workload (an index into
     /// [`Snapshot::workloads`]) serves.
     pub fn hosts_served_by(&self, workload: usize) -> Vec<String> {
-        self.services
-            .values()
-            .filter(|s| s.workloads.contains(&workload))
-            .map(|s| s.host.clone())
-            .collect()
+        self.index
+            .served_by
+            .get(workload)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// One spelling for every way a client may name a host, as
@@ -423,6 +491,39 @@ impl Snapshot {
     }
 }
 
+/// [`Snapshot::client_tls`] from the DestinationRules in force.
+fn client_tls_in(
+    policies: &BTreeMap<String, DestinationPolicy>,
+    host: &str,
+    port: u16,
+    subset: Option<&str>,
+) -> ClientTls {
+    let Some(dp) = policies.get(host) else {
+        return ClientTls {
+            mode: None,
+            settings: None,
+            decided_by: None,
+        };
+    };
+    let from_policy = |p: &TrafficPolicy| {
+        p.port_level_settings
+            .iter()
+            .find(|pl| pl.port.number == port)
+            .and_then(|pl| pl.tls.clone())
+            .or_else(|| p.tls.clone())
+    };
+    let settings = subset
+        .and_then(|s| dp.subset(s))
+        .and_then(|s| s.traffic_policy.as_ref())
+        .and_then(from_policy)
+        .or_else(|| dp.traffic_policy.as_ref().and_then(from_policy));
+    ClientTls {
+        mode: settings.as_ref().map(|s| s.mode),
+        decided_by: settings.as_ref().map(|_| dp.source.clone()),
+        settings,
+    }
+}
+
 /// `host[:port]` or `[v6][:port]` as the name and the port.
 fn split_host_port(host: &str) -> (&str, Option<&str>) {
     if host.starts_with('[') {
@@ -444,6 +545,13 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
     let mesh = r.mesh.clone();
     let mut snap = Snapshot::empty();
+    snap.workloads.reserve_exact(
+        r.workload_entries.len()
+            + r.service_entries
+                .iter()
+                .map(|se| se.spec.endpoints.len())
+                .sum::<usize>(),
+    );
     snap.mesh = mesh.clone();
     snap.skipped = r.skipped.clone();
 
@@ -469,7 +577,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     identity,
                     ports: we.ports.clone(),
                     source: source.clone(),
-                    inbound: BTreeMap::new(),
+                    inbound: Vec::new(),
                     authz_policies: Vec::new(),
                     healthy: !we.unhealthy,
                 });
@@ -486,27 +594,43 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
             }
         }
     };
+    // WorkloadEntries by namespace and by (namespace, label, value), for
+    // the selectors below: each selector reads the shortest list its labels
+    // name instead of every workload of the mesh.
+    let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut by_label: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
     for we in &r.workload_entries {
-        add_workload(
-            &mut snap,
-            we.source.key(),
-            we.namespace(),
-            &we.spec,
-            &we.source,
-        );
+        let ns = we.namespace();
+        if let Some(i) = add_workload(&mut snap, we.source.key(), ns, &we.spec, &we.source) {
+            by_namespace.entry(ns).or_default().push(i);
+            for (k, v) in we.spec.labels.iter() {
+                by_label.entry((ns, k, v)).or_default().push(i);
+            }
+        }
     }
+    let selected = |snap: &Snapshot, ns: &str, sel: &Labels| -> Vec<usize> {
+        let candidates = if sel.is_empty() {
+            by_namespace.get(ns)
+        } else {
+            sel.iter()
+                .map(|(k, v)| by_label.get(&(ns, k.as_str(), v.as_str())))
+                .min_by_key(|l| l.map_or(0, Vec::len))
+                .flatten()
+        };
+        candidates
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|i| labels_match(sel, &snap.workloads[*i].labels))
+            .collect()
+    };
 
     // Services.
     for se in &r.service_entries {
         let ns = se.namespace();
         let mut members = Vec::new();
         if let Some(sel) = &se.spec.workload_selector {
-            members.extend(snap.workloads.iter().enumerate().filter_map(|(i, w)| {
-                (w.source.kind == Kind::WorkloadEntry
-                    && w.namespace == ns
-                    && labels_match(&sel.labels, &w.labels))
-                .then_some(i)
-            }));
+            members.extend(selected(&snap, ns, &sel.labels));
         }
         for (i, ep) in se.spec.endpoints.iter().enumerate() {
             if let Some(idx) = add_workload(
@@ -707,8 +831,17 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
         } else {
             PeerScope::Namespace(ns)
         };
+        let applies_in = match &scope {
+            PeerScope::Workloads { namespace, .. } | PeerScope::Namespace(namespace) => {
+                Some(namespace.clone())
+            }
+            PeerScope::Mesh | PeerScope::Services(_) => None,
+        };
+        snap.index
+            .peer
+            .add(applies_in.as_deref(), snap.peer_policies.len());
         snap.peer_policies.push(PeerPolicy {
-            source: pa.source.clone(),
+            source: Arc::new(pa.source.clone()),
             scope,
             mode: pa.spec.mtls.and_then(|m| m.mode).unwrap_or(MtlsMode::Unset),
             port_modes: pa
@@ -743,8 +876,15 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     .collect(),
             )
         };
+        let applies_in = match &scope {
+            PeerScope::Namespace(namespace) => Some(namespace.clone()),
+            _ => None,
+        };
+        snap.index
+            .peer
+            .add(applies_in.as_deref(), snap.peer_policies.len());
         snap.peer_policies.push(PeerPolicy {
-            source: lp.source.clone(),
+            source: Arc::new(lp.source.clone()),
             scope,
             mode: lp.spec.mode(),
             port_modes: BTreeMap::new(),
@@ -759,49 +899,31 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
         }
     }
 
-    // Per service port: the client TLS, host-wide and per subset.
-    let tls: Vec<(String, u16, ClientTls, BTreeMap<String, ClientTls>)> = snap
-        .services
-        .values()
-        .flat_map(|svc| {
-            let subsets: Vec<String> = snap
-                .destination_policies
-                .get(&svc.host)
-                .map(|dp| dp.subsets.iter().map(|s| s.name.clone()).collect())
-                .unwrap_or_default();
-            let snap = &snap;
-            svc.ports.iter().map(move |p| {
-                let per_subset = subsets
-                    .iter()
-                    .map(|s| (s.clone(), snap.client_tls(&svc.host, p.number, Some(s))))
-                    .collect();
-                (
-                    svc.host.clone(),
-                    p.number,
-                    snap.client_tls(&svc.host, p.number, None),
-                    per_subset,
-                )
-            })
-        })
-        .collect();
-    for (host, number, host_tls, per_subset) in tls {
-        if let Some(p) = snap
-            .services
-            .get_mut(&host)
-            .and_then(|s| s.ports.iter_mut().find(|p| p.number == number))
-        {
-            p.client_tls = host_tls;
-            p.subset_tls = per_subset;
+    // Per workload: inbound modes of the ports it serves, and its policies,
+    // from the services that list it (by key, as every lookup goes) and the
+    // policies that can apply in its namespace.
+    let mut served: HashMap<&str, Vec<&Service>> = HashMap::new();
+    for svc in snap.services.values() {
+        let mut keys: Vec<&str> = svc
+            .workloads
+            .iter()
+            .map(|i| snap.workloads[*i].key.as_str())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for k in keys {
+            served.entry(k).or_default().push(svc);
         }
     }
-
-    // Per workload: inbound modes of the ports it serves, and its policies.
+    let mut authz = PolicyIndex::default();
+    for (i, p) in snap.authz_policies.iter().enumerate() {
+        authz.add((!p.root_namespace).then_some(&p.source.namespace), i);
+    }
     let mut inbound = Vec::with_capacity(snap.workloads.len());
     for w in &snap.workloads {
-        let ports: std::collections::BTreeSet<u16> = snap
-            .services
-            .values()
-            .filter(|s| s.workloads.iter().any(|i| snap.workloads[*i].key == w.key))
+        let services = served.get(w.key.as_str()).map_or(&[][..], Vec::as_slice);
+        let ports: BTreeSet<u16> = services
+            .iter()
             .flat_map(|s| {
                 s.ports
                     .iter()
@@ -810,22 +932,27 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
             })
             .chain(w.ports.values().copied())
             .collect();
-        let modes: BTreeMap<u16, InboundMode> = ports
+        let modes: Vec<(u16, InboundMode)> = ports
             .into_iter()
             .map(|p| (p, snap.inbound_mode(w, p)))
             .collect();
-        let policies: Vec<usize> = snap
-            .authz_policies
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.applies_to(&w.namespace, &w.labels))
-            .map(|(i, _)| i)
+        let policies: Vec<usize> = authz
+            .of(&w.namespace)
+            .filter(|i| snap.authz_policies[*i].applies_to(&w.namespace, &w.labels))
             .collect();
-        inbound.push((modes, policies));
+        let hosts: Vec<String> = services.iter().map(|s| s.host.clone()).collect();
+        inbound.push((modes, policies, hosts));
     }
-    for (w, (modes, policies)) in snap.workloads.iter_mut().zip(inbound) {
+    drop(served);
+    let mut served_by = Vec::with_capacity(inbound.len());
+    for (w, (modes, policies, hosts)) in snap.workloads.iter_mut().zip(inbound) {
         w.inbound = modes;
         w.authz_policies = policies;
+        served_by.push(hosts);
+    }
+    snap.index.served_by = served_by;
+    for (i, w) in snap.workloads.iter().enumerate() {
+        snap.index.workloads.entry(w.key.clone()).or_insert(i);
     }
 
     if errors.is_empty() {
@@ -847,8 +974,6 @@ fn service_port(p: &ServicePort) -> ServicePortEntry {
         target_port: p.target_port,
         http_routes: Vec::new(),
         tcp_route: None,
-        client_tls: ClientTls::default(),
-        subset_tls: BTreeMap::new(),
     }
 }
 

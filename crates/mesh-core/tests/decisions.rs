@@ -103,7 +103,7 @@ spec:
     );
     let (_, w) = s.workload("shop/api-v2").unwrap();
     assert_eq!(
-        w.inbound[&9090].mode,
+        w.inbound.iter().find(|(p, _)| *p == 9090).unwrap().1.mode,
         MtlsMode::Disable,
         "compiled per workload port"
     );
@@ -174,20 +174,6 @@ spec:
     assert_eq!(
         s.client_tls(host, 80, None).decided_by.unwrap().to_string(),
         "DestinationRule shop/api"
-    );
-    // The same decisions are compiled into the snapshot per service port.
-    let svc = &s.services[host];
-    assert_eq!(
-        svc.port(9000).unwrap().client_tls.mode,
-        Some(ClientTlsMode::Disable)
-    );
-    assert_eq!(
-        svc.port(80).unwrap().subset_tls["v2"].mode,
-        Some(ClientTlsMode::Simple)
-    );
-    assert_eq!(
-        svc.port(80).unwrap().subset_tls["v1"].mode,
-        Some(ClientTlsMode::IstioMutual)
     );
 }
 

@@ -93,7 +93,7 @@ fn example_folder_compiles_to_the_90_10_canary() {
     assert_eq!(v1, ["default/wordpress-v1"]);
     // Listing 1's MeshPolicy makes every workload STRICT.
     for w in &snap.workloads {
-        for m in w.inbound.values() {
+        for (_, m) in &w.inbound {
             assert_eq!(m.mode, MtlsMode::Strict, "{}", w.key);
             assert_eq!(m.decided_by.as_ref().unwrap().kind, Kind::MeshPolicy);
         }
