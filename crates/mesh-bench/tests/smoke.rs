@@ -153,3 +153,52 @@ fn xds_scale_small_runs_and_pushes_only_where_a_change_is_seen() {
         "{stdout}"
     );
 }
+
+/// The configuration scale benchmark, small: each size loads, compiles,
+/// passes `check` with the expected number of workloads (the benchmark
+/// fails otherwise), and a changed file comes into force through the
+/// watcher; the table and the JSON carry every size.
+#[test]
+fn config_scale_small_runs_every_size_to_a_snapshot_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("scale.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-bench"))
+        .args([
+            "config-scale",
+            "--services",
+            "4,8",
+            "--namespaces",
+            "2",
+            "--endpoints",
+            "3",
+            "--repeat",
+            "1",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| 4 | 12 |"), "{stdout}");
+    assert!(stdout.contains("| 8 | 24 |"), "{stdout}");
+    assert!(
+        stdout.contains("4 → 8 services: load grows as n^"),
+        "{stdout}"
+    );
+    let sizes: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let sizes = sizes.as_array().unwrap();
+    assert_eq!(sizes.len(), 2);
+    for s in sizes {
+        // 4 and 8 services: SE, DR, VS and 3 WorkloadEntries each, one
+        // AuthorizationPolicy per namespace and the mesh's PeerAuthentication.
+        let services = s["services"].as_u64().unwrap();
+        assert_eq!(s["documents"].as_u64().unwrap(), services * 6 + 2 + 1);
+        assert!(s["change_s"].as_f64().unwrap() > 0.0);
+    }
+}
