@@ -14,6 +14,21 @@ fn installed(program: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Runs `mesh-bench` with `args`: its standard output, or both outputs as
+/// the error when it fails.
+fn bench(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-bench"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
@@ -121,28 +136,20 @@ fn smoke_run_prints_every_topology_and_ratio() {
 /// none reaches another namespace's (the benchmark fails otherwise).
 #[test]
 fn xds_scale_small_runs_and_pushes_only_where_a_change_is_seen() {
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh-bench"))
-        .args([
-            "xds-scale",
-            "--services",
-            "20",
-            "--endpoints",
-            "3",
-            "--namespaces",
-            "4",
-            "--clients",
-            "12",
-            "--changes",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = bench(&[
+        "xds-scale",
+        "--services",
+        "20",
+        "--endpoints",
+        "3",
+        "--namespaces",
+        "4",
+        "--clients",
+        "12",
+        "--changes",
+        "2",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         stdout.contains("clients: all 12 with their first configuration"),
         "{stdout}"
@@ -162,28 +169,20 @@ fn xds_scale_small_runs_and_pushes_only_where_a_change_is_seen() {
 fn config_scale_small_runs_every_size_to_a_snapshot_in_force() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("scale.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh-bench"))
-        .args([
-            "config-scale",
-            "--services",
-            "4,8",
-            "--namespaces",
-            "2",
-            "--endpoints",
-            "3",
-            "--repeat",
-            "1",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = bench(&[
+        "config-scale",
+        "--services",
+        "4,8",
+        "--namespaces",
+        "2",
+        "--endpoints",
+        "3",
+        "--repeat",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(stdout.contains("| 4 | 12 |"), "{stdout}");
     assert!(stdout.contains("| 8 | 24 |"), "{stdout}");
     assert!(

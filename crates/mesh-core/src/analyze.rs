@@ -624,11 +624,10 @@ fn services(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Fi
 fn peer_selection(snap: &Snapshot, p: &PeerPolicy) -> Option<BTreeSet<usize>> {
     match &p.scope {
         PeerScope::Workloads { namespace, labels } => Some(
-            snap.workloads
+            snap.workloads_in(namespace)
                 .iter()
-                .enumerate()
-                .filter(|(_, w)| &w.namespace == namespace && labels_match(labels, &w.labels))
-                .map(|(i, _)| i)
+                .copied()
+                .filter(|i| labels_match(labels, &snap.workloads[*i].labels))
                 .collect(),
         ),
         PeerScope::Services(targets) => Some(
@@ -644,13 +643,16 @@ fn peer_selection(snap: &Snapshot, p: &PeerPolicy) -> Option<BTreeSet<usize>> {
 
 fn peer_policies(snap: &Snapshot, out: &mut Vec<Finding>) {
     let ps = &snap.peer_policies;
+    // Each policy's selection once: pairs compare sets, never rescan.
+    let selections: Vec<Option<BTreeSet<usize>>> =
+        ps.iter().map(|p| peer_selection(snap, p)).collect();
     for (i, a) in ps.iter().enumerate() {
-        for b in &ps[i + 1..] {
+        for (j, b) in ps.iter().enumerate().skip(i + 1) {
             let overlap = match (&a.scope, &b.scope) {
                 (PeerScope::Mesh, PeerScope::Mesh) => true,
                 (PeerScope::Namespace(x), PeerScope::Namespace(y)) => x == y,
-                _ => match (peer_selection(snap, a), peer_selection(snap, b)) {
-                    (Some(x), Some(y)) => !x.is_disjoint(&y),
+                _ => match (&selections[i], &selections[j]) {
+                    (Some(x), Some(y)) => !x.is_disjoint(y),
                     _ => false,
                 },
             };
@@ -676,11 +678,15 @@ fn peer_policies(snap: &Snapshot, out: &mut Vec<Finding>) {
 }
 
 fn authz(snap: &Snapshot, out: &mut Vec<Finding>) {
-    for p in &snap.authz_policies {
-        let selects = snap
-            .workloads
-            .iter()
-            .any(|w| p.applies_to(&w.namespace, &w.labels));
+    // A workload's compiled policies are exactly those that apply to it.
+    let mut applied = vec![false; snap.authz_policies.len()];
+    for i in snap.workloads.iter().flat_map(|w| w.authz_policies.iter()) {
+        if let Some(a) = applied.get_mut(*i) {
+            *a = true;
+        }
+    }
+    for (i, p) in snap.authz_policies.iter().enumerate() {
+        let selects = applied[i];
         if !selects {
             out.push(finding(
                 Severity::Warning,

@@ -42,9 +42,11 @@ pub const MAX_DOCUMENTS: usize = 200_000;
 fn yaml_options() -> serde_saphyr::Options {
     let mut budget = serde_saphyr::Budget::default();
     budget.max_documents = MAX_DOCUMENTS;
-    // A node (scalar, sequence or mapping) takes at least two bytes of text.
-    budget.max_nodes = (MAX_FILE_BYTES / 2) as usize;
-    budget.max_events = MAX_FILE_BYTES as usize;
+    // Real files have ~15 nodes per ~200-byte document: ~1.2 million in a
+    // file at MAX_FILE_BYTES. Above 3 million (a flow sequence of one-letter
+    // scalars) the parsed tree alone would take most of a GiB.
+    budget.max_nodes = 3_000_000;
+    budget.max_events = 6_000_000;
     serde_saphyr::options! { budget: Some(budget) }
 }
 

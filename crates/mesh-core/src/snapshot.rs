@@ -47,7 +47,9 @@ pub struct Workload {
     pub ports: BTreeMap<String, u16>,
     /// Where it was defined.
     pub source: ResourceRef,
-    /// Inbound mTLS mode per workload port it serves, by port.
+    /// Inbound mTLS mode per workload port it serves, by port (written
+    /// as a map, port → mode).
+    #[serde(serialize_with = "ports_as_map")]
     pub inbound: Vec<(u16, InboundMode)>,
     /// Indexes into [`Snapshot::authz_policies`] of the policies that apply.
     pub authz_policies: Vec<usize>,
@@ -57,6 +59,13 @@ pub struct Workload {
     /// services (its identity, its own inbound configuration) but is no
     /// endpoint.
     pub healthy: bool,
+}
+
+fn ports_as_map<S: serde::Serializer>(
+    ports: &[(u16, InboundMode)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(ports.iter().map(|(p, m)| (p, m)))
 }
 
 /// The inbound mTLS mode of one workload port and the resource that set it.
@@ -264,6 +273,8 @@ pub struct Snapshot {
 struct Index {
     /// Workload key → its index (the first, should two share a key).
     workloads: HashMap<String, usize>,
+    /// Namespace → its workloads, ascending.
+    by_namespace: HashMap<String, Vec<usize>>,
     /// Per workload, the hosts of the services it serves.
     served_by: Vec<Vec<String>>,
     /// The peer policies that can apply in a namespace.
@@ -441,6 +452,15 @@ impl Snapshot {
         w: &'a Workload,
     ) -> impl Iterator<Item = &'a AuthzPolicy> + Clone {
         w.authz_policies.iter().map(|i| &self.authz_policies[*i])
+    }
+
+    /// The workloads of a namespace (indexes into [`Snapshot::workloads`]),
+    /// ascending.
+    pub fn workloads_in(&self, namespace: &str) -> &[usize] {
+        self.index
+            .by_namespace
+            .get(namespace)
+            .map_or(&[][..], Vec::as_slice)
     }
 
     /// The hosts of the services a workload (an index into
@@ -953,6 +973,11 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
     snap.index.served_by = served_by;
     for (i, w) in snap.workloads.iter().enumerate() {
         snap.index.workloads.entry(w.key.clone()).or_insert(i);
+        snap.index
+            .by_namespace
+            .entry(w.namespace.clone())
+            .or_default()
+            .push(i);
     }
 
     if errors.is_empty() {

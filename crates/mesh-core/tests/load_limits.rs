@@ -96,3 +96,13 @@ fn text_larger_than_a_file_may_be_is_refused_before_parsing() {
     let errs = load_path(dir.path()).expect_err("too large");
     assert!(errs.to_string().contains("more than the"), "{errs}");
 }
+
+#[test]
+fn a_node_storm_is_refused_by_its_node_count() {
+    // 3.5 million one-letter scalars in 7 MiB: within the file size, beyond
+    // the node budget (a parsed tree of most of a GiB otherwise).
+    let text = format!("a: [{}]\n", "x,".repeat(3_500_000));
+    assert!((text.len() as u64) < MAX_FILE_BYTES);
+    let msg = refused(&text);
+    assert!(msg.contains("not valid YAML"), "{msg}");
+}
