@@ -775,13 +775,9 @@ pub fn server_listener(
     let (ip, port) = addr.rsplit_once(':')?;
     let port: u16 = port.parse().ok()?;
     let ip = ip.trim_start_matches('[').trim_end_matches(']');
-    let serves = workload.ports.values().any(|p| *p == port)
-        || snap.services.values().any(|s| {
-            s.workloads
-                .iter()
-                .any(|i| snap.workloads[*i].key == workload.key)
-                && s.ports.iter().any(|sp| s.target_port(sp, workload) == port)
-        });
+    // The compiled inbound ports are its own ports and the target ports of
+    // every service it serves (it scanned every service of the mesh).
+    let serves = workload.inbound.iter().any(|(p, _)| *p == port);
     if !serves {
         return None;
     }

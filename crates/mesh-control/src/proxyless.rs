@@ -304,7 +304,7 @@ fn resources(
     warnings: &mut Warnings,
 ) -> BTreeMap<String, Any> {
     let namespace = workload.split_once('/').map_or("default", |(ns, _)| ns);
-    let own = snap.workloads.iter().find(|w| w.key == workload);
+    let own = snap.workload(workload).map(|(_, w)| w);
     let mut out = BTreeMap::new();
     for name in names {
         let any = match TYPES[t] {
