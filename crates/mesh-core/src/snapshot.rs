@@ -236,6 +236,17 @@ pub enum PeerScope {
     Services(Vec<(String, Vec<u16>)>),
 }
 
+impl PeerScope {
+    /// The one namespace whose workloads it can select; `None` when it can
+    /// select workloads anywhere (mesh-wide, or legacy service targets).
+    fn namespace(&self) -> Option<&str> {
+        match self {
+            Self::Workloads { namespace, .. } | Self::Namespace(namespace) => Some(namespace),
+            Self::Mesh | Self::Services(_) => None,
+        }
+    }
+}
+
 /// The compiled configuration.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -322,22 +333,13 @@ impl Iterator for Merged<'_> {
     type Item = usize;
 
     fn next(&mut self) -> Option<usize> {
-        let take_a = match (self.a.first(), self.b.first()) {
-            (Some(x), Some(y)) => x <= y,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => return None,
+        let list = match (self.a.first(), self.b.first()) {
+            (Some(x), Some(y)) if x > y => &mut self.b,
+            (Some(_), _) => &mut self.a,
+            (None, _) => &mut self.b,
         };
-        let (head, rest) = if take_a {
-            self.a.split_first()?
-        } else {
-            self.b.split_first()?
-        };
-        if take_a {
-            self.a = rest;
-        } else {
-            self.b = rest;
-        }
+        let (head, rest) = list.split_first()?;
+        *list = rest;
         Some(*head)
     }
 }
@@ -465,12 +467,11 @@ impl Snapshot {
 
     /// The hosts of the services a workload (an index into
     /// [`Snapshot::workloads`]) serves.
-    pub fn hosts_served_by(&self, workload: usize) -> Vec<String> {
+    pub fn hosts_served_by(&self, workload: usize) -> &[String] {
         self.index
             .served_by
             .get(workload)
-            .cloned()
-            .unwrap_or_default()
+            .map_or(&[][..], Vec::as_slice)
     }
 
     /// One spelling for every way a client may name a host, as
@@ -851,15 +852,9 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
         } else {
             PeerScope::Namespace(ns)
         };
-        let applies_in = match &scope {
-            PeerScope::Workloads { namespace, .. } | PeerScope::Namespace(namespace) => {
-                Some(namespace.clone())
-            }
-            PeerScope::Mesh | PeerScope::Services(_) => None,
-        };
         snap.index
             .peer
-            .add(applies_in.as_deref(), snap.peer_policies.len());
+            .add(scope.namespace(), snap.peer_policies.len());
         snap.peer_policies.push(PeerPolicy {
             source: Arc::new(pa.source.clone()),
             scope,
@@ -896,13 +891,9 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     .collect(),
             )
         };
-        let applies_in = match &scope {
-            PeerScope::Namespace(namespace) => Some(namespace.clone()),
-            _ => None,
-        };
         snap.index
             .peer
-            .add(applies_in.as_deref(), snap.peer_policies.len());
+            .add(scope.namespace(), snap.peer_policies.len());
         snap.peer_policies.push(PeerPolicy {
             source: Arc::new(lp.source.clone()),
             scope,

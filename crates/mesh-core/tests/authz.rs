@@ -1230,7 +1230,7 @@ fn every_spelling_of_a_host_is_one_host() {
         destination_ip: None,
         destination_port: 8080,
         host: "10.0.0.9:8080",
-        host_aliases: &aliases,
+        host_aliases: aliases,
         method: "GET",
         path: "/",
         headers: None,

@@ -250,7 +250,7 @@ impl AuthorizeLayer {
                 let canonical = snap.canonical_host(&host, local_workload.namespace);
                 let aliases = match local_workload.workload {
                     Some((i, _)) if names_an_ip(&host) => snap.hosts_served_by(i),
-                    _ => Vec::new(),
+                    _ => &[],
                 };
                 let workload_ip = local_workload.workload.and_then(|(_, ip)| ip);
                 let areq = AuthzRequest {
@@ -262,7 +262,7 @@ impl AuthorizeLayer {
                     destination_ip: local.map(|a| a.ip()).or(workload_ip),
                     destination_port: local.map(|a| a.port()).or(self.port).unwrap_or(0),
                     host: &canonical,
-                    host_aliases: &aliases,
+                    host_aliases: aliases,
                     method: req.method().as_str(),
                     path: &path,
                     headers: Some(&headers),
