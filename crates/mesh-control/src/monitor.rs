@@ -135,7 +135,10 @@ fn debug_report(xds: &ConfigServer, path: &str, query: Option<&str>) -> Response
         path: get("path").unwrap_or("/").to_owned(),
         headers,
     };
-    report_answer(&crate::report::explain(&snap, &query, json), json)
+    report_answer(
+        &crate::report::explain(&xds.resources(), &snap, &query, json),
+        json,
+    )
 }
 
 /// What the control plane reports: the signing service's counters and the

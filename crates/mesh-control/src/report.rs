@@ -78,8 +78,10 @@ pub fn check(
 /// `explain`: the decision for one request, step by step, naming the
 /// resource behind each step. Exit 0 when the request would get through, 1
 /// when some step refuses it, [`UNREADABLE`] when the query cannot be read.
-pub fn explain(snap: &Snapshot, query: &Query, json: bool) -> Output {
-    match explain::explain(snap, query) {
+/// Decided over what the source's namespace sees of `resources` (`snap`
+/// is their compile), as its data plane decides.
+pub fn explain(resources: &Resources, snap: &Snapshot, query: &Query, json: bool) -> Output {
+    match explain::explain_in_view(resources, snap, query) {
         Ok(x) => Output {
             stdout: if json {
                 serde_json::to_string_pretty(&x).unwrap_or_default() + "\n"

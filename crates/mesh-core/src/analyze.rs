@@ -586,31 +586,102 @@ fn services(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Fi
             ));
         }
     }
-    let mut by_host: BTreeMap<String, Vec<ResourceRef>> = BTreeMap::new();
+    duplicate_hosts(snap, res, out);
+}
+
+/// A definition of a host: a DestinationRule's or a ServiceEntry's.
+struct Definition<'a> {
+    source: &'a ResourceRef,
+    export_to: &'a [String],
+    default: &'a [String],
+    owner: &'a str,
+}
+
+/// Two definitions of one host that some namespace sees both of, where
+/// the precedence ([`crate::visibility`]) does not decide: a namespace's
+/// own definition wins over others, so two in different namespaces clash
+/// only in a third that sees both (a ServiceEntry; a DestinationRule is
+/// then decided by the service's namespace and the root namespace).
+fn duplicate_hosts(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Finding>) {
+    let m = &snap.mesh;
+    let mut by_host: BTreeMap<(bool, String), Vec<Definition<'_>>> = BTreeMap::new();
     for dr in &res.destination_rules {
         by_host
-            .entry(snap.mesh.resolve_host(&dr.spec.host, dr.namespace()))
+            .entry((false, m.resolve_host(&dr.spec.host, dr.namespace())))
             .or_default()
-            .push(dr.source.clone());
+            .push(Definition {
+                source: &dr.source,
+                export_to: &dr.spec.export_to,
+                default: &m.default_destination_rule_export_to,
+                owner: dr.namespace(),
+            });
     }
     for se in &res.service_entries {
         for h in &se.spec.hosts {
             by_host
-                .entry(format!(
-                    "service {}",
-                    snap.mesh.resolve_host(h, se.namespace())
-                ))
+                .entry((true, m.resolve_host(h, se.namespace())))
                 .or_default()
-                .push(se.source.clone());
+                .push(Definition {
+                    source: &se.source,
+                    export_to: &se.spec.export_to,
+                    default: &m.default_service_export_to,
+                    owner: se.namespace(),
+                });
         }
     }
-    for (host, refs) in by_host.into_iter().filter(|(_, r)| r.len() > 1) {
+    for ((service, host), defs) in by_host.into_iter().filter(|(_, d)| d.len() > 1) {
+        let mut involved = BTreeSet::new();
+        // `None`: every namespace that sees them.
+        let mut seen_in: Option<BTreeSet<String>> = Some(BTreeSet::new());
+        for (i, a) in defs.iter().enumerate() {
+            for (j, b) in defs.iter().enumerate().skip(i + 1) {
+                if a.owner != b.owner && !service {
+                    continue;
+                }
+                let mut together = crate::visibility::seen_together(
+                    (a.export_to, a.default, a.owner),
+                    (b.export_to, b.default, b.owner),
+                );
+                if a.owner != b.owner {
+                    if let Some(t) = &mut together {
+                        t.remove(a.owner);
+                        t.remove(b.owner);
+                    }
+                }
+                match together {
+                    Some(t) if t.is_empty() => continue,
+                    Some(t) => {
+                        if let Some(s) = &mut seen_in {
+                            s.extend(t);
+                        }
+                    }
+                    None => seen_in = None,
+                }
+                involved.extend([i, j]);
+            }
+        }
+        if involved.is_empty() {
+            continue;
+        }
+        let refs: Vec<ResourceRef> = involved.iter().map(|i| defs[*i].source.clone()).collect();
         let names: Vec<String> = refs.iter().map(ToString::to_string).collect();
+        let scope = match &seen_in {
+            Some(s) if !s.is_empty() => format!(
+                " in namespace {}",
+                s.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            _ => String::new(),
+        };
+        let what = if service {
+            format!("service {host}")
+        } else {
+            host
+        };
         out.push(finding(
             Severity::Warning,
             codes::DUPLICATE_HOST,
             format!(
-                "{host} is defined by {}; only the first ({}) is in force",
+                "{what} is defined by {}; only the first ({}) is in force{scope}",
                 names.join(" and "),
                 names[0]
             ),

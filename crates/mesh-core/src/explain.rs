@@ -60,6 +60,14 @@ pub enum ExplainError {
     /// `--to` has a bad port.
     #[error("`{0}` is not HOST or HOST:PORT")]
     BadTarget(String),
+    /// What the source's namespace sees does not compile.
+    #[error("the view of namespace {namespace} does not compile: {why}")]
+    View {
+        /// The source's namespace.
+        namespace: String,
+        /// The compile's errors.
+        why: String,
+    },
 }
 
 /// One step of the decision.
@@ -258,7 +266,27 @@ impl Explainer<'_, '_> {
     }
 }
 
-/// Explains a request.
+/// Explains a request as the source's data plane decides it: over what the
+/// source's namespace sees of `r` ([`crate::visibility::view`]), which
+/// `snap` (compiled from all of `r`) is the first place to find the
+/// source in.
+pub fn explain_in_view(
+    r: &crate::resources::Resources,
+    snap: &Snapshot,
+    q: &Query,
+) -> Result<Explanation, ExplainError> {
+    let namespace = find_source(snap, &q.from)?.namespace().to_owned();
+    let view = crate::snapshot::compile(&crate::visibility::view(r, &namespace)).map_err(|e| {
+        ExplainError::View {
+            namespace,
+            why: e.to_string(),
+        }
+    })?;
+    explain(&view, q)
+}
+
+/// Explains a request over `snap` as compiled, every resource visible:
+/// [`explain_in_view`] is what a data plane decides.
 pub fn explain(snap: &Snapshot, q: &Query) -> Result<Explanation, ExplainError> {
     let source = find_source(snap, &q.from)?;
     let (host, port) = match q.to.rsplit_once(':') {

@@ -67,4 +67,5 @@ pub mod route;
 pub mod snapshot;
 pub mod store;
 pub mod validate;
+pub mod visibility;
 pub mod xds;

@@ -682,6 +682,27 @@ impl Loader {
             ));
             return;
         }
+        let m = &parsed.spec;
+        for (field, list) in [
+            ("spec.defaultServiceExportTo", &m.default_service_export_to),
+            (
+                "spec.defaultVirtualServiceExportTo",
+                &m.default_virtual_service_export_to,
+            ),
+            (
+                "spec.defaultDestinationRuleExportTo",
+                &m.default_destination_rule_export_to,
+            ),
+        ] {
+            for (field, message) in crate::visibility::export_to_problems(field, list) {
+                self.errors.push(ConfigError::at(
+                    &origin,
+                    Some("MeshConfig".to_owned()),
+                    field,
+                    message,
+                ));
+            }
+        }
         self.mesh_origin = Some(origin);
         self.resources.mesh = parsed.spec;
         self.resources.mesh_raw = raw;

@@ -58,6 +58,15 @@ pub struct MeshConfig {
     /// What a sidecar in capture mode does with a connection to an address
     /// that is no service of the mesh: Istio's `outboundTrafficPolicy`.
     pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// Where a ServiceEntry without `exportTo` is visible (Istio's
+    /// `defaultServiceExportTo`): every namespace when empty.
+    pub default_service_export_to: Vec<String>,
+    /// Where a VirtualService without `exportTo` is visible
+    /// (`defaultVirtualServiceExportTo`): every namespace when empty.
+    pub default_virtual_service_export_to: Vec<String>,
+    /// Where a DestinationRule without `exportTo` is visible
+    /// (`defaultDestinationRuleExportTo`): every namespace when empty.
+    pub default_destination_rule_export_to: Vec<String>,
 }
 
 /// Istio's `outboundTrafficPolicy`.
@@ -131,6 +140,9 @@ impl Default for MeshConfig {
             headers_with_underscores_action: UnderscoreAction::default(),
             dangerous_gateway_error_detail: false,
             outbound_traffic_policy: OutboundTrafficPolicy::default(),
+            default_service_export_to: Vec::new(),
+            default_virtual_service_export_to: Vec::new(),
+            default_destination_rule_export_to: Vec::new(),
         }
     }
 }

@@ -39,6 +39,7 @@ pub trait ConfigSource: Send + Sync {
 pub struct FileSource {
     path: PathBuf,
     keep_documents: bool,
+    namespace: Option<String>,
 }
 
 impl FileSource {
@@ -47,7 +48,18 @@ impl FileSource {
         Self {
             path: path.into(),
             keep_documents: false,
+            namespace: None,
         }
+    }
+
+    /// Gives what a data plane serving `namespace` sees of the files
+    /// ([`crate::visibility::view`]): ServiceEntries, VirtualServices and
+    /// DestinationRules not exported to it are left out, and the rest
+    /// ordered by Istio's precedence.
+    #[must_use]
+    pub fn visible_in(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
     }
 
     /// Keeps each resource's document as written ([`Item::raw`]
@@ -70,11 +82,15 @@ impl ConfigSource for FileSource {
     }
 
     fn load(&self) -> Result<Resources, ConfigErrors> {
-        if self.keep_documents {
+        let resources = if self.keep_documents {
             crate::load::load_path_keeping_documents(&self.path)
         } else {
             crate::load::load_path(&self.path)
-        }
+        }?;
+        Ok(match &self.namespace {
+            Some(ns) => crate::visibility::view(&resources, ns),
+            None => resources,
+        })
     }
 }
 

@@ -66,6 +66,12 @@ impl Checker<'_> {
         }
     }
 
+    fn export_to(&mut self, list: &[String]) {
+        for (field, message) in crate::visibility::export_to_problems("spec.exportTo", list) {
+            self.err(field, message);
+        }
+    }
+
     fn string_match(&mut self, field: &str, m: &StringMatch) {
         if let StringMatch::Regex(re) = m {
             if let Err(e) = crate::route::compile_regex(re) {
@@ -120,6 +126,7 @@ pub fn validate(r: &Resources) -> Vec<ConfigError> {
 }
 
 fn virtual_service(c: &mut Checker<'_>, vs: &VirtualService) {
+    c.export_to(&vs.export_to);
     if vs.hosts.is_empty() {
         c.err("spec.hosts", "at least one host is required");
     }
@@ -262,6 +269,7 @@ fn http_route(c: &mut Checker<'_>, f: &str, r: &HttpRoute) {
 }
 
 fn destination_rule(c: &mut Checker<'_>, dr: &DestinationRule) {
+    c.export_to(&dr.export_to);
     if dr.host.is_empty() {
         c.err("spec.host", "is required");
     }
@@ -430,6 +438,7 @@ fn gateway(c: &mut Checker<'_>, g: &Gateway) {
 }
 
 fn service_entry(c: &mut Checker<'_>, se: &ServiceEntry) {
+    c.export_to(&se.export_to);
     if se.hosts.is_empty() {
         c.err("spec.hosts", "at least one host is required");
     }

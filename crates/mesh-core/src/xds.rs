@@ -17,8 +17,9 @@
 //! A [`Catalog`] is built once per configuration; [`Catalog::view`] is what
 //! one workload is entitled to (Istio's visibility rules):
 //! - ServiceEntries, VirtualServices and DestinationRules exported to its
-//!   namespace (`exportTo`: empty or `*` everyone, `.` the resource's own
-//!   namespace, a name that namespace, `~` nobody);
+//!   namespace (`exportTo`, [`crate::visibility`]: `*` everyone, `.` the
+//!   resource's own namespace, a name that namespace, `~` nobody, empty the
+//!   MeshConfig default);
 //! - its own WorkloadEntry and those selected by the ServiceEntries it sees
 //!   (their endpoints);
 //! - AuthorizationPolicies of its namespace and of the root namespace;
@@ -48,6 +49,14 @@ pub const ORIGIN_SCHEME: &str = "xds:";
 /// `Gateway/namespace/name`; any other node id is a WorkloadEntry's
 /// `namespace/name`.
 pub const GATEWAY_NODE_PREFIX: &str = "Gateway/";
+
+/// The namespace a data plane of node id `node` serves, whose
+/// [`crate::visibility::view`] it compiles: a WorkloadEntry's (`ns/name`)
+/// or a Gateway's (`Gateway/ns/name`); `default` for a bare name.
+pub fn node_namespace(node: &str) -> &str {
+    let key = node.strip_prefix(GATEWAY_NODE_PREFIX).unwrap_or(node);
+    key.split_once('/').map_or("default", |(ns, _)| ns)
+}
 
 /// One document as served.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,19 +149,16 @@ pub struct Catalog {
 
 #[derive(Debug, Clone)]
 struct Exported {
+    /// `exportTo`, or the MeshConfig default for the kind when empty.
     export_to: Vec<String>,
     namespace: String,
     document: String,
     members: Vec<String>,
 }
 
-/// True if a resource of `owner` exported to `export_to` is visible in
-/// `namespace`.
-pub fn exported_to(export_to: &[String], owner: &str, namespace: &str) -> bool {
-    export_to.is_empty()
-        || export_to
-            .iter()
-            .any(|e| e == "*" || e == namespace || (e == "." && owner == namespace))
+/// `list`, or `default` when it is empty.
+fn or_default(list: &[String], default: &[String]) -> Vec<String> {
+    if list.is_empty() { default } else { list }.to_vec()
 }
 
 impl Catalog {
@@ -224,7 +230,7 @@ impl Catalog {
                 })
                 .unwrap_or_default();
             c.exported.push(Exported {
-                export_to: se.spec.export_to.clone(),
+                export_to: or_default(&se.spec.export_to, &r.mesh.default_service_export_to),
                 namespace: se.namespace().to_owned(),
                 document,
                 members,
@@ -233,7 +239,10 @@ impl Catalog {
         for vs in &r.virtual_services {
             let document = doc(&mut c, vs)?;
             c.exported.push(Exported {
-                export_to: vs.spec.export_to.clone(),
+                export_to: or_default(
+                    &vs.spec.export_to,
+                    &r.mesh.default_virtual_service_export_to,
+                ),
                 namespace: vs.namespace().to_owned(),
                 document,
                 members: Vec::new(),
@@ -242,7 +251,10 @@ impl Catalog {
         for dr in &r.destination_rules {
             let document = doc(&mut c, dr)?;
             c.exported.push(Exported {
-                export_to: dr.spec.export_to.clone(),
+                export_to: or_default(
+                    &dr.spec.export_to,
+                    &r.mesh.default_destination_rule_export_to,
+                ),
                 namespace: dr.namespace().to_owned(),
                 document,
                 members: Vec::new(),
@@ -305,7 +317,7 @@ impl Catalog {
             );
         }
         for e in &self.exported {
-            if exported_to(&e.export_to, &e.namespace, namespace) {
+            if crate::visibility::exported_to(&e.export_to, &[], &e.namespace, namespace) {
                 names.insert(&e.document);
                 names.extend(e.members.iter().map(String::as_str));
             }

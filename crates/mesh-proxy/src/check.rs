@@ -44,7 +44,7 @@ pub fn check(config: &Path, json: bool, options: analyze::CheckOptions) -> ExitC
 /// read.
 pub fn explain(config: &Path, query: &Query, json: bool) -> ExitCode {
     print(&match load(config) {
-        Ok((_, snap)) => report::explain(&snap, query, json),
+        Ok((resources, snap)) => report::explain(&resources, &snap, query, json),
         Err(e) => report::unreadable(&e, json),
     })
 }
@@ -130,7 +130,7 @@ pub fn check_cluster(
 /// `explain` on a live cluster.
 pub fn explain_cluster(cluster: &ClusterSource, query: &Query, json: bool) -> ExitCode {
     print(&match load_cluster(cluster, json) {
-        Ok((_, snap)) => report::explain(&snap, query, json),
+        Ok((resources, snap)) => report::explain(&resources, &snap, query, json),
         Err(out) => out,
     })
 }

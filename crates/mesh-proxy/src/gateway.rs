@@ -174,7 +174,8 @@ impl GatewayBuilder {
         let Origin::Files(config) = &self.origin else {
             anyhow::bail!("a gateway on a control plane is built with GatewayBuilder::connect");
         };
-        let (store, watcher) = crate::runtime::start_store(config)?;
+        let (store, watcher) =
+            crate::runtime::start_store(config, key.split_once('/').map_or("default", |k| k.0))?;
         let base = if config.is_dir() {
             config.clone()
         } else {

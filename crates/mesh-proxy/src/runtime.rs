@@ -84,10 +84,14 @@ impl BoundSocket {
     }
 }
 
-/// Loads the configuration and starts watching it. An unreadable
+/// Loads what `namespace` sees of the configuration
+/// ([`mesh_core::visibility`]) and starts watching it. An unreadable
 /// configuration at start is fatal (there is no last good one to keep).
-pub(crate) fn start_store(config: &Path) -> anyhow::Result<(Arc<Store>, FileWatcher)> {
-    let source = FileSource::new(config);
+pub(crate) fn start_store(
+    config: &Path,
+    namespace: &str,
+) -> anyhow::Result<(Arc<Store>, FileWatcher)> {
+    let source = FileSource::new(config).visible_in(namespace);
     let store = Arc::new(Store::from_source(&source).map_err(|e| anyhow::anyhow!("{e}"))?);
     let watcher = FileWatcher::spawn(store.clone(), source).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((store, watcher))

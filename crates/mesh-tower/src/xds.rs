@@ -172,10 +172,12 @@ impl XdsClient {
     /// within a Tokio runtime.
     pub fn spawn(config: XdsConfig, credentials: CredentialStore, store: Arc<Store>) -> Self {
         let status = Arc::new(XdsStatus::default());
+        let namespace = mesh_core::xds::node_namespace(&config.workload).to_owned();
         let mut session = Session {
             config,
             credentials,
             applier: Applier {
+                namespace,
                 store,
                 status: status.clone(),
                 held: BTreeMap::new(),
@@ -232,6 +234,8 @@ struct Session {
 
 /// What the client holds and where it applies it.
 struct Applier {
+    /// The namespace the data plane serves.
+    namespace: String,
     store: Arc<Store>,
     status: Arc<XdsStatus>,
     held: Held,
@@ -354,8 +358,13 @@ impl Applier {
                 .held
                 .iter()
                 .map(|(n, (_, body))| (n.as_str(), body.as_slice()));
+            // The view of its namespace, as from files: the control plane
+            // sent only what it may see, and the view orders it by
+            // precedence, whatever order the documents came in.
+            let view = mesh_core::xds::read(docs)
+                .map(|r| mesh_core::visibility::view(&r, &self.namespace));
             self.store
-                .apply(mesh_core::xds::read(docs))
+                .apply(view)
                 .map(|v| (version, v))
                 .map_err(|e| e.to_string())
         });
@@ -439,6 +448,7 @@ mod tests {
 
     fn applier() -> Applier {
         Applier {
+            namespace: "default".to_owned(),
             store: Arc::new(Store::new()),
             status: Arc::new(XdsStatus::default()),
             held: BTreeMap::new(),

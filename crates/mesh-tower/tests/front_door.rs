@@ -172,6 +172,47 @@ async fn two_rust_services_over_the_mesh() {
     server.shutdown().await;
 }
 
+/// A `Mesh` reading a folder sees what its namespace is exported: a
+/// VirtualService another namespace keeps to itself (`exportTo: ["."]`)
+/// does not route this one's requests.
+#[tokio::test]
+async fn a_mesh_reading_files_ignores_what_is_not_exported_to_it() {
+    let pki = TestPki::new("cluster.local");
+    let (listener, port) = bound().await;
+    let private = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-maintenance, namespace: other}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  exportTo: ["."]
+  http:
+  - directResponse: {status: 503, body: {string: maintenance}}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), config(port) + private).unwrap();
+    let from_files = |name: &str, sa: &str| {
+        Mesh::builder()
+            .config(dir.path())
+            .workload("default", name)
+            .identity_store(pki.store(sa))
+            .build()
+    };
+    let reviews = from_files("reviews-v1", "reviews").await.unwrap();
+    let server = reviews
+        .serve_listener(listener, tower::service_fn(whoami))
+        .unwrap();
+    let productpage = from_files("productpage", "productpage").await.unwrap();
+    let resp = productpage
+        .send(Request::get("http://reviews:9080/x").body(empty()).unwrap())
+        .await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "spiffe://cluster.local/ns/default/sa/productpage /x");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_builder_says_what_is_missing() {
     let pki = TestPki::new("cluster.local");

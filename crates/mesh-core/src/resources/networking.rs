@@ -29,7 +29,7 @@ pub struct VirtualService {
     /// Opaque TCP routes.
     #[serde(default)]
     pub tcp: Vec<TcpRoute>,
-    /// Namespaces the resource is visible to; `*` or `.` only.
+    /// Namespaces the resource is visible to ([`crate::visibility`]).
     #[serde(default)]
     pub export_to: Vec<String>,
 }
@@ -343,7 +343,7 @@ pub struct DestinationRule {
     /// Named groups of the host's workloads, by label.
     #[serde(default)]
     pub subsets: Vec<Subset>,
-    /// Namespaces the resource is visible to; `*` or `.` only.
+    /// Namespaces the resource is visible to ([`crate::visibility`]).
     #[serde(default)]
     pub export_to: Vec<String>,
 }
@@ -802,7 +802,7 @@ pub struct ServiceEntry {
     /// WorkloadEntries of the same namespace selected by label.
     #[serde(default)]
     pub workload_selector: Option<SelectorLabels>,
-    /// Namespaces the resource is visible to; `*` or `.` only.
+    /// Namespaces the resource is visible to ([`crate::visibility`]).
     #[serde(default)]
     pub export_to: Vec<String>,
     /// Identities the service's workloads may present, beyond their service

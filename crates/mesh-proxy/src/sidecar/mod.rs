@@ -191,7 +191,7 @@ impl SidecarBuilder {
         let ConfigOrigin::Files(config) = &self.origin else {
             anyhow::bail!("a sidecar on a control plane is built with SidecarBuilder::connect");
         };
-        let (store, watcher) = crate::runtime::start_store(config)?;
+        let (store, watcher) = crate::runtime::start_store(config, &self.namespace)?;
         let identity_id = {
             let snap = store.load();
             let (_, w) = snap

@@ -1,0 +1,224 @@
+//! Istio's visibility rules: which ServiceEntries, VirtualServices and
+//! DestinationRules a namespace sees (`exportTo`), and which one is in
+//! force when several it sees name one host.
+//!
+//! `exportTo` lists namespaces: `*` every namespace, `.` the resource's
+//! own, `~` none, any other entry that namespace. An empty list means the
+//! MeshConfig default for the kind (`defaultServiceExportTo`,
+//! `defaultVirtualServiceExportTo`, `defaultDestinationRuleExportTo`),
+//! itself `*` when unset, as in Istio.
+//!
+//! Every data plane serves one namespace (its workload's, or its
+//! Gateway's) and compiles that namespace's [`view`]: what it cannot see
+//! does not exist for it. A data plane on a control plane receives what
+//! [`crate::xds::Catalog::view`] selects, by the same rule, and compiles
+//! the same view of it, so the precedence below holds whatever order the
+//! documents arrive in.
+//!
+//! Precedence, where several resources a namespace sees name one host (the
+//! compile keeps the first): the namespace's own first, as Istio prefers a
+//! ServiceEntry and a VirtualService of the proxy's namespace; for a
+//! DestinationRule then the one in the namespace of the service it names,
+//! then the root namespace's (Istio's lookup order); everything else after,
+//! in load order.
+
+use std::collections::BTreeSet;
+
+use crate::resources::Resources;
+
+/// True if a resource of namespace `owner` exported to `export_to` (or,
+/// when that is empty, to `default`) is visible in `namespace`.
+pub fn exported_to(export_to: &[String], default: &[String], owner: &str, namespace: &str) -> bool {
+    let list = if export_to.is_empty() {
+        default
+    } else {
+        export_to
+    };
+    list.is_empty()
+        || list
+            .iter()
+            .any(|e| e == "*" || e == namespace || (e == "." && owner == namespace))
+}
+
+/// The namespaces a resource of `owner` is visible in: `None` for every
+/// namespace, else the set (empty: none).
+fn audience(export_to: &[String], default: &[String], owner: &str) -> Option<BTreeSet<String>> {
+    let list = if export_to.is_empty() {
+        default
+    } else {
+        export_to
+    };
+    if list.is_empty() || list.iter().any(|e| e == "*") {
+        return None;
+    }
+    Some(
+        list.iter()
+            .filter(|e| *e != "~")
+            .map(|e| if e == "." { owner } else { e.as_str() }.to_owned())
+            .collect(),
+    )
+}
+
+/// The namespaces in which resources `a` and `b` (each `(exportTo,
+/// default, owner)`) are both visible: `None` for every namespace, else
+/// the set.
+pub fn seen_together(
+    a: (&[String], &[String], &str),
+    b: (&[String], &[String], &str),
+) -> Option<BTreeSet<String>> {
+    match (audience(a.0, a.1, a.2), audience(b.0, b.1, b.2)) {
+        (None, None) => None,
+        (Some(s), None) | (None, Some(s)) => Some(s),
+        (Some(x), Some(y)) => Some(x.intersection(&y).cloned().collect()),
+    }
+}
+
+/// Istio's checks of one `exportTo` list, as `(field, message)`: each
+/// entry `.`, `*`, `~` or a namespace name (a DNS-1123 label), `~` and `*`
+/// alone, no entry twice.
+pub fn export_to_problems(field: &str, list: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, e) in list.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let special = matches!(e.as_str(), "." | "*" | "~");
+        if !special && !is_namespace_name(e) {
+            out.push((
+                f.clone(),
+                format!("`{e}` is not `.`, `*`, `~` or a namespace name"),
+            ));
+        }
+        if !seen.insert(e.as_str()) {
+            out.push((f.clone(), format!("`{e}` is listed twice")));
+        }
+        if (e == "~" || e == "*") && list.len() > 1 {
+            out.push((f, format!("`{e}` cannot be combined with other entries")));
+        }
+    }
+    out
+}
+
+/// A namespace name: a DNS-1123 label (lowercase alphanumerics and `-`,
+/// starting and ending with an alphanumeric, at most 63 bytes).
+fn is_namespace_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// What `namespace` sees of `r`: the ServiceEntries, VirtualServices and
+/// DestinationRules exported to it, in the order of precedence (module
+/// docs); everything else as it is.
+pub fn view(r: &Resources, namespace: &str) -> Resources {
+    let m = &r.mesh;
+    let own_first = |owner: &str| u8::from(owner != namespace);
+    let mut out = r.clone();
+    out.service_entries.retain(|se| {
+        exported_to(
+            &se.spec.export_to,
+            &m.default_service_export_to,
+            se.namespace(),
+            namespace,
+        )
+    });
+    out.service_entries
+        .sort_by_key(|se| own_first(se.namespace()));
+    out.virtual_services.retain(|vs| {
+        exported_to(
+            &vs.spec.export_to,
+            &m.default_virtual_service_export_to,
+            vs.namespace(),
+            namespace,
+        )
+    });
+    out.virtual_services
+        .sort_by_key(|vs| own_first(vs.namespace()));
+    out.destination_rules.retain(|dr| {
+        exported_to(
+            &dr.spec.export_to,
+            &m.default_destination_rule_export_to,
+            dr.namespace(),
+            namespace,
+        )
+    });
+    let suffix = format!(".svc.{}", m.cluster_domain);
+    out.destination_rules.sort_by_key(|dr| {
+        let owner = dr.namespace();
+        let host = m.resolve_host(&dr.spec.host, owner);
+        let service_ns = host
+            .strip_suffix(&suffix)
+            .and_then(|h| h.rsplit_once('.'))
+            .map(|(_, ns)| ns);
+        if owner == namespace {
+            0
+        } else if service_ns == Some(owner) {
+            1
+        } else if owner == m.root_namespace {
+            2
+        } else {
+            3
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| (*x).to_owned()).collect()
+    }
+
+    #[test]
+    fn export_to_reads_as_istio() {
+        let none: Vec<String> = Vec::new();
+        assert!(exported_to(&none, &none, "a", "b"));
+        assert!(exported_to(&s(&["*"]), &none, "a", "b"));
+        assert!(exported_to(&s(&["."]), &none, "a", "a"));
+        assert!(!exported_to(&s(&["."]), &none, "a", "b"));
+        assert!(exported_to(&s(&["b"]), &none, "a", "b"));
+        assert!(!exported_to(&s(&["b"]), &none, "a", "a"));
+        assert!(!exported_to(&s(&["~"]), &none, "a", "a"));
+        // The MeshConfig default applies only when the list is empty.
+        assert!(!exported_to(&none, &s(&["."]), "a", "b"));
+        assert!(exported_to(&s(&["*"]), &s(&["."]), "a", "b"));
+    }
+
+    #[test]
+    fn seen_together_intersects_audiences() {
+        let none: Vec<String> = Vec::new();
+        let dot = s(&["."]);
+        assert_eq!(
+            seen_together((&dot, &none, "a"), (&dot, &none, "b")),
+            Some(BTreeSet::new())
+        );
+        assert_eq!(
+            seen_together((&none, &none, "a"), (&none, &none, "b")),
+            None
+        );
+        assert_eq!(
+            seen_together((&dot, &none, "a"), (&none, &none, "b")),
+            Some(BTreeSet::from(["a".to_owned()]))
+        );
+        assert_eq!(
+            seen_together((&s(&["~"]), &none, "a"), (&none, &none, "b")),
+            Some(BTreeSet::new())
+        );
+    }
+
+    #[test]
+    fn bad_lists_are_named() {
+        assert!(export_to_problems("spec.exportTo", &s(&[".", "*", "ns-1"])).len() == 1);
+        let p = export_to_problems("spec.exportTo", &s(&["~", "a"]));
+        assert_eq!(p[0].0, "spec.exportTo[0]");
+        let p = export_to_problems("spec.exportTo", &s(&["Bad_NS"]));
+        assert!(p[0].1.contains("not `.`"), "{p:?}");
+        let p = export_to_problems("spec.exportTo", &s(&["a", "a"]));
+        assert_eq!(p[0].0, "spec.exportTo[1]");
+        assert!(export_to_problems("spec.exportTo", &s(&["foo", "."])).is_empty());
+    }
+}
