@@ -573,6 +573,29 @@ fn services(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Fi
             }
         }
     }
+    // A wildcard rule is in force for the services it matches (compiled
+    // under their hosts above); one that matches none applies to nothing.
+    for dr in &res.destination_rules {
+        let pattern = snap.mesh.resolve_host(&dr.spec.host, dr.namespace());
+        if crate::visibility::wildcard_key(&pattern).is_none()
+            || snap.services.contains_key(&pattern)
+            || snap
+                .services
+                .keys()
+                .any(|h| crate::visibility::host_matches(&pattern, h))
+        {
+            continue;
+        }
+        out.push(finding(
+            Severity::Warning,
+            codes::HOST_NOT_FOUND,
+            format!(
+                "{}: host {pattern} matches no known service; the rule applies to nothing",
+                dr.source
+            ),
+            vec![dr.source.clone()],
+        ));
+    }
     for svc in snap.services.values() {
         if svc.workloads.is_empty() && svc.location == Location::MeshInternal {
             out.push(finding(

@@ -290,6 +290,9 @@ struct Index {
     served_by: Vec<Vec<String>>,
     /// The peer policies that can apply in a namespace.
     peer: PolicyIndex,
+    /// Services whose host is a wildcard (`*.wikipedia.org`), by its
+    /// [`crate::visibility::wildcard_key`].
+    wildcard_services: HashMap<String, String>,
 }
 
 /// Policies by the namespace they can apply in, each list in load order:
@@ -362,9 +365,20 @@ impl Snapshot {
         }
     }
 
-    /// The service a client in `namespace` means by `host`.
+    /// The service a client in `namespace` means by `host`: the one of
+    /// that host, else the one whose wildcard host matches it most
+    /// specifically (`*.wikipedia.org` for `en.wikipedia.org`).
     pub fn service(&self, host: &str, namespace: &str) -> Option<&Service> {
-        self.services.get(&self.mesh.resolve_host(host, namespace))
+        let host = self.mesh.resolve_host(host, namespace);
+        if let Some(s) = self.services.get(&host) {
+            return Some(s);
+        }
+        if self.index.wildcard_services.is_empty() {
+            return None;
+        }
+        crate::visibility::wildcard_keys(&host)
+            .find_map(|k| self.index.wildcard_services.get(k))
+            .and_then(|h| self.services.get(h))
     }
 
     /// Finds a workload by `name` (in `default`) or `namespace/name`.
@@ -699,17 +713,65 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
         }
     }
 
-    // DestinationRules: the first for a host is in force.
-    for dr in &r.destination_rules {
+    // DestinationRules: per host, the rule in force (Istio's lookup):
+    // the lowest precedence level (`visibility::rule_rank`, for a
+    // namespace's view), then the most specific host (exact, then the
+    // longest wildcard), then the first read. Each service's host gets the
+    // rule in force for it, so every lookup is by the service's host; an
+    // exact host of no service keeps its rule (`check` names it).
+    let rank = |dr: &Item<crate::resources::networking::DestinationRule>| {
+        r.view
+            .as_deref()
+            .map_or(0, |ns| crate::visibility::rule_rank(&mesh, dr, ns))
+    };
+    // (rank, specificity reversed, load order): the smallest wins.
+    type Choice = (u8, usize, usize);
+    let mut exact: HashMap<String, Choice> = HashMap::new();
+    let mut wild: HashMap<String, Choice> = HashMap::new();
+    let better = |map: &mut HashMap<String, Choice>, key: String, c: Choice| {
+        map.entry(key)
+            .and_modify(|e| {
+                if c < *e {
+                    *e = c;
+                }
+            })
+            .or_insert(c);
+    };
+    for (i, dr) in r.destination_rules.iter().enumerate() {
         let host = mesh.resolve_host(&dr.spec.host, dr.namespace());
-        if snap.destination_policies.contains_key(&host) {
-            continue;
+        if let Some(key) = crate::visibility::wildcard_key(&host) {
+            better(
+                &mut wild,
+                key.to_owned(),
+                (rank(dr), usize::MAX - key.len(), i),
+            );
         }
-        let members = snap
-            .services
-            .get(&host)
-            .map(|s| s.workloads.clone())
-            .unwrap_or_default();
+        better(&mut exact, host, (rank(dr), 0, i));
+    }
+    let in_force = |host: &str| -> Option<usize> {
+        let exact = exact.get(host).copied();
+        crate::visibility::wildcard_keys(host)
+            .filter_map(|k| wild.get(k).copied())
+            .chain(exact)
+            .min()
+            .map(|(_, _, i)| i)
+    };
+    let hosts: BTreeSet<&str> = snap
+        .services
+        .keys()
+        .map(String::as_str)
+        .chain(
+            exact
+                .keys()
+                .filter(|h| crate::visibility::wildcard_key(h).is_none())
+                .map(String::as_str),
+        )
+        .collect();
+    let mut policies = BTreeMap::new();
+    for host in hosts {
+        let Some(i) = in_force(host) else { continue };
+        let dr = &r.destination_rules[i];
+        let members: &[usize] = snap.services.get(host).map_or(&[], |s| &s.workloads);
         let subsets = dr
             .spec
             .subsets
@@ -725,8 +787,8 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                 traffic_policy: s.traffic_policy.clone(),
             })
             .collect();
-        snap.destination_policies.insert(
-            host,
+        policies.insert(
+            host.to_owned(),
             DestinationPolicy {
                 source: dr.source.clone(),
                 traffic_policy: dr.spec.traffic_policy.clone(),
@@ -734,6 +796,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
             },
         );
     }
+    snap.destination_policies = policies;
 
     // Gateways.
     for g in &r.gateways {
@@ -815,9 +878,30 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
     for entry in snap.gateways.values_mut() {
         entry.server_routes = crate::gateway::server_tables(entry);
     }
-    // Attach mesh HTTP rules to the service ports they can apply to.
-    for (host, rules) in &snap.mesh_routes {
-        if let Some(svc) = snap.services.get_mut(host) {
+    // Attach mesh HTTP rules to the service ports they can apply to: a
+    // service's host's own rules, else those of the most specific wildcard
+    // host matching it (`*.example.com`, then `*.com`, then `*`).
+    let wild_routes: HashMap<&str, &String> = snap
+        .mesh_routes
+        .keys()
+        .filter_map(|h| crate::visibility::wildcard_key(h).map(|k| (k, h)))
+        .collect();
+    let routed: Vec<(String, String)> = snap
+        .services
+        .keys()
+        .filter_map(|host| {
+            if snap.mesh_routes.contains_key(host) {
+                return Some((host.clone(), host.clone()));
+            }
+            crate::visibility::wildcard_keys(host)
+                .find_map(|k| wild_routes.get(k))
+                .map(|pattern| (host.clone(), (*pattern).clone()))
+        })
+        .collect();
+    drop(wild_routes);
+    for (host, pattern) in routed {
+        let rules = &snap.mesh_routes[&pattern];
+        if let Some(svc) = snap.services.get_mut(&host) {
             for p in &mut svc.ports {
                 p.http_routes = rules
                     .iter()
@@ -962,6 +1046,11 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
         served_by.push(hosts);
     }
     snap.index.served_by = served_by;
+    snap.index.wildcard_services = snap
+        .services
+        .keys()
+        .filter_map(|h| crate::visibility::wildcard_key(h).map(|k| (k.to_owned(), h.clone())))
+        .collect();
     for (i, w) in snap.workloads.iter().enumerate() {
         snap.index.workloads.entry(w.key.clone()).or_insert(i);
         snap.index

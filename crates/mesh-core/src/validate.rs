@@ -66,6 +66,19 @@ impl Checker<'_> {
         }
     }
 
+    /// A `*` only as a whole first label (`*.example.com`), as Istio's
+    /// host validation allows: `foo*`, `a.*.com` and `*foo.com` match
+    /// nothing the way their writer meant.
+    fn wildcard(&mut self, field: &str, host: &str) {
+        let rest = host.strip_prefix("*.").unwrap_or(host);
+        if host != "*" && rest.contains('*') {
+            self.err(
+                field.to_owned(),
+                format!("`{host}`: a wildcard is allowed only as the whole first label (`*.example.com`)"),
+            );
+        }
+    }
+
     fn export_to(&mut self, list: &[String]) {
         for (field, message) in crate::visibility::export_to_problems("spec.exportTo", list) {
             self.err(field, message);
@@ -130,9 +143,17 @@ fn virtual_service(c: &mut Checker<'_>, vs: &VirtualService) {
     if vs.hosts.is_empty() {
         c.err("spec.hosts", "at least one host is required");
     }
+    let mesh_bound = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
     for (i, h) in vs.hosts.iter().enumerate() {
         if h.is_empty() {
             c.err(format!("spec.hosts[{i}]"), "is empty");
+        } else if h == "*" && mesh_bound {
+            c.err(
+                format!("spec.hosts[{i}]"),
+                "wildcard host * is not allowed for virtual services bound to the mesh gateway",
+            );
+        } else {
+            c.wildcard(&format!("spec.hosts[{i}]"), h);
         }
     }
     for (i, g) in vs.gateways.iter().enumerate() {
@@ -273,6 +294,7 @@ fn destination_rule(c: &mut Checker<'_>, dr: &DestinationRule) {
     if dr.host.is_empty() {
         c.err("spec.host", "is required");
     }
+    c.wildcard("spec.host", &dr.host);
     if let Some(p) = &dr.traffic_policy {
         traffic_policy(c, "spec.trafficPolicy", p);
     }
@@ -441,6 +463,13 @@ fn service_entry(c: &mut Checker<'_>, se: &ServiceEntry) {
     c.export_to(&se.export_to);
     if se.hosts.is_empty() {
         c.err("spec.hosts", "at least one host is required");
+    }
+    for (i, h) in se.hosts.iter().enumerate() {
+        if h == "*" {
+            c.err(format!("spec.hosts[{i}]"), "hostname cannot be wildcard");
+        } else {
+            c.wildcard(&format!("spec.hosts[{i}]"), h);
+        }
     }
     let mut numbers = std::collections::BTreeSet::new();
     for (i, p) in se.ports.iter().enumerate() {

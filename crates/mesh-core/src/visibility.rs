@@ -24,7 +24,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::resources::Resources;
+use crate::meshconfig::MeshConfig;
+use crate::resources::{Item, Resources};
 
 /// True if a resource of namespace `owner` exported to `export_to` (or,
 /// when that is empty, to `default`) is visible in `namespace`.
@@ -144,25 +145,67 @@ pub fn view(r: &Resources, namespace: &str) -> Resources {
             namespace,
         )
     });
-    let suffix = format!(".svc.{}", m.cluster_domain);
-    out.destination_rules.sort_by_key(|dr| {
-        let owner = dr.namespace();
-        let host = m.resolve_host(&dr.spec.host, owner);
-        let service_ns = host
-            .strip_suffix(&suffix)
-            .and_then(|h| h.rsplit_once('.'))
-            .map(|(_, ns)| ns);
-        if owner == namespace {
-            0
-        } else if service_ns == Some(owner) {
-            1
-        } else if owner == m.root_namespace {
-            2
-        } else {
-            3
-        }
-    });
+    out.destination_rules
+        .sort_by_key(|dr| rule_rank(m, dr, namespace));
+    out.view = Some(namespace.to_owned());
     out
+}
+
+/// The precedence of a DestinationRule for clients in `namespace`, lower
+/// first: the namespace's own, the one in the namespace of the service it
+/// names, the root namespace's, any other. Istio takes the most specific
+/// host only within one of these levels: a wildcard rule of the client's
+/// namespace is in force over an exact one of the service's.
+pub fn rule_rank(
+    m: &MeshConfig,
+    dr: &Item<crate::resources::networking::DestinationRule>,
+    namespace: &str,
+) -> u8 {
+    let owner = dr.namespace();
+    let host = m.resolve_host(&dr.spec.host, owner);
+    let service_ns = host
+        .strip_suffix(&format!(".svc.{}", m.cluster_domain))
+        .and_then(|h| h.rsplit_once('.'))
+        .map(|(_, ns)| ns);
+    if owner == namespace {
+        0
+    } else if service_ns == Some(owner) {
+        1
+    } else if owner == m.root_namespace {
+        2
+    } else {
+        3
+    }
+}
+
+/// True if a host pattern as Istio writes it matches `host` (both lower
+/// case): equal, `*` for every host, or `*.suffix` for every host ending
+/// in `.suffix` (at any depth, never `suffix` itself).
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    pattern == host
+        || pattern == "*"
+        || pattern.strip_prefix('*').is_some_and(|suffix| {
+            suffix.starts_with('.') && host.len() > suffix.len() && host.ends_with(suffix)
+        })
+}
+
+/// The wildcard patterns that can match `host`, most specific first: the
+/// key of each (`.suffix` for `*.suffix`, empty for `*`), for looking up
+/// patterns indexed by [`wildcard_key`] without scanning them all.
+pub fn wildcard_keys(host: &str) -> impl Iterator<Item = &str> {
+    host.char_indices()
+        .filter(|(i, c)| *c == '.' && *i > 0)
+        .map(move |(i, _)| &host[i..])
+        .chain(std::iter::once(""))
+}
+
+/// The [`wildcard_keys`] key of a pattern, `None` for a host that is no
+/// wildcard.
+pub fn wildcard_key(pattern: &str) -> Option<&str> {
+    if pattern == "*" {
+        return Some("");
+    }
+    pattern.strip_prefix('*').filter(|s| s.starts_with('.'))
 }
 
 #[cfg(test)]
@@ -208,6 +251,23 @@ mod tests {
             seen_together((&s(&["~"]), &none, "a"), (&none, &none, "b")),
             Some(BTreeSet::new())
         );
+    }
+
+    #[test]
+    fn wildcards_match_as_istio() {
+        assert!(host_matches("*.local", "reviews.default.svc.cluster.local"));
+        assert!(host_matches("*.wikipedia.org", "en.wikipedia.org"));
+        assert!(host_matches("*.wikipedia.org", "a.b.wikipedia.org"));
+        assert!(!host_matches("*.wikipedia.org", "wikipedia.org"));
+        assert!(!host_matches("*.wikipedia.org", "xwikipedia.org"));
+        assert!(host_matches("*", "anything"));
+        assert!(host_matches("*.wikipedia.org", "*.wikipedia.org"));
+        let keys: Vec<&str> = wildcard_keys("en.wikipedia.org").collect();
+        assert_eq!(keys, [".wikipedia.org", ".org", ""]);
+        assert_eq!(wildcard_key("*.org"), Some(".org"));
+        assert_eq!(wildcard_key("*"), Some(""));
+        assert_eq!(wildcard_key("a.org"), None);
+        assert_eq!(wildcard_key("*org"), None);
     }
 
     #[test]

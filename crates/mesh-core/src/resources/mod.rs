@@ -205,4 +205,8 @@ pub struct Resources {
     pub authorization_policies: Vec<Item<security::AuthorizationPolicy>>,
     /// Documents of kinds the mesh does not read.
     pub skipped: Vec<Skipped>,
+    /// The namespace these are the view of ([`crate::visibility::view`]);
+    /// `None` for the whole mesh. The compile reads it for the precedence
+    /// of DestinationRules.
+    pub view: Option<String>,
 }
