@@ -8,7 +8,8 @@ use crate::error::ConfigError;
 use crate::resources::common::StringMatch;
 use crate::resources::networking::{
     ClientTlsMode, ClientTlsSettings, DestinationRule, Gateway, HttpRoute, LoadBalancerSettings,
-    Protocol, ServerTlsMode, ServiceEntry, TrafficPolicy, VirtualService, WorkloadEntry,
+    Protocol, Resolution, ServerTlsMode, ServiceEntry, TrafficPolicy, VirtualService,
+    WorkloadEntry,
 };
 use crate::resources::security::{
     AuthorizationPolicy, AuthzAction, LegacyPolicy, PeerAuthentication,
@@ -66,15 +67,16 @@ impl Checker<'_> {
         }
     }
 
-    /// A `*` only as a whole first label (`*.example.com`), as Istio's
-    /// host validation allows: `foo*`, `a.*.com` and `*foo.com` match
-    /// nothing the way their writer meant.
+    /// A `*` only as the first character (`*.example.com`, or Istio's
+    /// "weird but allowed" `*x`), as Istio's host validation allows: `foo*`
+    /// and `a.*.com` match nothing the way their writer meant.
     fn wildcard(&mut self, field: &str, host: &str) {
-        let rest = host.strip_prefix("*.").unwrap_or(host);
-        if host != "*" && rest.contains('*') {
+        if host.get(1..).is_some_and(|rest| rest.contains('*')) {
             self.err(
                 field.to_owned(),
-                format!("`{host}`: a wildcard is allowed only as the whole first label (`*.example.com`)"),
+                format!(
+                    "`{host}`: a wildcard is allowed only as the first character (`*.example.com`)"
+                ),
             );
         }
     }
@@ -482,13 +484,48 @@ fn service_entry(c: &mut Checker<'_>, se: &ServiceEntry) {
                 format!("port {} is listed twice", p.number),
             );
         }
+        // WorkloadEntries map ports by name: two of one name are ambiguous.
+        if let Some(name) = &p.name {
+            if se.ports[..i]
+                .iter()
+                .any(|q| q.name.as_deref() == Some(name))
+            {
+                c.err(
+                    format!("spec.ports[{i}].name"),
+                    format!("Duplicate value: port name `{name}` is listed twice"),
+                );
+            }
+        }
     }
+    let resolution = se.resolution.unwrap_or(Resolution::Static);
     for (i, a) in se.addresses.iter().enumerate() {
-        if crate::net::IpBlock::parse(a).is_none() {
-            c.err(
+        match crate::net::IpBlock::parse(a) {
+            None => c.err(
                 format!("spec.addresses[{i}]"),
                 format!("`{a}` is not an IP address or CIDR block"),
-            );
+            ),
+            Some(_) if a.contains('/') && resolution == Resolution::Dns => {
+                c.err(
+                    format!("spec.addresses[{i}]"),
+                    format!(
+                        "`{a}`: CIDR addresses are allowed only for NONE/STATIC resolution types"
+                    ),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    if resolution == Resolution::None && !se.endpoints.is_empty() {
+        c.err("spec.endpoints", "NONE mode cannot set endpoints");
+    }
+    if let Some(sel) = &se.workload_selector {
+        for (k, v) in sel.labels.iter() {
+            if k.contains('*') || v.contains('*') {
+                c.err(
+                    format!("spec.workloadSelector.labels.{k}"),
+                    "wildcard is not supported in selector",
+                );
+            }
         }
     }
     if !se.endpoints.is_empty() && se.workload_selector.is_some() {
@@ -505,6 +542,40 @@ fn service_entry(c: &mut Checker<'_>, se: &ServiceEntry) {
 fn workload_entry(c: &mut Checker<'_>, f: &str, we: &WorkloadEntry) {
     if we.address.is_empty() {
         c.err(format!("{f}.address"), "is required");
+    }
+    if we.address.starts_with("unix://") {
+        // Istio's Unix domain socket endpoints: no data plane here dials
+        // one, so an entry naming one is refused rather than unreachable.
+        c.err(
+            format!("{f}.address"),
+            format!(
+                "`{}`: Unix domain socket addresses are not supported by this mesh; give an IP address or a host name",
+                we.address
+            ),
+        );
+    }
+    for name in we.ports.keys() {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+            && name
+                .bytes()
+                .last()
+                .is_some_and(|b| b.is_ascii_alphanumeric());
+        if !ok {
+            c.err(
+                format!("{f}.ports.{name}"),
+                format!(
+                    "Invalid value: `{name}` is not a port name (lowercase letters, digits and '-')"
+                ),
+            );
+        }
     }
     if let Some(sa) = &we.service_account {
         if sa.is_empty()

@@ -179,33 +179,31 @@ pub fn rule_rank(
 }
 
 /// True if a host pattern as Istio writes it matches `host` (both lower
-/// case): equal, `*` for every host, or `*.suffix` for every host ending
-/// in `.suffix` (at any depth, never `suffix` itself).
+/// case), as Istio's `host.Name.Matches` does: equal, or a pattern
+/// `*suffix` for every host ending in `suffix` (`*` every host,
+/// `*.example.com` the hosts under `example.com`, never `example.com`).
 pub fn host_matches(pattern: &str, host: &str) -> bool {
     pattern == host
-        || pattern == "*"
-        || pattern.strip_prefix('*').is_some_and(|suffix| {
-            suffix.starts_with('.') && host.len() > suffix.len() && host.ends_with(suffix)
-        })
+        || pattern
+            .strip_prefix('*')
+            .is_some_and(|suffix| host.ends_with(suffix))
 }
 
-/// The wildcard patterns that can match `host`, most specific first: the
-/// key of each (`.suffix` for `*.suffix`, empty for `*`), for looking up
-/// patterns indexed by [`wildcard_key`] without scanning them all.
+/// The keys ([`wildcard_key`]) of the wildcard patterns that can match
+/// `host`, most specific first: each suffix of it, then the empty one of
+/// `*`. For looking patterns up by key instead of scanning them all.
 pub fn wildcard_keys(host: &str) -> impl Iterator<Item = &str> {
     host.char_indices()
-        .filter(|(i, c)| *c == '.' && *i > 0)
+        .skip(1)
         .map(move |(i, _)| &host[i..])
         .chain(std::iter::once(""))
 }
 
-/// The [`wildcard_keys`] key of a pattern, `None` for a host that is no
+/// The key of a wildcard pattern (what follows its `*`: `.example.com`
+/// for `*.example.com`, empty for `*`), `None` for a host that is no
 /// wildcard.
 pub fn wildcard_key(pattern: &str) -> Option<&str> {
-    if pattern == "*" {
-        return Some("");
-    }
-    pattern.strip_prefix('*').filter(|s| s.starts_with('.'))
+    pattern.strip_prefix('*')
 }
 
 #[cfg(test)]
@@ -262,12 +260,15 @@ mod tests {
         assert!(!host_matches("*.wikipedia.org", "xwikipedia.org"));
         assert!(host_matches("*", "anything"));
         assert!(host_matches("*.wikipedia.org", "*.wikipedia.org"));
-        let keys: Vec<&str> = wildcard_keys("en.wikipedia.org").collect();
-        assert_eq!(keys, [".wikipedia.org", ".org", ""]);
+        // Istio allows a partial first label: `*x` is every host ending in x.
+        assert!(host_matches("*x", "fox"));
+        assert!(!host_matches("*x", "foy"));
+        let keys: Vec<&str> = wildcard_keys("a.org").collect();
+        assert_eq!(keys, [".org", "org", "rg", "g", ""]);
         assert_eq!(wildcard_key("*.org"), Some(".org"));
         assert_eq!(wildcard_key("*"), Some(""));
         assert_eq!(wildcard_key("a.org"), None);
-        assert_eq!(wildcard_key("*org"), None);
+        assert_eq!(wildcard_key("*org"), Some("org"));
     }
 
     #[test]

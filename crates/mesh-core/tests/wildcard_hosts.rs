@@ -325,12 +325,12 @@ fn wildcards_istio_refuses_are_refused_by_field() {
         (
             "kind: ServiceEntry\nmetadata: {name: x}\nspec: {hosts: [\"foo*\"], ports: [{number: 80, name: http}]}",
             "spec.hosts[0]",
-            "only as the whole first label",
+            "only as the first character",
         ),
         (
             "kind: DestinationRule\nmetadata: {name: x}\nspec: {host: \"a.*.com\"}",
             "spec.host",
-            "only as the whole first label",
+            "only as the first character",
         ),
         (
             "kind: VirtualService\nmetadata: {name: x}\nspec: {hosts: [\"*\"], http: [{directResponse: {status: 200}}]}",

@@ -67,9 +67,23 @@ pub struct PeerAuthentication {
     /// The mode for all ports.
     #[serde(default)]
     pub mtls: Option<MtlsSetting>,
-    /// Per workload port; needs a selector.
-    #[serde(default)]
+    /// Per workload port; needs a selector. Written, it lists at least one
+    /// port (Istio's schema).
+    #[serde(default, deserialize_with = "non_empty_ports")]
     pub port_level_mtls: BTreeMap<u16, MtlsSetting>,
+}
+
+fn non_empty_ports<'de, D>(d: D) -> Result<BTreeMap<u16, MtlsSetting>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let m = BTreeMap::<u16, MtlsSetting>::deserialize(d)?;
+    if m.is_empty() {
+        return Err(serde::de::Error::custom(
+            "should have at least 1 properties: list a port, or leave portLevelMtls out",
+        ));
+    }
+    Ok(m)
 }
 
 /// AuthorizationPolicy actions.

@@ -1,0 +1,157 @@
+//! Documents Istio's validation refuses are refused here too, each naming
+//! the file and the field (Istio's words where it has them), and their
+//! valid neighbours are read.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use mesh_core::load::load_str;
+
+fn refused(yaml: &str, field: &str, words: &str) {
+    let e = match load_str(Path::new("bad.yaml"), yaml) {
+        Ok(_) => panic!("accepted:\n{yaml}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("bad.yaml") && e.contains(field) && e.contains(words),
+        "want {field}: {words}\n got {e}\nfor\n{yaml}"
+    );
+}
+
+fn read(yaml: &str) {
+    if let Err(e) = load_str(Path::new("good.yaml"), yaml) {
+        panic!("refused: {e}\n{yaml}");
+    }
+}
+
+fn se(spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: x}}\nspec:\n  hosts: [example.com]\n{spec}"
+    )
+}
+
+#[test]
+fn service_entry_port_names_are_unique() {
+    refused(
+        &se("  ports: [{number: 1, name: a}, {number: 12, name: a}]\n"),
+        "spec.ports[1].name",
+        "Duplicate value",
+    );
+    read(&se(
+        "  ports: [{number: 1, name: a}, {number: 12, name: b}]\n",
+    ));
+    // Unnamed ports do not clash.
+    read(&se("  ports: [{number: 1}, {number: 12}]\n"));
+}
+
+#[test]
+fn resolution_none_takes_no_endpoints() {
+    refused(
+        &se("  resolution: NONE\n  endpoints: [{address: 1.2.3.4}]\n"),
+        "spec.endpoints",
+        "NONE mode cannot set endpoints",
+    );
+    read(&se(
+        "  resolution: STATIC\n  endpoints: [{address: 1.2.3.4}]\n",
+    ));
+}
+
+#[test]
+fn cidr_addresses_need_none_or_static_resolution() {
+    for cidr in ["1.2.3.4/16", "10.0.0.0/8", "2001:db8::/32"] {
+        refused(
+            &se(&format!("  addresses: [\"{cidr}\"]\n  resolution: DNS\n")),
+            "spec.addresses[0]",
+            "CIDR addresses are allowed only for NONE/STATIC resolution types",
+        );
+        read(&se(&format!(
+            "  addresses: [\"{cidr}\"]\n  resolution: NONE\n"
+        )));
+        read(&se(&format!(
+            "  addresses: [\"{cidr}\"]\n  resolution: STATIC\n"
+        )));
+    }
+    // A single address is fine with DNS.
+    read(&se("  addresses: [1.2.3.4]\n  resolution: DNS\n"));
+}
+
+#[test]
+fn selectors_take_no_wildcards() {
+    for labels in ["{val: \"*\"}", "{\"*\": x}", "{app: \"web*\"}"] {
+        refused(
+            &se(&format!("  workloadSelector: {{labels: {labels}}}\n")),
+            "spec.workloadSelector.labels.",
+            "wildcard is not supported in selector",
+        );
+    }
+    read(&se("  workloadSelector: {labels: {app: web}}\n"));
+}
+
+fn we(spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: w}}\nspec: {spec}\n"
+    )
+}
+
+#[test]
+fn unix_socket_endpoints_are_refused_by_name() {
+    // No data plane here dials a Unix socket: every form is refused,
+    // Istio's invalid ones and its valid ones alike.
+    for address in [
+        "unix:///dir/",
+        "unix://relative",
+        "unix://@foo",
+        "unix:///foo/bar",
+    ] {
+        refused(
+            &we(&format!("{{address: \"{address}\"}}")),
+            "spec.address",
+            "Unix domain socket addresses are not supported",
+        );
+    }
+    refused(
+        &se("  endpoints: [{address: \"unix:///var/run/x.sock\"}]\n"),
+        "spec.endpoints[0].address",
+        "Unix domain socket",
+    );
+}
+
+#[test]
+fn workload_entry_port_names_are_port_names() {
+    for name in ["\"@\"", "HTTP", "a_b", "-x", "x-", "\"\""] {
+        refused(
+            &we(&format!("{{address: 1.1.1.1, ports: {{{name}: 80}}}}")),
+            "spec.ports.",
+            "Invalid value",
+        );
+    }
+    read(&we(
+        "{address: 1.1.1.1, ports: {http: 80, grpc-admin: 9090, h2c: 81}}",
+    ));
+}
+
+#[test]
+fn port_level_mtls_lists_a_port_when_written() {
+    let pa = |plm: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p}}\nspec:\n  selector: {{matchLabels: {{foo: bar}}}}\n  portLevelMtls: {plm}\n"
+        )
+    };
+    refused(&pa("{}"), "spec.portLevelMtls", "at least 1 properties");
+    read(&pa("{8080: {mode: DISABLE}}"));
+}
+
+#[test]
+fn hosts_take_a_wildcard_only_first() {
+    for host in ["foo*", "a.*.com", "*.*.com", "foo.com*"] {
+        refused(
+            &se("").replace("[example.com]", &format!("[\"{host}\"]")),
+            "spec.hosts[0]",
+            "only as the first character",
+        );
+    }
+    // Istio allows `*x` ("weird but allowed") and `*.example.com`.
+    for host in ["*x", "*.example.com", "*example.com"] {
+        read(&se("").replace("[example.com]", &format!("[\"{host}\"]")));
+    }
+}
