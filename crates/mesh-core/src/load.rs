@@ -309,12 +309,13 @@ impl Loader {
                 return;
             }
         };
-        for (i, doc) in docs.into_iter().enumerate() {
+        for (i, mut doc) in docs.into_iter().enumerate() {
             let origin = Origin {
                 file: file.to_path_buf(),
                 document: i + 1,
                 item: None,
             };
+            unsplit_ipv6(&mut doc);
             self.add_doc(origin, doc);
         }
     }
@@ -726,6 +727,36 @@ impl Loader {
         } else {
             Err(ConfigErrors(self.errors))
         }
+    }
+}
+
+/// An IPv6 address ending in `::` written unquoted in a flow sequence
+/// (`addresses: [1.2.3.4, 2001:db8::]`) parses, by YAML 1.2, as a map of
+/// one key (`2001:db8:`) and no value; the YAML parser Kubernetes and
+/// Istio use reads the address. Restores it: a sequence item that is a map
+/// of one key ending in `:`, with no value. No Istio field is a list of
+/// such maps, so no other meaning is changed.
+fn unsplit_ipv6(v: &mut Value) {
+    match v {
+        Value::Array(items) => {
+            for item in items {
+                let restored = match &*item {
+                    Value::Object(m) if m.len() == 1 => m
+                        .iter()
+                        .next()
+                        .filter(|(k, v)| v.is_null() && k.ends_with(':') && k.contains(':'))
+                        .filter(|(k, _)| format!("{k}:").parse::<std::net::Ipv6Addr>().is_ok())
+                        .map(|(k, _)| Value::String(format!("{k}:"))),
+                    _ => None,
+                };
+                match restored {
+                    Some(s) => *item = s,
+                    None => unsplit_ipv6(item),
+                }
+            }
+        }
+        Value::Object(m) => m.values_mut().for_each(unsplit_ipv6),
+        _ => {}
     }
 }
 

@@ -155,3 +155,50 @@ fn hosts_take_a_wildcard_only_first() {
         read(&se("").replace("[example.com]", &format!("[\"{host}\"]")));
     }
 }
+
+#[test]
+fn protocols_are_read_in_any_case_and_empty_is_unset() {
+    let port = |protocol: &str| {
+        se(&format!(
+            "  ports: [{{number: 80, name: http-web, protocol: {protocol}}}]\n"
+        ))
+    };
+    for p in [
+        "HTTP", "http", "Http", "hTTp2", "Grpc", "tcp", "MySQL", "TLS",
+    ] {
+        read(&port(p));
+    }
+    // Empty is unset: the port name decides, as Istio's sniffing would.
+    let r = load_str(Path::new("good.yaml"), &port("\"\"")).unwrap();
+    let snap = mesh_core::snapshot::compile(&r).unwrap();
+    assert_eq!(
+        snap.services["example.com"].ports[0].protocol,
+        mesh_core::resources::networking::Protocol::Http
+    );
+    for p in ["UDP", "THRIFT", "HTTP_PROXY", "h t t p"] {
+        refused(
+            &port(&format!("\"{p}\"")),
+            "spec.ports[0].protocol",
+            "is not a protocol this mesh implements",
+        );
+    }
+}
+
+#[test]
+fn an_unquoted_ipv6_address_in_a_flow_list_is_an_address() {
+    let r = load_str(
+        Path::new("good.yaml"),
+        &se("  addresses: [1.2.3.4, 001:db8::, fd00::1, \"2001:db8::\"]\n  resolution: STATIC\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        r.service_entries[0].spec.addresses,
+        ["1.2.3.4", "001:db8::", "fd00::1", "2001:db8::"]
+    );
+    // A map that is no address stays a map, and is refused as one.
+    refused(
+        &se("  addresses: [1.2.3.4, {a: b}]\n"),
+        "spec.addresses[1]",
+        "invalid type: map",
+    );
+}

@@ -705,37 +705,84 @@ pub enum TlsVersion {
 
 // ------------------------------------------------------- ServiceEntry, WorkloadEntry
 
-/// Service port protocols.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+/// Service port protocols. Read as Istio reads them, in any case
+/// (`HTTP`, `http`, `Http`); a name Istio has and this mesh does not
+/// (`UDP`, `THRIFT`, `HTTP_PROXY`...) is refused by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Protocol {
     /// HTTP/1.1 (and h2c when the client asks).
-    #[serde(alias = "http")]
     #[serde(rename = "HTTP")]
     Http,
     /// HTTP/2.
-    #[serde(rename = "HTTP2", alias = "http2")]
+    #[serde(rename = "HTTP2")]
     Http2,
     /// gRPC over HTTP/2.
-    #[serde(rename = "GRPC", alias = "grpc")]
+    #[serde(rename = "GRPC")]
     Grpc,
     /// TLS-terminated HTTP.
-    #[serde(rename = "HTTPS", alias = "https")]
+    #[serde(rename = "HTTPS")]
     Https,
     /// Opaque TCP.
-    #[serde(rename = "TCP", alias = "tcp")]
+    #[serde(rename = "TCP")]
     Tcp,
     /// TLS, routed by SNI.
-    #[serde(rename = "TLS", alias = "tls")]
+    #[serde(rename = "TLS")]
     Tls,
     /// MySQL: opaque TCP, server speaks first.
-    #[serde(rename = "MYSQL", alias = "mysql", alias = "MySQL")]
+    #[serde(rename = "MYSQL")]
     Mysql,
     /// Redis: opaque TCP.
-    #[serde(rename = "REDIS", alias = "redis")]
+    #[serde(rename = "REDIS")]
     Redis,
     /// MongoDB: opaque TCP.
-    #[serde(rename = "MONGO", alias = "mongo")]
+    #[serde(rename = "MONGO")]
     Mongo,
+}
+
+impl Protocol {
+    const ALL: [Self; 9] = [
+        Self::Http,
+        Self::Http2,
+        Self::Grpc,
+        Self::Https,
+        Self::Tcp,
+        Self::Tls,
+        Self::Mysql,
+        Self::Redis,
+        Self::Mongo,
+    ];
+
+    /// The protocol named `name`, in any case.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.to_string().eq_ignore_ascii_case(name))
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Self::parse(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{name}` is not a protocol this mesh implements; use one of HTTP, HTTP2, GRPC, HTTPS, TCP, TLS, MYSQL, REDIS, MONGO (any case)"
+            ))
+        })
+    }
+}
+
+/// A service port's `protocol`: unset when absent or empty (Istio then
+/// goes by the port name; `protocol: ""` is what some generators write).
+fn protocol_or_unset<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Protocol>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(name) if name.is_empty() => Ok(None),
+        Some(name) => Protocol::parse(&name).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{name}` is not a protocol this mesh implements; use one of HTTP, HTTP2, GRPC, HTTPS, TCP, TLS, MYSQL, REDIS, MONGO (any case), or leave it out"
+            ))
+        }),
+    }
 }
 
 impl std::fmt::Display for Protocol {
@@ -826,8 +873,8 @@ pub struct SelectorLabels {
 pub struct ServicePort {
     /// Port number clients use.
     pub number: u16,
-    /// Protocol; inferred from the name when absent.
-    #[serde(default)]
+    /// Protocol; inferred from the name when absent or empty.
+    #[serde(default, deserialize_with = "protocol_or_unset")]
     pub protocol: Option<Protocol>,
     /// Port name; WorkloadEntry `ports` map this name to the workload's port.
     #[serde(default)]
