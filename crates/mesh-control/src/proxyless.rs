@@ -211,8 +211,7 @@ impl Stream {
         let resources = mesh_core::xds::read(docs).map_err(|e| e.to_string())?;
         // What the workload's namespace sees, in Istio's precedence, as
         // every data plane compiles it.
-        let namespace = mesh_core::xds::node_namespace(&self.client.workload);
-        let resources = mesh_core::visibility::view(&resources, namespace);
+        let resources = mesh_core::visibility::workload_view(&resources, &self.client.workload);
         let snapshot = snapshot::compile(&resources).map_err(|e| e.to_string())?;
         Ok(Plan {
             version: p.version,

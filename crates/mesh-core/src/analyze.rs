@@ -123,6 +123,9 @@ pub mod codes {
     /// clients or servers cannot honour: left out for them (or, for an
     /// AuthorizationPolicy, every call denied).
     pub const GRPC_PROXYLESS_UNSUPPORTED: &str = "MESH0114";
+    /// Two Sidecars apply to one workload (two without a selector in a
+    /// namespace, or two selecting it): only the first is in force.
+    pub const SIDECAR_CONFLICT: &str = "MESH0115";
 }
 
 /// How the sidecars the configuration is for run, for the analyzers that
@@ -169,11 +172,72 @@ pub fn check_with(
     peer_policies(snap, &mut findings);
     authz(snap, &mut findings);
     gateway_tls(resources, &mut findings);
+    sidecars(snap, resources, &mut findings);
     if options.capture {
         capture(snap, &mut findings);
     }
     findings.sort_by(|a, b| a.severity.cmp(&b.severity).then(a.code.cmp(b.code)));
     Report { tls, findings }
+}
+
+/// Sidecars that contend for a workload: Istio, like this mesh, takes the
+/// first (its oldest) and ignores the other.
+fn sidecars(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Finding>) {
+    let selector = |s: &crate::resources::Item<crate::resources::networking::Sidecar>| {
+        s.spec
+            .workload_selector
+            .as_ref()
+            .map(|sel| sel.labels.clone())
+            .filter(|l| !l.is_empty())
+    };
+    let mut defaults: BTreeMap<&str, Vec<&ResourceRef>> = BTreeMap::new();
+    for s in &res.sidecars {
+        if selector(s).is_none() {
+            defaults.entry(s.namespace()).or_default().push(&s.source);
+        }
+    }
+    for (ns, refs) in defaults.into_iter().filter(|(_, r)| r.len() > 1) {
+        let names: Vec<String> = refs.iter().map(ToString::to_string).collect();
+        out.push(finding(
+            Severity::Warning,
+            codes::SIDECAR_CONFLICT,
+            format!(
+                "{} have no workloadSelector in namespace {ns}; only the first ({}) is in force",
+                names.join(" and "),
+                names[0]
+            ),
+            refs.into_iter().cloned().collect(),
+        ));
+    }
+    // Pairs of selecting Sidecars and the workloads both select.
+    let mut both: BTreeMap<(usize, usize), Vec<&str>> = BTreeMap::new();
+    for w in &snap.workloads {
+        let selecting: Vec<usize> = res
+            .sidecars
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.namespace() == w.namespace
+                    && selector(s).is_some_and(|l| labels_match(&l, &w.labels))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if let [first, second, ..] = selecting[..] {
+            both.entry((first, second)).or_default().push(&w.key);
+        }
+    }
+    for ((a, b), workloads) in both {
+        let (a, b) = (&res.sidecars[a].source, &res.sidecars[b].source);
+        out.push(finding(
+            Severity::Warning,
+            codes::SIDECAR_CONFLICT,
+            format!(
+                "{a} and {b} both select workload {}; only the first ({a}) is in force",
+                workloads.join(", ")
+            ),
+            vec![a.clone(), b.clone()],
+        ));
+    }
 }
 
 /// What goes wrong when the workloads are in network namespaces of their

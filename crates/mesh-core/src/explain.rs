@@ -267,7 +267,8 @@ impl Explainer<'_, '_> {
 }
 
 /// Explains a request as the source's data plane decides it: over what the
-/// source's namespace sees of `r` ([`crate::visibility::view`]), which
+/// source sees of `r` (its namespace's view, through its Sidecar for a
+/// workload: [`crate::visibility`]), which
 /// `snap` (compiled from all of `r`) is the first place to find the
 /// source in.
 pub fn explain_in_view(
@@ -275,12 +276,15 @@ pub fn explain_in_view(
     snap: &Snapshot,
     q: &Query,
 ) -> Result<Explanation, ExplainError> {
-    let namespace = find_source(snap, &q.from)?.namespace().to_owned();
-    let view = crate::snapshot::compile(&crate::visibility::view(r, &namespace)).map_err(|e| {
-        ExplainError::View {
-            namespace,
-            why: e.to_string(),
-        }
+    let source = find_source(snap, &q.from)?;
+    let namespace = source.namespace().to_owned();
+    let seen = match &source {
+        Source::Workload(w) => crate::visibility::workload_view(r, &w.key),
+        Source::Gateway { .. } => crate::visibility::view(r, &namespace),
+    };
+    let view = crate::snapshot::compile(&seen).map_err(|e| ExplainError::View {
+        namespace,
+        why: e.to_string(),
     })?;
     explain(&view, q)
 }

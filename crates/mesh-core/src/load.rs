@@ -65,6 +65,7 @@ fn kind_of(kind: &str) -> Option<(Kind, &'static [&'static str])> {
         "Gateway" => (Kind::Gateway, NETWORKING_VERSIONS),
         "ServiceEntry" => (Kind::ServiceEntry, NETWORKING_VERSIONS),
         "WorkloadEntry" => (Kind::WorkloadEntry, NETWORKING_VERSIONS),
+        "Sidecar" => (Kind::Sidecar, NETWORKING_VERSIONS),
         "PeerAuthentication" => (Kind::PeerAuthentication, SECURITY_VERSIONS),
         "AuthorizationPolicy" => (Kind::AuthorizationPolicy, SECURITY_VERSIONS),
         "MeshPolicy" => (Kind::MeshPolicy, LEGACY_AUTHN_VERSIONS),
@@ -555,6 +556,7 @@ impl Loader {
                     we.spec.unhealthy = unhealthy;
                 }
             }
+            Kind::Sidecar => self.push(kind, origin, api_version, doc, |r| &mut r.sidecars),
             Kind::PeerAuthentication => self.push(kind, origin, api_version, doc, |r| {
                 &mut r.peer_authentications
             }),

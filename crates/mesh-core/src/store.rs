@@ -39,7 +39,17 @@ pub trait ConfigSource: Send + Sync {
 pub struct FileSource {
     path: PathBuf,
     keep_documents: bool,
-    namespace: Option<String>,
+    viewer: Option<Viewer>,
+}
+
+/// Whose view of the files a [`FileSource`] gives.
+#[derive(Debug, Clone)]
+enum Viewer {
+    /// A gateway's: what its namespace sees.
+    Namespace(String),
+    /// A workload's sidecar (`namespace/name`): its namespace's view
+    /// narrowed by its Sidecar.
+    Workload(String),
 }
 
 impl FileSource {
@@ -48,7 +58,7 @@ impl FileSource {
         Self {
             path: path.into(),
             keep_documents: false,
-            namespace: None,
+            viewer: None,
         }
     }
 
@@ -58,7 +68,16 @@ impl FileSource {
     /// ordered by Istio's precedence.
     #[must_use]
     pub fn visible_in(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = Some(namespace.into());
+        self.viewer = Some(Viewer::Namespace(namespace.into()));
+        self
+    }
+
+    /// Gives what the sidecar of `workload` (`namespace/name`) sees of the
+    /// files ([`crate::visibility::workload_view`]): its namespace's view,
+    /// narrowed by the Sidecar resource in force for it.
+    #[must_use]
+    pub fn seen_by_workload(mut self, workload: impl Into<String>) -> Self {
+        self.viewer = Some(Viewer::Workload(workload.into()));
         self
     }
 
@@ -87,8 +106,9 @@ impl ConfigSource for FileSource {
         } else {
             crate::load::load_path(&self.path)
         }?;
-        Ok(match &self.namespace {
-            Some(ns) => crate::visibility::view(&resources, ns),
+        Ok(match &self.viewer {
+            Some(Viewer::Namespace(ns)) => crate::visibility::view(&resources, ns),
+            Some(Viewer::Workload(w)) => crate::visibility::workload_view(&resources, w),
             None => resources,
         })
     }

@@ -8,7 +8,7 @@ use crate::error::ConfigError;
 use crate::resources::common::StringMatch;
 use crate::resources::networking::{
     ClientTlsMode, ClientTlsSettings, DestinationRule, Gateway, HttpRoute, LoadBalancerSettings,
-    Protocol, Resolution, ServerTlsMode, ServiceEntry, TrafficPolicy, VirtualService,
+    Protocol, Resolution, ServerTlsMode, ServiceEntry, Sidecar, TrafficPolicy, VirtualService,
     WorkloadEntry,
 };
 use crate::resources::security::{
@@ -123,6 +123,9 @@ pub fn validate(r: &Resources) -> Vec<ConfigError> {
     }
     for i in &r.workload_entries {
         workload_entry(&mut checker(&mut errors, i), "spec", &i.spec);
+    }
+    for i in &r.sidecars {
+        sidecar(&mut checker(&mut errors, i), &i.spec);
     }
     for i in &r.peer_authentications {
         peer_authentication(&mut checker(&mut errors, i), &i.spec);
@@ -592,6 +595,47 @@ fn workload_entry(c: &mut Checker<'_>, f: &str, we: &WorkloadEntry) {
     for (name, port) in &we.ports {
         if *port == 0 {
             c.err(format!("{f}.ports.{name}"), "must be 1-65535");
+        }
+    }
+}
+
+fn sidecar(c: &mut Checker<'_>, sc: &Sidecar) {
+    if sc.egress.is_empty() && sc.outbound_traffic_policy.is_none() {
+        c.err("spec", "sidecar: empty configuration provided");
+    }
+    if sc.egress.len() > 1 {
+        // Without ports (not implemented) every listener is the catch-all.
+        c.err(
+            "spec.egress[1]",
+            "only one egress listener without a port is allowed (egress ports are not implemented)",
+        );
+    }
+    for (i, e) in sc.egress.iter().enumerate() {
+        if e.hosts.is_empty() {
+            c.err(
+                format!("spec.egress[{i}].hosts"),
+                "sidecar: at least one egress host must be provided",
+            );
+        }
+        for (j, h) in e.hosts.iter().enumerate() {
+            let f = format!("spec.egress[{i}].hosts[{j}]");
+            let Some((ns, name)) = h.split_once('/') else {
+                c.err(
+                    f,
+                    format!("`{h}`: sidecar: host must be of form namespace/dnsName"),
+                );
+                continue;
+            };
+            let ns_ok =
+                matches!(ns, "*" | "." | "~") || crate::load::is_dns_name(ns) && !ns.contains('.');
+            if !ns_ok || name.is_empty() || name.contains('/') {
+                c.err(
+                    f,
+                    format!("`{h}`: sidecar: host must be of form namespace/dnsName"),
+                );
+                continue;
+            }
+            c.wildcard(&f, name);
         }
     }
 }

@@ -25,6 +25,8 @@
 use std::collections::BTreeSet;
 
 use crate::meshconfig::MeshConfig;
+use crate::resources::common::{Labels, labels_match};
+use crate::resources::networking::Sidecar;
 use crate::resources::{Item, Resources};
 
 /// True if a resource of namespace `owner` exported to `export_to` (or,
@@ -148,6 +150,113 @@ pub fn view(r: &Resources, namespace: &str) -> Resources {
     out.destination_rules
         .sort_by_key(|dr| rule_rank(m, dr, namespace));
     out.view = Some(namespace.to_owned());
+    out
+}
+
+/// The Sidecar in force for a workload of `namespace` with `labels`, as
+/// Istio picks it: the first of its namespace whose selector matches, else
+/// its namespace's selector-less one, else the root namespace's.
+pub fn sidecar_for<'r>(
+    r: &'r Resources,
+    namespace: &str,
+    labels: &Labels,
+) -> Option<&'r Item<Sidecar>> {
+    let selector = |s: &Item<Sidecar>| {
+        s.spec
+            .workload_selector
+            .as_ref()
+            .filter(|sel| !sel.labels.is_empty())
+            .map(|sel| sel.labels.clone())
+    };
+    let root = r.mesh.root_namespace.as_str();
+    r.sidecars
+        .iter()
+        .find(|s| {
+            s.namespace() == namespace && selector(s).is_some_and(|sel| labels_match(&sel, labels))
+        })
+        .or_else(|| {
+            r.sidecars
+                .iter()
+                .find(|s| s.namespace() == namespace && selector(s).is_none())
+        })
+        .or_else(|| {
+            r.sidecars
+                .iter()
+                .find(|s| s.namespace() == root && selector(s).is_none())
+        })
+}
+
+/// What the sidecar of `workload` (`namespace/name`) sees of `r`: its
+/// namespace's [`view`], narrowed by the Sidecar in force for it
+/// ([`sidecar_for`]): only the ServiceEntries and mesh VirtualServices
+/// whose namespace and a host match one of its egress hosts
+/// (`namespace/dnsName`: `*` any namespace, `.` the workload's, `~` none;
+/// `*`, `*.suffix` or a host), with the Sidecar's
+/// `outboundTrafficPolicy` in place of the MeshConfig's. The services the
+/// workload itself serves stay (its inbound is built from them, as
+/// Istio's). A workload without a WorkloadEntry gets the namespace's view.
+pub fn workload_view(r: &Resources, workload: &str) -> Resources {
+    let namespace = crate::xds::node_namespace(workload);
+    let mut out = view(r, namespace);
+    let key = if workload.contains('/') {
+        workload.to_owned()
+    } else {
+        format!("default/{workload}")
+    };
+    let Some(we) = r.workload_entries.iter().find(|w| w.source.key() == key) else {
+        return out;
+    };
+    let labels = we.spec.labels.clone();
+    let Some(sc) = sidecar_for(r, namespace, &labels) else {
+        return out;
+    };
+    if let Some(p) = sc.spec.outbound_traffic_policy {
+        out.mesh.outbound_traffic_policy = p;
+    }
+    let Some(egress) = sc.spec.egress.first() else {
+        return out;
+    };
+    let m = &r.mesh;
+    let imports = |owner: &str, host: &str| {
+        egress.hosts.iter().any(|h| {
+            let Some((ns, name)) = h.split_once('/') else {
+                return false;
+            };
+            let ns_ok = match ns {
+                "*" => true,
+                "." => owner == namespace,
+                "~" => false,
+                n => n == owner,
+            };
+            ns_ok && host_matches(&name.to_ascii_lowercase(), host)
+        })
+    };
+    out.service_entries.retain(|se| {
+        let ns = se.namespace();
+        let serves_it = ns == namespace
+            && se
+                .spec
+                .workload_selector
+                .as_ref()
+                .is_some_and(|sel| labels_match(&sel.labels, &labels));
+        serves_it
+            || se
+                .spec
+                .hosts
+                .iter()
+                .any(|h| imports(ns, &m.resolve_host(h, ns)))
+    });
+    out.virtual_services.retain(|vs| {
+        let ns = vs.namespace();
+        let mesh_bound =
+            vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
+        !mesh_bound
+            || vs
+                .spec
+                .hosts
+                .iter()
+                .any(|h| imports(ns, &m.resolve_host(h, ns)))
+    });
     out
 }
 

@@ -22,7 +22,8 @@
 //!   MeshConfig default);
 //! - its own WorkloadEntry and those selected by the ServiceEntries it sees
 //!   (their endpoints);
-//! - AuthorizationPolicies of its namespace and of the root namespace;
+//! - AuthorizationPolicies and Sidecars of its namespace and of the root
+//!   namespace;
 //! - every Gateway, PeerAuthentication and legacy policy (few, and
 //!   client-side TLS decisions read the destination's mTLS mode), and the
 //!   MeshConfig.
@@ -56,6 +57,16 @@ pub const GATEWAY_NODE_PREFIX: &str = "Gateway/";
 pub fn node_namespace(node: &str) -> &str {
     let key = node.strip_prefix(GATEWAY_NODE_PREFIX).unwrap_or(node);
     key.split_once('/').map_or("default", |(ns, _)| ns)
+}
+
+/// What the data plane of node id `node` compiles of `r`: a gateway's
+/// namespace view, or a workload's view through its Sidecar
+/// ([`crate::visibility`]).
+pub fn node_view(r: &Resources, node: &str) -> Resources {
+    match node.strip_prefix(GATEWAY_NODE_PREFIX) {
+        Some(gw) => crate::visibility::view(r, node_namespace(gw)),
+        None => crate::visibility::workload_view(r, node),
+    }
 }
 
 /// One document as served.
@@ -141,7 +152,7 @@ pub struct Catalog {
     /// VirtualServices and DestinationRules; a ServiceEntry also with the
     /// WorkloadEntries it selects.
     exported: Vec<Exported>,
-    /// AuthorizationPolicies by namespace.
+    /// AuthorizationPolicies and Sidecars by namespace.
     policies: HashMap<String, Vec<String>>,
     /// WorkloadEntries by `namespace/name`: their document and namespace.
     workloads: HashMap<String, (String, String)>,
@@ -199,6 +210,15 @@ impl Catalog {
             let name = doc(&mut c, p)?;
             c.policies
                 .entry(p.namespace().to_owned())
+                .or_default()
+                .push(name);
+        }
+        // Sidecars travel as policies do (the namespace's and the root
+        // namespace's): the data plane picks the one in force for it.
+        for s in &r.sidecars {
+            let name = doc(&mut c, s)?;
+            c.policies
+                .entry(s.namespace().to_owned())
                 .or_default()
                 .push(name);
         }

@@ -26,6 +26,7 @@ const ALL_CODES: &[&str] = &[
     codes::PORT_NOT_FOUND,
     codes::NO_WORKLOADS,
     codes::GATEWAY_TLS_UNSUPPORTED,
+    codes::SIDECAR_CONFLICT,
 ];
 
 const REVIEWS_80: &str = "reviews.default.svc.cluster.local:80";
@@ -330,6 +331,28 @@ const CASES: &[Case] = &[
         "subjectAltNames",
     ])
     .resources(&["Gateway default/partner-gateway"]),
+    // MESH0115
+    Case::new(
+        "mesh0115-two-namespace-sidecars",
+        codes::SIDECAR_CONFLICT,
+        Severity::Warning,
+    )
+    .message(&[
+        "Sidecar default/default and Sidecar default/default-copy",
+        "namespace default",
+        "only the first (Sidecar default/default)",
+    ])
+    .resources(&["Sidecar default/default", "Sidecar default/default-copy"]),
+    Case::new(
+        "mesh0115-two-sidecars-select-one-workload",
+        codes::SIDECAR_CONFLICT,
+        Severity::Warning,
+    )
+    .message(&[
+        "Sidecar default/reviews and Sidecar default/reviews-v1",
+        "default/reviews-v1",
+    ])
+    .resources(&["Sidecar default/reviews", "Sidecar default/reviews-v1"]),
 ];
 
 fn fixture(dir: &str, variant: &str) -> PathBuf {

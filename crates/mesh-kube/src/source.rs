@@ -63,7 +63,7 @@ const NET: &str = "networking.istio.io";
 const SEC: &str = "security.istio.io";
 
 /// The Istio kinds watched: the ones the mesh reads, and the ones it
-/// refuses by name (Sidecar, EnvoyFilter, RequestAuthentication...): a
+/// refuses by name (EnvoyFilter, RequestAuthentication...): a
 /// cluster that has one must hear that it is not honoured, not have it
 /// ignored because nobody looked.
 pub const ISTIO_KINDS: &[IstioKind] = &[

@@ -430,16 +430,16 @@ async fn an_istio_kind_without_its_crd_is_read_as_none_until_it_is_installed() {
 async fn an_istio_kind_the_mesh_does_not_honour_is_refused_by_name() {
     let api = cluster().await;
     api.put(
-        "/apis/networking.istio.io/v1/sidecars",
+        "/apis/networking.istio.io/v1/envoyfilters",
         json!({"metadata": {"name": "default", "namespace": "default"},
-               "spec": {"egress": [{"hosts": ["./*"]}]}}),
+               "spec": {"configPatches": []}}),
     );
     let source = started(&api).await;
-    let e = source.load().expect_err("a Sidecar is not honoured");
+    let e = source.load().expect_err("an EnvoyFilter is not honoured");
     let text = e.to_string();
     assert!(
-        text.contains("k8s:/apis/networking.istio.io/v1/namespaces/default/sidecars/default")
-            && text.contains("Sidecar is not supported"),
+        text.contains("k8s:/apis/networking.istio.io/v1/namespaces/default/envoyfilters/default")
+            && text.contains("EnvoyFilter is not supported"),
         "{text}"
     );
 }

@@ -174,8 +174,10 @@ impl GatewayBuilder {
         let Origin::Files(config) = &self.origin else {
             anyhow::bail!("a gateway on a control plane is built with GatewayBuilder::connect");
         };
-        let (store, watcher) =
-            crate::runtime::start_store(config, key.split_once('/').map_or("default", |k| k.0))?;
+        let namespace = key.split_once('/').map_or("default", |k| k.0);
+        let (store, watcher) = crate::runtime::start_store(
+            mesh_core::store::FileSource::new(config).visible_in(namespace),
+        )?;
         let base = if config.is_dir() {
             config.clone()
         } else {

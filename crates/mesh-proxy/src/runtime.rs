@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -84,14 +83,11 @@ impl BoundSocket {
     }
 }
 
-/// Loads what `namespace` sees of the configuration
-/// ([`mesh_core::visibility`]) and starts watching it. An unreadable
-/// configuration at start is fatal (there is no last good one to keep).
-pub(crate) fn start_store(
-    config: &Path,
-    namespace: &str,
-) -> anyhow::Result<(Arc<Store>, FileWatcher)> {
-    let source = FileSource::new(config).visible_in(namespace);
+/// Loads what `source` gives of the configuration (a gateway's or a
+/// workload's view, [`mesh_core::visibility`]) and starts watching it. An
+/// unreadable configuration at start is fatal (there is no last good one
+/// to keep).
+pub(crate) fn start_store(source: FileSource) -> anyhow::Result<(Arc<Store>, FileWatcher)> {
     let store = Arc::new(Store::from_source(&source).map_err(|e| anyhow::anyhow!("{e}"))?);
     let watcher = FileWatcher::spawn(store.clone(), source).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((store, watcher))

@@ -292,7 +292,7 @@ impl MeshBuilder {
                 let store = match (store, config) {
                     (Some(store), _) => store,
                     (None, Some(path)) => {
-                        let source = ConfigFiles::new(path).visible_in(ns.clone());
+                        let source = ConfigFiles::new(path).seen_by_workload(key.clone());
                         let store = Arc::new(
                             Store::from_source(&source)
                                 .map_err(|e| MeshStartError::Config(e.to_string()))?,

@@ -172,12 +172,12 @@ impl XdsClient {
     /// within a Tokio runtime.
     pub fn spawn(config: XdsConfig, credentials: CredentialStore, store: Arc<Store>) -> Self {
         let status = Arc::new(XdsStatus::default());
-        let namespace = mesh_core::xds::node_namespace(&config.workload).to_owned();
+        let node = config.workload.clone();
         let mut session = Session {
             config,
             credentials,
             applier: Applier {
-                namespace,
+                node,
                 store,
                 status: status.clone(),
                 held: BTreeMap::new(),
@@ -234,8 +234,8 @@ struct Session {
 
 /// What the client holds and where it applies it.
 struct Applier {
-    /// The namespace the data plane serves.
-    namespace: String,
+    /// The node id: whose view is compiled.
+    node: String,
     store: Arc<Store>,
     status: Arc<XdsStatus>,
     held: Held,
@@ -361,8 +361,8 @@ impl Applier {
             // The view of its namespace, as from files: the control plane
             // sent only what it may see, and the view orders it by
             // precedence, whatever order the documents came in.
-            let view = mesh_core::xds::read(docs)
-                .map(|r| mesh_core::visibility::view(&r, &self.namespace));
+            let view =
+                mesh_core::xds::read(docs).map(|r| mesh_core::xds::node_view(&r, &self.node));
             self.store
                 .apply(view)
                 .map(|v| (version, v))
@@ -448,7 +448,7 @@ mod tests {
 
     fn applier() -> Applier {
         Applier {
-            namespace: "default".to_owned(),
+            node: "default/web".to_owned(),
             store: Arc::new(Store::new()),
             status: Arc::new(XdsStatus::default()),
             held: BTreeMap::new(),

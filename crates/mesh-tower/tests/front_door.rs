@@ -213,6 +213,52 @@ spec:
     server.shutdown().await;
 }
 
+/// A `Mesh` reading a folder applies the Sidecar in force for its
+/// workload: a service outside its egress hosts is no service to it.
+#[tokio::test]
+async fn a_mesh_reading_files_sees_only_its_sidecars_egress_hosts() {
+    let pki = TestPki::new("cluster.local");
+    let (listener, port) = bound().await;
+    let scope = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: productpage}
+spec:
+  workloadSelector: {labels: {app: productpage}}
+  egress:
+  - hosts: ["istio-system/*"]
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), config(port) + scope).unwrap();
+    let from_files = |name: &str, sa: &str| {
+        Mesh::builder()
+            .config(dir.path())
+            .workload("default", name)
+            .identity_store(pki.store(sa))
+            .build()
+    };
+    let reviews = from_files("reviews-v1", "reviews").await.unwrap();
+    let server = reviews
+        .serve_listener(listener, tower::service_fn(whoami))
+        .unwrap();
+    let productpage = from_files("productpage", "productpage").await.unwrap();
+    let resp = productpage
+        .send(Request::get("http://reviews:9080/x").body(empty()).unwrap())
+        .await;
+    assert!(resp.status().is_client_error() || resp.status().is_server_error());
+    let reason = resp.headers()[REASON_HEADER].to_str().unwrap().to_owned();
+    assert!(reason.contains("not a known service"), "{reason}");
+    // The stranger has no Sidecar of its own: it reaches reviews (and is
+    // refused by its policy, not by scope).
+    let stranger = from_files("stranger", "stranger").await.unwrap();
+    let resp = stranger
+        .send(Request::get("http://reviews:9080/x").body(empty()).unwrap())
+        .await;
+    assert_eq!(resp.status(), 403);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_builder_says_what_is_missing() {
     let pki = TestPki::new("cluster.local");

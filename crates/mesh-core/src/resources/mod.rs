@@ -28,6 +28,8 @@ pub enum Kind {
     ServiceEntry,
     /// `networking.istio.io` WorkloadEntry.
     WorkloadEntry,
+    /// `networking.istio.io` Sidecar.
+    Sidecar,
     /// `security.istio.io` PeerAuthentication.
     PeerAuthentication,
     /// `security.istio.io` AuthorizationPolicy.
@@ -49,6 +51,7 @@ impl Kind {
             Self::Gateway => "Gateway",
             Self::ServiceEntry => "ServiceEntry",
             Self::WorkloadEntry => "WorkloadEntry",
+            Self::Sidecar => "Sidecar",
             Self::PeerAuthentication => "PeerAuthentication",
             Self::AuthorizationPolicy => "AuthorizationPolicy",
             Self::MeshPolicy => "MeshPolicy",
@@ -197,6 +200,8 @@ pub struct Resources {
     pub service_entries: Vec<Item<networking::ServiceEntry>>,
     /// WorkloadEntries.
     pub workload_entries: Vec<Item<networking::WorkloadEntry>>,
+    /// Sidecars: what the sidecars of selected workloads see.
+    pub sidecars: Vec<Item<networking::Sidecar>>,
     /// PeerAuthentications.
     pub peer_authentications: Vec<Item<security::PeerAuthentication>>,
     /// Legacy MeshPolicy and Policy resources.

@@ -705,6 +705,39 @@ pub enum TlsVersion {
 
 // ------------------------------------------------------- ServiceEntry, WorkloadEntry
 
+// ---------------------------------------------------------------------- Sidecar
+
+/// `Sidecar.spec`: what the sidecars of the selected workloads (without a
+/// selector: of the namespace; in the root namespace: of the mesh) see of
+/// the mesh, and where they send what is no service of it
+/// ([`crate::visibility::workload_view`]). Ingress listeners, ports and
+/// binds of egress listeners, capture modes and connection pools are not
+/// implemented and refused by name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sidecar {
+    /// The workloads it applies to; all of its namespace when absent.
+    #[serde(default)]
+    pub workload_selector: Option<SelectorLabels>,
+    /// The hosts the sidecar sees.
+    #[serde(default)]
+    pub egress: Vec<EgressListener>,
+    /// Where a connection to no service of the mesh goes; the
+    /// MeshConfig's when absent.
+    #[serde(default)]
+    pub outbound_traffic_policy: Option<crate::meshconfig::OutboundTrafficPolicy>,
+}
+
+/// One egress listener of a Sidecar: the hosts imported, as
+/// `namespace/dnsName` (`./*`, `istio-system/*`, `*/api.example.com`,
+/// `~/*`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressListener {
+    /// `namespace/dnsName` entries.
+    pub hosts: Vec<String>,
+}
+
 /// Service port protocols. Read as Istio reads them, in any case
 /// (`HTTP`, `http`, `Http`); a name Istio has and this mesh does not
 /// (`UDP`, `THRIFT`, `HTTP_PROXY`...) is refused by name.

@@ -191,7 +191,9 @@ impl SidecarBuilder {
         let ConfigOrigin::Files(config) = &self.origin else {
             anyhow::bail!("a sidecar on a control plane is built with SidecarBuilder::connect");
         };
-        let (store, watcher) = crate::runtime::start_store(config, &self.namespace)?;
+        let (store, watcher) = crate::runtime::start_store(
+            mesh_core::store::FileSource::new(config).seen_by_workload(key.clone()),
+        )?;
         let identity_id = {
             let snap = store.load();
             let (_, w) = snap
