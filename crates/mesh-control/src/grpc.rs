@@ -620,10 +620,10 @@ fn lb_policy(policy: &TrafficPolicy, resource: &str, warnings: &mut Warnings) ->
 /// names no destination of the snapshot.
 pub fn cluster(snap: &Snapshot, name: &str, warnings: &mut Warnings) -> Option<Cluster> {
     let (host, port, subset) = parse_cluster_name(name)?;
-    let svc = snap.services.get(host)?;
+    let svc = snap.service_for(host)?;
     let sp = svc.port(port)?;
     let endpoints = plan::endpoints(snap, svc, sp, subset)?;
-    let policy = plan::effective_policy(snap, host, port, subset);
+    let policy = plan::effective_policy(snap, &svc.host, port, subset);
     let lb = lb_policy(&policy, name, warnings);
     if let Some(od) = &policy.outlier_detection {
         if od.consecutive_errors.is_some()
@@ -731,7 +731,7 @@ fn socket_address(ip: &str, port: u16) -> Address {
 /// refuses (a TLS conflict) are left out.
 pub fn load_assignment(snap: &Snapshot, name: &str) -> Option<ClusterLoadAssignment> {
     let (host, port, subset) = parse_cluster_name(name)?;
-    let svc = snap.services.get(host)?;
+    let svc = snap.service_for(host)?;
     let sp = svc.port(port)?;
     let endpoints = plan::endpoints(snap, svc, sp, subset)?;
     let lb_endpoints = endpoints

@@ -167,6 +167,7 @@ pub fn check_with(
                 .collect(),
         });
     }
+    shadowed_rules(snap, resources, &mut findings);
     routes(snap, resources, &mut findings);
     services(snap, resources, &mut findings);
     peer_policies(snap, &mut findings);
@@ -452,6 +453,106 @@ fn tls_table(snap: &Snapshot) -> Vec<TlsRow> {
         }
     }
     rows
+}
+
+/// TLS conflicts of DestinationRules the table above does not show: a rule
+/// in force only for its own namespace's clients (Istio looks in the
+/// client's namespace first), where the whole mesh's table shows another
+/// rule for the host. Each such rule is checked against the servers of the
+/// services it matches, as its namespace's clients would send.
+fn shadowed_rules(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Finding>) {
+    let m = &snap.mesh;
+    let rules = crate::snapshot::RuleIndex::new(res);
+    for (index, dr) in res.destination_rules.iter().enumerate() {
+        let owner = dr.namespace();
+        if !crate::visibility::exported_to(
+            &dr.spec.export_to,
+            &m.default_destination_rule_export_to,
+            owner,
+            owner,
+        ) {
+            continue;
+        }
+        let pattern = m.resolve_host(&dr.spec.host, owner);
+        let matched: Vec<&crate::snapshot::Service> =
+            if crate::visibility::wildcard_key(&pattern).is_some() {
+                snap.services
+                    .values()
+                    .filter(|s| crate::visibility::host_matches(&pattern, &s.host))
+                    .collect()
+            } else {
+                snap.services.get(&pattern).into_iter().collect()
+            };
+        for svc in matched {
+            let in_force = snap.destination_policies.get(&svc.host);
+            if in_force.is_some_and(|d| d.source == dr.source)
+                || svc.location == Location::MeshExternal
+                || rules.in_force(res, &svc.host, Some(&svc.namespace), Some(owner)) != Some(index)
+            {
+                continue;
+            }
+            let dp = crate::snapshot::DestinationPolicy {
+                source: dr.source.clone(),
+                traffic_policy: dr.spec.traffic_policy.clone(),
+                subsets: Vec::new(),
+            };
+            let mut subsets: Vec<(Option<&str>, &crate::resources::common::Labels)> = dr
+                .spec
+                .subsets
+                .iter()
+                .map(|s| (Some(s.name.as_str()), &s.labels))
+                .collect();
+            static ALL: std::sync::LazyLock<crate::resources::common::Labels> =
+                std::sync::LazyLock::new(crate::resources::common::Labels::new);
+            subsets.push((None, &ALL));
+            let mut reasons: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for port in &svc.ports {
+                for (subset, labels) in &subsets {
+                    let sub_policy =
+                        subset.and_then(|n| dr.spec.subsets.iter().find(|s| s.name == n));
+                    let dp = crate::snapshot::DestinationPolicy {
+                        subsets: sub_policy
+                            .map(|s| crate::snapshot::SubsetEntry {
+                                name: s.name.clone(),
+                                labels: s.labels.clone(),
+                                workloads: Vec::new(),
+                                traffic_policy: s.traffic_policy.clone(),
+                            })
+                            .into_iter()
+                            .collect(),
+                        ..dp.clone()
+                    };
+                    let client = crate::snapshot::client_tls_of(Some(&dp), port.number, *subset);
+                    for i in svc
+                        .workloads
+                        .iter()
+                        .filter(|i| labels_match(labels, &snap.workloads[**i].labels))
+                    {
+                        let w = &snap.workloads[*i];
+                        let inbound = snap.inbound_mode(w, svc.target_port(port, w));
+                        if let Some(r) = tls_conflict(inbound.mode, client.mode) {
+                            reasons
+                                .entry(format!("{}:{}: {r}", svc.host, port.number))
+                                .or_default()
+                                .insert(w.key.clone());
+                        }
+                    }
+                }
+            }
+            for (reason, workloads) in reasons {
+                out.push(finding(
+                    Severity::Error,
+                    codes::TLS_CONFLICT,
+                    format!(
+                        "{reason} (workloads {}), for clients in namespace {owner}: {} is in force for them",
+                        workloads.into_iter().collect::<Vec<_>>().join(", "),
+                        dr.source
+                    ),
+                    vec![dr.source.clone()],
+                ));
+            }
+        }
+    }
 }
 
 fn finding(

@@ -333,7 +333,7 @@ pub fn dest_port(snap: &Snapshot, d: &WeightedDestination, request_port: u16) ->
     if let Some(p) = d.port {
         return p;
     }
-    match snap.services.get(&d.host) {
+    match snap.service_for(&d.host) {
         Some(s) if s.port(request_port).is_none() && s.ports.len() == 1 => s.ports[0].number,
         _ => request_port,
     }
@@ -383,8 +383,7 @@ pub fn resolve_destination<'s>(
 ) -> Result<DestinationPlan<'s>, PlanError> {
     let number = dest_port(snap, d, request_port);
     let service = snap
-        .services
-        .get(&d.host)
+        .service_for(&d.host)
         .ok_or_else(|| PlanError::UnknownHost {
             host: d.host.clone(),
         })?;
@@ -402,7 +401,7 @@ pub fn resolve_destination<'s>(
         port,
         subset,
         endpoints,
-        policy: effective_policy(snap, &d.host, number, subset),
+        policy: effective_policy(snap, &service.host, number, subset),
     })
 }
 
@@ -562,6 +561,22 @@ pub fn effective_policy(
         merged.tls = sp.tls.or(merged.tls);
     }
     merged
+}
+
+/// How long a dial to an endpoint may take when no DestinationRule says
+/// (`connectionPool.tcp.connectTimeout`): Istio's default, 10 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connect timeout a traffic policy gives (`connectionPool.tcp.
+/// connectTimeout`), else [`DEFAULT_CONNECT_TIMEOUT`].
+pub fn connect_timeout(policy: &TrafficPolicy) -> Duration {
+    policy
+        .connection_pool
+        .as_ref()
+        .and_then(|cp| cp.tcp.as_ref())
+        .and_then(|t| t.connect_timeout)
+        .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0)
+        .max(Duration::from_millis(1))
 }
 
 /// What the original destination of a captured connection is, in the mesh.

@@ -290,9 +290,8 @@ struct Index {
     served_by: Vec<Vec<String>>,
     /// The peer policies that can apply in a namespace.
     peer: PolicyIndex,
-    /// Services whose host is a wildcard (`*.wikipedia.org`), by its
-    /// [`crate::visibility::wildcard_key`].
-    wildcard_services: HashMap<String, String>,
+    /// Services whose host is a wildcard (`*.wikipedia.org`): their host.
+    wildcard_services: crate::visibility::WildcardIndex<String>,
 }
 
 /// Policies by the namespace they can apply in, each list in load order:
@@ -369,15 +368,21 @@ impl Snapshot {
     /// that host, else the one whose wildcard host matches it most
     /// specifically (`*.wikipedia.org` for `en.wikipedia.org`).
     pub fn service(&self, host: &str, namespace: &str) -> Option<&Service> {
-        let host = self.mesh.resolve_host(host, namespace);
-        if let Some(s) = self.services.get(&host) {
+        self.service_for(&self.mesh.resolve_host(host, namespace))
+    }
+
+    /// The service of a fully qualified (lower-case) host: the one of that
+    /// host, else the one whose wildcard host matches it most specifically.
+    pub fn service_for(&self, host: &str) -> Option<&Service> {
+        if let Some(s) = self.services.get(host) {
             return Some(s);
         }
         if self.index.wildcard_services.is_empty() {
             return None;
         }
-        crate::visibility::wildcard_keys(&host)
-            .find_map(|k| self.index.wildcard_services.get(k))
+        self.index
+            .wildcard_services
+            .best(host)
             .and_then(|h| self.services.get(h))
     }
 
@@ -533,7 +538,18 @@ fn client_tls_in(
     port: u16,
     subset: Option<&str>,
 ) -> ClientTls {
-    let Some(dp) = policies.get(host) else {
+    client_tls_of(policies.get(host), port, subset)
+}
+
+/// The client TLS a DestinationRule (compiled for one host) gives a port
+/// and subset: subset port-level, subset, rule port-level, rule;
+/// automatic when none says, or without a rule.
+pub(crate) fn client_tls_of(
+    dp: Option<&DestinationPolicy>,
+    port: u16,
+    subset: Option<&str>,
+) -> ClientTls {
+    let Some(dp) = dp else {
         return ClientTls {
             mode: None,
             settings: None,
@@ -572,6 +588,85 @@ fn split_host_port(host: &str) -> (&str, Option<&str>) {
             (name, Some(port))
         }
         _ => (host, None),
+    }
+}
+
+/// DestinationRules by host, for finding the one in force for a host.
+pub(crate) struct RuleIndex {
+    /// By host as written (resolved), wildcards included.
+    exact: HashMap<String, Vec<usize>>,
+    /// Wildcard rules by their key ([`crate::visibility::wildcard_key`]).
+    wild: HashMap<String, Vec<usize>>,
+}
+
+impl RuleIndex {
+    pub(crate) fn new(r: &Resources) -> Self {
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wild: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, dr) in r.destination_rules.iter().enumerate() {
+            let host = r.mesh.resolve_host(&dr.spec.host, dr.namespace());
+            if let Some(key) = crate::visibility::wildcard_key(&host) {
+                wild.entry(key.to_owned()).or_default().push(i);
+            }
+            exact.entry(host).or_default().push(i);
+        }
+        Self { exact, wild }
+    }
+
+    /// The rule (an index into `r.destination_rules`) in force for `host`
+    /// (of a service in `service_ns`) for clients in `client`, as Istio
+    /// looks it up: the lowest level ([`crate::visibility::rule_level`]),
+    /// then the most specific host (exact, then the longest wildcard),
+    /// then the first read. Without a client (the whole mesh): the most
+    /// specific, then the first.
+    pub(crate) fn in_force(
+        &self,
+        r: &Resources,
+        host: &str,
+        service_ns: Option<&str>,
+        client: Option<&str>,
+    ) -> Option<usize> {
+        let level = |i: usize| match client {
+            Some(client) => crate::visibility::rule_level(
+                &r.mesh,
+                r.destination_rules[i].namespace(),
+                client,
+                service_ns,
+            ),
+            None => Some(0),
+        };
+        // (level, specificity reversed, load order): the smallest wins.
+        let candidates = |list: Option<&Vec<usize>>, specificity: usize| {
+            list.into_iter()
+                .flatten()
+                .filter_map(move |&i| level(i).map(|l| (l, usize::MAX - specificity, i)))
+                .collect::<Vec<_>>()
+        };
+        let mut all = candidates(self.exact.get(host), usize::MAX);
+        for k in crate::visibility::wildcard_keys(host) {
+            all.extend(candidates(self.wild.get(k), k.len()));
+        }
+        for (k, list) in self
+            .wild
+            .iter()
+            .filter(|(k, _)| crate::visibility::is_partial_key(k))
+        {
+            if host.ends_with(k.as_str()) {
+                all.extend(candidates(Some(list), k.len()));
+            }
+        }
+        all.into_iter().min().map(|(_, _, i)| i)
+    }
+}
+
+/// Gives a service's opaque TCP ports that have no route yet `dests`,
+/// where one of `ports` (a TCP route's matches: `None` any port) applies.
+fn attach_tcp(svc: &mut Service, ports: &[Option<u16>], dests: &[WeightedDestination]) {
+    for p in &mut svc.ports {
+        let applies = ports.is_empty() || ports.iter().any(|m| m.is_none_or(|n| n == p.number));
+        if applies && p.tcp_route.is_none() && !p.protocol.is_http() {
+            p.tcp_route = Some(dests.to_vec());
+        }
     }
 }
 
@@ -713,55 +808,25 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
         }
     }
 
-    // DestinationRules: per host, the rule in force (Istio's lookup):
-    // the lowest precedence level (`visibility::rule_rank`, for a
-    // namespace's view), then the most specific host (exact, then the
-    // longest wildcard), then the first read. Each service's host gets the
-    // rule in force for it, so every lookup is by the service's host; an
-    // exact host of no service keeps its rule (`check` names it).
-    let rank = |dr: &Item<crate::resources::networking::DestinationRule>| {
-        r.view
-            .as_deref()
-            .map_or(0, |ns| crate::visibility::rule_rank(&mesh, dr, ns))
-    };
-    // (rank, specificity reversed, load order): the smallest wins.
-    type Choice = (u8, usize, usize);
-    let mut exact: HashMap<String, Choice> = HashMap::new();
-    let mut wild: HashMap<String, Choice> = HashMap::new();
-    let better = |map: &mut HashMap<String, Choice>, key: String, c: Choice| {
-        map.entry(key)
-            .and_modify(|e| {
-                if c < *e {
-                    *e = c;
-                }
-            })
-            .or_insert(c);
-    };
-    for (i, dr) in r.destination_rules.iter().enumerate() {
-        let host = mesh.resolve_host(&dr.spec.host, dr.namespace());
-        if let Some(key) = crate::visibility::wildcard_key(&host) {
-            better(
-                &mut wild,
-                key.to_owned(),
-                (rank(dr), usize::MAX - key.len(), i),
-            );
-        }
-        better(&mut exact, host, (rank(dr), 0, i));
-    }
-    let in_force = |host: &str| -> Option<usize> {
-        let exact = exact.get(host).copied();
-        crate::visibility::wildcard_keys(host)
-            .filter_map(|k| wild.get(k).copied())
-            .chain(exact)
-            .min()
-            .map(|(_, _, i)| i)
+    // DestinationRules: per host, the rule in force (Istio's lookup). In
+    // a namespace's view: the lowest level (`visibility::rule_level`: the
+    // client's namespace, the service's, the root's; rules of any other
+    // namespace are not in force), then the most specific host (exact,
+    // then the longest wildcard), then the first read. For the whole mesh
+    // (`check`): the most specific, then the first. Each service's host
+    // gets the rule in force for it, so every lookup is by the service's
+    // host; an exact host of no service keeps its rule (`check` names it).
+    let rules = RuleIndex::new(r);
+    let in_force = |host: &str, service_ns: Option<&str>| {
+        rules.in_force(r, host, service_ns, r.view.as_deref())
     };
     let hosts: BTreeSet<&str> = snap
         .services
         .keys()
         .map(String::as_str)
         .chain(
-            exact
+            rules
+                .exact
                 .keys()
                 .filter(|h| crate::visibility::wildcard_key(h).is_none())
                 .map(String::as_str),
@@ -769,7 +834,14 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
         .collect();
     let mut policies = BTreeMap::new();
     for host in hosts {
-        let Some(i) = in_force(host) else { continue };
+        let service_ns = snap
+            .services
+            .get(host)
+            .map(|s| s.namespace.as_str())
+            .or_else(|| crate::visibility::host_namespace(&mesh, host));
+        let Some(i) = in_force(host, service_ns) else {
+            continue;
+        };
         let dr = &r.destination_rules[i];
         let members: &[usize] = snap.services.get(host).map_or(&[], |s| &s.workloads);
         let subsets = dr
@@ -813,6 +885,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
     }
 
     // VirtualServices.
+    let mut wild_tcp: Vec<(String, Vec<Option<u16>>, Vec<WeightedDestination>)> = Vec::new();
     for vs in &r.virtual_services {
         let ns = vs.namespace();
         let mut rules = Vec::new();
@@ -849,29 +922,35 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
             }
         }
         if gateways.iter().any(|g| g == "mesh") {
-            for (i, tcp) in vs.spec.tcp.iter().enumerate() {
+            for tcp in &vs.spec.tcp {
                 let dests: Vec<WeightedDestination> = tcp
                     .route
                     .iter()
                     .map(|d| weighted(&mesh, ns, &d.destination, d.weight, tcp.route.len(), None))
                     .collect();
+                let ports: Vec<Option<u16>> = tcp.matches.iter().map(|m| m.port).collect();
                 for host in &vs.spec.hosts {
                     let host = mesh.resolve_host(host, ns);
-                    let Some(svc) = snap.services.get_mut(&host) else {
+                    if crate::visibility::wildcard_key(&host).is_some()
+                        && !snap.services.contains_key(&host)
+                    {
+                        wild_tcp.push((host, ports.clone(), dests.clone()));
                         continue;
-                    };
-                    for p in &mut svc.ports {
-                        let applies = tcp.matches.is_empty()
-                            || tcp
-                                .matches
-                                .iter()
-                                .any(|m| m.port.is_none_or(|n| n == p.number));
-                        if applies && p.tcp_route.is_none() && !p.protocol.is_http() {
-                            p.tcp_route = Some(dests.clone());
-                        }
+                    }
+                    if let Some(svc) = snap.services.get_mut(&host) {
+                        attach_tcp(svc, &ports, &dests);
                     }
                 }
-                let _ = i;
+            }
+        }
+    }
+    // TCP routes of wildcard hosts, for the services under them that have
+    // none of their own: the most specific pattern first.
+    wild_tcp.sort_by_key(|(pattern, _, _)| std::cmp::Reverse(pattern.len()));
+    for svc in snap.services.values_mut() {
+        for (pattern, ports, dests) in &wild_tcp {
+            if crate::visibility::host_matches(pattern, &svc.host) {
+                attach_tcp(svc, ports, dests);
             }
         }
     }
@@ -881,11 +960,10 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
     // Attach mesh HTTP rules to the service ports they can apply to: a
     // service's host's own rules, else those of the most specific wildcard
     // host matching it (`*.example.com`, then `*.com`, then `*`).
-    let wild_routes: HashMap<&str, &String> = snap
-        .mesh_routes
-        .keys()
-        .filter_map(|h| crate::visibility::wildcard_key(h).map(|k| (k, h)))
-        .collect();
+    let mut wild_routes = crate::visibility::WildcardIndex::default();
+    for h in snap.mesh_routes.keys() {
+        wild_routes.insert(h, h.clone());
+    }
     let routed: Vec<(String, String)> = snap
         .services
         .keys()
@@ -893,9 +971,9 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
             if snap.mesh_routes.contains_key(host) {
                 return Some((host.clone(), host.clone()));
             }
-            crate::visibility::wildcard_keys(host)
-                .find_map(|k| wild_routes.get(k))
-                .map(|pattern| (host.clone(), (*pattern).clone()))
+            wild_routes
+                .best(host)
+                .map(|pattern| (host.clone(), pattern.clone()))
         })
         .collect();
     drop(wild_routes);
@@ -1046,11 +1124,9 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
         served_by.push(hosts);
     }
     snap.index.served_by = served_by;
-    snap.index.wildcard_services = snap
-        .services
-        .keys()
-        .filter_map(|h| crate::visibility::wildcard_key(h).map(|k| (k.to_owned(), h.clone())))
-        .collect();
+    for h in snap.services.keys() {
+        snap.index.wildcard_services.insert(h, h.clone());
+    }
     for (i, w) in snap.workloads.iter().enumerate() {
         snap.index.workloads.entry(w.key.clone()).or_insert(i);
         snap.index

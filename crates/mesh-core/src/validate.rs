@@ -234,6 +234,17 @@ fn http_route(c: &mut Checker<'_>, f: &str, r: &HttpRoute) {
         ] {
             for (k, sm) in map {
                 c.string_match(&format!("{mf}.{map_name}.{k}"), sm);
+                if map_name != "queryParams" && k.starts_with('@') {
+                    // Istio's `@request.auth.claims.*` pseudo-headers match
+                    // JWT claims: without RequestAuthentication nothing
+                    // fills them, and a rule on them would never apply.
+                    c.err(
+                        format!("{mf}.{map_name}.{k}"),
+                        format!(
+                            "`{k}` is no HTTP header: matching on JWT claims (@request.auth.claims) needs RequestAuthentication, which this mesh does not implement"
+                        ),
+                    );
+                }
             }
         }
     }

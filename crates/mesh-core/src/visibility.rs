@@ -116,16 +116,27 @@ fn is_namespace_name(s: &str) -> bool {
 /// DestinationRules exported to it, in the order of precedence (module
 /// docs); everything else as it is.
 pub fn view(r: &Resources, namespace: &str) -> Resources {
+    view_keeping(r, namespace, |_| false)
+}
+
+/// [`view`], keeping also the ServiceEntries `keep` says (a workload's
+/// own, whatever their `exportTo`).
+fn view_keeping(
+    r: &Resources,
+    namespace: &str,
+    keep: impl Fn(&Item<crate::resources::networking::ServiceEntry>) -> bool,
+) -> Resources {
     let m = &r.mesh;
     let own_first = |owner: &str| u8::from(owner != namespace);
     let mut out = r.clone();
     out.service_entries.retain(|se| {
-        exported_to(
-            &se.spec.export_to,
-            &m.default_service_export_to,
-            se.namespace(),
-            namespace,
-        )
+        keep(se)
+            || exported_to(
+                &se.spec.export_to,
+                &m.default_service_export_to,
+                se.namespace(),
+                namespace,
+            )
     });
     out.service_entries
         .sort_by_key(|se| own_first(se.namespace()));
@@ -147,8 +158,10 @@ pub fn view(r: &Resources, namespace: &str) -> Resources {
             namespace,
         )
     });
+    // The compile settles DestinationRules per service by level
+    // (`rule_level`); in load order here, the own namespace's first.
     out.destination_rules
-        .sort_by_key(|dr| rule_rank(m, dr, namespace));
+        .sort_by_key(|dr| own_first(dr.namespace()));
     out.view = Some(namespace.to_owned());
     out
 }
@@ -193,20 +206,31 @@ pub fn sidecar_for<'r>(
 /// (`namespace/dnsName`: `*` any namespace, `.` the workload's, `~` none;
 /// `*`, `*.suffix` or a host), with the Sidecar's
 /// `outboundTrafficPolicy` in place of the MeshConfig's. The services the
-/// workload itself serves stay (its inbound is built from them, as
-/// Istio's). A workload without a WorkloadEntry gets the namespace's view.
+/// workload itself serves stay, whatever their `exportTo` and its Sidecar
+/// say (its inbound is built from them, as Istio's). A workload without a
+/// WorkloadEntry gets the namespace's view.
 pub fn workload_view(r: &Resources, workload: &str) -> Resources {
     let namespace = crate::xds::node_namespace(workload);
-    let mut out = view(r, namespace);
     let key = if workload.contains('/') {
         workload.to_owned()
     } else {
         format!("default/{workload}")
     };
     let Some(we) = r.workload_entries.iter().find(|w| w.source.key() == key) else {
-        return out;
+        return view(r, namespace);
     };
     let labels = we.spec.labels.clone();
+    // The services the workload serves: its inbound is built from them,
+    // whatever their exportTo or its Sidecar say (as Istio's).
+    let serves_it = |se: &Item<crate::resources::networking::ServiceEntry>| {
+        se.namespace() == namespace
+            && se
+                .spec
+                .workload_selector
+                .as_ref()
+                .is_some_and(|sel| labels_match(&sel.labels, &labels))
+    };
+    let mut out = view_keeping(r, namespace, serves_it);
     let Some(sc) = sidecar_for(r, namespace, &labels) else {
         return out;
     };
@@ -233,13 +257,7 @@ pub fn workload_view(r: &Resources, workload: &str) -> Resources {
     };
     out.service_entries.retain(|se| {
         let ns = se.namespace();
-        let serves_it = ns == namespace
-            && se
-                .spec
-                .workload_selector
-                .as_ref()
-                .is_some_and(|sel| labels_match(&sel.labels, &labels));
-        serves_it
+        serves_it(se)
             || se
                 .spec
                 .hosts
@@ -260,31 +278,33 @@ pub fn workload_view(r: &Resources, workload: &str) -> Resources {
     out
 }
 
-/// The precedence of a DestinationRule for clients in `namespace`, lower
-/// first: the namespace's own, the one in the namespace of the service it
-/// names, the root namespace's, any other. Istio takes the most specific
-/// host only within one of these levels: a wildcard rule of the client's
-/// namespace is in force over an exact one of the service's.
-pub fn rule_rank(
-    m: &MeshConfig,
-    dr: &Item<crate::resources::networking::DestinationRule>,
-    namespace: &str,
-) -> u8 {
-    let owner = dr.namespace();
-    let host = m.resolve_host(&dr.spec.host, owner);
-    let service_ns = host
-        .strip_suffix(&format!(".svc.{}", m.cluster_domain))
-        .and_then(|h| h.rsplit_once('.'))
-        .map(|(_, ns)| ns);
-    if owner == namespace {
-        0
-    } else if service_ns == Some(owner) {
-        1
+/// The level of a DestinationRule of namespace `owner` for a client in
+/// `client` calling a service of `service` (its namespace, when the host
+/// is a service of the mesh), lower first, as Istio looks rules up: the
+/// client's namespace, the service's, the root namespace. `None`: Istio
+/// does not look there, so the rule is not in force for that client and
+/// service (a rule of a third namespace governs nobody else's traffic).
+/// Within a level the most specific host wins: a wildcard rule of the
+/// client's namespace is in force over an exact one of the service's.
+pub fn rule_level(m: &MeshConfig, owner: &str, client: &str, service: Option<&str>) -> Option<u8> {
+    if owner == client {
+        Some(0)
+    } else if service == Some(owner) {
+        Some(1)
     } else if owner == m.root_namespace {
-        2
+        Some(2)
     } else {
-        3
+        None
     }
+}
+
+/// The namespace a host names when it is a Kubernetes-style service host
+/// (`name.namespace.svc.<clusterDomain>`).
+pub fn host_namespace<'h>(m: &MeshConfig, host: &'h str) -> Option<&'h str> {
+    host.strip_suffix(m.cluster_domain.as_str())
+        .and_then(|h| h.strip_suffix(".svc."))
+        .and_then(|h| h.rsplit_once('.'))
+        .map(|(_, ns)| ns)
 }
 
 /// True if a host pattern as Istio writes it matches `host` (both lower
@@ -298,14 +318,80 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
             .is_some_and(|suffix| host.ends_with(suffix))
 }
 
-/// The keys ([`wildcard_key`]) of the wildcard patterns that can match
-/// `host`, most specific first: each suffix of it, then the empty one of
-/// `*`. For looking patterns up by key instead of scanning them all.
+/// The keys ([`wildcard_key`]) of the wildcard patterns of whole labels
+/// that can match `host` (`*.example.com`, `*.com`, `*`), most specific
+/// first: each suffix of it at a dot, then the empty one of `*`. For
+/// looking patterns up by key instead of scanning them all; Istio's
+/// partial patterns (`*x`, a key not starting with a dot) are few and
+/// matched by [`host_matches`] apart.
 pub fn wildcard_keys(host: &str) -> impl Iterator<Item = &str> {
     host.char_indices()
-        .skip(1)
+        .filter(|(i, c)| *c == '.' && *i > 0)
         .map(move |(i, _)| &host[i..])
         .chain(std::iter::once(""))
+}
+
+/// True for the key of a partial pattern (`*x`: not `*`, not `*.`...),
+/// which [`wildcard_keys`] does not produce.
+pub fn is_partial_key(key: &str) -> bool {
+    !key.is_empty() && !key.starts_with('.')
+}
+
+/// Values by wildcard pattern, for finding the most specific pattern that
+/// matches a host without scanning every pattern: whole-label patterns by
+/// their key, looked up at each dot of the host; the few partial ones
+/// (`*x`) scanned.
+#[derive(Debug, Clone)]
+pub struct WildcardIndex<V> {
+    dotted: std::collections::HashMap<String, V>,
+    partial: Vec<(String, V)>,
+}
+
+impl<V> Default for WildcardIndex<V> {
+    fn default() -> Self {
+        Self {
+            dotted: std::collections::HashMap::new(),
+            partial: Vec::new(),
+        }
+    }
+}
+
+impl<V> WildcardIndex<V> {
+    /// Adds `v` under `pattern` unless the pattern is no wildcard or is
+    /// already there (the first one stays).
+    pub fn insert(&mut self, pattern: &str, v: V) {
+        let Some(key) = wildcard_key(pattern) else {
+            return;
+        };
+        if is_partial_key(key) {
+            if !self.partial.iter().any(|(k, _)| k == key) {
+                self.partial.push((key.to_owned(), v));
+            }
+        } else {
+            self.dotted.entry(key.to_owned()).or_insert(v);
+        }
+    }
+
+    /// True when it holds no pattern.
+    pub fn is_empty(&self) -> bool {
+        self.dotted.is_empty() && self.partial.is_empty()
+    }
+
+    /// The value of the most specific pattern (the longest) that matches
+    /// `host`.
+    pub fn best(&self, host: &str) -> Option<&V> {
+        let dotted = wildcard_keys(host).find_map(|k| self.dotted.get(k).map(|v| (k.len(), v)));
+        let partial = self
+            .partial
+            .iter()
+            .filter(|(k, _)| host.ends_with(k.as_str()))
+            .map(|(k, v)| (k.len(), v))
+            .max_by_key(|(len, _)| *len);
+        match (dotted, partial) {
+            (Some(d), Some(p)) => Some(if p.0 > d.0 { p.1 } else { d.1 }),
+            (d, p) => d.or(p).map(|(_, v)| v),
+        }
+    }
 }
 
 /// The key of a wildcard pattern (what follows its `*`: `.example.com`
@@ -372,12 +458,27 @@ mod tests {
         // Istio allows a partial first label: `*x` is every host ending in x.
         assert!(host_matches("*x", "fox"));
         assert!(!host_matches("*x", "foy"));
-        let keys: Vec<&str> = wildcard_keys("a.org").collect();
-        assert_eq!(keys, [".org", "org", "rg", "g", ""]);
+        let keys: Vec<&str> = wildcard_keys("en.wikipedia.org").collect();
+        assert_eq!(keys, [".wikipedia.org", ".org", ""]);
+        assert!(is_partial_key("x") && !is_partial_key(".x") && !is_partial_key(""));
         assert_eq!(wildcard_key("*.org"), Some(".org"));
         assert_eq!(wildcard_key("*"), Some(""));
         assert_eq!(wildcard_key("a.org"), None);
         assert_eq!(wildcard_key("*org"), Some("org"));
+    }
+
+    #[test]
+    fn the_most_specific_pattern_is_found() {
+        let mut ix = WildcardIndex::default();
+        for p in ["*", "*.org", "*.wikipedia.org", "*pedia.org", "exact.org"] {
+            ix.insert(p, p);
+        }
+        ix.insert("*.org", "second");
+        assert_eq!(ix.best("en.wikipedia.org"), Some(&"*.wikipedia.org"));
+        assert_eq!(ix.best("xpedia.org"), Some(&"*pedia.org"));
+        assert_eq!(ix.best("a.org"), Some(&"*.org"));
+        assert_eq!(ix.best("a.com"), Some(&"*"));
+        assert!(WildcardIndex::<()>::default().best("a").is_none());
     }
 
     #[test]

@@ -337,7 +337,11 @@ impl Catalog {
             );
         }
         for e in &self.exported {
-            if crate::visibility::exported_to(&e.export_to, &[], &e.namespace, namespace) {
+            // A workload's own services too, whatever their exportTo: its
+            // inbound is built from them.
+            let its_own = own.is_some_and(|o| e.members.contains(o));
+            if its_own || crate::visibility::exported_to(&e.export_to, &[], &e.namespace, namespace)
+            {
                 names.insert(&e.document);
                 names.extend(e.members.iter().map(String::as_str));
             }

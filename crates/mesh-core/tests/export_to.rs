@@ -420,3 +420,44 @@ fn a_data_plane_on_a_control_plane_compiles_the_same_view() {
         );
     }
 }
+
+#[test]
+fn a_workload_keeps_its_own_services_whatever_their_export_to() {
+    // `ledger` in `a` is exported to `b` only: `a`'s other workloads do
+    // not see it, but the workload serving it builds its inbound from it
+    // (its ports, the hosts authorization's `hosts` compare).
+    let yaml = TWO_PRIVATE.replacen("exportTo: [\".\"]", "exportTo: [b]", 1)
+        + r#"
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: other, namespace: a}
+spec: {address: 10.0.1.9, labels: {app: other}, serviceAccount: other}
+"#;
+    let r = load(&yaml);
+    let own = compile(&mesh_core::visibility::workload_view(&r, "a/ledger-a")).unwrap();
+    let (i, _) = own.workload("a/ledger-a").unwrap();
+    assert_eq!(own.hosts_served_by(i), ["ledger.internal"]);
+    let other = compile(&mesh_core::visibility::workload_view(&r, "a/other")).unwrap();
+    assert!(!other.services.contains_key("ledger.internal"));
+    // The control plane sends it to the workload it selects.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), &yaml).unwrap();
+    let all = FileSource::new(dir.path())
+        .keeping_documents()
+        .load()
+        .unwrap();
+    let catalog = mesh_core::xds::Catalog::new(&all).unwrap();
+    assert!(
+        catalog
+            .view("a/ledger-a")
+            .unwrap()
+            .contains_key("ServiceEntry/a/ledger")
+    );
+    assert!(
+        !catalog
+            .view("a/other")
+            .unwrap()
+            .contains_key("ServiceEntry/a/ledger")
+    );
+}

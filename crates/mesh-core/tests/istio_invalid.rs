@@ -202,3 +202,55 @@ fn an_unquoted_ipv6_address_in_a_flow_list_is_an_address() {
         "invalid type: map",
     );
 }
+
+/// Fields Istio has that this mesh would read without effect are refused
+/// by name: nothing is accepted and then ignored.
+#[test]
+fn fields_without_effect_here_are_refused_by_name() {
+    let dr = |pool: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d}}\nspec:\n  host: example.com\n  trafficPolicy: {{connectionPool: {pool}}}\n"
+        )
+    };
+    for (pool, field) in [
+        (
+            "{http: {maxRequestsPerConnection: 1}}",
+            "maxRequestsPerConnection",
+        ),
+        ("{http: {maxRetries: 3}}", "maxRetries"),
+        ("{http: {idleTimeout: 30s}}", "idleTimeout"),
+        ("{tcp: {tcpKeepalive: {time: 7200s}}}", "tcpKeepalive"),
+    ] {
+        refused(&dr(pool), field, &format!("unsupported field `{field}`"));
+    }
+    read(&dr(
+        "{http: {http1MaxPendingRequests: 1, http2MaxRequests: 10}, tcp: {maxConnections: 5}}",
+    ));
+    for (extra, field) in [
+        ("network: vm-net", "network"),
+        ("locality: us-east1/b", "locality"),
+        ("weight: 3", "weight"),
+    ] {
+        refused(
+            &we(&format!("{{address: 1.1.1.1, {extra}}}")),
+            field,
+            &format!("unsupported field `{field}`"),
+        );
+    }
+    refused(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [\"*\"], bind: 10.0.0.1}]\n",
+        "bind",
+        "unsupported field `bind`",
+    );
+    let vs = |header: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\nspec:\n  hosts: [example.com]\n  http:\n  - match: [{{headers: {{\"{header}\": {{exact: alice}}}}}}]\n    directResponse: {{status: 200}}\n"
+        )
+    };
+    refused(
+        &vs("@request.auth.claims.sub"),
+        "spec.http[0].match[0].headers.@request.auth.claims.sub",
+        "needs RequestAuthentication",
+    );
+    read(&vs("x-user"));
+}

@@ -204,9 +204,31 @@ fn the_clients_namespace_wildcard_wins_over_the_services_exact_rule() {
         decided(&default, REVIEWS).1.as_deref(),
         Some("DestinationRule default/exact")
     );
+    // A rule of a third namespace governs nobody else's traffic: front's
+    // `*.local DISABLE` must not turn mTLS off for default's clients.
+    assert_eq!(decided(&default, RATINGS), (None, None));
+    let jobs = compile(&mesh_core::visibility::view(&r, "jobs")).unwrap();
     assert_eq!(
-        decided(&default, RATINGS).1.as_deref(),
-        Some("DestinationRule front/mine")
+        decided(&jobs, REVIEWS).1.as_deref(),
+        Some("DestinationRule default/exact")
+    );
+    assert_eq!(decided(&jobs, RATINGS), (None, None));
+    // A wildcard rule in the service's own namespace is at its level, and
+    // an external host's rule in the ServiceEntry's namespace too.
+    let r = load(&format!(
+        "{SERVICES}{}{}",
+        dr("own", "default", "*.local", "ISTIO_MUTUAL"),
+        dr("root", "istio-system", "*.local", "DISABLE"),
+    ));
+    let jobs = compile(&mesh_core::visibility::view(&r, "jobs")).unwrap();
+    assert_eq!(
+        decided(&jobs, RATINGS).1.as_deref(),
+        Some("DestinationRule default/own")
+    );
+    assert_eq!(
+        decided(&jobs, LEDGER).1.as_deref(),
+        Some("DestinationRule default/own"),
+        "ledger.corp.local's ServiceEntry is in default"
     );
 }
 
@@ -350,5 +372,148 @@ fn wildcards_istio_refuses_are_refused_by_field() {
     // `*` is a host a VirtualService of a Gateway may serve.
     load(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: {hosts: [\"*\"], gateways: [edge], http: [{directResponse: {status: 200}}]}\n",
+    );
+}
+
+#[test]
+fn a_destination_under_a_wildcard_service_entry_resolves_to_it() {
+    let vs = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wiki}
+spec:
+  hosts: [en.wikipedia.org]
+  http:
+  - route: [{destination: {host: de.wikipedia.org}}]
+"#;
+    let s = snap(&format!("{WIKIPEDIA}{vs}"));
+    let none: Vec<(String, String)> = Vec::new();
+    let p = plan::route(
+        &s,
+        &PlanRequest::mesh("en.wikipedia.org", 80, "default", &none),
+    )
+    .unwrap();
+    let PlannedAction::Forward(ds) = &p.action else {
+        panic!("{p:?}")
+    };
+    let d = plan::resolve_destination(&s, &ds[0], 80).unwrap();
+    assert_eq!(d.service.host, "*.wikipedia.org");
+    assert_eq!(d.endpoints.len(), 1);
+}
+
+#[test]
+fn a_wildcard_virtual_services_tcp_route_applies_to_the_services_under_it() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.corp.local]
+  ports: [{number: 3306, name: mysql}]
+  workloadSelector: {labels: {app: db}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db-replica}
+spec:
+  hosts: [replica.corp.local]
+  ports: [{number: 3306, name: mysql}]
+  workloadSelector: {labels: {app: replica}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: all-db}
+spec:
+  hosts: ["*.corp.local"]
+  tcp:
+  - route: [{destination: {host: replica.corp.local}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db}
+spec:
+  hosts: [db.corp.local]
+  tcp:
+  - route: [{destination: {host: db.corp.local}}]
+"#;
+    let s = snap(yaml);
+    let route = |host: &str| {
+        s.services[host].ports[0]
+            .tcp_route
+            .as_ref()
+            .map(|d| d[0].host.clone())
+    };
+    // The exact VirtualService wins for its host, even read after.
+    assert_eq!(route("db.corp.local").as_deref(), Some("db.corp.local"));
+    assert_eq!(
+        route("replica.corp.local").as_deref(),
+        Some("replica.corp.local")
+    );
+}
+
+#[test]
+fn check_sees_a_conflict_of_a_rule_in_force_for_one_namespaces_clients() {
+    // The whole mesh's table shows default/exact for reviews (the more
+    // specific host); front's clients use front's `*.local DISABLE`
+    // against STRICT servers: a conflict `check` must name.
+    let r = load(&format!(
+        "{SERVICES}{}{}",
+        dr("exact", "default", "reviews", "ISTIO_MUTUAL"),
+        dr("mine", "front", "*.local", "DISABLE"),
+    ));
+    let report = analyze::check(&compile(&r).unwrap(), &r);
+    let row = report
+        .tls
+        .iter()
+        .find(|row| row.host_port == format!("{REVIEWS}:80"))
+        .unwrap();
+    assert_eq!(row.status, TlsStatus::Ok, "{row:?}");
+    let found: Vec<&str> = report
+        .findings
+        .iter()
+        .filter(|f| {
+            f.code == codes::TLS_CONFLICT && f.message.contains("for clients in namespace front")
+        })
+        .map(|f| f.message.as_str())
+        .collect();
+    assert!(
+        found
+            .iter()
+            .any(|m| m.starts_with(&format!("{REVIEWS}:80"))
+                && m.contains("DestinationRule front/mine")),
+        "{found:?}"
+    );
+    assert!(report.has_errors());
+    // Made ISTIO_MUTUAL, front's rule conflicts with nothing.
+    let r = load(&format!(
+        "{SERVICES}{}{}",
+        dr("exact", "default", "reviews", "ISTIO_MUTUAL"),
+        dr("mine", "front", "*.local", "ISTIO_MUTUAL"),
+    ));
+    let report = analyze::check(&compile(&r).unwrap(), &r);
+    assert!(!report.has_errors(), "{:?}", report.findings);
+    // An exact rule of front for reviews is in force there over its own
+    // wildcard: the wildcard's DISABLE then reaches only the others.
+    let r = load(&format!(
+        "{SERVICES}{}{}{}",
+        dr("exact", "default", "reviews", "ISTIO_MUTUAL"),
+        dr("mine", "front", "*.local", "DISABLE"),
+        dr(
+            "mine-reviews",
+            "front",
+            "reviews.default.svc.cluster.local",
+            "ISTIO_MUTUAL"
+        ),
+    ));
+    let report = analyze::check(&compile(&r).unwrap(), &r);
+    assert!(
+        !report
+            .findings
+            .iter()
+            .any(|f| f.message.starts_with(&format!("{REVIEWS}:80"))
+                && f.message.contains("for clients in namespace front")),
+        "{:?}",
+        report.findings
     );
 }

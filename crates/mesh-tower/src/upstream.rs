@@ -114,11 +114,15 @@ impl EndpointConnector {
     /// A connector; without `mtls`, only plaintext endpoints can be reached
     /// and every mTLS request fails closed. It verifies mTLS servers
     /// against `identities`; with none, every mTLS dial fails closed.
-    pub(crate) fn new(mtls: Option<MeshConnector>, identities: Arc<[SpiffeId]>) -> Self {
+    pub(crate) fn new(
+        mtls: Option<MeshConnector>,
+        identities: Arc<[SpiffeId]>,
+        connect_timeout: Duration,
+    ) -> Self {
         Self {
             mtls,
             identities,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout,
         }
     }
 }
@@ -216,6 +220,12 @@ impl UpstreamError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PriorKnowledgeH2;
 
+/// How long the dial of the request's endpoint may take (the
+/// DestinationRule's `connectTimeout`); a request extension the router
+/// sets. Without it, [`mesh_core::plan::DEFAULT_CONNECT_TIMEOUT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectTimeout(pub Duration);
+
 /// The identities the routing plan allows to answer at the request's
 /// endpoint (secure naming); a request extension the router sets on every
 /// `https` (mesh mTLS) request. Without it an mTLS request fails closed.
@@ -251,15 +261,20 @@ impl Clients {
 
 /// The real upstream: hyper-util's pooled clients, one pair for plaintext
 /// and one pair per identity set of mesh mTLS (read from the request's
-/// [`SecureNaming`]). The sets are few (one per service account a caller
-/// reaches) and kept for the router's life; idle connections close after 90
-/// seconds.
+/// [`SecureNaming`]) and connect timeout ([`ConnectTimeout`]). The sets
+/// are few (one per service account a caller reaches, and the timeouts
+/// DestinationRules name) and kept for the router's life; idle connections
+/// close after 90 seconds.
 pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
     // One `Arc` for all of it: the outbound stack clones its upstream a few
     // times per request (the router, `tower::retry`, each send), and a
     // clone of a hyper-util `Client` is a dozen reference counts.
     let shared = Arc::new(HyperUpstream {
-        plain: Clients::new(EndpointConnector::new(None, Arc::from([]))),
+        plain: Clients::new(EndpointConnector::new(
+            None,
+            Arc::from([]),
+            mesh_core::plan::DEFAULT_CONNECT_TIMEOUT,
+        )),
         by_identities: arc_swap::ArcSwap::default(),
         mtls,
     });
@@ -267,14 +282,22 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
         // `Client::request` clones the client into its future itself, so
         // the one chosen is only borrowed here.
         let h2 = req.extensions().get::<PriorKnowledgeH2>().is_some();
+        let timeout = req
+            .extensions()
+            .get::<ConnectTimeout>()
+            .map_or(mesh_core::plan::DEFAULT_CONNECT_TIMEOUT, |t| t.0);
         let send = if req.uri().scheme_str() == Some("https") {
             let ids = req
                 .extensions()
                 .get::<SecureNaming>()
                 .map_or_else(|| Arc::from([]), |s| s.0.clone());
-            shared.mtls_clients(ids, |c| c.pick(h2).request(req))
-        } else {
+            shared.clients((ids, timeout), |c| c.pick(h2).request(req))
+        } else if timeout == mesh_core::plan::DEFAULT_CONNECT_TIMEOUT {
             shared.plain.pick(h2).request(req)
+        } else {
+            // Another connect timeout: clients of their own (with no
+            // identities, an mTLS dial through them fails closed).
+            shared.clients((Arc::from([]), timeout), |c| c.pick(h2).request(req))
         };
         async move {
             match send.await {
@@ -285,10 +308,14 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
     }))
 }
 
+/// The key of a pair of pooled clients: the identity set a dial verifies
+/// (secure naming) and the connect timeout.
+type ClientKey = (Arc<[SpiffeId]>, Duration);
+
 /// What [`hyper_upstream`]'s service holds.
 struct HyperUpstream {
     plain: Clients,
-    by_identities: arc_swap::ArcSwap<foldhash::HashMap<Arc<[SpiffeId]>, Clients>>,
+    by_identities: arc_swap::ArcSwap<foldhash::HashMap<ClientKey, Clients>>,
     mtls: Option<MeshConnector>,
 }
 
@@ -300,24 +327,26 @@ impl Clients {
 }
 
 impl HyperUpstream {
-    /// Runs `f` with the clients of identity set `ids`, made on first use.
-    fn mtls_clients<T>(&self, ids: Arc<[SpiffeId]>, f: impl FnOnce(&Clients) -> T) -> T {
-        if let Some(c) = self.by_identities.load().get(&ids) {
+    /// Runs `f` with the clients of `key`, made on first use.
+    fn clients<T>(&self, key: ClientKey, f: impl FnOnce(&Clients) -> T) -> T {
+        if let Some(c) = self.by_identities.load().get(&key) {
             return f(c);
         }
+        let make = |(ids, timeout): &ClientKey| {
+            Clients::new(EndpointConnector::new(
+                self.mtls.clone(),
+                ids.clone(),
+                *timeout,
+            ))
+        };
         let mut out = None;
         self.by_identities.rcu(|m| {
             let mut m = foldhash::HashMap::clone(m);
-            let c = m
-                .entry(ids.clone())
-                .or_insert_with(|| {
-                    Clients::new(EndpointConnector::new(self.mtls.clone(), ids.clone()))
-                })
-                .clone();
+            let c = m.entry(key.clone()).or_insert_with(|| make(&key)).clone();
             out = Some(c);
             Arc::new(m)
         });
-        let c = out.unwrap_or_else(|| Clients::new(EndpointConnector::new(self.mtls.clone(), ids)));
+        let c = out.unwrap_or_else(|| make(&key));
         f(&c)
     }
 }

@@ -140,6 +140,29 @@ async fn dead_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// A port whose SYNs go unanswered: a listener whose accept queue is full
+/// and never drained, so a dial hangs until the dialer gives up. Returns
+/// the port and what holds the queue full.
+async fn black_hole() -> (u16, Vec<tokio::net::TcpStream>, tokio::net::TcpListener) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => held.push(s),
+            _ => return (addr.port(), held, listener),
+        }
+    }
+    panic!("the accept queue of a backlog-1 listener took 64 connections");
+}
+
 /// The `web` service with workloads v1 (and v2...) at the given ports,
 /// plaintext, plus extra YAML.
 fn config(workloads: &[(&str, u16)], extra: &str) -> String {
@@ -208,6 +231,20 @@ fn backend_of<B>(resp: &Response<B>) -> String {
         .get("x-backend")
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default()
+}
+
+/// `connectionPool.tcp.connectTimeout` bounds the dial: a dial that hangs
+/// fails after the rule's timeout, named in the reason, not Istio's 10 s
+/// default.
+#[tokio::test]
+async fn the_connect_timeout_of_the_destination_rule_bounds_the_dial() {
+    let (port, _held, _listener) = black_hole().await;
+    let policy = "    connectionPool: {tcp: {connectTimeout: 250ms}}\n";
+    let (r, _) = router(&config(&[("v1", port)], &dr(policy)));
+    let resp = get(&r, "/", &[]).await;
+    assert_eq!(resp.status(), 503);
+    let reason = resp.headers()[REASON_HEADER].to_str().unwrap().to_owned();
+    assert!(reason.contains("connect timeout after 250ms"), "{reason}");
 }
 
 #[tokio::test]

@@ -498,15 +498,6 @@ pub struct HttpPoolSettings {
     /// Most concurrent requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2_max_requests: Option<u32>,
-    /// Requests per connection before it is closed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_requests_per_connection: Option<u32>,
-    /// Most concurrent retries.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u32>,
-    /// Close idle connections after this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<Duration>,
 }
 
 /// Outlier detection.
@@ -614,9 +605,6 @@ pub struct Server {
     /// TLS settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsSettings>,
-    /// Address to bind.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bind: Option<String>,
     /// A name for the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -955,15 +943,6 @@ pub struct WorkloadEntry {
     /// The service account; the workload's SPIFFE ID is derived from it.
     #[serde(default)]
     pub service_account: Option<String>,
-    /// Relative load-balancing weight.
-    #[serde(default)]
-    pub weight: Option<u32>,
-    /// Network name.
-    #[serde(default)]
-    pub network: Option<String>,
-    /// Locality `region/zone/subzone`.
-    #[serde(default)]
-    pub locality: Option<String>,
     /// Not an endpoint of its services, though still a workload (its
     /// own sidecar is configured, its identity is still its own): what a
     /// WorkloadEntry's `status.conditions` says with `Healthy: "False"`,

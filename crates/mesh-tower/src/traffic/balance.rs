@@ -27,7 +27,7 @@ use super::state::{RandomSource, TrafficState};
 use super::{AttemptFuture, Avoid, Destination, Failed, Tried, attempt, planned};
 use crate::body::BoxBody;
 use crate::error::MeshError;
-use crate::upstream::{PriorKnowledgeH2, SecureNaming};
+use crate::upstream::{ConnectTimeout, PriorKnowledgeH2, SecureNaming};
 
 /// Chooses the endpoint of each attempt and keeps its health.
 #[derive(Debug, Clone)]
@@ -169,6 +169,7 @@ impl<S> Balance<S> {
         if plan.h2 {
             ext.insert(PriorKnowledgeH2);
         }
+        ext.insert(ConnectTimeout(plan.connect_timeout));
         // The endpoint is not put in the request for the layers below:
         // this layer reports it with the attempt's answer or failure
         // (naming it in an upstream error, see `name_endpoint`).

@@ -87,6 +87,7 @@ impl<S> Mirror<S> {
             // nobody waits for: Istio's default.
             load_balancer: None,
             pool: pool::Limits::from_policy(&resolved.policy),
+            connect_timeout: mesh_core::plan::connect_timeout(&resolved.policy),
             outlier: None,
             endpoints: resolved.endpoints,
             hash_key: None,

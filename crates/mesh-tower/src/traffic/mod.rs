@@ -187,6 +187,8 @@ pub(crate) struct Destination {
     pub(crate) load_balancer: Option<LoadBalancerSettings>,
     /// The connection pool limits in force.
     pub(crate) pool: Option<pool::Limits>,
+    /// How long a dial to an endpoint may take (`connectTimeout`).
+    pub(crate) connect_timeout: Duration,
     /// Outlier detection in force.
     pub(crate) outlier: Option<OutlierPolicy>,
     /// The port speaks HTTP/2 (HTTP2, GRPC): plaintext goes with prior
@@ -443,6 +445,7 @@ pub(crate) fn test_planned(
         endpoints: r.endpoints,
         load_balancer: r.policy.load_balancer.clone(),
         pool: pool::Limits::from_policy(&r.policy),
+        connect_timeout: mesh_core::plan::connect_timeout(&r.policy),
         outlier: r
             .policy
             .outlier_detection

@@ -186,6 +186,7 @@ where
             h2: matches!(resolved.port.protocol, Protocol::Http2 | Protocol::Grpc),
             load_balancer: resolved.policy.load_balancer.clone(),
             pool: pool::Limits::from_policy(&resolved.policy),
+            connect_timeout: mesh_core::plan::connect_timeout(&resolved.policy),
             outlier: resolved
                 .policy
                 .outlier_detection

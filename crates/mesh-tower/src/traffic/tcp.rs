@@ -20,7 +20,6 @@ use crate::tls::MeshConnector;
 use crate::upstream::EndpointIo;
 
 // How long a TCP connect may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection made by [`TcpRouter::connect`].
 #[derive(Debug)]
@@ -78,8 +77,15 @@ impl TcpRouter {
             },
         )?;
         let allowed = mesh_core::plan::identities(&snap, endpoint);
+        let policy = mesh_core::plan::effective_policy(&snap, &svc.host, sp.number, None);
+        let timeout = mesh_core::plan::connect_timeout(&policy);
         let (io, peer) = self
-            .dial(&endpoint.key, tls == EndpointTls::MeshMtls, &allowed)
+            .dial(
+                &endpoint.key,
+                tls == EndpointTls::MeshMtls,
+                &allowed,
+                timeout,
+            )
             .await
             .map_err(|why| MeshError::UpstreamConnect {
                 endpoint: endpoint.key.clone(),
@@ -113,6 +119,7 @@ impl TcpRouter {
         let eps = &planned.endpoints;
         let subset = planned.subset;
         let policy = &planned.policy;
+        let connect_timeout = mesh_core::plan::connect_timeout(policy);
         let outlier = policy
             .outlier_detection
             .as_ref()
@@ -145,7 +152,7 @@ impl TcpRouter {
                 })?
                 == EndpointTls::MeshMtls;
             let allowed = planned.identities(&snap, &ep);
-            match self.dial(&ep.key, mtls, &allowed).await {
+            match self.dial(&ep.key, mtls, &allowed, connect_timeout).await {
                 Ok((io, peer)) => {
                     if let Some(op) = &outlier {
                         self.state.endpoint(&ep.key).record(
@@ -191,10 +198,11 @@ impl TcpRouter {
         addr: &str,
         mtls: bool,
         allowed: &[SpiffeId],
+        connect_timeout: Duration,
     ) -> Result<(EndpointIo, Option<SpiffeId>), String> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| format!("connect timeout after {CONNECT_TIMEOUT:?}"))?
+            .map_err(|_| format!("connect timeout after {connect_timeout:?}"))?
             .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
         if !mtls {
