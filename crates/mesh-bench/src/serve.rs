@@ -181,12 +181,13 @@ async fn serve_mesh(listener: TcpListener, args: &ServeArgs) -> Result<()> {
         .config
         .as_ref()
         .ok_or_else(|| anyhow!("mode mesh needs --config"))?;
+    let key = format!("default/{}", args.workload);
+    // What this workload's sidecar would compile: its own view.
     let mesh = Arc::new(
-        Store::from_source(&mesh_core::store::FileSource::new(config))
+        Store::from_source(&mesh_core::store::FileSource::new(config).seen_by_workload(&key))
             .map_err(|e| anyhow!("{e:?}"))?,
     );
     let acceptor = MeshAcceptor::new(&store, TlsMode::Strict)?;
-    let key = format!("default/{}", args.workload);
     let local = WorkloadInfo::new(&args.workload, "default");
     // The mesh's own authorization layer, as `Mesh::serve` stacks it.
     let authz =

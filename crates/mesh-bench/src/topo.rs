@@ -291,9 +291,11 @@ pub(crate) async fn start(
             write_mesh_config(&config, ports[0], ports[1])?;
             let mut extra = id_args(&certs.server);
             extra.extend([s("--config"), s(config.display())]);
-            let store =
-                mesh_core::store::Store::from_source(&mesh_core::store::FileSource::new(&config))
-                    .map_err(|e| anyhow!("mesh configuration: {e}"))?;
+            // What the client workload's sidecar would compile: its view.
+            let source = mesh_core::store::FileSource::new(&config)
+                .seen_by_workload(format!("default/{}", crate::certs::CLIENT_SA));
+            let store = mesh_core::store::Store::from_source(&source)
+                .map_err(|e| anyhow!("mesh configuration: {e}"))?;
             let t = Target::mesh(Arc::new(store), client_creds.clone());
             if programs.in_process_server {
                 crate::serve::spawn_mesh(addr(ports[0]), &certs.server, &config).await?;
