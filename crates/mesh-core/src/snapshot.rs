@@ -20,8 +20,8 @@ use crate::identity::SpiffeId;
 use crate::meshconfig::MeshConfig;
 use crate::resources::common::{Labels, labels_match};
 use crate::resources::networking::{
-    ClientTlsMode, ClientTlsSettings, Destination, Location, Protocol, Server, ServicePort,
-    TrafficPolicy, WorkloadEntry,
+    ClientTlsMode, ClientTlsSettings, Destination, Location, Protocol, Resolution, Server,
+    ServicePort, TrafficPolicy, WorkloadEntry,
 };
 use crate::resources::security::{AuthzAction, MtlsMode};
 use crate::resources::{Item, Kind, ResourceRef, Resources, Skipped};
@@ -118,6 +118,9 @@ pub struct Service {
     /// one of them, on one of the ports, is a connection to the service.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<crate::net::IpBlock>,
+    /// How its endpoints are found: `NONE` has none, and a captured
+    /// connection to it goes on to its original destination.
+    pub resolution: Resolution,
     /// The ServiceEntry.
     pub source: ResourceRef,
 }
@@ -773,6 +776,42 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                 members.push(idx);
             }
         }
+        let resolution = se.spec.resolution.unwrap_or(Resolution::Static);
+        // Unset `location`: an entry of the mesh's own workloads (a
+        // selector or endpoints: how services are written off Kubernetes)
+        // is MESH_INTERNAL; one without (DNS hosts, NONE: an egress entry)
+        // is Istio's default, MESH_EXTERNAL.
+        let default_location =
+            if se.spec.workload_selector.is_some() || !se.spec.endpoints.is_empty() {
+                Location::MeshInternal
+            } else {
+                Location::MeshExternal
+            };
+        // DNS without endpoints: each host is resolved, the one endpoint of
+        // its own service, dialled by name on the service's ports (Istio
+        // makes a cluster per host).
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        if resolution.is_dns()
+            && se.spec.endpoints.is_empty()
+            && se.spec.workload_selector.is_none()
+        {
+            for host in &se.spec.hosts {
+                let name = mesh.resolve_host(host, ns);
+                let we = WorkloadEntry {
+                    address: name.clone(),
+                    ..WorkloadEntry::default()
+                };
+                if let Some(idx) = add_workload(
+                    &mut snap,
+                    format!("{}[dns:{host}]", se.source.key()),
+                    ns,
+                    &we,
+                    &se.source,
+                ) {
+                    by_name.insert(name, idx);
+                }
+            }
+        }
         let mut identities: Vec<String> = members
             .iter()
             .map(|i| snap.workloads[*i].identity.to_string())
@@ -787,14 +826,18 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                 // and `check` reports the overlap.
                 continue;
             }
+            let workloads = match by_name.get(&host) {
+                Some(i) => vec![*i],
+                None => members.clone(),
+            };
             snap.services.insert(
                 host.clone(),
                 Service {
                     host,
                     namespace: ns.to_owned(),
-                    location: se.spec.location.unwrap_or(Location::MeshInternal),
+                    location: se.spec.location.unwrap_or(default_location),
                     ports: se.spec.ports.iter().map(service_port).collect(),
-                    workloads: members.clone(),
+                    workloads,
                     identities: identities.clone(),
                     addresses: se
                         .spec
@@ -802,6 +845,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                         .iter()
                         .filter_map(|a| crate::net::IpBlock::parse(a))
                         .collect(),
+                    resolution,
                     source: se.source.clone(),
                 },
             );

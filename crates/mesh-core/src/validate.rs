@@ -518,7 +518,7 @@ fn service_entry(c: &mut Checker<'_>, se: &ServiceEntry) {
                 format!("spec.addresses[{i}]"),
                 format!("`{a}` is not an IP address or CIDR block"),
             ),
-            Some(_) if a.contains('/') && resolution == Resolution::Dns => {
+            Some(_) if a.contains('/') && resolution.is_dns() => {
                 c.err(
                     format!("spec.addresses[{i}]"),
                     format!(
@@ -531,6 +531,23 @@ fn service_entry(c: &mut Checker<'_>, se: &ServiceEntry) {
     }
     if resolution == Resolution::None && !se.endpoints.is_empty() {
         c.err("spec.endpoints", "NONE mode cannot set endpoints");
+    }
+    if resolution == Resolution::DnsRoundRobin && se.endpoints.len() > 1 {
+        c.err(
+            "spec.endpoints",
+            "DNS_ROUND_ROBIN mode cannot have multiple endpoints",
+        );
+    }
+    if resolution.is_dns() && se.endpoints.is_empty() && se.workload_selector.is_none() {
+        // The hosts are what is resolved: a wildcard names no address.
+        for (i, h) in se.hosts.iter().enumerate() {
+            if h.starts_with('*') {
+                c.err(
+                    format!("spec.hosts[{i}]"),
+                    format!("`{h}`: a wildcard host cannot be resolved by DNS; give endpoints, or resolution NONE"),
+                );
+            }
+        }
     }
     if let Some(sel) = &se.workload_selector {
         for (k, v) in sel.labels.iter() {

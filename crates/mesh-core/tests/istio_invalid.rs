@@ -254,3 +254,38 @@ fn fields_without_effect_here_are_refused_by_name() {
     );
     read(&vs("x-user"));
 }
+
+#[test]
+fn dns_resolution_is_checked_as_istio_checks_it() {
+    refused(
+        &se(
+            "  resolution: DNS_ROUND_ROBIN\n  endpoints: [{address: sub1.example.com}, {address: sub2.example.com}]\n",
+        ),
+        "spec.endpoints",
+        "DNS_ROUND_ROBIN mode cannot have multiple endpoints",
+    );
+    read(&se(
+        "  resolution: DNS_ROUND_ROBIN\n  endpoints: [{address: sub1.example.com}]\n",
+    ));
+    refused(
+        &se("  resolution: DNS\n  ports: [{number: 80, name: http}]\n")
+            .replace("[example.com]", "[\"*.example.com\"]"),
+        "spec.hosts[0]",
+        "a wildcard host cannot be resolved by DNS",
+    );
+    // Without endpoints, each host is the one endpoint of its own service,
+    // dialled by name.
+    let r = load_str(
+        Path::new("good.yaml"),
+        &se("  resolution: DNS\n  location: MESH_EXTERNAL\n  ports: [{number: 443, name: tls, protocol: TLS}]\n")
+            .replace("[example.com]", "[api.example.com, cdn.example.com]"),
+    )
+    .unwrap();
+    let snap = mesh_core::snapshot::compile(&r).unwrap();
+    for host in ["api.example.com", "cdn.example.com"] {
+        let svc = &snap.services[host];
+        let eps = mesh_core::plan::endpoints(&snap, svc, &svc.ports[0], None).unwrap();
+        let keys: Vec<&str> = eps.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, [format!("{host}:443")]);
+    }
+}

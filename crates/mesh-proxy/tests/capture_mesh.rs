@@ -181,6 +181,18 @@ struct Pod {
 
 impl Pod {
     fn start(world: &World, ns: Netns, workload: &str, sa: &str, app: Option<(&str, u16)>) -> Self {
+        Self::start_with(world, ns, workload, sa, app, &[])
+    }
+
+    /// [`Pod::start`], with more arguments for the sidecar.
+    fn start_with(
+        world: &World,
+        ns: Netns,
+        workload: &str,
+        sa: &str,
+        app: Option<(&str, u16)>,
+        more: &[&str],
+    ) -> Self {
         ns.ok(&[BIN, "init"]);
         let app = app.map(|(name, tcp)| {
             let log = world.path(&format!("{workload}-app.log"));
@@ -210,7 +222,10 @@ impl Pod {
                 &key,
                 "--bundle",
                 &bundle,
-            ],
+            ]
+            .into_iter()
+            .chain(more.iter().copied())
+            .collect::<Vec<_>>(),
             &log,
         );
         let pod = Self {
@@ -474,6 +489,121 @@ fn apps_unchanged_reach_services_by_virtual_ip_over_mtls() {
     drop(b.sidecar.take());
     let talk = a.python(TALK_PY, "10.96.0.20", 3306);
     assert!(!talk.contains("hello from"), "{talk}");
+}
+
+/// A pod's own `/etc/hosts`: `ip netns exec` mounts `/etc/netns/NAME/hosts`
+/// over `/etc/hosts` for every process it starts in the namespace, so the
+/// system resolver of the pod's sidecar and apps reads it. Removed on drop.
+struct PodHosts(PathBuf);
+
+impl PodHosts {
+    fn write(ns: &Netns, lines: &str) -> Self {
+        let dir = Path::new("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), format!("127.0.0.1 localhost\n{lines}")).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for PodHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// ServiceEntries without endpoints, as egress entries are written:
+/// `resolution: NONE` sends a captured connection on to the address the
+/// app dialled (here under REGISTRY_ONLY, which refuses every address no
+/// entry names), counted as the entry's; `resolution: DNS` resolves the
+/// entry's host when the sidecar dials (the system resolver: the pod's
+/// hosts file here), and the request keeps its Host.
+#[test]
+fn service_entries_without_endpoints_pass_through_or_resolve_their_host() {
+    let Some(mut cluster) = Cluster::create("egr") else {
+        return;
+    };
+    let world = World::new();
+    config(
+        world.dir.path(),
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy}
+spec:
+  hosts: [legacy.internal]
+  addresses: [10.244.0.5/32]
+  ports: [{number: 9000, name: tcp-legacy, protocol: TCP}]
+  location: MESH_EXTERNAL
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.test]
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: mesh.config/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+"#,
+    );
+    open_to_proxy(&world, &["client"]);
+    // A server outside the mesh.
+    let ext = cluster.pod("egr-ext", 5);
+    let ext_log = world.path("ext.log");
+    let _ext = ext.spawn_as(
+        None,
+        &["python3", "-c", APP_PY, "ext", "9000", "8080"],
+        &ext_log,
+    );
+    wait_for(&ext_log, "ready");
+    let pod = cluster.pod("egr-a", 2);
+    let _hosts = PodHosts::write(&pod, "10.244.0.5 api.example.test\n");
+    let a = Pod::start_with(
+        &world,
+        pod,
+        "a",
+        "client",
+        None,
+        &["--http-proxy", "127.0.0.1:15080"],
+    );
+
+    // NONE: on to 10.244.0.5:9000 as legacy.internal.
+    let talk = a.python(TALK_PY, "10.244.0.5", 9000);
+    assert_eq!(talk.trim(), "hello from ext | echo ping", "{}", a.log());
+    let m = a.metrics();
+    assert!(
+        series(
+            &m,
+            "istio_tcp_connections_opened_total",
+            &[
+                "reporter=\"source\"",
+                "destination_service=\"legacy.internal\""
+            ]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    // Another port of that address is no entry's: refused.
+    let talk = a.python(TALK_PY, "10.244.0.5", 8080);
+    assert!(!talk.contains("hello from ext"), "{talk}");
+
+    // DNS: the sidecar resolves api.example.test and keeps the Host.
+    let out = a.curl(&[
+        "-x",
+        "http://127.0.0.1:15080",
+        "http://api.example.test:8080/x",
+    ]);
+    assert!(
+        out.contains("ext xfcc=- host=api.example.test:8080"),
+        "{out}\n{}",
+        a.log()
+    );
 }
 
 #[test]

@@ -923,8 +923,19 @@ pub enum Resolution {
     None,
     /// The listed endpoints or selected WorkloadEntries.
     Static,
-    /// Resolve endpoint names by DNS.
+    /// Resolve endpoint names (or, without endpoints, the hosts) by DNS;
+    /// every address answered is an endpoint.
     Dns,
+    /// Resolve by DNS, one endpoint: a connection goes to the first address
+    /// answered.
+    DnsRoundRobin,
+}
+
+impl Resolution {
+    /// DNS or DNS_ROUND_ROBIN.
+    pub fn is_dns(self) -> bool {
+        matches!(self, Self::Dns | Self::DnsRoundRobin)
+    }
 }
 
 /// `WorkloadEntry.spec` (also a ServiceEntry's inline endpoint).

@@ -119,6 +119,18 @@ pub(super) async fn outbound_capture_loop(listener: TcpListener, ctx: Ctx, route
 fn outbound_captured(local: TcpStream, dst: SocketAddr, ctx: &Ctx, routes: &OutboundRoutes) {
     let snap = ctx.store.load();
     match captured(&snap, dst) {
+        CapturedDestination::Service { service, .. }
+            if service.resolution == mesh_core::resources::networking::Resolution::None =>
+        {
+            // resolution NONE: the service has no endpoints of its own; the
+            // connection goes on to the address the app dialled, as the
+            // service's (Istio's ORIGINAL_DST cluster), opaque.
+            let conn = routes
+                .telemetry
+                .connected(&DestinationInfo::for_service(service));
+            let label = service.host.clone();
+            passthrough(local, dst, conn, ctx.drain.guard(), label);
+        }
         CapturedDestination::Service { service, port } if port.protocol.is_http() => {
             let svc = tower::ServiceBuilder::new()
                 .map_request({
@@ -172,23 +184,16 @@ fn outbound_captured(local: TcpStream, dst: SocketAddr, ctx: &Ctx, routes: &Outb
         }
         CapturedDestination::Unknown => match snap.mesh.outbound_traffic_policy.mode {
             OutboundMode::AllowAny => {
-                let mut conn = routes
+                let conn = routes
                     .telemetry
                     .connected(&DestinationInfo::new(PASSTHROUGH_CLUSTER, "unknown"));
-                let guard = ctx.drain.guard();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    match TcpStream::connect(dst).await {
-                        Ok(up) => {
-                            let _ = up.set_nodelay(true);
-                            tunnel(local, conn, up, PASSTHROUGH_CLUSTER, &dst.to_string()).await;
-                        }
-                        Err(e) => {
-                            conn.set_response_flags("UF");
-                            tracing::info!(%dst, error = %e, "passthrough connection failed");
-                        }
-                    }
-                });
+                passthrough(
+                    local,
+                    dst,
+                    conn,
+                    ctx.drain.guard(),
+                    PASSTHROUGH_CLUSTER.to_owned(),
+                );
             }
             OutboundMode::RegistryOnly => {
                 let mut conn = routes
@@ -200,6 +205,30 @@ fn outbound_captured(local: TcpStream, dst: SocketAddr, ctx: &Ctx, routes: &Outb
             }
         },
     }
+}
+
+/// Sends a captured connection on, unchanged, to the address it was made
+/// to, counted on `conn` as `label`.
+fn passthrough(
+    local: TcpStream,
+    dst: SocketAddr,
+    mut conn: mesh_tower::telemetry::TcpConnection,
+    guard: mesh_tower::server::ConnGuard,
+    label: String,
+) {
+    tokio::spawn(async move {
+        let _guard = guard;
+        match TcpStream::connect(dst).await {
+            Ok(up) => {
+                let _ = up.set_nodelay(true);
+                tunnel(local, conn, up, &label, &dst.to_string()).await;
+            }
+            Err(e) => {
+                conn.set_response_flags("UF");
+                tracing::info!(%dst, destination = %label, error = %e, "passthrough connection failed");
+            }
+        }
+    });
 }
 
 pub(super) async fn inbound_capture_loop(listener: TcpListener, ctx: Ctx, acceptors: ModeAcceptor) {
