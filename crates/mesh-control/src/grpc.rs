@@ -728,7 +728,9 @@ fn socket_address(ip: &str, port: u16) -> Address {
 
 /// The endpoints of cluster `name`, or `None` when it names no
 /// destination of the snapshot. Endpoints whose connection the plan
-/// refuses (a TLS conflict) are left out.
+/// refuses (a TLS conflict) are left out, and so are endpoints named by a
+/// host (DNS-resolved ServiceEntry hosts): a gRPC client's EDS takes
+/// addresses only.
 pub fn load_assignment(snap: &Snapshot, name: &str) -> Option<ClusterLoadAssignment> {
     let (host, port, subset) = parse_cluster_name(name)?;
     let svc = snap.service_for(host)?;
@@ -736,6 +738,12 @@ pub fn load_assignment(snap: &Snapshot, name: &str) -> Option<ClusterLoadAssignm
     let endpoints = plan::endpoints(snap, svc, sp, subset)?;
     let lb_endpoints = endpoints
         .iter()
+        .filter(|ep| {
+            snap.workloads[ep.workload]
+                .address
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        })
         .filter(|ep| plan::endpoint_tls(snap, svc, port, subset, ep).is_ok())
         .map(|ep| LbEndpoint {
             health_status: HealthStatus::Healthy as i32,

@@ -671,7 +671,7 @@ fn destinations(
         }
     }
     for d in dests {
-        let Some(svc) = snap.services.get(&d.host) else {
+        let Some(svc) = snap.service_for(&d.host) else {
             out.push(finding(
                 Severity::Error,
                 codes::HOST_NOT_FOUND,
@@ -691,7 +691,7 @@ fn destinations(
             }
         }
         if let Some(subset) = &d.subset {
-            match snap.destination_policies.get(&d.host) {
+            match snap.destination_policies.get(&svc.host) {
                 None => out.push(finding(
                     Severity::Error,
                     codes::SUBSET_NOT_FOUND,

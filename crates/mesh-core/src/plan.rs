@@ -54,7 +54,7 @@ use crate::gateway::GatewayRoute;
 use crate::identity::SpiffeId;
 use crate::resources::common::Labels;
 use crate::resources::networking::{
-    ClientTlsMode, HttpDirectResponse, HttpRedirect, Location, TrafficPolicy,
+    ClientTlsMode, HttpDirectResponse, HttpRedirect, Location, Resolution, TrafficPolicy,
 };
 use crate::resources::security::MtlsMode;
 use crate::retry::RetryPolicy;
@@ -440,7 +440,7 @@ pub fn identities(snap: &Snapshot, ep: &Endpoint) -> Vec<SpiffeId> {
 /// [`identities`], borrowed from the snapshot: for a caller that looks the
 /// set up rather than keeping a copy of it per request.
 pub fn identities_in<'s>(snap: &'s Snapshot, ep: &Endpoint) -> &'s [SpiffeId] {
-    std::slice::from_ref(&snap.workloads[ep.workload].identity)
+    snap.workloads[ep.workload].serving_identities()
 }
 
 /// How to connect to `ep` of `service`'s port `port` (and `subset`): by the
@@ -606,15 +606,19 @@ pub enum CapturedDestination<'s> {
 }
 
 /// Finds the service (or the endpoint) a captured connection was addressed
-/// to. When several services' addresses contain the address, the most
-/// specific block wins, then the first host by name; when a workload serves
+/// to. When several services with the port have addresses containing the
+/// address, the most specific block wins, then the first host by name
+/// (services may share an address on different ports); when a workload serves
 /// several services on the port, the first host by name: the answer never
 /// depends on the order of the files.
 pub fn captured(snap: &Snapshot, dst: std::net::SocketAddr) -> CapturedDestination<'_> {
     let ip = dst.ip().to_canonical();
+    // Services sharing an address on different ports are told apart by
+    // the port: among those with the port, the most specific block wins.
     let by_vip = snap
         .services
         .values()
+        .filter(|s| s.port(dst.port()).is_some())
         .filter_map(|s| {
             let prefix = s
                 .addresses
@@ -626,11 +630,31 @@ pub fn captured(snap: &Snapshot, dst: std::net::SocketAddr) -> CapturedDestinati
         })
         .max_by(|(pa, a), (pb, b)| pa.cmp(pb).then_with(|| b.host.cmp(&a.host)));
     if let Some((_, service)) = by_vip {
+        // A `resolution: NONE` entry's addresses (often a whole range) may
+        // hold mesh workloads: a connection to one of them is to that
+        // endpoint, secured as its service is, never passed through.
+        if service.resolution == Resolution::None {
+            if let Some(endpoint) = captured_endpoint(snap, ip, dst.port()) {
+                return endpoint;
+            }
+        }
         return match service.port(dst.port()) {
             Some(port) => CapturedDestination::Service { service, port },
             None => CapturedDestination::Unknown,
         };
     }
+    captured_endpoint(snap, ip, dst.port()).unwrap_or(CapturedDestination::Unknown)
+}
+
+/// The endpoint of the mesh a captured connection to `ip:port` was made
+/// to: a workload of that address serving a service on that port (the
+/// first host by name when it serves several).
+fn captured_endpoint(
+    snap: &Snapshot,
+    ip: std::net::IpAddr,
+    dst_port: u16,
+) -> Option<CapturedDestination<'_>> {
+    let dst = std::net::SocketAddr::new(ip, dst_port);
     let mut best: Option<CapturedDestination<'_>> = None;
     for (i, w) in snap.workloads.iter().enumerate() {
         if w.address.parse::<std::net::IpAddr>().ok() != Some(ip) {
@@ -661,7 +685,7 @@ pub fn captured(snap: &Snapshot, dst: std::net::SocketAddr) -> CapturedDestinati
             }
         }
     }
-    best.unwrap_or(CapturedDestination::Unknown)
+    best
 }
 
 /// `address:port`, with an IPv6 address in brackets (`[fd00::1]:80`), so

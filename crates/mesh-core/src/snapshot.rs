@@ -59,6 +59,24 @@ pub struct Workload {
     /// services (its identity, its own inbound configuration) but is no
     /// endpoint.
     pub healthy: bool,
+    /// For an endpoint the mesh made of a ServiceEntry host to resolve by
+    /// DNS (`resolution: DNS` without endpoints): no workload of the mesh,
+    /// so not the owner of [`Workload::identity`]; the identities that may
+    /// answer there are the entry's SPIFFE `subjectAltNames` (none: mesh
+    /// mTLS to it fails closed). `None` for every other workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Arc<[SpiffeId]>>,
+}
+
+impl Workload {
+    /// The identities that may answer at this workload (secure naming):
+    /// its own, or for a DNS-made endpoint the entry's subjectAltNames.
+    pub fn serving_identities(&self) -> &[SpiffeId] {
+        match &self.dns {
+            Some(ids) => ids,
+            None => std::slice::from_ref(&self.identity),
+        }
+    }
 }
 
 fn ports_as_map<S: serde::Serializer>(
@@ -713,6 +731,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     inbound: Vec::new(),
                     authz_policies: Vec::new(),
                     healthy: !we.unhealthy,
+                    dns: None,
                 });
                 Some(snap.workloads.len() - 1)
             }
@@ -808,6 +827,13 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     &we,
                     &se.source,
                 ) {
+                    let sans: Vec<SpiffeId> = se
+                        .spec
+                        .subject_alt_names
+                        .iter()
+                        .filter_map(|s| s.parse().ok())
+                        .collect();
+                    snap.workloads[idx].dns = Some(sans.into());
                     by_name.insert(name, idx);
                 }
             }
@@ -975,14 +1001,11 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                 let ports: Vec<Option<u16>> = tcp.matches.iter().map(|m| m.port).collect();
                 for host in &vs.spec.hosts {
                     let host = mesh.resolve_host(host, ns);
-                    if crate::visibility::wildcard_key(&host).is_some()
-                        && !snap.services.contains_key(&host)
-                    {
-                        wild_tcp.push((host, ports.clone(), dests.clone()));
-                        continue;
-                    }
                     if let Some(svc) = snap.services.get_mut(&host) {
                         attach_tcp(svc, &ports, &dests);
+                    }
+                    if crate::visibility::wildcard_key(&host).is_some() {
+                        wild_tcp.push((host, ports.clone(), dests.clone()));
                     }
                 }
             }

@@ -289,3 +289,49 @@ fn dns_resolution_is_checked_as_istio_checks_it() {
         assert_eq!(keys, [format!("{host}:443")]);
     }
 }
+
+#[test]
+fn a_dns_made_endpoint_is_answered_only_by_the_entrys_subject_alt_names() {
+    let yaml = se(
+        "  resolution: DNS\n  location: MESH_INTERNAL\n  ports: [{number: 80, name: http}]\n  subjectAltNames: [\"spiffe://cluster.local/ns/vm/sa/billing\"]\n",
+    );
+    let snap =
+        mesh_core::snapshot::compile(&load_str(Path::new("good.yaml"), &yaml).unwrap()).unwrap();
+    let svc = &snap.services["example.com"];
+    let ep = &mesh_core::plan::endpoints(&snap, svc, &svc.ports[0], None).unwrap()[0];
+    let ids: Vec<String> = mesh_core::plan::identities_in(&snap, ep)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(ids, ["spiffe://cluster.local/ns/vm/sa/billing"]);
+    // Without subjectAltNames nobody may answer: mesh mTLS fails closed.
+    let yaml =
+        se("  resolution: DNS\n  location: MESH_INTERNAL\n  ports: [{number: 80, name: http}]\n");
+    let snap =
+        mesh_core::snapshot::compile(&load_str(Path::new("good.yaml"), &yaml).unwrap()).unwrap();
+    let svc = &snap.services["example.com"];
+    let ep = &mesh_core::plan::endpoints(&snap, svc, &svc.ports[0], None).unwrap()[0];
+    assert!(mesh_core::plan::identities_in(&snap, ep).is_empty());
+}
+
+#[test]
+fn a_none_entrys_range_does_not_swallow_the_mesh_workloads_in_it() {
+    let yaml = format!(
+        "{}\n---\n{}\n---\n{}",
+        se("  resolution: NONE\n  addresses: [10.0.0.0/8]\n  ports: [{number: 80, name: http}]\n"),
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: web}\nspec: {hosts: [web], ports: [{number: 80, name: http}], workloadSelector: {labels: {app: web}}}",
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: web-1}\nspec: {address: 10.0.0.5, labels: {app: web}, serviceAccount: web}",
+    );
+    let snap =
+        mesh_core::snapshot::compile(&load_str(Path::new("good.yaml"), &yaml).unwrap()).unwrap();
+    match mesh_core::plan::captured(&snap, "10.0.0.5:80".parse().unwrap()) {
+        mesh_core::plan::CapturedDestination::Endpoint { service, .. } => {
+            assert_eq!(service.host, "web.default.svc.cluster.local");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        mesh_core::plan::captured(&snap, "10.0.0.6:80".parse().unwrap()),
+        mesh_core::plan::CapturedDestination::Service { service, .. } if service.host == "example.com"
+    ));
+}

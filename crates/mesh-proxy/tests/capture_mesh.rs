@@ -538,6 +538,16 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: {name: legacy-web}
+spec:
+  hosts: [web.legacy.internal]
+  addresses: [10.244.0.5/32]
+  ports: [{number: 8080, name: tcp-web, protocol: TCP}]
+  location: MESH_INTERNAL
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: {name: api}
 spec:
   hosts: [api.example.test]
@@ -589,9 +599,11 @@ spec:
         .is_some_and(|n| n >= 1.0),
         "{m}"
     );
-    // Another port of that address is no entry's: refused.
-    let talk = a.python(TALK_PY, "10.244.0.5", 8080);
-    assert!(!talk.contains("hello from ext"), "{talk}");
+    // Inside the mesh, NONE would need mesh mTLS to an address nobody
+    // named: refused, never sent in the clear (the server listens there).
+    let out = a.python(SEND_FIRST_PY, "10.244.0.5", 8080);
+    assert!(!out.contains("HTTP/"), "{out}");
+    wait_for(&a.log, "MESH_EXTERNAL service only");
 
     // DNS: the sidecar resolves api.example.test and keeps the Host.
     let out = a.curl(&[

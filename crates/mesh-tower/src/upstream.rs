@@ -308,6 +308,9 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
     }))
 }
 
+/// How many pairs of pooled clients [`hyper_upstream`] keeps at most.
+const MAX_CLIENT_SETS: usize = 256;
+
 /// The key of a pair of pooled clients: the identity set a dial verifies
 /// (secure naming) and the connect timeout.
 type ClientKey = (Arc<[SpiffeId]>, Duration);
@@ -341,7 +344,14 @@ impl HyperUpstream {
         };
         let mut out = None;
         self.by_identities.rcu(|m| {
-            let mut m = foldhash::HashMap::clone(m);
+            // Identity sets and timeouts come from the configuration; past
+            // this many (reloads that changed them), start afresh rather
+            // than keep every pool ever made.
+            let mut m = if m.len() >= MAX_CLIENT_SETS {
+                foldhash::HashMap::default()
+            } else {
+                foldhash::HashMap::clone(m)
+            };
             let c = m.entry(key.clone()).or_insert_with(|| make(&key)).clone();
             out = Some(c);
             Arc::new(m)

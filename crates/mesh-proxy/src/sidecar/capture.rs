@@ -124,12 +124,30 @@ fn outbound_captured(local: TcpStream, dst: SocketAddr, ctx: &Ctx, routes: &Outb
         {
             // resolution NONE: the service has no endpoints of its own; the
             // connection goes on to the address the app dialled, as the
-            // service's (Istio's ORIGINAL_DST cluster), opaque.
-            let conn = routes
+            // service's (Istio's ORIGINAL_DST cluster), opaque. Only as
+            // plaintext to a service outside the mesh: mesh mTLS or TLS
+            // origination to an address nobody named cannot be verified,
+            // so those are refused, never sent in the clear.
+            let mut conn = routes
                 .telemetry
                 .connected(&DestinationInfo::for_service(service));
+            let client = snap.client_tls(&service.host, dst.port(), None);
+            let plaintext = matches!(
+                client.mode,
+                None | Some(mesh_core::resources::networking::ClientTlsMode::Disable)
+            );
+            if service.location != mesh_core::resources::networking::Location::MeshExternal
+                || !plaintext
+            {
+                conn.set_response_flags("UF");
+                tracing::info!(host = %service.host, %dst, "refused: a resolution NONE entry is passed through as plaintext to a MESH_EXTERNAL service only (its DestinationRule or location asks for TLS this mesh cannot verify at an address nobody named)");
+                drop(local);
+                return;
+            }
+            let policy = mesh_core::plan::effective_policy(&snap, &service.host, dst.port(), None);
+            let timeout = mesh_core::plan::connect_timeout(&policy);
             let label = service.host.clone();
-            passthrough(local, dst, conn, ctx.drain.guard(), label);
+            passthrough(local, dst, conn, ctx.drain.guard(), label, timeout);
         }
         CapturedDestination::Service { service, port } if port.protocol.is_http() => {
             let svc = tower::ServiceBuilder::new()
@@ -193,6 +211,7 @@ fn outbound_captured(local: TcpStream, dst: SocketAddr, ctx: &Ctx, routes: &Outb
                     conn,
                     ctx.drain.guard(),
                     PASSTHROUGH_CLUSTER.to_owned(),
+                    mesh_core::plan::DEFAULT_CONNECT_TIMEOUT,
                 );
             }
             OutboundMode::RegistryOnly => {
@@ -208,24 +227,30 @@ fn outbound_captured(local: TcpStream, dst: SocketAddr, ctx: &Ctx, routes: &Outb
 }
 
 /// Sends a captured connection on, unchanged, to the address it was made
-/// to, counted on `conn` as `label`.
+/// to, counted on `conn` as `label`, the dial bounded by `connect_timeout`.
 fn passthrough(
     local: TcpStream,
     dst: SocketAddr,
     mut conn: mesh_tower::telemetry::TcpConnection,
     guard: mesh_tower::server::ConnGuard,
     label: String,
+    connect_timeout: std::time::Duration,
 ) {
     tokio::spawn(async move {
         let _guard = guard;
-        match TcpStream::connect(dst).await {
-            Ok(up) => {
+        let dial = tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await;
+        match dial {
+            Ok(Ok(up)) => {
                 let _ = up.set_nodelay(true);
                 tunnel(local, conn, up, &label, &dst.to_string()).await;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 conn.set_response_flags("UF");
                 tracing::info!(%dst, destination = %label, error = %e, "passthrough connection failed");
+            }
+            Err(_) => {
+                conn.set_response_flags("UF");
+                tracing::info!(%dst, destination = %label, "passthrough connection failed: connect timeout after {connect_timeout:?}");
             }
         }
     });

@@ -220,7 +220,11 @@ pub fn inbound_labels(
         })
     });
     let source = peer.and_then(|id| {
-        let mut callers = snap.workloads.iter().filter(|w| &w.identity == id);
+        // A DNS-made endpoint proves no identity: never a caller.
+        let mut callers = snap
+            .workloads
+            .iter()
+            .filter(|w| w.dns.is_none() && &w.identity == id);
         match (callers.next(), callers.next()) {
             (Some(w), None) => Some(SourceInfo(WorkloadInfo::from_workload(w))),
             _ => None,

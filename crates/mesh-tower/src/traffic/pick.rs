@@ -17,6 +17,8 @@ use super::state::{RandomSource, TrafficState};
 
 /// The consistent-hash settings of a host (port-level first), if any.
 pub(crate) fn consistent_hash(snap: &Snapshot, host: &str, port: u16) -> Option<ConsistentHash> {
+    // The policy is the service's: a host under a wildcard entry has it.
+    let host = snap.service_for(host).map_or(host, |s| s.host.as_str());
     mesh_core::plan::effective_policy(snap, host, port, None)
         .load_balancer
         .and_then(|lb| lb.consistent_hash)
