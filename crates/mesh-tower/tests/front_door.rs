@@ -172,6 +172,30 @@ async fn two_rust_services_over_the_mesh() {
     server.shutdown().await;
 }
 
+/// A folder holding `yaml`, and `Mesh`es of its workloads built from it.
+struct FromFiles<'p> {
+    pki: &'p TestPki,
+    dir: tempfile::TempDir,
+}
+
+impl<'p> FromFiles<'p> {
+    fn new(pki: &'p TestPki, yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+        Self { pki, dir }
+    }
+
+    async fn mesh(&self, name: &str, sa: &str) -> Mesh {
+        Mesh::builder()
+            .config(self.dir.path())
+            .workload("default", name)
+            .identity_store(self.pki.store(sa))
+            .build()
+            .await
+            .unwrap()
+    }
+}
+
 /// A `Mesh` reading a folder sees what its namespace is exported: a
 /// VirtualService another namespace keeps to itself (`exportTo: ["."]`)
 /// does not route this one's requests.
@@ -190,20 +214,13 @@ spec:
   http:
   - directResponse: {status: 503, body: {string: maintenance}}
 "#;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mesh.yaml"), config(port) + private).unwrap();
-    let from_files = |name: &str, sa: &str| {
-        Mesh::builder()
-            .config(dir.path())
-            .workload("default", name)
-            .identity_store(pki.store(sa))
-            .build()
-    };
-    let reviews = from_files("reviews-v1", "reviews").await.unwrap();
-    let server = reviews
+    let world = FromFiles::new(&pki, &(config(port) + private));
+    let server = world
+        .mesh("reviews-v1", "reviews")
+        .await
         .serve_listener(listener, tower::service_fn(whoami))
         .unwrap();
-    let productpage = from_files("productpage", "productpage").await.unwrap();
+    let productpage = world.mesh("productpage", "productpage").await;
     let resp = productpage
         .send(Request::get("http://reviews:9080/x").body(empty()).unwrap())
         .await;
@@ -229,20 +246,13 @@ spec:
   egress:
   - hosts: ["istio-system/*"]
 "#;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mesh.yaml"), config(port) + scope).unwrap();
-    let from_files = |name: &str, sa: &str| {
-        Mesh::builder()
-            .config(dir.path())
-            .workload("default", name)
-            .identity_store(pki.store(sa))
-            .build()
-    };
-    let reviews = from_files("reviews-v1", "reviews").await.unwrap();
-    let server = reviews
+    let world = FromFiles::new(&pki, &(config(port) + scope));
+    let server = world
+        .mesh("reviews-v1", "reviews")
+        .await
         .serve_listener(listener, tower::service_fn(whoami))
         .unwrap();
-    let productpage = from_files("productpage", "productpage").await.unwrap();
+    let productpage = world.mesh("productpage", "productpage").await;
     let resp = productpage
         .send(Request::get("http://reviews:9080/x").body(empty()).unwrap())
         .await;
@@ -251,7 +261,7 @@ spec:
     assert!(reason.contains("not a known service"), "{reason}");
     // The stranger has no Sidecar of its own: it reaches reviews (and is
     // refused by its policy, not by scope).
-    let stranger = from_files("stranger", "stranger").await.unwrap();
+    let stranger = world.mesh("stranger", "stranger").await;
     let resp = stranger
         .send(Request::get("http://reviews:9080/x").body(empty()).unwrap())
         .await;
