@@ -391,8 +391,16 @@ fn tls_table(snap: &Snapshot) -> Vec<TlsRow> {
                     dr = client.decided_by.clone();
                 }
                 if svc.location == Location::MeshExternal {
-                    if client.mode == Some(ClientTlsMode::IstioMutual) {
-                        reasons.entry("the service is outside the mesh (MESH_EXTERNAL) and cannot answer mesh mTLS (ISTIO_MUTUAL)".to_owned()).or_default();
+                    match client.mode {
+                        Some(ClientTlsMode::IstioMutual) => {
+                            reasons.entry("the service is outside the mesh (MESH_EXTERNAL) and cannot answer mesh mTLS (ISTIO_MUTUAL)".to_owned()).or_default();
+                        }
+                        Some(m @ (ClientTlsMode::Simple | ClientTlsMode::Mutual)) => {
+                            // What the data plane answers such a request
+                            // with (plan::endpoint_tls): 503.
+                            reasons.entry(format!("TLS origination ({m}) towards a service outside the mesh is not supported yet: requests get 503")).or_default();
+                        }
+                        _ => {}
                     }
                     continue;
                 }

@@ -50,6 +50,9 @@ fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! { budget: Some(budget) }
 }
 
+/// The Kubernetes Gateway API's group: refused whole, by name.
+const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+
 const NETWORKING_VERSIONS: &[&str] = &[
     "networking.istio.io/v1alpha3",
     "networking.istio.io/v1beta1",
@@ -329,6 +332,20 @@ impl Loader {
             self.add_list(origin, &kind, list, doc);
             return;
         }
+        if api_version.split('/').next() == Some(GATEWAY_API_GROUP) {
+            // Its Gateway is not Istio's Gateway in another version, and an
+            // HTTPRoute skipped would be routing silently dropped.
+            self.errors.push(ConfigError::at(
+                &origin,
+                Some(kind.clone()),
+                "apiVersion",
+                format!(
+                    "{api_version} {kind}: the Kubernetes Gateway API is not implemented yet; \
+                     write Istio's Gateway and VirtualService (networking.istio.io) instead"
+                ),
+            ));
+            return;
+        }
         let Some((kind_enum, versions)) = kind_of(&kind) else {
             self.add_unknown(origin, api_version, kind, &doc);
             return;
@@ -391,13 +408,14 @@ impl Loader {
     fn add_unknown(&mut self, origin: Origin, api_version: String, kind: String, doc: &Value) {
         let group = api_version.split('/').next().unwrap_or_default();
         if group == "istio.io" || group.ends_with(".istio.io") {
+            let why = unsupported_reason(&kind).map_or_else(String::new, |r| format!(": {r}"));
             self.errors.push(ConfigError::at(
                 &origin,
                 Some(kind.clone()),
                 "kind",
                 format!(
-                    "{api_version} {kind} is not supported by this mesh; remove it rather than \
-                     have it ignored"
+                    "{api_version} {kind} is not supported by this mesh{why}; remove it rather \
+                     than have it ignored"
                 ),
             ));
             return;
@@ -760,6 +778,27 @@ fn unsplit_ipv6(v: &mut Value) {
         Value::Object(m) => m.values_mut().for_each(unsplit_ipv6),
         _ => {}
     }
+}
+
+/// Why an Istio kind this mesh does not read is refused, in one line, for
+/// the kinds real configurations carry.
+fn unsupported_reason(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "EnvoyFilter" => {
+            "it patches Envoy's own configuration, and this mesh's proxies are not Envoy"
+        }
+        "WasmPlugin" | "TrafficExtension" => {
+            "it loads a Wasm extension into Envoy, and this mesh's proxies are not Envoy"
+        }
+        "ProxyConfig" => {
+            "it tunes Envoy proxies; mesh-proxy takes its settings from its command line"
+        }
+        "IstioOperator" => "it is an installation resource for istioctl, not mesh configuration",
+        "RequestAuthentication" => "JWT validation is not implemented yet",
+        "Telemetry" => "the Telemetry API is not implemented yet",
+        "WorkloadGroup" => "VM auto-registration is not implemented; write WorkloadEntries",
+        _ => return None,
+    })
 }
 
 /// True for a Kubernetes-style name: lowercase alphanumerics, `-` and `.`,

@@ -8,16 +8,18 @@
 //!   the Gateway API...), listed by the test.
 //! - Istio-invalid documents (`A4-invalid`) refused: at least 95%.
 //! - Every Bookinfo tutorial step clean but `certmanager-gateway`, whose
-//!   VirtualService routes to a service the folder does not define (a true
-//!   positive).
+//!   VirtualService routes to a service the folder does not define, and
+//!   `egress-rule-google-apis`, which originates TLS (not done yet: 503):
+//!   true positives.
 //!
 //! Skipped, loudly, where the corpus is not on the machine.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 
-/// The share of Istio-valid folders read today (159 of 253).
-const VALID_FLOOR: f64 = 0.62;
+/// The share of Istio-valid folders read today (151 of 253; the Gateway
+/// API folders, once "read" by skipping their routes, are refused by name).
+const VALID_FLOOR: f64 = 0.59;
 
 fn corpus() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/istio-corpus");
@@ -119,9 +121,16 @@ fn check_reads_istios_own_material() {
         share(refused, invalid) >= 0.95,
         "{refused}/{invalid} Istio-invalid documents refused"
     );
+    // Two true positives: certmanager-gateway routes to a service the
+    // folder does not define; egress-rule-google-apis originates TLS
+    // (DestinationRule `tls: SIMPLE` to a MESH_EXTERNAL host), which the
+    // data plane does not do yet and answers with 503.
     assert_eq!(
         unclean,
-        ["bookinfo_networking_certmanager-gateway.yaml"],
+        [
+            "bookinfo_networking_certmanager-gateway.yaml",
+            "bookinfo_networking_egress-rule-google-apis.yaml"
+        ],
         "Bookinfo steps that are not clean"
     );
 }

@@ -335,3 +335,92 @@ fn a_none_entrys_range_does_not_swallow_the_mesh_workloads_in_it() {
         mesh_core::plan::CapturedDestination::Service { service, .. } if service.host == "example.com"
     ));
 }
+
+#[test]
+fn kinds_that_program_envoy_or_install_istio_are_refused_with_a_reason() {
+    for (api, kind, words) in [
+        (
+            "networking.istio.io/v1alpha3",
+            "EnvoyFilter",
+            "patches Envoy's own configuration",
+        ),
+        (
+            "extensions.istio.io/v1alpha1",
+            "WasmPlugin",
+            "Wasm extension",
+        ),
+        (
+            "networking.istio.io/v1beta1",
+            "ProxyConfig",
+            "mesh-proxy takes its settings",
+        ),
+        (
+            "install.istio.io/v1alpha1",
+            "IstioOperator",
+            "installation resource for istioctl",
+        ),
+        (
+            "security.istio.io/v1",
+            "RequestAuthentication",
+            "JWT validation",
+        ),
+        ("telemetry.istio.io/v1", "Telemetry", "Telemetry API"),
+        (
+            "networking.istio.io/v1",
+            "WorkloadGroup",
+            "write WorkloadEntries",
+        ),
+    ] {
+        refused(
+            &format!("apiVersion: {api}\nkind: {kind}\nmetadata: {{name: x}}\nspec: {{}}\n"),
+            &format!("{kind} is not supported by this mesh"),
+            words,
+        );
+    }
+}
+
+#[test]
+fn check_reports_tls_origination_the_data_plane_cannot_do() {
+    let yaml = format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d}}\nspec:\n  host: example.com\n  trafficPolicy: {{tls: {{mode: SIMPLE}}}}\n",
+        se("  resolution: DNS\n  ports: [{number: 443, name: https, protocol: HTTPS}]\n")
+    );
+    let r = load_str(Path::new("good.yaml"), &yaml).unwrap();
+    let report = mesh_core::analyze::check(&mesh_core::snapshot::compile(&r).unwrap(), &r);
+    let row = report
+        .tls
+        .iter()
+        .find(|t| t.host_port == "example.com:443")
+        .unwrap();
+    assert_eq!(
+        row.status,
+        mesh_core::analyze::TlsStatus::Conflict,
+        "{row:?}"
+    );
+    assert!(
+        row.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("TLS origination (SIMPLE)"),
+        "{row:?}"
+    );
+}
+
+#[test]
+fn the_gateway_api_is_refused_by_name_never_skipped() {
+    for kind in [
+        "Gateway",
+        "HTTPRoute",
+        "GRPCRoute",
+        "ReferenceGrant",
+        "GatewayClass",
+    ] {
+        refused(
+            &format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\nmetadata: {{name: x}}\nspec: {{}}\n"
+            ),
+            &format!("gateway.networking.k8s.io/v1 {kind}"),
+            "the Kubernetes Gateway API is not implemented yet",
+        );
+    }
+}
