@@ -126,6 +126,18 @@ pub mod codes {
     /// Two Sidecars apply to one workload (two without a selector in a
     /// namespace, or two selecting it): only the first is in force.
     pub const SIDECAR_CONFLICT: &str = "MESH0115";
+    /// Two mesh VirtualServices for one host that one namespace sees both
+    /// of (Istio's IST0109): their rules are merged, the first read first.
+    pub const DUPLICATE_VS_HOST: &str = "MESH0116";
+    /// An HTTP rule no request reaches: an earlier rule of the same
+    /// VirtualService matches every request (IST0130).
+    pub const UNREACHABLE_RULE: &str = "MESH0117";
+    /// A VirtualService bound to a Gateway names a host no server of that
+    /// Gateway serves (IST0132): those routes are served nowhere.
+    pub const GATEWAY_HOST_NOT_SERVED: &str = "MESH0118";
+    /// A Gateway's route to a service of several ports names no port
+    /// (IST0112): requests on a port the service lacks get 503.
+    pub const DESTINATION_PORT_NEEDED: &str = "MESH0119";
 }
 
 /// How the sidecars the configuration is for run, for the analyzers that
@@ -174,11 +186,137 @@ pub fn check_with(
     authz(snap, &mut findings);
     gateway_tls(resources, &mut findings);
     sidecars(snap, resources, &mut findings);
+    virtual_services(snap, resources, &mut findings);
     if options.capture {
         capture(snap, &mut findings);
     }
     findings.sort_by(|a, b| a.severity.cmp(&b.severity).then(a.code.cmp(b.code)));
     Report { tls, findings }
+}
+
+/// What `istioctl analyze` finds in VirtualServices and `check` did not:
+/// duplicate mesh hosts, rules shadowed by a catch-all, hosts a bound
+/// Gateway does not serve, gateway routes to a multi-port service without
+/// a port.
+fn virtual_services(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Finding>) {
+    let m = &snap.mesh;
+    let mesh_bound = |vs: &crate::resources::networking::VirtualService| {
+        vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")
+    };
+    // Duplicate mesh hosts, where one namespace sees both.
+    let mut by_host: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, vs) in res.virtual_services.iter().enumerate() {
+        if mesh_bound(&vs.spec) {
+            let hosts: BTreeSet<String> = vs
+                .spec
+                .hosts
+                .iter()
+                .map(|h| m.resolve_host(h, vs.namespace()))
+                .collect();
+            for h in hosts {
+                by_host.entry(h).or_default().push(i);
+            }
+        }
+    }
+    for (host, list) in by_host.into_iter().filter(|(_, l)| l.len() > 1) {
+        let (a, b) = (
+            &res.virtual_services[list[0]],
+            &res.virtual_services[list[1]],
+        );
+        let together = crate::visibility::seen_together(
+            (
+                &a.spec.export_to,
+                &m.default_virtual_service_export_to,
+                a.namespace(),
+            ),
+            (
+                &b.spec.export_to,
+                &m.default_virtual_service_export_to,
+                b.namespace(),
+            ),
+        );
+        if together.as_ref().is_some_and(BTreeSet::is_empty) {
+            continue;
+        }
+        out.push(finding(
+            Severity::Warning,
+            codes::DUPLICATE_VS_HOST,
+            format!(
+                "{} and {} both route host {host} for mesh clients; their rules are merged, {}'s first, so its catch-all rules hide the other's",
+                a.source, b.source, a.source
+            ),
+            vec![a.source.clone(), b.source.clone()],
+        ));
+    }
+    for vs in &res.virtual_services {
+        // Rules after a catch-all.
+        if let Some(i) = vs.spec.http.iter().position(|r| r.matches.is_empty()) {
+            if i + 1 < vs.spec.http.len() {
+                out.push(finding(
+                    Severity::Warning,
+                    codes::UNREACHABLE_RULE,
+                    format!(
+                        "{}: http[{i}] matches every request, so http[{}..] are never reached",
+                        vs.source,
+                        i + 1
+                    ),
+                    vec![vs.source.clone()],
+                ));
+            }
+        }
+        for g in vs.spec.gateways.iter().filter(|g| *g != "mesh") {
+            let key = crate::snapshot::gateway_key(g, vs.namespace());
+            let Some(gw) = snap.gateways.get(&key) else {
+                continue;
+            };
+            // Hosts no server of the Gateway serves.
+            for h in &vs.spec.hosts {
+                let host = h.to_ascii_lowercase();
+                let served = gw.servers.iter().flat_map(|s| &s.hosts).any(|sh| {
+                    let (ns, name) = sh.split_once('/').unwrap_or(("*", sh));
+                    let ns_ok = ns == "*"
+                        || ns == vs.namespace()
+                        || (ns == "." && gw.source.namespace == vs.namespace());
+                    let name = name.to_ascii_lowercase();
+                    ns_ok
+                        && (crate::visibility::host_matches(&name, &host)
+                            || crate::visibility::host_matches(&host, &name))
+                });
+                if !served {
+                    out.push(finding(
+                        Severity::Warning,
+                        codes::GATEWAY_HOST_NOT_SERVED,
+                        format!(
+                            "{}: host {host} is served by no server of Gateway {key}; its routes there are served nowhere",
+                            vs.source
+                        ),
+                        vec![vs.source.clone(), gw.source.clone()],
+                    ));
+                }
+            }
+            // Routes to a multi-port service without a port.
+            for (i, r) in vs.spec.http.iter().enumerate() {
+                for d in &r.route {
+                    if d.destination.port.is_some() {
+                        continue;
+                    }
+                    let host = m.resolve_host(&d.destination.host, vs.namespace());
+                    if let Some(svc) = snap.service_for(&host).filter(|s| s.ports.len() > 1) {
+                        out.push(finding(
+                            Severity::Warning,
+                            codes::DESTINATION_PORT_NEEDED,
+                            format!(
+                                "{} http[{i}]: {host} has {} ports and the route names none: a request on a port it lacks gets 503",
+                                vs.source,
+                                svc.ports.len()
+                            ),
+                            vec![vs.source.clone(), svc.source.clone()],
+                        ));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Sidecars that contend for a workload: Istio, like this mesh, takes the
@@ -644,7 +782,7 @@ fn routes(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Find
         if gateways.is_empty() || gateways.iter().any(|g| g == "mesh") {
             for h in &vs.spec.hosts {
                 let host = snap.mesh.resolve_host(h, vs.namespace());
-                if !host.contains('*') && !snap.services.contains_key(&host) {
+                if !host.contains('*') && snap.service_for(&host).is_none() {
                     out.push(finding(
                         Severity::Warning,
                         codes::HOST_NOT_FOUND,

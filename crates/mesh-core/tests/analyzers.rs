@@ -27,6 +27,10 @@ const ALL_CODES: &[&str] = &[
     codes::NO_WORKLOADS,
     codes::GATEWAY_TLS_UNSUPPORTED,
     codes::SIDECAR_CONFLICT,
+    codes::DUPLICATE_VS_HOST,
+    codes::UNREACHABLE_RULE,
+    codes::GATEWAY_HOST_NOT_SERVED,
+    codes::DESTINATION_PORT_NEEDED,
 ];
 
 const REVIEWS_80: &str = "reviews.default.svc.cluster.local:80";
@@ -353,6 +357,50 @@ const CASES: &[Case] = &[
         "default/reviews-v1",
     ])
     .resources(&["Sidecar default/reviews", "Sidecar default/reviews-v1"]),
+    // MESH0116
+    Case::new(
+        "mesh0116-two-virtual-services-one-host",
+        codes::DUPLICATE_VS_HOST,
+        Severity::Warning,
+    )
+    .message(&[
+        "VirtualService default/reviews and VirtualService default/reviews-timeout",
+        "reviews.default.svc.cluster.local",
+    ])
+    .resources(&[
+        "VirtualService default/reviews",
+        "VirtualService default/reviews-timeout",
+    ]),
+    // MESH0117
+    Case::new(
+        "mesh0117-rule-after-catch-all",
+        codes::UNREACHABLE_RULE,
+        Severity::Warning,
+    )
+    .message(&["VirtualService default/reviews", "http[0]", "http[1..]"])
+    .resources(&["VirtualService default/reviews"]),
+    // MESH0118
+    Case::new(
+        "mesh0118-host-not-on-gateway",
+        codes::GATEWAY_HOST_NOT_SERVED,
+        Severity::Warning,
+    )
+    .message(&["bookinfo.example.org", "default/bookinfo-gateway"])
+    .resources(&[
+        "VirtualService default/bookinfo",
+        "Gateway default/bookinfo-gateway",
+    ]),
+    // MESH0119
+    Case::new(
+        "mesh0119-gateway-route-without-port",
+        codes::DESTINATION_PORT_NEEDED,
+        Severity::Warning,
+    )
+    .message(&["VirtualService default/bookinfo http[0]", "2 ports"])
+    .resources(&[
+        "VirtualService default/bookinfo",
+        "ServiceEntry default/reviews",
+    ]),
 ];
 
 fn fixture(dir: &str, variant: &str) -> PathBuf {
