@@ -547,7 +547,71 @@ fn str_match(pattern: &str, value: &str, ci: bool) -> bool {
 }
 
 fn path_match(pattern: &str, value: &str, ci: bool) -> bool {
-    wildcard(&decode_once(pattern), value, ci)
+    let pattern = decode_once(pattern);
+    if pattern.contains('{') {
+        template_match(&pattern, value, ci)
+    } else {
+        wildcard(&pattern, value, ci)
+    }
+}
+
+/// Checks a path template as Istio takes them (`/api/{*}/items`,
+/// `/static/{**}`): each segment a literal, `{*}` (exactly one segment)
+/// or, last, `{**}` (one or more segments).
+pub fn path_template(pattern: &str) -> Result<(), String> {
+    let Some(rest) = pattern.strip_prefix('/') else {
+        return Err("a path template starts with /".to_owned());
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "{*}" => {}
+            "{**}" if i + 1 == segments.len() => {}
+            "{**}" => return Err("{**} must be the last segment".to_owned()),
+            s if s.contains(['{', '}', '*']) => {
+                return Err(format!(
+                    "segment `{s}`: a segment is a literal, {{*}} or (last) {{**}}"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Matches a path (normalised, its query left out) against a template
+/// [`path_template`] accepted: literals equal (ignoring ASCII case for
+/// `ci`), `{*}` one non-empty segment, `{**}` the rest when it starts
+/// with a non-empty segment.
+fn template_match(pattern: &str, path: &str, ci: bool) -> bool {
+    let (Some(p), Some(v)) = (pattern.strip_prefix('/'), path.strip_prefix('/')) else {
+        return false;
+    };
+    let mut values = v.split('/');
+    for seg in p.split('/') {
+        match seg {
+            "{**}" => return values.next().is_some_and(|s| !s.is_empty()),
+            "{*}" => {
+                if values.next().is_none_or(str::is_empty) {
+                    return false;
+                }
+            }
+            lit => {
+                let Some(s) = values.next() else {
+                    return false;
+                };
+                let same = if ci {
+                    s.eq_ignore_ascii_case(lit)
+                } else {
+                    s == lit
+                };
+                if !same {
+                    return false;
+                }
+            }
+        }
+    }
+    values.next().is_none()
 }
 
 /// `host[:port]` as the name (without a trailing dot) and the port.

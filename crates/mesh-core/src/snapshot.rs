@@ -1420,10 +1420,12 @@ fn compile_http_rule(
             .mirror
             .as_ref()
             .map(|m| weighted(mesh, ns, m, Some(100), 1, None)),
-        mirror_percent: h
-            .mirror
-            .as_ref()
-            .map(|_| h.mirror_percentage.map_or(100.0, |p| p.value)),
+        mirror_percent: h.mirror.as_ref().map(|_| {
+            h.mirror_percentage
+                .map(|p| p.value)
+                .or(h.mirror_percent.map(f64::from))
+                .unwrap_or(100.0)
+        }),
         headers: h.headers.clone(),
         rewrite: h.rewrite.clone(),
     })

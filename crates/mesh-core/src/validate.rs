@@ -250,6 +250,22 @@ fn http_route(c: &mut Checker<'_>, f: &str, r: &HttpRoute) {
     }
     let weights: Vec<Option<u32>> = r.route.iter().map(|d| d.weight).collect();
     weights_present(c, f, &weights);
+    match (r.mirror_percent, r.mirror_percentage) {
+        (Some(_), Some(_)) => c.err(
+            format!("{f}.mirrorPercent"),
+            "mirrorPercent and mirrorPercentage exclude each other (mirrorPercent is the deprecated spelling)",
+        ),
+        (Some(p), None) if p > 100 => {
+            c.err(format!("{f}.mirrorPercent"), format!("{p} is more than 100"));
+        }
+        _ => {}
+    }
+    if r.mirror.is_none() && (r.mirror_percent.is_some() || r.mirror_percentage.is_some()) {
+        c.err(
+            format!("{f}.mirrorPercentage"),
+            "a share of requests to mirror needs a mirror destination",
+        );
+    }
     if let Some(redirect) = &r.redirect {
         if let Some(code) = redirect.redirect_code {
             if !(300..=399).contains(&code) {
@@ -755,10 +771,20 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
                 ("notHosts", &o.not_hosts),
                 ("methods", &o.methods),
                 ("notMethods", &o.not_methods),
-                ("paths", &o.paths),
-                ("notPaths", &o.not_paths),
             ] {
                 wildcard_values(c, &format!("{f}.{name}"), values);
+            }
+            for (name, values) in [("paths", &o.paths), ("notPaths", &o.not_paths)] {
+                let field = format!("{f}.{name}");
+                for (k, v) in values.iter().enumerate() {
+                    if v.contains('{') {
+                        if let Err(why) = crate::authz::path_template(v) {
+                            c.err(format!("{field}[{k}]"), format!("`{v}`: {why}"));
+                        }
+                    } else {
+                        wildcard_value(c, &format!("{field}[{k}]"), v);
+                    }
+                }
             }
             for (name, values) in [("ports", &o.ports), ("notPorts", &o.not_ports)] {
                 for (k, v) in values.iter().enumerate() {
@@ -856,21 +882,27 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
 /// anyone means, so it is refused.
 fn wildcard_values(c: &mut Checker<'_>, f: &str, values: &[String]) {
     for (k, v) in values.iter().enumerate() {
-        let inner = v.strip_prefix('*').unwrap_or(v);
-        let inner = inner.strip_suffix('*').unwrap_or(inner);
-        if v.is_empty() {
-            c.err(format!("{f}[{k}]"), "is empty");
-        } else if v.contains("{*}") || v.contains("{**}") {
-            c.err(
-                format!("{f}[{k}]"),
-                format!("`{v}`: path templates ({{*}}, {{**}}) are not supported"),
-            );
-        } else if inner.contains('*') || (v != "*" && v.starts_with('*') && v.ends_with('*')) {
-            c.err(
-                format!("{f}[{k}]"),
-                format!("`{v}`: `*` is allowed only once, at the start or the end"),
-            );
-        }
+        wildcard_value(c, &format!("{f}[{k}]"), v);
+    }
+}
+
+/// [`wildcard_values`] for one value at `f`; path templates belong to
+/// `paths` only, which read them apart.
+fn wildcard_value(c: &mut Checker<'_>, f: &str, v: &str) {
+    let inner = v.strip_prefix('*').unwrap_or(v);
+    let inner = inner.strip_suffix('*').unwrap_or(inner);
+    if v.is_empty() {
+        c.err(f.to_owned(), "is empty");
+    } else if v.contains("{*}") || v.contains("{**}") {
+        c.err(
+            f.to_owned(),
+            format!("`{v}`: path templates ({{*}}, {{**}}) are for paths only"),
+        );
+    } else if inner.contains('*') || (v != "*" && v.starts_with('*') && v.ends_with('*')) {
+        c.err(
+            f.to_owned(),
+            format!("`{v}`: `*` is allowed only once, at the start or the end"),
+        );
     }
 }
 

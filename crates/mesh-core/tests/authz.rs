@@ -1303,3 +1303,102 @@ mod paths_as_apps_read_them {
         }
     }
 }
+
+/// Path templates (Istio 1.22's `{*}` one segment, `{**}` one or more,
+/// last): matched on the normalised path, segment by segment; a DENY's
+/// template also matches in any case, and crafted spellings do not dodge
+/// it.
+#[test]
+fn path_templates_match_whole_segments() {
+    let allow = snap(&policy(
+        "p",
+        "ALLOW",
+        "[{to: [{operation: {paths: [\"/api/{*}/items\", \"/static/{**}\"]}}]}]",
+    ));
+    for (path, allowed) in [
+        ("/api/v1/items", true),
+        ("/api/v2/items", true),
+        ("/api/v1/items/3", false),
+        ("/api//items", false),
+        ("/api/items", false),
+        ("/api/v1/x/items", false),
+        ("/static/app.js", true),
+        ("/static/css/site.css", true),
+        ("/static/", false),
+        ("/static", false),
+        ("/API/v1/items", false),
+        ("/api/v1/../v2/items", true),
+        ("/other/v1/items", false),
+    ] {
+        let r = Req {
+            path,
+            ..Req::default()
+        };
+        assert_eq!(decide(&allow, &r).allowed, allowed, "ALLOW {path}");
+    }
+    let deny = snap(&policy(
+        "p",
+        "DENY",
+        "[{to: [{operation: {paths: [\"/admin/{**}\", \"/users/{*}/secrets\"]}}]}]",
+    ));
+    for (path, denied) in [
+        ("/admin/x", true),
+        ("/admin/x/y", true),
+        ("/ADMIN/x", true),
+        ("/public/../admin/x", true),
+        ("/%61dmin/x", true),
+        ("/admin;x/y", true),
+        ("//admin//x", true),
+        ("/admin", false),
+        ("/users/7/secrets", true),
+        ("/Users/7/SECRETS", true),
+        ("/users/7/secrets/", false),
+        ("/users/7/public", false),
+    ] {
+        let r = Req {
+            path,
+            ..Req::default()
+        };
+        assert_eq!(!decide(&deny, &r).allowed, denied, "DENY {path}");
+    }
+}
+
+#[test]
+fn malformed_path_templates_are_refused_by_field() {
+    for (path, words) in [
+        ("/a/{*}x", "a segment is a literal"),
+        ("/{**}/b", "must be the last segment"),
+        ("/a{*}", "a segment is a literal"),
+        ("{*}/a", "starts with /"),
+        ("/a/{*}*", "a segment is a literal"),
+    ] {
+        let yaml = format!(
+            "{WORKLOAD}---\n{}",
+            policy(
+                "p",
+                "ALLOW",
+                &format!("[{{to: [{{operation: {{paths: [\"{path}\"]}}}}]}}]")
+            )
+        );
+        let e = load_str(Path::new("t.yaml"), &yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("spec.rules[0].to[0].operation.paths[0]") && e.contains(words),
+            "{path}: {e}"
+        );
+    }
+    // A template anywhere but paths is refused too.
+    let yaml = format!(
+        "{WORKLOAD}---\n{}",
+        policy(
+            "p",
+            "ALLOW",
+            "[{to: [{operation: {hosts: [\"{*}.example.com\"]}}]}]"
+        )
+    );
+    let e = load_str(Path::new("t.yaml"), &yaml)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("for paths only"), "{e}");
+}

@@ -63,9 +63,9 @@ fn refused_with_the_field_named() {
             "allowed only once",
         ),
         (
-            "{rules: [{to: [{operation: {paths: [\"/api/{*}/admin\"]}}]}]}",
+            "{rules: [{to: [{operation: {paths: [\"/api/{*}x/admin\"]}}]}]}",
             "paths[0]",
-            "path templates",
+            "a segment is a literal",
         ),
         (
             "{rules: [{to: [{operation: {paths: [admin]}}]}]}",
@@ -158,6 +158,7 @@ fn istio_policies_that_load() {
         "{rules: [{}]}",
         "{action: AUDIT, rules: [{}]}",
         "{rules: [{to: [{operation: {paths: [\"*\", /, \"*.php\", \"/api/*\", \"/a/.*\", \"/a b\", \"/a%20b\"]}}]}]}",
+        "{rules: [{to: [{operation: {paths: [\"/api/{*}/admin\", \"/static/{**}\"]}}]}]}",
         "{rules: [{to: [{operation: {notPaths: [\"*/x\", \"*./x\", \"/a/\"]}}]}]}",
         "{rules: [{to: [{operation: {hosts: [\"*.example.com\", \"example.com:8080\"], ports: [\"80\"], methods: [GET]}}]}]}",
         "{rules: [{when: [{key: \"request.headers[X-Tenant]\", values: [\"ac*\"], notValues: [acme-test]}]}]}",

@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// The share of Istio-valid folders read today (151 of 253; the Gateway
+/// The share of Istio-valid folders read today (152 of 253; the Gateway
 /// API folders, once "read" by skipping their routes, are refused by name).
 const VALID_FLOOR: f64 = 0.59;
 

@@ -424,3 +424,40 @@ fn the_gateway_api_is_refused_by_name_never_skipped() {
         );
     }
 }
+
+#[test]
+fn the_deprecated_mirror_percent_is_read_as_mirror_percentage() {
+    let vs = |extra: &str| {
+        format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\nspec:\n  hosts: [example.com]\n  http:\n  - route: [{{destination: {{host: example.com}}}}]\n{extra}",
+            se("  ports: [{number: 80, name: http}]\n  endpoints: [{address: 10.0.0.1}]\n")
+        )
+    };
+    let r = load_str(
+        Path::new("good.yaml"),
+        &vs("    mirror: {host: example.com}\n    mirrorPercent: 30\n"),
+    )
+    .unwrap();
+    let snap = mesh_core::snapshot::compile(&r).unwrap();
+    assert_eq!(
+        snap.mesh_routes["example.com"][0].mirror_percent,
+        Some(30.0)
+    );
+    refused(
+        &vs(
+            "    mirror: {host: example.com}\n    mirrorPercent: 30\n    mirrorPercentage: {value: 30}\n",
+        ),
+        "spec.http[0].mirrorPercent",
+        "exclude each other",
+    );
+    refused(
+        &vs("    mirror: {host: example.com}\n    mirrorPercent: 130\n"),
+        "spec.http[0].mirrorPercent",
+        "more than 100",
+    );
+    refused(
+        &vs("    mirrorPercentage: {value: 30}\n"),
+        "spec.http[0].mirrorPercentage",
+        "needs a mirror destination",
+    );
+}

@@ -72,6 +72,10 @@ pub struct HttpRoute {
     /// Share of requests mirrored (100 when absent).
     #[serde(default)]
     pub mirror_percentage: Option<Percent>,
+    /// Istio's deprecated `mirrorPercent` (a whole percentage): read as
+    /// `mirrorPercentage` when that is absent; both at once are refused.
+    #[serde(default)]
+    pub mirror_percent: Option<u32>,
     /// Header changes for every destination of the rule.
     #[serde(default)]
     pub headers: Option<Headers>,
