@@ -616,8 +616,7 @@ pub fn captured(snap: &Snapshot, dst: std::net::SocketAddr) -> CapturedDestinati
     // Services sharing an address on different ports are told apart by
     // the port: among those with the port, the most specific block wins.
     let by_vip = snap
-        .services
-        .values()
+        .services_with_addresses()
         .filter(|s| s.port(dst.port()).is_some())
         .filter_map(|s| {
             let prefix = s
@@ -656,11 +655,16 @@ fn captured_endpoint(
 ) -> Option<CapturedDestination<'_>> {
     let dst = std::net::SocketAddr::new(ip, dst_port);
     let mut best: Option<CapturedDestination<'_>> = None;
-    for (i, w) in snap.workloads.iter().enumerate() {
-        if w.address.parse::<std::net::IpAddr>().ok() != Some(ip) {
-            continue;
-        }
-        for service in snap.services.values().filter(|s| s.workloads.contains(&i)) {
+    // The workloads at that address, and the services each serves: from
+    // the snapshot's indexes, never a scan of the mesh per connection.
+    for &i in snap.workloads_at(ip) {
+        let w = &snap.workloads[i];
+        let services = snap
+            .hosts_served_by(i)
+            .iter()
+            .filter_map(|h| snap.services.get(h))
+            .filter(|s| s.workloads.contains(&i));
+        for service in services {
             let Some(port) = service
                 .ports
                 .iter()

@@ -313,6 +313,11 @@ struct Index {
     peer: PolicyIndex,
     /// Services whose host is a wildcard (`*.wikipedia.org`): their host.
     wildcard_services: crate::visibility::WildcardIndex<String>,
+    /// The hosts of the services with virtual IPs (`addresses`), for
+    /// captured connections: few, where every service would be many.
+    with_addresses: Vec<String>,
+    /// Workloads by IP address (those whose address is one), ascending.
+    by_address: HashMap<std::net::IpAddr, Vec<usize>>,
 }
 
 /// Policies by the namespace they can apply in, each list in load order:
@@ -502,6 +507,23 @@ impl Snapshot {
         self.index
             .by_namespace
             .get(namespace)
+            .map_or(&[][..], Vec::as_slice)
+    }
+
+    /// The services with virtual IPs (ServiceEntry `addresses`).
+    pub fn services_with_addresses(&self) -> impl Iterator<Item = &Service> {
+        self.index
+            .with_addresses
+            .iter()
+            .filter_map(|h| self.services.get(h))
+    }
+
+    /// The workloads whose address is `ip` (indexes into
+    /// [`Snapshot::workloads`]), ascending.
+    pub fn workloads_at(&self, ip: std::net::IpAddr) -> &[usize] {
+        self.index
+            .by_address
+            .get(&ip.to_canonical())
             .map_or(&[][..], Vec::as_slice)
     }
 
@@ -1191,10 +1213,20 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
         served_by.push(hosts);
     }
     snap.index.served_by = served_by;
-    for h in snap.services.keys() {
+    for (h, svc) in &snap.services {
         snap.index.wildcard_services.insert(h, h.clone());
+        if !svc.addresses.is_empty() {
+            snap.index.with_addresses.push(h.clone());
+        }
     }
     for (i, w) in snap.workloads.iter().enumerate() {
+        if let Ok(ip) = w.address.parse::<std::net::IpAddr>() {
+            snap.index
+                .by_address
+                .entry(ip.to_canonical())
+                .or_default()
+                .push(i);
+        }
         snap.index.workloads.entry(w.key.clone()).or_insert(i);
         snap.index
             .by_namespace

@@ -212,12 +212,14 @@ pub fn inbound_labels(
     port: u16,
     peer: Option<&SpiffeId>,
 ) -> (Option<DestinationInfo>, Option<SourceInfo>) {
-    let me = snap.workload(workload_key).map(|(_, w)| w);
-    let service = me.and_then(|w| {
-        snap.services.values().find(|s| {
-            s.workloads.iter().any(|i| snap.workloads[*i].key == w.key)
-                && s.ports.iter().any(|p| s.target_port(p, w) == port)
-        })
+    // The workload's own services, from the snapshot's index (a scan of
+    // every service per connection would grow with the mesh); the first
+    // host by name, as before.
+    let service = snap.workload(workload_key).and_then(|(i, w)| {
+        snap.hosts_served_by(i)
+            .iter()
+            .filter_map(|h| snap.services.get(h))
+            .find(|s| s.ports.iter().any(|p| s.target_port(p, w) == port))
     });
     let source = peer.and_then(|id| {
         // A DNS-made endpoint proves no identity: never a caller.
