@@ -665,6 +665,15 @@ pub fn cluster(snap: &Snapshot, name: &str, warnings: &mut Warnings) -> Option<C
                 }
             }
             Ok(EndpointTls::Plaintext) => {}
+            // Left out of the endpoints too (`load_assignment`): never sent
+            // plaintext where TLS was asked.
+            Ok(EndpointTls::Originate) => warnings.push(
+                name,
+                format!(
+                    "endpoint {}: TLS origination (SIMPLE) is not offered to gRPC clients yet; the endpoint is left out",
+                    ep.key
+                ),
+            ),
             Err(why) => warnings.push(name, format!("endpoint {}: {why}", ep.key)),
         }
     }
@@ -744,7 +753,12 @@ pub fn load_assignment(snap: &Snapshot, name: &str) -> Option<ClusterLoadAssignm
                 .parse::<std::net::IpAddr>()
                 .is_ok()
         })
-        .filter(|ep| plan::endpoint_tls(snap, svc, port, subset, ep).is_ok())
+        .filter(|ep| {
+            matches!(
+                plan::endpoint_tls(snap, svc, port, subset, ep),
+                Ok(EndpointTls::MeshMtls | EndpointTls::Plaintext)
+            )
+        })
         .map(|ep| LbEndpoint {
             health_status: HealthStatus::Healthy as i32,
             load_balancing_weight: Some(UInt32Value { value: 1 }),

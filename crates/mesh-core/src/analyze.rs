@@ -533,10 +533,18 @@ fn tls_table(snap: &Snapshot) -> Vec<TlsRow> {
                         Some(ClientTlsMode::IstioMutual) => {
                             reasons.entry("the service is outside the mesh (MESH_EXTERNAL) and cannot answer mesh mTLS (ISTIO_MUTUAL)".to_owned()).or_default();
                         }
-                        Some(m @ (ClientTlsMode::Simple | ClientTlsMode::Mutual)) => {
+                        Some(ClientTlsMode::Simple)
+                            if client
+                                .settings
+                                .as_ref()
+                                .is_some_and(|t| !t.subject_alt_names.is_empty()) =>
+                        {
+                            reasons.entry("TLS origination (SIMPLE) with subjectAltNames is not supported yet: requests get 503".to_owned()).or_default();
+                        }
+                        Some(ClientTlsMode::Mutual) => {
                             // What the data plane answers such a request
                             // with (plan::endpoint_tls): 503.
-                            reasons.entry(format!("TLS origination ({m}) towards a service outside the mesh is not supported yet: requests get 503")).or_default();
+                            reasons.entry("TLS origination (MUTUAL) towards a service outside the mesh is not supported yet: requests get 503".to_owned()).or_default();
                         }
                         _ => {}
                     }

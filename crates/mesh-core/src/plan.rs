@@ -357,6 +357,10 @@ pub enum EndpointTls {
     MeshMtls,
     /// Plaintext.
     Plaintext,
+    /// TLS the mesh originates to a server outside it (DestinationRule
+    /// `tls: SIMPLE`): the server verified by its DNS name (`sni`, else the
+    /// host) against `caCertificates`, else the system's roots.
+    Originate,
 }
 
 /// Step 2: a destination resolved against the snapshot.
@@ -460,6 +464,13 @@ pub fn endpoint_tls(
     if service.location == Location::MeshExternal {
         return match client.mode {
             None | Some(ClientTlsMode::Disable) => Ok(EndpointTls::Plaintext),
+            Some(ClientTlsMode::Simple) => match client.settings.as_ref() {
+                Some(t) if !t.subject_alt_names.is_empty() => Err(
+                    "client TLS mode SIMPLE with subjectAltNames is not supported yet (the server is verified by its DNS name)"
+                        .to_owned(),
+                ),
+                _ => Ok(EndpointTls::Originate),
+            },
             Some(m) => Err(format!(
                 "client TLS mode {m} towards a service outside the mesh is not supported yet"
             )),

@@ -8,9 +8,8 @@
 //!   the Gateway API...), listed by the test.
 //! - Istio-invalid documents (`A4-invalid`) refused: at least 95%.
 //! - Every Bookinfo tutorial step clean but `certmanager-gateway`, whose
-//!   VirtualService routes to a service the folder does not define, and
-//!   `egress-rule-google-apis`, which originates TLS (not done yet: 503):
-//!   true positives.
+//!   VirtualService routes to a service the folder does not define (a true
+//!   positive).
 //!
 //! Skipped, loudly, where the corpus is not on the machine.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -121,16 +120,9 @@ fn check_reads_istios_own_material() {
         share(refused, invalid) >= 0.95,
         "{refused}/{invalid} Istio-invalid documents refused"
     );
-    // Two true positives: certmanager-gateway routes to a service the
-    // folder does not define; egress-rule-google-apis originates TLS
-    // (DestinationRule `tls: SIMPLE` to a MESH_EXTERNAL host), which the
-    // data plane does not do yet and answers with 503.
     assert_eq!(
         unclean,
-        [
-            "bookinfo_networking_certmanager-gateway.yaml",
-            "bookinfo_networking_egress-rule-google-apis.yaml"
-        ],
+        ["bookinfo_networking_certmanager-gateway.yaml"],
         "Bookinfo steps that are not clean"
     );
 }

@@ -382,7 +382,7 @@ fn kinds_that_program_envoy_or_install_istio_are_refused_with_a_reason() {
 #[test]
 fn check_reports_tls_origination_the_data_plane_cannot_do() {
     let yaml = format!(
-        "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d}}\nspec:\n  host: example.com\n  trafficPolicy: {{tls: {{mode: SIMPLE}}}}\n",
+        "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d}}\nspec:\n  host: example.com\n  trafficPolicy: {{tls: {{mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem}}}}\n",
         se("  resolution: DNS\n  ports: [{number: 443, name: https, protocol: HTTPS}]\n")
     );
     let r = load_str(Path::new("good.yaml"), &yaml).unwrap();
@@ -401,7 +401,7 @@ fn check_reports_tls_origination_the_data_plane_cannot_do() {
         row.reason
             .as_deref()
             .unwrap_or_default()
-            .contains("TLS origination (SIMPLE)"),
+            .contains("TLS origination (MUTUAL)"),
         "{row:?}"
     );
 }

@@ -23,13 +23,16 @@ use tokio::net::TcpStream;
 use crate::body::{BoxBody, BoxError};
 use crate::tls::{MeshClientStream, MeshConnector};
 
-/// A connection to an endpoint: plain TCP or mesh mTLS.
+/// A connection to an endpoint: plain TCP, mesh mTLS, or TLS the mesh
+/// originates to a server outside it.
 #[derive(Debug)]
 pub enum EndpointIo {
     /// Plaintext.
     Plain(TcpStream),
     /// Mesh mTLS.
     Mtls(Box<MeshClientStream<TcpStream>>),
+    /// Originated TLS (DestinationRule `tls: SIMPLE`).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl EndpointIo {
@@ -54,6 +57,7 @@ impl AsyncRead for EndpointIo {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Self::Mtls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -67,18 +71,21 @@ impl AsyncWrite for EndpointIo {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Self::Mtls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
             Self::Mtls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Self::Mtls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
     fn poll_write_vectored(
@@ -89,12 +96,14 @@ impl AsyncWrite for EndpointIo {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Self::Mtls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
             Self::Plain(s) => s.is_write_vectored(),
             Self::Mtls(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
         }
     }
 }
@@ -108,6 +117,7 @@ pub(crate) struct EndpointConnector {
     mtls: Option<MeshConnector>,
     identities: Arc<[SpiffeId]>,
     connect_timeout: Duration,
+    origin: Option<OriginateTls>,
 }
 
 impl EndpointConnector {
@@ -123,7 +133,14 @@ impl EndpointConnector {
             mtls,
             identities,
             connect_timeout,
+            origin: None,
         }
+    }
+
+    /// Originates TLS with `origin` on `https` dials instead of mesh mTLS.
+    fn originating(mut self, origin: Option<OriginateTls>) -> Self {
+        self.origin = origin;
+        self
     }
 }
 
@@ -155,6 +172,12 @@ impl tower::Service<Uri> for EndpointConnector {
             let _ = tcp.set_nodelay(true);
             if !mtls {
                 return Ok(TokioIo::new(EndpointIo::Plain(tcp)));
+            }
+            if let Some(o) = &this.origin {
+                let tls = tokio_rustls::TlsConnector::from(o.config.clone())
+                    .connect(o.server_name.clone(), tcp)
+                    .await?;
+                return Ok(TokioIo::new(EndpointIo::Tls(Box::new(tls))));
             }
             let connector = this
                 .mtls
@@ -219,6 +242,28 @@ impl UpstreamError {
 /// ports over plaintext); a request extension the router sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PriorKnowledgeH2;
+
+/// TLS the mesh originates to the request's endpoint, a server outside the
+/// mesh (DestinationRule `tls: SIMPLE`): a request extension the router
+/// sets on an `https` request that is no mesh mTLS. `key` names the
+/// settings (roots and server name) for the client pools.
+#[derive(Clone)]
+pub struct OriginateTls {
+    /// What the settings are, for the pool key.
+    pub key: Arc<str>,
+    /// The client configuration (roots, ALPN `http/1.1`).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the server's certificate must carry, sent as SNI.
+    pub server_name: rustls_pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for OriginateTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OriginateTls")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
 
 /// How long the dial of the request's endpoint may take (the
 /// DestinationRule's `connectTimeout`); a request extension the router
@@ -286,18 +331,19 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
             .extensions()
             .get::<ConnectTimeout>()
             .map_or(mesh_core::plan::DEFAULT_CONNECT_TIMEOUT, |t| t.0);
+        let origin = req.extensions().get::<OriginateTls>().cloned();
         let send = if req.uri().scheme_str() == Some("https") {
             let ids = req
                 .extensions()
                 .get::<SecureNaming>()
                 .map_or_else(|| Arc::from([]), |s| s.0.clone());
-            shared.clients((ids, timeout), |c| c.pick(h2).request(req))
+            shared.clients((ids, timeout, origin), |c| c.pick(h2).request(req))
         } else if timeout == mesh_core::plan::DEFAULT_CONNECT_TIMEOUT {
             shared.plain.pick(h2).request(req)
         } else {
             // Another connect timeout: clients of their own (with no
             // identities, an mTLS dial through them fails closed).
-            shared.clients((Arc::from([]), timeout), |c| c.pick(h2).request(req))
+            shared.clients((Arc::from([]), timeout, None), |c| c.pick(h2).request(req))
         };
         async move {
             match send.await {
@@ -311,14 +357,19 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
 /// How many pairs of pooled clients [`hyper_upstream`] keeps at most.
 const MAX_CLIENT_SETS: usize = 256;
 
-/// The key of a pair of pooled clients: the identity set a dial verifies
-/// (secure naming) and the connect timeout.
-type ClientKey = (Arc<[SpiffeId]>, Duration);
+/// What a pair of pooled clients is made for: the identity set a dial
+/// verifies (secure naming), the connect timeout, and the TLS originated
+/// instead of mesh mTLS, if any.
+type ClientKey = (Arc<[SpiffeId]>, Duration, Option<OriginateTls>);
+
+/// [`ClientKey`] as the pool map holds it (the originated TLS by its
+/// settings' name).
+type PoolKey = (Arc<[SpiffeId]>, Duration, Option<Arc<str>>);
 
 /// What [`hyper_upstream`]'s service holds.
 struct HyperUpstream {
     plain: Clients,
-    by_identities: arc_swap::ArcSwap<foldhash::HashMap<ClientKey, Clients>>,
+    by_identities: arc_swap::ArcSwap<foldhash::HashMap<PoolKey, Clients>>,
     mtls: Option<MeshConnector>,
 }
 
@@ -331,16 +382,17 @@ impl Clients {
 
 impl HyperUpstream {
     /// Runs `f` with the clients of `key`, made on first use.
-    fn clients<T>(&self, key: ClientKey, f: impl FnOnce(&Clients) -> T) -> T {
+    fn clients<T>(&self, full: ClientKey, f: impl FnOnce(&Clients) -> T) -> T {
+        let (ids, timeout, origin) = full;
+        let key: PoolKey = (ids, timeout, origin.as_ref().map(|o| o.key.clone()));
         if let Some(c) = self.by_identities.load().get(&key) {
             return f(c);
         }
-        let make = |(ids, timeout): &ClientKey| {
-            Clients::new(EndpointConnector::new(
-                self.mtls.clone(),
-                ids.clone(),
-                *timeout,
-            ))
+        let make = |(ids, timeout, _): &PoolKey| {
+            Clients::new(
+                EndpointConnector::new(self.mtls.clone(), ids.clone(), *timeout)
+                    .originating(origin.clone()),
+            )
         };
         let mut out = None;
         self.by_identities.rcu(|m| {

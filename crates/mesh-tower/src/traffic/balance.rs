@@ -27,7 +27,7 @@ use super::state::{RandomSource, TrafficState};
 use super::{AttemptFuture, Avoid, Destination, Failed, Tried, attempt, planned};
 use crate::body::BoxBody;
 use crate::error::MeshError;
-use crate::upstream::{ConnectTimeout, PriorKnowledgeH2, SecureNaming};
+use crate::upstream::{ConnectTimeout, OriginateTls, PriorKnowledgeH2, SecureNaming};
 
 /// Chooses the endpoint of each attempt and keeps its health.
 #[derive(Debug, Clone)]
@@ -141,7 +141,30 @@ impl<S> Balance<S> {
             },
         )?;
         let mtls = tls == EndpointTls::MeshMtls;
-        let scheme = if mtls { "https" } else { "http" };
+        let origin = match tls {
+            EndpointTls::Originate => {
+                let settings = snap.client_tls(&service.host, plan.port, subset).settings;
+                Some(
+                    self.state
+                        .origin(settings.as_ref(), &plan.host)
+                        .map_err(|why| {
+                            Failed::before_endpoint(
+                                MeshError::CannotSecure {
+                                    host: plan.host.clone(),
+                                    why,
+                                },
+                                None,
+                            )
+                        })?,
+                )
+            }
+            _ => None,
+        };
+        let scheme = if mtls || origin.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         // From the `String` itself: parsing a `&str` would copy it again.
         let uri = Uri::try_from(format!("{scheme}://{}{path}", ep.key)).map_err(
@@ -165,6 +188,14 @@ impl<S> Balance<S> {
             ));
         } else {
             ext.remove::<SecureNaming>();
+        }
+        match origin {
+            Some(o) => {
+                ext.insert(o);
+            }
+            None => {
+                ext.remove::<OriginateTls>();
+            }
         }
         if plan.h2 {
             ext.insert(PriorKnowledgeH2);

@@ -163,9 +163,76 @@ pub(crate) struct TrafficState {
     counters: ArcSwap<foldhash::HashMap<String, Arc<AtomicUsize>>>,
     pools: ArcSwap<foldhash::HashMap<String, Arc<Pool>>>,
     identity_sets: ArcSwap<foldhash::HashSet<Arc<[SpiffeId]>>>,
+    /// Originated TLS by its settings (roots file, server name): a config
+    /// is built once, not per request.
+    origins: ArcSwap<foldhash::HashMap<Arc<str>, crate::upstream::OriginateTls>>,
 }
 
 impl TrafficState {
+    /// The TLS to originate to `host` by a DestinationRule's `tls: SIMPLE`
+    /// settings: the server's certificate checked against
+    /// `caCertificates` (a PEM file), else the system's roots, for the name
+    /// `sni` (else `host`). Built once per settings; a roots file is read
+    /// then (a changed file takes a new router or restart).
+    pub(crate) fn origin(
+        &self,
+        tls: Option<&mesh_core::resources::networking::ClientTlsSettings>,
+        host: &str,
+    ) -> Result<crate::upstream::OriginateTls, String> {
+        let ca = tls.and_then(|t| t.ca_certificates.as_deref());
+        let sni = tls.and_then(|t| t.sni.as_deref()).unwrap_or(host);
+        let key: Arc<str> = format!("{}|{sni}", ca.unwrap_or("system")).into();
+        if let Some(o) = self.origins.load().get(&key) {
+            return Ok(o.clone());
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                use rustls_pki_types::pem::PemObject as _;
+                let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("caCertificates {path}: {e}"))?;
+                for c in certs {
+                    let c = c.map_err(|e| format!("caCertificates {path}: {e}"))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| format!("caCertificates {path}: {e}"))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                for c in found.certs {
+                    let _ = roots.add(c);
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err(format!(
+                "no root certificate to verify {sni} with ({})",
+                ca.unwrap_or("the system has none")
+            ));
+        }
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(mesh_ca::tls::crypto_provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let server_name = rustls_pki_types::ServerName::try_from(sni.to_owned())
+            .map_err(|e| format!("sni {sni}: {e}"))?;
+        let o = crate::upstream::OriginateTls {
+            key: key.clone(),
+            config: Arc::new(config),
+            server_name,
+        };
+        self.origins.rcu(|m| {
+            let mut m = foldhash::HashMap::clone(m);
+            m.insert(key.clone(), o.clone());
+            m
+        });
+        Ok(o)
+    }
+
     /// The state of an endpoint, `address:port`.
     pub(crate) fn endpoint(&self, key: &str) -> Arc<EndpointState> {
         get_or_insert(&self.endpoints, key, EndpointState::default)

@@ -70,12 +70,12 @@ impl TcpRouter {
     ) -> Result<TcpConnection, MeshError> {
         let snap = self.store.load();
         let (svc, sp) = service_port(&snap, host, port, &self.namespace)?;
-        let tls = mesh_core::plan::endpoint_tls(&snap, svc, sp.number, None, endpoint).map_err(
-            |why| MeshError::CannotSecure {
+        let tls = mesh_core::plan::endpoint_tls(&snap, svc, sp.number, None, endpoint)
+            .and_then(opaque_tls)
+            .map_err(|why| MeshError::CannotSecure {
                 host: svc.host.clone(),
                 why,
-            },
-        )?;
+            })?;
         let allowed = mesh_core::plan::identities(&snap, endpoint);
         let policy = mesh_core::plan::effective_policy(&snap, &svc.host, sp.number, None);
         let timeout = mesh_core::plan::connect_timeout(&policy);
@@ -146,6 +146,7 @@ impl TcpRouter {
             };
             let mtls = planned
                 .endpoint_tls(&snap, &ep)
+                .and_then(opaque_tls)
                 .map_err(|why| MeshError::CannotSecure {
                     host: dest.host.clone(),
                     why,
@@ -244,6 +245,19 @@ fn service_port<'s>(
         port,
     })?;
     Ok((svc, sp))
+}
+
+/// What opaque TCP can be sent as: mesh mTLS or plaintext. TLS
+/// origination (a DestinationRule's `tls: SIMPLE`) is done for HTTP only,
+/// so a TCP connection that asks for it is refused, never sent in the
+/// clear.
+fn opaque_tls(tls: EndpointTls) -> Result<EndpointTls, String> {
+    match tls {
+        EndpointTls::Originate => Err(
+            "TLS origination (SIMPLE) is done for HTTP ports only; this is opaque TCP".to_owned(),
+        ),
+        other => Ok(other),
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub struct TestPki {
     pub ca: CertificateAuthority,
     issuer: Issuer<'static, KeyPair>,
     root: CertificateDer<'static>,
+    root_pem: String,
 }
 
 impl TestPki {
@@ -50,12 +51,18 @@ impl TestPki {
             td,
             ca,
             root: cert.der().clone(),
+            root_pem: cert.pem(),
             issuer: Issuer::new(params, key),
         }
     }
 
     pub fn root(&self) -> CertificateDer<'static> {
         self.root.clone()
+    }
+
+    /// The root certificate, PEM.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
     }
 
     pub fn bundles(&self) -> TrustBundleSet {
