@@ -541,6 +541,15 @@ fn tls_table(snap: &Snapshot) -> Vec<TlsRow> {
                         {
                             reasons.entry("TLS origination (SIMPLE) with subjectAltNames is not supported yet: requests get 503".to_owned()).or_default();
                         }
+                        Some(ClientTlsMode::Simple)
+                            if !matches!(
+                                port.protocol,
+                                crate::resources::networking::Protocol::Http
+                                    | crate::resources::networking::Protocol::Https
+                            ) =>
+                        {
+                            reasons.entry(format!("TLS origination (SIMPLE) is done for HTTP/1.1 ports only, not {}: connections get refused", port.protocol)).or_default();
+                        }
                         Some(ClientTlsMode::Mutual) => {
                             // What the data plane answers such a request
                             // with (plan::endpoint_tls): 503.

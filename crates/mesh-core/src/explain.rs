@@ -660,7 +660,14 @@ fn endpoints(
     };
     for ep in &planned.endpoints {
         let w = &snap.workloads[ep.workload];
-        let tls = planned.endpoint_tls(snap, ep);
+        // Opaque TCP is sent as the TCP router sends it: no TLS origination.
+        let tls = planned.endpoint_tls(snap, ep).and_then(|t| {
+            if http {
+                Ok(t)
+            } else {
+                crate::plan::opaque_tls(t)
+            }
+        });
         let external = planned.service.location == Location::MeshExternal;
         if external {
             match &tls {

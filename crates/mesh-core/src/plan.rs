@@ -54,7 +54,7 @@ use crate::gateway::GatewayRoute;
 use crate::identity::SpiffeId;
 use crate::resources::common::Labels;
 use crate::resources::networking::{
-    ClientTlsMode, HttpDirectResponse, HttpRedirect, Location, Resolution, TrafficPolicy,
+    ClientTlsMode, HttpDirectResponse, HttpRedirect, Location, Protocol, Resolution, TrafficPolicy,
 };
 use crate::resources::security::MtlsMode;
 use crate::retry::RetryPolicy;
@@ -469,6 +469,12 @@ pub fn endpoint_tls(
                     "client TLS mode SIMPLE with subjectAltNames is not supported yet (the server is verified by its DNS name)"
                         .to_owned(),
                 ),
+                _ if !service
+                    .port(port)
+                    .is_some_and(|p| matches!(p.protocol, Protocol::Http | Protocol::Https)) =>
+                {
+                    Err("TLS origination (SIMPLE) is done for HTTP/1.1 ports only (HTTP, HTTPS), not for HTTP/2, gRPC or opaque TCP".to_owned())
+                }
                 _ => Ok(EndpointTls::Originate),
             },
             Some(m) => Err(format!(
@@ -588,6 +594,20 @@ pub fn connect_timeout(policy: &TrafficPolicy) -> Duration {
         .and_then(|t| t.connect_timeout)
         .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0)
         .max(Duration::from_millis(1))
+}
+
+/// What opaque TCP can be sent as: mesh mTLS or plaintext. TLS
+/// origination (a DestinationRule's `tls: SIMPLE`) is done for HTTP only,
+/// so a TCP connection that asks for it is refused, never sent in the
+/// clear: the TCP router and `explain` both read this.
+pub fn opaque_tls(tls: EndpointTls) -> Result<EndpointTls, String> {
+    match tls {
+        EndpointTls::Originate => Err(
+            "TLS origination (SIMPLE) is done for HTTP requests only; this is opaque TCP"
+                .to_owned(),
+        ),
+        other => Ok(other),
+    }
 }
 
 /// What the original destination of a captured connection is, in the mesh.

@@ -461,3 +461,33 @@ fn the_deprecated_mirror_percent_is_read_as_mirror_percentage() {
         "needs a mirror destination",
     );
 }
+
+#[test]
+fn tls_origination_is_for_http_one_ports_only() {
+    for (protocol, ok) in [
+        ("HTTP", true),
+        ("HTTPS", true),
+        ("GRPC", false),
+        ("HTTP2", false),
+        ("TCP", false),
+    ] {
+        let yaml = format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d}}\nspec:\n  host: example.com\n  trafficPolicy: {{tls: {{mode: SIMPLE}}}}\n",
+            se(&format!(
+                "  location: MESH_EXTERNAL\n  ports: [{{number: 443, name: p, protocol: {protocol}}}]\n  endpoints: [{{address: 10.0.0.1}}]\n"
+            ))
+        );
+        let r = load_str(Path::new("good.yaml"), &yaml).unwrap();
+        let snap = mesh_core::snapshot::compile(&r).unwrap();
+        let svc = &snap.services["example.com"];
+        let ep = &mesh_core::plan::endpoints(&snap, svc, &svc.ports[0], None).unwrap()[0];
+        let tls = mesh_core::plan::endpoint_tls(&snap, svc, 443, None, ep);
+        assert_eq!(tls.is_ok(), ok, "{protocol}: {tls:?}");
+        let report = mesh_core::analyze::check(&snap, &r);
+        assert_eq!(report.has_errors(), !ok, "{protocol}: {:?}", report.tls);
+        // Opaque TCP never originates.
+        if ok {
+            assert!(mesh_core::plan::opaque_tls(tls.unwrap()).is_err());
+        }
+    }
+}

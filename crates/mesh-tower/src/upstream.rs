@@ -174,9 +174,15 @@ impl tower::Service<Uri> for EndpointConnector {
                 return Ok(TokioIo::new(EndpointIo::Plain(tcp)));
             }
             if let Some(o) = &this.origin {
-                let tls = tokio_rustls::TlsConnector::from(o.config.clone())
-                    .connect(o.server_name.clone(), tcp)
-                    .await?;
+                // The handshake is bounded too: a server outside the mesh
+                // that stalls it must not hold the attempt.
+                let handshake = tokio_rustls::TlsConnector::from(o.config.clone())
+                    .connect(o.server_name.clone(), tcp);
+                let tls = tokio::time::timeout(this.connect_timeout, handshake)
+                    .await
+                    .map_err(|_| {
+                        format!("TLS handshake timeout after {:?}", this.connect_timeout)
+                    })??;
                 return Ok(TokioIo::new(EndpointIo::Tls(Box::new(tls))));
             }
             let connector = this

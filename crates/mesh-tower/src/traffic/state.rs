@@ -163,28 +163,57 @@ pub(crate) struct TrafficState {
     counters: ArcSwap<foldhash::HashMap<String, Arc<AtomicUsize>>>,
     pools: ArcSwap<foldhash::HashMap<String, Arc<Pool>>>,
     identity_sets: ArcSwap<foldhash::HashSet<Arc<[SpiffeId]>>>,
-    /// Originated TLS by its settings (roots file, server name): a config
-    /// is built once, not per request.
-    origins: ArcSwap<foldhash::HashMap<Arc<str>, crate::upstream::OriginateTls>>,
+    /// Originated TLS by its settings (roots, server name), with when it
+    /// was built: a config (or why there is none) is built once a minute
+    /// at most, not per request, and a changed roots file is read again.
+    origins: ArcSwap<foldhash::HashMap<Arc<str>, BuiltOrigin>>,
 }
+
+/// An originated-TLS config (or why there is none) and when it was built.
+type BuiltOrigin = (
+    std::time::Instant,
+    Result<crate::upstream::OriginateTls, String>,
+);
 
 impl TrafficState {
     /// The TLS to originate to `host` by a DestinationRule's `tls: SIMPLE`
     /// settings: the server's certificate checked against
     /// `caCertificates` (a PEM file), else the system's roots, for the name
-    /// `sni` (else `host`). Built once per settings; a roots file is read
-    /// then (a changed file takes a new router or restart).
+    /// `sni` (else `host`). Built at most once a minute per settings (a
+    /// roots file rotated on disk is read again), failures included.
     pub(crate) fn origin(
         &self,
         tls: Option<&mesh_core::resources::networking::ClientTlsSettings>,
         host: &str,
     ) -> Result<crate::upstream::OriginateTls, String> {
+        const REBUILD: std::time::Duration = std::time::Duration::from_secs(60);
         let ca = tls.and_then(|t| t.ca_certificates.as_deref());
         let sni = tls.and_then(|t| t.sni.as_deref()).unwrap_or(host);
-        let key: Arc<str> = format!("{}|{sni}", ca.unwrap_or("system")).into();
-        if let Some(o) = self.origins.load().get(&key) {
-            return Ok(o.clone());
+        let key: Arc<str> = match ca {
+            Some(path) => format!("file:{path}|{sni}"),
+            None => format!("system|{sni}"),
         }
+        .into();
+        if let Some((at, o)) = self.origins.load().get(&key) {
+            if at.elapsed() < REBUILD {
+                return o.clone();
+            }
+        }
+        let built = Self::build_origin(key.clone(), ca, sni);
+        let now = std::time::Instant::now();
+        self.origins.rcu(|m| {
+            let mut m = foldhash::HashMap::clone(m);
+            m.insert(key.clone(), (now, built.clone()));
+            m
+        });
+        built
+    }
+
+    fn build_origin(
+        key: Arc<str>,
+        ca: Option<&str>,
+        sni: &str,
+    ) -> Result<crate::upstream::OriginateTls, String> {
         let mut roots = rustls::RootCertStore::empty();
         match ca {
             Some(path) => {
@@ -220,17 +249,11 @@ impl TrafficState {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let server_name = rustls_pki_types::ServerName::try_from(sni.to_owned())
             .map_err(|e| format!("sni {sni}: {e}"))?;
-        let o = crate::upstream::OriginateTls {
-            key: key.clone(),
+        Ok(crate::upstream::OriginateTls {
+            key,
             config: Arc::new(config),
             server_name,
-        };
-        self.origins.rcu(|m| {
-            let mut m = foldhash::HashMap::clone(m);
-            m.insert(key.clone(), o.clone());
-            m
-        });
-        Ok(o)
+        })
     }
 
     /// The state of an endpoint, `address:port`.

@@ -71,7 +71,7 @@ impl TcpRouter {
         let snap = self.store.load();
         let (svc, sp) = service_port(&snap, host, port, &self.namespace)?;
         let tls = mesh_core::plan::endpoint_tls(&snap, svc, sp.number, None, endpoint)
-            .and_then(opaque_tls)
+            .and_then(mesh_core::plan::opaque_tls)
             .map_err(|why| MeshError::CannotSecure {
                 host: svc.host.clone(),
                 why,
@@ -146,7 +146,7 @@ impl TcpRouter {
             };
             let mtls = planned
                 .endpoint_tls(&snap, &ep)
-                .and_then(opaque_tls)
+                .and_then(mesh_core::plan::opaque_tls)
                 .map_err(|why| MeshError::CannotSecure {
                     host: dest.host.clone(),
                     why,
@@ -245,19 +245,6 @@ fn service_port<'s>(
         port,
     })?;
     Ok((svc, sp))
-}
-
-/// What opaque TCP can be sent as: mesh mTLS or plaintext. TLS
-/// origination (a DestinationRule's `tls: SIMPLE`) is done for HTTP only,
-/// so a TCP connection that asks for it is refused, never sent in the
-/// clear.
-fn opaque_tls(tls: EndpointTls) -> Result<EndpointTls, String> {
-    match tls {
-        EndpointTls::Originate => Err(
-            "TLS origination (SIMPLE) is done for HTTP ports only; this is opaque TCP".to_owned(),
-        ),
-        other => Ok(other),
-    }
 }
 
 #[cfg(test)]
