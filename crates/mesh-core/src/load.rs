@@ -833,6 +833,13 @@ fn unhealthy(doc: &Value) -> Result<bool, (String, String)> {
     Ok(false)
 }
 
+/// A DNS-1123 label, as Kubernetes names namespaces and Istio port names:
+/// lowercase alphanumerics and `-`, starting and ending with an
+/// alphanumeric, at most 63 bytes.
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && is_dns_name(s) && !s.contains('.')
+}
+
 /// A DNS-1123 subdomain, as Kubernetes names objects: no `/`, never `..`.
 pub(crate) fn is_dns_name(s: &str) -> bool {
     !s.is_empty()

@@ -602,19 +602,7 @@ fn workload_entry(c: &mut Checker<'_>, f: &str, we: &WorkloadEntry) {
         );
     }
     for name in we.ports.keys() {
-        let ok = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && name
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphanumeric())
-            && name
-                .bytes()
-                .last()
-                .is_some_and(|b| b.is_ascii_alphanumeric());
+        let ok = crate::load::is_dns_label(name);
         if !ok {
             c.err(
                 format!("{f}.ports.{name}"),
@@ -670,8 +658,7 @@ fn sidecar(c: &mut Checker<'_>, sc: &Sidecar) {
                 );
                 continue;
             };
-            let ns_ok =
-                matches!(ns, "*" | "." | "~") || crate::load::is_dns_name(ns) && !ns.contains('.');
+            let ns_ok = matches!(ns, "*" | "." | "~") || crate::load::is_dns_label(ns);
             if !ns_ok || name.is_empty() || name.contains('/') {
                 c.err(
                     f,

@@ -15,12 +15,13 @@
 //! the same view of it, so the precedence below holds whatever order the
 //! documents arrive in.
 //!
-//! Precedence, where several resources a namespace sees name one host (the
-//! compile keeps the first): the namespace's own first, as Istio prefers a
-//! ServiceEntry and a VirtualService of the proxy's namespace; for a
-//! DestinationRule then the one in the namespace of the service it names,
-//! then the root namespace's (Istio's lookup order); everything else after,
-//! in load order.
+//! Precedence, where several resources a namespace sees name one host: a
+//! ServiceEntry or VirtualService of the namespace's own comes first (the
+//! view orders them so; the compile keeps the first), as Istio prefers the
+//! proxy's namespace. A DestinationRule is in force only at Istio's lookup
+//! levels ([`rule_level`]: the client's namespace, the service's, the
+//! root's), the most specific host within a level; the compile settles it
+//! per service from the view's namespace.
 
 use std::collections::BTreeSet;
 
@@ -85,7 +86,7 @@ pub fn export_to_problems(field: &str, list: &[String]) -> Vec<(String, String)>
     for (i, e) in list.iter().enumerate() {
         let f = format!("{field}[{i}]");
         let special = matches!(e.as_str(), "." | "*" | "~");
-        if !special && !is_namespace_name(e) {
+        if !special && !crate::load::is_dns_label(e) {
             out.push((
                 f.clone(),
                 format!("`{e}` is not `.`, `*`, `~` or a namespace name"),
@@ -99,17 +100,6 @@ pub fn export_to_problems(field: &str, list: &[String]) -> Vec<(String, String)>
         }
     }
     out
-}
-
-/// A namespace name: a DNS-1123 label (lowercase alphanumerics and `-`,
-/// starting and ending with an alphanumeric, at most 63 bytes).
-fn is_namespace_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
 /// What `namespace` sees of `r`: the ServiceEntries, VirtualServices and
@@ -158,10 +148,8 @@ fn view_keeping(
             namespace,
         )
     });
-    // The compile settles DestinationRules per service by level
-    // (`rule_level`); in load order here, the own namespace's first.
-    out.destination_rules
-        .sort_by_key(|dr| own_first(dr.namespace()));
+    // DestinationRules keep their load order: the compile settles them per
+    // service by level (`rule_level`, read from `view`).
     out.view = Some(namespace.to_owned());
     out
 }

@@ -177,7 +177,7 @@ impl tower::Service<Uri> for EndpointConnector {
                 // The handshake is bounded too: a server outside the mesh
                 // that stalls it must not hold the attempt.
                 let handshake = tokio_rustls::TlsConnector::from(o.config.clone())
-                    .connect(o.server_name.clone(), tcp);
+                    .connect(o.server_name.as_ref().clone(), tcp);
                 let tls = tokio::time::timeout(this.connect_timeout, handshake)
                     .await
                     .map_err(|_| {
@@ -259,8 +259,10 @@ pub struct OriginateTls {
     pub key: Arc<str>,
     /// The client configuration (roots, ALPN `http/1.1`).
     pub config: Arc<rustls::ClientConfig>,
-    /// The name the server's certificate must carry, sent as SNI.
-    pub server_name: rustls_pki_types::ServerName<'static>,
+    /// The name the server's certificate must carry, sent as SNI (shared:
+    /// the settings travel with every request, the name is copied only
+    /// per new connection).
+    pub server_name: Arc<rustls_pki_types::ServerName<'static>>,
 }
 
 impl std::fmt::Debug for OriginateTls {

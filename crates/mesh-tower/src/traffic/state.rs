@@ -252,7 +252,7 @@ impl TrafficState {
         Ok(crate::upstream::OriginateTls {
             key,
             config: Arc::new(config),
-            server_name,
+            server_name: Arc::new(server_name),
         })
     }
 
