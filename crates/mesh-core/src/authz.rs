@@ -79,6 +79,7 @@
 //!     method: "GET",
 //!     path: "/public/..%2F%61dmin",
 //!     headers: None,
+//!     auth: None,
 //! };
 //! let decision = evaluate(snap.workload_policies(db), &req);
 //! assert!(!decision.allowed);
@@ -92,6 +93,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::identity::SpiffeId;
+use crate::jwt::RequestAuth;
 use crate::normalize::{decode_once, merge_segments, normalize_path, strip_params};
 use crate::resources::ResourceRef;
 use crate::resources::common::Labels;
@@ -180,6 +182,10 @@ pub struct AuthzRequest<'a> {
     pub path: &'a str,
     /// Request headers; `None` reads as no headers at all.
     pub headers: Option<&'a dyn HeaderValues>,
+    /// The identity of the request's validated JWT
+    /// ([`crate::jwt::authenticate`]); `None`: no token (a request whose
+    /// token failed never reaches authorization).
+    pub auth: Option<&'a RequestAuth>,
 }
 
 impl std::fmt::Debug for AuthzRequest<'_> {
@@ -272,6 +278,7 @@ pub fn evaluate<'p>(
             method: req.method,
             paths,
             headers: req.headers,
+            auth: req.auth,
         }),
     };
     decide(policies, &view)
@@ -438,6 +445,7 @@ struct HttpView<'r> {
     /// The readings of the normalised path, decoded once.
     paths: Vec<String>,
     headers: Option<&'r dyn HeaderValues>,
+    auth: Option<&'r RequestAuth>,
 }
 
 /// An attribute of the request as a rule field sees it.
@@ -671,7 +679,49 @@ fn source_matches(s: &Source, v: &View<'_>, bias: Bias) -> bool {
         bias,
         false,
         ip_match,
+    ) && field(
+        &s.request_principals,
+        &s.not_request_principals,
+        &request_principal(v),
+        bias,
+        false,
+        str_match,
     )
+}
+
+/// The validated token's `<iss>/<sub>`: unknown at L4 (no request), absent
+/// without a token.
+fn request_principal(v: &View<'_>) -> Attr<String> {
+    match &v.http {
+        None => Attr::Unknown,
+        Some(h) => Attr::of(h.auth.map(|a| a.principal.clone())),
+    }
+}
+
+/// A JWT attribute that is a set of values (audiences, a list claim): the
+/// token is verified, so its values are not readings to doubt but members;
+/// `values` match if any member matches, `notValues` if none does. Unknown
+/// at L4, absent without a token or without the claim.
+fn auth_set(
+    values: &[String],
+    not_values: &[String],
+    set: Option<Vec<String>>,
+    bias: Bias,
+) -> bool {
+    if values.is_empty() && not_values.is_empty() {
+        return true;
+    }
+    let Some(set) = set else {
+        return bias == Bias::Deny;
+    };
+    if set.is_empty() {
+        return values.is_empty();
+    }
+    let any = |patterns: &[String]| {
+        set.iter()
+            .any(|v| patterns.iter().any(|p| wildcard(p, v, false)))
+    };
+    (values.is_empty() || any(values)) && (not_values.is_empty() || !any(not_values))
 }
 
 fn operation_matches(o: &Operation, v: &View<'_>, bias: Bias) -> bool {
@@ -715,6 +765,37 @@ fn condition_holds(c: &Condition, v: &View<'_>, bias: Bias) -> bool {
         "destination.port" => field(vals, nots, &port(v), bias, false, exact),
         "source.principal" => field(vals, nots, &principal(v), bias, false, str_match),
         "source.namespace" => field(vals, nots, &namespace(v), bias, false, str_match),
+        "request.auth.principal" => {
+            field(vals, nots, &request_principal(v), bias, false, str_match)
+        }
+        "request.auth.presenter" => {
+            let attr = match &v.http {
+                None => Attr::Unknown,
+                Some(h) => Attr::of(h.auth.and_then(|a| a.presenter.clone())),
+            };
+            field(vals, nots, &attr, bias, false, str_match)
+        }
+        "request.auth.audiences" => auth_set(
+            vals,
+            nots,
+            v.http
+                .as_ref()
+                .map(|h| h.auth.map(|a| a.audiences.clone()).unwrap_or_default()),
+            bias,
+        ),
+        key if key.starts_with("request.auth.claims") => {
+            let path = crate::jwt::claim_path(&key["request.auth.claims".len()..]);
+            match (path, &v.http) {
+                (Some(path), Some(h)) => auth_set(
+                    vals,
+                    nots,
+                    Some(h.auth.map(|a| a.claim(&path)).unwrap_or_default()),
+                    bias,
+                ),
+                // At L4, or a key the loader should have refused.
+                _ => bias == Bias::Deny,
+            }
+        }
         key => {
             let attr = match (
                 key.strip_prefix("request.headers[")

@@ -764,6 +764,7 @@ fn authorize(
             method: x.method(),
             path: path.split('?').next().unwrap_or(path),
             headers: Some(&x.q.headers),
+            auth: None,
         },
     )
 }

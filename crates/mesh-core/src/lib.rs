@@ -55,6 +55,7 @@ pub mod error;
 pub mod explain;
 pub mod gateway;
 pub mod identity;
+pub mod jwt;
 pub mod load;
 pub mod meshconfig;
 pub mod net;

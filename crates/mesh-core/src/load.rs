@@ -71,6 +71,7 @@ fn kind_of(kind: &str) -> Option<(Kind, &'static [&'static str])> {
         "Sidecar" => (Kind::Sidecar, NETWORKING_VERSIONS),
         "PeerAuthentication" => (Kind::PeerAuthentication, SECURITY_VERSIONS),
         "AuthorizationPolicy" => (Kind::AuthorizationPolicy, SECURITY_VERSIONS),
+        "RequestAuthentication" => (Kind::RequestAuthentication, SECURITY_VERSIONS),
         "MeshPolicy" => (Kind::MeshPolicy, LEGACY_AUTHN_VERSIONS),
         "Policy" => (Kind::Policy, LEGACY_AUTHN_VERSIONS),
         "MeshConfig" => (Kind::MeshConfig, &[MESH_CONFIG_API_VERSION]),
@@ -581,6 +582,9 @@ impl Loader {
             Kind::AuthorizationPolicy => self.push(kind, origin, api_version, doc, |r| {
                 &mut r.authorization_policies
             }),
+            Kind::RequestAuthentication => self.push(kind, origin, api_version, doc, |r| {
+                &mut r.request_authentications
+            }),
             Kind::MeshPolicy | Kind::Policy => {
                 self.push(kind, origin, api_version, doc, |r| &mut r.legacy_policies)
             }
@@ -794,7 +798,6 @@ fn unsupported_reason(kind: &str) -> Option<&'static str> {
             "it tunes Envoy proxies; mesh-proxy takes its settings from its command line"
         }
         "IstioOperator" => "it is an installation resource for istioctl, not mesh configuration",
-        "RequestAuthentication" => "JWT validation is not implemented yet",
         "Telemetry" => "the Telemetry API is not implemented yet",
         "WorkloadGroup" => "VM auto-registration is not implemented; write WorkloadEntries",
         _ => return None,

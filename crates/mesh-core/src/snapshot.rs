@@ -53,6 +53,10 @@ pub struct Workload {
     pub inbound: Vec<(u16, InboundMode)>,
     /// Indexes into [`Snapshot::authz_policies`] of the policies that apply.
     pub authz_policies: Vec<usize>,
+    /// Indexes into [`Snapshot::jwt_policies`] of the RequestAuthentications
+    /// that apply.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub jwt_policies: Vec<usize>,
     /// Whether new requests may go to it: `false` for a draining workload
     /// (a WorkloadEntry whose status says `Healthy: "False"`, a Kubernetes
     /// pod that is terminating or not ready). It stays a member of its
@@ -292,6 +296,8 @@ pub struct Snapshot {
     pub peer_policies: Vec<PeerPolicy>,
     /// Authorization policies, in load order.
     pub authz_policies: Vec<AuthzPolicy>,
+    /// RequestAuthentications, in load order.
+    pub jwt_policies: Vec<crate::jwt::JwtPolicy>,
     /// Documents that were not used.
     pub skipped: Vec<Skipped>,
     /// Lookups [`compile`] builds so that requests and the compile itself
@@ -385,6 +391,7 @@ impl Snapshot {
             gateways: BTreeMap::new(),
             peer_policies: Vec::new(),
             authz_policies: Vec::new(),
+            jwt_policies: Vec::new(),
             skipped: Vec::new(),
             index: Index::default(),
         }
@@ -491,6 +498,29 @@ impl Snapshot {
     /// says.
     pub fn client_tls(&self, host: &str, port: u16, subset: Option<&str>) -> ClientTls {
         client_tls_in(&self.destination_policies, host, port, subset)
+    }
+
+    /// The JWT rules of the RequestAuthentications that apply to a
+    /// workload, in load order.
+    pub fn workload_jwt_rules(&self, w: &Workload) -> Vec<std::sync::Arc<crate::jwt::JwtRule>> {
+        w.jwt_policies
+            .iter()
+            .flat_map(|i| self.jwt_policies[*i].rules.iter().cloned())
+            .collect()
+    }
+
+    /// The JWT rules that apply to a workload known only by namespace and
+    /// labels (a proxyless service without a registry entry).
+    pub fn jwt_rules_for(
+        &self,
+        namespace: &str,
+        labels: &Labels,
+    ) -> Vec<std::sync::Arc<crate::jwt::JwtRule>> {
+        self.jwt_policies
+            .iter()
+            .filter(|p| p.applies_to(namespace, labels))
+            .flat_map(|p| p.rules.iter().cloned())
+            .collect()
     }
 
     /// The authorization policies of a workload.
@@ -752,6 +782,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     source: source.clone(),
                     inbound: Vec::new(),
                     authz_policies: Vec::new(),
+                    jwt_policies: Vec::new(),
                     healthy: !we.unhealthy,
                     dns: None,
                 });
@@ -1153,6 +1184,14 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
         });
     }
 
+    // Request authentication: the JWTs workloads accept.
+    for ra in &r.request_authentications {
+        match jwt_policy(&snap, ra) {
+            Ok(p) => snap.jwt_policies.push(p),
+            Err(e) => errors.push(e),
+        }
+    }
+
     // Authorization policies.
     for ap in &r.authorization_policies {
         match authz_policy(&snap, ap) {
@@ -1178,6 +1217,10 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
         }
     }
     let mut authz = PolicyIndex::default();
+    let mut jwt = PolicyIndex::default();
+    for (i, p) in snap.jwt_policies.iter().enumerate() {
+        jwt.add((!p.root_namespace).then_some(&p.source.namespace), i);
+    }
     for (i, p) in snap.authz_policies.iter().enumerate() {
         authz.add((!p.root_namespace).then_some(&p.source.namespace), i);
     }
@@ -1203,13 +1246,18 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
             .filter(|i| snap.authz_policies[*i].applies_to(&w.namespace, &w.labels))
             .collect();
         let hosts: Vec<String> = services.iter().map(|s| s.host.clone()).collect();
-        inbound.push((modes, policies, hosts));
+        let jwt_policies: Vec<usize> = jwt
+            .of(&w.namespace)
+            .filter(|i| snap.jwt_policies[*i].applies_to(&w.namespace, &w.labels))
+            .collect();
+        inbound.push((modes, (policies, jwt_policies), hosts));
     }
     drop(served);
     let mut served_by = Vec::with_capacity(inbound.len());
-    for (w, (modes, policies, hosts)) in snap.workloads.iter_mut().zip(inbound) {
+    for (w, (modes, (policies, jwt_policies), hosts)) in snap.workloads.iter_mut().zip(inbound) {
         w.inbound = modes;
         w.authz_policies = policies;
+        w.jwt_policies = jwt_policies;
         served_by.push(hosts);
     }
     snap.index.served_by = served_by;
@@ -1279,6 +1327,90 @@ fn legacy_target_ports(snap: &Snapshot, host: &str, ports: impl Iterator<Item = 
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// Compiles one RequestAuthentication; an inline `jwks` is parsed here,
+/// once, so requests only verify.
+fn jwt_policy(
+    snap: &Snapshot,
+    ra: &Item<crate::resources::security::RequestAuthentication>,
+) -> Result<crate::jwt::JwtPolicy, ConfigError> {
+    use crate::jwt::{DEFAULT_JWKS_TIMEOUT, JwtKeys, JwtRule, KeySource, TokenLocation};
+    let err = |field: String, why: String| {
+        ConfigError::at(&ra.source.origin, Some(ra.source.to_string()), field, why)
+    };
+    let mut rules = Vec::with_capacity(ra.spec.jwt_rules.len());
+    for (i, r) in ra.spec.jwt_rules.iter().enumerate() {
+        let f = format!("spec.jwtRules[{i}]");
+        let keys = match (&r.jwks, &r.jwks_uri) {
+            (Some(jwks), None) => KeySource::Inline(std::sync::Arc::new(
+                JwtKeys::parse(jwks).map_err(|why| err(format!("{f}.jwks"), why))?,
+            )),
+            (None, Some(uri)) => {
+                crate::jwt::jwks_uri(uri).map_err(|why| err(format!("{f}.jwksUri"), why))?;
+                KeySource::Uri(uri.clone())
+            }
+            (None, None) => KeySource::Uri(
+                crate::jwt::discovery_uri(&r.issuer)
+                    .map_err(|why| err(format!("{f}.jwksUri"), why))?,
+            ),
+            _ => {
+                return Err(err(
+                    format!("{f}.jwksUri"),
+                    "set jwksUri or jwks, not both".to_owned(),
+                ));
+            }
+        };
+        let mut locations: Vec<TokenLocation> = r
+            .from_headers
+            .iter()
+            .map(|h| TokenLocation::Header {
+                name: h.name.to_ascii_lowercase(),
+                prefix: h.prefix.clone(),
+            })
+            .chain(r.from_params.iter().cloned().map(TokenLocation::Param))
+            .chain(r.from_cookies.iter().cloned().map(TokenLocation::Cookie))
+            .collect();
+        if locations.is_empty() {
+            locations = TokenLocation::defaults();
+        }
+        rules.push(std::sync::Arc::new(JwtRule {
+            source: ra.source.clone(),
+            issuer: r.issuer.clone(),
+            audiences: r.audiences.clone(),
+            keys,
+            locations,
+            forward_original_token: r.forward_original_token,
+            output_payload_to_header: r
+                .output_payload_to_header
+                .as_ref()
+                .map(|h| h.to_ascii_lowercase()),
+            output_claim_to_headers: r
+                .output_claim_to_headers
+                .iter()
+                .map(|c| {
+                    (
+                        c.header.to_ascii_lowercase(),
+                        c.claim.split('.').map(str::to_owned).collect(),
+                    )
+                })
+                .collect(),
+            space_delimited_claims: r.space_delimited_claims.clone(),
+            timeout: r.timeout.map_or(DEFAULT_JWKS_TIMEOUT, |t| t.0),
+        }));
+    }
+    let selector = ra
+        .spec
+        .selector
+        .as_ref()
+        .map(|s| s.match_labels.clone())
+        .filter(|l| !l.is_empty());
+    Ok(crate::jwt::JwtPolicy {
+        source: ra.source.clone(),
+        root_namespace: ra.namespace() == snap.mesh.root_namespace,
+        selector,
+        rules,
+    })
 }
 
 /// Compiles one AuthorizationPolicy. Its dry-run annotation is read again

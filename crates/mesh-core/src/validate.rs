@@ -12,7 +12,7 @@ use crate::resources::networking::{
     WorkloadEntry,
 };
 use crate::resources::security::{
-    AuthorizationPolicy, AuthzAction, LegacyPolicy, PeerAuthentication,
+    AuthorizationPolicy, AuthzAction, LegacyPolicy, PeerAuthentication, RequestAuthentication,
 };
 use crate::resources::{Item, Kind, Percent, Resources};
 
@@ -39,6 +39,9 @@ pub const WHEN_KEYS: &[&str] = &[
     "source.principal",
     "destination.ip",
     "destination.port",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
 ];
 
 struct Checker<'a> {
@@ -132,6 +135,9 @@ pub fn validate(r: &Resources) -> Vec<ConfigError> {
     }
     for i in &r.legacy_policies {
         legacy_policy(&mut checker(&mut errors, i), i.source.kind, &i.spec);
+    }
+    for i in &r.request_authentications {
+        request_authentication(&mut checker(&mut errors, i), &i.spec);
     }
     for i in &r.authorization_policies {
         let c = &mut checker(&mut errors, i);
@@ -236,12 +242,13 @@ fn http_route(c: &mut Checker<'_>, f: &str, r: &HttpRoute) {
                 c.string_match(&format!("{mf}.{map_name}.{k}"), sm);
                 if map_name != "queryParams" && k.starts_with('@') {
                     // Istio's `@request.auth.claims.*` pseudo-headers match
-                    // JWT claims: without RequestAuthentication nothing
-                    // fills them, and a rule on them would never apply.
+                    // JWT claims in routes; routing here decides before any
+                    // token is validated, so a rule on them is refused
+                    // rather than never applied.
                     c.err(
                         format!("{mf}.{map_name}.{k}"),
                         format!(
-                            "`{k}` is no HTTP header: matching on JWT claims (@request.auth.claims) needs RequestAuthentication, which this mesh does not implement"
+                            "`{k}` is no HTTP header: routing on JWT claims (@request.auth.claims) is not implemented; an AuthorizationPolicy can decide on them (when: request.auth.claims[NAME])"
                         ),
                     );
                 }
@@ -703,6 +710,112 @@ fn legacy_policy(c: &mut Checker<'_>, kind: Kind, p: &LegacyPolicy) {
     }
 }
 
+fn request_authentication(c: &mut Checker<'_>, ra: &RequestAuthentication) {
+    let mut issuers = std::collections::HashSet::new();
+    for (i, rule) in ra.jwt_rules.iter().enumerate() {
+        let f = format!("spec.jwtRules[{i}]");
+        if rule.issuer.is_empty() {
+            c.err(format!("{f}.issuer"), "required: the `iss` the rule is for");
+        } else if !issuers.insert(rule.issuer.as_str()) {
+            // Envoy keys providers by issuer: two rules for one issuer
+            // would leave which one checks a token to chance.
+            c.err(
+                format!("{f}.issuer"),
+                format!("`{}` has a rule already in this policy", rule.issuer),
+            );
+        }
+        for (k, a) in rule.audiences.iter().enumerate() {
+            if a.is_empty() {
+                c.err(
+                    format!("{f}.audiences[{k}]"),
+                    "should be at least 1 chars long",
+                );
+            }
+        }
+        match (&rule.jwks_uri, &rule.jwks) {
+            (Some(_), Some(_)) => c.err(
+                format!("{f}.jwks"),
+                "set jwksUri or jwks, not both: which keys count would be ambiguous",
+            ),
+            (None, None) => {
+                if let Err(why) = crate::jwt::discovery_uri(&rule.issuer) {
+                    c.err(format!("{f}.jwksUri"), why);
+                }
+            }
+            (Some(uri), None) => {
+                if let Err(why) = crate::jwt::jwks_uri(uri) {
+                    c.err(format!("{f}.jwksUri"), format!("`{uri}`: {why}"));
+                }
+            }
+            (None, Some(jwks)) => {
+                if let Err(why) = crate::jwt::JwtKeys::parse(jwks) {
+                    c.err(format!("{f}.jwks"), why);
+                }
+            }
+        }
+        for (k, h) in rule.from_headers.iter().enumerate() {
+            if h.name.is_empty() {
+                c.err(format!("{f}.fromHeaders[{k}].name"), "Required value");
+            } else if !h.name.bytes().all(is_tchar) {
+                c.err(
+                    format!("{f}.fromHeaders[{k}].name"),
+                    format!("`{}` is not an HTTP header name", h.name),
+                );
+            }
+        }
+        for (name, values) in [
+            ("fromParams", &rule.from_params),
+            ("fromCookies", &rule.from_cookies),
+        ] {
+            for (k, v) in values.iter().enumerate() {
+                if v.is_empty() {
+                    c.err(
+                        format!("{f}.{name}[{k}]"),
+                        "should be at least 1 chars long",
+                    );
+                }
+            }
+        }
+        let header = |c: &mut Checker<'_>, field: String, name: &str| {
+            if name.is_empty() {
+                c.err(field, "should be at least 1 chars long");
+            } else if !name.bytes().all(is_tchar) {
+                c.err(field, format!("`{name}` is not an HTTP header name"));
+            }
+        };
+        if let Some(h) = &rule.output_payload_to_header {
+            header(c, format!("{f}.outputPayloadToHeader"), h);
+        }
+        for (k, o) in rule.output_claim_to_headers.iter().enumerate() {
+            header(
+                c,
+                format!("{f}.outputClaimToHeaders[{k}].header"),
+                &o.header,
+            );
+            if o.claim.is_empty() {
+                c.err(
+                    format!("{f}.outputClaimToHeaders[{k}].claim"),
+                    "should be at least 1 chars long",
+                );
+            }
+        }
+        for (k, v) in rule.space_delimited_claims.iter().enumerate() {
+            if v.is_empty() {
+                c.err(
+                    format!("{f}.spaceDelimitedClaims[{k}]"),
+                    "should be at least 1 chars long",
+                );
+            }
+        }
+        if rule.timeout.is_some_and(|t| t.0.is_zero()) {
+            c.err(
+                format!("{f}.timeout"),
+                "must be a valid duration greater than 0",
+            );
+        }
+    }
+}
+
 fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
     if ap.action == Some(AuthzAction::Custom) {
         c.err(
@@ -720,6 +833,8 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
                 ("notPrincipals", &s.not_principals),
                 ("namespaces", &s.namespaces),
                 ("notNamespaces", &s.not_namespaces),
+                ("requestPrincipals", &s.request_principals),
+                ("notRequestPrincipals", &s.not_request_principals),
             ] {
                 wildcard_values(c, &format!("{f}.{name}"), values);
             }
@@ -743,6 +858,8 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
                 &s.not_namespaces,
                 &s.ip_blocks,
                 &s.not_ip_blocks,
+                &s.request_principals,
+                &s.not_request_principals,
             ]
             .iter()
             .all(|v| v.is_empty())
@@ -824,17 +941,36 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
                     );
                 }
             }
-            if matches!(cond.key.as_str(), "source.principal" | "source.namespace")
-                || header.is_some()
+            let claim = cond.key.strip_prefix("request.auth.claims");
+            if let Some(path) = claim
+                && crate::jwt::claim_path(path).is_none()
+            {
+                c.err(
+                    format!("{f}.key"),
+                    format!(
+                        "`{}` names no claim: write request.auth.claims[NAME], nested as request.auth.claims[A][B]",
+                        cond.key
+                    ),
+                );
+            }
+            if matches!(
+                cond.key.as_str(),
+                "source.principal"
+                    | "source.namespace"
+                    | "request.auth.principal"
+                    | "request.auth.audiences"
+                    | "request.auth.presenter"
+            ) || header.is_some()
+                || claim.is_some()
             {
                 wildcard_values(c, &format!("{f}.values"), &cond.values);
                 wildcard_values(c, &format!("{f}.notValues"), &cond.not_values);
             }
-            if header.is_none() && !WHEN_KEYS.contains(&cond.key.as_str()) {
+            if header.is_none() && claim.is_none() && !WHEN_KEYS.contains(&cond.key.as_str()) {
                 c.err(
                     format!("{f}.key"),
                     format!(
-                        "`{}` is not supported; use request.headers[NAME] or one of {}",
+                        "`{}` is not supported; use request.headers[NAME], request.auth.claims[NAME] or one of {}",
                         cond.key,
                         WHEN_KEYS.join(", ")
                     ),

@@ -87,6 +87,7 @@ fn decide_on(s: &Snapshot, workload: &str, r: &Req) -> AuthzDecision {
         method: r.method,
         path: r.path,
         headers: Some(&r.headers),
+        auth: None,
     };
     evaluate(s.workload_policies(w), &req)
 }
@@ -1234,6 +1235,7 @@ fn every_spelling_of_a_host_is_one_host() {
         method: "GET",
         path: "/",
         headers: None,
+        auth: None,
     };
     assert!(!evaluate(deny_fqdn.workload_policies(w), &req).allowed);
     assert!(!evaluate(allow_short.workload_policies(w), &req).allowed);

@@ -46,6 +46,7 @@ fn get(s: &Snapshot, method: &str, path: &str) -> AuthzDecision {
         method,
         path,
         headers: None,
+        auth: None,
     };
     evaluate(s.workload_policies(w), &req)
 }

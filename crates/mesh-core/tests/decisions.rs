@@ -394,6 +394,7 @@ fn authorization_semantics() {
             method,
             path,
             headers: None,
+            auth: None,
         };
         let d = evaluate(s.workload_policies(w), &req);
         (d.allowed, d.policy.map(|p| p.name))

@@ -72,6 +72,7 @@ fn decide(r: &Resources, path: &str) -> mesh_core::authz::AuthzDecision {
         method: "GET",
         path,
         headers: None,
+        auth: None,
     };
     evaluate(snap.workload_policies(w), &req)
 }

@@ -61,6 +61,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
@@ -68,6 +69,7 @@ use mesh_core::authz::{
     AuthzDecision, AuthzPolicy, AuthzRequest, ConnectionInfo, HeaderValues, evaluate, evaluate_tcp,
 };
 use mesh_core::identity::SpiffeId;
+use mesh_core::jwt::{self, JwtError, JwtRule, KeyLookup, KeySource, RequestAuth, TokenLocation};
 use mesh_core::normalize::normalize_path;
 use mesh_core::resources::common::Labels;
 use mesh_core::snapshot::Snapshot;
@@ -76,6 +78,7 @@ use tower::{Layer, Service};
 
 use crate::body::{BoxBody, full};
 use crate::error::{MeshError, REASON_HEADER};
+use crate::jwks::{Cached, JwksCache};
 use crate::tls::PeerIdentity;
 use crate::traffic::ClientAddr;
 
@@ -137,6 +140,7 @@ impl LocalWorkload {
                     .ok_or_else(|| format!("workload {name} is not in the configuration"))?;
                 Ok(Resolved {
                     policies: snap.workload_policies(w).collect(),
+                    jwt_rules: snap.workload_jwt_rules(w),
                     namespace: &w.namespace,
                     workload: Some((i, w.address.parse().ok())),
                 })
@@ -147,6 +151,7 @@ impl LocalWorkload {
                     .iter()
                     .filter(|p| p.applies_to(namespace, labels))
                     .collect(),
+                jwt_rules: snap.jwt_rules_for(namespace, labels),
                 namespace,
                 workload: None,
             }),
@@ -157,6 +162,8 @@ impl LocalWorkload {
 /// The local workload as one snapshot knows it.
 struct Resolved<'s> {
     policies: Vec<&'s AuthzPolicy>,
+    /// The RequestAuthentication rules that apply.
+    jwt_rules: Vec<Arc<JwtRule>>,
     namespace: &'s str,
     /// Its index in the snapshot and its address, for a registry workload.
     workload: Option<(usize, Option<IpAddr>)>,
@@ -168,6 +175,7 @@ pub struct AuthorizeLayer {
     store: Arc<Store>,
     workload: Arc<LocalWorkload>,
     port: Option<u16>,
+    jwks: Arc<JwksCache>,
 }
 
 impl AuthorizeLayer {
@@ -177,7 +185,15 @@ impl AuthorizeLayer {
             store,
             workload: Arc::new(workload),
             port: None,
+            jwks: JwksCache::global(),
         }
+    }
+
+    /// Key sets for `jwksUri` from `cache` rather than the process-wide
+    /// one ([`JwksCache::global`]).
+    pub fn with_jwks(mut self, cache: Arc<JwksCache>) -> Self {
+        self.jwks = cache;
+        self
     }
 
     /// The workload port requests arrive at, for when the server does not
@@ -215,33 +231,142 @@ impl AuthorizeLayer {
         decision
     }
 
-    /// Checks a request: the answer if it is refused; otherwise rewrites
-    /// its path to the normalised one and puts the [`AuthzDecision`] in its
-    /// extensions.
-    fn refusal<B>(&self, req: &mut Request<B>) -> Option<Response<BoxBody>> {
+    /// Checks a request: the answer if it is refused; key sets to wait for
+    /// (`may_fetch`: on the first pass only); otherwise authenticates its
+    /// token, rewrites its path to the normalised one and puts the
+    /// [`AuthzDecision`] in its extensions.
+    fn check<B>(&self, req: &mut Request<B>, may_fetch: bool) -> Check {
+        match self.refusal(req, may_fetch) {
+            Ok(None) => Check::Pass,
+            Ok(Some(resp)) => Check::Answer(resp),
+            Err(fetch) => Check::Fetch(fetch),
+        }
+    }
+
+    /// Request authentication (RequestAuthentication): the identity of the
+    /// request's valid token (`None` without one), a 401, or key sets to
+    /// fetch first.
+    fn authenticate<B>(
+        &self,
+        req: &mut Request<B>,
+        rules: &[Arc<JwtRule>],
+        may_fetch: bool,
+    ) -> Authn {
+        if rules.is_empty() {
+            return Authn::Identity(None);
+        }
+        let need = std::cell::RefCell::new(Vec::new());
+        let result = jwt::authenticate(
+            rules,
+            &HeaderMapValues(req.headers()),
+            req.uri().query(),
+            |rule| match &rule.keys {
+                KeySource::Inline(keys) => KeyLookup::Keys(keys.clone()),
+                KeySource::Uri(uri) => match self.jwks.cached(uri, rule.timeout) {
+                    Cached::Keys(keys) => KeyLookup::Keys(keys),
+                    Cached::Fetch => {
+                        need.borrow_mut().push((uri.clone(), rule.timeout));
+                        KeyLookup::Unavailable(format!("{uri}: not fetched yet"))
+                    }
+                    Cached::Failed(why) => KeyLookup::Unavailable(why),
+                },
+            },
+        );
+        let authn = match result {
+            Ok(a) => a,
+            Err(f) => {
+                let need = need.into_inner();
+                if may_fetch {
+                    if matches!(f.error, JwtError::KeysUnavailable(_)) && !need.is_empty() {
+                        return Authn::Fetch(need);
+                    }
+                    // A key id the set lacks: the issuer may have rotated.
+                    if let (JwtError::NoKey, Some(rule)) = (&f.error, &f.rule)
+                        && let KeySource::Uri(uri) = &rule.keys
+                        && self.jwks.refetch_for_unknown_kid(uri)
+                    {
+                        return Authn::Fetch(vec![(uri.clone(), rule.timeout)]);
+                    }
+                }
+                tracing::info!(target: "mesh::authz", method = %req.method(), path = %req.uri().path(), reason = %f.error, "request unauthenticated");
+                let resp = MeshError::Unauthenticated(f.error.to_string())
+                    .to_response_for(crate::error::is_grpc(req.headers()));
+                return Authn::Refused(refuse(req, resp));
+            }
+        };
+        // What the rules write upstream is only ever the mesh's: a client
+        // that sends these headers itself (with or without a token) has
+        // them removed, so an application reading them reads a verified
+        // token or nothing.
+        let headers = req.headers_mut();
+        for rule in rules {
+            if let Some(h) = &rule.output_payload_to_header {
+                headers.remove(h.as_str());
+            }
+            for (h, _) in &rule.output_claim_to_headers {
+                headers.remove(h.as_str());
+            }
+        }
+        for (found, rule, auth) in &authn.tokens {
+            if !rule.forward_original_token
+                && let TokenLocation::Header { name, .. } = &found.location
+            {
+                headers.remove(name.as_str());
+            }
+            if let Some(h) = &rule.output_payload_to_header
+                && let Some(v) =
+                    jwt::payload_part(&found.token).and_then(|p| HeaderValue::from_str(p).ok())
+                && let Ok(name) = http::HeaderName::from_bytes(h.as_bytes())
+            {
+                headers.insert(name, v);
+            }
+            for (h, claim) in &rule.output_claim_to_headers {
+                if let Some(v) = jwt::claim_header_value(auth, claim)
+                    .and_then(|v| HeaderValue::from_str(&v).ok())
+                    && let Ok(name) = http::HeaderName::from_bytes(h.as_bytes())
+                {
+                    headers.insert(name, v);
+                }
+            }
+        }
+        Authn::Identity(authn.auth)
+    }
+
+    /// [`check`](Self::check) in `Result` form: `Err` lists key sets to
+    /// fetch.
+    fn refusal<B>(
+        &self,
+        req: &mut Request<B>,
+        may_fetch: bool,
+    ) -> Result<Option<Response<BoxBody>>, Vec<(String, Duration)>> {
         let snap = self.store.load();
         // Before anything reads the request: one host, no header that the
         // app reads under another name, values as the app reads them.
         let host = match crate::sanitize::sanitize(req, snap.mesh.headers_with_underscores_action) {
             Ok(h) => h,
             Err(e) => {
-                return Some(refuse(
+                return Ok(Some(refuse(
                     req,
                     e.to_response_for(crate::error::is_grpc(req.headers())),
-                ));
+                )));
             }
         };
         let path = match normalize_path(req.uri().path()) {
             Ok(p) => p.into_owned(),
             Err(e) => {
-                return Some(refuse(
+                return Ok(Some(refuse(
                     req,
                     bad_request(format!("the path cannot be normalised: {e}")),
-                ));
+                )));
             }
         };
         let decision = match self.workload.resolve(&snap) {
             Ok(local_workload) => {
+                let auth = match self.authenticate(req, &local_workload.jwt_rules, may_fetch) {
+                    Authn::Identity(auth) => auth,
+                    Authn::Refused(resp) => return Ok(Some(resp)),
+                    Authn::Fetch(fetch) => return Err(fetch),
+                };
                 let local = req.extensions().get::<LocalAddr>().map(|a| a.0);
                 let headers = HeaderMapValues(req.headers());
                 // The policies' hosts are compiled to the canonical
@@ -266,6 +391,7 @@ impl AuthorizeLayer {
                     method: req.method().as_str(),
                     path: &path,
                     headers: Some(&headers),
+                    auth: auth.as_ref(),
                 };
                 evaluate(local_workload.policies, &areq)
             }
@@ -275,7 +401,7 @@ impl AuthorizeLayer {
         if !decision.allowed {
             let resp = MeshError::Denied(decision.reason.clone())
                 .to_response_for(crate::error::is_grpc(req.headers()));
-            return Some(refuse(req, resp));
+            return Ok(Some(refuse(req, resp)));
         }
         if let Some(audit) = &decision.audited_by {
             tracing::info!(target: "mesh::authz", method = %req.method(), path = %path, audited_by = %audit, "request audited");
@@ -285,12 +411,12 @@ impl AuthorizeLayer {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(e) => {
                     let why = format!("cannot rewrite the path: {e}");
-                    return Some(refuse(req, bad_request(why)));
+                    return Ok(Some(refuse(req, bad_request(why))));
                 }
             }
         }
         req.extensions_mut().insert(decision);
-        None
+        Ok(None)
     }
 }
 
@@ -343,9 +469,32 @@ impl Authorize<()> {
     }
 }
 
+/// What request authentication made of a request.
+enum Authn {
+    /// The valid token's identity; `None`: no token.
+    Identity(Option<RequestAuth>),
+    /// The 401.
+    Refused(Response<BoxBody>),
+    /// Key sets to wait for, then check again.
+    Fetch(Vec<(String, Duration)>),
+}
+
+/// What [`AuthorizeLayer::check`] made of a request.
+enum Check {
+    /// On to the inner service.
+    Pass,
+    /// The mesh's own answer (400, 401, 403).
+    Answer(Response<BoxBody>),
+    /// Key sets to wait for, then check again.
+    Fetch(Vec<(String, Duration)>),
+}
+
 impl<S, B> Service<Request<B>> for Authorize<S>
 where
-    S: Service<Request<B>, Response = Response<BoxBody>>,
+    S: Service<Request<B>, Response = Response<BoxBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
@@ -356,9 +505,31 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let state = match self.layer.refusal(&mut req) {
-            None => State::Inner(Box::pin(self.inner.call(req))),
-            Some(resp) => State::Answer(Some(resp)),
+        let state = match self.layer.check(&mut req, true) {
+            Check::Pass => State::Inner(Box::pin(self.inner.call(req))),
+            Check::Answer(resp) => State::Answer(Some(resp)),
+            Check::Fetch(uris) => {
+                // The request waits for its issuer's keys; the service
+                // made ready for it goes with it (tower's clone-and-swap).
+                let fresh = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, fresh);
+                let layer = self.layer.clone();
+                State::Waiting(Box::pin(async move {
+                    for (uri, timeout) in uris {
+                        let _ = layer.jwks.wait_for(&uri, timeout).await;
+                    }
+                    match layer.check(&mut req, false) {
+                        Check::Pass => inner.call(req).await,
+                        Check::Answer(resp) => Ok(resp),
+                        // Not asked for on a second pass; answered as a
+                        // token that cannot be verified, never passed.
+                        Check::Fetch(_) => Ok(MeshError::Unauthenticated(
+                            "Jwks remote fetch is failed".to_owned(),
+                        )
+                        .to_response()),
+                    }
+                }))
+            }
         };
         ResponseFuture { state }
     }
@@ -367,20 +538,23 @@ where
 /// The future of [`Authorize`]: the mesh's own answer, or the inner
 /// service's. (The inner future is boxed: one allocation per allowed
 /// request buys pin projection without `unsafe` or another dependency.)
-pub struct ResponseFuture<F> {
+pub struct ResponseFuture<F: Future> {
     state: State<F>,
 }
 
-enum State<F> {
+enum State<F: Future> {
     Inner(Pin<Box<F>>),
     Answer(Option<Response<BoxBody>>),
+    /// Waiting for a key set, then the check and the inner service.
+    Waiting(Pin<Box<dyn Future<Output = F::Output> + Send>>),
 }
 
-impl<F> std::fmt::Debug for ResponseFuture<F> {
+impl<F: Future> std::fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match self.state {
             State::Inner(_) => "inner",
             State::Answer(_) => "answer",
+            State::Waiting(_) => "waiting for keys",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -397,6 +571,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.get_mut().state {
             State::Inner(f) => f.as_mut().poll(cx),
+            State::Waiting(f) => f.as_mut().poll(cx),
             State::Answer(resp) => match resp.take() {
                 Some(resp) => Poll::Ready(Ok(resp)),
                 // Polled after completion.

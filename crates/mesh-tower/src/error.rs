@@ -90,6 +90,9 @@ pub enum MeshError {
     /// Authorization denied the request.
     #[error("RBAC: access denied: {0}")]
     Denied(String),
+    /// The request's JWT failed validation (RequestAuthentication).
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The request body is larger than the configured cap.
     #[error("request body larger than {limit} bytes")]
     RequestBodyTooLarge {
@@ -143,6 +146,7 @@ impl MeshError {
             Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Denied(_) => StatusCode::FORBIDDEN,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -168,6 +172,8 @@ impl MeshError {
             Self::Timeout(_) => "UT",
             Self::FaultAbort(..) => "FI",
             Self::Denied(_) => "RBAC",
+            // Envoy's jwt_authn sets no flag of its own.
+            Self::Unauthenticated(_) => "-",
             // Envoy has no flag for either; both are the downstream's doing.
             Self::RequestBodyTooLarge { .. } | Self::BadRequest(_) => "DPE",
             Self::RequestBodyTimeout(_) => "SI",
@@ -194,6 +200,7 @@ impl MeshError {
             Self::Timeout(_) => "upstream request timeout",
             Self::FaultAbort(..) => "fault injected",
             Self::Denied(_) => "RBAC: access denied",
+            Self::Unauthenticated(_) => "Jwt verification fails",
             Self::RequestBodyTooLarge { .. } => "request body too large",
             Self::RequestBodyTimeout(_) => "request body timeout",
             Self::BadRequest(_) => "bad request",
@@ -279,6 +286,13 @@ impl MeshError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain"),
         );
+        if let Self::Unauthenticated(_) = self {
+            // RFC 6750 3.1, as Envoy's jwt_authn answers.
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
         resp.extensions_mut().insert(self.clone());
         resp
     }

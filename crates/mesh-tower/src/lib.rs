@@ -37,6 +37,7 @@
 pub mod authz;
 pub mod body;
 pub mod error;
+pub mod jwks;
 pub mod limits;
 pub mod mesh;
 pub mod sanitize;

@@ -81,14 +81,9 @@ struct App {
 impl App {
     fn service(
         &self,
-    ) -> impl tower::Service<
-        Request<()>,
-        Response = Response<BoxBody>,
-        Error = Infallible,
-        Future = impl Send,
-    > + Clone {
+    ) -> tower::util::BoxCloneSyncService<Request<()>, Response<BoxBody>, Infallible> {
         let this = self.clone();
-        tower::service_fn(move |req: Request<()>| {
+        tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: Request<()>| {
             let this = this.clone();
             async move {
                 this.calls.fetch_add(1, Ordering::SeqCst);
@@ -97,7 +92,7 @@ impl App {
                 }
                 Ok::<_, Infallible>(Response::new(full(req.uri().to_string())))
             }
-        })
+        }))
     }
 }
 

@@ -34,6 +34,8 @@ pub enum Kind {
     PeerAuthentication,
     /// `security.istio.io` AuthorizationPolicy.
     AuthorizationPolicy,
+    /// `security.istio.io` RequestAuthentication.
+    RequestAuthentication,
     /// Legacy `authentication.istio.io/v1alpha1` MeshPolicy.
     MeshPolicy,
     /// Legacy `authentication.istio.io/v1alpha1` Policy.
@@ -54,6 +56,7 @@ impl Kind {
             Self::Sidecar => "Sidecar",
             Self::PeerAuthentication => "PeerAuthentication",
             Self::AuthorizationPolicy => "AuthorizationPolicy",
+            Self::RequestAuthentication => "RequestAuthentication",
             Self::MeshPolicy => "MeshPolicy",
             Self::Policy => "Policy",
             Self::MeshConfig => "MeshConfig",
@@ -208,6 +211,8 @@ pub struct Resources {
     pub legacy_policies: Vec<Item<security::LegacyPolicy>>,
     /// AuthorizationPolicies.
     pub authorization_policies: Vec<Item<security::AuthorizationPolicy>>,
+    /// RequestAuthentications: the JWTs workloads accept.
+    pub request_authentications: Vec<Item<security::RequestAuthentication>>,
     /// Documents of kinds the mesh does not read.
     pub skipped: Vec<Skipped>,
     /// The namespace these are the view of ([`crate::visibility::view`]);

@@ -1,5 +1,5 @@
-//! `security.istio.io` PeerAuthentication and AuthorizationPolicy (v1beta1 and
-//! v1), and the legacy `authentication.istio.io/v1alpha1` MeshPolicy and
+//! `security.istio.io` PeerAuthentication, RequestAuthentication and
+//! AuthorizationPolicy (v1beta1 and v1), and the legacy `authentication.istio.io/v1alpha1` MeshPolicy and
 //! Policy, which are read here and mapped onto PeerAuthentication semantics.
 //!
 //! An AuthorizationPolicy annotated `istio.io/dry-run: "true"` is evaluated
@@ -184,6 +184,13 @@ pub struct Source {
     /// Peer namespaces that must not match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_namespaces: Vec<String>,
+    /// Request principals, `<iss>/<sub>` of a JWT validated by a
+    /// RequestAuthentication, with `*` prefix or suffix wildcards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<String>,
+    /// Request principals that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_request_principals: Vec<String>,
     /// Peer IP addresses or CIDR blocks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_blocks: Vec<String>,
@@ -235,6 +242,95 @@ pub struct Condition {
     /// Values that must not match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_values: Vec<String>,
+}
+
+// ------------------------------------------------------ RequestAuthentication
+
+/// `RequestAuthentication.spec`: which JWTs the selected workloads accept.
+/// A request without a token passes authentication (with no request
+/// principal); one with a token that fails any check is refused with 401.
+/// `targetRef`/`targetRefs` (Gateway API attachment) are not read here, so
+/// they are refused as unknown fields.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestAuthentication {
+    /// Workloads it applies to; the whole namespace when absent (the whole
+    /// mesh in the root namespace).
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    /// The issuers accepted; a token's `iss` picks its rule.
+    #[serde(default)]
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+/// One issuer: how its tokens are found and checked.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtRule {
+    /// The `iss` claim this rule is for (required).
+    #[serde(default)]
+    pub issuer: String,
+    /// Accepted `aud` values, any of them; empty: not checked.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Where the issuer's JSON Web Key Set is fetched (http or https).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// The JSON Web Key Set itself, as a JSON string.
+    #[serde(default)]
+    pub jwks: Option<String>,
+    /// Headers the token is read from; with `fromParams` and `fromCookies`
+    /// empty too, `Authorization: Bearer` and the `access_token` query
+    /// parameter.
+    #[serde(default)]
+    pub from_headers: Vec<JwtHeader>,
+    /// Query parameters the token is read from.
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    /// Cookies the token is read from.
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    /// A header that carries the validated payload (base64url) upstream.
+    #[serde(default)]
+    pub output_payload_to_header: Option<String>,
+    /// Keep the token in the request; by default the header that carried
+    /// it is removed once it is validated.
+    #[serde(default)]
+    pub forward_original_token: bool,
+    /// Claims copied into request headers.
+    #[serde(default)]
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    /// Claims whose string value is a space-separated list (`scope`).
+    #[serde(default)]
+    pub space_delimited_claims: Vec<String>,
+    /// How long fetching `jwksUri` may take (default 5s).
+    #[serde(default)]
+    pub timeout: Option<super::common::Duration>,
+}
+
+/// `{name, prefix}`: a header a token is read from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtHeader {
+    /// The header's name.
+    #[serde(default)]
+    pub name: String,
+    /// Cut off the value's start (`Bearer `); a value without it carries
+    /// no token.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// `{header, claim}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimToHeader {
+    /// The request header to write.
+    #[serde(default)]
+    pub header: String,
+    /// The claim; `a.b` reads the nested claim `b` of `a`.
+    #[serde(default)]
+    pub claim: String,
 }
 
 // ----------------------------------------------------------------- legacy v1alpha1
