@@ -34,7 +34,7 @@
 //! let (pkcs8, jwks) = mesh_core::jwt::test_es256_key("k1").expect("key");
 //! let keys = JwtKeys::parse(&jwks)?;
 //! let token = sign_for_test(
-//!     jsonwebtoken::Algorithm::ES256,
+//!     mesh_core::jwt::Algorithm::ES256,
 //!     Some("k1"),
 //!     &pkcs8,
 //!     &serde_json::json!({"iss": "https://idp.example", "sub": "alice", "exp": 4_000_000_000u64}),
@@ -53,13 +53,16 @@ use std::time::Duration;
 use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
 use jsonwebtoken::errors::{Error as JwtLibError, ErrorKind};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind, EncodingKey, Validation};
+use jsonwebtoken::{DecodingKey, DecodingKeyKind, EncodingKey, Validation};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::authz::HeaderValues;
+
 use crate::resources::ResourceRef;
 use crate::resources::common::Labels;
+/// The signature algorithms, as tokens name them (`alg`).
+pub use jsonwebtoken::Algorithm;
 
 /// How long fetching a `jwksUri` may take when the rule does not say
 /// (Istio's default).

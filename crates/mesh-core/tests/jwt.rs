@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::process::Command;
 
-use jsonwebtoken::Algorithm;
 use mesh_core::authz::{AuthzRequest, evaluate};
 use mesh_core::jwt::{
     Authenticated, AuthnFailure, JwtError, JwtKeys, KeyLookup, KeySource, RequestAuth,

@@ -266,7 +266,11 @@ impl AuthorizeLayer {
                     Cached::Keys(keys) => KeyLookup::Keys(keys),
                     Cached::Fetch => {
                         need.borrow_mut().push((uri.clone(), rule.timeout));
-                        KeyLookup::Unavailable(format!("{uri}: not fetched yet"))
+                        KeyLookup::Unavailable(
+                            self.jwks
+                                .last_error(uri)
+                                .unwrap_or_else(|| format!("{uri}: not fetched yet")),
+                        )
                     }
                     Cached::Failed(why) => KeyLookup::Unavailable(why),
                 },
@@ -505,6 +509,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let since = std::time::Instant::now();
         let state = match self.layer.check(&mut req, true) {
             Check::Pass => State::Inner(Box::pin(self.inner.call(req))),
             Check::Answer(resp) => State::Answer(Some(resp)),
@@ -516,7 +521,7 @@ where
                 let layer = self.layer.clone();
                 State::Waiting(Box::pin(async move {
                     for (uri, timeout) in uris {
-                        let _ = layer.jwks.wait_for(&uri, timeout).await;
+                        let _ = layer.jwks.wait_for(&uri, timeout, since).await;
                     }
                     match layer.check(&mut req, false) {
                         Check::Pass => inner.call(req).await,

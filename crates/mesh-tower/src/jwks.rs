@@ -66,6 +66,8 @@ struct Entry {
     keys: Option<(Arc<JwtKeys>, Instant)>,
     last_error: Option<String>,
     last_attempt: Option<Instant>,
+    /// When the last fetch ended (either way).
+    completed: Option<Instant>,
     /// A background refresh is running.
     refreshing: bool,
     /// Held by the fetch in flight: requests that need the keys queue
@@ -137,7 +139,7 @@ impl JwksCache {
                         let this = self.clone();
                         let uri = uri.to_owned();
                         rt.spawn(async move {
-                            let _ = this.wait_for(&uri, timeout).await;
+                            let _ = this.wait_for(&uri, timeout, Instant::now()).await;
                         });
                     }
                 }
@@ -166,11 +168,22 @@ impl JwksCache {
         e.in_flight() || self.may_try(e, Instant::now())
     }
 
-    /// Waits for keys fetched after this call began: the result of a fetch
-    /// already in flight, else of one started here. A request that needs
-    /// keys (none yet, or a `kid` the set lacks) waits here.
-    pub async fn wait_for(&self, uri: &str, timeout: Duration) -> Result<Arc<JwtKeys>, String> {
-        let start = Instant::now();
+    /// Why the last fetch of `uri` failed, if it did.
+    pub fn last_error(&self, uri: &str) -> Option<String> {
+        self.entries().get(uri).and_then(|e| e.last_error.clone())
+    }
+
+    /// Waits for keys fetched since `since` (when the request found them
+    /// missing): the result of a fetch that ended since, or is in flight,
+    /// else of one started here. A request that needs keys (none yet, or a
+    /// `kid` the set lacks) waits here.
+    pub async fn wait_for(
+        &self,
+        uri: &str,
+        timeout: Duration,
+        since: Instant,
+    ) -> Result<Arc<JwtKeys>, String> {
+        let start = since;
         let lock = self
             .entries()
             .entry(uri.to_owned())
@@ -184,7 +197,7 @@ impl JwksCache {
         {
             let entries = self.entries();
             if let Some(e) = entries.get(uri)
-                && e.last_attempt.is_some_and(|t| t >= start)
+                && e.completed.is_some_and(|t| t >= start)
             {
                 return match (&e.keys, &e.last_error) {
                     (_, Some(why)) if e.keys.is_none() => Err(why.clone()),
@@ -211,6 +224,7 @@ impl JwksCache {
         let mut entries = self.entries();
         let e = entries.entry(uri.to_owned()).or_default();
         e.refreshing = false;
+        e.completed = Some(Instant::now());
         match got {
             Ok(keys) => {
                 let keys = Arc::new(keys);
