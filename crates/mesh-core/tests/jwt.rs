@@ -8,7 +8,7 @@ use std::process::Command;
 
 use mesh_core::authz::{AuthzRequest, evaluate};
 use mesh_core::jwt::{
-    Authenticated, AuthnFailure, JwtError, JwtKeys, KeyLookup, KeySource, RequestAuth,
+    Algorithm, Authenticated, AuthnFailure, JwtError, JwtKeys, KeyLookup, KeySource, RequestAuth,
     authenticate, b64url_encode, sign_for_test, test_es256_key,
 };
 use mesh_core::load::load_str;
