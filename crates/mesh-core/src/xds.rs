@@ -152,7 +152,8 @@ pub struct Catalog {
     /// VirtualServices and DestinationRules; a ServiceEntry also with the
     /// WorkloadEntries it selects.
     exported: Vec<Exported>,
-    /// AuthorizationPolicies and Sidecars by namespace.
+    /// AuthorizationPolicies, RequestAuthentications and Sidecars by
+    /// namespace.
     policies: HashMap<String, Vec<String>>,
     /// WorkloadEntries by `namespace/name`: their document and namespace.
     workloads: HashMap<String, (String, String)>,
@@ -207,6 +208,16 @@ impl Catalog {
             c.everyone.push(name);
         }
         for p in &r.authorization_policies {
+            let name = doc(&mut c, p)?;
+            c.policies
+                .entry(p.namespace().to_owned())
+                .or_default()
+                .push(name);
+        }
+        // RequestAuthentications too: a data plane that missed one would
+        // take a forged token's claims for anonymous, or an ALLOW on
+        // request principals for no rule at all.
+        for p in &r.request_authentications {
             let name = doc(&mut c, p)?;
             c.policies
                 .entry(p.namespace().to_owned())
@@ -435,6 +446,11 @@ apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: istio-system}
 spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: bank-jwt, namespace: bank}
+spec: {jwtRules: [{issuer: "https://idp.bank", jwksUri: "https://idp.bank/keys"}]}
 "#;
 
     fn catalog() -> (Resources, Catalog) {
@@ -467,6 +483,7 @@ spec: {mtls: {mode: STRICT}}
         let ledger: Vec<String> = c.view("bank/ledger-1").unwrap().into_keys().collect();
         assert!(ledger.contains(&"ServiceEntry/bank/ledger".to_owned()));
         assert!(ledger.contains(&"AuthorizationPolicy/bank/ledger-only-bank".to_owned()));
+        assert!(ledger.contains(&"RequestAuthentication/bank/bank-jwt".to_owned()));
         assert!(ledger.contains(&"ServiceEntry/shop/reviews".to_owned()));
         assert_eq!(
             c.view("shop/nobody"),

@@ -643,6 +643,17 @@ async fn serve(
     let (ns, name) = key.split_once('/').unwrap_or(("default", key.as_str()));
     let me = mesh_tower::telemetry::WorkloadInfo::new(name, ns).with_principal(&id);
     let router = crate::sidecar::outbound_stack(router, registry.clone(), me);
+    // The policies of the gateway's own workload (Istio's
+    // `selector: {istio: ingressgateway}`): RequestAuthentication and
+    // AuthorizationPolicy decide at the edge, before any route is taken.
+    let router: crate::sidecar::Outbound =
+        tower::util::BoxCloneSyncService::new(tower::Layer::layer(
+            &mesh_tower::authz::AuthorizeLayer::new(
+                store.clone(),
+                mesh_tower::authz::LocalWorkload::gateway(&key, id.namespace().unwrap_or(ns)),
+            ),
+            router,
+        ));
     let edge = EdgeConfig {
         router,
         store: store.clone(),
@@ -699,6 +710,7 @@ async fn serve(
                     drain.clone(),
                     move |tcp, remote| {
                         let (tls, edge, drain) = (tls.clone(), edge.clone(), drain2.clone());
+                        let local = tcp.local_addr().ok();
                         tokio::spawn(async move {
                             // A client that never finishes its handshake must not
                             // hold a connection forever.
@@ -711,7 +723,8 @@ async fn serve(
                             };
                             match handshake {
                                 Ok((stream, server, sni)) => {
-                                    let svc = edge.edge(remote, Listener::Tls { server, sni });
+                                    let svc =
+                                        edge.edge(remote, local, Listener::Tls { server, sni });
                                     let known =
                                         Known::from_alpn(stream.get_ref().1.alpn_protocol());
                                     serve_connection(stream, svc, drain, known).await
@@ -735,9 +748,10 @@ async fn serve(
                             servers: servers.clone(),
                             redirect,
                         };
+                        let local = tcp.local_addr().ok();
                         tokio::spawn(serve_connection(
                             tcp,
-                            edge.edge(remote, listener),
+                            edge.edge(remote, local, listener),
                             drain2.clone(),
                             None,
                         ));
@@ -807,7 +821,7 @@ struct EdgeConfig {
 }
 
 impl EdgeConfig {
-    fn edge(&self, remote: SocketAddr, listener: Listener) -> Edge {
+    fn edge(&self, remote: SocketAddr, local: Option<SocketAddr>, listener: Listener) -> Edge {
         let servers = match &listener {
             Listener::Plain { servers, .. } => servers.clone(),
             Listener::Tls { server, .. } => Arc::from([*server].as_slice()),
@@ -819,6 +833,7 @@ impl EdgeConfig {
                 Listener::Tls { .. } => "https",
             },
             remote,
+            local,
             servers: GatewayServers(servers),
             listener,
         }
@@ -835,6 +850,8 @@ struct Edge {
     config: EdgeConfig,
     proto: &'static str,
     remote: SocketAddr,
+    /// The listener's address: the port AuthorizationPolicy `ports` match.
+    local: Option<SocketAddr>,
     servers: GatewayServers,
     listener: Listener,
 }
@@ -943,6 +960,10 @@ impl tower::Service<Request<ProxyBody>> for Edge {
             }
         }
         req.extensions_mut().insert(ClientAddr(self.remote));
+        if let Some(local) = self.local {
+            req.extensions_mut()
+                .insert(mesh_tower::authz::LocalAddr(local));
+        }
         req.extensions_mut().insert(self.servers.clone());
         let mut router = self.config.router.clone();
         Box::pin(async move {

@@ -1255,3 +1255,93 @@ async fn credential_name_reads_the_mounted_secret() {
         );
     }
 }
+
+/// Istio's most common JWT setup: RequestAuthentication and
+/// AuthorizationPolicy on the ingress gateway (`selector: {istio:
+/// ingressgateway}`, the labels its Gateway selects). They decide at the
+/// edge: no token on `/admin` is 403, a bad token anywhere is 401, a
+/// valid one passes with its token removed; a DENY on the gateway's own
+/// port holds. The backend sees only what was let through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_authentication_and_authorization_decide_at_the_gateway() {
+    use mesh_core::jwt::{Algorithm, sign_for_test, test_es256_key};
+    let (key, jwks) = test_es256_key("edge-1").unwrap();
+    let jwks = serde_json::to_string(&jwks).unwrap();
+    let edge = Edge::start_with(ServerSettings::default(), move |yaml| {
+        format!(
+            "{yaml}---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: edge-jwt}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules: [{{issuer: \"https://idp.example\", jwks: {jwks}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: edge-admin}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: DENY
+  rules:
+  - from: [{{source: {{notRequestPrincipals: [\"*\"]}}}}]
+    to: [{{operation: {{paths: [\"/admin*\"]}}}}]
+  - to: [{{operation: {{paths: [\"/blocked\"]}}}}]
+"
+        )
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |exp: u64| {
+        let claims = serde_json::json!({"iss": "https://idp.example", "sub": "ops", "exp": exp});
+        sign_for_test(Algorithm::ES256, Some("edge-1"), &key, &claims).unwrap()
+    };
+    let (good, expired) = (sign(now + 600), sign(now - 600));
+    let get = |path: &str, token: Option<&str>| {
+        let auth = token
+            .map(|t| format!("authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        format!("GET {path} HTTP/1.1\r\nhost: {BLOG}\r\n{auth}connection: close\r\n\r\n")
+    };
+    let status = |answer: &str| support::status_of(answer);
+    let a = edge
+        .http_raw(edge.http, get("/admin", None).as_bytes())
+        .await;
+    assert_eq!(status(&a), Some(403), "{a}");
+    let a = edge
+        .http_raw(edge.http, get("/page", Some(&expired)).as_bytes())
+        .await;
+    assert_eq!(status(&a), Some(401), "{a}");
+    assert!(
+        a.to_ascii_lowercase().contains("www-authenticate: bearer"),
+        "{a}"
+    );
+    let a = edge
+        .http_raw(edge.http, get("/blocked", Some(&good)).as_bytes())
+        .await;
+    assert_eq!(status(&a), Some(403), "{a}");
+    assert!(
+        edge.paths().is_empty(),
+        "nothing refused reached the backend: {:?}",
+        edge.paths()
+    );
+    let a = edge
+        .http_raw(edge.http, get("/admin", Some(&good)).as_bytes())
+        .await;
+    assert_eq!(status(&a), Some(200), "{a}");
+    let a = edge
+        .http_raw(edge.http, get("/page", None).as_bytes())
+        .await;
+    assert_eq!(status(&a), Some(200), "{a}");
+    assert_eq!(edge.paths(), ["/admin", "/page"]);
+    let seen = edge.seen.headers();
+    assert!(
+        seen[0].get("authorization").is_none(),
+        "the validated token is not forwarded: {:?}",
+        seen[0]
+    );
+    edge.shutdown().await;
+}

@@ -104,6 +104,16 @@ pub enum LocalWorkload {
         /// Its labels, for policy selectors.
         labels: Labels,
     },
+    /// The proxy of a Gateway (`namespace/name` of the Gateway), running in
+    /// `namespace`: its labels are the Gateway's `selector`, read from each
+    /// snapshot, as Istio's gateway pods carry the labels their Gateway
+    /// selects. A Gateway missing from the configuration denies.
+    Gateway {
+        /// The Gateway, `namespace/name`.
+        gateway: String,
+        /// The namespace the gateway proxy runs in (its identity's).
+        namespace: String,
+    },
 }
 
 impl LocalWorkload {
@@ -117,6 +127,15 @@ impl LocalWorkload {
         Self::Labels {
             namespace: namespace.into(),
             labels,
+        }
+    }
+
+    /// The proxy of Gateway `gateway` (`namespace/name`), running in
+    /// `namespace`.
+    pub fn gateway(gateway: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self::Gateway {
+            gateway: gateway.into(),
+            namespace: namespace.into(),
         }
     }
 
@@ -155,6 +174,23 @@ impl LocalWorkload {
                 namespace,
                 workload: None,
             }),
+            Self::Gateway { gateway, namespace } => {
+                let labels = &snap
+                    .gateways
+                    .get(gateway)
+                    .ok_or_else(|| format!("Gateway {gateway} is not in the configuration"))?
+                    .selector;
+                Ok(Resolved {
+                    policies: snap
+                        .authz_policies
+                        .iter()
+                        .filter(|p| p.applies_to(namespace, labels))
+                        .collect(),
+                    jwt_rules: snap.jwt_rules_for(namespace, labels),
+                    namespace,
+                    workload: None,
+                })
+            }
         }
     }
 }
