@@ -72,6 +72,7 @@
 //! let req = AuthzRequest {
 //!     peer: None,
 //!     source_ip: Some([10, 0, 0, 1].into()),
+//!     remote_ip: Some([10, 0, 0, 1].into()),
 //!     destination_ip: None,
 //!     destination_port: 8080,
 //!     host: "db",
@@ -161,6 +162,13 @@ pub struct AuthzRequest<'a> {
     pub peer: Option<&'a SpiffeId>,
     /// The peer's address; `None` when unknown (see the module docs).
     pub source_ip: Option<IpAddr>,
+    /// The original client's address, what `remoteIpBlocks` and
+    /// `remote.ip` match: at the gateway its peer (the gateway replaces
+    /// X-Forwarded-For with it); at a workload, the last X-Forwarded-For
+    /// entry of a request from an authenticated mesh peer (the hop that
+    /// wrote it is a mesh proxy), else the peer. `None` when unknown (an
+    /// unreadable entry): ALLOW rules on it never match, DENY rules do.
+    pub remote_ip: Option<IpAddr>,
     /// The address the request arrived at; `None` when unknown.
     pub destination_ip: Option<IpAddr>,
     /// The workload port the request arrived at; 0 when unknown.
@@ -270,6 +278,7 @@ pub fn evaluate<'p>(
     let view = View {
         peer: req.peer,
         source_ip: req.source_ip,
+        remote_ip: req.remote_ip,
         destination_ip: req.destination_ip,
         destination_port: req.destination_port,
         http: Some(HttpView {
@@ -295,6 +304,9 @@ pub fn evaluate_tcp<'p>(
     let view = View {
         peer: conn.peer,
         source_ip: conn.source_ip,
+        // No X-Forwarded-For at L4: the client is the peer, as Istio
+        // reads `remote.ip` for TCP.
+        remote_ip: conn.source_ip,
         destination_ip: conn.destination_ip,
         destination_port: conn.destination_port,
         http: None,
@@ -432,6 +444,7 @@ impl Bias {
 struct View<'r> {
     peer: Option<&'r SpiffeId>,
     source_ip: Option<IpAddr>,
+    remote_ip: Option<IpAddr>,
     destination_ip: Option<IpAddr>,
     destination_port: u16,
     /// `None` at L4.
@@ -680,6 +693,13 @@ fn source_matches(s: &Source, v: &View<'_>, bias: Bias) -> bool {
         false,
         ip_match,
     ) && field(
+        &s.remote_ip_blocks,
+        &s.not_remote_ip_blocks,
+        &Attr::unknown_if_none(v.remote_ip),
+        bias,
+        false,
+        ip_match,
+    ) && field(
         &s.request_principals,
         &s.not_request_principals,
         &request_principal(v),
@@ -750,6 +770,14 @@ fn condition_holds(c: &Condition, v: &View<'_>, bias: Bias) -> bool {
             vals,
             nots,
             &Attr::unknown_if_none(v.source_ip),
+            bias,
+            false,
+            ip_match,
+        ),
+        "remote.ip" => field(
+            vals,
+            nots,
+            &Attr::unknown_if_none(v.remote_ip),
             bias,
             false,
             ip_match,

@@ -757,6 +757,7 @@ fn authorize(
         &AuthzRequest {
             peer,
             source_ip: x.source.address(),
+            remote_ip: x.source.address(),
             destination_ip: w.address.parse().ok(),
             destination_port: port,
             host: &host,

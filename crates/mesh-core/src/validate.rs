@@ -35,6 +35,7 @@ pub const RETRY_ON: &[&str] = &[
 /// The `when` keys an AuthorizationPolicy may use here.
 pub const WHEN_KEYS: &[&str] = &[
     "source.ip",
+    "remote.ip",
     "source.namespace",
     "source.principal",
     "destination.ip",
@@ -841,6 +842,8 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
             for (name, values) in [
                 ("ipBlocks", &s.ip_blocks),
                 ("notIpBlocks", &s.not_ip_blocks),
+                ("remoteIpBlocks", &s.remote_ip_blocks),
+                ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
             ] {
                 for (k, v) in values.iter().enumerate() {
                     if crate::authz::IpBlock::parse(v).is_none() {
@@ -860,6 +863,8 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
                 &s.not_ip_blocks,
                 &s.request_principals,
                 &s.not_request_principals,
+                &s.remote_ip_blocks,
+                &s.not_remote_ip_blocks,
             ]
             .iter()
             .all(|v| v.is_empty())
@@ -979,7 +984,10 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
             if cond.values.is_empty() && cond.not_values.is_empty() {
                 c.err(f.clone(), "needs values or notValues");
             }
-            if matches!(cond.key.as_str(), "source.ip" | "destination.ip") {
+            if matches!(
+                cond.key.as_str(),
+                "source.ip" | "remote.ip" | "destination.ip"
+            ) {
                 for v in cond.values.iter().chain(&cond.not_values) {
                     if crate::authz::IpBlock::parse(v).is_none() {
                         c.err(

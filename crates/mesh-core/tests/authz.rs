@@ -80,6 +80,7 @@ fn decide_on(s: &Snapshot, workload: &str, r: &Req) -> AuthzDecision {
     let req = AuthzRequest {
         peer: peer.as_ref(),
         source_ip: r.src.map(|a| a.parse().unwrap()),
+        remote_ip: r.src.map(|a| a.parse().unwrap()),
         destination_ip: r.dst.map(|a| a.parse().unwrap()),
         destination_port: r.port,
         host: &host,
@@ -1228,6 +1229,7 @@ fn every_spelling_of_a_host_is_one_host() {
     let req = AuthzRequest {
         peer: None,
         source_ip: None,
+        remote_ip: None,
         destination_ip: None,
         destination_port: 8080,
         host: "10.0.0.9:8080",

@@ -39,6 +39,7 @@ fn get(s: &Snapshot, method: &str, path: &str) -> AuthzDecision {
     let req = AuthzRequest {
         peer: None,
         source_ip: Some([10, 1, 0, 1].into()),
+        remote_ip: Some([10, 1, 0, 1].into()),
         destination_ip: Some([10, 0, 0, 9].into()),
         destination_port: 8080,
         host: "w.shop.svc.cluster.local",
@@ -297,4 +298,24 @@ spec:
     );
     let enforced = explain(&yaml(""));
     assert!(enforced.outcome.contains("403"), "{enforced}");
+}
+
+/// `remoteIpBlocks` at L4: no X-Forwarded-For, the peer is the client.
+#[test]
+fn remote_ip_blocks_at_l4_are_the_peer() {
+    let s = snap(&[policy(
+        "office",
+        None,
+        "ALLOW",
+        "[{from: [{source: {remoteIpBlocks: [10.1.0.0/16]}}]}]",
+    )]);
+    let (_, w) = s.workload("shop/w").unwrap();
+    let conn = |ip: [u8; 4]| ConnectionInfo {
+        peer: None,
+        source_ip: Some(ip.into()),
+        destination_ip: Some([10, 0, 0, 9].into()),
+        destination_port: 5432,
+    };
+    assert!(evaluate_tcp(s.workload_policies(w), &conn([10, 1, 0, 1])).allowed);
+    assert!(!evaluate_tcp(s.workload_policies(w), &conn([192, 0, 2, 1])).allowed);
 }

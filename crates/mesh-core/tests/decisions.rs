@@ -387,6 +387,7 @@ fn authorization_semantics() {
         let req = AuthzRequest {
             peer,
             source_ip: Some("10.0.0.1".parse().unwrap()),
+            remote_ip: Some("10.0.0.1".parse().unwrap()),
             destination_ip: None,
             destination_port: 3306,
             host: "db",

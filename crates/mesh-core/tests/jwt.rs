@@ -344,6 +344,7 @@ fn decide(s: &Snapshot, auth: Option<&RequestAuth>) -> bool {
     let req = AuthzRequest {
         peer: None,
         source_ip: Some([10, 1, 0, 1].into()),
+        remote_ip: Some([10, 1, 0, 1].into()),
         destination_ip: Some([10, 0, 0, 9].into()),
         destination_port: 8080,
         host: "api.shop.svc.cluster.local",

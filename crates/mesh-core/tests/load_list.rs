@@ -65,6 +65,7 @@ fn decide(r: &Resources, path: &str) -> mesh_core::authz::AuthzDecision {
     let req = AuthzRequest {
         peer: None,
         source_ip: Some([10, 0, 0, 1].into()),
+        remote_ip: Some([10, 0, 0, 1].into()),
         destination_ip: None,
         destination_port: 8080,
         host: "blog",

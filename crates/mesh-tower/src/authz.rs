@@ -418,12 +418,15 @@ impl AuthorizeLayer {
                     _ => &[],
                 };
                 let workload_ip = local_workload.workload.and_then(|(_, ip)| ip);
+                let peer = req
+                    .extensions()
+                    .get::<PeerIdentity>()
+                    .and_then(PeerIdentity::spiffe_id);
+                let source_ip = req.extensions().get::<ClientAddr>().map(|a| a.0.ip());
                 let areq = AuthzRequest {
-                    peer: req
-                        .extensions()
-                        .get::<PeerIdentity>()
-                        .and_then(PeerIdentity::spiffe_id),
-                    source_ip: req.extensions().get::<ClientAddr>().map(|a| a.0.ip()),
+                    peer,
+                    source_ip,
+                    remote_ip: remote_ip(req.headers(), peer.is_some(), source_ip),
                     destination_ip: local.map(|a| a.ip()).or(workload_ip),
                     destination_port: local.map(|a| a.port()).or(self.port).unwrap_or(0),
                     host: &canonical,
@@ -620,6 +623,25 @@ where
             },
         }
     }
+}
+
+/// The original client's address ([`AuthzRequest::remote_ip`]): from an
+/// authenticated mesh peer, the last X-Forwarded-For entry (the one the
+/// mesh proxy before it wrote; `None` if it does not read as an address),
+/// else the peer itself. A plaintext client's X-Forwarded-For is its own
+/// claim and never read.
+fn remote_ip(headers: &http::HeaderMap, via_mesh: bool, peer: Option<IpAddr>) -> Option<IpAddr> {
+    if !via_mesh {
+        return peer;
+    }
+    let Some(last) = headers.get_all("x-forwarded-for").iter().next_back() else {
+        return peer;
+    };
+    let entry = last.to_str().ok()?.rsplit(',').next()?.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
 fn denied(reason: String) -> AuthzDecision {
@@ -846,5 +868,77 @@ spec:
         let web = Some("spiffe://cluster.local/ns/shop/sa/web");
         assert_eq!(status(web, "db.data").await, 403);
         assert_eq!(status(None, "db.data").await, 403);
+    }
+
+    const REMOTE: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: office-only, namespace: data}
+spec:
+  rules: [{from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-blocked, namespace: data}
+spec:
+  action: DENY
+  rules: [{when: [{key: remote.ip, values: [203.0.113.66]}]}]
+"#;
+
+    /// `(status)` of a request from `peer` (mTLS or plaintext, socket
+    /// address 10.1.0.7) with these X-Forwarded-For lines.
+    async fn remote(peer: Option<&str>, xff: &[&str]) -> u16 {
+        let store = Arc::new(Store::new());
+        store
+            .apply(mesh_core::load::load_str(
+                std::path::Path::new("r.yaml"),
+                REMOTE,
+            ))
+            .unwrap();
+        let app = tower::service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(full("ok")))
+        });
+        let svc =
+            AuthorizeLayer::new(store, LocalWorkload::labels("data", Labels::new())).layer(app);
+        let mut req = Request::get("/")
+            .header("host", "db.data")
+            .body(())
+            .unwrap();
+        for v in xff {
+            req.headers_mut()
+                .append("x-forwarded-for", v.parse().unwrap());
+        }
+        req.extensions_mut()
+            .insert(ClientAddr("10.1.0.7:40000".parse().unwrap()));
+        req.extensions_mut().insert(match peer {
+            Some(id) => PeerIdentity::mtls(id.parse().unwrap()),
+            None => PeerIdentity::plaintext(),
+        });
+        tower::ServiceExt::oneshot(svc, req)
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn remote_ip_blocks_read_the_last_hop_a_mesh_proxy_wrote() {
+        let gw = Some("spiffe://cluster.local/ns/istio-system/sa/ingress");
+        // Through the gateway (an authenticated mesh peer): its entry counts.
+        assert_eq!(remote(gw, &["203.0.113.9"]).await, 200);
+        assert_eq!(remote(gw, &["198.51.100.1, 203.0.113.9"]).await, 200);
+        assert_eq!(
+            remote(gw, &["203.0.113.9", "198.51.100.1"]).await,
+            403,
+            "the last line's last entry"
+        );
+        assert_eq!(remote(gw, &["203.0.113.66"]).await, 403, "DENY remote.ip");
+        assert_eq!(remote(gw, &["[2001:db8::1]:443"]).await, 403);
+        // An entry that is no address is unknown: ALLOW does not match.
+        assert_eq!(remote(gw, &["unknown"]).await, 403);
+        // No header: the peer is the client.
+        assert_eq!(remote(gw, &[]).await, 403);
+        // A plaintext client's own X-Forwarded-For is never believed.
+        assert_eq!(remote(None, &["203.0.113.9"]).await, 403);
     }
 }

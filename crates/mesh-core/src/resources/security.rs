@@ -191,6 +191,14 @@ pub struct Source {
     /// Request principals that must not match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_request_principals: Vec<String>,
+    /// The original client's address (see
+    /// [`AuthzRequest::remote_ip`](crate::authz::AuthzRequest::remote_ip)):
+    /// IP addresses or CIDR blocks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_ip_blocks: Vec<String>,
+    /// Original client addresses that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_remote_ip_blocks: Vec<String>,
     /// Peer IP addresses or CIDR blocks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_blocks: Vec<String>,
