@@ -138,6 +138,15 @@ pub mod codes {
     /// A Gateway's route to a service of several ports names no port
     /// (IST0112): requests on a port the service lacks get 503.
     pub const DESTINATION_PORT_NEEDED: &str = "MESH0119";
+    /// A RequestAuthentication rule whose keys cannot be fetched (no
+    /// `jwks`, no `jwksUri`, and an issuer that is no URL for OpenID
+    /// discovery): every token of that issuer is refused with 401.
+    pub const JWKS_UNREACHABLE: &str = "MESH0120";
+    /// An AuthorizationPolicy decides on request principals or JWT claims
+    /// for a workload no RequestAuthentication applies to: no request has
+    /// a request principal there, so such ALLOW rules never match and
+    /// `notRequestPrincipals` DENY rules match every request.
+    pub const NO_REQUEST_AUTHENTICATION: &str = "MESH0121";
 }
 
 /// How the sidecars the configuration is for run, for the analyzers that
@@ -184,6 +193,7 @@ pub fn check_with(
     services(snap, resources, &mut findings);
     peer_policies(snap, &mut findings);
     authz(snap, &mut findings);
+    request_authentication(snap, &mut findings);
     gateway_tls(resources, &mut findings);
     sidecars(snap, resources, &mut findings);
     virtual_services(snap, resources, &mut findings);
@@ -192,6 +202,51 @@ pub fn check_with(
     }
     findings.sort_by(|a, b| a.severity.cmp(&b.severity).then(a.code.cmp(b.code)));
     Report { tls, findings }
+}
+
+/// RequestAuthentication: rules whose keys no fetch can reach, and
+/// policies on request principals or claims for workloads without any.
+fn request_authentication(snap: &Snapshot, out: &mut Vec<Finding>) {
+    for p in &snap.jwt_policies {
+        for r in &p.rules {
+            if let (Err(why), crate::jwt::KeySource::Uri(uri)) =
+                (crate::jwt::discoverable(r), &r.keys)
+            {
+                out.push(Finding {
+                    severity: Severity::Warning,
+                    code: codes::JWKS_UNREACHABLE,
+                    message: format!(
+                        "issuer `{}` has neither jwks nor jwksUri, and its keys cannot be discovered at `{uri}` ({why}): every token it issues is refused (401)",
+                        r.issuer
+                    ),
+                    resources: vec![p.source.clone()],
+                });
+            }
+        }
+    }
+    let uses_jwt = |rule: &crate::resources::security::Rule| {
+        rule.from.iter().any(|f| {
+            !f.source.request_principals.is_empty() || !f.source.not_request_principals.is_empty()
+        }) || rule.when.iter().any(|c| c.key.starts_with("request.auth."))
+    };
+    let mut reported = std::collections::BTreeSet::new();
+    for w in snap.workloads.iter().filter(|w| w.jwt_policies.is_empty()) {
+        for p in snap.workload_policies(w) {
+            if p.rules.iter().any(uses_jwt)
+                && reported.insert((p.source.to_string(), w.key.clone()))
+            {
+                out.push(Finding {
+                    severity: Severity::Warning,
+                    code: codes::NO_REQUEST_AUTHENTICATION,
+                    message: format!(
+                        "{} decides on request principals or JWT claims, but no RequestAuthentication applies to workload {}: its requests never carry a request principal, so those ALLOW rules never match and notRequestPrincipals rules match every request",
+                        p.source, w.key
+                    ),
+                    resources: vec![p.source.clone()],
+                });
+            }
+        }
+    }
 }
 
 /// What `istioctl analyze` finds in VirtualServices and `check` did not:

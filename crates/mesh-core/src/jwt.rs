@@ -321,13 +321,21 @@ pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 
 /// Where the keys of a rule with neither `jwks` nor `jwksUri` are found,
 /// as Istio finds them: the issuer's OpenID discovery document, whose
-/// `jwks_uri` names the key set. The issuer must then be an http(s) URL.
-pub fn discovery_uri(issuer: &str) -> Result<String, String> {
-    let uri = format!("{}{DISCOVERY_PATH}", issuer.trim_end_matches('/'));
-    jwks_uri(&uri).map_err(|why| {
-        format!("set jwksUri or jwks: without them the keys are found by OpenID discovery from the issuer, and `{issuer}` is no URL to discover from ({why})")
-    })?;
-    Ok(uri)
+/// `jwks_uri` names the key set. An issuer that is no http(s) URL
+/// (`example.com`, `a@b`) gives an address no fetch can use, so every
+/// token of that issuer is refused (401), as Istio refuses them;
+/// [`discoverable`] tells `check` to warn.
+pub fn discovery_uri(issuer: &str) -> String {
+    format!("{}{DISCOVERY_PATH}", issuer.trim_end_matches('/'))
+}
+
+/// Can the keys of this rule be fetched at all (its key-set address is an
+/// http(s) URL)? `Err` says why not.
+pub fn discoverable(rule: &JwtRule) -> Result<(), String> {
+    match &rule.keys {
+        KeySource::Inline(_) => Ok(()),
+        KeySource::Uri(u) => jwks_uri(u),
+    }
 }
 
 /// An issuer's key set, with each key ready to verify.

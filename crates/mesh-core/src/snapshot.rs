@@ -1350,10 +1350,7 @@ fn jwt_policy(
                 crate::jwt::jwks_uri(uri).map_err(|why| err(format!("{f}.jwksUri"), why))?;
                 KeySource::Uri(uri.clone())
             }
-            (None, None) => KeySource::Uri(
-                crate::jwt::discovery_uri(&r.issuer)
-                    .map_err(|why| err(format!("{f}.jwksUri"), why))?,
-            ),
+            (None, None) => KeySource::Uri(crate::jwt::discovery_uri(&r.issuer)),
             _ => {
                 return Err(err(
                     format!("{f}.jwksUri"),

@@ -738,11 +738,9 @@ fn request_authentication(c: &mut Checker<'_>, ra: &RequestAuthentication) {
                 format!("{f}.jwks"),
                 "set jwksUri or jwks, not both: which keys count would be ambiguous",
             ),
-            (None, None) => {
-                if let Err(why) = crate::jwt::discovery_uri(&rule.issuer) {
-                    c.err(format!("{f}.jwksUri"), why);
-                }
-            }
+            // OpenID discovery from the issuer; `check` warns when the
+            // issuer is no URL to discover from.
+            (None, None) => {}
             (Some(uri), None) => {
                 if let Err(why) = crate::jwt::jwks_uri(uri) {
                     c.err(format!("{f}.jwksUri"), format!("`{uri}`: {why}"));

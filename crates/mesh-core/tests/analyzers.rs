@@ -31,6 +31,8 @@ const ALL_CODES: &[&str] = &[
     codes::UNREACHABLE_RULE,
     codes::GATEWAY_HOST_NOT_SERVED,
     codes::DESTINATION_PORT_NEEDED,
+    codes::JWKS_UNREACHABLE,
+    codes::NO_REQUEST_AUTHENTICATION,
 ];
 
 const REVIEWS_80: &str = "reviews.default.svc.cluster.local:80";
@@ -401,6 +403,22 @@ const CASES: &[Case] = &[
         "VirtualService default/bookinfo",
         "ServiceEntry default/reviews",
     ]),
+    // MESH0120
+    Case::new(
+        "mesh0120-jwks-unreachable",
+        codes::JWKS_UNREACHABLE,
+        Severity::Warning,
+    )
+    .message(&["testing@secure.istio.io", "refused (401)"])
+    .resources(&["RequestAuthentication default/api-jwt"]),
+    // MESH0121
+    Case::new(
+        "mesh0121-no-request-authentication",
+        codes::NO_REQUEST_AUTHENTICATION,
+        Severity::Warning,
+    )
+    .message(&["AuthorizationPolicy default/api-needs-token", "default/api"])
+    .resources(&["AuthorizationPolicy default/api-needs-token"]),
 ];
 
 fn fixture(dir: &str, variant: &str) -> PathBuf {
