@@ -74,7 +74,12 @@ impl Target {
     /// The proxyless client: `Router` with `MeshConnector`, behind outbound
     /// telemetry. HTTP/1.1 only, like every other topology (the connector
     /// would otherwise agree on h2 with the mesh server).
-    pub(crate) fn mesh(store: Arc<Store>, creds: mesh_ca::CredentialStore) -> Self {
+    /// The mesh client; `authorization` is sent on every request (c-jwt).
+    pub(crate) fn mesh(
+        store: Arc<Store>,
+        creds: mesh_ca::CredentialStore,
+        authorization: Option<http::HeaderValue>,
+    ) -> Self {
         let registry = Registry::new();
         let make = move || -> MeshClient {
             let connector = MeshConnector::new(creds.clone()).with_alpn(vec![b"http/1.1".to_vec()]);
@@ -83,8 +88,16 @@ impl Target {
                 RouterConfig::for_workload("default", CLIENT_SA),
                 Some(connector),
             );
+            let authorization = authorization.clone();
             tower::util::BoxCloneSyncService::new(
                 tower::ServiceBuilder::new()
+                    .map_request(move |mut req: Request<mesh_tower::body::BoxBody>| {
+                        if let Some(v) = &authorization {
+                            req.headers_mut()
+                                .insert(http::header::AUTHORIZATION, v.clone());
+                        }
+                        req
+                    })
                     .map_response(|r: Response<_>| r.map(mesh_tower::body::boxed))
                     .layer(TelemetryLayer::outbound(
                         registry.clone(),

@@ -145,7 +145,7 @@ impl Report {
             targets: Vec::new(),
         };
         use Topology::*;
-        r.ratios = [(B, A), (C, B), (D, E1), (D, E2), (DCapture, D)]
+        r.ratios = [(B, A), (C, B), (CJwt, C), (D, E1), (D, E2), (DCapture, D)]
             .into_iter()
             .map(|(n, d)| r.ratio(n, d))
             .collect();

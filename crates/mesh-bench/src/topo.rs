@@ -24,6 +24,11 @@ pub(crate) enum Topology {
     B,
     /// The mesh's layers in-process at both ends.
     C,
+    /// (c) with a JWT on every request, validated by the server's
+    /// RequestAuthentication (ES256, inline key set) and required by a DENY
+    /// `notRequestPrincipals: ["*"]`.
+    #[value(name = "c-jwt")]
+    CJwt,
     /// client → mesh-proxy outbound → mTLS → mesh-proxy inbound → app.
     D,
     /// (d) in transparent capture mode: client, sidecars and app in two
@@ -38,10 +43,11 @@ pub(crate) enum Topology {
 }
 
 impl Topology {
-    pub(crate) const ALL: [Self; 7] = [
+    pub(crate) const ALL: [Self; 8] = [
         Self::A,
         Self::B,
         Self::C,
+        Self::CJwt,
         Self::D,
         Self::DCapture,
         Self::E1,
@@ -53,6 +59,7 @@ impl Topology {
             Self::A => "a",
             Self::B => "b",
             Self::C => "c",
+            Self::CJwt => "c-jwt",
             Self::D => "d",
             Self::DCapture => "d-capture",
             Self::E1 => "e1",
@@ -65,6 +72,7 @@ impl Topology {
             Self::A => "hyper, no TLS",
             Self::B => "hyper + rustls mTLS",
             Self::C => "proxyless mesh layers",
+            Self::CJwt => "proxyless mesh layers, a JWT validated per request",
             Self::D => "mesh-proxy sidecars",
             Self::DCapture => "mesh-proxy sidecars, capture mode (pods, nftables)",
             Self::E1 => "nginx two hops",
@@ -139,6 +147,64 @@ pub(crate) fn write_mesh_config(dir: &Path, server_port: u16, client_port: u16) 
             client_port: Some(client_port),
         },
     )
+}
+
+/// Adds to the configuration in `dir` a RequestAuthentication of the
+/// server (an ES256 key set made here, inline) and a DENY of requests
+/// without a valid token; returns a token of that issuer, valid for a day,
+/// as an `Authorization` value.
+fn require_jwt(dir: &Path) -> Result<http::HeaderValue> {
+    let (key, jwks) = mesh_core::jwt::test_es256_key("bench-1").map_err(|e| anyhow!(e))?;
+    let jwks = serde_json::to_string(&jwks)?;
+    let extra = format!(
+        r#"---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: bench-jwt
+spec:
+  selector:
+    matchLabels:
+      app: {SERVER_SA}
+  jwtRules:
+  - issuer: https://idp.bench.example
+    jwks: {jwks}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: bench-needs-token
+spec:
+  selector:
+    matchLabels:
+      app: {SERVER_SA}
+  action: DENY
+  rules:
+  - from:
+    - source:
+        notRequestPrincipals: ["*"]
+"#
+    );
+    let path = dir.join("mesh.yaml");
+    let mut yaml = std::fs::read_to_string(&path)?;
+    yaml.push_str(&extra);
+    std::fs::write(&path, yaml)?;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 86_400;
+    let claims = serde_json::json!({
+        "iss": "https://idp.bench.example", "sub": "bench-client", "aud": "bench", "exp": exp,
+        "groups": ["bench", "load"],
+    });
+    let token = mesh_core::jwt::sign_for_test(
+        mesh_core::jwt::Algorithm::ES256,
+        Some("bench-1"),
+        &key,
+        &claims,
+    )
+    .map_err(|e| anyhow!(e))?;
+    Ok(http::HeaderValue::from_str(&format!("Bearer {token}"))?)
 }
 
 /// Where the workloads of the mesh configuration are.
@@ -286,9 +352,14 @@ pub(crate) async fn start(
             let t = Target::mtls(addr(ports[0]), &client_creds)?;
             (ports[0], vec![p], t.clone(), Some((t, 0)))
         }
-        Topology::C => {
+        Topology::C | Topology::CJwt => {
             let config = dir.join("mesh");
             write_mesh_config(&config, ports[0], ports[1])?;
+            let token = if topology == Topology::CJwt {
+                Some(require_jwt(&config)?)
+            } else {
+                None
+            };
             let mut extra = id_args(&certs.server);
             extra.extend([s("--config"), s(config.display())]);
             // What the client workload's sidecar would compile: its view.
@@ -296,14 +367,19 @@ pub(crate) async fn start(
                 .seen_by_workload(format!("default/{}", crate::certs::CLIENT_SA));
             let store = mesh_core::store::Store::from_source(&source)
                 .map_err(|e| anyhow!("mesh configuration: {e}"))?;
-            let t = Target::mesh(Arc::new(store), client_creds.clone());
+            let t = Target::mesh(Arc::new(store), client_creds.clone(), token);
             if programs.in_process_server {
                 crate::serve::spawn_mesh(addr(ports[0]), &certs.server, &config).await?;
                 (ports[0], vec![], t, None)
             } else {
                 let p = serve("server", "mesh", ports[0], extra)?;
-                let idle = Target::mtls(addr(ports[0]), &client_creds)?;
-                (ports[0], vec![p], t, Some((idle, 0)))
+                // Idle connections are (c)'s figure; (c-jwt)'s server
+                // refuses the plain client's token-less requests anyway.
+                let idle = (topology == Topology::C)
+                    .then(|| Target::mtls(addr(ports[0]), &client_creds))
+                    .transpose()?
+                    .map(|t| (t, 0));
+                (ports[0], vec![p], t, idle)
             }
         }
         Topology::D => {
