@@ -439,10 +439,88 @@ pub struct FoundToken {
 #[derive(Debug, Clone, Default)]
 pub struct Authenticated {
     /// The request's identity: the first token's (`None`: no token).
-    pub auth: Option<RequestAuth>,
+    pub auth: Option<Arc<RequestAuth>>,
     /// Each token and the rule that validated it, for the data plane to
     /// strip tokens and write the rules' output headers.
-    pub tokens: Vec<(FoundToken, Arc<JwtRule>, RequestAuth)>,
+    pub tokens: Vec<(FoundToken, Arc<JwtRule>, Arc<RequestAuth>)>,
+}
+
+/// Tokens verified already, so a client that sends the same token on
+/// every request pays for one signature check, not one per request (Envoy
+/// keeps such a cache too). An entry counts only for the very rule and key
+/// set it was verified with (the same `Arc`s, held by the entry so their
+/// addresses cannot be reused): a reload, a rotated key set or a removed
+/// key means verifying again. `exp` and `nbf` are checked on every use.
+/// Bounded: when full, it starts over.
+#[derive(Debug)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, Verified>>,
+    capacity: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Verified {
+    rule: Arc<JwtRule>,
+    keys: Arc<JwtKeys>,
+    auth: Arc<RequestAuth>,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+}
+
+impl Verified {
+    /// The identity, if this entry was verified with `rule` and `keys` and
+    /// its time window still holds.
+    fn fresh(&self, rule: &Arc<JwtRule>, keys: &Arc<JwtKeys>) -> Option<Arc<RequestAuth>> {
+        let now = jsonwebtoken::get_current_timestamp();
+        (Arc::ptr_eq(&self.rule, rule)
+            && Arc::ptr_eq(&self.keys, keys)
+            && self
+                .exp
+                .is_none_or(|exp| now <= exp.saturating_add(CLOCK_SKEW_SECS))
+            && self
+                .nbf
+                .is_none_or(|nbf| now.saturating_add(CLOCK_SKEW_SECS) >= nbf))
+        .then(|| self.auth.clone())
+    }
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` tokens.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+            capacity,
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Verified>> {
+        // Every update is one insert or clear: a poisoned map is sound.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lookup(&self, token: &str) -> Option<Verified> {
+        self.entries().get(token).cloned()
+    }
+
+    fn put(&self, token: &str, rule: &Arc<JwtRule>, keys: &Arc<JwtKeys>, auth: &Arc<RequestAuth>) {
+        let number = |name: &str| auth.claims.get(name).and_then(Value::as_u64);
+        let mut entries = self.entries();
+        if entries.len() >= self.capacity {
+            entries.clear();
+        }
+        entries.insert(
+            token.to_owned(),
+            Verified {
+                rule: rule.clone(),
+                keys: keys.clone(),
+                auth: auth.clone(),
+                exp: number("exp"),
+                nbf: number("nbf"),
+            },
+        );
+    }
 }
 
 /// The key set of a rule, as the data plane holds it.
@@ -544,17 +622,30 @@ pub fn authenticate(
     headers: &dyn HeaderValues,
     query: Option<&str>,
     keys: impl Fn(&JwtRule) -> KeyLookup,
+    cache: Option<&TokenCache>,
 ) -> Result<Authenticated, AuthnFailure> {
     let mut out = Authenticated::default();
     if rules.is_empty() {
         return Ok(out);
     }
     for found in find_tokens(rules, headers, query) {
-        let iss = unverified_issuer(&found.token)?;
-        let rule = rules
-            .iter()
-            .find(|r| r.issuer == iss)
-            .ok_or(JwtError::UnknownIssuer)?;
+        // A token verified before names its rule: no need to read its
+        // issuer again (the entry still has to hold for that rule, its
+        // location and its current keys below).
+        let hit = cache.and_then(|c| c.lookup(&found.token));
+        let rule = match hit
+            .as_ref()
+            .and_then(|v| rules.iter().find(|r| Arc::ptr_eq(r, &v.rule)))
+        {
+            Some(rule) => rule,
+            None => {
+                let iss = unverified_issuer(&found.token)?;
+                rules
+                    .iter()
+                    .find(|r| r.issuer == iss)
+                    .ok_or(JwtError::UnknownIssuer)?
+            }
+        };
         let fail = |error| AuthnFailure {
             error,
             rule: Some(rule.clone()),
@@ -566,14 +657,25 @@ pub fn authenticate(
             KeyLookup::Keys(k) => k,
             KeyLookup::Unavailable(why) => return Err(fail(JwtError::KeysUnavailable(why))),
         };
-        let auth = verify_token(
-            &found.token,
-            &rule.issuer,
-            &rule.audiences,
-            &keys,
-            &rule.space_delimited_claims,
-        )
-        .map_err(fail)?;
+        let auth = match hit.and_then(|v| v.fresh(rule, &keys)) {
+            Some(auth) => auth,
+            None => {
+                let auth = Arc::new(
+                    verify_token(
+                        &found.token,
+                        &rule.issuer,
+                        &rule.audiences,
+                        &keys,
+                        &rule.space_delimited_claims,
+                    )
+                    .map_err(fail)?,
+                );
+                if let Some(c) = cache {
+                    c.put(&found.token, rule, &keys, &auth);
+                }
+                auth
+            }
+        };
         if out.auth.is_none() {
             out.auth = Some(auth.clone());
         }

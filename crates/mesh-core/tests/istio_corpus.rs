@@ -4,7 +4,7 @@
 //! - Istio-valid folders read (what `check` exits 0 or 1 on): at least
 //!   [`VALID_FLOOR`]. Issue 12's goal is 85%; the floor is what is read
 //!   today, so that nothing read goes back to refused. The rest are kinds
-//!   and fields refused by name (EnvoyFilter, Sidecar, RequestAuthentication,
+//!   and fields refused by name (EnvoyFilter, Telemetry, WorkloadGroup,
 //!   the Gateway API...), listed by the test.
 //! - Istio-invalid documents (`A4-invalid`) refused: at least 95%.
 //! - Every Bookinfo tutorial step clean but `certmanager-gateway`, whose
@@ -16,9 +16,10 @@
 
 use std::path::{Path, PathBuf};
 
-/// The share of Istio-valid folders read today (152 of 253; the Gateway
-/// API folders, once "read" by skipping their routes, are refused by name).
-const VALID_FLOOR: f64 = 0.59;
+/// The share of Istio-valid folders read today (167 of 253, with
+/// RequestAuthentication, requestPrincipals and remoteIpBlocks; the
+/// Gateway API folders are refused by name).
+const VALID_FLOOR: f64 = 0.65;
 
 fn corpus() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/istio-corpus");

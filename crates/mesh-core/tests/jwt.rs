@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 use mesh_core::authz::{AuthzRequest, evaluate};
 use mesh_core::jwt::{
@@ -126,10 +127,16 @@ fn authn(
     let (_, w) = s.workload("shop/api").unwrap();
     let rules = s.workload_jwt_rules(w);
     assert!(!rules.is_empty());
-    authenticate(&rules, &headers(h), query, |r| match &r.keys {
-        KeySource::Inline(k) => KeyLookup::Keys(k.clone()),
-        KeySource::Uri(u) => KeyLookup::Unavailable(u.clone()),
-    })
+    authenticate(
+        &rules,
+        &headers(h),
+        query,
+        |r| match &r.keys {
+            KeySource::Inline(k) => KeyLookup::Keys(k.clone()),
+            KeySource::Uri(u) => KeyLookup::Unavailable(u.clone()),
+        },
+        None,
+    )
 }
 
 fn err(s: &Snapshot, h: &[(&str, &str)]) -> JwtError {
@@ -368,10 +375,8 @@ fn policy(action: &str, rules: &str) -> String {
 
 fn auth_of(s: &Snapshot, der: &[u8], extra: Value) -> RequestAuth {
     let t = token(Algorithm::ES256, "e1", der, claims(extra));
-    authn(s, &[("authorization", &bearer(&t))], None)
-        .unwrap()
-        .auth
-        .unwrap()
+    let a = authn(s, &[("authorization", &bearer(&t))], None).unwrap();
+    (*a.auth.unwrap()).clone()
 }
 
 #[test]
@@ -573,4 +578,40 @@ fn key_sets_skip_keys_they_cannot_verify_with() {
     let keys = JwtKeys::parse(&v.to_string()).unwrap();
     assert_eq!(keys.len(), 1);
     assert!(keys.has_kid("e1") && !keys.has_kid("h"));
+}
+
+/// A verified token is remembered, but only for the rule and key set it
+/// was verified with: another key set (a rotation that dropped its key) or
+/// a reloaded rule (now with audiences) verifies it again.
+#[test]
+fn the_token_cache_never_outlives_its_rule_or_keys() {
+    use mesh_core::jwt::TokenCache;
+    let (ec, jwks) = es256("e1");
+    let (_, other_jwks) = es256("e2");
+    let cache = TokenCache::new(8);
+    let t = token(Algorithm::ES256, "e1", &ec, claims(json!({})));
+    let h = headers(&[("authorization", &bearer(&t))]);
+    let run = |s: &Snapshot, keys: Option<Arc<JwtKeys>>| {
+        let (_, w) = s.workload("shop/api").unwrap();
+        authenticate(
+            &s.workload_jwt_rules(w),
+            &h,
+            None,
+            |r| match (&keys, &r.keys) {
+                (Some(k), _) => KeyLookup::Keys(k.clone()),
+                (None, KeySource::Inline(k)) => KeyLookup::Keys(k.clone()),
+                (None, KeySource::Uri(u)) => KeyLookup::Unavailable(u.clone()),
+            },
+            Some(&cache),
+        )
+        .map(|a| a.auth.unwrap().principal.clone())
+        .map_err(|f| f.error)
+    };
+    let s = snap(&jwks, "", "");
+    assert_eq!(run(&s, None), Ok(format!("{ISS}/alice")));
+    assert_eq!(run(&s, None), Ok(format!("{ISS}/alice")), "from the cache");
+    let rotated = Arc::new(JwtKeys::parse(&other_jwks).unwrap());
+    assert_eq!(run(&s, Some(rotated)), Err(JwtError::NoKey));
+    let stricter = snap(&jwks, "    audiences: [billing]", "");
+    assert_eq!(run(&stricter, None), Err(JwtError::Audience));
 }

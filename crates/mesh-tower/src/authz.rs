@@ -311,6 +311,7 @@ impl AuthorizeLayer {
                     Cached::Failed(why) => KeyLookup::Unavailable(why),
                 },
             },
+            Some(self.jwks.tokens()),
         );
         let authn = match result {
             Ok(a) => a,
@@ -434,7 +435,7 @@ impl AuthorizeLayer {
                     method: req.method().as_str(),
                     path: &path,
                     headers: Some(&headers),
-                    auth: auth.as_ref(),
+                    auth: auth.as_deref(),
                 };
                 evaluate(local_workload.policies, &areq)
             }
@@ -515,7 +516,7 @@ impl Authorize<()> {
 /// What request authentication made of a request.
 enum Authn {
     /// The valid token's identity; `None`: no token.
-    Identity(Option<RequestAuth>),
+    Identity(Option<Arc<RequestAuth>>),
     /// The 401.
     Refused(Response<BoxBody>),
     /// Key sets to wait for, then check again.

@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Empty, Limited};
 use mesh_core::jwt::JwtKeys;
 
+/// How many verified tokens are kept ([`mesh_core::jwt::TokenCache`]):
+/// a signature check is tens of microseconds, a lookup well under one.
+pub const TOKEN_CACHE_CAPACITY: usize = 512;
+
 /// The largest key-set response read.
 pub const MAX_JWKS_BYTES: usize = 1 << 20;
 
@@ -59,6 +63,8 @@ pub struct JwksCache {
     entries: Mutex<HashMap<String, Entry>>,
     /// Built on first HTTPS fetch.
     tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+    /// Tokens verified already (by any rule of the process).
+    tokens: mesh_core::jwt::TokenCache,
 }
 
 #[derive(Debug, Default)]
@@ -100,7 +106,13 @@ impl JwksCache {
             settings,
             entries: Mutex::new(HashMap::new()),
             tls: OnceLock::new(),
+            tokens: mesh_core::jwt::TokenCache::new(TOKEN_CACHE_CAPACITY),
         })
+    }
+
+    /// The tokens verified already.
+    pub fn tokens(&self) -> &mesh_core::jwt::TokenCache {
+        &self.tokens
     }
 
     /// The process-wide cache, with the default settings.
