@@ -147,6 +147,10 @@ pub mod codes {
     /// a request principal there, so such ALLOW rules never match and
     /// `notRequestPrincipals` DENY rules match every request.
     pub const NO_REQUEST_AUTHENTICATION: &str = "MESH0121";
+    /// A gateway route matches on JWT claims (`@request.auth.claims.*`),
+    /// but no RequestAuthentication applies to that gateway (IST0149): no
+    /// request has claims there, so the match never holds.
+    pub const CLAIMS_WITHOUT_AUTHENTICATION: &str = "MESH0122";
 }
 
 /// How the sidecars the configuration is for run, for the analyzers that
@@ -194,6 +198,7 @@ pub fn check_with(
     peer_policies(snap, &mut findings);
     authz(snap, &mut findings);
     request_authentication(snap, &mut findings);
+    claim_routes(snap, resources, &mut findings);
     gateway_tls(resources, &mut findings);
     sidecars(snap, resources, &mut findings);
     virtual_services(snap, resources, &mut findings);
@@ -202,6 +207,43 @@ pub fn check_with(
     }
     findings.sort_by(|a, b| a.severity.cmp(&b.severity).then(a.code.cmp(b.code)));
     Report { tls, findings }
+}
+
+/// IST0149: claim matches on gateways no RequestAuthentication covers (the
+/// gateway proxy's labels are its Gateway's `selector`; its namespace is
+/// taken to be the Gateway's).
+fn claim_routes(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Finding>) {
+    for vs in &res.virtual_services {
+        let claims = vs.spec.http.iter().any(|r| {
+            r.matches.iter().any(|m| {
+                m.headers
+                    .keys()
+                    .chain(m.without_headers.keys())
+                    .any(|k| k.starts_with(crate::route::CLAIM_MATCH_PREFIX))
+            })
+        });
+        if !claims {
+            continue;
+        }
+        for g in vs.spec.gateways.iter().filter(|g| *g != "mesh") {
+            let key = crate::snapshot::gateway_key(g, vs.namespace());
+            let Some(gw) = snap.gateways.get(&key) else {
+                continue;
+            };
+            let ns = key.split_once('/').map_or("default", |(ns, _)| ns);
+            if snap.jwt_rules_for(ns, &gw.selector).is_empty() {
+                out.push(Finding {
+                    severity: Severity::Warning,
+                    code: codes::CLAIMS_WITHOUT_AUTHENTICATION,
+                    message: format!(
+                        "{} routes on JWT claims at Gateway {key}, but no RequestAuthentication applies to that gateway: no request carries claims there, so those matches never hold",
+                        vs.source
+                    ),
+                    resources: vec![vs.source.clone()],
+                });
+            }
+        }
+    }
 }
 
 /// RequestAuthentication: rules whose keys no fetch can reach, and

@@ -146,6 +146,7 @@ impl<'a> PlanRequest<'a> {
                 source_labels: &NO_LABELS,
                 source_namespace: Some(namespace),
                 gateway: None,
+                auth: None,
             },
             namespace,
             gateway: None,

@@ -117,6 +117,10 @@ pub struct RequestInfo<'a> {
     /// The gateway (`namespace/name`) the request came through; `None` for
     /// mesh traffic.
     pub gateway: Option<&'a str>,
+    /// The identity of the request's validated JWT, for the
+    /// `@request.auth.claims.NAME` matches of gateway routes (the gateway
+    /// authenticates before it routes); `None`: no token.
+    pub auth: Option<&'a crate::jwt::RequestAuth>,
 }
 
 impl std::fmt::Debug for RequestInfo<'_> {
@@ -205,14 +209,11 @@ impl RouteMatch {
             && opt(&self.scheme, req.scheme)
             && opt(&self.method, req.method)
             && opt(&self.authority, req.authority)
-            && self
-                .headers
-                .iter()
-                .all(|(k, m)| req.headers.header(k).is_some_and(|v| m.matches(v)))
+            && self.headers.iter().all(|(k, m)| header_or_claim(req, k, m))
             && !self
                 .without_headers
                 .iter()
-                .any(|(k, m)| req.headers.header(k).is_some_and(|v| m.matches(v)))
+                .any(|(k, m)| header_or_claim(req, k, m))
             && self
                 .query_params
                 .iter()
@@ -227,6 +228,31 @@ impl RouteMatch {
                 || self.gateways.iter().any(|g| {
                     Some(g.as_str()) == req.gateway || (g == "mesh" && req.gateway.is_none())
                 }))
+    }
+}
+
+/// The prefix of Istio's pseudo-headers for JWT claims in route matches:
+/// `@request.auth.claims.groups`, nested as `@request.auth.claims.a.b`.
+/// `@` is no header-name character, so no request header can pose as one.
+pub const CLAIM_MATCH_PREFIX: &str = "@request.auth.claims.";
+
+/// The claim path of a claim match key (`None` for a header, or a key
+/// that names no claim).
+pub fn claim_match_path(key: &str) -> Option<Vec<String>> {
+    let rest = key.strip_prefix(CLAIM_MATCH_PREFIX)?;
+    let path: Vec<String> = rest.split('.').map(str::to_owned).collect();
+    path.iter().all(|p| !p.is_empty()).then_some(path)
+}
+
+/// A header matcher, or for a claim key, the request's validated claim:
+/// any of its values (a list claim's elements) may match; no token or no
+/// such claim is no match.
+fn header_or_claim(req: &RequestInfo<'_>, key: &str, m: &Matcher) -> bool {
+    match claim_match_path(key) {
+        Some(path) => req
+            .auth
+            .is_some_and(|a| a.claim(&path).iter().any(|v| m.matches(v))),
+        None => req.headers.header(key).is_some_and(|v| m.matches(v)),
     }
 }
 

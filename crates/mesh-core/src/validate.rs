@@ -177,7 +177,7 @@ fn virtual_service(c: &mut Checker<'_>, vs: &VirtualService) {
         }
     }
     for (i, route) in vs.http.iter().enumerate() {
-        http_route(c, &format!("spec.http[{i}]"), route);
+        http_route(c, &format!("spec.http[{i}]"), route, mesh_bound);
     }
     for (i, route) in vs.tcp.iter().enumerate() {
         let f = format!("spec.tcp[{i}]");
@@ -205,7 +205,9 @@ fn weights_present(c: &mut Checker<'_>, f: &str, weights: &[Option<u32>]) {
     }
 }
 
-fn http_route(c: &mut Checker<'_>, f: &str, r: &HttpRoute) {
+/// `mesh_bound`: the VirtualService applies to mesh traffic (no
+/// `gateways`, or `mesh` among them).
+fn http_route(c: &mut Checker<'_>, f: &str, r: &HttpRoute, mesh_bound: bool) {
     let actions = [
         !r.route.is_empty(),
         r.redirect.is_some(),
@@ -243,15 +245,25 @@ fn http_route(c: &mut Checker<'_>, f: &str, r: &HttpRoute) {
                 c.string_match(&format!("{mf}.{map_name}.{k}"), sm);
                 if map_name != "queryParams" && k.starts_with('@') {
                     // Istio's `@request.auth.claims.*` pseudo-headers match
-                    // JWT claims in routes; routing here decides before any
-                    // token is validated, so a rule on them is refused
-                    // rather than never applied.
-                    c.err(
-                        format!("{mf}.{map_name}.{k}"),
-                        format!(
-                            "`{k}` is no HTTP header: routing on JWT claims (@request.auth.claims) is not implemented; an AuthorizationPolicy can decide on them (when: request.auth.claims[NAME])"
-                        ),
-                    );
+                    // the claims of the token the gateway validated before
+                    // routing. A sidecar routes outbound requests, which no
+                    // RequestAuthentication has checked: as in Istio, only
+                    // gateway routes may match on claims, and elsewhere the
+                    // rule is refused rather than never applied.
+                    let match_mesh = m.gateways.iter().any(|g| g == "mesh");
+                    if crate::route::claim_match_path(k).is_none() {
+                        c.err(
+                            format!("{mf}.{map_name}.{k}"),
+                            format!("`{k}` is no HTTP header and names no claim (write @request.auth.claims.NAME, nested as NAME.SUB)"),
+                        );
+                    } else if mesh_bound || match_mesh {
+                        c.err(
+                            format!("{mf}.{map_name}.{k}"),
+                            format!(
+                                "`{k}`: routing on JWT claims applies to gateway routes only (Istio's rule): bind the VirtualService to its Gateway, not to `mesh`"
+                            ),
+                        );
+                    }
                 }
             }
         }

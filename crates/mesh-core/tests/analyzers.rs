@@ -33,6 +33,7 @@ const ALL_CODES: &[&str] = &[
     codes::DESTINATION_PORT_NEEDED,
     codes::JWKS_UNREACHABLE,
     codes::NO_REQUEST_AUTHENTICATION,
+    codes::CLAIMS_WITHOUT_AUTHENTICATION,
 ];
 
 const REVIEWS_80: &str = "reviews.default.svc.cluster.local:80";
@@ -419,6 +420,14 @@ const CASES: &[Case] = &[
     )
     .message(&["AuthorizationPolicy default/api-needs-token", "default/api"])
     .resources(&["AuthorizationPolicy default/api-needs-token"]),
+    // MESH0122
+    Case::new(
+        "mesh0122-claims-without-authentication",
+        codes::CLAIMS_WITHOUT_AUTHENTICATION,
+        Severity::Warning,
+    )
+    .message(&["VirtualService default/shop", "default/edge"])
+    .resources(&["VirtualService default/shop"]),
 ];
 
 fn fixture(dir: &str, variant: &str) -> PathBuf {

@@ -287,6 +287,7 @@ fn route_matching_table() {
             source_labels: labels,
             source_namespace: Some("default"),
             gateway: None,
+            auth: None,
         };
         let (_, _, rule) =
             first_match(rules, &req).unwrap_or_else(|| panic!("no match for {path}"));

@@ -615,3 +615,51 @@ fn the_token_cache_never_outlives_its_rule_or_keys() {
     let stricter = snap(&jwks, "    audiences: [billing]", "");
     assert_eq!(run(&stricter, None), Err(JwtError::Audience));
 }
+
+/// Claim matches in routes: gateway routes only (the gateway validates the
+/// token before it routes; a sidecar's outbound requests carry no
+/// validated token), as Istio rules.
+#[test]
+fn claim_routes_are_for_gateways_only() {
+    let vs = |gateways: &str, key: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\n\
+             spec:\n  hosts: [shop.example.com]\n  gateways: {gateways}\n  http:\n  \
+             - match: [{{headers: {{\"{key}\": {{exact: beta}}}}}}]\n    route: [{{destination: {{host: shop}}}}]\n"
+        )
+    };
+    assert!(
+        load_str(
+            Path::new("v.yaml"),
+            &vs("[edge]", "@request.auth.claims.groups")
+        )
+        .is_ok()
+    );
+    assert!(
+        load_str(
+            Path::new("v.yaml"),
+            &vs("[edge]", "@request.auth.claims.org.team")
+        )
+        .is_ok()
+    );
+    for (gateways, key, why) in [
+        ("[]", "@request.auth.claims.groups", "gateway routes only"),
+        (
+            "[edge, mesh]",
+            "@request.auth.claims.groups",
+            "gateway routes only",
+        ),
+        ("[edge]", "@request.auth.claims.", "names no claim"),
+        ("[edge]", "@request.auth.claims.a..b", "names no claim"),
+        ("[edge]", "@other", "names no claim"),
+    ] {
+        let e = load_str(Path::new("v.yaml"), &vs(gateways, key))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("spec.http[0].match[0].headers") && e.contains(why),
+            "{gateways} {key}: {e}"
+        );
+    }
+}

@@ -1268,6 +1268,13 @@ async fn request_authentication_and_authorization_decide_at_the_gateway() {
     let (key, jwks) = test_es256_key("edge-1").unwrap();
     let jwks = serde_json::to_string(&jwks).unwrap();
     let edge = Edge::start_with(ServerSettings::default(), move |yaml| {
+        // Claim routing (gateway routes only): the ops group gets the
+        // mesh's own answer, everyone else the backend.
+        let yaml = yaml.replace(
+            "  http:\n  - route:",
+            "  http:\n  - match: [{headers: {\"@request.auth.claims.groups\": {exact: ops}}}]\n    \
+             directResponse: {status: 418, body: {string: ops}}\n  - route:",
+        );
         format!(
             "{yaml}---
 apiVersion: security.istio.io/v1
@@ -1295,10 +1302,11 @@ spec:
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let sign = |exp: u64| {
-        let claims = serde_json::json!({"iss": "https://idp.example", "sub": "ops", "exp": exp});
+    let sign_with = |exp: u64, groups: &[&str]| {
+        let claims = serde_json::json!({"iss": "https://idp.example", "sub": "ops", "exp": exp, "groups": groups});
         sign_for_test(Algorithm::ES256, Some("edge-1"), &key, &claims).unwrap()
     };
+    let sign = |exp: u64| sign_with(exp, &["dev"]);
     let (good, expired) = (sign(now + 600), sign(now - 600));
     let get = |path: &str, token: Option<&str>| {
         let auth = token
@@ -1337,6 +1345,20 @@ spec:
         .await;
     assert_eq!(status(&a), Some(200), "{a}");
     assert_eq!(edge.paths(), ["/admin", "/page"]);
+    // A claim of the validated token picks the route; a header that
+    // spells the claim is no claim.
+    let ops = sign_with(now + 600, &["dev", "ops"]);
+    let a = edge
+        .http_raw(edge.http, get("/page", Some(&ops)).as_bytes())
+        .await;
+    assert_eq!(status(&a), Some(418), "{a}");
+    let a = edge
+        .http_raw(
+            edge.http,
+            format!("GET /page HTTP/1.1\r\nhost: {BLOG}\r\nrequest.auth.claims.groups: ops\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+    assert_eq!(status(&a), Some(200), "{a}");
     let seen = edge.seen.headers();
     assert!(
         seen[0].get("authorization").is_none(),

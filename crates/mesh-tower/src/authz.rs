@@ -401,7 +401,7 @@ impl AuthorizeLayer {
                 )));
             }
         };
-        let decision = match self.workload.resolve(&snap) {
+        let (decision, auth) = match self.workload.resolve(&snap) {
             Ok(local_workload) => {
                 let auth = match self.authenticate(req, &local_workload.jwt_rules, may_fetch) {
                     Authn::Identity(auth) => auth,
@@ -437,9 +437,9 @@ impl AuthorizeLayer {
                     headers: Some(&headers),
                     auth: auth.as_deref(),
                 };
-                evaluate(local_workload.policies, &areq)
+                (evaluate(local_workload.policies, &areq), auth)
             }
-            Err(reason) => denied(reason),
+            Err(reason) => (denied(reason), None),
         };
         log_shadow_request(req, &path, &decision);
         if !decision.allowed {
@@ -460,6 +460,11 @@ impl AuthorizeLayer {
             }
         }
         req.extensions_mut().insert(decision);
+        // The validated token's identity, for the gateway's claim routes
+        // and for an in-process application (`Mesh::serve`).
+        if let Some(auth) = auth {
+            req.extensions_mut().insert(auth);
+        }
         Ok(None)
     }
 }

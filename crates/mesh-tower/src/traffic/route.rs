@@ -279,6 +279,10 @@ fn plan<'s>(
             source_labels: me_labels(snap, config),
             source_namespace: Some(&config.namespace),
             gateway: config.gateway.as_deref(),
+            auth: req
+                .extensions()
+                .get::<std::sync::Arc<mesh_core::jwt::RequestAuth>>()
+                .map(|a| &**a),
         },
         namespace: &config.namespace,
         gateway: config
