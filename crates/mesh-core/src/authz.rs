@@ -714,7 +714,7 @@ fn source_matches(s: &Source, v: &View<'_>, bias: Bias) -> bool {
 fn request_principal(v: &View<'_>) -> Attr<String> {
     match &v.http {
         None => Attr::Unknown,
-        Some(h) => Attr::of(h.auth.map(|a| a.principal.clone())),
+        Some(h) => Attr::of(h.auth.and_then(|a| a.principal.clone())),
     }
 }
 

@@ -225,13 +225,18 @@ pub enum JwtError {
     /// A claim the mesh reads has the wrong type (`iss`, `sub`, `exp`...).
     #[error("Jwt claim {0} is malformed")]
     Claim(String),
+    /// The request carries more than one token, and they differ.
+    #[error("Jwt: the request carries more than one token")]
+    SeveralTokens,
 }
 
 /// The identity a validated token gives the request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RequestAuth {
-    /// `<iss>/<sub>`: what `requestPrincipals` match.
-    pub principal: String,
+    /// `<iss>/<sub>`: what `requestPrincipals` match; `None` for a token
+    /// without `sub` (Istio gives it no principal either, so
+    /// `requestPrincipals: ["*"]` does not admit it).
+    pub principal: Option<String>,
     /// `aud`, one or many.
     pub audiences: Vec<String>,
     /// `azp`.
@@ -420,7 +425,9 @@ impl JwtKeys {
     fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> impl Iterator<Item = &DecodingKey> {
         self.keys
             .iter()
-            .filter(move |k| kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)))
+            // A key without `kid` may have signed any token (Envoy tries
+            // it too).
+            .filter(move |k| kid.is_none_or(|kid| k.kid.as_deref().is_none_or(|own| own == kid)))
             .filter(move |k| k.alg.is_none_or(|a| a == alg) && k.key.family() == alg.family())
             .map(|k| &k.key)
     }
@@ -584,7 +591,7 @@ pub fn find_tokens(
                 for header in headers.header_values("cookie") {
                     for pair in header.split(';') {
                         if let Some((k, v)) = pair.trim().split_once('=')
-                            && k == c
+                            && k.trim() == c
                         {
                             push(v.trim_matches('"'), l);
                         }
@@ -628,7 +635,16 @@ pub fn authenticate(
     if rules.is_empty() {
         return Ok(out);
     }
-    for found in find_tokens(rules, headers, query) {
+    let found = find_tokens(rules, headers, query);
+    // Two different tokens are two identities: which one authorization
+    // sees and which one the application acts on could differ, so the
+    // request is refused (the same token in two places is one).
+    if let Some(first) = found.first()
+        && found.iter().any(|f| f.token != first.token)
+    {
+        return Err(JwtError::SeveralTokens.into());
+    }
+    for found in found {
         // A token verified before names its rule: no need to read its
         // issuer again (the entry still has to hold for that rule, its
         // location and its current keys below).
@@ -640,10 +656,15 @@ pub fn authenticate(
             Some(rule) => rule,
             None => {
                 let iss = unverified_issuer(&found.token)?;
-                rules
-                    .iter()
-                    .find(|r| r.issuer == iss)
-                    .ok_or(JwtError::UnknownIssuer)?
+                // Several RequestAuthentications may name one issuer: the
+                // first whose locations read this token checks it (Envoy
+                // accepts a token any of its providers accepts; a rule that
+                // does not read the token's location cannot be its).
+                let mut of_issuer = rules.iter().filter(|r| r.issuer == iss).peekable();
+                let first = *of_issuer.peek().ok_or(JwtError::UnknownIssuer)?;
+                of_issuer
+                    .find(|r| r.locations.contains(&found.location))
+                    .unwrap_or(first)
             }
         };
         let fail = |error| AuthnFailure {
@@ -808,8 +829,14 @@ fn request_auth(
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(JwtError::Claim(name.to_owned())),
     };
-    let iss = string("iss")?.unwrap_or_default();
-    let sub = string("sub")?.unwrap_or_default();
+    let iss = string("iss")?;
+    let sub = string("sub")?;
+    // `exp: null` is no expiry to skip: a time claim is a number or absent.
+    for name in ["exp", "nbf", "iat"] {
+        if claims.get(name).is_some_and(|v| !v.is_number()) {
+            return Err(JwtError::Claim(name.to_owned()));
+        }
+    }
     let presenter = string("azp")?;
     let audiences = match claims.get("aud") {
         None => Vec::new(),
@@ -825,7 +852,7 @@ fn request_auth(
         Some(_) => return Err(JwtError::Claim("aud".to_owned())),
     };
     Ok(RequestAuth {
-        principal: format!("{iss}/{sub}"),
+        principal: iss.zip(sub).map(|(iss, sub)| format!("{iss}/{sub}")),
         audiences,
         presenter,
         claims,

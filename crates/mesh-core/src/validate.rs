@@ -723,6 +723,41 @@ fn legacy_policy(c: &mut Checker<'_>, kind: Kind, p: &LegacyPolicy) {
     }
 }
 
+/// Headers a RequestAuthentication may not write: framing and hop-by-hop
+/// headers, the ones routing and identity are read from, and the mesh's
+/// own.
+fn reserved_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase().replace('_', "-");
+    matches!(
+        n.as_str(),
+        "host"
+            | "authorization"
+            | "cookie"
+            | "content-length"
+            | "content-type"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "forwarded"
+            | "x-real-ip"
+    ) || [
+        "x-forwarded-",
+        "x-mesh-",
+        "x-envoy-",
+        "x-istio-",
+        "x-b3-",
+        "traceparent",
+        "tracestate",
+    ]
+    .iter()
+    .any(|p| n.starts_with(p))
+}
+
 fn request_authentication(c: &mut Checker<'_>, ra: &RequestAuthentication) {
     let mut issuers = std::collections::HashSet::new();
     for (i, rule) in ra.jwt_rules.iter().enumerate() {
@@ -792,6 +827,11 @@ fn request_authentication(c: &mut Checker<'_>, ra: &RequestAuthentication) {
                 c.err(field, "should be at least 1 chars long");
             } else if !name.bytes().all(is_tchar) {
                 c.err(field, format!("`{name}` is not an HTTP header name"));
+            } else if reserved_header(name) {
+                c.err(
+                    field,
+                    format!("`{name}` is a header the mesh or HTTP itself owns (framing, hop-by-hop, routing, identity): a claim must not overwrite it"),
+                );
             }
         };
         if let Some(h) = &rule.output_payload_to_header {

@@ -167,7 +167,7 @@ fn rs256_and_es256_tokens_verify_and_name_the_request_principal() {
         let t = token(alg, kid, der, claims(json!({"azp": "web"})));
         let a = authn(&s, &[("authorization", &bearer(&t))], None).unwrap();
         let auth = a.auth.unwrap();
-        assert_eq!(auth.principal, format!("{ISS}/alice"), "{alg:?}");
+        assert_eq!(auth.principal, Some(format!("{ISS}/alice")), "{alg:?}");
         assert_eq!(auth.presenter.as_deref(), Some("web"));
         // No token: authenticated as nobody, not refused.
         let none = authn(&s, &[], None).unwrap();
@@ -278,19 +278,48 @@ fn every_bad_token_is_refused_with_envoys_reason() {
             "{alg}: {e:?}"
         );
     }
-    // A good token does not carry a bad one through.
+    // Two different tokens are refused, whatever each is worth: a good one
+    // does not carry a bad one through, nor a second identity.
     let expired = token(
         Algorithm::ES256,
         "e1",
         &ec,
         claims(json!({"aud": "shop-api", "exp": now() - 120})),
     );
-    let e = authn(
-        &s,
-        &[("authorization", &bearer(&ok))],
-        Some(&format!("access_token={expired}")),
+    let other_user = token(
+        Algorithm::ES256,
+        "e1",
+        &ec,
+        claims(json!({"aud": "shop-api", "sub": "mallory"})),
     );
-    assert_eq!(e.unwrap_err().error, JwtError::Expired);
+    for second in [&expired, &other_user] {
+        let e = authn(
+            &s,
+            &[("authorization", &bearer(&ok))],
+            Some(&format!("access_token={second}")),
+        );
+        assert_eq!(e.unwrap_err().error, JwtError::SeveralTokens);
+    }
+    // The same token in two places is one token.
+    assert!(
+        authn(
+            &s,
+            &[("authorization", &bearer(&ok))],
+            Some(&format!("access_token={ok}"))
+        )
+        .is_ok()
+    );
+    // Time claims are numbers: `exp: null` is no token that never expires.
+    let null_exp = token(
+        Algorithm::ES256,
+        "e1",
+        &ec,
+        json!({"iss": ISS, "sub": "a", "aud": "shop-api", "exp": null}),
+    );
+    assert_eq!(
+        err(&s, &[("authorization", &bearer(&null_exp))]),
+        JwtError::Claim("exp".into())
+    );
 }
 
 #[test]
@@ -328,6 +357,13 @@ fn tokens_are_read_where_the_rule_says_and_nowhere_else() {
     );
     assert!(
         authn(&s, &[("cookie", &format!("a=b; session={t}"))], None)
+            .unwrap()
+            .auth
+            .is_some()
+    );
+    // A cookie name with stray spaces is the same cookie to many parsers.
+    assert!(
+        authn(&s, &[("cookie", &format!("a=b; session ={t}"))], None)
             .unwrap()
             .auth
             .is_some()
@@ -402,6 +438,27 @@ fn request_principals_require_a_valid_token() {
         ),
     );
     assert!(!decide(&s, Some(&alice)));
+    // A token without `sub` has no request principal (Istio's rule).
+    let s = snap(
+        &jwks,
+        "",
+        &policy(
+            "ALLOW",
+            "[{from: [{source: {requestPrincipals: [\"*\"]}}]}]",
+        ),
+    );
+    let t = token(
+        Algorithm::ES256,
+        "e1",
+        &ec,
+        json!({"iss": ISS, "exp": now() + 600}),
+    );
+    let anonymous = authn(&s, &[("authorization", &bearer(&t))], None)
+        .unwrap()
+        .auth
+        .unwrap();
+    assert_eq!(anonymous.principal, None);
+    assert!(!decide(&s, Some(&anonymous)));
     // Istio's "require a token" DENY: notRequestPrincipals ["*"].
     let s = snap(
         &jwks,
@@ -531,6 +588,18 @@ fn bad_request_authentications_are_refused_by_field() {
             "outputClaimToHeaders[0].header",
         ),
         (
+            "jwtRules: [{issuer: a, jwksUri: \"https://x/k\", outputClaimToHeaders: [{header: host, claim: x}]}]",
+            "outputClaimToHeaders[0].header",
+        ),
+        (
+            "jwtRules: [{issuer: a, jwksUri: \"https://x/k\", outputClaimToHeaders: [{header: X-Forwarded-For, claim: x}]}]",
+            "outputClaimToHeaders[0].header",
+        ),
+        (
+            "jwtRules: [{issuer: a, jwksUri: \"https://x/k\", outputPayloadToHeader: content-length}]",
+            "outputPayloadToHeader",
+        ),
+        (
             "jwtRules: [{issuer: a, jwksUri: \"https://x/k\", timeout: apple}]",
             "timeout",
         ),
@@ -578,6 +647,18 @@ fn key_sets_skip_keys_they_cannot_verify_with() {
     let keys = JwtKeys::parse(&v.to_string()).unwrap();
     assert_eq!(keys.len(), 1);
     assert!(keys.has_kid("e1") && !keys.has_kid("h"));
+    // A key set whose keys name no kid verifies tokens that name one.
+    let (der, jwks) = es256("e1");
+    let mut v: Value = serde_json::from_str(&jwks).unwrap();
+    v["keys"][0].as_object_mut().unwrap().remove("kid");
+    let s = snap(&v.to_string(), "", "");
+    let t = token(Algorithm::ES256, "any", &der, claims(json!({})));
+    assert!(
+        authn(&s, &[("authorization", &bearer(&t))], None)
+            .unwrap()
+            .auth
+            .is_some()
+    );
 }
 
 /// A verified token is remembered, but only for the rule and key set it
@@ -608,8 +689,9 @@ fn the_token_cache_never_outlives_its_rule_or_keys() {
         .map_err(|f| f.error)
     };
     let s = snap(&jwks, "", "");
-    assert_eq!(run(&s, None), Ok(format!("{ISS}/alice")));
-    assert_eq!(run(&s, None), Ok(format!("{ISS}/alice")), "from the cache");
+    let alice = Some(format!("{ISS}/alice"));
+    assert_eq!(run(&s, None), Ok(alice.clone()));
+    assert_eq!(run(&s, None), Ok(alice), "from the cache");
     let rotated = Arc::new(JwtKeys::parse(&other_jwks).unwrap());
     assert_eq!(run(&s, Some(rotated)), Err(JwtError::NoKey));
     let stricter = snap(&jwks, "    audiences: [billing]", "");

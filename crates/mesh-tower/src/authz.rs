@@ -330,7 +330,13 @@ impl AuthorizeLayer {
                     }
                 }
                 tracing::info!(target: "mesh::authz", method = %req.method(), path = %req.uri().path(), reason = %f.error, "request unauthenticated");
-                let resp = MeshError::Unauthenticated(f.error.to_string())
+                // What the client is told: Envoy's words, never the key
+                // server's address or its error (those are in the log).
+                let said = match &f.error {
+                    JwtError::KeysUnavailable(_) => "Jwks remote fetch is failed".to_owned(),
+                    other => other.to_string(),
+                };
+                let resp = MeshError::Unauthenticated(said)
                     .to_response_for(crate::error::is_grpc(req.headers()));
                 return Authn::Refused(refuse(req, resp));
             }
@@ -342,17 +348,17 @@ impl AuthorizeLayer {
         let headers = req.headers_mut();
         for rule in rules {
             if let Some(h) = &rule.output_payload_to_header {
-                headers.remove(h.as_str());
+                remove_header_family(headers, h);
             }
             for (h, _) in &rule.output_claim_to_headers {
-                headers.remove(h.as_str());
+                remove_header_family(headers, h);
             }
         }
         for (found, rule, auth) in &authn.tokens {
             if !rule.forward_original_token
                 && let TokenLocation::Header { name, .. } = &found.location
             {
-                headers.remove(name.as_str());
+                remove_header_family(headers, name);
             }
             if let Some(h) = &rule.output_payload_to_header
                 && let Some(v) =
@@ -518,6 +524,30 @@ impl Authorize<()> {
     }
 }
 
+/// How many rounds of key fetches one request may wait for.
+const MAX_FETCH_PASSES: usize = 3;
+
+/// Removes `name` and every header that reads as it to a CGI-style
+/// application (`x_jwt` for `x-jwt`), where underscores were let through.
+fn remove_header_family(headers: &mut http::HeaderMap, name: &str) {
+    headers.remove(name);
+    let aliases: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k.contains('_')
+                && k.len() == name.len()
+                && k.bytes()
+                    .zip(name.bytes())
+                    .all(|(a, b)| a.eq_ignore_ascii_case(&b) || (a == b'_' && b == b'-'))
+        })
+        .cloned()
+        .collect();
+    for k in aliases {
+        headers.remove(k);
+    }
+}
+
 /// What request authentication made of a request.
 enum Authn {
     /// The valid token's identity; `None`: no token.
@@ -565,19 +595,26 @@ where
                 let mut inner = std::mem::replace(&mut self.inner, fresh);
                 let layer = self.layer.clone();
                 State::Waiting(Box::pin(async move {
-                    for (uri, timeout) in uris {
-                        let _ = layer.jwks.wait_for(&uri, timeout, since).await;
+                    let mut uris = uris;
+                    // Each pass may find the next token's issuer unfetched
+                    // (two tokens, two issuers): a few passes, then the
+                    // check that may not ask again decides.
+                    for pass in 1..=MAX_FETCH_PASSES {
+                        for (uri, timeout) in &uris {
+                            let _ = layer.jwks.wait_for(uri, *timeout, since).await;
+                        }
+                        match layer.check(&mut req, pass < MAX_FETCH_PASSES) {
+                            Check::Pass => return inner.call(req).await,
+                            Check::Answer(resp) => return Ok(resp),
+                            Check::Fetch(more) => uris = more,
+                        }
                     }
-                    match layer.check(&mut req, false) {
-                        Check::Pass => inner.call(req).await,
-                        Check::Answer(resp) => Ok(resp),
-                        // Not asked for on a second pass; answered as a
-                        // token that cannot be verified, never passed.
-                        Check::Fetch(_) => Ok(MeshError::Unauthenticated(
-                            "Jwks remote fetch is failed".to_owned(),
-                        )
-                        .to_response()),
-                    }
+                    // Not asked for on the last pass; answered as a token
+                    // that cannot be verified, never passed.
+                    Ok(
+                        MeshError::Unauthenticated("Jwks remote fetch is failed".to_owned())
+                            .to_response(),
+                    )
                 }))
             }
         };

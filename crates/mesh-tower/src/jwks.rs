@@ -61,8 +61,9 @@ impl Default for JwksSettings {
 pub struct JwksCache {
     settings: JwksSettings,
     entries: Mutex<HashMap<String, Entry>>,
-    /// Built on first HTTPS fetch.
-    tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+    /// Built on the first HTTPS fetch that can build it (a failure is
+    /// tried again next time).
+    tls: OnceLock<Arc<rustls::ClientConfig>>,
     /// Tokens verified already (by any rule of the process).
     tokens: mesh_core::jwt::TokenCache,
 }
@@ -188,37 +189,46 @@ impl JwksCache {
     /// Waits for keys fetched since `since` (when the request found them
     /// missing): the result of a fetch that ended since, or is in flight,
     /// else of one started here. A request that needs keys (none yet, or a
-    /// `kid` the set lacks) waits here.
+    /// `kid` the set lacks) waits here. The fetch runs in a task of its own
+    /// holding the URI's lock, so a waiter that goes away (its client hung
+    /// up) cancels nothing the others wait for.
     pub async fn wait_for(
-        &self,
+        self: &Arc<Self>,
         uri: &str,
         timeout: Duration,
         since: Instant,
     ) -> Result<Arc<JwtKeys>, String> {
-        let start = since;
         let lock = self
             .entries()
             .entry(uri.to_owned())
             .or_default()
             .lock
             .clone();
-        let _held = match tokio::time::timeout(timeout, lock.lock()).await {
-            Ok(g) => g,
-            Err(_) => return Err(format!("{uri}: no key set within {timeout:?}")),
-        };
-        {
-            let entries = self.entries();
-            if let Some(e) = entries.get(uri)
-                && e.completed.is_some_and(|t| t >= start)
+        let this = self.clone();
+        let owned = uri.to_owned();
+        let task = tokio::spawn(async move {
+            let _held = lock.lock_owned().await;
             {
-                return match (&e.keys, &e.last_error) {
-                    (_, Some(why)) if e.keys.is_none() => Err(why.clone()),
-                    (Some((k, _)), _) => Ok(k.clone()),
-                    _ => Err(format!("{uri}: not fetched")),
-                };
+                let entries = this.entries();
+                if let Some(e) = entries.get(&owned)
+                    && e.completed.is_some_and(|t| t >= since)
+                {
+                    return match (&e.keys, &e.last_error) {
+                        (Some((k, _)), _) => Ok(k.clone()),
+                        (None, Some(why)) => Err(why.clone()),
+                        (None, None) => Err(format!("{owned}: not fetched")),
+                    };
+                }
             }
+            this.fetch(&owned, timeout).await
+        });
+        // One fetch ahead in the queue, then this one: each bounded by
+        // `timeout`.
+        match tokio::time::timeout(timeout.saturating_mul(2), task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(format!("{uri}: the fetch task ended: {e}")),
+            Err(_) => Err(format!("{uri}: no key set within {timeout:?}")),
         }
-        self.fetch(uri, timeout).await
     }
 
     /// Fetches `uri` now and keeps the result: the new keys, or on failure
@@ -286,7 +296,13 @@ impl JwksCache {
             .body(Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
         let resp = if https {
-            let config = self.tls.get_or_init(|| self.client_config()).clone()?;
+            let config = match self.tls.get() {
+                Some(c) => c.clone(),
+                None => {
+                    let c = self.client_config()?;
+                    self.tls.get_or_init(|| c).clone()
+                }
+            };
             let name = rustls_pki_types::ServerName::try_from(host.to_owned())
                 .map_err(|e| e.to_string())?;
             let tls = tokio_rustls::TlsConnector::from(config)
@@ -317,6 +333,20 @@ impl JwksCache {
         let doc = self.get_body(uri).await?;
         let v: serde_json::Value =
             serde_json::from_slice(&doc).map_err(|e| format!("discovery document: {e}"))?;
+        // OpenID Connect Discovery 4.3: the document must be the issuer's
+        // own.
+        let want = uri
+            .strip_suffix(mesh_core::jwt::DISCOVERY_PATH)
+            .unwrap_or(uri);
+        let said = v
+            .get("issuer")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        if said.trim_end_matches('/') != want.trim_end_matches('/') {
+            return Err(format!(
+                "the discovery document names issuer `{said}`, not `{want}`"
+            ));
+        }
         let jwks = v
             .get("jwks_uri")
             .and_then(serde_json::Value::as_str)
