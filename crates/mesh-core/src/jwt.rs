@@ -42,7 +42,7 @@
 //! .expect("sign");
 //! let auth = mesh_core::jwt::verify_token(&token, "https://idp.example", &[], &keys, &[])
 //!     .expect("valid");
-//! assert_eq!(auth.principal, "https://idp.example/alice");
+//! assert_eq!(auth.principal.as_deref(), Some("https://idp.example/alice"));
 //! # Ok::<(), String>(())
 //! ```
 

@@ -23,13 +23,18 @@ fn refused_with_the_field_named() {
     let cases = [
         ("{action: CUSTOM, rules: [{}]}", "spec.action", "CUSTOM"),
         (
-            "{rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]}",
-            "requestPrincipals",
-            "unsupported field",
+            "{rules: [{from: [{source: {requestPrincipals: [\"*a*\"]}}]}]}",
+            "requestPrincipals[0]",
+            "allowed only once",
         ),
         (
-            "{rules: [{from: [{source: {remoteIpBlocks: [1.2.3.4]}}]}]}",
-            "remoteIpBlocks",
+            "{rules: [{from: [{source: {remoteIpBlocks: [1.2.3.400]}}]}]}",
+            "remoteIpBlocks[0]",
+            "not an IP address",
+        ),
+        (
+            "{rules: [{from: [{source: {serviceAccounts: [default/a]}}]}]}",
+            "serviceAccounts",
             "unsupported field",
         ),
         (
@@ -118,9 +123,9 @@ fn refused_with_the_field_named() {
             "not an HTTP header name",
         ),
         (
-            "{rules: [{when: [{key: \"request.auth.claims[iss]\", values: [x]}]}]}",
+            "{rules: [{when: [{key: \"request.auth.claims[iss\", values: [x]}]}]}",
             "when[0].key",
-            "not supported",
+            "names no claim",
         ),
         (
             "{rules: [{when: [{key: connection.sni, values: [x]}]}]}",

@@ -175,7 +175,7 @@ fn other_kinds_are_skipped_but_unknown_istio_kinds_are_errors() {
     );
     assert!(text.contains("not supported"), "{text}");
     one_error(
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\n",
+        "apiVersion: security.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\n",
         "kind",
     );
 }
@@ -240,11 +240,11 @@ fn unimplemented_fields_are_named_never_dropped() {
 
 #[test]
 fn security_resources_fail_closed() {
-    // JWT principals are not implemented: the policy must not load half.
+    // Fields not implemented: the policy must not load half.
     one_error(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n\
-         spec: {rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}\n",
-        "spec.rules[0].from[0].source.requestPrincipals",
+         spec: {rules: [{from: [{source: {trustDomains: ['td']}}]}]}\n",
+        "spec.rules[0].from[0].source.trustDomains",
     );
     one_error(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: CUSTOM, rules: [{}]}\n",
@@ -252,7 +252,7 @@ fn security_resources_fail_closed() {
     );
     one_error(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n\
-         spec: {rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}\n",
+         spec: {rules: [{when: [{key: 'connection.sni', values: [x]}]}]}\n",
         "spec.rules[0].when[0].key",
     );
     one_error(

@@ -161,12 +161,12 @@ items:
 - apiVersion: security.istio.io/v1
   kind: AuthorizationPolicy
   metadata: {name: x}
-  spec: {rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}
+  spec: {rules: [{from: [{source: {trustDomains: ['*']}}]}]}
 "#,
     );
     assert!(
         text.starts_with(
-            "f.yaml: document 1 item 2 (AuthorizationPolicy x): spec.rules[0].from[0].source.requestPrincipals: "
+            "f.yaml: document 1 item 2 (AuthorizationPolicy x): spec.rules[0].from[0].source.trustDomains: "
         ),
         "{text}"
     );

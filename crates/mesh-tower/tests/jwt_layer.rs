@@ -519,7 +519,9 @@ async fn keys_found_by_openid_discovery_and_over_https() {
     .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     // The cause is kept for the log and the cache's status, not the client.
-    let why = untrusted.last_error(&format!("{}/jwks", keys.base)).unwrap();
+    let why = untrusted
+        .last_error(&format!("{}/jwks", keys.base))
+        .unwrap();
     assert!(why.contains("TLS"), "{why}");
 }
 
