@@ -183,21 +183,32 @@ impl Scrape {
     }
 }
 
-const HTTP_LABELS: [&str; 16] = [
+/// Istio's standard HTTP labels, all 25 (what its dashboards and Kiali
+/// query).
+const HTTP_LABELS: [&str; 25] = [
     "reporter",
     "source_workload",
     "source_workload_namespace",
     "source_principal",
+    "source_app",
     "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
     "destination_workload",
     "destination_workload_namespace",
     "destination_principal",
+    "destination_app",
     "destination_version",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
     "destination_service",
     "destination_service_name",
     "destination_service_namespace",
     "request_protocol",
     "response_code",
+    "grpc_response_status",
     "response_flags",
     "connection_security_policy",
 ];
@@ -526,7 +537,12 @@ async fn tcp_metrics_through_a_real_l4_relay() {
     assert_eq!(m.one("istio_tcp_sent_bytes_total", &labels).value, 1000.0);
     let tcp = m.one("istio_tcp_sent_bytes_total", &labels);
     assert!(!tcp.labels.contains_key("response_code"));
-    assert_eq!(tcp.labels.len(), 15);
+    assert_eq!(
+        tcp.labels.len(),
+        23,
+        "Istio's TCP labels: {:?}",
+        tcp.labels.keys()
+    );
 
     let source = [
         ("reporter", "source"),
@@ -637,4 +653,70 @@ async fn failed_services_report_code_0_and_grpc_is_told_apart() {
     // No peer identity at all: the source side is unknown.
     assert_eq!(g.labels["source_principal"], "unknown");
     assert_eq!(g.labels["connection_security_policy"], "unknown");
+    // No grpc-status came back: Istio says unknown for a gRPC request.
+    assert_eq!(g.labels["grpc_response_status"], "unknown");
+    assert_eq!(g.labels["destination_canonical_service"], "greeter");
+    assert_eq!(g.labels["destination_canonical_revision"], "latest");
+    assert_eq!(g.labels["destination_cluster"], "Kubernetes");
+    assert_eq!(g.labels["source_cluster"], "unknown");
+}
+
+/// `grpc_response_status`: from the trailers of a gRPC answer, or from the
+/// head of a trailers-only one; codes outside gRPC's 0-16 are `unknown`.
+#[tokio::test]
+async fn grpc_status_comes_from_trailers_or_a_trailers_only_head() {
+    use http_body_util::BodyExt as _;
+    let registry = Registry::new();
+    let svc = |registry: &Registry, name: &'static str| {
+        ServiceBuilder::new()
+            .layer(TelemetryLayer::inbound(
+                registry.clone(),
+                WorkloadInfo::new(name, "default"),
+            ))
+            .service_fn(move |req: Request<RequestBody<Empty<Bytes>>>| async move {
+                let code = req.uri().path().trim_start_matches('/').to_owned();
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", code.parse().unwrap());
+                let resp = if name == "head" {
+                    let mut r = Response::new(Empty::<Bytes>::new().boxed_unsync());
+                    r.headers_mut().insert("grpc-status", code.parse().unwrap());
+                    r
+                } else {
+                    Response::new(
+                        Empty::<Bytes>::new()
+                            .with_trailers(async move { Some(Ok(trailers)) })
+                            .boxed_unsync(),
+                    )
+                };
+                Ok::<_, Infallible>(resp)
+            })
+    };
+    for (name, code) in [
+        ("trailers", "0"),
+        ("trailers", "14"),
+        ("head", "7"),
+        ("head", "99"),
+    ] {
+        let req = Request::post(format!("http://{name}/{code}"))
+            .header("content-type", "application/grpc")
+            .body(Empty::new())
+            .unwrap();
+        let resp = svc(&registry, name).oneshot(req).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    let m = Scrape::parse(&registry.render());
+    for (name, want) in [
+        ("trailers", "0"),
+        ("trailers", "14"),
+        ("head", "7"),
+        ("head", "unknown"),
+    ] {
+        m.one(
+            "istio_requests_total",
+            &[
+                ("destination_workload", name),
+                ("grpc_response_status", want),
+            ],
+        );
+    }
 }

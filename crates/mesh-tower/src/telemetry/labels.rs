@@ -4,7 +4,8 @@
 use mesh_core::identity::SpiffeId;
 use mesh_core::snapshot::{Service, Workload};
 
-use super::metrics::UNKNOWN;
+use super::metrics::{DEFAULT_CLUSTER, UNKNOWN};
+use mesh_core::resources::common::Labels;
 
 /// Which side of a request reports it: Istio's `reporter` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,8 +27,15 @@ impl Reporter {
 }
 
 /// A workload as Istio's `*_workload`, `*_workload_namespace`,
-/// `*_principal` and `*_version` labels describe it. Anything not known is
-/// `"unknown"`.
+/// `*_principal`, `*_app`, `*_version`, `*_canonical_service`,
+/// `*_canonical_revision` and `*_cluster` labels describe it. Anything not
+/// known is `"unknown"`.
+///
+/// The canonical service and revision are derived as Istio derives them
+/// from a workload's labels: `service.istio.io/canonical-name`, else
+/// `app.kubernetes.io/name`, else `app`, else the workload's name; and
+/// `service.istio.io/canonical-revision`, else `app.kubernetes.io/version`,
+/// else `version`, else `latest`. Kiali drops series without them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkloadInfo {
@@ -39,6 +47,14 @@ pub struct WorkloadInfo {
     pub principal: String,
     /// The value of its `version` label.
     pub version: String,
+    /// The value of its `app` label.
+    pub app: String,
+    /// Its canonical service.
+    pub canonical_service: String,
+    /// Its canonical revision.
+    pub canonical_revision: String,
+    /// Its cluster ([`DEFAULT_CLUSTER`] for this mesh's own workloads).
+    pub cluster: String,
 }
 
 impl Default for WorkloadInfo {
@@ -48,11 +64,16 @@ impl Default for WorkloadInfo {
 }
 
 impl WorkloadInfo {
-    /// A workload with a name and namespace; principal and version unknown.
+    /// A workload of this mesh with a name and namespace: its canonical
+    /// service is its name, revision `latest`; principal, app and version
+    /// unknown.
     pub fn new(name: &str, namespace: &str) -> Self {
         Self {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
+            canonical_service: name.to_owned(),
+            canonical_revision: "latest".to_owned(),
+            cluster: DEFAULT_CLUSTER.to_owned(),
             ..Self::unknown()
         }
     }
@@ -64,6 +85,10 @@ impl WorkloadInfo {
             namespace: UNKNOWN.to_owned(),
             principal: UNKNOWN.to_owned(),
             version: UNKNOWN.to_owned(),
+            app: UNKNOWN.to_owned(),
+            canonical_service: UNKNOWN.to_owned(),
+            canonical_revision: UNKNOWN.to_owned(),
+            cluster: UNKNOWN.to_owned(),
         }
     }
 
@@ -73,9 +98,38 @@ impl WorkloadInfo {
         self
     }
 
-    /// Sets the version.
+    /// Sets the version (and the canonical revision, unless a label named
+    /// another).
     pub fn with_version(mut self, version: &str) -> Self {
+        if self.canonical_revision == "latest" || self.canonical_revision == UNKNOWN {
+            version.clone_into(&mut self.canonical_revision);
+        }
         version.clone_into(&mut self.version);
+        self
+    }
+
+    /// Takes `app`, `version` and the canonical service and revision from
+    /// a workload's labels, as Istio derives them.
+    pub fn with_labels(mut self, labels: &Labels) -> Self {
+        let get = |k: &str| labels.get(k).filter(|v| !v.is_empty());
+        if let Some(app) = get("app") {
+            app.clone_into(&mut self.app);
+        }
+        if let Some(v) = get("version") {
+            v.clone_into(&mut self.version);
+        }
+        if let Some(c) = get("service.istio.io/canonical-name")
+            .or_else(|| get("app.kubernetes.io/name"))
+            .or_else(|| get("app"))
+        {
+            c.clone_into(&mut self.canonical_service);
+        }
+        if let Some(r) = get("service.istio.io/canonical-revision")
+            .or_else(|| get("app.kubernetes.io/version"))
+            .or_else(|| get("version"))
+        {
+            r.clone_into(&mut self.canonical_revision);
+        }
         self
     }
 
@@ -84,15 +138,10 @@ impl WorkloadInfo {
     pub fn from_workload(w: &Workload) -> Self {
         let name = w.key.rsplit_once('/').map_or(w.key.as_str(), |(_, n)| n);
         Self {
-            name: name.to_owned(),
-            namespace: w.namespace.clone(),
             principal: w.identity.to_string(),
-            version: w
-                .labels
-                .get("version")
-                .cloned()
-                .unwrap_or_else(|| UNKNOWN.to_owned()),
+            ..Self::new(name, &w.namespace)
         }
+        .with_labels(&w.labels)
     }
 
     /// A peer known only by its verified SPIFFE ID: principal and

@@ -141,6 +141,25 @@ struct Answered {
     status: Option<StatusCode>,
     flags: &'static str,
     reason: Option<String>,
+    /// `grpc-status`, from the head or the trailers.
+    grpc_status: Option<u8>,
+}
+
+/// A gRPC status code as a label: `0`..`16`, anything else `unknown` (an
+/// upstream cannot grow the series with made-up codes).
+fn grpc_status_label(code: u8) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    CODES.get(usize::from(code)).copied().unwrap_or(UNKNOWN)
+}
+
+/// The `grpc-status` of a header map, if it has one that reads as a code.
+fn grpc_status_of(headers: &http::HeaderMap) -> Option<u8> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Answered {
@@ -150,6 +169,7 @@ impl Answered {
             status,
             mut flags,
             reason,
+            grpc_status,
         } = self;
         if downstream_gone && flags == "-" {
             // Envoy's flag for a downstream that went away mid-response.
@@ -190,6 +210,13 @@ impl Answered {
         };
         // Envoy reports 0 when there was no answer at all.
         let code = status.as_ref().map_or("0", StatusCode::as_str);
+        // Istio's value: the gRPC status of a gRPC request (from the
+        // trailers, or the head of a trailers-only answer), else empty.
+        let grpc_status = match (p.grpc, grpc_status) {
+            (true, Some(s)) => grpc_status_label(s),
+            (true, None) => UNKNOWN,
+            (false, _) => "",
+        };
         let protocol = if p.grpc { "grpc" } else { "http" };
         shared.registry.record_http(
             [
@@ -197,16 +224,25 @@ impl Answered {
                 &source.name,
                 &source.namespace,
                 &source.principal,
+                &source.app,
                 &source.version,
+                &source.canonical_service,
+                &source.canonical_revision,
+                &source.cluster,
                 &destination.name,
                 &destination.namespace,
                 &destination.principal,
+                &destination.app,
                 &destination.version,
+                &destination.canonical_service,
+                &destination.canonical_revision,
+                &destination.cluster,
                 service,
                 service_name,
                 service_namespace,
                 protocol,
                 code,
+                grpc_status,
                 flags,
                 security_policy(mtls),
             ],
@@ -377,6 +413,7 @@ where
                             .get(REASON_HEADER)
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_owned),
+                        grpc_status: grpc_status_of(&parts.headers),
                     }
                 });
                 Ok(Response::from_parts(
@@ -392,6 +429,7 @@ where
                         status: None,
                         flags: "-",
                         reason: None,
+                        grpc_status: None,
                     }
                     .finish(0, false);
                 }
@@ -509,6 +547,12 @@ impl<B: Body> Body for ResponseBody<B> {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
                     this.finisher.bytes += d.remaining() as u64;
+                }
+                if let Some(t) = f.trailers_ref()
+                    && let Some(a) = this.finisher.answered.as_mut()
+                    && let Some(code) = grpc_status_of(t)
+                {
+                    a.grpc_status = Some(code);
                 }
                 if this.inner.is_end_stream() {
                     this.finisher.finish(false);

@@ -78,41 +78,59 @@ pub const TCP_CLOSED: MetricDef = MetricDef {
     kind: MetricKind::Counter,
 };
 
-/// The HTTP metrics' labels, in the order they are rendered.
+/// The HTTP metrics' labels, in the order they are rendered: Istio's
+/// standard set (what its dashboards and Kiali query), all 25.
 pub const HTTP_LABELS: [&str; HTTP_LABEL_COUNT] = [
     "reporter",
     "source_workload",
     "source_workload_namespace",
     "source_principal",
+    "source_app",
     "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
     "destination_workload",
     "destination_workload_namespace",
     "destination_principal",
+    "destination_app",
     "destination_version",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
     "destination_service",
     "destination_service_name",
     "destination_service_namespace",
     "request_protocol",
     "response_code",
+    "grpc_response_status",
     "response_flags",
     "connection_security_policy",
 ];
 
 /// How many HTTP labels there are.
-pub const HTTP_LABEL_COUNT: usize = 16;
+pub const HTTP_LABEL_COUNT: usize = 25;
 
-/// The TCP metrics' labels: the HTTP ones without `response_code`, as
-/// Istio's TCP metrics have them.
+/// The TCP metrics' labels: the HTTP ones without `response_code` and
+/// `grpc_response_status`, as Istio's TCP metrics have them (23).
 pub const TCP_LABELS: [&str; TCP_LABEL_COUNT] = [
     "reporter",
     "source_workload",
     "source_workload_namespace",
     "source_principal",
+    "source_app",
     "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
     "destination_workload",
     "destination_workload_namespace",
     "destination_principal",
+    "destination_app",
     "destination_version",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
     "destination_service",
     "destination_service_name",
     "destination_service_namespace",
@@ -122,7 +140,12 @@ pub const TCP_LABELS: [&str; TCP_LABEL_COUNT] = [
 ];
 
 /// How many TCP labels there are.
-pub const TCP_LABEL_COUNT: usize = 15;
+pub const TCP_LABEL_COUNT: usize = 23;
+
+/// The cluster a workload of this mesh reports (`source_cluster`,
+/// `destination_cluster`) when nothing names another: Istio's default
+/// cluster ID.
+pub const DEFAULT_CLUSTER: &str = "Kubernetes";
 
 /// Labels whose values come from a small set the mesh itself chooses; every
 /// other label is capped (see [`CardinalityLimits`](super::CardinalityLimits)).

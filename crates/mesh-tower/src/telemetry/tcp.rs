@@ -100,11 +100,19 @@ impl TcpTelemetry {
             &source.name,
             &source.namespace,
             &source.principal,
+            &source.app,
             &source.version,
+            &source.canonical_service,
+            &source.canonical_revision,
+            &source.cluster,
             &destination.name,
             &destination.namespace,
             &destination.principal,
+            &destination.app,
             &destination.version,
+            &destination.canonical_service,
+            &destination.canonical_revision,
+            &destination.cluster,
             svc,
             name,
             ns,
@@ -126,7 +134,8 @@ impl TcpTelemetry {
     }
 }
 
-const FLAGS: usize = 13;
+/// `response_flags` in [`TCP_LABELS`](super::metrics::TCP_LABELS).
+const FLAGS: usize = 21;
 
 fn label_refs<'a>(labels: &'a [Arc<str>], flags: &'a str) -> [&'a str; TCP_LABEL_COUNT] {
     std::array::from_fn(|i| {
