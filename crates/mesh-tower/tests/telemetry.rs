@@ -720,3 +720,78 @@ async fn grpc_status_comes_from_trailers_or_a_trailers_only_head() {
         );
     }
 }
+
+/// A body of several frames, for streams of gRPC messages.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+fn grpc_frames(sizes: &[u32], cut: usize) -> Chunks {
+    let mut all = Vec::new();
+    for n in sizes {
+        all.push(0u8);
+        all.extend_from_slice(&n.to_be_bytes());
+        all.extend(std::iter::repeat_n(1u8, *n as usize));
+    }
+    Chunks(all.chunks(cut).map(Bytes::copy_from_slice).collect())
+}
+
+/// Istio's gRPC streaming counters: messages sent by the client and by the
+/// server, counted across frames, for gRPC requests only.
+#[tokio::test]
+async fn grpc_message_counters_count_each_direction() {
+    use http_body_util::BodyExt as _;
+    let registry = Registry::new();
+    let svc = ServiceBuilder::new()
+        .layer(TelemetryLayer::inbound(
+            registry.clone(),
+            WorkloadInfo::new("stream", "default"),
+        ))
+        .service_fn(|req: Request<RequestBody<Chunks>>| async move {
+            // The server reads the client's stream, then answers with two.
+            req.into_body().collect().await.unwrap();
+            Ok::<_, Infallible>(Response::new(grpc_frames(&[10, 20], 7)))
+        });
+    let req = Request::post("http://stream/s.S/Chat")
+        .header("content-type", "application/grpc")
+        .body(grpc_frames(&[5, 0, 100], 3))
+        .unwrap();
+    let resp = svc.clone().oneshot(req).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    // Not gRPC: no message counters for it.
+    let plain = Request::post("http://stream/upload")
+        .body(grpc_frames(&[5], 4))
+        .unwrap();
+    svc.oneshot(plain)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+
+    let m = Scrape::parse(&registry.render());
+    let grpc = [
+        ("destination_workload", "stream"),
+        ("request_protocol", "grpc"),
+    ];
+    assert_eq!(m.one("istio_request_messages_total", &grpc).value, 3.0);
+    assert_eq!(m.one("istio_response_messages_total", &grpc).value, 2.0);
+    assert!(
+        m.find(
+            "istio_request_messages_total",
+            &[("request_protocol", "http")]
+        )
+        .is_empty()
+    );
+}

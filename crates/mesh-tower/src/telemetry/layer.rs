@@ -131,6 +131,60 @@ struct Pending {
     mtls: Option<bool>,
     destination: Option<DestinationInfo>,
     request_bytes: Arc<AtomicU64>,
+    /// gRPC messages the client sent (counted as the body is read).
+    request_messages: Arc<AtomicU64>,
+}
+
+/// Counts gRPC messages in a stream of bytes: each is a 5-byte prefix
+/// (compressed flag, big-endian length) and that many bytes, and may span
+/// frames (gRPC over HTTP/2's Length-Prefixed-Message).
+#[derive(Debug, Default)]
+struct GrpcMessages {
+    /// Bytes of the current message's body still to skip.
+    skip: u64,
+    /// Prefix bytes read so far (0 at a message boundary).
+    prefix: [u8; 5],
+    have: usize,
+    /// Messages begun.
+    count: u64,
+}
+
+impl GrpcMessages {
+    /// Feeds a frame's data without consuming it.
+    fn feed_buf(&mut self, data: &impl bytes::Buf) {
+        if data.chunk().len() == data.remaining() {
+            self.feed(data.chunk());
+            return;
+        }
+        let mut slices = [std::io::IoSlice::new(&[]); 64];
+        let n = data.chunks_vectored(&mut slices);
+        for s in &slices[..n] {
+            self.feed(s);
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = usize::try_from(self.skip)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                self.skip -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.have).min(data.len());
+            self.prefix[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == 5 {
+                self.count += 1;
+                self.have = 0;
+                let [_, a, b, c, d] = self.prefix;
+                self.skip = u64::from(u32::from_be_bytes([a, b, c, d]));
+            }
+        }
+    }
 }
 
 /// What is known once the response head is there.
@@ -163,7 +217,7 @@ fn grpc_status_of(headers: &http::HeaderMap) -> Option<u8> {
 }
 
 impl Answered {
-    fn finish(self, response_bytes: u64, downstream_gone: bool) {
+    fn finish(self, response_bytes: u64, response_messages: u64, downstream_gone: bool) {
         let Answered {
             pending: p,
             status,
@@ -249,6 +303,12 @@ impl Answered {
             duration,
             request_bytes,
             response_bytes,
+            p.grpc.then(|| {
+                (
+                    p.request_messages.load(Ordering::Relaxed),
+                    response_messages,
+                )
+            }),
         );
         let (peer, upstream) = match shared.reporter {
             Reporter::Destination => (source.principal.as_str(), "-"),
@@ -338,6 +398,7 @@ where
             Reporter::Source => (None, None),
         };
         let request_bytes = Arc::new(AtomicU64::new(0));
+        let request_messages = Arc::new(AtomicU64::new(0));
         let pending = Pending {
             start,
             method: req.method().clone(),
@@ -359,11 +420,14 @@ where
             mtls,
             destination: req.extensions().get::<DestinationInfo>().cloned(),
             request_bytes: request_bytes.clone(),
+            request_messages: request_messages.clone(),
             shared,
         };
+        let grpc = pending.grpc;
         let req = req.map(|body| RequestBody {
             inner: body,
             bytes: request_bytes,
+            messages: grpc.then(|| (GrpcMessages::default(), request_messages)),
         });
         ResponseFuture {
             inner: ctx.scope(self.inner.call(req)),
@@ -431,7 +495,7 @@ where
                         reason: None,
                         grpc_status: None,
                     }
-                    .finish(0, false);
+                    .finish(0, 0, false);
                 }
                 Err(e)
             }
@@ -446,6 +510,8 @@ pin_project! {
         #[pin]
         inner: B,
         bytes: Arc<AtomicU64>,
+        // gRPC only: the client's messages.
+        messages: Option<(GrpcMessages, Arc<AtomicU64>)>,
     }
 }
 
@@ -470,6 +536,10 @@ impl<B: Body> Body for RequestBody<B> {
             if let Some(d) = f.data_ref() {
                 this.bytes
                     .fetch_add(d.remaining() as u64, Ordering::Relaxed);
+                if let Some((m, count)) = this.messages.as_mut() {
+                    m.feed_buf(d);
+                    count.store(m.count, Ordering::Relaxed);
+                }
             }
         }
         Poll::Ready(frame)
@@ -489,12 +559,15 @@ impl<B: Body> Body for RequestBody<B> {
 struct Finisher {
     answered: Option<Answered>,
     bytes: u64,
+    /// gRPC only: the server's messages.
+    messages: Option<GrpcMessages>,
 }
 
 impl Finisher {
     fn finish(&mut self, downstream_gone: bool) {
         if let Some(a) = self.answered.take() {
-            a.finish(self.bytes, downstream_gone);
+            let messages = self.messages.as_ref().map_or(0, |m| m.count);
+            a.finish(self.bytes, messages, downstream_gone);
         }
     }
 }
@@ -518,7 +591,15 @@ pin_project! {
 
 impl<B: Body> ResponseBody<B> {
     fn new(inner: B, answered: Option<Answered>) -> Self {
-        let mut finisher = Finisher { answered, bytes: 0 };
+        let messages = answered
+            .as_ref()
+            .is_some_and(|a| a.pending.grpc)
+            .then(GrpcMessages::default);
+        let mut finisher = Finisher {
+            answered,
+            bytes: 0,
+            messages,
+        };
         if inner.is_end_stream() {
             finisher.finish(false);
         }
@@ -547,6 +628,9 @@ impl<B: Body> Body for ResponseBody<B> {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
                     this.finisher.bytes += d.remaining() as u64;
+                    if let Some(m) = this.finisher.messages.as_mut() {
+                        m.feed_buf(d);
+                    }
                 }
                 if let Some(t) = f.trailers_ref()
                     && let Some(a) = this.finisher.answered.as_mut()
@@ -569,5 +653,38 @@ impl<B: Body> Body for ResponseBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GrpcMessages;
+
+    fn message(len: u32) -> Vec<u8> {
+        let mut m = vec![0];
+        m.extend_from_slice(&len.to_be_bytes());
+        m.extend(std::iter::repeat_n(7u8, len as usize));
+        m
+    }
+
+    /// Messages are counted however the stream is cut into frames: at
+    /// every byte, inside a prefix, inside a body, empty messages too.
+    #[test]
+    fn grpc_messages_are_counted_across_any_frame_boundaries() {
+        let stream: Vec<u8> = [message(3), message(0), message(300), message(1)].concat();
+        for cut in 0..=stream.len() {
+            for second_cut in cut..=stream.len() {
+                let mut m = GrpcMessages::default();
+                m.feed(&stream[..cut]);
+                m.feed(&stream[cut..second_cut]);
+                m.feed(&stream[second_cut..]);
+                assert_eq!(m.count, 4, "cut at {cut} and {second_cut}");
+            }
+        }
+        let mut m = GrpcMessages::default();
+        for b in &stream {
+            m.feed(std::slice::from_ref(b));
+        }
+        assert_eq!(m.count, 4);
     }
 }

@@ -78,6 +78,20 @@ pub const TCP_CLOSED: MetricDef = MetricDef {
     kind: MetricKind::Counter,
 };
 
+/// gRPC messages sent by clients (gRPC requests only).
+pub const REQUEST_MESSAGES: MetricDef = MetricDef {
+    name: "istio_request_messages_total",
+    help: "Messages sent by gRPC clients.",
+    kind: MetricKind::Counter,
+};
+
+/// gRPC messages sent by servers (gRPC requests only).
+pub const RESPONSE_MESSAGES: MetricDef = MetricDef {
+    name: "istio_response_messages_total",
+    help: "Messages sent by gRPC servers.",
+    kind: MetricKind::Counter,
+};
+
 /// The HTTP metrics' labels, in the order they are rendered: Istio's
 /// standard set (what its dashboards and Kiali query), all 25.
 pub const HTTP_LABELS: [&str; HTTP_LABEL_COUNT] = [

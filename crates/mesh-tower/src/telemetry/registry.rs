@@ -25,9 +25,13 @@ use foldhash::fast::RandomState;
 
 use super::metrics::{
     BYTES_BUCKETS, DURATION_BUCKETS_MS, HTTP_LABEL_COUNT, HTTP_LABELS, MetricDef, MetricKind,
-    OTHER, REQUEST_BYTES, REQUEST_DURATION, REQUESTS_TOTAL, RESPONSE_BYTES, TCP_CLOSED,
-    TCP_LABEL_COUNT, TCP_LABELS, TCP_OPENED, TCP_RECEIVED_BYTES, TCP_SENT_BYTES, UNCAPPED,
+    OTHER, REQUEST_BYTES, REQUEST_DURATION, REQUEST_MESSAGES, REQUESTS_TOTAL, RESPONSE_BYTES,
+    RESPONSE_MESSAGES, TCP_CLOSED, TCP_LABEL_COUNT, TCP_LABELS, TCP_OPENED, TCP_RECEIVED_BYTES,
+    TCP_SENT_BYTES, UNCAPPED,
 };
+
+/// Where `request_protocol` is in [`HTTP_LABELS`].
+const GRPC_PROTOCOL_LABEL: usize = 20;
 
 /// Bounds on the number of series, so that label values a client controls
 /// (the Host it sends, a peer's identity) cannot grow memory and scrapes
@@ -110,6 +114,8 @@ impl Histogram {
 #[derive(Debug)]
 pub(crate) struct HttpData {
     requests: AtomicU64,
+    request_messages: AtomicU64,
+    response_messages: AtomicU64,
     duration: Histogram,
     request_bytes: Histogram,
     response_bytes: Histogram,
@@ -119,6 +125,8 @@ impl Default for HttpData {
     fn default() -> Self {
         Self {
             requests: AtomicU64::new(0),
+            request_messages: AtomicU64::new(0),
+            response_messages: AtomicU64::new(0),
             duration: Histogram::new(&DURATION_BUCKETS_MS, 1000.0),
             request_bytes: Histogram::new(&BYTES_BUCKETS, 1.0),
             response_bytes: Histogram::new(&BYTES_BUCKETS, 1.0),
@@ -368,9 +376,16 @@ impl Registry {
         duration: Duration,
         request_bytes: u64,
         response_bytes: u64,
+        grpc_messages: Option<(u64, u64)>,
     ) {
         let s = self.inner.http.get(labels);
         s.data.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some((sent, received)) = grpc_messages {
+            s.data.request_messages.fetch_add(sent, Ordering::Relaxed);
+            s.data
+                .response_messages
+                .fetch_add(received, Ordering::Relaxed);
+        }
         let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
         s.data.duration.observe(micros);
         s.data.request_bytes.observe(request_bytes);
@@ -390,6 +405,25 @@ impl Registry {
         for (s, l) in http.iter().zip(&http_labels) {
             let n = s.data.requests.load(Ordering::Relaxed);
             let _ = writeln!(out, "{}{{{l}}} {n}", REQUESTS_TOTAL.name);
+        }
+        // Istio counts messages of gRPC requests only.
+        let grpc = |s: &Series<HttpData>| {
+            s.labels
+                .get(GRPC_PROTOCOL_LABEL)
+                .is_some_and(|p| &**p == "grpc")
+        };
+        for (def, pick) in [
+            (
+                &REQUEST_MESSAGES,
+                (|d: &HttpData| &d.request_messages) as fn(&HttpData) -> &AtomicU64,
+            ),
+            (&RESPONSE_MESSAGES, |d: &HttpData| &d.response_messages),
+        ] {
+            header(&mut out, def);
+            for (s, l) in http.iter().zip(&http_labels).filter(|(s, _)| grpc(s)) {
+                let n = pick(&s.data).load(Ordering::Relaxed);
+                let _ = writeln!(out, "{}{{{l}}} {n}", def.name);
+            }
         }
         for (def, pick) in [
             (
@@ -497,7 +531,7 @@ mod tests {
             max_series: 1000,
         });
         for i in 0..50 {
-            r.record_http(labels(&format!("h{i}"), "200"), Duration::ZERO, 0, 0);
+            r.record_http(labels(&format!("h{i}"), "200"), Duration::ZERO, 0, 0, None);
         }
         // h0..h2 and `other`.
         assert_eq!(r.series_count(), 4);
@@ -514,11 +548,11 @@ mod tests {
             max_series: 5,
         });
         for i in 0..50 {
-            r.record_http(labels(&format!("h{i}"), "200"), Duration::ZERO, 0, 0);
+            r.record_http(labels(&format!("h{i}"), "200"), Duration::ZERO, 0, 0, None);
         }
         assert_eq!(r.series_count(), 6);
         // Existing series keep counting.
-        r.record_http(labels("h0", "200"), Duration::ZERO, 0, 0);
+        r.record_http(labels("h0", "200"), Duration::ZERO, 0, 0, None);
         assert_eq!(r.series_count(), 6);
         assert!(r.render().contains("destination_service=\"h0\""));
     }
@@ -533,7 +567,7 @@ mod tests {
                 scope.spawn(move || {
                     for i in 0..1000 {
                         let n = &names[(i * 7 + t) % names.len()];
-                        r.record_http(labels(n, "200"), Duration::from_millis(1), 1, 2);
+                        r.record_http(labels(n, "200"), Duration::from_millis(1), 1, 2, None);
                     }
                 });
             }
@@ -551,7 +585,7 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         let r = Registry::new();
-        r.record_http(labels("a\"b\\c\nd", "200"), Duration::ZERO, 0, 0);
+        r.record_http(labels("a\"b\\c\nd", "200"), Duration::ZERO, 0, 0, None);
         assert!(
             r.render()
                 .contains("destination_service=\"a\\\"b\\\\c\\nd\"")
