@@ -567,6 +567,7 @@ impl Mesh {
                     peer,
                     destination,
                     source,
+                    store: store.clone(),
                 });
                 let known = Known::from_alpn(stream.alpn_protocol());
                 drop(guard);
@@ -628,6 +629,8 @@ struct AddPeer {
     peer: PeerIdentity,
     destination: Option<DestinationInfo>,
     source: Option<SourceInfo>,
+    /// For the caller a request names ([`crate::telemetry::PEER_HEADER`]).
+    store: Arc<Store>,
 }
 
 impl tower::Service<Request<ServerBody>> for AddPeer {
@@ -647,6 +650,12 @@ impl tower::Service<Request<ServerBody>> for AddPeer {
         }
         if let Some(s) = &self.source {
             ext.insert(s.clone());
+        }
+        let claimed = req.headers_mut().remove(crate::telemetry::PEER_HEADER);
+        if let (Some(v), Some(id)) = (claimed, self.peer.spiffe_id())
+            && let Some(s) = crate::telemetry::source_from_peer(&self.store.load(), &v, id)
+        {
+            req.extensions_mut().insert(s);
         }
         self.inner.call(req)
     }

@@ -446,3 +446,94 @@ async fn the_front_door_holds_request_bodies_to_the_cap() {
     assert_eq!(called(), 2);
     server.shutdown().await;
 }
+
+/// Metadata exchange: two versions of one service share a service account,
+/// so the server cannot tell them apart by identity; each names itself
+/// ([`mesh_tower::telemetry::PEER_HEADER`]) and the server's metrics carry
+/// the very workload, its app, version and canonical labels. A claim the
+/// application writes itself is replaced, and the header never reaches the
+/// server's application.
+#[tokio::test]
+async fn the_server_knows_which_replica_called_through_metadata_exchange() {
+    let pki = TestPki::new("cluster.local");
+    let (listener, port) = bound().await;
+    let yaml = config(port).replace(
+        "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: productpage}\nspec: {address: 127.0.0.1, labels: {app: productpage}, serviceAccount: productpage}",
+        "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: productpage-v1}\nspec: {address: 127.0.0.1, labels: {app: productpage, version: v1}, serviceAccount: productpage}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: productpage-v2}\nspec: {address: 127.0.0.1, labels: {app: productpage, version: v2, service.istio.io/canonical-name: pages}, serviceAccount: productpage}",
+    );
+    assert!(
+        yaml.contains("productpage-v2"),
+        "the fixture changed: {yaml}"
+    );
+    let store = Arc::new(Store::new());
+    store
+        .apply(mesh_core::load::load_str(
+            std::path::Path::new("mesh.yaml"),
+            &yaml,
+        ))
+        .unwrap();
+    let reviews = mesh(&pki, &store, "reviews-v1", "reviews").await;
+    // The handler answers with the peer header it got, if any.
+    let server = reviews
+        .serve_listener(
+            listener,
+            tower::service_fn(|req: Request<BoxBody>| async move {
+                let seen = req
+                    .headers()
+                    .get(mesh_tower::telemetry::PEER_HEADER)
+                    .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned());
+                Ok::<_, std::convert::Infallible>(Response::new(full(seen)))
+            }),
+        )
+        .unwrap();
+    for (name, calls) in [("productpage-v1", 2), ("productpage-v2", 3)] {
+        let client = mesh(&pki, &store, name, "productpage").await;
+        for _ in 0..calls {
+            // The application's own claim is no claim.
+            let req = Request::get("http://reviews:9080/")
+                .header(mesh_tower::telemetry::PEER_HEADER, "default/reviews-v1")
+                .body(empty())
+                .unwrap();
+            let resp = client.client().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "none", "the header reached the application");
+        }
+    }
+    let m = reviews.registry().render();
+    let series = |needles: &[&str]| {
+        m.lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+            .unwrap_or_else(|| panic!("no series with {needles:?} in\n{m}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        series(&[
+            r#"source_workload="productpage-v1""#,
+            r#"source_app="productpage""#,
+            r#"source_version="v1""#,
+            r#"source_canonical_service="productpage""#,
+            r#"source_canonical_revision="v1""#,
+            r#"source_cluster="Kubernetes""#,
+        ]),
+        "2"
+    );
+    assert_eq!(
+        series(&[
+            r#"source_workload="productpage-v2""#,
+            r#"source_canonical_service="pages""#,
+            r#"source_canonical_revision="v2""#,
+        ]),
+        "3"
+    );
+    assert!(
+        !m.contains(r#"source_workload="reviews-v1""#),
+        "a forged claim was believed:\n{m}"
+    );
+    server.shutdown().await;
+}

@@ -50,16 +50,26 @@ fn inbound_stack(svc: InboundHttp, ctx: &Ctx, local: WorkloadInfo, facts: ConnFa
         let snap = ctx.store.load();
         inbound_labels(&snap, &ctx.key, facts.local.port(), facts.peer.spiffe_id())
     };
+    let store = ctx.store.clone();
     tower::util::BoxCloneSyncService::new(
         tower::ServiceBuilder::new()
             .map_response(mesh_tower::body::box_response)
             .map_request(move |mut req: Request<ProxyBody>| {
                 drop_transport_authority(&mut req, facts.local);
+                // The caller a mesh peer names (metadata exchange): believed
+                // for its own identity only, never passed to the app.
+                let named = req
+                    .headers_mut()
+                    .remove(mesh_tower::telemetry::PEER_HEADER)
+                    .zip(facts.peer.spiffe_id())
+                    .and_then(|(v, id)| {
+                        mesh_tower::telemetry::source_from_peer(&store.load(), &v, id)
+                    });
                 let ext = req.extensions_mut();
                 if let Some(d) = &destination {
                     ext.insert(d.clone());
                 }
-                if let Some(src) = &source {
+                if let Some(src) = named.as_ref().or(source.as_ref()) {
                     ext.insert(src.clone());
                 }
                 ext.insert(facts.peer.clone());

@@ -85,7 +85,10 @@ mod tcp;
 pub mod trace;
 
 pub use admin::{MetricsService, PROMETHEUS_CONTENT_TYPE};
-pub use labels::{DestinationInfo, Reporter, SourceInfo, WorkloadInfo, inbound_labels};
+pub use labels::{
+    DestinationInfo, PEER_HEADER, Reporter, SourceInfo, WorkloadInfo, inbound_labels,
+    source_from_peer,
+};
 pub use layer::{
     ACCESS_LOG_TARGET, RequestBody, ResponseBody, ResponseFuture, Telemetry, TelemetryLayer,
 };

@@ -141,6 +141,11 @@ impl<S> Balance<S> {
             },
         )?;
         let mtls = tls == EndpointTls::MeshMtls;
+        if !mtls {
+            // Who this workload is goes to mesh peers only, over mTLS,
+            // never to a plaintext or external endpoint.
+            req.headers_mut().remove(crate::telemetry::PEER_HEADER);
+        }
         let origin = match tls {
             EndpointTls::Originate => {
                 let settings = snap.client_tls(&service.host, plan.port, subset).settings;

@@ -40,6 +40,9 @@ pub(crate) struct Route<S> {
 struct Shared {
     store: Arc<Store>,
     config: RouterConfig,
+    /// This workload's [`PEER_HEADER`](crate::telemetry::PEER_HEADER)
+    /// value (its `namespace/name`), when it has one.
+    peer: Option<HeaderValue>,
     state: Arc<TrafficState>,
     random: Arc<dyn RandomSource>,
 }
@@ -63,6 +66,10 @@ where
             next,
             shared: Arc::new(Shared {
                 store,
+                peer: config
+                    .workload
+                    .as_deref()
+                    .and_then(|w| HeaderValue::from_str(w).ok()),
                 config,
                 state,
                 random,
@@ -81,6 +88,14 @@ where
 
     async fn route(self, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, MeshError> {
         let shared = &*self.shared;
+        // Peer metadata: this workload names itself to the mesh peer it
+        // calls (removed again below for anything but mesh mTLS); what the
+        // application wrote under that name is never passed on.
+        let headers = req.headers_mut();
+        headers.remove(crate::telemetry::PEER_HEADER);
+        if let Some(v) = &shared.peer {
+            headers.insert(crate::telemetry::PEER_HEADER, v.clone());
+        }
         // The upstream sees the Host the caller meant, not the endpoint's
         // address the URI is rewritten to.
         if !req.headers().contains_key(http::header::HOST) {
