@@ -352,6 +352,22 @@ fn apps_unchanged_reach_services_by_virtual_ip_over_mtls() {
     // with the IPv6 SO_ORIGINAL_DST).
     let talk = a.python(TALK_PY, "fd00:96::20", 3306);
     assert_eq!(talk.trim(), "hello from web-v1 | echo ping", "{}", a.log());
+    // The caller's sidecar names the workload that served the tunnel and
+    // its identity (its series opens once the endpoint answered).
+    let m = a.metrics();
+    assert!(
+        series(
+            &m,
+            "istio_tcp_connections_opened_total",
+            &[
+                "reporter=\"source\"",
+                "destination_workload=\"b\"",
+                "destination_principal=\"spiffe://cluster.local/ns/default/sa/web\"",
+            ]
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{m}"
+    );
     // The database's sidecar authenticated the caller.
     let m = b.metrics();
     assert!(

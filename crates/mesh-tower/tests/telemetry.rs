@@ -549,7 +549,7 @@ async fn tcp_metrics_through_a_real_l4_relay() {
         ("source_workload", "wordpress-v1"),
         ("source_version", "v1"),
         ("destination_service", "mariadb.blog.svc.cluster.local"),
-        ("connection_security_policy", "mutual_tls"),
+        ("connection_security_policy", "unknown"),
     ];
     let opened: Vec<_> = m
         .find("istio_tcp_connections_opened_total", &source)

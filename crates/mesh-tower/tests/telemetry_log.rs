@@ -166,7 +166,7 @@ async fn one_access_log_line_per_request_with_envoy_like_fields() {
         "destination_principal=\"spiffe://cluster.local/ns/default/sa/reviews\"",
         "destination_service_name=\"reviews\"",
         "response_code=\"200\"",
-        "connection_security_policy=\"mutual_tls\"",
+        "connection_security_policy=\"unknown\"",
     ] {
         assert!(line.contains(label), "{label} in {line}");
     }

@@ -165,18 +165,17 @@ fn outbound_captured(local: TcpStream, dst: SocketAddr, ctx: &Ctx, routes: &Outb
             tokio::spawn(serve_connection(local, svc, ctx.drain.clone(), None));
         }
         CapturedDestination::Service { service, port } => {
-            let conn = routes
-                .telemetry
-                .connected(&DestinationInfo::for_service(service));
+            let info = DestinationInfo::for_service(service);
             let target = OutboundTarget {
                 host: service.host.clone(),
                 port: port.number,
                 namespace: routes.namespace.clone(),
             };
             let (tcp, guard) = (routes.tcp.clone(), ctx.drain.guard());
+            let telemetry = routes.telemetry.clone();
             tokio::spawn(async move {
                 let _guard = guard;
-                outbound_tcp(local, conn, &tcp, &target).await;
+                outbound_tcp(local, &telemetry, info, &tcp, &target).await;
             });
         }
         CapturedDestination::Endpoint {
@@ -184,16 +183,19 @@ fn outbound_captured(local: TcpStream, dst: SocketAddr, ctx: &Ctx, routes: &Outb
             port,
             endpoint,
         } => {
-            let mut conn = routes
-                .telemetry
-                .connected(&DestinationInfo::for_service(service));
+            let info = DestinationInfo::for_service(service);
             let (host, number) = (service.host.clone(), port.number);
             let (tcp, guard) = (routes.tcp.clone(), ctx.drain.guard());
+            let telemetry = routes.telemetry.clone();
             tokio::spawn(async move {
                 let _guard = guard;
                 match tcp.connect_endpoint(&host, number, &endpoint).await {
-                    Ok(up) => tunnel(local, conn, up.io, &host, &up.endpoint).await,
+                    Ok(up) => {
+                        let conn = telemetry.connected(&super::outbound::served(info, &up));
+                        tunnel(local, conn, up.io, &host, &up.endpoint).await
+                    }
                     Err(e) => {
+                        let mut conn = telemetry.connected(&info);
                         conn.set_response_flags(e.response_flag());
                         tracing::info!(host, %dst, reason = %e, "captured connection to an endpoint failed");
                     }

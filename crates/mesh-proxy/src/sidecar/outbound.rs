@@ -63,11 +63,11 @@ pub(super) async fn outbound_loop(
                 || DestinationInfo::new(&target.host, "unknown"),
                 DestinationInfo::for_service,
             );
-            let conn = telemetry.connected(&info);
             let (tcp, target, drain) = (tcp.clone(), target.clone(), ctx.drain.clone());
+            let telemetry = telemetry.clone();
             tokio::spawn(async move {
                 let _guard = drain.guard();
-                outbound_tcp(local, conn, &tcp, &target).await;
+                outbound_tcp(local, &telemetry, info, &tcp, &target).await;
             });
         }
     })
@@ -75,20 +75,41 @@ pub(super) async fn outbound_loop(
 }
 
 /// An outbound TCP connection to `target`: the TCP router's endpoint, then
-/// the tunnel.
+/// the tunnel. Its series is opened once the endpoint is known, so the
+/// caller's side names the workload that served and whether it was mTLS
+/// (Istio's caller-side TCP labels), or, when none could be reached, the
+/// service alone with the failure's flag.
 pub(super) async fn outbound_tcp(
     local: TcpStream,
-    mut conn: TcpConnection,
+    telemetry: &TcpTelemetry,
+    info: DestinationInfo,
     tcp: &TcpRouter,
     target: &OutboundTarget,
 ) {
     let (host, port) = (target.host.as_str(), target.port);
     match tcp.connect(host, port).await {
-        Ok(up) => tunnel(local, conn, up.io, host, &up.endpoint).await,
+        Ok(up) => {
+            let conn = telemetry.connected(&served(info, &up));
+            tunnel(local, conn, up.io, host, &up.endpoint).await
+        }
         Err(e) => {
+            let mut conn = telemetry.connected(&info);
             conn.set_response_flags(e.response_flag());
             tracing::info!(host, port, reason = %e, flag = e.response_flag(), "outbound connection failed");
         }
+    }
+}
+
+/// The destination of a TCP connection once its endpoint answered: the
+/// workload that serves there, and whether the hop is mesh mTLS.
+pub(super) fn served(
+    info: DestinationInfo,
+    up: &mesh_tower::traffic::TcpConnection,
+) -> DestinationInfo {
+    let info = info.with_mtls(up.peer.is_some());
+    match up.workload.clone() {
+        Some(w) => info.with_workload(w),
+        None => info,
     }
 }
 

@@ -253,13 +253,15 @@ impl Answered {
         // answered, as the router reported it.
         let (source, destination, mtls) = match shared.reporter {
             Reporter::Destination => (p.peer.as_ref().unwrap_or(&UNKNOWN_WORKLOAD), local, p.mtls),
+            // Istio: "unknown when report is from source since security
+            // policy cannot be properly populated" (the caller's side).
             Reporter::Source => (
                 local,
                 p.destination
                     .as_ref()
                     .and_then(|d| d.workload.as_ref())
                     .unwrap_or(&UNKNOWN_WORKLOAD),
-                p.destination.as_ref().and_then(|d| d.mtls),
+                None,
             ),
         };
         // Envoy reports 0 when there was no answer at all.

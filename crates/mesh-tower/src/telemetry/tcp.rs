@@ -73,12 +73,8 @@ impl TcpTelemetry {
     pub fn connected(&self, destination: &DestinationInfo) -> TcpConnection {
         let unknown = WorkloadInfo::unknown();
         let peer = destination.workload.as_ref().unwrap_or(&unknown);
-        self.open(
-            &self.shared.local,
-            peer,
-            Some(destination),
-            destination.mtls,
-        )
+        // The caller's side reports no security policy, as Istio's.
+        self.open(&self.shared.local, peer, Some(destination), None)
     }
 
     fn open(

@@ -32,6 +32,9 @@ pub struct TcpConnection {
     pub host: String,
     /// The server's verified identity, for mTLS.
     pub peer: Option<SpiffeId>,
+    /// The workload that serves there, as telemetry names it (read from
+    /// the snapshot the endpoint was picked in).
+    pub workload: Option<crate::telemetry::WorkloadInfo>,
 }
 
 /// Connects to services by host and port.
@@ -96,6 +99,10 @@ impl TcpRouter {
             endpoint: endpoint.key.clone(),
             host: svc.host.clone(),
             peer,
+            workload: snap
+                .workloads
+                .get(endpoint.workload)
+                .map(crate::telemetry::WorkloadInfo::from_workload),
         })
     }
 
@@ -165,6 +172,10 @@ impl TcpRouter {
                     }
                     return Ok(TcpConnection {
                         io,
+                        workload: snap
+                            .workloads
+                            .get(ep.workload)
+                            .map(crate::telemetry::WorkloadInfo::from_workload),
                         endpoint: ep.key,
                         host: dest.host.clone(),
                         peer,
