@@ -38,6 +38,7 @@ pub mod grpc;
 pub mod injector;
 pub mod kube;
 mod monitor;
+pub mod page;
 mod proxyless;
 pub mod report;
 pub mod xds;
@@ -80,6 +81,9 @@ pub struct ControlPlaneConfig {
     /// `xds_servers[].server_uri` and check that name. Default none (mesh
     /// clients verify the SPIFFE ID).
     pub serving_dns_names: Vec<String>,
+    /// How often the mesh page ([`page::PAGE_PATH`] on the metrics
+    /// endpoint) reads each proxy's metrics. Default 5 s.
+    pub page_interval: Duration,
 }
 
 impl Default for ControlPlaneConfig {
@@ -89,6 +93,7 @@ impl Default for ControlPlaneConfig {
             drain_deadline: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             serving_dns_names: Vec::new(),
+            page_interval: Duration::from_secs(5),
         }
     }
 }
@@ -115,6 +120,9 @@ pub struct ControlPlane {
     injector: Option<ServerHandle>,
     monitor: Monitor,
     config: ControlPlaneConfig,
+    /// The mesh page's reading of the proxies' metrics, while the metrics
+    /// endpoint serves.
+    _page_reader: Option<page::Reader>,
 }
 
 impl ControlPlane {
@@ -190,6 +198,7 @@ impl ControlPlane {
             injector: None,
             monitor,
             config,
+            _page_reader: None,
         })
     }
 
@@ -197,6 +206,10 @@ impl ControlPlane {
     /// [`METRICS_PATHS`]: the CA's counters and its serving certificate's.
     /// A second call replaces the first endpoint.
     pub fn with_metrics(mut self, listener: TcpListener) -> Result<Self, StartError> {
+        self._page_reader = self
+            .monitor
+            .page()
+            .map(|p| p.spawn_reader(self.config.page_interval));
         self.metrics = Some(monitor::spawn(
             listener,
             self.monitor.clone(),

@@ -148,6 +148,7 @@ pub(crate) struct Monitor {
     ca: Arc<CaMetrics>,
     identity: Arc<CertManager>,
     xds: Option<ConfigServer>,
+    page: Option<Arc<crate::page::MeshView>>,
 }
 
 impl Monitor {
@@ -160,8 +161,14 @@ impl Monitor {
         Self {
             ca,
             identity: Arc::new(identity),
+            page: xds.clone().map(crate::page::MeshView::new),
             xds,
         }
+    }
+
+    /// The mesh page, with a configuration server.
+    pub(crate) fn page(&self) -> Option<&Arc<crate::page::MeshView>> {
+        self.page.as_ref()
     }
 
     /// The signing service's counters.
@@ -218,11 +225,19 @@ impl Monitor {
         {
             return debug_report(xds, path, req.uri().query());
         }
+        if let (Some(page), &Method::GET) = (&self.page, req.method()) {
+            if let Some((content_type, body)) = page.respond(path) {
+                let mut r = answer(StatusCode::OK, full(body), content_type);
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                return r;
+            }
+        }
         if !METRICS_PATHS.contains(&path) {
             return answer(
                 StatusCode::NOT_FOUND,
                 full(
-                    "endpoints: /metrics /stats/prometheus /ready /debug/config /debug/check /debug/explain\n",
+                    "endpoints: /metrics /stats/prometheus /ready /debug/config /debug/check /debug/explain /mesh /mesh/data\n",
                 ),
                 "text/plain",
             );

@@ -254,6 +254,8 @@ pub(crate) struct Inner {
     store: Arc<Store>,
     pub(crate) published: watch::Receiver<Arc<Published>>,
     pub(crate) metrics: XdsMetrics,
+    /// The data planes on a stream now, for the mesh page.
+    proxies: Arc<crate::page::Proxies>,
 }
 
 /// What a source other than files says of itself: whether it can be
@@ -298,6 +300,11 @@ pub struct ConfigServer {
 }
 
 impl ConfigServer {
+    /// The data planes on a stream now.
+    pub(crate) fn proxies(&self) -> Arc<crate::page::Proxies> {
+        self.inner.proxies.clone()
+    }
+
     /// Serves the configuration under `path` (a file or a folder, as
     /// `mesh-proxy --config` reads it), reloaded when it changes; a change
     /// that does not load or compile is rejected and the last good one
@@ -395,6 +402,7 @@ impl ConfigServer {
             store,
             published,
             metrics: XdsMetrics::default(),
+            proxies: Arc::default(),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -642,6 +650,13 @@ impl AggregatedDiscoveryService for ConfigServer {
             .ok_or_else(|| Status::invalid_argument("the stream ended before its first request"))?;
         let client = self.admit(peer.as_ref(), &first)?;
         tracing::info!(workload = %client.workload, id = %client.id, "xDS stream open");
+        let registered = self.inner.proxies.register(crate::page::ProxyEntry {
+            node: client.workload.clone(),
+            identity: client.id.to_string(),
+            metrics: peer
+                .as_ref()
+                .and_then(|p| crate::page::metrics_addr(p.remote, first.node.as_ref())),
+        });
         let (tx, rx) = mpsc::channel(1);
         self.inner.metrics.connected.fetch_add(1, Ordering::Relaxed);
         let stream = Stream {
@@ -654,6 +669,7 @@ impl AggregatedDiscoveryService for ConfigServer {
         };
         let drain = self.drain.clone();
         tokio::spawn(async move {
+            let _registered = registered;
             let workload = stream.client.workload.clone();
             let ended = match drain {
                 Some(d) => tokio::select! {

@@ -352,7 +352,14 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
             )
         }
     };
+    // The control plane's mesh page reads the metrics: on the status port
+    // (the pod's address) when there is one, else on the admin port.
+    let metrics = match &status {
+        Some(l) => l.local_addr()?,
+        None => admin.local_addr()?,
+    };
     let sidecar = builder
+        .metrics_port(metrics.port())
         .identity(identity)
         .server_settings(args.common.server_settings())
         .drain_timeout(Duration::from_secs(args.common.drain_timeout))
@@ -527,7 +534,9 @@ pub(crate) async fn run_gateway(args: GatewayArgs) -> Result<()> {
         (None, Some(config)) => Gateway::builder(config, &args.gateway),
         (None, None) => bail!("give --config DIR or --control-plane ADDR"),
     };
+    let admin = args.common.admin_listener().await?;
     builder = builder
+        .metrics_port(admin.local_addr()?.port())
         .identity(identity)
         .server_settings(ServerSettings {
             handshake_timeout: args.handshake_timeout,
@@ -538,7 +547,6 @@ pub(crate) async fn run_gateway(args: GatewayArgs) -> Result<()> {
         builder = builder.identity_id(id);
     }
     let gateway = builder.connect().await?;
-    let admin = args.common.admin_listener().await?;
     let mut servers = Vec::new();
     for port in gateway.ports() {
         let addr = SocketAddr::new(args.listen_address, port);

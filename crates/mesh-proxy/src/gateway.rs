@@ -49,6 +49,7 @@ pub struct GatewayBuilder {
     gateway: String,
     trust_domain: Option<mesh_core::identity::TrustDomain>,
     control_plane_id: Option<SpiffeId>,
+    metrics_port: Option<u16>,
     identity: Option<IdentitySource>,
     identity_id: Option<String>,
     settings: ServerSettings,
@@ -76,6 +77,15 @@ impl GatewayBuilder {
     #[must_use]
     pub fn control_plane_id(mut self, id: SpiffeId) -> Self {
         self.control_plane_id = Some(id);
+        self
+    }
+
+    /// The port the proxy's metrics are served on, told to the control
+    /// plane for its mesh page (read at the address the proxy connects
+    /// from: the status port in a pod, else the admin port).
+    #[must_use]
+    pub fn metrics_port(mut self, port: u16) -> Self {
+        self.metrics_port = Some(port);
         self
     }
 
@@ -109,8 +119,15 @@ impl GatewayBuilder {
             .as_ref()
             .ok_or_else(|| anyhow!("no identity source: give GatewayBuilder::identity"))?;
         let node = format!("{}{key}", mesh_core::xds::GATEWAY_NODE_PREFIX);
-        let (obtained, store, client) =
-            crate::runtime::join(&addr, source, &id, self.control_plane_id.clone(), &node).await?;
+        let (obtained, store, client) = crate::runtime::join(
+            &addr,
+            source,
+            &id,
+            self.control_plane_id.clone(),
+            &node,
+            self.metrics_port,
+        )
+        .await?;
         let servers = store
             .load()
             .gateways
@@ -271,6 +288,7 @@ impl Gateway {
             gateway: gateway.into(),
             trust_domain: None,
             control_plane_id: None,
+            metrics_port: None,
             identity: None,
             identity_id: None,
             settings: ServerSettings::default(),

@@ -106,13 +106,14 @@ pub(crate) fn trust_domain_or_default(
 /// Obtains the identity `id` from `source`, then follows the control plane
 /// at `addr` (presenting `control_plane_id`, else the CA's identity of
 /// `id`'s trust domain) as `node` with it, until its first good
-/// configuration.
+/// configuration, telling it the port of its metrics.
 pub(crate) async fn join(
     addr: &str,
     source: &crate::identity::IdentitySource,
     id: &mesh_core::identity::SpiffeId,
     control_plane_id: Option<mesh_core::identity::SpiffeId>,
     node: &str,
+    metrics_port: Option<u16>,
 ) -> anyhow::Result<(
     Arc<crate::identity::Identity>,
     Arc<Store>,
@@ -121,11 +122,9 @@ pub(crate) async fn join(
     tracing::info!(identity = %id, control_plane = %addr, %node, "obtaining the identity");
     let obtained = Arc::new(source.obtain(id).await?);
     let server_id = control_plane_id.unwrap_or_else(|| mesh_ca::ca_id(id.trust_domain()));
-    let (store, client) = mesh_tower::xds::follow(
-        mesh_tower::xds::XdsConfig::new(addr, server_id, node),
-        obtained.store().clone(),
-    )
-    .await;
+    let mut config = mesh_tower::xds::XdsConfig::new(addr, server_id, node);
+    config.metrics_port = metrics_port;
+    let (store, client) = mesh_tower::xds::follow(config, obtained.store().clone()).await;
     Ok((obtained, store, Arc::new(client)))
 }
 

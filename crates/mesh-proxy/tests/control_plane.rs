@@ -333,3 +333,214 @@ async fn reqwest_like(url: String) -> String {
     tcp.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// web's policy: `/private` denied to everyone.
+const DENY_PRIVATE: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+    metadata: {name: web-private}\nspec:\n  selector: {matchLabels: {app: web}}\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [/private]}}]\n";
+
+/// A rule after a catch-all (check's MESH0117): harmless, and found.
+const SHADOWED: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+    metadata: {name: web}\nspec:\n  hosts: [web]\n  http:\n  - route: [{destination: {host: web}}]\n  - match: [{uri: {prefix: /never}}]\n    route: [{destination: {host: web}}]\n";
+
+/// `GET path` through the outbound port: the status.
+async fn get_path(outbound: SocketAddr, path: &str) -> u16 {
+    let mut tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_page_shows_each_edge_its_rate_mtls_identities_denials_and_problems() {
+    let world = World::new();
+    let inbound = bound();
+    world.write_config("mesh.yaml", &mesh(inbound.local_addr().port()));
+    world.write_config("deny.yaml", DENY_PRIVATE);
+    world.write_config("vs.yaml", SHADOWED);
+    let ca = Arc::new(CertificateAuthority::open_dir(&world.path("ca")).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_addr = listener.local_addr().unwrap();
+    let plane = ControlPlane::start_serving(
+        ca,
+        TokenStore::new(&world.path("ca")),
+        listener,
+        ControlPlaneConfig {
+            page_interval: Duration::from_millis(200),
+            ..ControlPlaneConfig::default()
+        },
+        ConfigServer::from_files(&world.path("mesh")).unwrap(),
+    )
+    .await
+    .unwrap()
+    .with_metrics(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    .unwrap();
+    let page = format!("http://{}", plane.metrics_addr().unwrap());
+
+    let (app, _seen) = counting_app().await;
+    let web_admin = admin_listener().await;
+    let web = Sidecar::following(cp_addr.to_string(), "default", "web")
+        .service_account("web")
+        .identity(files_identity(&world, "web"))
+        .metrics_port(web_admin.local_addr().unwrap().port())
+        .drain_timeout(support::TEARDOWN_DRAIN)
+        .connect()
+        .await
+        .unwrap();
+    let web = Proxy::new(
+        web.start(SidecarListeners {
+            admin: web_admin,
+            inbound: vec![InboundListener::new(
+                inbound,
+                SocketAddr::from(([127, 0, 0, 1], app)),
+            )],
+            outbound: Vec::new(),
+            http_proxy: None,
+            capture: None,
+        })
+        .unwrap(),
+    );
+    web.ready().await;
+    let out = bound();
+    let outbound = out.local_addr();
+    let client_admin = admin_listener().await;
+    let client = Sidecar::following(cp_addr.to_string(), "default", "client")
+        .service_account("client")
+        .identity(files_identity(&world, "client"))
+        .metrics_port(client_admin.local_addr().unwrap().port())
+        .drain_timeout(support::TEARDOWN_DRAIN)
+        .connect()
+        .await
+        .unwrap();
+    let client = Proxy::new(
+        client
+            .start(SidecarListeners {
+                admin: client_admin,
+                inbound: Vec::new(),
+                outbound: vec![OutboundListener::new("web", 80, out)],
+                http_proxy: None,
+                capture: None,
+            })
+            .unwrap(),
+    );
+    client.ready().await;
+
+    // Traffic while the page reads the proxies: allowed and denied.
+    let mut data = serde_json::Value::Null;
+    let mut found = false;
+    for _ in 0..150 {
+        for _ in 0..5 {
+            assert_eq!(get_path(outbound, "/").await, 200);
+        }
+        assert_eq!(get_path(outbound, "/private").await, 403);
+        let body = reqwest_like(format!("{page}/mesh/data")).await;
+        data = serde_json::from_str(body.split_once("\r\n\r\n").unwrap().1).unwrap();
+        let edge = data["edges"].as_array().unwrap().iter().find(|e| {
+            e["source"] == "default/client"
+                && e["destination"] == "default/web"
+                && e["protocol"] == "http"
+        });
+        if edge.is_some_and(|e| e["rps"].as_f64() > Some(0.0) && e["denied"].as_f64() > Some(0.0)) {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(found, "no live edge client -> web with denials: {data:#}");
+    let edge = data["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["source"] == "default/client" && e["destination"] == "default/web")
+        .unwrap();
+    // Reported by web's sidecar: the connection's mTLS and both verified
+    // identities; a denied request counts against the success rate.
+    assert_eq!(edge["reporter"], "destination", "{edge:#}");
+    assert_eq!(edge["mtls"], true, "{edge:#}");
+    assert_eq!(
+        edge["source_principals"],
+        serde_json::json!(["spiffe://cluster.local/ns/default/sa/client"]),
+        "{edge:#}"
+    );
+    assert_eq!(
+        edge["destination_principals"],
+        serde_json::json!(["spiffe://cluster.local/ns/default/sa/web"]),
+        "{edge:#}"
+    );
+    assert!(edge["success_rate"].as_f64().unwrap() < 1.0, "{edge:#}");
+    assert!(edge["p99_ms"].as_f64().is_some(), "{edge:#}");
+    assert_eq!(
+        edge["explain"], "/debug/explain?from=default/client&to=web.default.svc.cluster.local",
+        "{edge:#}"
+    );
+    // Both proxies were read, at the address their streams came from.
+    for (id, port) in [("default/web", web.admin), ("default/client", client.admin)] {
+        let n = data["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap_or_else(|| panic!("no node {id}: {data:#}"));
+        assert_eq!(n["metrics"], format!("127.0.0.1:{port}"), "{n:#}");
+        assert!(n["error"].is_null(), "{n:#}");
+    }
+    // The split of web's traffic (one version here) and check's finding.
+    assert!(
+        data["splits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["service"] == "web.default.svc.cluster.local"),
+        "{data:#}"
+    );
+    assert!(
+        data["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["code"] == "MESH0117"),
+        "{data:#}"
+    );
+    // The explain link answers.
+    let explain = reqwest_like(format!("{page}{}", edge["explain"].as_str().unwrap())).await;
+    assert!(explain.starts_with("HTTP/1.1 200"), "{explain}");
+    // And the page itself: served by the mesh, no framework fetched.
+    let html = reqwest_like(format!("{page}/mesh")).await;
+    assert!(html.starts_with("HTTP/1.1 200"), "{html}");
+    assert!(html.contains("content-type: text/html"), "{html}");
+    assert!(html.contains("fetch(\"/mesh/data\""), "{html}");
+    assert!(
+        !html.contains("src=\"http"),
+        "the page loads nothing from elsewhere"
+    );
+
+    // A proxy whose stream ends leaves the page.
+    client.shutdown().await;
+    let mut gone = false;
+    for _ in 0..100 {
+        let body = reqwest_like(format!("{page}/mesh/data")).await;
+        let d: serde_json::Value =
+            serde_json::from_str(body.split_once("\r\n\r\n").unwrap().1).unwrap();
+        if !d["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "default/client" && !n["identity"].is_null())
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the stopped proxy stays on the page");
+    web.shutdown().await;
+    plane.shutdown().await;
+}

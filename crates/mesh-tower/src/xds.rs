@@ -50,7 +50,16 @@ pub struct XdsConfig {
     pub min_backoff: Duration,
     /// The longest wait between reconnections.
     pub max_backoff: Duration,
+    /// The port this data plane serves its metrics on (`/stats/prometheus`),
+    /// told to the control plane in the node's metadata
+    /// ([`METRICS_PORT_METADATA`]) so its mesh page can read them. Only a
+    /// port: the control plane reads it at the address the stream came
+    /// from, so a data plane cannot point it at another host.
+    pub metrics_port: Option<u16>,
 }
+
+/// The node metadata field naming [`XdsConfig::metrics_port`].
+pub const METRICS_PORT_METADATA: &str = "MESH_METRICS_PORT";
 
 impl XdsConfig {
     /// The control plane at `addr`, presenting `server_id`, for `workload`
@@ -67,6 +76,7 @@ impl XdsConfig {
             workload,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(15),
+            metrics_port: None,
         }
     }
 }
@@ -300,6 +310,7 @@ impl Session {
         let first = DeltaDiscoveryRequest {
             node: Some(Node {
                 id: self.config.workload.clone(),
+                metadata: self.config.metrics_port.map(metrics_metadata),
                 ..Node::default()
             }),
             type_url: CONFIG_TYPE_URL.to_owned(),
@@ -409,6 +420,21 @@ impl Applier {
 
 fn describe(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
+}
+
+/// The node metadata telling the control plane where the metrics are.
+fn metrics_metadata(port: u16) -> envoy_types::pb::google::protobuf::Struct {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    Struct {
+        fields: [(
+            METRICS_PORT_METADATA.to_owned(),
+            Value {
+                kind: Some(Kind::StringValue(port.to_string())),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    }
 }
 
 #[cfg(test)]

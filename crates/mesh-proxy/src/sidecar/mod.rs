@@ -58,6 +58,7 @@ pub struct SidecarBuilder {
     service_account: Option<String>,
     trust_domain: Option<TrustDomain>,
     control_plane_id: Option<SpiffeId>,
+    metrics_port: Option<u16>,
 }
 
 /// Where a sidecar's configuration comes from.
@@ -91,6 +92,15 @@ impl SidecarBuilder {
     #[must_use]
     pub fn control_plane_id(mut self, id: SpiffeId) -> Self {
         self.control_plane_id = Some(id);
+        self
+    }
+
+    /// The port the proxy's metrics are served on, told to the control
+    /// plane for its mesh page (read at the address the proxy connects
+    /// from: the status port in a pod, else the admin port).
+    #[must_use]
+    pub fn metrics_port(mut self, port: u16) -> Self {
+        self.metrics_port = Some(port);
         self
     }
 
@@ -158,8 +168,15 @@ impl SidecarBuilder {
             .identity
             .as_ref()
             .ok_or_else(|| anyhow!("no identity source: give SidecarBuilder::identity"))?;
-        let (obtained, store, client) =
-            crate::runtime::join(&addr, source, &id, self.control_plane_id.clone(), &key).await?;
+        let (obtained, store, client) = crate::runtime::join(
+            &addr,
+            source,
+            &id,
+            self.control_plane_id.clone(),
+            &key,
+            self.metrics_port,
+        )
+        .await?;
         let snap = store.load();
         let (_, w) = snap
             .workload(&key)
@@ -343,6 +360,7 @@ impl Sidecar {
             service_account: None,
             trust_domain: None,
             control_plane_id: None,
+            metrics_port: None,
         }
     }
 

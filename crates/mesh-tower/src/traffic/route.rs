@@ -62,14 +62,20 @@ where
         state: Arc<TrafficState>,
         random: Arc<dyn RandomSource>,
     ) -> Self {
+        // How this workload describes itself to its mesh peers: from the
+        // configuration it starts with.
+        let peer = config
+            .workload
+            .as_deref()
+            .and_then(|key| match store.load().workload(key) {
+                Some((_, w)) => crate::telemetry::WorkloadInfo::from_workload(w).peer_header(),
+                None => HeaderValue::from_str(key).ok(),
+            });
         Self {
             next,
             shared: Arc::new(Shared {
                 store,
-                peer: config
-                    .workload
-                    .as_deref()
-                    .and_then(|w| HeaderValue::from_str(w).ok()),
+                peer,
                 config,
                 state,
                 random,
