@@ -370,11 +370,12 @@ start_explicit() {
   for port in 15300 15301 15302 15000; do wait_for "the proxy with admin port $port" ready $port; done
 }
 
-# A sidecar in capture mode in its pod, as the proxy's uid.
+# A sidecar in capture mode in its pod, as the proxy's uid, its metrics on
+# the pod's status port (as the injector sets it) for the mesh page.
 pod_sidecar() { # pod workload service-account
   spawn "sidecar-$1" ip netns exec "$(ns "$1")" setpriv --reuid $proxy_uid --regid $proxy_uid --clear-groups \
     "$bin/mesh-proxy" sidecar --capture --control-plane "$pod_ca" --workload "$2" --service-account "$3" \
-    --ca-root "$state/ca/root-cert.pem" --token "$(token "$3")"
+    --ca-root "$state/ca/root-cert.pem" --token "$(token "$3")" --status-addr 0.0.0.0:15020
 }
 
 start_pods() {
@@ -484,6 +485,7 @@ case "${1:-run}" in
   Mesh config:   $state/mesh (mesh-ca serves it to every proxy: edit the VirtualService in edge.yaml, weights change live)
   Admin:         $admins
   CA metrics:    http://$(sed -n 's/^CA_METRICS=//p' "$state/endpoints")/metrics
+  Mesh page:     http://$(sed -n 's/^CA_METRICS=//p' "$state/endpoints")/mesh   (the graph, the live split, mTLS, check's problems)
   Logs:          $state/logs
 
   Ctrl-C stops everything.
