@@ -368,7 +368,8 @@ fn apps_unchanged_reach_services_by_virtual_ip_over_mtls() {
         .is_some_and(|n| n >= 2.0),
         "{m}"
     );
-    // The database's sidecar authenticated the caller.
+    // The database's sidecar authenticated the caller, and knows which
+    // workload it is from the peer exchange of the tunnel.
     let m = b.metrics();
     assert!(
         series(
@@ -376,6 +377,7 @@ fn apps_unchanged_reach_services_by_virtual_ip_over_mtls() {
             "istio_tcp_connections_opened_total",
             &[
                 "reporter=\"destination\"",
+                "source_workload=\"a\"",
                 &format!("source_principal=\"{CLIENT}\""),
                 "connection_security_policy=\"mutual_tls\"",
             ]

@@ -195,7 +195,26 @@ pub(super) fn accept_inbound(
             // connection's life.
             tokio::spawn(serve_connection(stream, svc, ctx.drain.clone(), known));
         } else {
-            inbound_tcp(stream, &peer, (remote, local_addr), &ctx, &port).await;
+            let mut stream = stream;
+            // The caller's description (peer exchange), when its sidecar
+            // and this one agreed on it in the handshake.
+            let claimed = if stream.alpn_protocol()
+                == Some(mesh_tower::telemetry::exchange::PEER_EXCHANGE_ALPN)
+            {
+                match mesh_tower::telemetry::exchange::read_peer_preamble(&mut stream).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::info!(%remote, port = port.port, error = %e, "inbound tunnel refused");
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            let source = claimed.zip(peer.spiffe_id()).and_then(|(v, id)| {
+                mesh_tower::telemetry::source_from_peer(&ctx.store.load(), &v, id)
+            });
+            inbound_tcp(stream, &peer, source, (remote, local_addr), &ctx, &port).await;
             drop(guard);
         }
     });
@@ -204,6 +223,7 @@ pub(super) fn accept_inbound(
 async fn inbound_tcp<IO>(
     stream: IO,
     peer: &PeerIdentity,
+    source: Option<mesh_tower::telemetry::SourceInfo>,
     (remote, local_addr): (SocketAddr, SocketAddr),
     ctx: &Ctx,
     port: &InboundPort,
@@ -226,8 +246,11 @@ async fn inbound_tcp<IO>(
         .with_port(port.port)
         .check_connection(peer.spiffe_id(), Some(remote), Some(local_addr));
     let local = local_info(&ctx.store, &ctx.key);
-    let mut conn =
-        TcpTelemetry::inbound(ctx.registry.clone(), local).accepted(peer, service.as_ref());
+    let mut conn = TcpTelemetry::inbound(ctx.registry.clone(), local).accepted_from(
+        peer,
+        source.as_ref(),
+        service.as_ref(),
+    );
     if !decision.allowed {
         // check_connection logged the refusal.
         conn.set_response_flags("RBAC");

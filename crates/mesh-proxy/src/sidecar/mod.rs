@@ -624,7 +624,8 @@ async fn serve(
         Some(connector.clone()),
     );
     let router = outbound_stack(router, registry.clone(), local.clone());
-    let tcp = TcpRouter::new(store.clone(), &namespace, Some(connector));
+    let tcp =
+        TcpRouter::new(store.clone(), &namespace, Some(connector)).with_peer(local.peer_header());
     let tcp_telemetry = TcpTelemetry::outbound(registry.clone(), local);
     for o in ports.outbound {
         let listen = o.socket.local_addr();

@@ -77,6 +77,7 @@
 //! ```
 
 mod admin;
+pub mod exchange;
 mod labels;
 mod layer;
 pub mod metrics;

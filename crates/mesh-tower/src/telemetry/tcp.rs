@@ -63,9 +63,24 @@ impl TcpTelemetry {
         peer: &PeerIdentity,
         service: Option<&DestinationInfo>,
     ) -> TcpConnection {
-        let source = peer
-            .spiffe_id()
-            .map_or_else(WorkloadInfo::unknown, WorkloadInfo::from_peer);
+        self.accepted_from(peer, None, service)
+    }
+
+    /// Inbound, when more is known of the caller than its identity (the
+    /// peer exchange, believed by
+    /// [`source_from_peer`](super::source_from_peer)).
+    pub fn accepted_from(
+        &self,
+        peer: &PeerIdentity,
+        source: Option<&super::SourceInfo>,
+        service: Option<&DestinationInfo>,
+    ) -> TcpConnection {
+        let source = match source {
+            Some(s) => s.0.clone(),
+            None => peer
+                .spiffe_id()
+                .map_or_else(WorkloadInfo::unknown, WorkloadInfo::from_peer),
+        };
         self.open(&source, &self.shared.local, service, Some(peer.is_mtls()))
     }
 

@@ -84,10 +84,16 @@ impl std::fmt::Debug for MeshAcceptor {
 
 impl MeshAcceptor {
     /// An acceptor for `mode`, presenting the store's SVID and offering ALPN
-    /// h2 and http/1.1.
+    /// h2 and http/1.1, and the TCP peer exchange
+    /// ([`crate::telemetry::exchange`]).
     pub fn new(store: &CredentialStore, mode: TlsMode) -> Result<Self, rustls::Error> {
         let mut config = server_config(store, ClientAuth::Required)?;
-        config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+        // The TCP peer exchange first: only a mesh TCP tunnel offers it,
+        // and it offers http/1.1 beside it for servers that predate it.
+        config.alpn_protocols = std::iter::once(crate::telemetry::exchange::PEER_EXCHANGE_ALPN)
+            .chain(ALPN_PROTOCOLS.iter().copied())
+            .map(<[u8]>::to_vec)
+            .collect();
         Ok(Self {
             tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             mode,

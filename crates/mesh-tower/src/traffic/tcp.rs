@@ -45,6 +45,9 @@ pub struct TcpRouter {
     mtls: Option<MeshConnector>,
     state: Arc<TrafficState>,
     random: Arc<dyn RandomSource>,
+    /// How this workload describes itself to the servers it tunnels to
+    /// ([`crate::telemetry::exchange`]).
+    peer: Option<http::HeaderValue>,
 }
 
 impl TcpRouter {
@@ -54,11 +57,26 @@ impl TcpRouter {
         Self {
             store,
             namespace: namespace.to_owned(),
-            // Opaque streams offer no ALPN: the server must not expect HTTP.
-            mtls: mtls.map(|m| m.with_alpn(Vec::new())),
+            // Opaque streams offer the peer exchange (and http/1.1, which a
+            // server that predates it selects and ignores on a TCP port).
+            mtls: mtls.map(|m| {
+                m.with_alpn(vec![
+                    crate::telemetry::exchange::PEER_EXCHANGE_ALPN.to_vec(),
+                    b"http/1.1".to_vec(),
+                ])
+            }),
             state: Arc::new(TrafficState::default()),
             random: Arc::new(SeededRandom::from_entropy()),
+            peer: None,
         }
+    }
+
+    /// Describes this workload to the mesh servers it tunnels to
+    /// ([`WorkloadInfo::peer_header`](crate::telemetry::WorkloadInfo::peer_header)).
+    #[must_use]
+    pub fn with_peer(mut self, peer: Option<http::HeaderValue>) -> Self {
+        self.peer = peer;
+        self
     }
 
     /// Opens a connection to one endpoint of `host:port` that a client
@@ -224,10 +242,15 @@ impl TcpRouter {
             .mtls
             .as_ref()
             .ok_or("this workload has no mesh identity for mTLS")?;
-        let tls = connector
+        let mut tls = connector
             .connect(tcp, allowed)
             .await
             .map_err(|e| e.to_string())?;
+        if tls.alpn_protocol() == Some(crate::telemetry::exchange::PEER_EXCHANGE_ALPN) {
+            crate::telemetry::exchange::write_peer_preamble(&mut tls, self.peer.as_ref())
+                .await
+                .map_err(|e| format!("peer exchange: {e}"))?;
+        }
         let peer = tls.peer_id().clone();
         Ok((EndpointIo::Mtls(Box::new(tls)), Some(peer)))
     }
