@@ -795,3 +795,46 @@ async fn grpc_message_counters_count_each_direction() {
         .is_empty()
     );
 }
+
+/// A request no route took (the gateway's or a sidecar's `NR`): the
+/// caller's side names no service, as Istio reports it, rather than
+/// whatever Host the client wrote; a routed request keeps its host.
+#[tokio::test]
+async fn an_unrouted_request_reports_no_destination_service() {
+    let registry = Registry::new();
+    let me = WorkloadInfo::new("edge", "default");
+    let svc = ServiceBuilder::new()
+        .layer(TelemetryLayer::outbound(registry.clone(), me))
+        .service_fn(|req: Request<RequestBody<Empty<Bytes>>>| async move {
+            let host = req.headers()["host"].to_str().unwrap().to_owned();
+            Ok::<_, Infallible>(if host == "nowhere.example" {
+                MeshError::UnknownHost { host }.to_response()
+            } else {
+                Response::new(mesh_tower::body::empty())
+            })
+        });
+    for host in ["nowhere.example", "web.example"] {
+        let req = Request::get("/")
+            .header("host", host)
+            .body(Empty::new())
+            .unwrap();
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    let admin = metrics_server(registry.clone()).await;
+    let m = scrape(admin.addr).await;
+    let nr = m.one("istio_requests_total", &[("response_flags", "NR")]);
+    assert_eq!(nr.labels["destination_service"], "unknown");
+    assert_eq!(nr.labels["destination_service_name"], "unknown");
+    assert_eq!(nr.labels["destination_service_namespace"], "unknown");
+    assert_eq!(nr.labels["response_code"], "503");
+    let ok = m.one("istio_requests_total", &[("response_flags", "-")]);
+    assert_eq!(ok.labels["destination_service"], "web.example");
+    assert!(
+        m.find(
+            "istio_requests_total",
+            &[("destination_service", "nowhere.example")]
+        )
+        .is_empty()
+    );
+}

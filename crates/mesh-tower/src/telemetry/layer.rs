@@ -239,6 +239,11 @@ impl Answered {
                 d.service_name.as_str(),
                 d.service_namespace.as_str(),
             ),
+            // The caller's side of a request no route took: Istio knows no
+            // service (no cluster was chosen), so it reports none.
+            None if shared.reporter == Reporter::Source && flags == "NR" => {
+                (UNKNOWN, UNKNOWN, UNKNOWN)
+            }
             None => {
                 let (name, ns) = super::labels::service_name(&p.host, &local.namespace);
                 let ns = if name == p.host && p.host.contains('.') {
