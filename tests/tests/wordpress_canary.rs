@@ -17,6 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+#[path = "canary/page.rs"]
+mod page;
+#[path = "canary/prometheus.rs"]
+mod prometheus;
+
 const HOST: &str = "blog.example.test";
 const HTTPS: u16 = 8443;
 
@@ -272,7 +277,11 @@ fn wordpress_canary_as_pods_with_transparent_capture() {
 fn wordpress_canary_explicit_mode() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let s = Scenario::start("explicit");
+    // The page first: its split is the live one, and end_to_end ends by
+    // killing v2.
+    page::mesh_page_in_a_browser(&s);
     end_to_end(&s);
+    prometheus::istio_dashboards_and_kiali(&s);
 }
 
 fn is_root() -> bool {

@@ -652,14 +652,15 @@ async fn serve(
     tracing::info!(%admin_addr, gateway = %key, "admin listening; obtaining the gateway identity");
     let identity = identity.obtain(&id).await?;
     admin.identity.store(Some(identity.clone()));
-    let router = Router::new(
-        store.clone(),
-        RouterConfig::for_gateway(&key),
-        Some(MeshConnector::new(identity.store().clone())),
-    );
-    // Istio's ingress gateway reports its calls as `reporter="source"`.
+    // Istio's ingress gateway reports its calls as `reporter="source"`,
+    // and names itself to the workloads it calls (peer exchange).
     let (ns, name) = key.split_once('/').unwrap_or(("default", key.as_str()));
     let me = mesh_tower::telemetry::WorkloadInfo::new(name, ns).with_principal(&id);
+    let router = Router::new(
+        store.clone(),
+        RouterConfig::for_gateway(&key).describing(&me),
+        Some(MeshConnector::new(identity.store().clone())),
+    );
     let router = crate::sidecar::outbound_stack(router, registry.clone(), me);
     // The policies of the gateway's own workload (Istio's
     // `selector: {istio: ingressgateway}`): RequestAuthentication and

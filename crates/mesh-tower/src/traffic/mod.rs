@@ -124,6 +124,10 @@ pub struct RouterConfig {
     pub gateway: Option<String>,
     /// Largest request body buffered for retries and mirroring.
     pub buffer_limit: usize,
+    /// How the caller describes itself to the mesh peers it calls
+    /// ([`PEER_HEADER`](crate::telemetry::PEER_HEADER)); by default its
+    /// WorkloadEntry's description ([`workload`](Self::workload)).
+    pub peer: Option<http::HeaderValue>,
 }
 
 impl RouterConfig {
@@ -137,6 +141,7 @@ impl RouterConfig {
             workload: Some(format!("{namespace}/{name}")),
             gateway: None,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
+            peer: None,
         }
     }
 
@@ -153,7 +158,16 @@ impl RouterConfig {
             workload: None,
             gateway: Some(gateway_key.to_owned()),
             buffer_limit: DEFAULT_BUFFER_LIMIT,
+            peer: None,
         }
+    }
+
+    /// Describes the caller to its mesh peers as `info` (a gateway, which
+    /// has no WorkloadEntry).
+    #[must_use]
+    pub fn describing(mut self, info: &crate::telemetry::WorkloadInfo) -> Self {
+        self.peer = info.peer_header();
+        self
     }
 
     /// Sets the caller's labels.

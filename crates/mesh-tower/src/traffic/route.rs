@@ -64,13 +64,15 @@ where
     ) -> Self {
         // How this workload describes itself to its mesh peers: from the
         // configuration it starts with.
-        let peer = config
-            .workload
-            .as_deref()
-            .and_then(|key| match store.load().workload(key) {
-                Some((_, w)) => crate::telemetry::WorkloadInfo::from_workload(w).peer_header(),
-                None => HeaderValue::from_str(key).ok(),
-            });
+        let peer = config.peer.clone().or_else(|| {
+            config
+                .workload
+                .as_deref()
+                .and_then(|key| match store.load().workload(key) {
+                    Some((_, w)) => crate::telemetry::WorkloadInfo::from_workload(w).peer_header(),
+                    None => HeaderValue::from_str(key).ok(),
+                })
+        });
         Self {
             next,
             shared: Arc::new(Shared {
