@@ -35,10 +35,9 @@
 //! parameters, redirects and direct responses, mirrors, per-try timeouts,
 //! retry conditions that are not gRPC status codes, random load balancing,
 //! outlier detection by consecutive errors. Where leaving out would fail
-//! open it fails closed instead: a server workload under an
-//! AuthorizationPolicy (not translated to gRPC's RBAC yet: its engine
-//! reads requests otherwise than ours) gets an RBAC filter that denies
-//! every call.
+//! open it fails closed instead. A server workload's AuthorizationPolicies
+//! become gRPC's RBAC ([`crate::grpc_rbac`]), what cannot be translated
+//! resolved against the caller.
 
 use std::time::Duration;
 
@@ -60,11 +59,6 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
-use envoy_types::pb::envoy::config::rbac::v3::permission::Rule as PermissionRule;
-use envoy_types::pb::envoy::config::rbac::v3::principal::Identifier as PrincipalId;
-use envoy_types::pb::envoy::config::rbac::v3::rbac::Action as RbacAction;
-use envoy_types::pb::envoy::config::rbac::v3::{Permission, Policy as RbacPolicy, Principal, Rbac};
-use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
@@ -125,32 +119,6 @@ const FAULT_FILTER: &str = "envoy.filters.http.fault";
 const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
 const RBAC_FILTER: &str = "envoy.filters.http.rbac";
-
-/// An RBAC filter that denies every call.
-fn deny_everything() -> RbacFilter {
-    let policy = RbacPolicy {
-        permissions: vec![Permission {
-            rule: Some(PermissionRule::Any(true)),
-        }],
-        principals: vec![Principal {
-            identifier: Some(PrincipalId::Any(true)),
-        }],
-        ..RbacPolicy::default()
-    };
-    RbacFilter {
-        rules: Some(Rbac {
-            action: RbacAction::Deny as i32,
-            policies: [(
-                "deny-all: AuthorizationPolicy not translated".to_owned(),
-                policy,
-            )]
-            .into_iter()
-            .collect(),
-            ..Rbac::default()
-        }),
-        ..RbacFilter::default()
-    }
-}
 
 /// The gRPC status codes a retry policy may name (gRFC A44).
 const GRPC_RETRY_ON: [&str; 5] = [
@@ -808,20 +776,11 @@ pub fn server_listener(
         address: Some(socket_address(ip, port)),
         ..Listener::default()
     };
-    // gRPC's RBAC filter does not read a request as our authorization does
-    // (path normalization, doubt resolved against the requester): rather
-    // than enforce a policy differently, a workload under any
-    // AuthorizationPolicy denies every call. (A listener without filter
-    // chains would be the simpler refusal, but gRPC rejects it and keeps
-    // serving its previous listener: fail open.)
-    let deny_all = !workload.authz_policies.is_empty();
-    if deny_all {
-        warnings.push(
-            name,
-            "AuthorizationPolicies are not yet enforced by gRPC servers: every call is denied \
-             (PERMISSION_DENIED, fail closed) until the workload runs behind the mesh",
-        );
-    }
+    // The workload's AuthorizationPolicies as gRPC's RBAC, what cannot be
+    // translated resolved against the caller (crate::grpc_rbac).
+    let rbac = crate::grpc_rbac::filters(snap.workload_policies(workload), |w| {
+        warnings.push(name, w);
+    });
     let mode = snap.inbound_mode(workload, port).mode;
     if mode == MtlsMode::Permissive {
         warnings.push(
@@ -863,9 +822,11 @@ pub fn server_listener(
         ..RouteConfiguration::default()
     };
     let mut hcm = connection_manager(route_config, false);
-    if deny_all {
-        hcm.http_filters
-            .insert(0, http_filter(RBAC_FILTER, pack_any(deny_everything())));
+    // Filter names must differ within a chain (gRPC NACKs a duplicate,
+    // and a NACKed listener leaves the previous one serving: fail open).
+    for (i, f) in rbac.into_iter().enumerate() {
+        let name = format!("{RBAC_FILTER}.{i}");
+        hcm.http_filters.insert(i, http_filter(&name, pack_any(f)));
     }
     listener.filter_chains = vec![FilterChain {
         filters: vec![Filter {
@@ -1195,7 +1156,7 @@ spec:
     }
 
     #[test]
-    fn server_listeners_require_client_certificates_and_deny_all_under_a_policy() {
+    fn server_listeners_require_client_certificates_and_carry_the_policies_as_rbac() {
         let s = snap("");
         let (_, v1) = s.workload("demo/echo-v1").unwrap();
         let mut w = Warnings::default();
@@ -1235,16 +1196,26 @@ spec:
         let l = server_listener(&s, v1, &name, &mut w).unwrap();
         let hcm = filter_chain_hcm(&l);
         assert_eq!(hcm.http_filters.len(), 2);
-        assert_eq!(hcm.http_filters[0].name, RBAC_FILTER);
+        assert_eq!(hcm.http_filters[0].name, format!("{RBAC_FILTER}.0"));
         let Some(HttpFilterConfig::TypedConfig(any)) = &hcm.http_filters[0].config_type else {
             panic!("rbac");
         };
-        let rbac = RbacFilter::decode(any.value.as_slice())
-            .unwrap()
-            .rules
-            .unwrap();
-        assert_eq!(rbac.action, RbacAction::Deny as i32);
-        assert!(w.0.iter().any(|w| w.message.contains("fail closed")));
+        let rbac = envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac::decode(
+            any.value.as_slice(),
+        )
+        .unwrap()
+        .rules
+        .unwrap();
+        // The policy itself, as gRPC's RBAC: an ALLOW of the namespace.
+        assert_eq!(
+            rbac.action,
+            envoy_types::pb::envoy::config::rbac::v3::rbac::Action::Allow as i32
+        );
+        assert_eq!(rbac.policies.len(), 1);
+        assert!(
+            format!("{rbac:?}").contains("spiffe://[^/]+/ns/demo/sa/[^/]+"),
+            "{rbac:?}"
+        );
 
         let disabled = "---
 apiVersion: security.istio.io/v1

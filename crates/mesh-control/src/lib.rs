@@ -35,6 +35,7 @@
 
 mod ca;
 pub mod grpc;
+mod grpc_rbac;
 pub mod injector;
 pub mod kube;
 mod monitor;

@@ -121,7 +121,7 @@ pub mod codes {
     pub const CAPTURE_NO_VIRTUAL_IP: &str = "MESH0113";
     /// Something of the configuration of a gRPC port that gRPC's proxyless
     /// clients or servers cannot honour: left out for them (or, for an
-    /// AuthorizationPolicy, every call denied).
+    /// AuthorizationPolicy, resolved against the caller).
     pub const GRPC_PROXYLESS_UNSUPPORTED: &str = "MESH0114";
     /// Two Sidecars apply to one workload (two without a selector in a
     /// namespace, or two selecting it): only the first is in force.

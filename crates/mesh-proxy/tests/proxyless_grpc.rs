@@ -105,16 +105,65 @@ fn to_v1(retries: bool) -> String {
     )
 }
 
-/// Only the client may call echo: a policy gRPC servers cannot enforce
-/// yet, so they deny every call.
-const POLICY: &str = "---
+/// Only `who` may call echo: the xDS servers get it as gRPC's RBAC.
+fn policy(who: &str) -> String {
+    format!(
+        "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: echo, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  action: ALLOW
+  rules: [{{from: [{{source: {{principals: [cluster.local/ns/demo/sa/{who}]}}}}], to: [{{operation: {{methods: [POST], paths: [/mesh.test.*]}}}}]}}]
+"
+    )
+}
+
+/// Only the client, with every field and condition gRPC's RBAC is given
+/// (each holding for the client's calls): the servers must accept the
+/// listener (a NACKed one leaves the previous listener serving) and allow.
+const ALLOW_ALL_FIELDS: &str = "---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: echo, namespace: demo}
 spec:
   selector: {matchLabels: {app: echo}}
-  action: ALLOW
-  rules: [{from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]}]
+  rules:
+  - from:
+    - source:
+        principals: ['cluster.local/ns/demo/sa/cli*']
+        notPrincipals: ['*/sa/someone-else']
+        namespaces: ['de*']
+        notNamespaces: [other]
+        ipBlocks: [127.0.0.0/8]
+        notIpBlocks: [10.0.0.0/8, '::1']
+    to:
+    - operation:
+        methods: [POST]
+        paths: ['*/Hello']
+        notPaths: [/mesh.test.Echo/Admin]
+        ports: ['15051']
+        notPorts: ['1']
+    when:
+    - {key: source.principal, values: ['*']}
+    - {key: source.namespace, values: [demo]}
+    - {key: source.ip, notValues: [10.1.2.3]}
+    - {key: destination.port, values: ['15051']}
+    - {key: destination.ip, values: [127.0.0.0/8]}
+    - {key: 'request.headers[x-forbidden]', notValues: ['*']}
+    - {key: 'request.headers[user-agent]', values: ['grpc-python*']}
+";
+
+/// No one of namespace demo may call Hello (any case).
+const DENY_HELLO: &str = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-hello, namespace: demo}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules: [{from: [{source: {namespaces: [demo]}}], to: [{operation: {paths: [/MESH.TEST.ECHO/HELLO]}}]}]
 ";
 
 const TARGET: &str = "xds:///echo.demo.svc.cluster.local:8080";
@@ -341,11 +390,38 @@ async fn a_python_client_and_servers_follow_the_mesh_over_xds() {
     // once the client's channel has answered with the split.
     after_edit(&mesh, &client, "v2", &config(net, ALL_V2)).await;
 
-    // An AuthorizationPolicy on echo, which gRPC servers cannot enforce
-    // yet: they deny everyone rather than serve unchecked.
-    let mut with_policy = config(net, ALL_V2);
-    with_policy.push_str(POLICY);
-    after_edit(&mesh, &client, "PERMISSION_DENIED", &with_policy).await;
+    // AuthorizationPolicies on echo, enforced by the Python servers as
+    // gRPC's RBAC. One that allows someone else: the client is denied.
+    let only = |who: &str, extra: &str| format!("{}{}{extra}", config(net, ALL_V2), policy(who));
+    after_edit(
+        &mesh,
+        &client,
+        "PERMISSION_DENIED",
+        &only("someone-else", ""),
+    )
+    .await;
+    // One that allows the client by every field there is: every call
+    // answered.
+    mesh.world.write_config(
+        "mesh.yaml",
+        &format!("{}{ALLOW_ALL_FIELDS}", config(net, ALL_V2)),
+    );
+    let (out, _) = run(
+        client.bootstrap_path(),
+        strings(&["call", TARGET, "20", "--warmup", "30", "--wait"]),
+    )
+    .await;
+    assert_eq!(out["errors"], serde_json::json!({}), "{out}");
+    assert_eq!(count(&out, "answers", "v2"), 20, "{out}");
+    // And a DENY of the method, for the client's namespace, spelt in
+    // another case: denied although the ALLOW matches.
+    after_edit(
+        &mesh,
+        &client,
+        "PERMISSION_DENIED",
+        &only("client", DENY_HELLO),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

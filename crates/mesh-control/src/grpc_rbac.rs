@@ -1,0 +1,648 @@
+//! AuthorizationPolicy as gRPC's RBAC (gRFC A41) for proxyless gRPC
+//! servers: the policies that apply to a workload become the HTTP RBAC
+//! filters of its server listener, as Istio translates them for Envoy: one
+//! filter with the DENY policies, then one with the ALLOW policies (only
+//! when there is an ALLOW policy; with one, a call no rule allows is
+//! denied). AUDIT policies decide nothing, dry-run ones are never
+//! enforced: neither is sent.
+//!
+//! gRPC's engine reads a call otherwise than ours in places, so what is
+//! translated is only what means the same on a gRPC server, and the rest is
+//! resolved against the caller, never for it:
+//! - a piece of an ALLOW rule that cannot be translated drops the whole
+//!   rule (it then allows nothing: narrower than the policy);
+//! - a piece of a DENY rule that cannot be translated matches every call
+//!   (the rule then denies more: broader than the policy).
+//!
+//! Each is said in a [`Warnings`](crate::grpc::Warnings) entry, which
+//! `check` reports as MESH0114.
+//!
+//! Why paths are matched as sent, without our normalisation: a gRPC server
+//! dispatches a call by its exact `:path` (`/package.Service/Method`), so the
+//! path RBAC sees is the method that runs; a path spelt otherwise
+//! (`//pkg.S/M`, `%2F`, another case) reaches no method. DENY paths are
+//! matched in any case all the same.
+//!
+//! Not translated: `requestPrincipals` and `request.auth.*` (proxyless gRPC
+//! validates no JWT), `remoteIpBlocks` and `remote.ip` (ours read the
+//! forwarded client address, gRPC only the peer), `hosts` (gRPC's RBAC
+//! matches no authority), path templates (`{*}`, `{**}`), and conditions on
+//! `grpc-` or pseudo-headers (gRPC hides them from RBAC).
+
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
+use envoy_types::pb::envoy::config::rbac::v3::permission::{Rule as PermissionRule, Set as Rules};
+use envoy_types::pb::envoy::config::rbac::v3::principal::{
+    Authenticated, Identifier as PrincipalId, Set as Ids,
+};
+use envoy_types::pb::envoy::config::rbac::v3::rbac::Action as RbacAction;
+use envoy_types::pb::envoy::config::rbac::v3::{Permission, Policy as RbacPolicy, Principal, Rbac};
+use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    PathMatcher, RegexMatcher, StringMatcher, path_matcher,
+};
+use envoy_types::pb::google::protobuf::UInt32Value;
+use mesh_core::authz::{AuthzPolicy, IpBlock};
+use mesh_core::resources::security::{AuthzAction, Condition, Operation, Rule, Source};
+
+/// Which way a piece that cannot be translated is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bias {
+    /// ALLOW: the rule is dropped.
+    Allow,
+    /// DENY: the piece matches everything.
+    Deny,
+}
+
+/// A piece could not be translated: why.
+type Untranslatable = String;
+
+/// The RBAC filters for `policies` (those applying to the workload), in the
+/// order they run; `warn` is told what was resolved against the caller.
+pub(crate) fn filters<'p>(
+    policies: impl Iterator<Item = &'p AuthzPolicy>,
+    mut warn: impl FnMut(String),
+) -> Vec<RbacFilter> {
+    let mut deny = Vec::new();
+    let mut allow = Vec::new();
+    let mut any_allow = false;
+    for p in policies.filter(|p| !p.dry_run) {
+        let bias = match p.action {
+            AuthzAction::Deny => Bias::Deny,
+            AuthzAction::Allow => {
+                any_allow = true;
+                Bias::Allow
+            }
+            // AUDIT decides nothing.
+            _ => continue,
+        };
+        for (i, rule) in p.rules.iter().enumerate() {
+            let name = format!("{}[{i}]", p.source);
+            let mut why = Vec::new();
+            let translated = translate_rule(rule, bias, &mut why);
+            for w in &why {
+                warn(match bias {
+                    Bias::Allow => {
+                        format!("{name}: {w}: the rule allows nothing on gRPC servers")
+                    }
+                    Bias::Deny => format!(
+                        "{name}: {w}: that part matches every call on gRPC servers (denies more)"
+                    ),
+                });
+            }
+            match (translated, bias) {
+                (Some(policy), Bias::Deny) => deny.push((name, policy)),
+                (Some(policy), Bias::Allow) => allow.push((name, policy)),
+                (None, _) => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if !deny.is_empty() {
+        out.push(filter(RbacAction::Deny, deny));
+    }
+    if any_allow {
+        // Empty when no rule could be translated: every call denied.
+        out.push(filter(RbacAction::Allow, allow));
+    }
+    out
+}
+
+fn filter(action: RbacAction, policies: Vec<(String, RbacPolicy)>) -> RbacFilter {
+    RbacFilter {
+        rules: Some(Rbac {
+            action: action as i32,
+            policies: policies.into_iter().collect(),
+            ..Rbac::default()
+        }),
+        ..RbacFilter::default()
+    }
+}
+
+/// One rule; `None` when it can never match (an ALLOW rule with a piece
+/// that cannot be translated, or methods without POST).
+fn translate_rule(rule: &Rule, bias: Bias, why: &mut Vec<Untranslatable>) -> Option<RbacPolicy> {
+    let mut principals: Vec<Principal> = Vec::new();
+    let mut permissions: Vec<Permission> = Vec::new();
+    // A piece: translated, resolved by the bias, or the rule dropped.
+    let mut ok = true;
+    let mut resolve_p = |r: Result<Option<Principal>, Untranslatable>,
+                         out: &mut Vec<Principal>,
+                         ok: &mut bool| match r {
+        Ok(Some(p)) => out.push(p),
+        Ok(None) => {}
+        Err(w) => {
+            why.push(w);
+            if bias == Bias::Allow {
+                *ok = false;
+            }
+        }
+    };
+    if !rule.from.is_empty() {
+        let mut alternatives = Vec::new();
+        for f in &rule.from {
+            let mut one = Vec::new();
+            let mut one_ok = true;
+            for piece in source_pieces(&f.source) {
+                resolve_p(piece, &mut one, &mut one_ok);
+            }
+            if one_ok {
+                alternatives.push(and_ids(one));
+            }
+        }
+        if alternatives.is_empty() {
+            ok = false;
+        } else {
+            principals.push(or_ids(alternatives));
+        }
+    }
+    let mut why2 = Vec::new();
+    if !rule.to.is_empty() {
+        let mut alternatives = Vec::new();
+        for t in &rule.to {
+            if let Some(p) = operation(&t.operation, bias, &mut why2) {
+                alternatives.push(p);
+            }
+        }
+        if alternatives.is_empty() {
+            ok = false;
+        } else {
+            permissions.push(or_rules(alternatives));
+        }
+    }
+    for c in &rule.when {
+        match condition(c) {
+            Ok(Piece::Principal(p)) => principals.push(p),
+            Ok(Piece::Permission(p)) => permissions.push(p),
+            Err(w) => {
+                why2.push(w);
+                if bias == Bias::Allow {
+                    ok = false;
+                }
+            }
+        }
+    }
+    why.extend(why2);
+    ok.then(|| RbacPolicy {
+        permissions: vec![and_rules(permissions)],
+        principals: vec![and_ids(principals)],
+        ..RbacPolicy::default()
+    })
+}
+
+/// What a `when` condition becomes.
+enum Piece {
+    Principal(Principal),
+    Permission(Permission),
+}
+
+fn any_id() -> Principal {
+    Principal {
+        identifier: Some(PrincipalId::Any(true)),
+    }
+}
+
+fn any_rule() -> Permission {
+    Permission {
+        rule: Some(PermissionRule::Any(true)),
+    }
+}
+
+fn and_ids(mut ids: Vec<Principal>) -> Principal {
+    match ids.len() {
+        0 => any_id(),
+        1 => ids.remove(0),
+        _ => Principal {
+            identifier: Some(PrincipalId::AndIds(Ids { ids })),
+        },
+    }
+}
+
+fn or_ids(mut ids: Vec<Principal>) -> Principal {
+    if ids.len() == 1 {
+        return ids.remove(0);
+    }
+    Principal {
+        identifier: Some(PrincipalId::OrIds(Ids { ids })),
+    }
+}
+
+fn not_id(p: Principal) -> Principal {
+    Principal {
+        identifier: Some(PrincipalId::NotId(Box::new(p))),
+    }
+}
+
+fn and_rules(mut rules: Vec<Permission>) -> Permission {
+    match rules.len() {
+        0 => any_rule(),
+        1 => rules.remove(0),
+        _ => Permission {
+            rule: Some(PermissionRule::AndRules(Rules { rules })),
+        },
+    }
+}
+
+fn or_rules(mut rules: Vec<Permission>) -> Permission {
+    if rules.len() == 1 {
+        return rules.remove(0);
+    }
+    Permission {
+        rule: Some(PermissionRule::OrRules(Rules { rules })),
+    }
+}
+
+fn not_rule(p: Permission) -> Permission {
+    Permission {
+        rule: Some(PermissionRule::NotRule(Box::new(p))),
+    }
+}
+
+fn string(pattern: MatchPattern, ignore_case: bool) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(pattern),
+        ignore_case,
+    }
+}
+
+fn regex(re: String) -> StringMatcher {
+    string(
+        MatchPattern::SafeRegex(RegexMatcher {
+            regex: re,
+            ..RegexMatcher::default()
+        }),
+        false,
+    )
+}
+
+/// `*`, `prefix*`, `*suffix` or an exact value, as a string matcher of
+/// `prefix` + the value.
+fn wildcard(value: &str, prefix: &str, ignore_case: bool) -> StringMatcher {
+    if value == "*" {
+        regex(format!("{}.+", escape(prefix)))
+    } else if let Some(suffix) = value.strip_prefix('*') {
+        string(MatchPattern::Suffix(suffix.to_owned()), ignore_case)
+    } else if let Some(start) = value.strip_suffix('*') {
+        string(
+            MatchPattern::Prefix(format!("{prefix}{start}")),
+            ignore_case,
+        )
+    } else {
+        string(MatchPattern::Exact(format!("{prefix}{value}")), ignore_case)
+    }
+}
+
+/// RE2 with every character but letters and digits escaped.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
+        if !c.is_ascii_alphanumeric() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn authenticated(m: StringMatcher) -> Principal {
+    Principal {
+        identifier: Some(PrincipalId::Authenticated(Authenticated {
+            principal_name: Some(m),
+        })),
+    }
+}
+
+/// A peer principal (`td/ns/x/sa/y`, wildcards) against the URI SAN.
+fn principal(value: &str) -> Principal {
+    authenticated(wildcard(value, "spiffe://", false))
+}
+
+/// A peer namespace (wildcards) against the URI SAN.
+fn namespace(value: &str) -> Principal {
+    let ns = if value == "*" {
+        "[^/]+".to_owned()
+    } else if let Some(suffix) = value.strip_prefix('*') {
+        format!("[^/]*{}", escape(suffix))
+    } else if let Some(start) = value.strip_suffix('*') {
+        format!("{}[^/]*", escape(start))
+    } else {
+        escape(value)
+    };
+    authenticated(regex(format!("spiffe://[^/]+/ns/{ns}/sa/[^/]+")))
+}
+
+fn cidr(value: &str) -> Result<CidrRange, Untranslatable> {
+    let b = IpBlock::parse(value).ok_or_else(|| format!("`{value}` is no address"))?;
+    Ok(CidrRange {
+        address_prefix: b.addr().to_string(),
+        prefix_len: Some(UInt32Value {
+            value: u32::from(b.prefix()),
+        }),
+    })
+}
+
+fn peer_ip(value: &str) -> Result<Principal, Untranslatable> {
+    Ok(Principal {
+        identifier: Some(PrincipalId::DirectRemoteIp(cidr(value)?)),
+    })
+}
+
+/// Values (any) and not-values (none), as one principal; `None`: no
+/// constraint.
+fn values_p(
+    values: &[String],
+    not_values: &[String],
+    one: impl Fn(&str) -> Result<Principal, Untranslatable>,
+) -> Result<Option<Principal>, Untranslatable> {
+    let mut parts = Vec::new();
+    if !values.is_empty() {
+        parts.push(or_ids(
+            values.iter().map(|v| one(v)).collect::<Result<_, _>>()?,
+        ));
+    }
+    if !not_values.is_empty() {
+        parts.push(not_id(or_ids(
+            not_values
+                .iter()
+                .map(|v| one(v))
+                .collect::<Result<_, _>>()?,
+        )));
+    }
+    Ok((!parts.is_empty()).then(|| and_ids(parts)))
+}
+
+fn values_r(
+    values: &[String],
+    not_values: &[String],
+    one: impl Fn(&str) -> Result<Permission, Untranslatable>,
+) -> Result<Option<Permission>, Untranslatable> {
+    let mut parts = Vec::new();
+    if !values.is_empty() {
+        parts.push(or_rules(
+            values.iter().map(|v| one(v)).collect::<Result<_, _>>()?,
+        ));
+    }
+    if !not_values.is_empty() {
+        parts.push(not_rule(or_rules(
+            not_values
+                .iter()
+                .map(|v| one(v))
+                .collect::<Result<_, _>>()?,
+        )));
+    }
+    Ok((!parts.is_empty()).then(|| and_rules(parts)))
+}
+
+/// A source's fields (ANDed), each translated or not.
+fn source_pieces(s: &Source) -> Vec<Result<Option<Principal>, Untranslatable>> {
+    let never = |field: &str, a: &[String], b: &[String], why: &str| {
+        if a.is_empty() && b.is_empty() {
+            Ok(None)
+        } else {
+            Err(format!("{field}: {why}"))
+        }
+    };
+    vec![
+        values_p(&s.principals, &s.not_principals, |v| Ok(principal(v))),
+        values_p(&s.namespaces, &s.not_namespaces, |v| Ok(namespace(v))),
+        values_p(&s.ip_blocks, &s.not_ip_blocks, peer_ip),
+        never(
+            "remoteIpBlocks",
+            &s.remote_ip_blocks,
+            &s.not_remote_ip_blocks,
+            "gRPC reads no forwarded client address",
+        ),
+        never(
+            "requestPrincipals",
+            &s.request_principals,
+            &s.not_request_principals,
+            "proxyless gRPC validates no JWT",
+        ),
+    ]
+}
+
+fn path(value: &str, ignore_case: bool) -> Result<Permission, Untranslatable> {
+    if value.contains('{') {
+        return Err(format!("path template `{value}`"));
+    }
+    Ok(Permission {
+        rule: Some(PermissionRule::UrlPath(PathMatcher {
+            rule: Some(path_matcher::Rule::Path(wildcard(value, "", ignore_case))),
+        })),
+    })
+}
+
+fn port_rule(value: &str) -> Result<Permission, Untranslatable> {
+    let port: u32 = value
+        .parse()
+        .map_err(|_| format!("port `{value}` is no number"))?;
+    Ok(Permission {
+        rule: Some(PermissionRule::DestinationPort(port)),
+    })
+}
+
+/// One operation (its fields ANDed); `None` when it can never match
+/// (methods without POST, or an ALLOW piece that cannot be translated).
+fn operation(o: &Operation, bias: Bias, why: &mut Vec<Untranslatable>) -> Option<Permission> {
+    let mut parts = Vec::new();
+    // Every gRPC call is a POST.
+    let post = |m: &[String]| m.iter().any(|x| x == "POST" || x == "*");
+    if !o.methods.is_empty() && !post(&o.methods) {
+        return None;
+    }
+    if post(&o.not_methods) {
+        return None;
+    }
+    let mut piece =
+        |r: Result<Option<Permission>, Untranslatable>, parts: &mut Vec<Permission>| match r {
+            Ok(Some(p)) => {
+                parts.push(p);
+                true
+            }
+            Ok(None) => true,
+            Err(w) => {
+                why.push(w);
+                bias == Bias::Deny
+            }
+        };
+    let ci = bias == Bias::Deny;
+    let ok = piece(
+        values_r(&o.paths, &o.not_paths, |v| path(v, ci)),
+        &mut parts,
+    ) && piece(values_r(&o.ports, &o.not_ports, port_rule), &mut parts)
+        && piece(
+            if o.hosts.is_empty() && o.not_hosts.is_empty() {
+                Ok(None)
+            } else {
+                Err("hosts: gRPC's RBAC matches no authority".to_owned())
+            },
+            &mut parts,
+        );
+    ok.then(|| and_rules(parts))
+}
+
+fn header(name: &str, value: &str) -> Permission {
+    let spec = if value == "*" {
+        HeaderMatchSpecifier::PresentMatch(true)
+    } else {
+        HeaderMatchSpecifier::StringMatch(wildcard(value, "", false))
+    };
+    Permission {
+        rule: Some(PermissionRule::Header(HeaderMatcher {
+            name: name.to_owned(),
+            header_match_specifier: Some(spec),
+            ..HeaderMatcher::default()
+        })),
+    }
+}
+
+fn condition(c: &Condition) -> Result<Piece, Untranslatable> {
+    let (values, not) = (&c.values, &c.not_values);
+    let key = c.key.as_str();
+    let p = |r: Result<Option<Principal>, Untranslatable>| {
+        r.map(|p| Piece::Principal(p.unwrap_or_else(any_id)))
+    };
+    let r = |r: Result<Option<Permission>, Untranslatable>| {
+        r.map(|p| Piece::Permission(p.unwrap_or_else(any_rule)))
+    };
+    match key {
+        "source.principal" => p(values_p(values, not, |v| Ok(principal(v)))),
+        "source.namespace" => p(values_p(values, not, |v| Ok(namespace(v)))),
+        "source.ip" => p(values_p(values, not, peer_ip)),
+        "destination.port" => r(values_r(values, not, port_rule)),
+        "destination.ip" => r(values_r(values, not, |v| {
+            Ok(Permission {
+                rule: Some(PermissionRule::DestinationIp(cidr(v)?)),
+            })
+        })),
+        _ => {
+            if let Some(name) = key
+                .strip_prefix("request.headers[")
+                .and_then(|k| k.strip_suffix(']'))
+            {
+                let lower = name.to_ascii_lowercase();
+                if lower.starts_with("grpc-") || lower.starts_with(':') || lower == "te" {
+                    return Err(format!("`{key}`: gRPC hides that header from RBAC"));
+                }
+                return r(values_r(values, not, |v| Ok(header(&lower, v))));
+            }
+            Err(format!("`{key}` is not known to gRPC's RBAC"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn policies(yaml: &str) -> mesh_core::snapshot::Snapshot {
+        mesh_core::snapshot::compile(
+            &mesh_core::load::load_str(std::path::Path::new("p.yaml"), yaml).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn translate(yaml: &str) -> (Vec<RbacFilter>, Vec<String>) {
+        let snap = policies(yaml);
+        let mut warnings = Vec::new();
+        let f = filters(snap.authz_policies.iter(), |w| warnings.push(w));
+        (f, warnings)
+    }
+
+    const HEAD: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n";
+
+    #[test]
+    fn allow_and_deny_become_two_filters_deny_first() {
+        let yaml = format!(
+            "{HEAD}metadata: {{name: a, namespace: demo}}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{{source: {{principals: [cluster.local/ns/demo/sa/client], namespaces: [demo]}}}}]\n    to: [{{operation: {{paths: [/mesh.test.Echo/*], ports: ['8080']}}}}]\n---\n\
+             {HEAD}metadata: {{name: d, namespace: demo}}\nspec:\n  action: DENY\n  rules:\n  - to: [{{operation: {{paths: [/mesh.test.Echo/Admin]}}}}]\n"
+        );
+        let (f, w) = translate(&yaml);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(f.len(), 2);
+        let deny = f[0].rules.as_ref().unwrap();
+        assert_eq!(deny.action, RbacAction::Deny as i32);
+        let allow = f[1].rules.as_ref().unwrap();
+        assert_eq!(allow.action, RbacAction::Allow as i32);
+        let p = &allow.policies["AuthorizationPolicy demo/a[0]"];
+        let text = format!("{p:?}");
+        assert!(
+            text.contains("Exact(\"spiffe://cluster.local/ns/demo/sa/client\")"),
+            "{text}"
+        );
+        assert!(text.contains("spiffe://[^/]+/ns/demo/sa/[^/]+"), "{text}");
+        assert!(text.contains("Prefix(\"/mesh.test.Echo/\")"), "{text}");
+        assert!(text.contains("DestinationPort(8080)"), "{text}");
+        // DENY paths in any case.
+        let d = format!("{:?}", deny.policies["AuthorizationPolicy demo/d[0]"]);
+        assert!(d.contains("ignore_case: true"), "{d}");
+    }
+
+    #[test]
+    fn what_cannot_be_translated_is_resolved_against_the_caller() {
+        // ALLOW with a JWT requirement: the rule is dropped, so the ALLOW
+        // filter is empty and denies every call.
+        let yaml = format!(
+            "{HEAD}metadata: {{name: a, namespace: demo}}\nspec:\n  rules:\n  - from: [{{source: {{requestPrincipals: ['*']}}}}]\n"
+        );
+        let (f, w) = translate(&yaml);
+        assert_eq!(f.len(), 1);
+        assert!(f[0].rules.as_ref().unwrap().policies.is_empty());
+        assert!(w[0].contains("requestPrincipals"), "{w:?}");
+        assert!(w[0].contains("allows nothing"), "{w:?}");
+        // DENY on a remote IP and a path: the untranslatable part matches
+        // everything, so every call to that path is denied.
+        let yaml = format!(
+            "{HEAD}metadata: {{name: d, namespace: demo}}\nspec:\n  action: DENY\n  rules:\n  - from: [{{source: {{remoteIpBlocks: [10.0.0.0/8]}}}}]\n    to: [{{operation: {{paths: [/x/Y], hosts: [a.example]}}}}]\n    when: [{{key: 'request.auth.claims[iss]', values: [x]}}]\n"
+        );
+        let (f, w) = translate(&yaml);
+        assert_eq!(f.len(), 1);
+        let p = format!("{:?}", f[0].rules.as_ref().unwrap().policies);
+        assert!(p.contains("/x/Y"), "{p}");
+        assert!(!p.contains("10.0.0.0"), "{p}");
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w.iter().all(|w| w.contains("denies more")), "{w:?}");
+        // Methods without POST: never a gRPC call; an ALLOW of only GET
+        // allows nothing (and says nothing: it is what the policy means).
+        let yaml = format!(
+            "{HEAD}metadata: {{name: a, namespace: demo}}\nspec:\n  rules:\n  - to: [{{operation: {{methods: [GET]}}}}]\n"
+        );
+        let (f, w) = translate(&yaml);
+        assert!(f[0].rules.as_ref().unwrap().policies.is_empty());
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn audit_and_dry_run_policies_send_nothing() {
+        let yaml = format!(
+            "{HEAD}metadata: {{name: a, namespace: demo}}\nspec: {{action: AUDIT, rules: [{{}}]}}\n---\n\
+             {HEAD}metadata: {{name: b, namespace: demo, annotations: {{istio.io/dry-run: 'true'}}}}\nspec: {{action: DENY, rules: [{{}}]}}\n"
+        );
+        let (f, _) = translate(&yaml);
+        assert!(f.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn conditions_and_not_values() {
+        let yaml = format!(
+            "{HEAD}metadata: {{name: a, namespace: demo}}\nspec:\n  rules:\n  - when:\n    - {{key: 'request.headers[X-Canary]', values: ['1']}}\n    - {{key: source.namespace, notValues: [other]}}\n    - {{key: source.ip, values: [10.0.0.0/8]}}\n"
+        );
+        let (f, w) = translate(&yaml);
+        assert!(w.is_empty(), "{w:?}");
+        let p = format!("{:?}", f[0].rules.as_ref().unwrap().policies);
+        assert!(p.contains("name: \"x-canary\""), "{p}");
+        assert!(p.contains("NotId"), "{p}");
+        assert!(p.contains("DirectRemoteIp"), "{p}");
+        // A grpc- header is hidden from RBAC: an ALLOW on it allows nothing.
+        let yaml = format!(
+            "{HEAD}metadata: {{name: a, namespace: demo}}\nspec:\n  rules:\n  - when: [{{key: 'request.headers[grpc-timeout]', values: ['1S']}}]\n"
+        );
+        let (f, w) = translate(&yaml);
+        assert!(f[0].rules.as_ref().unwrap().policies.is_empty());
+        assert!(w[0].contains("hides"), "{w:?}");
+    }
+}
