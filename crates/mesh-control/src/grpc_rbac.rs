@@ -75,8 +75,10 @@ pub(crate) fn filters<'p>(
                 any_allow = true;
                 Bias::Allow
             }
+            // Ours enforces CUSTOM (refused when loaded) as a DENY.
+            AuthzAction::Custom => Bias::Deny,
             // AUDIT decides nothing.
-            _ => continue,
+            AuthzAction::Audit => continue,
         };
         for (i, rule) in p.rules.iter().enumerate() {
             let name = format!("{}[{i}]", p.source);
@@ -84,9 +86,9 @@ pub(crate) fn filters<'p>(
             let translated = translate_rule(rule, bias, &mut why);
             for w in &why {
                 warn(match bias {
-                    Bias::Allow => {
-                        format!("{name}: {w}: the rule allows nothing on gRPC servers")
-                    }
+                    Bias::Allow => format!(
+                        "{name}: {w}: on gRPC servers what holds it allows nothing (that source or operation, or the whole rule)"
+                    ),
                     Bias::Deny => format!(
                         "{name}: {w}: that part matches every call on gRPC servers (denies more)"
                     ),
@@ -173,7 +175,7 @@ fn translate_rule(rule: &Rule, bias: Bias, why: &mut Vec<Untranslatable>) -> Opt
         }
     }
     for c in &rule.when {
-        match condition(c) {
+        match condition(c, bias) {
             Ok(Piece::Principal(p)) => principals.push(p),
             Ok(Piece::Permission(p)) => permissions.push(p),
             Err(w) => {
@@ -277,33 +279,39 @@ fn regex(re: String) -> StringMatcher {
     )
 }
 
-/// `*`, `prefix*`, `*suffix` or an exact value, as a string matcher of
-/// `prefix` + the value.
-fn wildcard(value: &str, prefix: &str, ignore_case: bool) -> StringMatcher {
-    if value == "*" {
-        regex(format!("{}.+", escape(prefix)))
-    } else if let Some(suffix) = value.strip_prefix('*') {
-        string(MatchPattern::Suffix(suffix.to_owned()), ignore_case)
-    } else if let Some(start) = value.strip_suffix('*') {
-        string(
-            MatchPattern::Prefix(format!("{prefix}{start}")),
-            ignore_case,
-        )
-    } else {
-        string(MatchPattern::Exact(format!("{prefix}{value}")), ignore_case)
-    }
+/// Never matches.
+fn no_id() -> Principal {
+    not_id(any_id())
 }
 
-/// RE2 with every character but letters and digits escaped.
+fn no_rule() -> Permission {
+    not_rule(any_rule())
+}
+
+/// RE2 for the literal `s`: ASCII punctuation escaped (RE2 refuses `\`
+/// before anything else, and a refused regex is a NACKed listener).
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 2);
     for c in s.chars() {
-        if !c.is_ascii_alphanumeric() {
+        if c.is_ascii_punctuation() {
             out.push('\\');
         }
         out.push(c);
     }
     out
+}
+
+/// Is `v`, wildcards aside, made of `allowed` characters only? Anything
+/// else can match none of the names ours compares it with.
+fn plain(v: &str, allowed: impl Fn(char) -> bool) -> bool {
+    v.trim_start_matches('*')
+        .trim_end_matches('*')
+        .chars()
+        .all(allowed)
+}
+
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
 }
 
 fn authenticated(m: StringMatcher) -> Principal {
@@ -314,13 +322,32 @@ fn authenticated(m: StringMatcher) -> Principal {
     }
 }
 
-/// A peer principal (`td/ns/x/sa/y`, wildcards) against the URI SAN.
-fn principal(value: &str) -> Principal {
-    authenticated(wildcard(value, "spiffe://", false))
+/// A peer principal (`td/ns/x/sa/y`, wildcards) against the URI SAN, as
+/// ours compares it without the scheme: a suffix never reaches into
+/// `spiffe://`, and every form needs a SPIFFE URI (never a DNS SAN or the
+/// subject). `None`: it can match no SPIFFE ID.
+fn principal(value: &str) -> Option<Principal> {
+    if !plain(value, |c| name_char(c) || c == '/') {
+        return None;
+    }
+    let m = if value == "*" {
+        regex("spiffe://.+".to_owned())
+    } else if let Some(suffix) = value.strip_prefix('*') {
+        regex(format!("spiffe://.*{}", escape(suffix)))
+    } else if let Some(start) = value.strip_suffix('*') {
+        string(MatchPattern::Prefix(format!("spiffe://{start}")), false)
+    } else {
+        string(MatchPattern::Exact(format!("spiffe://{value}")), false)
+    };
+    Some(authenticated(m))
 }
 
-/// A peer namespace (wildcards) against the URI SAN.
-fn namespace(value: &str) -> Principal {
+/// A peer namespace (wildcards) against the URI SAN. `None`: no namespace
+/// is spelt so.
+fn namespace(value: &str) -> Option<Principal> {
+    if !plain(value, name_char) {
+        return None;
+    }
     let ns = if value == "*" {
         "[^/]+".to_owned()
     } else if let Some(suffix) = value.strip_prefix('*') {
@@ -330,7 +357,9 @@ fn namespace(value: &str) -> Principal {
     } else {
         escape(value)
     };
-    authenticated(regex(format!("spiffe://[^/]+/ns/{ns}/sa/[^/]+")))
+    Some(authenticated(regex(format!(
+        "spiffe://[^/]+/ns/{ns}/sa/[^/]+"
+    ))))
 }
 
 fn cidr(value: &str) -> Result<CidrRange, Untranslatable> {
@@ -343,32 +372,43 @@ fn cidr(value: &str) -> Result<CidrRange, Untranslatable> {
     })
 }
 
-fn peer_ip(value: &str) -> Result<Principal, Untranslatable> {
-    Ok(Principal {
+fn peer_ip(value: &str) -> Result<Option<Principal>, Untranslatable> {
+    Ok(Some(Principal {
         identifier: Some(PrincipalId::DirectRemoteIp(cidr(value)?)),
-    })
+    }))
 }
 
+/// One value: its matcher, `None` when it can match nothing.
+type One<T> = Result<Option<T>, Untranslatable>;
+
 /// Values (any) and not-values (none), as one principal; `None`: no
-/// constraint.
+/// constraint. A value that can match nothing is left out of the values
+/// (all of them so: the field never matches) and of the not-values.
 fn values_p(
     values: &[String],
     not_values: &[String],
-    one: impl Fn(&str) -> Result<Principal, Untranslatable>,
+    one: impl Fn(&str) -> One<Principal>,
 ) -> Result<Option<Principal>, Untranslatable> {
     let mut parts = Vec::new();
     if !values.is_empty() {
-        parts.push(or_ids(
-            values.iter().map(|v| one(v)).collect::<Result<_, _>>()?,
-        ));
+        let ids: Vec<Principal> = values
+            .iter()
+            .map(|v| one(v))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        parts.push(if ids.is_empty() { no_id() } else { or_ids(ids) });
     }
-    if !not_values.is_empty() {
-        parts.push(not_id(or_ids(
-            not_values
-                .iter()
-                .map(|v| one(v))
-                .collect::<Result<_, _>>()?,
-        )));
+    let nots: Vec<Principal> = not_values
+        .iter()
+        .map(|v| one(v))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    if !nots.is_empty() {
+        parts.push(not_id(or_ids(nots)));
     }
     Ok((!parts.is_empty()).then(|| and_ids(parts)))
 }
@@ -376,21 +416,33 @@ fn values_p(
 fn values_r(
     values: &[String],
     not_values: &[String],
-    one: impl Fn(&str) -> Result<Permission, Untranslatable>,
+    one: impl Fn(&str) -> One<Permission>,
+    not_one: impl Fn(&str) -> One<Permission>,
 ) -> Result<Option<Permission>, Untranslatable> {
     let mut parts = Vec::new();
     if !values.is_empty() {
-        parts.push(or_rules(
-            values.iter().map(|v| one(v)).collect::<Result<_, _>>()?,
-        ));
+        let rules: Vec<Permission> = values
+            .iter()
+            .map(|v| one(v))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        parts.push(if rules.is_empty() {
+            no_rule()
+        } else {
+            or_rules(rules)
+        });
     }
-    if !not_values.is_empty() {
-        parts.push(not_rule(or_rules(
-            not_values
-                .iter()
-                .map(|v| one(v))
-                .collect::<Result<_, _>>()?,
-        )));
+    let nots: Vec<Permission> = not_values
+        .iter()
+        .map(|v| not_one(v))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    if !nots.is_empty() {
+        parts.push(not_rule(or_rules(nots)));
     }
     Ok((!parts.is_empty()).then(|| and_rules(parts)))
 }
@@ -423,38 +475,70 @@ fn source_pieces(s: &Source) -> Vec<Result<Option<Principal>, Untranslatable>> {
     ]
 }
 
-fn path(value: &str, ignore_case: bool) -> Result<Permission, Untranslatable> {
+fn url_path(m: StringMatcher) -> Permission {
+    Permission {
+        rule: Some(PermissionRule::UrlPath(PathMatcher {
+            rule: Some(path_matcher::Rule::Path(m)),
+        })),
+    }
+}
+
+/// A path pattern (decoded once, as ours reads patterns), in any case when
+/// `ignore_case`; with `slashless`, also the method's path without its
+/// leading `/`, which grpc-go dispatches as the same method.
+fn path(value: &str, ignore_case: bool, slashless: bool) -> One<Permission> {
+    let value = mesh_core::normalize::decode_once(value);
     if value.contains('{') {
         return Err(format!("path template `{value}`"));
     }
-    Ok(Permission {
-        rule: Some(PermissionRule::UrlPath(PathMatcher {
-            rule: Some(path_matcher::Rule::Path(wildcard(value, "", ignore_case))),
-        })),
-    })
+    let m = |v: &str| {
+        if v == "*" {
+            string(MatchPattern::Prefix(String::new()), false)
+        } else if let Some(suffix) = v.strip_prefix('*') {
+            string(MatchPattern::Suffix(suffix.to_owned()), ignore_case)
+        } else if let Some(start) = v.strip_suffix('*') {
+            string(MatchPattern::Prefix(start.to_owned()), ignore_case)
+        } else {
+            string(MatchPattern::Exact(v.to_owned()), ignore_case)
+        }
+    };
+    let with = url_path(m(&value));
+    Ok(Some(match value.strip_prefix('/') {
+        Some(rest) if slashless && !rest.is_empty() => or_rules(vec![with, url_path(m(rest))]),
+        _ => with,
+    }))
 }
 
-fn port_rule(value: &str) -> Result<Permission, Untranslatable> {
-    let port: u32 = value
-        .parse()
-        .map_err(|_| format!("port `{value}` is no number"))?;
-    Ok(Permission {
-        rule: Some(PermissionRule::DestinationPort(port)),
-    })
+/// A port as ours compares it: the string of the number; any other
+/// spelling (`08080`, `+80`) matches no port.
+fn port_rule(value: &str) -> One<Permission> {
+    Ok(value
+        .parse::<u16>()
+        .ok()
+        .filter(|p| p.to_string() == value)
+        .map(|p| Permission {
+            rule: Some(PermissionRule::DestinationPort(u32::from(p))),
+        }))
+}
+
+/// Does a method pattern of ours (wildcards, any case) take `POST`?
+fn takes_post(pattern: &str) -> bool {
+    mesh_core::authz::wildcard_match(&pattern.to_ascii_uppercase(), "POST")
 }
 
 /// One operation (its fields ANDed); `None` when it can never match
-/// (methods without POST, or an ALLOW piece that cannot be translated).
+/// (methods that leave POST out, or an ALLOW piece that cannot be
+/// translated).
 fn operation(o: &Operation, bias: Bias, why: &mut Vec<Untranslatable>) -> Option<Permission> {
+    // Every gRPC call is a POST: the method fields are decided here, as
+    // ours decides them for the value POST.
+    if !o.methods.is_empty() && !o.methods.iter().any(|m| takes_post(m)) {
+        return None;
+    }
+    if o.not_methods.iter().any(|m| takes_post(m)) {
+        return None;
+    }
     let mut parts = Vec::new();
-    // Every gRPC call is a POST.
-    let post = |m: &[String]| m.iter().any(|x| x == "POST" || x == "*");
-    if !o.methods.is_empty() && !post(&o.methods) {
-        return None;
-    }
-    if post(&o.not_methods) {
-        return None;
-    }
     let mut piece =
         |r: Result<Option<Permission>, Untranslatable>, parts: &mut Vec<Permission>| match r {
             Ok(Some(p)) => {
@@ -467,28 +551,32 @@ fn operation(o: &Operation, bias: Bias, why: &mut Vec<Untranslatable>) -> Option
                 bias == Bias::Deny
             }
         };
-    let ci = bias == Bias::Deny;
+    // Ours matches a DENY's paths and an ALLOW's notPaths in any case:
+    // the side where a match refuses.
+    let deny = bias == Bias::Deny;
     let ok = piece(
-        values_r(&o.paths, &o.not_paths, |v| path(v, ci)),
+        values_r(
+            &o.paths,
+            &o.not_paths,
+            |v| path(v, deny, deny),
+            |v| path(v, !deny, !deny),
+        ),
         &mut parts,
-    ) && piece(values_r(&o.ports, &o.not_ports, port_rule), &mut parts)
-        && piece(
-            if o.hosts.is_empty() && o.not_hosts.is_empty() {
-                Ok(None)
-            } else {
-                Err("hosts: gRPC's RBAC matches no authority".to_owned())
-            },
-            &mut parts,
-        );
+    ) && piece(
+        values_r(&o.ports, &o.not_ports, port_rule, port_rule),
+        &mut parts,
+    ) && piece(
+        if o.hosts.is_empty() && o.not_hosts.is_empty() {
+            Ok(None)
+        } else {
+            Err("hosts: gRPC's RBAC matches no authority".to_owned())
+        },
+        &mut parts,
+    );
     ok.then(|| and_rules(parts))
 }
 
-fn header(name: &str, value: &str) -> Permission {
-    let spec = if value == "*" {
-        HeaderMatchSpecifier::PresentMatch(true)
-    } else {
-        HeaderMatchSpecifier::StringMatch(wildcard(value, "", false))
-    };
+fn header_rule(name: &str, spec: HeaderMatchSpecifier) -> Permission {
     Permission {
         rule: Some(PermissionRule::Header(HeaderMatcher {
             name: name.to_owned(),
@@ -498,7 +586,102 @@ fn header(name: &str, value: &str) -> Permission {
     }
 }
 
-fn condition(c: &Condition) -> Result<Piece, Untranslatable> {
+fn header_regex(name: &str, re: String) -> Permission {
+    header_rule(name, HeaderMatchSpecifier::StringMatch(regex(re)))
+}
+
+/// A header value pattern as RE2 (`*` ends as `.*`).
+fn value_regex(v: &str) -> String {
+    if let Some(suffix) = v.strip_prefix('*') {
+        format!(".*{}", escape(suffix))
+    } else if let Some(start) = v.strip_suffix('*') {
+        format!("{}.*", escape(start))
+    } else {
+        escape(v)
+    }
+}
+
+/// `request.headers[name]`. Ours reads each field line, each of its
+/// comma-separated elements and their join, trimmed; gRPC sees the lines
+/// joined with `,`. So a DENY matches a value as any element of the join,
+/// and its not-values hold for a header of several elements; an ALLOW
+/// holds only for a header of one element without surrounding blanks.
+fn header(name: &str, values: &[String], not_values: &[String], bias: Bias) -> Permission {
+    let mut parts = Vec::new();
+    let present = |v: &str| v == "*";
+    match bias {
+        Bias::Deny => {
+            if !values.is_empty() {
+                parts.push(or_rules(
+                    values
+                        .iter()
+                        .map(|v| {
+                            if present(v) {
+                                header_rule(name, HeaderMatchSpecifier::PresentMatch(true))
+                            } else {
+                                header_regex(
+                                    name,
+                                    format!("(.*,)?[ \t]*{}[ \t]*(,.*)?", value_regex(v)),
+                                )
+                            }
+                        })
+                        .collect(),
+                ));
+            }
+            if !not_values.is_empty() {
+                let excluded = or_rules(
+                    not_values
+                        .iter()
+                        .map(|v| {
+                            if present(v) {
+                                header_rule(name, HeaderMatchSpecifier::PresentMatch(true))
+                            } else {
+                                header_regex(name, value_regex(v))
+                            }
+                        })
+                        .collect(),
+                );
+                parts.push(or_rules(vec![
+                    not_rule(excluded),
+                    header_regex(name, ".*,.*".to_owned()),
+                ]));
+            }
+        }
+        Bias::Allow => {
+            let one = |v: &str| {
+                if present(v) {
+                    header_rule(name, HeaderMatchSpecifier::PresentMatch(true))
+                } else {
+                    header_regex(name, value_regex(v))
+                }
+            };
+            if !values.is_empty() {
+                parts.push(or_rules(values.iter().map(|v| one(v)).collect()));
+            }
+            if !not_values.is_empty() {
+                parts.push(not_rule(or_rules(
+                    not_values.iter().map(|v| one(v)).collect(),
+                )));
+            }
+            parts.push(not_rule(header_regex(
+                name,
+                ".*,.*|[ \t].*|.*[ \t]".to_owned(),
+            )));
+        }
+    }
+    and_rules(parts)
+}
+
+/// Headers gRPC hides from RBAC or shows otherwise than they were sent.
+fn hidden_header(lower: &str) -> bool {
+    lower.starts_with("grpc-")
+        || lower.starts_with(':')
+        || lower.starts_with("lb-")
+        || lower.ends_with("-bin")
+        || matches!(lower, "te" | "content-type" | "user-agent" | "host")
+}
+
+fn condition(c: &Condition, bias: Bias) -> Result<Piece, Untranslatable> {
     let (values, not) = (&c.values, &c.not_values);
     let key = c.key.as_str();
     let p = |r: Result<Option<Principal>, Untranslatable>| {
@@ -507,26 +690,32 @@ fn condition(c: &Condition) -> Result<Piece, Untranslatable> {
     let r = |r: Result<Option<Permission>, Untranslatable>| {
         r.map(|p| Piece::Permission(p.unwrap_or_else(any_rule)))
     };
+    let dst_ip = |v: &str| -> One<Permission> {
+        Ok(Some(Permission {
+            rule: Some(PermissionRule::DestinationIp(cidr(v)?)),
+        }))
+    };
     match key {
         "source.principal" => p(values_p(values, not, |v| Ok(principal(v)))),
         "source.namespace" => p(values_p(values, not, |v| Ok(namespace(v)))),
         "source.ip" => p(values_p(values, not, peer_ip)),
-        "destination.port" => r(values_r(values, not, port_rule)),
-        "destination.ip" => r(values_r(values, not, |v| {
-            Ok(Permission {
-                rule: Some(PermissionRule::DestinationIp(cidr(v)?)),
-            })
-        })),
+        "destination.port" => r(values_r(values, not, port_rule, port_rule)),
+        "destination.ip" => r(values_r(values, not, dst_ip, dst_ip)),
         _ => {
             if let Some(name) = key
                 .strip_prefix("request.headers[")
                 .and_then(|k| k.strip_suffix(']'))
             {
                 let lower = name.to_ascii_lowercase();
-                if lower.starts_with("grpc-") || lower.starts_with(':') || lower == "te" {
-                    return Err(format!("`{key}`: gRPC hides that header from RBAC"));
+                if hidden_header(&lower) {
+                    return Err(format!(
+                        "`{key}`: gRPC shows that header otherwise or not at all"
+                    ));
                 }
-                return r(values_r(values, not, |v| Ok(header(&lower, v))));
+                if values.is_empty() && not.is_empty() {
+                    return Ok(Piece::Permission(any_rule()));
+                }
+                return Ok(Piece::Permission(header(&lower, values, not, bias)));
             }
             Err(format!("`{key}` is not known to gRPC's RBAC"))
         }
@@ -643,6 +832,177 @@ mod tests {
         );
         let (f, w) = translate(&yaml);
         assert!(f[0].rules.as_ref().unwrap().policies.is_empty());
-        assert!(w[0].contains("hides"), "{w:?}");
+        assert!(w[0].contains("otherwise"), "{w:?}");
+    }
+
+    /// Every safe_regex of a filter, unescaped from its Debug form.
+    fn regexes(f: &[RbacFilter]) -> Vec<String> {
+        let text = format!("{f:?}");
+        let re = regex::Regex::new(r#"regex: "((?:[^"\\]|\\.)*)""#).unwrap();
+        re.captures_iter(&text)
+            .map(|c| {
+                let mut out = String::new();
+                let mut chars = c[1].chars();
+                while let Some(ch) = chars.next() {
+                    if ch == '\\' {
+                        match chars.next() {
+                            Some('t') => out.push('\t'),
+                            Some(o) => out.push(o),
+                            None => {}
+                        }
+                    } else {
+                        out.push(ch);
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
+    fn full(re: &str, s: &str) -> bool {
+        regex::Regex::new(&format!("^(?:{re})$"))
+            .unwrap()
+            .is_match(s)
+    }
+
+    fn policy(action: &str, rule: &str) -> String {
+        format!(
+            "{HEAD}metadata: {{name: p, namespace: demo}}\nspec:\n  action: {action}\n  rules:\n  - {rule}\n"
+        )
+    }
+
+    fn debug(action: &str, rule: &str) -> (String, Vec<RbacFilter>) {
+        let (f, _) = translate(&policy(action, rule));
+        (format!("{f:?}"), f)
+    }
+
+    #[test]
+    fn methods_are_decided_as_ours_decides_them_for_post() {
+        for not in ["'P*'", "post", "'*'"] {
+            let (_, f) = debug(
+                "ALLOW",
+                &format!("to: [{{operation: {{notMethods: [{not}]}}}}]"),
+            );
+            assert!(f[0].rules.as_ref().unwrap().policies.is_empty(), "{not}");
+        }
+        for m in ["post", "'P*'", "'*ST'"] {
+            let (_, f) = debug(
+                "DENY",
+                &format!("to: [{{operation: {{methods: [{m}], paths: [/pkg.S/Admin]}}}}]"),
+            );
+            assert_eq!(f[0].rules.as_ref().unwrap().policies.len(), 1, "{m}");
+        }
+        let (_, f) = debug("DENY", "to: [{operation: {methods: [GET]}}]");
+        assert!(f.is_empty(), "a DENY of GET never matches a gRPC call");
+    }
+
+    #[test]
+    fn header_values_are_read_as_ours_reads_the_joined_lines() {
+        let (_, f) = debug(
+            "DENY",
+            "when: [{key: 'request.headers[x-user]', values: [root, 'adm*']}]",
+        );
+        let res = regexes(&f);
+        let hit = |s: &str| res.iter().any(|r| full(r, s));
+        for s in [
+            "root",
+            "alice, root",
+            "alice,root",
+            "root ,bob",
+            "admin",
+            "x, admin2",
+        ] {
+            assert!(hit(s), "{s} {res:?}");
+        }
+        assert!(!hit("rooty") && !hit("alice"), "{res:?}");
+        // DENY notValues: a header of several elements is denied.
+        let (_, f) = debug(
+            "DENY",
+            "when: [{key: 'request.headers[x-user]', notValues: [bob]}]",
+        );
+        assert!(regexes(&f).iter().any(|r| full(r, "bob,root")));
+        // ALLOW: one element without blanks only.
+        let (_, f) = debug(
+            "ALLOW",
+            "when: [{key: 'request.headers[x-team]', values: ['team-a*']}]",
+        );
+        let res = regexes(&f);
+        let guard = res.iter().find(|r| r.contains(",")).unwrap();
+        for s in ["team-a, team-b", "team-a,x", " team-a", "team-a "] {
+            assert!(full(guard, s), "{s}");
+        }
+        assert!(!full(guard, "team-a1"));
+        for hidden in [
+            "content-type",
+            "user-agent",
+            "host",
+            "x-id-bin",
+            "lb-cost",
+            "grpc-timeout",
+        ] {
+            let (f, w) = translate(&policy(
+                "ALLOW",
+                &format!("when: [{{key: 'request.headers[{hidden}]', values: [x]}}]"),
+            ));
+            assert!(f[0].rules.as_ref().unwrap().policies.is_empty(), "{hidden}");
+            assert_eq!(w.len(), 1, "{hidden}");
+        }
+    }
+
+    #[test]
+    fn every_regex_is_one_re2_takes_and_odd_names_match_nothing() {
+        let (text, f) = debug(
+            "ALLOW",
+            "from: [{source: {namespaces: ['démo', 'a/sa/b/ns/c', 'de*', '*mo.x-y_z'], notNamespaces: ['é'], principals: ['*/sa/b', '*'], notPrincipals: ['cluster.local/ns/é/sa/x']}}]\n    when: [{key: 'request.headers[x-a]', values: ['a.b(c)*']}]",
+        );
+        assert!(!text.contains('é'), "{text}");
+        assert!(!text.contains("a/sa/b"), "{text}");
+        let res = regexes(&f);
+        assert!(!res.is_empty());
+        for r in &res {
+            assert!(regex::Regex::new(r).is_ok(), "{r}");
+            // RE2 takes `\` before ASCII punctuation only.
+            let mut chars = r.chars();
+            while let Some(c) = chars.next() {
+                if c == '\\' {
+                    let n = chars.next().unwrap();
+                    assert!(n.is_ascii_punctuation(), "{r}");
+                }
+            }
+        }
+        // A principal suffix never reaches into the scheme.
+        let suffix = res.iter().find(|r| r.ends_with("sa\\/b")).unwrap();
+        assert!(full(suffix, "spiffe://cluster.local/ns/a/sa/b"));
+        assert!(!full(suffix, "x/sa/b"));
+    }
+
+    #[test]
+    fn paths_ports_and_cases_as_ours() {
+        // A pattern decoded once; a DENY also matches the slashless form
+        // grpc-go dispatches as the same method.
+        let (text, _) = debug("DENY", "to: [{operation: {paths: ['/pkg.S/%41dmin']}}]");
+        assert!(text.contains("Exact(\"/pkg.S/Admin\")"), "{text}");
+        assert!(text.contains("Exact(\"pkg.S/Admin\")"), "{text}");
+        // notPaths: in any case (and slashless) for an ALLOW, as sent for a DENY.
+        let (text, _) = debug("ALLOW", "to: [{operation: {notPaths: [/pkg.S/Admin]}}]");
+        assert!(
+            text.contains("ignore_case: true") && text.contains("\"pkg.S/Admin\""),
+            "{text}"
+        );
+        let (text, _) = debug("DENY", "to: [{operation: {notPaths: [/pkg.S/Admin]}}]");
+        assert!(
+            !text.contains("ignore_case: true") && !text.contains("\"pkg.S/Admin\""),
+            "{text}"
+        );
+        // A port spelt otherwise than its number matches no port.
+        let (text, f) = debug("ALLOW", "to: [{operation: {ports: ['08080']}}]");
+        assert!(!text.contains("8080"), "{text}");
+        assert_eq!(f[0].rules.as_ref().unwrap().policies.len(), 1);
+        assert!(
+            text.contains("NotRule(Permission { rule: Some(Any(true)) })"),
+            "{text}"
+        );
+        let (text, _) = debug("DENY", "to: [{operation: {notPorts: ['+8080']}}]");
+        assert!(!text.contains("8080"), "{text}");
     }
 }

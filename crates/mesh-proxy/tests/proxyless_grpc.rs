@@ -152,7 +152,7 @@ spec:
     - {key: destination.port, values: ['15051']}
     - {key: destination.ip, values: [127.0.0.0/8]}
     - {key: 'request.headers[x-forbidden]', notValues: ['*']}
-    - {key: 'request.headers[user-agent]', values: ['grpc-python*']}
+    - {key: 'request.headers[x-team]', values: ['blue*']}
 ";
 
 /// No one of namespace demo may call Hello (any case).
@@ -408,13 +408,37 @@ async fn a_python_client_and_servers_follow_the_mesh_over_xds() {
     );
     let (out, _) = run(
         client.bootstrap_path(),
-        strings(&["call", TARGET, "20", "--warmup", "30", "--wait"]),
+        strings(&[
+            "call",
+            TARGET,
+            "20",
+            "--warmup",
+            "30",
+            "--wait",
+            "--header",
+            "x-team=blue-1",
+        ]),
     )
     .await;
     assert_eq!(out["errors"], serde_json::json!({}), "{out}");
     assert_eq!(count(&out, "answers", "v2"), 20, "{out}");
-    // And a DENY of the method, for the client's namespace, spelt in
-    // another case: denied although the ALLOW matches.
+    // Without the header that policy asks for: denied.
+    let (out, _) = run(
+        client.bootstrap_path(),
+        strings(&["call", TARGET, "3", "--wait"]),
+    )
+    .await;
+    assert_eq!(count(&out, "errors", "PERMISSION_DENIED"), 3, "{out}");
+    // The client allowed by principal alone, then a DENY of the method for
+    // the client's namespace, spelt in another case: denied although the
+    // ALLOW matches.
+    mesh.world.write_config("mesh.yaml", &only("client", ""));
+    let (out, _) = run(
+        client.bootstrap_path(),
+        strings(&["call", TARGET, "5", "--warmup", "30", "--wait"]),
+    )
+    .await;
+    assert_eq!(count(&out, "answers", "v2"), 5, "{out}");
     after_edit(
         &mesh,
         &client,
