@@ -70,6 +70,10 @@ pub struct Workload {
     /// mTLS to it fails closed). `None` for every other workload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<Arc<[SpiffeId]>>,
+    /// What a data plane derives from this workload once per snapshot
+    /// rather than per request (its telemetry labels): see [`DerivedSlot`].
+    #[serde(skip)]
+    pub derived: DerivedSlot,
 }
 
 impl Workload {
@@ -785,6 +789,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     jwt_policies: Vec::new(),
                     healthy: !we.unhealthy,
                     dns: None,
+                    derived: DerivedSlot::default(),
                 });
                 Some(snap.workloads.len() - 1)
             }
@@ -1590,4 +1595,32 @@ fn compile_http_rule(
         headers: h.headers.clone(),
         rewrite: h.rewrite.clone(),
     })
+}
+
+/// A value computed from a [`Workload`] at most once per snapshot, by a
+/// crate above this one (mesh-tower keeps the workload's telemetry labels
+/// here, so they are built once and shared rather than per request). One
+/// type per slot: a second type gets a fresh value each time.
+#[derive(Clone, Default)]
+pub struct DerivedSlot(std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl DerivedSlot {
+    /// The value, computed by `f` the first time.
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(&self, f: impl Fn() -> T) -> Arc<T> {
+        self.0
+            .get_or_init(|| Arc::new(f()))
+            .clone()
+            .downcast::<T>()
+            .unwrap_or_else(|_| Arc::new(f()))
+    }
+}
+
+impl std::fmt::Debug for DerivedSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "DerivedSlot(set)"
+        } else {
+            "DerivedSlot(empty)"
+        })
+    }
 }

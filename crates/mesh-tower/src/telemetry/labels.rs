@@ -1,6 +1,8 @@
 //! Who is on each side of a request, as Istio's labels name them, and the
 //! extension types through which the rest of the mesh tells telemetry.
 
+use std::sync::Arc;
+
 use mesh_core::identity::SpiffeId;
 use mesh_core::snapshot::{Service, Workload};
 
@@ -133,6 +135,12 @@ impl WorkloadInfo {
         self
     }
 
+    /// [`from_workload`](Self::from_workload), built once per workload and
+    /// snapshot and shared: what the request path uses.
+    pub fn shared(w: &Workload) -> Arc<Self> {
+        w.derived.get_or_init(|| Self::from_workload(w))
+    }
+
     /// A workload of the snapshot: its name (the WorkloadEntry's), namespace,
     /// identity and `version` label.
     pub fn from_workload(w: &Workload) -> Self {
@@ -161,7 +169,7 @@ impl WorkloadInfo {
 /// extensions; without it the source labels come from the
 /// [`PeerIdentity`](crate::tls::PeerIdentity) alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceInfo(pub WorkloadInfo);
+pub struct SourceInfo(pub Arc<WorkloadInfo>);
 
 /// The request header in which a mesh client describes its workload to the
 /// mesh peer it calls: Istio's metadata exchange (`x-envoy-peer-metadata`)
@@ -225,7 +233,7 @@ pub fn source_from_peer(
     let key = parts.next()?;
     if let Some((_, w)) = snap.workload(key) {
         return (w.dns.is_none() && &w.identity == peer)
-            .then(|| SourceInfo(WorkloadInfo::from_workload(w)));
+            .then(|| SourceInfo(WorkloadInfo::shared(w)));
     }
     let (ns, name) = key.split_once('/')?;
     if Some(ns) != peer.namespace() || !label_value(name) {
@@ -247,7 +255,7 @@ pub fn source_from_peer(
         };
         v.clone_into(field);
     }
-    Some(SourceInfo(info))
+    Some(SourceInfo(Arc::new(info)))
 }
 
 /// Where a request (or TCP connection) went: the destination service and,
@@ -270,7 +278,7 @@ pub struct DestinationInfo {
     /// `destination_service_namespace`.
     pub service_namespace: String,
     /// The workload that served the request, once known.
-    pub workload: Option<WorkloadInfo>,
+    pub workload: Option<Arc<WorkloadInfo>>,
     /// Whether the connection to it was mesh mTLS, once known.
     pub mtls: Option<bool>,
     /// The endpoint, `address:port`, for the access log.
@@ -299,8 +307,8 @@ impl DestinationInfo {
     }
 
     /// Sets the workload that served.
-    pub fn with_workload(mut self, workload: WorkloadInfo) -> Self {
-        self.workload = Some(workload);
+    pub fn with_workload(mut self, workload: impl Into<Arc<WorkloadInfo>>) -> Self {
+        self.workload = Some(workload.into());
         self
     }
 
@@ -364,7 +372,7 @@ pub fn inbound_labels(
             .iter()
             .filter(|w| w.dns.is_none() && &w.identity == id);
         match (callers.next(), callers.next()) {
-            (Some(w), None) => Some(SourceInfo(WorkloadInfo::from_workload(w))),
+            (Some(w), None) => Some(SourceInfo(WorkloadInfo::shared(w))),
             _ => None,
         }
     });

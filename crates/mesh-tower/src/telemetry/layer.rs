@@ -127,7 +127,7 @@ struct Pending {
     trace_id: u128,
     /// Inbound: the caller. Outbound: unused (the destination comes with
     /// the response).
-    peer: Option<WorkloadInfo>,
+    peer: Option<Arc<WorkloadInfo>>,
     mtls: Option<bool>,
     destination: Option<DestinationInfo>,
     request_bytes: Arc<AtomicU64>,
@@ -257,14 +257,18 @@ impl Answered {
         // Inbound the caller is the peer; outbound the workload that
         // answered, as the router reported it.
         let (source, destination, mtls) = match shared.reporter {
-            Reporter::Destination => (p.peer.as_ref().unwrap_or(&UNKNOWN_WORKLOAD), local, p.mtls),
+            Reporter::Destination => (
+                p.peer.as_deref().unwrap_or(&UNKNOWN_WORKLOAD),
+                local,
+                p.mtls,
+            ),
             // Istio: "unknown when report is from source since security
             // policy cannot be properly populated" (the caller's side).
             Reporter::Source => (
                 local,
                 p.destination
                     .as_ref()
-                    .and_then(|d| d.workload.as_ref())
+                    .and_then(|d| d.workload.as_deref())
                     .unwrap_or(&UNKNOWN_WORKLOAD),
                 None,
             ),
@@ -397,7 +401,7 @@ where
                 let identity = req.extensions().get::<PeerIdentity>();
                 let peer = match (req.extensions().get::<SourceInfo>(), identity) {
                     (Some(SourceInfo(w)), _) => Some(w.clone()),
-                    (None, Some(id)) => id.spiffe_id().map(WorkloadInfo::from_peer),
+                    (None, Some(id)) => id.labels(),
                     (None, None) => None,
                 };
                 (peer, identity.map(PeerIdentity::is_mtls))

@@ -78,8 +78,8 @@ impl TcpTelemetry {
         let source = match source {
             Some(s) => s.0.clone(),
             None => peer
-                .spiffe_id()
-                .map_or_else(WorkloadInfo::unknown, WorkloadInfo::from_peer),
+                .labels()
+                .unwrap_or_else(|| Arc::new(WorkloadInfo::unknown())),
         };
         self.open(&source, &self.shared.local, service, Some(peer.is_mtls()))
     }
@@ -87,7 +87,7 @@ impl TcpTelemetry {
     /// Outbound: a connection made to `destination`.
     pub fn connected(&self, destination: &DestinationInfo) -> TcpConnection {
         let unknown = WorkloadInfo::unknown();
-        let peer = destination.workload.as_ref().unwrap_or(&unknown);
+        let peer = destination.workload.as_deref().unwrap_or(&unknown);
         // The caller's side reports no security policy, as Istio's.
         self.open(&self.shared.local, peer, Some(destination), None)
     }

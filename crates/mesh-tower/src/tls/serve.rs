@@ -1,6 +1,8 @@
 //! Serving one acceptor's connections: a few lines over the one server
 //! module ([`crate::server`]).
 
+use std::sync::Arc;
+
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -26,14 +28,43 @@ use crate::server::{
 /// }
 /// # assert_eq!(caller(&http::Request::new(())), None);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct PeerIdentity {
-    id: Option<SpiffeId>,
+    /// Shared by every request of the connection (one clone is a count).
+    id: Option<Arc<Verified>>,
+}
+
+/// A connection's verified peer, and what is derived from it once.
+struct Verified {
+    id: SpiffeId,
+    /// Its telemetry labels as a peer known by identity only.
+    labels: std::sync::OnceLock<Arc<crate::telemetry::WorkloadInfo>>,
+}
+
+impl PartialEq for PeerIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.spiffe_id() == other.spiffe_id()
+    }
+}
+
+impl Eq for PeerIdentity {}
+
+impl std::fmt::Debug for PeerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerIdentity")
+            .field("id", &self.spiffe_id())
+            .finish()
+    }
 }
 
 impl PeerIdentity {
     pub(crate) fn mtls(id: SpiffeId) -> Self {
-        Self { id: Some(id) }
+        Self {
+            id: Some(Arc::new(Verified {
+                id,
+                labels: std::sync::OnceLock::new(),
+            })),
+        }
     }
 
     pub(crate) fn plaintext() -> Self {
@@ -42,7 +73,18 @@ impl PeerIdentity {
 
     /// The caller's verified SPIFFE ID; `None` for a plaintext connection.
     pub fn spiffe_id(&self) -> Option<&SpiffeId> {
-        self.id.as_ref()
+        self.id.as_ref().map(|v| &v.id)
+    }
+
+    /// The telemetry labels of the peer known by its identity alone
+    /// ([`WorkloadInfo::from_peer`](crate::telemetry::WorkloadInfo::from_peer)),
+    /// built once per connection.
+    pub fn labels(&self) -> Option<Arc<crate::telemetry::WorkloadInfo>> {
+        self.id.as_ref().map(|v| {
+            v.labels
+                .get_or_init(|| Arc::new(crate::telemetry::WorkloadInfo::from_peer(&v.id)))
+                .clone()
+        })
     }
 
     /// Whether the request came over mTLS.

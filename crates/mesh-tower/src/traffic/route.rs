@@ -254,9 +254,7 @@ where
         };
         if let Some(t) = tried {
             info = info
-                .with_workload(WorkloadInfo::from_workload(
-                    &snap.workloads[t.endpoint.workload],
-                ))
+                .with_workload(WorkloadInfo::shared(&snap.workloads[t.endpoint.workload]))
                 .with_mtls(t.mtls)
                 .with_upstream(&t.endpoint.key);
         }

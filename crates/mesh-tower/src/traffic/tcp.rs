@@ -34,7 +34,7 @@ pub struct TcpConnection {
     pub peer: Option<SpiffeId>,
     /// The workload that serves there, as telemetry names it (read from
     /// the snapshot the endpoint was picked in).
-    pub workload: Option<crate::telemetry::WorkloadInfo>,
+    pub workload: Option<std::sync::Arc<crate::telemetry::WorkloadInfo>>,
 }
 
 /// Connects to services by host and port.
@@ -120,7 +120,7 @@ impl TcpRouter {
             workload: snap
                 .workloads
                 .get(endpoint.workload)
-                .map(crate::telemetry::WorkloadInfo::from_workload),
+                .map(crate::telemetry::WorkloadInfo::shared),
         })
     }
 
@@ -193,7 +193,7 @@ impl TcpRouter {
                         workload: snap
                             .workloads
                             .get(ep.workload)
-                            .map(crate::telemetry::WorkloadInfo::from_workload),
+                            .map(crate::telemetry::WorkloadInfo::shared),
                         endpoint: ep.key,
                         host: dest.host.clone(),
                         peer,
