@@ -181,6 +181,9 @@ pub(crate) struct MeshView {
     xds: ConfigServer,
     proxies: Arc<Proxies>,
     state: Mutex<BTreeMap<String, ProxyState>>,
+    /// `check`'s findings of the configuration version served: a page
+    /// refreshing every 2 s must not run the analyzers each time.
+    findings: Mutex<Option<(u64, Vec<serde_json::Value>)>>,
 }
 
 /// The reading task; stops when dropped.
@@ -199,6 +202,7 @@ impl MeshView {
             proxies: xds.proxies(),
             xds,
             state: Mutex::new(BTreeMap::new()),
+            findings: Mutex::new(None),
         })
     }
 
@@ -393,7 +397,20 @@ impl MeshView {
                 "resources": [],
             }));
         }
+        out.extend(self.findings());
+        out
+    }
+
+    /// `check` on the configuration served, once per version.
+    fn findings(&self) -> Vec<serde_json::Value> {
         let snap = self.xds.snapshot();
+        let mut cached = lock(&self.findings);
+        if let Some((version, f)) = &*cached
+            && *version == snap.version
+        {
+            return f.clone();
+        }
+        let mut out = Vec::new();
         let resources = self.xds.resources();
         let report = mesh_core::analyze::check_with(
             &snap,
@@ -422,6 +439,7 @@ impl MeshView {
                 "resources": f.resources.iter().map(ToString::to_string).collect::<Vec<_>>(),
             }));
         }
+        *cached = Some((snap.version, out.clone()));
         out
     }
 

@@ -568,6 +568,7 @@ impl Mesh {
                     destination,
                     source,
                     store: store.clone(),
+                    named: crate::telemetry::PeerMemo::default(),
                 });
                 let known = Known::from_alpn(stream.alpn_protocol());
                 drop(guard);
@@ -631,6 +632,8 @@ struct AddPeer {
     source: Option<SourceInfo>,
     /// For the caller a request names ([`crate::telemetry::PEER_HEADER`]).
     store: Arc<Store>,
+    /// That caller, read once per connection and configuration.
+    named: crate::telemetry::PeerMemo,
 }
 
 impl tower::Service<Request<ServerBody>> for AddPeer {
@@ -653,7 +656,7 @@ impl tower::Service<Request<ServerBody>> for AddPeer {
         }
         let claimed = req.headers_mut().remove(crate::telemetry::PEER_HEADER);
         if let (Some(v), Some(id)) = (claimed, self.peer.spiffe_id())
-            && let Some(s) = crate::telemetry::source_from_peer(&self.store.load(), &v, id)
+            && let Some(s) = self.named.source(&self.store.load(), &v, id)
         {
             req.extensions_mut().insert(s);
         }

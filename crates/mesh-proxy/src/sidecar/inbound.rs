@@ -51,6 +51,7 @@ fn inbound_stack(svc: InboundHttp, ctx: &Ctx, local: WorkloadInfo, facts: ConnFa
         inbound_labels(&snap, &ctx.key, facts.local.port(), facts.peer.spiffe_id())
     };
     let store = ctx.store.clone();
+    let named = mesh_tower::telemetry::PeerMemo::default();
     tower::util::BoxCloneSyncService::new(
         tower::ServiceBuilder::new()
             .map_response(mesh_tower::body::box_response)
@@ -62,9 +63,7 @@ fn inbound_stack(svc: InboundHttp, ctx: &Ctx, local: WorkloadInfo, facts: ConnFa
                     .headers_mut()
                     .remove(mesh_tower::telemetry::PEER_HEADER)
                     .zip(facts.peer.spiffe_id())
-                    .and_then(|(v, id)| {
-                        mesh_tower::telemetry::source_from_peer(&store.load(), &v, id)
-                    });
+                    .and_then(|(v, id)| named.source(&store.load(), &v, id));
                 let ext = req.extensions_mut();
                 if let Some(d) = &destination {
                     ext.insert(d.clone());

@@ -258,6 +258,42 @@ pub fn source_from_peer(
     Some(SourceInfo(Arc::new(info)))
 }
 
+/// A connection's last believed [`PEER_HEADER`]: its requests carry the
+/// same description from the same verified peer, so it is read once per
+/// connection and configuration version rather than per request. Cheap to
+/// clone (one per connection, shared by its requests).
+#[derive(Debug, Clone, Default)]
+pub struct PeerMemo(Arc<std::sync::Mutex<Option<Remembered>>>);
+
+/// The header last read, the configuration version, what was believed.
+type Remembered = (http::HeaderValue, u64, Option<SourceInfo>);
+
+impl PeerMemo {
+    /// [`source_from_peer`], answered from the memo when `claimed` and the
+    /// snapshot's version are those of the last request. `peer` must be the
+    /// connection's (fixed) verified identity.
+    pub fn source(
+        &self,
+        snap: &mesh_core::snapshot::Snapshot,
+        claimed: &http::HeaderValue,
+        peer: &SpiffeId,
+    ) -> Option<SourceInfo> {
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((v, version, s)) = &*last
+            && v == claimed
+            && *version == snap.version
+        {
+            return s.clone();
+        }
+        let s = source_from_peer(snap, claimed, peer);
+        *last = Some((claimed.clone(), snap.version, s.clone()));
+        s
+    }
+}
+
 /// Where a request (or TCP connection) went: the destination service and,
 /// once chosen, the workload that served it.
 ///
@@ -455,6 +491,17 @@ mod tests {
         assert!(claim("default/web-v3;app=a b").is_none());
         assert!(claim("default/web-v3;version").is_none());
         assert!(claim("default/a/b").is_none());
+        // Read once per connection and configuration: the same answer,
+        // shared, for a repeated claim; a different claim is read again.
+        let memo = PeerMemo::default();
+        let v = http::HeaderValue::from_static("default/web-v3;app=web");
+        let (a, b) = (
+            memo.source(&snap, &v, &web).unwrap(),
+            memo.source(&snap, &v, &web).unwrap(),
+        );
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        let other = http::HeaderValue::from_static("other/x");
+        assert!(memo.source(&snap, &other, &web).is_none());
         // What a workload says of itself, read back.
         let me = WorkloadInfo::from_workload(snap.workload("default/web-v1").unwrap().1);
         assert_eq!(

@@ -87,7 +87,7 @@ pub mod trace;
 
 pub use admin::{MetricsService, PROMETHEUS_CONTENT_TYPE};
 pub use labels::{
-    DestinationInfo, PEER_HEADER, Reporter, SourceInfo, WorkloadInfo, inbound_labels,
+    DestinationInfo, PEER_HEADER, PeerMemo, Reporter, SourceInfo, WorkloadInfo, inbound_labels,
     source_from_peer,
 };
 pub use layer::{
