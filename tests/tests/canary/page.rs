@@ -65,7 +65,16 @@ pub(crate) fn mesh_page_in_a_browser(s: &Scenario) {
     std::fs::write(s.mesh().join("broken.yaml"), BROKEN).unwrap();
     let url = format!("http://{}/mesh", s.endpoint("CA_METRICS"));
     let shot = artifacts().join("mesh-page.png");
-    let page = browse(&url, &shot);
+    // Traffic goes on while the browser reads the page, so the live
+    // split it shows (rates over the last 30 s) is never of an idle mesh,
+    // however slow the browser is to start.
+    let page = std::thread::scope(|scope| {
+        let more = scope.spawn(|| s.burst(300, "/", &[]));
+        let page = browse(&url, &shot);
+        let (results, _) = more.join().unwrap();
+        assert!(results.iter().all(|(c, _)| *c == 200));
+        page
+    });
     let dump = serde_json::to_string_pretty(&page).unwrap();
     assert!(page["wait_error"].is_null(), "{dump}");
     assert!(
