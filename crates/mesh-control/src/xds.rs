@@ -79,10 +79,15 @@ pub(crate) struct Published {
 }
 
 impl Published {
-    fn of(store: &Store) -> Result<Self, CatalogError> {
+    /// The configuration `store` holds, its documents serialized again
+    /// only where they are not those of `previous`.
+    fn of(store: &Store, previous: Option<&Self>) -> Result<Self, CatalogError> {
         let snap = store.load();
         let resources = store.resources().unwrap_or_default();
-        let catalog = Catalog::new(&resources)?;
+        let catalog = match previous {
+            Some(p) => Catalog::after(&resources, &p.catalog)?,
+            None => Catalog::new(&resources)?,
+        };
         let mut identities: HashMap<String, SpiffeId> = snap
             .workloads
             .iter()
@@ -397,7 +402,7 @@ impl ConfigServer {
         store: Arc<Store>,
         mut changed: watch::Receiver<u64>,
     ) -> Result<Self, ConfigServerError> {
-        let (tx, published) = watch::channel(Arc::new(Published::of(&store)?));
+        let (tx, published) = watch::channel(Arc::new(Published::of(&store, None)?));
         let inner = Arc::new(Inner {
             store,
             published,
@@ -412,7 +417,9 @@ impl ConfigServer {
                 drop(inner);
                 // Building a large catalog is CPU work: off the runtime's
                 // threads.
-                match tokio::task::spawn_blocking(move || Published::of(&store)).await {
+                let previous = tx.borrow().clone();
+                let of = move || Published::of(&store, Some(&previous));
+                match tokio::task::spawn_blocking(of).await {
                     Ok(Ok(p)) => {
                         tracing::info!(version = p.version, documents = p.catalog.len(), "serving");
                         tx.send_replace(Arc::new(p));

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -93,21 +93,125 @@ pub fn load_path_keeping_documents(path: &Path) -> Result<Resources, ConfigError
 }
 
 fn load_path_as(path: &Path, keep_raw: bool) -> Result<Resources, ConfigErrors> {
-    let mut loader = Loader {
-        keep_raw,
-        ..Loader::default()
-    };
+    load_files(path, keep_raw, None)
+}
+
+/// [`load_path`] (or, with `keep_documents`, [`load_path_keeping_documents`])
+/// through `cache`: a file whose bytes are those the cache read last time
+/// is not parsed again, its resources and errors are taken from the cache.
+/// What every reload of a large folder is spared: one namespace's file
+/// changed, the other files' YAML is not read again (parsing is most of a
+/// load). The merge and the validation of the whole set run as without a
+/// cache, so the result is the same.
+pub fn load_path_cached(
+    path: &Path,
+    keep_documents: bool,
+    cache: &FileCache,
+) -> Result<Resources, ConfigErrors> {
+    load_files(path, keep_documents, Some(cache))
+}
+
+fn load_files(
+    path: &Path,
+    keep_raw: bool,
+    cache: Option<&FileCache>,
+) -> Result<Resources, ConfigErrors> {
     let files = match collect_files(path) {
         Ok(files) => files,
         Err(e) => return Err(ConfigErrors(vec![e])),
     };
+    let mut all = Loader {
+        keep_raw,
+        ..Loader::default()
+    };
+    let mut cached = cache.map(|c| c.files.lock().unwrap_or_else(PoisonError::into_inner));
+    if let Some(cached) = &mut cached {
+        // A file gone from the folder is forgotten with it.
+        cached.retain(|p, _| files.binary_search(p).is_ok());
+    }
     for file in files {
-        match read_file(&file) {
-            Ok(text) => loader.add_text(&file, &text),
-            Err(e) => loader.errors.push(e),
+        let text = match read_file(&file) {
+            Ok(text) => text,
+            Err(e) => {
+                if let Some(cached) = &mut cached {
+                    cached.remove(&file);
+                }
+                all.errors.push(e);
+                continue;
+            }
+        };
+        let Some(cached) = &mut cached else {
+            all.merge(FileLoad::of(&file, &text, keep_raw));
+            continue;
+        };
+        let part = match cached.get(&file) {
+            Some(c) if c.keep_raw == keep_raw && c.text == text => c.part.clone(),
+            _ => {
+                let part = Arc::new(FileLoad::of(&file, &text, keep_raw));
+                let entry = CachedFile {
+                    text,
+                    keep_raw,
+                    part: part.clone(),
+                };
+                cached.insert(file, entry);
+                part
+            }
+        };
+        all.merge(Arc::unwrap_or_clone(part));
+    }
+    drop(cached);
+    all.finish()
+}
+
+/// What a [`load_path_cached`] keeps of each file between loads: its text
+/// and what it gave. Share one per source (a
+/// [`FileSource`](crate::store::FileSource) holds one).
+#[derive(Default)]
+pub struct FileCache {
+    files: Mutex<HashMap<PathBuf, CachedFile>>,
+}
+
+impl std::fmt::Debug for FileCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let files = self.files.lock().map_or(0, |f| f.len());
+        f.debug_struct("FileCache").field("files", &files).finish()
+    }
+}
+
+struct CachedFile {
+    /// The bytes read: a file is taken from the cache only when they are
+    /// the same (not its modification time, which a fast rewrite or a
+    /// coarse clock leaves unchanged).
+    text: String,
+    keep_raw: bool,
+    part: Arc<FileLoad>,
+}
+
+/// What one file gave on its own: its resources (no two of a kind with one
+/// name among them), the errors of its documents, and where its MeshConfig
+/// is. [`Loader::merge`] puts files together; the checks across files
+/// (names defined twice, one MeshConfig) and the validation of the whole
+/// set are the merge's and [`Loader::finish`]'s.
+#[derive(Clone, Default)]
+struct FileLoad {
+    resources: Resources,
+    errors: Vec<ConfigError>,
+    mesh_origin: Option<Origin>,
+}
+
+impl FileLoad {
+    fn of(file: &Path, text: &str, keep_raw: bool) -> Self {
+        let mut loader = Loader {
+            keep_raw,
+            ..Loader::default()
+        };
+        loader.add_text(file, text);
+        Self {
+            resources: loader.resources,
+            errors: loader.errors,
+            mesh_origin: loader.mesh_origin,
         }
     }
-    loader.finish()
 }
 
 /// Loads resources from YAML text, naming `file` in errors. Used by tests,
@@ -673,14 +777,9 @@ impl Loader {
                 return;
             }
         }
-        let key = (kind, source.namespace.clone(), source.name.clone());
+        let key = seen_key(&source);
         if let Some(first) = self.seen.get(&key) {
-            self.errors.push(ConfigError::at(
-                &source.origin,
-                Some(source.to_string()),
-                "metadata.name",
-                format!("{source} is defined twice; the first is in {first}"),
-            ));
+            self.errors.push(duplicate(&source, first));
             return;
         }
         self.seen.insert(key, source.origin.clone());
@@ -733,6 +832,61 @@ impl Loader {
         self.resources.mesh_raw = raw;
     }
 
+    /// Adds what one file gave, after the files before it: a resource
+    /// whose kind and name an earlier file took is an error at its second
+    /// definition, as within a file; so is a second MeshConfig.
+    fn merge(&mut self, file: FileLoad) {
+        let FileLoad {
+            resources,
+            errors,
+            mesh_origin,
+        } = file;
+        self.errors.extend(errors);
+        // Every field named: one added to `Resources` must be merged too.
+        let Resources {
+            mesh,
+            mesh_raw,
+            virtual_services,
+            destination_rules,
+            gateways,
+            service_entries,
+            workload_entries,
+            sidecars,
+            peer_authentications,
+            legacy_policies,
+            authorization_policies,
+            request_authentications,
+            skipped,
+            view: _,
+        } = resources;
+        if let Some(origin) = mesh_origin {
+            if let Some(first) = &self.mesh_origin {
+                self.errors.push(ConfigError::at(
+                    &origin,
+                    Some("MeshConfig".to_owned()),
+                    "",
+                    format!("only one MeshConfig is allowed; the first is in {first}"),
+                ));
+            } else {
+                self.mesh_origin = Some(origin);
+                self.resources.mesh = mesh;
+                self.resources.mesh_raw = mesh_raw;
+            }
+        }
+        let (seen, errors, r) = (&mut self.seen, &mut self.errors, &mut self.resources);
+        merge_items(seen, errors, &mut r.virtual_services, virtual_services);
+        merge_items(seen, errors, &mut r.destination_rules, destination_rules);
+        merge_items(seen, errors, &mut r.gateways, gateways);
+        merge_items(seen, errors, &mut r.service_entries, service_entries);
+        merge_items(seen, errors, &mut r.workload_entries, workload_entries);
+        merge_items(seen, errors, &mut r.sidecars, sidecars);
+        merge_items(seen, errors, &mut r.peer_authentications, peer_authentications);
+        merge_items(seen, errors, &mut r.legacy_policies, legacy_policies);
+        merge_items(seen, errors, &mut r.authorization_policies, authorization_policies);
+        merge_items(seen, errors, &mut r.request_authentications, request_authentications);
+        r.skipped.extend(skipped);
+    }
+
     fn finish(mut self) -> Result<Resources, ConfigErrors> {
         // MeshPolicy namespaces were set before the MeshConfig might have been
         // read; settle them against the final root namespace.
@@ -752,6 +906,41 @@ impl Loader {
             Err(ConfigErrors(self.errors))
         }
     }
+}
+
+/// Appends `items` to `into`, refusing each whose kind and name `seen`
+/// already holds.
+fn merge_items<T>(
+    seen: &mut HashMap<(Kind, String, String), Origin>,
+    errors: &mut Vec<ConfigError>,
+    into: &mut Vec<Item<T>>,
+    items: Vec<Item<T>>,
+) {
+    into.reserve(items.len());
+    for item in items {
+        match seen.entry(seen_key(&item.source)) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                errors.push(duplicate(&item.source, first.get()));
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(item.source.origin.clone());
+                into.push(item);
+            }
+        }
+    }
+}
+
+fn seen_key(source: &ResourceRef) -> (Kind, String, String) {
+    (source.kind, source.namespace.clone(), source.name.clone())
+}
+
+fn duplicate(source: &ResourceRef, first: &Origin) -> ConfigError {
+    ConfigError::at(
+        &source.origin,
+        Some(source.to_string()),
+        "metadata.name",
+        format!("{source} is defined twice; the first is in {first}"),
+    )
 }
 
 /// An IPv6 address ending in `::` written unquoted in a flow sequence

@@ -23,6 +23,7 @@ use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
 
 use crate::error::{ConfigError, ConfigErrors};
+use crate::load::FileCache;
 use crate::resources::Resources;
 use crate::snapshot::{Snapshot, compile};
 
@@ -35,11 +36,16 @@ pub trait ConfigSource: Send + Sync {
 }
 
 /// A file or a folder of YAML files.
+///
+/// A source remembers what each file gave ([`FileCache`]): a reload after
+/// one file changed parses that file only, the others' resources are taken
+/// as they were (clones of a source share the memory).
 #[derive(Debug, Clone)]
 pub struct FileSource {
     path: PathBuf,
     keep_documents: bool,
     viewer: Option<Viewer>,
+    cache: Arc<FileCache>,
 }
 
 /// Whose view of the files a [`FileSource`] gives.
@@ -59,6 +65,7 @@ impl FileSource {
             path: path.into(),
             keep_documents: false,
             viewer: None,
+            cache: Arc::default(),
         }
     }
 
@@ -101,11 +108,8 @@ impl ConfigSource for FileSource {
     }
 
     fn load(&self) -> Result<Resources, ConfigErrors> {
-        let resources = if self.keep_documents {
-            crate::load::load_path_keeping_documents(&self.path)
-        } else {
-            crate::load::load_path(&self.path)
-        }?;
+        let resources =
+            crate::load::load_path_cached(&self.path, self.keep_documents, &self.cache)?;
         Ok(match &self.viewer {
             Some(Viewer::Namespace(ns)) => crate::visibility::view(&resources, ns),
             Some(Viewer::Workload(w)) => crate::visibility::workload_view(&resources, w),

@@ -144,7 +144,7 @@ pub enum ViewError {
 /// workload may see of it.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
-    documents: HashMap<String, Document>,
+    documents: HashMap<String, Entry>,
     root_namespace: String,
     /// Documents every workload sees.
     everyone: Vec<String>,
@@ -157,6 +157,53 @@ pub struct Catalog {
     policies: HashMap<String, Vec<String>>,
     /// WorkloadEntries by `namespace/name`: their document and namespace.
     workloads: HashMap<String, (String, String)>,
+    /// WorkloadEntry document → the [`Exported`] ServiceEntries selecting
+    /// it (by index): a workload sees its own services whatever their
+    /// exportTo.
+    member_of: HashMap<String, Vec<usize>>,
+    /// What each namespace sees, built once per catalog on first ask: a
+    /// thousand data planes of a namespace share one computation per push.
+    namespace_views: ViewMemo,
+}
+
+/// [`Catalog::namespace_views`]: a clone starts empty (it is a cache).
+#[derive(Default)]
+struct ViewMemo(std::sync::Mutex<HashMap<String, Arc<BTreeMap<String, String>>>>);
+
+impl Clone for ViewMemo {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for ViewMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ViewMemo")
+    }
+}
+
+/// What the catalog reads of an [`Item`] of any kind.
+trait Described {
+    fn source(&self) -> &crate::resources::ResourceRef;
+    fn raw(&self) -> Option<&Arc<Value>>;
+}
+
+impl<T> Described for Item<T> {
+    fn source(&self) -> &crate::resources::ResourceRef {
+        &self.source
+    }
+    fn raw(&self) -> Option<&Arc<Value>> {
+        self.raw.as_ref()
+    }
+}
+
+/// A document and the tree it was serialized from: a catalog built after
+/// this one takes the document as it is when its resource holds the very
+/// same tree ([`Catalog::after`]).
+#[derive(Debug, Clone)]
+struct Entry {
+    document: Document,
+    raw: Arc<Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,24 +224,38 @@ impl Catalog {
     /// Builds the catalog of `r`, which must have been loaded with its
     /// documents kept.
     pub fn new(r: &Resources) -> Result<Self, CatalogError> {
+        Self::build(r, None)
+    }
+
+    /// [`new`](Self::new), taking from `previous` each document whose
+    /// resource still holds the tree `previous` serialized (a source that
+    /// keeps unchanged resources as they were, as a
+    /// [`FileSource`](crate::store::FileSource) does, shares them): one
+    /// changed file costs the serializing of its own documents, not of the
+    /// whole mesh.
+    pub fn after(r: &Resources, previous: &Self) -> Result<Self, CatalogError> {
+        Self::build(r, Some(previous))
+    }
+
+    fn build(r: &Resources, previous: Option<&Self>) -> Result<Self, CatalogError> {
         let mut c = Self {
             root_namespace: r.mesh.root_namespace.clone(),
             ..Self::default()
         };
         let mesh_name = document_name(Kind::MeshConfig, &r.mesh.root_namespace, "mesh");
         if let Some(raw) = &r.mesh_raw {
-            c.add(mesh_name.clone(), raw);
+            c.add(mesh_name.clone(), raw, previous);
             c.everyone.push(mesh_name);
         }
-        fn doc<T>(c: &mut Catalog, item: &Item<T>) -> Result<String, CatalogError> {
-            let name = document_name(item.source.kind, item.namespace(), item.name());
+        let doc = |c: &mut Catalog, item: &dyn Described| -> Result<String, CatalogError> {
+            let source = item.source();
+            let name = document_name(source.kind, &source.namespace, &source.name);
             let raw = item
-                .raw
-                .as_ref()
-                .ok_or_else(|| CatalogError::NoDocument(item.source.to_string()))?;
-            c.add(name.clone(), raw);
+                .raw()
+                .ok_or_else(|| CatalogError::NoDocument(source.to_string()))?;
+            c.add(name.clone(), raw, previous);
             Ok(name)
-        }
+        };
         for g in &r.gateways {
             let name = doc(&mut c, g)?;
             c.everyone.push(name);
@@ -246,7 +307,7 @@ impl Catalog {
         }
         for se in &r.service_entries {
             let document = doc(&mut c, se)?;
-            let members = se
+            let members: Vec<String> = se
                 .spec
                 .workload_selector
                 .as_ref()
@@ -260,6 +321,12 @@ impl Catalog {
                         .collect()
                 })
                 .unwrap_or_default();
+            for m in &members {
+                c.member_of
+                    .entry(m.clone())
+                    .or_default()
+                    .push(c.exported.len());
+            }
             c.exported.push(Exported {
                 export_to: or_default(&se.spec.export_to, &r.mesh.default_service_export_to),
                 namespace: se.namespace().to_owned(),
@@ -294,14 +361,18 @@ impl Catalog {
         Ok(c)
     }
 
-    fn add(&mut self, name: String, raw: &Value) {
-        let d = Document::new(name.clone(), raw);
-        self.documents.insert(name, d);
+    fn add(&mut self, name: String, raw: &Arc<Value>, previous: Option<&Self>) {
+        let document = match previous.and_then(|p| p.documents.get(&name)) {
+            Some(e) if Arc::ptr_eq(&e.raw, raw) => e.document.clone(),
+            _ => Document::new(name.clone(), raw),
+        };
+        let raw = raw.clone();
+        self.documents.insert(name, Entry { document, raw });
     }
 
     /// A document by name.
     pub fn get(&self, name: &str) -> Option<&Document> {
-        self.documents.get(name)
+        self.documents.get(name).map(|e| &e.document)
     }
 
     /// How many documents the configuration has.
@@ -336,8 +407,43 @@ impl Catalog {
     }
 
     fn view_in(&self, namespace: &str, own: Option<&String>) -> BTreeMap<String, String> {
+        let shared = self.namespace_view(namespace);
+        let Some(own) = own else {
+            return (*shared).clone();
+        };
+        let mut view = (*shared).clone();
+        let mut add = |name: &String| {
+            if !view.contains_key(name) {
+                if let Some(e) = self.documents.get(name) {
+                    view.insert(name.clone(), e.document.version.clone());
+                }
+            }
+        };
+        add(own);
+        // A workload's own services too, whatever their exportTo: its
+        // inbound is built from them.
+        for &i in self.member_of.get(own).into_iter().flatten() {
+            let e = &self.exported[i];
+            add(&e.document);
+            e.members.iter().for_each(&mut add);
+        }
+        view
+    }
+
+    /// What every data plane of `namespace` sees: the documents for
+    /// everyone, the namespace's and the root namespace's policies, and
+    /// what is exported to it with the endpoints of its services.
+    fn namespace_view(&self, namespace: &str) -> Arc<BTreeMap<String, String>> {
+        let memo = &self.namespace_views.0;
+        let known = memo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(namespace)
+            .cloned();
+        if let Some(view) = known {
+            return view;
+        }
         let mut names: BTreeSet<&str> = self.everyone.iter().map(String::as_str).collect();
-        names.extend(own.map(String::as_str));
         for ns in [namespace, self.root_namespace.as_str()] {
             names.extend(
                 self.policies
@@ -348,23 +454,25 @@ impl Catalog {
             );
         }
         for e in &self.exported {
-            // A workload's own services too, whatever their exportTo: its
-            // inbound is built from them.
-            let its_own = own.is_some_and(|o| e.members.contains(o));
-            if its_own || crate::visibility::exported_to(&e.export_to, &[], &e.namespace, namespace)
-            {
+            if crate::visibility::exported_to(&e.export_to, &[], &e.namespace, namespace) {
                 names.insert(&e.document);
                 names.extend(e.members.iter().map(String::as_str));
             }
         }
-        names
-            .into_iter()
-            .filter_map(|n| {
-                self.documents
-                    .get(n)
-                    .map(|d| (n.to_owned(), d.version.clone()))
-            })
-            .collect()
+        let view: Arc<BTreeMap<String, String>> = Arc::new(
+            names
+                .into_iter()
+                .filter_map(|n| {
+                    self.documents
+                        .get(n)
+                        .map(|e| (n.to_owned(), e.document.version.clone()))
+                })
+                .collect(),
+        );
+        memo.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(namespace.to_owned(), view.clone());
+        view
     }
 }
 
