@@ -284,7 +284,7 @@ fn request_authentication(snap: &Snapshot, out: &mut Vec<Finding>) {
                         "{} decides on request principals or JWT claims, but no RequestAuthentication applies to workload {}: its requests never carry a request principal, so those ALLOW rules never match and notRequestPrincipals rules match every request",
                         p.source, w.key
                     ),
-                    resources: vec![p.source.clone()],
+                    resources: vec![(*p.source).clone()],
                 });
             }
         }
@@ -1211,7 +1211,7 @@ fn authz(snap: &Snapshot, out: &mut Vec<Finding>) {
                 Severity::Warning,
                 codes::AUTHZ_NEVER_MATCHES,
                 format!("{}: selects no workload; it never applies", p.source),
-                vec![p.source.clone()],
+                vec![(*p.source).clone()],
             ));
         }
         if p.rules.is_empty() {
@@ -1228,7 +1228,7 @@ fn authz(snap: &Snapshot, out: &mut Vec<Finding>) {
                 Severity::Warning,
                 codes::AUTHZ_NEVER_MATCHES,
                 format!("{}: {msg}", p.source),
-                vec![p.source.clone()],
+                vec![(*p.source).clone()],
             ));
         }
         let td = snap.mesh.trust_domain.as_str();
@@ -1307,7 +1307,7 @@ fn authz(snap: &Snapshot, out: &mut Vec<Finding>) {
                         p.source,
                         why.join("; ")
                     ),
-                    vec![p.source.clone()],
+                    vec![(*p.source).clone()],
                 ));
             }
         }

@@ -90,6 +90,7 @@
 
 use std::borrow::{Borrow, Cow};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -105,8 +106,8 @@ pub use crate::net::IpBlock;
 /// A compiled AuthorizationPolicy.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuthzPolicy {
-    /// Where it came from.
-    pub source: ResourceRef,
+    /// Where it came from (shared: a decision names it without a copy).
+    pub source: Arc<ResourceRef>,
     /// Lives in the root namespace, so it applies in every namespace (to
     /// the workloads its selector picks, or to all).
     pub root_namespace: bool,
@@ -228,17 +229,80 @@ pub struct AuthzDecision {
     /// Let the request through?
     pub allowed: bool,
     /// The deciding policy, if any.
-    pub policy: Option<ResourceRef>,
+    pub policy: Option<Arc<ResourceRef>>,
     /// The deciding rule's index within the policy.
     pub rule: Option<usize>,
     /// Why, in words fit for a response header.
-    pub reason: String,
+    pub reason: Reason,
     /// The first AUDIT policy that matched: log the request as audited.
-    pub audited_by: Option<ResourceRef>,
+    pub audited_by: Option<Arc<ResourceRef>>,
     /// What the dry-run policies would have decided on their own; `None`
     /// when no dry-run ALLOW or DENY policy applies. It never changes
     /// `allowed`.
     pub shadow: Option<ShadowDecision>,
+}
+
+/// Why a request was decided so: `denied by AuthorizationPolicy ns/x rule
+/// 0`, `no ALLOW policy matched`... Put in words only when shown (a
+/// response's body, a log line): an allowed request's reason is decided
+/// on every request and read on few.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason(Why);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Why {
+    Denied(Arc<ResourceRef>, usize),
+    Allowed(Arc<ResourceRef>, usize),
+    NoAllowMatched,
+    NoAllowApplies,
+    Other(String),
+}
+
+impl Reason {
+    /// A reason given in words (a request refused before any policy was
+    /// read).
+    pub fn other(words: impl Into<String>) -> Self {
+        Self(Why::Other(words.into()))
+    }
+
+    fn of(outcome: &Outcome<'_>) -> Self {
+        Self(match *outcome {
+            Outcome::Denied(p, rule) => Why::Denied(p.source.clone(), rule),
+            Outcome::Allowed(p, rule) => Why::Allowed(p.source.clone(), rule),
+            Outcome::NoAllowMatched => Why::NoAllowMatched,
+            Outcome::NoAllowApplies => Why::NoAllowApplies,
+        })
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Why::Denied(p, rule) => write!(f, "denied by {p} rule {rule}"),
+            Why::Allowed(p, rule) => write!(f, "allowed by {p} rule {rule}"),
+            Why::NoAllowMatched => f.write_str("no ALLOW policy matched"),
+            Why::NoAllowApplies => f.write_str("no ALLOW policy applies"),
+            Why::Other(words) => f.write_str(words),
+        }
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl PartialEq<str> for Reason {
+    fn eq(&self, other: &str) -> bool {
+        self.to_string() == other
+    }
+}
+
+impl PartialEq<&str> for Reason {
+    fn eq(&self, other: &&str) -> bool {
+        self.to_string() == *other
+    }
 }
 
 /// The verdict of the dry-run policies alone, by the same DENY-then-ALLOW
@@ -248,7 +312,7 @@ pub struct ShadowDecision {
     /// Would the dry-run policies let the request through?
     pub allowed: bool,
     /// The dry-run policy that would decide, if one matched.
-    pub policy: Option<ResourceRef>,
+    pub policy: Option<Arc<ResourceRef>>,
     /// Its rule's index.
     pub rule: Option<usize>,
     /// In words, for the log: `dry-run AuthorizationPolicy ns/x rule 0
@@ -268,7 +332,7 @@ pub fn evaluate<'p>(
                 allowed: false,
                 policy: None,
                 rule: None,
-                reason: format!("the path cannot be normalised: {e}"),
+                reason: Reason::other(format!("the path cannot be normalised: {e}")),
                 audited_by: None,
                 shadow: None,
             };
@@ -330,12 +394,7 @@ fn decide<'p>(
         .any(|p| p.dry_run && p.action != AuthzAction::Audit)
         .then(|| shadow_decision(outcome(policies.clone(), true, view)));
     let enforced = outcome(policies, false, view);
-    let reason = match enforced {
-        Outcome::Denied(p, rule) => format!("denied by {} rule {rule}", p.source),
-        Outcome::Allowed(p, rule) => format!("allowed by {} rule {rule}", p.source),
-        Outcome::NoAllowMatched => "no ALLOW policy matched".to_owned(),
-        Outcome::NoAllowApplies => "no ALLOW policy applies".to_owned(),
-    };
+    let reason = Reason::of(&enforced);
     let (allowed, by) = enforced.verdict();
     AuthzDecision {
         allowed,

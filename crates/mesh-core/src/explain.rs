@@ -719,11 +719,11 @@ fn endpoints(
             "authorization",
             decision.allowed,
             format!("{}: {}{shadow}", w.key, decision.reason),
-            decision.policy.clone(),
+            decision.policy.as_deref().cloned(),
         );
         if !decision.allowed && result.status == 200 {
             result.status = 403;
-            result.reason = decision.reason.clone();
+            result.reason = decision.reason.to_string();
         }
     }
     x.shares.push(result);

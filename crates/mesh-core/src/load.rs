@@ -880,10 +880,25 @@ impl Loader {
         merge_items(seen, errors, &mut r.service_entries, service_entries);
         merge_items(seen, errors, &mut r.workload_entries, workload_entries);
         merge_items(seen, errors, &mut r.sidecars, sidecars);
-        merge_items(seen, errors, &mut r.peer_authentications, peer_authentications);
+        merge_items(
+            seen,
+            errors,
+            &mut r.peer_authentications,
+            peer_authentications,
+        );
         merge_items(seen, errors, &mut r.legacy_policies, legacy_policies);
-        merge_items(seen, errors, &mut r.authorization_policies, authorization_policies);
-        merge_items(seen, errors, &mut r.request_authentications, request_authentications);
+        merge_items(
+            seen,
+            errors,
+            &mut r.authorization_policies,
+            authorization_policies,
+        );
+        merge_items(
+            seen,
+            errors,
+            &mut r.request_authentications,
+            request_authentications,
+        );
         r.skipped.extend(skipped);
     }
 

@@ -1437,7 +1437,7 @@ fn authz_policy(
         .map(|s| s.match_labels.clone())
         .filter(|l| !l.is_empty());
     Ok(AuthzPolicy {
-        source: ap.source.clone(),
+        source: Arc::new(ap.source.clone()),
         root_namespace: ap.namespace() == snap.mesh.root_namespace,
         selector,
         action: ap.spec.action.unwrap_or(AuthzAction::Allow),

@@ -73,7 +73,7 @@ fn a_dry_run_deny_does_not_deny_and_reports_its_verdict() {
     let d = get(&s, "GET", "/admin/users");
     assert!(d.allowed, "{d:?}");
     assert_eq!(
-        (d.policy.as_ref(), d.reason.as_str()),
+        (d.policy.as_ref(), d.reason.to_string().as_str()),
         (None, "no ALLOW policy applies")
     );
     assert_eq!(
@@ -144,7 +144,7 @@ fn enforced_and_dry_run_policies_are_decided_apart() {
     assert!(!shadow(&a).0);
     let b = get(&s, "GET", "/b");
     assert_eq!(
-        (b.allowed, b.reason.as_str()),
+        (b.allowed, b.reason.to_string().as_str()),
         (false, "no ALLOW policy matched")
     );
     assert_eq!(shadow(&b).1.as_deref(), Some("dry"));

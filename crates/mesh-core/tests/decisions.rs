@@ -399,7 +399,7 @@ fn authorization_semantics() {
             auth: None,
         };
         let d = evaluate(s.workload_policies(w), &req);
-        (d.allowed, d.policy.map(|p| p.name))
+        (d.allowed, d.policy.map(|p| p.name.clone()))
     };
     let name = |n: &str| Some(n.to_owned());
     assert_eq!(

@@ -48,7 +48,11 @@ fn outcome(r: &Result<Resources, mesh_core::error::ConfigErrors>) -> String {
 fn load_both(source: &FileSource, dir: &Path) -> Result<Resources, String> {
     let cached = source.load();
     let fresh = load_path_keeping_documents(dir);
-    assert_eq!(outcome(&cached), outcome(&fresh), "cached and fresh loads differ");
+    assert_eq!(
+        outcome(&cached),
+        outcome(&fresh),
+        "cached and fresh loads differ"
+    );
     cached.map_err(|e| e.to_string())
 }
 
@@ -74,33 +78,49 @@ fn a_reload_parses_only_the_files_that_changed() {
         Arc::ptr_eq(&raw_of(&first, "alpha"), &raw_of(&second, "alpha")),
         "the unchanged file was parsed again"
     );
-    assert!(!Arc::ptr_eq(&raw_of(&first, "beta"), &raw_of(&second, "beta")));
+    assert!(!Arc::ptr_eq(
+        &raw_of(&first, "beta"),
+        &raw_of(&second, "beta")
+    ));
     let beta = second
         .service_entries
         .iter()
         .find(|s| s.name() == "beta")
         .unwrap();
-    assert_eq!(beta.spec.ports[0].number, 8080, "the changed file was not read");
+    assert_eq!(
+        beta.spec.ports[0].number, 8080,
+        "the changed file was not read"
+    );
 
     // Same bytes written again (a touch, a rewrite by config management):
     // nothing is parsed.
     write(&dir.path().join("b.yaml"), &service("beta", 8080));
     let third = load_both(&source, dir.path()).unwrap();
-    assert!(Arc::ptr_eq(&raw_of(&second, "beta"), &raw_of(&third, "beta")));
+    assert!(Arc::ptr_eq(
+        &raw_of(&second, "beta"),
+        &raw_of(&third, "beta")
+    ));
 
     // The catalog built after it serializes only the changed documents, and
     // gives the changed one a new version.
     let before = Catalog::new(&first).unwrap();
     let after = Catalog::after(&second, &before).unwrap();
     let from_scratch = Catalog::new(&second).unwrap();
-    for name in ["ServiceEntry/shop/alpha", "ServiceEntry/shop/beta", "WorkloadEntry/shop/beta-1"] {
+    for name in [
+        "ServiceEntry/shop/alpha",
+        "ServiceEntry/shop/beta",
+        "WorkloadEntry/shop/beta-1",
+    ] {
         assert_eq!(after.get(name), from_scratch.get(name), "{name}");
     }
     let (a0, a1) = (
         before.get("ServiceEntry/shop/alpha").unwrap(),
         after.get("ServiceEntry/shop/alpha").unwrap(),
     );
-    assert!(Arc::ptr_eq(&a0.body, &a1.body), "an unchanged document was serialized again");
+    assert!(
+        Arc::ptr_eq(&a0.body, &a1.body),
+        "an unchanged document was serialized again"
+    );
     assert_ne!(
         before.get("ServiceEntry/shop/beta").unwrap().version,
         after.get("ServiceEntry/shop/beta").unwrap().version
@@ -132,7 +152,10 @@ fn every_edit_gives_what_a_load_from_scratch_gives() {
     // not.
     write(&d.join("b.yaml"), "kind: [unclosed\n");
     let broken = load_both(&source, d).unwrap_err();
-    assert!(broken.contains("b.yaml") && broken.contains("not valid YAML"), "{broken}");
+    assert!(
+        broken.contains("b.yaml") && broken.contains("not valid YAML"),
+        "{broken}"
+    );
     assert_eq!(load_both(&source, d).unwrap_err(), broken);
     write(&d.join("b.yaml"), &service("beta", 80));
     load_both(&source, d).unwrap();
@@ -170,7 +193,12 @@ fn every_edit_gives_what_a_load_from_scratch_gives() {
     std::fs::create_dir(d.join("more")).unwrap();
     write(&d.join("more/g.yaml"), &service("gamma", 80));
     let with_gamma = load_both(&source, d).unwrap();
-    assert!(with_gamma.service_entries.iter().any(|s| s.name() == "gamma"));
+    assert!(
+        with_gamma
+            .service_entries
+            .iter()
+            .any(|s| s.name() == "gamma")
+    );
     std::fs::remove_dir_all(d.join("more")).unwrap();
     let without = load_both(&source, d).unwrap();
     assert!(!without.service_entries.iter().any(|s| s.name() == "gamma"));

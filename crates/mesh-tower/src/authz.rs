@@ -449,7 +449,7 @@ impl AuthorizeLayer {
         };
         log_shadow_request(req, &path, &decision);
         if !decision.allowed {
-            let resp = MeshError::Denied(decision.reason.clone())
+            let resp = MeshError::Denied(decision.reason.to_string())
                 .to_response_for(crate::error::is_grpc(req.headers()));
             return Ok(Some(refuse(req, resp)));
         }
@@ -692,7 +692,7 @@ fn denied(reason: String) -> AuthzDecision {
         allowed: false,
         policy: None,
         rule: None,
-        reason,
+        reason: mesh_core::authz::Reason::other(reason),
         audited_by: None,
         shadow: None,
     }
