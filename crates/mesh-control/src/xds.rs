@@ -22,7 +22,7 @@
 //! does not resend what was NACKed: the data plane keeps its last good
 //! configuration, and the next change is diffed against what was sent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -670,7 +670,7 @@ impl AggregatedDiscoveryService for ConfigServer {
             _connected: Connected(self.inner.clone()),
             inner: self.inner.clone(),
             client,
-            held: first.initial_resource_versions.into_iter().collect(),
+            held: Arc::new(first.initial_resource_versions.into_iter().collect()),
             nonce: 0,
             tx,
         };
@@ -716,8 +716,9 @@ struct Stream {
     _connected: Connected,
     inner: Arc<Inner>,
     client: Client,
-    /// Document name → the version the client holds.
-    held: BTreeMap<String, String>,
+    /// Document name → the version the client holds: the view last sent,
+    /// shared with the other streams of its namespace.
+    held: mesh_core::xds::View,
     nonce: u64,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 }
@@ -777,9 +778,13 @@ impl Stream {
                 .gateway_view(key.split_once('/').map_or("default", |(ns, _)| ns)),
             None => p.catalog.view(&self.client.workload).ok()?,
         };
+        if !first && Arc::ptr_eq(&view, &self.held) {
+            // Its namespace's view did not change: nothing to compare.
+            return None;
+        }
         let mut resources = Vec::new();
         let mut bytes = 0u64;
-        for (name, version) in &view {
+        for (name, version) in view.iter() {
             if self.held.get(name) == Some(version) {
                 continue;
             }

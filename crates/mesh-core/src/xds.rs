@@ -165,11 +165,19 @@ pub struct Catalog {
     /// What each namespace sees, built once per catalog on first ask: a
     /// thousand data planes of a namespace share one computation per push.
     namespace_views: ViewMemo,
+    /// The namespace views of the catalog this one was built after: a view
+    /// that did not change is that very [`View`], so a stream that holds it
+    /// knows without comparing that it has nothing to send.
+    earlier_views: HashMap<String, View>,
 }
+
+/// The documents one data plane may see, name → version, sorted by name.
+/// Data planes of one namespace share one.
+pub type View = Arc<BTreeMap<String, String>>;
 
 /// [`Catalog::namespace_views`]: a clone starts empty (it is a cache).
 #[derive(Default)]
-struct ViewMemo(std::sync::Mutex<HashMap<String, Arc<BTreeMap<String, String>>>>);
+struct ViewMemo(std::sync::Mutex<HashMap<String, View>>);
 
 impl Clone for ViewMemo {
     fn clone(&self) -> Self {
@@ -203,7 +211,7 @@ impl<T> Described for Item<T> {
 /// same tree ([`Catalog::after`]).
 #[derive(Debug, Clone)]
 struct Entry {
-    document: Document,
+    document: Arc<Document>,
     raw: Arc<Value>,
 }
 
@@ -241,6 +249,13 @@ impl Catalog {
     fn build(r: &Resources, previous: Option<&Self>) -> Result<Self, CatalogError> {
         let mut c = Self {
             root_namespace: r.mesh.root_namespace.clone(),
+            earlier_views: previous.map_or_else(HashMap::new, |p| {
+                p.namespace_views
+                    .0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            }),
             ..Self::default()
         };
         let mesh_name = document_name(Kind::MeshConfig, &r.mesh.root_namespace, "mesh");
@@ -365,7 +380,7 @@ impl Catalog {
     fn add(&mut self, name: String, raw: &Arc<Value>, previous: Option<&Self>) {
         let document = match previous.and_then(|p| p.documents.get(&name)) {
             Some(e) if Arc::ptr_eq(&e.raw, raw) => e.document.clone(),
-            _ => Document::new(name.clone(), raw),
+            _ => Arc::new(Document::new(name.clone(), raw)),
         };
         let raw = raw.clone();
         self.documents.insert(name, Entry { document, raw });
@@ -373,7 +388,7 @@ impl Catalog {
 
     /// A document by name.
     pub fn get(&self, name: &str) -> Option<&Document> {
-        self.documents.get(name).map(|e| &e.document)
+        self.documents.get(name).map(|e| &*e.document)
     }
 
     /// How many documents the configuration has.
@@ -393,7 +408,7 @@ impl Catalog {
 
     /// The names of the documents the WorkloadEntry `namespace/name` may
     /// see, with their versions.
-    pub fn view(&self, workload: &str) -> Result<BTreeMap<String, String>, ViewError> {
+    pub fn view(&self, workload: &str) -> Result<View, ViewError> {
         let (own, namespace) = self
             .workloads
             .get(workload)
@@ -403,38 +418,47 @@ impl Catalog {
 
     /// The view of a gateway: what its namespace may see (a gateway has
     /// no WorkloadEntry of its own; every Gateway is in every view).
-    pub fn gateway_view(&self, namespace: &str) -> BTreeMap<String, String> {
+    pub fn gateway_view(&self, namespace: &str) -> View {
         self.view_in(namespace, None)
     }
 
-    fn view_in(&self, namespace: &str, own: Option<&String>) -> BTreeMap<String, String> {
+    fn view_in(&self, namespace: &str, own: Option<&String>) -> View {
         let shared = self.namespace_view(namespace);
         let Some(own) = own else {
-            return (*shared).clone();
+            return shared;
         };
-        let mut view = (*shared).clone();
-        let mut add = |name: &String| {
-            if !view.contains_key(name) {
-                if let Some(e) = self.documents.get(name) {
-                    view.insert(name.clone(), e.document.version.clone());
-                }
-            }
-        };
-        add(own);
         // A workload's own services too, whatever their exportTo: its
         // inbound is built from them.
-        for &i in self.member_of.get(own).into_iter().flatten() {
-            let e = &self.exported[i];
-            add(&e.document);
-            e.members.iter().for_each(&mut add);
+        let owned = self
+            .member_of
+            .get(own)
+            .into_iter()
+            .flatten()
+            .flat_map(|&i| {
+                let e = &self.exported[i];
+                std::iter::once(&e.document).chain(&e.members)
+            });
+        let extra: Vec<&String> = std::iter::once(own)
+            .chain(owned)
+            .filter(|n| !shared.contains_key(*n) && self.documents.contains_key(*n))
+            .collect();
+        if extra.is_empty() {
+            // The usual case: its services are exported to its namespace.
+            return shared;
         }
-        view
+        let mut view = (*shared).clone();
+        for name in extra {
+            if let Some(e) = self.documents.get(name) {
+                view.insert(name.clone(), e.document.version.clone());
+            }
+        }
+        Arc::new(view)
     }
 
     /// What every data plane of `namespace` sees: the documents for
     /// everyone, the namespace's and the root namespace's policies, and
     /// what is exported to it with the endpoints of its services.
-    fn namespace_view(&self, namespace: &str) -> Arc<BTreeMap<String, String>> {
+    fn namespace_view(&self, namespace: &str) -> View {
         let memo = &self.namespace_views.0;
         let known = memo
             .lock()
@@ -460,16 +484,18 @@ impl Catalog {
                 names.extend(e.members.iter().map(String::as_str));
             }
         }
-        let view: Arc<BTreeMap<String, String>> = Arc::new(
-            names
-                .into_iter()
-                .filter_map(|n| {
-                    self.documents
-                        .get(n)
-                        .map(|e| (n.to_owned(), e.document.version.clone()))
-                })
-                .collect(),
-        );
+        let view: BTreeMap<String, String> = names
+            .into_iter()
+            .filter_map(|n| {
+                self.documents
+                    .get(n)
+                    .map(|e| (n.to_owned(), e.document.version.clone()))
+            })
+            .collect();
+        let view = match self.earlier_views.get(namespace) {
+            Some(earlier) if **earlier == view => earlier.clone(),
+            _ => Arc::new(view),
+        };
         memo.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(namespace.to_owned(), view.clone());
@@ -583,7 +609,7 @@ spec: {jwtRules: [{issuer: "https://idp.bank", jwksUri: "https://idp.bank/keys"}
     #[test]
     fn a_workload_sees_what_is_exported_to_its_namespace_and_its_policies() {
         let (_, c) = catalog();
-        let web: Vec<String> = c.view("shop/web").unwrap().into_keys().collect();
+        let web: Vec<String> = c.view("shop/web").unwrap().keys().cloned().collect();
         assert_eq!(
             web,
             [
@@ -593,7 +619,7 @@ spec: {jwtRules: [{issuer: "https://idp.bank", jwksUri: "https://idp.bank/keys"}
                 "WorkloadEntry/shop/web",
             ]
         );
-        let ledger: Vec<String> = c.view("bank/ledger-1").unwrap().into_keys().collect();
+        let ledger: Vec<String> = c.view("bank/ledger-1").unwrap().keys().cloned().collect();
         assert!(ledger.contains(&"ServiceEntry/bank/ledger".to_owned()));
         assert!(ledger.contains(&"AuthorizationPolicy/bank/ledger-only-bank".to_owned()));
         assert!(ledger.contains(&"RequestAuthentication/bank/bank-jwt".to_owned()));

@@ -14,13 +14,18 @@ use mesh_core::store::{ConfigSource, FileSource};
 use mesh_core::xds::Catalog;
 
 fn service(name: &str, port: u16) -> String {
+    service_in("shop", name, port)
+}
+
+/// A service of `ns` exported to its own namespace, and its one workload.
+fn service_in(ns: &str, name: &str, port: u16) -> String {
     format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
-         metadata: {{name: {name}, namespace: shop}}\n\
-         spec:\n  hosts: [{name}.shop.svc.cluster.local]\n  ports: [{{number: {port}, name: http}}]\n  \
-         workloadSelector: {{labels: {{app: {name}}}}}\n---\n\
+         metadata: {{name: {name}, namespace: {ns}}}\n\
+         spec:\n  hosts: [{name}.{ns}.svc.cluster.local]\n  ports: [{{number: {port}, name: http}}]\n  \
+         exportTo: [.]\n  workloadSelector: {{labels: {{app: {name}}}}}\n---\n\
          apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
-         metadata: {{name: {name}-1, namespace: shop}}\n\
+         metadata: {{name: {name}-1, namespace: {ns}}}\n\
          spec: {{address: 10.0.0.1, labels: {{app: {name}}}, serviceAccount: {name}}}\n"
     )
 }
@@ -202,4 +207,58 @@ fn every_edit_gives_what_a_load_from_scratch_gives() {
     std::fs::remove_dir_all(d.join("more")).unwrap();
     let without = load_both(&source, d).unwrap();
     assert!(!without.service_entries.iter().any(|s| s.name() == "gamma"));
+}
+
+#[test]
+fn a_namespace_whose_view_did_not_change_keeps_the_very_same_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("shop.yaml"), &service_in("shop", "web", 80));
+    write(&d.join("bank.yaml"), &service_in("bank", "ledger", 80));
+    let source = FileSource::new(d).keeping_documents();
+    let r1 = load_both(&source, d).unwrap();
+    let c1 = Catalog::new(&r1).unwrap();
+    let (shop1, bank1) = (
+        c1.view("shop/web-1").unwrap(),
+        c1.view("bank/ledger-1").unwrap(),
+    );
+    assert!(shop1.contains_key("ServiceEntry/shop/web"));
+    assert!(
+        !shop1.contains_key("ServiceEntry/bank/ledger"),
+        "exportTo [.] leaked"
+    );
+
+    // bank's endpoint moves: bank's view is new, shop's is the one it had
+    // (a stream holding it has nothing to compare).
+    write(
+        &d.join("bank.yaml"),
+        &service_in("bank", "ledger", 80).replace("10.0.0.1", "10.0.0.2"),
+    );
+    let r2 = load_both(&source, d).unwrap();
+    let c2 = Catalog::after(&r2, &c1).unwrap();
+    let (shop2, bank2) = (
+        c2.view("shop/web-1").unwrap(),
+        c2.view("bank/ledger-1").unwrap(),
+    );
+    assert!(Arc::ptr_eq(&shop1, &shop2), "an unchanged view was rebuilt");
+    assert!(!Arc::ptr_eq(&bank1, &bank2));
+    assert_ne!(
+        bank1["WorkloadEntry/bank/ledger-1"],
+        bank2["WorkloadEntry/bank/ledger-1"]
+    );
+    // The same views a catalog from scratch gives.
+    let fresh = Catalog::new(&r2).unwrap();
+    assert_eq!(*fresh.view("shop/web-1").unwrap(), *shop2);
+    assert_eq!(*fresh.view("bank/ledger-1").unwrap(), *bank2);
+
+    // A service newly exported to shop changes shop's view too.
+    write(
+        &d.join("bank.yaml"),
+        &service_in("bank", "ledger", 80).replace("exportTo: [.]", "exportTo: ['*']"),
+    );
+    let r3 = load_both(&source, d).unwrap();
+    let c3 = Catalog::after(&r3, &c2).unwrap();
+    let shop3 = c3.view("shop/web-1").unwrap();
+    assert!(!Arc::ptr_eq(&shop2, &shop3));
+    assert!(shop3.contains_key("ServiceEntry/bank/ledger"));
 }
