@@ -187,52 +187,6 @@ struct CachedFile {
     part: Arc<FileLoad>,
 }
 
-/// What one document (or file) gave on its own, parsed and typed but not
-/// yet checked against the others: a data plane that receives documents one
-/// by one keeps each one's part and re-reads only the changed documents
-/// ([`load_parts`]).
-#[derive(Clone)]
-pub struct LoadedPart(Arc<FileLoad>);
-
-impl std::fmt::Debug for LoadedPart {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPart")
-            .field("errors", &self.0.errors.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl LoadedPart {
-    /// Reads one document already parsed, naming `origin` in its errors.
-    pub fn of_document(origin: Origin, doc: Value) -> Self {
-        let mut loader = Loader::default();
-        loader.add_doc(origin, doc);
-        Self(Arc::new(FileLoad::from(loader)))
-    }
-
-    /// A document that could not be read at all: `error` is what loading
-    /// it reports.
-    pub fn failed(error: ConfigError) -> Self {
-        Self(Arc::new(FileLoad {
-            errors: vec![error],
-            ..FileLoad::default()
-        }))
-    }
-}
-
-/// Puts parts together in the order given and validates the whole, as
-/// [`load_documents`] does with the same documents: a name defined twice,
-/// a second MeshConfig, a reference across documents are checked here.
-pub fn load_parts<'a>(
-    parts: impl IntoIterator<Item = &'a LoadedPart>,
-) -> Result<Resources, ConfigErrors> {
-    let mut all = Loader::default();
-    for part in parts {
-        all.merge((*part.0).clone());
-    }
-    all.finish()
-}
-
 /// What one file gave on its own: its resources (no two of a kind with one
 /// name among them), the errors of its documents, and where its MeshConfig
 /// is. [`Loader::merge`] puts files together; the checks across files
@@ -252,12 +206,6 @@ impl FileLoad {
             ..Loader::default()
         };
         loader.add_text(file, text);
-        Self::from(loader)
-    }
-}
-
-impl From<Loader> for FileLoad {
-    fn from(loader: Loader) -> Self {
         Self {
             resources: loader.resources,
             errors: loader.errors,

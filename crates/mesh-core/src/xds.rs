@@ -35,7 +35,6 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::error::{ConfigError, ConfigErrors};
-use crate::load::LoadedPart;
 use crate::resources::common::labels_match;
 use crate::resources::networking::WorkloadEntry;
 use crate::resources::{Item, Kind, Origin, Resources};
@@ -509,32 +508,28 @@ impl Catalog {
 pub fn read<'a>(
     documents: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<Resources, ConfigErrors> {
-    let parts: Vec<LoadedPart> = documents
-        .into_iter()
-        .map(|(name, body)| read_one(name, body))
-        .collect();
-    crate::load::load_parts(&parts)
-}
-
-/// Reads one document received from a control plane (named `xds:<name>`
-/// in errors), for [`crate::load::load_parts`] to put together with the
-/// others: a data plane keeps each document's part and reads again only
-/// the documents a response changes.
-pub fn read_one(name: &str, body: &[u8]) -> LoadedPart {
-    let origin = Origin {
-        file: PathBuf::from(format!("{ORIGIN_SCHEME}{name}")),
-        document: 1,
-        item: None,
-    };
-    match serde_json::from_slice::<Value>(body) {
-        Ok(doc) => LoadedPart::of_document(origin, doc),
-        Err(e) => LoadedPart::failed(ConfigError::at(
-            &origin,
-            None,
-            "",
-            format!("is not valid JSON: {e}"),
-        )),
+    let mut errors = Vec::new();
+    let mut docs = Vec::new();
+    for (name, body) in documents {
+        let origin = Origin {
+            file: PathBuf::from(format!("{ORIGIN_SCHEME}{name}")),
+            document: 1,
+            item: None,
+        };
+        match serde_json::from_slice::<Value>(body) {
+            Ok(doc) => docs.push((origin, doc)),
+            Err(e) => errors.push(ConfigError::at(
+                &origin,
+                None,
+                "",
+                format!("is not valid JSON: {e}"),
+            )),
+        }
     }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    crate::load::load_documents(docs)
 }
 
 #[cfg(test)]

@@ -233,10 +233,8 @@ pub async fn follow(config: XdsConfig, credentials: CredentialStore) -> (Arc<Sto
     (store, client)
 }
 
-/// The documents held: name → (version, what it gave when read). Each is
-/// read when it arrives, so a response that changes one document costs
-/// the reading of that one, not of all the documents held.
-type Held = BTreeMap<String, (String, mesh_core::load::LoadedPart)>;
+/// The documents held: name → (version, body).
+type Held = BTreeMap<String, (String, Vec<u8>)>;
 
 struct Session {
     config: XdsConfig,
@@ -367,12 +365,15 @@ impl Applier {
             ))
         };
         let result = result.and_then(|version| {
-            let parts = self.held.values().map(|(_, part)| part);
+            let docs = self
+                .held
+                .iter()
+                .map(|(n, (_, body))| (n.as_str(), body.as_slice()));
             // The view of its namespace, as from files: the control plane
             // sent only what it may see, and the view orders it by
             // precedence, whatever order the documents came in.
-            let view = mesh_core::load::load_parts(parts)
-                .map(|r| mesh_core::xds::node_view(&r, &self.node));
+            let view =
+                mesh_core::xds::read(docs).map(|r| mesh_core::xds::node_view(&r, &self.node));
             self.store
                 .apply(view)
                 .map(|v| (version, v))
@@ -411,8 +412,7 @@ impl Applier {
             let Some(any) = r.resource else {
                 return Err(format!("resource {} has no body", r.name));
             };
-            let part = mesh_core::xds::read_one(&r.name, &any.value);
-            self.held.insert(r.name, (r.version, part));
+            self.held.insert(r.name, (r.version, any.value));
         }
         Ok(resp.system_version_info)
     }
