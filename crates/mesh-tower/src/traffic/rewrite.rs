@@ -76,16 +76,13 @@ pub(super) fn response_headers(
     }
 }
 
-/// The path and query to send, after a `rewrite.uri`: the matched prefix
-/// (or the whole path, for an exact or regex match) is replaced.
-pub(super) fn path(parts: &Parts, rule: Option<(&HttpRouteRule, usize)>) -> String {
+/// The path and query to send after the rule's `rewrite.uri` (the matched
+/// prefix, or the whole path for an exact or regex match, replaced), or
+/// `None` when the rule rewrites no path.
+pub(super) fn path(parts: &Parts, rule: Option<(&HttpRouteRule, usize)>) -> Option<String> {
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let Some((rule, m)) = rule else {
-        return pq.to_owned();
-    };
-    let Some(new) = rule.rewrite.as_ref().and_then(|r| r.uri.as_ref()) else {
-        return pq.to_owned();
-    };
+    let (rule, m) = rule?;
+    let new = rule.rewrite.as_ref().and_then(|r| r.uri.as_ref())?;
     let (path, query) = pq.split_once('?').map_or((pq, None), |(p, q)| (p, Some(q)));
     let rewritten = match rule.matches.get(m).and_then(|e| e.uri.as_ref()) {
         Some(Matcher::Prefix(p)) if path.starts_with(p.as_str()) => {
@@ -98,10 +95,10 @@ pub(super) fn path(parts: &Parts, rule: Option<(&HttpRouteRule, usize)>) -> Stri
     } else {
         format!("/{rewritten}")
     };
-    match query {
+    Some(match query {
         Some(q) => format!("{rewritten}?{q}"),
         None => rewritten,
-    }
+    })
 }
 
 /// Builds a redirect answer.

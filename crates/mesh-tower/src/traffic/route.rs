@@ -226,10 +226,21 @@ where
         };
 
         rewrite::request_headers(&mut parts, rule.map(|(r, _)| r), dest);
-        let path = rewrite::path(&parts, rule);
-        parts.uri = path
-            .parse::<Uri>()
-            .map_err(|e| MeshError::BadRequest(format!("rewritten path {path:?}: {e}")))?;
+        // What travels on is the path and query alone (an absolute-form
+        // URI's authority is the Host header's now), rewritten if the rule
+        // says so; an origin-form URI left as it is is not parsed again.
+        if let Some(path) = rewrite::path(&parts, rule) {
+            parts.uri = path
+                .parse::<Uri>()
+                .map_err(|e| MeshError::BadRequest(format!("rewritten path {path:?}: {e}")))?;
+        } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            let pq = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            parts.uri = Uri::from(pq);
+        }
         parts.extensions.insert(Planned(Arc::new(planned)));
         let body = match (&replay, body) {
             (Some(b), _) => full(b.clone()),
