@@ -467,6 +467,18 @@ fn source_pieces(s: &Source) -> Vec<Result<Option<Principal>, Untranslatable>> {
             "gRPC reads no forwarded client address",
         ),
         never(
+            "serviceAccounts",
+            &s.service_accounts,
+            &s.not_service_accounts,
+            "not translated yet",
+        ),
+        never(
+            "trustDomains",
+            &s.trust_domains,
+            &s.not_trust_domains,
+            "not translated yet",
+        ),
+        never(
             "requestPrincipals",
             &s.request_principals,
             &s.not_request_principals,

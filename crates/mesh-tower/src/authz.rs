@@ -66,7 +66,8 @@ use std::time::Duration;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use mesh_core::authz::{
-    AuthzDecision, AuthzPolicy, AuthzRequest, ConnectionInfo, HeaderValues, evaluate, evaluate_tcp,
+    AuthzDecision, AuthzPolicy, AuthzRequest, ConnectionInfo, HeaderValues, Sni, evaluate,
+    evaluate_tcp,
 };
 use mesh_core::identity::SpiffeId;
 use mesh_core::jwt::{self, JwtError, JwtRule, KeyLookup, KeySource, RequestAuth, TokenLocation};
@@ -258,6 +259,7 @@ impl AuthorizeLayer {
                     source_ip: client.map(|a| a.ip()),
                     destination_ip: local.map(|a| a.ip()).or(workload_ip),
                     destination_port: local.map(|a| a.port()).or(self.port).unwrap_or(0),
+                    sni: Sni::Unknown,
                 };
                 evaluate_tcp(policies, &conn)
             }
@@ -442,6 +444,7 @@ impl AuthorizeLayer {
                     path: &path,
                     headers: Some(&headers),
                     auth: auth.as_deref(),
+                    sni: Sni::Unknown,
                 };
                 (evaluate(local_workload.policies, &areq), auth)
             }
