@@ -1106,6 +1106,22 @@ spec:
     }
 
     #[test]
+    fn check_says_an_sni_rule_fails_closed_on_grpc_servers() {
+        let s = snap(
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {name: sni, namespace: demo}\n\
+             spec: {rules: [{when: [{key: connection.sni, values: [echo.example]}]}]}\n",
+        );
+        let f = findings(&s);
+        assert!(
+            f.iter().any(|f| f.code == "MESH0114"
+                && f.message.contains("connection.sni")
+                && f.message.contains("allows nothing")),
+            "{f:?}"
+        );
+    }
+
+    #[test]
     fn check_names_what_grpc_clients_cannot_do() {
         let s = snap(SPLIT);
         let f = findings(&s);

@@ -23,11 +23,19 @@
 //! (`//pkg.S/M`, `%2F`, another case) reaches no method. DENY paths are
 //! matched in any case all the same.
 //!
+//! `serviceAccounts` and `trustDomains` (and `source.trustDomain`) become
+//! matches on the URI SAN of the peer's certificate, as `principals` do,
+//! each read as ours reads it on that side of the rule: a service account
+//! that lets a call through is the mesh's own identity of it, exactly; one
+//! that refuses it is Istio's regex, in any trust domain.
+//!
 //! Not translated: `requestPrincipals` and `request.auth.*` (proxyless gRPC
 //! validates no JWT), `remoteIpBlocks` and `remote.ip` (ours read the
 //! forwarded client address, gRPC only the peer), `hosts` (gRPC's RBAC
-//! matches no authority), path templates (`{*}`, `{**}`), and conditions on
-//! `grpc-` or pseudo-headers (gRPC hides them from RBAC).
+//! matches no authority), `connection.sni` (gRPC's RBAC reads
+//! `requested_server_name` as the empty string whatever the client sent,
+//! gRFC A41), path templates (`{*}`, `{**}`), and conditions on `grpc-` or
+//! pseudo-headers (gRPC hides them from RBAC).
 
 use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::rbac::v3::permission::{Rule as PermissionRule, Set as Rules};
@@ -45,6 +53,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 use mesh_core::authz::{AuthzPolicy, IpBlock};
+use mesh_core::identity::TrustDomain;
 use mesh_core::resources::security::{AuthzAction, Condition, Operation, Rule, Source};
 
 /// Which way a piece that cannot be translated is resolved.
@@ -83,7 +92,11 @@ pub(crate) fn filters<'p>(
         for (i, rule) in p.rules.iter().enumerate() {
             let name = format!("{}[{i}]", p.source);
             let mut why = Vec::new();
-            let translated = translate_rule(rule, bias, &mut why);
+            let scope = Scope {
+                namespace: &p.source.namespace,
+                trust_domain: &p.trust_domain,
+            };
+            let translated = translate_rule(rule, bias, &scope, &mut why);
             for w in &why {
                 warn(match bias {
                     Bias::Allow => format!(
@@ -125,7 +138,19 @@ fn filter(action: RbacAction, policies: Vec<(String, RbacPolicy)>) -> RbacFilter
 
 /// One rule; `None` when it can never match (an ALLOW rule with a piece
 /// that cannot be translated, or methods without POST).
-fn translate_rule(rule: &Rule, bias: Bias, why: &mut Vec<Untranslatable>) -> Option<RbacPolicy> {
+/// What a rule is read against besides the call: its policy's namespace
+/// (a bare service account's) and the mesh's trust domain.
+struct Scope<'p> {
+    namespace: &'p str,
+    trust_domain: &'p TrustDomain,
+}
+
+fn translate_rule(
+    rule: &Rule,
+    bias: Bias,
+    scope: &Scope<'_>,
+    why: &mut Vec<Untranslatable>,
+) -> Option<RbacPolicy> {
     let mut principals: Vec<Principal> = Vec::new();
     let mut permissions: Vec<Permission> = Vec::new();
     // A piece: translated, resolved by the bias, or the rule dropped.
@@ -147,7 +172,7 @@ fn translate_rule(rule: &Rule, bias: Bias, why: &mut Vec<Untranslatable>) -> Opt
         for f in &rule.from {
             let mut one = Vec::new();
             let mut one_ok = true;
-            for piece in source_pieces(&f.source) {
+            for piece in source_pieces(&f.source, bias, scope) {
                 resolve_p(piece, &mut one, &mut one_ok);
             }
             if one_ok {
@@ -389,6 +414,16 @@ fn values_p(
     not_values: &[String],
     one: impl Fn(&str) -> One<Principal>,
 ) -> Result<Option<Principal>, Untranslatable> {
+    values_p2(values, not_values, &one, &one)
+}
+
+/// [`values_p`] with the not-values read by `not_one`.
+fn values_p2(
+    values: &[String],
+    not_values: &[String],
+    one: impl Fn(&str) -> One<Principal>,
+    not_one: impl Fn(&str) -> One<Principal>,
+) -> Result<Option<Principal>, Untranslatable> {
     let mut parts = Vec::new();
     if !values.is_empty() {
         let ids: Vec<Principal> = values
@@ -402,7 +437,7 @@ fn values_p(
     }
     let nots: Vec<Principal> = not_values
         .iter()
-        .map(|v| one(v))
+        .map(|v| not_one(v))
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .flatten()
@@ -447,8 +482,92 @@ fn values_r(
     Ok((!parts.is_empty()).then(|| and_rules(parts)))
 }
 
+/// A `serviceAccounts` value as the mesh's own identity of it, exactly
+/// (`spiffe://<the mesh's trust domain>/ns/<ns>/sa/<sa>`).
+fn service_account_exact(scope: &Scope<'_>, value: &str) -> One<Principal> {
+    let (ns, sa) = value.split_once('/').unwrap_or((scope.namespace, value));
+    Ok(Some(authenticated(string(
+        MatchPattern::Exact(format!("spiffe://{}/ns/{ns}/sa/{sa}", scope.trust_domain)),
+        false,
+    ))))
+}
+
+/// A `serviceAccounts` value as Istio matches it: in any trust domain,
+/// other segments around.
+fn service_account_istio(scope: &Scope<'_>, value: &str) -> One<Principal> {
+    let (ns, sa) = value.split_once('/').unwrap_or((scope.namespace, value));
+    Ok(Some(authenticated(regex(format!(
+        "spiffe://.+/ns/{}/(.+/|)sa/{}(/.+)?",
+        escape(ns),
+        escape(sa)
+    )))))
+}
+
+/// `serviceAccounts` / `notServiceAccounts`: exact where a match lets the
+/// call through (an ALLOW's values, a DENY's not-values), Istio's regex
+/// where it refuses it.
+fn service_accounts(
+    values: &[String],
+    not_values: &[String],
+    bias: Bias,
+    scope: &Scope<'_>,
+) -> Result<Option<Principal>, Untranslatable> {
+    let exact = |v: &str| service_account_exact(scope, v);
+    let istio = |v: &str| service_account_istio(scope, v);
+    match bias {
+        Bias::Allow => values_p2(values, not_values, exact, istio),
+        Bias::Deny => values_p2(values, not_values, istio, exact),
+    }
+}
+
+/// A trust domain pattern against the URI SAN's authority. Trust domains
+/// are lowercase; ours also reads a pattern ignoring case where a match
+/// refuses the call (`fold`), so that side matches it lowercased, and the
+/// other side's pattern in another case matches nothing (`None`).
+fn trust_domain(value: &str, fold: bool) -> One<Principal> {
+    let value = if fold {
+        value.to_ascii_lowercase()
+    } else if value.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Ok(None);
+    } else {
+        value.to_owned()
+    };
+    if !plain(&value, name_char) {
+        return Ok(None);
+    }
+    let td = if value == "*" {
+        "[^/]+".to_owned()
+    } else if let Some(suffix) = value.strip_prefix('*') {
+        format!("[^/]*{}", escape(suffix))
+    } else if let Some(start) = value.strip_suffix('*') {
+        format!("{}[^/]*", escape(start))
+    } else {
+        escape(&value)
+    };
+    Ok(Some(authenticated(regex(format!("spiffe://{td}(/.*)?")))))
+}
+
+/// `trustDomains` / `notTrustDomains` (and `source.trustDomain`).
+fn trust_domains(
+    values: &[String],
+    not_values: &[String],
+    bias: Bias,
+) -> Result<Option<Principal>, Untranslatable> {
+    let deny = bias == Bias::Deny;
+    values_p2(
+        values,
+        not_values,
+        |v| trust_domain(v, deny),
+        |v| trust_domain(v, !deny),
+    )
+}
+
 /// A source's fields (ANDed), each translated or not.
-fn source_pieces(s: &Source) -> Vec<Result<Option<Principal>, Untranslatable>> {
+fn source_pieces(
+    s: &Source,
+    bias: Bias,
+    scope: &Scope<'_>,
+) -> Vec<Result<Option<Principal>, Untranslatable>> {
     let never = |field: &str, a: &[String], b: &[String], why: &str| {
         if a.is_empty() && b.is_empty() {
             Ok(None)
@@ -466,6 +585,8 @@ fn source_pieces(s: &Source) -> Vec<Result<Option<Principal>, Untranslatable>> {
             &s.not_remote_ip_blocks,
             "gRPC reads no forwarded client address",
         ),
+        service_accounts(&s.service_accounts, &s.not_service_accounts, bias, scope),
+        trust_domains(&s.trust_domains, &s.not_trust_domains, bias),
         never(
             "requestPrincipals",
             &s.request_principals,
@@ -698,6 +819,10 @@ fn condition(c: &Condition, bias: Bias) -> Result<Piece, Untranslatable> {
     match key {
         "source.principal" => p(values_p(values, not, |v| Ok(principal(v)))),
         "source.namespace" => p(values_p(values, not, |v| Ok(namespace(v)))),
+        "source.trustDomain" => p(trust_domains(values, not, bias)),
+        "connection.sni" => Err(format!(
+            "`{key}`: gRPC's RBAC reads no SNI (requested_server_name is always empty there)"
+        )),
         "source.ip" => p(values_p(values, not, peer_ip)),
         "destination.port" => r(values_r(values, not, port_rule, port_rule)),
         "destination.ip" => r(values_r(values, not, dst_ip, dst_ip)),
@@ -1004,5 +1129,138 @@ mod tests {
         );
         let (text, _) = debug("DENY", "to: [{operation: {notPorts: ['+8080']}}]");
         assert!(!text.contains("8080"), "{text}");
+    }
+
+    /// The filters' regexes that full-match `s`.
+    fn hits<'r>(res: &'r [String], s: &str) -> Vec<&'r String> {
+        res.iter().filter(|r| full(r, s)).collect()
+    }
+
+    #[test]
+    fn service_accounts_are_exact_where_they_allow_and_istios_where_they_refuse() {
+        let (text, f) = debug(
+            "ALLOW",
+            "from: [{source: {serviceAccounts: [client, other/x], notServiceAccounts: [demo/bad]}}]",
+        );
+        // A bare name is of the policy's namespace; only the mesh's own
+        // trust domain, exactly.
+        assert!(
+            text.contains("Exact(\"spiffe://cluster.local/ns/demo/sa/client\")"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Exact(\"spiffe://cluster.local/ns/other/sa/x\")"),
+            "{text}"
+        );
+        assert!(text.contains("NotId"), "{text}");
+        let res = regexes(&f);
+        for refused in [
+            "spiffe://cluster.local/ns/demo/sa/bad",
+            "spiffe://partner.example/ns/demo/sa/bad",
+            "spiffe://cluster.local/ns/demo/zone/a/sa/bad/v2",
+        ] {
+            assert_eq!(hits(&res, refused).len(), 1, "{refused} {res:?}");
+        }
+        for other in [
+            "spiffe://cluster.local/ns/demo/sa/badx",
+            "spiffe://cluster.local/ns/demox/sa/bad",
+            "spiffe://cluster.local/sa/bad/ns/demo",
+        ] {
+            assert!(hits(&res, other).is_empty(), "{other} {res:?}");
+        }
+        // DENY: Istio's regex for the values, the exact identity for the
+        // not-values.
+        let (text, f) = debug(
+            "DENY",
+            "from: [{source: {serviceAccounts: [client]}}, {source: {notServiceAccounts: [front/web]}}]",
+        );
+        let res = regexes(&f);
+        for denied in [
+            "spiffe://cluster.local/ns/demo/sa/client",
+            "spiffe://partner.example/ns/demo/sa/client",
+            "spiffe://td/x/ns/demo/y/sa/client/z",
+        ] {
+            assert_eq!(hits(&res, denied).len(), 1, "{denied} {res:?}");
+        }
+        assert!(hits(&res, "spiffe://td/ns/demo/sa/clientx").is_empty());
+        assert!(
+            text.contains("Exact(\"spiffe://cluster.local/ns/front/sa/web\")"),
+            "{text}"
+        );
+        for r in &res {
+            assert!(regex::Regex::new(r).is_ok(), "{r}");
+        }
+        let (_, w) = translate(&policy(
+            "ALLOW",
+            "from: [{source: {serviceAccounts: [client]}}]",
+        ));
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn trust_domains_match_the_uri_sans_authority() {
+        let (_, f) = debug(
+            "ALLOW",
+            "from: [{source: {trustDomains: [cluster.local, 'east-*', '*.partner', Upper.Case]}}]",
+        );
+        let res = regexes(&f);
+        for yes in [
+            "spiffe://cluster.local/ns/a/sa/b",
+            "spiffe://east-1/ns/a/sa/b",
+            "spiffe://x.partner/ns/a/sa/b",
+            "spiffe://cluster.local",
+        ] {
+            assert_eq!(hits(&res, yes).len(), 1, "{yes} {res:?}");
+        }
+        for no in [
+            "spiffe://cluster.local.evil/ns/a/sa/b",
+            "spiffe://evil/cluster.local/ns/a/sa/b",
+            "spiffe://upper.case/ns/a/sa/b",
+            "spiffe://west-1/ns/a/sa/b",
+        ] {
+            assert!(hits(&res, no).is_empty(), "{no} {res:?}");
+        }
+        // A DENY reads the pattern in any case, as ours does.
+        let (_, f) = debug("DENY", "from: [{source: {trustDomains: [Upper.Case]}}]");
+        assert_eq!(hits(&regexes(&f), "spiffe://upper.case/ns/a/sa/b").len(), 1);
+        // `*`: any SPIFFE ID; notTrustDomains a NotId; the `when` key too.
+        let (text, f) = debug(
+            "ALLOW",
+            "from: [{source: {trustDomains: ['*'], notTrustDomains: [bad.example]}}]\n    when: [{key: source.trustDomain, values: [cluster.local]}]",
+        );
+        assert!(text.contains("NotId"), "{text}");
+        let res = regexes(&f);
+        assert!(!hits(&res, "spiffe://anything/ns/a/sa/b").is_empty());
+        assert!(!hits(&res, "spiffe://bad.example/ns/a/sa/b").is_empty());
+        assert!(hits(&res, "x.example").is_empty());
+    }
+
+    #[test]
+    fn connection_sni_fails_closed_on_grpc() {
+        // gRPC reads requested_server_name as "": an ALLOW on the SNI
+        // allows nothing, and says so.
+        let (f, w) = translate(&policy(
+            "ALLOW",
+            "when: [{key: connection.sni, values: [api.example.com]}]",
+        ));
+        assert!(f[0].rules.as_ref().unwrap().policies.is_empty());
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("connection.sni"), "{w:?}");
+        assert!(w[0].contains("allows nothing"), "{w:?}");
+        // notValues would allow every call there: dropped as well.
+        let (f, _) = translate(&policy(
+            "ALLOW",
+            "when: [{key: connection.sni, notValues: [admin.example.com]}]",
+        ));
+        assert!(f[0].rules.as_ref().unwrap().policies.is_empty());
+        // A DENY on the SNI denies every call its other fields match.
+        let (f, w) = translate(&policy(
+            "DENY",
+            "to: [{operation: {paths: [/pkg.S/Admin]}}]\n    when: [{key: connection.sni, values: [admin.example.com]}]",
+        ));
+        let p = format!("{:?}", f[0].rules.as_ref().unwrap().policies);
+        assert!(p.contains("/pkg.S/Admin"), "{p}");
+        assert!(!p.contains("admin.example.com"), "{p}");
+        assert!(w[0].contains("denies more"), "{w:?}");
     }
 }

@@ -10,11 +10,15 @@
 //! An ALLOW policy without rules (`spec: {}`) matches nothing, so it denies
 //! everything; a rule without fields (`rules: [{}]`) matches everything.
 //!
-//! Positive source fields (`principals`, `namespaces`, and the `when` keys
-//! `source.principal`, `source.namespace`) need a verified peer identity: a
-//! plaintext request never satisfies them. Negative fields are their
-//! negation, so `notPrincipals: ["*"]` in a DENY policy denies every request
-//! without an identity, as in Istio.
+//! Positive source fields (`principals`, `namespaces`, `serviceAccounts`,
+//! `trustDomains`, and the `when` keys `source.principal`,
+//! `source.namespace`, `source.trustDomain`) need a verified peer
+//! identity: a plaintext request never satisfies them. Negative fields are
+//! their negation, so `notPrincipals: ["*"]` in a DENY policy denies every
+//! request without an identity, as in Istio. `connection.sni` reads the
+//! server name of the connection's TLS ClientHello ([`Sni`]), compared
+//! ignoring case as DNS names are; plaintext or a ClientHello without one
+//! has none, which its values never match and its `notValues` always do.
 //!
 //! # Doubt is resolved against the requester
 //!
@@ -44,15 +48,25 @@
 //!   each value of a repeated header is one reading, and so is all values
 //!   joined with `,` (what Envoy matches), and each element of a
 //!   comma-separated list (`user, root` is read as `user` and as `root`).
+//! - **Service accounts** (`serviceAccounts: [ns/sa]`, a bare `sa` being
+//!   of the policy's namespace) are read two ways: as the mesh's own
+//!   identity `spiffe://<the mesh's trust domain>/ns/<ns>/sa/<sa>` (what a
+//!   Kubernetes service account is), and as Istio matches them, in any
+//!   trust domain the peer was verified in and with other segments around
+//!   (`spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?`). So an ALLOW rule lets in
+//!   only the mesh's own service account, never one of that name from a
+//!   federated trust domain, while a DENY rule denies every one Istio's
+//!   would.
 //! - **Unknown facts**: an unknown source or destination IP or port
-//!   (`None`, port 0), a `when` key this mesh does not know, and at L4
+//!   (`None`, port 0), an SNI the caller could not tell ([`Sni::Unknown`]),
+//!   a `when` key this mesh does not know, and at L4
 //!   ([`evaluate_tcp`]) every HTTP-only field (hosts, methods, paths, their
 //!   not-variants, `request.headers`). As Istio does for TCP, such a field
 //!   never matches in an ALLOW rule and always matches in a DENY rule.
 //!
 //! ```
 //! use std::path::Path;
-//! use mesh_core::authz::{AuthzRequest, evaluate};
+//! use mesh_core::authz::{AuthzRequest, Sni, evaluate};
 //!
 //! let yaml = r#"
 //! apiVersion: networking.istio.io/v1
@@ -81,6 +95,7 @@
 //!     path: "/public/..%2F%61dmin",
 //!     headers: None,
 //!     auth: None,
+//!     sni: Sni::Absent,
 //! };
 //! let decision = evaluate(snap.workload_policies(db), &req);
 //! assert!(!decision.allowed);
@@ -94,7 +109,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::identity::SpiffeId;
+use crate::identity::{SpiffeId, TrustDomain};
 use crate::jwt::RequestAuth;
 use crate::normalize::{decode_once, merge_segments, normalize_path, strip_params};
 use crate::resources::ResourceRef;
@@ -120,6 +135,10 @@ pub struct AuthzPolicy {
     /// Annotated `istio.io/dry-run: "true"`: evaluated for
     /// [`AuthzDecision::shadow`], never enforced.
     pub dry_run: bool,
+    /// The mesh's trust domain when the policy was compiled: the one whose
+    /// identities an ALLOW rule's `serviceAccounts` name (see the module
+    /// docs).
+    pub trust_domain: TrustDomain,
 }
 
 impl AuthzPolicy {
@@ -134,7 +153,13 @@ impl AuthzPolicy {
 
     fn matching_rule(&self, view: &View<'_>) -> Option<usize> {
         let bias = Bias::of(self.action);
-        self.rules.iter().position(|r| rule_matches(r, view, bias))
+        let scope = Scope {
+            namespace: &self.source.namespace,
+            trust_domain: &self.trust_domain,
+        };
+        self.rules
+            .iter()
+            .position(|r| rule_matches(r, view, bias, &scope))
     }
 }
 
@@ -195,6 +220,36 @@ pub struct AuthzRequest<'a> {
     /// ([`crate::jwt::authenticate`]); `None`: no token (a request whose
     /// token failed never reaches authorization).
     pub auth: Option<&'a RequestAuth>,
+    /// The SNI of the connection the request came on, for
+    /// `connection.sni`.
+    pub sni: Sni<'a>,
+}
+
+/// The server name a client sent in the TLS ClientHello of its
+/// connection, what `connection.sni` matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sni<'a> {
+    /// The caller cannot tell (the server recorded no TLS facts): as any
+    /// unknown fact, `connection.sni` never matches in ALLOW rules and
+    /// always does in DENY ones.
+    #[default]
+    Unknown,
+    /// None was sent: a plaintext connection, or a ClientHello without the
+    /// extension (an IP address as the server name).
+    Absent,
+    /// The name sent (not empty).
+    Name(&'a str),
+}
+
+impl<'a> Sni<'a> {
+    /// `Name` for a non-empty name, else `Absent`: what a TLS server knows
+    /// of its connection.
+    pub fn of(name: Option<&'a str>) -> Self {
+        match name {
+            Some(n) if !n.is_empty() => Self::Name(n),
+            _ => Self::Absent,
+        }
+    }
 }
 
 impl std::fmt::Debug for AuthzRequest<'_> {
@@ -206,6 +261,7 @@ impl std::fmt::Debug for AuthzRequest<'_> {
             .field("method", &self.method)
             .field("path", &self.path)
             .field("port", &self.destination_port)
+            .field("sni", &self.sni)
             .finish_non_exhaustive()
     }
 }
@@ -221,6 +277,8 @@ pub struct ConnectionInfo<'a> {
     pub destination_ip: Option<IpAddr>,
     /// The workload port the connection arrived at; 0 when unknown.
     pub destination_port: u16,
+    /// The SNI of its TLS handshake, for `connection.sni`.
+    pub sni: Sni<'a>,
 }
 
 /// The outcome, naming the policy and rule that decided it.
@@ -294,14 +352,24 @@ impl Serialize for Reason {
 }
 
 impl PartialEq<str> for Reason {
+    /// Compares the words as they are written out, without building them.
     fn eq(&self, other: &str) -> bool {
-        self.to_string() == other
+        struct Rest<'a>(&'a str);
+        impl std::fmt::Write for Rest<'_> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                let rest = self.0.strip_prefix(s).ok_or(std::fmt::Error)?;
+                self.0 = rest;
+                Ok(())
+            }
+        }
+        let mut rest = Rest(other);
+        std::fmt::Write::write_fmt(&mut rest, format_args!("{self}")).is_ok() && rest.0.is_empty()
     }
 }
 
 impl PartialEq<&str> for Reason {
     fn eq(&self, other: &&str) -> bool {
-        self.to_string() == *other
+        *self == **other
     }
 }
 
@@ -345,6 +413,7 @@ pub fn evaluate<'p>(
         remote_ip: req.remote_ip,
         destination_ip: req.destination_ip,
         destination_port: req.destination_port,
+        sni: req.sni,
         http: Some(HttpView {
             host: req.host,
             host_aliases: req.host_aliases,
@@ -373,6 +442,7 @@ pub fn evaluate_tcp<'p>(
         remote_ip: conn.source_ip,
         destination_ip: conn.destination_ip,
         destination_port: conn.destination_port,
+        sni: conn.sni,
         http: None,
     };
     decide(policies, &view)
@@ -506,8 +576,23 @@ struct View<'r> {
     remote_ip: Option<IpAddr>,
     destination_ip: Option<IpAddr>,
     destination_port: u16,
+    sni: Sni<'r>,
     /// `None` at L4.
     http: Option<HttpView<'r>>,
+}
+
+/// What a rule is read against besides the request: its policy's
+/// namespace (a bare service account's) and the mesh's trust domain.
+struct Scope<'p> {
+    namespace: &'p str,
+    trust_domain: &'p TrustDomain,
+}
+
+impl Scope<'_> {
+    /// A `serviceAccounts` value as namespace and name.
+    fn service_account<'v>(&'v self, value: &'v str) -> (&'v str, &'v str) {
+        value.split_once('/').unwrap_or((self.namespace, value))
+    }
 }
 
 struct HttpView<'r> {
@@ -578,8 +663,12 @@ fn field<T: Borrow<U>, U: ?Sized>(
     }
 }
 
-fn rule_matches(rule: &Rule, v: &View<'_>, bias: Bias) -> bool {
-    (rule.from.is_empty() || rule.from.iter().any(|f| source_matches(&f.source, v, bias)))
+fn rule_matches(rule: &Rule, v: &View<'_>, bias: Bias, scope: &Scope<'_>) -> bool {
+    (rule.from.is_empty()
+        || rule
+            .from
+            .iter()
+            .any(|f| source_matches(&f.source, v, bias, scope)))
         && (rule.to.is_empty()
             || rule
                 .to
@@ -725,12 +814,91 @@ fn namespace(v: &View<'_>) -> Attr<String> {
     Attr::of(v.peer.and_then(SpiffeId::namespace).map(str::to_owned))
 }
 
+/// The trust domain of the verified peer.
+fn trust_domain<'v>(v: &View<'v>) -> Attr<&'v str> {
+    Attr::of(v.peer.map(|p| p.trust_domain().as_str()))
+}
+
+/// The connection's SNI.
+fn sni<'v>(v: &View<'v>) -> Attr<&'v str> {
+    match v.sni {
+        Sni::Unknown => Attr::Unknown,
+        Sni::Absent => Attr::Absent,
+        Sni::Name(n) => Attr::Known(vec![n]),
+    }
+}
+
+/// A DNS name (an SNI) against a pattern: ASCII case never matters.
+fn dns_match(pattern: &str, value: &str, _ci: bool) -> bool {
+    wildcard(pattern, value, true)
+}
+
+/// `serviceAccounts` and `notServiceAccounts`, read as the module docs
+/// say: the narrow reading (the mesh's own identity of that service
+/// account, exactly) where a match lets a request through, the broad one
+/// (Istio's: any trust domain, other segments allowed) where a match
+/// refuses it. Without a verified peer, as `principals`: values never
+/// match, not-values always do.
+fn service_accounts(
+    values: &[String],
+    not_values: &[String],
+    peer: Option<&SpiffeId>,
+    scope: &Scope<'_>,
+    bias: Bias,
+) -> bool {
+    if values.is_empty() && not_values.is_empty() {
+        return true;
+    }
+    let Some(peer) = peer else {
+        return values.is_empty();
+    };
+    let narrow = |v: &String| {
+        let (ns, sa) = scope.service_account(v);
+        peer.trust_domain() == scope.trust_domain
+            && peer.namespace() == Some(ns)
+            && peer.service_account() == Some(sa)
+    };
+    let broad = |v: &String| {
+        let (ns, sa) = scope.service_account(v);
+        istio_service_account(peer.path(), ns, sa)
+    };
+    let allow = bias == Bias::Allow;
+    let pos = |v: &String| if allow { narrow(v) } else { broad(v) };
+    let neg = |v: &String| if allow { broad(v) } else { narrow(v) };
+    (values.is_empty() || values.iter().any(pos)) && !not_values.iter().any(neg)
+}
+
+/// Istio's service account match on a SPIFFE ID's path, its regex
+/// `spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?` read by segments: some `ns`
+/// segment followed by `<ns>`, and after them some `sa` segment followed
+/// by `<sa>`.
+fn istio_service_account(path: &str, ns: &str, sa: &str) -> bool {
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let pair = |i: usize, key: &str, value: &str| {
+        segs.get(i) == Some(&key) && segs.get(i + 1) == Some(&value)
+    };
+    (0..segs.len()).any(|i| pair(i, "ns", ns) && (i + 2..segs.len()).any(|j| pair(j, "sa", sa)))
+}
+
 fn port(v: &View<'_>) -> Attr<String> {
     Attr::unknown_if_none((v.destination_port != 0).then(|| v.destination_port.to_string()))
 }
 
-fn source_matches(s: &Source, v: &View<'_>, bias: Bias) -> bool {
-    field(
+fn source_matches(s: &Source, v: &View<'_>, bias: Bias, scope: &Scope<'_>) -> bool {
+    service_accounts(
+        &s.service_accounts,
+        &s.not_service_accounts,
+        v.peer,
+        scope,
+        bias,
+    ) && field(
+        &s.trust_domains,
+        &s.not_trust_domains,
+        &trust_domain(v),
+        bias,
+        true,
+        str_match,
+    ) && field(
         &s.principals,
         &s.not_principals,
         &principal(v),
@@ -852,6 +1020,8 @@ fn condition_holds(c: &Condition, v: &View<'_>, bias: Bias) -> bool {
         "destination.port" => field(vals, nots, &port(v), bias, false, exact),
         "source.principal" => field(vals, nots, &principal(v), bias, false, str_match),
         "source.namespace" => field(vals, nots, &namespace(v), bias, false, str_match),
+        "source.trustDomain" => field(vals, nots, &trust_domain(v), bias, true, str_match),
+        "connection.sni" => field(vals, nots, &sni(v), bias, false, dns_match),
         "request.auth.principal" => {
             field(vals, nots, &request_principal(v), bias, false, str_match)
         }

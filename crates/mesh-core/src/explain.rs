@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::authz::{AuthzRequest, ConnectionInfo, evaluate, evaluate_tcp};
+use crate::authz::{AuthzRequest, ConnectionInfo, Sni, evaluate, evaluate_tcp};
 use crate::identity::SpiffeId;
 use crate::plan::{
     DestinationPlan, EndpointTls, PlanError, PlanRequest, PlannedAction, RoutePlan,
@@ -748,6 +748,9 @@ fn authorize(
                 source_ip: x.source.address(),
                 destination_ip: w.address.parse().ok(),
                 destination_port: port,
+                // The mesh's clients send no SNI (peers are named by
+                // SPIFFE ID).
+                sni: Sni::Absent,
             },
         );
     }
@@ -768,6 +771,7 @@ fn authorize(
             path: path.split('?').next().unwrap_or(path),
             headers: Some(&x.q.headers),
             auth: None,
+            sni: Sni::Absent,
         },
     )
 }

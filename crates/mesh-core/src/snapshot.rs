@@ -1443,6 +1443,7 @@ fn authz_policy(
         action: ap.spec.action.unwrap_or(AuthzAction::Allow),
         rules: canonical_rule_hosts(snap, ap.namespace(), ap.spec.rules.clone()),
         dry_run,
+        trust_domain: snap.mesh.trust_domain.clone(),
     })
 }
 

@@ -38,8 +38,10 @@ pub const WHEN_KEYS: &[&str] = &[
     "remote.ip",
     "source.namespace",
     "source.principal",
+    "source.trustDomain",
     "destination.ip",
     "destination.port",
+    "connection.sni",
     "request.auth.principal",
     "request.auth.audiences",
     "request.auth.presenter",
@@ -886,9 +888,33 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
                 ("notNamespaces", &s.not_namespaces),
                 ("requestPrincipals", &s.request_principals),
                 ("notRequestPrincipals", &s.not_request_principals),
+                ("trustDomains", &s.trust_domains),
+                ("notTrustDomains", &s.not_trust_domains),
             ] {
                 wildcard_values(c, &format!("{f}.{name}"), values);
             }
+            for (name, values) in [
+                ("trustDomains", &s.trust_domains),
+                ("notTrustDomains", &s.not_trust_domains),
+            ] {
+                for (k, v) in values.iter().enumerate() {
+                    if !v
+                        .trim_start_matches('*')
+                        .trim_end_matches('*')
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | '_'))
+                    {
+                        // A rule on it would silently never match.
+                        c.err(
+                            format!("{f}.{name}[{k}]"),
+                            format!(
+                                "`{v}` can name no trust domain (letters, digits, '.', '-' and '_', with a `*` at the start or the end)"
+                            ),
+                        );
+                    }
+                }
+            }
+            service_accounts(c, &f, s);
             for (name, values) in [
                 ("ipBlocks", &s.ip_blocks),
                 ("notIpBlocks", &s.not_ip_blocks),
@@ -915,6 +941,10 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
                 &s.not_request_principals,
                 &s.remote_ip_blocks,
                 &s.not_remote_ip_blocks,
+                &s.service_accounts,
+                &s.not_service_accounts,
+                &s.trust_domains,
+                &s.not_trust_domains,
             ]
             .iter()
             .all(|v| v.is_empty())
@@ -1012,6 +1042,8 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
                 cond.key.as_str(),
                 "source.principal"
                     | "source.namespace"
+                    | "source.trustDomain"
+                    | "connection.sni"
                     | "request.auth.principal"
                     | "request.auth.audiences"
                     | "request.auth.presenter"
@@ -1053,6 +1085,78 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
                         c.err(format!("{f}.values"), format!("`{v}` is not a port number"));
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The most entries `serviceAccounts` and `notServiceAccounts` may have,
+/// and the longest each may be (Istio's schema).
+const MAX_SERVICE_ACCOUNTS: usize = 16;
+const MAX_SERVICE_ACCOUNT_LEN: usize = 320;
+
+/// `serviceAccounts` / `notServiceAccounts` as Istio validates them: not
+/// beside `principals` or `namespaces` (or their not-variants), at most
+/// 16 entries of at most 320 characters, no wildcard; and each
+/// `<namespace>/<name>` or `<name>` of characters a SPIFFE ID can hold,
+/// since anything else would silently never match.
+fn service_accounts(c: &mut Checker<'_>, f: &str, s: &crate::resources::security::Source) {
+    let lists = [
+        ("serviceAccounts", &s.service_accounts),
+        ("notServiceAccounts", &s.not_service_accounts),
+    ];
+    if lists.iter().all(|(_, v)| v.is_empty()) {
+        return;
+    }
+    if !(s.principals.is_empty()
+        && s.not_principals.is_empty()
+        && s.namespaces.is_empty()
+        && s.not_namespaces.is_empty())
+    {
+        c.err(
+            f.to_owned(),
+            "Cannot set serviceAccounts with namespaces or principals: name the service accounts alone, or write principals",
+        );
+    }
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p != "."
+            && p != ".."
+            && p.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | '_'))
+    };
+    for (name, values) in lists {
+        if values.len() > MAX_SERVICE_ACCOUNTS {
+            c.err(
+                format!("{f}.{name}"),
+                format!(
+                    "lists {} entries; at most {MAX_SERVICE_ACCOUNTS} are allowed",
+                    values.len()
+                ),
+            );
+        }
+        for (k, v) in values.iter().enumerate() {
+            let field = format!("{f}.{name}[{k}]");
+            if v.len() > MAX_SERVICE_ACCOUNT_LEN {
+                c.err(
+                    field,
+                    format!(
+                        "is {} characters long; at most {MAX_SERVICE_ACCOUNT_LEN} are allowed",
+                        v.len()
+                    ),
+                );
+            } else if v.contains('*') {
+                c.err(
+                    field,
+                    format!("`{v}`: no form of wildcard is allowed in service accounts"),
+                );
+            } else if !v.split('/').all(part_ok) || v.matches('/').count() > 1 {
+                c.err(
+                    field,
+                    format!(
+                        "`{v}` is not `<namespace>/<service-account>` or `<service-account>` (letters, digits, '.', '-' and '_')"
+                    ),
+                );
             }
         }
     }

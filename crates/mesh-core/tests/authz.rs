@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use mesh_core::authz::{AuthzDecision, AuthzRequest, ConnectionInfo, evaluate, evaluate_tcp};
+use mesh_core::authz::{AuthzDecision, AuthzRequest, ConnectionInfo, Sni, evaluate, evaluate_tcp};
 use mesh_core::identity::SpiffeId;
 use mesh_core::load::load_str;
 use mesh_core::snapshot::{Snapshot, compile};
@@ -89,6 +89,7 @@ fn decide_on(s: &Snapshot, workload: &str, r: &Req) -> AuthzDecision {
         path: r.path,
         headers: Some(&r.headers),
         auth: None,
+        sni: Sni::Absent,
     };
     evaluate(s.workload_policies(w), &req)
 }
@@ -977,6 +978,7 @@ fn tcp_connections_follow_istios_tcp_rules() {
         source_ip: Some("10.1.0.1".parse().unwrap()),
         destination_ip: Some("10.0.0.9".parse().unwrap()),
         destination_port: 3306,
+        sni: Sni::Absent,
     };
     let tcp = |policies: &str, peer| {
         let s = snap(policies);
@@ -1240,6 +1242,7 @@ fn every_spelling_of_a_host_is_one_host() {
         path: "/",
         headers: None,
         auth: None,
+        sni: Sni::Absent,
     };
     assert!(!evaluate(deny_fqdn.workload_policies(w), &req).allowed);
     assert!(!evaluate(allow_short.workload_policies(w), &req).allowed);

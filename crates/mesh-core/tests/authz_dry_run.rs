@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use mesh_core::authz::{AuthzDecision, AuthzRequest, ConnectionInfo, evaluate, evaluate_tcp};
+use mesh_core::authz::{AuthzDecision, AuthzRequest, ConnectionInfo, Sni, evaluate, evaluate_tcp};
 use mesh_core::load::load_str;
 use mesh_core::snapshot::{Snapshot, compile};
 
@@ -48,6 +48,7 @@ fn get(s: &Snapshot, method: &str, path: &str) -> AuthzDecision {
         path,
         headers: None,
         auth: None,
+        sni: Sni::Absent,
     };
     evaluate(s.workload_policies(w), &req)
 }
@@ -199,6 +200,7 @@ fn tcp_connections_get_a_shadow_verdict_too() {
         source_ip: Some([10, 1, 0, 1].into()),
         destination_ip: None,
         destination_port: 5432,
+        sni: Sni::Absent,
     };
     let d = evaluate_tcp(s.workload_policies(w), &conn);
     assert!(d.allowed, "{d:?}");
@@ -315,6 +317,7 @@ fn remote_ip_blocks_at_l4_are_the_peer() {
         source_ip: Some(ip.into()),
         destination_ip: Some([10, 0, 0, 9].into()),
         destination_port: 5432,
+        sni: Sni::Absent,
     };
     assert!(evaluate_tcp(s.workload_policies(w), &conn([10, 1, 0, 1])).allowed);
     assert!(!evaluate_tcp(s.workload_policies(w), &conn([192, 0, 2, 1])).allowed);

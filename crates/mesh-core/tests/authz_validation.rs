@@ -33,9 +33,9 @@ fn refused_with_the_field_named() {
             "not an IP address",
         ),
         (
-            "{rules: [{from: [{source: {serviceAccounts: [default/a]}}]}]}",
-            "serviceAccounts",
-            "unsupported field",
+            "{rules: [{from: [{source: {serviceAccounts: [\"default/*\"]}}]}]}",
+            "serviceAccounts[0]",
+            "no form of wildcard",
         ),
         (
             "{provider: {name: x}, action: CUSTOM}",
@@ -128,7 +128,7 @@ fn refused_with_the_field_named() {
             "names no claim",
         ),
         (
-            "{rules: [{when: [{key: connection.sni, values: [x]}]}]}",
+            "{rules: [{when: [{key: 'experimental.envoy.filters.a.b[c]', values: [x]}]}]}",
             "when[0].key",
             "not supported",
         ),

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use mesh_core::authz::{AuthzRequest, evaluate};
+use mesh_core::authz::{AuthzRequest, Sni, evaluate};
 use mesh_core::identity::SpiffeId;
 use mesh_core::load::load_str;
 use mesh_core::resources::common::Labels;
@@ -397,6 +397,7 @@ fn authorization_semantics() {
             path,
             headers: None,
             auth: None,
+            sni: Sni::Absent,
         };
         let d = evaluate(s.workload_policies(w), &req);
         (d.allowed, d.policy.map(|p| p.name.clone()))

@@ -16,10 +16,11 @@
 
 use std::path::{Path, PathBuf};
 
-/// The share of Istio-valid folders read today (167 of 253, with
-/// RequestAuthentication, requestPrincipals and remoteIpBlocks; the
-/// Gateway API folders are refused by name).
-const VALID_FLOOR: f64 = 0.65;
+/// The share of Istio-valid folders read today (171 of 253, with
+/// RequestAuthentication, requestPrincipals, remoteIpBlocks,
+/// serviceAccounts, trustDomains and `connection.sni`; the Gateway API
+/// folders are refused by name).
+const VALID_FLOOR: f64 = 0.67;
 
 fn corpus() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/istio-corpus");

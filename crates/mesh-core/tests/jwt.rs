@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use mesh_core::authz::{AuthzRequest, evaluate};
+use mesh_core::authz::{AuthzRequest, Sni, evaluate};
 use mesh_core::jwt::{
     Algorithm, Authenticated, AuthnFailure, JwtError, JwtKeys, KeyLookup, KeySource, RequestAuth,
     authenticate, b64url_encode, sign_for_test, test_es256_key,
@@ -396,6 +396,7 @@ fn decide(s: &Snapshot, auth: Option<&RequestAuth>) -> bool {
         path: "/orders",
         headers: None,
         auth,
+        sni: Sni::Absent,
     };
     evaluate(s.workload_policies(w), &req).allowed
 }

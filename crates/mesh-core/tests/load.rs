@@ -243,8 +243,8 @@ fn security_resources_fail_closed() {
     // Fields not implemented: the policy must not load half.
     one_error(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n\
-         spec: {rules: [{from: [{source: {trustDomains: ['td']}}]}]}\n",
-        "spec.rules[0].from[0].source.trustDomains",
+         spec: {rules: [{from: [{source: {serviceAccount: ['sa']}}]}]}\n",
+        "spec.rules[0].from[0].source.serviceAccount",
     );
     one_error(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: CUSTOM, rules: [{}]}\n",
@@ -252,7 +252,7 @@ fn security_resources_fail_closed() {
     );
     one_error(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n\
-         spec: {rules: [{when: [{key: 'connection.sni', values: [x]}]}]}\n",
+         spec: {rules: [{when: [{key: 'experimental.envoy.filters.a.b[c]', values: [x]}]}]}\n",
         "spec.rules[0].when[0].key",
     );
     one_error(

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use mesh_core::authz::{AuthzRequest, evaluate};
+use mesh_core::authz::{AuthzRequest, Sni, evaluate};
 use mesh_core::error::ConfigErrors;
 use mesh_core::load::load_str;
 use mesh_core::resources::Resources;
@@ -74,6 +74,7 @@ fn decide(r: &Resources, path: &str) -> mesh_core::authz::AuthzDecision {
         path,
         headers: None,
         auth: None,
+        sni: Sni::Absent,
     };
     evaluate(snap.workload_policies(w), &req)
 }
@@ -161,12 +162,12 @@ items:
 - apiVersion: security.istio.io/v1
   kind: AuthorizationPolicy
   metadata: {name: x}
-  spec: {rules: [{from: [{source: {trustDomains: ['*']}}]}]}
+  spec: {rules: [{from: [{source: {trustDomain: ['*']}}]}]}
 "#,
     );
     assert!(
         text.starts_with(
-            "f.yaml: document 1 item 2 (AuthorizationPolicy x): spec.rules[0].from[0].source.trustDomains: "
+            "f.yaml: document 1 item 2 (AuthorizationPolicy x): spec.rules[0].from[0].source.trustDomain: "
         ),
         "{text}"
     );

@@ -17,9 +17,14 @@
 //! Until a configuration is loaded, and while a named workload is missing
 //! from it, every request is denied: no policy known is not "no policy".
 //!
-//! For the L4 proxy, [`AuthorizeLayer::check_connection`] decides a TCP
-//! connection by Istio's TCP rules (HTTP-only fields never match in ALLOW
-//! rules, always match in DENY rules).
+//! `connection.sni` reads the SNI the [`PeerIdentity`] extension carries
+//! (the mesh acceptor records it at the handshake); a request without
+//! that extension has an SNI nobody can tell, so ALLOW rules on it never
+//! match and DENY rules always do.
+//!
+//! For the L4 proxy, [`AuthorizeLayer::check_connection_from`] decides a
+//! TCP connection by Istio's TCP rules (HTTP-only fields never match in
+//! ALLOW rules, always match in DENY rules).
 //!
 //! ```
 //! use std::path::Path;
@@ -66,7 +71,8 @@ use std::time::Duration;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use mesh_core::authz::{
-    AuthzDecision, AuthzPolicy, AuthzRequest, ConnectionInfo, HeaderValues, evaluate, evaluate_tcp,
+    AuthzDecision, AuthzPolicy, AuthzRequest, ConnectionInfo, HeaderValues, Sni, evaluate,
+    evaluate_tcp,
 };
 use mesh_core::identity::SpiffeId;
 use mesh_core::jwt::{self, JwtError, JwtRule, KeyLookup, KeySource, RequestAuth, TokenLocation};
@@ -243,10 +249,34 @@ impl AuthorizeLayer {
     /// Decides a TCP connection for the L4 proxy by Istio's TCP rules:
     /// principal, namespace, IP and port fields apply; HTTP-only fields
     /// never match in ALLOW rules and always match in DENY rules. Denials
-    /// are logged at INFO.
+    /// are logged at INFO. The SNI is not known here: `connection.sni`
+    /// never allows and always denies; a server that accepted the
+    /// connection calls [`check_connection_from`](Self::check_connection_from).
     pub fn check_connection(
         &self,
         peer: Option<&SpiffeId>,
+        client: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) -> AuthzDecision {
+        self.decide_connection(peer, Sni::Unknown, client, local)
+    }
+
+    /// [`check_connection`](Self::check_connection) for a connection the
+    /// mesh acceptor accepted: its verified identity and its SNI from
+    /// `peer`.
+    pub fn check_connection_from(
+        &self,
+        peer: &PeerIdentity,
+        client: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) -> AuthzDecision {
+        self.decide_connection(peer.spiffe_id(), Sni::of(peer.sni()), client, local)
+    }
+
+    fn decide_connection(
+        &self,
+        peer: Option<&SpiffeId>,
+        sni: Sni<'_>,
         client: Option<SocketAddr>,
         local: Option<SocketAddr>,
     ) -> AuthzDecision {
@@ -258,6 +288,7 @@ impl AuthorizeLayer {
                     source_ip: client.map(|a| a.ip()),
                     destination_ip: local.map(|a| a.ip()).or(workload_ip),
                     destination_port: local.map(|a| a.port()).or(self.port).unwrap_or(0),
+                    sni,
                 };
                 evaluate_tcp(policies, &conn)
             }
@@ -425,10 +456,10 @@ impl AuthorizeLayer {
                     _ => &[],
                 };
                 let workload_ip = local_workload.workload.and_then(|(_, ip)| ip);
-                let peer = req
-                    .extensions()
-                    .get::<PeerIdentity>()
-                    .and_then(PeerIdentity::spiffe_id);
+                let identity = req.extensions().get::<PeerIdentity>();
+                let peer = identity.and_then(PeerIdentity::spiffe_id);
+                // No PeerIdentity: no server of the mesh's told us.
+                let sni = identity.map_or(Sni::Unknown, |p| Sni::of(p.sni()));
                 let source_ip = req.extensions().get::<ClientAddr>().map(|a| a.0.ip());
                 let areq = AuthzRequest {
                     peer,
@@ -442,6 +473,7 @@ impl AuthorizeLayer {
                     path: &path,
                     headers: Some(&headers),
                     auth: auth.as_deref(),
+                    sni,
                 };
                 (evaluate(local_workload.policies, &areq), auth)
             }

@@ -184,6 +184,23 @@ pub struct Source {
     /// Peer namespaces that must not match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_namespaces: Vec<String>,
+    /// Kubernetes service accounts of the peer (from the verified
+    /// identity), `<namespace>/<name>`, or `<name>` for one of the
+    /// policy's namespace. No wildcards; not beside `principals` or
+    /// `namespaces` (Istio's rules). See [`crate::authz`] for how the
+    /// trust domain is read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    /// Service accounts that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_service_accounts: Vec<String>,
+    /// Trust domains of the peer's verified identity, with `*` prefix or
+    /// suffix wildcards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_domains: Vec<String>,
+    /// Trust domains that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_trust_domains: Vec<String>,
     /// Request principals, `<iss>/<sub>` of a JWT validated by a
     /// RequestAuthentication, with `*` prefix or suffix wildcards.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -242,7 +259,9 @@ pub struct Operation {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {
     /// `request.headers[Name]`, `source.ip`, `source.namespace`,
-    /// `source.principal`, `destination.ip`, `destination.port`.
+    /// `source.principal`, `source.trustDomain`, `destination.ip`,
+    /// `destination.port`, `connection.sni`, `request.auth.*` (the full
+    /// list: [`crate::validate::WHEN_KEYS`]).
     pub key: String,
     /// Values; any may match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -243,7 +243,7 @@ async fn inbound_tcp<IO>(
     // Istio's TCP rules: HTTP-only fields never allow, always deny.
     let decision = AuthorizeLayer::new(ctx.store.clone(), LocalWorkload::named(ctx.key.clone()))
         .with_port(port.port)
-        .check_connection(peer.spiffe_id(), Some(remote), Some(local_addr));
+        .check_connection_from(peer, Some(remote), Some(local_addr));
     let local = local_info(&ctx.store, &ctx.key);
     let mut conn = TcpTelemetry::inbound(ctx.registry.clone(), local).accepted_from(
         peer,

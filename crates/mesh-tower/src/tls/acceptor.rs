@@ -163,11 +163,13 @@ impl MeshAcceptor {
                 .and_then(|c| c.first())
                 .ok_or(AcceptError::NoClientCertificate)?;
             // Verified during the handshake; this only reads the URI SAN back.
-            svid_id(leaf).map_err(AcceptError::PeerRejected)?
+            let id = svid_id(leaf).map_err(AcceptError::PeerRejected)?;
+            // The SNI travels with the identity, for `connection.sni`.
+            PeerIdentity::mtls_with_sni(id, conn.server_name())
         };
         Ok(MeshStream {
             inner: Inner::Mtls(Box::new(stream)),
-            peer: PeerIdentity::mtls(peer),
+            peer,
         })
     }
 }

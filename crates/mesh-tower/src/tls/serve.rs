@@ -17,8 +17,9 @@ use crate::server::{
     serve_connection,
 };
 
-/// Who sent a request: put in every request's `http::Extensions` by
-/// the server, for handlers and authorization to read.
+/// Who sent a request, and the server name its TLS handshake asked for:
+/// put in every request's `http::Extensions` by the server, for handlers
+/// and authorization to read.
 ///
 /// ```
 /// # use mesh_tower::tls::PeerIdentity;
@@ -37,6 +38,8 @@ pub struct PeerIdentity {
 /// A connection's verified peer, and what is derived from it once.
 struct Verified {
     id: SpiffeId,
+    /// The SNI of the ClientHello, lowercase; `None` when none was sent.
+    sni: Option<Box<str>>,
     /// Its telemetry labels as a peer known by identity only.
     labels: std::sync::OnceLock<Arc<crate::telemetry::WorkloadInfo>>,
 }
@@ -53,15 +56,26 @@ impl std::fmt::Debug for PeerIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerIdentity")
             .field("id", &self.spiffe_id())
+            .field("sni", &self.sni())
             .finish()
     }
 }
 
 impl PeerIdentity {
+    #[cfg(test)]
     pub(crate) fn mtls(id: SpiffeId) -> Self {
+        Self::mtls_with_sni(id, None)
+    }
+
+    /// An mTLS peer whose ClientHello named `sni` (kept lowercase: a DNS
+    /// name's case means nothing).
+    pub(crate) fn mtls_with_sni(id: SpiffeId, sni: Option<&str>) -> Self {
         Self {
             id: Some(Arc::new(Verified {
                 id,
+                sni: sni
+                    .filter(|n| !n.is_empty())
+                    .map(|n| n.to_ascii_lowercase().into_boxed_str()),
                 labels: std::sync::OnceLock::new(),
             })),
         }
@@ -85,6 +99,13 @@ impl PeerIdentity {
                 .get_or_init(|| Arc::new(crate::telemetry::WorkloadInfo::from_peer(&v.id)))
                 .clone()
         })
+    }
+
+    /// The server name the client sent in its TLS ClientHello (SNI),
+    /// lowercase: what `connection.sni` matches. `None` for plaintext, or
+    /// a ClientHello without one (the mesh's own clients send none).
+    pub fn sni(&self) -> Option<&str> {
+        self.id.as_ref().and_then(|v| v.sni.as_deref())
     }
 
     /// Whether the request came over mTLS.
