@@ -149,6 +149,10 @@ pub struct Service {
     pub resolution: Resolution,
     /// The ServiceEntry.
     pub source: ResourceRef,
+    /// What a crate above computes once per snapshot for this service (its
+    /// telemetry labels): see [`DerivedSlot`].
+    #[serde(skip)]
+    pub derived: DerivedSlot,
 }
 
 impl Service {
@@ -931,6 +935,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                         .collect(),
                     resolution,
                     source: se.source.clone(),
+                    derived: DerivedSlot::default(),
                 },
             );
         }
@@ -1598,7 +1603,8 @@ fn compile_http_rule(
     })
 }
 
-/// A value computed from a [`Workload`] at most once per snapshot, by a
+/// A value computed from a [`Workload`] or a [`Service`] at most once per
+/// snapshot, by a
 /// crate above this one (mesh-tower keeps the workload's telemetry labels
 /// here, so they are built once and shared rather than per request). One
 /// type per slot: a second type gets a fresh value each time.

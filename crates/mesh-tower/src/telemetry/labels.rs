@@ -308,11 +308,11 @@ impl PeerMemo {
 #[non_exhaustive]
 pub struct DestinationInfo {
     /// The service's fully qualified host (`destination_service`).
-    pub service: String,
+    pub service: Arc<str>,
     /// `destination_service_name`.
-    pub service_name: String,
+    pub service_name: Arc<str>,
     /// `destination_service_namespace`.
-    pub service_namespace: String,
+    pub service_namespace: Arc<str>,
     /// The workload that served the request, once known.
     pub workload: Option<Arc<WorkloadInfo>>,
     /// Whether the connection to it was mesh mTLS, once known.
@@ -328,18 +328,22 @@ impl DestinationInfo {
     pub fn new(service_host: &str, service_namespace: &str) -> Self {
         let (name, namespace) = service_name(service_host, service_namespace);
         Self {
-            service: service_host.to_owned(),
-            service_name: name.to_owned(),
-            service_namespace: namespace.to_owned(),
+            service: service_host.into(),
+            service_name: name.into(),
+            service_namespace: namespace.into(),
             workload: None,
             mtls: None,
             upstream: None,
         }
     }
 
-    /// A service of the snapshot.
+    /// A service of the snapshot: its names are built once per snapshot
+    /// and shared by every request to it.
     pub fn for_service(svc: &Service) -> Self {
-        Self::new(&svc.host, &svc.namespace)
+        let names = svc
+            .derived
+            .get_or_init(|| Self::new(&svc.host, &svc.namespace));
+        (*names).clone()
     }
 
     /// Sets the workload that served.
@@ -432,7 +436,7 @@ mod tests {
         );
         let d = DestinationInfo::new("ratings.shop.svc.cluster.local", "shop");
         assert_eq!(
-            (d.service_name.as_str(), d.service_namespace.as_str()),
+            (&*d.service_name, &*d.service_namespace),
             ("ratings", "shop")
         );
     }

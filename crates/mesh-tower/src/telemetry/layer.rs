@@ -234,11 +234,7 @@ impl Answered {
         let shared = &p.shared;
         let local = &shared.local;
         let (service, service_name, service_namespace) = match &p.destination {
-            Some(d) => (
-                d.service.as_str(),
-                d.service_name.as_str(),
-                d.service_namespace.as_str(),
-            ),
+            Some(d) => (&*d.service, &*d.service_name, &*d.service_namespace),
             // The caller's side of a request no route took: Istio knows no
             // service (no cluster was chosen), so it reports none.
             None if shared.reporter == Reporter::Source && flags == "NR" => {

@@ -100,11 +100,7 @@ impl TcpTelemetry {
         mtls: Option<bool>,
     ) -> TcpConnection {
         let (svc, name, ns) = service.map_or((UNKNOWN, UNKNOWN, UNKNOWN), |s| {
-            (
-                s.service.as_str(),
-                s.service_name.as_str(),
-                s.service_namespace.as_str(),
-            )
+            (&*s.service, &*s.service_name, &*s.service_namespace)
         });
         let labels: Vec<Arc<str>> = [
             self.shared.reporter.as_str(),
