@@ -798,12 +798,7 @@ impl Loader {
             return;
         };
         if let Some(first) = &self.mesh_origin {
-            self.errors.push(ConfigError::at(
-                &origin,
-                Some("MeshConfig".to_owned()),
-                "",
-                format!("only one MeshConfig is allowed; the first is in {first}"),
-            ));
+            self.errors.push(second_mesh(&origin, first));
             return;
         }
         let m = &parsed.spec;
@@ -861,12 +856,7 @@ impl Loader {
         } = resources;
         if let Some(origin) = mesh_origin {
             if let Some(first) = &self.mesh_origin {
-                self.errors.push(ConfigError::at(
-                    &origin,
-                    Some("MeshConfig".to_owned()),
-                    "",
-                    format!("only one MeshConfig is allowed; the first is in {first}"),
-                ));
+                self.errors.push(second_mesh(&origin, first));
             } else {
                 self.mesh_origin = Some(origin);
                 self.resources.mesh = mesh;
@@ -943,6 +933,15 @@ fn merge_items<T>(
             }
         }
     }
+}
+
+fn second_mesh(origin: &Origin, first: &Origin) -> ConfigError {
+    ConfigError::at(
+        origin,
+        Some("MeshConfig".to_owned()),
+        "",
+        format!("only one MeshConfig is allowed; the first is in {first}"),
+    )
 }
 
 fn seen_key(source: &ResourceRef) -> (Kind, String, String) {
