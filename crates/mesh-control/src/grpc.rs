@@ -569,6 +569,12 @@ fn lb_policy(policy: &TrafficPolicy, resource: &str, warnings: &mut Warnings) ->
     if lb.consistent_hash.is_some() {
         return LbPolicy::RingHash;
     }
+    if lb.slow_start().is_some() {
+        warnings.push(
+            resource,
+            "loadBalancer warmup (slow start) is not supported by gRPC clients: an endpoint that joins gets its full share at once",
+        );
+    }
     match lb.simple {
         None | Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
         Some(SimpleLb::Unspecified | SimpleLb::LeastConn | SimpleLb::LeastRequest) => {

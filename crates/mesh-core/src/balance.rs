@@ -109,3 +109,39 @@ mod tests {
         assert_eq!(p2c(&[2, 2], 1, 0), 1);
     }
 }
+
+/// Slow start (DestinationRule `loadBalancer.warmup`, Envoy's slow start
+/// mode): an endpoint that joined a destination `age` ago, less than
+/// `window`, is picked with its weight scaled by
+/// `max(min_weight, (max(age, 1 s) / window) ^ (1 / aggression))`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowStart {
+    /// How long slow start lasts.
+    pub window: std::time::Duration,
+    /// The smallest share of its weight an endpoint gets (0 to 1).
+    pub min_weight: f64,
+    /// The ramp's shape: 1 is linear.
+    pub aggression: f64,
+}
+
+impl SlowStart {
+    /// The share of its weight an endpoint that joined `age` ago gets:
+    /// 1 once the window has passed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mesh_core::balance::SlowStart;
+    /// let s = SlowStart { window: Duration::from_secs(100), min_weight: 0.1, aggression: 1.0 };
+    /// assert_eq!(s.factor(Duration::from_secs(0)), 0.1); // the floor
+    /// assert!((s.factor(Duration::from_secs(50)) - 0.5).abs() < 1e-9);
+    /// assert_eq!(s.factor(Duration::from_secs(100)), 1.0);
+    /// ```
+    pub fn factor(&self, age: std::time::Duration) -> f64 {
+        if age >= self.window || self.window.is_zero() {
+            return 1.0;
+        }
+        let time = age.as_secs_f64().max(1.0) / self.window.as_secs_f64();
+        let ramp = time.powf(1.0 / self.aggression.max(f64::MIN_POSITIVE));
+        ramp.max(self.min_weight).min(1.0)
+    }
+}

@@ -395,8 +395,46 @@ fn traffic_policy(c: &mut Checker<'_>, f: &str, p: &TrafficPolicy) {
 }
 
 fn load_balancer(c: &mut Checker<'_>, f: &str, lb: &LoadBalancerSettings) {
+    let warms = lb.warmup.is_some() || lb.warmup_duration_secs.is_some();
+    if let Some(w) = &lb.warmup {
+        let f = format!("{f}.warmup");
+        match w.duration {
+            None => c.err(format!("{f}.duration"), "Required value"),
+            Some(d) if d.0.is_zero() => c.err(format!("{f}.duration"), "must be more than 0"),
+            Some(_) => {}
+        }
+        if w.minimum_percent
+            .is_some_and(|p| !(0.0..=100.0).contains(&p))
+        {
+            c.err(
+                format!("{f}.minimumPercent"),
+                "Invalid value: a percentage from 0 to 100",
+            );
+        }
+        if w.aggression.is_some_and(|a| a.is_nan() || a < 1.0) {
+            c.err(format!("{f}.aggression"), "Invalid value: at least 1");
+        }
+        if lb.warmup_duration_secs.is_some() {
+            c.err(
+                f.clone(),
+                "warmup and warmupDurationSecs exclude each other",
+            );
+        }
+    }
+    if lb.warmup_duration_secs.is_some_and(|d| d.0.is_zero()) {
+        c.err(format!("{f}.warmupDurationSecs"), "must be more than 0");
+    }
+    if warms && lb.consistent_hash.is_some() {
+        // Envoy's slow start exists for round robin and least request;
+        // accepted here it would do nothing.
+        c.err(
+            format!("{f}.warmup"),
+            "slow start has no effect with consistentHash: an endpoint's keys go to it at once; remove one of them",
+        );
+    }
     match (&lb.simple, &lb.consistent_hash) {
         (Some(_), Some(_)) => c.err(f.to_owned(), "simple and consistentHash exclude each other"),
+        (None, None) if warms => {}
         (None, None) => c.err(f.to_owned(), "needs simple or consistentHash"),
         (None, Some(h)) => {
             let keys = [

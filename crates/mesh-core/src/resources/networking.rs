@@ -418,6 +418,48 @@ pub struct LoadBalancerSettings {
     /// one subset (the sticky canary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_hash: Option<ConsistentHash>,
+    /// Slow start: an endpoint that joins gets a share of requests that
+    /// grows over `duration` ([`crate::balance::SlowStart`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Warmup>,
+    /// Istio's older spelling of `warmup: {duration: ...}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_duration_secs: Option<Duration>,
+}
+
+impl LoadBalancerSettings {
+    /// The slow start in force, if `warmup` (or `warmupDurationSecs`) is
+    /// set: Envoy's defaults for what is left out (10% at first,
+    /// aggression 1: a linear ramp).
+    pub fn slow_start(&self) -> Option<crate::balance::SlowStart> {
+        let (window, min_percent, aggression) = match (&self.warmup, self.warmup_duration_secs) {
+            (Some(w), _) => (w.duration?.0, w.minimum_percent, w.aggression),
+            (None, Some(d)) => (d.0, None, None),
+            (None, None) => return None,
+        };
+        Some(crate::balance::SlowStart {
+            window,
+            min_weight: min_percent.unwrap_or(10.0) / 100.0,
+            aggression: aggression.unwrap_or(1.0),
+        })
+    }
+}
+
+/// DestinationRule `loadBalancer.warmup`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Warmup {
+    /// How long an endpoint that joined stays in slow start (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Duration>,
+    /// The share of its full weight it starts at, in percent (0 to 100;
+    /// default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_percent: Option<f64>,
+    /// How the share grows: 1 linearly, more is faster at first (at least
+    /// 1; default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggression: Option<f64>,
 }
 
 /// Simple load-balancing algorithms.

@@ -155,31 +155,65 @@ pub(crate) fn endpoint(
     }
     let simple = lb.and_then(|l| l.simple);
     let hashed = lb.and_then(|l| l.consistent_hash.as_ref()).and(key);
-    let i = if let Some(k) = hashed {
-        sticky_pick(pool.iter().map(|e| (e.key.as_str(), 1)), k)?
-    } else {
-        match simple {
-            Some(SimpleLb::RoundRobin) => state.next_rr(&set.key()) % pool.len(),
-            Some(SimpleLb::Random) => (random.next_u64() % pool.len() as u64) as usize,
-            // LEAST_REQUEST is Istio's default: power of two choices.
-            _ => {
-                let n = pool.len() as u64;
-                let a = (random.next_u64() % n) as usize;
-                let b = (random.next_u64() % n) as usize;
-                if n == 1 {
-                    // One choice: no loads to compare (the draws above
-                    // still happen, so seeded sequences stay the same).
-                    0
-                } else {
-                    let loads: Vec<usize> = pool
-                        .iter()
-                        .map(|e| state.endpoint(&e.key).in_flight())
-                        .collect();
-                    p2c(&loads, a, b)
-                }
+    if let Some(k) = hashed {
+        let i = sticky_pick(pool.iter().map(|e| (e.key.as_str(), 1)), k)?;
+        return pool.get(i).map(|e| (*e).clone());
+    }
+    // Slow start: each endpoint's share of its weight, when one of them
+    // joined the set less than the window ago (the set's first members
+    // never warm up, as in Envoy).
+    let warming = lb
+        .and_then(LoadBalancerSettings::slow_start)
+        .and_then(|slow| {
+            let first = state.set_first_seen(&set.key());
+            let factors: Vec<f64> = pool
+                .iter()
+                .map(|e| {
+                    let joined = state.endpoint(&e.key).joined();
+                    if joined <= first {
+                        1.0
+                    } else {
+                        slow.factor(now.saturating_duration_since(joined))
+                    }
+                })
+                .collect();
+            factors.iter().any(|f| *f < 1.0).then_some(factors)
+        });
+    let one = || match simple {
+        Some(SimpleLb::RoundRobin) => state.next_rr(&set.key()) % pool.len(),
+        Some(SimpleLb::Random) => (random.next_u64() % pool.len() as u64) as usize,
+        // LEAST_REQUEST is Istio's default: power of two choices.
+        _ => {
+            let n = pool.len() as u64;
+            let a = (random.next_u64() % n) as usize;
+            let b = (random.next_u64() % n) as usize;
+            if n == 1 {
+                // One choice: no loads to compare (the draws above still
+                // happen, so seeded sequences stay the same).
+                0
+            } else {
+                let loads: Vec<usize> = pool
+                    .iter()
+                    .map(|e| state.endpoint(&e.key).in_flight())
+                    .collect();
+                p2c(&loads, a, b)
             }
         }
     };
+    // A warming endpoint is accepted with its share as probability, and
+    // the algorithm draws again otherwise (a bounded number of times): over
+    // round robin's and random's uniform draws this picks each endpoint in
+    // proportion to its share; least request still prefers the less loaded
+    // of its two candidates, the warming one only as often as its share.
+    let mut i = one();
+    if let Some(f) = &warming {
+        for _ in 0..16 {
+            if f[i] >= 1.0 || random.next_f64() < f[i] {
+                break;
+            }
+            i = one();
+        }
+    }
     pool.get(i).map(|e| (*e).clone())
 }
 
@@ -197,4 +231,132 @@ pub(crate) fn has_available(
             .iter()
             .any(|e| state.endpoint(&e.key).is_available(now))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use mesh_core::resources::networking::Warmup;
+
+    use super::*;
+    use crate::traffic::state::SeededRandom;
+
+    fn eps(keys: &[&str]) -> Vec<Endpoint> {
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| Endpoint {
+                key: (*k).to_owned(),
+                workload: i,
+                port: 80,
+            })
+            .collect()
+    }
+
+    fn lb(simple: Option<SimpleLb>, min: f64) -> LoadBalancerSettings {
+        LoadBalancerSettings {
+            simple,
+            warmup: Some(Warmup {
+                duration: Some(mesh_core::resources::common::Duration(Duration::from_secs(
+                    300,
+                ))),
+                minimum_percent: Some(min),
+                aggression: None,
+            }),
+            ..LoadBalancerSettings::default()
+        }
+    }
+
+    const SET: EndpointSet<'static> = EndpointSet::Http {
+        host: "ratings",
+        subset: None,
+    };
+
+    /// Picks `n` times; how often each endpoint was chosen.
+    fn shares(
+        all: &[Endpoint],
+        lb: &LoadBalancerSettings,
+        state: &TrafficState,
+        n: usize,
+    ) -> Vec<usize> {
+        let random = SeededRandom::new(7);
+        let mut counts = vec![0; all.len()];
+        for _ in 0..n {
+            let e = endpoint(all, Some(lb), None, state, SET, None, &random).unwrap();
+            counts[e.workload] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn an_endpoint_that_joins_starts_at_its_minimum_share_and_the_first_members_never_warm() {
+        for simple in [
+            Some(SimpleLb::RoundRobin),
+            Some(SimpleLb::Random),
+            Some(SimpleLb::LeastRequest),
+            None,
+        ] {
+            let state = TrafficState::default();
+            let lb = lb(simple, 10.0);
+            // The set's first members: picked evenly from the start.
+            let first = shares(&eps(&["a:80", "b:80"]), &lb, &state, 2_000);
+            assert!(
+                first.iter().all(|c| (800..=1_200).contains(c)),
+                "{simple:?} {first:?}"
+            );
+            // c joins now: 10% of its weight, so about 0.1 / 2.1 of the
+            // picks (4.8%), far from an even third.
+            let all = eps(&["a:80", "b:80", "c:80"]);
+            let n = 20_000;
+            let got = shares(&all, &lb, &state, n);
+            let c = got[2] as f64 / n as f64;
+            assert!(
+                (0.02..0.09).contains(&c),
+                "{simple:?}: c got {c:.3} of {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_share_grows_with_the_time_since_joining_and_is_whole_after_the_window() {
+        let lb = lb(Some(SimpleLb::RoundRobin), 10.0);
+        let all = eps(&["a:80", "b:80", "c:80"]);
+        let share_of_c = |age: Duration| {
+            let state = TrafficState::default();
+            shares(&all[..2], &lb, &state, 10);
+            let joined = Instant::now().checked_sub(age).unwrap();
+            // Joined after the set was first seen, `age` ago: the set is
+            // dated back further still.
+            state.endpoint_joined_at("c:80", joined);
+            let first = joined.checked_sub(Duration::from_secs(1)).unwrap();
+            for member in ["a:80", "b:80"] {
+                state.endpoint_joined_at(member, first);
+            }
+            state.sets_seen_at(&SET.key(), first);
+            let n = 20_000;
+            shares(&all, &lb, &state, n)[2] as f64 / n as f64
+        };
+        // Half the window: weight 0.5, share 0.5 / 2.5 = 20%.
+        let half = share_of_c(Duration::from_secs(150));
+        assert!((0.16..0.24).contains(&half), "{half}");
+        // Past the window: an even third.
+        let whole = share_of_c(Duration::from_secs(400));
+        assert!((0.30..0.37).contains(&whole), "{whole}");
+        let early = share_of_c(Duration::from_secs(3));
+        assert!(early < half, "{early} {half}");
+    }
+
+    #[test]
+    fn without_warmup_a_joiner_gets_its_share_at_once() {
+        let state = TrafficState::default();
+        let plain = LoadBalancerSettings {
+            simple: Some(SimpleLb::RoundRobin),
+            ..LoadBalancerSettings::default()
+        };
+        shares(&eps(&["a:80", "b:80"]), &plain, &state, 10);
+        let got = shares(&eps(&["a:80", "b:80", "c:80"]), &plain, &state, 3_000);
+        assert!(got.iter().all(|c| (900..=1_100).contains(c)), "{got:?}");
+    }
 }

@@ -51,13 +51,30 @@ impl RandomSource for SeededRandom {
 }
 
 /// One endpoint's live state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct EndpointState {
     in_flight: AtomicUsize,
     health: Mutex<EndpointHealth>,
+    /// When this router first saw it: when it joined, for slow start.
+    joined: Instant,
+}
+
+impl Default for EndpointState {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            health: Mutex::default(),
+            joined: Instant::now(),
+        }
+    }
 }
 
 impl EndpointState {
+    /// When this router first saw the endpoint.
+    pub(crate) fn joined(&self) -> Instant {
+        self.joined
+    }
+
     /// Requests in flight.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
@@ -161,6 +178,9 @@ fn get_or_insert<V>(
 pub(crate) struct TrafficState {
     endpoints: ArcSwap<foldhash::HashMap<String, Arc<EndpointState>>>,
     counters: ArcSwap<foldhash::HashMap<String, Arc<AtomicUsize>>>,
+    /// When each endpoint set with slow start was first picked from: its
+    /// endpoints seen by then are its first members, not joiners.
+    sets_seen: ArcSwap<foldhash::HashMap<String, Arc<Instant>>>,
     pools: ArcSwap<foldhash::HashMap<String, Arc<Pool>>>,
     identity_sets: ArcSwap<foldhash::HashSet<Arc<[SpiffeId]>>>,
     /// Originated TLS by its settings (roots, server name), with when it
@@ -259,6 +279,33 @@ impl TrafficState {
     /// The state of an endpoint, `address:port`.
     pub(crate) fn endpoint(&self, key: &str) -> Arc<EndpointState> {
         get_or_insert(&self.endpoints, key, EndpointState::default)
+    }
+
+    /// Records that this router saw the endpoint `key` first at `joined`
+    /// (tests: an endpoint that joined in the past).
+    #[cfg(test)]
+    pub(crate) fn endpoint_joined_at(&self, key: &str, joined: Instant) {
+        let state = Arc::new(EndpointState {
+            joined,
+            ..EndpointState::default()
+        });
+        let mut m = foldhash::HashMap::clone(&self.endpoints.load());
+        m.insert(key.to_owned(), state);
+        self.endpoints.store(Arc::new(m));
+    }
+
+    /// Records that the set `set` was first picked from at `at` (tests).
+    #[cfg(test)]
+    pub(crate) fn sets_seen_at(&self, set: &str, at: Instant) {
+        let mut m = foldhash::HashMap::clone(&self.sets_seen.load());
+        m.insert(set.to_owned(), Arc::new(at));
+        self.sets_seen.store(Arc::new(m));
+    }
+
+    /// When the endpoint set `set` was first picked from (now, the first
+    /// time this is asked).
+    pub(crate) fn set_first_seen(&self, set: &str) -> Instant {
+        *get_or_insert(&self.sets_seen, set, Instant::now)
     }
 
     /// The next round-robin position for a set.
