@@ -751,7 +751,7 @@ fn http_route(
         }
     }
     // Stable: equal precedence keeps the rules' order (Gateway API).
-    pieces.sort_by(|a, b| a.0.cmp(&b.0));
+    pieces.sort_by_key(|p| p.0);
     let http: Vec<Value> = pieces.into_iter().flat_map(|p| p.3).collect();
     let mut spec = Map::new();
     spec.insert("hosts".into(), json!(hosts));
@@ -1294,9 +1294,14 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 /// Gateway API weights are relative (0 to 1,000,000); Istio's are at
-/// most 100 each. Divided by their greatest common divisor the split is
-/// the same; only weights still above 100 are scaled to a sum of 100.
+/// most 100 each. Weights of at most 100 are kept; others are divided by
+/// their greatest common divisor (the same split), and only when still
+/// above 100 scaled to a sum of 100 (the split to within 1%).
 fn istio_weights(weights: &[u32]) -> Vec<u32> {
+    if weights.iter().all(|&w| w <= 100) {
+        // As written: `90`/`10` reads in `explain` as the user wrote it.
+        return weights.to_vec();
+    }
     let g = weights
         .iter()
         .fold(0u64, |g, &w| gcd(g, u64::from(w)))
@@ -1546,7 +1551,7 @@ mod tests {
         assert_eq!(istio_weights(&[90, 10]), [90, 10]);
         assert_eq!(istio_weights(&[1, 1]), [1, 1]);
         assert_eq!(istio_weights(&[900, 100]), [9, 1]);
-        assert_eq!(istio_weights(&[0, 5]), [0, 1]);
+        assert_eq!(istio_weights(&[0, 5]), [0, 5]);
         assert_eq!(istio_weights(&[1000, 1]), [100, 0]);
         assert_eq!(istio_weights(&[201, 101, 1]).iter().sum::<u32>(), 100);
     }

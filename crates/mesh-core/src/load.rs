@@ -9,7 +9,9 @@
 //! Documents of kinds the mesh does not read (Deployments, Services...) are
 //! listed as skipped; an `*.istio.io` kind or version the mesh does not
 //! implement is an error, because dropping it silently could weaken what the
-//! user asked for.
+//! user asked for. The Kubernetes Gateway API's Gateway and HTTPRoute are
+//! read into Istio's Gateway and VirtualService ([`crate::gateway_api`]);
+//! its other kinds are refused by name.
 
 use std::collections::HashMap;
 use std::fs;
@@ -21,6 +23,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::Value;
 
 use crate::error::{ConfigError, ConfigErrors};
+use crate::gateway_api::GROUP as GATEWAY_API_GROUP;
 use crate::meshconfig::{MESH_CONFIG_API_VERSION, MeshConfig};
 use crate::resources::{Item, Kind, ObjectMeta, Origin, ResourceRef, Resources, Skipped};
 
@@ -49,8 +52,6 @@ fn yaml_options() -> serde_saphyr::Options {
     budget.max_events = 6_000_000;
     serde_saphyr::options! { budget: Some(budget) }
 }
-
-use crate::gateway_api::GROUP as GATEWAY_API_GROUP;
 
 const NETWORKING_VERSIONS: &[&str] = &[
     "networking.istio.io/v1alpha3",
