@@ -486,3 +486,57 @@ fn what_has_no_exact_translation_is_refused_by_field() {
         "unsupported field `addresses`",
     );
 }
+
+#[test]
+fn two_routes_for_one_host_of_one_parent_are_refused() {
+    let second = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r2, namespace: edge}\nspec:\n  parentRefs: [{name: web}]\n  hostnames: [\"*.example.com\"]\n  rules: [{backendRefs: [{name: b, port: 80}]}]\n";
+    refused(
+        &format!(
+            "{}{second}",
+            with_route(
+                "  parentRefs: [{name: web}]\n  hostnames: [a.example.com]\n  rules: [{backendRefs: [{name: a, port: 80}]}]\n"
+            )
+        ),
+        "spec.parentRefs",
+        "HTTPRoute edge/r (bad.yaml (document 2)) routes host *.example.com at the same parent",
+    );
+    // Hosts that do not meet do not merge.
+    load(&format!(
+        "{}{}",
+        with_route(
+            "  parentRefs: [{name: web}]\n  hostnames: [a.example.org]\n  rules: [{backendRefs: [{name: a, port: 80}]}]\n"
+        ),
+        second
+    ));
+}
+
+#[test]
+fn a_redirect_keeps_the_listeners_scheme_and_port() {
+    let r = load(&with_route(
+        "  parentRefs: [{name: web, sectionName: https}]\n  rules:\n  - filters: [{type: RequestRedirect, requestRedirect: {hostname: www.example.com}}]\n",
+    ));
+    let to = r.virtual_services[0].spec.http[0]
+        .redirect
+        .as_ref()
+        .unwrap();
+    assert_eq!(to.scheme.as_deref(), Some("https"));
+    assert_eq!(to.redirect_code, Some(302), "the Gateway API's default");
+    // On both listeners, the scheme is not one.
+    refused(
+        &with_route(
+            "  parentRefs: [{name: web}]\n  rules:\n  - filters: [{type: RequestRedirect, requestRedirect: {hostname: www.example.com}}]\n",
+        ),
+        "spec.rules[0].filters[0].requestRedirect.scheme",
+        "HTTP and HTTPS listeners",
+    );
+    // A listener off its scheme's port: the port must be said.
+    refused(
+        &with_route(
+            "  parentRefs: [{name: web, port: 80}]\n  rules:\n  - filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /x}}}]\n",
+        )
+        .replace("port: 80, protocol: HTTP", "port: 8080, protocol: HTTP")
+        .replace("{name: web, port: 80}", "{name: web, port: 8080}"),
+        "spec.rules[0].filters[0].requestRedirect.port",
+        "is required here",
+    );
+}
