@@ -540,3 +540,51 @@ fn a_redirect_keeps_the_listeners_scheme_and_port() {
         "is required here",
     );
 }
+
+#[test]
+fn explain_names_the_users_gateway_api_document() {
+    const MESH: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  ports: [{number: 9080, name: http}]\n  resolution: STATIC\n  endpoints: [{address: 10.0.0.9}]\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: productpage}\nspec: {address: 10.0.0.3, labels: {app: productpage}, serviceAccount: productpage}\n";
+    let Some((file, r)) = sample("bookinfo_gateway-api_route-reviews-90-10.yaml", MESH) else {
+        return;
+    };
+    let r = r.unwrap_or_else(|e| panic!("{e}"));
+    let q = mesh_core::explain::Query {
+        from: "productpage".to_owned(),
+        to: "reviews.default.svc.cluster.local:9080".to_owned(),
+        ..Default::default()
+    };
+    let x = mesh_core::explain::explain(&snap(&r), &q).unwrap();
+    let route = x.steps.iter().find(|s| s.step == "route").unwrap();
+    let by = route.decided_by.as_ref().unwrap();
+    assert_eq!(
+        (by.origin.file.as_path(), by.origin.document),
+        (file.as_path(), 1)
+    );
+    assert!(x.to_string().contains("route-reviews-90-10.yaml"), "{x}");
+}
+
+#[test]
+fn a_control_plane_serves_the_translation_as_istio_documents() {
+    let Some(dir) = samples() else {
+        return;
+    };
+    let dir = dir.join("bookinfo_gateway-api_bookinfo-gateway.yaml");
+    let r = mesh_core::load::load_path_keeping_documents(&dir).unwrap();
+    mesh_core::xds::Catalog::new(&r).unwrap();
+    // What a data plane gets reads back as the same routing.
+    let docs = r
+        .gateways
+        .iter()
+        .map(|g| (g.source.origin.clone(), (**g.raw.as_ref().unwrap()).clone()))
+        .chain(
+            r.virtual_services
+                .iter()
+                .map(|v| (v.source.origin.clone(), (**v.raw.as_ref().unwrap()).clone())),
+        );
+    let again = mesh_core::load::load_documents(docs).unwrap();
+    assert_eq!(again.gateways[0].api_version, "networking.istio.io/v1");
+    assert_eq!(
+        format!("{:?}", again.virtual_services[0].spec.http),
+        format!("{:?}", r.virtual_services[0].spec.http)
+    );
+}
