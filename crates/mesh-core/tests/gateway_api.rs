@@ -588,3 +588,24 @@ fn a_control_plane_serves_the_translation_as_istio_documents() {
         format!("{:?}", r.virtual_services[0].spec.http)
     );
 }
+
+#[test]
+fn a_mesh_redirect_keeps_the_service_port() {
+    let route = |port: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: web{port}}}]\n  rules:\n  - filters: [{{type: RequestRedirect, requestRedirect: {{hostname: www.example.com}}}}]\n"
+        )
+    };
+    let r = load(&route(", port: 9080"));
+    let to = r.virtual_services[0].spec.http[0]
+        .redirect
+        .as_ref()
+        .unwrap();
+    assert_eq!(to.port, Some(9080));
+    // Without a port, the request's port is not known here.
+    refused(
+        &route(""),
+        "spec.rules[0].filters[0].requestRedirect.port",
+        "is required here",
+    );
+}

@@ -275,11 +275,15 @@ pub(super) fn request_redirect(
                 ls.iter()
                     .all(|&(port, https)| port == if https { 443 } else { 80 })
             });
-            if !well_known {
+            // A Service parent bound to a port: requests come in on it.
+            let service_port = at.port.filter(|_| !at.services.is_empty());
+            if let Some(p) = service_port.filter(|&p| p != 80) {
+                out.insert("port".into(), json!(p));
+            } else if !well_known && service_port.is_none() {
                 e.err(
                     format!("{f}.port"),
-                    "is required here: the listener's port is not the scheme's own, and a \
-                     redirect without a port would drop it",
+                    "is required here: the port requests come in on is not known to be the \
+                     scheme's own, and a redirect without a port would drop it",
                 );
             }
         }
