@@ -54,6 +54,7 @@ pub mod balance;
 pub mod error;
 pub mod explain;
 pub mod gateway;
+pub mod gateway_api;
 pub mod identity;
 pub mod jwt;
 pub mod load;

@@ -9,7 +9,9 @@
 //! Documents of kinds the mesh does not read (Deployments, Services...) are
 //! listed as skipped; an `*.istio.io` kind or version the mesh does not
 //! implement is an error, because dropping it silently could weaken what the
-//! user asked for.
+//! user asked for. The Kubernetes Gateway API's Gateway and HTTPRoute are
+//! read into Istio's Gateway and VirtualService ([`crate::gateway_api`]);
+//! its other kinds are refused by name.
 
 use std::collections::HashMap;
 use std::fs;
@@ -21,6 +23,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::Value;
 
 use crate::error::{ConfigError, ConfigErrors};
+use crate::gateway_api::GROUP as GATEWAY_API_GROUP;
 use crate::meshconfig::{MESH_CONFIG_API_VERSION, MeshConfig};
 use crate::resources::{Item, Kind, ObjectMeta, Origin, ResourceRef, Resources, Skipped};
 
@@ -49,9 +52,6 @@ fn yaml_options() -> serde_saphyr::Options {
     budget.max_events = 6_000_000;
     serde_saphyr::options! { budget: Some(budget) }
 }
-
-/// The Kubernetes Gateway API's group: refused whole, by name.
-const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 
 const NETWORKING_VERSIONS: &[&str] = &[
     "networking.istio.io/v1alpha3",
@@ -197,6 +197,7 @@ struct FileLoad {
     resources: Resources,
     errors: Vec<ConfigError>,
     mesh_origin: Option<Origin>,
+    gateway_api: Vec<crate::gateway_api::Document>,
 }
 
 impl FileLoad {
@@ -210,6 +211,7 @@ impl FileLoad {
             resources: loader.resources,
             errors: loader.errors,
             mesh_origin: loader.mesh_origin,
+            gateway_api: loader.gateway_api,
         }
     }
 }
@@ -395,6 +397,9 @@ struct Loader {
     mesh_origin: Option<Origin>,
     errors: Vec<ConfigError>,
     seen: HashMap<(Kind, String, String), Origin>,
+    /// Gateway API documents, translated once all are read
+    /// ([`crate::gateway_api::translate`]).
+    gateway_api: Vec<crate::gateway_api::Document>,
 }
 
 impl Loader {
@@ -438,17 +443,12 @@ impl Loader {
             return;
         }
         if api_version.split('/').next() == Some(GATEWAY_API_GROUP) {
-            // Its Gateway is not Istio's Gateway in another version, and an
-            // HTTPRoute skipped would be routing silently dropped.
-            self.errors.push(ConfigError::at(
-                &origin,
-                Some(kind.clone()),
-                "apiVersion",
-                format!(
-                    "{api_version} {kind}: the Kubernetes Gateway API is not implemented yet; \
-                     write Istio's Gateway and VirtualService (networking.istio.io) instead"
-                ),
-            ));
+            // Translated into Istio resources once every document is read;
+            // a kind not translated is refused, never skipped.
+            match crate::gateway_api::read(&origin, &api_version, &kind, doc) {
+                Ok(d) => self.gateway_api.push(d),
+                Err(e) => self.errors.push(e),
+            }
             return;
         }
         let Some((kind_enum, versions)) = kind_of(&kind) else {
@@ -835,8 +835,10 @@ impl Loader {
             resources,
             errors,
             mesh_origin,
+            gateway_api,
         } = file;
         self.errors.extend(errors);
+        self.gateway_api.extend(gateway_api);
         // Every field named: one added to `Resources` must be merged too.
         let Resources {
             mesh,
@@ -893,6 +895,12 @@ impl Loader {
     }
 
     fn finish(mut self) -> Result<Resources, ConfigErrors> {
+        let (translated, errors) = crate::gateway_api::translate(&self.gateway_api);
+        self.errors.extend(errors);
+        for t in translated {
+            let version = t.doc["apiVersion"].as_str().unwrap_or_default().to_owned();
+            self.add_known(t.kind, t.origin, version, t.doc);
+        }
         // MeshPolicy namespaces were set before the MeshConfig might have been
         // read; settle them against the final root namespace.
         let root = self.resources.mesh.root_namespace.clone();
@@ -1057,7 +1065,9 @@ pub(crate) fn is_dns_name(s: &str) -> bool {
 }
 
 /// Turns serde's message into a field path and a sentence a user can act on.
-fn describe_serde_error(e: &serde_path_to_error::Error<serde_json::Error>) -> (String, String) {
+pub(crate) fn describe_serde_error(
+    e: &serde_path_to_error::Error<serde_json::Error>,
+) -> (String, String) {
     let mut path = e.path().to_string();
     if path == "." {
         path.clear();
