@@ -660,7 +660,7 @@ fn endpoints(
         endpoints: Vec::new(),
         reason: format!("reaches {label}"),
     };
-    for ep in &planned.endpoints {
+    for ep in planned.endpoints.iter() {
         let w = &snap.workloads[ep.workload];
         // Opaque TCP is sent as the TCP router sends it: no TLS origination.
         let tls = planned.endpoint_tls(snap, ep).and_then(|t| {

@@ -48,6 +48,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::gateway::GatewayRoute;
@@ -374,7 +375,7 @@ pub struct DestinationPlan<'s> {
     /// The subset, if the destination names one.
     pub subset: Option<&'s str>,
     /// The endpoints: the subset's workloads, or all of the service's.
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Arc<[Endpoint]>,
     /// The traffic policy in force (load balancing, pool, outlier
     /// detection, TLS), merged as Istio merges it.
     pub policy: TrafficPolicy,
@@ -397,10 +398,11 @@ pub fn resolve_destination<'s>(
         port: number,
     })?;
     let subset = d.subset.as_deref();
-    let endpoints = endpoints(snap, service, port, subset).ok_or_else(|| PlanError::NoSubset {
-        host: d.host.clone(),
-        subset: subset.unwrap_or_default().to_owned(),
-    })?;
+    let endpoints =
+        endpoints_shared(snap, service, port, subset).ok_or_else(|| PlanError::NoSubset {
+            host: d.host.clone(),
+            subset: subset.unwrap_or_default().to_owned(),
+        })?;
     Ok(DestinationPlan {
         service,
         port,
@@ -504,6 +506,18 @@ pub fn endpoint_tls(
         None if server.mode == MtlsMode::Disable => Ok(EndpointTls::Plaintext),
         None => Ok(EndpointTls::MeshMtls),
     }
+}
+
+/// [`endpoints`], made once per snapshot, service, port and subset and
+/// shared: what the data plane asks per request.
+pub fn endpoints_shared(
+    snap: &Snapshot,
+    svc: &Service,
+    port: &ServicePortEntry,
+    subset: Option<&str>,
+) -> Option<Arc<[Endpoint]>> {
+    svc.endpoint_lists
+        .get_or_make(port.number, subset, || endpoints(snap, svc, port, subset))
 }
 
 /// The endpoints of a destination: the subset's healthy workloads, or all

@@ -9,7 +9,7 @@
 //! policies come from reverse maps built once, never from a scan of the
 //! whole mesh per workload (`mesh-bench config-scale` measures it).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -26,6 +26,11 @@ use crate::resources::networking::{
 use crate::resources::security::{AuthzAction, MtlsMode};
 use crate::resources::{Item, Kind, ResourceRef, Resources, Skipped};
 use crate::route::{HttpRouteRule, Matcher, RouteAction, RouteMatch, WeightedDestination};
+
+/// The snapshot's lookups hash with foldhash: their keys come from the
+/// configuration, not from requests, and a request looks one up (its
+/// workload) where SipHash cost a few hundred instructions.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
 
 /// A workload: a WorkloadEntry or a ServiceEntry's inline endpoint.
 #[derive(Debug, Clone, Serialize)]
@@ -153,6 +158,10 @@ pub struct Service {
     /// telemetry labels): see [`DerivedSlot`].
     #[serde(skip)]
     pub derived: DerivedSlot,
+    /// Its endpoint lists per port and subset, made on first use
+    /// ([`crate::plan::endpoints_shared`]).
+    #[serde(skip)]
+    pub endpoint_lists: EndpointLists,
 }
 
 impl Service {
@@ -682,8 +691,8 @@ pub(crate) struct RuleIndex {
 
 impl RuleIndex {
     pub(crate) fn new(r: &Resources) -> Self {
-        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut wild: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::default();
+        let mut wild: HashMap<String, Vec<usize>> = HashMap::default();
         for (i, dr) in r.destination_rules.iter().enumerate() {
             let host = r.mesh.resolve_host(&dr.spec.host, dr.namespace());
             if let Some(key) = crate::visibility::wildcard_key(&host) {
@@ -811,8 +820,8 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
     // WorkloadEntries by namespace and by (namespace, label, value), for
     // the selectors below: each selector reads the shortest list its labels
     // name instead of every workload of the mesh.
-    let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
-    let mut by_label: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
+    let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::default();
+    let mut by_label: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::default();
     for we in &r.workload_entries {
         let ns = we.namespace();
         if let Some(i) = add_workload(&mut snap, we.source.key(), ns, &we.spec, &we.source) {
@@ -871,7 +880,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
         // DNS without endpoints: each host is resolved, the one endpoint of
         // its own service, dialled by name on the service's ports (Istio
         // makes a cluster per host).
-        let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut by_name: HashMap<String, usize> = HashMap::default();
         if resolution.is_dns()
             && se.spec.endpoints.is_empty()
             && se.spec.workload_selector.is_none()
@@ -936,6 +945,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     resolution,
                     source: se.source.clone(),
                     derived: DerivedSlot::default(),
+                    endpoint_lists: EndpointLists::default(),
                 },
             );
         }
@@ -1213,7 +1223,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
     // Per workload: inbound modes of the ports it serves, and its policies,
     // from the services that list it (by key, as every lookup goes) and the
     // policies that can apply in its namespace.
-    let mut served: HashMap<&str, Vec<&Service>> = HashMap::new();
+    let mut served: HashMap<&str, Vec<&Service>> = HashMap::default();
     for svc in snap.services.values() {
         let mut keys: Vec<&str> = svc
             .workloads
@@ -1619,6 +1629,59 @@ impl DerivedSlot {
             .clone()
             .downcast::<T>()
             .unwrap_or_else(|_| Arc::new(f()))
+    }
+}
+
+/// A service's endpoint lists, one per port and subset, each made once per
+/// snapshot on first use and then shared by every request routed there
+/// (the list, each endpoint's `address:port` key among it, is otherwise
+/// built per request). Few per service: its ports times its subsets.
+#[derive(Default)]
+pub struct EndpointLists(std::sync::RwLock<Vec<EndpointList>>);
+
+/// One list of [`EndpointLists`]: `None` when the subset is not defined.
+type EndpointList = (u16, Option<Box<str>>, Option<Arc<[crate::plan::Endpoint]>>);
+
+impl EndpointLists {
+    /// The list of `port` and `subset`, made by `make` the first time.
+    pub fn get_or_make(
+        &self,
+        port: u16,
+        subset: Option<&str>,
+        make: impl FnOnce() -> Option<Vec<crate::plan::Endpoint>>,
+    ) -> Option<Arc<[crate::plan::Endpoint]>> {
+        let find = |lists: &[EndpointList]| {
+            lists
+                .iter()
+                .find(|(p, s, _)| *p == port && s.as_deref() == subset)
+                .map(|(_, _, l)| l.clone())
+        };
+        if let Some(found) = find(&self.0.read().unwrap_or_else(|e| e.into_inner())) {
+            return found;
+        }
+        let made: Option<Arc<[crate::plan::Endpoint]>> = make().map(Arc::from);
+        let mut lists = self.0.write().unwrap_or_else(|e| e.into_inner());
+        // Another request may have made it meanwhile: keep the first.
+        if let Some(found) = find(&lists) {
+            return found;
+        }
+        lists.push((port, subset.map(Box::from), made.clone()));
+        made
+    }
+}
+
+impl Clone for EndpointLists {
+    /// A fresh cache: a clone of a service may be changed, and its lists
+    /// are made again from what it then holds.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for EndpointLists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.read().map_or(0, |l| l.len());
+        write!(f, "EndpointLists({n})")
     }
 }
 

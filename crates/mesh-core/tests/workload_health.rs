@@ -98,3 +98,33 @@ fn a_condition_status_that_is_none_of_true_false_unknown_is_refused_by_field() {
         assert!(text.contains(field), "{status:?}: {text}");
     }
 }
+
+/// The data plane's lists (made once per snapshot and shared) hold what a
+/// list made afresh holds, the same list every time; a new snapshot makes
+/// its own from its own workloads.
+#[test]
+fn shared_endpoint_lists_follow_their_snapshot() {
+    use mesh_core::plan::endpoints_shared;
+    let lists = |yaml: &str| {
+        let r = load_str(Path::new("f.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"));
+        let snap = compile(&r).unwrap_or_else(|e| panic!("{e}"));
+        let svc = &snap.services["web.default.svc.cluster.local"];
+        let first = endpoints_shared(&snap, svc, &svc.ports[0], None).unwrap();
+        let again = endpoints_shared(&snap, svc, &svc.ports[0], None).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "made once");
+        assert_eq!(
+            &first[..],
+            &endpoints(&snap, svc, &svc.ports[0], None).unwrap()[..]
+        );
+        assert!(
+            endpoints_shared(&snap, svc, &svc.ports[0], Some("nosuch")).is_none(),
+            "an undefined subset has no list, every time"
+        );
+        assert!(endpoints_shared(&snap, svc, &svc.ports[0], Some("nosuch")).is_none());
+        first.iter().map(|e| e.key.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(lists(&mesh("")), ["10.0.0.1:80", "10.0.0.2:80"]);
+    let draining =
+        mesh("status:\n  conditions:\n  - {type: Healthy, status: \"False\", reason: Terminating}");
+    assert_eq!(lists(&draining), ["10.0.0.1:80"]);
+}

@@ -1,7 +1,7 @@
 //! The HTTP client towards endpoints. Requests arrive with their endpoint
 //! already chosen (`http://addr:port/...` for plaintext, `https://` for mesh
 //! mTLS) and, for mTLS, the identities the routing plan allows there
-//! ([`SecureNaming`]); the connector dials it and checks that the server
+//! ([`Dial`]); the connector dials it and checks that the server
 //! proves one of them. Connections are pooled per scheme, endpoint and
 //! identity set by hyper-util.
 
@@ -244,15 +244,41 @@ impl UpstreamError {
     }
 }
 
-/// Asks the upstream to speak HTTP/2 without negotiation (HTTP2 and GRPC
-/// ports over plaintext); a request extension the router sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PriorKnowledgeH2;
+/// How to reach the request's endpoint: a request extension the router's
+/// balance layer sets on every attempt, one for all of it (one allocation
+/// per attempt rather than one per setting). Without it: plaintext
+/// HTTP/1.1 (or h2 by ALPN), the default connect timeout, and an `https`
+/// request fails closed (no identity may answer).
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// The identities the routing plan allows to answer at the endpoint
+    /// (secure naming), for mesh mTLS; empty otherwise.
+    pub identities: Arc<[SpiffeId]>,
+    /// How long the dial may take (the DestinationRule's
+    /// `connectTimeout`).
+    pub connect_timeout: Duration,
+    /// TLS the mesh originates instead of mesh mTLS, if any.
+    pub originate: Option<OriginateTls>,
+    /// Speak HTTP/2 without negotiation (HTTP2 and GRPC ports over
+    /// plaintext).
+    pub h2_prior_knowledge: bool,
+}
+
+impl Default for Dial {
+    fn default() -> Self {
+        Self {
+            identities: Arc::from([]),
+            connect_timeout: mesh_core::plan::DEFAULT_CONNECT_TIMEOUT,
+            originate: None,
+            h2_prior_knowledge: false,
+        }
+    }
+}
 
 /// TLS the mesh originates to the request's endpoint, a server outside the
-/// mesh (DestinationRule `tls: SIMPLE`): a request extension the router
-/// sets on an `https` request that is no mesh mTLS. `key` names the
-/// settings (roots and server name) for the client pools.
+/// mesh (DestinationRule `tls: SIMPLE`): part of the [`Dial`] of an `https`
+/// request that is no mesh mTLS. `key` names the settings (roots and
+/// server name) for the client pools.
 #[derive(Clone)]
 pub struct OriginateTls {
     /// What the settings are, for the pool key.
@@ -272,18 +298,6 @@ impl std::fmt::Debug for OriginateTls {
             .finish_non_exhaustive()
     }
 }
-
-/// How long the dial of the request's endpoint may take (the
-/// DestinationRule's `connectTimeout`); a request extension the router
-/// sets. Without it, [`mesh_core::plan::DEFAULT_CONNECT_TIMEOUT`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectTimeout(pub Duration);
-
-/// The identities the routing plan allows to answer at the request's
-/// endpoint (secure naming); a request extension the router sets on every
-/// `https` (mesh mTLS) request. Without it an mTLS request fails closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecureNaming(pub Arc<[SpiffeId]>);
 
 /// What sends a request to its chosen endpoint (the URI names it). The
 /// router only needs this; tests put a `service_fn` here to drive time and
@@ -314,7 +328,7 @@ impl Clients {
 
 /// The real upstream: hyper-util's pooled clients, one pair for plaintext
 /// and one pair per identity set of mesh mTLS (read from the request's
-/// [`SecureNaming`]) and connect timeout ([`ConnectTimeout`]). The sets
+/// [`Dial`]) and connect timeout. The sets
 /// are few (one per service account a caller reaches, and the timeouts
 /// DestinationRules name) and kept for the router's life; idle connections
 /// close after 90 seconds.
@@ -334,17 +348,16 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
     tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: Request<BoxBody>| {
         // `Client::request` clones the client into its future itself, so
         // the one chosen is only borrowed here.
-        let h2 = req.extensions().get::<PriorKnowledgeH2>().is_some();
-        let timeout = req
-            .extensions()
-            .get::<ConnectTimeout>()
-            .map_or(mesh_core::plan::DEFAULT_CONNECT_TIMEOUT, |t| t.0);
-        let origin = req.extensions().get::<OriginateTls>().cloned();
+        let dial = req.extensions().get::<Dial>();
+        let h2 = dial.is_some_and(|d| d.h2_prior_knowledge);
+        let timeout = dial.map_or(mesh_core::plan::DEFAULT_CONNECT_TIMEOUT, |d| {
+            d.connect_timeout
+        });
         let send = if req.uri().scheme_str() == Some("https") {
-            let ids = req
-                .extensions()
-                .get::<SecureNaming>()
-                .map_or_else(|| Arc::from([]), |s| s.0.clone());
+            let (ids, origin) = dial.map_or_else(
+                || (Arc::from([]), None),
+                |d| (d.identities.clone(), d.originate.clone()),
+            );
             shared.clients((ids, timeout, origin), |c| c.pick(h2).request(req))
         } else if timeout == mesh_core::plan::DEFAULT_CONNECT_TIMEOUT {
             shared.plain.pick(h2).request(req)

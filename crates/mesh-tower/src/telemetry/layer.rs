@@ -117,11 +117,14 @@ struct Pending {
     shared: Arc<Shared>,
     start: Instant,
     method: Method,
-    /// The path without the query: query strings carry tokens, which
-    /// have no place in a log.
-    path: String,
+    /// The request's path and query (shared with the request, not
+    /// copied); the log shows the path alone: query strings carry tokens,
+    /// which have no place in a log.
+    path: Option<http::uri::PathAndQuery>,
     version: Version,
-    host: String,
+    /// Where the request was addressed, as it came: lowercased and
+    /// stripped of its port only when read ([`Pending::host`]).
+    host: HostSource,
     grpc: bool,
     request_id: Option<String>,
     trace_id: u128,
@@ -130,9 +133,46 @@ struct Pending {
     peer: Option<Arc<WorkloadInfo>>,
     mtls: Option<bool>,
     destination: Option<DestinationInfo>,
-    request_bytes: Arc<AtomicU64>,
-    /// gRPC messages the client sent (counted as the body is read).
-    request_messages: Arc<AtomicU64>,
+    /// What the request body has carried so far.
+    request: Arc<RequestCounts>,
+}
+
+/// Counted as the request body is read: shared by the body and the
+/// request's record (one allocation for both counters).
+#[derive(Debug, Default)]
+struct RequestCounts {
+    bytes: AtomicU64,
+    /// gRPC messages the client sent.
+    messages: AtomicU64,
+}
+
+/// Where a request was addressed: the URI's authority, else its Host
+/// header (both shared with the request, not copied).
+#[derive(Debug)]
+enum HostSource {
+    Authority(http::uri::Authority),
+    Header(http::HeaderValue),
+    Unknown,
+}
+
+impl Pending {
+    /// The host the request was addressed to, lowercase, without its port.
+    fn host(&self) -> String {
+        let host = match &self.host {
+            HostSource::Authority(a) => Some(a.host()),
+            HostSource::Header(h) => h.to_str().ok().map(|h| match h.rsplit_once(':') {
+                Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                _ => h,
+            }),
+            HostSource::Unknown => None,
+        };
+        host.unwrap_or(UNKNOWN).to_ascii_lowercase()
+    }
+
+    /// The path, without the query.
+    fn path(&self) -> &str {
+        self.path.as_ref().map_or("", http::uri::PathAndQuery::path)
+    }
 }
 
 /// Counts gRPC messages in a stream of bytes: each is a 5-byte prefix
@@ -230,9 +270,11 @@ impl Answered {
             flags = "DC";
         }
         let duration = p.start.elapsed();
-        let request_bytes = p.request_bytes.load(Ordering::Relaxed);
+        let request_bytes = p.request.bytes.load(Ordering::Relaxed);
         let shared = &p.shared;
         let local = &shared.local;
+        // Read from the request only for a request no route took.
+        let host: String;
         let (service, service_name, service_namespace) = match &p.destination {
             Some(d) => (&*d.service, &*d.service_name, &*d.service_namespace),
             // The caller's side of a request no route took: Istio knows no
@@ -241,13 +283,14 @@ impl Answered {
                 (UNKNOWN, UNKNOWN, UNKNOWN)
             }
             None => {
-                let (name, ns) = super::labels::service_name(&p.host, &local.namespace);
-                let ns = if name == p.host && p.host.contains('.') {
+                host = p.host();
+                let (name, ns) = super::labels::service_name(&host, &local.namespace);
+                let ns = if name == host && host.contains('.') {
                     UNKNOWN
                 } else {
                     ns
                 };
-                (p.host.as_str(), name, ns)
+                (host.as_str(), name, ns)
             }
         };
         // Inbound the caller is the peer; outbound the workload that
@@ -312,7 +355,7 @@ impl Answered {
             response_bytes,
             p.grpc.then(|| {
                 (
-                    p.request_messages.load(Ordering::Relaxed),
+                    p.request.messages.load(Ordering::Relaxed),
                     response_messages,
                 )
             }),
@@ -331,14 +374,14 @@ impl Answered {
             target: ACCESS_LOG_TARGET,
             reporter = shared.reporter.as_str(),
             method = %p.method,
-            path = %p.path,
+            path = p.path(),
             protocol = ?p.version,
             status = status.map_or(0, |s| s.as_u16()),
             flags,
             duration_ms = duration_ms(duration),
             bytes_received = request_bytes,
             bytes_sent = response_bytes,
-            authority = %p.host,
+            authority = %p.host(),
             service,
             upstream,
             peer,
@@ -355,17 +398,12 @@ fn duration_ms(d: Duration) -> f64 {
 }
 
 /// The request's host without port, lowercased: from the URI, else `Host`.
-fn host(req: &Request<impl Sized>) -> String {
-    let authority = req.uri().authority().map(|a| a.host()).or_else(|| {
-        req.headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(|h| match h.rsplit_once(':') {
-                Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-                _ => h,
-            })
-    });
-    authority.unwrap_or(UNKNOWN).to_ascii_lowercase()
+fn host(req: &Request<impl Sized>) -> HostSource {
+    match (req.uri().authority(), req.headers().get(http::header::HOST)) {
+        (Some(a), _) => HostSource::Authority(a.clone()),
+        (None, Some(h)) => HostSource::Header(h.clone()),
+        (None, None) => HostSource::Unknown,
+    }
 }
 
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for Telemetry<S>
@@ -404,12 +442,11 @@ where
             }
             Reporter::Source => (None, None),
         };
-        let request_bytes = Arc::new(AtomicU64::new(0));
-        let request_messages = Arc::new(AtomicU64::new(0));
+        let request = Arc::new(RequestCounts::default());
         let pending = Pending {
             start,
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            path: req.uri().path_and_query().cloned(),
             version: req.version(),
             host: host(&req),
             grpc: req
@@ -426,15 +463,14 @@ where
             peer,
             mtls,
             destination: req.extensions().get::<DestinationInfo>().cloned(),
-            request_bytes: request_bytes.clone(),
-            request_messages: request_messages.clone(),
+            request: request.clone(),
             shared,
         };
         let grpc = pending.grpc;
         let req = req.map(|body| RequestBody {
             inner: body,
-            bytes: request_bytes,
-            messages: grpc.then(|| (GrpcMessages::default(), request_messages)),
+            counts: request,
+            messages: grpc.then(GrpcMessages::default),
         });
         ResponseFuture {
             inner: ctx.scope(self.inner.call(req)),
@@ -469,6 +505,12 @@ where
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
                 let answered = pending.map(|mut pending| {
+                    // Only a gRPC request's status is reported.
+                    let grpc_status = if pending.grpc {
+                        grpc_status_of(&parts.headers)
+                    } else {
+                        None
+                    };
                     if let Some(d) = parts.extensions.get::<DestinationInfo>() {
                         pending.destination = Some(d.clone());
                     }
@@ -484,7 +526,7 @@ where
                             .get(REASON_HEADER)
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_owned),
-                        grpc_status: grpc_status_of(&parts.headers),
+                        grpc_status,
                     }
                 });
                 Ok(Response::from_parts(
@@ -516,9 +558,9 @@ pin_project! {
     pub struct RequestBody<B> {
         #[pin]
         inner: B,
-        bytes: Arc<AtomicU64>,
+        counts: Arc<RequestCounts>,
         // gRPC only: the client's messages.
-        messages: Option<(GrpcMessages, Arc<AtomicU64>)>,
+        messages: Option<GrpcMessages>,
     }
 }
 
@@ -541,11 +583,12 @@ impl<B: Body> Body for RequestBody<B> {
         let frame = ready!(this.inner.poll_frame(cx));
         if let Some(Ok(f)) = &frame {
             if let Some(d) = f.data_ref() {
-                this.bytes
+                this.counts
+                    .bytes
                     .fetch_add(d.remaining() as u64, Ordering::Relaxed);
-                if let Some((m, count)) = this.messages.as_mut() {
+                if let Some(m) = this.messages.as_mut() {
                     m.feed_buf(d);
-                    count.store(m.count, Ordering::Relaxed);
+                    this.counts.messages.store(m.count, Ordering::Relaxed);
                 }
             }
         }

@@ -63,8 +63,8 @@ fn hex16(v: u64) -> [u8; 16] {
 }
 
 /// Sets a header to hex digits and dashes (always a valid value).
-fn put(headers: &mut HeaderMap, name: &HeaderName, value: &[u8]) {
-    if let Ok(v) = HeaderValue::from_bytes(value) {
+fn put(headers: &mut HeaderMap, name: &HeaderName, value: bytes::Bytes) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(value) {
         headers.insert(name.clone(), v);
     }
 }
@@ -170,9 +170,9 @@ impl TraceContext {
     /// `b3` when the caller used it, replacing what was there.
     pub fn inject(&self, headers: &mut HeaderMap) {
         // Every request goes through here, twice per hop: the values are
-        // built in stack buffers, not with `format!`, and the names are
+        // written into one buffer (one allocation for all of them, each
+        // header a slice of it), not with `format!`, and the names are
         // constants, not parsed per call.
-        let sampled: &[u8] = if self.sampled { b"1" } else { b"0" };
         let trace = hex32(self.trace_id);
         let b3_trace: &[u8] = if self.b3_short_trace_id {
             &trace[16..]
@@ -181,39 +181,53 @@ impl TraceContext {
         };
         let span = hex16(self.span_id);
         let parent = self.parent_span_id.map(hex16);
-        let mut traceparent = [0u8; 55];
-        traceparent[..3].copy_from_slice(b"00-");
-        traceparent[3..35].copy_from_slice(&trace);
-        traceparent[35] = b'-';
-        traceparent[36..52].copy_from_slice(&span);
-        traceparent[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        put(headers, &TRACEPARENT_NAME, &traceparent);
-        put(headers, &B3_TRACE_ID_NAME, b3_trace);
-        put(headers, &B3_SPAN_ID_NAME, &span);
+        let mut buf = bytes::BytesMut::with_capacity(55 + 32 + 16 + 16 + 68);
+        // traceparent: version, trace, span, flags.
+        buf.extend_from_slice(b"00-");
+        buf.extend_from_slice(&trace);
+        buf.extend_from_slice(b"-");
+        buf.extend_from_slice(&span);
+        buf.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        let traceparent = 0..buf.len();
+        let b3_trace_at = buf.len()..buf.len() + b3_trace.len();
+        buf.extend_from_slice(b3_trace);
+        let span_at = buf.len()..buf.len() + span.len();
+        buf.extend_from_slice(&span);
+        let parent_at = parent.map(|p| {
+            buf.extend_from_slice(&p);
+            buf.len() - p.len()..buf.len()
+        });
+        let single_at = self.b3_single.then(|| {
+            let from = buf.len();
+            buf.extend_from_slice(b3_trace);
+            buf.extend_from_slice(b"-");
+            buf.extend_from_slice(&span);
+            buf.extend_from_slice(if self.sampled { b"-1" } else { b"-0" });
+            if let Some(p) = &parent {
+                buf.extend_from_slice(b"-");
+                buf.extend_from_slice(p);
+            }
+            from..buf.len()
+        });
+        let buf = buf.freeze();
+        put(headers, &TRACEPARENT_NAME, buf.slice(traceparent));
+        put(headers, &B3_TRACE_ID_NAME, buf.slice(b3_trace_at));
+        put(headers, &B3_SPAN_ID_NAME, buf.slice(span_at));
         headers.insert(
             B3_SAMPLED_NAME,
             HeaderValue::from_static(if self.sampled { "1" } else { "0" }),
         );
-        match &parent {
-            Some(p) => put(headers, &B3_PARENT_SPAN_ID_NAME, p),
+        match parent_at {
+            Some(at) => put(headers, &B3_PARENT_SPAN_ID_NAME, buf.slice(at)),
             None => {
                 headers.remove(B3_PARENT_SPAN_ID_NAME);
             }
         }
-        if self.b3_single {
-            let mut single = Vec::with_capacity(32 + 1 + 16 + 2 + 17);
-            single.extend_from_slice(b3_trace);
-            single.push(b'-');
-            single.extend_from_slice(&span);
-            single.push(b'-');
-            single.extend_from_slice(sampled);
-            if let Some(p) = &parent {
-                single.push(b'-');
-                single.extend_from_slice(p);
+        match single_at {
+            Some(at) => put(headers, &B3_NAME, buf.slice(at)),
+            None => {
+                headers.remove(B3_NAME);
             }
-            put(headers, &B3_NAME, &single);
-        } else {
-            headers.remove(B3_NAME);
         }
         headers.remove(B3_FLAGS_NAME);
         match self

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use mesh_core::outlier::Outcome;
 use mesh_core::plan::EndpointTls;
@@ -23,11 +24,11 @@ use mesh_core::retry::Failure;
 use tower::Service;
 
 use super::pick::{self, EndpointSet};
-use super::state::{RandomSource, TrafficState};
+use super::state::{EndpointState, RandomSource, TrafficState};
 use super::{AttemptFuture, Avoid, Destination, Failed, Tried, attempt, planned};
 use crate::body::BoxBody;
 use crate::error::MeshError;
-use crate::upstream::{ConnectTimeout, OriginateTls, PriorKnowledgeH2, SecureNaming};
+use crate::upstream::Dial;
 
 /// Chooses the endpoint of each attempt and keeps its health.
 #[derive(Debug, Clone)]
@@ -65,11 +66,10 @@ where
             Ok(p) => p,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        let tried = match self.prepare(&plan, &mut req) {
+        let (tried, endpoint) = match self.prepare(&plan, &mut req) {
             Ok(t) => t,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        let endpoint = self.state.endpoint(&tried.endpoint.key);
         let in_flight = endpoint.start();
         let fut = attempt(self.next.call(req));
         let state = self.state.clone();
@@ -93,7 +93,11 @@ where
 
 impl<S> Balance<S> {
     /// Chooses the endpoint and addresses the request to it.
-    fn prepare(&self, plan: &Destination, req: &mut Request<BoxBody>) -> Result<Tried, Failed> {
+    fn prepare(
+        &self,
+        plan: &Destination,
+        req: &mut Request<BoxBody>,
+    ) -> Result<(Tried, Arc<EndpointState>), Failed> {
         let subset = plan.subset.as_deref();
         let set = if plan.mirrored {
             EndpointSet::Mirror { host: &plan.host }
@@ -166,50 +170,55 @@ impl<S> Balance<S> {
             _ => None,
         };
         let scheme = if mtls || origin.is_some() {
-            "https"
+            Scheme::HTTPS
         } else {
-            "http"
+            Scheme::HTTP
         };
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        // From the `String` itself: parsing a `&str` would copy it again.
-        let uri = Uri::try_from(format!("{scheme}://{}{path}", ep.key)).map_err(
-            |e: http::uri::InvalidUri| {
-                Failed::before_endpoint(
-                    MeshError::UpstreamConnect {
-                        endpoint: ep.key.clone(),
-                        why: e.to_string(),
-                    },
-                    None,
-                )
-            },
-        )?;
-        *req.uri_mut() = uri;
+        // The endpoint's address parsed once per router and endpoint (its
+        // state keeps it), the request's path moved over: no URI is
+        // formatted or parsed per attempt.
+        let endpoint = self.state.endpoint(&ep.key);
+        let authority = endpoint.authority(&ep.key).map_err(|why| {
+            Failed::before_endpoint(
+                MeshError::UpstreamConnect {
+                    endpoint: ep.key.clone(),
+                    why,
+                },
+                None,
+            )
+        })?;
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(scheme);
+        parts.authority = Some(authority);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| {
+            Failed::before_endpoint(
+                MeshError::UpstreamConnect {
+                    endpoint: ep.key.clone(),
+                    why: e.to_string(),
+                },
+                None,
+            )
+        })?;
         *req.version_mut() = http::Version::HTTP_11;
-        let ext = req.extensions_mut();
-        if mtls {
-            ext.insert(SecureNaming(
-                self.state
-                    .identity_set(mesh_core::plan::identities_in(snap, &ep)),
-            ));
+        let identities = if mtls {
+            self.state
+                .identity_set(mesh_core::plan::identities_in(snap, &ep))
         } else {
-            ext.remove::<SecureNaming>();
-        }
-        match origin {
-            Some(o) => {
-                ext.insert(o);
-            }
-            None => {
-                ext.remove::<OriginateTls>();
-            }
-        }
-        if plan.h2 {
-            ext.insert(PriorKnowledgeH2);
-        }
-        ext.insert(ConnectTimeout(plan.connect_timeout));
+            Arc::from([])
+        };
+        req.extensions_mut().insert(Dial {
+            identities,
+            connect_timeout: plan.connect_timeout,
+            originate: origin,
+            h2_prior_knowledge: plan.h2,
+        });
         // The endpoint is not put in the request for the layers below:
         // this layer reports it with the attempt's answer or failure
         // (naming it in an upstream error, see `name_endpoint`).
-        Ok(Tried { endpoint: ep, mtls })
+        Ok((Tried { endpoint: ep, mtls }, endpoint))
     }
 }
 
@@ -308,13 +317,16 @@ mod tests {
             tower::service_fn(move |req: Request<BoxBody>| {
                 let seen = seen.clone();
                 async move {
-                    let ids = req
+                    let dial = req
                         .extensions()
-                        .get::<SecureNaming>()
-                        .map(|s| s.0.iter().map(ToString::to_string).collect());
+                        .get::<Dial>()
+                        .expect("every attempt has a dial");
+                    // Secure naming's identities travel with mesh mTLS only.
+                    let ids = (!dial.identities.is_empty())
+                        .then(|| dial.identities.iter().map(ToString::to_string).collect());
                     seen.lock().unwrap().push((
                         req.uri().to_string(),
-                        req.extensions().get::<PriorKnowledgeH2>().is_some(),
+                        dial.h2_prior_knowledge,
                         ids,
                     ));
                     let mut resp = Response::new(full("x"));
@@ -418,7 +430,7 @@ mod tests {
             &store,
             "web.default.svc.cluster.local",
             80,
-            |d| d.endpoints.clear(),
+            |d| d.endpoints = Arc::from([]),
         ));
         let err = balance(200, Arc::default()).oneshot(req).await.unwrap_err();
         assert_eq!(err.error.response_flag(), "UH");

@@ -17,7 +17,7 @@ use mesh_core::retry::RetryPolicy;
 use tower::Service;
 
 use super::state::RandomSource;
-use super::{AttemptFuture, Destination, Failed, Planned, Replay, oneshot, pool};
+use super::{AttemptFuture, Destination, Failed, Planned, oneshot, pool};
 use crate::body::{BoxBody, full};
 
 /// Sends a copy of a share of requests to the mirror destination.
@@ -69,7 +69,7 @@ impl<S> Mirror<S> {
     fn copy(&self, req: &Request<BoxBody>) -> Option<Request<BoxBody>> {
         let plan = &req.extensions().get::<Planned>()?.0;
         let (to, pct) = plan.mirror.as_ref()?;
-        let body = req.extensions().get::<Replay>()?.0.clone();
+        let body = plan.replay.clone()?;
         if self.random.next_f64() * 100.0 >= *pct {
             return None;
         }
@@ -100,6 +100,8 @@ impl<S> Mirror<S> {
             timeout: None,
             mirror: None,
             request_port: plan.request_port,
+            // The copy is sent once, never retried or mirrored again.
+            replay: None,
         };
         let mut copy = Request::new(full(body));
         *copy.method_mut() = req.method().clone();
@@ -107,7 +109,6 @@ impl<S> Mirror<S> {
         *copy.headers_mut() = req.headers().clone();
         *copy.extensions_mut() = req.extensions().clone();
         copy.extensions_mut().insert(Planned(Arc::new(dest)));
-        copy.extensions_mut().remove::<Replay>();
         // Envoy's convention: the mirror sees `<host>-shadow`.
         if let Some(h) = copy
             .headers()
@@ -172,11 +173,11 @@ mod tests {
                 &store,
                 "web.default.svc.cluster.local",
                 80,
-                |d| d.mirror = Some((to.clone(), pct)),
+                |d| {
+                    d.mirror = Some((to.clone(), pct));
+                    d.replay = buffered.then(bytes::Bytes::new);
+                },
             ));
-            if buffered {
-                req.extensions_mut().insert(Replay(bytes::Bytes::new()));
-            }
             svc.clone().oneshot(req).await.unwrap();
         }
         // Every request's own send happened; let the spawned copies finish.

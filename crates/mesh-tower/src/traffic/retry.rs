@@ -4,7 +4,7 @@
 //! `retryOn` conditions, Envoy's vocabulary) or Istio's default (two retries
 //! on connect failures, refused streams and 503, for requests that are safe
 //! to repeat). A request is retried only when the route layer buffered its
-//! body ([`Replay`]). Between attempts the policy waits Envoy's fully
+//! body (the plan's `replay`). Between attempts the policy waits Envoy's fully
 //! jittered exponential back-off ([`mesh_core::retry::backoff`]), and tells
 //! the balance layer to avoid the endpoint that just failed ([`Avoid`]).
 
@@ -16,7 +16,7 @@ use http::{Request, Response};
 use mesh_core::retry::Failure;
 
 use super::state::RandomSource;
-use super::{Avoid, Failed, Planned, Replay, Tried};
+use super::{Avoid, Failed, Planned, Tried};
 use crate::body::{BoxBody, full};
 
 /// The retry policy of one request: cloned by `tower::retry::Retry` for
@@ -70,7 +70,7 @@ impl tower::retry::Policy<Request<BoxBody>, Response<BoxBody>, Failed> for Polic
         if !plan.0.retryable || plan.0.retry.attempts == 0 {
             return None;
         }
-        let body = req.extensions().get::<Replay>()?.0.clone();
+        let body = plan.0.replay.clone()?;
         let mut copy = Request::new(full(body));
         *copy.method_mut() = req.method().clone();
         *copy.uri_mut() = req.uri().clone();
@@ -113,7 +113,10 @@ mod tests {
         let store = test_store(MESH);
         let calls = Arc::new(AtomicUsize::new(0));
         let seen: Arc<Mutex<Seen>> = Arc::default();
-        let planned = test_planned(&store, "web.default.svc.cluster.local", 80, edit);
+        let planned = test_planned(&store, "web.default.svc.cluster.local", 80, |d| {
+            d.replay = Some(bytes::Bytes::from_static(b"payload"));
+            edit(d);
+        });
         let ep = planned.0.endpoints[0].clone();
         let inner = {
             let seen = seen.clone();
@@ -157,8 +160,6 @@ mod tests {
             .body(full("payload"))
             .unwrap();
         req.extensions_mut().insert(planned);
-        req.extensions_mut()
-            .insert(Replay(bytes::Bytes::from_static(b"payload")));
         let result = retry.oneshot(req).await;
         let seen = seen.lock().unwrap().clone();
         (result, seen)

@@ -22,8 +22,8 @@ use tower::Service;
 
 use super::state::{RandomSource, TrafficState};
 use super::{
-    CapturedService, Destination, Failed, GatewayServers, Planned, Replay, RouterConfig, Tried,
-    answer, oneshot, pick, pool, rewrite,
+    CapturedService, Destination, Failed, GatewayServers, Planned, RouterConfig, Tried, answer,
+    oneshot, pick, pool, rewrite,
 };
 use crate::body::{BoxBody, full};
 use crate::error::MeshError;
@@ -223,6 +223,7 @@ where
             timeout: route_timeout,
             mirror,
             request_port: port,
+            replay: replay.clone(),
         };
 
         rewrite::request_headers(&mut parts, rule.map(|(r, _)| r), dest);
@@ -247,9 +248,6 @@ where
             (None, Some(s)) => s,
             (None, None) => crate::body::empty(),
         };
-        if let Some(b) = replay {
-            parts.extensions.insert(Replay(b));
-        }
         let grpc = crate::error::is_grpc(&parts.headers);
         let send = oneshot(self.next, Request::from_parts(parts, body));
         let result = send.await;

@@ -57,6 +57,8 @@ pub(crate) struct EndpointState {
     health: Mutex<EndpointHealth>,
     /// When this router first saw it: when it joined, for slow start.
     joined: Instant,
+    /// Its `address:port` as a URI authority, parsed on first use.
+    authority: std::sync::OnceLock<Result<http::uri::Authority, String>>,
 }
 
 impl Default for EndpointState {
@@ -65,11 +67,26 @@ impl Default for EndpointState {
             in_flight: AtomicUsize::new(0),
             health: Mutex::default(),
             joined: Instant::now(),
+            authority: std::sync::OnceLock::new(),
         }
     }
 }
 
 impl EndpointState {
+    /// The endpoint `key` (`address:port`, the key this state is kept
+    /// under) as a URI authority: parsed once, then a reference count per
+    /// request.
+    pub(crate) fn authority(&self, key: &str) -> Result<http::uri::Authority, String> {
+        self.authority
+            .get_or_init(|| {
+                http::uri::Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(
+                    key.as_bytes(),
+                ))
+                .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+
     /// When this router first saw the endpoint.
     pub(crate) fn joined(&self) -> Instant {
         self.joined
