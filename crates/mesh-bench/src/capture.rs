@@ -288,6 +288,7 @@ pub(crate) async fn start(
             server: (POD_B, APP_PORT),
             client: POD_A,
             client_port: None,
+            h2_upgrade: false,
         },
     )?;
     let client_id = identity_for_proxy(&certs.client, &dir.join(CLIENT_SA))?;

@@ -145,10 +145,18 @@ impl Report {
             targets: Vec::new(),
         };
         use Topology::*;
-        r.ratios = [(B, A), (C, B), (CJwt, C), (D, E1), (D, E2), (DCapture, D)]
-            .into_iter()
-            .map(|(n, d)| r.ratio(n, d))
-            .collect();
+        r.ratios = [
+            (B, A),
+            (C, B),
+            (CJwt, C),
+            (D, E1),
+            (D, E2),
+            (D, DH2),
+            (DCapture, D),
+        ]
+        .into_iter()
+        .map(|(n, d)| r.ratio(n, d))
+        .collect();
         r.targets = r.targets();
         r
     }

@@ -36,6 +36,12 @@ pub(crate) enum Topology {
     /// dialling the service's virtual IP. Root only.
     #[value(name = "d-capture")]
     DCapture,
+    /// (d) with MeshConfig `h2UpgradePolicy: UPGRADE`: the sidecars speak
+    /// HTTP/2 to each other, every request a stream of one connection,
+    /// where (d) keeps Istio's default (HTTP/1.1 over a pool of
+    /// connections, one request at a time on each).
+    #[value(name = "d-h2")]
+    DH2,
     /// The same two hops with nginx.
     E1,
     /// The same two hops with HAProxy.
@@ -43,12 +49,13 @@ pub(crate) enum Topology {
 }
 
 impl Topology {
-    pub(crate) const ALL: [Self; 8] = [
+    pub(crate) const ALL: [Self; 9] = [
         Self::A,
         Self::B,
         Self::C,
         Self::CJwt,
         Self::D,
+        Self::DH2,
         Self::DCapture,
         Self::E1,
         Self::E2,
@@ -62,6 +69,7 @@ impl Topology {
             Self::CJwt => "c-jwt",
             Self::D => "d",
             Self::DCapture => "d-capture",
+            Self::DH2 => "d-h2",
             Self::E1 => "e1",
             Self::E2 => "e2",
         }
@@ -75,6 +83,7 @@ impl Topology {
             Self::CJwt => "proxyless mesh layers, a JWT validated per request",
             Self::D => "mesh-proxy sidecars",
             Self::DCapture => "mesh-proxy sidecars, capture mode (pods, nftables)",
+            Self::DH2 => "mesh-proxy sidecars, HTTP/2 between them (h2UpgradePolicy)",
             Self::E1 => "nginx two hops",
             Self::E2 => "HAProxy two hops",
         }
@@ -137,7 +146,12 @@ fn addr(port: u16) -> SocketAddr {
 /// The mesh configuration of (c) and (d): the bench service backed by the
 /// server workload on `server_port`, the client workload, STRICT mTLS, and a
 /// policy letting only the client in.
-pub(crate) fn write_mesh_config(dir: &Path, server_port: u16, client_port: u16) -> Result<()> {
+pub(crate) fn write_mesh_config(
+    dir: &Path,
+    server_port: u16,
+    client_port: u16,
+    h2_upgrade: bool,
+) -> Result<()> {
     write_mesh_config_for(
         dir,
         &MeshLayout {
@@ -145,6 +159,7 @@ pub(crate) fn write_mesh_config(dir: &Path, server_port: u16, client_port: u16) 
             server: (Ipv4Addr::LOCALHOST, server_port),
             client: Ipv4Addr::LOCALHOST,
             client_port: Some(client_port),
+            h2_upgrade,
         },
     )
 }
@@ -217,6 +232,8 @@ pub(crate) struct MeshLayout {
     pub(crate) client: Ipv4Addr,
     /// The client workload's `http` port (its explicit inbound listener).
     pub(crate) client_port: Option<u16>,
+    /// MeshConfig `h2UpgradePolicy: UPGRADE` ((d-h2)).
+    pub(crate) h2_upgrade: bool,
 }
 
 /// The same configuration for any layout: (d-capture) differs from (d) only
@@ -233,6 +250,11 @@ pub(crate) fn write_mesh_config_for(dir: &Path, at: &MeshLayout) -> Result<()> {
         .client_port
         .map(|p| format!("  ports:\n    http: {p}\n"))
         .unwrap_or_default();
+    let upgrade = if at.h2_upgrade {
+        "  h2UpgradePolicy: UPGRADE\n"
+    } else {
+        ""
+    };
     let yaml = format!(
         r#"apiVersion: mesh.config/v1alpha1
 kind: MeshConfig
@@ -241,7 +263,7 @@ metadata:
 spec:
   trustDomain: cluster.local
   defaultMtlsMode: STRICT
----
+{upgrade}---
 apiVersion: networking.istio.io/v1beta1
 kind: ServiceEntry
 metadata:
@@ -354,7 +376,7 @@ pub(crate) async fn start(
         }
         Topology::C | Topology::CJwt => {
             let config = dir.join("mesh");
-            write_mesh_config(&config, ports[0], ports[1])?;
+            write_mesh_config(&config, ports[0], ports[1], false)?;
             let token = if topology == Topology::CJwt {
                 Some(require_jwt(&config)?)
             } else {
@@ -382,11 +404,11 @@ pub(crate) async fn start(
                 (ports[0], vec![p], t, idle)
             }
         }
-        Topology::D => {
+        Topology::D | Topology::DH2 => {
             let (app, a_inbound, b_inbound, a_proxy, a_admin, b_admin) =
                 (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]);
             let config = dir.join("mesh");
-            write_mesh_config(&config, b_inbound, a_inbound)?;
+            write_mesh_config(&config, b_inbound, a_inbound, topology == Topology::DH2)?;
             let app_proc = serve("app", "plain", app, vec![])?;
             let sidecar = |name: &str, workload: &str, admin: u16, http_proxy: String, files| {
                 let mut args = vec![

@@ -67,6 +67,22 @@ pub struct MeshConfig {
     /// Where a DestinationRule without `exportTo` is visible
     /// (`defaultDestinationRuleExportTo`): every namespace when empty.
     pub default_destination_rule_export_to: Vec<String>,
+    /// Whether HTTP/1.1 requests between proxies go upstream as HTTP/2
+    /// (Istio's `h2UpgradePolicy`; a DestinationRule's overrides it per
+    /// destination). `DO_NOT_UPGRADE` by default, as in Istio: an HTTP/1.1
+    /// request goes on as HTTP/1.1 over a pool of connections.
+    pub h2_upgrade_policy: MeshH2UpgradePolicy,
+}
+
+/// MeshConfig's `h2UpgradePolicy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MeshH2UpgradePolicy {
+    /// HTTP/1.1 stays HTTP/1.1 (Istio's default).
+    #[default]
+    DoNotUpgrade,
+    /// HTTP/1.1 requests to mesh destinations go as HTTP/2.
+    Upgrade,
 }
 
 /// Istio's `outboundTrafficPolicy`.
@@ -143,6 +159,7 @@ impl Default for MeshConfig {
             default_service_export_to: Vec::new(),
             default_virtual_service_export_to: Vec::new(),
             default_destination_rule_export_to: Vec::new(),
+            h2_upgrade_policy: MeshH2UpgradePolicy::default(),
         }
     }
 }

@@ -412,6 +412,19 @@ pub fn resolve_destination<'s>(
     })
 }
 
+/// The endpoints of a destination alone ([`resolve_destination`] without
+/// its policy): what a weighted choice asks of each candidate per request.
+/// `None` when the host, port or subset does not resolve.
+pub fn destination_endpoints(
+    snap: &Snapshot,
+    d: &WeightedDestination,
+    request_port: u16,
+) -> Option<Arc<[Endpoint]>> {
+    let service = snap.service_for(&d.host)?;
+    let port = service.port(dest_port(snap, d, request_port))?;
+    endpoints_shared(snap, service, port, d.subset.as_deref())
+}
+
 impl DestinationPlan<'_> {
     /// `host` or `host subset s`, for messages.
     pub fn target(&self) -> String {
@@ -609,6 +622,27 @@ pub fn connect_timeout(policy: &TrafficPolicy) -> Duration {
         .and_then(|t| t.connect_timeout)
         .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0)
         .max(Duration::from_millis(1))
+}
+
+/// Whether HTTP/1.1 requests to a destination go upstream as HTTP/2 over
+/// mesh mTLS: its DestinationRule's `connectionPool.http.h2UpgradePolicy`,
+/// else (`DEFAULT` or unset) MeshConfig's `h2UpgradePolicy` (Istio's
+/// default: do not upgrade).
+pub fn upgrades_h2(snap: &Snapshot, policy: &TrafficPolicy) -> bool {
+    use crate::meshconfig::MeshH2UpgradePolicy;
+    use crate::resources::networking::H2UpgradePolicy;
+    match policy
+        .connection_pool
+        .as_ref()
+        .and_then(|cp| cp.http.as_ref())
+        .and_then(|h| h.h2_upgrade_policy)
+    {
+        Some(H2UpgradePolicy::Upgrade) => true,
+        Some(H2UpgradePolicy::DoNotUpgrade) => false,
+        Some(H2UpgradePolicy::Default) | None => {
+            snap.mesh.h2_upgrade_policy == MeshH2UpgradePolicy::Upgrade
+        }
+    }
 }
 
 /// What opaque TCP can be sent as: mesh mTLS or plaintext. TLS

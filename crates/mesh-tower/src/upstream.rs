@@ -137,6 +137,12 @@ impl EndpointConnector {
         }
     }
 
+    /// Offers only `protocol` in ALPN on mesh mTLS dials.
+    fn offering(mut self, protocol: &[u8]) -> Self {
+        self.mtls = self.mtls.map(|m| m.with_alpn(vec![protocol.to_vec()]));
+        self
+    }
+
     /// Originates TLS with `origin` on `https` dials instead of mesh mTLS.
     fn originating(mut self, origin: Option<OriginateTls>) -> Self {
         self.origin = origin;
@@ -259,9 +265,10 @@ pub struct Dial {
     pub connect_timeout: Duration,
     /// TLS the mesh originates instead of mesh mTLS, if any.
     pub originate: Option<OriginateTls>,
-    /// Speak HTTP/2 without negotiation (HTTP2 and GRPC ports over
-    /// plaintext).
-    pub h2_prior_knowledge: bool,
+    /// Speak HTTP/2: with prior knowledge over plaintext (HTTP2 and GRPC
+    /// ports), by ALPN `h2` over mesh mTLS. Otherwise HTTP/1.1 (over mesh
+    /// mTLS, ALPN `http/1.1`).
+    pub http2: bool,
 }
 
 impl Default for Dial {
@@ -270,7 +277,7 @@ impl Default for Dial {
             identities: Arc::from([]),
             connect_timeout: mesh_core::plan::DEFAULT_CONNECT_TIMEOUT,
             originate: None,
-            h2_prior_knowledge: false,
+            http2: false,
         }
     }
 }
@@ -315,13 +322,17 @@ struct Clients {
 
 impl Clients {
     fn new(connector: EndpointConnector) -> Self {
+        // Over mesh mTLS each client offers only the protocol it speaks, so
+        // that the server's ALPN choice is the client's: HTTP/1.1 requests
+        // go as HTTP/1.1 (Istio's default between proxies) unless the plan
+        // asks for HTTP/2 ([`Dial::http2`]).
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(Duration::from_secs(90))
             .timer(hyper_util::rt::TokioTimer::new());
-        let http1 = b.build(connector.clone());
+        let http1 = b.build(connector.clone().offering(b"http/1.1"));
         let mut b2 = Client::builder(TokioExecutor::new());
         b2.http2_only(true).timer(hyper_util::rt::TokioTimer::new());
-        let h2 = b2.build(connector);
+        let h2 = b2.build(connector.offering(b"h2"));
         Self { http1, h2 }
     }
 }
@@ -349,7 +360,7 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
         // `Client::request` clones the client into its future itself, so
         // the one chosen is only borrowed here.
         let dial = req.extensions().get::<Dial>();
-        let h2 = dial.is_some_and(|d| d.h2_prior_knowledge);
+        let h2 = dial.is_some_and(|d| d.http2);
         let timeout = dial.map_or(mesh_core::plan::DEFAULT_CONNECT_TIMEOUT, |d| {
             d.connect_timeout
         });

@@ -544,6 +544,22 @@ pub struct HttpPoolSettings {
     /// Most concurrent requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2_max_requests: Option<u32>,
+    /// Whether HTTP/1.1 requests to the destination go as HTTP/2 (`DEFAULT`
+    /// follows MeshConfig's `h2UpgradePolicy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h2_upgrade_policy: Option<H2UpgradePolicy>,
+}
+
+/// A DestinationRule's `connectionPool.http.h2UpgradePolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum H2UpgradePolicy {
+    /// MeshConfig's `h2UpgradePolicy` decides.
+    Default,
+    /// HTTP/1.1 stays HTTP/1.1.
+    DoNotUpgrade,
+    /// HTTP/1.1 requests go as HTTP/2.
+    Upgrade,
 }
 
 /// Outlier detection.

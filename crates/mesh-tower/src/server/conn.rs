@@ -195,6 +195,14 @@ where
                 .pending
                 .as_ref()
                 .is_some_and(|p| p.0.draining.load(Ordering::Acquire));
+            if *this.h1 {
+                // A server answers in its own HTTP version (RFC 9110 section
+                // 6.2), whatever the handler's response says: a proxied
+                // HTTP/1.0 answer goes on as HTTP/1.1 (hyper would write the
+                // response's own version, and an HTTP/1.0 status line makes
+                // the client give up its keep-alive connection).
+                *resp.version_mut() = http::Version::HTTP_11;
+            }
             if *this.h1 && draining {
                 resp.headers_mut().insert(
                     http::header::CONNECTION,

@@ -213,7 +213,7 @@ impl<S> Balance<S> {
             identities,
             connect_timeout: plan.connect_timeout,
             originate: origin,
-            h2_prior_knowledge: plan.h2,
+            http2: if mtls { plan.h2_over_mtls } else { plan.h2 },
         });
         // The endpoint is not put in the request for the layers below:
         // this layer reports it with the attempt's answer or failure
@@ -324,11 +324,9 @@ mod tests {
                     // Secure naming's identities travel with mesh mTLS only.
                     let ids = (!dial.identities.is_empty())
                         .then(|| dial.identities.iter().map(ToString::to_string).collect());
-                    seen.lock().unwrap().push((
-                        req.uri().to_string(),
-                        dial.h2_prior_knowledge,
-                        ids,
-                    ));
+                    seen.lock()
+                        .unwrap()
+                        .push((req.uri().to_string(), dial.http2, ids));
                     let mut resp = Response::new(full("x"));
                     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
                     Ok::<_, Failed>(resp)

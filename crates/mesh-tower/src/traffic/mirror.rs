@@ -83,6 +83,9 @@ impl<S> Mirror<S> {
             port: resolved.port.number,
             subset: resolved.subset.map(str::to_owned),
             h2: matches!(resolved.port.protocol, Protocol::Http2 | Protocol::Grpc),
+            h2_over_mtls: plan.h2_over_mtls
+                || matches!(resolved.port.protocol, Protocol::Http2 | Protocol::Grpc)
+                || mesh_core::plan::upgrades_h2(snap, &resolved.policy),
             // The mirror's own load balancing would add nothing to a copy
             // nobody waits for: Istio's default.
             load_balancer: None,

@@ -208,6 +208,11 @@ pub(crate) struct Destination {
     /// The port speaks HTTP/2 (HTTP2, GRPC): plaintext goes with prior
     /// knowledge.
     pub(crate) h2: bool,
+    /// Over mesh mTLS the request goes as HTTP/2 (ALPN `h2`): the port
+    /// speaks it, the request came as HTTP/2, or `h2UpgradePolicy` says
+    /// `UPGRADE`. Otherwise HTTP/1.1 (ALPN `http/1.1`) over a pool of
+    /// connections, Istio's default (`DO_NOT_UPGRADE`).
+    pub(crate) h2_over_mtls: bool,
     /// The consistent-hash key of the request, if sticky.
     pub(crate) hash_key: Option<u64>,
     /// A mirrored copy: its own round-robin counter, no outlier
@@ -467,6 +472,7 @@ pub(crate) fn test_planned(
             .as_ref()
             .and_then(OutlierPolicy::from_config),
         h2: false,
+        h2_over_mtls: false,
         hash_key: None,
         mirrored: false,
         retry: Cow::Owned(RetryPolicy::istio_default()),

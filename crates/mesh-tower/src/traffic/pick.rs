@@ -136,19 +136,22 @@ pub(crate) fn endpoint(
     random: &dyn RandomSource,
 ) -> Option<Endpoint> {
     let now = Instant::now();
-    let up: Vec<&Endpoint> = eps
-        .iter()
-        .filter(|e| state.endpoint(&e.key).is_available(now))
-        .collect();
-    // Without the endpoint to avoid among them (the first attempt, or a
-    // retry whose endpoint is ejected) the pool is `up` itself: no second
-    // vector per request.
-    let pool = match avoid {
-        Some(a) if up.iter().any(|e| e.key == a) => {
-            let others: Vec<&Endpoint> = up.iter().copied().filter(|e| e.key != a).collect();
-            if others.is_empty() { up } else { others }
+    let available = |e: &Endpoint| state.endpoint(&e.key).is_available(now);
+    // The pool: every endpoint when none is ejected or to avoid (the
+    // usual case: no vector per request), else those left.
+    let pool = if eps.iter().all(|e| available(e) && avoid != Some(&*e.key)) {
+        Pool::All(eps)
+    } else {
+        let up: Vec<&Endpoint> = eps.iter().filter(|e| available(e)).collect();
+        // Without the endpoint to avoid among them (a retry whose endpoint
+        // is ejected) the pool is `up` itself.
+        match avoid {
+            Some(a) if up.iter().any(|e| e.key == a) => {
+                let others: Vec<&Endpoint> = up.iter().copied().filter(|e| e.key != a).collect();
+                Pool::Some(if others.is_empty() { up } else { others })
+            }
+            _ => Pool::Some(up),
         }
-        _ => up,
     };
     if pool.is_empty() {
         return None;
@@ -157,7 +160,7 @@ pub(crate) fn endpoint(
     let hashed = lb.and_then(|l| l.consistent_hash.as_ref()).and(key);
     if let Some(k) = hashed {
         let i = sticky_pick(pool.iter().map(|e| (e.key.as_str(), 1)), k)?;
-        return pool.get(i).map(|e| (*e).clone());
+        return pool.get(i).cloned();
     }
     // Slow start: each endpoint's share of its weight, when one of them
     // joined the set less than the window ago (the set's first members
@@ -214,7 +217,38 @@ pub(crate) fn endpoint(
             i = one();
         }
     }
-    pool.get(i).map(|e| (*e).clone())
+    pool.get(i).cloned()
+}
+
+/// The endpoints a pick chooses among: all of them, or those left after
+/// ejections and the one to avoid.
+enum Pool<'a> {
+    All(&'a [Endpoint]),
+    Some(Vec<&'a Endpoint>),
+}
+
+impl<'a> Pool<'a> {
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::All(eps) => eps.len(),
+            Self::Some(eps) => eps.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&'a Endpoint> {
+        match self {
+            Self::All(eps) => eps.get(i),
+            Self::Some(eps) => eps.get(i).copied(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &'a Endpoint> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
 }
 
 /// Can the destination serve now: does it resolve, with an endpoint that is
@@ -226,11 +260,8 @@ pub(crate) fn has_available(
     state: &TrafficState,
     now: Instant,
 ) -> bool {
-    mesh_core::plan::resolve_destination(snap, d, request_port).is_ok_and(|r| {
-        r.endpoints
-            .iter()
-            .any(|e| state.endpoint(&e.key).is_available(now))
-    })
+    mesh_core::plan::destination_endpoints(snap, d, request_port)
+        .is_some_and(|eps| eps.iter().any(|e| state.endpoint(&e.key).is_available(now)))
 }
 
 #[cfg(test)]

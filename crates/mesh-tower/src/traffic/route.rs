@@ -201,12 +201,16 @@ where
             (Some(m), Some(pct)) if replay.is_some() => Some((m.clone(), pct)),
             _ => None,
         });
+        let port_h2 = matches!(resolved.port.protocol, Protocol::Http2 | Protocol::Grpc);
         let planned = Destination {
             snap: snap.clone(),
             host: service.host.clone(),
             port: resolved.port.number,
             subset: resolved.subset.map(str::to_owned),
-            h2: matches!(resolved.port.protocol, Protocol::Http2 | Protocol::Grpc),
+            h2: port_h2,
+            h2_over_mtls: port_h2
+                || parts.version == http::Version::HTTP_2
+                || mesh_core::plan::upgrades_h2(&snap, &resolved.policy),
             load_balancer: resolved.policy.load_balancer.clone(),
             pool: pool::Limits::from_policy(&resolved.policy),
             connect_timeout: mesh_core::plan::connect_timeout(&resolved.policy),
