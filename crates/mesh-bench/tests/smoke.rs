@@ -64,7 +64,7 @@ fn smoke_run_prints_every_topology_and_ratio() {
             .unwrap_or_else(|| panic!("no row for ({t}) in:\n{stdout}\nstderr:\n{stderr}"))
             .to_owned()
     };
-    for t in ["a", "b", "c", "c-jwt", "d"] {
+    for t in ["a", "b", "c", "c-jwt", "d", "d-h2"] {
         let r = row(t);
         assert!(!r.contains("failed"), "{r}\nstderr:\n{stderr}");
     }
@@ -94,6 +94,7 @@ fn smoke_run_prints_every_topology_and_ratio() {
         "(c-jwt)/(c)",
         "(d)/(e1)",
         "(d)/(e2)",
+        "(d)/(d-h2)",
         "(d-capture)/(d)",
     ] {
         assert!(
@@ -107,7 +108,7 @@ fn smoke_run_prints_every_topology_and_ratio() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let topologies = report["topologies"].as_array().unwrap();
-    assert_eq!(topologies.len(), 8);
+    assert_eq!(topologies.len(), 9);
     let a = &topologies[0];
     assert_eq!(a["status"], "ok");
     assert!(a["at_rate"]["requests"].as_u64().unwrap() > 0);
