@@ -1298,6 +1298,39 @@ fn authz(snap: &Snapshot, out: &mut Vec<Finding>) {
             for c in &rule.when {
                 dead_field(&mut why, &c.key, &c.values, &c.not_values, |_| None);
             }
+            // Fields Istio takes whose values match no request here: a
+            // path that is neither absolute nor a `*` pattern (Envoy
+            // matches it exactly, and no request path equals it), and
+            // Envoy dynamic metadata, which no filter of this mesh sets.
+            let mut never = Vec::new();
+            for (j, t) in rule.to.iter().enumerate() {
+                let o = &t.operation;
+                for (name, values) in [("paths", &o.paths), ("notPaths", &o.not_paths)] {
+                    for (k, v) in values.iter().enumerate() {
+                        if !v.starts_with('/') && !v.starts_with('*') {
+                            never.push(format!(
+                                "rules[{i}].to[{j}].operation.{name}[{k}] `{v}` matches no request path (a path starts with /)"
+                            ));
+                        }
+                    }
+                }
+            }
+            for (j, c) in rule.when.iter().enumerate() {
+                if c.key.starts_with("experimental.envoy.filters.") {
+                    never.push(format!(
+                        "rules[{i}].when[{j}].key `{}` is Envoy metadata no filter here sets: its values never match, its notValues always do",
+                        c.key
+                    ));
+                }
+            }
+            for n in never {
+                out.push(finding(
+                    Severity::Warning,
+                    codes::AUTHZ_NEVER_MATCHES,
+                    format!("{} {n}", p.source),
+                    vec![(*p.source).clone()],
+                ));
+            }
             if !why.is_empty() {
                 out.push(finding(
                     Severity::Warning,

@@ -725,21 +725,25 @@ fn path_match(pattern: &str, value: &str, ci: bool) -> bool {
 }
 
 /// Checks a path template as Istio takes them (`/api/{*}/items`,
-/// `/static/{**}`): each segment a literal, `{*}` (exactly one segment)
-/// or, last, `{**}` (one or more segments).
+/// `/static/{**}`, `/{**}/index.html`): each segment a literal, `{*}` or
+/// `{**}`, and no operator after a `{**}` (Istio's
+/// `pkg/config/security.CheckValidPathTemplate`; Envoy's uri_template
+/// refuses a glob after a text glob, literals after it are fine).
 pub fn path_template(pattern: &str) -> Result<(), String> {
     let Some(rest) = pattern.strip_prefix('/') else {
         return Err("a path template starts with /".to_owned());
     };
-    let segments: Vec<&str> = rest.split('/').collect();
-    for (i, seg) in segments.iter().enumerate() {
-        match *seg {
+    let mut seen_any = false;
+    for seg in rest.split('/') {
+        match seg {
+            "{*}" | "{**}" if seen_any => {
+                return Err("{**} must be the last operator of the template".to_owned());
+            }
             "{*}" => {}
-            "{**}" if i + 1 == segments.len() => {}
-            "{**}" => return Err("{**} must be the last segment".to_owned()),
+            "{**}" => seen_any = true,
             s if s.contains(['{', '}', '*']) => {
                 return Err(format!(
-                    "segment `{s}`: a segment is a literal, {{*}} or (last) {{**}}"
+                    "segment `{s}`: a segment is a literal, {{*}} or {{**}}"
                 ));
             }
             _ => {}
@@ -748,39 +752,77 @@ pub fn path_template(pattern: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The characters Envoy's uri_template lets a literal and an operator match
+/// (RFC 3986 pchar less `*`; `source/extensions/path/uri_template_lib`).
+fn template_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@=".contains(&b)
+}
+
 /// Matches a path (normalised, its query left out) against a template
-/// [`path_template`] accepted: literals equal (ignoring ASCII case for
-/// `ci`), `{*}` one non-empty segment, `{**}` the rest when it starts
-/// with a non-empty segment.
+/// [`path_template`] accepted, as Envoy's uri_template matcher Istio
+/// translates it to does (`{*}` becomes `*`, `{**}` becomes `**`):
+/// literals equal (ignoring ASCII case for `ci`), `{*}` one non-empty
+/// segment (`[pchar]+`), `{**}` any run of characters and slashes,
+/// possibly empty (`[pchar/]*`): `/{**}/a` matches `/x/y/a` and `//a` but
+/// not `/a`; `/a/{**}` matches `/a/` and `/a/x/y` but not `/a`.
 fn template_match(pattern: &str, path: &str, ci: bool) -> bool {
-    let (Some(p), Some(v)) = (pattern.strip_prefix('/'), path.strip_prefix('/')) else {
+    let same = |a: &str, b: &str| {
+        if ci {
+            a.eq_ignore_ascii_case(b)
+        } else {
+            a == b
+        }
+    };
+    // The part before `{**}` matched segment by segment; the part after it
+    // (literals only) matched at the end of the path.
+    let (head, tail) = match pattern.split_once("{**}") {
+        Some((head, tail)) => (head, Some(tail)),
+        None => (pattern, None),
+    };
+    let (Some(head), Some(mut rest)) = (head.strip_prefix('/'), path.strip_prefix('/')) else {
         return false;
     };
-    let mut values = v.split('/');
-    for seg in p.split('/') {
-        match seg {
-            "{**}" => return values.next().is_some_and(|s| !s.is_empty()),
-            "{*}" => {
-                if values.next().is_none_or(str::is_empty) {
-                    return false;
-                }
-            }
-            lit => {
-                let Some(s) = values.next() else {
-                    return false;
-                };
-                let same = if ci {
-                    s.eq_ignore_ascii_case(lit)
-                } else {
-                    s == lit
-                };
-                if !same {
-                    return false;
-                }
+    if tail.is_none() {
+        let mut values = rest.split('/');
+        for seg in head.split('/') {
+            let Some(v) = values.next() else {
+                return false;
+            };
+            let ok = if seg == "{*}" {
+                !v.is_empty() && v.bytes().all(template_char)
+            } else {
+                same(seg, v)
+            };
+            if !ok {
+                return false;
             }
         }
+        return values.next().is_none();
     }
-    values.next().is_none()
+    // `head` ends with '/' (or is empty): each of its segments is followed
+    // by a slash in the path.
+    let mut segs: Vec<&str> = head.split('/').collect();
+    segs.pop();
+    for seg in segs {
+        let Some((v, after)) = rest.split_once('/') else {
+            return false;
+        };
+        let ok = if seg == "{*}" {
+            !v.is_empty() && v.bytes().all(template_char)
+        } else {
+            same(seg, v)
+        };
+        if !ok {
+            return false;
+        }
+        rest = after;
+    }
+    let tail = tail.unwrap_or_default();
+    if rest.len() < tail.len() || !rest.is_char_boundary(rest.len() - tail.len()) {
+        return false;
+    }
+    let (any, end) = rest.split_at(rest.len() - tail.len());
+    same(tail, end) && any.bytes().all(|b| b == b'/' || template_char(b))
 }
 
 /// `host[:port]` as the name (without a trailing dot) and the port.
@@ -1053,12 +1095,22 @@ fn condition_holds(c: &Condition, v: &View<'_>, bias: Bias) -> bool {
                 _ => bias == Bias::Deny,
             }
         }
+        // Envoy dynamic metadata other filters set (Istio's
+        // `experimental.envoy.filters.*` keys): no filter here sets any,
+        // so, as Envoy's metadata matcher does on metadata that is not
+        // there, `values` never match and `notValues` always do.
+        key if key.starts_with("experimental.envoy.filters.") => {
+            let attr: Attr<String> = Attr::Absent;
+            field(vals, nots, &attr, bias, false, str_match)
+        }
         key => {
             let attr = match (
                 key.strip_prefix("request.headers[")
                     .and_then(|k| k.strip_suffix(']')),
                 &v.http,
             ) {
+                // Envoy's header matcher sees the `:method` pseudo-header.
+                (Some(":method"), Some(http)) => Attr::Known(vec![http.method.to_owned()]),
                 (Some(name), Some(http)) => header_attr(http.headers, name),
                 // HTTP-only at L4; a key the loader should have refused.
                 _ => Attr::Unknown,

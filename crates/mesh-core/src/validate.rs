@@ -1055,14 +1055,35 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
                 .strip_prefix("request.headers[")
                 .and_then(|k| k.strip_suffix(']'));
             if let Some(name) = header {
-                if name.is_empty() || !name.bytes().all(is_tchar) {
-                    // Pseudo-headers (`:authority`) and the like are not
-                    // request headers here; a DENY on one would never match.
+                if name.starts_with(':') {
+                    // Envoy's header matcher sees the pseudo-headers too.
+                    // `:method` is matched on the request's method; the
+                    // others (`:path` with its query as received, `:scheme`,
+                    // `:authority` as received) are not kept apart from
+                    // their normalised forms here, so they are refused
+                    // rather than matched on something else.
+                    if name != ":method" {
+                        c.err(
+                            format!("{f}.key"),
+                            format!("`{name}`: of the pseudo-headers only `:method` is supported"),
+                        );
+                    }
+                } else if name.is_empty() || !name.bytes().all(is_tchar) {
                     c.err(
                         format!("{f}.key"),
                         format!("`{name}` is not an HTTP header name"),
                     );
                 }
+            }
+            let metadata = cond.key.starts_with("experimental.envoy.filters.");
+            if metadata && !(cond.key.contains('[') && cond.key.ends_with(']')) {
+                c.err(
+                    format!("{f}.key"),
+                    format!(
+                        "`{}`: write experimental.envoy.filters.FILTER[KEY]",
+                        cond.key
+                    ),
+                );
             }
             let claim = cond.key.strip_prefix("request.auth.claims");
             if let Some(path) = claim
@@ -1091,7 +1112,11 @@ fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
                 wildcard_values(c, &format!("{f}.values"), &cond.values);
                 wildcard_values(c, &format!("{f}.notValues"), &cond.not_values);
             }
-            if header.is_none() && claim.is_none() && !WHEN_KEYS.contains(&cond.key.as_str()) {
+            if header.is_none()
+                && claim.is_none()
+                && !metadata
+                && !WHEN_KEYS.contains(&cond.key.as_str())
+            {
                 c.err(
                     format!("{f}.key"),
                     format!(
@@ -1241,7 +1266,9 @@ fn path_pattern(v: &str) -> Result<(), String> {
     let (partial_first, rest) = match v.strip_prefix('*') {
         Some(rest) => (true, rest),
         None if v.starts_with('/') => (false, v),
-        None => return Err("must start with '/' or '*'".to_owned()),
+        // Istio takes it and Envoy matches it exactly: it never equals a
+        // request's path (`check` warns, MESH0108).
+        None => return Ok(()),
     };
     let (partial_last, fixed) = match rest.strip_suffix('*') {
         Some(fixed) => (true, fixed),

@@ -307,6 +307,28 @@ const CASES: &[Case] = &[
         "example.org/ns/default/sa/productpage",
     ])
     .resources(&["AuthorizationPolicy default/reviews"]),
+    Case::new(
+        "mesh0108-path-never-matches",
+        codes::AUTHZ_NEVER_MATCHES,
+        Severity::Warning,
+    )
+    .message(&[
+        "AuthorizationPolicy default/reviews",
+        "rules[0].to[0].operation.paths[0]",
+        "matches no request path",
+    ])
+    .resources(&["AuthorizationPolicy default/reviews"]),
+    Case::new(
+        "mesh0108-envoy-metadata",
+        codes::AUTHZ_NEVER_MATCHES,
+        Severity::Warning,
+    )
+    .message(&[
+        "AuthorizationPolicy default/reviews",
+        "rules[0].when[0].key",
+        "never match",
+    ])
+    .resources(&["AuthorizationPolicy default/reviews"]),
     // MESH0109
     Case::new(
         "mesh0109-port-not-found",

@@ -1313,8 +1313,9 @@ mod paths_as_apps_read_them {
     }
 }
 
-/// Path templates (Istio 1.22's `{*}` one segment, `{**}` one or more,
-/// last): matched on the normalised path, segment by segment; a DENY's
+/// Path templates (Istio 1.22's `{*}` one segment, `{**}` any run of
+/// segments, as Envoy's uri_template matches them): matched on the
+/// normalised path; a DENY's
 /// template also matches in any case, and crafted spellings do not dodge
 /// it.
 #[test]
@@ -1333,7 +1334,8 @@ fn path_templates_match_whole_segments() {
         ("/api/v1/x/items", false),
         ("/static/app.js", true),
         ("/static/css/site.css", true),
-        ("/static/", false),
+        // Envoy's `**` is `[pchar/]*`: it may be empty.
+        ("/static/", true),
         ("/static", false),
         ("/API/v1/items", false),
         ("/api/v1/../v2/items", true),
@@ -1376,7 +1378,8 @@ fn path_templates_match_whole_segments() {
 fn malformed_path_templates_are_refused_by_field() {
     for (path, words) in [
         ("/a/{*}x", "a segment is a literal"),
-        ("/{**}/b", "must be the last segment"),
+        ("/{**}/{*}", "must be the last operator"),
+        ("/{**}/a/{**}", "must be the last operator"),
         ("/a{*}", "a segment is a literal"),
         ("{*}/a", "starts with /"),
         ("/a/{*}*", "a segment is a literal"),
@@ -1410,4 +1413,155 @@ fn malformed_path_templates_are_refused_by_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("for paths only"), "{e}");
+}
+
+/// `{**}` before literals (`/{**}/path/template`, as Istio's own test data
+/// writes it): Envoy's uri_template `/**/path/template`, the regex
+/// `/[pchar/]*/path/template`.
+#[test]
+fn path_templates_with_a_multi_segment_glob_before_literals() {
+    let allow = snap(&policy(
+        "p",
+        "ALLOW",
+        "[{to: [{operation: {paths: [\"/{**}/path/template\", \"/a/{*}/{**}/z.js\"]}}]}]",
+    ));
+    for (path, allowed) in [
+        ("/x/path/template", true),
+        ("/x/y/z/path/template", true),
+        ("/path/template", false),
+        ("/x/path/template/", false),
+        ("/x/path/templatex", false),
+        ("/x/path/Template", false),
+        ("/x/other/template", false),
+        // `/a/*/**/z.js`: a segment, then `**` between two slashes.
+        ("/a/b/z.js", false),
+        ("/a/b/c/z.js", true),
+        ("/a/b/c/d/z.js", true),
+        ("/a/z.js", false),
+        ("/a//z.js", false),
+        ("/b/c/z.js", false),
+        ("/a/b/z.jsx", false),
+        ("/a/b/c/x.js", false),
+        ("/x/a*b/path/template", false),
+    ] {
+        let r = Req {
+            path,
+            ..Req::default()
+        };
+        assert_eq!(decide(&allow, &r).allowed, allowed, "ALLOW {path}");
+    }
+    // A DENY's template matches in any case too, and through crafted
+    // spellings.
+    let deny = snap(&policy(
+        "p",
+        "DENY",
+        "[{to: [{operation: {paths: [\"/{**}/secret\"]}}]}]",
+    ));
+    for (path, denied) in [
+        ("/a/secret", true),
+        ("/a/b/SECRET", true),
+        ("/a/%73ecret", true),
+        ("/a/x/../secret", true),
+        ("/secret", false),
+        ("/a/secret/x", false),
+        ("/a/public", false),
+    ] {
+        let r = Req {
+            path,
+            ..Req::default()
+        };
+        assert_eq!(!decide(&deny, &r).allowed, denied, "DENY {path}");
+    }
+}
+
+/// `request.headers[:method]`: Envoy's header matcher sees the pseudo-
+/// header, so the condition is on the request's method.
+#[test]
+fn method_pseudo_header_conditions() {
+    let deny = snap(&policy(
+        "p",
+        "DENY",
+        "[{when: [{key: \"request.headers[:method]\", values: [DELETE, \"PO*\"]}]}]",
+    ));
+    for (method, denied) in [
+        ("DELETE", true),
+        ("POST", true),
+        ("GET", false),
+        ("PUT", false),
+    ] {
+        let r = Req {
+            method,
+            ..Req::default()
+        };
+        assert_eq!(!decide(&deny, &r).allowed, denied, "DENY {method}");
+    }
+    let allow = snap(&policy(
+        "p",
+        "ALLOW",
+        "[{when: [{key: \"request.headers[:method]\", notValues: [GET]}]}]",
+    ));
+    for (method, allowed) in [("GET", false), ("POST", true)] {
+        let r = Req {
+            method,
+            ..Req::default()
+        };
+        assert_eq!(decide(&allow, &r).allowed, allowed, "ALLOW {method}");
+    }
+    // The other pseudo-headers are refused by name.
+    let yaml = format!(
+        "{WORKLOAD}---\n{}",
+        policy(
+            "p",
+            "ALLOW",
+            "[{when: [{key: \"request.headers[:path]\", values: [\"/x\"]}]}]"
+        )
+    );
+    let e = load_str(Path::new("t.yaml"), &yaml)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("spec.rules[0].when[0].key") && e.contains("only `:method`"),
+        "{e}"
+    );
+}
+
+/// Envoy metadata keys (`experimental.envoy.filters.*`) and paths that are
+/// neither absolute nor `*` patterns load, as in Istio, and match nothing
+/// here: an ALLOW rule on them admits nothing, a DENY rule denies nothing;
+/// a notValues on metadata that is never there always holds.
+#[test]
+fn conditions_that_never_match_here() {
+    let meta = "{key: 'experimental.envoy.filters.a.b[c]', values: [x]}";
+    let allow = snap(&policy("p", "ALLOW", &format!("[{{when: [{meta}]}}]")));
+    assert!(!decide(&allow, &Req::default()).allowed);
+    let deny = snap(&policy("p", "DENY", &format!("[{{when: [{meta}]}}]")));
+    assert!(decide(&deny, &Req::default()).allowed);
+    let not_meta = "{key: 'experimental.envoy.filters.a.b[c]', notValues: [x]}";
+    let deny_not = snap(&policy("p", "DENY", &format!("[{{when: [{not_meta}]}}]")));
+    assert!(!decide(&deny_not, &Req::default()).allowed);
+
+    let path = "[{to: [{operation: {paths: [\"rule[0]-to[0]-path[1]\"]}}]}]";
+    let allow = snap(&policy("p", "ALLOW", path));
+    let deny = snap(&policy("p", "DENY", path));
+    for p in ["/", "/rule[0]-to[0]-path[1]", "/x"] {
+        let r = Req {
+            path: p,
+            ..Req::default()
+        };
+        assert!(!decide(&allow, &r).allowed, "ALLOW {p}");
+        assert!(decide(&deny, &r).allowed, "DENY {p}");
+    }
+    // Malformed metadata keys are refused.
+    let yaml = format!(
+        "{WORKLOAD}---\n{}",
+        policy(
+            "p",
+            "ALLOW",
+            "[{when: [{key: 'experimental.envoy.filters.a', values: [x]}]}]"
+        )
+    );
+    let e = load_str(Path::new("t.yaml"), &yaml)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("spec.rules[0].when[0].key"), "{e}");
 }

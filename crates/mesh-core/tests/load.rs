@@ -252,7 +252,7 @@ fn security_resources_fail_closed() {
     );
     one_error(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n\
-         spec: {rules: [{when: [{key: 'experimental.envoy.filters.a.b[c]', values: [x]}]}]}\n",
+         spec: {rules: [{when: [{key: 'experimental.envoy.filters.a', values: [x]}]}]}\n",
         "spec.rules[0].when[0].key",
     );
     one_error(
