@@ -707,3 +707,29 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod metric_id_tests {
+    use mesh_core::resources::telemetry::IstioMetric;
+    use mesh_core::telemetry::METRICS;
+
+    use super::metric_ids::*;
+
+    #[test]
+    fn metric_ids_are_the_positions_in_mesh_cores_list() {
+        for (id, m) in [
+            (REQUEST_COUNT, IstioMetric::RequestCount),
+            (REQUEST_DURATION, IstioMetric::RequestDuration),
+            (REQUEST_SIZE, IstioMetric::RequestSize),
+            (RESPONSE_SIZE, IstioMetric::ResponseSize),
+            (TCP_OPENED, IstioMetric::TcpOpenedConnections),
+            (TCP_CLOSED, IstioMetric::TcpClosedConnections),
+            (TCP_SENT_BYTES, IstioMetric::TcpSentBytes),
+            (TCP_RECEIVED_BYTES, IstioMetric::TcpReceivedBytes),
+            (GRPC_REQUEST_MESSAGES, IstioMetric::GrpcRequestMessages),
+            (GRPC_RESPONSE_MESSAGES, IstioMetric::GrpcResponseMessages),
+        ] {
+            assert_eq!(METRICS[id], m);
+        }
+    }
+}
