@@ -151,6 +151,14 @@ pub mod codes {
     /// but no RequestAuthentication applies to that gateway (IST0149): no
     /// request has claims there, so the match never holds.
     pub const CLAIMS_WITHOUT_AUTHENTICATION: &str = "MESH0122";
+    /// A Telemetry names a provider defined nowhere (skipped, as Istio
+    /// skips it), or asks for what needs span export, which this mesh does
+    /// not do, or overrides a metric it does not have.
+    pub const TELEMETRY_PROVIDER: &str = "MESH0123";
+    /// Two Telemetries at one level (two without a selector in a
+    /// namespace, or two selecting one workload; Istio's IST0151 and
+    /// IST0152): only the first is in force.
+    pub const TELEMETRY_CONFLICT: &str = "MESH0124";
 }
 
 /// How the sidecars the configuration is for run, for the analyzers that
@@ -201,6 +209,7 @@ pub fn check_with(
     claim_routes(snap, resources, &mut findings);
     gateway_tls(resources, &mut findings);
     sidecars(snap, resources, &mut findings);
+    telemetries(snap, resources, &mut findings);
     virtual_services(snap, resources, &mut findings);
     if options.capture {
         capture(snap, &mut findings);
@@ -472,6 +481,43 @@ fn sidecars(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Fi
                 workloads.join(", ")
             ),
             vec![a.clone(), b.clone()],
+        ));
+    }
+}
+
+fn telemetries(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Finding>) {
+    for n in crate::telemetry::notes(res) {
+        out.push(finding(
+            Severity::Warning,
+            codes::TELEMETRY_PROVIDER,
+            format!(
+                "{} ({}) {}: {}",
+                n.source, n.source.origin, n.field, n.message
+            ),
+            vec![n.source],
+        ));
+    }
+    let workloads = snap
+        .workloads
+        .iter()
+        .map(|w| (w.key.as_str(), w.namespace.as_str(), &*w.labels));
+    for (a, b, keys) in crate::telemetry::conflicts(res, workloads) {
+        let message = if keys.is_empty() {
+            format!(
+                "{a} and {b} have no selector in namespace {}; only the first ({a}) is in force",
+                a.namespace
+            )
+        } else {
+            format!(
+                "{a} and {b} both select workload {}; only the first ({a}) is in force",
+                keys.join(", ")
+            )
+        };
+        out.push(finding(
+            Severity::Warning,
+            codes::TELEMETRY_CONFLICT,
+            message,
+            vec![a, b],
         ));
     }
 }

@@ -51,6 +51,7 @@
 pub mod analyze;
 pub mod authz;
 pub mod balance;
+pub mod cel;
 pub mod error;
 pub mod explain;
 pub mod gateway;
@@ -68,6 +69,7 @@ pub mod retry;
 pub mod route;
 pub mod snapshot;
 pub mod store;
+pub mod telemetry;
 pub mod validate;
 pub mod visibility;
 pub mod xds;

@@ -60,6 +60,7 @@ const NETWORKING_VERSIONS: &[&str] = &[
 ];
 const SECURITY_VERSIONS: &[&str] = &["security.istio.io/v1beta1", "security.istio.io/v1"];
 const LEGACY_AUTHN_VERSIONS: &[&str] = &["authentication.istio.io/v1alpha1"];
+const TELEMETRY_VERSIONS: &[&str] = &["telemetry.istio.io/v1alpha1", "telemetry.istio.io/v1"];
 
 fn kind_of(kind: &str) -> Option<(Kind, &'static [&'static str])> {
     Some(match kind {
@@ -75,6 +76,7 @@ fn kind_of(kind: &str) -> Option<(Kind, &'static [&'static str])> {
         "MeshPolicy" => (Kind::MeshPolicy, LEGACY_AUTHN_VERSIONS),
         "Policy" => (Kind::Policy, LEGACY_AUTHN_VERSIONS),
         "MeshConfig" => (Kind::MeshConfig, &[MESH_CONFIG_API_VERSION]),
+        "Telemetry" => (Kind::Telemetry, TELEMETRY_VERSIONS),
         _ => return None,
     })
 }
@@ -693,6 +695,7 @@ impl Loader {
                 self.push(kind, origin, api_version, doc, |r| &mut r.legacy_policies)
             }
             Kind::MeshConfig => self.push_mesh(origin, doc),
+            Kind::Telemetry => self.push(kind, origin, api_version, doc, |r| &mut r.telemetries),
         }
     }
 
@@ -853,6 +856,7 @@ impl Loader {
             legacy_policies,
             authorization_policies,
             request_authentications,
+            telemetries,
             skipped,
             view: _,
         } = resources;
@@ -891,6 +895,7 @@ impl Loader {
             &mut r.request_authentications,
             request_authentications,
         );
+        merge_items(seen, errors, &mut r.telemetries, telemetries);
         r.skipped.extend(skipped);
     }
 
@@ -1009,7 +1014,6 @@ fn unsupported_reason(kind: &str) -> Option<&'static str> {
             "it tunes Envoy proxies; mesh-proxy takes its settings from its command line"
         }
         "IstioOperator" => "it is an installation resource for istioctl, not mesh configuration",
-        "Telemetry" => "the Telemetry API is not implemented yet",
         "WorkloadGroup" => "VM auto-registration is not implemented; write WorkloadEntries",
         _ => return None,
     })

@@ -72,6 +72,124 @@ pub struct MeshConfig {
     /// destination). `DO_NOT_UPGRADE` by default, as in Istio: an HTTP/1.1
     /// request goes on as HTTP/1.1 over a pool of connections.
     pub h2_upgrade_policy: MeshH2UpgradePolicy,
+    /// Istio's `extensionProviders`: the providers a Telemetry names, by
+    /// name. Besides these, the names Istio's default MeshConfig defines
+    /// are known: `prometheus` (metrics) and `envoy` (the access log to
+    /// standard output).
+    pub extension_providers: Vec<ExtensionProvider>,
+}
+
+/// One of MeshConfig's `extensionProviders`: a name and one provider.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "RawProvider", into = "RawProvider")]
+pub struct ExtensionProvider {
+    /// The name a Telemetry's `providers` give.
+    pub name: String,
+    /// What it is.
+    pub kind: ProviderKind,
+}
+
+/// What an extension provider is, as far as this mesh reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// `prometheus: {}`: the metrics this mesh serves at
+    /// `/stats/prometheus`.
+    Prometheus,
+    /// `envoyFileAccessLog`: an access log to a file. `path` as written;
+    /// `log_format` the format as written (JSON), if any.
+    EnvoyFileAccessLog {
+        /// The file.
+        path: String,
+        /// `logFormat`, as written.
+        log_format: Option<String>,
+    },
+    /// Any other provider (`zipkin`, `opentelemetry`, `envoyOtelAls`...),
+    /// by its field name, with its settings as written (JSON).
+    Other {
+        /// The field naming the provider's type.
+        field: String,
+        /// Its settings.
+        settings: String,
+    },
+}
+
+#[derive(Deserialize, Serialize)]
+struct RawProvider {
+    name: String,
+    #[serde(flatten)]
+    provider: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl TryFrom<RawProvider> for ExtensionProvider {
+    type Error = String;
+
+    fn try_from(raw: RawProvider) -> Result<Self, String> {
+        if raw.name.is_empty() {
+            return Err("an extension provider needs a name".to_owned());
+        }
+        let mut fields = raw.provider.into_iter();
+        let (Some((field, settings)), None) = (fields.next(), fields.next()) else {
+            return Err(format!(
+                "extension provider `{}` must have exactly one provider field (prometheus, envoyFileAccessLog, ...)",
+                raw.name
+            ));
+        };
+        let kind = match field.as_str() {
+            "prometheus" => ProviderKind::Prometheus,
+            "envoyFileAccessLog" => {
+                let map = settings.as_object().cloned().unwrap_or_default();
+                for k in map.keys() {
+                    if k != "path" && k != "logFormat" {
+                        return Err(format!(
+                            "extension provider `{}`: envoyFileAccessLog.{k} is not a field of envoyFileAccessLog",
+                            raw.name
+                        ));
+                    }
+                }
+                ProviderKind::EnvoyFileAccessLog {
+                    path: map
+                        .get("path")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    log_format: map.get("logFormat").map(ToString::to_string),
+                }
+            }
+            _ => ProviderKind::Other {
+                field,
+                settings: settings.to_string(),
+            },
+        };
+        Ok(Self {
+            name: raw.name,
+            kind,
+        })
+    }
+}
+
+impl From<ExtensionProvider> for RawProvider {
+    fn from(p: ExtensionProvider) -> Self {
+        let parse = |s: &str| serde_json::from_str(s).unwrap_or(serde_json::Value::Null);
+        let (field, value) = match p.kind {
+            ProviderKind::Prometheus => ("prometheus".to_owned(), serde_json::json!({})),
+            ProviderKind::EnvoyFileAccessLog { path, log_format } => {
+                let mut m = serde_json::Map::new();
+                m.insert("path".to_owned(), serde_json::Value::String(path));
+                if let Some(f) = log_format {
+                    m.insert("logFormat".to_owned(), parse(&f));
+                }
+                (
+                    "envoyFileAccessLog".to_owned(),
+                    serde_json::Value::Object(m),
+                )
+            }
+            ProviderKind::Other { field, settings } => (field, parse(&settings)),
+        };
+        Self {
+            name: p.name,
+            provider: std::collections::BTreeMap::from([(field, value)]),
+        }
+    }
 }
 
 /// MeshConfig's `h2UpgradePolicy`.
@@ -160,6 +278,7 @@ impl Default for MeshConfig {
             default_virtual_service_export_to: Vec::new(),
             default_destination_rule_export_to: Vec::new(),
             h2_upgrade_policy: MeshH2UpgradePolicy::default(),
+            extension_providers: Vec::new(),
         }
     }
 }

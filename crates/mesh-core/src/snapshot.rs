@@ -317,6 +317,9 @@ pub struct Snapshot {
     pub jwt_policies: Vec<crate::jwt::JwtPolicy>,
     /// Documents that were not used.
     pub skipped: Vec<Skipped>,
+    /// The Telemetries, resolved per workload ([`crate::telemetry`]).
+    #[serde(skip)]
+    pub telemetry: crate::telemetry::TelemetryTable,
     /// Lookups [`compile`] builds so that requests and the compile itself
     /// never scan the whole mesh: derived from the fields above.
     #[serde(skip)]
@@ -410,7 +413,25 @@ impl Snapshot {
             authz_policies: Vec::new(),
             jwt_policies: Vec::new(),
             skipped: Vec::new(),
+            telemetry: crate::telemetry::TelemetryTable::default(),
             index: Index::default(),
+        }
+    }
+
+    /// The Telemetry settings of workload `name` of `namespace`: resolved
+    /// when the snapshot was compiled (the data plane looks them up once
+    /// per snapshot). A workload the snapshot does not list gets its
+    /// namespace's (or the mesh's).
+    pub fn telemetry_for(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> &Arc<crate::telemetry::WorkloadTelemetry> {
+        match self.workload(&format!("{namespace}/{name}")) {
+            Some((_, w)) => self
+                .telemetry
+                .for_workload(namespace, Some(&w.key), Some(&*w.labels)),
+            None => self.telemetry.for_workload(namespace, None, None),
         }
     }
 
@@ -1302,6 +1323,13 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
             .or_default()
             .push(i);
     }
+
+    snap.telemetry = crate::telemetry::compile(
+        r,
+        snap.workloads
+            .iter()
+            .map(|w| (w.key.as_str(), w.namespace.as_str(), &*w.labels)),
+    );
 
     if errors.is_empty() {
         Ok(snap)

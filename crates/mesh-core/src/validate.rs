@@ -142,6 +142,9 @@ pub fn validate(r: &Resources) -> Vec<ConfigError> {
     for i in &r.request_authentications {
         request_authentication(&mut checker(&mut errors, i), &i.spec);
     }
+    for i in &r.telemetries {
+        errors.extend(crate::telemetry::validate(i, &r.mesh));
+    }
     for i in &r.authorization_policies {
         let c = &mut checker(&mut errors, i);
         authorization_policy(c, &i.spec);

@@ -309,6 +309,15 @@ impl Catalog {
                 .or_default()
                 .push(name);
         }
+        // Telemetries as Sidecars: the namespace's and the root namespace's
+        // reach the namespace's data planes, which resolve their own.
+        for t in &r.telemetries {
+            let name = doc(&mut c, t)?;
+            c.policies
+                .entry(t.namespace().to_owned())
+                .or_default()
+                .push(name);
+        }
         // WorkloadEntries by namespace, for the ServiceEntries' selectors.
         let mut by_namespace: HashMap<&str, Vec<(&Item<WorkloadEntry>, String)>> = HashMap::new();
         for w in &r.workload_entries {

@@ -360,7 +360,6 @@ fn kinds_that_program_envoy_or_install_istio_are_refused_with_a_reason() {
             "IstioOperator",
             "installation resource for istioctl",
         ),
-        ("telemetry.istio.io/v1", "Telemetry", "Telemetry API"),
         (
             "networking.istio.io/v1",
             "WorkloadGroup",

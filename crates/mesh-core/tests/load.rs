@@ -175,8 +175,13 @@ fn other_kinds_are_skipped_but_unknown_istio_kinds_are_errors() {
     );
     assert!(text.contains("not supported"), "{text}");
     one_error(
-        "apiVersion: security.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\n",
+        "apiVersion: security.istio.io/v1\nkind: Frobnicator\nmetadata: {name: t}\n",
         "kind",
+    );
+    // A kind the mesh reads, in a version it does not: the version named.
+    one_error(
+        "apiVersion: security.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\n",
+        "apiVersion",
     );
 }
 

@@ -661,7 +661,13 @@ async fn serve(
         RouterConfig::for_gateway(&key).describing(&me),
         Some(MeshConnector::new(identity.store().clone())),
     );
-    let router = crate::sidecar::outbound_stack(router, registry.clone(), me);
+    // The gateway's side is CLIENT (Istio's `workloadMode` for a gateway).
+    let telemetry = Arc::new(mesh_tower::telemetry::TelemetrySettings::new(
+        store.clone(),
+        ns,
+        name,
+    ));
+    let router = crate::sidecar::outbound_stack(router, registry.clone(), me, telemetry);
     // The policies of the gateway's own workload (Istio's
     // `selector: {istio: ingressgateway}`): RequestAuthentication and
     // AuthorizationPolicy decide at the edge, before any route is taken.

@@ -469,6 +469,15 @@ impl Mesh {
         MetricsService::new(self.inner.registry.clone())
     }
 
+    /// Where this workload's layers read the Telemetry API's settings.
+    fn telemetry_settings(&self) -> Arc<crate::telemetry::TelemetrySettings> {
+        Arc::new(crate::telemetry::TelemetrySettings::new(
+            self.inner.store.clone(),
+            &self.inner.ns,
+            &self.inner.name,
+        ))
+    }
+
     /// The outbound client. Address requests to service hosts
     /// (`http://ratings/…`, or `http://ratings.shop.svc.cluster.local:9080/…`);
     /// for tonic, `FooClient::with_origin(mesh.client(), uri)`.
@@ -478,11 +487,10 @@ impl Mesh {
             RouterConfig::for_workload(&self.inner.ns, &self.inner.name),
             Some(MeshConnector::new(self.inner.creds.clone())),
         );
-        Telemetry::new(
+        tower::Layer::layer(
+            &TelemetryLayer::outbound(self.inner.registry.clone(), self.inner.info.clone())
+                .with_settings(self.telemetry_settings()),
             router,
-            self.inner.registry.clone(),
-            crate::telemetry::Reporter::Source,
-            self.inner.info.clone(),
         )
     }
 
@@ -611,10 +619,10 @@ impl Mesh {
                     req.extensions_mut().insert(LocalAddr(local));
                     req
                 })
-                .layer(TelemetryLayer::inbound(
-                    self.inner.registry.clone(),
-                    self.inner.info.clone(),
-                ))
+                .layer(
+                    TelemetryLayer::inbound(self.inner.registry.clone(), self.inner.info.clone())
+                        .with_settings(self.telemetry_settings()),
+                )
                 .layer(authz)
                 .service(app),
         )

@@ -4,6 +4,7 @@
 pub mod common;
 pub mod networking;
 pub mod security;
+pub mod telemetry;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -42,6 +43,8 @@ pub enum Kind {
     Policy,
     /// The mesh's own settings document.
     MeshConfig,
+    /// `telemetry.istio.io` Telemetry.
+    Telemetry,
 }
 
 impl Kind {
@@ -60,6 +63,7 @@ impl Kind {
             Self::MeshPolicy => "MeshPolicy",
             Self::Policy => "Policy",
             Self::MeshConfig => "MeshConfig",
+            Self::Telemetry => "Telemetry",
         }
     }
 }
@@ -213,6 +217,9 @@ pub struct Resources {
     pub authorization_policies: Vec<Item<security::AuthorizationPolicy>>,
     /// RequestAuthentications: the JWTs workloads accept.
     pub request_authentications: Vec<Item<security::RequestAuthentication>>,
+    /// Telemetries: metrics, access logging and trace sampling per
+    /// workload ([`crate::telemetry`]).
+    pub telemetries: Vec<Item<telemetry::Telemetry>>,
     /// Documents of kinds the mesh does not read.
     pub skipped: Vec<Skipped>,
     /// The namespace these are the view of ([`crate::visibility::view`]);

@@ -76,7 +76,10 @@ fn inbound_stack(svc: InboundHttp, ctx: &Ctx, local: WorkloadInfo, facts: ConnFa
                 ext.insert(LocalAddr(facts.local));
                 req
             })
-            .layer(TelemetryLayer::inbound(ctx.registry.clone(), local))
+            .layer(
+                TelemetryLayer::inbound(ctx.registry.clone(), local)
+                    .with_settings(ctx.telemetry.clone()),
+            )
             .layer(authz)
             .service(svc),
     )
@@ -245,11 +248,9 @@ async fn inbound_tcp<IO>(
         .with_port(port.port)
         .check_connection_from(peer, Some(remote), Some(local_addr));
     let local = local_info(&ctx.store, &ctx.key);
-    let mut conn = TcpTelemetry::inbound(ctx.registry.clone(), local).accepted_from(
-        peer,
-        source.as_ref(),
-        service.as_ref(),
-    );
+    let mut conn = TcpTelemetry::inbound(ctx.registry.clone(), local)
+        .with_settings(ctx.telemetry.clone())
+        .accepted_from(peer, source.as_ref(), service.as_ref());
     if !decision.allowed {
         // check_connection logged the refusal.
         conn.set_response_flags("RBAC");

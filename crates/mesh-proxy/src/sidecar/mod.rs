@@ -582,11 +582,17 @@ async fn serve(
     let creds = obtained.store().clone();
     admin.identity.store(Some(obtained));
 
+    let telemetry = Arc::new(mesh_tower::telemetry::TelemetrySettings::new(
+        store.clone(),
+        &namespace,
+        &workload,
+    ));
     let ctx = Ctx {
         store: store.clone(),
         key: key.clone(),
         drain: drain.clone(),
         registry: registry.clone(),
+        telemetry: telemetry.clone(),
     };
     let acceptors = ModeAcceptor::new(&creds)?;
     let mut serving: Vec<Serving> = Vec::new();
@@ -623,10 +629,10 @@ async fn serve(
         RouterConfig::for_workload(&namespace, &workload),
         Some(connector.clone()),
     );
-    let router = outbound_stack(router, registry.clone(), local.clone());
+    let router = outbound_stack(router, registry.clone(), local.clone(), telemetry.clone());
     let tcp =
         TcpRouter::new(store.clone(), &namespace, Some(connector)).with_peer(local.peer_header());
-    let tcp_telemetry = TcpTelemetry::outbound(registry.clone(), local);
+    let tcp_telemetry = TcpTelemetry::outbound(registry.clone(), local).with_settings(telemetry);
     for o in ports.outbound {
         let listen = o.socket.local_addr();
         let listener = o
@@ -690,6 +696,8 @@ struct Ctx {
     key: String,
     drain: Drain,
     registry: Registry,
+    /// What the Telemetry API says of the workload.
+    telemetry: Arc<mesh_tower::telemetry::TelemetrySettings>,
 }
 
 /// `/stats/prometheus` lines from the telemetry registry.

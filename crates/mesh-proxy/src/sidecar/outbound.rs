@@ -4,13 +4,15 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response};
 use mesh_tower::body::BoxBody;
 use mesh_tower::server::{accept_loop, serve_connection};
 use mesh_tower::telemetry::{
-    DestinationInfo, Registry, TcpConnection, TcpTelemetry, TelemetryLayer, WorkloadInfo,
+    DestinationInfo, Registry, TcpConnection, TcpTelemetry, TelemetryLayer, TelemetrySettings,
+    WorkloadInfo,
 };
 use mesh_tower::traffic::{Router, TcpRouter};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,11 +20,16 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{Ctx, Outbound};
 use crate::runtime::ProxyBody;
 
-pub(crate) fn outbound_stack(router: Router, registry: Registry, local: WorkloadInfo) -> Outbound {
+pub(crate) fn outbound_stack(
+    router: Router,
+    registry: Registry,
+    local: WorkloadInfo,
+    settings: Arc<TelemetrySettings>,
+) -> Outbound {
     tower::util::BoxCloneSyncService::new(
         tower::ServiceBuilder::new()
             .map_response(mesh_tower::body::box_response)
-            .layer(TelemetryLayer::outbound(registry, local))
+            .layer(TelemetryLayer::outbound(registry, local).with_settings(settings))
             .service(router),
     )
 }

@@ -16,10 +16,13 @@ use tokio::task::futures::TaskLocalFuture;
 
 use super::labels::{DestinationInfo, Reporter, SourceInfo, WorkloadInfo, security_policy};
 use super::metrics::UNKNOWN;
-use super::registry::Registry;
+use super::registry::{Registry, metric_ids};
+use super::settings::{TelemetrySettings, apply_tags};
 use super::trace::{self, TraceContext};
 use crate::error::{MeshError, REASON_HEADER};
 use crate::tls::PeerIdentity;
+use mesh_core::cel::{Attr, Attributes, Value};
+use mesh_core::telemetry::{AccessLog, Side, SideTelemetry, WorkloadTelemetry};
 
 /// Stands in for a side nobody told us about.
 static UNKNOWN_WORKLOAD: LazyLock<WorkloadInfo> = LazyLock::new(WorkloadInfo::unknown);
@@ -27,11 +30,26 @@ static UNKNOWN_WORKLOAD: LazyLock<WorkloadInfo> = LazyLock::new(WorkloadInfo::un
 /// The access log's `tracing` target.
 pub const ACCESS_LOG_TARGET: &str = "mesh::access";
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) reporter: Reporter,
     pub(crate) local: WorkloadInfo,
+    /// What the Telemetry API says of the workload; `None`: the mesh's
+    /// defaults (every metric, one access-log line per request, every new
+    /// trace sampled).
+    pub(crate) settings: Option<Arc<TelemetrySettings>>,
+}
+
+impl Shared {
+    /// The side the reporter is (Istio's `workloadMode`: outbound and
+    /// gateways are CLIENT, inbound SERVER).
+    pub(crate) fn side(&self) -> Side {
+        match self.reporter {
+            Reporter::Source => Side::Client,
+            Reporter::Destination => Side::Server,
+        }
+    }
 }
 
 /// Measures requests with Istio's standard metrics, writes one access-log
@@ -51,8 +69,18 @@ impl TelemetryLayer {
                 registry,
                 reporter,
                 local,
+                settings: None,
             }),
         }
+    }
+
+    /// Applies what the Telemetry API says of the workload (the store's
+    /// snapshot, resolved once per snapshot): metrics disabled or with
+    /// their tags changed, the access log off or filtered, the sampling
+    /// of the traces this side starts.
+    pub fn with_settings(mut self, settings: Arc<TelemetrySettings>) -> Self {
+        Arc::make_mut(&mut self.shared).settings = Some(settings);
+        self
     }
 
     /// The server side: `reporter="destination"`.
@@ -135,6 +163,22 @@ struct Pending {
     destination: Option<DestinationInfo>,
     /// What the request body has carried so far.
     request: Arc<RequestCounts>,
+    /// The Telemetry settings in force when the request arrived.
+    telemetry: Option<Arc<WorkloadTelemetry>>,
+    /// What the settings' expressions read of the request, kept only when
+    /// there are expressions.
+    attrs: Option<Box<RequestFacts>>,
+}
+
+/// The parts of a request the Telemetry API's expressions read that the
+/// layer does not keep otherwise.
+#[derive(Debug)]
+struct RequestFacts {
+    headers: Option<http::HeaderMap>,
+    path_and_query: String,
+    scheme: Option<String>,
+    client: Option<std::net::SocketAddr>,
+    local: Option<std::net::SocketAddr>,
 }
 
 /// Counted as the request body is read: shared by the body and the
@@ -322,44 +366,69 @@ impl Answered {
             (false, _) => "",
         };
         let protocol = if p.grpc { "grpc" } else { "http" };
-        shared.registry.record_http(
-            [
-                shared.reporter.as_str(),
-                &source.name,
-                &source.namespace,
-                &source.principal,
-                &source.app,
-                &source.version,
-                &source.canonical_service,
-                &source.canonical_revision,
-                &source.cluster,
-                &destination.name,
-                &destination.namespace,
-                &destination.principal,
-                &destination.app,
-                &destination.version,
-                &destination.canonical_service,
-                &destination.canonical_revision,
-                &destination.cluster,
-                service,
-                service_name,
-                service_namespace,
-                protocol,
-                code,
-                grpc_status,
-                flags,
-                security_policy(mtls),
-            ],
-            duration,
-            request_bytes,
-            response_bytes,
-            p.grpc.then(|| {
-                (
-                    p.request.messages.load(Ordering::Relaxed),
-                    response_messages,
-                )
-            }),
-        );
+        let side: Option<&SideTelemetry> = p.telemetry.as_ref().map(|t| t.side(shared.side()));
+        let attrs = Facts {
+            p: &p,
+            status,
+            grpc_status,
+            principal: &source.principal,
+            mtls,
+        };
+        let labels = [
+            shared.reporter.as_str(),
+            &source.name,
+            &source.namespace,
+            &source.principal,
+            &source.app,
+            &source.version,
+            &source.canonical_service,
+            &source.canonical_revision,
+            &source.cluster,
+            &destination.name,
+            &destination.namespace,
+            &destination.principal,
+            &destination.app,
+            &destination.version,
+            &destination.canonical_service,
+            &destination.canonical_revision,
+            &destination.cluster,
+            service,
+            service_name,
+            service_namespace,
+            protocol,
+            code,
+            grpc_status,
+            flags,
+            security_policy(mtls),
+        ];
+        let grpc_messages = p.grpc.then(|| {
+            (
+                p.request.messages.load(Ordering::Relaxed),
+                response_messages,
+            )
+        });
+        match side {
+            Some(side) if side.overrides_metrics() => {
+                if side.metrics {
+                    record_custom(
+                        &shared.registry,
+                        side,
+                        &labels,
+                        &attrs,
+                        duration,
+                        (request_bytes, response_bytes),
+                        grpc_messages,
+                    );
+                }
+            }
+            _ => shared.registry.record_http(
+                labels,
+                duration,
+                request_bytes,
+                response_bytes,
+                grpc_messages,
+            ),
+        }
         let (peer, upstream) = match shared.reporter {
             Reporter::Destination => (source.principal.as_str(), "-"),
             Reporter::Source => (
@@ -370,27 +439,166 @@ impl Answered {
                     .unwrap_or("-"),
             ),
         };
-        tracing::info!(
-            target: ACCESS_LOG_TARGET,
-            reporter = shared.reporter.as_str(),
-            method = %p.method,
-            path = p.path(),
-            protocol = ?p.version,
-            status = status.map_or(0, |s| s.as_u16()),
-            flags,
-            duration_ms = duration_ms(duration),
-            bytes_received = request_bytes,
-            bytes_sent = response_bytes,
-            authority = %p.host(),
-            service,
-            upstream,
-            peer,
-            reason = reason.as_deref().unwrap_or("-"),
-            request_id = p.request_id.as_deref().unwrap_or("-"),
-            trace_id = %format_args!("{:032x}", p.trace_id),
-            "access"
-        );
+        let lines = match side.map(|s| &s.access_log) {
+            None | Some(AccessLog::Default) => 1,
+            Some(AccessLog::Providers(filters)) => filters
+                .iter()
+                .filter(|f| f.as_ref().is_none_or(|f| f.holds(&attrs)))
+                .count(),
+        };
+        for _ in 0..lines {
+            tracing::info!(
+                target: ACCESS_LOG_TARGET,
+                reporter = shared.reporter.as_str(),
+                method = %p.method,
+                path = p.path(),
+                protocol = ?p.version,
+                status = status.map_or(0, |s| s.as_u16()),
+                flags,
+                duration_ms = duration_ms(duration),
+                bytes_received = request_bytes,
+                bytes_sent = response_bytes,
+                authority = %p.host(),
+                service,
+                upstream,
+                peer,
+                reason = reason.as_deref().unwrap_or("-"),
+                request_id = p.request_id.as_deref().unwrap_or("-"),
+                trace_id = %format_args!("{:032x}", p.trace_id),
+                "access"
+            );
+        }
     }
+}
+
+/// Records the HTTP metrics of one request as a Telemetry changed them:
+/// each not disabled, with its own labels.
+fn record_custom(
+    registry: &Registry,
+    side: &SideTelemetry,
+    labels: &[&str; super::metrics::HTTP_LABEL_COUNT],
+    attrs: &dyn Attributes,
+    duration: Duration,
+    (request_bytes, response_bytes): (u64, u64),
+    grpc_messages: Option<(u64, u64)>,
+) {
+    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    let mut amounts = vec![
+        (metric_ids::REQUEST_COUNT, 1),
+        (metric_ids::REQUEST_DURATION, micros),
+        (metric_ids::REQUEST_SIZE, request_bytes),
+        (metric_ids::RESPONSE_SIZE, response_bytes),
+    ];
+    if let Some((sent, received)) = grpc_messages {
+        amounts.push((metric_ids::GRPC_REQUEST_MESSAGES, sent));
+        amounts.push((metric_ids::GRPC_RESPONSE_MESSAGES, received));
+    }
+    for (id, amount) in amounts {
+        let setting = &side.metric[id];
+        if setting.disabled {
+            continue;
+        }
+        let pairs = apply_tags(&super::metrics::HTTP_LABELS, labels, setting, attrs);
+        let refs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        registry.custom_series(id, &refs).data.add(amount);
+    }
+}
+
+/// Whether the side has expressions to evaluate (tag values, filters).
+fn has_expressions(side: &SideTelemetry) -> bool {
+    side.metric.iter().any(|m| !m.tags.is_empty())
+        || matches!(&side.access_log, AccessLog::Providers(f) if f.iter().any(Option::is_some))
+}
+
+/// Whether a trace this side starts is sampled: every one by default; at
+/// a Telemetry's `randomSamplingPercentage`, decided from `x-request-id`
+/// where `useRequestIdForTraceSampling` (Istio's default) so that the
+/// proxies of one request decide alike, else at random. A request that
+/// carries a trace keeps its own decision (as Envoy keeps it).
+fn sampling_decision(side: Option<&SideTelemetry>, headers: &http::HeaderMap) -> bool {
+    let Some(side) = side else {
+        return true;
+    };
+    let Some(percent) = side.sampling else {
+        return true;
+    };
+    // Hundredths of a percent, as Envoy's sampling resolution.
+    let threshold = (percent * 100.0).round() as u64;
+    let draw = headers
+        .get("x-request-id")
+        .filter(|_| side.sample_by_request_id)
+        .map_or_else(rand::random::<u64>, |id| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            id.as_bytes().hash(&mut h);
+            h.finish()
+        });
+    draw % 10_000 < threshold
+}
+
+/// What a request offers the Telemetry API's expressions.
+struct Facts<'a> {
+    p: &'a Pending,
+    status: Option<StatusCode>,
+    grpc_status: &'a str,
+    principal: &'a str,
+    mtls: Option<bool>,
+}
+
+impl Attributes for Facts<'_> {
+    fn get(&self, attr: &Attr) -> Option<Value> {
+        let p = self.p;
+        let facts = p.attrs.as_deref();
+        let s = |v: &str| Some(Value::Str(v.to_owned()));
+        match attr {
+            Attr::RequestMethod => s(p.method.as_str()),
+            Attr::RequestHost => Some(Value::Str(p.host())),
+            Attr::RequestPath => facts.map(|f| Value::Str(f.path_and_query.clone())),
+            Attr::RequestUrlPath => s(p.path()),
+            Attr::RequestScheme => facts.and_then(|f| f.scheme.clone()).map(Value::Str),
+            Attr::RequestProtocol => s(match p.version {
+                Version::HTTP_09 => "HTTP/0.9",
+                Version::HTTP_10 => "HTTP/1.0",
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_3 => "HTTP/3",
+                _ => "HTTP/1.1",
+            }),
+            Attr::RequestId => p.request_id.clone().map(Value::Str),
+            Attr::RequestUserAgent => header(facts, "user-agent"),
+            Attr::RequestReferer => header(facts, "referer"),
+            Attr::RequestHeader(name) => header(facts, name),
+            Attr::ResponseCode => {
+                Some(Value::Int(self.status.map_or(0, |c| i64::from(c.as_u16()))))
+            }
+            Attr::ResponseGrpcStatus => self.grpc_status.parse().ok().map(Value::Int),
+            Attr::SourcePrincipal => {
+                (self.principal != UNKNOWN).then(|| Value::Str(self.principal.to_owned()))
+            }
+            Attr::SourceAddress => facts
+                .and_then(|f| f.client)
+                .map(|a| Value::Str(a.to_string())),
+            Attr::SourcePort => facts
+                .and_then(|f| f.client)
+                .map(|a| Value::Int(i64::from(a.port()))),
+            Attr::DestinationAddress => facts
+                .and_then(|f| f.local)
+                .map(|a| Value::Str(a.to_string())),
+            Attr::DestinationPort => facts
+                .and_then(|f| f.local)
+                .map(|a| Value::Int(i64::from(a.port()))),
+            Attr::ConnectionMtls => self.mtls.map(Value::Bool),
+            _ => None,
+        }
+    }
+}
+
+fn header(facts: Option<&RequestFacts>, name: &str) -> Option<Value> {
+    facts?
+        .headers
+        .as_ref()?
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| Value::Str(v.to_owned()))
 }
 
 fn duration_ms(d: Duration) -> f64 {
@@ -422,14 +630,35 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
         let shared = self.shared.clone();
+        let telemetry = shared.settings.as_ref().map(|s| s.current());
+        let side = telemetry.as_ref().map(|t| t.side(shared.side()));
+        let sampled = sampling_decision(side, req.headers());
         let ctx = match shared.reporter {
             Reporter::Destination => {
-                let ctx = trace::inbound(req.headers_mut());
+                let ctx = trace::inbound(req.headers_mut(), sampled);
                 req.extensions_mut().insert(ctx.clone());
                 ctx
             }
-            Reporter::Source => trace::outbound(req.headers_mut()),
+            Reporter::Source => trace::outbound(req.headers_mut(), sampled),
         };
+        let attrs = side.filter(|s| has_expressions(s)).map(|_| {
+            Box::new(RequestFacts {
+                headers: Some(req.headers().clone()),
+                path_and_query: req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
+                scheme: req.uri().scheme_str().map(str::to_owned),
+                client: req
+                    .extensions()
+                    .get::<crate::traffic::ClientAddr>()
+                    .map(|c| c.0),
+                local: req
+                    .extensions()
+                    .get::<crate::authz::LocalAddr>()
+                    .map(|l| l.0),
+            })
+        });
         let (peer, mtls) = match shared.reporter {
             Reporter::Destination => {
                 let identity = req.extensions().get::<PeerIdentity>();
@@ -464,6 +693,8 @@ where
             mtls,
             destination: req.extensions().get::<DestinationInfo>().cloned(),
             request: request.clone(),
+            telemetry,
+            attrs,
             shared,
         };
         let grpc = pending.grpc;

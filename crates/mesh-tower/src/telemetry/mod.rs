@@ -77,11 +77,13 @@
 //! ```
 
 mod admin;
+mod custom;
 pub mod exchange;
 mod labels;
 mod layer;
 pub mod metrics;
 mod registry;
+mod settings;
 mod tcp;
 pub mod trace;
 
@@ -94,5 +96,6 @@ pub use layer::{
     ACCESS_LOG_TARGET, RequestBody, ResponseBody, ResponseFuture, Telemetry, TelemetryLayer,
 };
 pub use registry::{CardinalityLimits, Registry};
+pub use settings::TelemetrySettings;
 pub use tcp::{MeteredStream, TcpConnection, TcpTelemetry};
 pub use trace::{Propagate, PropagateLayer, TraceContext};

@@ -23,6 +23,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use foldhash::fast::RandomState;
 
+use super::custom::{self, Custom, Data, MetricId, family_names, label_text};
+
 use super::metrics::{
     BYTES_BUCKETS, DURATION_BUCKETS_MS, HTTP_LABEL_COUNT, HTTP_LABELS, MetricDef, MetricKind,
     OTHER, REQUEST_BYTES, REQUEST_DURATION, REQUEST_MESSAGES, REQUESTS_TOTAL, RESPONSE_BYTES,
@@ -74,7 +76,7 @@ pub(crate) struct Histogram {
 }
 
 impl Histogram {
-    fn new(bounds: &'static [f64], scale: f64) -> Self {
+    pub(crate) fn new(bounds: &'static [f64], scale: f64) -> Self {
         Self {
             bounds,
             scale,
@@ -84,7 +86,7 @@ impl Histogram {
         }
     }
 
-    fn observe(&self, units: u64) {
+    pub(crate) fn observe(&self, units: u64) {
         let value = units as f64 / self.scale;
         let i = self.bounds.partition_point(|b| *b < value);
         if let Some(b) = self.buckets.get(i) {
@@ -333,6 +335,7 @@ impl<S: Default, const N: usize> Family<S, N> {
 struct Inner {
     http: Family<HttpData, HTTP_LABEL_COUNT>,
     tcp: Family<TcpData, TCP_LABEL_COUNT>,
+    custom: Custom,
 }
 
 /// Istio's standard metrics for one process, rendered with
@@ -361,13 +364,32 @@ impl Registry {
             inner: Arc::new(Inner {
                 http: Family::new(&HTTP_LABELS, limits),
                 tcp: Family::new(&TCP_LABELS, limits),
+                custom: Custom::new(limits),
             }),
         }
     }
 
     /// How many label sets exist (HTTP and TCP together).
     pub fn series_count(&self) -> usize {
-        self.inner.http.len() + self.inner.tcp.len()
+        self.inner.http.len() + self.inner.tcp.len() + self.inner.custom.len()
+    }
+
+    /// The series of one metric whose labels a Telemetry changed.
+    pub(crate) fn custom_series(
+        &self,
+        metric: MetricId,
+        labels: &[(&str, &str)],
+    ) -> Arc<custom::Series> {
+        let make = match metric {
+            metric_ids::REQUEST_DURATION => {
+                || Data::Histogram(Histogram::new(&DURATION_BUCKETS_MS, 1000.0))
+            }
+            metric_ids::REQUEST_SIZE | metric_ids::RESPONSE_SIZE => {
+                || Data::Histogram(Histogram::new(&BYTES_BUCKETS, 1.0))
+            }
+            _ => || Data::Counter(AtomicU64::new(0)),
+        };
+        self.inner.custom.get(metric, labels, make)
     }
 
     pub(crate) fn record_http(
@@ -399,64 +421,157 @@ impl Registry {
     /// All metrics in Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
+        let custom = &self.inner.custom;
         let http = self.inner.http.all();
-        let http_labels: Vec<String> = http.iter().map(|s| self.inner.http.label_text(s)).collect();
-        header(&mut out, &REQUESTS_TOTAL);
-        for (s, l) in http.iter().zip(&http_labels) {
-            let n = s.data.requests.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{}{{{l}}} {n}", REQUESTS_TOTAL.name);
-        }
         // Istio counts messages of gRPC requests only.
         let grpc = |s: &Series<HttpData>| {
             s.labels
                 .get(GRPC_PROTOCOL_LABEL)
                 .is_some_and(|p| &**p == "grpc")
         };
-        for (def, pick) in [
+        let grpc_http: Vec<Arc<Series<HttpData>>> =
+            http.iter().filter(|s| grpc(s)).cloned().collect();
+        let counters: [CounterRow<'_>; 3] = [
+            (&REQUESTS_TOTAL, metric_ids::REQUEST_COUNT, &http, |d| {
+                &d.requests
+            }),
             (
                 &REQUEST_MESSAGES,
-                (|d: &HttpData| &d.request_messages) as fn(&HttpData) -> &AtomicU64,
+                metric_ids::GRPC_REQUEST_MESSAGES,
+                &grpc_http,
+                |d| &d.request_messages,
             ),
-            (&RESPONSE_MESSAGES, |d: &HttpData| &d.response_messages),
-        ] {
+            (
+                &RESPONSE_MESSAGES,
+                metric_ids::GRPC_RESPONSE_MESSAGES,
+                &grpc_http,
+                |d| &d.response_messages,
+            ),
+        ];
+        for (def, id, series, pick) in counters {
+            let extra = custom.of(id);
             header(&mut out, def);
-            for (s, l) in http.iter().zip(&http_labels).filter(|(s, _)| grpc(s)) {
+            let names = family_names(&HTTP_LABELS, !series.is_empty(), &extra);
+            for s in series {
+                let l = std_text(&self.inner.http, s, &names, extra.is_empty());
                 let n = pick(&s.data).load(Ordering::Relaxed);
                 let _ = writeln!(out, "{}{{{l}}} {n}", def.name);
             }
+            custom_lines(&mut out, def, &names, &extra);
         }
-        for (def, pick) in [
-            (
-                &REQUEST_DURATION,
-                (|d: &HttpData| &d.duration) as fn(&HttpData) -> &Histogram,
-            ),
-            (&REQUEST_BYTES, |d: &HttpData| &d.request_bytes),
-            (&RESPONSE_BYTES, |d: &HttpData| &d.response_bytes),
-        ] {
+        let histograms: [HistogramRow; 3] = [
+            (&REQUEST_DURATION, metric_ids::REQUEST_DURATION, |d| {
+                &d.duration
+            }),
+            (&REQUEST_BYTES, metric_ids::REQUEST_SIZE, |d| {
+                &d.request_bytes
+            }),
+            (&RESPONSE_BYTES, metric_ids::RESPONSE_SIZE, |d| {
+                &d.response_bytes
+            }),
+        ];
+        for (def, id, pick) in histograms {
+            let extra = custom.of(id);
             header(&mut out, def);
-            for (s, l) in http.iter().zip(&http_labels) {
-                pick(&s.data).render(&mut out, def.name, l);
+            let names = family_names(&HTTP_LABELS, !http.is_empty(), &extra);
+            for s in &http {
+                let l = std_text(&self.inner.http, s, &names, extra.is_empty());
+                pick(&s.data).render(&mut out, def.name, &l);
             }
+            custom_lines(&mut out, def, &names, &extra);
         }
         let tcp = self.inner.tcp.all();
-        let tcp_labels: Vec<String> = tcp.iter().map(|s| self.inner.tcp.label_text(s)).collect();
-        for (def, pick) in [
-            (
-                &TCP_SENT_BYTES,
-                (|d: &TcpData| &d.sent) as fn(&TcpData) -> &AtomicU64,
-            ),
-            (&TCP_RECEIVED_BYTES, |d: &TcpData| &d.received),
-            (&TCP_OPENED, |d: &TcpData| &d.opened),
-            (&TCP_CLOSED, |d: &TcpData| &d.closed),
-        ] {
+        let tcp_metrics: [TcpRow; 4] = [
+            (&TCP_SENT_BYTES, metric_ids::TCP_SENT_BYTES, |d| &d.sent),
+            (&TCP_RECEIVED_BYTES, metric_ids::TCP_RECEIVED_BYTES, |d| {
+                &d.received
+            }),
+            (&TCP_OPENED, metric_ids::TCP_OPENED, |d| &d.opened),
+            (&TCP_CLOSED, metric_ids::TCP_CLOSED, |d| &d.closed),
+        ];
+        for (def, id, pick) in tcp_metrics {
+            let extra = custom.of(id);
             header(&mut out, def);
-            for (s, l) in tcp.iter().zip(&tcp_labels) {
+            let names = family_names(&TCP_LABELS, !tcp.is_empty(), &extra);
+            for s in &tcp {
+                let l = std_text(&self.inner.tcp, s, &names, extra.is_empty());
                 let n = pick(&s.data).load(Ordering::Relaxed);
                 let _ = writeln!(out, "{}{{{l}}} {n}", def.name);
             }
+            custom_lines(&mut out, def, &names, &extra);
         }
         out
     }
+}
+
+/// An HTTP counter family: its definition, its metric, its series and
+/// where its number is.
+type CounterRow<'a> = (
+    &'static MetricDef,
+    MetricId,
+    &'a [Arc<Series<HttpData>>],
+    fn(&HttpData) -> &AtomicU64,
+);
+/// An HTTP histogram family.
+type HistogramRow = (&'static MetricDef, MetricId, fn(&HttpData) -> &Histogram);
+/// A TCP counter family.
+type TcpRow = (&'static MetricDef, MetricId, fn(&TcpData) -> &AtomicU64);
+
+/// The label text of a standard series: its own names, or, beside custom
+/// series, the family's names (those it lacks empty).
+fn std_text<S: Default, const N: usize>(
+    family: &Family<S, N>,
+    s: &Series<S>,
+    names: &[Arc<str>],
+    alone: bool,
+) -> String {
+    if alone {
+        return family.label_text(s);
+    }
+    label_text(names, |n| {
+        family
+            .names
+            .iter()
+            .position(|x| *x == n)
+            .and_then(|i| s.labels.get(i))
+            .map(|v| &**v)
+    })
+}
+
+fn custom_lines(
+    out: &mut String,
+    def: &MetricDef,
+    names: &[Arc<str>],
+    series: &[Arc<custom::Series>],
+) {
+    for s in series {
+        let l = label_text(names, |n| {
+            s.labels
+                .iter()
+                .find(|(name, _)| &**name == n)
+                .map(|(_, v)| &**v)
+        });
+        match &s.data {
+            Data::Counter(c) => {
+                let _ = writeln!(out, "{}{{{l}}} {}", def.name, c.load(Ordering::Relaxed));
+            }
+            Data::Histogram(h) => h.render(out, def.name, &l),
+        }
+    }
+}
+
+/// The positions in [`mesh_core::telemetry::METRICS`].
+pub(crate) mod metric_ids {
+    pub(crate) const REQUEST_COUNT: usize = 0;
+    pub(crate) const REQUEST_DURATION: usize = 1;
+    pub(crate) const REQUEST_SIZE: usize = 2;
+    pub(crate) const RESPONSE_SIZE: usize = 3;
+    pub(crate) const TCP_OPENED: usize = 4;
+    pub(crate) const TCP_CLOSED: usize = 5;
+    pub(crate) const TCP_SENT_BYTES: usize = 6;
+    pub(crate) const TCP_RECEIVED_BYTES: usize = 7;
+    pub(crate) const GRPC_REQUEST_MESSAGES: usize = 8;
+    pub(crate) const GRPC_RESPONSE_MESSAGES: usize = 9;
 }
 
 fn header(out: &mut String, def: &MetricDef) {
@@ -590,5 +705,31 @@ mod tests {
             r.render()
                 .contains("destination_service=\"a\\\"b\\\\c\\nd\"")
         );
+    }
+}
+
+#[cfg(test)]
+mod metric_id_tests {
+    use mesh_core::resources::telemetry::IstioMetric;
+    use mesh_core::telemetry::METRICS;
+
+    use super::metric_ids::*;
+
+    #[test]
+    fn metric_ids_are_the_positions_in_mesh_cores_list() {
+        for (id, m) in [
+            (REQUEST_COUNT, IstioMetric::RequestCount),
+            (REQUEST_DURATION, IstioMetric::RequestDuration),
+            (REQUEST_SIZE, IstioMetric::RequestSize),
+            (RESPONSE_SIZE, IstioMetric::ResponseSize),
+            (TCP_OPENED, IstioMetric::TcpOpenedConnections),
+            (TCP_CLOSED, IstioMetric::TcpClosedConnections),
+            (TCP_SENT_BYTES, IstioMetric::TcpSentBytes),
+            (TCP_RECEIVED_BYTES, IstioMetric::TcpReceivedBytes),
+            (GRPC_REQUEST_MESSAGES, IstioMetric::GrpcRequestMessages),
+            (GRPC_RESPONSE_MESSAGES, IstioMetric::GrpcResponseMessages),
+        ] {
+            assert_eq!(METRICS[id], m);
+        }
     }
 }

@@ -12,9 +12,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::labels::{DestinationInfo, Reporter, WorkloadInfo, security_policy};
 use super::layer::Shared;
+use super::metrics::TCP_LABELS;
 use super::metrics::{TCP_LABEL_COUNT, UNKNOWN};
-use super::registry::{Registry, Series, TcpData};
+use super::registry::{Registry, Series, TcpData, metric_ids};
+use super::settings::{ConnectionAttrs, TelemetrySettings, apply_tags};
 use crate::tls::PeerIdentity;
+use mesh_core::telemetry::{Side, WorkloadTelemetry};
 
 /// Opens metered TCP connections for one workload and reporter side.
 ///
@@ -42,8 +45,18 @@ impl TcpTelemetry {
                 registry,
                 reporter,
                 local,
+                settings: None,
             }),
         }
+    }
+
+    /// Applies what the Telemetry API says of the workload: TCP metrics
+    /// disabled or with their tags changed (per connection, as the
+    /// connection opens; request attributes are absent on a connection, so
+    /// a tag reading them is `unknown`).
+    pub fn with_settings(mut self, settings: Arc<TelemetrySettings>) -> Self {
+        Arc::make_mut(&mut self.shared).settings = Some(settings);
+        self
     }
 
     /// The server side: `reporter="destination"`.
@@ -130,14 +143,74 @@ impl TcpTelemetry {
         .into_iter()
         .map(Arc::from)
         .collect();
+        let telemetry = self.shared.settings.as_ref().map(|s| s.current());
+        let side = self.shared.side();
+        if let Some(t) = telemetry.filter(|t| t.side(side).overrides_metrics()) {
+            let custom = TcpCustom {
+                principal: Arc::from(&*source.principal),
+                mtls,
+                telemetry: t,
+                side,
+            };
+            let registry = &self.shared.registry;
+            if let Some(opened) = custom.series(registry, &labels, metric_ids::TCP_OPENED, "-") {
+                opened.data.add(1);
+            }
+            let sent = custom.series(registry, &labels, metric_ids::TCP_SENT_BYTES, "-");
+            let received = custom.series(registry, &labels, metric_ids::TCP_RECEIVED_BYTES, "-");
+            return TcpConnection {
+                registry: self.shared.registry.clone(),
+                labels,
+                series: None,
+                custom: Some(Box::new((custom, sent, received))),
+                flags: "-",
+            };
+        }
         let series = self.shared.registry.tcp_series(label_refs(&labels, "-"));
         series.data.opened.fetch_add(1, Ordering::Relaxed);
         TcpConnection {
             registry: self.shared.registry.clone(),
             labels,
-            series,
+            series: Some(series),
+            custom: None,
             flags: "-",
         }
+    }
+}
+
+/// A connection whose metrics a Telemetry changed.
+#[derive(Debug)]
+struct TcpCustom {
+    telemetry: Arc<WorkloadTelemetry>,
+    side: Side,
+    principal: Arc<str>,
+    mtls: Option<bool>,
+}
+
+type CustomSeries = Option<Arc<super::custom::Series>>;
+
+impl TcpCustom {
+    /// The series of metric `id` for this connection; `None` when the
+    /// metric is not reported.
+    fn series(
+        &self,
+        registry: &Registry,
+        labels: &[Arc<str>],
+        id: usize,
+        flags: &str,
+    ) -> CustomSeries {
+        let side = self.telemetry.side(self.side);
+        let setting = &side.metric[id];
+        if !side.metrics || setting.disabled {
+            return None;
+        }
+        let attrs = ConnectionAttrs {
+            principal: &self.principal,
+            mtls: self.mtls,
+        };
+        let pairs = apply_tags(&TCP_LABELS, &label_refs(labels, flags), setting, &attrs);
+        let refs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        Some(registry.custom_series(id, &refs))
     }
 }
 
@@ -161,19 +234,33 @@ fn label_refs<'a>(labels: &'a [Arc<str>], flags: &'a str) -> [&'a str; TCP_LABEL
 pub struct TcpConnection {
     registry: Registry,
     labels: Vec<Arc<str>>,
-    series: Arc<Series<TcpData>>,
+    /// The standard series; `None` where a Telemetry changed the metrics.
+    series: Option<Arc<Series<TcpData>>>,
+    /// Where a Telemetry changed them: the connection's settings, and its
+    /// sent and received series.
+    custom: Option<Box<(TcpCustom, CustomSeries, CustomSeries)>>,
     flags: &'static str,
 }
 
 impl TcpConnection {
     /// Counts bytes sent to the downstream side.
     pub fn sent(&self, n: u64) {
-        self.series.data.sent.fetch_add(n, Ordering::Relaxed);
+        if let Some(s) = &self.series {
+            s.data.sent.fetch_add(n, Ordering::Relaxed);
+        }
+        if let Some((_, Some(s), _)) = self.custom.as_deref() {
+            s.data.add(n);
+        }
     }
 
     /// Counts bytes received from the downstream side.
     pub fn received(&self, n: u64) {
-        self.series.data.received.fetch_add(n, Ordering::Relaxed);
+        if let Some(s) = &self.series {
+            s.data.received.fetch_add(n, Ordering::Relaxed);
+        }
+        if let Some((_, _, Some(s))) = self.custom.as_deref() {
+            s.data.add(n);
+        }
     }
 
     /// Envoy's response flags for how the connection ended (`UF` when the
@@ -192,8 +279,15 @@ impl TcpConnection {
 
 impl Drop for TcpConnection {
     fn drop(&mut self) {
-        if self.flags == "-" {
-            self.series.data.closed.fetch_add(1, Ordering::Relaxed);
+        if let Some((custom, _, _)) = self.custom.as_deref() {
+            let id = metric_ids::TCP_CLOSED;
+            if let Some(s) = custom.series(&self.registry, &self.labels, id, self.flags) {
+                s.data.add(1);
+            }
+            return;
+        }
+        if let (Some(series), "-") = (&self.series, self.flags) {
+            series.data.closed.fetch_add(1, Ordering::Relaxed);
         } else {
             let series = self
                 .registry

@@ -97,6 +97,13 @@ impl TraceContext {
         }
     }
 
+    /// The same context with the sampling decision `sampled` (a new root's
+    /// decision: the Telemetry API's `randomSamplingPercentage`).
+    pub fn with_sampled(mut self, sampled: bool) -> Self {
+        self.sampled = sampled;
+        self
+    }
+
     /// A new span in the same trace, child of this one.
     pub fn child(&self) -> Self {
         Self {
@@ -257,13 +264,16 @@ pub fn current() -> Option<TraceContext> {
 
 /// Outbound: the context to send, and whether the headers need it. A
 /// request that already carries trace headers keeps them.
-pub(crate) fn outbound(headers: &mut HeaderMap) -> TraceContext {
+pub(crate) fn outbound(headers: &mut HeaderMap, sampled: bool) -> TraceContext {
     if TraceContext::present_in(headers) {
         if let Some(ctx) = TraceContext::extract(headers) {
             return ctx;
         }
     }
-    let ctx = current().map_or_else(TraceContext::new_root, |c| c.child());
+    let ctx = current().map_or_else(
+        || TraceContext::new_root().with_sampled(sampled),
+        |c| c.child(),
+    );
     ctx.inject(headers);
     ctx
 }
@@ -271,8 +281,11 @@ pub(crate) fn outbound(headers: &mut HeaderMap) -> TraceContext {
 /// Inbound: the server span, child of the caller's (or a new root), written
 /// back into the request's headers so that a proxied application sees it as
 /// its parent.
-pub(crate) fn inbound(headers: &mut HeaderMap) -> TraceContext {
-    let ctx = TraceContext::extract(headers).map_or_else(TraceContext::new_root, |c| c.child());
+pub(crate) fn inbound(headers: &mut HeaderMap, sampled: bool) -> TraceContext {
+    let ctx = TraceContext::extract(headers).map_or_else(
+        || TraceContext::new_root().with_sampled(sampled),
+        |c| c.child(),
+    );
     ctx.inject(headers);
     ctx
 }
@@ -484,7 +497,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ctx = outbound(req.headers_mut());
+        let ctx = outbound(req.headers_mut(), true);
         ctx.scope(self.inner.call(req))
     }
 }
