@@ -523,6 +523,29 @@ fn workload_entry(
         .filter(|s| !s.is_empty())
         .unwrap_or("default");
     we.insert("serviceAccount".to_owned(), json!(sa));
+    let label = |k: &str| {
+        pod.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(k))
+            .filter(|v| !v.is_empty())
+    };
+    // Istio's `getPodLocality` reads the pod's `istio-locality` label first
+    // (`.` for `/`, which label values cannot hold: `GetLocalityLabel`),
+    // then the node's topology labels; Nodes are not watched here, so a
+    // pod without the label has no locality.
+    if let Some(l) = label("istio-locality") {
+        let l = if l.contains('/') {
+            l.clone()
+        } else {
+            l.replace('.', "/")
+        };
+        we.insert("locality".to_owned(), json!(l));
+    }
+    // Istio: the pod's `topology.istio.io/network` label is its network.
+    if let Some(n) = label("topology.istio.io/network") {
+        we.insert("network".to_owned(), json!(n));
+    }
     if let Some(ports) = eps.map(|e| &e.ports).filter(|p| !p.is_empty()) {
         we.insert("ports".to_owned(), json!(ports));
     }

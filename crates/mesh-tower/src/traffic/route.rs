@@ -184,9 +184,10 @@ where
             None => (None, None),
         };
         let now = Instant::now();
+        let network = shared.config.whereabouts(&snap).network;
         let dest = choose_destination(
             &dests,
-            |d| pick::has_available(&snap, d, port, &shared.state, now),
+            |d| pick::has_available(&snap, d, port, &shared.state, now, network.as_deref()),
             key,
             || shared.random.next_u64(),
         )
@@ -201,6 +202,19 @@ where
             (Some(m), Some(pct)) if replay.is_some() => Some((m.clone(), pct)),
             _ => None,
         });
+        let outlier = resolved
+            .policy
+            .outlier_detection
+            .as_ref()
+            .and_then(mesh_core::outlier::OutlierPolicy::from_config);
+        let me = Arc::new(shared.config.whereabouts(&snap));
+        let (endpoints, spread) = pick::Spread::of(
+            &snap,
+            resolved.endpoints,
+            resolved.policy.load_balancer.as_ref(),
+            outlier.is_some(),
+            &me,
+        );
         let planned = Destination {
             snap: snap.clone(),
             host: service.host.clone(),
@@ -210,12 +224,10 @@ where
             load_balancer: resolved.policy.load_balancer.clone(),
             pool: pool::Limits::from_policy(&resolved.policy),
             connect_timeout: mesh_core::plan::connect_timeout(&resolved.policy),
-            outlier: resolved
-                .policy
-                .outlier_detection
-                .as_ref()
-                .and_then(mesh_core::outlier::OutlierPolicy::from_config),
-            endpoints: resolved.endpoints,
+            outlier,
+            endpoints,
+            spread,
+            me,
             hash_key: key,
             mirrored: false,
             retry,
