@@ -532,3 +532,13 @@ fn locality_lb_settings_are_validated_as_istio() {
     ));
     read(&locality_dr("{enabled: false}"));
 }
+
+#[test]
+fn mesh_networks_is_refused_by_name() {
+    // Istio's gateways to other networks: none here.
+    refused(
+        "apiVersion: mesh.config/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec:\n  meshNetworks: {net-b: {gateways: [{address: 1.2.3.4, port: 15443}]}}\n",
+        "meshNetworks",
+        "unsupported field `meshNetworks`",
+    );
+}

@@ -160,6 +160,21 @@ fn mesh_config(cm: &ConfigMap, out: &mut Documents, domain: &mut String) {
     let ns = cm.metadata.namespace.as_deref().unwrap_or("default");
     let name = cm.metadata.name.as_deref().unwrap_or("?");
     let path = format!("{}#{MESH_CONFIG_KEY}", core_path(ns, "configmaps", name));
+    if cm
+        .data
+        .as_ref()
+        .is_some_and(|d| d.contains_key("meshNetworks"))
+    {
+        // Istio's `meshNetworks` names each network's east-west gateways;
+        // this mesh has none, so a network's endpoints are reached only
+        // from its own network, and the key is refused rather than ignored.
+        out.errors.push(ConfigError::at(
+            &origin(format!("{}#meshNetworks", core_path(ns, "configmaps", name))),
+            None,
+            "meshNetworks",
+            "is not supported: this mesh has no east-west gateways; endpoints of another network are not dialled",
+        ));
+    }
     let Some(text) = cm.data.as_ref().and_then(|d| d.get(MESH_CONFIG_KEY)) else {
         out.notes.push(Note {
             object: format!("ConfigMap {ns}/{name}"),
