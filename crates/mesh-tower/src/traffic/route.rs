@@ -184,10 +184,12 @@ where
             None => (None, None),
         };
         let now = Instant::now();
-        let network = shared.config.whereabouts(&snap).network;
+        // Where this caller is: once per request, for the destinations'
+        // availability (its network's endpoints) and the locality plan.
+        let me = Arc::new(shared.config.whereabouts(&snap));
         let dest = choose_destination(
             &dests,
-            |d| pick::has_available(&snap, d, port, &shared.state, now, network.as_deref()),
+            |d| pick::has_available(&snap, d, port, &shared.state, now, me.network.as_deref()),
             key,
             || shared.random.next_u64(),
         )
@@ -207,7 +209,6 @@ where
             .outlier_detection
             .as_ref()
             .and_then(mesh_core::outlier::OutlierPolicy::from_config);
-        let me = Arc::new(shared.config.whereabouts(&snap));
         let (endpoints, spread) = pick::Spread::of(
             &snap,
             resolved.endpoints,
