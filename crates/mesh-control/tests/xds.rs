@@ -711,3 +711,30 @@ async fn a_restarted_control_plane_is_followed_without_a_resend() {
     assert_eq!(metric(&plane, "mesh_xds_resources_sent_total "), 2);
     plane.shutdown().await;
 }
+
+/// A WorkloadEntry's locality, network and weight reach a data plane that
+/// follows the control plane, as they reach one reading files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entrys_locality_network_and_weight_reach_the_data_plane() {
+    let f = Fixture::new();
+    f.write(
+        "placed.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: reviews-v3, namespace: shop}\n\
+         spec: {address: 127.0.0.14, labels: {app: reviews, version: v3}, serviceAccount: reviews, \
+         locality: us-east1/b/rack2, network: net-a, weight: 4}\n",
+    );
+    let plane = f
+        .serve(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .await;
+    let web = f.follow(&plane, "shop/web", "shop", "web");
+    until("the data plane has reviews-v3", || {
+        web.store.load().workload("shop/reviews-v3").is_some()
+    })
+    .await;
+    let snap = web.store.load();
+    let (_, w) = snap.workload("shop/reviews-v3").unwrap();
+    assert_eq!(w.locality.to_string(), "us-east1/b/rack2");
+    assert_eq!(w.network.as_deref(), Some("net-a"));
+    assert_eq!(w.weight, 4);
+    plane.shutdown().await;
+}

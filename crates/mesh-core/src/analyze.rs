@@ -159,6 +159,12 @@ pub mod codes {
     /// namespace, or two selecting one workload; Istio's IST0151 and
     /// IST0152): only the first is in force.
     pub const TELEMETRY_CONFLICT: &str = "MESH0124";
+    /// Every endpoint of a service is on another network than every
+    /// workload of the mesh that could call it, or has no address (a
+    /// WorkloadEntry with only a `network`): Istio reaches those through
+    /// the network's east-west gateway, which this mesh has none of, so
+    /// requests to the service get 503.
+    pub const ENDPOINTS_ON_OTHER_NETWORKS: &str = "MESH0125";
 }
 
 /// How the sidecars the configuration is for run, for the analyzers that
@@ -1081,6 +1087,74 @@ fn services(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Fi
         }
     }
     duplicate_hosts(snap, res, out);
+    networks(snap, out);
+}
+
+/// MESH0123: services no sidecar of the mesh can dial an endpoint of. A
+/// caller is any workload outside the service; one without a network (or
+/// no placed caller at all: a client the configuration does not describe)
+/// is on every network, so then only endpoints without an address count.
+fn networks(snap: &Snapshot, out: &mut Vec<Finding>) {
+    use crate::locality::same_network;
+    for svc in snap.services.values() {
+        let eps: Vec<usize> = svc
+            .workloads
+            .iter()
+            .copied()
+            .filter(|i| snap.workloads[*i].healthy && snap.workloads[*i].dns.is_none())
+            .collect();
+        if eps.is_empty() {
+            continue;
+        }
+        let callers: Vec<Option<&str>> = snap
+            .workloads
+            .iter()
+            .enumerate()
+            .filter(|(i, w)| !svc.workloads.contains(i) && w.dns.is_none())
+            .map(|(_, w)| w.network.as_deref())
+            .collect();
+        let anyone = callers.is_empty() || callers.iter().any(Option::is_none);
+        let reachable = eps.iter().any(|i| {
+            let w = &snap.workloads[*i];
+            !w.address.is_empty()
+                && (anyone
+                    || callers
+                        .iter()
+                        .any(|c| same_network(*c, w.network.as_deref())))
+        });
+        if reachable {
+            continue;
+        }
+        let first = &snap.workloads[eps[0]];
+        // The field of the first endpoint: an inline endpoint's
+        // `spec.endpoints[i]`, a WorkloadEntry's `spec`.
+        let field = match first.key.rsplit_once('[') {
+            Some((_, i)) if first.source.kind != crate::resources::Kind::WorkloadEntry => {
+                format!("spec.endpoints[{i}")
+            }
+            _ => "spec".to_owned(),
+        };
+        let field = if first.address.is_empty() {
+            format!("{field}.address")
+        } else {
+            format!("{field}.network")
+        };
+        let nets: BTreeSet<&str> = callers.iter().flatten().copied().collect();
+        // An error (`check` exits 1): every request to the service fails.
+        out.push(finding(
+            Severity::Error,
+            codes::ENDPOINTS_ON_OTHER_NETWORKS,
+            format!(
+                "{} ({}, {}): service {} has no endpoint a sidecar can dial: each is on another network than the mesh's workloads ({}) or has no address; Istio reaches them through an east-west gateway, which this mesh has none of, so requests get 503",
+                first.source,
+                first.source.origin.file.display(),
+                field,
+                svc.host,
+                nets.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+            vec![first.source.clone(), svc.source.clone()],
+        ));
+    }
 }
 
 /// A definition of a host: a DestinationRule's or a ServiceEntry's.

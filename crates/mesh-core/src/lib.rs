@@ -59,6 +59,7 @@ pub mod gateway_api;
 pub mod identity;
 pub mod jwt;
 pub mod load;
+pub mod locality;
 pub mod meshconfig;
 pub mod net;
 pub mod normalize;

@@ -555,7 +555,10 @@ pub fn endpoints(
     Some(
         members
             .iter()
-            .filter(|i| snap.workloads[**i].healthy)
+            // An entry without an address (a WorkloadEntry with only a
+            // `network`) is reachable only through its network's gateway,
+            // which this mesh has none of: never dialled.
+            .filter(|i| snap.workloads[**i].healthy && !snap.workloads[**i].address.is_empty())
             .map(|i| {
                 let w = &snap.workloads[*i];
                 let p = svc.target_port(port, w);

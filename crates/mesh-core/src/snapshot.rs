@@ -75,6 +75,16 @@ pub struct Workload {
     /// mTLS to it fails closed). `None` for every other workload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<Arc<[SpiffeId]>>,
+    /// Its `region/zone/subzone` (WorkloadEntry `locality`; on
+    /// Kubernetes the pod's `istio-locality` label or topology labels).
+    #[serde(skip_serializing_if = "crate::locality::Locality::is_empty")]
+    pub locality: crate::locality::Locality,
+    /// Its network; `None` is every network's (Istio: an unset network
+    /// is the same as any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Its load-balancing weight (at least 1).
+    pub weight: u32,
     /// What a data plane derives from this workload once per snapshot
     /// rather than per request (its telemetry labels): see [`DerivedSlot`].
     #[serde(skip)]
@@ -823,6 +833,13 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     jwt_policies: Vec::new(),
                     healthy: !we.unhealthy,
                     dns: None,
+                    locality: we
+                        .locality
+                        .as_deref()
+                        .map(crate::locality::Locality::parse)
+                        .unwrap_or_default(),
+                    network: we.network.clone().filter(|n| !n.is_empty()),
+                    weight: we.weight.unwrap_or(1).max(1),
                     derived: DerivedSlot::default(),
                 });
                 Some(snap.workloads.len() - 1)

@@ -8,8 +8,8 @@ use crate::error::ConfigError;
 use crate::resources::common::StringMatch;
 use crate::resources::networking::{
     ClientTlsMode, ClientTlsSettings, DestinationRule, Gateway, HttpRoute, LoadBalancerSettings,
-    Protocol, Resolution, ServerTlsMode, ServiceEntry, Sidecar, TrafficPolicy, VirtualService,
-    WorkloadEntry,
+    LocalityLbSetting, Protocol, Resolution, ServerTlsMode, ServiceEntry, Sidecar, TrafficPolicy,
+    VirtualService, WorkloadEntry,
 };
 use crate::resources::security::{
     AuthorizationPolicy, AuthzAction, LegacyPolicy, PeerAuthentication, RequestAuthentication,
@@ -398,6 +398,9 @@ fn traffic_policy(c: &mut Checker<'_>, f: &str, p: &TrafficPolicy) {
 }
 
 fn load_balancer(c: &mut Checker<'_>, f: &str, lb: &LoadBalancerSettings) {
+    if let Some(l) = &lb.locality_lb_setting {
+        locality_lb_setting(c, &format!("{f}.localityLbSetting"), l);
+    }
     let warms = lb.warmup.is_some() || lb.warmup_duration_secs.is_some();
     if let Some(w) = &lb.warmup {
         let f = format!("{f}.warmup");
@@ -437,7 +440,7 @@ fn load_balancer(c: &mut Checker<'_>, f: &str, lb: &LoadBalancerSettings) {
     }
     match (&lb.simple, &lb.consistent_hash) {
         (Some(_), Some(_)) => c.err(f.to_owned(), "simple and consistentHash exclude each other"),
-        (None, None) if warms => {}
+        (None, None) if warms || lb.locality_lb_setting.is_some() => {}
         (None, None) => c.err(f.to_owned(), "needs simple or consistentHash"),
         (None, Some(h)) => {
             let keys = [
@@ -650,7 +653,9 @@ fn service_entry(c: &mut Checker<'_>, se: &ServiceEntry) {
 }
 
 fn workload_entry(c: &mut Checker<'_>, f: &str, we: &WorkloadEntry) {
-    if we.address.is_empty() {
+    // Istio's `validateWorkloadEntry`: an entry with a network may leave
+    // the address out (it is reached through that network's gateway).
+    if we.address.is_empty() && we.network.as_deref().is_none_or(str::is_empty) {
         c.err(format!("{f}.address"), "is required");
     }
     if we.address.starts_with("unix://") {
@@ -1315,4 +1320,101 @@ fn path_pattern(v: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Istio's `validateLocalityLbSetting` (`pkg/config/validation`).
+fn locality_lb_setting(c: &mut Checker<'_>, f: &str, lb: &LocalityLbSetting) {
+    if !lb.distribute.is_empty() && !lb.failover.is_empty() {
+        c.err(
+            f.to_owned(),
+            "can not simultaneously specify 'distribute' and 'failover'",
+        );
+        return;
+    }
+    if !lb.failover.is_empty() {
+        for (i, l) in lb.failover_priority.iter().enumerate() {
+            if matches!(
+                l.as_str(),
+                "topology.kubernetes.io/region"
+                    | "topology.kubernetes.io/zone"
+                    | "topology.istio.io/subzone"
+            ) {
+                c.err(
+                    format!("{f}.failoverPriority[{i}]"),
+                    format!("can not simultaneously set 'failover' and topology label '{l}' in 'failover_priority'"),
+                );
+                return;
+            }
+        }
+    }
+    let mut sources = Vec::new();
+    for (i, d) in lb.distribute.iter().enumerate() {
+        sources.push(d.from.as_str());
+        let mut total: u64 = 0;
+        for (to, w) in &d.to {
+            if !(1..=100).contains(w) {
+                c.err(
+                    format!("{f}.distribute[{i}].to.{to}"),
+                    "locality weight must be in range [1, 100]",
+                );
+                return;
+            }
+            total += u64::from(*w);
+        }
+        if total != 100 {
+            c.err(
+                format!("{f}.distribute[{i}].to"),
+                format!("total locality weight {total} != 100"),
+            );
+            return;
+        }
+        localities(
+            c,
+            &format!("{f}.distribute[{i}].to"),
+            d.to.keys().map(String::as_str),
+        );
+    }
+    localities(c, &format!("{f}.distribute"), sources.into_iter());
+    for (i, fo) in lb.failover.iter().enumerate() {
+        let ff = format!("{f}.failover[{i}]");
+        if fo.from == fo.to {
+            c.err(
+                ff.clone(),
+                "locality lb failover settings must specify different regions",
+            );
+        }
+        if fo.from.contains('/') || fo.to.contains('/') {
+            c.err(ff.clone(), "locality lb failover only specify region");
+        }
+        if fo.from.contains('*') || fo.to.contains('*') {
+            c.err(
+                ff,
+                "locality lb failover region should not contain '*' wildcard",
+            );
+        }
+    }
+}
+
+/// Istio's `validateLocalities`: one `*`, at the end; no locality given
+/// twice, none after `*`.
+fn localities<'a>(c: &mut Checker<'_>, f: &str, ls: impl Iterator<Item = &'a str>) {
+    let mut seen: Vec<&str> = Vec::new();
+    for l in ls {
+        let stars = l.matches('*').count();
+        if stars > 1 || (stars == 1 && !l.ends_with('*')) {
+            c.err(
+                f.to_owned(),
+                format!("locality {l} wildcard '*' number can not exceed 1 and must be in the end"),
+            );
+            return;
+        }
+        if seen.contains(&"*") || seen.contains(&l) {
+            c.err(
+                f.to_owned(),
+                format!("locality {l} overlap with previous specified ones"),
+            );
+            return;
+        }
+        seen.push(l);
+    }
 }

@@ -34,6 +34,7 @@ const ALL_CODES: &[&str] = &[
     codes::JWKS_UNREACHABLE,
     codes::NO_REQUEST_AUTHENTICATION,
     codes::CLAIMS_WITHOUT_AUTHENTICATION,
+    codes::ENDPOINTS_ON_OTHER_NETWORKS,
 ];
 
 const REVIEWS_80: &str = "reviews.default.svc.cluster.local:80";
@@ -450,6 +451,23 @@ const CASES: &[Case] = &[
     )
     .message(&["VirtualService default/shop", "default/edge"])
     .resources(&["VirtualService default/shop"]),
+    // MESH0125
+    Case::new(
+        "mesh0125-endpoints-on-other-networks",
+        codes::ENDPOINTS_ON_OTHER_NETWORKS,
+        Severity::Error,
+    )
+    .message(&[
+        "WorkloadEntry default/reviews-v1",
+        "bad.yaml",
+        "spec.network",
+        "reviews.default.svc.cluster.local",
+        "net-a",
+    ])
+    .resources(&[
+        "WorkloadEntry default/reviews-v1",
+        "ServiceEntry default/reviews",
+    ]),
 ];
 
 fn fixture(dir: &str, variant: &str) -> PathBuf {

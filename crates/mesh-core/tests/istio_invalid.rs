@@ -226,17 +226,13 @@ fn fields_without_effect_here_are_refused_by_name() {
     read(&dr(
         "{http: {http1MaxPendingRequests: 1, http2MaxRequests: 10}, tcp: {maxConnections: 5}}",
     ));
-    for (extra, field) in [
-        ("network: vm-net", "network"),
-        ("locality: us-east1/b", "locality"),
-        ("weight: 3", "weight"),
-    ] {
-        refused(
-            &we(&format!("{{address: 1.1.1.1, {extra}}}")),
-            field,
-            &format!("unsupported field `{field}`"),
-        );
+    // Honoured now (locality load balancing, networks, endpoint weights).
+    for extra in ["network: vm-net", "locality: us-east1/b", "weight: 3"] {
+        read(&we(&format!("{{address: 1.1.1.1, {extra}}}")));
     }
+    // An entry with a network may leave its address out; without, not.
+    read(&we("{network: vm-net}"));
+    refused(&we("{labels: {app: a}}"), "address", "is required");
     refused(
         "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [\"*\"], bind: 10.0.0.1}]\n",
         "bind",
@@ -479,4 +475,69 @@ fn tls_origination_is_for_http_one_ports_only() {
             assert!(mesh_core::plan::opaque_tls(tls.unwrap()).is_err());
         }
     }
+}
+
+fn locality_dr(setting: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d}}\nspec:\n  host: web\n  trafficPolicy:\n    outlierDetection: {{consecutive5xxErrors: 5}}\n    loadBalancer: {{localityLbSetting: {setting}}}\n"
+    )
+}
+
+#[test]
+fn locality_lb_settings_are_validated_as_istio() {
+    // Istio's `validateLocalityLbSetting`.
+    for (setting, words) in [
+        (
+            "{distribute: [{from: a/*, to: {b/*: 100}}], failover: [{from: a, to: b}]}",
+            "can not simultaneously specify 'distribute' and 'failover'",
+        ),
+        (
+            "{distribute: [{from: a/*, to: {b/*: 60, c/*: 30}}]}",
+            "total locality weight 90 != 100",
+        ),
+        (
+            "{distribute: [{from: a/*, to: {b/*: 0, c/*: 100}}]}",
+            "locality weight must be in range [1, 100]",
+        ),
+        (
+            "{distribute: [{from: a/*, to: {\"*/b\": 100}}]}",
+            "wildcard '*' number can not exceed 1 and must be in the end",
+        ),
+        (
+            "{distribute: [{from: \"*\", to: {a: 100}}, {from: b, to: {a: 100}}]}",
+            "overlap with previous specified ones",
+        ),
+        (
+            "{failover: [{from: a, to: a}]}",
+            "must specify different regions",
+        ),
+        ("{failover: [{from: a/z, to: b}]}", "only specify region"),
+        (
+            "{failover: [{from: a, to: \"b*\"}]}",
+            "should not contain '*' wildcard",
+        ),
+        (
+            "{failover: [{from: a, to: b}], failoverPriority: [topology.kubernetes.io/zone]}",
+            "can not simultaneously set 'failover' and topology label",
+        ),
+    ] {
+        refused(&locality_dr(setting), "localityLbSetting", words);
+    }
+    read(&locality_dr(
+        "{distribute: [{from: us-west/zone1/*, to: {us-west/zone1/*: 80, us-west/zone2/*: 20}}]}",
+    ));
+    read(&locality_dr(
+        "{failover: [{from: us-east, to: eu-west}], failoverPriority: [topology.istio.io/network]}",
+    ));
+    read(&locality_dr("{enabled: false}"));
+}
+
+#[test]
+fn mesh_networks_is_refused_by_name() {
+    // Istio's gateways to other networks: none here.
+    refused(
+        "apiVersion: mesh.config/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec:\n  meshNetworks: {net-b: {gateways: [{address: 1.2.3.4, port: 15443}]}}\n",
+        "meshNetworks",
+        "unsupported field `meshNetworks`",
+    );
 }

@@ -160,6 +160,21 @@ fn mesh_config(cm: &ConfigMap, out: &mut Documents, domain: &mut String) {
     let ns = cm.metadata.namespace.as_deref().unwrap_or("default");
     let name = cm.metadata.name.as_deref().unwrap_or("?");
     let path = format!("{}#{MESH_CONFIG_KEY}", core_path(ns, "configmaps", name));
+    if cm
+        .data
+        .as_ref()
+        .is_some_and(|d| d.contains_key("meshNetworks"))
+    {
+        // Istio's `meshNetworks` names each network's east-west gateways;
+        // this mesh has none, so a network's endpoints are reached only
+        // from its own network, and the key is refused rather than ignored.
+        out.errors.push(ConfigError::at(
+            &origin(format!("{}#meshNetworks", core_path(ns, "configmaps", name))),
+            None,
+            "meshNetworks",
+            "is not supported: this mesh has no east-west gateways; endpoints of another network are not dialled",
+        ));
+    }
     let Some(text) = cm.data.as_ref().and_then(|d| d.get(MESH_CONFIG_KEY)) else {
         out.notes.push(Note {
             object: format!("ConfigMap {ns}/{name}"),
@@ -523,6 +538,29 @@ fn workload_entry(
         .filter(|s| !s.is_empty())
         .unwrap_or("default");
     we.insert("serviceAccount".to_owned(), json!(sa));
+    let label = |k: &str| {
+        pod.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(k))
+            .filter(|v| !v.is_empty())
+    };
+    // Istio's `getPodLocality` reads the pod's `istio-locality` label first
+    // (`.` for `/`, which label values cannot hold: `GetLocalityLabel`),
+    // then the node's topology labels; Nodes are not watched here, so a
+    // pod without the label has no locality.
+    if let Some(l) = label("istio-locality") {
+        let l = if l.contains('/') {
+            l.clone()
+        } else {
+            l.replace('.', "/")
+        };
+        we.insert("locality".to_owned(), json!(l));
+    }
+    // Istio: the pod's `topology.istio.io/network` label is its network.
+    if let Some(n) = label("topology.istio.io/network") {
+        we.insert("network".to_owned(), json!(n));
+    }
     if let Some(ports) = eps.map(|e| &e.ports).filter(|p| !p.is_empty()) {
         we.insert("ports".to_owned(), json!(ports));
     }

@@ -460,3 +460,36 @@ async fn an_invalid_istio_object_is_rejected_naming_namespace_name_and_field() {
         "{text}"
     );
 }
+
+/// A pod's locality and network, as Istio reads them from its labels.
+#[tokio::test]
+async fn a_pods_istio_locality_and_network_labels_place_its_workload() {
+    let api = ApiServer::start().await;
+    serve_mesh_kinds(&api);
+    api.put(SERVICES, service());
+    let mut p = pod("web-v1", "10.244.0.11", "v1");
+    p["metadata"]["labels"]["istio-locality"] = json!("us-east1.us-east1-b.rack7");
+    p["metadata"]["labels"]["topology.istio.io/network"] = json!("net-a");
+    api.put(PODS, p);
+    api.put(PODS, pod("web-v2", "10.244.0.12", "v2"));
+    api.put(
+        SLICES,
+        slice(&[
+            ("web-v1", "10.244.0.11", true, false),
+            ("web-v2", "10.244.0.12", true, false),
+        ]),
+    );
+    let source = started(&api).await;
+    let r = source.load().unwrap_or_else(|e| panic!("{e}"));
+    let snap = mesh_core::snapshot::compile(&r).unwrap_or_else(|e| panic!("{e}"));
+    let (_, v1) = snap.workload("default/web-v1").expect("web-v1");
+    assert_eq!(v1.locality.to_string(), "us-east1/us-east1-b/rack7");
+    assert_eq!(v1.network.as_deref(), Some("net-a"));
+    let (_, v2) = snap.workload("default/web-v2").expect("web-v2");
+    assert!(
+        v2.locality.is_empty(),
+        "no label, no locality: {:?}",
+        v2.locality
+    );
+    assert_eq!(v2.network, None);
+}

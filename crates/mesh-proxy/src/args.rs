@@ -62,6 +62,18 @@ pub(crate) struct CommonArgs {
     /// while it is being forwarded (decimals allowed): 408 after it.
     #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = seconds)]
     pub(crate) body_read_timeout: Duration,
+    /// The proxy's locality, `region/zone/subzone`, over its
+    /// WorkloadEntry's: endpoints sharing more of it are preferred (with
+    /// outlier detection), as Istio's locality load balancing. Istio's
+    /// agent reads it from the pod's `istio-locality` label or the node's
+    /// topology labels; the env name is this mesh's.
+    #[arg(long, env = "ISTIO_LOCALITY", value_name = "REGION/ZONE/SUBZONE")]
+    pub(crate) locality: Option<String>,
+    /// The proxy's network (Istio's `ISTIO_META_NETWORK`), over its
+    /// WorkloadEntry's: endpoints on another network are not dialled (no
+    /// east-west gateway here).
+    #[arg(long, env = "ISTIO_META_NETWORK", value_name = "NETWORK")]
+    pub(crate) network: Option<String>,
     #[command(flatten)]
     pub(crate) identity: IdentityArgs,
 }
@@ -299,6 +311,14 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
         (None, Some(config)) => Sidecar::builder(config, &args.namespace, &args.workload),
         (None, None) => bail!("give --config DIR or --control-plane ADDR"),
     };
+    let builder = builder.place(mesh_proxy::Place {
+        locality: args
+            .common
+            .locality
+            .as_deref()
+            .map(mesh_core::locality::Locality::parse),
+        network: args.common.network.clone().filter(|n| !n.is_empty()),
+    });
     // Everything the command line alone can tell is checked, and every
     // socket it names bound, before the identity is obtained: a join token
     // is single-use, and on a control plane it is spent first.
@@ -513,6 +533,16 @@ pub(crate) struct GatewayArgs {
 
 /// Runs the gateway until SIGTERM, then drains.
 pub(crate) async fn run_gateway(args: GatewayArgs) -> Result<()> {
+    for (flag, set) in [
+        ("--locality", args.common.locality.is_some()),
+        ("--network", args.common.network.is_some()),
+    ] {
+        if set {
+            bail!(
+                "{flag} (or its env) is read by the sidecar only: the gateway does no locality load balancing yet"
+            );
+        }
+    }
     args.common.control_plane_only(&[
         ("--trust-domain", args.common.trust_domain.is_some()),
         ("--credentials-dir", args.credentials_dir.is_some()),

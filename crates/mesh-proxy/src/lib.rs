@@ -49,6 +49,6 @@ pub use gateway::{Gateway, GatewayBuilder, GatewayListeners};
 pub use identity::IdentitySource;
 pub use runtime::{BoundSocket, Error, ProxyHandle};
 pub use sidecar::{
-    CaptureListeners, InboundListener, OutboundListener, Sidecar, SidecarBuilder, SidecarListeners,
-    WorkloadPort,
+    CaptureListeners, InboundListener, OutboundListener, Place, Sidecar, SidecarBuilder,
+    SidecarListeners, WorkloadPort,
 };

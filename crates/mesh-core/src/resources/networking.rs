@@ -425,6 +425,52 @@ pub struct LoadBalancerSettings {
     /// Istio's older spelling of `warmup: {duration: ...}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_duration_secs: Option<Duration>,
+    /// Locality-aware load balancing ([`crate::locality`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+}
+
+/// DestinationRule `loadBalancer.localityLbSetting`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityLbSetting {
+    /// Per source locality, the share of traffic each destination
+    /// locality gets (excludes `failover`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distribute: Vec<LocalityDistribute>,
+    /// Per source region, the region to fail over to first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    /// Labels whose agreement with the proxy's orders the endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_priority: Vec<String>,
+    /// `false` turns locality load balancing off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// One `distribute` entry: from a locality (with `*`) to weighted ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityDistribute {
+    /// The proxies' locality it applies to.
+    #[serde(default)]
+    pub from: String,
+    /// Destination locality → weight (the weights sum to 100).
+    #[serde(default)]
+    pub to: BTreeMap<String, u32>,
+}
+
+/// One `failover` entry: from a region to a region.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityFailover {
+    /// The proxies' region.
+    #[serde(default)]
+    pub from: String,
+    /// The region their traffic fails over to.
+    #[serde(default)]
+    pub to: String,
 }
 
 impl LoadBalancerSettings {
@@ -1004,7 +1050,10 @@ impl Resolution {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadEntry {
-    /// IP address (or host name with DNS resolution) of the workload.
+    /// IP address (or host name with DNS resolution) of the workload;
+    /// empty only for an entry with a `network` (Istio: an endpoint
+    /// reached through that network's gateway).
+    #[serde(default)]
     pub address: String,
     /// Service port name → the workload's port.
     #[serde(default)]
@@ -1024,4 +1073,15 @@ pub struct WorkloadEntry {
     /// flight finish. Never set by a spec field.
     #[serde(skip)]
     pub unhealthy: bool,
+    /// The network it is on ([`crate::locality`]): a proxy on another
+    /// network does not dial it (no east-west gateway here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// `region/zone/subzone`, for locality-aware load balancing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+    /// Its load-balancing weight among the endpoints of a service (unset
+    /// or 0: 1, as Istio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }

@@ -59,6 +59,18 @@ pub struct SidecarBuilder {
     trust_domain: Option<TrustDomain>,
     control_plane_id: Option<SpiffeId>,
     metrics_port: Option<u16>,
+    place: Place,
+}
+
+/// Where the workload is, over its WorkloadEntry's `locality` and
+/// `network`: for locality-aware load balancing and the endpoints of its
+/// network.
+#[derive(Debug, Clone, Default)]
+pub struct Place {
+    /// `region/zone/subzone`.
+    pub locality: Option<mesh_core::locality::Locality>,
+    /// The network.
+    pub network: Option<String>,
 }
 
 /// Where a sidecar's configuration comes from.
@@ -69,6 +81,15 @@ enum ConfigOrigin {
 }
 
 impl SidecarBuilder {
+    /// Places the workload in a locality and network, over its
+    /// WorkloadEntry's (Istio's agent: `ISTIO_META_NETWORK`, the
+    /// `istio-locality` label).
+    #[must_use]
+    pub fn place(mut self, place: Place) -> Self {
+        self.place = place;
+        self
+    }
+
     /// The workload's service account: with a control plane, the identity
     /// is `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`,
     /// obtained before the configuration (whose stream it authenticates).
@@ -200,6 +221,7 @@ impl SidecarBuilder {
             drain_timeout: self.drain_timeout,
             default_inbound_port: self.default_inbound_port,
             status: None,
+            place: self.place.clone(),
         })
     }
 
@@ -233,6 +255,7 @@ impl SidecarBuilder {
             drain_timeout: self.drain_timeout,
             default_inbound_port: self.default_inbound_port,
             status: None,
+            place: self.place.clone(),
         })
     }
 }
@@ -253,6 +276,7 @@ pub struct Sidecar {
     drain_timeout: Duration,
     default_inbound_port: u16,
     status: Option<(TcpListener, Arc<mesh_kube::inject::AppProbes>)>,
+    place: Place,
 }
 
 /// A port the sidecar serves inbound, as the configuration names it.
@@ -361,6 +385,7 @@ impl Sidecar {
             trust_domain: None,
             control_plane_id: None,
             metrics_port: None,
+            place: Place::default(),
         }
     }
 
@@ -504,6 +529,7 @@ impl Sidecar {
                 admin_addr,
                 drain: drain.clone(),
                 registry,
+                place: self.place,
             },
         );
         crate::runtime::launch(Launch {
@@ -558,6 +584,7 @@ struct Shared {
     admin_addr: SocketAddr,
     drain: Drain,
     registry: Registry,
+    place: Place,
 }
 
 /// Obtains the identity, then listens on every port: the accept loops.
@@ -575,6 +602,7 @@ async fn serve(
         admin_addr,
         drain,
         registry,
+        place,
     } = shared;
     tracing::info!(%admin_addr, workload = %key, "admin listening; obtaining the workload identity");
     let obtained = identity.source.obtain(&identity.id).await?;
@@ -626,12 +654,14 @@ async fn serve(
     let local = local_info(&store, &key);
     let router = Router::new(
         store.clone(),
-        RouterConfig::for_workload(&namespace, &workload),
+        RouterConfig::for_workload(&namespace, &workload)
+            .located(place.locality.clone(), place.network.clone()),
         Some(connector.clone()),
     );
     let router = outbound_stack(router, registry.clone(), local.clone(), telemetry.clone());
-    let tcp =
-        TcpRouter::new(store.clone(), &namespace, Some(connector)).with_peer(local.peer_header());
+    let tcp = TcpRouter::new(store.clone(), &namespace, Some(connector))
+        .with_peer(local.peer_header())
+        .located(Some(key.clone()), place.locality, place.network);
     let tcp_telemetry = TcpTelemetry::outbound(registry.clone(), local).with_settings(telemetry);
     for o in ports.outbound {
         let listen = o.socket.local_addr();

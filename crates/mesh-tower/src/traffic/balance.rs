@@ -110,6 +110,7 @@ impl<S> Balance<S> {
         let avoid = req.extensions().get::<Avoid>().map(|a| a.0.as_str());
         let ep = pick::endpoint(
             &plan.endpoints,
+            &plan.spread,
             plan.load_balancer.as_ref(),
             plan.hash_key,
             &self.state,

@@ -92,7 +92,18 @@ impl<S> Mirror<S> {
             pool: pool::Limits::from_policy(&resolved.policy),
             connect_timeout: mesh_core::plan::connect_timeout(&resolved.policy),
             outlier: None,
-            endpoints: resolved.endpoints,
+            // The caller's network only; no locality plan (no load
+            // balancing of its own, as above).
+            endpoints: mesh_core::locality::localize(
+                snap,
+                resolved.endpoints,
+                None,
+                false,
+                &plan.me,
+            )
+            .0,
+            spread: super::pick::Spread::default(),
+            me: plan.me.clone(),
             hash_key: None,
             mirrored: true,
             retry: std::borrow::Cow::Owned(RetryPolicy {

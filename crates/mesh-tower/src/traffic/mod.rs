@@ -128,6 +128,12 @@ pub struct RouterConfig {
     /// ([`PEER_HEADER`](crate::telemetry::PEER_HEADER)); by default its
     /// WorkloadEntry's description ([`workload`](Self::workload)).
     pub peer: Option<http::HeaderValue>,
+    /// The caller's locality (Istio's agent: `--locality`... ); unset, its
+    /// WorkloadEntry's.
+    pub locality: Option<mesh_core::locality::Locality>,
+    /// The caller's network (Istio: `ISTIO_META_NETWORK`); unset, its
+    /// WorkloadEntry's. Endpoints on other networks are not dialled.
+    pub network: Option<String>,
 }
 
 impl RouterConfig {
@@ -142,6 +148,8 @@ impl RouterConfig {
             gateway: None,
             buffer_limit: DEFAULT_BUFFER_LIMIT,
             peer: None,
+            locality: None,
+            network: None,
         }
     }
 
@@ -159,6 +167,8 @@ impl RouterConfig {
             gateway: Some(gateway_key.to_owned()),
             buffer_limit: DEFAULT_BUFFER_LIMIT,
             peer: None,
+            locality: None,
+            network: None,
         }
     }
 
@@ -174,6 +184,45 @@ impl RouterConfig {
     pub fn with_labels(mut self, labels: Labels) -> Self {
         self.labels = labels;
         self
+    }
+
+    /// Places the caller in a locality and, if given, a network (over its
+    /// WorkloadEntry's).
+    #[must_use]
+    pub fn located(
+        mut self,
+        locality: Option<mesh_core::locality::Locality>,
+        network: Option<String>,
+    ) -> Self {
+        self.locality = locality;
+        self.network = network;
+        self
+    }
+
+    /// Where the caller is in `snap`: the locality and network set here,
+    /// else its WorkloadEntry's; its labels.
+    pub(crate) fn whereabouts(&self, snap: &Snapshot) -> mesh_core::locality::Whereabouts {
+        let own = self
+            .workload
+            .as_deref()
+            .and_then(|k| snap.workload(k))
+            .map(|(_, w)| w);
+        mesh_core::locality::Whereabouts {
+            locality: self
+                .locality
+                .clone()
+                .or_else(|| own.map(|w| w.locality.clone()))
+                .unwrap_or_default(),
+            network: self
+                .network
+                .clone()
+                .or_else(|| own.and_then(|w| w.network.clone())),
+            labels: if self.labels.is_empty() {
+                own.map(|w| (*w.labels).clone()).unwrap_or_default()
+            } else {
+                self.labels.clone()
+            },
+        }
     }
 }
 
@@ -195,8 +244,12 @@ pub(crate) struct Destination {
     pub(crate) port: u16,
     /// The subset, if the destination names one.
     pub(crate) subset: Option<String>,
-    /// The endpoints to choose among.
+    /// The endpoints to choose among (those of the caller's network).
     pub(crate) endpoints: Arc<[Endpoint]>,
+    /// How they share traffic: weights, the locality plan.
+    pub(crate) spread: pick::Spread,
+    /// Where the caller is (its locality, network and labels).
+    pub(crate) me: Arc<mesh_core::locality::Whereabouts>,
     /// The load-balancing settings in force.
     pub(crate) load_balancer: Option<LoadBalancerSettings>,
     /// The connection pool limits in force.
@@ -463,6 +516,8 @@ pub(crate) fn test_planned(
         port: r.port.number,
         subset: None,
         endpoints: r.endpoints,
+        spread: pick::Spread::default(),
+        me: Arc::default(),
         load_balancer: r.policy.load_balancer.clone(),
         pool: pool::Limits::from_policy(&r.policy),
         connect_timeout: mesh_core::plan::connect_timeout(&r.policy),

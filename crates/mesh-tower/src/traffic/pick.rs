@@ -3,10 +3,12 @@
 //! key of a request, whether a destination can serve now, and the endpoint
 //! chosen by the load-balancing algorithm among those not ejected.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::request::Parts;
 use mesh_core::balance::{hash_key, p2c, sticky_pick};
+use mesh_core::locality::{LocalityPlan, Whereabouts, localize, priority_load};
 pub(crate) use mesh_core::plan::Endpoint;
 use mesh_core::resources::networking::{ConsistentHash, LoadBalancerSettings, SimpleLb};
 use mesh_core::route::WeightedDestination;
@@ -124,10 +126,55 @@ impl EndpointSet<'_> {
     }
 }
 
+/// How a destination's endpoints share its traffic beyond the algorithm:
+/// their weights (WorkloadEntry `weight`) and, for the proxy asking, the
+/// locality plan ([`mesh_core::locality`]). Parallel to the endpoints.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Spread {
+    /// Per endpoint, its weight; `None` when all are 1.
+    pub(crate) weights: Option<Vec<u32>>,
+    /// The priorities and locality weights, when locality load balancing
+    /// applies.
+    pub(crate) locality: Option<LocalityPlan>,
+}
+
+impl Spread {
+    /// The endpoints `me` may dial (its network's: [`localize`]) and how
+    /// they share traffic.
+    pub(crate) fn of(
+        snap: &Snapshot,
+        eps: Arc<[Endpoint]>,
+        lb: Option<&LoadBalancerSettings>,
+        outlier: bool,
+        me: &Whereabouts,
+    ) -> (Arc<[Endpoint]>, Self) {
+        let (eps, locality) = localize(snap, eps, lb, outlier, me);
+        // Weights only when one differs from 1: no vector per request
+        // otherwise.
+        let weights = eps
+            .iter()
+            .any(|e| snap.workloads[e.workload].weight != 1)
+            .then(|| {
+                eps.iter()
+                    .map(|e| snap.workloads[e.workload].weight)
+                    .collect()
+            });
+        (eps, Self { weights, locality })
+    }
+}
+
 /// Chooses an endpoint by the policy's algorithm among those not ejected
 /// (and not `avoid`, the one that just failed, when there is another).
+///
+/// With a locality plan, first a priority, by Envoy's priority load over
+/// the share of each priority's endpoints that are not ejected (ejected
+/// ones count as unhealthy, so traffic fails over), then, under
+/// `distribute`, a locality by its weight scaled by its own health
+/// (Envoy's locality weighted load balancing), then the endpoint.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn endpoint(
     eps: &[Endpoint],
+    spread: &Spread,
     lb: Option<&LoadBalancerSettings>,
     key: Option<u64>,
     state: &TrafficState,
@@ -136,52 +183,60 @@ pub(crate) fn endpoint(
     random: &dyn RandomSource,
 ) -> Option<Endpoint> {
     let now = Instant::now();
-    let available = |e: &Endpoint| state.endpoint(&e.key).is_available(now);
-    // The pool: every endpoint when none is ejected or to avoid (the
-    // usual case: no vector per request), else those left.
-    let pool = if eps.iter().all(|e| available(e) && avoid != Some(&*e.key)) {
-        Pool::All(eps)
-    } else {
-        let up: Vec<&Endpoint> = eps.iter().filter(|e| available(e)).collect();
-        // Without the endpoint to avoid among them (a retry whose endpoint
-        // is ejected) the pool is `up` itself.
-        match avoid {
-            Some(a) if up.iter().any(|e| e.key == a) => {
-                let others: Vec<&Endpoint> = up.iter().copied().filter(|e| e.key != a).collect();
-                Pool::Some(if others.is_empty() { up } else { others })
-            }
-            _ => Pool::Some(up),
+    let available: Vec<bool> = eps
+        .iter()
+        .map(|e| state.endpoint(&e.key).is_available(now))
+        .collect();
+    let up: Vec<usize> = (0..eps.len()).filter(|i| available[*i]).collect();
+    // Without the endpoint to avoid among them (the first attempt, or a
+    // retry whose endpoint is ejected) the pool is `up` itself.
+    let mut pool = match avoid {
+        Some(a) if up.iter().any(|i| eps[*i].key == a) => {
+            let others: Vec<usize> = up.iter().copied().filter(|i| eps[*i].key != a).collect();
+            if others.is_empty() { up } else { others }
         }
+        _ => up,
     };
     if pool.is_empty() {
         return None;
     }
+    if let Some(lp) = &spread.locality {
+        pool = by_locality(lp, spread.weights.as_deref(), &available, pool, random);
+    }
+    let weight = |i: usize| spread.weights.as_ref().map_or(1, |w| w[i]);
     let simple = lb.and_then(|l| l.simple);
     let hashed = lb.and_then(|l| l.consistent_hash.as_ref()).and(key);
     if let Some(k) = hashed {
-        let i = sticky_pick(pool.iter().map(|e| (e.key.as_str(), 1)), k)?;
-        return pool.get(i).cloned();
+        let i = sticky_pick(pool.iter().map(|i| (eps[*i].key.as_str(), weight(*i))), k)?;
+        return pool.get(i).map(|i| eps[*i].clone());
     }
     // Slow start: each endpoint's share of its weight, when one of them
     // joined the set less than the window ago (the set's first members
-    // never warm up, as in Envoy).
-    let warming = lb
-        .and_then(LoadBalancerSettings::slow_start)
-        .and_then(|slow| {
-            let first = state.set_first_seen(&set.key());
-            let factors: Vec<f64> = pool
-                .iter()
-                .map(|e| {
-                    let joined = state.endpoint(&e.key).joined();
-                    if joined <= first {
-                        1.0
-                    } else {
-                        slow.factor(now.saturating_duration_since(joined))
-                    }
-                })
-                .collect();
-            factors.iter().any(|f| *f < 1.0).then_some(factors)
-        });
+    // never warm up, as in Envoy); and each endpoint's own weight, as a
+    // share of the largest.
+    let warming = lb.and_then(LoadBalancerSettings::slow_start).map(|slow| {
+        let first = state.set_first_seen(&set.key());
+        pool.iter()
+            .map(|i| {
+                let joined = state.endpoint(&eps[*i].key).joined();
+                if joined <= first {
+                    1.0
+                } else {
+                    slow.factor(now.saturating_duration_since(joined))
+                }
+            })
+            .collect::<Vec<f64>>()
+    });
+    let heaviest = pool.iter().map(|i| weight(*i)).max().unwrap_or(1).max(1);
+    let factors: Vec<f64> = pool
+        .iter()
+        .enumerate()
+        .map(|(n, i)| {
+            let warm = warming.as_ref().map_or(1.0, |w| w[n]);
+            warm * f64::from(weight(*i)) / f64::from(heaviest)
+        })
+        .collect();
+    let shares = factors.iter().any(|f| *f < 1.0);
     let one = || match simple {
         Some(SimpleLb::RoundRobin) => state.next_rr(&set.key()) % pool.len(),
         Some(SimpleLb::Random) => (random.next_u64() % pool.len() as u64) as usize,
@@ -197,58 +252,122 @@ pub(crate) fn endpoint(
             } else {
                 let loads: Vec<usize> = pool
                     .iter()
-                    .map(|e| state.endpoint(&e.key).in_flight())
+                    .map(|i| state.endpoint(&eps[*i].key).in_flight())
                     .collect();
                 p2c(&loads, a, b)
             }
         }
     };
-    // A warming endpoint is accepted with its share as probability, and
-    // the algorithm draws again otherwise (a bounded number of times): over
-    // round robin's and random's uniform draws this picks each endpoint in
-    // proportion to its share; least request still prefers the less loaded
-    // of its two candidates, the warming one only as often as its share.
-    let mut i = one();
-    if let Some(f) = &warming {
+    // An endpoint with less than the whole share (warming, or lighter
+    // than the heaviest) is accepted with its share as probability, and
+    // the algorithm draws again otherwise (a bounded number of times):
+    // over round robin's and random's uniform draws this picks each
+    // endpoint in proportion to its share; least request still prefers
+    // the less loaded of its two candidates, a lighter one only as often
+    // as its share.
+    let mut n = one();
+    if shares {
         for _ in 0..16 {
-            if f[i] >= 1.0 || random.next_f64() < f[i] {
+            if factors[n] >= 1.0 || random.next_f64() < factors[n] {
                 break;
             }
-            i = one();
+            n = one();
         }
     }
-    pool.get(i).cloned()
+    pool.get(n).map(|i| eps[*i].clone())
 }
 
-/// The endpoints a pick chooses among: all of them, or those left after
-/// ejections and the one to avoid.
-enum Pool<'a> {
-    All(&'a [Endpoint]),
-    Some(Vec<&'a Endpoint>),
-}
-
-impl<'a> Pool<'a> {
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Self::All(eps) => eps.len(),
-            Self::Some(eps) => eps.len(),
+/// The part of `pool` (indexes of endpoints that may be picked) that the
+/// locality plan sends this request to.
+fn by_locality(
+    lp: &LocalityPlan,
+    weights: Option<&[u32]>,
+    available: &[bool],
+    pool: Vec<usize>,
+    random: &dyn RandomSource,
+) -> Vec<usize> {
+    let weight = |i: usize| u64::from(weights.map_or(1, |w| w[i]));
+    let levels = lp
+        .priority
+        .iter()
+        .flatten()
+        .max()
+        .map_or(0, |m| *m as usize + 1);
+    let mut health = vec![(0u64, 0u64); levels];
+    for (i, p) in lp.priority.iter().enumerate() {
+        if let Some(p) = p {
+            let h = &mut health[*p as usize];
+            h.1 += weight(i);
+            if available[i] {
+                h.0 += weight(i);
+            }
         }
     }
-
-    fn get(&self, i: usize) -> Option<&'a Endpoint> {
-        match self {
-            Self::All(eps) => eps.get(i),
-            Self::Some(eps) => eps.get(i).copied(),
+    let load = priority_load(&health);
+    let draw = random.next_u64() % 100;
+    let mut acc = 0u64;
+    let chosen = load
+        .iter()
+        .position(|l| {
+            acc += u64::from(*l);
+            draw < acc
+        })
+        .unwrap_or(0) as u32;
+    let mut at: Vec<usize> = pool
+        .iter()
+        .copied()
+        .filter(|i| lp.priority[*i] == Some(chosen))
+        .collect();
+    if at.is_empty() {
+        // The priority drawn has nothing left to pick (all its endpoints
+        // ejected, or the one to avoid): the best priority that has.
+        let best = pool.iter().filter_map(|i| lp.priority[*i]).min();
+        at = pool
+            .iter()
+            .copied()
+            .filter(|i| lp.priority[*i] == best)
+            .collect();
+    }
+    let Some(lw) = &lp.weight else {
+        return at;
+    };
+    // Locality weighted: a locality's effective weight is its weight
+    // scaled by its health (`min(1, 1.4 × healthy share)`).
+    let mut groups: Vec<(usize, u64)> = Vec::new();
+    for i in &at {
+        let g = lp.group[*i];
+        if groups.iter().all(|(x, _)| *x != g) {
+            let (mut healthy, mut total) = (0u64, 0u64);
+            for (j, gj) in lp.group.iter().enumerate() {
+                if *gj == g {
+                    total += weight(j);
+                    if available[j] {
+                        healthy += weight(j);
+                    }
+                }
+            }
+            let health = (mesh_core::locality::OVERPROVISIONING * healthy / total.max(1)).min(100);
+            groups.push((g, u64::from(lw[*i]) * health));
         }
     }
-
-    fn iter(&self) -> impl Iterator<Item = &'a Endpoint> + '_ {
-        (0..self.len()).filter_map(|i| self.get(i))
+    let sum: u64 = groups.iter().map(|(_, w)| *w).sum();
+    if sum == 0 {
+        return at;
     }
+    let mut draw = random.next_u64() % sum;
+    let g = groups
+        .iter()
+        .find(|(_, w)| {
+            if draw < *w {
+                true
+            } else {
+                draw -= w;
+                false
+            }
+        })
+        .map_or(groups[0].0, |(g, _)| *g);
+    at.retain(|i| lp.group[*i] == g);
+    at
 }
 
 /// Can the destination serve now: does it resolve, with an endpoint that is
@@ -259,10 +378,21 @@ pub(crate) fn has_available(
     request_port: u16,
     state: &TrafficState,
     now: Instant,
+    network: Option<&str>,
 ) -> bool {
-    mesh_core::plan::destination_endpoints(snap, d, request_port)
-        .is_some_and(|eps| eps.iter().any(|e| state.endpoint(&e.key).is_available(now)))
+    mesh_core::plan::destination_endpoints(snap, d, request_port).is_some_and(|eps| {
+        eps.iter().any(|e| {
+            mesh_core::locality::same_network(
+                network,
+                snap.workloads[e.workload].network.as_deref(),
+            ) && state.endpoint(&e.key).is_available(now)
+        })
+    })
 }
+
+#[cfg(test)]
+#[path = "pick_locality_tests.rs"]
+mod locality_tests;
 
 #[cfg(test)]
 mod tests {
@@ -315,7 +445,17 @@ mod tests {
         let random = SeededRandom::new(7);
         let mut counts = vec![0; all.len()];
         for _ in 0..n {
-            let e = endpoint(all, Some(lb), None, state, SET, None, &random).unwrap();
+            let e = endpoint(
+                all,
+                &Spread::default(),
+                Some(lb),
+                None,
+                state,
+                SET,
+                None,
+                &random,
+            )
+            .unwrap();
             counts[e.workload] += 1;
         }
         counts

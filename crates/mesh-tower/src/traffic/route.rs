@@ -184,9 +184,12 @@ where
             None => (None, None),
         };
         let now = Instant::now();
+        // Where this caller is: once per request, for the destinations'
+        // availability (its network's endpoints) and the locality plan.
+        let me = Arc::new(shared.config.whereabouts(&snap));
         let dest = choose_destination(
             &dests,
-            |d| pick::has_available(&snap, d, port, &shared.state, now),
+            |d| pick::has_available(&snap, d, port, &shared.state, now, me.network.as_deref()),
             key,
             || shared.random.next_u64(),
         )
@@ -202,6 +205,18 @@ where
             _ => None,
         });
         let port_h2 = matches!(resolved.port.protocol, Protocol::Http2 | Protocol::Grpc);
+        let outlier = resolved
+            .policy
+            .outlier_detection
+            .as_ref()
+            .and_then(mesh_core::outlier::OutlierPolicy::from_config);
+        let (endpoints, spread) = pick::Spread::of(
+            &snap,
+            resolved.endpoints,
+            resolved.policy.load_balancer.as_ref(),
+            outlier.is_some(),
+            &me,
+        );
         let planned = Destination {
             snap: snap.clone(),
             host: service.host.clone(),
@@ -214,12 +229,10 @@ where
             load_balancer: resolved.policy.load_balancer.clone(),
             pool: pool::Limits::from_policy(&resolved.policy),
             connect_timeout: mesh_core::plan::connect_timeout(&resolved.policy),
-            outlier: resolved
-                .policy
-                .outlier_detection
-                .as_ref()
-                .and_then(mesh_core::outlier::OutlierPolicy::from_config),
-            endpoints: resolved.endpoints,
+            outlier,
+            endpoints,
+            spread,
+            me,
             hash_key: key,
             mirrored: false,
             retry,

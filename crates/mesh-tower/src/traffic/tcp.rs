@@ -48,6 +48,9 @@ pub struct TcpRouter {
     /// How this workload describes itself to the servers it tunnels to
     /// ([`crate::telemetry::exchange`]).
     peer: Option<http::HeaderValue>,
+    /// Who calls: its workload, locality and network, for the locality
+    /// plan and the network's endpoints (a [`RouterConfig`]'s fields).
+    place: Arc<super::RouterConfig>,
 }
 
 impl TcpRouter {
@@ -68,7 +71,29 @@ impl TcpRouter {
             state: Arc::new(TrafficState::default()),
             random: Arc::new(SeededRandom::from_entropy()),
             peer: None,
+            place: Arc::new(super::RouterConfig {
+                namespace: namespace.to_owned(),
+                ..super::RouterConfig::for_gateway(namespace)
+            }),
         }
+    }
+
+    /// The calling workload (`namespace/name`), its locality and network
+    /// (unset: its WorkloadEntry's), as a [`RouterConfig`] places them.
+    #[must_use]
+    pub fn located(
+        mut self,
+        workload: Option<String>,
+        locality: Option<mesh_core::locality::Locality>,
+        network: Option<String>,
+    ) -> Self {
+        let mut place = super::RouterConfig::for_gateway(&self.namespace);
+        place.gateway = None;
+        place.workload = workload;
+        place.locality = locality;
+        place.network = network;
+        self.place = Arc::new(place);
+        self
     }
 
     /// Describes this workload to the mesh servers it tunnels to
@@ -131,9 +156,10 @@ impl TcpRouter {
         let (svc, sp) = service_port(&snap, host, port, &self.namespace)?;
         let dests = tcp_destinations(svc, sp);
         let now = Instant::now();
+        let me = self.place.whereabouts(&snap);
         let dest = choose_destination(
             &dests,
-            |d| pick::has_available(&snap, d, port, &self.state, now),
+            |d| pick::has_available(&snap, d, port, &self.state, now, me.network.as_deref()),
             None,
             || self.random.next_u64(),
         )
@@ -141,7 +167,6 @@ impl TcpRouter {
             target: svc.host.clone(),
         })?;
         let planned = resolve_destination(&snap, dest, port)?;
-        let eps = &planned.endpoints;
         let subset = planned.subset;
         let policy = &planned.policy;
         let connect_timeout = mesh_core::plan::connect_timeout(policy);
@@ -149,6 +174,14 @@ impl TcpRouter {
             .outlier_detection
             .as_ref()
             .and_then(OutlierPolicy::from_config);
+        let (eps, spread) = pick::Spread::of(
+            &snap,
+            planned.endpoints.clone(),
+            policy.load_balancer.as_ref(),
+            outlier.is_some(),
+            &me,
+        );
+        let eps = &eps;
         let set = pick::EndpointSet::Tcp {
             host: &dest.host,
             subset,
@@ -160,6 +193,7 @@ impl TcpRouter {
         for _ in 0..2 {
             let Some(ep) = pick::endpoint(
                 eps,
+                &spread,
                 policy.load_balancer.as_ref(),
                 None,
                 &self.state,
