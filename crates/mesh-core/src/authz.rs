@@ -766,11 +766,14 @@ fn template_char(b: u8) -> bool {
 /// possibly empty (`[pchar/]*`): `/{**}/a` matches `/x/y/a` and `//a` but
 /// not `/a`; `/a/{**}` matches `/a/` and `/a/x/y` but not `/a`.
 fn template_match(pattern: &str, path: &str, ci: bool) -> bool {
-    let same = |a: &str, b: &str| {
-        if ci {
-            a.eq_ignore_ascii_case(b)
+    // One segment of the template against one of the path.
+    let segment = |seg: &str, v: &str| {
+        if seg == "{*}" {
+            !v.is_empty() && v.bytes().all(template_char)
+        } else if ci {
+            seg.eq_ignore_ascii_case(v)
         } else {
-            a == b
+            seg == v
         }
     };
     // The part before `{**}` matched segment by segment; the part after it
@@ -788,12 +791,7 @@ fn template_match(pattern: &str, path: &str, ci: bool) -> bool {
             let Some(v) = values.next() else {
                 return false;
             };
-            let ok = if seg == "{*}" {
-                !v.is_empty() && v.bytes().all(template_char)
-            } else {
-                same(seg, v)
-            };
-            if !ok {
+            if !segment(seg, v) {
                 return false;
             }
         }
@@ -807,12 +805,7 @@ fn template_match(pattern: &str, path: &str, ci: bool) -> bool {
         let Some((v, after)) = rest.split_once('/') else {
             return false;
         };
-        let ok = if seg == "{*}" {
-            !v.is_empty() && v.bytes().all(template_char)
-        } else {
-            same(seg, v)
-        };
-        if !ok {
+        if !segment(seg, v) {
             return false;
         }
         rest = after;
@@ -822,7 +815,7 @@ fn template_match(pattern: &str, path: &str, ci: bool) -> bool {
         return false;
     }
     let (any, end) = rest.split_at(rest.len() - tail.len());
-    same(tail, end) && any.bytes().all(|b| b == b'/' || template_char(b))
+    segment(tail, end) && any.bytes().all(|b| b == b'/' || template_char(b))
 }
 
 /// `host[:port]` as the name (without a trailing dot) and the port.

@@ -547,7 +547,10 @@ async fn a_data_plane_on_kubernetes_rides_out_ended_watches_410_and_500s() {
     stop.store(true, Ordering::Relaxed);
     let failed = traffic.await.unwrap();
     let sent = sent.load(Ordering::Relaxed);
-    assert!(sent > 100, "{sent} requests");
+    // That requests flowed is asserted per phase above (a count here would
+    // measure the machine's speed: 59 were seen under load); what matters
+    // is that none of them failed.
+    assert!(sent > failing_from, "{sent} requests");
     assert!(
         failed.is_empty(),
         "{} of {sent} failed: {failed:?}",
