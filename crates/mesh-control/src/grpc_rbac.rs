@@ -74,18 +74,38 @@ pub(crate) fn filters<'p>(
     policies: impl Iterator<Item = &'p AuthzPolicy>,
     mut warn: impl FnMut(String),
 ) -> Vec<RbacFilter> {
+    let policies: Vec<&AuthzPolicy> = policies.collect();
+    // A CUSTOM policy: no provider is defined here, and Istio then denies
+    // everything (`rbacDefaultDenyAll`, see `AuthzPolicy::provider`), as
+    // the sidecar does.
+    if let Some(p) = policies.iter().find(|p| p.action == AuthzAction::Custom) {
+        warn(format!(
+            "{}: CUSTOM provider `{}` is not defined: every call is denied",
+            p.source,
+            p.provider.as_deref().unwrap_or_default()
+        ));
+        let all = RbacPolicy {
+            permissions: vec![any_rule()],
+            principals: vec![any_id()],
+            ..RbacPolicy::default()
+        };
+        return vec![filter(
+            RbacAction::Deny,
+            vec![("default-deny-all-due-to-bad-CUSTOM-action".to_owned(), all)],
+        )];
+    }
     let mut deny = Vec::new();
     let mut allow = Vec::new();
     let mut any_allow = false;
-    for p in policies.filter(|p| !p.dry_run) {
+    for p in policies.into_iter().filter(|p| !p.dry_run) {
         let bias = match p.action {
             AuthzAction::Deny => Bias::Deny,
             AuthzAction::Allow => {
                 any_allow = true;
                 Bias::Allow
             }
-            // Ours enforces CUSTOM (refused when loaded) as a DENY.
-            AuthzAction::Custom => Bias::Deny,
+            // Answered above.
+            AuthzAction::Custom => continue,
             // AUDIT decides nothing.
             AuthzAction::Audit => continue,
         };

@@ -165,6 +165,10 @@ pub mod codes {
     /// the network's east-west gateway, which this mesh has none of, so
     /// requests to the service get 503.
     pub const ENDPOINTS_ON_OTHER_NETWORKS: &str = "MESH0125";
+    /// A CUSTOM AuthorizationPolicy names an extension provider MeshConfig
+    /// does not define (no external authorizer kind is implemented yet): as
+    /// Istio does, every request to its workloads is denied.
+    pub const CUSTOM_PROVIDER_UNDEFINED: &str = "MESH0126";
 }
 
 /// How the sidecars the configuration is for run, for the analyzers that
@@ -1348,6 +1352,19 @@ fn authz(snap: &Snapshot, out: &mut Vec<Finding>) {
                 Severity::Warning,
                 codes::AUTHZ_NEVER_MATCHES,
                 format!("{}: {msg}", p.source),
+                vec![(*p.source).clone()],
+            ));
+        }
+        if p.action == AuthzAction::Custom {
+            out.push(finding(
+                Severity::Warning,
+                codes::CUSTOM_PROVIDER_UNDEFINED,
+                format!(
+                    "{} in {}: spec.provider.name: CUSTOM provider `{}` is not defined in MeshConfig extensionProviders as an external authorizer (this mesh implements none yet): as Istio does, every request and connection to the workloads it applies to is denied, whatever its rules",
+                    p.source,
+                    p.source.origin,
+                    p.provider.as_deref().unwrap_or_default()
+                ),
                 vec![(*p.source).clone()],
             ));
         }

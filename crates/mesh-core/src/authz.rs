@@ -128,8 +128,16 @@ pub struct AuthzPolicy {
     pub root_namespace: bool,
     /// Labels selecting workloads in the policy's namespace; `None`: all.
     pub selector: Option<Labels>,
-    /// ALLOW, DENY or AUDIT.
+    /// ALLOW, DENY, AUDIT or CUSTOM.
     pub action: AuthzAction,
+    /// CUSTOM: the extension provider named. No MeshConfig of this mesh
+    /// defines one, and where Istio's CUSTOM builder cannot resolve the
+    /// providers of a workload (`pilot/pkg/security/authz/builder`,
+    /// `getExtAuthz`: undefined, or more than one) it installs
+    /// `rbacDefaultDenyAll` ("default-deny-all-due-to-bad-CUSTOM-action")
+    /// on the HTTP and the TCP filter chain alike: every request and
+    /// connection of a workload a CUSTOM policy applies to is denied.
+    pub provider: Option<String>,
     /// Rules (OR); empty matches nothing.
     pub rules: Vec<Rule>,
     /// Annotated `istio.io/dry-run: "true"`: evaluated for
@@ -310,6 +318,8 @@ pub struct Reason(Why);
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Why {
     Denied(Arc<ResourceRef>, usize),
+    /// A CUSTOM policy (its provider named) cannot be resolved.
+    CustomUnresolved(Arc<ResourceRef>, String),
     Allowed(Arc<ResourceRef>, usize),
     NoAllowMatched,
     NoAllowApplies,
@@ -325,6 +335,9 @@ impl Reason {
 
     fn of(outcome: &Outcome<'_>) -> Self {
         Self(match *outcome {
+            Outcome::CustomUnresolved(p) => {
+                Why::CustomUnresolved(p.source.clone(), p.provider.clone().unwrap_or_default())
+            }
             Outcome::Denied(p, rule) => Why::Denied(p.source.clone(), rule),
             Outcome::Allowed(p, rule) => Why::Allowed(p.source.clone(), rule),
             Outcome::NoAllowMatched => Why::NoAllowMatched,
@@ -337,6 +350,10 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
             Why::Denied(p, rule) => write!(f, "denied by {p} rule {rule}"),
+            Why::CustomUnresolved(p, provider) => write!(
+                f,
+                "denied by {p}: its CUSTOM provider `{provider}` is not defined in MeshConfig extensionProviders, so every request is denied"
+            ),
             Why::Allowed(p, rule) => write!(f, "allowed by {p} rule {rule}"),
             Why::NoAllowMatched => f.write_str("no ALLOW policy matched"),
             Why::NoAllowApplies => f.write_str("no ALLOW policy applies"),
@@ -466,9 +483,13 @@ fn decide<'p>(
     let enforced = outcome(policies, false, view);
     let reason = Reason::of(&enforced);
     let (allowed, by) = enforced.verdict();
+    let custom = match enforced {
+        Outcome::CustomUnresolved(p) => Some(p.source.clone()),
+        _ => None,
+    };
     AuthzDecision {
         allowed,
-        policy: by.map(|(p, _)| p.source.clone()),
+        policy: by.map(|(p, _)| p.source.clone()).or(custom),
         rule: by.map(|(_, rule)| rule),
         reason,
         audited_by,
@@ -478,6 +499,9 @@ fn decide<'p>(
 
 /// How a set of policies decides, before it is put in words.
 enum Outcome<'p> {
+    /// A CUSTOM policy applies whose provider is not defined: everything
+    /// is denied.
+    CustomUnresolved(&'p AuthzPolicy),
     /// A DENY policy's rule matched.
     Denied(&'p AuthzPolicy, usize),
     /// No DENY matched, and an ALLOW policy's rule did.
@@ -493,6 +517,7 @@ impl<'p> Outcome<'p> {
     fn verdict(&self) -> (bool, Option<(&'p AuthzPolicy, usize)>) {
         match *self {
             Self::Denied(p, rule) => (false, Some((p, rule))),
+            Self::CustomUnresolved(_) => (false, None),
             Self::Allowed(p, rule) => (true, Some((p, rule))),
             Self::NoAllowMatched => (false, None),
             Self::NoAllowApplies => (true, None),
@@ -500,19 +525,30 @@ impl<'p> Outcome<'p> {
     }
 }
 
-/// Istio's order: DENY policies first, then ALLOW; with any ALLOW policy,
-/// what none matches is denied. Only the policies whose `dry_run` is
+/// Istio's order: CUSTOM policies first, then DENY, then ALLOW; with any
+/// ALLOW policy, what none matches is denied. Only the policies whose `dry_run` is
 /// `dry_run` take part, and no AUDIT policy does.
 fn outcome<'p>(
     policies: impl IntoIterator<Item = &'p AuthzPolicy> + Clone,
     dry_run: bool,
     view: &View<'_>,
 ) -> Outcome<'p> {
-    // CUSTOM cannot be loaded; one built by hand is enforced as DENY rather
-    // than ignored.
-    let deny = policies.clone().into_iter().filter(|p| {
-        p.dry_run == dry_run && matches!(p.action, AuthzAction::Deny | AuthzAction::Custom)
-    });
+    // CUSTOM first. No provider is ever defined here (see
+    // `AuthzPolicy::provider`), and Istio then denies every request and
+    // connection of the workload, dry-run or not (the CUSTOM builder's
+    // `rbacDefaultDenyAll`, enforced rules): the enforcing pass says so.
+    if !dry_run
+        && let Some(p) = policies
+            .clone()
+            .into_iter()
+            .find(|p| p.action == AuthzAction::Custom)
+    {
+        return Outcome::CustomUnresolved(p);
+    }
+    let deny = policies
+        .clone()
+        .into_iter()
+        .filter(|p| p.dry_run == dry_run && p.action == AuthzAction::Deny);
     for p in deny {
         if let Some(rule) = p.matching_rule(view) {
             return Outcome::Denied(p, rule);
@@ -538,6 +574,8 @@ fn outcome<'p>(
 fn shadow_decision(outcome: Outcome<'_>) -> ShadowDecision {
     let reason = match outcome {
         Outcome::Denied(p, rule) => format!("dry-run {} rule {rule} would deny", p.source),
+        // Only the enforcing pass reads CUSTOM policies.
+        Outcome::CustomUnresolved(p) => format!("{} would deny everything", p.source),
         Outcome::Allowed(p, rule) => format!("dry-run {} rule {rule} would allow", p.source),
         Outcome::NoAllowMatched => {
             "dry-run policies would deny: no ALLOW policy matched".to_owned()

@@ -1501,6 +1501,7 @@ fn authz_policy(
         root_namespace: ap.namespace() == snap.mesh.root_namespace,
         selector,
         action: ap.spec.action.unwrap_or(AuthzAction::Allow),
+        provider: ap.spec.provider.as_ref().map(|p| p.name.clone()),
         rules: canonical_rule_hosts(snap, ap.namespace(), ap.spec.rules.clone()),
         dry_run,
         trust_domain: snap.mesh.trust_domain.clone(),

@@ -916,11 +916,25 @@ fn request_authentication(c: &mut Checker<'_>, ra: &RequestAuthentication) {
 }
 
 fn authorization_policy(c: &mut Checker<'_>, ap: &AuthorizationPolicy) {
-    if ap.action == Some(AuthzAction::Custom) {
-        c.err(
-            "spec.action",
-            "CUSTOM (external authorization) is not supported by this mesh",
-        );
+    // Istio's validation (`ValidateAuthorizationPolicy`): a provider with
+    // CUSTOM only, and CUSTOM names one.
+    match (&ap.action, &ap.provider) {
+        (Some(AuthzAction::Custom), None) => {
+            c.err("spec.provider", "`provider` must be set with CUSTOM action");
+        }
+        (Some(AuthzAction::Custom), Some(p)) if p.name.is_empty() => {
+            c.err(
+                "spec.provider.name",
+                "`provider.name` must be set with CUSTOM action",
+            );
+        }
+        (action, Some(_)) if *action != Some(AuthzAction::Custom) => {
+            c.err(
+                "spec.provider",
+                "`provider` must not be set with a non-CUSTOM action",
+            );
+        }
+        _ => {}
     }
     for (i, rule) in ap.rules.iter().flatten().enumerate() {
         let rf = format!("spec.rules[{i}]");

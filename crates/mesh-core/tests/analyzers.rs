@@ -35,6 +35,7 @@ const ALL_CODES: &[&str] = &[
     codes::NO_REQUEST_AUTHENTICATION,
     codes::CLAIMS_WITHOUT_AUTHENTICATION,
     codes::ENDPOINTS_ON_OTHER_NETWORKS,
+    codes::CUSTOM_PROVIDER_UNDEFINED,
 ];
 
 const REVIEWS_80: &str = "reviews.default.svc.cluster.local:80";
@@ -468,6 +469,19 @@ const CASES: &[Case] = &[
         "WorkloadEntry default/reviews-v1",
         "ServiceEntry default/reviews",
     ]),
+    // MESH0126
+    Case::new(
+        "mesh0126-custom-provider-undefined",
+        codes::CUSTOM_PROVIDER_UNDEFINED,
+        Severity::Warning,
+    )
+    .message(&[
+        "AuthorizationPolicy default/ext-authz",
+        "bad.yaml",
+        "spec.provider.name",
+        "my-authz",
+    ])
+    .resources(&["AuthorizationPolicy default/ext-authz"]),
 ];
 
 fn fixture(dir: &str, variant: &str) -> PathBuf {

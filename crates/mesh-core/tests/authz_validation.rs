@@ -21,7 +21,21 @@ fn load(spec: &str) -> Result<(), String> {
 #[test]
 fn refused_with_the_field_named() {
     let cases = [
-        ("{action: CUSTOM, rules: [{}]}", "spec.action", "CUSTOM"),
+        (
+            "{action: CUSTOM, rules: [{}]}",
+            "spec.provider",
+            "must be set with CUSTOM",
+        ),
+        (
+            "{action: CUSTOM, provider: {}, rules: [{}]}",
+            "spec.provider.name",
+            "must be set with CUSTOM",
+        ),
+        (
+            "{action: DENY, provider: {name: x}, rules: [{}]}",
+            "spec.provider",
+            "must not be set with a non-CUSTOM action",
+        ),
         (
             "{rules: [{from: [{source: {requestPrincipals: [\"*a*\"]}}]}]}",
             "requestPrincipals[0]",
@@ -38,8 +52,8 @@ fn refused_with_the_field_named() {
             "no form of wildcard",
         ),
         (
-            "{provider: {name: x}, action: CUSTOM}",
-            "provider",
+            "{provider: {name: x, kind: y}, action: CUSTOM}",
+            "provider.kind",
             "unsupported field",
         ),
         (

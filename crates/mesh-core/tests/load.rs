@@ -253,7 +253,7 @@ fn security_resources_fail_closed() {
     );
     one_error(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: CUSTOM, rules: [{}]}\n",
-        "spec.action",
+        "spec.provider",
     );
     one_error(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n\

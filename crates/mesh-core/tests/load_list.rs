@@ -180,7 +180,7 @@ items:
     assert_eq!((e.0[0].document, e.0[0].item), (Some(1), Some(1)));
     assert!(
         e.0[0].to_string().starts_with(
-            "f.yaml: document 1 item 1 (AuthorizationPolicy default/x): spec.action: "
+            "f.yaml: document 1 item 1 (AuthorizationPolicy default/x): spec.provider: "
         ),
         "{e}"
     );

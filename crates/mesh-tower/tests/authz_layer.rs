@@ -346,3 +346,42 @@ fn tcp_connections_are_checked_by_l4_rules() {
     assert!(!secure.check_connection(Some(&web), outside, None).allowed);
     assert!(!secure.check_connection(None, outside, None).allowed);
 }
+
+/// A CUSTOM policy whose provider MeshConfig does not define (this mesh
+/// reads no `extensionProviders`): as Istio does, every request of the
+/// workload gets 403, whatever the CUSTOM rules match, and none reaches
+/// the app.
+#[tokio::test]
+async fn custom_with_an_undefined_provider_denies_everything() {
+    let config = r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: blog}
+spec: {address: 10.0.0.9, labels: {app: blog}, serviceAccount: blog}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext}
+spec:
+  selector: {matchLabels: {app: blog}}
+  action: CUSTOM
+  provider: {name: my-authz}
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+"#;
+    let store = Arc::new(Store::new());
+    store
+        .apply(mesh_core::load::load_str(Path::new("mesh.yaml"), config))
+        .unwrap();
+    let app = App::default();
+    let svc = AuthorizeLayer::new(store, LocalWorkload::named("blog")).layer(app.service());
+    for uri in ["/admin", "/", "/public"] {
+        let (status, reason, _) = send(svc.clone(), get(uri)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}");
+        let reason = reason.unwrap();
+        assert!(
+            reason.contains("default/ext") && reason.contains("`my-authz` is not defined"),
+            "{reason}"
+        );
+    }
+    assert_eq!(app.calls.load(Ordering::SeqCst), 0);
+}

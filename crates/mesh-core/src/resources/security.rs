@@ -96,7 +96,11 @@ pub enum AuthzAction {
     Deny,
     /// Log matching requests only.
     Audit,
-    /// Delegate to an external authorizer: not supported, rejected.
+    /// Delegate to the external authorizer `provider` names. This mesh
+    /// defines no extension provider (MeshConfig `extensionProviders` is
+    /// not read), so, as Istio does for a provider it cannot find, every
+    /// request to the workloads it applies to is denied (see
+    /// [`crate::authz::AuthzPolicy::provider`]).
     Custom,
 }
 
@@ -134,6 +138,19 @@ pub struct AuthorizationPolicy {
     /// matches nothing.
     #[serde(default)]
     pub rules: Option<Vec<Rule>>,
+    /// The external authorizer of a CUSTOM policy: a MeshConfig
+    /// `extensionProviders` entry by name.
+    #[serde(default)]
+    pub provider: Option<ExtensionProviderRef>,
+}
+
+/// `AuthorizationPolicy.spec.provider`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtensionProviderRef {
+    /// The name of a MeshConfig `extensionProviders` entry.
+    #[serde(default)]
+    pub name: String,
 }
 
 /// One rule: `from` (OR of sources), `to` (OR of operations), `when` (AND).
