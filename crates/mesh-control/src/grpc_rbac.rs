@@ -950,6 +950,30 @@ mod tests {
         assert!(w.is_empty());
     }
 
+    /// An unresolvable CUSTOM provider (none is ever defined here): one
+    /// DENY filter matching every call, as Istio's `rbacDefaultDenyAll`,
+    /// whatever the other policies say.
+    #[test]
+    fn custom_with_an_undefined_provider_denies_every_call() {
+        let yaml = format!(
+            "{HEAD}metadata: {{name: a, namespace: demo}}\nspec: {{action: ALLOW, rules: [{{}}]}}\n---\n\
+             {HEAD}metadata: {{name: c, namespace: demo}}\nspec: {{action: CUSTOM, provider: {{name: ext}}, rules: [{{to: [{{operation: {{paths: [/x/Y]}}}}]}}]}}\n"
+        );
+        let (f, w) = translate(&yaml);
+        assert_eq!(f.len(), 1, "{f:?}");
+        let rules = f[0].rules.as_ref().unwrap();
+        assert_eq!(rules.action, RbacAction::Deny as i32);
+        let all = &rules.policies["default-deny-all-due-to-bad-CUSTOM-action"];
+        assert_eq!(all.permissions, vec![any_rule()]);
+        assert_eq!(all.principals, vec![any_id()]);
+        assert_eq!(rules.policies.len(), 1);
+        assert!(
+            w.iter()
+                .any(|w| w.contains("demo/c") && w.contains("`ext` is not defined")),
+            "{w:?}"
+        );
+    }
+
     #[test]
     fn audit_and_dry_run_policies_send_nothing() {
         let yaml = format!(

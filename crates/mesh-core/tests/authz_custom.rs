@@ -156,3 +156,55 @@ fn check_warns_naming_the_file_and_the_provider() {
     }
     assert!(!report.has_errors());
 }
+
+/// `explain` shows the CUSTOM decision at its authorization step.
+#[test]
+fn explain_shows_the_custom_decision() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db]
+  ports: [{number: 80, name: http}]
+  workloadSelector: {labels: {app: db}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: db}
+spec: {address: 10.0.0.9, labels: {app: db}, serviceAccount: db}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: web}
+spec: {address: 10.0.0.8, labels: {app: web}, serviceAccount: web}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext}
+spec:
+  selector: {matchLabels: {app: db}}
+  action: CUSTOM
+  provider: {name: my-authz}
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+"#;
+    let r = load_str(Path::new("e.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"));
+    let q = mesh_core::explain::Query {
+        from: "web".to_owned(),
+        to: "db:80".to_owned(),
+        path: "/public".to_owned(),
+        ..Default::default()
+    };
+    let e = mesh_core::explain::explain(&compile(&r).unwrap(), &q).unwrap();
+    let step = e.steps.iter().find(|s| s.step == "authorization").unwrap();
+    assert!(!step.ok, "{e}");
+    assert!(
+        step.decision.contains("AuthorizationPolicy default/ext")
+            && step
+                .decision
+                .contains("CUSTOM provider `my-authz` is not defined"),
+        "{}",
+        step.decision
+    );
+    assert!(e.outcome.contains("403"), "{e}");
+}
