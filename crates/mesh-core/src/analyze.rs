@@ -1360,7 +1360,7 @@ fn authz(snap: &Snapshot, out: &mut Vec<Finding>) {
                 Severity::Warning,
                 codes::CUSTOM_PROVIDER_UNDEFINED,
                 format!(
-                    "{} in {}: spec.provider.name: CUSTOM provider `{}` is not defined in MeshConfig extensionProviders as an external authorizer (this mesh implements none yet): as Istio does, every request and connection to the workloads it applies to is denied, whatever its rules",
+                    "{} in {}: spec.provider.name: CUSTOM provider `{}` is not defined as an external authorizer this mesh can call (MeshConfig extensionProviders; envoyExtAuthzHttp and envoyExtAuthzGrpc are not implemented yet): as Istio does, every request and connection to the workloads it applies to is denied, whatever its rules",
                     p.source,
                     p.source.origin,
                     p.provider.as_deref().unwrap_or_default()

@@ -352,7 +352,7 @@ impl std::fmt::Display for Reason {
             Why::Denied(p, rule) => write!(f, "denied by {p} rule {rule}"),
             Why::CustomUnresolved(p, provider) => write!(
                 f,
-                "denied by {p}: its CUSTOM provider `{provider}` is not defined in MeshConfig extensionProviders, so every request is denied"
+                "denied by {p}: its CUSTOM provider `{provider}` is not defined as an external authorizer this mesh can call (MeshConfig extensionProviders; envoyExtAuthzHttp and envoyExtAuthzGrpc are not implemented yet), so every request is denied"
             ),
             Why::Allowed(p, rule) => write!(f, "allowed by {p} rule {rule}"),
             Why::NoAllowMatched => f.write_str("no ALLOW policy matched"),

@@ -1,6 +1,7 @@
-//! CUSTOM AuthorizationPolicies (external authorization). This mesh reads
-//! no MeshConfig `extensionProviders`, so a CUSTOM policy's provider is
-//! never defined, and Istio's CUSTOM builder then denies every request
+//! CUSTOM AuthorizationPolicies (external authorization). This mesh calls
+//! no external authorizer yet (no `envoyExtAuthzHttp` or `envoyExtAuthzGrpc`
+//! provider is implemented), so a CUSTOM policy's provider never resolves,
+//! and Istio's CUSTOM builder then denies every request
 //! and connection of the workload (`rbacDefaultDenyAll`): so does this
 //! mesh, and `check` warns (MESH0126).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

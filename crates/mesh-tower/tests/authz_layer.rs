@@ -348,7 +348,7 @@ fn tcp_connections_are_checked_by_l4_rules() {
 }
 
 /// A CUSTOM policy whose provider MeshConfig does not define (this mesh
-/// reads no `extensionProviders`): as Istio does, every request of the
+/// implements no external authorizer yet): as Istio does, every request of the
 /// workload gets 403, whatever the CUSTOM rules match, and none reaches
 /// the app.
 #[tokio::test]
