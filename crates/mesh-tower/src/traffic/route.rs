@@ -45,6 +45,24 @@ struct Shared {
     peer: Option<HeaderValue>,
     state: Arc<TrafficState>,
     random: Arc<dyn RandomSource>,
+    /// Where this workload is (locality, network, labels), as of the
+    /// snapshot version it was read from: read once per snapshot, not per
+    /// request (it copies the workload's labels).
+    me: arc_swap::ArcSwapOption<(u64, Arc<mesh_core::locality::Whereabouts>)>,
+}
+
+impl Shared {
+    /// This workload's whereabouts in `snap`.
+    fn me(&self, snap: &Snapshot) -> Arc<mesh_core::locality::Whereabouts> {
+        if let Some(c) = &*self.me.load() {
+            if c.0 == snap.version {
+                return c.1.clone();
+            }
+        }
+        let me = Arc::new(self.config.whereabouts(snap));
+        self.me.store(Some(Arc::new((snap.version, me.clone()))));
+        me
+    }
 }
 
 impl<S> Route<S>
@@ -81,6 +99,7 @@ where
                 config,
                 state,
                 random,
+                me: arc_swap::ArcSwapOption::empty(),
             }),
         }
     }
@@ -186,7 +205,7 @@ where
         let now = Instant::now();
         // Where this caller is: once per request, for the destinations'
         // availability (its network's endpoints) and the locality plan.
-        let me = Arc::new(shared.config.whereabouts(&snap));
+        let me = shared.me(&snap);
         let dest = choose_destination(
             &dests,
             |d| pick::has_available(&snap, d, port, &shared.state, now, me.network.as_deref()),
