@@ -110,6 +110,9 @@ pub struct JwtRule {
     pub locations: Vec<TokenLocation>,
     /// Leave the token in the request (else its header is removed).
     pub forward_original_token: bool,
+    /// `presence: REQUIRED`: a request without a token of this issuer is
+    /// refused (401), not let through without a principal.
+    pub required: bool,
     /// The header (lowercase) that carries the payload upstream.
     pub output_payload_to_header: Option<String>,
     /// `(header, claim path)`: claims copied into headers (lowercase names).
@@ -228,6 +231,9 @@ pub enum JwtError {
     /// The request carries more than one token, and they differ.
     #[error("Jwt: the request carries more than one token")]
     SeveralTokens,
+    /// A rule with `presence: REQUIRED` found no token of its issuer.
+    #[error("Jwt is missing")]
+    Missing,
 }
 
 /// The identity a validated token gives the request.
@@ -701,6 +707,18 @@ pub fn authenticate(
             out.auth = Some(auth.clone());
         }
         out.tokens.push((found, rule.clone(), auth));
+    }
+    // Every token found passed its rule above; a required issuer none of
+    // them belongs to is a missing token (a token of another issuer does
+    // not stand in for it).
+    if let Some(rule) = rules
+        .iter()
+        .find(|r| r.required && !out.tokens.iter().any(|(_, t, _)| t.issuer == r.issuer))
+    {
+        return Err(AuthnFailure {
+            error: JwtError::Missing,
+            rule: Some(rule.clone()),
+        });
     }
     Ok(out)
 }

@@ -1443,6 +1443,7 @@ fn jwt_policy(
             keys,
             locations,
             forward_original_token: r.forward_original_token,
+            required: r.presence == Some(crate::resources::security::JwtPresence::Required),
             output_payload_to_header: r
                 .output_payload_to_header
                 .as_ref()

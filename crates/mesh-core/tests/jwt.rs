@@ -561,6 +561,34 @@ fn claims_audiences_and_presenter_conditions() {
 }
 
 #[test]
+fn a_required_issuer_refuses_requests_without_its_token() {
+    let (ec, jwks) = es256("e1");
+    let good = token(Algorithm::ES256, "e1", &ec, claims(json!({})));
+    for (presence, missing_passes) in [
+        ("", true),
+        ("    presence: OPTIONAL", true),
+        ("    presence: REQUIRED", false),
+    ] {
+        let s = snap(&jwks, presence, "");
+        let none = authn(&s, &[], None);
+        assert_eq!(none.is_ok(), missing_passes, "{presence}");
+        if !missing_passes {
+            let f = none.unwrap_err();
+            assert_eq!(f.error, JwtError::Missing);
+            assert_eq!(f.error.to_string(), "Jwt is missing");
+            assert_eq!(f.rule.unwrap().issuer, ISS);
+        }
+        // A valid token passes either way; a bad one fails either way.
+        let a = authn(&s, &[("authorization", &bearer(&good))], None).unwrap();
+        assert_eq!(a.auth.unwrap().principal, Some(format!("{ISS}/alice")));
+        assert_eq!(
+            err(&s, &[("authorization", "Bearer a.b.c")]),
+            JwtError::Malformed
+        );
+    }
+}
+
+#[test]
 fn bad_request_authentications_are_refused_by_field() {
     let cases = [
         ("jwtRules: [{jwks: \"{}\"}]", "spec.jwtRules[0].issuer"),
@@ -610,7 +638,7 @@ fn bad_request_authentications_are_refused_by_field() {
         ),
         ("targetRef: {kind: Service, name: foo}", "targetRef"),
         (
-            "jwtRules: [{issuer: a, jwksUri: \"https://x/k\", presence: REQUIRED}]",
+            "jwtRules: [{issuer: a, jwksUri: \"https://x/k\", presence: MANDATORY}]",
             "presence",
         ),
     ];

@@ -350,6 +350,21 @@ pub struct JwtRule {
     /// How long fetching `jwksUri` may take (default 5s).
     #[serde(default)]
     pub timeout: Option<super::common::Duration>,
+    /// Whether a request must carry a token of this issuer (default
+    /// `OPTIONAL`: a request without one passes with no principal).
+    #[serde(default)]
+    pub presence: Option<JwtPresence>,
+}
+
+/// `jwtRules[].presence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JwtPresence {
+    /// A request without this issuer's token passes authentication.
+    Optional,
+    /// A request without this issuer's token is refused with 401, as
+    /// Envoy's `requires` of the provider does.
+    Required,
 }
 
 /// `{name, prefix}`: a header a token is read from.
