@@ -581,3 +581,29 @@ async fn output_headers_cannot_be_spoofed_with_underscores() {
         a.body
     );
 }
+
+#[tokio::test]
+async fn a_required_issuer_gets_no_request_without_its_token_through() {
+    let (k1, jwks) = test_es256_key("k1").unwrap();
+    let iss = "https://idp.example";
+    let rule = format!(
+        "    jwks: {}\n    presence: REQUIRED",
+        serde_json::to_string(&jwks).unwrap()
+    );
+    let svc = service(store(iss, &rule), cache());
+    // No token: refused before any policy, with Envoy's reason.
+    for path in ["/public", "/admin"] {
+        let a = send(&svc, path, &[]).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(a.reason, "Jwt is missing");
+    }
+    // A token in a place the rule does not read is no token either.
+    let good = token(iss, "k1", &k1, json!({}));
+    let a = send(&svc, "/public", &[("x-token", &good)]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.reason, "Jwt is missing");
+    // With the token: through, and the app never sees it.
+    let a = send(&svc, "/admin", &[("authorization", &bearer(&good))]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.reason);
+    assert!(!a.body.contains("authorization:"), "{}", a.body);
+}
