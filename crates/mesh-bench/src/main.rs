@@ -281,6 +281,7 @@ async fn bench_one(
     // Idle: started and one request served.
     tokio::time::sleep(secs(if s.smoke { 0.1 } else { 1.0 })).await;
     let rss_idle: Vec<u64> = running.procs.iter().map(Proc::rss_kib).collect();
+    let rss_idle_anon: Vec<u64> = running.procs.iter().map(Proc::rss_anon_kib).collect();
     let warmup = if s.smoke { 0.2 } else { 2.0 };
     load.open_loop(s.rate, secs(warmup), s.connections, false)
         .await?;
@@ -304,6 +305,7 @@ async fn bench_one(
             ProcResult {
                 name: p.name.clone(),
                 rss_idle_kib: rss_idle[i],
+                rss_idle_anon_kib: rss_idle_anon[i],
                 rss_load_kib: rss_load[i],
                 vcpu_per_1k_rps: used / elapsed / (at_rate.achieved_rps.max(1.0) / 1000.0),
             }

@@ -106,6 +106,17 @@ impl Proc {
     pub(crate) fn rss_kib(&self) -> u64 {
         self.tree().into_iter().filter_map(rss_kib).sum()
     }
+
+    /// The anonymous part of [`Proc::rss_kib`] (`RssAnon`: heap, stacks,
+    /// buffers), in KiB. The rest is file pages, mostly the program's own
+    /// code, which every process of one binary shares in the page cache:
+    /// the idle figure is mostly that (BENCHMARKS.md, "Idle memory").
+    pub(crate) fn rss_anon_kib(&self) -> u64 {
+        self.tree()
+            .into_iter()
+            .filter_map(|pid| status_kib(pid, "RssAnon"))
+            .sum()
+    }
 }
 
 impl Drop for Proc {
