@@ -300,7 +300,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| topology | p50 / p99 / p99.9 µs @ {r} rps | p50 / p99 / p99.9 µs @ {h} rps | max rps | vCPU per 1k rps (SUT) | RSS idle → load MiB | new conn p50 / p99 µs, SUT ms/req | KiB per idle mTLS conn |",
+            "| topology | p50 / p99 / p99.9 µs @ {r} rps | p50 / p99 / p99.9 µs @ {h} rps | max rps | vCPU per 1k rps (SUT) | RSS idle (anon) → load MiB | new conn p50 / p99 µs, SUT ms/req | KiB per idle mTLS conn |",
             r = s.rate,
             h = s.high_rate
         );
