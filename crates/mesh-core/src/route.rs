@@ -323,6 +323,82 @@ pub struct HttpRouteRule {
     /// Rewrite before forwarding.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<HttpRewrite>,
+    /// `websocketUpgrade`: `Some(false)` forwards upgrade requests as plain
+    /// ones; upgrades pass otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket_upgrade: Option<bool>,
+    /// The rule's CORS policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+}
+
+/// A route's `corsPolicy`, compiled: the header values it answers with,
+/// joined once.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cors {
+    /// Origins allowed.
+    pub origins: Vec<Matcher>,
+    /// `Access-Control-Allow-Methods`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_methods: Option<String>,
+    /// `Access-Control-Allow-Headers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_headers: Option<String>,
+    /// `Access-Control-Expose-Headers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expose_headers: Option<String>,
+    /// `Access-Control-Max-Age`, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u64>,
+    /// `Access-Control-Allow-Credentials: true`.
+    pub allow_credentials: bool,
+    /// A preflight from an origin not allowed goes on to the destination
+    /// (`FORWARD`, the default) rather than being answered without CORS
+    /// headers (`IGNORE`).
+    pub forward_unmatched_preflights: bool,
+}
+
+impl Cors {
+    /// Compiles `p`; a regex was checked by validation.
+    pub fn new(p: &crate::resources::networking::CorsPolicy) -> Result<Self, regex::Error> {
+        use crate::resources::networking::UnmatchedPreflights;
+        let mut origins = p
+            .allow_origins
+            .iter()
+            .map(Matcher::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        if p.allow_origins.is_empty() {
+            // The deprecated `allowOrigin`: exact origins, `*` for any.
+            origins = p
+                .allow_origin
+                .iter()
+                .map(|o| {
+                    if o == "*" {
+                        Matcher::Prefix(String::new())
+                    } else {
+                        Matcher::Exact(o.clone())
+                    }
+                })
+                .collect();
+        }
+        let join = |v: &[String]| (!v.is_empty()).then(|| v.join(","));
+        Ok(Self {
+            origins,
+            allow_methods: join(&p.allow_methods),
+            allow_headers: join(&p.allow_headers),
+            expose_headers: join(&p.expose_headers),
+            max_age: p.max_age.map(|d| d.0.as_secs()),
+            allow_credentials: p.allow_credentials == Some(true),
+            forward_unmatched_preflights: p.unmatched_preflights
+                != Some(UnmatchedPreflights::Ignore),
+        })
+    }
+
+    /// Whether `origin` (the request's `Origin`, as sent) is allowed.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.origins.iter().any(|m| m.matches(origin))
+    }
 }
 
 impl HttpRouteRule {

@@ -1657,6 +1657,13 @@ fn compile_http_rule(
         }),
         headers: h.headers.clone(),
         rewrite: h.rewrite.clone(),
+        websocket_upgrade: h.websocket_upgrade,
+        cors: h
+            .cors_policy
+            .as_ref()
+            .map(crate::route::Cors::new)
+            .transpose()
+            .map_err(|e| err(format!("{field}.corsPolicy.allowOrigins"), e))?,
     })
 }
 

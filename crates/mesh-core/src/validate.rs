@@ -344,6 +344,81 @@ fn http_route(c: &mut Checker<'_>, f: &str, r: &HttpRoute, mesh_bound: bool) {
         }
     }
     c.percent(&format!("{f}.mirrorPercentage"), r.mirror_percentage);
+    if let Some(p) = &r.cors_policy {
+        cors_policy(c, &format!("{f}.corsPolicy"), p);
+    }
+}
+
+/// The methods a CORS policy may allow (Istio's list).
+const CORS_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Istio's checks of a `corsPolicy`, and what this mesh adds: the header
+/// names it answers with are tokens (no value can split a header).
+fn cors_policy(c: &mut Checker<'_>, f: &str, p: &crate::resources::networking::CorsPolicy) {
+    if !p.allow_origins.is_empty() && !p.allow_origin.is_empty() {
+        c.err(
+            format!("{f}.allowOrigin"),
+            "allowOrigin (deprecated) and allowOrigins exclude each other",
+        );
+    }
+    for (i, o) in p.allow_origins.iter().enumerate() {
+        let of = format!("{f}.allowOrigins[{i}]");
+        let (kind, v) = match o {
+            StringMatch::Exact(v) => ("exact", v),
+            StringMatch::Prefix(v) => ("prefix", v),
+            StringMatch::Regex(v) => ("regex", v),
+        };
+        if v.is_empty() {
+            c.err(format!("{of}.{kind}"), "an origin match cannot be empty");
+        }
+        c.string_match(&of, o);
+    }
+    for (i, o) in p.allow_origin.iter().enumerate() {
+        if o.is_empty() {
+            c.err(format!("{f}.allowOrigin[{i}]"), "an origin cannot be empty");
+        }
+    }
+    for (i, m) in p.allow_methods.iter().enumerate() {
+        if !CORS_METHODS.contains(&m.as_str()) {
+            c.err(
+                format!("{f}.allowMethods[{i}]"),
+                format!(
+                    "`{m}` is not an HTTP method; use {}",
+                    CORS_METHODS.join(", ")
+                ),
+            );
+        }
+    }
+    for (list, name) in [
+        (&p.allow_headers, "allowHeaders"),
+        (&p.expose_headers, "exposeHeaders"),
+    ] {
+        for (i, h) in list.iter().enumerate() {
+            if h != "*" && !is_token(h) {
+                c.err(
+                    format!("{f}.{name}[{i}]"),
+                    format!("`{h}` is not a header name"),
+                );
+            }
+        }
+    }
+    if let Some(d) = p.max_age {
+        if d.0.subsec_nanos() != 0 {
+            c.err(
+                format!("{f}.maxAge"),
+                "is read in whole seconds (Access-Control-Max-Age); write e.g. `300s`",
+            );
+        }
+    }
+}
+
+/// An RFC 9110 token (a header name, a method).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn destination_rule(c: &mut Checker<'_>, dr: &DestinationRule) {

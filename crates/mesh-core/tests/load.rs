@@ -232,10 +232,10 @@ spec:
 fn unimplemented_fields_are_named_never_dropped() {
     let text = one_error(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\n\
-         spec: {hosts: [a], http: [{route: [{destination: {host: a}}], corsPolicy: {allowOrigins: []}}]}\n",
-        "spec.http[0].corsPolicy",
+         spec: {hosts: [a], tls: [{match: [{sniHosts: [a]}], route: [{destination: {host: a}}]}]}\n",
+        "spec.tls",
     );
-    assert!(text.contains("unsupported field `corsPolicy`"), "{text}");
+    assert!(text.contains("unsupported field `tls`"), "{text}");
     // A misspelt field is caught the same way.
     one_error(
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: a, trafficPolicy: {tsl: {mode: DISABLE}}}\n",
@@ -389,5 +389,53 @@ fn mesh_config_overrides_defaults() {
     one_error(
         "apiVersion: mesh.config/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {trustDomain: 'Not Valid'}\n",
         "spec.trustDomain",
+    );
+}
+
+#[test]
+fn a_cors_policy_is_checked_field_by_field() {
+    let vs = |cors: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\n\
+             spec: {{hosts: [a], http: [{{route: [{{destination: {{host: a}}}}], corsPolicy: {cors}}}]}}\n"
+        )
+    };
+    one_error(
+        &vs("{allowOrigins: [{exact: ''}]}"),
+        "spec.http[0].corsPolicy.allowOrigins[0].exact",
+    );
+    one_error(
+        &vs("{allowOrigins: [{regex: '(('}]}"),
+        "spec.http[0].corsPolicy.allowOrigins[0].regex",
+    );
+    one_error(
+        &vs("{allowOrigins: [{exact: 'https://a.test'}], allowOrigin: ['https://b.test']}"),
+        "spec.http[0].corsPolicy.allowOrigin",
+    );
+    let text = one_error(
+        &vs("{allowOrigins: [{exact: 'https://a.test'}], allowMethods: [GET, FETCH]}"),
+        "spec.http[0].corsPolicy.allowMethods[1]",
+    );
+    assert!(text.contains("`FETCH` is not an HTTP method"), "{text}");
+    // A header name that is no token could split the answer's headers.
+    one_error(
+        &vs("{allowOrigins: [{exact: 'https://a.test'}], allowHeaders: ['x-a, x-b']}"),
+        "spec.http[0].corsPolicy.allowHeaders[0]",
+    );
+    one_error(
+        &vs("{allowOrigins: [{exact: 'https://a.test'}], exposeHeaders: ['x-a: 1']}"),
+        "spec.http[0].corsPolicy.exposeHeaders[0]",
+    );
+    one_error(
+        &vs("{allowOrigins: [{exact: 'https://a.test'}], maxAge: 1500ms}"),
+        "spec.http[0].corsPolicy.maxAge",
+    );
+    one_error(
+        &vs("{allowOrigins: [{exact: 'https://a.test'}], unmatchedPreflights: DROP}"),
+        "spec.http[0].corsPolicy.unmatchedPreflights",
+    );
+    one_error(
+        &vs("{allowOrigins: [{exact: 'https://a.test'}], allowOrigin2: []}"),
+        "spec.http[0].corsPolicy.allowOrigin2",
     );
 }

@@ -1,7 +1,7 @@
 //! The `sidecar` and `gateway` command lines: their flags, the ports they
 //! name bound, and the library's role started on them until SIGTERM.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,9 +9,11 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use mesh_core::identity::TrustDomain;
 use mesh_proxy::{
-    BoundSocket, CaptureListeners, Gateway, GatewayListeners, IdentitySource, InboundListener,
-    OutboundListener, ProxyHandle, Sidecar, SidecarListeners,
+    BoundSocket, CaptureListeners, IdentitySource, InboundListener, OutboundListener, ProxyHandle,
+    Sidecar, SidecarListeners,
 };
+#[cfg(feature = "gateway")]
+use mesh_proxy::{Gateway, GatewayListeners};
 use mesh_tower::server::ServerSettings;
 use tokio::net::TcpListener;
 
@@ -504,6 +506,7 @@ mod libc_errno {
     pub(super) const EAFNOSUPPORT: i32 = 97;
 }
 
+#[cfg(feature = "gateway")]
 /// `mesh-proxy gateway`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct GatewayArgs {
@@ -514,7 +517,7 @@ pub(crate) struct GatewayArgs {
     pub(crate) gateway: String,
     /// The address the servers bind.
     #[arg(long, default_value = "127.0.0.1")]
-    pub(crate) listen_address: IpAddr,
+    pub(crate) listen_address: std::net::IpAddr,
     /// The gateway's own SPIFFE ID, for mTLS to backends; by default
     /// `spiffe://<trust-domain>/ns/<namespace>/sa/<gateway name>`.
     #[arg(long)]
@@ -531,6 +534,7 @@ pub(crate) struct GatewayArgs {
     pub(crate) credentials_dir: Option<PathBuf>,
 }
 
+#[cfg(feature = "gateway")]
 /// Runs the gateway until SIGTERM, then drains.
 pub(crate) async fn run_gateway(args: GatewayArgs) -> Result<()> {
     for (flag, set) in [

@@ -39,12 +39,15 @@
 
 mod admin;
 pub mod agent;
+#[cfg(feature = "tools")]
 pub mod check;
+#[cfg(feature = "gateway")]
 mod gateway;
 mod identity;
 mod runtime;
 mod sidecar;
 
+#[cfg(feature = "gateway")]
 pub use gateway::{Gateway, GatewayBuilder, GatewayListeners};
 pub use identity::IdentitySource;
 pub use runtime::{BoundSocket, Error, ProxyHandle};

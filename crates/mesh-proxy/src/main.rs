@@ -8,10 +8,11 @@
 mod args;
 mod capture;
 
+#[cfg(feature = "tools")]
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 /// The mesh's sidecar, gateway and configuration tools.
 #[derive(Debug, Parser)]
@@ -21,8 +22,9 @@ struct Cli {
     command: Command,
 }
 
+#[cfg(feature = "tools")]
 /// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Output {
     /// Aligned text for people.
     Table,
@@ -30,6 +32,9 @@ enum Output {
     Json,
 }
 
+// Parsed once per process: the sidecar's flags being the larger variant
+// (the only one in a sidecar-only build) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run beside a workload that is not Rust: inbound mTLS, authorization
@@ -40,6 +45,7 @@ enum Command {
     /// inbound capture port, outbound TCP to its outbound capture port,
     /// except the proxy's own traffic. Needs CAP_NET_ADMIN.
     Init(capture::InitArgs),
+    #[cfg(feature = "gateway")]
     /// Run a Gateway's servers: HTTP/HTTPS at the edge, routing by the
     /// VirtualServices bound to it, mesh mTLS to the backends.
     Gateway(args::GatewayArgs),
@@ -48,6 +54,7 @@ enum Command {
     /// xDS bootstrap (`GRPC_XDS_BOOTSTRAP`) pointing gRPC at the control
     /// plane; renew until SIGTERM.
     Agent(args::AgentArgs),
+    #[cfg(feature = "tools")]
     /// Add the sidecar to Kubernetes workloads, as `istioctl kube-inject`
     /// does: every Pod template in the YAML (Deployments, StatefulSets,
     /// DaemonSets, Jobs, CronJobs, Pods, Lists) gets `mesh-init` and the
@@ -55,6 +62,7 @@ enum Command {
     /// Idempotent. Exit status 1, naming the object and field, for a pod
     /// the mesh cannot hold.
     Inject(InjectArgs),
+    #[cfg(feature = "tools")]
     /// Check a configuration: the TLS table (server mTLS mode against the
     /// client TLS of DestinationRules, per service port) and the analyzers.
     /// Exit status: 0 clean (warnings allowed), 1 errors or conflicts, 2
@@ -79,6 +87,7 @@ enum Command {
         #[arg(long)]
         capture: bool,
     },
+    #[cfg(feature = "tools")]
     /// Explain the decision for one request, step by step, naming the
     /// resource behind each step. Exit status: 0 when the request would get
     /// through, 1 when some step refuses it, 2 when the configuration or the
@@ -114,6 +123,7 @@ enum Command {
     },
 }
 
+#[cfg(feature = "tools")]
 /// `check` and `explain` on a live cluster.
 #[derive(Debug, clap::Args)]
 struct ClusterArgs {
@@ -142,6 +152,7 @@ struct ClusterArgs {
     list_timeout: u64,
 }
 
+#[cfg(feature = "tools")]
 impl ClusterArgs {
     fn source(&self) -> Option<mesh_proxy::check::ClusterSource> {
         let kubeconfig = self.kubeconfig.clone()?;
@@ -155,6 +166,7 @@ impl ClusterArgs {
     }
 }
 
+#[cfg(feature = "tools")]
 fn parse_namespaced(s: &str) -> Result<(String, String), String> {
     match s.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
@@ -164,6 +176,7 @@ fn parse_namespaced(s: &str) -> Result<(String, String), String> {
     }
 }
 
+#[cfg(feature = "tools")]
 /// `mesh-proxy inject`.
 #[derive(Debug, clap::Args)]
 struct InjectArgs {
@@ -188,6 +201,7 @@ struct InjectArgs {
     token_audience: String,
 }
 
+#[cfg(feature = "tools")]
 fn run_inject(args: &InjectArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use std::io::Read as _;
@@ -219,6 +233,7 @@ fn run_inject(args: &InjectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "tools")]
 fn parse_header(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -257,8 +272,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sidecar(args) => serve(args::run_sidecar(args)),
+        #[cfg(feature = "gateway")]
         Command::Gateway(args) => serve(args::run_gateway(args)),
         Command::Agent(args) => serve(args::run_agent(args)),
+        #[cfg(feature = "tools")]
         Command::Inject(args) => match run_inject(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -273,6 +290,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        #[cfg(feature = "tools")]
         Command::Check {
             config,
             control_plane_admin,
@@ -289,6 +307,7 @@ fn main() -> ExitCode {
                 (None, None, None) => unreachable!("clap requires one"),
             }
         }
+        #[cfg(feature = "tools")]
         Command::Explain {
             config,
             control_plane_admin,

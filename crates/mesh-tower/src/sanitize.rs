@@ -12,6 +12,10 @@
 //!   dropped or let through by [`UnderscoreAction`]; even when let through,
 //!   one that reads as a header the mesh sets (`x_forwarded_client_cert`)
 //!   or as another header of the request is dropped;
+//! - **hop-by-hop headers** (`Connection`, `Keep-Alive`, `Upgrade` but for
+//!   an upgrade, and every header a `Connection` names) are removed, so no
+//!   client makes the next hop drop a header the policies read
+//!   ([`crate::upgrade::strip_hop_by_hop`]);
 //! - **header values** lose leading and trailing whitespace (RFC 9110
 //!   5.5: a recipient trims it; HTTP/1.1 parsers do, HTTP/2 carries it),
 //!   so a policy matches the value the application reads.
@@ -62,6 +66,7 @@ pub fn sanitize<B>(
     underscores: UnderscoreAction,
 ) -> Result<String, MeshError> {
     let host = request_host(req)?;
+    crate::upgrade::strip_hop_by_hop(req);
     underscored_headers(req, underscores)?;
     trim_values(req.headers_mut());
     Ok(host)

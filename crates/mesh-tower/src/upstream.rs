@@ -356,11 +356,16 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
         by_identities: arc_swap::ArcSwap::default(),
         mtls,
     });
-    tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: Request<BoxBody>| {
+    tower::util::BoxCloneSyncService::new(tower::service_fn(move |mut req: Request<BoxBody>| {
+        crate::upgrade::strip_hop_by_hop(&mut req);
+        let upgrade = crate::upgrade::take(&mut req);
         // `Client::request` clones the client into its future itself, so
         // the one chosen is only borrowed here.
         let dial = req.extensions().get::<Dial>();
-        let h2 = dial.is_some_and(|d| d.http2);
+        // An upgrade goes on over HTTP/1.1 whatever the hop's protocol: it
+        // is the one that carries `Upgrade` (RFC 8441's extended CONNECT
+        // over h2 is not spoken here).
+        let h2 = upgrade.is_none() && dial.is_some_and(|d| d.http2);
         let timeout = dial.map_or(mesh_core::plan::DEFAULT_CONNECT_TIMEOUT, |d| {
             d.connect_timeout
         });
@@ -379,7 +384,12 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
         };
         async move {
             match send.await {
-                Ok(resp) => Ok(resp.map(crate::body::boxed)),
+                Ok(mut resp) => match crate::upgrade::splice(upgrade, &mut resp) {
+                    crate::upgrade::Spliced::Refused => Err(UpstreamError::Protocol(
+                        "the upstream switched protocols the request did not ask for".into(),
+                    )),
+                    _ => Ok(resp.map(crate::body::boxed)),
+                },
                 Err(e) => Err(UpstreamError::classify(&e, e.is_connect())),
             }
         }

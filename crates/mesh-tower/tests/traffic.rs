@@ -859,3 +859,169 @@ async fn source_labels_come_from_the_callers_workload_entry() {
         "an unknown caller has no labels"
     );
 }
+
+/// A request with `method` and headers to `http://web{path}`.
+async fn send(
+    r: &Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response<mesh_tower::body::BoxBody> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://web{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    r.clone().oneshot(b.body(empty()).unwrap()).await.unwrap()
+}
+
+fn header<B>(resp: &Response<B>, name: &str) -> Option<String> {
+    let all: Vec<_> = resp
+        .headers()
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    (!all.is_empty()).then(|| all.join(", "))
+}
+
+/// `corsPolicy` as Envoy's CORS filter answers it: an allowed origin's
+/// preflight is answered by the proxy with the policy's headers and never
+/// reaches the backend; another origin's preflight goes on (`FORWARD`) or
+/// is answered bare (`IGNORE`); a simple request from an allowed origin
+/// gets `Access-Control-Allow-Origin` (its own origin, never `*`),
+/// credentials and exposed headers; every answer to a request
+/// with `Origin` varies on it; a request without `Origin` is untouched.
+#[tokio::test]
+async fn cors_preflights_are_answered_and_allowed_origins_get_their_headers() {
+    let v1 = Backend::start("v1", Behaviour::Ok).await;
+    let http = "  - match: [{uri: {prefix: /ignore}}]\n    route: [{destination: {host: web}}]\n    corsPolicy:\n      allowOrigins: [{exact: 'https://app.example.test'}]\n      unmatchedPreflights: IGNORE\n\
+                \x20 - match: [{uri: {prefix: /legacy}}]\n    route: [{destination: {host: web}}]\n    corsPolicy: {allowOrigin: ['*']}\n\
+                \x20 - route: [{destination: {host: web}}]\n    corsPolicy:\n      allowOrigins: [{exact: 'https://app.example.test'}, {prefix: 'https://dev-'}, {regex: 'https://[a-z]+\\.example\\.org'}]\n      allowMethods: [POST, GET, OPTIONS]\n      allowHeaders: [content-type, x-token]\n      exposeHeaders: [x-backend]\n      maxAge: 300s\n      allowCredentials: true\n";
+    let (r, _store) = router(&format!(
+        "{}{PLAINTEXT_DR}{}",
+        config(&[("v1", v1.port())], ""),
+        vs(http)
+    ));
+    let preflight = |origin: &'static str| {
+        vec![
+            ("origin", origin),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "content-type"),
+        ]
+    };
+
+    // An allowed origin's preflight: answered here, the backend never sees it.
+    let resp = send(
+        &r,
+        "OPTIONS",
+        "/api",
+        &preflight("https://app.example.test"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        header(&resp, "access-control-allow-origin").as_deref(),
+        Some("https://app.example.test")
+    );
+    assert_eq!(
+        header(&resp, "access-control-allow-methods").as_deref(),
+        Some("POST,GET,OPTIONS")
+    );
+    assert_eq!(
+        header(&resp, "access-control-allow-headers").as_deref(),
+        Some("content-type,x-token")
+    );
+    assert_eq!(
+        header(&resp, "access-control-max-age").as_deref(),
+        Some("300")
+    );
+    assert_eq!(
+        header(&resp, "access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    assert_eq!(header(&resp, "vary").as_deref(), Some("origin"));
+    assert_eq!(v1.hits(), 0);
+    // Prefix and regex origins are allowed the same way.
+    for origin in ["https://dev-42.example.test", "https://shop.example.org"] {
+        let resp = send(&r, "OPTIONS", "/api", &preflight(origin)).await;
+        assert_eq!(
+            header(&resp, "access-control-allow-origin").as_deref(),
+            Some(origin)
+        );
+    }
+    assert_eq!(v1.hits(), 0);
+
+    // Another origin's preflight goes on to the backend (FORWARD, the
+    // default), which knows nothing of CORS: no CORS headers come back.
+    for origin in [
+        "https://evil.example.test",
+        "https://shop.example.org.evil.test",
+        "null",
+    ] {
+        let resp = send(&r, "OPTIONS", "/api", &preflight(origin)).await;
+        assert_eq!(backend_of(&resp), "v1", "{origin}");
+        assert_eq!(
+            header(&resp, "access-control-allow-origin"),
+            None,
+            "{origin}"
+        );
+        assert_eq!(header(&resp, "vary").as_deref(), Some("origin"));
+    }
+    assert_eq!(v1.hits(), 3);
+    // ... or is answered bare where the route says IGNORE.
+    let resp = send(
+        &r,
+        "OPTIONS",
+        "/ignore",
+        &preflight("https://evil.example.test"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(backend_of(&resp), "");
+    assert_eq!(header(&resp, "access-control-allow-origin"), None);
+    assert_eq!(v1.hits(), 3);
+
+    // The actual request from an allowed origin: forwarded, with the
+    // policy's headers on the answer.
+    let resp = send(&r, "GET", "/api", &[("origin", "https://app.example.test")]).await;
+    assert_eq!(backend_of(&resp), "v1");
+    assert_eq!(
+        header(&resp, "access-control-allow-origin").as_deref(),
+        Some("https://app.example.test")
+    );
+    assert_eq!(
+        header(&resp, "access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        header(&resp, "access-control-expose-headers").as_deref(),
+        Some("x-backend")
+    );
+    // From another origin: forwarded (the server decides, CORS is the
+    // browser's), with nothing that lets the browser read the answer.
+    let resp = send(
+        &r,
+        "GET",
+        "/api",
+        &[("origin", "https://evil.example.test")],
+    )
+    .await;
+    assert_eq!(backend_of(&resp), "v1");
+    assert_eq!(header(&resp, "access-control-allow-origin"), None);
+    assert_eq!(header(&resp, "access-control-allow-credentials"), None);
+    assert_eq!(header(&resp, "vary").as_deref(), Some("origin"));
+    // Without Origin: no CORS at all.
+    let resp = send(&r, "GET", "/api", &[]).await;
+    assert_eq!(header(&resp, "access-control-allow-origin"), None);
+    assert_eq!(header(&resp, "vary"), None);
+    // The deprecated `allowOrigin: ['*']` allows any origin, answered with
+    // the origin itself.
+    let resp = send(&r, "GET", "/legacy", &[("origin", "https://any.test")]).await;
+    assert_eq!(
+        header(&resp, "access-control-allow-origin").as_deref(),
+        Some("https://any.test")
+    );
+    assert_eq!(header(&resp, "access-control-allow-credentials"), None);
+}

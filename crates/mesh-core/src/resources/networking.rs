@@ -79,6 +79,63 @@ pub struct HttpRoute {
     /// Header changes for every destination of the rule.
     #[serde(default)]
     pub headers: Option<Headers>,
+    /// Istio's `websocketUpgrade`: upgrades (WebSocket and any other
+    /// `Upgrade` protocol) pass on every route unless this says `false`,
+    /// which forwards an upgrade request as a plain one (Istio has ignored
+    /// the field since 1.0, upgrading always; `false` is honoured here).
+    #[serde(default)]
+    pub websocket_upgrade: Option<bool>,
+    /// Cross-origin resource sharing for browsers: preflights answered by
+    /// the proxy, and the response headers of allowed origins.
+    #[serde(default)]
+    pub cors_policy: Option<CorsPolicy>,
+}
+
+/// Istio's `CorsPolicy` (the Fetch standard's CORS protocol, answered as
+/// Envoy's CORS filter does).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicy {
+    /// Origins allowed, matched against the request's `Origin`.
+    #[serde(default)]
+    pub allow_origins: Vec<StringMatch>,
+    /// Istio's deprecated list of exact origins (`*` allows any); read as
+    /// exact matches when `allowOrigins` is absent; both are refused.
+    #[serde(default)]
+    pub allow_origin: Vec<String>,
+    /// `Access-Control-Allow-Methods` of a preflight's answer.
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// `Access-Control-Allow-Headers` of a preflight's answer.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// `Access-Control-Expose-Headers` of an allowed origin's responses.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// `Access-Control-Max-Age` of a preflight's answer (whole seconds).
+    #[serde(default)]
+    pub max_age: Option<Duration>,
+    /// `Access-Control-Allow-Credentials: true` for allowed origins.
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    /// What a preflight from an origin not allowed gets: `FORWARD`
+    /// (Istio's default: it goes to the destination like any request) or
+    /// `IGNORE` (the proxy answers it, with no CORS headers).
+    #[serde(default)]
+    pub unmatched_preflights: Option<UnmatchedPreflights>,
+}
+
+/// [`CorsPolicy::unmatched_preflights`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UnmatchedPreflights {
+    /// `FORWARD`.
+    #[default]
+    Unspecified,
+    /// Sent on to the destination.
+    Forward,
+    /// Answered by the proxy without CORS headers.
+    Ignore,
 }
 
 /// One match condition of an HTTP rule.

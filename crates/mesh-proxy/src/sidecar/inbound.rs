@@ -381,9 +381,23 @@ impl InboundHttp {
         req.headers_mut()
             .entry(X_FORWARDED_PROTO)
             .or_insert_with(|| conn.proto.clone());
-        let resp = self.client.request(req).await.map_err(|e| {
+        // A WebSocket (or other) upgrade reaches an HTTP/1.1 app as it
+        // came; an h2 app has no `Upgrade` to take it.
+        let upgrade = if conn.h2 {
+            None
+        } else {
+            mesh_tower::upgrade::take(&mut req)
+        };
+        let mut resp = self.client.request(req).await.map_err(|e| {
             UpstreamError::classify(&e, e.is_connect()).into_mesh_error(conn.app.to_string())
         })?;
+        if mesh_tower::upgrade::splice(upgrade, &mut resp) == mesh_tower::upgrade::Spliced::Refused
+        {
+            return Err(MeshError::UpstreamProtocol {
+                endpoint: conn.app.to_string(),
+                why: "the app switched protocols the request did not ask for".into(),
+            });
+        }
         Ok(resp.map(boxed))
     }
 }

@@ -69,6 +69,10 @@ impl<S> Mirror<S> {
     fn copy(&self, req: &Request<BoxBody>) -> Option<Request<BoxBody>> {
         let plan = &req.extensions().get::<Planned>()?.0;
         let (to, pct) = plan.mirror.as_ref()?;
+        // An upgrade is one client's connection: a copy cannot share it.
+        if crate::upgrade::requested(req) {
+            return None;
+        }
         let body = plan.replay.clone()?;
         if self.random.next_f64() * 100.0 >= *pct {
             return None;

@@ -36,6 +36,7 @@
 
 mod balance;
 mod connect;
+mod cors;
 mod mirror;
 mod pick;
 mod pool;

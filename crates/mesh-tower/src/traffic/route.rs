@@ -147,8 +147,21 @@ where
         let rule = plan.rule;
         let retry = plan.retry_policy();
         let route_timeout = plan.timeout();
+        let cors = rule.and_then(|(r, _)| r.cors.as_ref());
+        let cors_allowed = match cors.map(|c| super::cors::on_request(c, &req)) {
+            None | Some(super::cors::OnRequest::NotCors) => None,
+            Some(super::cors::OnRequest::Answer(resp)) => return Ok(resp),
+            Some(super::cors::OnRequest::Forward(allowed)) => Some(allowed),
+        };
+        // The route's CORS headers on every answer it gives.
+        let with_cors = |mut resp: Response<BoxBody>| {
+            if let (Some(c), Some(allowed)) = (cors, cors_allowed.clone()) {
+                super::cors::on_response(c, allowed, &mut resp);
+            }
+            resp
+        };
         let dests = match plan.action {
-            PlannedAction::Redirect(r) => return Ok(rewrite::redirect(&req, r, &host)),
+            PlannedAction::Redirect(r) => return Ok(with_cors(rewrite::redirect(&req, r, &host))),
             PlannedAction::DirectResponse(d) => {
                 let mut resp = Response::new(full(
                     d.body
@@ -158,7 +171,7 @@ where
                 ));
                 *resp.status_mut() =
                     http::StatusCode::from_u16(d.status).unwrap_or(http::StatusCode::OK);
-                return Ok(resp);
+                return Ok(with_cors(resp));
             }
             PlannedAction::Forward(ds) => ds,
         };
@@ -279,6 +292,9 @@ where
             parts.uri = Uri::from(pq);
         }
         parts.extensions.insert(Planned(Arc::new(planned)));
+        if rule.is_some_and(|(r, _)| r.websocket_upgrade == Some(false)) {
+            parts.extensions.insert(crate::upgrade::NoUpgrade);
+        }
         let body = match (&replay, body) {
             (Some(b), _) => full(b.clone()),
             (None, Some(s)) => s,
@@ -310,7 +326,7 @@ where
                 resp.headers_mut().append(http::header::SET_COOKIE, v);
             }
         }
-        Ok(resp)
+        Ok(with_cors(resp))
     }
 }
 
