@@ -627,6 +627,40 @@ pub fn connect_timeout(policy: &TrafficPolicy) -> Duration {
         .max(Duration::from_millis(1))
 }
 
+/// How long an HTTP/2 PING may go unanswered when `http2KeepAlive` names
+/// no `timeout` (gRPC's default keepalive timeout).
+pub const DEFAULT_H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a DestinationRule says of each HTTP connection to its endpoints,
+/// beyond the pool's limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct HttpConnection {
+    /// `http2KeepAlive`: a PING every `.0`, the connection closed when one
+    /// goes unanswered for `.1`.
+    pub h2_keep_alive: Option<(Duration, Duration)>,
+    /// `maxRequestsPerConnection` (unset when 0).
+    pub max_requests: Option<u32>,
+}
+
+/// The [`HttpConnection`] of `policy`.
+pub fn http_connection(policy: &TrafficPolicy) -> HttpConnection {
+    let http = policy
+        .connection_pool
+        .as_ref()
+        .and_then(|cp| cp.http.as_ref());
+    HttpConnection {
+        h2_keep_alive: http.and_then(|h| h.http2_keep_alive).and_then(|k| {
+            Some((
+                k.interval?.0,
+                k.timeout.map_or(DEFAULT_H2_KEEP_ALIVE_TIMEOUT, |t| t.0),
+            ))
+        }),
+        max_requests: http
+            .and_then(|h| h.max_requests_per_connection)
+            .filter(|n| *n > 0),
+    }
+}
+
 /// Whether HTTP/1.1 requests to a destination go upstream as HTTP/2 over
 /// mesh mTLS: its DestinationRule's `connectionPool.http.h2UpgradePolicy`,
 /// else (`DEFAULT` or unset) MeshConfig's `h2UpgradePolicy` (Istio's

@@ -461,14 +461,46 @@ fn traffic_policy(c: &mut Checker<'_>, f: &str, p: &TrafficPolicy) {
             );
         }
     }
+    if let Some(cp) = &p.connection_pool {
+        connection_pool(c, &format!("{f}.connectionPool"), cp);
+    }
     for (i, pl) in p.port_level_settings.iter().enumerate() {
         let pf = format!("{f}.portLevelSettings[{i}]");
         if let Some(lb) = &pl.load_balancer {
             load_balancer(c, &format!("{pf}.loadBalancer"), lb);
         }
+        if let Some(cp) = &pl.connection_pool {
+            connection_pool(c, &format!("{pf}.connectionPool"), cp);
+        }
         if let Some(tls) = &pl.tls {
             client_tls(c, &format!("{pf}.tls"), tls);
         }
+    }
+}
+
+fn connection_pool(
+    c: &mut Checker<'_>,
+    f: &str,
+    cp: &crate::resources::networking::ConnectionPoolSettings,
+) {
+    let Some(k) = cp.http.as_ref().and_then(|h| h.http2_keep_alive.as_ref()) else {
+        return;
+    };
+    let f = format!("{f}.http.http2KeepAlive");
+    match k.interval {
+        None => c.err(
+            format!("{f}.interval"),
+            "Required value: how often to send a PING",
+        ),
+        Some(d) if d.0 < std::time::Duration::from_millis(1) => {
+            c.err(format!("{f}.interval"), "must be at least 1ms");
+        }
+        Some(_) => {}
+    }
+    if k.timeout
+        .is_some_and(|d| d.0 < std::time::Duration::from_millis(1))
+    {
+        c.err(format!("{f}.timeout"), "must be at least 1ms");
     }
 }
 

@@ -439,3 +439,34 @@ fn a_cors_policy_is_checked_field_by_field() {
         "spec.http[0].corsPolicy.allowOrigin2",
     );
 }
+
+#[test]
+fn http2_keep_alive_needs_an_interval_and_durations_of_a_millisecond_or_more() {
+    let dr = |http: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d}}\n\
+             spec: {{host: a, trafficPolicy: {{connectionPool: {{http: {http}}}}}}}\n"
+        )
+    };
+    one_error(
+        &dr("{http2KeepAlive: {timeout: 5s}}"),
+        "spec.trafficPolicy.connectionPool.http.http2KeepAlive.interval",
+    );
+    one_error(
+        &dr("{http2KeepAlive: {interval: 10us}}"),
+        "spec.trafficPolicy.connectionPool.http.http2KeepAlive.interval",
+    );
+    one_error(
+        &dr("{http2KeepAlive: {interval: 15s, timeout: 0s}}"),
+        "spec.trafficPolicy.connectionPool.http.http2KeepAlive.timeout",
+    );
+    one_error(
+        &dr("{maxRequestsPerConnection: -1}"),
+        "spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection",
+    );
+    load_str(
+        Path::new("test.yaml"),
+        &dr("{http2KeepAlive: {interval: 15s}, maxRequestsPerConnection: 1}"),
+    )
+    .unwrap();
+}

@@ -43,7 +43,9 @@ impl EndpointIo {
 
 impl Connection for EndpointIo {
     fn connected(&self) -> Connected {
-        let c = Connected::new();
+        // hyper-util asks once per connection: the counter is that
+        // connection's (`maxRequestsPerConnection`).
+        let c = Connected::new().extra(RequestCount::default());
         if self.h2() { c.negotiated_h2() } else { c }
     }
 }
@@ -263,6 +265,9 @@ pub struct Dial {
     /// How long the dial may take (the DestinationRule's
     /// `connectTimeout`).
     pub connect_timeout: Duration,
+    /// The DestinationRule's `http2KeepAlive` (the connection's PINGs) and
+    /// `maxRequestsPerConnection`.
+    pub http_conn: mesh_core::plan::HttpConnection,
     /// TLS the mesh originates instead of mesh mTLS, if any.
     pub originate: Option<OriginateTls>,
     /// Speak HTTP/2: with prior knowledge over plaintext (HTTP2 and GRPC
@@ -276,6 +281,7 @@ impl Default for Dial {
         Self {
             identities: Arc::from([]),
             connect_timeout: mesh_core::plan::DEFAULT_CONNECT_TIMEOUT,
+            http_conn: mesh_core::plan::HttpConnection::default(),
             originate: None,
             http2: false,
         }
@@ -321,7 +327,7 @@ struct Clients {
 }
 
 impl Clients {
-    fn new(connector: EndpointConnector) -> Self {
+    fn new(connector: EndpointConnector, keep_alive: Option<(Duration, Duration)>) -> Self {
         // Over mesh mTLS each client offers only the protocol it speaks, so
         // that the server's ALPN choice is the client's: HTTP/1.1 requests
         // go as HTTP/1.1 (Istio's default between proxies) unless the plan
@@ -332,6 +338,14 @@ impl Clients {
         let http1 = b.build(connector.clone().offering(b"http/1.1"));
         let mut b2 = Client::builder(TokioExecutor::new());
         b2.http2_only(true).timer(hyper_util::rt::TokioTimer::new());
+        if let Some((interval, timeout)) = keep_alive {
+            // Envoy's `connection_keepalive`: PINGs whether or not a
+            // request is in flight, the connection closed when one goes
+            // unanswered (an h2 connection only: HTTP/1.1 has no PING).
+            b2.http2_keep_alive_interval(interval)
+                .http2_keep_alive_timeout(timeout)
+                .http2_keep_alive_while_idle(true);
+        }
         let h2 = b2.build(connector.offering(b"h2"));
         Self { http1, h2 }
     }
@@ -348,11 +362,14 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
     // times per request (the router, `tower::retry`, each send), and a
     // clone of a hyper-util `Client` is a dozen reference counts.
     let shared = Arc::new(HyperUpstream {
-        plain: Clients::new(EndpointConnector::new(
+        plain: Clients::new(
+            EndpointConnector::new(
+                None,
+                Arc::from([]),
+                mesh_core::plan::DEFAULT_CONNECT_TIMEOUT,
+            ),
             None,
-            Arc::from([]),
-            mesh_core::plan::DEFAULT_CONNECT_TIMEOUT,
-        )),
+        ),
         by_identities: arc_swap::ArcSwap::default(),
         mtls,
     });
@@ -369,21 +386,39 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
         let timeout = dial.map_or(mesh_core::plan::DEFAULT_CONNECT_TIMEOUT, |d| {
             d.connect_timeout
         });
-        let send = if req.uri().scheme_str() == Some("https") {
-            let (ids, origin) = dial.map_or_else(
-                || (Arc::from([]), None),
-                |d| (d.identities.clone(), d.originate.clone()),
-            );
-            shared.clients((ids, timeout, origin), |c| c.pick(h2).request(req))
-        } else if timeout == mesh_core::plan::DEFAULT_CONNECT_TIMEOUT {
+        let conn = dial.map(|d| d.http_conn).unwrap_or_default();
+        let keep_alive = conn.h2_keep_alive;
+        let https = req.uri().scheme_str() == Some("https");
+        let (ids, origin) = match dial {
+            Some(d) if https => (Some(d.identities.clone()), d.originate.clone()),
+            _ => (None, None),
+        };
+        let capture = conn.max_requests.map(|n| {
+            (
+                n,
+                hyper_util::client::legacy::connect::capture_connection(&mut req),
+            )
+        });
+        let send = if https {
+            let ids = ids.unwrap_or_else(|| Arc::from([]));
+            shared.clients((ids, timeout, origin, keep_alive), |c| {
+                c.pick(h2).request(req)
+            })
+        } else if timeout == mesh_core::plan::DEFAULT_CONNECT_TIMEOUT && keep_alive.is_none() {
             shared.plain.pick(h2).request(req)
         } else {
-            // Another connect timeout: clients of their own (with no
-            // identities, an mTLS dial through them fails closed).
-            shared.clients((Arc::from([]), timeout, None), |c| c.pick(h2).request(req))
+            // Another connect timeout or keepalive: clients of their own
+            // (with no identities, an mTLS dial through them fails closed).
+            shared.clients((Arc::from([]), timeout, None, keep_alive), |c| {
+                c.pick(h2).request(req)
+            })
         };
         async move {
-            match send.await {
+            let sent = send.await;
+            if let Some((max, capture)) = capture {
+                count_request(max, &capture);
+            }
+            match sent {
                 Ok(mut resp) => match crate::upgrade::splice(upgrade, &mut resp) {
                     crate::upgrade::Spliced::Refused => Err(UpstreamError::Protocol(
                         "the upstream switched protocols the request did not ask for".into(),
@@ -400,13 +435,45 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
 const MAX_CLIENT_SETS: usize = 256;
 
 /// What a pair of pooled clients is made for: the identity set a dial
-/// verifies (secure naming), the connect timeout, and the TLS originated
-/// instead of mesh mTLS, if any.
-type ClientKey = (Arc<[SpiffeId]>, Duration, Option<OriginateTls>);
+/// verifies (secure naming), the connect timeout, the TLS originated
+/// instead of mesh mTLS, if any, and the HTTP/2 keepalive.
+type ClientKey = (
+    Arc<[SpiffeId]>,
+    Duration,
+    Option<OriginateTls>,
+    Option<(Duration, Duration)>,
+);
 
 /// [`ClientKey`] as the pool map holds it (the originated TLS by its
 /// settings' name).
-type PoolKey = (Arc<[SpiffeId]>, Duration, Option<Arc<str>>);
+type PoolKey = (
+    Arc<[SpiffeId]>,
+    Duration,
+    Option<Arc<str>>,
+    Option<(Duration, Duration)>,
+);
+
+/// The requests a connection has carried (a [`Connected`] extra of every
+/// connection the connector makes).
+#[derive(Debug, Clone, Default)]
+struct RequestCount(Arc<std::sync::atomic::AtomicU32>);
+
+/// `maxRequestsPerConnection`: counts the request on the connection it
+/// went out on and, at `max`, poisons that connection, so the pool opens
+/// another for the next request (the one in flight finishes).
+fn count_request(max: u32, capture: &hyper_util::client::legacy::connect::CaptureConnection) {
+    let meta = capture.connection_metadata();
+    let Some(connected) = meta.as_ref() else {
+        return;
+    };
+    let mut extras = http::Extensions::new();
+    connected.get_extras(&mut extras);
+    if let Some(RequestCount(n)) = extras.get::<RequestCount>() {
+        if n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= max {
+            connected.poison();
+        }
+    }
+}
 
 /// What [`hyper_upstream`]'s service holds.
 struct HyperUpstream {
@@ -425,15 +492,21 @@ impl Clients {
 impl HyperUpstream {
     /// Runs `f` with the clients of `key`, made on first use.
     fn clients<T>(&self, full: ClientKey, f: impl FnOnce(&Clients) -> T) -> T {
-        let (ids, timeout, origin) = full;
-        let key: PoolKey = (ids, timeout, origin.as_ref().map(|o| o.key.clone()));
+        let (ids, timeout, origin, keep_alive) = full;
+        let key: PoolKey = (
+            ids,
+            timeout,
+            origin.as_ref().map(|o| o.key.clone()),
+            keep_alive,
+        );
         if let Some(c) = self.by_identities.load().get(&key) {
             return f(c);
         }
-        let make = |(ids, timeout, _): &PoolKey| {
+        let make = |(ids, timeout, _, keep_alive): &PoolKey| {
             Clients::new(
                 EndpointConnector::new(self.mtls.clone(), ids.clone(), *timeout)
                     .originating(origin.clone()),
+                *keep_alive,
             )
         };
         let mut out = None;

@@ -44,6 +44,8 @@ type Seen = (String, String, HashMap<String, String>);
 struct Backend {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    conns: Arc<AtomicUsize>,
     seen: Arc<std::sync::Mutex<Vec<Seen>>>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -56,12 +58,15 @@ impl Backend {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (stop, mut stopped) = oneshot::channel();
         let (h, s) = (hits.clone(), seen.clone());
+        let conns = Arc::new(AtomicUsize::new(0));
+        let c = conns.clone();
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = tokio::select! {
                     r = listener.accept() => r.unwrap(),
                     _ = &mut stopped => return,
                 };
+                c.fetch_add(1, Ordering::SeqCst);
                 let (h, s) = (h.clone(), s.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -112,6 +117,7 @@ impl Backend {
         Self {
             addr,
             hits,
+            conns,
             seen,
             stop: Some(stop),
         }
@@ -123,6 +129,10 @@ impl Backend {
 
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
     }
 }
 
@@ -1024,4 +1034,148 @@ async fn cors_preflights_are_answered_and_allowed_origins_get_their_headers() {
         Some("https://any.test")
     );
     assert_eq!(header(&resp, "access-control-allow-credentials"), None);
+}
+
+/// `maxRequestsPerConnection`: a connection carries that many requests,
+/// then the next request opens another (1: a connection per request, no
+/// keep-alive); unset, one connection carries them all.
+#[tokio::test]
+async fn max_requests_per_connection_opens_a_new_connection_after_n_requests() {
+    for (max, conns) in [(None, 1), (Some(1), 6), (Some(2), 3), (Some(0), 1)] {
+        let v1 = Backend::start("v1", Behaviour::Ok).await;
+        let policy = max.map_or(String::new(), |n| {
+            format!("    connectionPool: {{http: {{maxRequestsPerConnection: {n}}}}}\n")
+        });
+        let (r, _store) = router(&format!(
+            "{}{}",
+            config(&[("v1", v1.port())], ""),
+            dr(&policy)
+        ));
+        for _ in 0..6 {
+            let resp = get(&r, "/", &[]).await;
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap();
+        }
+        assert_eq!(v1.hits(), 6);
+        assert_eq!(v1.conns(), conns, "maxRequestsPerConnection {max:?}");
+    }
+}
+
+/// A TCP relay in front of a backend that can go silent: while `frozen`,
+/// what either side sends is read and dropped (as by a peer that vanished
+/// without closing), and a connection the client closes is counted.
+struct Relay {
+    port: u16,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    closed_by_client: Arc<AtomicUsize>,
+}
+
+impl Relay {
+    async fn start(backend: u16) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closed_by_client = Arc::new(AtomicUsize::new(0));
+        let (f, closed) = (frozen.clone(), closed_by_client.clone());
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = listener.accept().await.unwrap();
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", backend))
+                    .await
+                    .unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (f1, f2, closed) = (f.clone(), f.clone(), closed.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                closed.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Ok(n) if !f1.load(Ordering::SeqCst) => {
+                                if sw.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) if !f2.load(Ordering::SeqCst) => {
+                                if cw.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            frozen,
+            closed_by_client,
+        }
+    }
+}
+
+/// `http2KeepAlive`: an HTTP/2 connection whose peer stops answering (its
+/// PINGs go unanswered) is closed by the mesh, and the next request gets a
+/// new connection instead of hanging on the dead one. Without it, the dead
+/// connection stays pooled.
+#[tokio::test]
+async fn http2_keep_alive_closes_a_connection_whose_peer_went_silent() {
+    for keep_alive in [true, false] {
+        let backend = Backend::start("v1", Behaviour::Ok).await;
+        let relay = Relay::start(backend.port()).await;
+        let policy = if keep_alive {
+            "  trafficPolicy: {connectionPool: {http: {http2KeepAlive: {interval: 100ms, timeout: 200ms}}}}\n"
+        } else {
+            ""
+        };
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: web}}\n\
+             spec: {{hosts: [web], ports: [{{number: 80, name: grpc-web, protocol: HTTP2}}], workloadSelector: {{labels: {{app: web}}}}}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: web-1}}\n\
+             spec: {{address: 127.0.0.1, ports: {{grpc-web: {}}}, labels: {{app: web}}}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: client}}\nspec: {{address: 127.0.0.1, labels: {{app: client}}}}\n---\n\
+             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: plaintext}}\nspec: {{mtls: {{mode: DISABLE}}}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web}}\n\
+             spec:\n  host: web\n{policy}",
+            relay.port
+        );
+        let (r, _store) = router(&yaml);
+        let resp = get(&r, "/", &[]).await;
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(backend.conns(), 1);
+
+        relay.frozen.store(true, Ordering::SeqCst);
+        // The PINGs find the silence: the mesh closes the connection.
+        let mut closed = false;
+        for _ in 0..100 {
+            if relay.closed_by_client.load(Ordering::SeqCst) == 1 {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(closed, keep_alive, "keepalive {keep_alive}");
+        if keep_alive {
+            // The next request dials again, and is answered.
+            relay.frozen.store(false, Ordering::SeqCst);
+            let resp = get(&r, "/", &[]).await;
+            assert_eq!(resp.status(), 200);
+            assert_eq!(backend.conns(), 2);
+        }
+    }
 }

@@ -651,6 +651,27 @@ pub struct HttpPoolSettings {
     /// follows MeshConfig's `h2UpgradePolicy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub h2_upgrade_policy: Option<H2UpgradePolicy>,
+    /// Requests sent on one connection before it is closed (1: a
+    /// connection per request, no keep-alive); 0 or unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// HTTP/2 PINGs on the connections to the destination, so a peer that
+    /// went away without a word is found and its connection closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_keep_alive: Option<Http2KeepAlive>,
+}
+
+/// A DestinationRule's `connectionPool.http.http2KeepAlive`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Http2KeepAlive {
+    /// How often a PING is sent on every HTTP/2 connection, busy or idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed
+    /// (default 20 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
 }
 
 /// A DestinationRule's `connectionPool.http.h2UpgradePolicy`.

@@ -213,6 +213,7 @@ impl<S> Balance<S> {
         req.extensions_mut().insert(Dial {
             identities,
             connect_timeout: plan.connect_timeout,
+            http_conn: plan.http_conn,
             originate: origin,
             http2: if mtls { plan.h2_over_mtls } else { plan.h2 },
         });

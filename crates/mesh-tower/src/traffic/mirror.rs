@@ -95,6 +95,7 @@ impl<S> Mirror<S> {
             load_balancer: None,
             pool: pool::Limits::from_policy(&resolved.policy),
             connect_timeout: mesh_core::plan::connect_timeout(&resolved.policy),
+            http_conn: mesh_core::plan::http_connection(&resolved.policy),
             outlier: None,
             // The caller's network only; no locality plan (no load
             // balancing of its own, as above).

@@ -257,6 +257,8 @@ pub(crate) struct Destination {
     pub(crate) pool: Option<pool::Limits>,
     /// How long a dial to an endpoint may take (`connectTimeout`).
     pub(crate) connect_timeout: Duration,
+    /// `http2KeepAlive` and `maxRequestsPerConnection`.
+    pub(crate) http_conn: mesh_core::plan::HttpConnection,
     /// Outlier detection in force.
     pub(crate) outlier: Option<OutlierPolicy>,
     /// The port speaks HTTP/2 (HTTP2, GRPC): plaintext goes with prior
@@ -522,6 +524,7 @@ pub(crate) fn test_planned(
         load_balancer: r.policy.load_balancer.clone(),
         pool: pool::Limits::from_policy(&r.policy),
         connect_timeout: mesh_core::plan::connect_timeout(&r.policy),
+        http_conn: mesh_core::plan::http_connection(&r.policy),
         outlier: r
             .policy
             .outlier_detection

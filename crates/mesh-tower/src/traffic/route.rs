@@ -261,6 +261,7 @@ where
             load_balancer: resolved.policy.load_balancer.clone(),
             pool: pool::Limits::from_policy(&resolved.policy),
             connect_timeout: mesh_core::plan::connect_timeout(&resolved.policy),
+            http_conn: mesh_core::plan::http_connection(&resolved.policy),
             outlier,
             endpoints,
             spread,
