@@ -359,10 +359,22 @@ fn mesh(x: &mut Explainer<'_, '_>, host: &str, port: Option<u16>) {
         svc.workloads.len()
     );
     x.step("service", true, decision, Some(svc.source.clone()));
+    let labels = match &x.source {
+        Source::Workload(w) => (*w.labels).clone(),
+        Source::Gateway { .. } => Labels::new(),
+    };
     if !sp.protocol.is_http() {
-        let dests = tcp_destinations(svc, sp);
-        let decision = match &sp.tcp_route {
-            Some(_) => "TCP route of a VirtualService".to_owned(),
+        let dests = tcp_destinations(svc, sp, &labels);
+        let decision = match sp.tcp_rule(&labels) {
+            Some(r) if r.source_labels.is_empty() => "TCP route of a VirtualService".to_owned(),
+            Some(r) => format!(
+                "TCP route of a VirtualService for callers labelled {}",
+                r.source_labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             None => format!("{} port: opaque TCP to every workload", sp.protocol),
         };
         x.step("route", true, decision, None);
@@ -370,10 +382,6 @@ fn mesh(x: &mut Explainer<'_, '_>, host: &str, port: Option<u16>) {
         return;
     }
     let authority = format!("{host}:{}", sp.number);
-    let labels = match &x.source {
-        Source::Workload(w) => (*w.labels).clone(),
-        Source::Gateway { .. } => Labels::new(),
-    };
     let req = PlanRequest {
         host,
         info: RequestInfo {

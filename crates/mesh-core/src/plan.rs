@@ -258,14 +258,16 @@ pub fn route<'s>(snap: &'s Snapshot, req: &PlanRequest<'_>) -> Result<RoutePlan<
     })
 }
 
-/// The destinations of opaque TCP to a service port: its VirtualService's
-/// TCP route, or every workload of the service.
+/// The destinations of opaque TCP to a service port from a caller
+/// carrying `labels`: the first of its VirtualServices' TCP rules for that
+/// caller, or every workload of the service.
 pub fn tcp_destinations<'s>(
     svc: &Service,
     sp: &'s ServicePortEntry,
+    labels: &Labels,
 ) -> Cow<'s, [WeightedDestination]> {
-    match &sp.tcp_route {
-        Some(d) => Cow::Borrowed(d.as_slice()),
+    match sp.tcp_rule(labels) {
+        Some(r) => Cow::Borrowed(r.route.as_slice()),
         None => Cow::Owned(vec![default_destination(svc, Some(sp.number))]),
     }
 }

@@ -134,8 +134,31 @@ pub struct ServicePortEntry {
     pub target_port: Option<u16>,
     /// HTTP rules (mesh-bound VirtualServices) that apply on this port.
     pub http_routes: Vec<Arc<HttpRouteRule>>,
-    /// TCP destinations (mesh-bound VirtualServices), first rule that applies.
-    pub tcp_route: Option<Vec<WeightedDestination>>,
+    /// TCP rules of mesh-bound VirtualServices on this port, in order:
+    /// the first whose `sourceLabels` the caller carries decides; none,
+    /// every workload of the service.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tcp_routes: Vec<TcpRule>,
+}
+
+/// A TCP rule of a mesh-bound VirtualService on one service port.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpRule {
+    /// Labels the calling workload must carry (none: every caller).
+    #[serde(skip_serializing_if = "Labels::is_empty")]
+    pub source_labels: Labels,
+    /// Where the connection goes.
+    pub route: Vec<WeightedDestination>,
+}
+
+impl ServicePortEntry {
+    /// The TCP rule for a caller carrying `labels`, if any applies.
+    pub fn tcp_rule(&self, labels: &Labels) -> Option<&TcpRule> {
+        self.tcp_routes
+            .iter()
+            .find(|r| crate::resources::common::labels_match(&r.source_labels, labels))
+    }
 }
 
 /// A service: a ServiceEntry host.
@@ -780,13 +803,44 @@ impl RuleIndex {
     }
 }
 
-/// Gives a service's opaque TCP ports that have no route yet `dests`,
-/// where one of `ports` (a TCP route's matches: `None` any port) applies.
-fn attach_tcp(svc: &mut Service, ports: &[Option<u16>], dests: &[WeightedDestination]) {
+/// A TCP match as it applies to mesh traffic: the port (`None` any) and
+/// the callers' labels.
+type TcpMatch = (Option<u16>, Labels);
+
+/// A TCP route's matches that apply to mesh traffic. Empty when the route
+/// has no match (it applies to every port and caller); `None` when every
+/// match names gateways only.
+fn mesh_tcp_matches(tcp: &crate::resources::networking::TcpRoute) -> Option<Vec<TcpMatch>> {
+    let ms: Vec<TcpMatch> = tcp
+        .matches
+        .iter()
+        .filter(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+        .map(|m| (m.port, m.source_labels.clone()))
+        .collect();
+    (tcp.matches.is_empty() || !ms.is_empty()).then_some(ms)
+}
+
+/// Adds to a service's opaque TCP ports the rule `dests` for the callers
+/// of each of `matches` that applies to the port (none: every port, every
+/// caller), after the rules they have.
+fn attach_tcp(svc: &mut Service, matches: &[(Option<u16>, Labels)], dests: &[WeightedDestination]) {
     for p in &mut svc.ports {
-        let applies = ports.is_empty() || ports.iter().any(|m| m.is_none_or(|n| n == p.number));
-        if applies && p.tcp_route.is_none() && !p.protocol.is_http() {
-            p.tcp_route = Some(dests.to_vec());
+        if p.protocol.is_http() {
+            continue;
+        }
+        if matches.is_empty() {
+            p.tcp_routes.push(TcpRule {
+                source_labels: Labels::new(),
+                route: dests.to_vec(),
+            });
+        }
+        for (port, labels) in matches {
+            if port.is_none_or(|n| n == p.number) {
+                p.tcp_routes.push(TcpRule {
+                    source_labels: labels.clone(),
+                    route: dests.to_vec(),
+                });
+            }
         }
     }
 }
@@ -1066,7 +1120,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
     }
 
     // VirtualServices.
-    let mut wild_tcp: Vec<(String, Vec<Option<u16>>, Vec<WeightedDestination>)> = Vec::new();
+    let mut wild_tcp: Vec<(String, Vec<TcpMatch>, Vec<WeightedDestination>)> = Vec::new();
     for vs in &r.virtual_services {
         let ns = vs.namespace();
         let mut rules = Vec::new();
@@ -1109,7 +1163,9 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     .iter()
                     .map(|d| weighted(&mesh, ns, &d.destination, d.weight, tcp.route.len(), None))
                     .collect();
-                let ports: Vec<Option<u16>> = tcp.matches.iter().map(|m| m.port).collect();
+                let Some(ports) = mesh_tcp_matches(tcp) else {
+                    continue;
+                };
                 for host in &vs.spec.hosts {
                     let host = mesh.resolve_host(host, ns);
                     if let Some(svc) = snap.services.get_mut(&host) {
@@ -1366,7 +1422,7 @@ fn service_port(p: &ServicePort) -> ServicePortEntry {
         }),
         target_port: p.target_port,
         http_routes: Vec::new(),
-        tcp_route: None,
+        tcp_routes: Vec::new(),
     }
 }
 

@@ -213,10 +213,6 @@ fn fields_without_effect_here_are_refused_by_name() {
         )
     };
     for (pool, field) in [
-        (
-            "{http: {maxRequestsPerConnection: 1}}",
-            "maxRequestsPerConnection",
-        ),
         ("{http: {maxRetries: 3}}", "maxRetries"),
         ("{http: {idleTimeout: 30s}}", "idleTimeout"),
         ("{tcp: {tcpKeepalive: {time: 7200s}}}", "tcpKeepalive"),
@@ -225,6 +221,10 @@ fn fields_without_effect_here_are_refused_by_name() {
     }
     read(&dr(
         "{http: {http1MaxPendingRequests: 1, http2MaxRequests: 10}, tcp: {maxConnections: 5}}",
+    ));
+    // Honoured now (the connection retired after N requests; HTTP/2 PINGs).
+    read(&dr(
+        "{http: {maxRequestsPerConnection: 1, http2KeepAlive: {interval: 15s, timeout: 5s}}}",
     ));
     // Honoured now (locality load balancing, networks, endpoint weights).
     for extra in ["network: vm-net", "locality: us-east1/b", "weight: 3"] {

@@ -440,9 +440,9 @@ spec:
     let s = snap(yaml);
     let route = |host: &str| {
         s.services[host].ports[0]
-            .tcp_route
-            .as_ref()
-            .map(|d| d[0].host.clone())
+            .tcp_routes
+            .first()
+            .map(|r| r.route[0].host.clone())
     };
     // The exact VirtualService wins for its host, even read after.
     assert_eq!(route("db.corp.local").as_deref(), Some("db.corp.local"));

@@ -1179,3 +1179,60 @@ async fn http2_keep_alive_closes_a_connection_whose_peer_went_silent() {
         }
     }
 }
+
+/// A TCP server that writes `name` to every connection and closes it.
+async fn tcp_namer(name: &'static str) -> u16 {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let _ = tcp.write_all(name.as_bytes()).await;
+        }
+    });
+    port
+}
+
+/// A VirtualService's TCP routes choose by the caller's labels
+/// (`sourceLabels`), first rule that applies; a match restricted to a
+/// gateway is not the mesh's; a caller no rule is for goes where the last,
+/// unconditional rule says.
+#[tokio::test]
+async fn tcp_routes_choose_by_the_callers_labels_and_skip_gateway_only_matches() {
+    use mesh_tower::traffic::TcpRouter;
+    use tokio::io::AsyncReadExt;
+    let (v1, v2) = (tcp_namer("v1").await, tcp_namer("v2").await);
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: db}}\n\
+         spec: {{hosts: [db], ports: [{{number: 5432, name: tcp-db, protocol: TCP}}], workloadSelector: {{labels: {{app: db}}}}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: db-v1}}\n\
+         spec: {{address: 127.0.0.1, ports: {{tcp-db: {v1}}}, labels: {{app: db, version: v1}}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: db-v2}}\n\
+         spec: {{address: 127.0.0.1, ports: {{tcp-db: {v2}}}, labels: {{app: db, version: v2}}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: reporting}}\nspec: {{address: 127.0.0.2, labels: {{app: reporting}}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: shop}}\nspec: {{address: 127.0.0.3, labels: {{app: shop}}}}\n---\n\
+         apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: plaintext}}\nspec: {{mtls: {{mode: DISABLE}}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: db}}\n\
+         spec:\n  host: db\n  trafficPolicy: {{tls: {{mode: DISABLE}}}}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: db}}\n\
+         spec:\n  hosts: [db]\n  tcp:\n\
+         \x20 - match: [{{port: 5432, gateways: [edge]}}]\n    route: [{{destination: {{host: db, subset: v2}}}}]\n\
+         \x20 - match: [{{port: 5432, sourceLabels: {{app: reporting}}}}]\n    route: [{{destination: {{host: db, subset: v2}}}}]\n\
+         \x20 - route: [{{destination: {{host: db, subset: v1}}}}]\n"
+    );
+    let (_r, store) = router(&yaml);
+    for (caller, want) in [("default/reporting", "v2"), ("default/shop", "v1")] {
+        let tcp = TcpRouter::new(store.clone(), "default", None).located(
+            Some(caller.to_owned()),
+            None,
+            None,
+        );
+        for _ in 0..5 {
+            let mut conn = tcp.connect("db", 5432).await.unwrap();
+            let mut got = String::new();
+            conn.io.read_to_string(&mut got).await.unwrap();
+            assert_eq!(got, want, "{caller}");
+        }
+    }
+}

@@ -154,9 +154,9 @@ impl TcpRouter {
     pub async fn connect(&self, host: &str, port: u16) -> Result<TcpConnection, MeshError> {
         let snap = self.store.load();
         let (svc, sp) = service_port(&snap, host, port, &self.namespace)?;
-        let dests = tcp_destinations(svc, sp);
-        let now = Instant::now();
         let me = self.place.whereabouts(&snap);
+        let dests = tcp_destinations(svc, sp, &me.labels);
+        let now = Instant::now();
         let dest = choose_destination(
             &dests,
             |d| pick::has_available(&snap, d, port, &self.state, now, me.network.as_deref()),
