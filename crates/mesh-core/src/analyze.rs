@@ -608,9 +608,18 @@ fn gateway_tls(resources: &crate::resources::Resources, out: &mut Vec<Finding>) 
                                 why.push("MUTUAL needs tls.caCertificates".to_owned());
                             }
                         }
-                        Some(m @ (ServerTlsMode::Passthrough | ServerTlsMode::IstioMutual)) => {
+                        Some(ServerTlsMode::Passthrough)
+                            if !matches!(server.port.protocol, Protocol::Https | Protocol::Tls) =>
+                        {
                             why.push(format!(
-                                "tls.mode {m:?} is not supported; use SIMPLE or MUTUAL"
+                                "tls.mode PASSTHROUGH needs protocol TLS or HTTPS, not {}",
+                                server.port.protocol
+                            ));
+                        }
+                        Some(ServerTlsMode::Passthrough) => {}
+                        Some(m @ ServerTlsMode::IstioMutual) => {
+                            why.push(format!(
+                                "tls.mode {m:?} is not supported; use SIMPLE, MUTUAL or PASSTHROUGH"
                             ));
                         }
                         None if https => {
@@ -923,6 +932,23 @@ fn routes(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Find
                     weight: d
                         .weight
                         .unwrap_or(if tcp.route.len() == 1 { 100 } else { 0 }),
+                    headers: None,
+                })
+                .collect();
+            destinations(snap, &at, &vs.source, &dests, dests.len(), out);
+        }
+        for (i, tls) in vs.spec.tls.iter().enumerate() {
+            let at = format!("{} tls[{i}]", vs.source);
+            let dests: Vec<WeightedDestination> = tls
+                .route
+                .iter()
+                .map(|d| WeightedDestination {
+                    host: snap.mesh.resolve_host(&d.destination.host, vs.namespace()),
+                    subset: d.destination.subset.clone(),
+                    port: d.destination.port.map(|p| p.number),
+                    weight: d
+                        .weight
+                        .unwrap_or(if tls.route.len() == 1 { 100 } else { 0 }),
                     headers: None,
                 })
                 .collect();

@@ -274,6 +274,54 @@ pub struct GatewayEntry {
     /// One table per server (same order as `servers`): what the server
     /// serves. Requests are routed by these ([`GatewayEntry::route`]).
     pub server_routes: Vec<crate::gateway::RouteTable>,
+    /// TLS routes of the VirtualServices bound to the Gateway, in load
+    /// order, for its PASSTHROUGH servers ([`GatewayEntry::tls_route`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls_routes: Vec<Arc<TlsRouteRule>>,
+}
+
+/// A TLS route of a VirtualService bound to a Gateway, compiled.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRouteRule {
+    /// The VirtualService.
+    pub source: ResourceRef,
+    /// Its index in `spec.tls`.
+    pub index: usize,
+    /// The matches that apply to this Gateway (OR).
+    pub matches: Vec<TlsRouteMatch>,
+    /// Where a matching connection goes.
+    pub route: Vec<WeightedDestination>,
+}
+
+/// One match of a [`TlsRouteRule`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRouteMatch {
+    /// SNI patterns, lowercase.
+    pub sni_hosts: Vec<String>,
+    /// The gateway port, if the match names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl GatewayEntry {
+    /// The first TLS route for a connection to `port` whose ClientHello
+    /// named `sni` (compared without case).
+    pub fn tls_route(&self, port: u16, sni: &str) -> Option<&TlsRouteRule> {
+        let sni = sni.to_ascii_lowercase();
+        self.tls_routes
+            .iter()
+            .find(|r| {
+                r.matches.iter().any(|m| {
+                    m.port.is_none_or(|p| p == port)
+                        && m.sni_hosts
+                            .iter()
+                            .any(|h| crate::visibility::host_matches(h, &sni))
+                })
+            })
+            .map(|r| &**r)
+    }
 }
 
 /// A normalised peer-authentication policy: PeerAuthentication, or a legacy
@@ -1115,6 +1163,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                 servers: g.spec.servers.clone(),
                 routes: BTreeMap::new(),
                 server_routes: Vec::new(),
+                tls_routes: Vec::new(),
             },
         );
     }
@@ -1153,6 +1202,38 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                         .entry(host.to_ascii_lowercase())
                         .or_default()
                         .extend(rules.iter().cloned());
+                }
+            }
+        }
+        for (i, tls) in vs.spec.tls.iter().enumerate() {
+            let route: Vec<WeightedDestination> = tls
+                .route
+                .iter()
+                .map(|d| weighted(&mesh, ns, &d.destination, d.weight, tls.route.len(), None))
+                .collect();
+            for gw in gateways.iter().filter(|g| *g != "mesh") {
+                let Some(entry) = snap.gateways.get_mut(gw) else {
+                    continue;
+                };
+                let matches: Vec<TlsRouteMatch> = tls
+                    .matches
+                    .iter()
+                    .filter(|m| {
+                        m.gateways.is_empty()
+                            || m.gateways.iter().any(|g| gateway_key(g, ns) == *gw)
+                    })
+                    .map(|m| TlsRouteMatch {
+                        sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                        port: m.port,
+                    })
+                    .collect();
+                if !matches.is_empty() {
+                    entry.tls_routes.push(Arc::new(TlsRouteRule {
+                        source: vs.source.clone(),
+                        index: i,
+                        matches,
+                        route: route.clone(),
+                    }));
                 }
             }
         }

@@ -192,6 +192,75 @@ fn virtual_service(c: &mut Checker<'_>, vs: &VirtualService) {
         let weights: Vec<Option<u32>> = route.route.iter().map(|d| d.weight).collect();
         weights_present(c, &f, &weights);
     }
+    for (i, route) in vs.tls.iter().enumerate() {
+        tls_route(c, &format!("spec.tls[{i}]"), route, vs, mesh_bound);
+    }
+}
+
+/// Istio's checks of a TLS route (`validateTLSRoute`), and what this mesh
+/// refuses: mesh-bound TLS routes (the sidecars route TLS by port, not
+/// SNI) and the match fields it does not read.
+fn tls_route(
+    c: &mut Checker<'_>,
+    f: &str,
+    r: &crate::resources::networking::TlsRoute,
+    vs: &VirtualService,
+    mesh_bound: bool,
+) {
+    if mesh_bound {
+        c.err(
+            f.to_owned(),
+            "TLS routes are read for Gateway PASSTHROUGH servers only: the sidecars do not route TLS by SNI; bind the VirtualService to its Gateways (without `mesh`)",
+        );
+    }
+    if r.matches.is_empty() {
+        c.err(format!("{f}.match"), "at least one match is required");
+    }
+    if r.route.is_empty() {
+        c.err(format!("{f}.route"), "at least one destination is required");
+    }
+    let weights: Vec<Option<u32>> = r.route.iter().map(|d| d.weight).collect();
+    weights_present(c, f, &weights);
+    for (j, m) in r.matches.iter().enumerate() {
+        let mf = format!("{f}.match[{j}]");
+        if m.sni_hosts.is_empty() {
+            c.err(
+                format!("{mf}.sniHosts"),
+                "at least one SNI host is required",
+            );
+        }
+        for (k, sni) in m.sni_hosts.iter().enumerate() {
+            let sf = format!("{mf}.sniHosts[{k}]");
+            if sni.is_empty() {
+                c.err(sf.clone(), "is empty");
+                continue;
+            }
+            c.wildcard(&sf, sni);
+            let within = vs.hosts.iter().any(|h| {
+                crate::visibility::host_matches(h, sni) || crate::visibility::host_matches(sni, h)
+            });
+            if !within {
+                c.err(
+                    sf,
+                    format!(
+                        "`{sni}` is not a compatible subset of any of the VirtualService's hosts"
+                    ),
+                );
+            }
+        }
+        for (name, set) in [
+            ("destinationSubnets", !m.destination_subnets.is_empty()),
+            ("sourceLabels", !m.source_labels.is_empty()),
+            ("sourceNamespace", m.source_namespace.is_some()),
+        ] {
+            if set {
+                c.err(
+                    format!("{mf}.{name}"),
+                    "is not read for TLS routes at a gateway: match by sniHosts, port and gateways",
+                );
+            }
+        }
+    }
 }
 
 fn weights_present(c: &mut Checker<'_>, f: &str, weights: &[Option<u32>]) {

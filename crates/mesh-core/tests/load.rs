@@ -470,3 +470,72 @@ fn http2_keep_alive_needs_an_interval_and_durations_of_a_millisecond_or_more() {
     )
     .unwrap();
 }
+
+#[test]
+fn tls_routes_are_read_for_gateways_and_checked_as_istio_checks_them() {
+    let vs = |gateways: &str, tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\n\
+             spec: {{hosts: [a.example.test, '*.b.example.test'], {gateways}tls: [{tls}]}}\n"
+        )
+    };
+    let route = "route: [{destination: {host: a, port: {number: 443}}}]";
+    load_str(
+        Path::new("test.yaml"),
+        &vs(
+            "gateways: [edge], ",
+            &format!(
+                "{{match: [{{port: 443, sniHosts: [a.example.test, x.b.example.test]}}], {route}}}"
+            ),
+        ),
+    )
+    .unwrap();
+    // For mesh traffic: refused by name (the sidecars route TLS by port).
+    let text = one_error(
+        &vs(
+            "",
+            &format!("{{match: [{{sniHosts: [a.example.test]}}], {route}}}"),
+        ),
+        "spec.tls[0]",
+    );
+    assert!(text.contains("Gateway PASSTHROUGH servers only"), "{text}");
+    one_error(
+        &vs("gateways: [edge], ", &format!("{{{route}}}")),
+        "spec.tls[0].match",
+    );
+    one_error(
+        &vs(
+            "gateways: [edge], ",
+            &format!("{{match: [{{port: 443}}], {route}}}"),
+        ),
+        "spec.tls[0].match[0].sniHosts",
+    );
+    let text = one_error(
+        &vs(
+            "gateways: [edge], ",
+            &format!("{{match: [{{sniHosts: [c.example.test]}}], {route}}}"),
+        ),
+        "spec.tls[0].match[0].sniHosts[0]",
+    );
+    assert!(text.contains("not a compatible subset"), "{text}");
+    one_error(
+        &vs(
+            "gateways: [edge], ",
+            "{match: [{sniHosts: [a.example.test]}]}",
+        ),
+        "spec.tls[0].route",
+    );
+    for (field, value) in [
+        ("destinationSubnets", "[10.0.0.0/8]"),
+        ("sourceLabels", "{app: x}"),
+        ("sourceNamespace", "prod"),
+    ] {
+        one_error(
+            &vs(
+                "gateways: [edge], ",
+                &format!("{{match: [{{sniHosts: [a.example.test], {field}: {value}}}], {route}}}"),
+            ),
+            &format!("spec.tls[0].match[0].{field}"),
+        );
+    }
+}

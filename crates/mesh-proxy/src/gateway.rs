@@ -395,6 +395,8 @@ enum PortPlan {
         servers: Arc<[usize]>,
         redirect: Option<u16>,
     },
+    /// TLS PASSTHROUGH: routed by SNI, never opened.
+    Passthrough(Arc<crate::passthrough::PassthroughPort>),
 }
 
 fn resolve(base: &Path, file: &str) -> PathBuf {
@@ -667,6 +669,23 @@ async fn serve(
         ns,
         name,
     ));
+    let passthrough = Arc::new(crate::passthrough::Passthrough {
+        store: store.clone(),
+        key: key.clone(),
+        tcp: mesh_tower::traffic::TcpRouter::new(
+            store.clone(),
+            ns,
+            Some(MeshConnector::new(identity.store().clone())),
+        )
+        .with_peer(me.peer_header()),
+        telemetry: mesh_tower::telemetry::TcpTelemetry::outbound(registry.clone(), me.clone())
+            .with_settings(telemetry.clone()),
+        authz: mesh_tower::authz::AuthorizeLayer::new(
+            store.clone(),
+            mesh_tower::authz::LocalWorkload::gateway(&key, id.namespace().unwrap_or(ns)),
+        ),
+        handshake_timeout,
+    });
     let router = crate::sidecar::outbound_stack(router, registry.clone(), me, telemetry);
     // The policies of the gateway's own workload (Istio's
     // `selector: {istio: ingressgateway}`): RequestAuthentication and
@@ -689,7 +708,25 @@ async fn serve(
     for (socket, group) in ports {
         let port = socket.local_addr().port();
         let protocol = servers[group[0]].port.protocol;
+        let passthrough = |i: &usize| {
+            servers[*i]
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.mode == Some(ServerTlsMode::Passthrough))
+        };
         let how = match protocol {
+            Protocol::Https | Protocol::Tls if group.iter().all(passthrough) => {
+                PortPlan::Passthrough(Arc::new(crate::passthrough::PassthroughPort {
+                    port,
+                    hosts: group
+                        .iter()
+                        .flat_map(|&i| servers[i].hosts.iter().cloned())
+                        .collect(),
+                }))
+            }
+            Protocol::Https | Protocol::Tls if group.iter().any(passthrough) => bail!(
+                "gateway port {port}: PASSTHROUGH and terminating servers on one port are not supported; give PASSTHROUGH a port of its own"
+            ),
             Protocol::Https => PortPlan::Https(Arc::new(TlsServers {
                 servers: group
                     .iter()
@@ -713,7 +750,9 @@ async fn serve(
                 }
             }
             other => {
-                bail!("gateway port {port}: protocol {other} is not supported; use HTTP or HTTPS")
+                bail!(
+                    "gateway port {port}: protocol {other} is not supported; use HTTP, HTTPS, or TLS with tls.mode PASSTHROUGH"
+                )
             }
         };
         planned.push((socket, group, how));
@@ -759,6 +798,18 @@ async fn serve(
                                 }
                             }
                         });
+                    },
+                )));
+            }
+            PortPlan::Passthrough(pass) => {
+                tracing::info!(port, hosts = ?pass.hosts, "TLS PASSTHROUGH listening");
+                let passthrough = passthrough.clone();
+                serving.push(Box::pin(accept_loop(
+                    listener,
+                    drain.clone(),
+                    move |tcp, remote| {
+                        let (passthrough, pass) = (passthrough.clone(), pass.clone());
+                        tokio::spawn(async move { passthrough.serve(&pass, tcp, remote).await });
                     },
                 )));
             }

@@ -44,6 +44,8 @@ pub mod check;
 #[cfg(feature = "gateway")]
 mod gateway;
 mod identity;
+#[cfg(feature = "gateway")]
+mod passthrough;
 mod runtime;
 mod sidecar;
 

@@ -273,6 +273,18 @@ impl AuthorizeLayer {
         self.decide_connection(peer.spiffe_id(), Sni::of(peer.sni()), client, local)
     }
 
+    /// [`check_connection`](Self::check_connection) for a TLS connection
+    /// the proxy routes without terminating (a Gateway's PASSTHROUGH
+    /// server): no verified peer, and the SNI its ClientHello named.
+    pub fn check_passthrough(
+        &self,
+        sni: Option<&str>,
+        client: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) -> AuthzDecision {
+        self.decide_connection(None, Sni::of(sni), client, local)
+    }
+
     fn decide_connection(
         &self,
         peer: Option<&SpiffeId>,

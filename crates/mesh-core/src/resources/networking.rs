@@ -29,6 +29,10 @@ pub struct VirtualService {
     /// Opaque TCP routes.
     #[serde(default)]
     pub tcp: Vec<TcpRoute>,
+    /// TLS routes by SNI, for a Gateway's PASSTHROUGH servers (the mesh's
+    /// sidecars do not route TLS by SNI: refused for mesh traffic).
+    #[serde(default)]
+    pub tls: Vec<TlsRoute>,
     /// Namespaces the resource is visible to ([`crate::visibility`]).
     #[serde(default)]
     pub export_to: Vec<String>,
@@ -361,6 +365,44 @@ pub struct TcpRoute {
     /// Weighted destinations.
     #[serde(default)]
     pub route: Vec<RouteDestination>,
+}
+
+/// A TLS route: connections whose ClientHello names one of a match's SNI
+/// hosts go, still encrypted, to the weighted destinations.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRoute {
+    /// Conditions (OR); at least one.
+    #[serde(default, rename = "match")]
+    pub matches: Vec<TlsMatch>,
+    /// Weighted destinations.
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// A TLS match condition.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsMatch {
+    /// Server names (SNI) matched, wildcards allowed (`*.example.com`,
+    /// `*`); at least one, each within the VirtualService's hosts.
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+    /// The gateway port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Gateways this condition is restricted to.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// Destination IP ranges: not read (refused when set).
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    /// Labels of the calling workload: not read (refused when set).
+    #[serde(default)]
+    pub source_labels: Labels,
+    /// The calling workload's namespace: not read (refused when set).
+    #[serde(default)]
+    pub source_namespace: Option<String>,
 }
 
 /// A TCP match condition.

@@ -156,17 +156,42 @@ impl TcpRouter {
         let (svc, sp) = service_port(&snap, host, port, &self.namespace)?;
         let me = self.place.whereabouts(&snap);
         let dests = tcp_destinations(svc, sp, &me.labels);
+        self.connect_to(&snap, &dests, port, &me, &svc.host).await
+    }
+
+    /// Opens a connection to one of `dests` (a route chose them: a
+    /// Gateway's TLS route), `port` standing for a destination that names
+    /// none; a second endpoint is tried when the first cannot be reached.
+    pub async fn connect_routed(
+        &self,
+        dests: &[mesh_core::route::WeightedDestination],
+        port: u16,
+    ) -> Result<TcpConnection, MeshError> {
+        let snap = self.store.load();
+        let me = self.place.whereabouts(&snap);
+        let target = dests.first().map(|d| d.host.clone()).unwrap_or_default();
+        self.connect_to(&snap, dests, port, &me, &target).await
+    }
+
+    async fn connect_to(
+        &self,
+        snap: &mesh_core::snapshot::Snapshot,
+        dests: &[mesh_core::route::WeightedDestination],
+        port: u16,
+        me: &mesh_core::locality::Whereabouts,
+        target: &str,
+    ) -> Result<TcpConnection, MeshError> {
         let now = Instant::now();
         let dest = choose_destination(
-            &dests,
-            |d| pick::has_available(&snap, d, port, &self.state, now, me.network.as_deref()),
+            dests,
+            |d| pick::has_available(snap, d, port, &self.state, now, me.network.as_deref()),
             None,
             || self.random.next_u64(),
         )
         .ok_or_else(|| MeshError::NoHealthyEndpoint {
-            target: svc.host.clone(),
+            target: target.to_owned(),
         })?;
-        let planned = resolve_destination(&snap, dest, port)?;
+        let planned = resolve_destination(snap, dest, port)?;
         let subset = planned.subset;
         let policy = &planned.policy;
         let connect_timeout = mesh_core::plan::connect_timeout(policy);
@@ -175,11 +200,11 @@ impl TcpRouter {
             .as_ref()
             .and_then(OutlierPolicy::from_config);
         let (eps, spread) = pick::Spread::of(
-            &snap,
+            snap,
             planned.endpoints.clone(),
             policy.load_balancer.as_ref(),
             outlier.is_some(),
-            &me,
+            me,
         );
         let eps = &eps;
         let set = pick::EndpointSet::Tcp {
@@ -204,14 +229,14 @@ impl TcpRouter {
                 break;
             };
             let mtls = planned
-                .endpoint_tls(&snap, &ep)
+                .endpoint_tls(snap, &ep)
                 .and_then(mesh_core::plan::opaque_tls)
                 .map_err(|why| MeshError::CannotSecure {
                     host: dest.host.clone(),
                     why,
                 })?
                 == EndpointTls::MeshMtls;
-            let allowed = planned.identities(&snap, &ep);
+            let allowed = planned.identities(snap, &ep);
             match self.dial(&ep.key, mtls, &allowed, connect_timeout).await {
                 Ok((io, peer)) => {
                     if let Some(op) = &outlier {

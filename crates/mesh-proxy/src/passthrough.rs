@@ -1,0 +1,180 @@
+//! A Gateway's TLS PASSTHROUGH servers: the client's TLS goes through the
+//! gateway unopened, to the destination a VirtualService's `tls` route
+//! names by SNI, as Istio's ingress gateway passes it (an app that
+//! terminates its own TLS; a control plane exposed to other clusters).
+//!
+//! Per connection: the ClientHello is read (rustls parses it; nothing is
+//! answered, nothing decrypted) within the handshake timeout; its SNI must
+//! be named by one of the port's servers' hosts and by a TLS route bound
+//! to the Gateway (a connection without SNI, or with one nothing names, is
+//! closed); the gateway's own AuthorizationPolicies decide on it as on
+//! any TCP connection (source IP, port, `connection.sni`); then the TCP
+//! router dials the route's destination (mesh mTLS to a workload with a
+//! sidecar, whose port must be opaque: TLS or TCP), replays the
+//! ClientHello and copies both ways. Counted as `istio_tcp_*` with the
+//! gateway as the source.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use mesh_core::store::Store;
+use mesh_tower::authz::AuthorizeLayer;
+use mesh_tower::telemetry::{DestinationInfo, TcpTelemetry};
+use mesh_tower::traffic::TcpRouter;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The most a ClientHello may take before the gateway gives up on it
+/// (rustls' own limit on a handshake message is 64 KiB).
+const MAX_HELLO: usize = 64 * 1024;
+
+/// What every PASSTHROUGH connection of a gateway shares.
+pub(crate) struct Passthrough {
+    pub(crate) store: Arc<Store>,
+    /// The Gateway, `namespace/name`.
+    pub(crate) key: String,
+    pub(crate) tcp: TcpRouter,
+    pub(crate) telemetry: TcpTelemetry,
+    /// The gateway workload's policies.
+    pub(crate) authz: AuthorizeLayer,
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// One PASSTHROUGH port: its servers' hosts (as the Gateway wrote them).
+pub(crate) struct PassthroughPort {
+    pub(crate) port: u16,
+    pub(crate) hosts: Vec<String>,
+}
+
+impl Passthrough {
+    /// Serves one connection (see the module docs); every refusal closes
+    /// it and is logged at INFO.
+    pub(crate) async fn serve(
+        &self,
+        port: &PassthroughPort,
+        mut tcp: TcpStream,
+        remote: SocketAddr,
+    ) {
+        let local = tcp.local_addr().ok();
+        let hello = tokio::time::timeout(self.handshake_timeout, read_client_hello(&mut tcp)).await;
+        let (hello, sni) = match hello {
+            Err(_) => {
+                tracing::info!(%remote, port = port.port, "no ClientHello within the handshake timeout");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::info!(%remote, port = port.port, error = %e, "not a TLS ClientHello");
+                return;
+            }
+            Ok(Ok(got)) => got,
+        };
+        let Some(sni) = sni else {
+            tracing::info!(%remote, port = port.port, "a ClientHello without SNI: nothing to route by");
+            return;
+        };
+        let snap = self.store.load();
+        let ns = self.key.split_once('/').map_or("default", |(ns, _)| ns);
+        // The servers whose hosts name the SNI, as the namespaces whose
+        // VirtualServices they take (`None`: any).
+        let namespaces: Vec<Option<&str>> = port
+            .hosts
+            .iter()
+            .map(|h| mesh_core::gateway::split_server_host(h, ns))
+            .filter(|(_, host)| mesh_core::gateway::host_matches(host, &sni))
+            .map(|(ns, _)| ns)
+            .collect();
+        if namespaces.is_empty() {
+            tracing::info!(%remote, port = port.port, sni, "no server of this port names the SNI");
+            return;
+        }
+        let decision = self
+            .authz
+            .check_passthrough(Some(&sni), Some(remote), local);
+        if !decision.allowed {
+            tracing::info!(%remote, port = port.port, sni, reason = %decision.reason, "connection denied");
+            return;
+        }
+        let Some(rule) = snap.gateways.get(&self.key).and_then(|g| {
+            g.tls_route(port.port, &sni).filter(|r| {
+                namespaces
+                    .iter()
+                    .any(|n| n.is_none_or(|n| n == r.source.namespace))
+            })
+        }) else {
+            tracing::info!(%remote, port = port.port, sni, "no TLS route of the Gateway names the SNI");
+            return;
+        };
+        let first = rule
+            .route
+            .first()
+            .map(|d| d.host.as_str())
+            .unwrap_or_default();
+        let info = snap.services.get(first).map_or_else(
+            || DestinationInfo::new(first, "unknown"),
+            DestinationInfo::for_service,
+        );
+        match self.tcp.connect_routed(&rule.route, port.port).await {
+            Ok(mut up) => {
+                let info = info.with_mtls(up.peer.is_some());
+                let info = match up.workload.clone() {
+                    Some(w) => info.with_workload(w),
+                    None => info,
+                };
+                let mut local = self.telemetry.connected(&info).wrap(tcp);
+                if let Err(e) = up.io.write_all(&hello).await {
+                    tracing::info!(%remote, endpoint = %up.endpoint, error = %e, "the destination closed before the ClientHello");
+                    return;
+                }
+                match tokio::io::copy_bidirectional(&mut local, &mut up.io).await {
+                    Ok((sent, received)) => {
+                        tracing::debug!(sni, endpoint = %up.endpoint, sent, received, "passthrough closed")
+                    }
+                    Err(e) => {
+                        tracing::debug!(sni, endpoint = %up.endpoint, error = %e, "passthrough broke")
+                    }
+                }
+            }
+            Err(e) => {
+                let mut conn = self.telemetry.connected(&info);
+                conn.set_response_flags(e.response_flag());
+                tracing::info!(%remote, sni, reason = %e, flag = e.response_flag(), "passthrough connection failed");
+            }
+        }
+    }
+}
+
+/// Reads until a whole ClientHello has come: the bytes read (to replay to
+/// the destination) and the SNI it names, lowercase. rustls parses it, so
+/// what is routed on is what a TLS server would read.
+async fn read_client_hello(tcp: &mut TcpStream) -> Result<(Vec<u8>, Option<String>)> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
+            bail!("the client closed before its ClientHello");
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if seen.len() > MAX_HELLO {
+            bail!("a ClientHello of more than {MAX_HELLO} bytes");
+        }
+        let mut chunk = &buf[..n];
+        while !chunk.is_empty() {
+            acceptor.read_tls(&mut chunk)?;
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                let sni = accepted
+                    .client_hello()
+                    .server_name()
+                    .map(str::to_ascii_lowercase);
+                return Ok((seen, sni));
+            }
+            Ok(None) => {}
+            Err((e, _alert)) => bail!("{e}"),
+        }
+    }
+}
