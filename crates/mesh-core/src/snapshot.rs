@@ -870,25 +870,47 @@ fn mesh_tcp_matches(tcp: &crate::resources::networking::TcpRoute) -> Option<Vec<
 
 /// Adds to a service's opaque TCP ports the rule `dests` for the callers
 /// of each of `matches` that applies to the port (none: every port, every
-/// caller), after the rules they have.
-fn attach_tcp(svc: &mut Service, matches: &[(Option<u16>, Labels)], dests: &[WeightedDestination]) {
+/// caller), after the rules they have. One VirtualService decides a port
+/// (`owner`, its key, in `owners` by host and port): the first that
+/// attaches a rule to it, an exact host's before any wildcard's, the most
+/// specific wildcard first; a caller none of its rules is for gets the
+/// default route, never another VirtualService's.
+fn attach_tcp(
+    svc: &mut Service,
+    owner: &str,
+    owners: &mut HashMap<(String, u16), String>,
+    matches: &[TcpMatch],
+    dests: &[WeightedDestination],
+) {
     for p in &mut svc.ports {
         if p.protocol.is_http() {
             continue;
         }
-        if matches.is_empty() {
+        let labels: Vec<&Labels> = if matches.is_empty() {
+            static ANY: std::sync::LazyLock<Labels> = std::sync::LazyLock::new(Labels::new);
+            vec![&*ANY]
+        } else {
+            matches
+                .iter()
+                .filter(|(port, _)| port.is_none_or(|n| n == p.number))
+                .map(|(_, labels)| labels)
+                .collect()
+        };
+        if labels.is_empty() {
+            continue;
+        }
+        match owners.entry((svc.host.clone(), p.number)) {
+            std::collections::hash_map::Entry::Occupied(o) if o.get() != owner => continue,
+            std::collections::hash_map::Entry::Occupied(_) => {}
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(owner.to_owned());
+            }
+        }
+        for l in labels {
             p.tcp_routes.push(TcpRule {
-                source_labels: Labels::new(),
+                source_labels: l.clone(),
                 route: dests.to_vec(),
             });
-        }
-        for (port, labels) in matches {
-            if port.is_none_or(|n| n == p.number) {
-                p.tcp_routes.push(TcpRule {
-                    source_labels: labels.clone(),
-                    route: dests.to_vec(),
-                });
-            }
         }
     }
 }
@@ -1169,7 +1191,8 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
     }
 
     // VirtualServices.
-    let mut wild_tcp: Vec<(String, Vec<TcpMatch>, Vec<WeightedDestination>)> = Vec::new();
+    let mut wild_tcp: Vec<(String, String, Vec<TcpMatch>, Vec<WeightedDestination>)> = Vec::new();
+    let mut tcp_owners: HashMap<(String, u16), String> = HashMap::default();
     for vs in &r.virtual_services {
         let ns = vs.namespace();
         let mut rules = Vec::new();
@@ -1247,13 +1270,14 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                 let Some(ports) = mesh_tcp_matches(tcp) else {
                     continue;
                 };
+                let owner = vs.source.key();
                 for host in &vs.spec.hosts {
                     let host = mesh.resolve_host(host, ns);
                     if let Some(svc) = snap.services.get_mut(&host) {
-                        attach_tcp(svc, &ports, &dests);
+                        attach_tcp(svc, &owner, &mut tcp_owners, &ports, &dests);
                     }
                     if crate::visibility::wildcard_key(&host).is_some() {
-                        wild_tcp.push((host, ports.clone(), dests.clone()));
+                        wild_tcp.push((host, owner.clone(), ports.clone(), dests.clone()));
                     }
                 }
             }
@@ -1261,11 +1285,19 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
     }
     // TCP routes of wildcard hosts, for the services under them that have
     // none of their own: the most specific pattern first.
-    wild_tcp.sort_by_key(|(pattern, _, _)| std::cmp::Reverse(pattern.len()));
+    wild_tcp.sort_by_key(|(pattern, _, _, _)| std::cmp::Reverse(pattern.len()));
     for svc in snap.services.values_mut() {
-        for (pattern, ports, dests) in &wild_tcp {
+        for (pattern, owner, ports, dests) in &wild_tcp {
             if crate::visibility::host_matches(pattern, &svc.host) {
-                attach_tcp(svc, ports, dests);
+                // Owned by the VirtualService and the pattern: the rules
+                // of one wildcard host decide a port, not a blend of them.
+                attach_tcp(
+                    svc,
+                    &format!("{owner} {pattern}"),
+                    &mut tcp_owners,
+                    ports,
+                    dests,
+                );
             }
         }
     }

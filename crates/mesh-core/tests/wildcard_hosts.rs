@@ -517,3 +517,59 @@ fn check_sees_a_conflict_of_a_rule_in_force_for_one_namespaces_clients() {
         report.findings
     );
 }
+
+/// One VirtualService decides a TCP port: an exact host's rules for some
+/// callers do not fall through to a wildcard VirtualService's for the
+/// others (they get the default route, as Istio's most specific host
+/// rule says).
+#[test]
+fn an_exact_virtual_services_tcp_rules_are_not_blended_with_a_wildcards() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.corp.local]
+  ports: [{number: 3306, name: mysql}]
+  workloadSelector: {labels: {app: db}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db-replica}
+spec:
+  hosts: [replica.corp.local]
+  ports: [{number: 3306, name: mysql}]
+  workloadSelector: {labels: {app: replica}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: all-db}
+spec:
+  hosts: ["*.corp.local"]
+  tcp:
+  - route: [{destination: {host: replica.corp.local}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db}
+spec:
+  hosts: [db.corp.local]
+  tcp:
+  - match: [{sourceLabels: {app: reports}}]
+    route: [{destination: {host: replica.corp.local}}]
+"#;
+    let s = snap(yaml);
+    let port = &s.services["db.corp.local"].ports[0];
+    assert_eq!(port.tcp_routes.len(), 1, "{:?}", port.tcp_routes);
+    let reports = mesh_core::resources::Labels::from([("app".to_owned(), "reports".to_owned())]);
+    assert!(port.tcp_rule(&reports).is_some());
+    assert!(
+        port.tcp_rule(&mesh_core::resources::Labels::new())
+            .is_none()
+    );
+    // The replica, which no exact VirtualService names, takes the wildcard's.
+    assert_eq!(
+        s.services["replica.corp.local"].ports[0].tcp_routes.len(),
+        1
+    );
+}

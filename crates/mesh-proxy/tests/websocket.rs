@@ -319,7 +319,7 @@ async fn hop_by_hop_headers_and_those_connection_names_never_reach_the_app() {
     // in a second `Connection` header, with spaces), `Keep-Alive`,
     // `Proxy-Connection`, a `TE` other than trailers, and an `Upgrade`
     // that is no upgrade (no `Connection: upgrade`).
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 6] = [
         (
             "Connection: keep-alive, X-Role\r\nx-role: admin\r\nKeep-Alive: timeout=5\r\n",
             &["connection", "keep-alive", "x-role"],
@@ -333,6 +333,12 @@ async fn hop_by_hop_headers_and_those_connection_names_never_reach_the_app() {
             &["proxy-connection", "te"],
         ),
         ("Upgrade: websocket\r\n", &["upgrade"]),
+        // Only WebSocket upgrades: h2c (request smuggling's favourite)
+        // arrives as the plain request it also is.
+        (
+            "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+            &["connection", "upgrade", "http2-settings"],
+        ),
         // Naming the mesh's own header does not make it vanish: the app
         // still learns the verified caller (and never a forged value).
         (
@@ -361,6 +367,29 @@ async fn hop_by_hop_headers_and_those_connection_names_never_reach_the_app() {
             "case {i}"
         );
     }
+    client_proxy.shutdown().await;
+    web.shutdown().await;
+}
+
+/// What the mesh adds to a request (a VirtualService's header changes)
+/// cannot be removed by naming it in `Connection`: the outbound sidecar
+/// strips where the request enters, before it adds anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cannot_remove_a_header_the_mesh_sets() {
+    let world = World::new();
+    let (app, seen) = counting_app().await;
+    let extra = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\n\
+                 spec: {hosts: [web], http: [{route: [{destination: {host: web}}], headers: {request: {set: {x-tenant: blue}}}}]}\n";
+    let (outbound, web, client_proxy) = pair(&world, app, extra).await;
+    let answer = raw(
+        outbound,
+        "GET /t HTTP/1.1\r\nHost: web\r\nConnection: x-tenant\r\nx-tenant: red\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), Some(200), "{answer}");
+    let h = seen.headers().pop().unwrap();
+    assert_eq!(h["x-tenant"], "blue", "{h:?}");
+    assert!(!h.contains_key("connection"), "{h:?}");
     client_proxy.shutdown().await;
     web.shutdown().await;
 }

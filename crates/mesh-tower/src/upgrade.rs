@@ -1,8 +1,9 @@
 //! HTTP/1.1 protocol upgrades through the proxy (RFC 9110 section 7.8):
-//! WebSocket, and any other protocol a client asks for with `Connection:
-//! upgrade` and `Upgrade`, as Istio's sidecars pass them (on by default
-//! since Istio 1.0; a VirtualService route's `websocketUpgrade: false`
-//! turns them off for that route, see [`NoUpgrade`]).
+//! WebSocket, as Istio's sidecars pass it (on by default since Istio 1.0; a
+//! VirtualService route's `websocketUpgrade: false` turns it off for that
+//! route, see [`NoUpgrade`]). Any other `Upgrade` is removed and the
+//! request goes on as a plain one ([`requested`]); a 101 must switch to
+//! WebSocket ([`splice`]).
 //!
 //! The request is decided on like any other (authorization, routing,
 //! retries until an answer, the route's timeout for that answer, telemetry
@@ -21,6 +22,10 @@
 
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -29,23 +34,36 @@ use hyper_util::rt::TokioIo;
 #[derive(Debug, Clone, Copy)]
 pub struct NoUpgrade;
 
-/// Whether `req` asks to switch protocols: HTTP/1.1, `Connection` naming
-/// `upgrade`, and an `Upgrade` header.
+/// Whether `req` asks to switch to WebSocket: HTTP/1.1, `Connection`
+/// naming `upgrade`, and `Upgrade` naming `websocket`. Only WebSocket is
+/// passed, as Istio configures Envoy (`upgrade_configs: websocket`): any
+/// other `Upgrade` (`h2c` among them) is removed and the request goes on
+/// as a plain one, so no client opens a raw tunnel that per-request
+/// authorization never sees again.
 pub fn requested<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(UPGRADE)
-        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    req.version() == Version::HTTP_11 && asks_websocket(req.headers())
 }
 
-/// The comma-separated tokens of every `Connection` header.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// `Connection: upgrade` and `Upgrade: websocket` (tokens, any case).
+fn asks_websocket(headers: &HeaderMap) -> bool {
+    tokens(headers, &UPGRADE).any(|t| t.eq_ignore_ascii_case("websocket"))
+        && tokens(headers, &CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+/// The comma-separated tokens of every `name` header.
+fn tokens<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'h str> {
     headers
-        .get_all(CONNECTION)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| !t.is_empty())
+}
+
+/// The comma-separated tokens of every `Connection` header.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    tokens(headers, &CONNECTION)
 }
 
 /// The hop-by-hop headers RFC 9110 names (7.6.1), and the ones proxies
@@ -75,9 +93,20 @@ const HOP_BY_HOP: [HeaderName; 3] = [
 /// # Ok::<(), http::Error>(())
 /// ```
 pub fn strip_hop_by_hop<B>(req: &mut Request<B>) {
+    strip(req, true);
+}
+
+/// [`strip_hop_by_hop`] without the headers a `Connection` names: for the
+/// last hop of a request whose entry already removed those (the headers
+/// the mesh added since are its own and must stay).
+pub fn strip_fixed_hop_by_hop<B>(req: &mut Request<B>) {
+    strip(req, false);
+}
+
+fn strip<B>(req: &mut Request<B>, named_too: bool) {
     let upgrade = requested(req);
     let headers = req.headers_mut();
-    if headers.contains_key(CONNECTION) {
+    if named_too && headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
@@ -106,13 +135,29 @@ pub fn strip_hop_by_hop<B>(req: &mut Request<B>) {
     }
 }
 
+/// The drain of the connection an upgrade request came on (set by the
+/// mesh's server): the tunnel counts as one of its open connections and
+/// ends with the drain.
+#[derive(Debug, Clone)]
+pub struct TunnelDrain(pub crate::server::Drain);
+
+/// How long a tunnel may carry no byte either way before it is closed:
+/// Envoy's TCP proxy default (an idle WebSocket holds two sockets; none is
+/// held forever).
+pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How long a tunnel goes on once its connection's drain began (the
+/// mesh-proxy's default drain timeout), so a rollout does not cut a
+/// WebSocket's last messages yet no tunnel outlives the proxy.
+pub const TUNNEL_DRAIN_GRACE: Duration = Duration::from_secs(10);
+
 /// The client's half of an upgrade, taken from its request before the
 /// request is forwarded. Without a connection (a caller in the same
 /// process, through the router as a Tower service) there is nothing to
 /// join: the caller takes the upgrade from the response itself
 /// (`hyper::upgrade::on`).
 #[derive(Debug)]
-pub struct Downstream(Option<OnUpgrade>);
+pub struct Downstream(Option<OnUpgrade>, Option<TunnelDrain>);
 
 /// Takes the client's half from `req` when it asks to upgrade (and its
 /// route allows it); `None` for any other request, and for an upgrade the
@@ -127,7 +172,11 @@ pub fn take<B>(req: &mut Request<B>) -> Option<Downstream> {
         req.headers_mut().remove(UPGRADE);
         return None;
     }
-    Some(Downstream(req.extensions_mut().remove::<OnUpgrade>()))
+    let drain = req.extensions_mut().remove::<TunnelDrain>();
+    Some(Downstream(
+        req.extensions_mut().remove::<OnUpgrade>(),
+        drain,
+    ))
 }
 
 /// What [`splice`] makes of an upstream's answer.
@@ -149,16 +198,23 @@ pub fn splice<B>(down: Option<Downstream>, resp: &mut Response<B>) -> Spliced {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Spliced::Answer;
     }
-    let down = match down {
+    // The server must have switched to what was asked: WebSocket.
+    if !asks_websocket(resp.headers()) {
+        return Spliced::Refused;
+    }
+    let (down, drain) = match down {
         None => return Spliced::Refused,
         // The caller in this process upgrades the response itself.
-        Some(Downstream(None)) => return Spliced::Answer,
-        Some(Downstream(Some(down))) => down,
+        Some(Downstream(None, _)) => return Spliced::Answer,
+        Some(Downstream(Some(down), drain)) => (down, drain),
     };
     let Some(up) = resp.extensions_mut().remove::<OnUpgrade>() else {
         return Spliced::Refused;
     };
     tokio::spawn(async move {
+        // An open connection of the server's until it ends: the drain
+        // waits for it (up to its deadline).
+        let _guard = drain.as_ref().map(|d| d.0.guard());
         let (down, up) = match tokio::try_join!(down, up) {
             Ok(pair) => pair,
             Err(e) => {
@@ -166,13 +222,120 @@ pub fn splice<B>(down: Option<Downstream>, resp: &mut Response<B>) -> Spliced {
                 return;
             }
         };
-        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-        match tokio::io::copy_bidirectional(&mut down, &mut up).await {
-            Ok((to_up, to_down)) => tracing::debug!(to_up, to_down, "upgraded connection closed"),
-            Err(e) => tracing::debug!(error = %e, "upgraded connection broke"),
-        }
+        tunnel(TokioIo::new(down), TokioIo::new(up), drain.as_ref()).await;
     });
     Spliced::Joined
+}
+
+/// Copies both ways between the client's side and the upstream's until
+/// either closes, neither moves a byte for [`TUNNEL_IDLE_TIMEOUT`], or
+/// [`TUNNEL_DRAIN_GRACE`] has passed since the connection's drain began.
+async fn tunnel<D, U>(down: D, up: U, drain: Option<&TunnelDrain>)
+where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let last = Arc::new(AtomicU64::new(0));
+    let start = tokio::time::Instant::now();
+    let mut down = Active::new(down, last.clone(), start);
+    let mut up = up;
+    let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+    tokio::pin!(copy);
+    let drained = async {
+        match drain {
+            Some(d) => {
+                d.0.signaled().await;
+                tokio::time::sleep(TUNNEL_DRAIN_GRACE).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(drained);
+    let idle = async {
+        loop {
+            let seen = last.load(Ordering::Relaxed);
+            let at = start + Duration::from_millis(seen) + TUNNEL_IDLE_TIMEOUT;
+            tokio::time::sleep_until(at).await;
+            if last.load(Ordering::Relaxed) == seen {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        r = &mut copy => match r {
+            Ok((to_up, to_down)) => tracing::debug!(to_up, to_down, "upgraded connection closed"),
+            Err(e) => tracing::debug!(error = %e, "upgraded connection broke"),
+        },
+        () = &mut drained => tracing::debug!("upgraded connection closed by the drain"),
+        () = idle => tracing::debug!("upgraded connection idle for {TUNNEL_IDLE_TIMEOUT:?}: closed"),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The client's side of a tunnel, recording when bytes last moved
+    /// either way (milliseconds since `start`) for the idle timeout.
+    struct Active<IO> {
+        #[pin]
+        io: IO,
+        last: Arc<AtomicU64>,
+        start: tokio::time::Instant,
+    }
+}
+
+impl<IO> Active<IO> {
+    fn new(io: IO, last: Arc<AtomicU64>, start: tokio::time::Instant) -> Self {
+        Self { io, last, start }
+    }
+}
+
+fn touch(last: &AtomicU64, start: tokio::time::Instant) {
+    let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    last.store(ms, Ordering::Relaxed);
+}
+
+impl<IO: tokio::io::AsyncRead> tokio::io::AsyncRead for Active<IO> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.io.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            touch(this.last, *this.start);
+        }
+        r
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Active<IO> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let r = this.io.poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            touch(this.last, *this.start);
+        }
+        r
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +348,36 @@ mod tests {
             b = b.header(*k, *v);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_websocket_is_upgraded_any_other_upgrade_goes_on_plain() {
+        for other in ["h2c", "TLS/1.2", "foo, bar"] {
+            let mut r = req(&[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", other),
+                ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ]);
+            assert!(!requested(&r), "{other}");
+            strip_hop_by_hop(&mut r);
+            assert!(r.headers().is_empty(), "{other}: {:?}", r.headers());
+        }
+        assert!(requested(&req(&[
+            ("connection", "upgrade"),
+            ("upgrade", "WebSocket")
+        ])));
+    }
+
+    #[test]
+    fn a_101_to_another_protocol_than_websocket_is_refused() {
+        let mut resp = Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "h2c")
+            .body(())
+            .unwrap();
+        let down = Some(Downstream(None, None));
+        assert_eq!(splice(down, &mut resp), Spliced::Refused);
     }
 
     #[test]
@@ -247,6 +440,65 @@ mod tests {
         assert!(take(&mut r).is_none());
         assert!(!r.headers().contains_key("upgrade"));
         assert!(!r.headers().contains_key("connection"));
+    }
+
+    /// Reads what the tunnel passes to `io` until it closes it (EOF).
+    async fn read_until_closed(io: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt as _;
+        let mut out = Vec::new();
+        let _ = io.read_to_end(&mut out).await;
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_carries_bytes_both_ways_and_closes_after_an_idle_hour() {
+        use tokio::io::AsyncWriteExt as _;
+        let (mut client, down) = tokio::io::duplex(1024);
+        let (mut server, up) = tokio::io::duplex(1024);
+        let t = tokio::spawn(async move { tunnel(down, up, None).await });
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut server, &mut buf)
+            .await
+            .unwrap();
+        assert_eq!(&buf, b"ping");
+        // Traffic keeps it open past an hour of its life...
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(3000)).await;
+            server.write_all(b"pong").await.unwrap();
+            tokio::io::AsyncReadExt::read_exact(&mut client, &mut buf)
+                .await
+                .unwrap();
+        }
+        assert!(!t.is_finished());
+        // ...and an hour without a byte closes both sides.
+        tokio::time::sleep(TUNNEL_IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        assert!(read_until_closed(&mut client).await.is_empty());
+        assert!(read_until_closed(&mut server).await.is_empty());
+        t.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_ends_a_grace_after_its_connections_drain_began() {
+        let (controller, drain) =
+            crate::server::drain_pair(crate::server::ServerSettings::default());
+        let (mut client, down) = tokio::io::duplex(1024);
+        let (_server, up) = tokio::io::duplex(1024);
+        let drain = TunnelDrain(drain);
+        let d = drain.clone();
+        let t = tokio::spawn(async move { tunnel(down, up, Some(&d)).await });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!t.is_finished());
+        let started = tokio::time::Instant::now();
+        let draining = tokio::spawn(controller.drain(Duration::from_secs(30)));
+        assert!(read_until_closed(&mut client).await.is_empty());
+        let took = started.elapsed();
+        assert!(
+            took >= TUNNEL_DRAIN_GRACE && took < TUNNEL_DRAIN_GRACE + Duration::from_secs(1),
+            "{took:?}"
+        );
+        t.await.unwrap();
+        draining.await.unwrap();
     }
 
     #[test]

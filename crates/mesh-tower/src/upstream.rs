@@ -374,7 +374,9 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
         mtls,
     });
     tower::util::BoxCloneSyncService::new(tower::service_fn(move |mut req: Request<BoxBody>| {
-        crate::upgrade::strip_hop_by_hop(&mut req);
+        // The headers a `Connection` named went where the request entered
+        // (the router): the ones the mesh added since stay.
+        crate::upgrade::strip_fixed_hop_by_hop(&mut req);
         let upgrade = crate::upgrade::take(&mut req);
         // `Client::request` clones the client into its future itself, so
         // the one chosen is only borrowed here.
@@ -414,10 +416,31 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
             })
         };
         async move {
-            let sent = send.await;
-            if let Some((max, capture)) = capture {
-                count_request(max, &capture);
-            }
+            let sent = match capture {
+                None => send.await,
+                Some((max, mut capture)) => {
+                    // Counted as soon as the pool gives the request its
+                    // connection, not when the answer comes: requests
+                    // multiplexed on one h2 connection, and one that times
+                    // out, count too.
+                    let mut send = std::pin::pin!(send);
+                    let mut counted = false;
+                    let sent = loop {
+                        tokio::select! {
+                            biased;
+                            sent = &mut send => break sent,
+                            meta = capture.wait_for_connection_metadata(), if !counted => {
+                                counted = true;
+                                count_request(max, meta.as_ref());
+                            }
+                        }
+                    };
+                    if !counted {
+                        count_request(max, capture.connection_metadata().as_ref());
+                    }
+                    sent
+                }
+            };
             match sent {
                 Ok(mut resp) => match crate::upgrade::splice(upgrade, &mut resp) {
                     crate::upgrade::Spliced::Refused => Err(UpstreamError::Protocol(
@@ -461,9 +484,8 @@ struct RequestCount(Arc<std::sync::atomic::AtomicU32>);
 /// `maxRequestsPerConnection`: counts the request on the connection it
 /// went out on and, at `max`, poisons that connection, so the pool opens
 /// another for the next request (the one in flight finishes).
-fn count_request(max: u32, capture: &hyper_util::client::legacy::connect::CaptureConnection) {
-    let meta = capture.connection_metadata();
-    let Some(connected) = meta.as_ref() else {
+fn count_request(max: u32, connected: Option<&Connected>) {
+    let Some(connected) = connected else {
         return;
     };
     let mut extras = http::Extensions::new();

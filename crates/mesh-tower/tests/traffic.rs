@@ -908,6 +908,7 @@ async fn cors_preflights_are_answered_and_allowed_origins_get_their_headers() {
     let v1 = Backend::start("v1", Behaviour::Ok).await;
     let http = "  - match: [{uri: {prefix: /ignore}}]\n    route: [{destination: {host: web}}]\n    corsPolicy:\n      allowOrigins: [{exact: 'https://app.example.test'}]\n      unmatchedPreflights: IGNORE\n\
                 \x20 - match: [{uri: {prefix: /legacy}}]\n    route: [{destination: {host: web}}]\n    corsPolicy: {allowOrigin: ['*']}\n\
+                \x20 - match: [{uri: {prefix: /fault}}]\n    fault: {abort: {httpStatus: 503, percentage: {value: 100}}}\n    route: [{destination: {host: web}}]\n    corsPolicy: {allowOrigins: [{exact: 'https://app.example.test'}]}\n\
                 \x20 - route: [{destination: {host: web}}]\n    corsPolicy:\n      allowOrigins: [{exact: 'https://app.example.test'}, {prefix: 'https://dev-'}, {regex: 'https://[a-z]+\\.example\\.org'}]\n      allowMethods: [POST, GET, OPTIONS]\n      allowHeaders: [content-type, x-token]\n      exposeHeaders: [x-backend]\n      maxAge: 300s\n      allowCredentials: true\n";
     let (r, _store) = router(&format!(
         "{}{PLAINTEXT_DR}{}",
@@ -1034,6 +1035,20 @@ async fn cors_preflights_are_answered_and_allowed_origins_get_their_headers() {
         Some("https://any.test")
     );
     assert_eq!(header(&resp, "access-control-allow-credentials"), None);
+    // An answer the mesh gives itself (a fault's abort) carries them too,
+    // so the browser shows the status rather than a CORS failure.
+    let resp = send(
+        &r,
+        "GET",
+        "/fault",
+        &[("origin", "https://app.example.test")],
+    )
+    .await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        header(&resp, "access-control-allow-origin").as_deref(),
+        Some("https://app.example.test")
+    );
 }
 
 /// `maxRequestsPerConnection`: a connection carries that many requests,

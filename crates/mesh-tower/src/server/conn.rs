@@ -77,6 +77,7 @@ where
         service,
         drain.settings().body,
         activity.clone(),
+        drain.clone(),
     ));
     let builder = for_known(builder(drain.settings()), known);
     let conn = serve(&builder, drain.settings(), known, TokioIo::new(io), svc);
@@ -203,7 +204,10 @@ where
                 // the client give up its keep-alive connection).
                 *resp.version_mut() = http::Version::HTTP_11;
             }
-            if *this.h1 && draining {
+            // A 101 keeps its `Connection: upgrade`: the connection is
+            // the upgraded one's from here on, and draining does not undo
+            // the switch the client is told of.
+            if *this.h1 && draining && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 resp.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),
@@ -251,6 +255,8 @@ impl http_body::Body for Tracked {
 struct CloseOnDrainService<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// Given to a WebSocket upgrade's tunnel, which outlives the request.
+    drain: Drain,
 }
 
 impl<S, B> tower::Service<Request<B>> for CloseOnDrainService<S>
@@ -268,7 +274,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut()
+                .insert(crate::upgrade::TunnelDrain(self.drain.clone()));
+        }
         CloseOnDrain {
             h1: req.version() < http::Version::HTTP_2,
             inner: self.inner.call(req),
@@ -283,6 +293,7 @@ fn limited<S: ServeService>(
     service: S,
     limits: BodyLimits,
     activity: Arc<Activity>,
+    drain: Drain,
 ) -> tower::util::BoxCloneSyncService<
     Request<Incoming>,
     Response<crate::body::BoxBody>,
@@ -291,6 +302,7 @@ fn limited<S: ServeService>(
     tower::util::BoxCloneSyncService::new(CloseOnDrainService {
         inner: tower::Layer::layer(&BodyLimitLayer(limits), service),
         activity,
+        drain,
     })
 }
 
