@@ -920,35 +920,20 @@ fn routes(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Find
         destinations(snap, &at, &rule.source, &dests, n, out);
     }
     for vs in &res.virtual_services {
-        for (i, tcp) in vs.spec.tcp.iter().enumerate() {
-            let at = format!("{} tcp[{i}]", vs.source);
-            let dests: Vec<WeightedDestination> = tcp
-                .route
+        let l4 = vs.spec.tcp.iter().map(|r| ("tcp", &r.route));
+        let tls = vs.spec.tls.iter().map(|r| ("tls", &r.route));
+        let mut index = std::collections::BTreeMap::<&str, usize>::new();
+        for (kind, route) in l4.chain(tls) {
+            let i = index.entry(kind).or_default();
+            let at = format!("{} {kind}[{i}]", vs.source);
+            *i += 1;
+            let dests: Vec<WeightedDestination> = route
                 .iter()
                 .map(|d| WeightedDestination {
                     host: snap.mesh.resolve_host(&d.destination.host, vs.namespace()),
                     subset: d.destination.subset.clone(),
                     port: d.destination.port.map(|p| p.number),
-                    weight: d
-                        .weight
-                        .unwrap_or(if tcp.route.len() == 1 { 100 } else { 0 }),
-                    headers: None,
-                })
-                .collect();
-            destinations(snap, &at, &vs.source, &dests, dests.len(), out);
-        }
-        for (i, tls) in vs.spec.tls.iter().enumerate() {
-            let at = format!("{} tls[{i}]", vs.source);
-            let dests: Vec<WeightedDestination> = tls
-                .route
-                .iter()
-                .map(|d| WeightedDestination {
-                    host: snap.mesh.resolve_host(&d.destination.host, vs.namespace()),
-                    subset: d.destination.subset.clone(),
-                    port: d.destination.port.map(|p| p.number),
-                    weight: d
-                        .weight
-                        .unwrap_or(if tls.route.len() == 1 { 100 } else { 0 }),
+                    weight: d.weight.unwrap_or(if route.len() == 1 { 100 } else { 0 }),
                     headers: None,
                 })
                 .collect();

@@ -232,10 +232,10 @@ spec:
 fn unimplemented_fields_are_named_never_dropped() {
     let text = one_error(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\n\
-         spec: {hosts: [a], tls: [{match: [{sniHosts: [a]}], route: [{destination: {host: a}}]}]}\n",
-        "spec.tls",
+         spec: {hosts: [a], http: [{delegate: {name: b}}]}\n",
+        "spec.http[0].delegate",
     );
-    assert!(text.contains("unsupported field `tls`"), "{text}");
+    assert!(text.contains("unsupported field `delegate`"), "{text}");
     // A misspelt field is caught the same way.
     one_error(
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: a, trafficPolicy: {tsl: {mode: DISABLE}}}\n",

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use mesh_proxy::{Gateway, GatewayListeners};
 use mesh_tower::server::ServerSettings;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls_pki_types::ServerName;
@@ -171,19 +170,7 @@ async fn passthrough_routes_the_clients_tls_by_sni_to_the_backend_unopened() {
     )
     .await;
     web.ready().await;
-    let gateway = Proxy::new(
-        Gateway::builder(world.path("mesh"), "edge")
-            .identity(files_identity(&world, "edge"))
-            .drain_timeout(TEARDOWN_DRAIN)
-            .build()
-            .unwrap()
-            .start(GatewayListeners {
-                admin: admin_listener().await,
-                servers: vec![edge],
-            })
-            .unwrap(),
-    );
-    gateway.ready().await;
+    let gateway = ready_gateway(&world, vec![edge]).await;
 
     // The client verifies the backend's own certificate through the
     // gateway, and talks to it.

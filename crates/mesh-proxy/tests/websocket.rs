@@ -12,9 +12,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mesh_proxy::{
-    Gateway, GatewayListeners, InboundListener, OutboundListener, Sidecar, SidecarListeners,
-};
+use mesh_proxy::{InboundListener, OutboundListener, Sidecar, SidecarListeners};
 use mesh_tower::server::ServerSettings;
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -259,19 +257,7 @@ async fn a_websocket_crosses_the_gateway_to_a_mesh_workload() {
         edge_addr.port()
     );
     let (_outbound, web, client_proxy) = pair(&world, app, &extra).await;
-    let gateway = Proxy::new(
-        Gateway::builder(world.path("mesh"), "edge")
-            .identity(files_identity(&world, "edge"))
-            .drain_timeout(TEARDOWN_DRAIN)
-            .build()
-            .unwrap()
-            .start(GatewayListeners {
-                admin: admin_listener().await,
-                servers: vec![edge],
-            })
-            .unwrap(),
-    );
-    gateway.ready().await;
+    let gateway = ready_gateway(&world, vec![edge]).await;
     // The URL names the gateway's host (the handshake's `Host`); the
     // connection goes to the gateway's address.
     let got = client_at(

@@ -327,6 +327,26 @@ pub async fn ready_sidecar(
     (proxy, port)
 }
 
+/// The gateway of the Gateway `edge` with a files identity
+/// (`spiffe://cluster.local/ns/default/sa/edge`) on `servers`, ready
+/// (drained at the end for [`TEARDOWN_DRAIN`]).
+pub async fn ready_gateway(world: &World, servers: Vec<BoundSocket>) -> Proxy {
+    let gateway = Proxy::new(
+        mesh_proxy::Gateway::builder(world.path("mesh"), "edge")
+            .identity(files_identity(world, "edge"))
+            .drain_timeout(TEARDOWN_DRAIN)
+            .build()
+            .unwrap()
+            .start(mesh_proxy::GatewayListeners {
+                admin: admin_listener().await,
+                servers,
+            })
+            .unwrap(),
+    );
+    gateway.ready().await;
+    gateway
+}
+
 /// A `mesh-proxy` process: its log and errors read line by line (with
 /// `RUST_LOG=info`), so a test waits for what the proxy says it did rather
 /// than polling. Killed on drop.
