@@ -83,12 +83,81 @@ pub struct Workload {
     /// is the same as any).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The inbound ports its Sidecar's `ingress` listeners name, in place
+    /// of its WorkloadEntry's ports (`None`: no Sidecar in force says).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Arc<[IngressPort]>>,
     /// Its load-balancing weight (at least 1).
     pub weight: u32,
     /// What a data plane derives from this workload once per snapshot
     /// rather than per request (its telemetry labels): see [`DerivedSlot`].
     #[serde(skip)]
     pub derived: DerivedSlot,
+}
+
+/// An inbound port a Sidecar's `ingress` listener names for a workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressPort {
+    /// The port served.
+    pub number: u16,
+    /// Its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its protocol (from the name when the listener gives none).
+    pub protocol: Protocol,
+    /// The address to bind, if the listener names one (`bind`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<std::net::IpAddr>,
+    /// The app (`defaultEndpoint`): loopback, or the workload's address
+    /// for `0.0.0.0`; the listener's port on loopback when unset.
+    pub app: std::net::SocketAddr,
+}
+
+/// The ingress ports of the Sidecar in force for a workload of `namespace`
+/// with `labels` at `address`, if it has any.
+fn ingress_ports(
+    r: &Resources,
+    namespace: &str,
+    labels: &Labels,
+    address: &str,
+) -> Option<Arc<[IngressPort]>> {
+    if r.sidecars.is_empty() {
+        return None;
+    }
+    let sc = crate::visibility::sidecar_for(r, namespace, labels)?;
+    if sc.spec.ingress.is_empty() {
+        return None;
+    }
+    let own: Option<std::net::IpAddr> = address.parse().ok();
+    let ports = sc
+        .spec
+        .ingress
+        .iter()
+        .map(|l| {
+            let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], l.port.number));
+            let app = match l
+                .default_endpoint
+                .as_deref()
+                .map(crate::resources::networking::ingress_endpoint)
+            {
+                Some(Ok((a, false))) => a,
+                Some(Ok((a, true))) => own.map_or(a, |ip| std::net::SocketAddr::new(ip, a.port())),
+                // Validation refused anything else.
+                _ => loopback,
+            };
+            IngressPort {
+                number: l.port.number,
+                name: l.port.name.clone(),
+                protocol: l.port.protocol.unwrap_or_else(|| {
+                    Protocol::from_port_name(l.port.name.as_deref().unwrap_or_default())
+                }),
+                bind: l.bind.as_deref().and_then(|b| b.parse().ok()),
+                app,
+            }
+        })
+        .collect();
+    Some(ports)
 }
 
 impl Workload {
@@ -139,6 +208,21 @@ pub struct ServicePortEntry {
     /// every workload of the service.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tcp_routes: Vec<TcpRule>,
+    /// TLS rules of mesh-bound VirtualServices on this (TLS or HTTPS)
+    /// port, in order: the first whose SNI hosts name the connection's SNI
+    /// decides; none, the TCP rules above.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls_routes: Vec<TlsRule>,
+}
+
+/// A TLS rule of a mesh-bound VirtualService on one service port.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRule {
+    /// SNI patterns, lowercase.
+    pub sni_hosts: Vec<String>,
+    /// Where the connection goes.
+    pub route: Vec<WeightedDestination>,
 }
 
 /// A TCP rule of a mesh-bound VirtualService on one service port.
@@ -153,6 +237,17 @@ pub struct TcpRule {
 }
 
 impl ServicePortEntry {
+    /// The TLS rule for a connection whose ClientHello named `sni`
+    /// (compared without case), if any names it.
+    pub fn tls_rule(&self, sni: &str) -> Option<&TlsRule> {
+        let sni = sni.to_ascii_lowercase();
+        self.tls_routes.iter().find(|r| {
+            r.sni_hosts
+                .iter()
+                .any(|h| crate::visibility::host_matches(h, &sni))
+        })
+    }
+
     /// The TCP rule for a caller carrying `labels`, if any applies.
     pub fn tcp_rule(&self, labels: &Labels) -> Option<&TcpRule> {
         self.tcp_routes
@@ -915,6 +1010,71 @@ fn attach_tcp(
     }
 }
 
+/// A mesh-bound VirtualService's TLS route, for one of its hosts.
+struct MeshTls {
+    pattern: String,
+    owner: String,
+    /// (port, SNI patterns) of each match.
+    matches: Vec<(Option<u16>, Vec<String>)>,
+    route: Vec<WeightedDestination>,
+}
+
+/// Gives the TLS and HTTPS ports of the services the routes' hosts name
+/// their TLS rules: one VirtualService decides a port, an exact host's
+/// before the most specific wildcard's, as for TCP.
+fn attach_mesh_tls(services: &mut BTreeMap<String, Service>, mut routes: Vec<MeshTls>) {
+    if routes.is_empty() {
+        return;
+    }
+    // Exact hosts first (in load order), then wildcards, the most
+    // specific first.
+    routes.sort_by_key(|r| {
+        let wild = crate::visibility::wildcard_key(&r.pattern).is_some();
+        (
+            wild,
+            std::cmp::Reverse(if wild { r.pattern.len() } else { 0 }),
+        )
+    });
+    let mut owners: HashMap<(String, u16), String> = HashMap::default();
+    for svc in services.values_mut() {
+        for r in &routes {
+            if !crate::visibility::host_matches(&r.pattern, &svc.host) {
+                continue;
+            }
+            let owner = format!("{} {}", r.owner, r.pattern);
+            for p in &mut svc.ports {
+                if !matches!(p.protocol, Protocol::Tls | Protocol::Https) {
+                    continue;
+                }
+                let snis: Vec<&Vec<String>> = r
+                    .matches
+                    .iter()
+                    .filter(|(port, _)| port.is_none_or(|n| n == p.number))
+                    .map(|(_, sni)| sni)
+                    .collect();
+                if snis.is_empty() {
+                    continue;
+                }
+                match owners.entry((svc.host.clone(), p.number)) {
+                    std::collections::hash_map::Entry::Occupied(o) if *o.get() != owner => {
+                        continue;
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => {}
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(owner.clone());
+                    }
+                }
+                for sni in snis {
+                    p.tls_routes.push(TlsRule {
+                        sni_hosts: sni.clone(),
+                        route: r.route.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Compiles validated resources into a snapshot.
 pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
@@ -965,6 +1125,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     network: we.network.clone().filter(|n| !n.is_empty()),
                     weight: we.weight.unwrap_or(1).max(1),
                     derived: DerivedSlot::default(),
+                    ingress: ingress_ports(r, ns, &we.labels, &we.address),
                 });
                 Some(snap.workloads.len() - 1)
             }
@@ -1193,6 +1354,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
     // VirtualServices.
     let mut wild_tcp: Vec<(String, String, Vec<TcpMatch>, Vec<WeightedDestination>)> = Vec::new();
     let mut tcp_owners: HashMap<(String, u16), String> = HashMap::default();
+    let mut mesh_tls: Vec<MeshTls> = Vec::new();
     for vs in &r.virtual_services {
         let ns = vs.namespace();
         let mut rules = Vec::new();
@@ -1261,6 +1423,30 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
             }
         }
         if gateways.iter().any(|g| g == "mesh") {
+            for tls in &vs.spec.tls {
+                let route: Vec<WeightedDestination> = tls
+                    .route
+                    .iter()
+                    .map(|d| weighted(&mesh, ns, &d.destination, d.weight, tls.route.len(), None))
+                    .collect();
+                let matches: Vec<(Option<u16>, Vec<String>)> = tls
+                    .matches
+                    .iter()
+                    .filter(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+                    .map(|m| {
+                        let sni = m.sni_hosts.iter().map(|h| h.to_ascii_lowercase());
+                        (m.port, sni.collect())
+                    })
+                    .collect();
+                for host in &vs.spec.hosts {
+                    mesh_tls.push(MeshTls {
+                        pattern: mesh.resolve_host(host, ns),
+                        owner: vs.source.key(),
+                        matches: matches.clone(),
+                        route: route.clone(),
+                    });
+                }
+            }
             for tcp in &vs.spec.tcp {
                 let dests: Vec<WeightedDestination> = tcp
                     .route
@@ -1301,6 +1487,7 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
             }
         }
     }
+    attach_mesh_tls(&mut snap.services, mesh_tls);
     for entry in snap.gateways.values_mut() {
         entry.server_routes = crate::gateway::server_tables(entry);
     }
@@ -1536,6 +1723,7 @@ fn service_port(p: &ServicePort) -> ServicePortEntry {
         target_port: p.target_port,
         http_routes: Vec::new(),
         tcp_routes: Vec::new(),
+        tls_routes: Vec::new(),
     }
 }
 

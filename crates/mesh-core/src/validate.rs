@@ -193,26 +193,18 @@ fn virtual_service(c: &mut Checker<'_>, vs: &VirtualService) {
         weights_present(c, &f, &weights);
     }
     for (i, route) in vs.tls.iter().enumerate() {
-        tls_route(c, &format!("spec.tls[{i}]"), route, vs, mesh_bound);
+        tls_route(c, &format!("spec.tls[{i}]"), route, vs);
     }
 }
 
-/// Istio's checks of a TLS route (`validateTLSRoute`), and what this mesh
-/// refuses: mesh-bound TLS routes (the sidecars route TLS by port, not
-/// SNI) and the match fields it does not read.
+/// Istio's checks of a TLS route (`validateTLSRoute`), and the match
+/// fields this mesh does not read, refused by name.
 fn tls_route(
     c: &mut Checker<'_>,
     f: &str,
     r: &crate::resources::networking::TlsRoute,
     vs: &VirtualService,
-    mesh_bound: bool,
 ) {
-    if mesh_bound {
-        c.err(
-            f.to_owned(),
-            "TLS routes are read for Gateway PASSTHROUGH servers only: the sidecars do not route TLS by SNI; bind the VirtualService to its Gateways (without `mesh`)",
-        );
-    }
     if r.matches.is_empty() {
         c.err(format!("{f}.match"), "at least one match is required");
     }
@@ -256,7 +248,7 @@ fn tls_route(
             if set {
                 c.err(
                     format!("{mf}.{name}"),
-                    "is not read for TLS routes at a gateway: match by sniHosts, port and gateways",
+                    "is not read for TLS routes: match by sniHosts, port and gateways",
                 );
             }
         }
@@ -876,8 +868,40 @@ fn workload_entry(c: &mut Checker<'_>, f: &str, we: &WorkloadEntry) {
 }
 
 fn sidecar(c: &mut Checker<'_>, sc: &Sidecar) {
-    if sc.egress.is_empty() && sc.outbound_traffic_policy.is_none() {
+    if sc.egress.is_empty() && sc.ingress.is_empty() && sc.outbound_traffic_policy.is_none() {
         c.err("spec", "sidecar: empty configuration provided");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, l) in sc.ingress.iter().enumerate() {
+        let f = format!("spec.ingress[{i}]");
+        if l.port.number == 0 {
+            c.err(format!("{f}.port.number"), "must be 1-65535");
+        }
+        if !seen.insert(l.port.number) {
+            c.err(
+                format!("{f}.port.number"),
+                format!(
+                    "sidecar: ports on IP bound listeners must be unique: {} is listed twice",
+                    l.port.number
+                ),
+            );
+        }
+        if let Some(b) = &l.bind {
+            if b.parse::<std::net::IpAddr>().is_err() {
+                c.err(format!("{f}.bind"), format!("`{b}` is not an IP address"));
+            }
+        }
+        if l.capture_mode == Some(crate::resources::networking::CaptureMode::None) {
+            c.err(
+                format!("{f}.captureMode"),
+                "NONE is not read: the sidecar serves the port as its mode (explicit or capture) does",
+            );
+        }
+        if let Some(e) = &l.default_endpoint {
+            if let Err(why) = crate::resources::networking::ingress_endpoint(e) {
+                c.err(format!("{f}.defaultEndpoint"), why);
+            }
+        }
     }
     if sc.egress.len() > 1 {
         // Without ports (not implemented) every listener is the catch-all.

@@ -472,7 +472,7 @@ fn http2_keep_alive_needs_an_interval_and_durations_of_a_millisecond_or_more() {
 }
 
 #[test]
-fn tls_routes_are_read_for_gateways_and_checked_as_istio_checks_them() {
+fn tls_routes_are_checked_as_istio_checks_them() {
     let vs = |gateways: &str, tls: &str| {
         format!(
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\n\
@@ -490,15 +490,15 @@ fn tls_routes_are_read_for_gateways_and_checked_as_istio_checks_them() {
         ),
     )
     .unwrap();
-    // For mesh traffic: refused by name (the sidecars route TLS by port).
-    let text = one_error(
+    // For mesh traffic too (the sidecars route a TLS port by SNI).
+    load_str(
+        Path::new("test.yaml"),
         &vs(
             "",
             &format!("{{match: [{{sniHosts: [a.example.test]}}], {route}}}"),
         ),
-        "spec.tls[0]",
-    );
-    assert!(text.contains("Gateway PASSTHROUGH servers only"), "{text}");
+    )
+    .unwrap();
     one_error(
         &vs("gateways: [edge], ", &format!("{{{route}}}")),
         "spec.tls[0].match",
@@ -537,5 +537,52 @@ fn tls_routes_are_read_for_gateways_and_checked_as_istio_checks_them() {
             ),
             &format!("spec.tls[0].match[0].{field}"),
         );
+    }
+}
+
+#[test]
+fn sidecar_ingress_listeners_are_checked_field_by_field() {
+    let sc = |ingress: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: s}}\n\
+             spec: {{ingress: [{ingress}]}}\n"
+        )
+    };
+    load_str(
+        Path::new("test.yaml"),
+        &sc("{port: {number: 9080, protocol: HTTP, name: http}, defaultEndpoint: '127.0.0.1:8080', captureMode: IPTABLES}, {port: {number: 7070, name: tcp-x}, defaultEndpoint: '0.0.0.0:17070', bind: 10.0.0.5}"),
+    )
+    .unwrap();
+    for (ingress, field) in [
+        (
+            "{port: {number: 1, name: a}, defaultEndpoint: '10.0.0.1:80'}",
+            "spec.ingress[0].defaultEndpoint",
+        ),
+        (
+            "{port: {number: 1, name: a}, defaultEndpoint: 'unix:///var/run/app.sock'}",
+            "spec.ingress[0].defaultEndpoint",
+        ),
+        (
+            "{port: {number: 1, name: a}, defaultEndpoint: '127.0.0.1:0'}",
+            "spec.ingress[0].defaultEndpoint",
+        ),
+        (
+            "{port: {number: 1, name: a}, captureMode: NONE}",
+            "spec.ingress[0].captureMode",
+        ),
+        (
+            "{port: {number: 1, name: a}, bind: somewhere}",
+            "spec.ingress[0].bind",
+        ),
+        (
+            "{port: {number: 1, name: a}}, {port: {number: 1, name: b}}",
+            "spec.ingress[1].port.number",
+        ),
+        (
+            "{port: {number: 1, name: a}, tls: {mode: SIMPLE}}",
+            "spec.ingress[0].tls",
+        ),
+    ] {
+        one_error(&sc(ingress), field);
     }
 }

@@ -216,9 +216,9 @@ fn what_sidecars_cannot_do_here_is_refused_by_name() {
         );
     };
     refused(
-        "  ingress:\n  - port: {number: 9080, protocol: HTTP, name: http}\n    defaultEndpoint: 127.0.0.1:8080\n",
-        "spec.ingress",
-        "unsupported field `ingress`",
+        "  ingress:\n  - port: {number: 9080, protocol: HTTP, name: http}\n    defaultEndpoint: 127.0.0.1:8080\n    tls: {mode: SIMPLE}\n",
+        "spec.ingress[0].tls",
+        "unsupported field `tls`",
     );
     refused(
         "  egress:\n  - port: {number: 80, protocol: HTTP, name: http}\n    hosts: [\"./*\"]\n",

@@ -390,12 +390,32 @@ pub(crate) async fn run_sidecar(args: SidecarArgs) -> Result<()> {
         .await?;
 
     let mut apps = Vec::new();
+    if args.capture && sidecar.has_ingress_listeners() {
+        bail!(
+            "the Sidecar in force for this workload names ingress listeners: they are read in explicit mode only (capture forwards each connection to the port it was addressed to); run without --capture, or remove spec.ingress"
+        );
+    }
     let explicit_ports = if args.capture {
         Vec::new()
     } else {
         sidecar.inbound_ports()
     };
     for p in explicit_ports {
+        let from_config = p.app.filter(|_| {
+            // An `--app NAME=ADDR` for the port wins over the
+            // configuration's `defaultEndpoint`; a bare `--app ADDR` does
+            // not.
+            p.name.as_deref().is_none_or(|n| {
+                !args
+                    .app
+                    .iter()
+                    .any(|a| a.split_once('=').is_some_and(|(name, _)| name == n))
+            })
+        });
+        if let Some(app) = from_config {
+            apps.push((p.addr, app));
+            continue;
+        }
         let app = match &p.name {
             Some(name) => parse_app(&args.app, name)?.ok_or_else(|| {
                 anyhow!("no --app for port {name}: give --app ADDR or --app {name}=ADDR")

@@ -18,17 +18,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
 use mesh_core::store::Store;
 use mesh_tower::authz::AuthorizeLayer;
 use mesh_tower::telemetry::{DestinationInfo, TcpTelemetry};
 use mesh_tower::traffic::TcpRouter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// The most a ClientHello may take before the gateway gives up on it
-/// (rustls' own limit on a handshake message is 64 KiB).
-const MAX_HELLO: usize = 64 * 1024;
 
 /// What every PASSTHROUGH connection of a gateway shares.
 pub(crate) struct Passthrough {
@@ -58,7 +53,11 @@ impl Passthrough {
         remote: SocketAddr,
     ) {
         let local = tcp.local_addr().ok();
-        let hello = tokio::time::timeout(self.handshake_timeout, read_client_hello(&mut tcp)).await;
+        let hello = tokio::time::timeout(
+            self.handshake_timeout,
+            mesh_tower::tls::read_client_hello(&mut tcp),
+        )
+        .await;
         let (hello, sni) = match hello {
             Err(_) => {
                 tracing::info!(%remote, port = port.port, "no ClientHello within the handshake timeout");
@@ -141,40 +140,6 @@ impl Passthrough {
                 conn.set_response_flags(e.response_flag());
                 tracing::info!(%remote, sni, reason = %e, flag = e.response_flag(), "passthrough connection failed");
             }
-        }
-    }
-}
-
-/// Reads until a whole ClientHello has come: the bytes read (to replay to
-/// the destination) and the SNI it names, lowercase. rustls parses it, so
-/// what is routed on is what a TLS server would read.
-async fn read_client_hello(tcp: &mut TcpStream) -> Result<(Vec<u8>, Option<String>)> {
-    let mut acceptor = rustls::server::Acceptor::default();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tcp.read(&mut buf).await?;
-        if n == 0 {
-            bail!("the client closed before its ClientHello");
-        }
-        seen.extend_from_slice(&buf[..n]);
-        if seen.len() > MAX_HELLO {
-            bail!("a ClientHello of more than {MAX_HELLO} bytes");
-        }
-        let mut chunk = &buf[..n];
-        while !chunk.is_empty() {
-            acceptor.read_tls(&mut chunk)?;
-        }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => {
-                let sni = accepted
-                    .client_hello()
-                    .server_name()
-                    .map(str::to_ascii_lowercase);
-                return Ok((seen, sni));
-            }
-            Ok(None) => {}
-            Err((e, _alert)) => bail!("{e}"),
         }
     }
 }

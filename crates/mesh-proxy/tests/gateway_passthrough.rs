@@ -1,4 +1,5 @@
-//! A Gateway's TLS PASSTHROUGH server: the client's TLS reaches the
+//! TLS routed by SNI without being opened. A Gateway's TLS PASSTHROUGH
+//! server: the client's TLS reaches the
 //! backend unopened (the backend's certificate is the one the client
 //! verifies; the gateway has none), routed by SNI through a VirtualService
 //! `tls` route, over mesh mTLS to the backend's sidecar. A connection with
@@ -32,17 +33,25 @@ struct Backend {
 }
 
 impl Backend {
-    /// A TLS server that answers every line with `backend: <line>`.
+    /// A TLS server for the gateway's hosts that answers every line with
+    /// `backend: <line>`.
     async fn start() -> Self {
+        Self::named("backend", &[APP_HOST, BLOCKED_HOST]).await
+    }
+
+    /// A TLS server for `hosts` that answers every line with
+    /// `<name>: <line>`.
+    async fn named(name: &'static str, hosts: &[&str]) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, "app CA");
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec![APP_HOST.to_owned(), BLOCKED_HOST.to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
+        let leaf =
+            CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>())
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
         let config = rustls::ServerConfig::builder_with_provider(mesh_ca::tls::crypto_provider())
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -71,7 +80,7 @@ impl Backend {
                         if n == 0 {
                             return;
                         }
-                        let mut out = b"backend: ".to_vec();
+                        let mut out = format!("{name}: ").into_bytes();
                         out.extend_from_slice(&buf[..n]);
                         if tls.write_all(&out).await.is_err() {
                             return;
@@ -233,4 +242,81 @@ async fn passthrough_routes_the_clients_tls_by_sni_to_the_backend_unopened() {
 
     gateway.shutdown().await;
     web.shutdown().await;
+}
+
+/// A sidecar routes a TLS port by SNI (a mesh VirtualService's `tls`
+/// route): the app's TLS to `egress.example.test:443` naming
+/// `b.example.test` goes to that service, any other SNI to the port's own
+/// endpoints; the app verifies each backend's own certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_routes_a_tls_port_by_sni() {
+    use mesh_proxy::{InboundListener, OutboundListener, Sidecar, SidecarListeners};
+    let world = World::new();
+    let a = Backend::named("a", &["egress.example.test"]).await;
+    let b = Backend::named("b", &["b.example.test"]).await;
+    world.write_config(
+        "mesh.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: egress}}\n\
+             spec: {{hosts: [egress.example.test], location: MESH_EXTERNAL, resolution: STATIC, ports: [{{number: 443, name: tls, protocol: TLS}}], endpoints: [{{address: 127.0.0.1, ports: {{tls: {}}}}}]}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: b}}\n\
+             spec: {{hosts: [b.example.test], location: MESH_EXTERNAL, resolution: STATIC, ports: [{{number: 443, name: tls, protocol: TLS}}], endpoints: [{{address: 127.0.0.1, ports: {{tls: {}}}}}]}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: client}}\n\
+             spec: {{address: 127.0.0.1, labels: {{app: client}}, serviceAccount: client}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: egress}}\n\
+             spec:\n  hosts: [egress.example.test, b.example.test]\n  tls:\n\
+             \x20 - match: [{{port: 443, sniHosts: [b.example.test]}}]\n    route: [{{destination: {{host: b.example.test, port: {{number: 443}}}}}}]\n",
+            a.port, b.port
+        ),
+    );
+    let out = bound();
+    let outbound = out.local_addr();
+    let client = Proxy::new(
+        Sidecar::builder(world.path("mesh"), "default", "client")
+            .identity(files_identity(&world, "client"))
+            .drain_timeout(TEARDOWN_DRAIN)
+            .build()
+            .unwrap()
+            .start(SidecarListeners {
+                admin: admin_listener().await,
+                inbound: Vec::<InboundListener>::new(),
+                outbound: vec![OutboundListener::new("egress.example.test", 443, out)],
+                http_proxy: None,
+                capture: None,
+            })
+            .unwrap(),
+    );
+    client.ready().await;
+
+    for _ in 0..2 {
+        assert_eq!(
+            talk(&b.client(true), outbound, "b.example.test").await,
+            Ok("b: hello\n".to_owned())
+        );
+        assert_eq!(
+            talk(&a.client(true), outbound, "egress.example.test").await,
+            Ok("a: hello\n".to_owned())
+        );
+    }
+    assert_eq!(b.handshakes.load(Ordering::SeqCst), 2);
+    assert_eq!(a.handshakes.load(Ordering::SeqCst), 2);
+    // Plaintext on a port routed by SNI is no ClientHello: closed.
+    let mut tcp = TcpStream::connect(outbound).await.unwrap();
+    let answer = exchange(&mut tcp, b"hello\n", Duration::from_secs(3)).await;
+    assert_eq!(answer, "");
+    // Each is counted as the service it went to.
+    let (_, metrics) = http_get(&client.admin_url("/stats/prometheus"))
+        .await
+        .unwrap();
+    for host in ["b.example.test", "egress.example.test"] {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("istio_tcp_connections_opened_total{")
+                    && l.contains(&format!("destination_service=\"{host}\""))
+            })
+            .unwrap_or_else(|| panic!("{host}: {metrics}"));
+        assert!(line.ends_with(" 2"), "{line}");
+    }
+    client.shutdown().await;
 }

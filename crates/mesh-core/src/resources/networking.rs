@@ -926,15 +926,20 @@ pub enum TlsVersion {
 /// `Sidecar.spec`: what the sidecars of the selected workloads (without a
 /// selector: of the namespace; in the root namespace: of the mesh) see of
 /// the mesh, and where they send what is no service of it
-/// ([`crate::visibility::workload_view`]). Ingress listeners, ports and
-/// binds of egress listeners, capture modes and connection pools are not
-/// implemented and refused by name.
+/// ([`crate::visibility::workload_view`]), and the ports it serves
+/// (`ingress`). Ports and binds of egress listeners, capture mode `NONE`,
+/// ingress TLS and connection pools are not implemented and refused by
+/// name.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sidecar {
     /// The workloads it applies to; all of its namespace when absent.
     #[serde(default)]
     pub workload_selector: Option<SelectorLabels>,
+    /// The sidecar's inbound listeners, in place of the WorkloadEntry's
+    /// ports: each port served and the app's address behind it.
+    #[serde(default)]
+    pub ingress: Vec<IngressListener>,
     /// The hosts the sidecar sees.
     #[serde(default)]
     pub egress: Vec<EgressListener>,
@@ -942,6 +947,65 @@ pub struct Sidecar {
     /// MeshConfig's when absent.
     #[serde(default)]
     pub outbound_traffic_policy: Option<crate::meshconfig::OutboundTrafficPolicy>,
+}
+
+/// One ingress listener of a Sidecar: a port the sidecar serves inbound
+/// and where it forwards (`defaultEndpoint`), as Istio's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressListener {
+    /// The port served (number, protocol, name).
+    pub port: ServicePort,
+    /// The address the listener binds (default: the workload's).
+    #[serde(default)]
+    pub bind: Option<String>,
+    /// `DEFAULT` or `IPTABLES` (the sidecar listens on the port either
+    /// way); `NONE` is refused (not read).
+    #[serde(default)]
+    pub capture_mode: Option<CaptureMode>,
+    /// The app: `127.0.0.1:PORT`, `[::1]:PORT`, or `0.0.0.0:PORT` /
+    /// `[::]:PORT` (the workload's address); unset, the listener's port on
+    /// loopback.
+    #[serde(default)]
+    pub default_endpoint: Option<String>,
+}
+
+/// Where an ingress listener's `defaultEndpoint` points: (the address is
+/// the workload's own, the port). `127.0.0.1:P` and `[::1]:P` are loopback;
+/// `0.0.0.0:P` and `[::]:P` the workload's address, as Istio reads them.
+pub fn ingress_endpoint(e: &str) -> Result<(std::net::SocketAddr, bool), String> {
+    if e.starts_with("unix://") {
+        return Err(format!(
+            "`{e}`: Unix domain socket endpoints are not supported by this mesh"
+        ));
+    }
+    let addr: std::net::SocketAddr = e.parse().map_err(|_| {
+        format!("`{e}` is not 127.0.0.1:PORT, 0.0.0.0:PORT, [::1]:PORT or [::]:PORT")
+    })?;
+    if addr.port() == 0 {
+        return Err(format!("`{e}`: the port must be 1-65535"));
+    }
+    if addr.ip().is_loopback() {
+        Ok((addr, false))
+    } else if addr.ip().is_unspecified() {
+        Ok((addr, true))
+    } else {
+        Err(format!(
+            "`{e}` is not 127.0.0.1:PORT, 0.0.0.0:PORT, [::1]:PORT or [::]:PORT"
+        ))
+    }
+}
+
+/// A Sidecar listener's `captureMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CaptureMode {
+    /// The sidecar's own mode.
+    Default,
+    /// Captured traffic.
+    Iptables,
+    /// Not captured: the app dials the sidecar.
+    None,
 }
 
 /// One egress listener of a Sidecar: the hosts imported, as

@@ -286,8 +286,12 @@ pub struct WorkloadPort {
     /// The port's name in the WorkloadEntry (`None`: it names no port, and
     /// this is the default inbound port, served as HTTP).
     pub name: Option<String>,
-    /// The address to bind: the WorkloadEntry's address and the port.
+    /// The address to bind: the WorkloadEntry's address (or the Sidecar
+    /// ingress listener's `bind`) and the port.
     pub addr: SocketAddr,
+    /// The app behind it, when the configuration names it (a Sidecar
+    /// ingress listener's `defaultEndpoint`); else the command line's.
+    pub app: Option<SocketAddr>,
 }
 
 /// One inbound port: its socket and the local app it forwards to.
@@ -389,29 +393,51 @@ impl Sidecar {
         }
     }
 
-    /// The inbound ports to bind: one per port of the WorkloadEntry, on its
-    /// address, or the default inbound port when it names none.
+    /// The inbound ports to bind: the `ingress` listeners of the Sidecar
+    /// in force for the workload (on their `bind` address, forwarding to
+    /// their `defaultEndpoint`), else one per port of the WorkloadEntry,
+    /// on its address, or the default inbound port when it names none.
     pub fn inbound_ports(&self) -> Vec<WorkloadPort> {
         let snap = self.store.load();
         let Some((_, w)) = snap.workload(&self.key) else {
             return Vec::new();
         };
         let ip: IpAddr = w.address.parse().unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        if let Some(ingress) = &w.ingress {
+            return ingress
+                .iter()
+                .map(|l| WorkloadPort {
+                    name: l.name.clone(),
+                    addr: SocketAddr::new(l.bind.unwrap_or(ip), l.number),
+                    app: Some(l.app),
+                })
+                .collect();
+        }
         let mut ports: Vec<WorkloadPort> = w
             .ports
             .iter()
             .map(|(name, port)| WorkloadPort {
                 name: Some(name.clone()),
                 addr: SocketAddr::new(ip, *port),
+                app: None,
             })
             .collect();
         if ports.is_empty() {
             ports.push(WorkloadPort {
                 name: None,
                 addr: SocketAddr::new(ip, self.default_inbound_port),
+                app: None,
             });
         }
         ports
+    }
+
+    /// Whether the Sidecar in force for the workload names its inbound
+    /// ports (`ingress`): read in explicit mode only.
+    pub fn has_ingress_listeners(&self) -> bool {
+        let snap = self.store.load();
+        snap.workload(&self.key)
+            .is_some_and(|(_, w)| w.ingress.is_some())
     }
 
     /// The capture listeners' ports from MeshConfig's `ports`: (outbound,
@@ -434,7 +460,13 @@ impl Sidecar {
         let mut plan = Vec::new();
         for l in inbound {
             let port = l.socket.local_addr().port();
-            let protocol = if w.ports.is_empty() {
+            let ingress = w
+                .ingress
+                .as_ref()
+                .and_then(|i| i.iter().find(|l| l.number == port));
+            let protocol = if let Some(l) = ingress {
+                l.protocol
+            } else if w.ports.is_empty() {
                 Protocol::Http
             } else {
                 port_protocol(&snap, w, port).ok_or_else(|| {

@@ -87,16 +87,53 @@ pub(super) async fn outbound_loop(
 /// (Istio's caller-side TCP labels), or, when none could be reached, the
 /// service alone with the failure's flag.
 pub(super) async fn outbound_tcp(
-    local: TcpStream,
+    mut local: TcpStream,
     telemetry: &TcpTelemetry,
     info: DestinationInfo,
     tcp: &TcpRouter,
     target: &OutboundTarget,
 ) {
     let (host, port) = (target.host.as_str(), target.port);
-    match tcp.connect(host, port).await {
-        Ok(up) => {
+    // A TLS port with `tls` routes: the ClientHello's SNI decides, the
+    // hello replayed to where it goes (bounded as a handshake is).
+    let hello = if tcp.routes_by_sni(host, port) {
+        let read = mesh_tower::tls::read_client_hello(&mut local);
+        match tokio::time::timeout(SNI_READ_TIMEOUT, read).await {
+            Ok(Ok(hello)) => Some(hello),
+            Ok(Err(e)) => {
+                tracing::info!(host, port, error = %e, "no TLS ClientHello on a port routed by SNI: closed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(
+                    host,
+                    port,
+                    "no TLS ClientHello within {SNI_READ_TIMEOUT:?}: closed"
+                );
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let connected = match &hello {
+        Some((_, sni)) => tcp.connect_sni(host, port, sni.as_deref()).await,
+        None => tcp.connect(host, port).await,
+    };
+    match connected {
+        Ok(mut up) => {
+            // Routed by SNI to another service: counted as that one's.
+            let info = match (&hello, up.host != host) {
+                (Some(_), true) => tcp.service_info(&up.host).unwrap_or(info),
+                _ => info,
+            };
             let conn = telemetry.connected(&served(info, &up));
+            if let Some((bytes, _)) = &hello {
+                if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut up.io, bytes).await {
+                    tracing::info!(host, endpoint = %up.endpoint, error = %e, "the destination closed before the ClientHello");
+                    return;
+                }
+            }
             tunnel(local, conn, up.io, host, &up.endpoint).await
         }
         Err(e) => {
@@ -106,6 +143,10 @@ pub(super) async fn outbound_tcp(
         }
     }
 }
+
+/// How long a client on a port routed by SNI may take to send its
+/// ClientHello (the gateway's default handshake timeout).
+const SNI_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The destination of a TCP connection once its endpoint answered: the
 /// workload that serves there, and whether the hop is mesh mTLS.

@@ -35,12 +35,14 @@
 
 mod acceptor;
 mod connector;
+mod hello;
 mod rewind;
 mod serve;
 
 pub use crate::server::ServerHandle;
 pub use acceptor::{AcceptError, MeshAcceptor, MeshStream};
 pub use connector::{ConnectError, MeshClientStream, MeshConnector};
+pub use hello::{MAX_CLIENT_HELLO, read_client_hello};
 pub use mesh_ca::tls::{ClientAuth, SpiffeClientVerifier, SpiffeServerVerifier};
 pub use mesh_ca::{CredentialStore, Credentials, SvidError, TrustBundle, TrustBundleSet};
 pub use rewind::Rewind;

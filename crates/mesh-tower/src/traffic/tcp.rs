@@ -159,6 +159,50 @@ impl TcpRouter {
         self.connect_to(&snap, &dests, port, &me, &svc.host).await
     }
 
+    /// Whether connections to `host:port` are routed by their TLS SNI (a
+    /// mesh VirtualService has `tls` routes on that port): the caller
+    /// reads the ClientHello first and calls
+    /// [`connect_sni`](Self::connect_sni).
+    pub fn routes_by_sni(&self, host: &str, port: u16) -> bool {
+        let snap = self.store.load();
+        service_port(&snap, host, port, &self.namespace)
+            .is_ok_and(|(_, sp)| !sp.tls_routes.is_empty())
+    }
+
+    /// What telemetry names `host` as a destination service (a TLS route
+    /// may send a connection to another service than the one dialled).
+    pub fn service_info(&self, host: &str) -> Option<crate::telemetry::DestinationInfo> {
+        self.store
+            .load()
+            .services
+            .get(host)
+            .map(crate::telemetry::DestinationInfo::for_service)
+    }
+
+    /// [`connect`](Self::connect) for a TLS connection whose ClientHello
+    /// named `sni`: the first TLS rule of the port that names it, else the
+    /// port's TCP rules.
+    pub async fn connect_sni(
+        &self,
+        host: &str,
+        port: u16,
+        sni: Option<&str>,
+    ) -> Result<TcpConnection, MeshError> {
+        let snap = self.store.load();
+        let (svc, sp) = service_port(&snap, host, port, &self.namespace)?;
+        let me = self.place.whereabouts(&snap);
+        match sni.and_then(|n| sp.tls_rule(n)) {
+            Some(rule) => {
+                self.connect_to(&snap, &rule.route, port, &me, &svc.host)
+                    .await
+            }
+            None => {
+                let dests = tcp_destinations(svc, sp, &me.labels);
+                self.connect_to(&snap, &dests, port, &me, &svc.host).await
+            }
+        }
+    }
+
     /// Opens a connection to one of `dests` (a route chose them: a
     /// Gateway's TLS route), `port` standing for a destination that names
     /// none; a second endpoint is tried when the first cannot be reached.

@@ -1,8 +1,10 @@
-//! WebSocket through the mesh, between a real client and a real server
-//! (Python's `websockets`, installed by `.ci/run`): the client's sidecar
-//! (outbound) and the server's (inbound, mTLS between them), as Istio's
-//! sidecars pass upgrades. And the rule beside it: the hop-by-hop headers
-//! of a request, and those its `Connection` names, never reach the app.
+//! What the sidecars forward, and how. WebSocket through the mesh,
+//! between a real client and a real server (Python's `websockets`,
+//! installed by `.ci/run`): the client's sidecar (outbound) and the
+//! server's (inbound, mTLS between them), as Istio's sidecars pass
+//! upgrades. The rule beside it: the hop-by-hop headers of a request, and
+//! those its `Connection` names, never reach the app. And a Sidecar's
+//! `ingress` listener: the port served and the app behind it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -377,5 +379,71 @@ async fn connection_cannot_remove_a_header_the_mesh_sets() {
     assert_eq!(h["x-tenant"], "blue", "{h:?}");
     assert!(!h.contains_key("connection"), "{h:?}");
     client_proxy.shutdown().await;
+    web.shutdown().await;
+}
+
+/// A Sidecar's `ingress` listener names the inbound port and the app
+/// behind it (`defaultEndpoint`, here on another port than the one the
+/// mesh dials): the sidecar serves that port, forwards there, and the
+/// WorkloadEntry's own ports are not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_ingress_listener_names_the_port_and_the_app_behind_it() {
+    let world = World::new();
+    let (app, seen) = counting_app().await;
+    let inbound = bound();
+    let port = inbound.local_addr().port();
+    world.write_config(
+        "mesh.yaml",
+        &format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: web}}\n\
+             spec:\n  workloadSelector: {{labels: {{app: web}}}}\n  ingress:\n\
+             \x20 - port: {{number: {port}, protocol: HTTP, name: http-local}}\n    defaultEndpoint: 127.0.0.1:{app}\n    captureMode: IPTABLES\n",
+            mesh_config(port, "STRICT")
+        ),
+    );
+    let sidecar = Sidecar::builder(world.path("mesh"), "default", "web")
+        .identity(files_identity(&world, "web"))
+        .drain_timeout(TEARDOWN_DRAIN)
+        .build()
+        .unwrap();
+    let ports = sidecar.inbound_ports();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(ports[0].name.as_deref(), Some("http-local"));
+    assert_eq!(ports[0].addr.port(), port);
+    assert_eq!(ports[0].app, Some(SocketAddr::from(([127, 0, 0, 1], app))));
+    let web = Proxy::new(
+        sidecar
+            .start(SidecarListeners {
+                admin: admin_listener().await,
+                inbound: vec![InboundListener::new(inbound, ports[0].app.unwrap())],
+                outbound: Vec::new(),
+                http_proxy: None,
+                capture: None,
+            })
+            .unwrap(),
+    );
+    web.ready().await;
+    let out = bound();
+    let outbound = out.local_addr();
+    let client = Proxy::new(
+        Sidecar::builder(world.path("mesh"), "default", "client")
+            .identity(files_identity(&world, "client"))
+            .drain_timeout(TEARDOWN_DRAIN)
+            .build()
+            .unwrap()
+            .start(SidecarListeners {
+                admin: admin_listener().await,
+                inbound: Vec::new(),
+                outbound: vec![OutboundListener::new("web", 80, out)],
+                http_proxy: None,
+                capture: None,
+            })
+            .unwrap(),
+    );
+    client.ready().await;
+    let answer = raw(outbound, "GET /via-ingress HTTP/1.1\r\nHost: web\r\n\r\n").await;
+    assert_eq!(status_of(&answer), Some(200), "{answer}");
+    assert_eq!(seen.paths(), ["/via-ingress"]);
+    client.shutdown().await;
     web.shutdown().await;
 }
