@@ -574,6 +574,16 @@ pub fn endpoints(
     )
 }
 
+/// How Istio writes an endpoint on a Unix domain socket: `unix:///path`,
+/// or `unix://@name` in Linux's abstract namespace.
+pub const UNIX_PREFIX: &str = "unix://";
+
+/// The socket an endpoint key (or address) names, if it is one: the path,
+/// or `@name`.
+pub fn unix_socket(key: &str) -> Option<&str> {
+    key.strip_prefix(UNIX_PREFIX).filter(|p| !p.is_empty())
+}
+
 /// The traffic policy for a host, port and subset, merged the way Istio
 /// merges: subset over host, port-level over the whole.
 pub fn effective_policy(
@@ -814,6 +824,10 @@ fn captured_endpoint(
 /// `address:port`, with an IPv6 address in brackets (`[fd00::1]:80`), so
 /// that the key parses as a socket address and names the endpoint in URIs.
 pub fn endpoint_key(address: &str, port: u16) -> String {
+    // A Unix socket has no port: the address is the key.
+    if address.starts_with(UNIX_PREFIX) {
+        return address.to_owned();
+    }
     // Every request resolves its destination's keys, so only an address
     // that may be IPv6 is parsed (for its brackets and canonical form). An
     // IPv4 address std parses is already its own `Display` (the parser

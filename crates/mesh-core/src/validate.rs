@@ -817,6 +817,14 @@ fn service_entry(c: &mut Checker<'_>, se: &ServiceEntry) {
     }
     for (i, e) in se.endpoints.iter().enumerate() {
         workload_entry(c, &format!("spec.endpoints[{i}]"), e);
+        if e.address.starts_with(crate::plan::UNIX_PREFIX)
+            && se.resolution != Some(crate::resources::networking::Resolution::Static)
+        {
+            c.err(
+                format!("spec.endpoints[{i}].address"),
+                "Unix domain socket endpoints need resolution: STATIC",
+            );
+        }
     }
 }
 
@@ -826,16 +834,29 @@ fn workload_entry(c: &mut Checker<'_>, f: &str, we: &WorkloadEntry) {
     if we.address.is_empty() && we.network.as_deref().is_none_or(str::is_empty) {
         c.err(format!("{f}.address"), "is required");
     }
-    if we.address.starts_with("unix://") {
-        // Istio's Unix domain socket endpoints: no data plane here dials
-        // one, so an entry naming one is refused rather than unreachable.
-        c.err(
-            format!("{f}.address"),
-            format!(
-                "`{}`: Unix domain socket addresses are not supported by this mesh; give an IP address or a host name",
-                we.address
-            ),
-        );
+    if let Some(rest) = we.address.strip_prefix(crate::plan::UNIX_PREFIX) {
+        // Istio's Unix domain socket endpoints (`ValidateUnixAddress`): an
+        // absolute path or `@name` (the abstract namespace), within a
+        // socket address's 107 bytes, and no ports (a socket has none).
+        if rest.is_empty() {
+            c.err(format!("{f}.address"), "unix address must not be empty");
+        } else if !rest.starts_with('@') && (!rest.starts_with('/') || rest.ends_with('/')) {
+            c.err(
+                format!("{f}.address"),
+                format!("`{}` is not an absolute path to a file (unix:///path) nor abstract (unix://@name)", we.address),
+            );
+        } else if rest.len() > 107 {
+            c.err(
+                format!("{f}.address"),
+                format!("`{}`: a Unix socket path is at most 107 bytes", we.address),
+            );
+        }
+        if !we.ports.is_empty() {
+            c.err(
+                format!("{f}.ports"),
+                "a Unix domain socket endpoint takes no ports",
+            );
+        }
     }
     for name in we.ports.keys() {
         let ok = crate::load::is_dns_label(name);

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 /// The share of Istio-valid folders read today (185 of 253, with the
 /// Gateway API's Gateway and HTTPRoute; its waypoints and TCP folders are
 /// refused by name).
-const VALID_FLOOR: f64 = 0.84;
+const VALID_FLOOR: f64 = 0.85;
 
 fn corpus() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/istio-corpus");

@@ -586,3 +586,35 @@ fn sidecar_ingress_listeners_are_checked_field_by_field() {
         one_error(&sc(ingress), field);
     }
 }
+
+#[test]
+fn unix_socket_endpoints_are_checked_as_istio_checks_them() {
+    let we = |spec: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: w}}\nspec: {spec}\n"
+        )
+    };
+    for ok in [
+        "{address: 'unix:///var/run/app.sock'}",
+        "{address: 'unix://@app'}",
+    ] {
+        load_str(Path::new("test.yaml"), &we(ok)).unwrap();
+    }
+    for (spec, field) in [
+        ("{address: 'unix://'}", "spec.address"),
+        ("{address: 'unix://relative/app.sock'}", "spec.address"),
+        ("{address: 'unix:///dir/'}", "spec.address"),
+        (
+            "{address: 'unix:///app.sock', ports: {http: 80}}",
+            "spec.ports",
+        ),
+    ] {
+        one_error(&we(spec), field);
+    }
+    let text = one_error(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\n\
+         spec: {hosts: [a.example.test], resolution: DNS, ports: [{number: 80, name: http}], endpoints: [{address: 'unix:///app.sock'}]}\n",
+        "spec.endpoints[0].address",
+    );
+    assert!(text.contains("resolution: STATIC"), "{text}");
+}

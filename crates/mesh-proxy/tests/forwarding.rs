@@ -447,3 +447,121 @@ async fn a_sidecar_ingress_listener_names_the_port_and_the_app_behind_it() {
     client.shutdown().await;
     web.shutdown().await;
 }
+
+/// Endpoints on Unix domain sockets (Istio's `unix:///path` and
+/// `unix://@name`): an HTTP service whose app listens on a socket file,
+/// and an opaque TCP one on an abstract socket, both reached through the
+/// client's sidecar by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_on_unix_sockets_are_dialled_for_http_and_tcp() {
+    use tokio::io::AsyncReadExt as _;
+    let world = World::new();
+    // The HTTP app, on a socket file.
+    let sock = world.path("app.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (io, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = format!("uds app saw {}", req.uri().path());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                .await;
+            });
+        }
+    });
+    // The TCP one, on an abstract socket: writes its name and closes.
+    let name = format!("mesh-test-{}", std::process::id());
+    let abstract_listener = {
+        use std::os::linux::net::SocketAddrExt as _;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let l = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        l.set_nonblocking(true).unwrap();
+        tokio::net::UnixListener::from_std(l).unwrap()
+    };
+    tokio::spawn(async move {
+        loop {
+            let (mut io, _) = abstract_listener.accept().await.unwrap();
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut io, b"abstract echo").await;
+        }
+    });
+    world.write_config(
+        "mesh.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: uds-http}}\n\
+             spec: {{hosts: [example.unix.local], location: MESH_EXTERNAL, resolution: STATIC, ports: [{{number: 8001, name: http, protocol: HTTP}}], endpoints: [{{address: 'unix://{}'}}]}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: uds-tcp}}\n\
+             spec: {{hosts: [echo.unix.local], location: MESH_EXTERNAL, resolution: STATIC, ports: [{{number: 9000, name: tcp, protocol: TCP}}], endpoints: [{{address: 'unix://@{name}'}}]}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: uds-internal}}\n\
+             spec: {{hosts: [internal.unix.local], resolution: STATIC, ports: [{{number: 8002, name: http, protocol: HTTP}}], endpoints: [{{address: 'unix://{}'}}]}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: client}}\n\
+             spec: {{address: 127.0.0.1, labels: {{app: client}}, serviceAccount: client}}\n",
+            sock.display(),
+            sock.display()
+        ),
+    );
+    let (http_out, tcp_out, internal_out) = (bound(), bound(), bound());
+    let internal_addr = internal_out.local_addr();
+    let (http_addr, tcp_addr) = (http_out.local_addr(), tcp_out.local_addr());
+    let client = Proxy::new(
+        Sidecar::builder(world.path("mesh"), "default", "client")
+            .identity(files_identity(&world, "client"))
+            .drain_timeout(TEARDOWN_DRAIN)
+            .build()
+            .unwrap()
+            .start(SidecarListeners {
+                admin: admin_listener().await,
+                inbound: Vec::new(),
+                outbound: vec![
+                    OutboundListener::new("example.unix.local", 8001, http_out),
+                    OutboundListener::new("echo.unix.local", 9000, tcp_out),
+                    OutboundListener::new("internal.unix.local", 8002, internal_out),
+                ],
+                http_proxy: None,
+                capture: None,
+            })
+            .unwrap(),
+    );
+    client.ready().await;
+    for path in ["/one", "/two"] {
+        let (status, body) = http_get(&format!("http://{http_addr}{path}"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, format!("uds app saw {path}"));
+    }
+    let mut tcp = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
+    let mut got = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, "abstract echo");
+    // A mesh-internal entry would need mesh mTLS, which a socket file's
+    // peer cannot prove: refused, never sent in the clear.
+    let answer = raw_status(internal_addr).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("Unix socket"), "{answer}");
+    client.shutdown().await;
+}
+
+/// `GET /` through an outbound port: the head of the answer and its
+/// `x-mesh-reason`.
+async fn raw_status(outbound: SocketAddr) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
+    exchange(
+        &mut tcp,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await
+}

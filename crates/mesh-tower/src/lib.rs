@@ -45,6 +45,7 @@ pub mod server;
 pub mod telemetry;
 pub mod tls;
 pub mod traffic;
+mod uds;
 pub mod upgrade;
 pub mod upstream;
 pub mod xds;

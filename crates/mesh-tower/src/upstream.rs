@@ -33,6 +33,8 @@ pub enum EndpointIo {
     Mtls(Box<MeshClientStream<TcpStream>>),
     /// Originated TLS (DestinationRule `tls: SIMPLE`).
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Plaintext on a Unix domain socket (an endpoint `unix://...`).
+    Unix(tokio::net::UnixStream),
 }
 
 impl EndpointIo {
@@ -60,6 +62,7 @@ impl AsyncRead for EndpointIo {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Self::Mtls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -74,6 +77,7 @@ impl AsyncWrite for EndpointIo {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Self::Mtls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -81,6 +85,7 @@ impl AsyncWrite for EndpointIo {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
             Self::Mtls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -88,6 +93,7 @@ impl AsyncWrite for EndpointIo {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Self::Mtls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
     fn poll_write_vectored(
@@ -99,6 +105,7 @@ impl AsyncWrite for EndpointIo {
             Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Self::Mtls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
@@ -106,6 +113,7 @@ impl AsyncWrite for EndpointIo {
             Self::Plain(s) => s.is_write_vectored(),
             Self::Mtls(s) => s.is_write_vectored(),
             Self::Tls(s) => s.is_write_vectored(),
+            Self::Unix(s) => s.is_write_vectored(),
         }
     }
 }
@@ -170,6 +178,19 @@ impl tower::Service<Uri> for EndpointConnector {
                 .trim_matches(['[', ']'])
                 .to_owned();
             let mtls = uri.scheme_str() == Some("https");
+            if let Some(path) = crate::uds::socket_of(&host) {
+                if mtls {
+                    return Err(format!(
+                        "unix://{path}: mesh mTLS or TLS to a Unix socket endpoint is not supported (its DestinationRule must say tls: DISABLE, or the entry be MESH_EXTERNAL)"
+                    )
+                    .into());
+                }
+                let io = tokio::time::timeout(this.connect_timeout, crate::uds::connect(&path))
+                    .await
+                    .map_err(|_| format!("connect timeout after {:?}", this.connect_timeout))?
+                    .map_err(|e| format!("unix://{path}: {e}"))?;
+                return Ok(TokioIo::new(EndpointIo::Unix(io)));
+            }
             let port = uri.port_u16().unwrap_or(if mtls { 443 } else { 80 });
             let tcp = tokio::time::timeout(
                 this.connect_timeout,

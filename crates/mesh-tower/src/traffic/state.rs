@@ -79,6 +79,9 @@ impl EndpointState {
     pub(crate) fn authority(&self, key: &str) -> Result<http::uri::Authority, String> {
         self.authority
             .get_or_init(|| {
+                if let Some(a) = crate::uds::authority(key) {
+                    return http::uri::Authority::try_from(a).map_err(|e| e.to_string());
+                }
                 http::uri::Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(
                     key.as_bytes(),
                 ))

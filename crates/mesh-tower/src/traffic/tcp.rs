@@ -333,6 +333,18 @@ impl TcpRouter {
         allowed: &[SpiffeId],
         connect_timeout: Duration,
     ) -> Result<(EndpointIo, Option<SpiffeId>), String> {
+        if let Some(path) = mesh_core::plan::unix_socket(addr) {
+            if mtls {
+                return Err(format!(
+                    "{addr}: mesh mTLS to a Unix socket endpoint is not supported (its DestinationRule must say tls: DISABLE, or the entry be MESH_EXTERNAL)"
+                ));
+            }
+            let io = tokio::time::timeout(connect_timeout, crate::uds::connect(path))
+                .await
+                .map_err(|_| format!("connect timeout after {connect_timeout:?}"))?
+                .map_err(|e| format!("{addr}: {e}"))?;
+            return Ok((EndpointIo::Unix(io), None));
+        }
         let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| format!("connect timeout after {connect_timeout:?}"))?
