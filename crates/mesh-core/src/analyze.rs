@@ -169,6 +169,19 @@ pub mod codes {
     /// does not define (no external authorizer kind is implemented yet): as
     /// Istio does, every request to its workloads is denied.
     pub const CUSTOM_PROVIDER_UNDEFINED: &str = "MESH0126";
+    /// Two Gateways select the same gateway workloads and serve one port
+    /// for hosts they share (Istio's IST0145): one gateway cannot serve
+    /// both.
+    pub const CONFLICTING_GATEWAYS: &str = "MESH0127";
+    /// An HTTP match that repeats an earlier match of the same
+    /// VirtualService (Istio's IST0131): its rule never takes a request
+    /// through it.
+    pub const INEFFECTIVE_MATCH: &str = "MESH0128";
+    /// A gateway's VirtualService routes to a host whose mesh
+    /// VirtualService splits by subset, without naming a subset itself
+    /// (Istio's IST0140): the mesh's subsets and weights do not apply to
+    /// requests from the gateway.
+    pub const INGRESS_SKIPS_MESH_RULES: &str = "MESH0129";
 }
 
 /// How the sidecars the configuration is for run, for the analyzers that
@@ -221,11 +234,145 @@ pub fn check_with(
     sidecars(snap, resources, &mut findings);
     telemetries(snap, resources, &mut findings);
     virtual_services(snap, resources, &mut findings);
+    conflicting_gateways(resources, &mut findings);
+    ineffective_matches(resources, &mut findings);
+    ingress_skips_mesh_rules(snap, resources, &mut findings);
     if options.capture {
         capture(snap, &mut findings);
     }
     findings.sort_by(|a, b| a.severity.cmp(&b.severity).then(a.code.cmp(b.code)));
     Report { tls, findings }
+}
+
+/// IST0145: two Gateways with one selector serving one port for a host
+/// both name.
+fn conflicting_gateways(res: &crate::resources::Resources, out: &mut Vec<Finding>) {
+    let host = |h: &str| h.rsplit_once('/').map_or(h, |(_, name)| name).to_owned();
+    for (i, a) in res.gateways.iter().enumerate() {
+        for b in &res.gateways[i + 1..] {
+            if a.spec.selector.is_empty() || a.spec.selector != b.spec.selector {
+                continue;
+            }
+            let clash = a.spec.servers.iter().find_map(|sa| {
+                b.spec.servers.iter().find_map(|sb| {
+                    if sa.port.number != sb.port.number {
+                        return None;
+                    }
+                    sa.hosts.iter().find_map(|ha| {
+                        sb.hosts.iter().find_map(|hb| {
+                            let (ha, hb) = (host(ha), host(hb));
+                            crate::gateway::hosts_intersect(&ha, &hb)
+                                .then(|| (sa.port.number, ha.clone(), hb))
+                        })
+                    })
+                })
+            });
+            if let Some((port, ha, hb)) = clash {
+                let selector = a
+                    .spec
+                    .selector
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                out.push(finding(
+                    Severity::Error,
+                    codes::CONFLICTING_GATEWAYS,
+                    format!(
+                        "{} and {} select the same gateway workloads ({selector}) and both serve port {port} for `{ha}` and `{hb}`: one gateway cannot serve both; give one another port or hosts of its own",
+                        a.source, b.source
+                    ),
+                    vec![a.source.clone(), b.source.clone()],
+                ));
+            }
+        }
+    }
+}
+
+/// IST0131: an HTTP match that repeats an earlier one of its
+/// VirtualService (the same conditions, whatever its name).
+fn ineffective_matches(res: &crate::resources::Resources, out: &mut Vec<Finding>) {
+    for vs in &res.virtual_services {
+        let mut seen: Vec<(String, usize, usize)> = Vec::new();
+        for (i, rule) in vs.spec.http.iter().enumerate() {
+            for (j, m) in rule.matches.iter().enumerate() {
+                let mut unnamed = m.clone();
+                unnamed.name = None;
+                let shape = format!("{unnamed:?}");
+                if let Some((_, pi, pj)) = seen.iter().find(|(s, _, _)| *s == shape) {
+                    out.push(finding(
+                        Severity::Warning,
+                        codes::INEFFECTIVE_MATCH,
+                        format!(
+                            "{}: http[{i}].match[{j}] repeats http[{pi}].match[{pj}], which takes every request it would: it is never used",
+                            vs.source
+                        ),
+                        vec![vs.source.clone()],
+                    ));
+                } else {
+                    seen.push((shape, i, j));
+                }
+            }
+        }
+    }
+}
+
+/// IST0140: a gateway-only VirtualService routes to a host without a
+/// subset while the host's mesh VirtualService splits it by subsets.
+fn ingress_skips_mesh_rules(
+    snap: &Snapshot,
+    res: &crate::resources::Resources,
+    out: &mut Vec<Finding>,
+) {
+    // Mesh VirtualServices that route by subset, by the hosts they name.
+    let mut by_host: std::collections::BTreeMap<String, &crate::resources::Item<_>> =
+        std::collections::BTreeMap::new();
+    for vs in &res.virtual_services {
+        let mesh_bound =
+            vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
+        let subsets = vs
+            .spec
+            .http
+            .iter()
+            .flat_map(|r| &r.route)
+            .any(|d| d.destination.subset.is_some());
+        if mesh_bound && subsets {
+            for h in &vs.spec.hosts {
+                by_host
+                    .entry(snap.mesh.resolve_host(h, vs.namespace()))
+                    .or_insert(vs);
+            }
+        }
+    }
+    if by_host.is_empty() {
+        return;
+    }
+    for vs in &res.virtual_services {
+        if vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh") {
+            continue;
+        }
+        let mut told = BTreeSet::new();
+        for d in vs.spec.http.iter().flat_map(|r| &r.route) {
+            if d.destination.subset.is_some() {
+                continue;
+            }
+            let host = snap.mesh.resolve_host(&d.destination.host, vs.namespace());
+            let Some(mesh_vs) = by_host.get(&host) else {
+                continue;
+            };
+            if told.insert(host.clone()) {
+                out.push(finding(
+                    Severity::Warning,
+                    codes::INGRESS_SKIPS_MESH_RULES,
+                    format!(
+                        "{} routes its gateways' requests to {host} with no subset, so the subsets of {} do not apply to them (a gateway takes its own VirtualService's rules): name the subsets there too, or bind {} to the gateway",
+                        vs.source, mesh_vs.source, mesh_vs.source
+                    ),
+                    vec![vs.source.clone(), mesh_vs.source.clone()],
+                ));
+            }
+        }
+    }
 }
 
 /// IST0149: claim matches on gateways no RequestAuthentication covers (the

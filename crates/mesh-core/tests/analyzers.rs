@@ -36,6 +36,9 @@ const ALL_CODES: &[&str] = &[
     codes::CLAIMS_WITHOUT_AUTHENTICATION,
     codes::ENDPOINTS_ON_OTHER_NETWORKS,
     codes::CUSTOM_PROVIDER_UNDEFINED,
+    codes::CONFLICTING_GATEWAYS,
+    codes::INEFFECTIVE_MATCH,
+    codes::INGRESS_SKIPS_MESH_RULES,
 ];
 
 const REVIEWS_80: &str = "reviews.default.svc.cluster.local:80";
@@ -482,6 +485,46 @@ const CASES: &[Case] = &[
         "my-authz",
     ])
     .resources(&["AuthorizationPolicy default/ext-authz"]),
+    // MESH0127
+    Case::new(
+        "mesh0127-conflicting-gateways",
+        codes::CONFLICTING_GATEWAYS,
+        Severity::Error,
+    )
+    .message(&[
+        "Gateway default/shop",
+        "Gateway default/shop-canary",
+        "port 443",
+        "shop.example.com",
+    ])
+    .resources(&["Gateway default/shop", "Gateway default/shop-canary"]),
+    // MESH0128
+    Case::new(
+        "mesh0128-repeated-match",
+        codes::INEFFECTIVE_MATCH,
+        Severity::Warning,
+    )
+    .message(&[
+        "VirtualService default/reviews",
+        "http[1].match[0]",
+        "http[0].match[0]",
+    ])
+    .resources(&["VirtualService default/reviews"]),
+    // MESH0129
+    Case::new(
+        "mesh0129-gateway-skips-mesh-subsets",
+        codes::INGRESS_SKIPS_MESH_RULES,
+        Severity::Warning,
+    )
+    .message(&[
+        "VirtualService default/edge",
+        "VirtualService default/reviews",
+        "reviews.default.svc.cluster.local",
+    ])
+    .resources(&[
+        "VirtualService default/edge",
+        "VirtualService default/reviews",
+    ]),
 ];
 
 fn fixture(dir: &str, variant: &str) -> PathBuf {
