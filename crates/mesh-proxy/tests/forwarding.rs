@@ -159,20 +159,7 @@ async fn pair(world: &World, app_port: u16, extra: &str) -> (SocketAddr, Proxy, 
     .await;
     let out = bound();
     let outbound = out.local_addr();
-    let client = Sidecar::builder(world.path("mesh"), "default", "client")
-        .identity(files_identity(world, "client"))
-        .drain_timeout(TEARDOWN_DRAIN)
-        .build()
-        .unwrap()
-        .start(SidecarListeners {
-            admin: admin_listener().await,
-            inbound: Vec::<InboundListener>::new(),
-            outbound: vec![OutboundListener::new("web", 80, out)],
-            http_proxy: None,
-            capture: None,
-        })
-        .unwrap();
-    let client = Proxy::new(client);
+    let client = client_sidecar(world, vec![OutboundListener::new("web", 80, out)]).await;
     web.ready().await;
     client.ready().await;
     (outbound, web, client)
@@ -425,21 +412,7 @@ async fn a_sidecar_ingress_listener_names_the_port_and_the_app_behind_it() {
     web.ready().await;
     let out = bound();
     let outbound = out.local_addr();
-    let client = Proxy::new(
-        Sidecar::builder(world.path("mesh"), "default", "client")
-            .identity(files_identity(&world, "client"))
-            .drain_timeout(TEARDOWN_DRAIN)
-            .build()
-            .unwrap()
-            .start(SidecarListeners {
-                admin: admin_listener().await,
-                inbound: Vec::new(),
-                outbound: vec![OutboundListener::new("web", 80, out)],
-                http_proxy: None,
-                capture: None,
-            })
-            .unwrap(),
-    );
+    let client = client_sidecar(&world, vec![OutboundListener::new("web", 80, out)]).await;
     client.ready().await;
     let answer = raw(outbound, "GET /via-ingress HTTP/1.1\r\nHost: web\r\n\r\n").await;
     assert_eq!(status_of(&answer), Some(200), "{answer}");
@@ -512,25 +485,15 @@ async fn endpoints_on_unix_sockets_are_dialled_for_http_and_tcp() {
     let (http_out, tcp_out, internal_out) = (bound(), bound(), bound());
     let internal_addr = internal_out.local_addr();
     let (http_addr, tcp_addr) = (http_out.local_addr(), tcp_out.local_addr());
-    let client = Proxy::new(
-        Sidecar::builder(world.path("mesh"), "default", "client")
-            .identity(files_identity(&world, "client"))
-            .drain_timeout(TEARDOWN_DRAIN)
-            .build()
-            .unwrap()
-            .start(SidecarListeners {
-                admin: admin_listener().await,
-                inbound: Vec::new(),
-                outbound: vec![
-                    OutboundListener::new("example.unix.local", 8001, http_out),
-                    OutboundListener::new("echo.unix.local", 9000, tcp_out),
-                    OutboundListener::new("internal.unix.local", 8002, internal_out),
-                ],
-                http_proxy: None,
-                capture: None,
-            })
-            .unwrap(),
-    );
+    let client = client_sidecar(
+        &world,
+        vec![
+            OutboundListener::new("example.unix.local", 8001, http_out),
+            OutboundListener::new("echo.unix.local", 9000, tcp_out),
+            OutboundListener::new("internal.unix.local", 8002, internal_out),
+        ],
+    )
+    .await;
     client.ready().await;
     for path in ["/one", "/two"] {
         let (status, body) = http_get(&format!("http://{http_addr}{path}"))

@@ -250,7 +250,7 @@ async fn passthrough_routes_the_clients_tls_by_sni_to_the_backend_unopened() {
 /// endpoints; the app verifies each backend's own certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_routes_a_tls_port_by_sni() {
-    use mesh_proxy::{InboundListener, OutboundListener, Sidecar, SidecarListeners};
+    use mesh_proxy::OutboundListener;
     let world = World::new();
     let a = Backend::named("a", &["egress.example.test"]).await;
     let b = Backend::named("b", &["b.example.test"]).await;
@@ -271,21 +271,11 @@ async fn a_sidecar_routes_a_tls_port_by_sni() {
     );
     let out = bound();
     let outbound = out.local_addr();
-    let client = Proxy::new(
-        Sidecar::builder(world.path("mesh"), "default", "client")
-            .identity(files_identity(&world, "client"))
-            .drain_timeout(TEARDOWN_DRAIN)
-            .build()
-            .unwrap()
-            .start(SidecarListeners {
-                admin: admin_listener().await,
-                inbound: Vec::<InboundListener>::new(),
-                outbound: vec![OutboundListener::new("egress.example.test", 443, out)],
-                http_proxy: None,
-                capture: None,
-            })
-            .unwrap(),
-    );
+    let client = client_sidecar(
+        &world,
+        vec![OutboundListener::new("egress.example.test", 443, out)],
+    )
+    .await;
     client.ready().await;
 
     for _ in 0..2 {

@@ -327,6 +327,26 @@ pub async fn ready_sidecar(
     (proxy, port)
 }
 
+/// The sidecar of `client` (a files identity) with `outbound` ports only,
+/// not yet ready (drained at the end for [`TEARDOWN_DRAIN`]).
+pub async fn client_sidecar(world: &World, outbound: Vec<mesh_proxy::OutboundListener>) -> Proxy {
+    Proxy::new(
+        Sidecar::builder(world.path("mesh"), "default", "client")
+            .identity(files_identity(world, "client"))
+            .drain_timeout(TEARDOWN_DRAIN)
+            .build()
+            .unwrap()
+            .start(SidecarListeners {
+                admin: admin_listener().await,
+                inbound: Vec::new(),
+                outbound,
+                http_proxy: None,
+                capture: None,
+            })
+            .unwrap(),
+    )
+}
+
 /// The gateway of the Gateway `edge` with a files identity
 /// (`spiffe://cluster.local/ns/default/sa/edge`) on `servers`, ready
 /// (drained at the end for [`TEARDOWN_DRAIN`]).
