@@ -182,6 +182,14 @@ pub mod codes {
     /// (Istio's IST0140): the mesh's subsets and weights do not apply to
     /// requests from the gateway.
     pub const INGRESS_SKIPS_MESH_RULES: &str = "MESH0129";
+    /// A `corsPolicy` that allows credentials from any origin (a wildcard,
+    /// a regex that matches everything, an empty prefix): every site can
+    /// read the answers to its users' credentialed requests.
+    pub const CORS_CREDENTIALS_ANY_ORIGIN: &str = "MESH0130";
+    /// A mesh VirtualService's `tls` route applies to no TLS or HTTPS port
+    /// of the services its hosts name: the sidecars route those ports by
+    /// SNI only, so the route is never used.
+    pub const TLS_ROUTE_UNUSED: &str = "MESH0131";
 }
 
 /// How the sidecars the configuration is for run, for the analyzers that
@@ -237,6 +245,8 @@ pub fn check_with(
     conflicting_gateways(resources, &mut findings);
     ineffective_matches(resources, &mut findings);
     ingress_skips_mesh_rules(snap, resources, &mut findings);
+    cors_credentials(resources, &mut findings);
+    unused_tls_routes(snap, resources, &mut findings);
     if options.capture {
         capture(snap, &mut findings);
     }
@@ -371,6 +381,81 @@ fn ingress_skips_mesh_rules(
                     vec![vs.source.clone(), mesh_vs.source.clone()],
                 ));
             }
+        }
+    }
+}
+
+/// A `corsPolicy` with `allowCredentials` and an origin match any origin
+/// passes.
+fn cors_credentials(res: &crate::resources::Resources, out: &mut Vec<Finding>) {
+    use crate::resources::common::StringMatch;
+    for vs in &res.virtual_services {
+        for (i, rule) in vs.spec.http.iter().enumerate() {
+            let Some(p) = &rule.cors_policy else {
+                continue;
+            };
+            if p.allow_credentials != Some(true) {
+                continue;
+            }
+            let any = p.allow_origin.iter().any(|o| o == "*")
+                || p.allow_origins.iter().any(|m| match m {
+                    // A prefix no longer than a scheme lets every site of it in.
+                    StringMatch::Prefix(x) => {
+                        matches!(x.as_str(), "" | "*" | "h" | "ht" | "htt" | "http" | "https")
+                            || x.strip_suffix(':')
+                                .or_else(|| x.strip_suffix("://"))
+                                .or_else(|| x.strip_suffix(":/"))
+                                .is_some_and(|s| matches!(s, "http" | "https"))
+                    }
+                    StringMatch::Regex(r) => matches!(r.as_str(), ".*" | ".+" | "^.*$" | "(.*)"),
+                    StringMatch::Exact(x) => x == "*",
+                });
+            if any {
+                out.push(finding(
+                    Severity::Warning,
+                    codes::CORS_CREDENTIALS_ANY_ORIGIN,
+                    format!(
+                        "{}: http[{i}].corsPolicy allows credentials from any origin: every site can read the answers to its visitors' logged-in requests; list the origins",
+                        vs.source
+                    ),
+                    vec![vs.source.clone()],
+                ));
+            }
+        }
+    }
+}
+
+/// A mesh VirtualService's `tls` routes that no TLS or HTTPS service port
+/// took.
+fn unused_tls_routes(snap: &Snapshot, res: &crate::resources::Resources, out: &mut Vec<Finding>) {
+    use crate::resources::networking::Protocol;
+    for vs in &res.virtual_services {
+        let mesh_bound =
+            vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
+        if !mesh_bound || vs.spec.tls.is_empty() {
+            continue;
+        }
+        let used = vs.spec.hosts.iter().any(|h| {
+            let host = snap.mesh.resolve_host(h, vs.namespace());
+            snap.services
+                .values()
+                .filter(|s| crate::visibility::host_matches(&host, &s.host))
+                .flat_map(|s| &s.ports)
+                .any(|p| {
+                    matches!(p.protocol, Protocol::Tls | Protocol::Https)
+                        && !p.tls_routes.is_empty()
+                })
+        });
+        if !used {
+            out.push(finding(
+                Severity::Warning,
+                codes::TLS_ROUTE_UNUSED,
+                format!(
+                    "{}: its tls routes apply to no TLS or HTTPS port of the services its hosts name (the sidecars route only those by SNI): they are never used",
+                    vs.source
+                ),
+                vec![vs.source.clone()],
+            ));
         }
     }
 }

@@ -39,6 +39,8 @@ const ALL_CODES: &[&str] = &[
     codes::CONFLICTING_GATEWAYS,
     codes::INEFFECTIVE_MATCH,
     codes::INGRESS_SKIPS_MESH_RULES,
+    codes::CORS_CREDENTIALS_ANY_ORIGIN,
+    codes::TLS_ROUTE_UNUSED,
 ];
 
 const REVIEWS_80: &str = "reviews.default.svc.cluster.local:80";
@@ -525,6 +527,22 @@ const CASES: &[Case] = &[
         "VirtualService default/edge",
         "VirtualService default/reviews",
     ]),
+    // MESH0130
+    Case::new(
+        "mesh0130-cors-credentials-any-origin",
+        codes::CORS_CREDENTIALS_ANY_ORIGIN,
+        Severity::Warning,
+    )
+    .message(&["VirtualService default/reviews", "http[0].corsPolicy"])
+    .resources(&["VirtualService default/reviews"]),
+    // MESH0131
+    Case::new(
+        "mesh0131-tls-route-unused",
+        codes::TLS_ROUTE_UNUSED,
+        Severity::Warning,
+    )
+    .message(&["VirtualService default/api", "never used"])
+    .resources(&["VirtualService default/api"]),
 ];
 
 fn fixture(dir: &str, variant: &str) -> PathBuf {
