@@ -232,6 +232,7 @@ async fn an_upgrade_is_authorized_like_any_request_and_a_route_can_refuse_upgrad
     web.shutdown().await;
 }
 
+#[cfg(feature = "gateway")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_crosses_the_gateway_to_a_mesh_workload() {
     let world = World::new();

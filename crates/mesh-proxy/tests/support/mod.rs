@@ -350,6 +350,7 @@ pub async fn client_sidecar(world: &World, outbound: Vec<mesh_proxy::OutboundLis
 /// The gateway of the Gateway `edge` with a files identity
 /// (`spiffe://cluster.local/ns/default/sa/edge`) on `servers`, ready
 /// (drained at the end for [`TEARDOWN_DRAIN`]).
+#[cfg(feature = "gateway")]
 pub async fn ready_gateway(world: &World, servers: Vec<BoundSocket>) -> Proxy {
     let gateway = Proxy::new(
         mesh_proxy::Gateway::builder(world.path("mesh"), "edge")
