@@ -568,3 +568,35 @@ fn inject_adds_the_sidecar_from_a_file_or_stdin_and_refuses_by_field() {
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/x.yaml"), "{err}");
 }
+
+#[test]
+fn a_sidecar_with_ingress_listeners_refuses_capture_mode_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: web}\n\
+         spec: {address: 127.0.0.1, labels: {app: web}, serviceAccount: web}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: web}\n\
+         spec: {workloadSelector: {labels: {app: web}}, ingress: [{port: {number: 9080, protocol: HTTP, name: http}, defaultEndpoint: '127.0.0.1:8080'}]}\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&[
+        "sidecar",
+        "--config",
+        dir.path().to_str().unwrap(),
+        "--workload",
+        "web",
+        "--capture",
+        "--cert",
+        "/nonexistent/cert.pem",
+        "--key",
+        "/nonexistent/key.pem",
+        "--bundle",
+        "/nonexistent/bundle.pem",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("ingress listeners") && err.contains("explicit mode only"),
+        "{err}"
+    );
+}
