@@ -114,7 +114,11 @@ impl Passthrough {
             || DestinationInfo::new(first, "unknown"),
             DestinationInfo::for_service,
         );
-        match self.tcp.connect_routed(&rule.route, port.port).await {
+        // The snapshot is not held for the connection's life (a reload
+        // frees the old one): the route is copied out of it.
+        let route = rule.route.clone();
+        drop(snap);
+        match self.tcp.connect_routed(&route, port.port).await {
             Ok(mut up) => {
                 let info = info.with_mtls(up.peer.is_some());
                 let info = match up.workload.clone() {
