@@ -76,6 +76,11 @@ const HOP_BY_HOP: [HeaderName; 3] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// Whether `name` is one of the headers [`strip_hop_by_hop`] reads.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION || name == UPGRADE || name == http::header::TE || HOP_BY_HOP.contains(name)
+}
+
 /// Removes the hop-by-hop headers of `req` and those its `Connection`
 /// names (see the module docs). An upgrade request keeps `Connection:
 /// upgrade` and `Upgrade`; any other request loses `Upgrade` too.
@@ -104,6 +109,12 @@ pub fn strip_fixed_hop_by_hop<B>(req: &mut Request<B>) {
 }
 
 fn strip<B>(req: &mut Request<B>, named_too: bool) {
+    // One pass over the names for the usual request, which has none of
+    // them (a standard header's name compares as a tag; a lookup per name
+    // would hash each).
+    if !req.headers().keys().any(is_hop_by_hop) {
+        return;
+    }
     let upgrade = requested(req);
     let headers = req.headers_mut();
     if named_too && headers.contains_key(CONNECTION) {

@@ -165,70 +165,81 @@ where
             }
             resp
         };
-        // Every answer of the route carries its CORS headers, errors
-        // answered here included (a browser then reads the status).
+        // Every answer of the route carries its CORS headers, the
+        // errors it answers itself included (a browser then reads the
+        // status); `or_answer!` answers a failure here.
         let grpc = crate::error::is_grpc(req.headers());
-        let out: Result<Response<BoxBody>, MeshError> = async {
-            let dests = match plan.action {
-                PlannedAction::Redirect(r) => return Ok(rewrite::redirect(&req, r, &host)),
-                PlannedAction::DirectResponse(d) => {
-                    let mut resp = Response::new(full(
-                        d.body
-                            .as_ref()
-                            .and_then(|b| b.string.clone())
-                            .unwrap_or_default(),
-                    ));
-                    *resp.status_mut() =
-                        http::StatusCode::from_u16(d.status).unwrap_or(http::StatusCode::OK);
-                    return Ok(resp);
+        macro_rules! or_answer {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Ok(with_cors(answer(&MeshError::from(e), grpc))),
                 }
-                PlannedAction::Forward(ds) => ds,
             };
-            if let Some(fault) = rule.and_then(|(r, _)| r.fault.as_ref()) {
-                let d = fault_decision(fault, shared.random.next_f64(), shared.random.next_f64());
-                if let Some(delay) = d.delay {
-                    tokio::time::sleep(delay).await;
-                }
-                if let Some(status) = d.abort {
-                    let source = rule.map(|(r, _)| r.describe()).unwrap_or_default();
-                    return Err(MeshError::FaultAbort(source, status));
-                }
+        }
+        let dests = match plan.action {
+            PlannedAction::Redirect(r) => return Ok(with_cors(rewrite::redirect(&req, r, &host))),
+            PlannedAction::DirectResponse(d) => {
+                let mut resp = Response::new(full(
+                    d.body
+                        .as_ref()
+                        .and_then(|b| b.string.clone())
+                        .unwrap_or_default(),
+                ));
+                *resp.status_mut() =
+                    http::StatusCode::from_u16(d.status).unwrap_or(http::StatusCode::OK);
+                return Ok(with_cors(resp));
             }
+            PlannedAction::Forward(ds) => ds,
+        };
+        if let Some(fault) = rule.and_then(|(r, _)| r.fault.as_ref()) {
+            let d = fault_decision(fault, shared.random.next_f64(), shared.random.next_f64());
+            if let Some(delay) = d.delay {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = d.abort {
+                let source = rule.map(|(r, _)| r.describe()).unwrap_or_default();
+                return Ok(with_cors(answer(
+                    &MeshError::FaultAbort(source, status),
+                    grpc,
+                )));
+            }
+        }
 
-            let (mut parts, body) = req.into_parts();
-            let has_body = !body.is_end_stream();
-            let small = body
-                .size_hint()
-                .upper()
-                .is_some_and(|u| u <= shared.config.buffer_limit as u64);
-            let (replay, body) = if !has_body {
-                (Some(bytes::Bytes::new()), None)
-            } else if small {
-                let bytes = body
-                    .collect()
-                    .await
-                    .map_err(|e| MeshError::UpstreamProtocol {
-                        endpoint: "client".into(),
-                        why: e.to_string(),
-                    })?
-                    .to_bytes();
-                (Some(bytes), None)
-            } else {
-                (None, Some(body))
-            };
+        let (mut parts, body) = req.into_parts();
+        let has_body = !body.is_end_stream();
+        let small = body
+            .size_hint()
+            .upper()
+            .is_some_and(|u| u <= shared.config.buffer_limit as u64);
+        let (replay, body) = if !has_body {
+            (Some(bytes::Bytes::new()), None)
+        } else if small {
+            let bytes = or_answer!(body.collect().await.map_err(|e| {
+                MeshError::UpstreamProtocol {
+                    endpoint: "client".into(),
+                    why: e.to_string(),
+                }
+            }))
+            .to_bytes();
+            (Some(bytes), None)
+        } else {
+            (None, Some(body))
+        };
 
-            // Sticky sessions: the key comes from the first weighted host's rule.
-            let first_host = dests.first().map(|d| d.host.as_str()).unwrap_or_default();
-            let ch = pick::consistent_hash(&snap, first_host, port);
-            let (key, cookie) = match &ch {
-                Some(ch) => pick::request_key(&parts, ch, shared.random.as_ref()),
-                None => (None, None),
-            };
-            let now = Instant::now();
-            // Where this caller is: once per request, for the destinations'
-            // availability (its network's endpoints) and the locality plan.
-            let me = shared.me(&snap);
-            let dest = choose_destination(
+        // Sticky sessions: the key comes from the first weighted host's rule.
+        let first_host = dests.first().map(|d| d.host.as_str()).unwrap_or_default();
+        let ch = pick::consistent_hash(&snap, first_host, port);
+        let (key, cookie) = match &ch {
+            Some(ch) => pick::request_key(&parts, ch, shared.random.as_ref()),
+            None => (None, None),
+        };
+        let now = Instant::now();
+        // Where this caller is: once per request, for the destinations'
+        // availability (its network's endpoints) and the locality plan.
+        let me = shared.me(&snap);
+        let dest = or_answer!(
+            choose_destination(
                 &dests,
                 |d| pick::has_available(&snap, d, port, &shared.state, now, me.network.as_deref()),
                 key,
@@ -236,110 +247,109 @@ where
             )
             .ok_or_else(|| MeshError::NoHealthyEndpoint {
                 target: first_host.to_owned(),
-            })?;
-            let resolved = resolve_destination(&snap, dest, port)?;
-            let service = resolved.service;
-            let retryable =
-                replay.is_some() && retry.request_is_retryable(parts.method.as_str(), has_body);
-            let mirror = rule.and_then(|(r, _)| match (&r.mirror, r.mirror_percent) {
-                (Some(m), Some(pct)) if replay.is_some() => Some((m.clone(), pct)),
-                _ => None,
-            });
-            let port_h2 = matches!(resolved.port.protocol, Protocol::Http2 | Protocol::Grpc);
-            let outlier = resolved
-                .policy
-                .outlier_detection
-                .as_ref()
-                .and_then(mesh_core::outlier::OutlierPolicy::from_config);
-            let (endpoints, spread) = pick::Spread::of(
-                &snap,
-                resolved.endpoints,
-                resolved.policy.load_balancer.as_ref(),
-                outlier.is_some(),
-                &me,
+            })
+        );
+        let resolved = or_answer!(resolve_destination(&snap, dest, port));
+        let service = resolved.service;
+        let retryable =
+            replay.is_some() && retry.request_is_retryable(parts.method.as_str(), has_body);
+        let mirror = rule.and_then(|(r, _)| match (&r.mirror, r.mirror_percent) {
+            (Some(m), Some(pct)) if replay.is_some() => Some((m.clone(), pct)),
+            _ => None,
+        });
+        let port_h2 = matches!(resolved.port.protocol, Protocol::Http2 | Protocol::Grpc);
+        let outlier = resolved
+            .policy
+            .outlier_detection
+            .as_ref()
+            .and_then(mesh_core::outlier::OutlierPolicy::from_config);
+        let (endpoints, spread) = pick::Spread::of(
+            &snap,
+            resolved.endpoints,
+            resolved.policy.load_balancer.as_ref(),
+            outlier.is_some(),
+            &me,
+        );
+        let planned = Destination {
+            snap: snap.clone(),
+            host: service.host.clone(),
+            port: resolved.port.number,
+            subset: resolved.subset.map(str::to_owned),
+            h2: port_h2,
+            h2_over_mtls: port_h2
+                || parts.version == http::Version::HTTP_2
+                || mesh_core::plan::upgrades_h2(&snap, &resolved.policy),
+            load_balancer: resolved.policy.load_balancer.clone(),
+            pool: pool::Limits::from_policy(&resolved.policy),
+            connect_timeout: mesh_core::plan::connect_timeout(&resolved.policy),
+            http_conn: mesh_core::plan::http_connection(&resolved.policy),
+            outlier,
+            endpoints,
+            spread,
+            me,
+            hash_key: key,
+            mirrored: false,
+            retry,
+            retryable,
+            timeout: route_timeout,
+            mirror,
+            request_port: port,
+            replay: replay.clone(),
+        };
+
+        rewrite::request_headers(&mut parts, rule.map(|(r, _)| r), dest);
+        // What travels on is the path and query alone (an absolute-form
+        // URI's authority is the Host header's now), rewritten if the rule
+        // says so; an origin-form URI left as it is is not parsed again.
+        if let Some(path) = rewrite::path(&parts, rule) {
+            parts.uri = or_answer!(
+                path.parse::<Uri>()
+                    .map_err(|e| MeshError::BadRequest(format!("rewritten path {path:?}: {e}")))
             );
-            let planned = Destination {
-                snap: snap.clone(),
-                host: service.host.clone(),
-                port: resolved.port.number,
-                subset: resolved.subset.map(str::to_owned),
-                h2: port_h2,
-                h2_over_mtls: port_h2
-                    || parts.version == http::Version::HTTP_2
-                    || mesh_core::plan::upgrades_h2(&snap, &resolved.policy),
-                load_balancer: resolved.policy.load_balancer.clone(),
-                pool: pool::Limits::from_policy(&resolved.policy),
-                connect_timeout: mesh_core::plan::connect_timeout(&resolved.policy),
-                http_conn: mesh_core::plan::http_connection(&resolved.policy),
-                outlier,
-                endpoints,
-                spread,
-                me,
-                hash_key: key,
-                mirrored: false,
-                retry,
-                retryable,
-                timeout: route_timeout,
-                mirror,
-                request_port: port,
-                replay: replay.clone(),
-            };
-
-            rewrite::request_headers(&mut parts, rule.map(|(r, _)| r), dest);
-            // What travels on is the path and query alone (an absolute-form
-            // URI's authority is the Host header's now), rewritten if the rule
-            // says so; an origin-form URI left as it is is not parsed again.
-            if let Some(path) = rewrite::path(&parts, rule) {
-                parts.uri = path
-                    .parse::<Uri>()
-                    .map_err(|e| MeshError::BadRequest(format!("rewritten path {path:?}: {e}")))?;
-            } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-                let pq = parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-                parts.uri = Uri::from(pq);
-            }
-            parts.extensions.insert(Planned(Arc::new(planned)));
-            if rule.is_some_and(|(r, _)| r.websocket_upgrade == Some(false)) {
-                parts.extensions.insert(crate::upgrade::NoUpgrade);
-            }
-            let body = match (&replay, body) {
-                (Some(b), _) => full(b.clone()),
-                (None, Some(s)) => s,
-                (None, None) => crate::body::empty(),
-            };
-            let grpc = crate::error::is_grpc(&parts.headers);
-            let send = oneshot(self.next, Request::from_parts(parts, body));
-            let result = send.await;
-
-            // What telemetry reports as the destination of this request.
-            let mut info = DestinationInfo::for_service(service);
-            let (mut resp, tried) = match result {
-                Ok(mut resp) => {
-                    let tried = resp.extensions_mut().remove::<Tried>();
-                    (resp, tried)
-                }
-                Err(f) => (answer(&f.error, grpc), f.tried),
-            };
-            if let Some(t) = tried {
-                info = info
-                    .with_workload(WorkloadInfo::shared(&snap.workloads[t.endpoint.workload]))
-                    .with_mtls(t.mtls)
-                    .with_upstream(&t.endpoint.key);
-            }
-            resp.extensions_mut().insert(info);
-            rewrite::response_headers(&mut resp, rule.map(|(r, _)| r), dest);
-            if let Some(c) = cookie {
-                if let Ok(v) = HeaderValue::from_str(&c.header) {
-                    resp.headers_mut().append(http::header::SET_COOKIE, v);
-                }
-            }
-            Ok(resp)
+        } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            let pq = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            parts.uri = Uri::from(pq);
         }
-        .await;
-        Ok(with_cors(out.unwrap_or_else(|e| answer(&e, grpc))))
+        parts.extensions.insert(Planned(Arc::new(planned)));
+        if rule.is_some_and(|(r, _)| r.websocket_upgrade == Some(false)) {
+            parts.extensions.insert(crate::upgrade::NoUpgrade);
+        }
+        let body = match (&replay, body) {
+            (Some(b), _) => full(b.clone()),
+            (None, Some(s)) => s,
+            (None, None) => crate::body::empty(),
+        };
+        let grpc = crate::error::is_grpc(&parts.headers);
+        let send = oneshot(self.next, Request::from_parts(parts, body));
+        let result = send.await;
+
+        // What telemetry reports as the destination of this request.
+        let mut info = DestinationInfo::for_service(service);
+        let (mut resp, tried) = match result {
+            Ok(mut resp) => {
+                let tried = resp.extensions_mut().remove::<Tried>();
+                (resp, tried)
+            }
+            Err(f) => (answer(&f.error, grpc), f.tried),
+        };
+        if let Some(t) = tried {
+            info = info
+                .with_workload(WorkloadInfo::shared(&snap.workloads[t.endpoint.workload]))
+                .with_mtls(t.mtls)
+                .with_upstream(&t.endpoint.key);
+        }
+        resp.extensions_mut().insert(info);
+        rewrite::response_headers(&mut resp, rule.map(|(r, _)| r), dest);
+        if let Some(c) = cookie {
+            if let Ok(v) = HeaderValue::from_str(&c.header) {
+                resp.headers_mut().append(http::header::SET_COOKIE, v);
+            }
+        }
+        Ok(with_cors(resp))
     }
 }
 
