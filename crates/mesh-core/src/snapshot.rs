@@ -241,11 +241,9 @@ impl ServicePortEntry {
     /// (compared without case), if any names it.
     pub fn tls_rule(&self, sni: &str) -> Option<&TlsRule> {
         let sni = sni.to_ascii_lowercase();
-        self.tls_routes.iter().find(|r| {
-            r.sni_hosts
-                .iter()
-                .any(|h| crate::visibility::host_matches(h, &sni))
-        })
+        self.tls_routes
+            .iter()
+            .find(|r| names_sni(&r.sni_hosts, &sni))
     }
 
     /// The TCP rule for a caller carrying `labels`, if any applies.
@@ -400,6 +398,14 @@ pub struct TlsRouteMatch {
     pub port: Option<u16>,
 }
 
+/// Whether one of `patterns` (`sniHosts`, lowercase) names `sni`
+/// (lowercase).
+fn names_sni(patterns: &[String], sni: &str) -> bool {
+    patterns
+        .iter()
+        .any(|h| crate::visibility::host_matches(h, sni))
+}
+
 impl GatewayEntry {
     /// The first TLS route for a connection to `port` whose ClientHello
     /// named `sni` (compared without case).
@@ -408,12 +414,9 @@ impl GatewayEntry {
         self.tls_routes
             .iter()
             .find(|r| {
-                r.matches.iter().any(|m| {
-                    m.port.is_none_or(|p| p == port)
-                        && m.sni_hosts
-                            .iter()
-                            .any(|h| crate::visibility::host_matches(h, &sni))
-                })
+                r.matches
+                    .iter()
+                    .any(|m| m.port.is_none_or(|p| p == port) && names_sni(&m.sni_hosts, &sni))
             })
             .map(|r| &**r)
     }
@@ -994,12 +997,8 @@ fn attach_tcp(
         if labels.is_empty() {
             continue;
         }
-        match owners.entry((svc.host.clone(), p.number)) {
-            std::collections::hash_map::Entry::Occupied(o) if o.get() != owner => continue,
-            std::collections::hash_map::Entry::Occupied(_) => {}
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(owner.to_owned());
-            }
+        if !claim(owners, &svc.host, p.number, owner) {
+            continue;
         }
         for l in labels {
             p.tcp_routes.push(TcpRule {
@@ -1010,12 +1009,24 @@ fn attach_tcp(
     }
 }
 
+/// Whether `owner` (a VirtualService, with the host pattern it attaches
+/// by) decides `host:port`: the first to claim a port decides it, and
+/// its later rules join; another's are not blended in.
+fn claim(owners: &mut HashMap<(String, u16), String>, host: &str, port: u16, owner: &str) -> bool {
+    match owners.entry((host.to_owned(), port)) {
+        std::collections::hash_map::Entry::Occupied(o) => o.get() == owner,
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(owner.to_owned());
+            true
+        }
+    }
+}
+
 /// A mesh-bound VirtualService's TLS route, for one of its hosts.
 struct MeshTls {
     pattern: String,
     owner: String,
-    /// (port, SNI patterns) of each match.
-    matches: Vec<(Option<u16>, Vec<String>)>,
+    matches: Vec<TlsRouteMatch>,
     route: Vec<WeightedDestination>,
 }
 
@@ -1049,20 +1060,14 @@ fn attach_mesh_tls(services: &mut BTreeMap<String, Service>, mut routes: Vec<Mes
                 let snis: Vec<&Vec<String>> = r
                     .matches
                     .iter()
-                    .filter(|(port, _)| port.is_none_or(|n| n == p.number))
-                    .map(|(_, sni)| sni)
+                    .filter(|m| m.port.is_none_or(|n| n == p.number))
+                    .map(|m| &m.sni_hosts)
                     .collect();
                 if snis.is_empty() {
                     continue;
                 }
-                match owners.entry((svc.host.clone(), p.number)) {
-                    std::collections::hash_map::Entry::Occupied(o) if *o.get() != owner => {
-                        continue;
-                    }
-                    std::collections::hash_map::Entry::Occupied(_) => {}
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(owner.clone());
-                    }
+                if !claim(&mut owners, &svc.host, p.number, &owner) {
+                    continue;
                 }
                 for sni in snis {
                     p.tls_routes.push(TlsRule {
@@ -1390,28 +1395,38 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                 }
             }
         }
+        let mesh_bound = gateways.iter().any(|g| g == "mesh");
         for (i, tls) in vs.spec.tls.iter().enumerate() {
             let route: Vec<WeightedDestination> = tls
                 .route
                 .iter()
                 .map(|d| weighted(&mesh, ns, &d.destination, d.weight, tls.route.len(), None))
                 .collect();
-            for gw in gateways.iter().filter(|g| *g != "mesh") {
-                let Some(entry) = snap.gateways.get_mut(gw) else {
-                    continue;
-                };
-                let matches: Vec<TlsRouteMatch> = tls
-                    .matches
+            // The matches for the gateway `gw` (`mesh`: the sidecars).
+            let matches_for = |gw: &str| -> Vec<TlsRouteMatch> {
+                tls.matches
                     .iter()
                     .filter(|m| {
                         m.gateways.is_empty()
-                            || m.gateways.iter().any(|g| gateway_key(g, ns) == *gw)
+                            || m.gateways.iter().any(|g| {
+                                if gw == "mesh" {
+                                    g == "mesh"
+                                } else {
+                                    gateway_key(g, ns) == gw
+                                }
+                            })
                     })
                     .map(|m| TlsRouteMatch {
                         sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
                         port: m.port,
                     })
-                    .collect();
+                    .collect()
+            };
+            for gw in gateways.iter().filter(|g| *g != "mesh") {
+                let Some(entry) = snap.gateways.get_mut(gw) else {
+                    continue;
+                };
+                let matches = matches_for(gw);
                 if !matches.is_empty() {
                     entry.tls_routes.push(Arc::new(TlsRouteRule {
                         source: vs.source.clone(),
@@ -1421,23 +1436,8 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     }));
                 }
             }
-        }
-        if gateways.iter().any(|g| g == "mesh") {
-            for tls in &vs.spec.tls {
-                let route: Vec<WeightedDestination> = tls
-                    .route
-                    .iter()
-                    .map(|d| weighted(&mesh, ns, &d.destination, d.weight, tls.route.len(), None))
-                    .collect();
-                let matches: Vec<(Option<u16>, Vec<String>)> = tls
-                    .matches
-                    .iter()
-                    .filter(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
-                    .map(|m| {
-                        let sni = m.sni_hosts.iter().map(|h| h.to_ascii_lowercase());
-                        (m.port, sni.collect())
-                    })
-                    .collect();
+            if mesh_bound {
+                let matches = matches_for("mesh");
                 for host in &vs.spec.hosts {
                     mesh_tls.push(MeshTls {
                         pattern: mesh.resolve_host(host, ns),
@@ -1447,6 +1447,8 @@ pub fn compile(r: &Resources) -> Result<Snapshot, ConfigErrors> {
                     });
                 }
             }
+        }
+        if mesh_bound {
             for tcp in &vs.spec.tcp {
                 let dests: Vec<WeightedDestination> = tcp
                     .route

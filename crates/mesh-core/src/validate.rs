@@ -477,9 +477,7 @@ fn cors_policy(c: &mut Checker<'_>, f: &str, p: &crate::resources::networking::C
 
 /// An RFC 9110 token (a header name, a method).
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(is_tchar)
 }
 
 fn destination_rule(c: &mut Checker<'_>, dr: &DestinationRule) {

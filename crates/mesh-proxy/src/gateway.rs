@@ -804,14 +804,19 @@ async fn serve(
             PortPlan::Passthrough(pass) => {
                 tracing::info!(port, hosts = ?pass.hosts, "TLS PASSTHROUGH listening");
                 let passthrough = passthrough.clone();
-                serving.push(Box::pin(accept_loop(
-                    listener,
-                    drain.clone(),
+                serving.push(Box::pin(accept_loop(listener, drain.clone(), {
+                    let drain = drain.clone();
                     move |tcp, remote| {
                         let (passthrough, pass) = (passthrough.clone(), pass.clone());
-                        tokio::spawn(async move { passthrough.serve(&pass, tcp, remote).await });
-                    },
-                )));
+                        // An open connection the drain waits for, as the
+                        // sidecars' tunnels are.
+                        let guard = drain.guard();
+                        tokio::spawn(async move {
+                            let _guard = guard;
+                            passthrough.serve(&pass, tcp, remote).await
+                        });
+                    }
+                })));
             }
             PortPlan::Http { servers, redirect } => {
                 tracing::info!(port, ?redirect, "HTTP listening");

@@ -120,24 +120,12 @@ impl Passthrough {
         drop(snap);
         match self.tcp.connect_routed(&route, port.port).await {
             Ok(mut up) => {
-                let info = info.with_mtls(up.peer.is_some());
-                let info = match up.workload.clone() {
-                    Some(w) => info.with_workload(w),
-                    None => info,
-                };
-                let mut local = self.telemetry.connected(&info).wrap(tcp);
+                let conn = self.telemetry.connected(&crate::sidecar::served(info, &up));
                 if let Err(e) = up.io.write_all(&hello).await {
                     tracing::info!(%remote, endpoint = %up.endpoint, error = %e, "the destination closed before the ClientHello");
                     return;
                 }
-                match tokio::io::copy_bidirectional(&mut local, &mut up.io).await {
-                    Ok((sent, received)) => {
-                        tracing::debug!(sni, endpoint = %up.endpoint, sent, received, "passthrough closed")
-                    }
-                    Err(e) => {
-                        tracing::debug!(sni, endpoint = %up.endpoint, error = %e, "passthrough broke")
-                    }
-                }
+                crate::sidecar::tunnel(tcp, conn, up.io, &sni, &up.endpoint).await;
             }
             Err(e) => {
                 let mut conn = self.telemetry.connected(&info);

@@ -34,8 +34,27 @@ pub(crate) fn socket_of(host: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// Dials the socket `path` within `timeout`, as plaintext: `tls` (the
+/// endpoint would need mesh mTLS or originated TLS) is refused, never sent
+/// in the clear. The error says why, for the answer's reason.
+pub(crate) async fn dial(
+    path: &str,
+    tls: bool,
+    timeout: std::time::Duration,
+) -> Result<UnixStream, String> {
+    if tls {
+        return Err(format!(
+            "unix://{path}: mesh mTLS or TLS to a Unix socket endpoint is not supported (its DestinationRule must say tls: DISABLE, or the entry be MESH_EXTERNAL)"
+        ));
+    }
+    tokio::time::timeout(timeout, connect(path))
+        .await
+        .map_err(|_| format!("connect timeout after {timeout:?}"))?
+        .map_err(|e| format!("unix://{path}: {e}"))
+}
+
 /// Connects to `path` (`@name`: Linux's abstract namespace).
-pub(crate) async fn connect(path: &str) -> std::io::Result<UnixStream> {
+async fn connect(path: &str) -> std::io::Result<UnixStream> {
     match path.strip_prefix('@') {
         Some(name) => {
             use std::os::linux::net::SocketAddrExt as _;

@@ -61,11 +61,6 @@ fn tokens<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item =
         .filter(|t| !t.is_empty())
 }
 
-/// The comma-separated tokens of every `Connection` header.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    tokens(headers, &CONNECTION)
-}
-
 /// The hop-by-hop headers RFC 9110 names (7.6.1), and the ones proxies
 /// still meet: `Keep-Alive` and `Proxy-Connection`. `Transfer-Encoding`
 /// is hyper's to write per hop; `TE` goes unless it is `trailers` (gRPC
@@ -78,7 +73,7 @@ const HOP_BY_HOP: [HeaderName; 3] = [
 
 /// Whether `name` is one of the headers [`strip_hop_by_hop`] reads.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == CONNECTION || name == UPGRADE || name == http::header::TE || HOP_BY_HOP.contains(name)
+    name == UPGRADE || name == http::header::TE || HOP_BY_HOP.contains(name)
 }
 
 /// Removes the hop-by-hop headers of `req` and those its `Connection`
@@ -98,17 +93,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// # Ok::<(), http::Error>(())
 /// ```
 pub fn strip_hop_by_hop<B>(req: &mut Request<B>) {
-    strip(req, true);
-}
-
-/// [`strip_hop_by_hop`] without the headers a `Connection` names: for the
-/// last hop of a request whose entry already removed those (the headers
-/// the mesh added since are its own and must stay).
-pub fn strip_fixed_hop_by_hop<B>(req: &mut Request<B>) {
-    strip(req, false);
-}
-
-fn strip<B>(req: &mut Request<B>, named_too: bool) {
     // One pass over the names for the usual request, which has none of
     // them (a standard header's name compares as a tag; a lookup per name
     // would hash each).
@@ -117,8 +101,8 @@ fn strip<B>(req: &mut Request<B>, named_too: bool) {
     }
     let upgrade = requested(req);
     let headers = req.headers_mut();
-    if named_too && headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = connection_tokens(headers)
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = tokens(headers, &CONNECTION)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
@@ -130,9 +114,7 @@ fn strip<B>(req: &mut Request<B>, named_too: bool) {
         }
     }
     for name in &HOP_BY_HOP {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+        headers.remove(name);
     }
     if let Some(te) = headers.get(http::header::TE) {
         if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
@@ -141,7 +123,7 @@ fn strip<B>(req: &mut Request<B>, named_too: bool) {
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if headers.contains_key(UPGRADE) {
+    } else {
         headers.remove(UPGRADE);
     }
 }

@@ -43,12 +43,62 @@ impl EndpointIo {
     }
 }
 
-impl Connection for EndpointIo {
+/// A connection of the HTTP clients: the stream, and whether the pool
+/// counts its requests (`maxRequestsPerConnection`). Only a counted
+/// connection carries a counter: hyper-util copies a connection's extras
+/// into every answer, which the others need not pay for.
+pub(crate) struct HttpIo {
+    io: EndpointIo,
+    counted: bool,
+}
+
+impl Connection for HttpIo {
     fn connected(&self) -> Connected {
         // hyper-util asks once per connection: the counter is that
-        // connection's (`maxRequestsPerConnection`).
-        let c = Connected::new().extra(RequestCount::default());
-        if self.h2() { c.negotiated_h2() } else { c }
+        // connection's.
+        let c = Connected::new();
+        let c = if self.counted {
+            c.extra(RequestCount::default())
+        } else {
+            c
+        };
+        if self.io.h2() { c.negotiated_h2() } else { c }
+    }
+}
+
+impl AsyncRead for HttpIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for HttpIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 
@@ -128,6 +178,8 @@ pub(crate) struct EndpointConnector {
     identities: Arc<[SpiffeId]>,
     connect_timeout: Duration,
     origin: Option<OriginateTls>,
+    /// Its connections' requests are counted (`maxRequestsPerConnection`).
+    counted: bool,
 }
 
 impl EndpointConnector {
@@ -144,6 +196,7 @@ impl EndpointConnector {
             identities,
             connect_timeout,
             origin: None,
+            counted: false,
         }
     }
 
@@ -161,7 +214,7 @@ impl EndpointConnector {
 }
 
 impl tower::Service<Uri> for EndpointConnector {
-    type Response = TokioIo<EndpointIo>;
+    type Response = TokioIo<HttpIo>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -171,7 +224,8 @@ impl tower::Service<Uri> for EndpointConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move {
+        let counted = self.counted;
+        let dial = async move {
             let host = uri
                 .host()
                 .ok_or("endpoint URI without host")?
@@ -179,17 +233,8 @@ impl tower::Service<Uri> for EndpointConnector {
                 .to_owned();
             let mtls = uri.scheme_str() == Some("https");
             if let Some(path) = crate::uds::socket_of(&host) {
-                if mtls {
-                    return Err(format!(
-                        "unix://{path}: mesh mTLS or TLS to a Unix socket endpoint is not supported (its DestinationRule must say tls: DISABLE, or the entry be MESH_EXTERNAL)"
-                    )
-                    .into());
-                }
-                let io = tokio::time::timeout(this.connect_timeout, crate::uds::connect(&path))
-                    .await
-                    .map_err(|_| format!("connect timeout after {:?}", this.connect_timeout))?
-                    .map_err(|e| format!("unix://{path}: {e}"))?;
-                return Ok(TokioIo::new(EndpointIo::Unix(io)));
+                let io = crate::uds::dial(&path, mtls, this.connect_timeout).await?;
+                return Ok(EndpointIo::Unix(io));
             }
             let port = uri.port_u16().unwrap_or(if mtls { 443 } else { 80 });
             let tcp = tokio::time::timeout(
@@ -200,7 +245,7 @@ impl tower::Service<Uri> for EndpointConnector {
             .map_err(|_| format!("connect timeout after {:?}", this.connect_timeout))??;
             let _ = tcp.set_nodelay(true);
             if !mtls {
-                return Ok(TokioIo::new(EndpointIo::Plain(tcp)));
+                return Ok(EndpointIo::Plain(tcp));
             }
             if let Some(o) = &this.origin {
                 // The handshake is bounded too: a server outside the mesh
@@ -212,7 +257,7 @@ impl tower::Service<Uri> for EndpointConnector {
                     .map_err(|_| {
                         format!("TLS handshake timeout after {:?}", this.connect_timeout)
                     })??;
-                return Ok(TokioIo::new(EndpointIo::Tls(Box::new(tls))));
+                return Ok(EndpointIo::Tls(Box::new(tls)));
             }
             let connector = this
                 .mtls
@@ -225,7 +270,13 @@ impl tower::Service<Uri> for EndpointConnector {
                 .into());
             }
             let tls = connector.connect(tcp, &this.identities).await?;
-            Ok(TokioIo::new(EndpointIo::Mtls(Box::new(tls))))
+            Ok::<_, BoxError>(EndpointIo::Mtls(Box::new(tls)))
+        };
+        Box::pin(async move {
+            Ok(TokioIo::new(HttpIo {
+                io: dial.await?,
+                counted,
+            }))
         })
     }
 }
@@ -395,9 +446,8 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
         mtls,
     });
     tower::util::BoxCloneSyncService::new(tower::service_fn(move |mut req: Request<BoxBody>| {
-        // The headers a `Connection` named went where the request entered
-        // (the router): the ones the mesh added since stay.
-        crate::upgrade::strip_fixed_hop_by_hop(&mut req);
+        // Hop-by-hop headers went where the request entered the router
+        // (`Route`), before the mesh added its own.
         let upgrade = crate::upgrade::take(&mut req);
         // `Client::request` clones the client into its future itself, so
         // the one chosen is only borrowed here.
@@ -410,7 +460,11 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
             d.connect_timeout
         });
         let conn = dial.map(|d| d.http_conn).unwrap_or_default();
-        let keep_alive = conn.h2_keep_alive;
+        let settings = PoolSettings {
+            connect_timeout: timeout,
+            keep_alive: conn.h2_keep_alive,
+            counted: conn.max_requests.is_some(),
+        };
         let https = req.uri().scheme_str() == Some("https");
         let (ids, origin) = match dial {
             Some(d) if https => (Some(d.identities.clone()), d.originate.clone()),
@@ -424,17 +478,13 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
         });
         let send = if https {
             let ids = ids.unwrap_or_else(|| Arc::from([]));
-            shared.clients((ids, timeout, origin, keep_alive), |c| {
-                c.pick(h2).request(req)
-            })
-        } else if timeout == mesh_core::plan::DEFAULT_CONNECT_TIMEOUT && keep_alive.is_none() {
+            shared.clients((ids, origin, settings), |c| c.pick(h2).request(req))
+        } else if settings == PoolSettings::default() {
             shared.plain.pick(h2).request(req)
         } else {
-            // Another connect timeout or keepalive: clients of their own
-            // (with no identities, an mTLS dial through them fails closed).
-            shared.clients((Arc::from([]), timeout, None, keep_alive), |c| {
-                c.pick(h2).request(req)
-            })
+            // Other connection settings: clients of their own (with no
+            // identities, an mTLS dial through them fails closed).
+            shared.clients((Arc::from([]), None, settings), |c| c.pick(h2).request(req))
         };
         async move {
             let sent = match capture {
@@ -479,23 +529,34 @@ pub(crate) fn hyper_upstream(mtls: Option<MeshConnector>) -> Upstream {
 const MAX_CLIENT_SETS: usize = 256;
 
 /// What a pair of pooled clients is made for: the identity set a dial
-/// verifies (secure naming), the connect timeout, the TLS originated
-/// instead of mesh mTLS, if any, and the HTTP/2 keepalive.
-type ClientKey = (
-    Arc<[SpiffeId]>,
-    Duration,
-    Option<OriginateTls>,
-    Option<(Duration, Duration)>,
-);
+/// verifies (secure naming), the TLS originated instead of mesh mTLS, if
+/// any, and the settings of its connections.
+type ClientKey = (Arc<[SpiffeId]>, Option<OriginateTls>, PoolSettings);
 
 /// [`ClientKey`] as the pool map holds it (the originated TLS by its
 /// settings' name).
-type PoolKey = (
-    Arc<[SpiffeId]>,
-    Duration,
-    Option<Arc<str>>,
-    Option<(Duration, Duration)>,
-);
+type PoolKey = (Arc<[SpiffeId]>, Option<Arc<str>>, PoolSettings);
+
+/// How a pool's connections are made and kept: the DestinationRule's
+/// connect timeout, HTTP/2 keepalive, and whether their requests are
+/// counted (`maxRequestsPerConnection`). The default is the plaintext
+/// pool's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolSettings {
+    connect_timeout: Duration,
+    keep_alive: Option<(Duration, Duration)>,
+    counted: bool,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: mesh_core::plan::DEFAULT_CONNECT_TIMEOUT,
+            keep_alive: None,
+            counted: false,
+        }
+    }
+}
 
 /// The requests a connection has carried (a [`Connected`] extra of every
 /// connection the connector makes).
@@ -535,22 +596,17 @@ impl Clients {
 impl HyperUpstream {
     /// Runs `f` with the clients of `key`, made on first use.
     fn clients<T>(&self, full: ClientKey, f: impl FnOnce(&Clients) -> T) -> T {
-        let (ids, timeout, origin, keep_alive) = full;
-        let key: PoolKey = (
-            ids,
-            timeout,
-            origin.as_ref().map(|o| o.key.clone()),
-            keep_alive,
-        );
+        let (ids, origin, settings) = full;
+        let key: PoolKey = (ids, origin.as_ref().map(|o| o.key.clone()), settings);
         if let Some(c) = self.by_identities.load().get(&key) {
             return f(c);
         }
-        let make = |(ids, timeout, _, keep_alive): &PoolKey| {
-            Clients::new(
-                EndpointConnector::new(self.mtls.clone(), ids.clone(), *timeout)
-                    .originating(origin.clone()),
-                *keep_alive,
-            )
+        let make = |(ids, _, settings): &PoolKey| {
+            let mut connector =
+                EndpointConnector::new(self.mtls.clone(), ids.clone(), settings.connect_timeout)
+                    .originating(origin.clone());
+            connector.counted = settings.counted;
+            Clients::new(connector, settings.keep_alive)
         };
         let mut out = None;
         self.by_identities.rcu(|m| {

@@ -381,8 +381,8 @@ impl InboundHttp {
         req.headers_mut()
             .entry(X_FORWARDED_PROTO)
             .or_insert_with(|| conn.proto.clone());
-        // A WebSocket (or other) upgrade reaches an HTTP/1.1 app as it
-        // came; an h2 app has no `Upgrade` to take it.
+        // A WebSocket upgrade reaches an HTTP/1.1 app as it came; an h2
+        // app has no `Upgrade` to take it.
         let upgrade = if conn.h2 {
             None
         } else {

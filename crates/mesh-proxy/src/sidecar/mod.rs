@@ -39,6 +39,8 @@ use capture::{OutboundRoutes, inbound_capture_loop, outbound_capture_loop};
 use inbound::{InboundPort, inbound_loop};
 pub(crate) use outbound::outbound_stack;
 use outbound::{OutboundTarget, outbound_loop};
+#[cfg(feature = "gateway")]
+pub(crate) use outbound::{served, tunnel};
 
 /// How long a drain waits for in-flight requests and connections unless
 /// told otherwise.

@@ -116,11 +116,8 @@ pub(super) async fn outbound_tcp(
     } else {
         None
     };
-    let connected = match &hello {
-        Some((_, sni)) => tcp.connect_sni(host, port, sni.as_deref()).await,
-        None => tcp.connect(host, port).await,
-    };
-    match connected {
+    let sni = hello.as_ref().and_then(|(_, sni)| sni.as_deref());
+    match tcp.connect_sni(host, port, sni).await {
         Ok(mut up) => {
             // Routed by SNI to another service: counted as that one's.
             let info = match (&hello, up.host != host) {
@@ -150,7 +147,7 @@ const SNI_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 
 /// The destination of a TCP connection once its endpoint answered: the
 /// workload that serves there, and whether the hop is mesh mTLS.
-pub(super) fn served(
+pub(crate) fn served(
     info: DestinationInfo,
     up: &mesh_tower::traffic::TcpConnection,
 ) -> DestinationInfo {
@@ -163,7 +160,7 @@ pub(super) fn served(
 
 /// Copies both ways between the app's connection and the upstream one,
 /// counted by `conn`, until either side closes.
-pub(super) async fn tunnel<U>(
+pub(crate) async fn tunnel<U>(
     local: TcpStream,
     conn: TcpConnection,
     mut up: U,

@@ -107,13 +107,18 @@ where
     /// Routes one request; every failure is answered here.
     pub(crate) async fn call(self, req: Request<BoxBody>) -> Response<BoxBody> {
         let grpc = crate::error::is_grpc(req.headers());
-        match self.route(req).await {
+        match self.route(req, grpc).await {
             Ok(resp) => resp,
             Err(e) => answer(&e, grpc),
         }
     }
 
-    async fn route(self, mut req: Request<BoxBody>) -> Result<Response<BoxBody>, MeshError> {
+    /// `grpc`: the request is gRPC (its failures are answered as gRPC).
+    async fn route(
+        self,
+        mut req: Request<BoxBody>,
+        grpc: bool,
+    ) -> Result<Response<BoxBody>, MeshError> {
         let shared = &*self.shared;
         // Hop-by-hop headers and those `Connection` names go here, where
         // an outbound request enters, before routing reads the headers and
@@ -168,7 +173,6 @@ where
         // Every answer of the route carries its CORS headers, the
         // errors it answers itself included (a browser then reads the
         // status); `or_answer!` answers a failure here.
-        let grpc = crate::error::is_grpc(req.headers());
         macro_rules! or_answer {
             ($e:expr) => {
                 match $e {
@@ -323,7 +327,6 @@ where
             (None, Some(s)) => s,
             (None, None) => crate::body::empty(),
         };
-        let grpc = crate::error::is_grpc(&parts.headers);
         let send = oneshot(self.next, Request::from_parts(parts, body));
         let result = send.await;
 

@@ -152,11 +152,7 @@ impl TcpRouter {
     /// Opens a connection to `host:port`, trying a second endpoint when the
     /// first cannot be reached.
     pub async fn connect(&self, host: &str, port: u16) -> Result<TcpConnection, MeshError> {
-        let snap = self.store.load();
-        let (svc, sp) = service_port(&snap, host, port, &self.namespace)?;
-        let me = self.place.whereabouts(&snap);
-        let dests = tcp_destinations(svc, sp, &me.labels);
-        self.connect_to(&snap, &dests, port, &me, &svc.host).await
+        self.connect_sni(host, port, None).await
     }
 
     /// Whether connections to `host:port` are routed by their TLS SNI (a
@@ -180,8 +176,8 @@ impl TcpRouter {
     }
 
     /// [`connect`](Self::connect) for a TLS connection whose ClientHello
-    /// named `sni`: the first TLS rule of the port that names it, else the
-    /// port's TCP rules.
+    /// named `sni`: the first TLS rule of the port that names it, else (and
+    /// without `sni`) the port's TCP rules for this caller.
     pub async fn connect_sni(
         &self,
         host: &str,
@@ -334,15 +330,7 @@ impl TcpRouter {
         connect_timeout: Duration,
     ) -> Result<(EndpointIo, Option<SpiffeId>), String> {
         if let Some(path) = mesh_core::plan::unix_socket(addr) {
-            if mtls {
-                return Err(format!(
-                    "{addr}: mesh mTLS to a Unix socket endpoint is not supported (its DestinationRule must say tls: DISABLE, or the entry be MESH_EXTERNAL)"
-                ));
-            }
-            let io = tokio::time::timeout(connect_timeout, crate::uds::connect(path))
-                .await
-                .map_err(|_| format!("connect timeout after {connect_timeout:?}"))?
-                .map_err(|e| format!("{addr}: {e}"))?;
+            let io = crate::uds::dial(path, mtls, connect_timeout).await?;
             return Ok((EndpointIo::Unix(io), None));
         }
         let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
